@@ -1,0 +1,375 @@
+"""Hardware and model catalogs: TOML (or JSON) data files, validated into frozen dataclasses.
+
+Every entry is a table keyed by its canonical name. `base = "other"` inherits the other entry's
+fields (used for abstract families such as `hopper`, marked `abstract = true`). Names resolve
+case-insensitively, ignoring spaces, dashes, underscores and dots, through `aliases`.
+"""
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import UserError
+from .units import parse_quantity
+
+DATA = resources.files("tracegen") / "data"
+
+
+# ----------------------------------------------------------------------------- hardware
+@dataclass(frozen=True)
+class EffCurve:
+    """Fraction of peak reached by one op kind: `max * M / (M + m_half)` (m_half = 0: constant)."""
+    max: float
+    m_half: float = 0.0
+
+    def at(self, m: float) -> float:
+        if self.m_half <= 0 or m <= 0:
+            return self.max
+        return self.max * m / (m + self.m_half)
+
+
+@dataclass(frozen=True)
+class CommBackend:
+    """How one all-to-all implementation behaves on this hardware (see DESIGN.md section 1)."""
+    name: str
+    link: str               # "scaleout" (RDMA), "scaleup" (NVLink / unified bus) or "pcie"
+    sms: int                # SMs held while a transfer is in flight (0: GPU-initiated, frees SMs)
+    bw_eff: float           # achieved fraction of the link bandwidth
+    latency_us: float       # fixed cost per dispatch or combine kernel
+    cpu_block_us: float     # CPU blocked waiting for received counts (normal dispatch), 0 if none
+    per_message_us: float   # CPU proxy posting cost per destination peer (non-IBGDA), 0 if none
+    fused: bool             # gating+quantisation fused into dispatch (Ascend)
+    source: str
+
+
+@dataclass(frozen=True)
+class Hardware:
+    key: str
+    name: str
+    sm_count: int
+    fp8_tflops: float       # dense peak (INT8 TOPS on accelerators that serve MoE in INT8)
+    bf16_tflops: float      # dense peak
+    hbm_gb: float
+    hbm_gbps: float
+    scaleup_gbps: float     # per accelerator, one direction
+    scaleup_domain: int     # accelerators in one scale-up (NVLink / UB) domain
+    scaleout_gbps: float    # per accelerator RDMA bandwidth, one direction
+    pcie_gbps: float        # host link, one direction (used when copies stand in for the network)
+    gpus_per_node: int
+    cpu_launch_us: float    # CPU time to launch one kernel
+    efficiency: dict[str, EffCurve]
+    comm: dict[str, CommBackend]
+    source: str
+    aliases: tuple[str, ...] = ()
+
+    def eff(self, kind: str, m: float = 0.0) -> float:
+        try:
+            return self.efficiency[kind].at(m)
+        except KeyError:
+            raise UserError(f"hardware {self.name}: no efficiency entry {kind!r} "
+                            f"(has {', '.join(sorted(self.efficiency))})") from None
+
+    def backend(self, name: str) -> CommBackend:
+        try:
+            return self.comm[name]
+        except KeyError:
+            raise UserError(f"hardware {self.name} has no communication backend {name!r} "
+                            f"(has: {', '.join(sorted(self.comm))})") from None
+
+
+# ----------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class Model:
+    key: str
+    name: str
+    attention: str          # "mla" or "gqa"
+    vocab_size: int
+    hidden: int
+    intermediate: int       # dense MLP width
+    moe_intermediate: int   # one expert's width
+    layers: int
+    dense_layers: int       # leading layers with a dense MLP instead of MoE
+    heads: int
+    routed_experts: int
+    shared_experts: int
+    activated_experts: int  # top-k
+    expert_groups: int      # node-limited routing: groups ...
+    limited_groups: int     # ... of which each token may use this many
+    # MLA
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    # GQA
+    kv_heads: int = 0
+    head_dim: int = 0
+    source: str = ""
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def moe_layers(self) -> int:
+        return self.layers - self.dense_layers
+
+    @property
+    def kv_cache_elems(self) -> int:
+        """Cached elements per token per layer (latent + rope key for MLA, K and V for GQA)."""
+        if self.attention == "mla":
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return 2 * self.kv_heads * self.head_dim
+
+
+# ----------------------------------------------------------------------------- schema
+# field -> (unit kind or python type, required)
+_HW_FIELDS: dict[str, tuple[str, bool]] = {
+    "display": ("str", True), "sm_count": ("int", True), "fp8_tflops": ("flops", True),
+    "bf16_tflops": ("flops", True), "hbm_gb": ("size", True), "hbm_gbps": ("bandwidth", True),
+    "scaleup_gbps": ("bandwidth", True), "scaleup_domain": ("int", True),
+    "scaleout_gbps": ("bandwidth", True), "pcie_gbps": ("bandwidth", True),
+    "gpus_per_node": ("int", True), "cpu_launch_us": ("time", True), "source": ("str", True),
+    "aliases": ("list", False), "base": ("str", False), "abstract": ("bool", False),
+    "efficiency": ("table", True), "comm": ("table", True),
+}
+_EFF_FIELDS = {"max": ("fraction", True), "m_half": ("count", False), "source": ("str", False)}
+_COMM_FIELDS: dict[str, tuple[str, bool]] = {
+    "link": ("str", True), "sms": ("int", True), "bw_eff": ("fraction", True),
+    "latency_us": ("time", True), "cpu_block_us": ("time", True), "per_message_us": ("time", True),
+    "fused": ("bool", True), "source": ("str", True),
+}
+_MODEL_FIELDS: dict[str, tuple[str, bool]] = {
+    "display": ("str", True), "attention": ("str", True), "vocab_size": ("int", True),
+    "hidden": ("int", True), "intermediate": ("int", True), "moe_intermediate": ("int", True),
+    "layers": ("int", True), "dense_layers": ("int", True), "heads": ("int", True),
+    "routed_experts": ("int", True), "shared_experts": ("int", True),
+    "activated_experts": ("int", True), "expert_groups": ("int", True),
+    "limited_groups": ("int", True), "q_lora_rank": ("int", False), "kv_lora_rank": ("int", False),
+    "qk_nope_head_dim": ("int", False), "qk_rope_head_dim": ("int", False),
+    "v_head_dim": ("int", False), "kv_heads": ("int", False), "head_dim": ("int", False),
+    "source": ("str", True), "aliases": ("list", False), "base": ("str", False),
+    "abstract": ("bool", False),
+}
+_MLA_REQUIRED = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+_GQA_REQUIRED = ("kv_heads", "head_dim")
+_LINKS = ("scaleout", "scaleup", "pcie")
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[\s_.\-]+", "", name.strip().lower())
+
+
+def _coerce(value: Any, kind: str, where: str) -> Any:
+    if kind == "str":
+        if not isinstance(value, str):
+            raise UserError(f"{where}: expected text, got {value!r}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UserError(f"{where}: expected a whole number >= 0, got {value!r}")
+        return value
+    if kind == "list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"{where}: expected a list of names, got {value!r}")
+        return tuple(value)
+    if kind == "table":
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a table, got {value!r}")
+        return value
+    number = parse_quantity(value, kind, where)
+    if number < 0:
+        raise UserError(f"{where}: must not be negative, got {value!r}")
+    if kind == "fraction" and number > 1.0:
+        raise UserError(f"{where}: a fraction must lie in [0, 1], got {value!r}")
+    return number
+
+
+def _check(entry: dict, schema: dict[str, tuple[str, bool]], where: str, need_required: bool = True) -> dict:
+    unknown = sorted(set(entry) - set(schema))
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(schema))})")
+    out = {k: _coerce(v, schema[k][0], f"{where}.{k}") for k, v in entry.items()}
+    if need_required:
+        missing = [k for k, (_, req) in schema.items() if req and k not in out]
+        if missing:
+            raise UserError(f"{where}: missing field {missing[0]!r}")
+    return out
+
+
+def _read_table_file(path: Path | Any, what: str) -> dict[str, dict]:
+    """Parse a TOML or JSON catalog file into {key: entry}."""
+    name = getattr(path, "name", str(path))
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{what} file {path}: no such file") from None
+    except OSError as exc:
+        raise UserError(f"{what} file {path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        if name.endswith(".json"):
+            data = json.loads(raw)
+        else:
+            data = tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        kind = "JSON" if name.endswith(".json") else "TOML"
+        raise UserError(f"{what} file {path}: not valid {kind} ({exc})") from None
+    if not isinstance(data, dict) or not data or not all(isinstance(v, dict) for v in data.values()):
+        raise UserError(f"{what} file {path}: expected one table per entry, e.g. [my-gpu] ...")
+    return data
+
+
+def _resolve_bases(raw: dict[str, dict], what: str, src: str) -> dict[str, dict]:
+    """Merge each entry over its `base` chain (tables merged one level deep)."""
+    out: dict[str, dict] = {}
+
+    def merged(key: str, seen: tuple[str, ...]) -> dict:
+        if key in out:
+            return out[key]
+        if key in seen:
+            raise UserError(f"{what} file {src}: entry {key!r} inherits from itself")
+        entry = dict(raw[key])
+        base = entry.pop("base", None)
+        if base is not None:
+            if base not in raw:
+                raise UserError(f"{what} file {src}: entry {key!r} has base {base!r}, which is not defined")
+            parent = {k: v for k, v in merged(base, seen + (key,)).items() if k not in ("abstract", "aliases")}
+            for k, v in entry.items():
+                if isinstance(v, dict) and isinstance(parent.get(k), dict):
+                    sub = dict(parent[k])
+                    for kk, vv in v.items():
+                        sub[kk] = {**sub[kk], **vv} if isinstance(vv, dict) and isinstance(sub.get(kk), dict) else vv
+                    parent[k] = sub
+                else:
+                    parent[k] = v
+            entry = parent
+        out[key] = entry
+        return entry
+
+    for key in raw:
+        merged(key, ())
+    return out
+
+
+def _build_hardware(key: str, e: dict, src: str) -> Hardware:
+    where = f"hardware {key!r} ({src})"
+    e = _check(e, _HW_FIELDS, where)
+    eff = {}
+    for kind, curve in e["efficiency"].items():
+        c = _check(curve if isinstance(curve, dict) else {"max": curve}, _EFF_FIELDS, f"{where}.efficiency.{kind}")
+        eff[kind] = EffCurve(max=c["max"], m_half=c.get("m_half", 0.0))
+    for need in ("gemm", "grouped_gemm", "attention", "hbm", "scaleup", "scaleout"):
+        if need not in eff:
+            raise UserError(f"{where}: missing field 'efficiency.{need}'")
+    comm = {}
+    for name, spec in e["comm"].items():
+        c = _check(spec, _COMM_FIELDS, f"{where}.comm.{name}")
+        if c["link"] not in _LINKS:
+            raise UserError(f"{where}.comm.{name}.link: expected one of {', '.join(_LINKS)}, got {c['link']!r}")
+        if c["sms"] > e["sm_count"]:
+            raise UserError(f"{where}.comm.{name}.sms: {c['sms']} SMs exceed the {e['sm_count']} on the chip")
+        comm[name] = CommBackend(name=name, **c)
+    if e["sm_count"] <= 0:
+        raise UserError(f"{where}.sm_count: must be positive")
+    return Hardware(
+        key=key, name=e["display"], sm_count=e["sm_count"], fp8_tflops=e["fp8_tflops"],
+        bf16_tflops=e["bf16_tflops"], hbm_gb=e["hbm_gb"], hbm_gbps=e["hbm_gbps"],
+        scaleup_gbps=e["scaleup_gbps"], scaleup_domain=e["scaleup_domain"],
+        scaleout_gbps=e["scaleout_gbps"], pcie_gbps=e["pcie_gbps"], gpus_per_node=e["gpus_per_node"],
+        cpu_launch_us=e["cpu_launch_us"], efficiency=eff, comm=comm, source=e["source"],
+        aliases=e.get("aliases", ()),
+    )
+
+
+def _build_model(key: str, e: dict, src: str) -> Model:
+    where = f"model {key!r} ({src})"
+    e = _check(e, _MODEL_FIELDS, where)
+    if e["attention"] not in ("mla", "gqa"):
+        raise UserError(f"{where}.attention: expected 'mla' or 'gqa', got {e['attention']!r}")
+    for f in (_MLA_REQUIRED if e["attention"] == "mla" else _GQA_REQUIRED):
+        if not e.get(f):
+            raise UserError(f"{where}: missing field {f!r} (needed by {e['attention'].upper()} attention)")
+    if e["dense_layers"] > e["layers"]:
+        raise UserError(f"{where}: dense_layers ({e['dense_layers']}) exceeds layers ({e['layers']})")
+    if e["activated_experts"] > e["routed_experts"]:
+        raise UserError(f"{where}: activated_experts exceeds routed_experts")
+    kw = {k: v for k, v in e.items() if k not in ("display", "base", "abstract")}
+    return Model(key=key, name=e["display"], **kw)
+
+
+def _load(path: Path | Any, what: str, build: Callable[[str, dict, str], Any]) -> dict[str, Any]:
+    raw = _read_table_file(path, what)
+    src = getattr(path, "name", str(path))
+    merged = _resolve_bases(raw, what, src)
+    return {k: build(k, v, src) for k, v in merged.items() if not v.get("abstract", False)}
+
+
+@lru_cache(maxsize=None)
+def builtin_hardware() -> dict[str, Hardware]:
+    return _load(DATA / "hardware.toml", "hardware", _build_hardware)
+
+
+@lru_cache(maxsize=None)
+def builtin_models() -> dict[str, Model]:
+    return _load(DATA / "models.toml", "model", _build_model)
+
+
+def _lookup(name: str, table: dict[str, Any], what: str, flag: str) -> Any:
+    want = normalise(name)
+    for key, item in table.items():
+        if want == normalise(key) or want == normalise(item.name) or want in {normalise(a) for a in item.aliases}:
+            return item
+    known = ", ".join(sorted(table))
+    raise UserError(f"unknown {what} {name!r}; known: {known} (or pass your own with {flag})")
+
+
+def load_hardware(name: str | None = None, path: str | Path | None = None) -> Hardware:
+    """Resolve `name` in the built-in catalog, or in `path` (which may also hold one entry only)."""
+    if path is not None:
+        table = _load(Path(path), "hardware", _build_hardware)
+        if name is None:
+            if len(table) != 1:
+                raise UserError(f"hardware file {path} holds {len(table)} entries; name one with --hardware")
+            return next(iter(table.values()))
+        return _lookup(name, table, "hardware", "--hardware-file")
+    return _lookup(name or "h800", builtin_hardware(), "hardware", "--hardware-file")
+
+
+def load_model(name: str | None = None, path: str | Path | None = None) -> Model:
+    if path is not None:
+        table = _load(Path(path), "model", _build_model)
+        if name is None:
+            if len(table) != 1:
+                raise UserError(f"model file {path} holds {len(table)} entries; name one with --model")
+            return next(iter(table.values()))
+        return _lookup(name, table, "model", "--model-file")
+    return _lookup(name or "deepseek-v3", builtin_models(), "model", "--model-file")
+
+
+def hardware_to_dict(hw: Hardware) -> dict[str, Any]:
+    """A hardware entry as a plain table that `load_hardware(path=...)` reads back."""
+    return {hw.key: {
+        "display": hw.name, "aliases": list(hw.aliases), "source": hw.source,
+        "sm_count": hw.sm_count, "fp8_tflops": hw.fp8_tflops, "bf16_tflops": hw.bf16_tflops,
+        "hbm_gb": hw.hbm_gb, "hbm_gbps": hw.hbm_gbps, "scaleup_gbps": hw.scaleup_gbps,
+        "scaleup_domain": hw.scaleup_domain, "scaleout_gbps": hw.scaleout_gbps,
+        "pcie_gbps": hw.pcie_gbps, "gpus_per_node": hw.gpus_per_node, "cpu_launch_us": hw.cpu_launch_us,
+        "efficiency": {k: {"max": c.max, "m_half": c.m_half} for k, c in hw.efficiency.items()},
+        "comm": {k: {f: getattr(b, f) for f in _COMM_FIELDS} for k, b in hw.comm.items()},
+    }}
+
+
+def replace_hardware(hw: Hardware, **changes: Any) -> Hardware:
+    """A copy of `hw` with some fields changed (what-if flags such as --scaleout-gbps)."""
+    return replace(hw, **changes)
+
+
+__all__ = ["EffCurve", "CommBackend", "Hardware", "Model", "load_hardware", "load_model",
+           "builtin_hardware", "builtin_models", "hardware_to_dict", "replace_hardware", "normalise"]

@@ -1,0 +1,111 @@
+"""Time of one op on one GPU: the op's FLOPs and bytes (ops.py) against the hardware's rates,
+under a preset's conventions. Every duration the project predicts comes from `op_time`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .catalog import Hardware
+from .ops import Work
+from .plan import Plan
+from .preset import Preset
+
+_MB = 1e6                  # bytes per MB: bytes / MB / (GB/s) = ms
+_SEED_NET_MB = 2 ** 20     # the seed divides bytes by 2^20 and reads MB / (GB/s) as ms
+_SEED_MEM_MB = 2 ** 30 / 1e3   # ... and KV bytes by 2^30 / 1000 for its HBM term
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One op with its time (ms) and the cost terms that produced it."""
+    work: Work
+    ms: float
+    terms: dict[str, float] = field(default_factory=dict)   # term name -> ms
+
+    @property
+    def us(self) -> float:
+        return self.ms * 1e3
+
+
+def comm_sms(plan: Plan, hw: Hardware, preset: Preset) -> int:
+    """SMs the plan's all-to-all holds while in flight."""
+    if plan.comm_sms is not None:
+        return plan.comm_sms
+    if plan.phase == "decode" and preset.decode_comm_sms >= 0:
+        return preset.decode_comm_sms
+    return hw.backend(plan.comm).sms
+
+
+def sm_fraction(plan: Plan, hw: Hardware, preset: Preset, overlapped: bool) -> float:
+    """Share of SMs compute runs on: all of them unless communication holds some."""
+    if preset.comm_sms_in_compute == "always" or overlapped:
+        return (hw.sm_count - comm_sms(plan, hw, preset)) / hw.sm_count
+    return 1.0
+
+
+def compute_rate(hw: Hardware, preset: Preset, rate: str, kind: str, m: float) -> float:
+    """Achieved TFLOPS for `rate` ("fp8"/"bf16") FLOPs of op `kind` at M rows, all SMs."""
+    peak = hw.fp8_tflops if rate == "fp8" else hw.bf16_tflops
+    eff = preset.flat_discount if preset.flat_discount is not None else hw.eff(kind, m)
+    return peak * preset.usable_peak * eff
+
+
+def hbm_rate(hw: Hardware, preset: Preset) -> float:
+    eff = preset.flat_discount if preset.flat_discount is not None else hw.eff("hbm")
+    return hw.hbm_gbps * eff
+
+
+def link_rate(hw: Hardware, preset: Preset, link: str, backend_eff: float | None = None) -> float:
+    """Achieved GB/s on a link; the backend's own efficiency applies to the link it drives."""
+    if preset.flat_discount is not None:
+        eff = preset.flat_discount
+    elif backend_eff is not None:
+        eff = backend_eff
+    else:
+        eff = hw.eff(link)
+    bw = {"scaleout": hw.scaleout_gbps, "scaleup": hw.scaleup_gbps, "pcie": hw.pcie_gbps}[link]
+    return bw * eff
+
+
+def op_time(w: Work, plan: Plan, hw: Hardware, preset: Preset, overlapped: bool = False) -> Timed:
+    """Milliseconds for one op; `overlapped` means communication holds its SMs meanwhile."""
+    if w.is_comm:
+        return _comm_time(w, plan, hw, preset)
+    share = sm_fraction(plan, hw, preset, overlapped)
+    terms: dict[str, float] = {}
+    if w.flops:
+        rate = compute_rate(hw, preset, w.rate, w.kind, w.m) * share
+        if plan.phase == "decode" and w.name in ("shared_expert", "routed_expert"):
+            rate *= preset.decode_expert_factor
+        terms["compute_ms"] = w.flops / 1e9 / rate          # GFLOP / TFLOPS = ms
+    if preset.memory_time == "roofline":
+        if w.hbm_bytes:
+            terms["memory_ms"] = w.hbm_bytes / _MB / hbm_rate(hw, preset)
+        ms = max(terms.values(), default=0.0)
+    else:   # the seed: only the KV-cache load, added on top of the compute
+        if w.kv_bytes:
+            terms["kv_load_ms"] = w.kv_bytes / _SEED_MEM_MB / hbm_rate(hw, preset)
+        ms = sum(terms.values())
+    return Timed(w, ms, terms)
+
+
+def _comm_time(w: Work, plan: Plan, hw: Hardware, preset: Preset) -> Timed:
+    mb = _SEED_NET_MB if preset.binary_megabytes else _MB
+    terms: dict[str, float] = {}
+    if w.kind == "allreduce":
+        terms["scaleup_ms"] = w.scaleup_bytes / mb / link_rate(hw, preset, "scaleup")
+        return Timed(w, terms["scaleup_ms"], terms)
+    backend = hw.backend(plan.comm)
+    if w.scaleout_bytes:
+        eff = backend.bw_eff if backend.link == "scaleout" else None
+        terms["scaleout_ms"] = w.scaleout_bytes / mb / link_rate(hw, preset, "scaleout", eff)
+    if w.scaleup_bytes:
+        eff = backend.bw_eff if backend.link == "scaleup" else None
+        terms["scaleup_ms"] = w.scaleup_bytes / mb / link_rate(hw, preset, "scaleup", eff)
+    ms = max(terms.values(), default=0.0)
+    if preset.comm_latency:
+        terms["latency_ms"] = backend.latency_us / 1e3
+        if backend.per_message_us:
+            peers = max(1, plan.ep_size - 1)
+            terms["proxy_ms"] = backend.per_message_us * peers / 1e3
+        ms += terms["latency_ms"] + terms.get("proxy_ms", 0.0)
+    return Timed(w, ms, terms)

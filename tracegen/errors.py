@@ -1,0 +1,27 @@
+"""One error type for everything a user can get wrong, and the CLI wrapper that turns it into
+one line on stderr and exit status 2 (never a traceback)."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+class UserError(Exception):
+    """Bad input from the user: a wrong name, a malformed file, an impossible plan."""
+
+
+def run_cli(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a CLI entry point: UserError -> one line + exit 2; Ctrl-C -> exit 130; broken pipe -> quiet."""
+    try:
+        return main(argv)
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        try:
+            sys.stdout = None  # type: ignore[assignment]
+        finally:
+            return 0

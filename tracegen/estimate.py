@@ -1,0 +1,117 @@
+"""The per-op table and totals of `tracegen estimate`: time per layer for each op row, layers,
+sums with and without overlap, TPOT and throughput per GPU and per node."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .catalog import Hardware, Model
+from .cost import Timed, comm_sms, op_time
+from .ops import layer_ops
+from .plan import Plan
+from .preset import Preset
+
+ROW_ORDER = ("DenseMLA", "DenseMLP", "MLA", "Gate", "SharedExpert", "RoutedExpert", "Dispatch", "Combine")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    ms: float                  # per layer
+    layers: int
+    terms: dict[str, float]    # ms per cost term, summed over the row's ops
+
+    @property
+    def total_ms(self) -> float:
+        return self.ms * self.layers
+
+
+@dataclass(frozen=True)
+class Estimate:
+    model: Model
+    hardware: Hardware
+    plan: Plan
+    preset: Preset
+    rows: list[Row]
+    dense_ops: list[Timed]
+    moe_ops: list[Timed]
+    sum_overlap_ms: float
+    sum_ms: float
+    tokens_per_step_per_gpu: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def row(self, name: str) -> Row:
+        return next(r for r in self.rows if r.name == name)
+
+    @property
+    def tokens_per_s_per_gpu_overlap(self) -> float:
+        return self.tokens_per_step_per_gpu * 1e3 / self.sum_overlap_ms
+
+    @property
+    def tokens_per_s_per_gpu(self) -> float:
+        return self.tokens_per_step_per_gpu * 1e3 / self.sum_ms
+
+    def to_dict(self) -> dict:
+        p = self.plan
+        out = {
+            "model": self.model.name, "hardware": self.hardware.name, "preset": self.preset.name,
+            "plan": {k: getattr(p, k) for k in p.__dataclass_fields__},
+            "gpus": p.num_gpus, "nodes": p.nodes, "ep": p.ep_size,
+            "rows": [{"op": r.name, "ms_per_layer": r.ms, "layers": r.layers, "total_ms": r.total_ms,
+                      "terms_ms": r.terms} for r in self.rows],
+            "sum_overlap_ms": self.sum_overlap_ms, "sum_ms": self.sum_ms,
+            "tokens_per_s_per_gpu_overlap": self.tokens_per_s_per_gpu_overlap,
+            "tokens_per_s_per_gpu": self.tokens_per_s_per_gpu,
+            "tokens_per_s_per_node_overlap": self.tokens_per_s_per_gpu_overlap * p.gpus_per_node,
+            "tokens_per_s_per_node": self.tokens_per_s_per_gpu * p.gpus_per_node,
+        }
+        if p.phase == "decode":
+            out.update(tpot_overlap_ms=self.sum_overlap_ms, tpot_ms=self.sum_ms,
+                       tps_per_user_overlap=1e3 / self.sum_overlap_ms, tps_per_user=1e3 / self.sum_ms)
+        else:
+            out.update(prefill_latency_overlap_ms=self.sum_overlap_ms, prefill_latency_ms=self.sum_ms)
+        out.update(self.extra)
+        return out
+
+
+def _rows(timed: list[Timed], layers: int) -> dict[str, Row]:
+    rows: dict[str, Row] = {}
+    for t in timed:
+        r = rows.get(t.work.row)
+        terms = dict(r.terms) if r else {}
+        for k, v in t.terms.items():
+            terms[k] = terms.get(k, 0.0) + v
+        rows[t.work.row] = Row(t.work.row, (r.ms if r else 0.0) + t.ms, layers, terms)
+    return rows
+
+
+def overlapped_layer_ms(ops: list[Timed], plan: Plan, hw: Hardware, preset: Preset) -> float:
+    """One MoE layer with its all-to-all hidden behind compute as far as physics allows."""
+    compute = sum(t.ms for t in ops if t.work.is_compute or t.work.kind == "allreduce")
+    comm = sum(t.ms for t in ops if t.work.kind == "a2a")
+    if preset.overlap == "compute_only":
+        return compute
+    # While the all-to-all runs it holds its SMs: compute progresses at the remaining share.
+    share = (hw.sm_count - comm_sms(plan, hw, preset)) / hw.sm_count
+    if compute <= comm * share:
+        return comm
+    return comm + (compute - comm * share)
+
+
+def estimate(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> Estimate:
+    hw = preset.apply(hw)
+    dense_ops = [op_time(w, plan, hw, preset) for w in layer_ops(model, plan, preset, hw, dense=True)]
+    moe_ops = [op_time(w, plan, hw, preset) for w in layer_ops(model, plan, preset, hw, dense=False)]
+    rows = _rows(dense_ops, model.dense_layers) if model.dense_layers else {}
+    rows.update(_rows(moe_ops, model.moe_layers))
+    ordered = [rows[n] for n in ROW_ORDER if n in rows]
+    dense_ms = sum(t.ms for t in dense_ops)
+    moe_seq = sum(t.ms for t in moe_ops)
+    sum_ms = model.dense_layers * dense_ms + model.moe_layers * moe_seq
+    sum_overlap = model.dense_layers * dense_ms + model.moe_layers * overlapped_layer_ms(moe_ops, plan, hw, preset)
+    if plan.phase == "prefill":
+        per_gpu = plan.dp * plan.batch * plan.seq_len / plan.num_gpus
+    elif preset.decode_moe_tokens == "batch_per_gpu":
+        per_gpu = plan.batch
+    else:
+        per_gpu = plan.dp * plan.batch / plan.num_gpus
+    return Estimate(model, hw, plan, preset, ordered, dense_ops, moe_ops, sum_overlap, sum_ms, per_gpu)

@@ -1,0 +1,265 @@
+"""The op inventory of one transformer layer on one GPU: FLOPs, HBM bytes and link bytes per op,
+from the model's shapes and the plan's per-GPU token counts. No timing here (that is cost.py).
+
+Ops carry two labels: `row`, the line of the estimate table it adds to (the published
+analysis's grouping), and `stage`, the two-batch-overlap stage it runs in (SGLang's naming:
+prefill ATTN/SHARED/DISPATCH/MLP/COMBINE, decode ATTN-0/ATTN-1/...)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .catalog import Hardware, Model
+from .plan import Plan
+from .preset import Preset
+
+BF16 = 2        # bytes per BF16 element
+SCALE_GROUP = 128   # FP8 block scaling: one FP32 scale per 128 channels
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one op asks of one GPU for one layer."""
+    name: str                 # op id: mla_proj, attn_core, mla_out, tp_allreduce, gate, ...
+    row: str                  # estimate-table row: DenseMLA, MLA, DenseMLP, Gate, SharedExpert, ...
+    stage: str                # TBO stage: ATTN, ATTN-0, ATTN-1, SHARED, DISPATCH, MLP, COMBINE
+    kind: str                 # efficiency kind: gemm, grouped_gemm, attention, allreduce, a2a
+    flops: float = 0.0        # multiply-adds x 2
+    rate: str = "fp8"         # compute class the FLOPs run at: "fp8" or "bf16"
+    m: float = 0.0            # GEMM rows (tokens; tokens per expert for grouped GEMMs)
+    hbm_bytes: float = 0.0    # weights + activations (+ KV for attention) moved through HBM
+    kv_bytes: float = 0.0     # the KV-cache part of hbm_bytes (decode)
+    scaleout_bytes: float = 0.0   # bytes leaving this GPU over RDMA
+    scaleup_bytes: float = 0.0    # bytes leaving this GPU over NVLink / unified bus
+    tp_divisor: int = 1       # attention work is split over the TP group
+    is_comm: bool = False
+
+    @property
+    def is_compute(self) -> bool:
+        return not self.is_comm
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Per-GPU token counts of one step (or one micro-batch) under a plan and preset."""
+    q_len: float              # new query tokens per attention-DP group
+    kv_len: float             # KV length they attend to (per sequence)
+    seqs: float               # sequences per DP group
+    attn_pairs: float         # (query, key) pairs per DP group for core attention
+    moe_tokens: float         # tokens per GPU entering the MoE block (after attention)
+    routed_tokens: float      # token-expert pairs per GPU for routed experts (slowest rank)
+    kv_down_rate: float       # fraction of KV down-projection recomputed
+
+
+def tokens(model: Model, plan: Plan, preset: Preset) -> Tokens:
+    if plan.phase == "prefill":
+        seqs, S = plan.batch, plan.seq_len
+        hit = plan.kv_hit
+        if preset.prefill_q_len == "seq_len":
+            q_per_seq, kv_down_rate = S, (1 - hit if preset.kv_hit_applies_to == "kv_down_proj" else 1.0)
+        else:
+            q_per_seq, kv_down_rate = S * (1 - hit), 1.0
+        if preset.attention_mask == "full":
+            pairs = q_per_seq * S
+        else:   # causal: new token at position i sees i+1 keys
+            p = S - q_per_seq
+            pairs = (S * (S + 1) - p * (p + 1)) / 2
+        q_len = seqs * q_per_seq
+        total = plan.dp * q_len
+        moe_tokens = total / plan.num_gpus
+        return Tokens(q_len=q_len, kv_len=S, seqs=seqs, attn_pairs=seqs * pairs, moe_tokens=moe_tokens,
+                      routed_tokens=total * model.activated_experts / plan.ep_size * plan.imbalance,
+                      kv_down_rate=kv_down_rate)
+    seqs = plan.batch
+    if preset.decode_moe_tokens == "batch_per_gpu":
+        moe_tokens = seqs
+        routed = seqs * model.activated_experts
+    else:
+        moe_tokens = plan.dp * seqs / plan.num_gpus
+        routed = plan.dp * seqs * model.activated_experts / plan.ep_size
+    # the seed's mla_flops(1, seq_len, kv_cache_rate=1) skips even the new token's KV projection
+    kv_down_rate = 0.0 if preset.kv_hit_applies_to == "kv_down_proj" else 1.0
+    return Tokens(q_len=seqs, kv_len=plan.seq_len, seqs=seqs, attn_pairs=seqs * plan.seq_len,
+                  moe_tokens=moe_tokens, routed_tokens=routed * plan.imbalance, kv_down_rate=kv_down_rate)
+
+
+# ----------------------------------------------------------------------------- attention
+def _gemm_bytes(m: float, k: float, n: float, weight_elem: float) -> float:
+    """Weights once, input and output activations in BF16."""
+    return k * n * weight_elem + m * (k + n) * BF16
+
+
+def attention_ops(model: Model, plan: Plan, preset: Preset, t: Tokens, dense: bool) -> list[Work]:
+    tp = plan.tp
+    if dense and preset.dense_layer_attention_tp:
+        tp = preset.dense_layer_attention_tp
+    row = "DenseMLA" if dense else "MLA"
+    decode = plan.phase == "decode"
+    wb = plan.gemm_bytes_per_elem
+    wo_rate = "bf16" if preset.wo_class == "attention" else plan.precision
+    H, h = model.hidden, model.heads
+    q, kv = t.q_len, t.kv_len
+    kv_bytes = 0.0
+    if decode:
+        kv_elem = plan.kv_bytes_per_elem
+        kv_bytes = t.seqs * kv * model.kv_cache_elems * kv_elem
+    pre, post = ("ATTN-0", "ATTN-1") if decode else ("ATTN", "ATTN")
+    if model.attention == "gqa":
+        d, g = model.head_dim, model.kv_heads
+        kv_split = min(tp, g)       # KV heads are split over TP ranks, replicated beyond g
+        qkv = (h + 2 * g) * d
+        return [
+            Work("attn_proj", row, pre, "gemm", 2 * q * H * qkv / tp, plan.precision, q,
+                 _gemm_bytes(q, H, qkv, wb) / tp, tp_divisor=tp),
+            Work("attn_core", row, post, "attention", 2 * h * t.attn_pairs * 2 * d / tp, "bf16", q,
+                 kv_bytes / kv_split, kv_bytes=kv_bytes / kv_split, tp_divisor=tp),
+            Work("attn_out", row, post, "gemm", 2 * q * h * d * H / tp, wo_rate, q,
+                 _gemm_bytes(q, h * d, H, wb) / tp, tp_divisor=tp),
+        ]
+    # MLA
+    r_q, r_kv, nope, rope, vd = (model.q_lora_rank, model.kv_lora_rank, model.qk_nope_head_dim,
+                                 model.qk_rope_head_dim, model.v_head_dim)
+    form = preset.decode_mla_form if decode else "standard"
+    q_down = q * H * r_q
+    kv_down = q * H * (r_kv + rope) * t.kv_down_rate
+    if form == "standard":
+        # every KV position is up-projected, cached latents included
+        kv_rows = t.seqs * kv
+        proj_macs = q_down + q * r_q * h * (nope + rope) + kv_down + kv_rows * r_kv * h * (nope + vd)
+        proj_w = H * r_q + r_q * h * (nope + rope) + H * (r_kv + rope) + r_kv * h * (nope + vd)
+        core_macs = h * t.attn_pairs * (nope + rope + vd)
+        out_macs = q * h * vd * H
+        out_w = h * vd * H
+    elif form == "absorbed_merged":
+        # seed004: W_UK folded into W_Q (q_absorb) and W_UV into W_O (o_absorb)
+        proj_macs = q_down + q * r_q * h * rope + q * h * r_q * r_kv + kv_down
+        proj_w = H * r_q + r_q * h * rope + h * r_q * r_kv + H * (r_kv + rope)
+        core_macs = h * t.attn_pairs * (rope + 2 * r_kv)
+        out_macs = q * h * r_kv * H
+        out_w = h * r_kv * H
+    else:
+        # absorbed with the original weights: q_up, then a per-head bmm with W_UK into the latent
+        # space; attention over the latent cache (MQA); per-head W_UV bmm, then W_O.
+        proj_macs = q_down + kv_down + q * r_q * h * (nope + rope) + q * h * nope * r_kv
+        proj_w = H * r_q + H * (r_kv + rope) + r_q * h * (nope + rope) + h * nope * r_kv
+        core_macs = h * t.attn_pairs * (rope + 2 * r_kv)
+        out_macs = q * h * r_kv * vd + q * h * vd * H
+        out_w = h * r_kv * vd + h * vd * H
+    act = q * H * BF16
+    return [
+        Work("mla_proj", row, pre, "gemm", 2 * proj_macs / tp, plan.precision, q,
+             (proj_w * wb + 2 * act) / tp, tp_divisor=tp),
+        Work("attn_core", row, post, "attention", 2 * core_macs / tp, "bf16", q,
+             kv_bytes + q * h * (r_kv + rope) * BF16 / tp, kv_bytes=kv_bytes, tp_divisor=tp),
+        Work("mla_out", row, post, "gemm", 2 * out_macs / tp, wo_rate, q,
+             (out_w * wb + 2 * act) / tp, tp_divisor=tp),
+    ]
+
+
+def allreduce_op(model: Model, plan: Plan, preset: Preset, t: Tokens, dense: bool) -> list[Work]:
+    tp = plan.tp
+    if dense and preset.dense_layer_attention_tp:
+        tp = preset.dense_layer_attention_tp
+    if tp <= 1:
+        return []
+    row = "DenseMLA" if dense else "MLA"
+    stage = "ATTN-1" if plan.phase == "decode" else "ATTN"
+    if preset.allreduce_tokens == "seq_len":
+        size = plan.seq_len * model.hidden * BF16          # the seed's quirk, decode included
+    else:
+        size = t.q_len * model.hidden * BF16 * 2 * (tp - 1) / tp   # ring: reduce-scatter + all-gather
+    return [Work("tp_allreduce", row, stage, "allreduce", scaleup_bytes=size, is_comm=True)]
+
+
+# ----------------------------------------------------------------------------- FFN
+def _ffn(name: str, row: str, stage: str, kind: str, rows: float, width: int, hidden: int,
+         copies: float, weight_elem: float, m: float) -> Work:
+    """SwiGLU FFN: gate and up (hidden -> width, twice) and down (width -> hidden)."""
+    macs = rows * 3 * hidden * width
+    weights = copies * 3 * hidden * width * weight_elem
+    return Work(name, row, stage, kind, 2 * macs, "fp8" if weight_elem == 1 else "bf16", m,
+                weights + rows * (2 * hidden + 3 * width) * BF16)
+
+
+def dense_mlp_op(model: Model, plan: Plan, preset: Preset, t: Tokens) -> Work:
+    # split: sequence-parallel, each GPU its own tokens with the full weights;
+    # the seed: the whole DP group's tokens on one GPU
+    rows = t.moe_tokens if preset.dense_mlp_split else t.q_len
+    return _ffn("dense_mlp", "DenseMLP", "MLP", "gemm", rows, model.intermediate, model.hidden,
+                1.0, plan.gemm_bytes_per_elem, rows)
+
+
+def gate_op(model: Model, plan: Plan, t: Tokens) -> Work:
+    rows = t.moe_tokens
+    stage = "ATTN-1" if plan.phase == "decode" else "ATTN"
+    return Work("gate", "Gate", stage, "gemm", 2 * rows * model.hidden * model.routed_experts, "bf16",
+                rows, model.hidden * model.routed_experts * BF16 + rows * model.hidden * BF16)
+
+
+def expert_ops(model: Model, plan: Plan, preset: Preset, t: Tokens) -> list[Work]:
+    wb = plan.gemm_bytes_per_elem
+    out = []
+    if model.shared_experts:
+        out.append(_ffn("shared_expert", "SharedExpert", "SHARED", "gemm", t.moe_tokens * model.shared_experts,
+                        model.moe_intermediate, model.hidden, model.shared_experts, wb, t.moe_tokens))
+    local = plan.experts_per_gpu(model)
+    out.append(_ffn("routed_expert", "RoutedExpert", "MLP", "grouped_gemm", t.routed_tokens,
+                    model.moe_intermediate, model.hidden, local, wb, t.routed_tokens / max(local, 1e-9)))
+    return out
+
+
+# ----------------------------------------------------------------------------- all-to-all
+def nodes_per_token(model: Model, nodes: int) -> float:
+    """Distinct nodes one token's top-k experts live on (balanced routing)."""
+    if nodes <= 1:
+        return 1.0
+    if model.expert_groups > 1 and model.limited_groups < model.expert_groups:
+        return float(min(nodes, model.limited_groups))
+    return nodes * (1 - (1 - 1 / nodes) ** model.activated_experts)
+
+
+def a2a_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, t: Tokens) -> list[Work]:
+    """Dispatch (FP8 payload) and combine (BF16 payload) bytes leaving one GPU."""
+    H, k = model.hidden, model.activated_experts
+    scale = (4 / SCALE_GROUP) if preset.quant_scale_bytes and plan.precision == "fp8" else 0.0
+    elem = {"dispatch": plan.gemm_bytes_per_elem + scale, "combine": float(BF16)}
+    tok = t.moe_tokens
+    domain = hw.scaleup_domain
+    ep = plan.ep_size
+    backend = hw.backend(plan.comm)
+    out = []
+    for name, stage in (("dispatch", "DISPATCH"), ("combine", "COMBINE")):
+        row = name.capitalize()
+        if plan.phase == "decode" and preset.decode_dispatch == "all_remote_one_nic":
+            out.append(Work(name, row, stage, "a2a", scaleout_bytes=tok * k * H * elem[name], is_comm=True))
+            continue
+        if plan.phase == "prefill" and backend.link == "scaleout" and ep > domain:
+            # normal kernels: one RDMA copy per remote node, then NVLink forwarding inside it
+            nodes = max(1, -(-ep // domain))
+            remote = nodes_per_token(model, nodes) * (nodes - 1) / nodes
+            rdma = tok * remote * H * elem[name]
+            nvl = tok * k * H * elem[name] * (domain - 1) / domain / nodes
+            out.append(Work(name, row, stage, "a2a", scaleout_bytes=rdma, scaleup_bytes=nvl, is_comm=True))
+            continue
+        # one copy per top-k expert: those inside the scale-up domain over NVLink / UB
+        inside = min(ep, domain)
+        up_frac = (inside - 1) / ep
+        out_frac = max(0.0, 1 - inside / ep)
+        copies = tok * k * H * elem[name]
+        out.append(Work(name, row, stage, "a2a", scaleout_bytes=copies * out_frac,
+                        scaleup_bytes=copies * up_frac, is_comm=True))
+    return out
+
+
+def layer_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, dense: bool) -> list[Work]:
+    """All ops of one layer (dense or MoE) on one GPU, in execution order."""
+    t = tokens(model, plan, preset)
+    ops = attention_ops(model, plan, preset, t, dense) + allreduce_op(model, plan, preset, t, dense)
+    if dense:
+        return ops + [dense_mlp_op(model, plan, preset, t)]
+    if preset.gate:
+        ops.append(gate_op(model, plan, t))
+    experts = expert_ops(model, plan, preset, t)
+    dispatch, combine = a2a_ops(model, plan, preset, hw, t)
+    shared = [w for w in experts if w.name == "shared_expert"]
+    routed = [w for w in experts if w.name == "routed_expert"]
+    return ops + shared + [dispatch] + routed + [combine]

@@ -1,0 +1,96 @@
+"""A deployment plan: how one model is spread over GPUs for one phase, and the per-GPU token
+counts that follow from it. Attention is data-parallel across `dp` groups of `tp` GPUs each;
+the MoE FFN is expert-parallel across `ep` GPUs."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from .catalog import Hardware, Model
+from .errors import UserError
+
+PHASES = ("prefill", "decode")
+COMM_BACKENDS = ("normal", "ibgda", "cpu-proxy", "ascend-fused")
+
+
+@dataclass(frozen=True)
+class Plan:
+    phase: str                   # "prefill" or "decode"
+    batch: float                 # sequences per attention-DP group (decode: requests in flight)
+    seq_len: int                 # prefill: prompt length; decode: context (KV) length
+    kv_hit: float = 0.0          # prefill: fraction of the prompt found in the KV cache
+    tp: int = 1                  # attention tensor parallelism
+    dp: int = 1                  # attention data-parallel groups
+    ep: int = 0                  # expert parallelism (0: tp * dp)
+    gpus_per_node: int = 8
+    redundant_experts: int = 0   # extra expert replicas placed by EPLB
+    microbatches: int = 2        # two-batch overlap splits the batch in two
+    comm: str = "normal"         # all-to-all backend
+    comm_sms: int | None = None  # override the backend's SM count
+    precision: str = "fp8"       # GEMM precision: fp8 or bf16
+    kv_dtype: str = "bf16"       # KV-cache element type: fp8 or bf16
+    decode_len: int = 1210       # decode: output tokens per request (memory sizing)
+    imbalance: float = 1.0       # max / mean expert load across EP ranks (1 = balanced)
+
+    # ------------------------------------------------------------------ derived counts
+    @property
+    def num_gpus(self) -> int:
+        return self.tp * self.dp
+
+    @property
+    def ep_size(self) -> int:
+        return self.ep or self.num_gpus
+
+    @property
+    def nodes(self) -> int:
+        return max(1, math.ceil(self.num_gpus / self.gpus_per_node))
+
+    @property
+    def kv_bytes_per_elem(self) -> int:
+        return 1 if self.kv_dtype == "fp8" else 2
+
+    @property
+    def gemm_bytes_per_elem(self) -> int:
+        return 1 if self.precision == "fp8" else 2
+
+    def tokens_per_group(self) -> float:
+        """Tokens one attention-DP group processes in this step (prompt tokens in prefill)."""
+        return self.batch * (self.seq_len if self.phase == "prefill" else 1)
+
+    def experts_per_gpu(self, model: Model) -> float:
+        return (model.routed_experts + self.redundant_experts) / self.ep_size
+
+    def split(self, parts: int) -> "Plan":
+        """The plan of one micro-batch when the batch is split into `parts`."""
+        return replace(self, batch=self.batch / parts)
+
+
+def validate(plan: Plan, model: Model, hw: Hardware) -> Plan:
+    """Check a plan against its model and hardware; one clear error for the first problem."""
+    if plan.phase not in PHASES:
+        raise UserError(f"phase must be one of {', '.join(PHASES)}, got {plan.phase!r}")
+    if plan.comm not in COMM_BACKENDS:
+        raise UserError(f"--comm must be one of {', '.join(COMM_BACKENDS)}, got {plan.comm!r}")
+    hw.backend(plan.comm)
+    for name in ("tp", "dp", "gpus_per_node", "microbatches", "seq_len"):
+        if getattr(plan, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(plan, name)}")
+    if plan.batch <= 0:
+        raise UserError(f"--batch must be positive, got {plan.batch}")
+    if not 0.0 <= plan.kv_hit < 1.0:
+        raise UserError(f"--kv-hit must lie in [0, 1), got {plan.kv_hit}")
+    if plan.ep < 0 or plan.redundant_experts < 0:
+        raise UserError("--ep and --redundant-experts must not be negative")
+    if plan.ep_size > plan.num_gpus:
+        raise UserError(f"--ep {plan.ep_size} exceeds the {plan.num_gpus} GPUs of tp x dp")
+    if plan.precision not in ("fp8", "bf16"):
+        raise UserError(f"--precision must be fp8 or bf16, got {plan.precision!r}")
+    if plan.kv_dtype not in ("fp8", "bf16"):
+        raise UserError(f"--kv-dtype must be fp8 or bf16, got {plan.kv_dtype!r}")
+    if plan.imbalance < 1.0:
+        raise UserError(f"--imbalance is max/mean load and must be >= 1, got {plan.imbalance}")
+    if plan.comm_sms is not None and not 0 <= plan.comm_sms < hw.sm_count:
+        raise UserError(f"--comm-sms must lie in [0, {hw.sm_count}), got {plan.comm_sms}")
+    if model.heads % plan.tp:
+        raise UserError(f"--tp {plan.tp} does not divide the {model.heads} attention heads of {model.name}")
+    return plan
