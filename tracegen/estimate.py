@@ -43,6 +43,14 @@ class Estimate:
         return next(r for r in self.rows if r.name == name)
 
     @property
+    def comm_slack_ms(self) -> float:
+        """Per MoE layer: attention + shared expert time left after dispatch + combine
+        (the seed's 'time budget'; negative: communication cannot be hidden)."""
+        def ms(name: str) -> float:
+            return next((r.ms for r in self.rows if r.name == name), 0.0)
+        return ms("MLA") + ms("SharedExpert") - ms("Dispatch") - ms("Combine")
+
+    @property
     def tokens_per_s_per_gpu_overlap(self) -> float:
         return self.tokens_per_step_per_gpu * 1e3 / self.sum_overlap_ms
 
@@ -66,7 +74,8 @@ class Estimate:
         }
         if p.phase == "decode":
             out.update(tpot_overlap_ms=self.sum_overlap_ms, tpot_ms=self.sum_ms,
-                       tps_per_user_overlap=1e3 / self.sum_overlap_ms, tps_per_user=1e3 / self.sum_ms)
+                       tps_per_user_overlap=1e3 / self.sum_overlap_ms, tps_per_user=1e3 / self.sum_ms,
+                       comm_slack_ms=self.comm_slack_ms)
         else:
             out.update(prefill_latency_overlap_ms=self.sum_overlap_ms, prefill_latency_ms=self.sum_ms)
         out.update(self.extra)

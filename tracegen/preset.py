@@ -56,12 +56,22 @@ class Preset:
     kv_dtype: str
     comm_latency: bool
     hardware: dict[str, dict[str, Any]] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, dict[str, Any]] = field(default_factory=dict)   # phase -> Plan field defaults
 
     def apply(self, hw: Hardware) -> Hardware:
         """The hardware as this preset sees it (its table's figures where they differ)."""
         over = self.hardware.get(hw.key) or next(
             (v for k, v in self.hardware.items() if normalise(k) == normalise(hw.key)), None)
         return replace(hw, **over) if over else hw
+
+
+    def resolve(self, hw: Hardware, **overrides: float) -> tuple[Hardware, "Preset"]:
+        """Apply this preset's hardware table, then the user's what-if figures (which win).
+        Returns the hardware to use and the preset with its table emptied (already applied)."""
+        if not overrides:
+            return hw, self
+        return replace(self.apply(hw), **overrides), replace(self, hardware={})
 
 
 PRESETS = ("default", "seed004")
@@ -82,7 +92,7 @@ def load_preset(name: str = "default") -> Preset:
     for k, allowed in _CHOICES.items():
         if raw.get(k) not in allowed:
             raise UserError(f"preset {match}: {k} must be one of {', '.join(allowed)}, got {raw.get(k)!r}")
-    missing = sorted(known - set(raw) - {"hardware"})
+    missing = sorted(known - set(raw) - {"hardware", "memory", "plan"})
     if missing:
         raise UserError(f"preset {match}: missing key {missing[0]!r}")
     return Preset(name=match, **raw)

@@ -1,0 +1,81 @@
+"""`tracegen estimate` / `list` / `roofline` as a user runs them."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tracegen.cli import build_parser, main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_estimate_help_explains_every_flag_with_its_unit(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["estimate", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    parser = build_parser()
+    est = parser._subparsers._group_actions[0].choices["estimate"]
+    for action in est._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, action.option_strings
+    for unit in ("tokens", "GB/s", "GPUs", "sequences", "fraction"):
+        assert unit in text
+    assert "examples:" in text
+
+
+def test_seed004_headline_figures(capsys):
+    code, out, _ = run(capsys, "estimate", "--preset", "seed004")
+    assert code == 0
+    assert "167.802" in out and "259.803" in out and "52,240.1" in out and "33,741.0" in out
+    code, out, _ = run(capsys, "estimate", "--preset", "seed004", "--phase", "decode", "--json")
+    d = json.loads(out)
+    assert round(d["tpot_overlap_ms"], 3) == 9.858 and round(d["tpot_ms"], 3) == 17.023
+    assert round(d["tokens_per_s_per_gpu_overlap"], 3) == 3246.137
+
+
+def test_json_has_rows_and_totals(capsys):
+    code, out, _ = run(capsys, "estimate", "--phase", "decode", "--hardware", "h20", "--batch", "64", "--json")
+    d = json.loads(out)
+    assert d["hardware"] == "H20" and d["plan"]["batch"] == 64
+    assert {r["op"] for r in d["rows"]} >= {"MLA", "RoutedExpert", "Dispatch", "Combine"}
+    for r in d["rows"]:
+        assert r["total_ms"] == pytest.approx(r["ms_per_layer"] * r["layers"])
+    assert d["tpot_ms"] >= d["tpot_overlap_ms"] > 0 and d["max_batch"] > 0
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["estimate", "--hardware", "h900"], r"unknown hardware 'h900'; known: .*h800"),
+    (["estimate", "--model", "gpt5"], r"unknown model 'gpt5'; known: .*deepseek-v3"),
+    (["estimate", "--kv-hit", "1.5"], r"--kv-hit must lie in \[0, 1\)"),
+    (["estimate", "--tp", "3"], r"--tp 3 does not divide the 128 attention heads"),
+    (["estimate", "--hardware-file", "/nonexistent/hw.toml"], r"no such file"),
+    (["estimate", "--comm", "ascend-fused"], r"has no communication backend 'ascend-fused'"),
+])
+def test_bad_input_one_line_exit_2(capsys, argv, pattern):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert re.search(pattern, err), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_list_and_roofline(capsys):
+    for what in ("hardware", "models", "presets"):
+        code, out, _ = run(capsys, "list", what, "--json")
+        assert code == 0 and json.loads(out)
+    code, out, _ = run(capsys, "roofline", "--hardware", "h20", "--json")
+    assert json.loads(out)["min_ep"] == 42
+
+
+def test_console_entry_point_runs_as_a_program():
+    r = subprocess.run([sys.executable, "-m", "tracegen.cli", "estimate", "--hardware", "nope"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("tracegen: error: unknown hardware 'nope'")

@@ -1,0 +1,303 @@
+"""`tracegen`: predict one layer of an MoE deployment (estimate), write it as a timeline (trace),
+list the catalogs, and fit the cost model to an observed trace (calibrate)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from typing import Any
+
+from .catalog import Hardware, Model, builtin_hardware, builtin_models, load_hardware, load_model
+from .errors import UserError, run_cli
+from .plan import COMM_BACKENDS, Plan, validate
+from .preset import PRESETS, Preset, load_preset
+
+EPILOG_ESTIMATE = """\
+examples:
+  tracegen estimate                                   DeepSeek-V3 prefill on H800, default preset
+  tracegen estimate --phase decode --hardware h20 --batch 64
+  tracegen estimate --preset seed004 --tp 4 --dp 8    the published analysis, exactly
+  tracegen estimate --preset seed004 --hardware h20 --scaleout-gbps 25   a 1.6 Tb/s network
+  tracegen estimate --model kimi-k2 --hardware h200 --phase decode --json
+
+Flags left out take the preset's plan defaults for the phase (see `tracegen list presets`).
+Times are per GPU; the MoE layer's all-to-all is hidden behind compute in the 'overlap' sums."""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors with exit status 2 and one line (its default)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# ----------------------------------------------------------------------------- shared options
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    """--model/--hardware/--preset and the user-file variants."""
+    g = p.add_argument_group("what to model")
+    g.add_argument("--model", "-m", default=None,
+                   help="model name from `tracegen list models` (default: deepseek-v3)")
+    g.add_argument("--model-file", default=None, metavar="FILE",
+                   help="your own model catalog (TOML or JSON, same fields as the built-in one)")
+    g.add_argument("--hardware", "--gpu", "-g", dest="hardware", default=None,
+                   help="hardware name from `tracegen list hardware` (default: h800)")
+    g.add_argument("--hardware-file", default=None, metavar="FILE",
+                   help="your own hardware file (TOML or JSON; `tracegen calibrate` writes one)")
+    g.add_argument("--preset", default="default", choices=PRESETS,
+                   help="cost-model conventions: 'default' (physical) or 'seed004' (the published analysis)")
+    g.add_argument("--phase", default="prefill", choices=("prefill", "decode"), help="inference phase")
+
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("deployment plan (unset: the preset's defaults for the phase)")
+    g.add_argument("--batch", type=float, default=None,
+                   help="sequences per attention-DP group (decode: requests in flight per group)")
+    g.add_argument("--tokens", type=float, default=None,
+                   help="prefill only: prompt tokens per GPU (sets --batch = tokens x tp / seq-len)")
+    g.add_argument("--seq-len", type=int, default=None,
+                   help="prefill: prompt length in tokens; decode: context (KV) length in tokens")
+    g.add_argument("--kv-hit", type=float, default=None,
+                   help="prefill: fraction of the prompt already in the KV cache, 0 to <1")
+    g.add_argument("--tp", type=int, default=None, help="attention tensor-parallel size (GPUs)")
+    g.add_argument("--dp", type=int, default=None, help="attention data-parallel groups")
+    g.add_argument("--ep", type=int, default=None, help="expert-parallel size in GPUs (default tp x dp)")
+    g.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per node (default: the hardware's)")
+    g.add_argument("--redundant-experts", type=int, default=None,
+                   help="extra expert replicas placed by EPLB, summed over all EP ranks")
+    g.add_argument("--microbatches", type=int, default=None, help="micro-batches per step (2: two-batch overlap)")
+    g.add_argument("--comm", default=None, choices=COMM_BACKENDS,
+                   help="all-to-all backend (default: normal for prefill, ibgda for decode)")
+    g.add_argument("--comm-sms", type=int, default=None,
+                   help="SMs the all-to-all holds while in flight (default: the backend's)")
+    g.add_argument("--precision", default=None, choices=("fp8", "bf16"), help="GEMM precision")
+    g.add_argument("--kv-dtype", default=None, choices=("fp8", "bf16"), help="KV-cache element type")
+    g.add_argument("--decode-len", type=int, default=None,
+                   help="decode: output tokens per request, for the memory limit (tokens)")
+    g.add_argument("--imbalance", type=float, default=None,
+                   help="expert load max/mean across EP ranks, >= 1 (1 / EPLB balancedness)")
+    g.add_argument("--balancedness", type=float, default=None,
+                   help="EPLB balancedness = mean/max MoE compute, in (0, 1]; sets --imbalance = 1/x")
+    h = p.add_argument_group("hardware what-ifs")
+    h.add_argument("--scaleout-gbps", type=float, default=None, help="RDMA bandwidth per GPU, GB/s")
+    h.add_argument("--scaleup-gbps", type=float, default=None, help="NVLink / UB bandwidth per GPU, GB/s")
+    h.add_argument("--hbm-gbps", type=float, default=None, help="HBM bandwidth, GB/s")
+
+
+def resolve_target(args: argparse.Namespace) -> tuple[Model, Hardware, Preset]:
+    model = load_model(args.model, args.model_file)
+    hw = load_hardware(args.hardware, args.hardware_file)
+    preset = load_preset(args.preset)
+    over: dict[str, Any] = {}
+    for flag, fld in (("scaleout_gbps", "scaleout_gbps"), ("scaleup_gbps", "scaleup_gbps"), ("hbm_gbps", "hbm_gbps")):
+        v = getattr(args, flag, None)
+        if v is not None:
+            if v <= 0:
+                raise UserError(f"--{flag.replace('_', '-')} must be positive, got {v}")
+            over[fld] = v
+    hw, preset = preset.resolve(hw, **over)
+    return model, hw, preset
+
+
+def plan_from_args(args: argparse.Namespace, model: Model, hw: Hardware, preset: Preset) -> Plan:
+    defaults = dict(preset.plan.get(args.phase, {}))
+    comm = defaults.pop("comm", "normal")
+    if comm not in hw.comm:     # the preset's default backend may not exist on this hardware
+        comm = "ascend-fused" if "ascend-fused" in hw.comm else "normal"
+    comm = args.comm or comm
+    kw: dict[str, Any] = {k: v for k, v in defaults.items()}
+    for name in ("batch", "seq_len", "kv_hit", "tp", "dp", "ep", "gpus_per_node", "redundant_experts",
+                 "microbatches", "comm_sms", "precision", "kv_dtype", "decode_len", "imbalance"):
+        v = getattr(args, name, None)
+        if v is not None:
+            kw[name] = v
+    kw.setdefault("gpus_per_node", hw.gpus_per_node)
+    if getattr(args, "balancedness", None) is not None:
+        if not 0 < args.balancedness <= 1:
+            raise UserError(f"--balancedness must lie in (0, 1], got {args.balancedness}")
+        kw["imbalance"] = 1.0 / args.balancedness
+    if getattr(args, "tokens", None) is not None:
+        if args.phase != "prefill":
+            raise UserError("--tokens is for prefill; use --batch for decode")
+        kw["batch"] = args.tokens * kw.get("tp", 1) / kw.get("seq_len", 4096)
+    plan = Plan(phase=args.phase, comm=comm, **kw)
+    return validate(plan, model, hw)
+
+
+# ----------------------------------------------------------------------------- output
+def _fmt(x: float, nd: int = 3) -> str:
+    return f"{x:,.{nd}f}"
+
+
+def render_estimate(est: Any) -> str:
+    from .cost import comm_sms
+    p, m, hw = est.plan, est.model, est.hardware
+    lines = [f"{m.name} on {hw.name} · {p.phase} · preset {est.preset.name}",
+             f"plan: TP{p.tp} x DP{p.dp} = {p.num_gpus} GPUs ({p.nodes} node{'s' if p.nodes > 1 else ''}), "
+             f"EP{p.ep_size}, {p.experts_per_gpu(m):.2f} routed experts/GPU, comm {p.comm} "
+             f"({comm_sms(p, hw, est.preset)} SMs)"]
+    if p.phase == "prefill":
+        lines.append(f"      {p.batch:g} x {p.seq_len}-token prompts per DP group "
+                     f"({p.dp * p.batch * p.seq_len / p.num_gpus:,.0f} tokens/GPU), KV hit {p.kv_hit:.1%}")
+    else:
+        lines.append(f"      batch {p.batch:g} per DP group, context {p.seq_len} tokens, KV {p.kv_dtype}")
+    lines.append("")
+    head = f"{'op':<14}{'ms/layer':>10}{'layers':>8}{'total ms':>11}  terms (ms per layer)"
+    lines += [head, "-" * len(head)]
+    for r in est.rows:
+        terms = ", ".join(f"{k.removesuffix('_ms')} {v:.3f}" for k, v in r.terms.items())
+        lines.append(f"{r.name:<14}{r.ms:>10.3f}{r.layers:>8d}{r.total_ms:>11.3f}  {terms}")
+    d = est.to_dict()
+    lines.append("")
+    what = "TPOT" if p.phase == "decode" else "sum"
+    lines.append(f"{what} with overlap {est.sum_overlap_ms:>10.3f} ms    without {est.sum_ms:>10.3f} ms")
+    lines.append(f"tokens/s per GPU    {_fmt(d['tokens_per_s_per_gpu_overlap'], 1):>10}       "
+                 f"without {_fmt(d['tokens_per_s_per_gpu'], 1):>10}")
+    lines.append(f"tokens/s per node   {_fmt(d['tokens_per_s_per_node_overlap'], 1):>10}       "
+                 f"without {_fmt(d['tokens_per_s_per_node'], 1):>10}")
+    if p.phase == "decode":
+        lines.append(f"tokens/s per user   {d['tps_per_user_overlap']:>10.3f}       without {d['tps_per_user']:>10.3f}")
+    if "max_batch" in d:
+        lines.append(f"max batch in HBM    {d['max_batch']:>10.0f}  (context {p.seq_len}+{p.decode_len} tokens)")
+    return "\n".join(lines)
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=float)
+    sys.stdout.write("\n")
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from .estimate import estimate
+    from .memory import max_batch
+    model, hw, preset = resolve_target(args)
+    if args.mla_form:
+        preset = replace(preset, decode_mla_form=args.mla_form)
+    plan = plan_from_args(args, model, hw, preset)
+    est = estimate(model, hw, plan, preset)
+    if plan.phase == "decode":
+        est.extra["max_batch"] = max_batch(model, hw, plan, preset)
+    if args.json:
+        _print_json(est.to_dict())
+    else:
+        print(render_estimate(est))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "hardware":
+        table = builtin_hardware() if not args.hardware_file else {
+            "file": load_hardware(None, args.hardware_file)}
+        rows = [{"name": k, "display": h.name, "aliases": list(h.aliases), "sms": h.sm_count,
+                 "fp8_tflops": h.fp8_tflops, "bf16_tflops": h.bf16_tflops, "hbm_gb": h.hbm_gb,
+                 "hbm_gbps": h.hbm_gbps, "scaleup_gbps": h.scaleup_gbps, "scaleup_domain": h.scaleup_domain,
+                 "scaleout_gbps": h.scaleout_gbps, "comm": sorted(h.comm)} for k, h in table.items()]
+        if args.json:
+            _print_json(rows)
+            return 0
+        print(f"{'name':<14}{'SMs':>5}{'FP8 TF':>9}{'BF16 TF':>9}{'HBM GB':>8}{'HBM GB/s':>10}"
+              f"{'up GB/s':>9}{'domain':>8}{'out GB/s':>10}  backends")
+        for r in rows:
+            print(f"{r['name']:<14}{r['sms']:>5}{r['fp8_tflops']:>9.0f}{r['bf16_tflops']:>9.1f}{r['hbm_gb']:>8.0f}"
+                  f"{r['hbm_gbps']:>10.0f}{r['scaleup_gbps']:>9.0f}{r['scaleup_domain']:>8}"
+                  f"{r['scaleout_gbps']:>10.1f}  {', '.join(r['comm'])}")
+        print("\nnames are case-insensitive; aliases: " + "; ".join(
+            f"{r['name']}: {', '.join(r['aliases'])}" for r in rows if r["aliases"]))
+        return 0
+    if args.what == "models":
+        from .memory import total_params
+        rows = [{"name": k, "display": m.name, "aliases": list(m.aliases), "attention": m.attention,
+                 "layers": m.layers, "dense_layers": m.dense_layers, "hidden": m.hidden, "heads": m.heads,
+                 "routed_experts": m.routed_experts, "shared_experts": m.shared_experts,
+                 "top_k": m.activated_experts, "params_b": total_params(m) / 1e9}
+                for k, m in builtin_models().items()]
+        if args.json:
+            _print_json(rows)
+            return 0
+        print(f"{'name':<18}{'attn':>5}{'layers':>7}{'dense':>6}{'hidden':>7}{'heads':>6}{'experts':>9}{'top-k':>6}{'params':>9}")
+        for r in rows:
+            ex = f"{r['routed_experts']}+{r['shared_experts']}"
+            print(f"{r['name']:<18}{r['attention']:>5}{r['layers']:>7}{r['dense_layers']:>6}{r['hidden']:>7}"
+                  f"{r['heads']:>6}{ex:>9}{r['top_k']:>6}{r['params_b']:>8.1f}B")
+        print("\nnames are case-insensitive; aliases: " + "; ".join(
+            f"{r['name']}: {', '.join(r['aliases'])}" for r in rows if r["aliases"]))
+        return 0
+    rows = [{"name": n, "display": load_preset(n).display, "plan_defaults": load_preset(n).plan} for n in PRESETS]
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        print(f"{r['name']:<9} {r['display']}")
+        for phase, d in r["plan_defaults"].items():
+            print(f"{'':<9}   {phase}: " + ", ".join(f"{k}={v}" for k, v in d.items()))
+    return 0
+
+
+def cmd_roofline(args: argparse.Namespace) -> int:
+    from .roofline import moe_roofline
+    model = load_model(args.model, args.model_file)
+    hw = load_hardware(args.hardware, args.hardware_file)
+    r = moe_roofline(hw, model, args.local_batch)
+    if args.json:
+        _print_json(r.to_dict())
+        return 0
+    print(f"{model.name} experts on {hw.name} (FP8 {hw.fp8_tflops:g} TFLOPS, HBM {r.hbm_tbps:g} TB/s)")
+    print(f"  ridge point             {r.ridge_flops_per_byte:8.1f} FLOP/byte")
+    print(f"  tokens per expert >=    {r.min_tokens_per_expert:8.1f}  (~{r.tokens_per_expert_rounded})")
+    print(f"  global batch >=         {r.global_batch_min:8d}  tokens per step "
+          f"({model.routed_experts} experts / top-{model.activated_experts})")
+    print(f"  EP >=                   {r.min_ep:8d}  with at most {r.local_batch_max} tokens per GPU")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tracegen", formatter_class=_Formatter, description=__doc__)
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    e = sub.add_parser("estimate", help="per-op time table and totals for one layer (no timeline)",
+                       formatter_class=_Formatter, epilog=EPILOG_ESTIMATE,
+                       description="Time every op of a dense and an MoE layer on one GPU and sum them "
+                                   "over the model's layers, with and without the all-to-all hidden.")
+    add_target_args(e)
+    add_plan_args(e)
+    e.add_argument("--mla-form", default=None, choices=("standard", "absorbed", "absorbed_merged"),
+                   help="decode MLA form (default: the preset's)")
+    e.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    e.set_defaults(func=cmd_estimate)
+
+    lst = sub.add_parser("list", help="show the hardware, model or preset catalogs", formatter_class=_Formatter)
+    lst.add_argument("what", choices=("hardware", "models", "presets"))
+    lst.add_argument("--hardware-file", default=None, metavar="FILE", help="list this file's entry instead")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.set_defaults(func=cmd_list)
+
+    r = sub.add_parser("roofline", help="MoE roofline: tokens per expert and minimum EP for decode",
+                       formatter_class=_Formatter)
+    r.add_argument("--model", "-m", default=None, help="model name (default deepseek-v3)")
+    r.add_argument("--model-file", default=None, metavar="FILE")
+    r.add_argument("--hardware", "--gpu", "-g", dest="hardware", default=None, help="hardware name (default h800)")
+    r.add_argument("--hardware-file", default=None, metavar="FILE")
+    r.add_argument("--local-batch", type=int, default=30, help="largest decode batch per GPU (tokens)")
+    r.add_argument("--json", action="store_true", help="print JSON")
+    r.set_defaults(func=cmd_roofline)
+    return p
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("tracegen", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
