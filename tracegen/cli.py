@@ -25,6 +25,19 @@ Flags left out take the preset's plan defaults for the phase (see `tracegen list
 Times are per GPU; the MoE layer's all-to-all is hidden behind compute in the 'overlap' sums."""
 
 
+EPILOG_TRACE = """\
+examples:
+  tracegen trace                                       DeepSeek-V3 prefill on H800, proper TBO order
+  tracegen trace --tbo improper -o improper.json.gz    the CPU-blocking dispatch issued too early
+  tracegen trace --phase decode --comm cpu-proxy --layers 8 --ranks 4 -o decode.pftrace
+  tracegen trace --hardware ascend-910c --phase decode --comm ascend-fused
+  tracegen trace --ranks 8 --imbalance 1.3 -o skew.json    ranks finish their experts at different times
+
+Tracks per rank: "CPU launch", "compute stream", "comm stream" (and "CPU proxy" for cpu-proxy).
+Each slice is a stage (ATTN, SHARED, DISPATCH, MLP, COMBINE; decode ATTN-0/ATTN-1) with args
+layer, microbatch, stage, flops, bytes, and the cost terms behind its duration."""
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
 
@@ -190,6 +203,51 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    import os
+
+    from .launch_order import load_order, unroll
+    from .opgraph import build
+    from .schedule import IDLE_CAUSES, simulate, summary
+    from .trace import output_format, write_trace
+    output_format(args.output)
+    model, hw, preset = resolve_target(args)
+    if args.tbo == "off" and args.microbatches is None:
+        args.microbatches = 1
+    plan = plan_from_args(args, model, hw, preset)
+    if args.ranks < 1:
+        raise UserError(f"--ranks must be at least 1, got {args.ranks}")
+    if args.layers is not None and args.layers < 1:
+        raise UserError(f"--layers must be at least 1, got {args.layers}")
+    if args.launch_us is not None and args.launch_us < 0:
+        raise UserError(f"--launch-us must not be negative, got {args.launch_us}")
+    order = load_order(args.tbo, plan.phase, args.order)
+    if order is not None and plan.microbatches == 1:
+        raise UserError("two-batch overlap needs --microbatches 2 (or --tbo off)")
+    graph = build(model, hw, plan, preset, layers=args.layers, skip_dense=args.skip_dense)
+    sched = simulate(graph, unroll(graph, order), ranks=args.ranks, launch_us=args.launch_us)
+    tbo = "off" if order is None else (args.order or args.tbo)
+    path = write_trace(sched, args.output, {"tbo": tbo})
+    summ = summary(sched)
+    if args.json:
+        _print_json({"output": str(path), "bytes": os.path.getsize(path), "tbo": tbo, "ranks": summ})
+        return 0
+    r0 = summ[0]
+    moe = [l for l in graph.layers if l not in graph.dense]
+    print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB): {model.name} {plan.phase} on {graph.hardware.name}, "
+          f"{len(graph.layers)} layers x {plan.microbatches} micro-batch{'es' if plan.microbatches > 1 else ''}, "
+          f"{args.ranks} rank{'s' if args.ranks > 1 else ''}, TBO {tbo}, comm {plan.comm}")
+    print(f"span {r0['span_us'] / 1e3:.3f} ms (rank 0)   compute busy {100 * r0['compute_us'] / r0['span_us']:.1f}%   "
+          f"communication hidden {r0['hidden_comm_pct']:.1f}% ({r0['exposed_comm_us'] / 1e3:.3f} ms exposed)")
+    if len(moe) > 1:
+        per = (sched.start[(0, (moe[-1], 0, graph.layer_stages(moe[-1])[0]))]
+               - sched.start[(0, (moe[0], 0, graph.layer_stages(moe[0])[0]))]) / (len(moe) - 1)
+        print(f"per MoE layer {per / 1e3:.3f} ms")
+    print("compute idle: " + ", ".join(f"{c} {r0['idle_us'][c] / 1e3:.3f} ms" for c in IDLE_CAUSES))
+    print("open it in https://ui.perfetto.dev (Open trace file) or chrome://tracing")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "hardware":
         table = builtin_hardware() if not args.hardware_file else {
@@ -271,6 +329,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode MLA form (default: the preset's)")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     e.set_defaults(func=cmd_estimate)
+
+    t = sub.add_parser("trace", help="write a per-layer, per-micro-batch timeline (Perfetto / Chrome trace)",
+                       formatter_class=_Formatter, epilog=EPILOG_TRACE,
+                       description="Schedule every layer's stages for two micro-batches on a CPU launch thread, "
+                                   "a compute stream and a communication stream per rank, and write the timeline.")
+    add_target_args(t)
+    t.add_argument("--tbo", default="proper", choices=("off", "proper", "improper"),
+                   help="two-batch-overlap launch order: off (one micro-batch, stages in program order), "
+                        "proper (compute submitted before each CPU-blocking dispatch), improper (dispatch first)")
+    t.add_argument("--order", default=None, metavar="FILE",
+                   help="your own launch order (TOML/JSON: phase and steps [microbatch, stage, layer_offset]); "
+                        "see tracegen/data/orders/")
+    t.add_argument("--layers", type=int, default=None, help="emit only the first N layers (default: all of the model's)")
+    t.add_argument("--skip-dense", action="store_true", help="leave out the leading dense layers")
+    t.add_argument("--ranks", type=int, default=1, help="ranks (processes) to emit; --imbalance spreads load across them")
+    t.add_argument("--launch-us", type=float, default=None,
+                   help="CPU cost per kernel launch in microseconds (default: the hardware's; 0 ~ CUDA graphs)")
+    t.add_argument("-o", "--output", default="trace.json.gz",
+                   help="output file: .json, .json.gz (Chrome/Perfetto JSON) or .pftrace (Perfetto protobuf)")
+    t.add_argument("--json", action="store_true", help="print the schedule summary as JSON")
+    add_plan_args(t)
+    t.set_defaults(func=cmd_trace)
 
     lst = sub.add_parser("list", help="show the hardware, model or preset catalogs", formatter_class=_Formatter)
     lst.add_argument("what", choices=("hardware", "models", "presets"))

@@ -1,0 +1,147 @@
+"""The op graph of a forward pass: per layer and per micro-batch, the two-batch-overlap stages
+(ATTN, SHARED, DISPATCH, MLP, COMBINE; decode splits ATTN into ATTN-0 and ATTN-1) with their
+durations at full SMs, kernel counts and the data dependencies between them.
+
+Stage durations come from the cost model (ops.py + cost.py) applied to one micro-batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .catalog import Hardware, Model
+from .cost import Timed, comm_sms, op_time
+from .ops import layer_ops
+from .plan import Plan
+from .preset import Preset
+
+COMPUTE, COMM = "compute", "comm"
+
+# Kernels one op launches (norms, casts, rope, top-k ... included): sets the CPU launch cost.
+KERNELS = {"mla_proj": 8, "attn_proj": 5, "attn_core": 2, "mla_out": 3, "attn_out": 2, "tp_allreduce": 1,
+           "gate": 4, "shared_expert": 4, "routed_expert": 5, "dense_mlp": 4, "dispatch": 2, "combine": 1}
+
+PROGRAM = {   # stage order of one micro-batch through one layer
+    ("prefill", "moe"): ("ATTN", "SHARED", "DISPATCH", "MLP", "COMBINE"),
+    ("decode", "moe"): ("ATTN-0", "ATTN-1", "SHARED", "DISPATCH", "MLP", "COMBINE"),
+    ("prefill", "dense"): ("ATTN", "MLP"),
+    ("decode", "dense"): ("ATTN-0", "ATTN-1", "MLP"),
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of one micro-batch in one layer, on one rank's template."""
+    layer: int
+    mb: int
+    name: str
+    stream: str                     # "compute" or "comm"
+    work_us: float                  # compute: time at full SMs; comm: transfer time
+    latency_us: float = 0.0         # comm: fixed cost before data flows (normal: the count exchange)
+    post_us: float = 0.0            # comm via CPU proxy: time the proxy thread spends posting
+    blocking: bool = False          # the CPU waits for the count exchange (DeepEP normal dispatch)
+    holds_sms: int = 0              # SMs the comm kernel holds while in flight
+    kernels: int = 1
+    flops: float = 0.0
+    bytes: float = 0.0
+    ops_us: dict[str, float] = field(default_factory=dict)
+    terms_us: dict[str, float] = field(default_factory=dict)
+    deps: tuple[tuple[int, int, str], ...] = ()
+
+    @property
+    def key(self) -> tuple[int, int, str]:
+        return (self.layer, self.mb, self.name)
+
+
+@dataclass(frozen=True)
+class OpGraph:
+    model: Model
+    hardware: Hardware
+    plan: Plan
+    preset: Preset
+    layers: tuple[int, ...]         # model layer indices emitted
+    dense: frozenset[int]           # which of them are dense
+    stages: dict[tuple[int, int, str], Stage]
+    serial: bool                    # TBO off: every stage waits for the one before it
+
+    def layer_stages(self, layer: int) -> tuple[str, ...]:
+        return PROGRAM[(self.plan.phase, "dense" if layer in self.dense else "moe")]
+
+
+def _stage_from_ops(layer: int, mb: int, name: str, timed: list[Timed], plan: Plan, hw: Hardware,
+                    preset: Preset) -> Stage:
+    comm = [t for t in timed if t.work.kind == "a2a"]
+    terms: dict[str, float] = {}
+    for t in timed:
+        for k, v in t.terms.items():
+            k = k.removesuffix("_ms") + "_us"
+            terms[k] = terms.get(k, 0.0) + v * 1e3
+    ops_us = {t.work.name: t.us for t in timed}
+    kernels = sum(KERNELS.get(t.work.name, 1) for t in timed)
+    flops = sum(t.work.flops for t in timed)
+    if comm:
+        (c,) = comm
+        backend = hw.backend(plan.comm)
+        lat = c.terms.get("latency_ms", 0.0) * 1e3
+        post = c.terms.get("proxy_ms", 0.0) * 1e3
+        fused = sum(t.us for t in timed if t is not c)      # gating fused into the dispatch kernel
+        xfer = c.us - lat - post + fused
+        link_bytes = c.work.scaleout_bytes + c.work.scaleup_bytes
+        blocking = name == "DISPATCH" and backend.cpu_block_us > 0
+        sms = comm_sms(plan, hw, preset) if preset.comm_sms_in_compute == "while_comm" else 0
+        return Stage(layer, mb, name, COMM, xfer, lat, post, blocking, sms, kernels, flops, link_bytes,
+                     ops_us, terms)
+    work = sum(t.us for t in timed)
+    hbm = sum(t.work.hbm_bytes for t in timed)
+    return Stage(layer, mb, name, COMPUTE, work, kernels=kernels, flops=flops, bytes=hbm, ops_us=ops_us,
+                 terms_us=terms)
+
+
+def build(model: Model, hw: Hardware, plan: Plan, preset: Preset, layers: int | None = None,
+          skip_dense: bool = False) -> OpGraph:
+    """Stages for every emitted layer and micro-batch (identical micro-batches: the batch split evenly)."""
+    hw = preset.apply(hw)
+    n_mb = plan.microbatches
+    mb_plan = replace(plan.split(n_mb), imbalance=1.0)
+    backend = hw.backend(plan.comm)
+    per_kind: dict[str, dict[str, list[Timed]]] = {}
+    for kind in ("dense", "moe"):
+        ops = [op_time(w, mb_plan, hw, preset) for w in layer_ops(model, mb_plan, preset, hw, kind == "dense")]
+        by_stage: dict[str, list[Timed]] = {}
+        for t in ops:
+            stage = t.work.stage
+            if kind == "moe" and backend.fused and t.work.name == "gate":
+                stage = "DISPATCH"      # Ascend: gating + quantisation fused into the dispatch kernel
+            by_stage.setdefault(stage, []).append(t)
+        per_kind[kind] = by_stage
+    all_layers = [i for i in range(model.layers) if not (skip_dense and i < model.dense_layers)]
+    chosen = tuple(all_layers[:layers] if layers else all_layers)
+    dense = frozenset(i for i in chosen if i < model.dense_layers)
+    serial = n_mb == 1
+    stages: dict[tuple[int, int, str], Stage] = {}
+    prev: dict[int, tuple[tuple[int, int, str], ...]] = {mb: () for mb in range(n_mb)}
+    for layer in chosen:
+        kind = "dense" if layer in dense else "moe"
+        program = [s for s in PROGRAM[(plan.phase, kind)] if s in per_kind[kind]]
+        for mb in range(n_mb):
+            done: dict[str, tuple[int, int, str]] = {}
+            last: tuple[tuple[int, int, str], ...] = prev[mb]
+            for name in program:
+                if serial:
+                    deps = last
+                elif name in ("ATTN", "ATTN-0"):
+                    deps = prev[mb]
+                elif name in ("SHARED", "DISPATCH"):
+                    deps = (done["ATTN-1"] if "ATTN-1" in done else done["ATTN"],)
+                elif name == "ATTN-1":
+                    deps = (done["ATTN-0"],)
+                elif name == "MLP":
+                    deps = (done["DISPATCH"],) if "DISPATCH" in done else (done.get("ATTN-1") or done["ATTN"],)
+                else:   # COMBINE
+                    deps = (done["MLP"],)
+                st = _stage_from_ops(layer, mb, name, per_kind[kind][name], mb_plan, hw, preset)
+                stages[(layer, mb, name)] = replace(st, deps=tuple(deps))
+                done[name] = (layer, mb, name)
+                last = ((layer, mb, name),)
+            # the next layer needs this layer's output: the combine (+ shared) or the dense MLP
+            tails = [done[n] for n in ("COMBINE", "SHARED") if n in done] or [done["MLP"]]
+            prev[mb] = last if serial else tuple(tails)
+    return OpGraph(model, hw, plan, preset, chosen, dense, stages, serial)

@@ -1,0 +1,142 @@
+"""Native Perfetto protobuf from a Chrome-trace object (the same slices, counters and flows),
+built with the `perfetto` package's protos."""
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+from perfetto.trace_builder.proto_builder import TraceProtoBuilder
+
+SEQ = 1
+
+
+def _ns(us: float) -> int:
+    return int(round(us * 1000))
+
+
+def _annotate(ev: Any, key: str, value: Any) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _annotate(ev, f"{key}.{k}", v)
+        return
+    a = ev.debug_annotations.add()
+    a.name = key
+    if isinstance(value, bool):
+        a.bool_value = value
+    elif isinstance(value, int):
+        a.int_value = value
+    elif isinstance(value, float):
+        a.double_value = value
+    else:
+        a.string_value = str(value)
+
+
+def encode_pftrace(_sched: Any, chrome: dict[str, Any]) -> bytes:
+    b = TraceProtoBuilder()
+    events = chrome["traceEvents"]
+    uuid = iter(range(1, 1 << 62))
+    proc: dict[Any, int] = {}
+    thread: dict[tuple[Any, Any], int] = {}
+    counters: dict[tuple[Any, str], int] = {}
+    names = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
+             if e["ph"] == "M" and e["name"] in ("process_name", "thread_name")}
+
+    def proc_track(pid: Any) -> int:
+        if pid not in proc:
+            proc[pid] = next(uuid)
+            p = b.add_packet()
+            p.track_descriptor.uuid = proc[pid]
+            p.track_descriptor.process.pid = int(pid) + 1 if isinstance(pid, int) else 1
+            p.track_descriptor.process.process_name = names.get((pid, 0), str(pid))
+        return proc[pid]
+
+    def thread_track(pid: Any, tid: Any) -> int:
+        if (pid, tid) not in thread:
+            parent = proc_track(pid)
+            thread[(pid, tid)] = next(uuid)
+            p = b.add_packet()
+            td = p.track_descriptor
+            td.uuid = thread[(pid, tid)]
+            td.parent_uuid = parent
+            td.name = names.get((pid, tid), f"thread {tid}")
+            td.sibling_order_rank = int(tid) if isinstance(tid, int) else 0
+        return thread[(pid, tid)]
+
+    def counter_track(pid: Any, name: str) -> int:
+        if (pid, name) not in counters:
+            parent = proc_track(pid)
+            counters[(pid, name)] = next(uuid)
+            p = b.add_packet()
+            td = p.track_descriptor
+            td.uuid = counters[(pid, name)]
+            td.parent_uuid = parent
+            td.name = name
+            td.counter.SetInParent()
+        return counters[(pid, name)]
+
+    slices = [e for e in events if e["ph"] == "X"]
+    by_track: dict[tuple[Any, Any], list[tuple[float, float, int]]] = {}
+    for i, e in enumerate(slices):
+        by_track.setdefault((e["pid"], e["tid"]), []).append((e["ts"], e["ts"] + e["dur"], i))
+    for v in by_track.values():
+        v.sort()
+    starts = {k: [s for s, _, _ in v] for k, v in by_track.items()}
+
+    def enclosing(e: dict[str, Any]) -> int | None:
+        k = (e["pid"], e["tid"])
+        if k not in by_track:
+            return None
+        j = bisect.bisect_right(starts[k], e["ts"]) - 1
+        if j >= 0 and by_track[k][j][0] <= e["ts"] <= by_track[k][j][1]:
+            return by_track[k][j][2]
+        return None
+
+    out_flows: dict[int, list[int]] = {}
+    in_flows: dict[int, list[int]] = {}
+    for e in events:
+        if e["ph"] in ("s", "f"):
+            idx = enclosing(e)
+            if idx is not None:
+                (out_flows if e["ph"] == "s" else in_flows).setdefault(idx, []).append(int(e["id"]))
+    # (time ns, order: ends before begins before counters, payload)
+    items: list[tuple[int, int, int, Any]] = []
+    for i, e in enumerate(slices):
+        items.append((_ns(e["ts"]), 1, i, ("B", e)))
+        items.append((_ns(e["ts"] + e["dur"]), 0, i, ("E", e)))
+    for i, e in enumerate(events):
+        if e["ph"] == "C":
+            items.append((_ns(e["ts"]), 2, i, ("C", e)))
+    items.sort(key=lambda x: (x[0], x[1], x[2]))
+    first = True
+    for ts, _, i, (what, e) in items:
+        p = b.add_packet()
+        p.timestamp = ts
+        p.trusted_packet_sequence_id = SEQ
+        if first:
+            p.sequence_flags = pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
+            first = False
+        te = p.track_event
+        if what == "C":
+            for name, value in e["args"].items():
+                if te.HasField("track_uuid") or te.type:
+                    p = b.add_packet()
+                    p.timestamp = ts
+                    p.trusted_packet_sequence_id = SEQ
+                    te = p.track_event
+                te.type = pb.TrackEvent.TYPE_COUNTER
+                te.track_uuid = counter_track(e["pid"], f"{e['name']} ({name})")
+                te.double_counter_value = float(value)
+            continue
+        te.track_uuid = thread_track(e["pid"], e["tid"])
+        if what == "E":
+            te.type = pb.TrackEvent.TYPE_SLICE_END
+            continue
+        te.type = pb.TrackEvent.TYPE_SLICE_BEGIN
+        te.name = e["name"]
+        te.categories.append(e.get("cat", ""))
+        for k, v in (e.get("args") or {}).items():
+            _annotate(te, k, v)
+        te.flow_ids.extend(out_flows.get(i, []))
+        te.terminating_flow_ids.extend(in_flows.get(i, []))
+    return b.serialize()

@@ -1,0 +1,347 @@
+"""Discrete-event schedule of an op graph on N ranks. Each rank has a CPU launch thread, a compute
+stream and a communication stream (plus a CPU proxy thread for non-IBGDA RDMA):
+
+- the CPU issues stages in launch order, paying a launch cost per kernel; a blocking dispatch
+  (DeepEP normal) holds the CPU until the received counts are back;
+- each stream runs its stages in launch order, each once its dependencies have finished;
+- an all-to-all finishes on every rank when the last rank has started it plus latency and
+  transfer time, so ranks wait for the slowest;
+- while a comm kernel that holds SMs is in flight, compute runs at (SMs - comm SMs) / SMs.
+
+The result is a list of intervals (the trace is written from it) and the bookkeeping that tests
+and `replay` check against: per-rank CPU-blocked compute idle time."""
+from __future__ import annotations
+
+import bisect
+import heapq
+from dataclasses import dataclass, field
+
+from .errors import UserError
+from .opgraph import COMM, COMPUTE, OpGraph, Stage
+
+Key = tuple[int, int, str]
+
+
+@dataclass(frozen=True)
+class Interval:
+    rank: int
+    track: str          # "cpu", "compute", "comm", "proxy"
+    name: str
+    start: float        # us
+    end: float
+    key: Key | None = None     # (layer, mb, stage) of the stage it belongs to
+    kind: str = ""      # launch, wait, compute, comm, post
+
+    @property
+    def dur(self) -> float:
+        return self.end - self.start
+
+
+IDLE_CAUSES = ("cpu_blocked_launch", "launch_bound", "waiting_on_comm")
+
+
+@dataclass(frozen=True)
+class Idle:
+    """A stretch where the compute stream had nothing to run, and why (the stage that ended it)."""
+    rank: int
+    start: float
+    end: float
+    cause: str          # one of IDLE_CAUSES
+    key: Key            # the compute stage that ran next
+
+
+@dataclass
+class Schedule:
+    graph: OpGraph
+    ranks: int
+    order: list[Key]
+    load: list[float]                     # per-rank MoE load factor (mean 1)
+    launch_us: float
+    intervals: list[Interval] = field(default_factory=list)
+    start: dict[tuple[int, Key], float] = field(default_factory=dict)
+    end: dict[tuple[int, Key], float] = field(default_factory=dict)
+    launched: dict[tuple[int, Key], float] = field(default_factory=dict)
+    ready: dict[tuple[int, Key], float] = field(default_factory=dict)       # inputs available
+    blocked: list[list[tuple[float, float]]] = field(default_factory=list)   # per rank: CPU wait spans
+    idle: list[Idle] = field(default_factory=list)
+
+    def idle_us(self, rank: int, cause: str) -> float:
+        return sum(i.end - i.start for i in self.idle if i.rank == rank and i.cause == cause)
+
+    def layer_time_us(self, rank: int = 0) -> list[float]:
+        """Time between the first stage starts of consecutive layers (micro-batch 0)."""
+        firsts = [self.start[(rank, (layer, 0, self.graph.layer_stages(layer)[0]))] for layer in self.graph.layers]
+        return [b - a for a, b in zip(firsts, firsts[1:])]
+
+    @property
+    def span_us(self) -> float:
+        return max(i.end for i in self.intervals) - min(i.start for i in self.intervals)
+
+    def rank_intervals(self, rank: int, track: str) -> list[Interval]:
+        return [i for i in self.intervals if i.rank == rank and i.track == track]
+
+
+def load_factors(ranks: int, imbalance: float) -> list[float]:
+    """Per-rank MoE load with mean 1 and max `imbalance`, spread evenly; the last rank is slowest."""
+    if ranks == 1 or imbalance == 1.0:
+        return [1.0] * ranks
+    if imbalance >= 2.0:
+        raise UserError(f"--imbalance {imbalance} with {ranks} ranks needs some rank below zero load; use < 2")
+    return [1 + (imbalance - 1) * (2 * r / (ranks - 1) - 1) for r in range(ranks)]
+
+
+class _Rank:
+    """State of one rank during the simulation."""
+
+    def __init__(self, r: int, n: int):
+        self.r = r
+        self.cpu_t = 0.0
+        self.cpu_pos = 0
+        self.blocked: Key | None = None
+        self.blocked_since = 0.0
+        self.launched: dict[Key, float] = {}
+        self.queues: dict[str, list[Key]] = {COMPUTE: [], COMM: []}
+        self.qpos = {COMPUTE: 0, COMM: 0}
+        self.free = {COMPUTE: 0.0, COMM: 0.0}
+        self.running: dict[str, Key | None] = {COMPUTE: None, COMM: None}
+        self.work_left = 0.0
+        self.rate = 1.0
+        self.t_last = 0.0
+        self.comm_sms = 0
+        self.blocked_spans: list[tuple[float, float]] = []
+
+
+def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float | None = None) -> Schedule:
+    """Run the op graph on `ranks` ranks in launch `order`; returns every interval."""
+    plan, hw = graph.plan, graph.hardware
+    launch = hw.cpu_launch_us if launch_us is None else launch_us
+    sched = Schedule(graph, ranks, order, load_factors(ranks, plan.imbalance), launch)
+    S = hw.sm_count
+    stages = graph.stages
+    n = len(order)
+    R = [_Rank(r, n) for r in range(ranks)]
+    ended: dict[tuple[int, Key], float] = sched.end
+    started: dict[tuple[int, Key], float] = sched.start
+    group_starts: dict[Key, list[float]] = {}
+    group_end: dict[Key, float] = {}
+    out = sched.intervals
+
+    def work(r: int, st: Stage) -> float:
+        return st.work_us * (sched.load[r] if st.name == "MLP" and st.layer not in graph.dense else 1.0)
+
+    def deps_done(rk: _Rank, st: Stage) -> float | None:
+        t = 0.0
+        for d in st.deps:
+            e = ended.get((rk.r, d))
+            if e is None:
+                return None
+            t = max(t, e)
+        return t
+
+    def peek(rk: _Rank) -> tuple[float, str] | None:
+        best: tuple[float, str] | None = None
+
+        def consider(t: float, what: str) -> None:
+            nonlocal best
+            if best is None or t < best[0]:
+                best = (t, what)
+
+        # CPU
+        if rk.blocked is not None:
+            ge = group_end.get(rk.blocked)
+            if ge is not None:
+                st = stages[rk.blocked]
+                starts = group_starts[rk.blocked]
+                consider(max(starts) + st.latency_us + hw.backend(plan.comm).cpu_block_us, "unblock")
+        elif rk.cpu_pos < n:
+            st = stages[order[rk.cpu_pos]]
+            consider(rk.cpu_t + st.kernels * launch, "launch")
+        # streams
+        for stream in (COMPUTE, COMM):
+            cur = rk.running[stream]
+            if cur is not None:
+                if stream == COMPUTE:
+                    consider(rk.t_last + rk.work_left / rk.rate, "cend")
+                elif cur in group_end:
+                    consider(group_end[cur], "mend")
+                continue
+            q = rk.queues[stream]
+            if rk.qpos[stream] < len(q):
+                key = q[rk.qpos[stream]]
+                d = deps_done(rk, stages[key])
+                if d is not None:
+                    consider(max(rk.launched[key], d, rk.free[stream]), "cstart" if stream == COMPUTE else "mstart")
+        return best
+
+    def change_sms(rk: _Rank, t: float, sms: int) -> None:
+        """Comm SMs taken or released: bank the compute progress so far at the old rate."""
+        if rk.running[COMPUTE] is not None:
+            rk.work_left -= (t - rk.t_last) * rk.rate
+            rk.t_last = t
+        rk.comm_sms = sms
+        rk.rate = (S - sms) / S
+
+    heap: list[tuple[float, int, int, str]] = []
+    version = [0] * ranks
+
+    def push(rk: _Rank) -> None:
+        version[rk.r] += 1
+        ev = peek(rk)
+        if ev is not None:
+            heapq.heappush(heap, (ev[0], rk.r, version[rk.r], ev[1]))
+
+    for rk in R:
+        push(rk)
+    done_count = 0
+    total = n * ranks
+    while heap:
+        t, r, v, what = heapq.heappop(heap)
+        if v != version[r]:
+            continue
+        rk = R[r]
+        touched = [rk]
+        if what == "launch":
+            key = order[rk.cpu_pos]
+            st = stages[key]
+            out.append(Interval(r, "cpu", f"launch {st.name}", rk.cpu_t, t, key, "launch"))
+            rk.launched[key] = t
+            sched.launched[(r, key)] = t
+            rk.queues[st.stream].append(key)
+            rk.cpu_t = t
+            rk.cpu_pos += 1
+            if st.blocking:
+                rk.blocked, rk.blocked_since = key, t
+        elif what == "unblock":
+            key = rk.blocked
+            out.append(Interval(r, "cpu", "wait dispatch counts", rk.blocked_since, t, key, "wait"))
+            rk.blocked_spans.append((rk.blocked_since, t))
+            rk.blocked = None
+            rk.cpu_t = t
+        elif what == "cstart":
+            key = rk.queues[COMPUTE][rk.qpos[COMPUTE]]
+            rk.running[COMPUTE] = key
+            rk.work_left = work(r, stages[key])
+            rk.t_last = t
+            rk.rate = (S - rk.comm_sms) / S
+            started[(r, key)] = t
+            sched.ready[(r, key)] = deps_done(rk, stages[key]) or 0.0
+        elif what == "cend":
+            key = rk.running[COMPUTE]
+            ended[(r, key)] = t
+            out.append(Interval(r, COMPUTE, key[2], started[(r, key)], t, key, COMPUTE))
+            rk.running[COMPUTE] = None
+            rk.qpos[COMPUTE] += 1
+            rk.free[COMPUTE] = t
+            done_count += 1
+        elif what == "mstart":
+            key = rk.queues[COMM][rk.qpos[COMM]]
+            st = stages[key]
+            rk.running[COMM] = key
+            started[(r, key)] = t
+            if st.holds_sms:
+                change_sms(rk, t, st.holds_sms)
+            starts = group_starts.setdefault(key, [])
+            starts.append(t)
+            if len(starts) == ranks:
+                group_end[key] = max(starts) + st.latency_us + st.post_us + max(work(q, st) for q in range(ranks))
+                touched = R
+        elif what == "mend":
+            key = rk.running[COMM]
+            st = stages[key]
+            ended[(r, key)] = t
+            s0 = started[(r, key)]
+            out.append(Interval(r, COMM, key[2], s0, t, key, COMM))
+            if st.post_us:
+                out.append(Interval(r, "proxy", f"post {key[2]}", s0, s0 + st.post_us, key, "post"))
+            if st.holds_sms:
+                change_sms(rk, t, 0)
+            rk.running[COMM] = None
+            rk.qpos[COMM] += 1
+            rk.free[COMM] = t
+            done_count += 1
+        for x in touched:
+            push(x)
+    if done_count != total:
+        raise UserError(f"schedule stalled after {done_count} of {total} stages: the launch order and the "
+                        "dependencies deadlock (a stream waits on work queued behind it)")
+    out.sort(key=lambda i: (i.rank, i.start, i.track))
+    sched.blocked = [rk.blocked_spans for rk in R]
+    sched.idle = [x for r in range(ranks) for x in _idle_causes(sched, r)]
+    return sched
+
+
+def _idle_causes(sched: Schedule, rank: int) -> list[Idle]:
+    """Split each gap between compute stages by what held the next stage back: first its inputs
+    (waiting_on_comm, until they are ready), then its launch: not yet issued while the CPU sat in
+    a blocking wait (cpu_blocked_launch) or while it was busy launching (launch_bound)."""
+    busy = [i for i in sched.intervals if i.rank == rank and i.track == COMPUTE]
+    out: list[Idle] = []
+    for prev, nxt in zip(busy, busy[1:]):
+        g0, g1 = prev.end, nxt.start
+        if g1 <= g0:
+            continue
+        ready = min(max(sched.ready[(rank, nxt.key)], g0), g1)
+        if ready > g0:
+            out.append(Idle(rank, g0, ready, "waiting_on_comm", nxt.key))
+        cursor = ready
+        for b0, b1 in sched.blocked[rank]:
+            lo, hi = max(b0, cursor), min(b1, g1)
+            if hi <= lo:
+                continue
+            if lo > cursor:
+                out.append(Idle(rank, cursor, lo, "launch_bound", nxt.key))
+            out.append(Idle(rank, lo, hi, "cpu_blocked_launch", nxt.key))
+            cursor = hi
+        if g1 > cursor:
+            out.append(Idle(rank, cursor, g1, "launch_bound", nxt.key))
+    return out
+
+
+def overlap_us(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    """Length of the intersection of two sorted lists of disjoint intervals (a two-pointer sweep)."""
+    i = j = 0
+    total = 0.0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if hi > lo:
+            total += hi - lo
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def summary(sched: Schedule) -> list[dict]:
+    """Per rank: span, compute and comm busy time, their overlap, idle by cause, and per layer
+    the same (a layer's overlap is the part of its communication hidden by any compute)."""
+    by_rank: dict[int, dict[str, list[Interval]]] = {r: {COMPUTE: [], COMM: []} for r in range(sched.ranks)}
+    for i in sched.intervals:
+        if i.track in (COMPUTE, COMM):
+            by_rank[i.rank][i.track].append(i)
+    out = []
+    for r in range(sched.ranks):
+        comp_iv = sorted(by_rank[r][COMPUTE], key=lambda i: i.start)
+        comm_iv = sorted(by_rank[r][COMM], key=lambda i: i.start)
+        comp = [(i.start, i.end) for i in comp_iv]
+        comm = [(i.start, i.end) for i in comm_iv]
+        gpu = comp + comm
+        span = max(e for _, e in gpu) - min(s for s, _ in gpu)
+        c_us, m_us = sum(e - s for s, e in comp), sum(e - s for s, e in comm)
+        ov = overlap_us(comp, comm)
+        layers: dict[int, dict[str, float]] = {
+            layer: {"compute_us": 0.0, "comm_us": 0.0, "overlap_us": 0.0} for layer in sched.graph.layers}
+        for i in comp_iv:
+            layers[i.key[0]]["compute_us"] += i.dur
+        comp_starts, comp_ends = [s for s, _ in comp], [e for _, e in comp]
+        for i in comm_iv:
+            d = layers[i.key[0]]
+            d["comm_us"] += i.dur
+            j = bisect.bisect_right(comp_ends, i.start)      # compute intervals that can meet it
+            k = bisect.bisect_left(comp_starts, i.end)
+            d["overlap_us"] += overlap_us([(i.start, i.end)], comp[j:k])
+        out.append({"rank": r, "span_us": span, "compute_us": c_us, "comm_us": m_us, "overlap_us": ov,
+                    "exposed_comm_us": m_us - ov, "compute_idle_us": span - c_us,
+                    "hidden_comm_pct": 100 * ov / m_us if m_us else 0.0,
+                    "idle_us": {c: sched.idle_us(r, c) for c in IDLE_CAUSES}, "layers": layers})
+    return out
