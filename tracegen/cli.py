@@ -206,27 +206,19 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     import os
 
-    from .launch_order import load_order, unroll
-    from .opgraph import build
-    from .schedule import IDLE_CAUSES, simulate, summary
+    from .pipeline import TraceOptions, schedule
+    from .schedule import IDLE_CAUSES, summary
     from .trace import output_format, write_trace
     output_format(args.output)
     model, hw, preset = resolve_target(args)
     if args.tbo == "off" and args.microbatches is None:
         args.microbatches = 1
     plan = plan_from_args(args, model, hw, preset)
-    if args.ranks < 1:
-        raise UserError(f"--ranks must be at least 1, got {args.ranks}")
-    if args.layers is not None and args.layers < 1:
-        raise UserError(f"--layers must be at least 1, got {args.layers}")
-    if args.launch_us is not None and args.launch_us < 0:
-        raise UserError(f"--launch-us must not be negative, got {args.launch_us}")
-    order = load_order(args.tbo, plan.phase, args.order)
-    if order is not None and plan.microbatches == 1:
-        raise UserError("two-batch overlap needs --microbatches 2 (or --tbo off)")
-    graph = build(model, hw, plan, preset, layers=args.layers, skip_dense=args.skip_dense)
-    sched = simulate(graph, unroll(graph, order), ranks=args.ranks, launch_us=args.launch_us)
-    tbo = "off" if order is None else (args.order or args.tbo)
+    opts = TraceOptions(tbo=args.tbo, order_file=args.order, layers=args.layers, skip_dense=args.skip_dense,
+                        ranks=args.ranks, launch_us=args.launch_us)
+    sched = schedule(model, hw, plan, preset, opts)
+    graph = sched.graph
+    tbo = opts.tbo_label
     path = write_trace(sched, args.output, {"tbo": tbo})
     summ = summary(sched)
     if args.json:
@@ -240,9 +232,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     print(f"span {r0['span_us'] / 1e3:.3f} ms (rank 0)   compute busy {100 * r0['compute_us'] / r0['span_us']:.1f}%   "
           f"communication hidden {r0['hidden_comm_pct']:.1f}% ({r0['exposed_comm_us'] / 1e3:.3f} ms exposed)")
     if len(moe) > 1:
-        per = (sched.start[(0, (moe[-1], 0, graph.layer_stages(moe[-1])[0]))]
-               - sched.start[(0, (moe[0], 0, graph.layer_stages(moe[0])[0]))]) / (len(moe) - 1)
-        print(f"per MoE layer {per / 1e3:.3f} ms")
+        times = sched.layer_time_us(0)[len(graph.layers) - len(moe):]
+        print(f"per MoE layer {sum(times) / len(times) / 1e3:.3f} ms (mean of {len(times)})")
     print("compute idle: " + ", ".join(f"{c} {r0['idle_us'][c] / 1e3:.3f} ms" for c in IDLE_CAUSES))
     print("open it in https://ui.perfetto.dev (Open trace file) or chrome://tracing")
     return 0

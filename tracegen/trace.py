@@ -99,7 +99,7 @@ def build_events(sched: Schedule, meta: dict[str, Any]) -> dict[str, Any]:
         if static is None:
             static = cache[ck] = _static_args(sched, iv, load)
         ev.append({"ph": "X", "name": iv.name, "cat": cat, "pid": iv.rank, "tid": TRACKS[iv.track][0],
-                   "ts": _r(iv.start), "dur": _r(iv.dur),
+                   "ts": _r(iv.start), "dur": _r(_r(iv.end) - _r(iv.start)),
                    "args": {**static, "rank": iv.rank, "correlation": c}})
         if iv.track in (COMPUTE, COMM):
             gpu_iv[(iv.rank, iv.key)] = iv

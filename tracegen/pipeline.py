@@ -1,0 +1,41 @@
+"""From names and a plan to a schedule: catalogs -> op graph -> launch order -> simulation.
+The one entry point the CLI, the dashboard and the tests share."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .catalog import Hardware, Model
+from .errors import UserError
+from .launch_order import load_order, unroll
+from .opgraph import build
+from .plan import Plan
+from .preset import Preset
+from .schedule import Schedule, simulate
+
+
+@dataclass(frozen=True)
+class TraceOptions:
+    tbo: str = "proper"              # off | proper | improper
+    order_file: str | None = None    # a user launch order instead of --tbo's
+    layers: int | None = None        # emit the first N layers only
+    skip_dense: bool = False
+    ranks: int = 1
+    launch_us: float | None = None   # CPU cost per kernel launch (None: the hardware's)
+
+    @property
+    def tbo_label(self) -> str:
+        return self.order_file or self.tbo
+
+
+def schedule(model: Model, hw: Hardware, plan: Plan, preset: Preset, opts: TraceOptions) -> Schedule:
+    if opts.ranks < 1:
+        raise UserError(f"--ranks must be at least 1, got {opts.ranks}")
+    if opts.layers is not None and opts.layers < 1:
+        raise UserError(f"--layers must be at least 1, got {opts.layers}")
+    if opts.launch_us is not None and opts.launch_us < 0:
+        raise UserError(f"--launch-us must not be negative, got {opts.launch_us}")
+    order = load_order(opts.tbo, plan.phase, opts.order_file)
+    if order is not None and plan.microbatches == 1:
+        raise UserError("two-batch overlap needs --microbatches 2 (or --tbo off)")
+    graph = build(model, hw, plan, preset, layers=opts.layers, skip_dense=opts.skip_dense)
+    return simulate(graph, unroll(graph, order), ranks=opts.ranks, launch_us=opts.launch_us)
