@@ -1,0 +1,119 @@
+"""`replay analyze`: load -> classify -> recover structure -> narrow -> metrics -> findings.
+Each step is a function of the one event table (Holistic Trace Analysis style)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tracegen.errors import UserError
+
+from .cache import load_cached
+from .findings import KINDS, find
+from .load import Trace
+from .overlap import balancedness, layer_metrics, rank_metrics, stream_layout
+from .structure import DEFAULT_ANNOTATION, recover
+from .taxonomy import classify, load_taxonomy
+
+
+@dataclass
+class Analysis:
+    trace: Trace
+    events: pd.DataFrame
+    structure: str
+    ranks: list[dict[str, Any]]
+    layers: pd.DataFrame
+    microbatches: pd.DataFrame
+    streams: pd.DataFrame
+    findings: list[dict[str, Any]]
+    idle_totals: dict[int, dict[str, float]]
+    window: tuple[float, float] | None
+    cached: bool
+    t0_us: float = 0.0           # the trace's first event: reported times count from here
+
+    def to_dict(self, max_findings: int | None = None) -> dict[str, Any]:
+        layers = self.layers
+        ranks = []
+        for r in self.ranks:
+            row = {k: v for k, v in r.items() if k != "streams"}
+            row["streams_busy_us"] = {str(k): v for k, v in r["streams"].items()}
+            row["idle_us"] = self.idle_totals.get(r["rank"], {})
+            if not layers.empty:
+                lr = layers[layers["rank"] == r["rank"]]
+                row["layers"] = lr.drop(columns=["rank"]).to_dict(orient="records")
+            ranks.append(row)
+        findings = sorted(({**f, "start_us": f["start_us"] - self.t0_us} for f in self.findings),
+                          key=lambda f: -f["lost_us"])
+        totals = {k: sum(t.get(k, 0.0) for t in self.idle_totals.values()) for k in (*KINDS, "unexplained")}
+        return {
+            "sources": self.trace.sources, "generated": self.trace.generated, "structure": self.structure,
+            "window_us": list(self.window) if self.window else None, "cached": self.cached, "t0_us": self.t0_us,
+            "ranks": ranks, "balancedness": balancedness(self.ranks),
+            "streams": self.streams.to_dict(orient="records"),
+            "idle_totals_us": totals,
+            "findings": findings if max_findings is None else findings[:max_findings],
+            "findings_total": len(findings),
+        }
+
+
+_T = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:e[-+]?\d+)?)\s*(us|ms|s)?\s*$", re.I)
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """'START:END' in microseconds from the trace's first event (us, ms or s may follow each number)."""
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise UserError(f"--window must be START:END (e.g. 0:5ms), got {text!r}")
+    vals = []
+    for p in parts:
+        m = _T.match(p)
+        if not m:
+            raise UserError(f"--window: cannot read {p!r} as a time (a number, optionally with us, ms or s)")
+        vals.append(float(m.group(1)) * {"us": 1.0, "ms": 1e3, "s": 1e6}[(m.group(2) or "us").lower()])
+    if vals[1] <= vals[0]:
+        raise UserError(f"--window: END must be after START, got {text!r}")
+    return vals[0], vals[1]
+
+
+def narrow(events: pd.DataFrame, rank: int | None, window: tuple[float, float] | None,
+           t0: float = 0.0) -> pd.DataFrame:
+    if rank is not None:
+        known = sorted(events["rank"].unique())
+        if rank not in known:
+            raise UserError(f"--rank {rank}: the trace has ranks {', '.join(map(str, known))}")
+        events = events[events["rank"] == rank]
+    if window is not None:
+        lo, hi = t0 + window[0], t0 + window[1]
+        end = events["start_us"] + events["dur_us"]
+        events = events[(end > lo) & (events["start_us"] < hi)].copy()
+        s = events["start_us"].clip(lower=lo)
+        events["dur_us"] = (events["start_us"] + events["dur_us"]).clip(upper=hi) - s
+        events["start_us"] = s
+        if events.empty:
+            raise UserError(f"--window {window[0]:g}:{window[1]:g} us holds no events")
+    return events
+
+
+def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = None,
+            window: tuple[float, float] | None = None, use_cache: bool = True,
+            annotation_regex: str = DEFAULT_ANNOTATION, microbatches: int | None = None,
+            min_lost_us: float = 1.0, progress: bool | None = None, trace: Trace | None = None) -> Analysis:
+    cached = False
+    if trace is None:
+        trace, cached = load_cached(path, use_cache=use_cache, progress=progress)
+    events = classify(trace.events, load_taxonomy(taxonomy))
+    events, how = recover(events, annotation_regex, microbatches)
+    if not (events["kind"] == "gpu").any():
+        raise UserError(f"{path}: no GPU events (kernels, memcpy) in the trace; was it captured with "
+                        "ProfilerActivity.CUDA?")
+    t0 = float(events["start_us"].min())
+    events = narrow(events, rank, window, t0)
+    ranks = rank_metrics(events)
+    layers = layer_metrics(events)
+    mbs = layer_metrics(events, by_microbatch=True)
+    findings, totals = find(events, trace.flows, min_lost_us)
+    return Analysis(trace, events, how, ranks, layers, mbs, stream_layout(events), findings, totals, window, cached,
+                    t0)

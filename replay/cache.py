@@ -1,0 +1,72 @@
+"""A columnar cache of loaded traces: Parquet files keyed by a hash of the trace's bytes, so a
+second `replay analyze` of the same file skips parsing. Safe to delete at any time."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tracegen.fileio import atomic_write
+
+from .load import Trace, load, trace_files
+
+FORMAT = "1"      # bump when the event table's columns change
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("MOE_TIMELINE_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "moe-timeline"
+
+
+def content_key(path: str | Path) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    h.update(FORMAT.encode())
+    for f in trace_files(Path(path)):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _paths(key: str, where: Path) -> tuple[Path, Path, Path]:
+    return where / f"{key}.events.parquet", where / f"{key}.flows.parquet", where / f"{key}.meta.json"
+
+
+def load_cached(path: str | Path, use_cache: bool = True, where: Path | None = None,
+                progress: bool | None = None) -> tuple[Trace, bool]:
+    """The trace, from the cache when its content was seen before; returns (trace, hit)."""
+    if not use_cache:
+        return load(path, progress=progress), False
+    where = where or cache_dir()
+    key = content_key(path)
+    ev_p, fl_p, meta_p = _paths(key, where)
+    if ev_p.exists() and fl_p.exists() and meta_p.exists():
+        try:
+            events = pq.read_table(ev_p).to_pandas()
+            flows = pq.read_table(fl_p).to_pandas()
+            meta = json.loads(meta_p.read_text())
+            return Trace(events, flows, meta, [str(f) for f in trace_files(Path(path))]), True
+        except (OSError, ValueError, pa.ArrowException):
+            pass     # a damaged cache entry is simply rebuilt
+    trace = load(path, progress=progress)
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        for frame, p in ((trace.events, ev_p), (trace.flows, fl_p)):
+            sink = pa.BufferOutputStream()
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink, compression="zstd")
+            atomic_write(p, sink.getvalue().to_pybytes())
+        atomic_write(meta_p, json.dumps(trace.meta, default=str))
+    except Exception:      # noqa: BLE001 - a cache that cannot be written must not fail the analysis
+        pass
+    return trace, False
+
+
+__all__ = ["load_cached", "cache_dir", "content_key"]

@@ -1,0 +1,138 @@
+"""Why the GPU idles: every stretch where no compute runs on a rank, split by what held the next
+compute kernel back - first its inputs (waiting_on_comm: a communication kernel it needed was
+still running), then its launch (cpu_blocked_launch: the CPU sat in a synchronising call, e.g. a
+dispatch issued before the other micro-batch's compute; launch_bound: the CPU was busy launching)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .intervals import gaps, union
+from .overlap import gpu_work
+
+KINDS = ("cpu_blocked_launch", "launch_bound", "waiting_on_comm")
+
+
+def _coverage(starts: np.ndarray, ends: np.ndarray):
+    """F(t) = covered length of the disjoint intervals before t (vectorised, piecewise linear)."""
+    cum = np.concatenate([[0.0], np.cumsum(ends - starts)])
+
+    def F(t: np.ndarray) -> np.ndarray:
+        j = np.searchsorted(starts, t, side="right") - 1
+        inside = np.clip(t - starts[np.clip(j, 0, None)], 0, None) if len(starts) else np.zeros_like(t)
+        inside = np.minimum(inside, (ends - starts)[np.clip(j, 0, None)]) if len(starts) else inside
+        return np.where(j >= 0, cum[np.clip(j, 0, None)] + inside, 0.0)
+    return F
+
+
+def _ready_from_flows(gpu: pd.DataFrame, dep: pd.DataFrame, nxt: pd.DataFrame) -> np.ndarray:
+    """For traces with dependency flows (tracegen's): when each next kernel's cross-stream inputs
+    were done, i.e. the latest end of the slices its incoming flows start from; where a kernel has
+    no incoming flow its inputs came from its own stream, so it was ready when the gap began (NaN)."""
+    out = np.full(len(nxt), np.nan)
+    s, f = dep[dep["ph"] == "s"], dep[dep["ph"] == "f"]
+    pairs = f.merge(s[["id", "ts", "tid"]], on="id", suffixes=("", "_src"))
+    if pairs.empty:
+        return out
+    src_end = np.full(len(pairs), np.nan)
+    for tid, idx in pairs.groupby("tid_src").indices.items():
+        track = gpu[gpu["tid"].astype(str) == str(tid)]
+        st = track["start_us"].to_numpy()
+        order = np.argsort(st)
+        st, en = st[order], (track["start_us"] + track["dur_us"]).to_numpy()[order]
+        j = np.searchsorted(st, pairs["ts_src"].to_numpy()[idx], side="right") - 1
+        src_end[idx] = np.where(j >= 0, en[np.clip(j, 0, None)], np.nan)
+    by_ts = pd.Series(src_end, index=pairs["ts"].to_numpy()).groupby(level=0).max()
+    return by_ts.reindex(nxt["start_us"].to_numpy()).to_numpy()
+
+
+def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) -> tuple[list[dict[str, Any]], dict]:
+    """Findings (one per idle piece of at least `min_lost_us`) and totals per rank and cause."""
+    findings: list[dict[str, Any]] = []
+    totals: dict[int, dict[str, float]] = {}
+    g = gpu_work(events)
+    for rank, df in g.groupby("rank", sort=True):
+        comp = df[df["klass"] == "compute"].sort_values("start_us")
+        comm = df[df["klass"] == "comm"]
+        if comp.empty:
+            continue
+        cs, ce = comp["start_us"].to_numpy(), (comp["start_us"] + comp["dur_us"]).to_numpy()
+        u0, u1 = union(cs, ce)
+        g0, g1 = gaps(u0, u1)
+        tot = {k: 0.0 for k in KINDS}
+        tot["unexplained"] = 0.0
+        totals[int(rank)] = tot
+        if not len(g0):
+            continue
+        nxt_idx = np.searchsorted(cs, g1, side="left")
+        nxt = comp.iloc[np.clip(nxt_idx, 0, len(comp) - 1)]
+        cpu = events[(events["rank"] == rank) & (events["kind"] == "cpu")]
+        # launch time of the next kernel: end of the CPU launch call with its correlation id
+        launch = cpu[cpu["launch"] & (cpu["correlation"] >= 0)]
+        lend = pd.Series((launch["start_us"] + launch["dur_us"]).to_numpy(), index=launch["correlation"].to_numpy())
+        lend = lend[~lend.index.duplicated()]
+        launched = lend.reindex(nxt["correlation"].to_numpy()).to_numpy()
+        launched = np.where(np.isfinite(launched), launched, g0)            # unknown: not a launch issue
+        # readiness: the dependency flows where the trace has them (tracegen's), else the last
+        # communication kernel ending inside the gap is taken as the input the kernel waited for
+        dep = flows[(flows["cat"] == "dependency") & (flows["rank"] == rank)] if len(flows) else flows
+        if len(dep):
+            ready = _ready_from_flows(df, dep, nxt)
+        elif not comm.empty:
+            me = np.sort((comm["start_us"] + comm["dur_us"]).to_numpy())
+            j = np.searchsorted(me, g1, side="right") - 1
+            last_end = np.where(j >= 0, me[np.clip(j, 0, None)], -np.inf)
+            ready = np.where((last_end > g0) & (last_end <= g1), last_end, g0)
+        else:
+            ready = g0.copy()
+        ready = np.clip(np.nan_to_num(ready, nan=-np.inf), g0, g1)
+        launched = np.clip(launched, ready, g1)
+        blk = cpu[cpu["blocking"]]
+        b0, b1 = union(blk["start_us"].to_numpy(), (blk["start_us"] + blk["dur_us"]).to_numpy())
+        F = _coverage(b0, b1)
+        waiting = ready - g0
+        blocked = F(launched) - F(ready)
+        bound = (launched - ready) - blocked
+        rest = g1 - launched
+        comm_iv = union(comm["start_us"].to_numpy(), (comm["start_us"] + comm["dur_us"]).to_numpy())
+        Fc = _coverage(*comm_iv)
+        rest_comm = Fc(g1) - Fc(launched)
+        tot["waiting_on_comm"] += float(waiting.sum() + rest_comm.sum())
+        tot["cpu_blocked_launch"] += float(blocked.sum())
+        tot["launch_bound"] += float(bound.sum())
+        tot["unexplained"] += float((rest - rest_comm).sum())
+        layer = nxt["layer"].to_numpy()
+        mb = nxt["microbatch"].to_numpy()
+        names = nxt["name"].astype(str).to_numpy()
+        blk_names = blk["name"].astype(str).to_numpy()
+        blk_starts = blk["start_us"].to_numpy()
+        for i in np.flatnonzero((waiting + rest_comm >= max(min_lost_us, 1e-9)) | (blocked >= max(min_lost_us, 1e-9))
+                                | (bound >= max(min_lost_us, 1e-9))):
+            where = {"rank": int(rank), "layer": int(layer[i]) if layer[i] >= 0 else None,
+                     "microbatch": int(mb[i]) if mb[i] >= 0 else None}
+            nm = _short(names[i])
+            if waiting[i] + rest_comm[i] >= max(min_lost_us, 1e-9):
+                findings.append({"kind": "waiting_on_comm", **where, "start_us": float(g0[i]),
+                                 "lost_us": float(waiting[i] + rest_comm[i]),
+                                 "message": f"compute idle {waiting[i] + rest_comm[i]:.1f} us: {nm} waited for "
+                                            f"communication to deliver its inputs"})
+            if blocked[i] >= max(min_lost_us, 1e-9):
+                k = np.searchsorted(blk_starts, launched[i], side="right") - 1
+                call = _short(blk_names[k]) if k >= 0 else "a synchronising call"
+                findings.append({"kind": "cpu_blocked_launch", **where, "start_us": float(ready[i]),
+                                 "lost_us": float(blocked[i]),
+                                 "message": f"compute idle {blocked[i]:.1f} us: CPU blocked in {call} before "
+                                            f"launching {nm}; submit independent compute before the blocking "
+                                            f"call (proper two-batch-overlap order)"})
+            if bound[i] >= max(min_lost_us, 1e-9):
+                findings.append({"kind": "launch_bound", **where, "start_us": float(ready[i] + blocked[i]),
+                                 "lost_us": float(bound[i]),
+                                 "message": f"compute idle {bound[i]:.1f} us: the CPU was still launching "
+                                            f"earlier work when {nm} could run (launch-bound; CUDA graphs help)"})
+    return findings, totals
+
+
+def _short(name: str, n: int = 60) -> str:
+    return name if len(name) <= n else name[: n - 3] + "..."

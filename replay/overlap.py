@@ -1,0 +1,107 @@
+"""Overlap metrics over the event table: per rank, per layer and per micro-batch.
+
+compute / comm = union of the GPU intervals of that class; overlap = |compute ∩ comm|;
+exposed = comm - overlap; hidden share = overlap / comm; compute idle = span - compute.
+For a layer (or micro-batch), overlap is the part of *its* communication hidden by any compute
+on the rank, which is what "how much of this layer's all-to-all is hidden" means."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .intervals import intersection, length, union
+
+GPU_WORK = ("compute", "comm", "memory", "other")
+
+
+def _iv(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    s = df["start_us"].to_numpy()
+    return union(s, s + df["dur_us"].to_numpy())
+
+
+def _stats(comp: tuple, comm: tuple, span: float) -> dict[str, float]:
+    c, m = length(*comp), length(*comm)
+    ov = length(*intersection(comp, comm))
+    return {"span_us": span, "compute_us": c, "comm_us": m, "overlap_us": ov, "exposed_comm_us": m - ov,
+            "compute_idle_us": span - c, "hidden_comm_pct": 100.0 * ov / m if m > 0 else 0.0}
+
+
+def gpu_work(events: pd.DataFrame) -> pd.DataFrame:
+    return events[(events["kind"] == "gpu") & events["klass"].isin(GPU_WORK)]
+
+
+def stream_layout(events: pd.DataFrame) -> pd.DataFrame:
+    """Per rank and stream: busy time by class, and the role the stream plays."""
+    g = gpu_work(events)
+    rows = []
+    for (rank, stream), df in g.groupby(["rank", "stream"], sort=True, observed=True):
+        busy = {k: length(*_iv(df[df["klass"] == k])) for k in ("compute", "comm", "memory")}
+        total = length(*_iv(df))
+        role = max(busy, key=busy.get) if total else "idle"
+        if busy["compute"] and busy["comm"] and min(busy["compute"], busy["comm"]) > 0.2 * total:
+            role = "mixed"
+        rows.append({"rank": int(rank), "stream": int(stream), "thread": str(df["thread"].iloc[0]), "role": role,
+                     "busy_us": total, "compute_us": busy["compute"], "comm_us": busy["comm"],
+                     "memory_us": busy["memory"], "kernels": len(df),
+                     "top_comm": df.loc[df["klass"] == "comm", "subclass"].astype(str).value_counts().head(3).to_dict()})
+    return pd.DataFrame(rows)
+
+
+def rank_metrics(events: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    g = gpu_work(events)
+    for rank, df in g.groupby("rank", sort=True):
+        span = float((df["start_us"] + df["dur_us"]).max() - df["start_us"].min())
+        comp, comm = _iv(df[df["klass"] == "compute"]), _iv(df[df["klass"] == "comm"])
+        row = {"rank": int(rank), **_stats(comp, comm, span)}
+        row["streams"] = {int(s): length(*_iv(x)) for s, x in df.groupby("stream", observed=True)}
+        row["moe_compute_us"] = length(*_iv(df[_is_moe(df)]))
+        out.append(row)
+    return out
+
+
+def _is_moe(df: pd.DataFrame) -> pd.Series:
+    """Routed-expert compute: tracegen's MLP stage in MoE layers, else grouped GEMMs."""
+    stage = df["stage"].astype(str)
+    gen = df["akind"].astype(str) == "compute"
+    return (gen & (stage == "MLP") & df["flops"].notna() & _moe_layer(df)) | \
+        (~gen & (df["subclass"].astype(str) == "grouped_gemm"))
+
+
+def _moe_layer(df: pd.DataFrame) -> pd.Series:
+    """tracegen's MoE layers are those with an all-to-all."""
+    comm_layers = set(df.loc[df["klass"] == "comm", "layer"].unique())
+    return df["layer"].isin(comm_layers)
+
+
+def layer_metrics(events: pd.DataFrame, by_microbatch: bool = False) -> pd.DataFrame:
+    """One row per (rank, layer) - or (rank, layer, microbatch) - with known structure."""
+    g = gpu_work(events)
+    rows = []
+    for rank, df in g.groupby("rank", sort=True):
+        comp_all = _iv(df[df["klass"] == "compute"])
+        known = df[df["layer"] >= 0]
+        keys = ["layer", "microbatch"] if by_microbatch else ["layer"]
+        for key, part in known.groupby(keys, sort=True):
+            key = key if isinstance(key, tuple) else (key,)
+            comp = _iv(part[part["klass"] == "compute"])
+            comm = _iv(part[part["klass"] == "comm"])
+            span = float((part["start_us"] + part["dur_us"]).max() - part["start_us"].min())
+            c, m = length(*comp), length(*comm)
+            ov = length(*intersection(comm, comp_all))
+            row = {"rank": int(rank), **{k: int(v) for k, v in zip(keys, key)}, "start_us": float(part["start_us"].min()),
+                   "span_us": span, "compute_us": c, "comm_us": m, "overlap_us": ov, "exposed_comm_us": m - ov,
+                   "hidden_comm_pct": 100.0 * ov / m if m > 0 else 0.0,
+                   "stages": ",".join(dict.fromkeys(part.sort_values("start_us")["stage"].astype(str)))}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def balancedness(ranks: list[dict[str, Any]]) -> float | None:
+    """Mean over max of per-rank MoE compute (EPLB's balancedness); None without MoE compute."""
+    moe = np.array([r["moe_compute_us"] for r in ranks], dtype=float)
+    if not len(moe) or moe.max() <= 0:
+        return None
+    return float(moe.mean() / moe.max())

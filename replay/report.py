@@ -1,0 +1,84 @@
+"""Human-readable summary of an analysis, and the per-layer table as CSV or Parquet."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from tracegen.errors import UserError
+from tracegen.fileio import atomic_write
+
+from .analyze import Analysis
+from .findings import KINDS
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1e3:10.3f}"
+
+
+def render(a: Analysis, top: int = 10, max_layers: int = 12) -> str:
+    d = a.to_dict()
+    out: list[str] = []
+    src = ", ".join(Path(s).name for s in a.trace.sources[:3]) + (" ..." if len(a.trace.sources) > 3 else "")
+    kind = "tracegen prediction" if a.trace.generated else "profiler trace"
+    out.append(f"{src}: {kind}, {len(a.ranks)} rank(s), structure from {a.structure}"
+               + (f", window {a.window[0]:g}-{a.window[1]:g} us" if a.window else "")
+               + (" (cached)" if a.cached else ""))
+    out.append("")
+    out.append("streams (which computes, which communicates)")
+    out.append(f"  {'rank':>4} {'stream':>7}  {'role':<8}{'busy ms':>10}{'compute ms':>12}{'comm ms':>10}  comm kernels")
+    for s in d["streams"]:
+        comm = ", ".join(f"{k} x{v}" for k, v in s["top_comm"].items())
+        out.append(f"  {s['rank']:>4} {s['stream']:>7}  {s['role']:<8}{_ms(s['busy_us'])}{_ms(s['compute_us'])}  "
+                   f"{_ms(s['comm_us'])}  {comm}")
+    out.append("")
+    out.append("overlap per rank (ms)")
+    out.append(f"  {'rank':>4}{'span':>11}{'compute':>11}{'comm':>11}{'overlap':>11}{'exposed':>11}"
+               f"{'idle':>11}{'hidden':>9}")
+    for r in d["ranks"]:
+        out.append(f"  {r['rank']:>4}{_ms(r['span_us'])} {_ms(r['compute_us'])} {_ms(r['comm_us'])} "
+                   f"{_ms(r['overlap_us'])} {_ms(r['exposed_comm_us'])} {_ms(r['compute_idle_us'])}"
+                   f"{r['hidden_comm_pct']:8.1f}%")
+    if d["balancedness"] is not None and len(d["ranks"]) > 1:
+        out.append(f"  balancedness (mean/max MoE compute across ranks): {d['balancedness']:.3f}")
+    if not a.layers.empty:
+        first = a.layers[a.layers["rank"] == a.layers["rank"].min()]
+        out.append("")
+        out.append(f"per layer, rank {int(first['rank'].iloc[0])} (ms; overlap = its communication hidden by compute)")
+        out.append(f"  {'layer':>5}{'span':>11}{'compute':>11}{'comm':>11}{'overlap':>11}{'exposed':>11}{'hidden':>9}  stages")
+        rows = first if len(first) <= max_layers else pd.concat([first.head(max_layers // 2), first.tail(max_layers // 2)])
+        for i, (_, r) in enumerate(rows.iterrows()):
+            if len(first) > max_layers and i == max_layers // 2:
+                out.append(f"  {'...':>5}  ({len(first) - max_layers} more layers: --csv writes them all)")
+            out.append(f"  {int(r['layer']):>5}{_ms(r['span_us'])} {_ms(r['compute_us'])} {_ms(r['comm_us'])} "
+                       f"{_ms(r['overlap_us'])} {_ms(r['exposed_comm_us'])}{r['hidden_comm_pct']:8.1f}%  "
+                       f"{r['stages'][:60]}")
+    out.append("")
+    t = d["idle_totals_us"]
+    out.append("why compute idles (ms, all ranks): " + ", ".join(f"{k} {t[k] / 1e3:.3f}" for k in KINDS)
+               + f", unexplained {t['unexplained'] / 1e3:.3f}")
+    if d["findings"]:
+        out.append(f"largest of {d['findings_total']} findings:")
+        for f in d["findings"][:top]:
+            where = f"rank {f['rank']}" + (f" layer {f['layer']}" if f["layer"] is not None else "") + \
+                    (f" mb {f['microbatch']}" if f["microbatch"] is not None else "")
+            out.append(f"  {f['kind']:<19} {where:<22} at {f['start_us'] / 1e3:>10.3f} ms  lost {f['lost_us']:9.1f} us  "
+                       f"{f['message']}")
+    return "\n".join(out)
+
+
+def write_layers(a: Analysis, path: str | Path, fmt: str) -> Path:
+    table = a.layers
+    if table.empty:
+        raise UserError(f"no per-layer table to write: the trace's layers could not be recovered "
+                        f"(structure: {a.structure}); not writing {path}")
+    if fmt == "csv":
+        buf = io.StringIO()
+        table.to_csv(buf, index=False)
+        return atomic_write(path, buf.getvalue())
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), sink)
+    return atomic_write(path, sink.getvalue().to_pybytes())
