@@ -1,0 +1,102 @@
+"""`replay analyze` as a user runs it: table, JSON fields, CSV/Parquet, --rank, --window, cache."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from replay.cli import main
+from tracegen.trace import write_trace
+
+from .helpers import make_schedule
+
+
+@pytest.fixture(scope="module")
+def gen(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gen")
+    return write_trace(make_schedule(tbo="improper", layers=6, ranks=2), d / "improper.json.gz")
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_json_has_the_documented_fields(gen, capsys):
+    code, out, _ = run(capsys, "analyze", gen, "--json", "--no-cache")
+    assert code == 0
+    d = json.loads(out)
+    for r in d["ranks"]:
+        for k in ("rank", "span_us", "compute_us", "comm_us", "overlap_us", "exposed_comm_us", "compute_idle_us",
+                  "hidden_comm_pct", "layers"):
+            assert k in r
+        assert r["overlap_us"] <= min(r["compute_us"], r["comm_us"]) + 1e-6
+        assert r["compute_us"] <= r["span_us"] + 1e-6
+    kinds = {f["kind"] for f in d["findings"]}
+    assert kinds <= {"cpu_blocked_launch", "launch_bound", "waiting_on_comm"} and "cpu_blocked_launch" in kinds
+    for f in d["findings"]:
+        assert {"kind", "rank", "start_us", "lost_us", "message"} <= set(f) and f["lost_us"] > 0
+
+
+def test_table_csv_parquet(gen, capsys, tmp_path):
+    csv, pq = tmp_path / "l.csv", tmp_path / "l.parquet"
+    code, out, _ = run(capsys, "analyze", gen, "--csv", csv, "--parquet", pq, "--no-cache")
+    assert code == 0
+    assert "overlap per rank" in out and "why compute idles" in out and "cpu_blocked_launch" in out
+    a, b = pd.read_csv(csv), pd.read_parquet(pq)
+    assert len(a) == len(b) == 12 and {"rank", "layer", "compute_us", "comm_us", "overlap_us"} <= set(a.columns)
+
+
+def test_rank_and_window_narrow_the_view(gen, capsys):
+    _, out, _ = run(capsys, "analyze", gen, "--json", "--rank", "1", "--no-cache")
+    d = json.loads(out)
+    assert [r["rank"] for r in d["ranks"]] == [1]
+    _, out, _ = run(capsys, "analyze", gen, "--json", "--window", "20ms:40ms", "--no-cache")
+    d = json.loads(out)
+    assert all(r["span_us"] <= 20000 + 1e-6 for r in d["ranks"])
+    code, _, err = run(capsys, "analyze", gen, "--rank", "7", "--no-cache")
+    assert code == 2 and "has ranks 0, 1" in err
+    code, _, err = run(capsys, "analyze", gen, "--window", "5:2", "--no-cache")
+    assert code == 2 and "END must be after START" in err
+
+
+def test_second_run_uses_the_cache(gen, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOE_TIMELINE_CACHE", str(tmp_path / "cache"))
+    _, first, _ = run(capsys, "analyze", gen, "--json")
+    _, second, _ = run(capsys, "analyze", gen, "--json")
+    a, b = json.loads(first), json.loads(second)
+    assert not a["cached"] and b["cached"]
+    assert a["ranks"] == b["ranks"] and a["findings"] == b["findings"]
+    assert list((tmp_path / "cache").glob("*.events.parquet"))
+    _, third, _ = run(capsys, "analyze", gen, "--json", "--no-cache")
+    assert not json.loads(third)["cached"]
+
+
+def test_user_taxonomy_reclassifies(tmp_path, capsys):
+    trace = {"traceEvents": [
+        {"ph": "X", "cat": "kernel", "name": "my_fancy_a2a_kernel", "pid": 0, "tid": 1, "ts": 0, "dur": 10,
+         "args": {"stream": 1}},
+        {"ph": "X", "cat": "kernel", "name": "sm90_gemm", "pid": 0, "tid": 2, "ts": 5, "dur": 10,
+         "args": {"stream": 2}}]}
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps(trace))
+    _, out, _ = run(capsys, "analyze", p, "--json", "--no-cache")
+    assert json.loads(out)["ranks"][0]["comm_us"] == 0
+    tax = tmp_path / "tax.toml"
+    tax.write_text('[[rule]]\nclass = "comm"\nsubclass = "mine"\nregex = "fancy_a2a"\n')
+    _, out, _ = run(capsys, "analyze", p, "--json", "--no-cache", "--taxonomy", tax)
+    r = json.loads(out)["ranks"][0]
+    assert r["comm_us"] == 10 and r["overlap_us"] == 5
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rule]]\nclass = "comms"\nregex = "x"\n')
+    code, _, err = run(capsys, "analyze", p, "--no-cache", "--taxonomy", bad)
+    assert code == 2 and "class must be one of" in err
+
+
+def test_help_teaches(capsys):
+    with pytest.raises(SystemExit):
+        main(["analyze", "--help"])
+    text = capsys.readouterr().out
+    assert "examples:" in text and "dpsk::ep::" in text and "--window" in text
