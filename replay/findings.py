@@ -39,6 +39,8 @@ def _ready_from_flows(gpu: pd.DataFrame, dep: pd.DataFrame, nxt: pd.DataFrame) -
     src_end = np.full(len(pairs), np.nan)
     for tid, idx in pairs.groupby("tid_src").indices.items():
         track = gpu[gpu["tid"].astype(str) == str(tid)]
+        if track.empty:         # its source lies outside the --window
+            continue
         st = track["start_us"].to_numpy()
         order = np.argsort(st)
         st, en = st[order], (track["start_us"] + track["dur_us"]).to_numpy()[order]
