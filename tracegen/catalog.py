@@ -46,6 +46,7 @@ class CommBackend:
     per_message_us: float   # CPU proxy posting cost per destination peer (non-IBGDA), 0 if none
     fused: bool             # gating+quantisation fused into dispatch (Ascend)
     source: str
+    node_dedup: bool = False    # one copy per destination node, forwarded inside it (normal kernels)
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ _EFF_FIELDS = {"max": ("fraction", True), "m_half": ("count", False), "source": 
 _COMM_FIELDS: dict[str, tuple[str, bool]] = {
     "link": ("str", True), "sms": ("int", True), "bw_eff": ("fraction", True),
     "latency_us": ("time", True), "cpu_block_us": ("time", True), "per_message_us": ("time", True),
-    "fused": ("bool", True), "source": ("str", True),
+    "fused": ("bool", True), "source": ("str", True), "node_dedup": ("bool", False),
 }
 _MODEL_FIELDS: dict[str, tuple[str, bool]] = {
     "display": ("str", True), "attention": ("str", True), "vocab_size": ("int", True),

@@ -95,12 +95,12 @@ def _comm_time(w: Work, plan: Plan, hw: Hardware, preset: Preset) -> Timed:
         terms["scaleup_ms"] = w.scaleup_bytes / mb / link_rate(hw, preset, "scaleup")
         return Timed(w, terms["scaleup_ms"], terms)
     backend = hw.backend(plan.comm)
-    if w.scaleout_bytes:
-        eff = backend.bw_eff if backend.link == "scaleout" else None
-        terms["scaleout_ms"] = w.scaleout_bytes / mb / link_rate(hw, preset, "scaleout", eff)
-    if w.scaleup_bytes:
-        eff = backend.bw_eff if backend.link == "scaleup" else None
-        terms["scaleup_ms"] = w.scaleup_bytes / mb / link_rate(hw, preset, "scaleup", eff)
+    for kind, size in (("scaleout", w.scaleout_bytes), ("scaleup", w.scaleup_bytes)):
+        # the single-GPU copy stand-in sends what would cross RDMA over the host link instead
+        link = "pcie" if kind == "scaleout" and backend.link == "pcie" else kind
+        if size:
+            eff = backend.bw_eff if backend.link == link else None
+            terms[f"{link}_ms"] = size / mb / link_rate(hw, preset, link, eff)
     ms = max(terms.values(), default=0.0)
     if preset.comm_latency:
         terms["latency_ms"] = backend.latency_us / 1e3

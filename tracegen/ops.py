@@ -232,7 +232,7 @@ def a2a_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, t: Tokens) -
         if plan.phase == "decode" and preset.decode_dispatch == "all_remote_one_nic":
             out.append(Work(name, row, stage, "a2a", scaleout_bytes=tok * k * H * elem[name], is_comm=True))
             continue
-        if plan.phase == "prefill" and backend.link == "scaleout" and ep > domain:
+        if backend.node_dedup and ep > domain:
             # normal kernels: one RDMA copy per remote node, then NVLink forwarding inside it
             nodes = max(1, -(-ep // domain))
             remote = nodes_per_token(model, nodes) * (nodes - 1) / nodes

@@ -10,7 +10,7 @@ from .catalog import Hardware, Model
 from .errors import UserError
 
 PHASES = ("prefill", "decode")
-COMM_BACKENDS = ("normal", "ibgda", "cpu-proxy", "ascend-fused")
+COMM_BACKENDS = ("normal", "ibgda", "cpu-proxy", "ascend-fused", "pcie-copy")
 
 
 @dataclass(frozen=True)
