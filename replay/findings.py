@@ -13,6 +13,7 @@ from .intervals import gaps, union
 from .overlap import gpu_work
 
 KINDS = ("cpu_blocked_launch", "launch_bound", "waiting_on_comm")
+DEP_LATENCY_US = 20.0     # a dependent kernel starts within this of its input's end (event wait + launch)
 
 
 def _coverage(starts: np.ndarray, ends: np.ndarray):
@@ -83,10 +84,15 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) ->
         if len(dep):
             ready = _ready_from_flows(df, dep, nxt)
         elif not comm.empty:
+            # no dependency records: a kernel that starts within DEP_LATENCY_US of a communication
+            # kernel's end was waiting for it; one that started long after being launched waited
+            # on the GPU for something; otherwise its inputs were ready when the gap began
             me = np.sort((comm["start_us"] + comm["dur_us"]).to_numpy())
             j = np.searchsorted(me, g1, side="right") - 1
             last_end = np.where(j >= 0, me[np.clip(j, 0, None)], -np.inf)
-            ready = np.where((last_end > g0) & (last_end <= g1), last_end, g0)
+            near = (last_end > g0) & (g1 - last_end <= DEP_LATENCY_US)
+            waited_after_launch = launched < g1 - DEP_LATENCY_US
+            ready = np.where(near, last_end, np.where(waited_after_launch, g1, g0))
         else:
             ready = g0.copy()
         ready = np.clip(np.nan_to_num(ready, nan=-np.inf), g0, g1)

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pandas as pd
 
-DEFAULT_ANNOTATION = r"^(?P<stage>[A-Za-z][\w\-]*)\((?P<pass>[A-Za-z]+)\)$"
+DEFAULT_ANNOTATION = r"^(?:L(?P<layer>\d+)[:/])?(?P<stage>[A-Za-z][\w\-]*)\((?P<pass>[A-Za-z0-9]+)\)$"
 PASS_MICROBATCH = {"F": 0, "B": 1, "W": 1}     # DualPipe: forward chunk, backward chunk (input/weight grads)
 
 
@@ -36,17 +36,21 @@ def _from_annotations(events: pd.DataFrame, regex: str) -> tuple[pd.DataFrame, b
     m = names.str.extract(rx)
     if "stage" not in m or m["stage"].isna().all():
         return events, False
-    ann = ann.assign(a_stage=m["stage"], a_pass=m.get("pass")).dropna(subset=["a_stage"])
-    ann = ann.sort_values(["rank", "start_us"])
+    ann = ann.assign(a_stage=m["stage"], a_pass=m.get("pass"), a_layer_given=m.get("layer"))
+    ann = ann.dropna(subset=["a_stage"]).sort_values(["rank", "start_us"])
     layers = np.empty(len(ann), dtype=np.int32)
     labels = (ann["a_stage"] + "(" + ann["a_pass"].fillna("") + ")").to_numpy()
     ranks = ann["rank"].to_numpy()
-    for r in np.unique(ranks):       # a new layer each time the first annotation of the cycle recurs
-        idx = np.flatnonzero(ranks == r)
-        first = labels[idx[0]]
-        layers[idx] = np.cumsum(labels[idx] == first) - 1
+    given = ann["a_layer_given"]
+    if given.notna().all():              # "L3:ATTN(0)": the layer is in the name
+        layers[:] = given.astype(int).to_numpy()
+    else:
+        for r in np.unique(ranks):       # a new layer each time the first annotation of the cycle recurs
+            idx = np.flatnonzero(ranks == r)
+            first = labels[idx[0]]
+            layers[idx] = np.cumsum(labels[idx] == first) - 1
     passes = ann["a_pass"].fillna("").to_numpy()
-    order = {p: PASS_MICROBATCH.get(p, i) for i, p in enumerate(dict.fromkeys(passes))}
+    order = {p: (int(p) if p.isdigit() else PASS_MICROBATCH.get(p, i)) for i, p in enumerate(dict.fromkeys(passes))}
     ann = ann.assign(a_layer=layers, a_mb=[order[p] for p in passes], a_label=labels)
     # each launch call takes the innermost annotation around it on its rank
     launches = events[events["launch"] & (events["correlation"] >= 0)]

@@ -90,8 +90,11 @@ def classify(events: pd.DataFrame, tax: Taxonomy) -> pd.DataFrame:
     given = np.isin(akind, ("compute", "comm"))
     klass = np.where(given, akind, klass)
     sub = np.where(given, events["stage"].astype(str).to_numpy(), sub)
-    klass = np.where(np.isin(cat, ("gpu_memcpy", "gpu_memset")), "memory", klass)
-    sub = np.where(cat == "gpu_memcpy", "memcpy", np.where(cat == "gpu_memset", "memset", sub))
+    # copies and fills: memory traffic unless a rule says otherwise (e.g. host copies standing in
+    # for the network in bench/capture, classified as comm by traces/observed/h100/taxonomy.toml)
+    copy = np.isin(cat, ("gpu_memcpy", "gpu_memset")) & ~np.isin(klass, ("comm", "memory"))
+    klass = np.where(copy, "memory", klass)
+    sub = np.where(copy, np.where(cat == "gpu_memcpy", "memcpy", "memset"), sub)
     klass = np.where(cat == "gpu_user_annotation", "annotation", klass)
     klass = np.where(gpu, klass, "cpu")
     sub = np.where(gpu, sub, "")

@@ -105,7 +105,7 @@ scaleout_gbps = "200 Gb/s"
 pcie_gbps = 32
 gpus_per_node = 8
 cpu_launch_us = 5
-efficiency = { gemm = 0.7, grouped_gemm = 0.6, attention = 0.5, hbm = 0.8, scaleup = 0.8, scaleout = 0.8 }
+efficiency = { gemm = 0.7, grouped_gemm = 0.6, attention = 0.5, attention_decode = 0.6, hbm = 0.8, scaleup = 0.8, scaleout = 0.8 }
 [mygpu.comm.normal]
 link = "scaleout"
 sms = 20

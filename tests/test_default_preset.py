@@ -53,13 +53,15 @@ def test_allreduce_moves_the_real_activation():
         assert seed_ar.scaleup_bytes == 4096 * MODEL.hidden * 2     # seq_len, whatever the phase
 
 
-def test_every_compute_op_is_max_of_compute_and_memory():
+def test_every_compute_op_is_max_of_compute_memory_and_kernel_floor():
     for phase in ("prefill", "decode"):
         plan = Plan(phase=phase, batch=8 if phase == "decode" else 1, seq_len=4096, tp=1, dp=32)
         for w in layer_ops(MODEL, plan, DEFAULT, H800, dense=False):
             t = op_time(w, plan, H800, DEFAULT)
             if w.is_compute:
-                assert t.ms == pytest.approx(max(t.terms["compute_ms"], t.terms["memory_ms"]))
+                floor = H800.efficiency[w.kind].floor_us * w.kernels / 1e3
+                assert t.terms.get("floor_ms", 0.0) == pytest.approx(floor)
+                assert t.ms == pytest.approx(max(t.terms["compute_ms"], t.terms["memory_ms"], floor))
 
 
 def test_gemm_efficiency_falls_at_small_m():

@@ -24,14 +24,25 @@ DATA = resources.files("tracegen") / "data"
 # ----------------------------------------------------------------------------- hardware
 @dataclass(frozen=True)
 class EffCurve:
-    """Fraction of peak reached by one op kind: `max * M / (M + m_half)` (m_half = 0: constant)."""
+    """Fraction of peak one op kind reaches on a GEMM of M rows, N columns and depth K:
+    `max * g(M) * f(N, n_half) * f(K, k_half)`, where f(x, h) = x / (x + h) and
+    g(M) = M^p / (M^p + m_half^p) with p = m_pow (a half of 0 drops that factor);
+    `floor_us` is the shortest time one kernel of this kind takes, however little it does."""
     max: float
     m_half: float = 0.0
+    floor_us: float = 0.0
+    n_half: float = 0.0
+    k_half: float = 0.0
+    m_pow: float = 1.0
 
-    def at(self, m: float) -> float:
-        if self.m_half <= 0 or m <= 0:
-            return self.max
-        return self.max * m / (m + self.m_half)
+    def at(self, m: float, n: float = 0.0, k: float = 0.0) -> float:
+        e = self.max
+        if self.m_half > 0 and m > 0:
+            e *= 1.0 / (1.0 + (self.m_half / m) ** self.m_pow)
+        for x, h in ((n, self.n_half), (k, self.k_half)):
+            if h > 0 and x > 0:
+                e *= x / (x + h)
+        return e
 
 
 @dataclass(frozen=True)
@@ -69,9 +80,9 @@ class Hardware:
     source: str
     aliases: tuple[str, ...] = ()
 
-    def eff(self, kind: str, m: float = 0.0) -> float:
+    def eff(self, kind: str, m: float = 0.0, n: float = 0.0, k: float = 0.0) -> float:
         try:
-            return self.efficiency[kind].at(m)
+            return self.efficiency[kind].at(m, n, k)
         except KeyError:
             raise UserError(f"hardware {self.name}: no efficiency entry {kind!r} "
                             f"(has {', '.join(sorted(self.efficiency))})") from None
@@ -137,7 +148,9 @@ _HW_FIELDS: dict[str, tuple[str, bool]] = {
     "aliases": ("list", False), "base": ("str", False), "abstract": ("bool", False),
     "efficiency": ("table", True), "comm": ("table", True),
 }
-_EFF_FIELDS = {"max": ("fraction", True), "m_half": ("count", False), "source": ("str", False)}
+_EFF_FIELDS = {"max": ("fraction", True), "m_half": ("count", False), "m_pow": ("count", False),
+               "n_half": ("count", False), "k_half": ("count", False), "floor_us": ("time", False),
+               "source": ("str", False)}
 _COMM_FIELDS: dict[str, tuple[str, bool]] = {
     "link": ("str", True), "sms": ("int", True), "bw_eff": ("fraction", True),
     "latency_us": ("time", True), "cpu_block_us": ("time", True), "per_message_us": ("time", True),
@@ -265,8 +278,9 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
     eff = {}
     for kind, curve in e["efficiency"].items():
         c = _check(curve if isinstance(curve, dict) else {"max": curve}, _EFF_FIELDS, f"{where}.efficiency.{kind}")
-        eff[kind] = EffCurve(max=c["max"], m_half=c.get("m_half", 0.0))
-    for need in ("gemm", "grouped_gemm", "attention", "hbm", "scaleup", "scaleout"):
+        eff[kind] = EffCurve(max=c["max"], m_half=c.get("m_half", 0.0), floor_us=c.get("floor_us", 0.0),
+                             n_half=c.get("n_half", 0.0), k_half=c.get("k_half", 0.0), m_pow=c.get("m_pow", 1.0))
+    for need in ("gemm", "grouped_gemm", "attention", "attention_decode", "hbm", "scaleup", "scaleout"):
         if need not in eff:
             raise UserError(f"{where}: missing field 'efficiency.{need}'")
     comm = {}
@@ -362,7 +376,8 @@ def hardware_to_dict(hw: Hardware) -> dict[str, Any]:
         "hbm_gb": hw.hbm_gb, "hbm_gbps": hw.hbm_gbps, "scaleup_gbps": hw.scaleup_gbps,
         "scaleup_domain": hw.scaleup_domain, "scaleout_gbps": hw.scaleout_gbps,
         "pcie_gbps": hw.pcie_gbps, "gpus_per_node": hw.gpus_per_node, "cpu_launch_us": hw.cpu_launch_us,
-        "efficiency": {k: {"max": c.max, "m_half": c.m_half} for k, c in hw.efficiency.items()},
+        "efficiency": {k: {"max": c.max, "m_half": c.m_half, "m_pow": c.m_pow, "n_half": c.n_half,
+                           "k_half": c.k_half, "floor_us": c.floor_us} for k, c in hw.efficiency.items()},
         "comm": {k: {f: getattr(b, f) for f in _COMM_FIELDS} for k, b in hw.comm.items()},
     }}
 

@@ -38,6 +38,16 @@ Each slice is a stage (ATTN, SHARED, DISPATCH, MLP, COMBINE; decode ATTN-0/ATTN-
 layer, microbatch, stage, flops, bytes, and the cost terms behind its duration."""
 
 
+EPILOG_CALIBRATE = """\
+examples:
+  tracegen calibrate traces/observed/h100/sweep.json.gz --hardware h100 -o h100-fit.json \\
+      --holdout-m 3,24,96,384,1536,6144,48,768 --holdout-name shared_up,shared_down
+  tracegen trace --hardware-file h100-fit.json ...        predict with the fitted curves
+
+Profiler ranges are named "op=<gemm|grouped_gemm|attention|hbm|pcie> name=<op> M=.. N=.. K=..
+flops=.. bytes=.. dtype=<fp8|bf16>" (bench/capture/capture_h100.py writes them)."""
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
 
@@ -239,6 +249,47 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from replay.calibrate import run      # the loop closes here: observed event tables -> a hardware file
+
+    from .catalog import hardware_to_dict
+    from .fileio import atomic_write
+
+    def floats(text: str | None) -> set[float]:
+        try:
+            return {float(x) for x in text.split(",") if x.strip()} if text else set()
+        except ValueError:
+            raise UserError(f"--holdout-m takes numbers separated by commas, got {text!r}") from None
+
+    if not args.output.endswith(".json"):
+        raise UserError(f"-o {args.output}: calibrate writes a JSON hardware file (name it *.json)")
+    hw, table, detail, sources = run(args.observed, args.hardware, args.hardware_file, floats(args.holdout_m),
+                                     {x.strip() for x in (args.holdout_name or "").split(",") if x.strip()})
+    atomic_write(args.output, json.dumps(hardware_to_dict(hw), indent=1))
+    if args.report:
+        atomic_write(args.report, detail.to_csv(index=False))
+    if args.json:
+        _print_json({"output": args.output, "sources": sources, "hardware": hardware_to_dict(hw),
+                     "errors": table.to_dict(orient="records")})
+        return 0
+    for s in sources:
+        print(s)
+    print(f"\nfitted efficiency curves for {hw.name} (eff = max * g(M) * f(N) * f(K); floor per kernel):")
+    for kind, c in hw.efficiency.items():
+        print(f"  {kind:<13} max {c.max:.3f}  m_half {c.m_half:8.1f} (pow {c.m_pow:g})  n_half {c.n_half:8.1f}  "
+              f"k_half {c.k_half:8.1f}  floor {c.floor_us:.2f} us")
+    if "pcie-copy" in hw.comm:
+        print(f"  pcie-copy link efficiency {hw.comm['pcie-copy'].bw_eff:.3f} of {hw.pcie_gbps:g} GB/s")
+    print("\nprediction error per op kind (|predicted - observed| / observed):")
+    print(f"  {'kind':<14}{'set':<10}{'n':>5}{'median before':>15}{'after':>8}{'p90 before':>12}{'after':>8}")
+    before, after = table[table["model"] == "before"], table[table["model"] == "after"]
+    for (_, b), (_, a) in zip(before.iterrows(), after.iterrows()):
+        print(f"  {a['kind']:<14}{a['set']:<10}{int(a['n']):>5}{b['median_abs_err_pct']:>14.1f}%{a['median_abs_err_pct']:>7.1f}%"
+              f"{b['p90_abs_err_pct']:>11.1f}%{a['p90_abs_err_pct']:>7.1f}%")
+    print(f"\nwrote {args.output}: use it with --hardware-file {args.output}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "hardware":
         table = builtin_hardware() if not args.hardware_file else {
@@ -342,6 +393,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print the schedule summary as JSON")
     add_plan_args(t)
     t.set_defaults(func=cmd_trace)
+
+    c = sub.add_parser("calibrate", help="fit the cost model's efficiency curves to an observed trace",
+                       formatter_class=_Formatter, epilog=EPILOG_CALIBRATE,
+                       description="Match the ops of observed traces (profiler ranges named op=... with FLOPs and "
+                                   "bytes, or tracegen's own traces) to the cost model, fit each op kind's "
+                                   "efficiency curve and kernel floor, and write a hardware file.")
+    c.add_argument("observed", nargs="+", help="observed trace(s): .json / .json.gz")
+    c.add_argument("-o", "--output", required=True, help="hardware file to write (JSON)")
+    c.add_argument("--hardware", "--gpu", "-g", dest="hardware", default=None,
+                   help="hardware to start from (default: read from the trace)")
+    c.add_argument("--hardware-file", default=None, metavar="FILE", help="start from your own hardware file")
+    c.add_argument("--holdout-m", default=None, metavar="M,M,...",
+                   help="leave ops with these row counts out of the fit and report them apart")
+    c.add_argument("--holdout-name", default=None, metavar="NAME,...",
+                   help="leave ops of these names out of the fit (e.g. shared_up,shared_down)")
+    c.add_argument("--report", default=None, metavar="CSV", help="write every op's observed and predicted time")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.set_defaults(func=cmd_calibrate)
 
     lst = sub.add_parser("list", help="show the hardware, model or preset catalogs", formatter_class=_Formatter)
     lst.add_argument("what", choices=("hardware", "models", "presets"))

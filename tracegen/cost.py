@@ -42,10 +42,11 @@ def sm_fraction(plan: Plan, hw: Hardware, preset: Preset, overlapped: bool) -> f
     return 1.0
 
 
-def compute_rate(hw: Hardware, preset: Preset, rate: str, kind: str, m: float) -> float:
-    """Achieved TFLOPS for `rate` ("fp8"/"bf16") FLOPs of op `kind` at M rows, all SMs."""
+def compute_rate(hw: Hardware, preset: Preset, rate: str, kind: str, m: float, n: float = 0.0,
+                 k: float = 0.0) -> float:
+    """Achieved TFLOPS for `rate` ("fp8"/"bf16") FLOPs of op `kind` on an M x N x K product, all SMs."""
     peak = hw.fp8_tflops if rate == "fp8" else hw.bf16_tflops
-    eff = preset.flat_discount if preset.flat_discount is not None else hw.eff(kind, m)
+    eff = preset.flat_discount if preset.flat_discount is not None else hw.eff(kind, m, n, k)
     return peak * preset.usable_peak * eff
 
 
@@ -73,13 +74,19 @@ def op_time(w: Work, plan: Plan, hw: Hardware, preset: Preset, overlapped: bool 
     share = sm_fraction(plan, hw, preset, overlapped)
     terms: dict[str, float] = {}
     if w.flops:
-        rate = compute_rate(hw, preset, w.rate, w.kind, w.m) * share
-        if plan.phase == "decode" and w.name in ("shared_expert", "routed_expert"):
-            rate *= preset.decode_expert_factor
-        terms["compute_ms"] = w.flops / 1e9 / rate          # GFLOP / TFLOPS = ms
+        factor = share * (preset.decode_expert_factor
+                          if plan.phase == "decode" and w.name in ("shared_expert", "routed_expert") else 1.0)
+        if w.gemms and preset.flat_discount is None:      # each product at its own shape's efficiency
+            terms["compute_ms"] = sum(2 * m * n * k * c / 1e9 / (compute_rate(hw, preset, w.rate, w.kind, m, n, k)
+                                                                 * factor) for m, n, k, c in w.gemms if c and m)
+        else:
+            terms["compute_ms"] = w.flops / 1e9 / (compute_rate(hw, preset, w.rate, w.kind, w.m) * factor)
     if preset.memory_time == "roofline":
         if w.hbm_bytes:
             terms["memory_ms"] = w.hbm_bytes / _MB / hbm_rate(hw, preset)
+        floor = hw.efficiency[w.kind].floor_us if w.kind in hw.efficiency else 0.0
+        if floor:
+            terms["floor_ms"] = floor * w.kernels / 1e3
         ms = max(terms.values(), default=0.0)
     else:   # the seed: only the KV-cache load, added on top of the compute
         if w.kv_bytes:

@@ -16,6 +16,13 @@ BF16 = 2        # bytes per BF16 element
 SCALE_GROUP = 128   # FP8 block scaling: one FP32 scale per 128 channels
 
 
+Gemm = tuple[float, float, float, float]     # (M rows, N columns, K depth, how many such products)
+
+
+def gemm_flops(gemms: tuple[Gemm, ...] | list[Gemm]) -> float:
+    return sum(2 * m * n * k * c for m, n, k, c in gemms)
+
+
 @dataclass(frozen=True)
 class Work:
     """What one op asks of one GPU for one layer."""
@@ -32,6 +39,8 @@ class Work:
     scaleup_bytes: float = 0.0    # bytes leaving this GPU over NVLink / unified bus
     tp_divisor: int = 1       # attention work is split over the TP group
     is_comm: bool = False
+    kernels: int = 1          # matrix / attention kernels it launches (each costs at least a floor)
+    gemms: tuple[Gemm, ...] = ()   # the matrix products behind `flops` (for shape-aware efficiency)
 
     @property
     def is_compute(self) -> bool:
@@ -103,55 +112,61 @@ def attention_ops(model: Model, plan: Plan, preset: Preset, t: Tokens, dense: bo
         kv_elem = plan.kv_bytes_per_elem
         kv_bytes = t.seqs * kv * model.kv_cache_elems * kv_elem
     pre, post = ("ATTN-0", "ATTN-1") if decode else ("ATTN", "ATTN")
+    # prefill attention (FlashAttention-style, long query tiles) and decode attention (FlashMLA-
+    # style, one query per sequence against the cache) are different kernels with different curves
+    attn_kind = "attention_decode" if decode else "attention"
     if model.attention == "gqa":
         d, g = model.head_dim, model.kv_heads
         kv_split = min(tp, g)       # KV heads are split over TP ranks, replicated beyond g
         qkv = (h + 2 * g) * d
+        proj = ((q, qkv / tp, H, 1),)
+        out = ((q, H, h * d / tp, 1),)
         return [
-            Work("attn_proj", row, pre, "gemm", 2 * q * H * qkv / tp, plan.precision, q,
-                 _gemm_bytes(q, H, qkv, wb) / tp, tp_divisor=tp),
-            Work("attn_core", row, post, "attention", 2 * h * t.attn_pairs * 2 * d / tp, "bf16", q,
+            Work("attn_proj", row, pre, "gemm", gemm_flops(proj), plan.precision, q,
+                 _gemm_bytes(q, H, qkv, wb) / tp, tp_divisor=tp, kernels=1, gemms=proj),
+            Work("attn_core", row, post, attn_kind, 2 * h * t.attn_pairs * 2 * d / tp, "bf16", q,
                  kv_bytes / kv_split, kv_bytes=kv_bytes / kv_split, tp_divisor=tp),
-            Work("attn_out", row, post, "gemm", 2 * q * h * d * H / tp, wo_rate, q,
-                 _gemm_bytes(q, h * d, H, wb) / tp, tp_divisor=tp),
+            Work("attn_out", row, post, "gemm", gemm_flops(out), wo_rate, q,
+                 _gemm_bytes(q, h * d, H, wb) / tp, tp_divisor=tp, gemms=out),
         ]
-    # MLA
+    # MLA: the products of each form as (M, N, K, count); with TP the heads split (N of the
+    # up-projections, K of W_O, the per-head products) and the down-projections split by tokens
     r_q, r_kv, nope, rope, vd = (model.q_lora_rank, model.kv_lora_rank, model.qk_nope_head_dim,
                                  model.qk_rope_head_dim, model.v_head_dim)
     form = preset.decode_mla_form if decode else "standard"
-    q_down = q * H * r_q
-    kv_down = q * H * (r_kv + rope) * t.kv_down_rate
+    downs = [(q / tp, r_q, H, 1), (q * t.kv_down_rate / tp, r_kv + rope, H, 1)]
     if form == "standard":
-        # every KV position is up-projected, cached latents included
-        kv_rows = t.seqs * kv
-        proj_macs = q_down + q * r_q * h * (nope + rope) + kv_down + kv_rows * r_kv * h * (nope + vd)
+        kv_rows = t.seqs * kv          # every KV position is up-projected, cached latents included
+        proj = downs + [(q, h * (nope + rope) / tp, r_q, 1), (kv_rows, h * (nope + vd) / tp, r_kv, 1)]
         proj_w = H * r_q + r_q * h * (nope + rope) + H * (r_kv + rope) + r_kv * h * (nope + vd)
         core_macs = h * t.attn_pairs * (nope + rope + vd)
-        out_macs = q * h * vd * H
+        out = [(q, H, h * vd / tp, 1)]
         out_w = h * vd * H
     elif form == "absorbed_merged":
         # seed004: W_UK folded into W_Q (q_absorb) and W_UV into W_O (o_absorb)
-        proj_macs = q_down + q * r_q * h * rope + q * h * r_q * r_kv + kv_down
+        proj = downs + [(q, h * rope / tp, r_q, 1), (q, h * r_kv / tp, r_q, 1)]
         proj_w = H * r_q + r_q * h * rope + h * r_q * r_kv + H * (r_kv + rope)
         core_macs = h * t.attn_pairs * (rope + 2 * r_kv)
-        out_macs = q * h * r_kv * H
+        out = [(q, H, h * r_kv / tp, 1)]
         out_w = h * r_kv * H
     else:
         # absorbed with the original weights: q_up, then a per-head bmm with W_UK into the latent
-        # space; attention over the latent cache (MQA); per-head W_UV bmm, then W_O.
-        proj_macs = q_down + kv_down + q * r_q * h * (nope + rope) + q * h * nope * r_kv
+        # space; attention over the latent cache (MQA); per-head W_UV bmm, then W_O
+        proj = downs + [(q, h * (nope + rope) / tp, r_q, 1), (q, r_kv, nope, h / tp)]
         proj_w = H * r_q + H * (r_kv + rope) + r_q * h * (nope + rope) + h * nope * r_kv
         core_macs = h * t.attn_pairs * (rope + 2 * r_kv)
-        out_macs = q * h * r_kv * vd + q * h * vd * H
+        out = [(q, vd, r_kv, h / tp), (q, H, h * vd / tp, 1)]
         out_w = h * r_kv * vd + h * vd * H
+    proj = tuple(g for g in proj if g[0] > 0)
+    out = tuple(out)
     act = q * H * BF16
     return [
-        Work("mla_proj", row, pre, "gemm", 2 * proj_macs / tp, plan.precision, q,
-             (proj_w * wb + 2 * act) / tp, tp_divisor=tp),
-        Work("attn_core", row, post, "attention", 2 * core_macs / tp, "bf16", q,
+        Work("mla_proj", row, pre, "gemm", gemm_flops(proj), plan.precision, q,
+             (proj_w * wb + 2 * act) / tp, tp_divisor=tp, kernels=len(proj), gemms=proj),
+        Work("attn_core", row, post, attn_kind, 2 * core_macs / tp, "bf16", q,
              kv_bytes + q * h * (r_kv + rope) * BF16 / tp, kv_bytes=kv_bytes, tp_divisor=tp),
-        Work("mla_out", row, post, "gemm", 2 * out_macs / tp, wo_rate, q,
-             (out_w * wb + 2 * act) / tp, tp_divisor=tp),
+        Work("mla_out", row, post, "gemm", gemm_flops(out), wo_rate, q,
+             (out_w * wb + 2 * act) / tp, tp_divisor=tp, kernels=len(out), gemms=out),
     ]
 
 
@@ -173,11 +188,12 @@ def allreduce_op(model: Model, plan: Plan, preset: Preset, t: Tokens, dense: boo
 # ----------------------------------------------------------------------------- FFN
 def _ffn(name: str, row: str, stage: str, kind: str, rows: float, width: int, hidden: int,
          copies: float, weight_elem: float, m: float) -> Work:
-    """SwiGLU FFN: gate and up (hidden -> width, twice) and down (width -> hidden)."""
-    macs = rows * 3 * hidden * width
+    """SwiGLU FFN of `copies` experts, `m` rows each: gate and up fused (hidden -> 2 x width),
+    then down (width -> hidden); a grouped GEMM runs all experts in one kernel each."""
+    gemms = ((m, 2 * width, hidden, rows / m if m else 0), (m, hidden, width, rows / m if m else 0))
     weights = copies * 3 * hidden * width * weight_elem
-    return Work(name, row, stage, kind, 2 * macs, "fp8" if weight_elem == 1 else "bf16", m,
-                weights + rows * (2 * hidden + 3 * width) * BF16)
+    return Work(name, row, stage, kind, gemm_flops(gemms), "fp8" if weight_elem == 1 else "bf16", m,
+                weights + rows * (2 * hidden + 3 * width) * BF16, kernels=2, gemms=gemms)
 
 
 def dense_mlp_op(model: Model, plan: Plan, preset: Preset, t: Tokens) -> Work:
@@ -191,8 +207,9 @@ def dense_mlp_op(model: Model, plan: Plan, preset: Preset, t: Tokens) -> Work:
 def gate_op(model: Model, plan: Plan, t: Tokens) -> Work:
     rows = t.moe_tokens
     stage = "ATTN-1" if plan.phase == "decode" else "ATTN"
-    return Work("gate", "Gate", stage, "gemm", 2 * rows * model.hidden * model.routed_experts, "bf16",
-                rows, model.hidden * model.routed_experts * BF16 + rows * model.hidden * BF16)
+    gemms = ((rows, model.routed_experts, model.hidden, 1),)
+    return Work("gate", "Gate", stage, "gemm", gemm_flops(gemms), "bf16",
+                rows, model.hidden * model.routed_experts * BF16 + rows * model.hidden * BF16, gemms=gemms)
 
 
 def expert_ops(model: Model, plan: Plan, preset: Preset, t: Tokens) -> list[Work]:
