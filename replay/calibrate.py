@@ -216,12 +216,15 @@ def _fit_curve(obs: list[Obs], hw: Hardware, lower_us: np.ndarray, start: EffCur
     error of max(compute, lower) against the observed times."""
     prods = _Products(obs, hw)
     t = np.array([o.us for o in obs])
+    # L1 on log time (robust to the odd outlier kernel), weighted by sqrt(time) so that the ops
+    # that take the time are fitted best without ignoring the small ones
+    weight = np.sqrt(t / t.mean())
     p = [start.max, start.m_half, start.n_half if shape_aware else 0.0, start.k_half if shape_aware else 0.0,
          start.m_pow]
 
     def loss(params: list[float]) -> float:
         pred = np.maximum(prods.compute_us(*params), lower_us)
-        return float(np.sum(np.abs(np.log(pred / t))))     # L1: robust to the odd outlier kernel
+        return float(np.sum(weight * np.abs(np.log(pred / t))))
 
     def descend(p: list[float]) -> tuple[float, list[float]]:
         best = loss(p)
@@ -240,8 +243,44 @@ def _fit_curve(obs: list[Obs], hw: Hardware, lower_us: np.ndarray, start: EffCur
                 break
         return best, p
 
-    # the M exponent moves with m_half: one descent per exponent, keep the best
-    best, p = min((descend(p[:4] + [float(mp)]) for mp in _POWS), key=lambda r: r[0])
+    # refine around a coarse optimum (grids step ~8 %): (max, m_half) jointly, since they trade off
+    # along a valley, on shrinking local grids; the shape halves one at a time
+    def refine_pair(p: list[float], best: float) -> tuple[float, list[float]]:
+        span = 0.1
+        for _ in range(10):
+            for _ in range(25):          # walk at this span while the best point is on the grid's edge
+                centre, moved = p, False
+                for a in centre[0] * (1 + span * np.linspace(-1, 1, 11)):
+                    for b in (centre[1] * (1 + span * np.linspace(-1, 1, 11)) if centre[1] > 0 else (0.0,)):
+                        trial = [float(min(a, 1.0)), float(b)] + centre[2:]
+                        val = loss(trial)
+                        if val < best - 1e-15:
+                            best, p, moved = val, trial, True
+                if not moved:
+                    break
+            span /= 2
+        return best, p
+
+    def solve(mp: float) -> tuple[float, list[float]]:
+        best, q = descend(p[:4] + [float(mp)])
+        best, q = refine_pair(q, best)
+        if shape_aware:
+            for j in (2, 3):
+                if q[j] > 0:
+                    for v in q[j] * np.linspace(0.8, 1.2, 41):
+                        trial = q.copy()
+                        trial[j] = float(v)
+                        val = loss(trial)
+                        if val < best - 1e-15:
+                            best, q = val, trial
+            best, q = refine_pair(q, best)
+        return best, q
+
+    # the M exponent moves with m_half: solve for each exponent; keep 1 unless another is clearly better
+    results = {float(mp): solve(mp) for mp in _POWS}
+    best, p = min(results.values(), key=lambda r: r[0])
+    if results[1.0][0] <= best * 1.01 + 1e-12:
+        best, p = results[1.0]
     return EffCurve(p[0], p[1], start.floor_us, p[2], p[3], p[4])
 
 
@@ -263,7 +302,10 @@ def fit(obs: list[Obs], hw: Hardware, rounds: int = 3) -> Hardware:
         for kind in FITTED:
             if kind in eff:
                 eff[kind] = replace(eff[kind], floor_us=floor)
-    copies = [o for o in train if o.kind == "hbm"]
+    # pure memory traffic: device copies, and elementwise kernels not at their floor
+    ew_floor = hw.efficiency["elementwise"].floor_us if "elementwise" in hw.efficiency else 0.0
+    copies = [o for o in train if o.kind == "hbm" or (o.kind == "elementwise" and o.bytes > 0
+                                                      and o.us > 1.5 * ew_floor * o.kernels)]
     hbm = float(np.median([o.bytes / (o.us * 1e3) / hw.hbm_gbps for o in copies])) if copies else hw.eff("hbm")
     for _ in range(rounds):
         cur = replace(hw, efficiency={**eff, "hbm": EffCurve(min(hbm, 1.0))})

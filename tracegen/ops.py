@@ -267,16 +267,52 @@ def a2a_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, t: Tokens) -
     return out
 
 
+# ----------------------------------------------------------------------------- glue
+def glue_ops(model: Model, plan: Plan, t: Tokens, dense: bool) -> list[Work]:
+    """The memory-bound kernels between the matrix products: norms, residual adds, RoPE, SwiGLU
+    activations and FP8 quantisation of GEMM inputs. Bytes read + written per token (BF16 in,
+    FP8 + scales out), a few kernels each; in DeepSeek's train.json such kernels take a quarter
+    of the compute stream."""
+    H = model.hidden
+    decode = plan.phase == "decode"
+    q, tok = t.q_len / plan.tp, t.moe_tokens
+    if model.attention == "mla":
+        lat = model.q_lora_rank + model.kv_lora_rank
+        rope = model.heads * model.qk_rope_head_dim / plan.tp
+        o_in = model.heads * model.v_head_dim / plan.tp
+    else:
+        lat, rope, o_in = 0, model.heads * model.head_dim / plan.tp, model.heads * model.head_dim / plan.tp
+    row = "DenseMLA" if dense else "MLA"
+    pre, post = ("ATTN-0", "ATTN-1") if decode else ("ATTN", "ATTN")
+    # input norm (4H) + FP8 quant (3H) + latent norms and quant (7 lat) + RoPE on q and k (4 rope)
+    attn_in = q * (7 * H + 7 * lat + 4 * rope)
+    # quant before W_O (3 o_in) + residual add and post-attention norm (6H) + quant for the FFN (3H)
+    attn_out = q * (3 * o_in + 9 * H)
+    ops = [Work("attn_glue", row, pre, "elementwise", hbm_bytes=attn_in, kernels=6),
+           Work("post_attn_glue", row, post, "elementwise", hbm_bytes=attn_out, kernels=4)]
+    ffn = lambda name, row_, stage, rows, width: Work(  # noqa: E731 - SwiGLU (6 width) + quant (3 width)
+        name, row_, stage, "elementwise", hbm_bytes=rows * 9 * width, kernels=2)
+    if dense:
+        return ops + [ffn("dense_glue", "DenseMLP", "MLP", tok, model.intermediate)]
+    if model.shared_experts:
+        ops.append(ffn("shared_glue", "SharedExpert", "SHARED", tok * model.shared_experts, model.moe_intermediate))
+    ops.append(ffn("routed_glue", "RoutedExpert", "MLP", t.routed_tokens, model.moe_intermediate))
+    return ops
+
+
 def layer_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, dense: bool) -> list[Work]:
     """All ops of one layer (dense or MoE) on one GPU, in execution order."""
     t = tokens(model, plan, preset)
-    ops = attention_ops(model, plan, preset, t, dense) + allreduce_op(model, plan, preset, t, dense)
+    glue = {w.name: w for w in glue_ops(model, plan, t, dense)} if preset.glue else {}
+    g = lambda *names: [glue[n] for n in names if n in glue]  # noqa: E731
+    ops = (g("attn_glue") + attention_ops(model, plan, preset, t, dense) + g("post_attn_glue")
+           + allreduce_op(model, plan, preset, t, dense))
     if dense:
-        return ops + [dense_mlp_op(model, plan, preset, t)]
+        return ops + [dense_mlp_op(model, plan, preset, t)] + g("dense_glue")
     if preset.gate:
         ops.append(gate_op(model, plan, t))
     experts = expert_ops(model, plan, preset, t)
     dispatch, combine = a2a_ops(model, plan, preset, hw, t)
-    shared = [w for w in experts if w.name == "shared_expert"]
-    routed = [w for w in experts if w.name == "routed_expert"]
+    shared = [w for w in experts if w.name == "shared_expert"] + g("shared_glue")
+    routed = [w for w in experts if w.name == "routed_expert"] + g("routed_glue")
     return ops + shared + [dispatch] + routed + [combine]

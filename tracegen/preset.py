@@ -51,6 +51,7 @@ class Preset:
     decode_moe_tokens: str
     quant_scale_bytes: bool
     gate: bool
+    glue: bool
     decode_dispatch: str
     overlap: str
     kv_dtype: str
