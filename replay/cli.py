@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from tracegen.cli import _Formatter, _Parser
-from tracegen.errors import run_cli
+from tracegen.errors import UserError, run_cli
 
 EPILOG = """\
 examples:
@@ -20,6 +21,23 @@ Communication is recognised by kernel name (DeepEP normal/low-latency dispatch, 
 notify - both deep_ep:: and DeepSeek's dpsk::ep:: spelling - NCCL collectives, other all-to-alls);
 see replay/data/taxonomy.toml. Layers come from tracegen's args, from annotations such as
 attn(F) / dispatch(B), or from the repeating dispatch/combine sequence."""
+
+
+EPILOG_COMPARE = """\
+examples:
+  tracegen trace --hardware h100 --comm pcie-copy --batch 2 --seq-len 4096 --dp 32 --skip-dense \\
+      --layers 4 -o pred.json.gz
+  replay compare pred.json.gz traces/observed/h100/layers-proper.json.gz \\
+      --taxonomy traces/observed/h100/taxonomy.toml --layer-offset 0"""
+
+
+EPILOG_WHATIF = """\
+examples:
+  replay whatif improper.json.gz --launch-order proper -o fixed.json.gz
+  replay whatif prefill.json.gz --comm-scale 2 -o slow-network.json.gz      half the link bandwidth
+  replay whatif decode.json.gz --comm ibgda -o ibgda.json.gz
+  replay whatif traces/observed/h100/layers-improper.json.gz --launch-order proper \\
+      --taxonomy traces/observed/h100/taxonomy.toml -o h100-fixed.json.gz"""
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -37,6 +55,60 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print(render(a, top=args.top))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tracegen.fileio import atomic_write
+
+    from .analyze import analyze
+    from .compare import compare, load_stage_rules, render, to_json
+    rank_map = {}
+    for item in (args.rank_map or "").split(","):
+        if item.strip():
+            try:
+                o, p = (int(x) for x in item.split(":"))
+            except ValueError:
+                raise UserError(f"--rank-map takes OBS:PRED pairs like 0:0,1:1, got {item!r}") from None
+            rank_map[o] = p
+    rules = load_stage_rules(args.stages)
+    pred = analyze(args.predicted, taxonomy=args.taxonomy, use_cache=not args.no_cache)
+    obs = analyze(args.observed, taxonomy=args.taxonomy, use_cache=not args.no_cache)
+    result = compare(pred, obs, rules, rank_map, args.layer_offset, args.top)
+    if args.csv:
+        atomic_write(args.csv, result["stages"].to_csv(index=False))
+    if args.json:
+        json.dump(to_json(result), sys.stdout, indent=1, default=float)
+        sys.stdout.write("\n")
+    else:
+        print(render(result, args.predicted, args.observed))
+    return 0
+
+
+def cmd_whatif(args: argparse.Namespace) -> int:
+    from .analyze import analyze
+    from .compare import load_stage_rules
+    from .whatif import Change, run
+    for name in ("comm_scale", "compute_scale"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    from tracegen.trace import output_format
+    output_format(args.output)
+    a = analyze(args.observed, taxonomy=args.taxonomy, rank=args.rank, use_cache=not args.no_cache)
+    change = Change(args.launch_order, args.comm_scale, args.compute_scale, args.comm)
+    res = run(args.observed, args.output, a, load_stage_rules(args.stages), change, args.hardware)
+    if args.json:
+        json.dump(res, sys.stdout, indent=1, default=float)
+        sys.stdout.write("\n")
+        return 0
+    print(f"wrote {res['output']}: {Path(args.observed).name} re-timed with "
+          + (", ".join(f"{k}={v}" for k, v in res["changes"].items()) or "no change"))
+    print(f"  {'rank':>4}{'span ms':>12}{'observed':>10}{'overlap ms':>12}{'observed':>10}{'hidden':>8}")
+    for r in res["ranks"]:
+        obs_span = r["observed_span_us"] / 1e3 if r["observed_span_us"] is not None else float("nan")
+        obs_ov = r["observed_overlap_us"] / 1e3 if r["observed_overlap_us"] is not None else float("nan")
+        print(f"  {r['rank']:>4}{r['span_us'] / 1e3:>12.3f}{obs_span:>10.3f}{r['overlap_us'] / 1e3:>12.3f}"
+              f"{obs_ov:>10.3f}{r['hidden_comm_pct']:>7.1f}%")
     return 0
 
 
@@ -68,6 +140,45 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parse the file even if its columnar cache exists (cache: $MOE_TIMELINE_CACHE "
                         "or ~/.cache/moe-timeline)")
     a.set_defaults(func=cmd_analyze)
+
+    c = sub.add_parser("compare", help="predicted vs observed, stage by stage, with likely causes",
+                       formatter_class=_Formatter, epilog=EPILOG_COMPARE,
+                       description="Align a prediction (tracegen trace) and an observed trace by rank, layer, "
+                                   "micro-batch and stage; report each stage's error, per-layer overlap and "
+                                   "exposed communication, and the largest discrepancies with their likely cause.")
+    c.add_argument("predicted", help="the predicted trace (usually from tracegen trace)")
+    c.add_argument("observed", help="the observed trace (profiler JSON, or another tracegen trace)")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--csv", metavar="FILE", help="write the per-stage table as CSV")
+    c.add_argument("--rank-map", metavar="OBS:PRED,...", help="pair observed ranks with predicted ones")
+    c.add_argument("--layer-offset", type=int, default=0, help="add this to the observed trace's layer numbers")
+    c.add_argument("--stages", metavar="FILE", default=None,
+                   help="extra rules mapping observed annotations / kernels to stages (TOML, see replay/data/stages.toml)")
+    c.add_argument("--taxonomy", metavar="FILE", default=None, help="extra kernel-classification rules")
+    c.add_argument("--top", type=int, default=10, help="discrepancies listed")
+    c.add_argument("--no-cache", action="store_true", help="parse the files even if cached")
+    c.set_defaults(func=cmd_compare)
+
+    w = sub.add_parser("whatif", help="re-time an observed trace under a change and write the new trace",
+                       formatter_class=_Formatter, epilog=EPILOG_WHATIF,
+                       description="Rebuild the stage graph of an observed trace (durations as observed, stream "
+                                   "and launch order, CPU-blocking dispatches, two-batch-overlap dependencies), "
+                                   "apply a change, re-time it with tracegen's scheduler and write the new trace.")
+    w.add_argument("observed", help="observed trace (tracegen's, or a profiler trace with stage annotations)")
+    w.add_argument("-o", "--output", required=True, help="new trace: .json, .json.gz or .pftrace")
+    w.add_argument("--launch-order", choices=("proper", "improper"), default=None,
+                   help="issue the stages in this two-batch-overlap order instead of the observed one")
+    w.add_argument("--comm-scale", type=float, default=1.0, help="multiply communication transfer times")
+    w.add_argument("--compute-scale", type=float, default=1.0, help="multiply computation times")
+    w.add_argument("--comm", choices=("ibgda", "normal", "cpu-proxy"), default=None,
+                   help="another all-to-all backend: its SM use, CPU blocking, latency and proxy cost")
+    w.add_argument("--hardware", default=None, help="hardware of a profiler trace (default: from the trace)")
+    w.add_argument("--rank", type=int, default=None, help="profiler traces: the rank to re-time")
+    w.add_argument("--stages", metavar="FILE", default=None, help="extra stage-mapping rules (TOML)")
+    w.add_argument("--taxonomy", metavar="FILE", default=None, help="extra kernel-classification rules")
+    w.add_argument("--json", action="store_true", help="print the result as JSON")
+    w.add_argument("--no-cache", action="store_true", help="parse the file even if cached")
+    w.set_defaults(func=cmd_whatif)
     return p
 
 

@@ -113,13 +113,14 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) ->
         tot["unexplained"] += float((rest - rest_comm).sum())
         layer = nxt["layer"].to_numpy()
         mb = nxt["microbatch"].to_numpy()
+        stage = nxt["stage"].astype(str).to_numpy()
         names = nxt["name"].astype(str).to_numpy()
         blk_names = blk["name"].astype(str).to_numpy()
         blk_starts = blk["start_us"].to_numpy()
         for i in np.flatnonzero((waiting + rest_comm >= max(min_lost_us, 1e-9)) | (blocked >= max(min_lost_us, 1e-9))
                                 | (bound >= max(min_lost_us, 1e-9))):
             where = {"rank": int(rank), "layer": int(layer[i]) if layer[i] >= 0 else None,
-                     "microbatch": int(mb[i]) if mb[i] >= 0 else None}
+                     "microbatch": int(mb[i]) if mb[i] >= 0 else None, "stage": stage[i] or None}
             nm = _short(names[i])
             if waiting[i] + rest_comm[i] >= max(min_lost_us, 1e-9):
                 findings.append({"kind": "waiting_on_comm", **where, "start_us": float(g0[i]),

@@ -44,6 +44,7 @@ class Args(msgspec.Struct):
     bytes: float | None = None
     work_us: float | None = None
     latency_us: float | None = None
+    post_us: float | None = None
     sms: int | None = None
     load_factor: float | None = None
     ops_us: dict[str, float] | None = None
@@ -222,7 +223,7 @@ class _Columns:
                                    dtype=np.float64))
         self.extra.extend(
             msgspec.json.encode({"ops_us": a.ops_us, "cost_us": a.cost_us, "latency_us": a.latency_us,
-                                 "sms": a.sms, "load_factor": a.load_factor})
+                                 "post_us": a.post_us, "sms": a.sms, "load_factor": a.load_factor})
             if a.ops_us is not None or a.cost_us is not None else None for a in args)
 
 

@@ -95,6 +95,46 @@ def _stage_from_ops(layer: int, mb: int, name: str, timed: list[Timed], plan: Pl
                  terms_us=terms)
 
 
+def link(stages: dict[tuple[int, int, str], Stage], layers: tuple[int, ...] | list[int], n_mb: int, serial: bool,
+         phase: str, dense: frozenset[int] | set[int]) -> dict[tuple[int, int, str], Stage]:
+    """The stages with their data dependencies: inside a layer by program order (SHARED and
+    DISPATCH need the attention's output, MLP the dispatch, COMBINE the MLP), across layers the
+    next attention needs this layer's COMBINE and SHARED (or its dense MLP). TBO off (`serial`):
+    every stage waits for the one before it."""
+    out: dict[tuple[int, int, str], Stage] = {}
+    prev: dict[int, tuple[tuple[int, int, str], ...]] = {mb: () for mb in range(n_mb)}
+    for layer in layers:
+        program = [s for s in PROGRAM[(phase, "dense" if layer in dense else "moe")]]
+        for mb in range(n_mb):
+            done: dict[str, tuple[int, int, str]] = {}
+            last: tuple[tuple[int, int, str], ...] = prev[mb]
+            for name in program:
+                key = (layer, mb, name)
+                if key not in stages:
+                    continue
+                attn = done.get("ATTN-1") or done.get("ATTN")
+                if serial:
+                    deps = last
+                elif name in ("ATTN", "ATTN-0"):
+                    deps = prev[mb]
+                elif name in ("SHARED", "DISPATCH"):
+                    deps = (attn,) if attn else prev[mb]
+                elif name == "ATTN-1":
+                    deps = (done["ATTN-0"],) if "ATTN-0" in done else prev[mb]
+                elif name == "MLP":
+                    deps = (done["DISPATCH"],) if "DISPATCH" in done else ((attn,) if attn else prev[mb])
+                else:   # COMBINE
+                    deps = (done["MLP"],) if "MLP" in done else prev[mb]
+                out[key] = replace(stages[key], deps=tuple(deps))
+                done[name] = key
+                last = (key,)
+            # the next layer needs this layer's output: the combine (+ shared) or the dense MLP
+            tails = [done[n] for n in ("COMBINE", "SHARED") if n in done] or [done[n] for n in ("MLP",) if n in done]
+            if done:
+                prev[mb] = last if serial else tuple(tails or list(last))
+    return out
+
+
 def build(model: Model, hw: Hardware, plan: Plan, preset: Preset, layers: int | None = None,
           skip_dense: bool = False) -> OpGraph:
     """Stages for every emitted layer and micro-batch (identical micro-batches: the batch split evenly)."""
@@ -117,31 +157,12 @@ def build(model: Model, hw: Hardware, plan: Plan, preset: Preset, layers: int | 
     dense = frozenset(i for i in chosen if i < model.dense_layers)
     serial = n_mb == 1
     stages: dict[tuple[int, int, str], Stage] = {}
-    prev: dict[int, tuple[tuple[int, int, str], ...]] = {mb: () for mb in range(n_mb)}
     for layer in chosen:
         kind = "dense" if layer in dense else "moe"
-        program = [s for s in PROGRAM[(plan.phase, kind)] if s in per_kind[kind]]
         for mb in range(n_mb):
-            done: dict[str, tuple[int, int, str]] = {}
-            last: tuple[tuple[int, int, str], ...] = prev[mb]
-            for name in program:
-                if serial:
-                    deps = last
-                elif name in ("ATTN", "ATTN-0"):
-                    deps = prev[mb]
-                elif name in ("SHARED", "DISPATCH"):
-                    deps = (done["ATTN-1"] if "ATTN-1" in done else done["ATTN"],)
-                elif name == "ATTN-1":
-                    deps = (done["ATTN-0"],)
-                elif name == "MLP":
-                    deps = (done["DISPATCH"],) if "DISPATCH" in done else (done.get("ATTN-1") or done["ATTN"],)
-                else:   # COMBINE
-                    deps = (done["MLP"],)
-                st = _stage_from_ops(layer, mb, name, per_kind[kind][name], mb_plan, hw, preset)
-                stages[(layer, mb, name)] = replace(st, deps=tuple(deps))
-                done[name] = (layer, mb, name)
-                last = ((layer, mb, name),)
-            # the next layer needs this layer's output: the combine (+ shared) or the dense MLP
-            tails = [done[n] for n in ("COMBINE", "SHARED") if n in done] or [done["MLP"]]
-            prev[mb] = last if serial else tuple(tails)
+            for name in PROGRAM[(plan.phase, kind)]:
+                if name in per_kind[kind]:
+                    stages[(layer, mb, name)] = _stage_from_ops(layer, mb, name, per_kind[kind][name], mb_plan, hw,
+                                                                preset)
+    stages = link(stages, chosen, n_mb, serial, plan.phase, dense)
     return OpGraph(model, hw, plan, preset, chosen, dense, stages, serial)

@@ -111,11 +111,16 @@ class _Rank:
         self.blocked_spans: list[tuple[float, float]] = []
 
 
-def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float | None = None) -> Schedule:
-    """Run the op graph on `ranks` ranks in launch `order`; returns every interval."""
+def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float | None = None,
+             loads: list[float] | None = None) -> Schedule:
+    """Run the op graph on `ranks` ranks in launch `order`; returns every interval. `loads` sets
+    each rank's MoE load factor (default: spread evenly up to the plan's imbalance)."""
     plan, hw = graph.plan, graph.hardware
     launch = hw.cpu_launch_us if launch_us is None else launch_us
-    sched = Schedule(graph, ranks, order, load_factors(ranks, plan.imbalance), launch)
+    if loads is not None and len(loads) != ranks:
+        raise UserError(f"{len(loads)} load factors for {ranks} ranks")
+    sched = Schedule(graph, ranks, order, list(loads) if loads is not None else load_factors(ranks, plan.imbalance),
+                     launch)
     S = hw.sm_count
     stages = graph.stages
     n = len(order)

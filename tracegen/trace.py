@@ -33,8 +33,8 @@ def _static_args(sched: Schedule, iv: Interval, load: float) -> dict[str, Any]:
                     work_us=_r(st.work_us * load), ops_us={k: _r(v * load) for k, v in st.ops_us.items()},
                     cost_us={k: _r(v * load) for k, v in st.terms_us.items()})
         if iv.track == COMM:
-            args.update(latency_us=_r(st.latency_us), sms=st.holds_sms, backend=sched.graph.plan.comm,
-                        blocking=st.blocking)
+            args.update(latency_us=_r(st.latency_us), post_us=_r(st.post_us), sms=st.holds_sms,
+                        backend=sched.graph.plan.comm, blocking=st.blocking)
         if load != 1.0:
             args["load_factor"] = round(load, 6)
     elif iv.kind == "launch":

@@ -1,0 +1,225 @@
+"""`replay compare PREDICTED OBSERVED`: align two traces stage by stage - (rank, layer,
+micro-batch, stage) - and say where and why they disagree.
+
+A stage's time on each side is the busy time of its GPU work (union of its kernels). The error of
+a stage is (observed - predicted) / predicted: +20 % means the real stage took 20 % longer."""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tracegen.errors import UserError
+
+from .analyze import Analysis
+from .intervals import intersection, length, union
+from .overlap import gpu_work
+
+STAGE_KINDS = {"ATTN": "compute", "ATTN-0": "compute", "ATTN-1": "compute", "SHARED": "compute",
+               "MLP": "compute", "DISPATCH": "comm", "COMBINE": "comm"}
+
+
+@dataclass(frozen=True)
+class StageRules:
+    annotation: tuple[tuple[re.Pattern[str], str], ...]
+    kernel: tuple[tuple[re.Pattern[str], str], ...]
+
+
+@lru_cache(maxsize=8)
+def load_stage_rules(user_file: str | None = None) -> StageRules:
+    texts = [(resources.files("replay") / "data" / "stages.toml").read_text("utf-8")]
+    if user_file:
+        try:
+            texts.insert(0, Path(user_file).read_text("utf-8"))
+        except OSError as exc:
+            raise UserError(f"stage rules {user_file}: cannot read ({exc.strerror or exc})") from None
+    ann, ker = [], []
+    for text in texts:
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"stage rules: not valid TOML ({exc})") from None
+        for r in raw.get("annotation", []):
+            if r.get("stage") not in STAGE_KINDS:
+                raise UserError(f"stage rules: stage must be one of {', '.join(STAGE_KINDS)}, got {r.get('stage')!r}")
+            ann.append((re.compile(f"(?:{r['regex']})", re.I), r["stage"]))
+        for r in raw.get("kernel", []):
+            ker.append((re.compile(f"(?:{r['subclass']})", re.I), r["stage"]))
+    return StageRules(tuple(ann), tuple(ker))
+
+
+def canonical_stage(label: str, rules: StageRules) -> str | None:
+    """tracegen's stage name for an observed label such as 'attn(F)' or 'ATTN(0)'."""
+    base = label.split("(")[0].strip()
+    if base.upper() in STAGE_KINDS:
+        return base.upper()
+    for rx, stage in rules.annotation:
+        if rx.fullmatch(base):
+            return stage
+    return None
+
+
+def label_stages(a: Analysis, rules: StageRules) -> pd.DataFrame:
+    """The GPU work of known layers, with tracegen's stage name in `cstage` (None: unknown)."""
+    g = gpu_work(a.events)
+    g = g[g["layer"] >= 0]
+    labels = g["stage"].astype(str)
+    mapping = {lab: canonical_stage(lab, rules) for lab in labels.unique()}
+    stage = labels.map(mapping)
+    unlabeled = stage.isna()
+    if unlabeled.any():        # kernels without a usable stage label: by kernel class
+        sub = g.loc[unlabeled, "subclass"].astype(str)
+        by_kernel = pd.Series(None, index=sub.index, dtype=object)
+        for rx, st in rules.kernel:
+            hit = by_kernel.isna() & sub.str.fullmatch(rx.pattern, case=False)
+            by_kernel[hit] = st
+        compute = g.loc[unlabeled, "klass"].astype(str) == "compute"
+        by_kernel[by_kernel.isna() & compute] = "ATTN"
+        stage[unlabeled] = by_kernel
+    return g.assign(cstage=stage.to_numpy()).dropna(subset=["cstage"])
+
+
+def stage_table(a: Analysis, rules: StageRules) -> pd.DataFrame:
+    """Busy time per (rank, layer, micro-batch, stage) of a trace's GPU work."""
+    g = label_stages(a, rules)
+    rows = []
+    for (rank, layer, mb, st), part in g.groupby(["rank", "layer", "microbatch", "cstage"], sort=True):
+        s0 = part["start_us"].to_numpy()
+        u = union(s0, s0 + part["dur_us"].to_numpy())
+        rows.append({"rank": int(rank), "layer": int(layer), "microbatch": int(mb), "stage": st,
+                     "kind": STAGE_KINDS[st], "busy_us": length(*u), "start_us": float(s0.min()),
+                     "end_us": float((s0 + part["dur_us"].to_numpy()).max()), "kernels": len(part)})
+    return pd.DataFrame(rows, columns=["rank", "layer", "microbatch", "stage", "kind", "busy_us", "start_us",
+                                       "end_us", "kernels"])
+
+
+def _comm_overlap_share(labelled: pd.DataFrame, row: pd.Series) -> float:
+    """Share of an observed compute stage's busy time spent while communication ran."""
+    ev = labelled[labelled["rank"] == row["rank"]]
+    comm = ev[ev["klass"] == "comm"]
+    cu = union(comm["start_us"].to_numpy(), (comm["start_us"] + comm["dur_us"]).to_numpy())
+    st = ev[(ev["layer"] == row["layer"]) & (ev["microbatch"] == row["microbatch"]) & (ev["cstage"] == row["stage"])]
+    su = union(st["start_us"].to_numpy(), (st["start_us"] + st["dur_us"]).to_numpy())
+    busy = length(*su)
+    return length(*intersection(su, cu)) / busy if busy else 0.0
+
+
+def _cause(row: pd.Series, obs: Analysis, labelled: pd.DataFrame, layer_offset: int) -> str:
+    if pd.isna(row["pred_us"]):
+        return "stage missing in the prediction"
+    if pd.isna(row["obs_us"]):
+        return "stage missing in the observed trace"
+    faster = row["obs_us"] < row["pred_us"]
+    if row["kind"] == "comm":
+        return ("communication faster than modelled (link efficiency or bytes overestimated)" if faster else
+                "communication slower than modelled: bandwidth, latency, or waiting for the slowest rank")
+    if faster:
+        return "computation faster than predicted: the efficiency curve is pessimistic here"
+    layer = row["layer"] - layer_offset
+    lost = sum(f["lost_us"] for f in obs.findings if f["rank"] == row["rank"] and f.get("layer") == layer
+               and f.get("microbatch") == row["microbatch"] and f["kind"] == "launch_bound"
+               and canonical_stage(f.get("stage") or "", load_stage_rules()) == row["stage"])
+    if lost > 0.1 * (row["obs_us"] - row["pred_us"]):
+        return "gaps while the CPU launched the stage's kernels: launch-bound"
+    in_obs = row.copy()
+    in_obs["layer"] = layer                      # the observed trace's own layer index
+    if _comm_overlap_share(labelled, in_obs) > 0.3:
+        return "compute slowed while communication ran: SM or memory-bandwidth contention"
+    return "kernels slower than the cost model's efficiency for these shapes"
+
+
+def compare(pred: Analysis, obs: Analysis, rules: StageRules, rank_map: dict[int, int] | None = None,
+            layer_offset: int = 0, top: int = 10) -> dict[str, Any]:
+    p, o = stage_table(pred, rules), stage_table(obs, rules)
+    if p.empty or o.empty:
+        side = "predicted" if p.empty else "observed"
+        raise UserError(f"the {side} trace has no stages with known layers to compare "
+                        "(structure from args, annotations, or the dispatch sequence is needed)")
+    o = o.assign(layer=o["layer"] + layer_offset)
+    if rank_map:
+        o = o.assign(rank=o["rank"].map(lambda r: rank_map.get(r, r)))
+    common_ranks = sorted(set(p["rank"]) & set(o["rank"]))
+    if not common_ranks:          # e.g. a 1-rank capture against a prediction for rank 0 only
+        raise UserError(f"no rank in common (predicted {sorted(set(p['rank']))}, observed {sorted(set(o['rank']))}); "
+                        "use --rank-map OBS:PRED")
+    p, o = p[p["rank"].isin(common_ranks)], o[o["rank"].isin(common_ranks)]
+    key = ["rank", "layer", "microbatch", "stage"]
+    m = p[key + ["kind", "busy_us"]].merge(o[key + ["kind", "busy_us"]], on=key, how="outer",
+                                           suffixes=("_pred", "_obs"))
+    m["kind"] = m["kind_pred"].fillna(m["kind_obs"])
+    m = m.drop(columns=["kind_pred", "kind_obs"]).rename(columns={"busy_us_pred": "pred_us", "busy_us_obs": "obs_us"})
+    m["diff_us"] = m["obs_us"] - m["pred_us"]
+    m["error_pct"] = 100 * m["diff_us"] / m["pred_us"]
+    layers_p = {int(r): v for r, v in pred.layers.groupby("rank")} if not pred.layers.empty else {}
+    layers_o = {int(r): v for r, v in obs.layers.groupby("rank")} if not obs.layers.empty else {}
+    per_layer = []
+    for r in common_ranks:
+        lp, lo = layers_p.get(r), layers_o.get(r)
+        if lp is None or lo is None:
+            continue
+        lo = lo.assign(layer=lo["layer"] + layer_offset)
+        j = lp[["layer", "overlap_us", "exposed_comm_us", "comm_us", "span_us"]].merge(
+            lo[["layer", "overlap_us", "exposed_comm_us", "comm_us", "span_us"]], on="layer", suffixes=("_pred", "_obs"))
+        per_layer.append(j.assign(rank=r))
+    per_layer_df = pd.concat(per_layer) if per_layer else pd.DataFrame()
+    both = m.dropna(subset=["pred_us", "obs_us"])
+    summary = []
+    for stage, g in both.groupby("stage"):
+        e = g["error_pct"].abs()
+        summary.append({"stage": stage, "kind": STAGE_KINDS[stage], "n": len(g), "median_abs_error_pct": float(e.median()),
+                        "p90_abs_error_pct": float(e.quantile(0.9)), "mean_error_pct": float(g["error_pct"].mean())})
+    order = m.assign(size=m["diff_us"].abs().fillna(m["pred_us"].fillna(0) + m["obs_us"].fillna(0)))
+    worst = order.sort_values("size", ascending=False).head(top)
+    labelled = label_stages(obs, rules)
+    discrepancies = [{**{k: (None if pd.isna(v) else (int(v) if k in ("rank", "layer", "microbatch") else v))
+                         for k, v in row[key + ["kind", "pred_us", "obs_us", "diff_us", "error_pct"]].items()},
+                      "cause": _cause(row, obs, labelled, layer_offset)} for _, row in worst.iterrows() if row["size"] > 0]
+    return {"stages": m.sort_values(key).reset_index(drop=True), "per_layer": per_layer_df,
+            "summary": pd.DataFrame(summary), "discrepancies": discrepancies,
+            "matched": int(len(both)), "missing_predicted": int(m["pred_us"].isna().sum()),
+            "missing_observed": int(m["obs_us"].isna().sum()), "ranks": common_ranks}
+
+
+def render(result: dict[str, Any], pred_name: str, obs_name: str, max_rows: int = 24) -> str:
+    out = [f"predicted {pred_name}  vs  observed {obs_name}: {result['matched']} stages matched, "
+           f"{result['missing_predicted']} only observed, {result['missing_observed']} only predicted "
+           f"(ranks {', '.join(map(str, result['ranks']))})", ""]
+    out.append("error per stage kind ((observed - predicted) / predicted)")
+    out.append(f"  {'stage':<10}{'kind':<9}{'n':>5}{'median |err|':>14}{'p90 |err|':>11}{'mean err':>10}")
+    for _, s in result["summary"].iterrows():
+        out.append(f"  {s['stage']:<10}{s['kind']:<9}{int(s['n']):>5}{s['median_abs_error_pct']:>13.1f}%"
+                   f"{s['p90_abs_error_pct']:>10.1f}%{s['mean_error_pct']:>9.1f}%")
+    pl = result["per_layer"]
+    if not pl.empty:
+        out.append("")
+        out.append("per layer (ms): overlap and exposed communication, predicted vs observed")
+        out.append(f"  {'rank':>4}{'layer':>6}{'overlap pred':>14}{'obs':>8}{'exposed pred':>14}{'obs':>8}")
+        rows = pl if len(pl) <= max_rows else pd.concat([pl.head(max_rows // 2), pl.tail(max_rows // 2)])
+        for _, r in rows.iterrows():
+            out.append(f"  {int(r['rank']):>4}{int(r['layer']):>6}{r['overlap_us_pred'] / 1e3:>14.3f}"
+                       f"{r['overlap_us_obs'] / 1e3:>8.3f}{r['exposed_comm_us_pred'] / 1e3:>14.3f}"
+                       f"{r['exposed_comm_us_obs'] / 1e3:>8.3f}")
+    out.append("")
+    out.append("largest discrepancies")
+    for d in result["discrepancies"]:
+        err = "" if d["error_pct"] is None or np.isnan(d["error_pct"]) else f"{d['error_pct']:+.1f}%"
+        pv = "-" if d["pred_us"] is None else f"{d['pred_us']:.1f}"
+        ov = "-" if d["obs_us"] is None else f"{d['obs_us']:.1f}"
+        out.append(f"  rank {d['rank']} layer {d['layer']} mb {d['microbatch']} {d['stage']:<9} predicted {pv:>9} us  "
+                   f"observed {ov:>9} us  {err:>8}  {d['cause']}")
+    return "\n".join(out)
+
+
+def to_json(result: dict[str, Any]) -> dict[str, Any]:
+    return {"stages": result["stages"].replace({np.nan: None}).to_dict(orient="records"),
+            "per_layer": result["per_layer"].to_dict(orient="records") if not result["per_layer"].empty else [],
+            "summary": result["summary"].to_dict(orient="records"), "discrepancies": result["discrepancies"],
+            "matched": result["matched"], "missing_predicted": result["missing_predicted"],
+            "missing_observed": result["missing_observed"], "ranks": result["ranks"]}
