@@ -1,9 +1,98 @@
-"""`viz`: Bokeh views of predicted and observed timelines (placeholder until the viz issue lands)."""
+"""`viz`: Bokeh views of predicted and observed timelines - a self-contained HTML report, or a
+dashboard served on localhost with what-if controls."""
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
+
+from tracegen.cli import _Formatter, _Parser
+from tracegen.errors import UserError, run_cli
+
+EPILOG_HTML = """\
+examples:
+  viz html trace.json.gz -o report.html                  one trace: timeline, overlap table, idle marks
+  viz html predicted.json.gz observed.json -o cmp.html   predicted above observed, linked zoom
+  viz html pred.json.gz traces/observed/h100/layers-proper.json.gz \\
+      --taxonomy traces/observed/h100/taxonomy.toml --align-layer 4 -o h100.html
+
+The file is self-contained (Bokeh's JavaScript is inlined): it opens offline. Zoom with the wheel;
+large traces show merged intervals until you zoom in (see README: large traces)."""
+
+EPILOG_SERVE = """\
+examples:
+  viz serve                        http://localhost:5006/ (prints the URL)
+  viz serve --port 8080 --observed traces/observed/h100/layers-proper.json.gz"""
+
+
+def cmd_html(args: argparse.Namespace) -> int:
+    from replay.analyze import analyze
+
+    from .report import build, write_html
+    if not args.output.endswith((".html", ".htm")):
+        raise UserError(f"-o {args.output}: name the report *.html")
+    analyses = []
+    for path in args.traces:
+        a = analyze(path, taxonomy=args.taxonomy, rank=args.rank, use_cache=not args.no_cache)
+        analyses.append((Path(path).name, a))
+    layout = build(analyses, show_cpu=args.cpu, align_layer=args.align_layer, layer_offset=args.layer_offset,
+                   stages_file=args.stages)
+    out = write_html(layout, args.output, " vs ".join(label for label, _ in analyses))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): open it in a browser")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import serve
+    if args.observed and not Path(args.observed).exists():
+        raise UserError(f"{args.observed}: no such file")
+    return serve(port=args.port, host=args.host, observed=args.observed, taxonomy=args.taxonomy,
+                 show=args.show)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="viz", formatter_class=_Formatter, description=__doc__)
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    h = sub.add_parser("html", help="write a self-contained HTML report of one or two traces",
+                       formatter_class=_Formatter, epilog=EPILOG_HTML,
+                       description="One trace: its timeline with the overlap table and idle findings. Two traces "
+                                   "(predicted, observed): both timelines on one linked time axis, aligned at a "
+                                   "layer, the per-layer breakdown and the per-stage error chart.")
+    h.add_argument("traces", nargs="+", metavar="TRACE", help="one trace, or PREDICTED OBSERVED")
+    h.add_argument("-o", "--output", required=True, help="HTML file to write")
+    h.add_argument("--cpu", action="store_true", help="show the CPU threads too")
+    h.add_argument("--rank", type=int, default=None, help="one rank only")
+    h.add_argument("--align-layer", type=int, default=None, help="line both timelines up at this layer's start")
+    h.add_argument("--layer-offset", type=int, default=0, help="add to the observed trace's layer numbers")
+    h.add_argument("--taxonomy", metavar="FILE", default=None, help="extra kernel-classification rules")
+    h.add_argument("--stages", metavar="FILE", default=None, help="extra stage-mapping rules")
+    h.add_argument("--no-cache", action="store_true", help="parse the files even if cached")
+    h.set_defaults(func=cmd_html)
+    s = sub.add_parser("serve", help="dashboard on localhost: predicted timeline with what-if widgets",
+                       formatter_class=_Formatter, epilog=EPILOG_SERVE,
+                       description="A Bokeh server app: pick model, hardware, phase, batch, TP/DP/EP, launch order "
+                                   "and backend and the predicted timeline redraws; load an observed trace by path "
+                                   "or upload to compare.")
+    s.add_argument("--port", type=int, default=5006, help="port to listen on (as bokeh serve)")
+    s.add_argument("--host", default="localhost", help="address to bind (default: this machine only)")
+    s.add_argument("--observed", default=None, metavar="TRACE", help="an observed trace to load at start")
+    s.add_argument("--taxonomy", metavar="FILE", default=None, help="extra kernel-classification rules")
+    s.add_argument("--show", action="store_true", help="open a browser tab")
+    s.set_defaults(func=cmd_serve)
+    return p
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "html" and len(args.traces) > 2:
+        raise UserError("viz html takes one trace, or PREDICTED OBSERVED")
+    return args.func(args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("viz: not built yet", file=sys.stderr)
-    return 2
+    return run_cli("viz", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""`viz html`: one self-contained HTML report (Bokeh resources inline) - the overlap summary table
+at the top, the timeline of one trace, or predicted above observed on one linked time axis with
+the per-layer breakdown and the per-stage error chart of `replay compare`."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from bokeh.embed import file_html
+from bokeh.layouts import column
+from bokeh.models import ColumnDataSource, Div, FactorRange, HoverTool, Span
+from bokeh.plotting import figure
+from bokeh.resources import INLINE
+
+from replay.analyze import Analysis
+from replay.compare import compare, load_stage_rules
+
+from .timeline import timeline_figure
+
+BREAKDOWN = ("compute", "hidden comm", "exposed comm", "idle")
+BREAKDOWN_COLORS = ("#4C78A8", "#72B7B2", "#E45756", "#D3D3D3")
+
+
+def summary_table(analyses: list[tuple[str, Analysis]]) -> Div:
+    rows = []
+    for label, a in analyses:
+        for r in a.ranks:
+            idle = a.idle_totals.get(r["rank"], {})
+            rows.append(f"<tr><td>{html.escape(label)}</td><td>{r['rank']}</td><td>{r['span_us'] / 1e3:.3f}</td>"
+                        f"<td>{r['compute_us'] / 1e3:.3f}</td><td>{r['comm_us'] / 1e3:.3f}</td>"
+                        f"<td>{r['overlap_us'] / 1e3:.3f}</td><td>{r['exposed_comm_us'] / 1e3:.3f}</td>"
+                        f"<td>{r['hidden_comm_pct']:.1f}%</td>"
+                        f"<td>{idle.get('cpu_blocked_launch', 0) / 1e3:.3f}</td>"
+                        f"<td>{idle.get('launch_bound', 0) / 1e3:.3f}</td>"
+                        f"<td>{idle.get('waiting_on_comm', 0) / 1e3:.3f}</td></tr>")
+    head = ("<tr><th>trace</th><th>rank</th><th>span ms</th><th>compute ms</th><th>comm ms</th><th>overlap ms</th>"
+            "<th>exposed ms</th><th>hidden</th><th>idle: CPU blocked</th><th>launch-bound</th>"
+            "<th>waiting on comm</th></tr>")
+    style = ("<style>table.ov{border-collapse:collapse;font:13px sans-serif}table.ov td,table.ov th{border:1px solid "
+             "#ccc;padding:3px 8px;text-align:right}table.ov th{background:#f3f3f3}</style>")
+    return Div(text=f"{style}<table class='ov' id='overlap-summary'>{head}{''.join(rows)}</table>",
+               name="summary")
+
+
+def layer_breakdown(analyses: list[tuple[str, Analysis]], layer_offsets: list[int], rank: int = 0):
+    """Per layer: compute, hidden and exposed communication and idle, side by side per trace."""
+    data = {k: [] for k in ("x", *BREAKDOWN)}
+    for (label, a), off in zip(analyses, layer_offsets):
+        lay = a.layers[a.layers["rank"] == (rank if rank in set(a.layers.get("rank", [])) else a.layers["rank"].min())] \
+            if not a.layers.empty else a.layers
+        for _, r in lay.iterrows():
+            idle = max(0.0, r["span_us"] - r["compute_us"] - r["exposed_comm_us"])
+            data["x"].append((str(int(r["layer"]) + off), label))
+            for k, v in zip(BREAKDOWN, (r["compute_us"], r["overlap_us"], r["exposed_comm_us"], idle)):
+                data[k].append(v / 1e3)
+    if not data["x"]:
+        return None
+    layers = sorted({x[0] for x in data["x"]}, key=int)
+    labels = [label for label, _ in analyses]
+    factors = [(lay, lab) for lay in layers for lab in labels if (lay, lab) in set(data["x"])]
+    p = figure(x_range=FactorRange(*factors), height=300, title="per layer: compute, hidden and exposed "
+               "communication, idle (ms)", tools="save,reset,xpan,xwheel_zoom", sizing_mode="stretch_width",
+               name="layers")
+    src = ColumnDataSource(data)
+    r = p.vbar_stack(list(BREAKDOWN), x="x", width=0.8, color=list(BREAKDOWN_COLORS), source=src,
+                     legend_label=list(BREAKDOWN))
+    p.add_tools(HoverTool(renderers=r, tooltips=[("", "@x"), ("compute", "@compute{0.000}"),
+                                                 ("hidden", "@{hidden comm}{0.000}"),
+                                                 ("exposed", "@{exposed comm}{0.000}"), ("idle", "@idle{0.000}")]))
+    p.xaxis.major_label_orientation = 1.0
+    p.legend.orientation = "horizontal"
+    p.legend.location = "top_left"
+    return p
+
+
+def stage_errors(result: dict[str, Any]):
+    st = result["stages"].dropna(subset=["error_pct"])
+    if st.empty:
+        return None
+    st = st.assign(x=[f"L{int(layer)} mb{int(mb)} {s}" for layer, mb, s in zip(st["layer"], st["microbatch"], st["stage"])])
+    color = np.where(st["error_pct"] >= 0, "#E45756", "#4C78A8")
+    p = figure(x_range=list(st["x"]), height=300, sizing_mode="stretch_width", name="errors",
+               title="per stage: (observed - predicted) / predicted, %", tools="save,reset,xpan,xwheel_zoom")
+    src = ColumnDataSource({"x": st["x"], "err": st["error_pct"], "pred": st["pred_us"], "obs": st["obs_us"],
+                            "color": color})
+    r = p.vbar(x="x", top="err", width=0.8, color="color", source=src)
+    p.add_layout(Span(location=0, dimension="width", line_color="#333333"))
+    p.add_tools(HoverTool(renderers=[r], tooltips=[("stage", "@x"), ("error", "@err{+0.0}%"),
+                                                   ("predicted", "@pred{0.0} us"), ("observed", "@obs{0.0} us")]))
+    p.xaxis.major_label_orientation = 1.2
+    p.xaxis.major_label_text_font_size = "8px" if len(st) > 60 else "10px"
+    return p
+
+
+def alignment_shift(pred: Analysis, obs: Analysis, layer: int | None, offset: int) -> tuple[float, float, int | None]:
+    """Time origins that put the chosen layer's start at the same place in both timelines."""
+    tp = float(pred.events["start_us"].min())
+    to = float(obs.events["start_us"].min())
+    if pred.layers.empty or obs.layers.empty:
+        return tp, to, None
+    lp = pred.layers[pred.layers["rank"] == pred.layers["rank"].min()].set_index("layer")
+    lo = obs.layers[obs.layers["rank"] == obs.layers["rank"].min()].set_index("layer")
+    common = sorted(set(lp.index) & {i + offset for i in lo.index})
+    if not common:
+        return tp, to, None
+    if layer is None or layer not in common:
+        layer = common[0]
+    return float(lp.loc[layer, "start_us"]), float(lo.loc[layer - offset, "start_us"]), layer
+
+
+def build(analyses: list[tuple[str, Analysis]], show_cpu: bool = False, align_layer: int | None = None,
+          layer_offset: int = 0, stages_file: str | None = None):
+    parts: list[Any] = [Div(text=f"<h2>{' vs '.join(html.escape(label) for label, _ in analyses)}</h2>"),
+                        summary_table(analyses)]
+    if len(analyses) == 1:
+        label, a = analyses[0]
+        fig, _ = timeline_figure(a.events, label, show_cpu, findings=a.findings, flows=a.trace.flows)
+        parts.append(fig)
+        lb = layer_breakdown(analyses, [0])
+        if lb is not None:
+            parts.append(lb)
+        return column(*parts, sizing_mode="stretch_width")
+    (lp, pred), (lo, obs) = analyses
+    tp, to, layer = alignment_shift(pred, obs, align_layer, layer_offset)
+    top, _ = timeline_figure(pred.events, f"predicted: {lp}", show_cpu, findings=pred.findings,
+                             flows=pred.trace.flows, t0=tp, name="predicted")
+    bottom, _ = timeline_figure(obs.events, f"observed: {lo}" + (f" (aligned at layer {layer})" if layer is not None
+                                                                  else ""),
+                                show_cpu, x_range=top.x_range, findings=obs.findings, flows=obs.trace.flows, t0=to,
+                                name="observed")
+    parts += [top, bottom]
+    lb = layer_breakdown(analyses, [0, layer_offset])
+    if lb is not None:
+        parts.append(lb)
+    try:
+        result = compare(pred, obs, load_stage_rules(stages_file), layer_offset=layer_offset)
+        err = stage_errors(result)
+        if err is not None:
+            parts.append(err)
+    except Exception as exc:   # noqa: BLE001 - the timelines are still worth showing
+        parts.append(Div(text=f"<p><i>no per-stage comparison: {html.escape(str(exc))}</i></p>"))
+    return column(*parts, sizing_mode="stretch_width")
+
+
+def write_html(layout, path: str | Path, title: str) -> Path:
+    from tracegen.fileio import atomic_write
+    return atomic_write(path, file_html(layout, INLINE, title))
+
+
+__all__ = ["build", "write_html", "summary_table", "pd"]
