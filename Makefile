@@ -4,14 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= out
 
-.PHONY: setup test demo goldens bench clean
+.PHONY: setup browser test demo goldens bench validate calibrate clean
 
-setup: $(BIN)/tracegen
+setup: $(BIN)/tracegen browser
 $(BIN)/tracegen: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
+
+# Debian's headless Chromium and its driver for the viz browser tests (skipped when absent).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium and chromium-driver (Debian packages) for the browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	    >/dev/null) || echo "note: could not install chromium: the browser tests will be skipped"; \
+	else echo "note: no chromium (install Debian's chromium and chromium-driver): browser tests skipped"; fi
 
 test: setup
 	$(BIN)/pytest
@@ -28,7 +37,16 @@ goldens: setup
 	$(BIN)/python -m tests.goldens
 
 bench: setup
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m bench.run
+
+validate: setup
+	$(BIN)/python -m bench.validate
+
+calibrate: setup
+	@mkdir -p $(OUT)
+	$(BIN)/tracegen calibrate traces/observed/h100/sweep.json.gz --hardware h100-datasheet \
+	  -o $(OUT)/h100-fit.json --holdout-m 3,24,96,384,1536,6144,48,768 --holdout-name shared_up,shared_down
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache *.egg-info

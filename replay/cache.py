@@ -14,7 +14,7 @@ from tracegen.fileio import atomic_write
 
 from .load import Trace, load, trace_files
 
-FORMAT = "2"      # bump when the event table's columns change
+FORMAT = "3"      # bump when the event table's columns change
 
 
 def cache_dir() -> Path:

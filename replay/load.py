@@ -175,7 +175,7 @@ class _Columns:
                 if e.args is not None and e.name in ("process_name", "thread_name", "process_labels"):
                     value = e.args.name if e.name != "process_labels" else e.args.labels
                     if value is not None:
-                        self.names[(str(e.name), str(e.pid), str(e.tid))] = value
+                        self.names[(str(e.name), str(e.pid), str(e.tid))] = value.strip()
         flows = [e for e in other if e.ph in ("s", "f", "t") and e.cat not in _LAUNCH_FLOWS
                  and e.ts is not None and e.id is not None]
         self.flows.extend((e.ph, str(e.pid), str(e.tid), _num(e.ts, "ts", 0, self.src),

@@ -1,0 +1,174 @@
+"""`make bench`: speed, measured as ratios against baselines run in the same session (the machines
+are shared and noisy), plus replay's agreement with Holistic Trace Analysis on a real NCCL trace.
+
+  tracegen   a full 61-layer, 2-micro-batch DeepSeek-V3 decode trace for 8 ranks
+  replay     load + analyze of train.json and of synthetic traces made by repeating it (to ~1 GB),
+             against json.load of the same file and HTA's load + get_comm_comp_overlap
+  viz        viz html of a 61-layer 8-rank trace and of train.json; a dashboard widget redraw
+  HTA        hidden share of communication on traces/observed/h200x2-nccl, replay vs HTA
+
+Each timed run is a fresh subprocess (wall time and peak RSS from the OS); the table is printed
+and written to bench/out/results.json. BENCH_MAX_MB caps the synthetic sizes (default 1000)."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+TRAIN = Path(os.environ.get("MOE_SHARED", ROOT.parent / "shared")) / "traces" / "deepseek-profile-data" / "train.json"
+NCCL = ROOT / "traces" / "observed" / "h200x2-nccl"
+PY = sys.executable
+
+
+def timed(code: str, repeat: int = 1) -> dict:
+    """Run `code` in a fresh interpreter; wall seconds (median) and peak RSS (MB)."""
+    walls, rss = [], []
+    for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        t0 = time.perf_counter()
+        r = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True)
+        walls.append(time.perf_counter() - t0)
+        if r.returncode != 0:
+            return {"error": (r.stderr or r.stdout)[-400:]}
+        after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        rss.append(max(after, before) / 1024)
+        out = r.stdout.strip().splitlines()
+    res = {"wall_s": statistics.median(walls), "peak_mb": max(rss)}
+    if out and out[-1].startswith("{"):
+        res.update(json.loads(out[-1]))
+    return res
+
+
+def synthetic(copies: int) -> Path:
+    """train.json's events repeated `copies` times, shifted in time, as one Kineto file."""
+    path = OUT / f"train-x{copies}.json"
+    if path.exists():
+        return path
+    data = json.loads(TRAIN.read_text())
+    ev = data["traceEvents"]
+    xs = [e for e in ev if "ts" in e and isinstance(e.get("ts"), (int, float))]
+    span = max(e["ts"] + e.get("dur", 0) for e in xs) - min(e["ts"] for e in xs)
+    with open(path, "w") as f:
+        f.write('{"schemaVersion": 1, "distributedInfo": {"rank": 0, "world_size": 1},\n"traceEvents": [\n')
+        first = True
+        for k in range(copies):
+            for e in ev:
+                e2 = dict(e)
+                if isinstance(e2.get("ts"), (int, float)):
+                    e2["ts"] = e2["ts"] + k * (span + 1000)
+                for key in ("id",):
+                    if key in e2 and isinstance(e2[key], int):
+                        e2[key] = e2[key] + k * 10_000_000
+                if isinstance(e2.get("args"), dict) and "correlation" in e2["args"]:
+                    e2["args"] = {**e2["args"], "correlation": e2["args"]["correlation"] + k * 10_000_000}
+                f.write(("" if first else ",\n") + json.dumps(e2))
+                first = False
+        f.write('\n], "traceName": "synthetic"}\n')
+    return path
+
+
+def hta_available() -> bool:
+    return subprocess.run([PY, "-c", "import hta"], capture_output=True).returncode == 0
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    results: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
+    rows = []
+
+    # ---- tracegen
+    gen = timed("import time,json;t=time.perf_counter();from tracegen.cli import main;"
+                "main(['trace','--phase','decode','--ranks','8','-o','bench/out/decode-61x8.json.gz']);"
+                "print(json.dumps({'inner_s': time.perf_counter()-t}))", repeat=3)
+    baseline = timed("import tracegen.cli, replay.load", repeat=3)
+    results["tracegen_decode_61x8"] = {**gen, "import_s": baseline.get("wall_s")}
+    rows.append(("tracegen trace: 61 layers x 2 mb x 8 ranks (decode)", gen.get("wall_s"),
+                 f"in-process {gen.get('inner_s', float('nan')):.2f} s; interpreter+imports "
+                 f"{baseline.get('wall_s', float('nan')):.2f} s"))
+
+    # ---- replay load + analyze vs json.load vs HTA
+    has_hta = hta_available()
+    files = []
+    if TRAIN.exists():
+        files.append(TRAIN)
+        max_mb = float(os.environ.get("BENCH_MAX_MB", "1000"))
+        for copies in (10, 100, 330):
+            if TRAIN.stat().st_size * copies / 1e6 <= max_mb * 1.05:
+                files.append(synthetic(copies))
+    else:
+        print(f"(no {TRAIN}: replay load benchmarks skipped)")
+    results["replay"] = []
+    for f in files:
+        mb = f.stat().st_size / 1e6
+        ours = timed(f"from replay.analyze import analyze; a = analyze({str(f)!r}, use_cache=False)")
+        cached = timed(f"from replay.analyze import analyze; analyze({str(f)!r})") if f == files[0] else {}
+        jl = timed(f"import json; json.load(open({str(f)!r}))")
+        entry = {"file": f.name, "mb": mb, "replay": ours, "json_load": jl}
+        if has_hta:
+            d = OUT / f"hta-{f.stem}"
+            d.mkdir(exist_ok=True)
+            link = d / "rank0.json"
+            if not link.exists():
+                link.symlink_to(f.resolve())
+            entry["hta"] = timed("from hta.trace_analysis import TraceAnalysis; "
+                                 f"ta = TraceAnalysis(trace_dir={str(d)!r}); ta.get_comm_comp_overlap(visualize=False)")
+        results["replay"].append(entry)
+        r_s = ours.get("wall_s", float("nan"))
+        note = (f"{mb / r_s:.0f} MB/s, peak {ours.get('peak_mb', 0):.0f} MB; json.load {jl.get('wall_s', float('nan')):.2f} s "
+                f"(x{r_s / jl.get('wall_s', float('nan')):.2f}), peak {jl.get('peak_mb', 0):.0f} MB")
+        if has_hta and "wall_s" in entry["hta"]:
+            note += f"; HTA {entry['hta']['wall_s']:.2f} s (ours {entry['hta']['wall_s'] / r_s:.1f}x faster)"
+        elif has_hta:
+            note += f"; HTA failed: {entry['hta'].get('error', '')[-80:]}"
+        if cached:
+            note += f"; cached re-run {cached.get('wall_s', float('nan')):.2f} s"
+        rows.append((f"replay analyze {f.name} ({mb:.0f} MB)", r_s, note))
+
+    # ---- viz
+    viz_gen = timed("from viz.cli import main; main(['html','bench/out/decode-61x8.json.gz','-o',"
+                    "'bench/out/decode-61x8.html','--no-cache'])")
+    rows.append(("viz html: 61 layers x 8 ranks", viz_gen.get("wall_s"), ""))
+    results["viz_html_61x8"] = viz_gen
+    if TRAIN.exists():
+        viz_train = timed(f"from viz.cli import main; main(['html',{str(TRAIN)!r},'-o','bench/out/train.html','--no-cache'])")
+        rows.append(("viz html: train.json", viz_train.get("wall_s"), ""))
+        results["viz_html_train"] = viz_train
+    redraw = timed("import time,json; from bokeh.document import Document; from viz.app import make_doc; "
+                   "d=Document(); make_doc(d); ts=[]\n"
+                   "for v in ['decode','prefill','decode','prefill','decode']:\n"
+                   "    t=time.perf_counter(); d.select_one({'name':'phase'}).value=v; ts.append(time.perf_counter()-t)\n"
+                   "ts.sort(); print(json.dumps({'redraw_s': ts[len(ts)//2]}))")
+    rows.append(("viz serve: widget change -> redrawn timeline", redraw.get("redraw_s"), "median of 5, server side"))
+    results["viz_redraw"] = redraw
+
+    # ---- HTA agreement on a real NCCL trace
+    if NCCL.exists():
+        ours = timed("import json; from replay.analyze import analyze; a = analyze("
+                     f"{str(NCCL)!r}, use_cache=False); print(json.dumps({{'pct': {{r['rank']: r['hidden_comm_pct'] for r in a.ranks}}}}))")
+        results["nccl_hidden_pct"] = {"replay": ours.get("pct")}
+        if has_hta:
+            hta = timed("import json; from hta.trace_analysis import TraceAnalysis; "
+                        f"ta = TraceAnalysis(trace_dir={str(NCCL)!r}); o = ta.get_comm_comp_overlap(visualize=False); "
+                        "print(json.dumps({'pct': dict(zip(map(str, o['rank']), o['comp_comm_overlap_pctg']))}))")
+            results["nccl_hidden_pct"]["hta"] = hta.get("pct")
+            for r, v in (ours.get("pct") or {}).items():
+                h = (hta.get("pct") or {}).get(str(r))
+                rows.append((f"hidden share, NCCL trace rank {r}", None,
+                             f"replay {v:.2f} %  HTA {h if h is None else f'{h:.2f}'} %"))
+    (OUT / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    print(f"\n{'benchmark':<52}{'seconds':>9}  notes")
+    for name, s, note in rows:
+        print(f"{name:<52}{'' if s is None else f'{s:9.2f}':>9}  {note}")
+    print(f"\nfull results: {OUT / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
