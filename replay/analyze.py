@@ -12,7 +12,7 @@ import pandas as pd
 from tracegen.errors import UserError
 
 from .cache import load_cached
-from .findings import KINDS, find
+from .findings import KINDS, as_dicts, find
 from .load import Trace
 from .overlap import balancedness, layer_metrics, rank_metrics, stream_layout
 from .structure import DEFAULT_ANNOTATION, recover
@@ -28,11 +28,22 @@ class Analysis:
     layers: pd.DataFrame
     microbatches: pd.DataFrame
     streams: pd.DataFrame
-    findings: list[dict[str, Any]]
+    finding_table: pd.DataFrame          # one row per idle piece; `findings` has them as dicts
     idle_totals: dict[int, dict[str, float]]
     window: tuple[float, float] | None
     cached: bool
     t0_us: float = 0.0           # the trace's first event: reported times count from here
+
+    @property
+    def findings(self) -> list[dict[str, Any]]:
+        if not hasattr(self, "_findings"):
+            self._findings = as_dicts(self.finding_table)
+        return self._findings
+
+    def top_findings(self, n: int | None) -> list[dict[str, Any]]:
+        """The findings with the most time lost first (all of them when n is None)."""
+        t = self.finding_table.sort_values("lost_us", ascending=False, kind="stable")
+        return as_dicts(t if n is None else t.head(n))
 
     def to_dict(self, max_findings: int | None = None) -> dict[str, Any]:
         layers = self.layers
@@ -45,8 +56,7 @@ class Analysis:
                 lr = layers[layers["rank"] == r["rank"]]
                 row["layers"] = lr.drop(columns=["rank"]).to_dict(orient="records")
             ranks.append(row)
-        findings = sorted(({**f, "start_us": f["start_us"] - self.t0_us} for f in self.findings),
-                          key=lambda f: -f["lost_us"])
+        findings = [{**f, "start_us": f["start_us"] - self.t0_us} for f in self.top_findings(max_findings)]
         totals = {k: sum(t.get(k, 0.0) for t in self.idle_totals.values()) for k in (*KINDS, "unexplained")}
         return {
             "sources": self.trace.sources, "generated": self.trace.generated, "structure": self.structure,
@@ -54,8 +64,8 @@ class Analysis:
             "ranks": ranks, "balancedness": balancedness(self.ranks),
             "streams": self.streams.to_dict(orient="records"),
             "idle_totals_us": totals,
-            "findings": findings if max_findings is None else findings[:max_findings],
-            "findings_total": len(findings),
+            "findings": findings,
+            "findings_total": len(self.finding_table),
         }
 
 

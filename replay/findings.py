@@ -51,9 +51,34 @@ def _ready_from_flows(gpu: pd.DataFrame, dep: pd.DataFrame, nxt: pd.DataFrame) -
     return by_ts.reindex(nxt["start_us"].to_numpy()).to_numpy()
 
 
-def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) -> tuple[list[dict[str, Any]], dict]:
-    """Findings (one per idle piece of at least `min_lost_us`) and totals per rank and cause."""
-    findings: list[dict[str, Any]] = []
+FINDING_COLUMNS = ("kind", "rank", "layer", "microbatch", "stage", "start_us", "lost_us", "next", "call")
+
+
+def message(kind: str, lost: float, next_name: str, call: str) -> str:
+    nm = _short(next_name)
+    if kind == "waiting_on_comm":
+        return f"compute idle {lost:.1f} us: {nm} waited for communication to deliver its inputs"
+    if kind == "cpu_blocked_launch":
+        return (f"compute idle {lost:.1f} us: CPU blocked in {_short(call)} before launching {nm}; submit "
+                f"independent compute before the blocking call (proper two-batch-overlap order)")
+    return (f"compute idle {lost:.1f} us: the CPU was still launching earlier work when {nm} could run "
+            f"(launch-bound; CUDA graphs help)")
+
+
+def as_dicts(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Findings as the JSON report lists them: rank, layer, micro-batch, stage, start, time lost, message."""
+    out = []
+    for r in table.itertuples(index=False):
+        out.append({"kind": r.kind, "rank": int(r.rank), "layer": int(r.layer) if r.layer >= 0 else None,
+                    "microbatch": int(r.microbatch) if r.microbatch >= 0 else None, "stage": r.stage or None,
+                    "start_us": float(r.start_us), "lost_us": float(r.lost_us),
+                    "message": message(r.kind, float(r.lost_us), r.next, r.call)})
+    return out
+
+
+def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) -> tuple[pd.DataFrame, dict]:
+    """Findings (one row per idle piece of at least `min_lost_us`) and totals per rank and cause."""
+    pieces: list[pd.DataFrame] = []
     totals: dict[int, dict[str, float]] = {}
     g = gpu_work(events)
     for rank, df in g.groupby("rank", sort=True):
@@ -111,35 +136,22 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) ->
         tot["cpu_blocked_launch"] += float(blocked.sum())
         tot["launch_bound"] += float(bound.sum())
         tot["unexplained"] += float((rest - rest_comm).sum())
-        layer = nxt["layer"].to_numpy()
-        mb = nxt["microbatch"].to_numpy()
-        stage = nxt["stage"].astype(str).to_numpy()
-        names = nxt["name"].astype(str).to_numpy()
-        blk_names = blk["name"].astype(str).to_numpy()
+        threshold = max(min_lost_us, 1e-9)
         blk_starts = blk["start_us"].to_numpy()
-        for i in np.flatnonzero((waiting + rest_comm >= max(min_lost_us, 1e-9)) | (blocked >= max(min_lost_us, 1e-9))
-                                | (bound >= max(min_lost_us, 1e-9))):
-            where = {"rank": int(rank), "layer": int(layer[i]) if layer[i] >= 0 else None,
-                     "microbatch": int(mb[i]) if mb[i] >= 0 else None, "stage": stage[i] or None}
-            nm = _short(names[i])
-            if waiting[i] + rest_comm[i] >= max(min_lost_us, 1e-9):
-                findings.append({"kind": "waiting_on_comm", **where, "start_us": float(g0[i]),
-                                 "lost_us": float(waiting[i] + rest_comm[i]),
-                                 "message": f"compute idle {waiting[i] + rest_comm[i]:.1f} us: {nm} waited for "
-                                            f"communication to deliver its inputs"})
-            if blocked[i] >= max(min_lost_us, 1e-9):
-                k = np.searchsorted(blk_starts, launched[i], side="right") - 1
-                call = _short(blk_names[k]) if k >= 0 else "a synchronising call"
-                findings.append({"kind": "cpu_blocked_launch", **where, "start_us": float(ready[i]),
-                                 "lost_us": float(blocked[i]),
-                                 "message": f"compute idle {blocked[i]:.1f} us: CPU blocked in {call} before "
-                                            f"launching {nm}; submit independent compute before the blocking "
-                                            f"call (proper two-batch-overlap order)"})
-            if bound[i] >= max(min_lost_us, 1e-9):
-                findings.append({"kind": "launch_bound", **where, "start_us": float(ready[i] + blocked[i]),
-                                 "lost_us": float(bound[i]),
-                                 "message": f"compute idle {bound[i]:.1f} us: the CPU was still launching "
-                                            f"earlier work when {nm} could run (launch-bound; CUDA graphs help)"})
+        k = np.searchsorted(blk_starts, launched, side="right") - 1
+        call = np.where(k >= 0, blk["name"].astype(str).to_numpy()[np.clip(k, 0, None)] if len(blk) else "",
+                        "a synchronising call")
+        for kind, lost, start in (("waiting_on_comm", waiting + rest_comm, g0), ("cpu_blocked_launch", blocked, ready),
+                                  ("launch_bound", bound, ready + blocked)):
+            sel = np.flatnonzero(lost >= threshold)
+            if not len(sel):
+                continue
+            pieces.append(pd.DataFrame({
+                "kind": kind, "rank": int(rank), "layer": nxt["layer"].to_numpy()[sel],
+                "microbatch": nxt["microbatch"].to_numpy()[sel], "stage": nxt["stage"].astype(str).to_numpy()[sel],
+                "start_us": start[sel], "lost_us": lost[sel], "next": nxt["name"].astype(str).to_numpy()[sel],
+                "call": call[sel]}))
+    findings = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(columns=list(FINDING_COLUMNS))
     return findings, totals
 
 

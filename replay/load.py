@@ -7,14 +7,16 @@ skipped), and turned into columns at once, so only the columns and one chunk liv
 A cut that falls inside a nested object cannot decode and is moved back to the previous boundary."""
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import sys
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable
 
 import msgspec
 import numpy as np
@@ -23,8 +25,10 @@ import pandas as pd
 from tracegen.errors import UserError
 
 CHUNK = 8 << 20                      # bytes of JSON decoded per step
+PARALLEL_MIN_BYTES = 48 << 20        # smaller files are parsed in one process
 GPU_CATS = {"kernel", "gpu_memcpy", "gpu_memset", "gpu_user_annotation", "compute", "comm"}
 _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
+_BRACKET = re.compile(rb"\s*:\s*\[")
 _KEY = b'"traceEvents"'
 
 
@@ -52,6 +56,9 @@ class Args(msgspec.Struct):
     # metadata events
     name: str | None = None
     labels: str | None = None
+
+
+_NO_ARGS = Args()
 
 
 class Event(msgspec.Struct):
@@ -132,18 +139,21 @@ class _Columns:
     open_b: dict[tuple[str, str], list[Event]] = field(default_factory=dict)
     n_seen: int = 0
     extra: list[bytes | None] = field(default_factory=list)
+    skip_cats: frozenset[str] = frozenset()
 
     def _codes(self, values: list[Any]) -> np.ndarray:
         """Global string codes for a batch (factorised in C, then mapped through the interner)."""
         if not values:
             return np.zeros(0, dtype=np.int32)
-        codes, uniques = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=True)
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = values
+        codes, uniques = pd.factorize(arr, use_na_sentinel=True)
         table = np.array([self.strings.code(None if u is None else str(u)) for u in uniques] + [0], dtype=np.int32)
         return table[codes]      # the NA sentinel (-1) picks the trailing 0: the empty string
 
     def _numbers(self, values: list[Any], what: str, xs: list[Event]) -> np.ndarray:
         try:
-            arr = np.asarray(values, dtype=np.float64)
+            arr = np.array(values, dtype=np.float64)
         except (TypeError, ValueError):
             arr = None
         if arr is None or np.isnan(arr).any():
@@ -154,12 +164,11 @@ class _Columns:
             arr = np.asarray([float(v) for v in values], dtype=np.float64)
         return arr
 
-    def add(self, events: list[Event]) -> None:
-        xs = [e for e in events if e.ph == "X"]
-        other = [e for e in events if e.ph != "X"] if len(xs) != len(events) else []
+    def _other(self, other: list[Event], xs: list[Event]) -> tuple[list[float], list[float]]:
+        """The rare kinds: B/E pairs (appended to xs as slices), metadata names, flows."""
         ts_extra: list[float] = []
         dur_extra: list[float] = []
-        for i, e in enumerate(other):       # rare kinds: B/E pairs, metadata
+        for i, e in enumerate(other):
             ph = e.ph
             if ph == "B":
                 self.open_b.setdefault((str(e.pid), str(e.tid)), []).append(e)
@@ -180,61 +189,79 @@ class _Columns:
                  and e.ts is not None and e.id is not None]
         self.flows.extend((e.ph, str(e.pid), str(e.tid), _num(e.ts, "ts", 0, self.src),
                            e.id if isinstance(e.id, int) else hash(e.id), e.cat or "") for e in flows)
+        return ts_extra, dur_extra
+
+    def add(self, events: list[Event]) -> None:
+        skip = self.skip_cats
+        xs = [e for e in events if e.ph == "X" and e.cat not in skip]
+        other = [e for e in events if e.ph != "X"]
+        ts_extra, dur_extra = self._other(other, xs) if other else ([], [])
         self.n_seen += len(events)
         if not xs:
             return
-        n_plain = len(xs) - len(ts_extra)
+        n = len(xs)
+        n_plain = n - len(ts_extra)
         plain = xs[:n_plain]
-        for e in plain:
-            if e.pid is None or e.tid is None:
-                raise UserError(f"{self.src}: event {e.name!r}: 'X' event without 'pid' or 'tid'")
-        ts = np.concatenate([self._numbers([e.ts for e in plain], "ts", plain), np.asarray(ts_extra)])
-        dur = np.concatenate([self._numbers([e.dur for e in plain], "dur", plain), np.asarray(dur_extra)])
-        args = [e.args for e in xs]
+        pids, tids = [e.pid for e in xs], [e.tid for e in xs]
+        if None in pids or None in tids:
+            bad = next(e for e in xs if e.pid is None or e.tid is None)
+            raise UserError(f"{self.src}: event {bad.name!r}: 'X' event without 'pid' or 'tid'")
+        ts = self._numbers([e.ts for e in plain], "ts", plain)
+        dur = self._numbers([e.dur for e in plain], "dur", plain)
+        if ts_extra:
+            ts, dur = np.concatenate([ts, np.asarray(ts_extra)]), np.concatenate([dur, np.asarray(dur_extra)])
         c = self.cols
         c["start_us"].append(ts)
         c["dur_us"].append(dur)
-        c["pid"].append(self._codes([str(e.pid) for e in xs]))
-        c["tid"].append(self._codes([str(e.tid) for e in xs]))
+        c["pid"].append(self._codes(pids))
+        c["tid"].append(self._codes(tids))
         c["cat"].append(self._codes([e.cat for e in xs]))
         c["name"].append(self._codes([e.name for e in xs]))
-        if all(a is None for a in args):
-            n = len(xs)
-            for k in ("correlation", "stream", "arank", "layer", "microbatch"):
+        none = _NO_ARGS
+        args = [e.args or none for e in xs]
+        c["correlation"].append(_ints([a.correlation for a in args]))
+        c["stream"].append(_ints([a.stream for a in args]))
+        if any(a.kind is not None or a.layer is not None for a in args):      # tracegen's args
+            for k in ("rank", "layer", "microbatch"):
+                c["arank" if k == "rank" else k].append(_ints([getattr(a, k) for a in args]))
+            c["stage"].append(self._codes([a.stage for a in args]))
+            c["akind"].append(self._codes([a.kind for a in args]))
+            for k in ("flops", "bytes", "work_us"):
+                c[k].append(np.array([getattr(a, k) for a in args], dtype=np.float64))
+            self.extra.extend(
+                msgspec.json.encode({"ops_us": a.ops_us, "cost_us": a.cost_us, "latency_us": a.latency_us,
+                                     "post_us": a.post_us, "sms": a.sms, "load_factor": a.load_factor})
+                if a.ops_us is not None or a.cost_us is not None else None for a in args)
+        else:
+            for k in ("arank", "layer", "microbatch"):
                 c[k].append(np.full(n, -1, dtype=np.int64))
             for k in ("stage", "akind"):
                 c[k].append(np.zeros(n, dtype=np.int32))
             for k in ("flops", "bytes", "work_us"):
                 c[k].append(np.full(n, np.nan))
             self.extra.extend([None] * n)
-            return
-        none = Args()
-        args = [a if a is not None else none for a in args]
-        c["correlation"].append(np.asarray([_int(a.correlation if a.correlation is not None else a.external_id)
-                                            for a in args], dtype=np.int64))
-        c["stream"].append(np.asarray([_int(a.stream) for a in args], dtype=np.int64))
-        for k in ("rank", "layer", "microbatch"):
-            col = "arank" if k == "rank" else k
-            c[col].append(np.asarray([-1 if getattr(a, k) is None else getattr(a, k) for a in args], dtype=np.int64))
-        c["stage"].append(self._codes([a.stage for a in args]))
-        c["akind"].append(self._codes([a.kind for a in args]))
-        for k in ("flops", "bytes", "work_us"):
-            c[k].append(np.asarray([np.nan if getattr(a, k) is None else getattr(a, k) for a in args],
-                                   dtype=np.float64))
-        self.extra.extend(
-            msgspec.json.encode({"ops_us": a.ops_us, "cost_us": a.cost_us, "latency_us": a.latency_us,
-                                 "post_us": a.post_us, "sms": a.sms, "load_factor": a.load_factor})
-            if a.ops_us is not None or a.cost_us is not None else None for a in args)
+
+
+def _ints(values: list[Any]) -> np.ndarray:
+    """Integer ids (None and non-numbers as -1)."""
+    try:
+        return np.array([-1 if v is None else v for v in values], dtype=np.int64)
+    except (TypeError, ValueError):
+        return np.array([_int(v) for v in values], dtype=np.int64)
 
 
 _LAUNCH_FLOWS = ("ac2g", "launch")   # CPU launch -> kernel links: the correlation column has them
+# Framework-level CPU ops (aten::*, Python frames): a third of a Kineto trace that no analysis
+# reads; kept with keep_cpu_ops=True. Runtime calls, annotations and kernels always load.
+CPU_OP_CATS = frozenset({"cpu_op", "python_function"})
 _COLS = ("pid", "tid", "cat", "name", "start_us", "dur_us", "correlation", "stream", "arank", "layer",
          "microbatch", "stage", "akind", "flops", "bytes", "work_us")
 
 
 # ----------------------------------------------------------------------------- reading
-def _open_chunks(path: Path, progress: Callable[[int], None]) -> Iterator[bytes]:
-    """Raw JSON bytes in pieces; gzip is detected by its magic bytes, not the file name."""
+def _open(path: Path, progress: Callable[[int], None]) -> tuple[Any, Any]:
+    """The trace's JSON bytes as a read-only buffer (a memory map: no copy in RAM) and a closer.
+    gzip (detected by its magic bytes, not the name) is first decompressed to a temporary file."""
     try:
         f: BinaryIO = open(path, "rb")
     except FileNotFoundError:
@@ -247,31 +274,38 @@ def _open_chunks(path: Path, progress: Callable[[int], None]) -> Iterator[bytes]
         magic = f.read(2)
         f.seek(0)
         if magic == b"\x1f\x8b":
+            tmp = tempfile.TemporaryFile(prefix="replay-", suffix=".json")
             d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            while True:
-                raw = f.read(CHUNK // 4)
-                if not raw:
-                    break
+            while raw := f.read(CHUNK // 2):
                 progress(len(raw))
                 try:
-                    out = d.decompress(raw)
+                    tmp.write(d.decompress(raw))
                 except zlib.error as exc:
+                    tmp.close()
                     raise UserError(f"{path}: corrupt gzip data ({exc})") from None
-                if out:
-                    yield out
                 if d.eof and d.unused_data:
+                    tmp.close()
                     raise UserError(f"{path}: several gzip members; only one trace per file is supported")
             if not d.eof:
+                tmp.close()
                 raise UserError(f"{path}: truncated gzip file (the compressed stream ends early)")
-            return
-        if str(path).endswith(".gz"):
-            raise UserError(f"{path}: named .gz but not gzip data")
-        while True:
-            raw = f.read(CHUNK)
-            if not raw:
-                break
-            progress(len(raw))
-            yield raw
+            tmp.flush()
+            src = tmp
+        else:
+            if str(path).endswith(".gz"):
+                raise UserError(f"{path}: named .gz but not gzip data")
+            src = open(path, "rb")
+            progress(os.fstat(src.fileno()).st_size)
+        size = os.fstat(src.fileno()).st_size
+        if size == 0:
+            src.close()
+            raise UserError(f"{path}: empty file")
+        buf = mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def close() -> None:
+        buf.close()
+        src.close()
+    return buf, close
 
 
 def _json_error(path: Path, exc: Exception) -> UserError:
@@ -281,88 +315,32 @@ def _json_error(path: Path, exc: Exception) -> UserError:
     return UserError(f"{path}: not a valid trace: {msg}")
 
 
-def _parse(path: Path, progress: Callable[[int], None]) -> tuple[_Columns, dict[str, Any]]:
-    cols = _Columns(str(path))
-    meta: dict[str, Any] = {}
-    chunks = _open_chunks(path, progress)
-    buf = b""
-    eof = False
-
-    def more() -> bool:
-        nonlocal buf, eof
-        if eof:
-            return False
-        try:
-            buf += next(chunks)
-            return True
-        except StopIteration:
-            eof = True
-            return False
-
-    # header: up to the traceEvents array (object form) or the opening bracket (array form)
-    while True:
-        stripped = buf.lstrip()
-        if stripped[:1] == b"[":
-            mode, pos = "array", len(buf) - len(stripped) + 1
-            break
-        if stripped[:1] not in (b"{", b""):
-            raise UserError(f"{path}: not a JSON trace (starts with {stripped[:20]!r})")
-        k = buf.find(_KEY)
-        if k >= 0:
-            bracket = re.compile(rb"\s*:\s*\[").match(buf, k + len(_KEY))
-            if bracket:
-                head = buf[:k].rstrip()
-                try:
-                    h = _decode_head(head + (b'"_":0}' if head.endswith((b"{", b",")) else b',"_":0}'))
-                    meta.update({k2: v for k2, v in msgspec.structs.asdict(h).items() if v is not None})
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    pass   # a header we cannot read costs only the metadata
-                mode, pos = "object", bracket.end()
-                break
-        if not more():
-            if not buf.strip():
-                raise UserError(f"{path}: empty file")
-            raise UserError(f"{path}: JSON without 'traceEvents' (not a Chrome/Kineto trace)")
-    # events
-    while True:
-        while len(buf) - pos < CHUNK and more():
-            pass
-        if eof:
-            break
-        cut = _cut(buf, pos)
-        while cut is not None:
+def _header(buf: Any, path: Path) -> tuple[str, int, dict[str, Any]]:
+    """Where the events start ('object' form: after "traceEvents": [, or 'array' form), and the
+    metadata written before them."""
+    head_len = min(len(buf), 64 << 20)
+    start = buf[:64].lstrip()
+    if start[:1] == b"[":
+        return "array", buf.find(b"[") + 1, {}
+    if start[:1] != b"{":
+        raise UserError(f"{path}: not a JSON trace (starts with {start[:20]!r})")
+    k = buf.find(_KEY, 0, head_len)
+    while k >= 0:
+        bracket = _BRACKET.match(buf, k + len(_KEY))
+        if bracket:
+            meta: dict[str, Any] = {}
+            head = buf[:k].rstrip()
             try:
-                events = _decode_events(b"[" + buf[pos:cut + 1] + b"]")
+                h = _decode_head(head + (b'"_":0}' if head.endswith((b"{", b",")) else b',"_":0}'))
+                meta.update({k2: v for k2, v in msgspec.structs.asdict(h).items() if v is not None})
             except (msgspec.DecodeError, msgspec.ValidationError):
-                cut = _cut(buf, pos, before=cut)
-                continue
-            cols.add(events)
-            nxt = buf.index(b"{", cut + 1)
-            buf, pos = buf[nxt:], 0
-            break
-        else:
-            if not more():
-                break
-    rest = buf[pos:]
-    try:
-        if mode == "object":
-            tail = _decode_tail(b'{"traceEvents":[' + rest)
-            cols.add(tail.traceEvents)
-            meta.update({k: v for k, v in (("distributedInfo", tail.distributedInfo),
-                                           ("otherData", tail.otherData)) if v is not None})
-        else:
-            body = rest.rstrip()
-            body = body[:-1] if body.endswith(b"]") else body
-            body = body.rstrip().rstrip(b",")
-            cols.add(_decode_events(b"[" + body + b"]"))
-    except msgspec.ValidationError as exc:
-        raise UserError(f"{path}: an event has a field of the wrong type: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise _json_error(path, exc) from None
-    return cols, meta
+                pass   # a header we cannot read costs only the metadata
+            return "object", bracket.end(), meta
+        k = buf.find(_KEY, k + 1, head_len)
+    raise UserError(f"{path}: JSON without 'traceEvents' (not a Chrome/Kineto trace)")
 
 
-def _cut(buf: bytes, pos: int, before: int | None = None) -> int | None:
+def _cut(buf: Any, pos: int, before: int | None = None) -> int | None:
     """Position of the last '}' that ends an event (followed by ', {') in buf[pos:before]."""
     end = len(buf) if before is None else before
     lo = end
@@ -374,6 +352,127 @@ def _cut(buf: bytes, pos: int, before: int | None = None) -> int | None:
         if last is not None:
             return last
     return None
+
+
+def _consume(buf: Any, pos: int, end: int, cols: _Columns) -> int:
+    """Decode whole events of buf[pos:end] a chunk at a time; returns where it stopped. A cut that
+    falls inside a nested object cannot decode and moves back to the previous boundary."""
+    while end - pos > CHUNK:
+        cut = _cut(buf, pos, before=pos + CHUNK)
+        while cut is not None:
+            try:
+                events = _decode_events(b"[" + buf[pos:cut + 1] + b"]")
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                cut = _cut(buf, pos, before=cut)
+                continue
+            cols.add(events)
+            pos = buf.find(b"{", cut + 1)
+            break
+        else:
+            return pos       # no event boundary in a whole chunk: the rest is decoded at once
+    return pos
+
+
+def _event_start_at_or_after(buf: Any, offset: int, limit: int) -> int | None:
+    """The first position >= offset where a top-level event begins, checked by decoding a few
+    events from it (a '{' inside an event's args cannot decode as a list of events)."""
+    for m in _BOUNDARY.finditer(buf, offset, min(limit, offset + (16 << 20))):
+        cand = m.end() - 1
+        cut = _cut(buf, cand, before=min(limit, cand + (256 << 10)))
+        if cut is None:
+            continue
+        try:
+            _decode_events(b"[" + buf[cand:cut + 1] + b"]")
+            return cand
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+    return None
+
+
+def _parse_range(path: str, start: int, end: int, last: bool, mode: str, skip: frozenset[str]) -> dict[str, Any]:
+    """Parse events in buf[start:end] (the last range: to the end of the file, trailer included)."""
+    buf = _SHARED[path]
+    cols = _Columns(path, skip_cats=skip)
+    meta: dict[str, Any] = {}
+    stop = len(buf) if last else end
+    pos = _consume(buf, start, stop, cols)
+    rest = buf[pos:stop]
+    try:
+        if not last:
+            cols.add(_decode_events(b"[" + rest.rstrip().rstrip(b",") + b"]"))
+        elif mode == "object":
+            tail = _decode_tail(b'{"traceEvents":[' + rest)
+            cols.add(tail.traceEvents)
+            meta.update({k: v for k, v in (("distributedInfo", tail.distributedInfo),
+                                           ("otherData", tail.otherData)) if v is not None})
+        else:
+            body = rest.rstrip()
+            body = body[:-1] if body.endswith(b"]") else body
+            cols.add(_decode_events(b"[" + body.rstrip().rstrip(b",") + b"]"))
+    except msgspec.ValidationError as exc:
+        raise UserError(f"{path}: an event has a field of the wrong type: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise _json_error(Path(path), exc) from None
+    return {"cols": {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.cols.items()},
+            "strings": list(cols.strings.index), "names": cols.names, "flows": cols.flows,
+            "extra": cols.extra, "n_seen": cols.n_seen, "meta": meta, "paired": bool(cols.open_b)}
+
+
+_SHARED: dict[str, Any] = {}        # path -> buffer, inherited by forked workers
+
+
+def _workers() -> int:
+    n = os.environ.get("REPLAY_WORKERS")
+    return max(1, int(n)) if n else max(1, min(8, os.cpu_count() or 1))
+
+
+def _parse(path: Path, progress: Callable[[int], None], keep_cpu_ops: bool = False) -> tuple[_Columns, dict[str, Any]]:
+    """Header, then the events array in ranges: large files split at checked event boundaries and
+    parsed by forked worker processes (one per core), small ones in this process."""
+    buf, close = _open(path, progress)
+    skip = frozenset() if keep_cpu_ops else CPU_OP_CATS
+    key = str(path)
+    try:
+        mode, pos, meta = _header(buf, path)
+        size = len(buf)
+        workers = _workers()
+        n_ranges = 1 if size < PARALLEL_MIN_BYTES or workers == 1 else 4 * workers
+        starts = [pos]
+        for k in range(1, n_ranges):
+            s0 = _event_start_at_or_after(buf, pos + k * (size - pos) // n_ranges, size)
+            if s0 is not None and s0 > starts[-1]:
+                starts.append(s0)
+        bounds = list(zip(starts, starts[1:] + [size]))
+        _SHARED[key] = buf
+        jobs = [(key, a, b, i == len(bounds) - 1, mode, skip) for i, (a, b) in enumerate(bounds)]
+        if len(jobs) == 1:
+            parts = [_parse_range(*jobs[0])]
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("fork")) as ex:
+                parts = list(ex.map(_parse_range, *zip(*jobs)))
+        if any(p["paired"] for p in parts) and len(parts) > 1:
+            parts = [_parse_range(key, pos, size, True, mode, skip)]     # B/E pairs may straddle ranges
+    finally:
+        _SHARED.pop(key, None)
+        close()
+    return _merge(parts, str(path), skip), {**meta, **parts[-1]["meta"]}
+
+
+def _merge(parts: list[dict[str, Any]], src: str, skip: frozenset[str]) -> _Columns:
+    """One set of columns from the ranges, string codes re-mapped to one interner."""
+    cols = _Columns(src, skip_cats=skip)
+    string_cols = ("pid", "tid", "cat", "name", "stage", "akind")
+    for p in parts:
+        remap = np.array([cols.strings.code(x) for x in p["strings"]], dtype=np.int32)
+        for k, v in p["cols"].items():
+            cols.cols[k].append(remap[v.astype(np.int64)] if k in string_cols and len(v) else v)
+        cols.names.update(p["names"])
+        cols.flows.extend(p["flows"])
+        cols.extra.extend(p["extra"])
+        cols.n_seen += p["n_seen"]
+    return cols
 
 
 # ----------------------------------------------------------------------------- table
@@ -399,53 +498,61 @@ def _to_frame(cols: _Columns, meta: dict[str, Any], path: Path, default_rank: in
     c = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.cols.items()}
     n = len(c["start_us"])
     strings = cols.strings
-    pid_codes = np.asarray(c["pid"], dtype=np.int32)
-    tid_codes = np.asarray(c["tid"], dtype=np.int32)
-    cats = strings.categorical(np.asarray(c["cat"], dtype=np.int32))
-    pid = strings.categorical(pid_codes)
-    tid = strings.categorical(tid_codes)
+    cat_list = list(strings.index)                    # code -> string, shared by every string column
+    cats_arr = np.array(cat_list, dtype=object)
+    pid_codes = c["pid"].astype(np.int32)
+    tid_codes = c["tid"].astype(np.int32)
+    cat_codes = c["cat"].astype(np.int32)
     generated = str(meta.get("otherData", {}).get("generator", "")).startswith("tracegen")
-    file_rank = meta.get("distributedInfo", {}).get("rank") if isinstance(meta.get("distributedInfo"), dict) else None
+    info = meta.get("distributedInfo")
+    file_rank = info.get("rank") if isinstance(info, dict) else None
     if file_rank is None:
         file_rank = _rank_from_name(path) if default_rank is None else default_rank
-    arank = np.asarray(c["arank"], dtype=np.int32)
+    arank = c["arank"].astype(np.int32)
     if generated:
-        rank = np.where(arank >= 0, arank, pd.to_numeric(pid.astype(str), errors="coerce")).astype(np.int32)
+        pid_num = pd.to_numeric(pd.Series(cats_arr), errors="coerce").fillna(0).to_numpy()[pid_codes]
+        rank = np.where(arank >= 0, arank, pid_num).astype(np.int32)
     else:
         rank = np.full(n, int(file_rank or 0), dtype=np.int32)
-    cat_arr = np.asarray(cats.astype(str)) if n else np.array([], dtype=object)
-    is_gpu = np.isin(cat_arr, list(GPU_CATS))
-    stream = np.asarray(c["stream"], dtype=np.int64)
+    gpu_codes = [strings.index[x] for x in GPU_CATS if x in strings.index]
+    is_gpu = np.isin(cat_codes, gpu_codes)
+    stream = c["stream"].astype(np.int64)
     # thread / stream label: the trace's own thread name where it has one
-    names = cols.names
-    tid_str = np.asarray(tid.astype(str)) if n else np.array([], dtype=object)
-    pid_str = np.asarray(pid.astype(str)) if n else np.array([], dtype=object)
-    pairs = pd.Series(list(zip(pid_str, tid_str)), dtype=object) if n else pd.Series([], dtype=object)
-    uniq = {p: names.get(("thread_name", p[0], p[1]), f"thread {p[1]}") for p in set(pairs)}
-    thread = pd.Categorical(pairs.map(uniq)) if n else pd.Categorical([])
+    pair = pid_codes.astype(np.int64) * (len(cat_list) + 1) + tid_codes
+    uniq, inverse = np.unique(pair, return_inverse=True)
+    labels = []
+    for u in uniq:
+        p_s, t_s = cats_arr[u // (len(cat_list) + 1)], cats_arr[u % (len(cat_list) + 1)]
+        labels.append(cols.names.get(("thread_name", p_s, t_s), f"thread {t_s}"))
+    distinct = list(dict.fromkeys(labels))
+    label_code = np.array([distinct.index(lab) for lab in labels], dtype=np.int32)
+    thread = pd.Categorical.from_codes(label_code[inverse], categories=distinct)
+    tid_num = pd.to_numeric(pd.Series(cats_arr), errors="coerce").to_numpy()[tid_codes]
+    stream = np.where(is_gpu & (stream < 0), np.nan_to_num(tid_num, nan=-1), stream).astype(np.int64)
+    extra = np.empty(n, dtype=object)
+    if any(x is not None for x in cols.extra):
+        extra[:] = [x.decode() if x is not None else None for x in cols.extra]
     df = pd.DataFrame({
         "rank": rank,
-        "pid": pid,
-        "tid": tid,
+        "pid": strings.categorical(pid_codes),
+        "tid": strings.categorical(tid_codes),
         "thread": thread,
-        "kind": pd.Categorical(np.where(is_gpu, "gpu", "cpu"), categories=["cpu", "gpu"]),
-        "cat": cats,
-        "name": strings.categorical(np.asarray(c["name"], dtype=np.int32)),
-        "start_us": np.asarray(c["start_us"], dtype=np.float64),
-        "dur_us": np.asarray(c["dur_us"], dtype=np.float64),
-        "correlation": np.asarray(c["correlation"], dtype=np.int64),
-        "stream": np.where(is_gpu & (stream < 0), pd.to_numeric(tid_str, errors="coerce"), stream)
-        if n else stream,
-        "layer": np.asarray(c["layer"], dtype=np.int32),
-        "microbatch": np.asarray(c["microbatch"], dtype=np.int32),
-        "stage": strings.categorical(np.asarray(c["stage"], dtype=np.int32)),
-        "akind": strings.categorical(np.asarray(c["akind"], dtype=np.int32)),
-        "flops": np.asarray(c["flops"], dtype=np.float64),
-        "bytes": np.asarray(c["bytes"], dtype=np.float64),
-        "work_us": np.asarray(c["work_us"], dtype=np.float64),
-        "extra": pd.array([x.decode() if x is not None else None for x in cols.extra], dtype="string"),
+        "kind": pd.Categorical.from_codes(is_gpu.astype(np.int8), categories=["cpu", "gpu"]),
+        "cat": strings.categorical(cat_codes),
+        "name": strings.categorical(c["name"].astype(np.int32)),
+        "start_us": c["start_us"].astype(np.float64),
+        "dur_us": c["dur_us"].astype(np.float64),
+        "correlation": c["correlation"].astype(np.int64),
+        "stream": stream,
+        "layer": c["layer"].astype(np.int32),
+        "microbatch": c["microbatch"].astype(np.int32),
+        "stage": strings.categorical(c["stage"].astype(np.int32)),
+        "akind": strings.categorical(c["akind"].astype(np.int32)),
+        "flops": c["flops"].astype(np.float64),
+        "bytes": c["bytes"].astype(np.float64),
+        "work_us": c["work_us"].astype(np.float64),
+        "extra": extra,
     })
-    df["stream"] = df["stream"].fillna(-1).astype(np.int64)
     for col in ("pid", "tid", "cat", "name", "stage", "akind"):
         df[col] = df[col].cat.remove_unused_categories()
     return df
@@ -488,7 +595,8 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def load_file(path: str | Path, rank: int | None = None, progress: bool | None = None) -> Trace:
+def load_file(path: str | Path, rank: int | None = None, progress: bool | None = None,
+              keep_cpu_ops: bool = False) -> Trace:
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -496,7 +604,7 @@ def load_file(path: str | Path, rank: int | None = None, progress: bool | None =
         raise UserError(f"{path}: no such file") from None
     bar = _Progress(size, path.name, progress)
     try:
-        cols, meta = _parse(path, bar)
+        cols, meta = _parse(path, bar, keep_cpu_ops)
     finally:
         bar.close()
     if cols.n_seen == 0:
@@ -504,7 +612,8 @@ def load_file(path: str | Path, rank: int | None = None, progress: bool | None =
     df = _to_frame(cols, meta, path, rank)
     if df.empty:
         raise UserError(f"{path}: the trace holds no duration ('X') events to analyse")
-    rank_of_pid = dict(zip(df["pid"].astype(str), df["rank"]))
+    pairs = df[["pid", "rank"]].drop_duplicates("pid")
+    rank_of_pid = dict(zip(pairs["pid"].astype(str), pairs["rank"]))
     meta["process_names"] = {p: n for (w, p, _), n in cols.names.items() if w == "process_name"}
     return Trace(df, _flows_frame(cols, rank_of_pid), meta, [str(path)])
 

@@ -77,24 +77,42 @@ def _moe_layer(df: pd.DataFrame) -> pd.Series:
 
 
 def layer_metrics(events: pd.DataFrame, by_microbatch: bool = False) -> pd.DataFrame:
-    """One row per (rank, layer) - or (rank, layer, microbatch) - with known structure."""
+    """One row per (rank, layer) - or (rank, layer, microbatch) - with known structure. A layer's
+    overlap is its communication intersected with the rank's compute within the layer's window."""
     g = gpu_work(events)
+    keys = ["layer", "microbatch"] if by_microbatch else ["layer"]
     rows = []
     for rank, df in g.groupby("rank", sort=True):
-        comp_all = _iv(df[df["klass"] == "compute"])
-        known = df[df["layer"] >= 0]
-        keys = ["layer", "microbatch"] if by_microbatch else ["layer"]
-        for key, part in known.groupby(keys, sort=True):
-            key = key if isinstance(key, tuple) else (key,)
-            comp = _iv(part[part["klass"] == "compute"])
-            comm = _iv(part[part["klass"] == "comm"])
-            span = float((part["start_us"] + part["dur_us"]).max() - part["start_us"].min())
-            c, m = length(*comp), length(*comm)
-            ov = length(*intersection(comm, comp_all))
-            row = {"rank": int(rank), **{k: int(v) for k, v in zip(keys, key)}, "start_us": float(part["start_us"].min()),
-                   "span_us": span, "compute_us": c, "comm_us": m, "overlap_us": ov, "exposed_comm_us": m - ov,
+        comp = df["klass"].to_numpy() == "compute"
+        comm = df["klass"].to_numpy() == "comm"
+        s_all, e_all = df["start_us"].to_numpy(), (df["start_us"] + df["dur_us"]).to_numpy()
+        cu0, cu1 = union(s_all[comp], e_all[comp])
+        known = df["layer"].to_numpy() >= 0
+        if not known.any():
+            continue
+        stage = df["stage"].astype(str).to_numpy()
+        group_cols = [df[k].to_numpy() for k in keys]
+        idx = np.flatnonzero(known)
+        order = np.lexsort([s_all[idx]] + [c[idx] for c in reversed(group_cols)])
+        idx = idx[order]
+        gk = np.stack([c[idx] for c in group_cols], axis=1)
+        bounds = np.flatnonzero(np.any(gk[1:] != gk[:-1], axis=1)) + 1
+        for part in np.split(idx, bounds):
+            ps, pe = s_all[part], e_all[part]
+            pc, pm = comp[part], comm[part]
+            c_iv, m_iv = union(ps[pc], pe[pc]), union(ps[pm], pe[pm])
+            c, m = length(*c_iv), length(*m_iv)
+            if len(m_iv[0]):        # only the compute that can meet this layer's communication
+                lo = np.searchsorted(cu1, m_iv[0][0], side="right")
+                hi = np.searchsorted(cu0, m_iv[1][-1], side="left")
+                ov = length(*intersection(m_iv, (cu0[lo:hi], cu1[lo:hi])))
+            else:
+                ov = 0.0
+            row = {"rank": int(rank), **{k: int(col[part[0]]) for k, col in zip(keys, group_cols)},
+                   "start_us": float(ps.min()), "span_us": float(pe.max() - ps.min()), "compute_us": c,
+                   "comm_us": m, "overlap_us": ov, "exposed_comm_us": m - ov,
                    "hidden_comm_pct": 100.0 * ov / m if m > 0 else 0.0,
-                   "stages": ",".join(dict.fromkeys(part.sort_values("start_us")["stage"].astype(str)))}
+                   "stages": ",".join(dict.fromkeys(stage[part]))}
             rows.append(row)
     return pd.DataFrame(rows)
 

@@ -77,30 +77,49 @@ def load_taxonomy(user_file: str | None = None) -> Taxonomy:
 
 
 def classify(events: pd.DataFrame, tax: Taxonomy) -> pd.DataFrame:
-    """Add `klass` (compute/comm/memory/other/cpu) and `subclass` columns, plus CPU flags
-    `blocking` and `launch`. tracegen's slices carry their class in args (`akind`)."""
-    names = events["name"].cat.categories
-    pairs = [tax.classify_name(n) for n in names]
-    codes = events["name"].cat.codes.to_numpy()
-    klass = np.array([p[0] for p in pairs] + ["other"], dtype=object)[codes]
-    sub = np.array([p[1] for p in pairs] + ["unclassified"], dtype=object)[codes]
-    cat = events["cat"].astype(str).to_numpy()
-    gpu = (events["kind"] == "gpu").to_numpy()
-    akind = events["akind"].astype(str).to_numpy()
-    given = np.isin(akind, ("compute", "comm"))
-    klass = np.where(given, akind, klass)
-    sub = np.where(given, events["stage"].astype(str).to_numpy(), sub)
-    # copies and fills: memory traffic unless a rule says otherwise (e.g. host copies standing in
-    # for the network in bench/capture, classified as comm by traces/observed/h100/taxonomy.toml)
-    copy = np.isin(cat, ("gpu_memcpy", "gpu_memset")) & ~np.isin(klass, ("comm", "memory"))
-    klass = np.where(copy, "memory", klass)
-    sub = np.where(copy, np.where(cat == "gpu_memcpy", "memcpy", "memset"), sub)
-    klass = np.where(cat == "gpu_user_annotation", "annotation", klass)
-    klass = np.where(gpu, klass, "cpu")
-    sub = np.where(gpu, sub, "")
-    is_block = np.array([bool(tax.blocking.search(n)) for n in names] + [False])[codes] | (cat == "cpu_wait")
-    is_launch = np.array([bool(tax.launch.search(n)) for n in names] + [False])[codes] | (cat == "cpu_launch")
-    out = events.assign(klass=pd.Categorical(klass), subclass=pd.Categorical(sub))
-    out["blocking"] = is_block & ~gpu
-    out["launch"] = is_launch & ~gpu
+    """Add `klass` (compute/comm/memory/other/annotation/cpu) and `subclass` columns, plus CPU flags
+    `blocking` and `launch`. tracegen's slices carry their class in args (`akind`). Classified once
+    per distinct (name, category, kind, args kind, stage), then broadcast."""
+    cols = ("name", "cat", "akind", "stage", "kind")
+    codes = [events[c].cat.codes.to_numpy().astype(np.int64) + 1 for c in cols]     # -1 (NaN) -> 0
+    sizes = [len(events[c].cat.categories) + 1 for c in cols]
+    key = np.ravel_multi_index(codes, sizes) if len(events) else np.zeros(0, dtype=np.int64)
+    uniq, inverse = np.unique(key, return_inverse=True)
+    cats = [[None] + list(events[c].cat.categories) for c in cols]
+    klass, sub, block, launch = [], [], [], []
+    for u in uniq:
+        name, cat, akind, stage, kind = (cats[i][j] for i, j in enumerate(np.unravel_index(u, sizes)))
+        name = "" if name is None else str(name)
+        if kind != "gpu":
+            klass.append("cpu")
+            sub.append("")
+            block.append(bool(tax.blocking.search(name)) or cat == "cpu_wait")
+            launch.append(bool(tax.launch.search(name)) or cat == "cpu_launch")
+            continue
+        block.append(False)
+        launch.append(False)
+        if akind in ("compute", "comm"):
+            k, sb = akind, str(stage)
+        else:
+            k, sb = tax.classify_name(name)
+        if cat in ("gpu_memcpy", "gpu_memset") and k not in ("comm", "memory"):
+            # copies and fills: memory traffic unless a rule says otherwise (e.g. host copies
+            # standing in for the network in bench/capture, see traces/observed/h100/taxonomy.toml)
+            k, sb = "memory", "memcpy" if cat == "gpu_memcpy" else "memset"
+        if cat == "gpu_user_annotation":
+            k = "annotation"
+        klass.append(k)
+        sub.append(sb)
+    out = events.copy()
+    out["klass"] = _categorical(klass, inverse)
+    out["subclass"] = _categorical(sub, inverse)
+    out["blocking"] = np.array(block, dtype=bool)[inverse] if len(events) else np.zeros(0, dtype=bool)
+    out["launch"] = np.array(launch, dtype=bool)[inverse] if len(events) else np.zeros(0, dtype=bool)
     return out
+
+
+def _categorical(values: list[str], inverse: np.ndarray) -> pd.Categorical:
+    distinct = list(dict.fromkeys(values))
+    pos = {v: i for i, v in enumerate(distinct)}
+    codes = np.array([pos[v] for v in values], dtype=np.int32)
+    return pd.Categorical.from_codes(codes[inverse] if len(inverse) else codes[:0], categories=distinct)

@@ -41,7 +41,7 @@ def test_json_gz_and_array_forms_load_the_same(tmp_path):
 
 def test_streaming_chunks_give_the_same_table(tmp_path, monkeypatch):
     obj = _kineto(n=400)
-    obj["traceEvents"].insert(5, {"ph": "X", "cat": "cpu_op", "name": "tricky }, { name", "pid": 11, "tid": 11,
+    obj["traceEvents"].insert(5, {"ph": "X", "cat": "user_annotation", "name": "tricky }, { name", "pid": 11, "tid": 11,
                                   "ts": 1.0, "dur": 1.0, "args": {"nested": [{"a": 1}, {"b": "}, {"}]}})
     p = tmp_path / "t.json"
     p.write_text(json.dumps(obj, indent=2))
@@ -131,3 +131,19 @@ def test_nccl_trace_classified(tmp_path, capsys):
     roles = {s["stream"]: s["role"] for s in d["streams"]}
     assert roles == {7: "compute", 9: "comm"}
     assert d["streams"][1]["top_comm"] == {"nccl_allreduce": 25}
+
+
+def test_parallel_ranges_give_the_same_table(tmp_path, monkeypatch):
+    obj = _kineto(n=3000)
+    p = tmp_path / "big.json"
+    p.write_text(json.dumps(obj, indent=1))
+    one = load(p).events
+    monkeypatch.setattr(load_mod, "PARALLEL_MIN_BYTES", 1)      # split even this small file
+    monkeypatch.setenv("REPLAY_WORKERS", "2")
+    many = load(p).events
+    assert len(many) == len(one) == 6000
+    key = ["start_us", "dur_us", "correlation", "stream"]
+    a = one.sort_values(key).reset_index(drop=True)
+    b = many.sort_values(key).reset_index(drop=True)
+    for col in key + ["name", "cat", "thread", "kind", "rank"]:
+        assert list(a[col].astype(str)) == list(b[col].astype(str)), col
