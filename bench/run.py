@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -27,23 +26,25 @@ NCCL = ROOT / "traces" / "observed" / "h200x2-nccl"
 PY = sys.executable
 
 
+_PEAK = ("\nimport resource as _r, json as _j\n"
+         "print(_j.dumps({'peak_mb': max(_r.getrusage(_r.RUSAGE_SELF).ru_maxrss,"
+         " _r.getrusage(_r.RUSAGE_CHILDREN).ru_maxrss) / 1024}))")
+
+
 def timed(code: str, repeat: int = 1) -> dict:
-    """Run `code` in a fresh interpreter; wall seconds (median) and peak RSS (MB)."""
-    walls, rss = [], []
+    """Run `code` in a fresh interpreter; wall seconds (median), and the peak RSS of the process
+    or of any worker it started (MB), as the process itself reads it at exit."""
+    walls, res = [], {}
     for _ in range(repeat):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t0 = time.perf_counter()
-        r = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True)
+        r = subprocess.run([PY, "-c", code + _PEAK], cwd=ROOT, capture_output=True, text=True)
         walls.append(time.perf_counter() - t0)
         if r.returncode != 0:
             return {"error": (r.stderr or r.stdout)[-400:]}
-        after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        rss.append(max(after, before) / 1024)
-        out = r.stdout.strip().splitlines()
-    res = {"wall_s": statistics.median(walls), "peak_mb": max(rss)}
-    if out and out[-1].startswith("{"):
-        res.update(json.loads(out[-1]))
-    return res
+        for line in r.stdout.strip().splitlines():
+            if line.startswith("{"):
+                res.update(json.loads(line))
+    return {"wall_s": statistics.median(walls), **res}
 
 
 def synthetic(copies: int) -> Path:

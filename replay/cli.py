@@ -6,8 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from tracegen.cli import _Formatter, _Parser
-from tracegen.errors import UserError, run_cli
+from tracegen.cliutil import Formatter as _Formatter
+from tracegen.cliutil import add_reading_args, entry_point, new_parser
+from tracegen.errors import UserError
 
 EPILOG = """\
 examples:
@@ -113,32 +114,25 @@ def cmd_whatif(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="replay", formatter_class=_Formatter, description=__doc__)
-    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
+    p, sub = new_parser("replay", __doc__)
     a = sub.add_parser("analyze", help="overlap, exposed communication and idle causes of a trace",
                        formatter_class=_Formatter, epilog=EPILOG,
                        description="Load a PyTorch-profiler (Kineto) / Chrome trace - .json, .json.gz or a folder "
                                    "of per-rank files - and measure, per rank, layer and micro-batch, how much "
                                    "communication computation hides, and why the GPU idles.")
     a.add_argument("trace", help="trace file (.json / .json.gz) or folder of per-rank traces")
-    a.add_argument("--json", action="store_true", help="print one JSON object (ranks, layers, findings)")
+    add_reading_args(a, json_help="print one JSON object (ranks, layers, findings)")
     a.add_argument("--csv", metavar="FILE", help="write the per-layer table as CSV")
     a.add_argument("--parquet", metavar="FILE", help="write the per-layer table as Parquet")
     a.add_argument("--rank", type=int, default=None, help="analyse one rank only")
     a.add_argument("--window", metavar="START:END", default=None,
                    help="only this time window, counted from the trace's first event (us; or add ms / s: 5ms:20ms)")
-    a.add_argument("--taxonomy", metavar="FILE", default=None,
-                   help="extra kernel-classification rules (TOML, tried before the built-in ones)")
     a.add_argument("--microbatches", type=int, default=None,
                    help="micro-batches per layer when structure must be guessed from the dispatch sequence")
     a.add_argument("--min-lost-us", type=float, default=1.0,
                    help="list idle findings of at least this many microseconds (totals count them all)")
     a.add_argument("--top", type=int, default=10, help="findings shown in the table")
     a.add_argument("--max-findings", type=int, default=None, help="cap the findings list in --json")
-    a.add_argument("--no-cache", action="store_true",
-                   help="parse the file even if its columnar cache exists (cache: $MOE_TIMELINE_CACHE "
-                        "or ~/.cache/moe-timeline)")
     a.set_defaults(func=cmd_analyze)
 
     c = sub.add_parser("compare", help="predicted vs observed, stage by stage, with likely causes",
@@ -148,15 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "exposed communication, and the largest discrepancies with their likely cause.")
     c.add_argument("predicted", help="the predicted trace (usually from tracegen trace)")
     c.add_argument("observed", help="the observed trace (profiler JSON, or another tracegen trace)")
-    c.add_argument("--json", action="store_true", help="print one JSON object")
+    add_reading_args(c, stages=True)
     c.add_argument("--csv", metavar="FILE", help="write the per-stage table as CSV")
     c.add_argument("--rank-map", metavar="OBS:PRED,...", help="pair observed ranks with predicted ones")
     c.add_argument("--layer-offset", type=int, default=0, help="add this to the observed trace's layer numbers")
-    c.add_argument("--stages", metavar="FILE", default=None,
-                   help="extra rules mapping observed annotations / kernels to stages (TOML, see replay/data/stages.toml)")
-    c.add_argument("--taxonomy", metavar="FILE", default=None, help="extra kernel-classification rules")
     c.add_argument("--top", type=int, default=10, help="discrepancies listed")
-    c.add_argument("--no-cache", action="store_true", help="parse the files even if cached")
     c.set_defaults(func=cmd_compare)
 
     w = sub.add_parser("whatif", help="re-time an observed trace under a change and write the new trace",
@@ -174,21 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another all-to-all backend: its SM use, CPU blocking, latency and proxy cost")
     w.add_argument("--hardware", default=None, help="hardware of a profiler trace (default: from the trace)")
     w.add_argument("--rank", type=int, default=None, help="profiler traces: the rank to re-time")
-    w.add_argument("--stages", metavar="FILE", default=None, help="extra stage-mapping rules (TOML)")
-    w.add_argument("--taxonomy", metavar="FILE", default=None, help="extra kernel-classification rules")
-    w.add_argument("--json", action="store_true", help="print the result as JSON")
-    w.add_argument("--no-cache", action="store_true", help="parse the file even if cached")
+    add_reading_args(w, json_help="print the result as JSON", stages=True)
     w.set_defaults(func=cmd_whatif)
     return p
 
 
-def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_cli("replay", _main, argv)
+main = entry_point("replay", build_parser)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def _observed_stages(a: Analysis, rules: StageRules, rank: int) -> tuple[dict, d
     lend = dict(zip(launch["correlation"], launch["start_us"] + launch["dur_us"]))
     lcost = float(np.median(launch["dur_us"])) if len(launch) else 5.0
     blocking = ev[ev["blocking"]]
-    b0, b1 = blocking["start_us"].to_numpy(), (blocking["start_us"] + blocking["dur_us"]).to_numpy()
+    b0 = blocking["start_us"].to_numpy()
     stages, first_launch = {}, {}
     for (layer, mb, st), part in g.groupby(["layer", "microbatch", "cstage"], sort=True):
         part = part.sort_values("start_us")

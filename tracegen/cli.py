@@ -9,7 +9,9 @@ from dataclasses import replace
 from typing import Any
 
 from .catalog import Hardware, Model, builtin_hardware, builtin_models, load_hardware, load_model
-from .errors import UserError, run_cli
+from .cliutil import Formatter as _Formatter
+from .cliutil import entry_point, new_parser
+from .errors import UserError
 from .plan import COMM_BACKENDS, Plan, validate
 from .preset import PRESETS, Preset, load_preset
 
@@ -46,18 +48,6 @@ examples:
 
 Profiler ranges are named "op=<gemm|grouped_gemm|attention|hbm|pcie> name=<op> M=.. N=.. K=..
 flops=.. bytes=.. dtype=<fp8|bf16>" (bench/capture/capture_h100.py writes them)."""
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors with exit status 2 and one line (its default)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 # ----------------------------------------------------------------------------- shared options
@@ -357,9 +347,7 @@ def cmd_roofline(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="tracegen", formatter_class=_Formatter, description=__doc__)
-    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
+    p, sub = new_parser("tracegen", __doc__)
 
     e = sub.add_parser("estimate", help="per-op time table and totals for one layer (no timeline)",
                        formatter_class=_Formatter, epilog=EPILOG_ESTIMATE,
@@ -430,13 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_cli("tracegen", _main, argv)
+main = entry_point("tracegen", build_parser)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv: list[str] 
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        try:
-            sys.stdout = None  # type: ignore[assignment]
-        finally:
-            return 0
+    except BrokenPipeError:     # output piped into `head`: stop quietly
+        sys.stdout = None  # type: ignore[assignment]
+        return 0

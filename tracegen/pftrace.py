@@ -51,29 +51,26 @@ def encode_pftrace(_sched: Any, chrome: dict[str, Any]) -> bytes:
             p.track_descriptor.process.process_name = names.get((pid, 0), str(pid))
         return proc[pid]
 
-    def thread_track(pid: Any, tid: Any) -> int:
-        if (pid, tid) not in thread:
+    def child_track(table: dict, pid: Any, key: Any, name: str, counter: bool = False) -> int:
+        """A named track under the process `pid` (a thread's slices, or a counter)."""
+        if (pid, key) not in table:
             parent = proc_track(pid)
-            thread[(pid, tid)] = next(uuid)
-            p = b.add_packet()
-            td = p.track_descriptor
-            td.uuid = thread[(pid, tid)]
-            td.parent_uuid = parent
-            td.name = names.get((pid, tid), f"thread {tid}")
-            td.sibling_order_rank = int(tid) if isinstance(tid, int) else 0
-        return thread[(pid, tid)]
-
-    def counter_track(pid: Any, name: str) -> int:
-        if (pid, name) not in counters:
-            parent = proc_track(pid)
-            counters[(pid, name)] = next(uuid)
-            p = b.add_packet()
-            td = p.track_descriptor
-            td.uuid = counters[(pid, name)]
+            table[(pid, key)] = next(uuid)
+            td = b.add_packet().track_descriptor
+            td.uuid = table[(pid, key)]
             td.parent_uuid = parent
             td.name = name
-            td.counter.SetInParent()
-        return counters[(pid, name)]
+            if counter:
+                td.counter.SetInParent()
+            else:
+                td.sibling_order_rank = int(key) if isinstance(key, int) else 0
+        return table[(pid, key)]
+
+    def thread_track(pid: Any, tid: Any) -> int:
+        return child_track(thread, pid, tid, names.get((pid, tid), f"thread {tid}"))
+
+    def counter_track(pid: Any, name: str) -> int:
+        return child_track(counters, pid, name, name, counter=True)
 
     slices = [e for e in events if e["ph"] == "X"]
     by_track: dict[tuple[Any, Any], list[tuple[float, float, int]]] = {}

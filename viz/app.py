@@ -150,7 +150,7 @@ def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = 
         if w["comm"].value not in comms:
             w["comm"].value = "ascend-fused" if "ascend-fused" in comms else "normal"
 
-    for k, widget in w.items():
+    for widget in w.values():
         widget.on_change("value", lambda attr, old, new: redraw())
     w["hardware"].on_change("value", on_hardware)
     load_btn.on_click(on_path)

@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from tracegen.cli import _Formatter, _Parser
-from tracegen.errors import UserError, run_cli
+from tracegen.cliutil import Formatter as _Formatter
+from tracegen.cliutil import add_reading_args, entry_point, new_parser
+from tracegen.errors import UserError
 
 EPILOG_HTML = """\
 examples:
@@ -51,9 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="viz", formatter_class=_Formatter, description=__doc__)
-    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
+    p, sub = new_parser("viz", __doc__)
     h = sub.add_parser("html", help="write a self-contained HTML report of one or two traces",
                        formatter_class=_Formatter, epilog=EPILOG_HTML,
                        description="One trace: its timeline with the overlap table and idle findings. Two traces "
@@ -65,9 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--rank", type=int, default=None, help="one rank only")
     h.add_argument("--align-layer", type=int, default=None, help="line both timelines up at this layer's start")
     h.add_argument("--layer-offset", type=int, default=0, help="add to the observed trace's layer numbers")
-    h.add_argument("--taxonomy", metavar="FILE", default=None, help="extra kernel-classification rules")
-    h.add_argument("--stages", metavar="FILE", default=None, help="extra stage-mapping rules")
-    h.add_argument("--no-cache", action="store_true", help="parse the files even if cached")
+    add_reading_args(h, json_help=argparse.SUPPRESS, stages=True)
     h.set_defaults(func=cmd_html)
     s = sub.add_parser("serve", help="dashboard on localhost: predicted timeline with what-if widgets",
                        formatter_class=_Formatter, epilog=EPILOG_SERVE,
@@ -83,15 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+def _check(args: argparse.Namespace) -> None:
     if args.cmd == "html" and len(args.traces) > 2:
         raise UserError("viz html takes one trace, or PREDICTED OBSERVED")
-    return args.func(args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_cli("viz", _main, argv)
+main = entry_point("viz", build_parser, _check)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from bokeh.embed import file_html
 from bokeh.layouts import column
 from bokeh.models import ColumnDataSource, Div, FactorRange, HoverTool, Span
@@ -150,4 +149,4 @@ def write_html(layout, path: str | Path, title: str) -> Path:
     return atomic_write(path, file_html(layout, INLINE, title))
 
 
-__all__ = ["build", "write_html", "summary_table", "pd"]
+__all__ = ["build", "write_html", "summary_table"]

@@ -32,7 +32,7 @@ def worker(rank: int, world: int, out: str) -> None:
 
     def step(i: int) -> None:
         with record_function(f"step{i}"):
-            for j, g in enumerate(grads):
+            for g in grads:
                 for _ in range(3):
                     a @ b                                         # compute
                 ev = torch.cuda.Event()

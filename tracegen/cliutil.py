@@ -1,0 +1,58 @@
+"""What the three commands (tracegen, replay, viz) share: the parser that reports usage errors
+with exit status 2, help that keeps examples and shows defaults, the flags every trace-reading
+subcommand takes, and the entry point that turns UserError into one line on stderr."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from .errors import run_cli
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors with exit status 2 and one line (its default)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def new_parser(prog: str, description: str | None) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    p = Parser(prog=prog, formatter_class=Formatter, description=description)
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    return p, sub
+
+
+def add_reading_args(p: argparse.ArgumentParser, json_help: str = "print one JSON object",
+                     stages: bool = False) -> None:
+    """--json, --taxonomy, --no-cache (and --stages) for subcommands that read traces."""
+    p.add_argument("--json", action="store_true", help=json_help)
+    if stages:
+        p.add_argument("--stages", metavar="FILE", default=None,
+                       help="extra rules mapping observed annotations / kernels to stages (TOML, see "
+                            "replay/data/stages.toml)")
+    p.add_argument("--taxonomy", metavar="FILE", default=None,
+                   help="extra kernel-classification rules (TOML, tried before the built-in ones)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="parse the files even if their columnar cache exists (cache: $MOE_TIMELINE_CACHE "
+                        "or ~/.cache/moe-timeline)")
+
+
+def entry_point(prog: str, build_parser: Callable[[], argparse.ArgumentParser],
+                check: Callable[[argparse.Namespace], None] | None = None) -> Callable[[list[str] | None], int]:
+    """The console-script `main(argv)`: parse, run the subcommand, map UserError to exit 2."""
+    def _main(argv: list[str] | None) -> int:
+        args = build_parser().parse_args(argv)
+        if check is not None:
+            check(args)
+        return args.func(args)
+
+    def main(argv: list[str] | None = None) -> int:
+        return run_cli(prog, _main, argv)
+    return main
