@@ -161,3 +161,27 @@ def test_served_dashboard_in_a_browser(served):
     with urllib.request.urlopen(url, timeout=20) as r:
         assert r.status == 200
     assert proc.poll() is None
+
+
+def test_layer_breakdown_axis_follows_layer_count(tmp_path):
+    """A few layers get one labelled bar each; a deep model (61 layers x 2 traces = 122 bars) gets a
+    numeric layer axis with the traces dodged - either way every bar stacks to its layer's
+    compute + exposed comm + idle = span, and hidden comm equals the analysed overlap."""
+    from bokeh.models import FactorRange
+
+    from replay.analyze import analyze
+    from viz.report import CATEGORICAL_MAX_BARS, layer_breakdown
+
+    for layers in (4, 61):
+        out = tmp_path / f"d{layers}.json.gz"
+        assert tracegen(["trace", "--phase", "decode", "--ranks", "1", "--layers", str(layers), "-o", str(out)]) == 0
+        a = analyze(out, use_cache=False)
+        p = layer_breakdown([("pred", a), ("again", a)], [0, 0])
+        src = p.renderers[0].data_source.data
+        assert len(src["layer"]) == 2 * layers
+        assert isinstance(p.x_range, FactorRange) == (2 * layers <= CATEGORICAL_MAX_BARS)
+        lay = a.layers[a.layers["rank"] == a.layers["rank"].min()].sort_values("layer")
+        span = list(lay["span_us"] / 1e3) * 2
+        total = [c + e + i for c, e, i in zip(src["compute"], src["exposed comm"], src["idle"])]
+        assert total == pytest.approx(span, rel=1e-9, abs=1e-9)
+        assert list(src["hidden comm"]) == pytest.approx(list(lay["overlap_us"] / 1e3) * 2)

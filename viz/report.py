@@ -44,34 +44,56 @@ def summary_table(analyses: list[tuple[str, Analysis]]) -> Div:
                name="summary")
 
 
+CATEGORICAL_MAX_BARS = 48  # beyond this many bars, layer labels no longer fit: use a numeric axis
+
+
 def layer_breakdown(analyses: list[tuple[str, Analysis]], layer_offsets: list[int], rank: int = 0):
     """Per layer: compute, hidden and exposed communication and idle, side by side per trace."""
-    data = {k: [] for k in ("x", *BREAKDOWN)}
+    data: dict[str, list] = {k: [] for k in ("layer", "trace", *BREAKDOWN)}
     for (label, a), off in zip(analyses, layer_offsets):
-        lay = a.layers[a.layers["rank"] == (rank if rank in set(a.layers.get("rank", [])) else a.layers["rank"].min())] \
-            if not a.layers.empty else a.layers
-        for _, r in lay.iterrows():
-            idle = max(0.0, r["span_us"] - r["compute_us"] - r["exposed_comm_us"])
-            data["x"].append((str(int(r["layer"]) + off), label))
-            for k, v in zip(BREAKDOWN, (r["compute_us"], r["overlap_us"], r["exposed_comm_us"], idle)):
-                data[k].append(v / 1e3)
-    if not data["x"]:
+        if a.layers.empty:
+            continue
+        ranks = set(a.layers["rank"])
+        lay = a.layers[a.layers["rank"] == (rank if rank in ranks else min(ranks))]
+        idle = np.maximum(0.0, lay["span_us"] - lay["compute_us"] - lay["exposed_comm_us"])
+        data["layer"] += [int(v) + off for v in lay["layer"]]
+        data["trace"] += [label] * len(lay)
+        for k, col in zip(BREAKDOWN, (lay["compute_us"], lay["overlap_us"], lay["exposed_comm_us"], idle)):
+            data[k] += list(np.asarray(col, dtype=float) / 1e3)
+    if not data["layer"]:
         return None
-    layers = sorted({x[0] for x in data["x"]}, key=int)
     labels = [label for label, _ in analyses]
-    factors = [(lay, lab) for lay in layers for lab in labels if (lay, lab) in set(data["x"])]
-    p = figure(x_range=FactorRange(*factors), height=300, title="per layer: compute, hidden and exposed "
-               "communication, idle (ms)", tools="save,reset,xpan,xwheel_zoom", sizing_mode="stretch_width",
-               name="layers")
+    title = "per layer: compute, hidden and exposed communication, idle (ms)"
+    tools = "save,reset,xpan,xwheel_zoom"
+    if len(data["layer"]) <= CATEGORICAL_MAX_BARS:
+        if len(labels) == 1:  # one trace: the layer alone names a bar
+            data["x"] = [str(lay) for lay in data["layer"]]
+            factors = [str(lay) for lay in sorted(set(data["layer"]))]
+        else:
+            data["x"] = [(str(lay), lab) for lay, lab in zip(data["layer"], data["trace"])]
+            present = set(data["x"])
+            factors = [(str(lay), lab) for lay in sorted(set(data["layer"])) for lab in labels
+                       if (str(lay), lab) in present]
+        p = figure(x_range=FactorRange(*factors), height=300, title=title, tools=tools,
+                   sizing_mode="stretch_width", name="layers", x_axis_label="layer")
+        width = 0.8
+        if len(labels) > 1:
+            p.xaxis.major_label_orientation = 1.0
+    else:
+        # many layers: a numeric layer axis with the traces dodged side by side; labels follow the zoom
+        slot = {lab: i for i, lab in enumerate(labels)}
+        width = 0.8 / len(labels)
+        data["x"] = [lay + (slot[lab] - (len(labels) - 1) / 2) * width for lay, lab in zip(data["layer"], data["trace"])]
+        p = figure(height=300, title=title, tools=tools, sizing_mode="stretch_width", name="layers",
+                   x_axis_label="layer" + (f" (bars left to right: {', '.join(labels)})" if len(labels) > 1 else ""))
     src = ColumnDataSource(data)
-    r = p.vbar_stack(list(BREAKDOWN), x="x", width=0.8, color=list(BREAKDOWN_COLORS), source=src,
+    r = p.vbar_stack(list(BREAKDOWN), x="x", width=width, color=list(BREAKDOWN_COLORS), source=src,
                      legend_label=list(BREAKDOWN))
-    p.add_tools(HoverTool(renderers=r, tooltips=[("", "@x"), ("compute", "@compute{0.000}"),
-                                                 ("hidden", "@{hidden comm}{0.000}"),
+    p.add_tools(HoverTool(renderers=r, tooltips=[("layer", "@layer"), ("trace", "@trace"),
+                                                 ("compute", "@compute{0.000}"), ("hidden", "@{hidden comm}{0.000}"),
                                                  ("exposed", "@{exposed comm}{0.000}"), ("idle", "@idle{0.000}")]))
-    p.xaxis.major_label_orientation = 1.0
     p.legend.orientation = "horizontal"
-    p.legend.location = "top_left"
+    p.add_layout(p.legend[0], "above")
     return p
 
 
