@@ -6,8 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from tracegen.cliutil import Formatter as _Formatter
-from tracegen.cliutil import add_reading_args, entry_point, new_parser
+from tracegen.cliutil import add_command, add_reading_args, entry_point, new_parser
 from tracegen.errors import UserError
 
 EPILOG = """\
@@ -115,11 +114,12 @@ def cmd_whatif(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p, sub = new_parser("replay", __doc__)
-    a = sub.add_parser("analyze", help="overlap, exposed communication and idle causes of a trace",
-                       formatter_class=_Formatter, epilog=EPILOG,
-                       description="Load a PyTorch-profiler (Kineto) / Chrome trace - .json, .json.gz or a folder "
-                                   "of per-rank files - and measure, per rank, layer and micro-batch, how much "
-                                   "communication computation hides, and why the GPU idles.")
+    a = add_command(sub, "analyze", cmd_analyze,
+                    help="overlap, exposed communication and idle causes of a trace",
+                    epilog=EPILOG,
+                    description="Load a PyTorch-profiler (Kineto) / Chrome trace - .json, .json.gz or a folder "
+                                "of per-rank files - and measure, per rank, layer and micro-batch, how much "
+                                "communication computation hides, and why the GPU idles.")
     a.add_argument("trace", help="trace file (.json / .json.gz) or folder of per-rank traces")
     add_reading_args(a, json_help="print one JSON object (ranks, layers, findings)")
     a.add_argument("--csv", metavar="FILE", help="write the per-layer table as CSV")
@@ -133,13 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list idle findings of at least this many microseconds (totals count them all)")
     a.add_argument("--top", type=int, default=10, help="findings shown in the table")
     a.add_argument("--max-findings", type=int, default=None, help="cap the findings list in --json")
-    a.set_defaults(func=cmd_analyze)
 
-    c = sub.add_parser("compare", help="predicted vs observed, stage by stage, with likely causes",
-                       formatter_class=_Formatter, epilog=EPILOG_COMPARE,
-                       description="Align a prediction (tracegen trace) and an observed trace by rank, layer, "
-                                   "micro-batch and stage; report each stage's error, per-layer overlap and "
-                                   "exposed communication, and the largest discrepancies with their likely cause.")
+    c = add_command(sub, "compare", cmd_compare,
+                    help="predicted vs observed, stage by stage, with likely causes",
+                    epilog=EPILOG_COMPARE,
+                    description="Align a prediction (tracegen trace) and an observed trace by rank, layer, "
+                                "micro-batch and stage; report each stage's error, per-layer overlap and "
+                                "exposed communication, and the largest discrepancies with their likely cause.")
     c.add_argument("predicted", help="the predicted trace (usually from tracegen trace)")
     c.add_argument("observed", help="the observed trace (profiler JSON, or another tracegen trace)")
     add_reading_args(c, stages=True)
@@ -147,13 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rank-map", metavar="OBS:PRED,...", help="pair observed ranks with predicted ones")
     c.add_argument("--layer-offset", type=int, default=0, help="add this to the observed trace's layer numbers")
     c.add_argument("--top", type=int, default=10, help="discrepancies listed")
-    c.set_defaults(func=cmd_compare)
 
-    w = sub.add_parser("whatif", help="re-time an observed trace under a change and write the new trace",
-                       formatter_class=_Formatter, epilog=EPILOG_WHATIF,
-                       description="Rebuild the stage graph of an observed trace (durations as observed, stream "
-                                   "and launch order, CPU-blocking dispatches, two-batch-overlap dependencies), "
-                                   "apply a change, re-time it with tracegen's scheduler and write the new trace.")
+    w = add_command(sub, "whatif", cmd_whatif,
+                    help="re-time an observed trace under a change and write the new trace",
+                    epilog=EPILOG_WHATIF,
+                    description="Rebuild the stage graph of an observed trace (durations as observed, stream "
+                                "and launch order, CPU-blocking dispatches, two-batch-overlap dependencies), "
+                                "apply a change, re-time it with tracegen's scheduler and write the new trace.")
     w.add_argument("observed", help="observed trace (tracegen's, or a profiler trace with stage annotations)")
     w.add_argument("-o", "--output", required=True, help="new trace: .json, .json.gz or .pftrace")
     w.add_argument("--launch-order", choices=("proper", "improper"), default=None,
@@ -165,7 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--hardware", default=None, help="hardware of a profiler trace (default: from the trace)")
     w.add_argument("--rank", type=int, default=None, help="profiler traces: the rank to re-time")
     add_reading_args(w, json_help="print the result as JSON", stages=True)
-    w.set_defaults(func=cmd_whatif)
     return p
 
 

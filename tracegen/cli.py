@@ -9,8 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from .catalog import Hardware, Model, builtin_hardware, builtin_models, load_hardware, load_model
-from .cliutil import Formatter as _Formatter
-from .cliutil import entry_point, new_parser
+from .cliutil import add_command, entry_point, new_parser
 from .errors import UserError
 from .plan import COMM_BACKENDS, Plan, validate
 from .preset import PRESETS, Preset, load_preset
@@ -349,21 +348,22 @@ def cmd_roofline(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p, sub = new_parser("tracegen", __doc__)
 
-    e = sub.add_parser("estimate", help="per-op time table and totals for one layer (no timeline)",
-                       formatter_class=_Formatter, epilog=EPILOG_ESTIMATE,
-                       description="Time every op of a dense and an MoE layer on one GPU and sum them "
-                                   "over the model's layers, with and without the all-to-all hidden.")
+    e = add_command(sub, "estimate", cmd_estimate,
+                    help="per-op time table and totals for one layer (no timeline)",
+                    epilog=EPILOG_ESTIMATE,
+                    description="Time every op of a dense and an MoE layer on one GPU and sum them "
+                                "over the model's layers, with and without the all-to-all hidden.")
     add_target_args(e)
     add_plan_args(e)
     e.add_argument("--mla-form", default=None, choices=("standard", "absorbed", "absorbed_merged"),
                    help="decode MLA form (default: the preset's)")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    e.set_defaults(func=cmd_estimate)
 
-    t = sub.add_parser("trace", help="write a per-layer, per-micro-batch timeline (Perfetto / Chrome trace)",
-                       formatter_class=_Formatter, epilog=EPILOG_TRACE,
-                       description="Schedule every layer's stages for two micro-batches on a CPU launch thread, "
-                                   "a compute stream and a communication stream per rank, and write the timeline.")
+    t = add_command(sub, "trace", cmd_trace,
+                    help="write a per-layer, per-micro-batch timeline (Perfetto / Chrome trace)",
+                    epilog=EPILOG_TRACE,
+                    description="Schedule every layer's stages for two micro-batches on a CPU launch thread, "
+                                "a compute stream and a communication stream per rank, and write the timeline.")
     add_target_args(t)
     t.add_argument("--tbo", default="proper", choices=("off", "proper", "improper"),
                    help="two-batch-overlap launch order: off (one micro-batch, stages in program order), "
@@ -380,13 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file: .json, .json.gz (Chrome/Perfetto JSON) or .pftrace (Perfetto protobuf)")
     t.add_argument("--json", action="store_true", help="print the schedule summary as JSON")
     add_plan_args(t)
-    t.set_defaults(func=cmd_trace)
 
-    c = sub.add_parser("calibrate", help="fit the cost model's efficiency curves to an observed trace",
-                       formatter_class=_Formatter, epilog=EPILOG_CALIBRATE,
-                       description="Match the ops of observed traces (profiler ranges named op=... with FLOPs and "
-                                   "bytes, or tracegen's own traces) to the cost model, fit each op kind's "
-                                   "efficiency curve and kernel floor, and write a hardware file.")
+    c = add_command(sub, "calibrate", cmd_calibrate,
+                    help="fit the cost model's efficiency curves to an observed trace",
+                    epilog=EPILOG_CALIBRATE,
+                    description="Match the ops of observed traces (profiler ranges named op=... with FLOPs and "
+                                "bytes, or tracegen's own traces) to the cost model, fit each op kind's "
+                                "efficiency curve and kernel floor, and write a hardware file.")
     c.add_argument("observed", nargs="+", help="observed trace(s): .json / .json.gz")
     c.add_argument("-o", "--output", required=True, help="hardware file to write (JSON)")
     c.add_argument("--hardware", "--gpu", "-g", dest="hardware", default=None,
@@ -398,23 +398,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave ops of these names out of the fit (e.g. shared_up,shared_down)")
     c.add_argument("--report", default=None, metavar="CSV", help="write every op's observed and predicted time")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
-    c.set_defaults(func=cmd_calibrate)
 
-    lst = sub.add_parser("list", help="show the hardware, model or preset catalogs", formatter_class=_Formatter)
+    lst = add_command(sub, "list", cmd_list, help="show the hardware, model or preset catalogs")
     lst.add_argument("what", choices=("hardware", "models", "presets"))
     lst.add_argument("--hardware-file", default=None, metavar="FILE", help="list this file's entry instead")
     lst.add_argument("--json", action="store_true", help="print JSON")
-    lst.set_defaults(func=cmd_list)
 
-    r = sub.add_parser("roofline", help="MoE roofline: tokens per expert and minimum EP for decode",
-                       formatter_class=_Formatter)
+    r = add_command(sub, "roofline", cmd_roofline, help="MoE roofline: tokens per expert and minimum EP for decode")
     r.add_argument("--model", "-m", default=None, help="model name (default deepseek-v3)")
     r.add_argument("--model-file", default=None, metavar="FILE")
     r.add_argument("--hardware", "--gpu", "-g", dest="hardware", default=None, help="hardware name (default h800)")
     r.add_argument("--hardware-file", default=None, metavar="FILE")
     r.add_argument("--local-batch", type=int, default=30, help="largest decode batch per GPU (tokens)")
     r.add_argument("--json", action="store_true", help="print JSON")
-    r.set_defaults(func=cmd_roofline)
     return p
 
 

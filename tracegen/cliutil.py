@@ -56,3 +56,11 @@ def entry_point(prog: str, build_parser: Callable[[], argparse.ArgumentParser],
     def main(argv: list[str] | None = None) -> int:
         return run_cli(prog, _main, argv)
     return main
+
+
+def add_command(sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int],
+                help: str, description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
+    """One subcommand: its parser (help with examples and defaults) bound to the function that runs it."""
+    c = sub.add_parser(name, help=help, description=description, epilog=epilog, formatter_class=Formatter)
+    c.set_defaults(func=func)
+    return c

@@ -6,8 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tracegen.cliutil import Formatter as _Formatter
-from tracegen.cliutil import add_reading_args, entry_point, new_parser
+from tracegen.cliutil import add_command, add_reading_args, entry_point, new_parser
 from tracegen.errors import UserError
 
 EPILOG_HTML = """\
@@ -53,11 +52,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p, sub = new_parser("viz", __doc__)
-    h = sub.add_parser("html", help="write a self-contained HTML report of one or two traces",
-                       formatter_class=_Formatter, epilog=EPILOG_HTML,
-                       description="One trace: its timeline with the overlap table and idle findings. Two traces "
-                                   "(predicted, observed): both timelines on one linked time axis, aligned at a "
-                                   "layer, the per-layer breakdown and the per-stage error chart.")
+    h = add_command(sub, "html", cmd_html,
+                    help="write a self-contained HTML report of one or two traces",
+                    epilog=EPILOG_HTML,
+                    description="One trace: its timeline with the overlap table and idle findings. Two traces "
+                                "(predicted, observed): both timelines on one linked time axis, aligned at a "
+                                "layer, the per-layer breakdown and the per-stage error chart.")
     h.add_argument("traces", nargs="+", metavar="TRACE", help="one trace, or PREDICTED OBSERVED")
     h.add_argument("-o", "--output", required=True, help="HTML file to write")
     h.add_argument("--cpu", action="store_true", help="show the CPU threads too")
@@ -65,18 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--align-layer", type=int, default=None, help="line both timelines up at this layer's start")
     h.add_argument("--layer-offset", type=int, default=0, help="add to the observed trace's layer numbers")
     add_reading_args(h, json_help=argparse.SUPPRESS, stages=True)
-    h.set_defaults(func=cmd_html)
-    s = sub.add_parser("serve", help="dashboard on localhost: predicted timeline with what-if widgets",
-                       formatter_class=_Formatter, epilog=EPILOG_SERVE,
-                       description="A Bokeh server app: pick model, hardware, phase, batch, TP/DP/EP, launch order "
-                                   "and backend and the predicted timeline redraws; load an observed trace by path "
-                                   "or upload to compare.")
+    s = add_command(sub, "serve", cmd_serve,
+                    help="dashboard on localhost: predicted timeline with what-if widgets",
+                    epilog=EPILOG_SERVE,
+                    description="A Bokeh server app: pick model, hardware, phase, batch, TP/DP/EP, launch order "
+                                "and backend and the predicted timeline redraws; load an observed trace by path "
+                                "or upload to compare.")
     s.add_argument("--port", type=int, default=5006, help="port to listen on (as bokeh serve)")
     s.add_argument("--host", default="localhost", help="address to bind (default: this machine only)")
     s.add_argument("--observed", default=None, metavar="TRACE", help="an observed trace to load at start")
     s.add_argument("--taxonomy", metavar="FILE", default=None, help="extra kernel-classification rules")
     s.add_argument("--show", action="store_true", help="open a browser tab")
-    s.set_defaults(func=cmd_serve)
     return p
 
 
