@@ -71,7 +71,9 @@ class Event(msgspec.Struct):
     dur: float | str | None = None
     id: int | str | None = None
     bp: str | None = None
-    args: Args | None = None
+    # kept raw: most events' args (cpu_op input shapes, runtime ids) are never read, and decoding
+    # them into Args costs twice the rest of the event; the kept ones are decoded in one batch
+    args: msgspec.Raw = None  # type: ignore[assignment]  (absent: None; Raw cannot be in a union)
 
 
 class _Tail(msgspec.Struct):
@@ -87,6 +89,7 @@ class _Head(msgspec.Struct):
 
 
 _decode_events = msgspec.json.Decoder(list[Event]).decode
+_decode_args = msgspec.json.Decoder(list[Args | None]).decode
 _decode_tail = msgspec.json.Decoder(_Tail).decode
 _decode_head = msgspec.json.Decoder(_Head).decode
 
@@ -164,11 +167,19 @@ class _Columns:
             arr = np.asarray([float(v) for v in values], dtype=np.float64)
         return arr
 
+    def _args_of(self, events: list[Event]) -> list[Args | None]:
+        """The events' args, decoded in one call over their raw JSON joined into one array."""
+        raws = [e.args if e.args is not None else b"null" for e in events]
+        try:
+            return _decode_args(b"[" + b",".join(raws) + b"]")
+        except msgspec.ValidationError as exc:
+            raise UserError(f"{self.src}: an event's args: {exc}") from None
+
     def _other(self, other: list[Event], xs: list[Event]) -> tuple[list[float], list[float]]:
         """The rare kinds: B/E pairs (appended to xs as slices), metadata names, flows."""
         ts_extra: list[float] = []
         dur_extra: list[float] = []
-        for i, e in enumerate(other):
+        for i, e in enumerate(x for x in other if x.ph in _PAIRED_OR_META):
             ph = e.ph
             if ph == "B":
                 self.open_b.setdefault((str(e.pid), str(e.tid)), []).append(e)
@@ -182,11 +193,11 @@ class _Columns:
                     dur_extra.append(_num(e.ts, "ts", i, self.src) - t0)
             elif ph == "M":
                 if e.args is not None and e.name in ("process_name", "thread_name", "process_labels"):
-                    value = e.args.name if e.name != "process_labels" else e.args.labels
+                    a = self._args_of([e])[0] or _NO_ARGS
+                    value = a.name if e.name != "process_labels" else a.labels
                     if value is not None:
                         self.names[(str(e.name), str(e.pid), str(e.tid))] = value.strip()
-        flows = [e for e in other if e.ph in ("s", "f", "t") and e.cat not in _LAUNCH_FLOWS
-                 and e.ts is not None and e.id is not None]
+        flows = [e for e in other if e.ph in ("s", "f", "t") and e.ts is not None and e.id is not None]
         self.flows.extend((e.ph, str(e.pid), str(e.tid), _num(e.ts, "ts", 0, self.src),
                            e.id if isinstance(e.id, int) else hash(e.id), e.cat or "") for e in flows)
         return ts_extra, dur_extra
@@ -194,7 +205,7 @@ class _Columns:
     def add(self, events: list[Event]) -> None:
         skip = self.skip_cats
         xs = [e for e in events if e.ph == "X" and e.cat not in skip]
-        other = [e for e in events if e.ph != "X"]
+        other = [e for e in events if e.ph != "X" and e.cat not in _LAUNCH_FLOWS]
         ts_extra, dur_extra = self._other(other, xs) if other else ([], [])
         self.n_seen += len(events)
         if not xs:
@@ -218,7 +229,7 @@ class _Columns:
         c["cat"].append(self._codes([e.cat for e in xs]))
         c["name"].append(self._codes([e.name for e in xs]))
         none = _NO_ARGS
-        args = [e.args or none for e in xs]
+        args = [a or none for a in self._args_of(xs)]
         c["correlation"].append(_ints([a.correlation for a in args]))
         c["stream"].append(_ints([a.stream for a in args]))
         if any(a.kind is not None or a.layer is not None for a in args):      # tracegen's args
@@ -250,6 +261,7 @@ def _ints(values: list[Any]) -> np.ndarray:
         return np.array([_int(v) for v in values], dtype=np.int64)
 
 
+_PAIRED_OR_META = frozenset({"B", "E", "M"})
 _LAUNCH_FLOWS = ("ac2g", "launch")   # CPU launch -> kernel links: the correlation column has them
 # Framework-level CPU ops (aten::*, Python frames): a third of a Kineto trace that no analysis
 # reads; kept with keep_cpu_ops=True. Runtime calls, annotations and kernels always load.
@@ -340,6 +352,14 @@ def _header(buf: Any, path: Path) -> tuple[str, int, dict[str, Any]]:
     raise UserError(f"{path}: JSON without 'traceEvents' (not a Chrome/Kineto trace)")
 
 
+def _bracketed(buf: Any, start: int, end: int) -> bytearray:
+    """'[' + buf[start:end] + ']' in one copy (a slice of the map, then two concatenations, made three)."""
+    out = bytearray(end - start + 2)
+    out[0], out[-1] = 0x5B, 0x5D
+    out[1:-1] = memoryview(buf)[start:end]
+    return out
+
+
 def _cut(buf: Any, pos: int, before: int | None = None) -> int | None:
     """Position of the last '}' that ends an event (followed by ', {') in buf[pos:before]."""
     end = len(buf) if before is None else before
@@ -361,7 +381,7 @@ def _consume(buf: Any, pos: int, end: int, cols: _Columns) -> int:
         cut = _cut(buf, pos, before=pos + CHUNK)
         while cut is not None:
             try:
-                events = _decode_events(b"[" + buf[pos:cut + 1] + b"]")
+                events = _decode_events(_bracketed(buf, pos, cut + 1))
             except (msgspec.DecodeError, msgspec.ValidationError):
                 cut = _cut(buf, pos, before=cut)
                 continue
