@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .intervals import gaps, union
+from .load import text
 from .overlap import gpu_work
 
 KINDS = ("cpu_blocked_launch", "launch_bound", "waiting_on_comm")
@@ -39,7 +40,7 @@ def _ready_from_flows(gpu: pd.DataFrame, dep: pd.DataFrame, nxt: pd.DataFrame) -
         return out
     src_end = np.full(len(pairs), np.nan)
     for tid, idx in pairs.groupby("tid_src").indices.items():
-        track = gpu[gpu["tid"].astype(str) == str(tid)]
+        track = gpu[text(gpu["tid"]) == str(tid)]
         if track.empty:         # its source lies outside the --window
             continue
         st = track["start_us"].to_numpy()
@@ -139,7 +140,7 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) ->
         threshold = max(min_lost_us, 1e-9)
         blk_starts = blk["start_us"].to_numpy()
         k = np.searchsorted(blk_starts, launched, side="right") - 1
-        call = np.where(k >= 0, blk["name"].astype(str).to_numpy()[np.clip(k, 0, None)] if len(blk) else "",
+        call = np.where(k >= 0, text(blk["name"])[np.clip(k, 0, None)] if len(blk) else "",
                         "a synchronising call")
         for kind, lost, start in (("waiting_on_comm", waiting + rest_comm, g0), ("cpu_blocked_launch", blocked, ready),
                                   ("launch_bound", bound, ready + blocked)):
@@ -148,8 +149,8 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) ->
                 continue
             pieces.append(pd.DataFrame({
                 "kind": kind, "rank": int(rank), "layer": nxt["layer"].to_numpy()[sel],
-                "microbatch": nxt["microbatch"].to_numpy()[sel], "stage": nxt["stage"].astype(str).to_numpy()[sel],
-                "start_us": start[sel], "lost_us": lost[sel], "next": nxt["name"].astype(str).to_numpy()[sel],
+                "microbatch": nxt["microbatch"].to_numpy()[sel], "stage": text(nxt["stage"])[sel],
+                "start_us": start[sel], "lost_us": lost[sel], "next": text(nxt["name"])[sel],
                 "call": call[sel]}))
     findings = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(columns=list(FINDING_COLUMNS))
     return findings, totals

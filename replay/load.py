@@ -496,6 +496,16 @@ def _merge(parts: list[dict[str, Any]], src: str, skip: frozenset[str]) -> _Colu
 
 
 # ----------------------------------------------------------------------------- table
+def text(col: pd.Series) -> np.ndarray:
+    """A column as an object array of str, the way `col.astype(str)` reads it; for the table's
+    categorical columns the categories are turned to text once and picked by code (the whole
+    column through astype(str) would build a string per row)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = np.asarray([str(c) for c in col.cat.categories] + ["nan"], dtype=object)
+        return cats[col.cat.codes.to_numpy()]            # code -1 (missing) picks the trailing "nan"
+    return col.astype(str).to_numpy(dtype=object)
+
+
 @dataclass
 class Trace:
     """One or more ranks' events: `events` is the table every analysis reads."""

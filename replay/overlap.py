@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .intervals import intersection, length, union
+from .load import text
 
 GPU_WORK = ("compute", "comm", "memory", "other")
 
@@ -64,10 +65,10 @@ def rank_metrics(events: pd.DataFrame) -> list[dict[str, Any]]:
 
 def _is_moe(df: pd.DataFrame) -> pd.Series:
     """Routed-expert compute: tracegen's MLP stage in MoE layers, else grouped GEMMs."""
-    stage = df["stage"].astype(str)
-    gen = df["akind"].astype(str) == "compute"
+    stage = text(df["stage"])
+    gen = text(df["akind"]) == "compute"
     return (gen & (stage == "MLP") & df["flops"].notna() & _moe_layer(df)) | \
-        (~gen & (df["subclass"].astype(str) == "grouped_gemm"))
+        (~gen & (text(df["subclass"]) == "grouped_gemm"))
 
 
 def _moe_layer(df: pd.DataFrame) -> pd.Series:
@@ -90,7 +91,7 @@ def layer_metrics(events: pd.DataFrame, by_microbatch: bool = False) -> pd.DataF
         known = df["layer"].to_numpy() >= 0
         if not known.any():
             continue
-        stage = df["stage"].astype(str).to_numpy()
+        stage = text(df["stage"])
         group_cols = [df[k].to_numpy() for k in keys]
         idx = np.flatnonzero(known)
         order = np.lexsort([s_all[idx]] + [c[idx] for c in reversed(group_cols)])

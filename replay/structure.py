@@ -10,6 +10,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from .load import text
+
 DEFAULT_ANNOTATION = r"^(?:L(?P<layer>\d+)[:/])?(?P<stage>[A-Za-z][\w\-]*)\((?P<pass>[A-Za-z0-9]+)\)$"
 PASS_MICROBATCH = {"F": 0, "B": 1, "W": 1}     # DualPipe: forward chunk, backward chunk (input/weight grads)
 
@@ -84,14 +86,14 @@ def _assign(events: pd.DataFrame, key: pd.DataFrame) -> pd.DataFrame:
     idx = merged.index[found]
     out.loc[idx, "layer"] = merged.loc[found, "layer"].astype(np.int32).to_numpy()
     out.loc[idx, "microbatch"] = merged.loc[found, "microbatch"].astype(np.int32).to_numpy()
-    stage = out["stage"].astype(str).to_numpy(dtype=object)
-    stage[out.index.get_indexer(idx)] = merged.loc[found, "stage"].astype(str).to_numpy()
+    stage = text(out["stage"])
+    stage[out.index.get_indexer(idx)] = text(merged.loc[found, "stage"])
     out["stage"] = pd.Categorical(stage)
     return out
 
 
 def _from_comm_sequence(events: pd.DataFrame, microbatches: int | None) -> tuple[pd.DataFrame, bool]:
-    sub = events["subclass"].astype(str)
+    sub = pd.Series(text(events["subclass"]), index=events.index)
     is_disp = (events["kind"] == "gpu") & sub.str.contains("dispatch")
     is_comb = (events["kind"] == "gpu") & sub.str.contains("combine")
     if not is_disp.any():
@@ -99,7 +101,7 @@ def _from_comm_sequence(events: pd.DataFrame, microbatches: int | None) -> tuple
     out = events.copy()
     layer = out["layer"].to_numpy().copy()
     mb = out["microbatch"].to_numpy().copy()
-    stage = out["stage"].astype(str).to_numpy(dtype=object)
+    stage = text(out["stage"])
     for r in out["rank"].unique():
         on_rank = (out["rank"] == r).to_numpy()
         d = out.index[is_disp.to_numpy() & on_rank]
