@@ -25,7 +25,7 @@ from tracegen.ops import layer_ops
 from tracegen.plan import Plan
 from tracegen.preset import load_preset
 
-from .load import Trace, load
+from .load import Trace, load, text
 from .taxonomy import classify, load_taxonomy
 
 FITTED = ("gemm", "grouped_gemm", "attention")
@@ -103,7 +103,7 @@ def from_generated(trace: Trace, hw_name: str | None) -> list[Obs]:
             works[(dense, w.name)] = w
     dense_layers = set(other.get("dense_layers", []))
     ev = trace.events
-    rows = ev[(ev["kind"] == "gpu") & (ev["rank"] == ev["rank"].min()) & (ev["akind"].astype(str) == "compute")
+    rows = ev[(ev["kind"] == "gpu") & (ev["rank"] == ev["rank"].min()) & (text(ev["akind"]) == "compute")
               & ev["extra"].notna()]
     out = []
     for layer, extra in zip(rows["layer"].to_numpy(), rows["extra"].to_numpy()):

@@ -20,6 +20,7 @@ from tracegen.errors import UserError
 
 from .analyze import Analysis
 from .intervals import intersection, length, union
+from .load import text
 from .overlap import gpu_work
 
 STAGE_KINDS = {"ATTN": "compute", "ATTN-0": "compute", "ATTN-1": "compute", "SHARED": "compute",
@@ -70,17 +71,17 @@ def label_stages(a: Analysis, rules: StageRules) -> pd.DataFrame:
     """The GPU work of known layers, with tracegen's stage name in `cstage` (None: unknown)."""
     g = gpu_work(a.events)
     g = g[g["layer"] >= 0]
-    labels = g["stage"].astype(str)
+    labels = pd.Series(text(g["stage"]), index=g.index)
     mapping = {lab: canonical_stage(lab, rules) for lab in labels.unique()}
     stage = labels.map(mapping)
     unlabeled = stage.isna()
     if unlabeled.any():        # kernels without a usable stage label: by kernel class
-        sub = g.loc[unlabeled, "subclass"].astype(str)
+        sub = pd.Series(text(g.loc[unlabeled, "subclass"]), index=g.index[unlabeled])
         by_kernel = pd.Series(None, index=sub.index, dtype=object)
         for rx, st in rules.kernel:
             hit = by_kernel.isna() & sub.str.fullmatch(rx.pattern, case=False)
             by_kernel[hit] = st
-        compute = g.loc[unlabeled, "klass"].astype(str) == "compute"
+        compute = text(g.loc[unlabeled, "klass"]) == "compute"
         by_kernel[by_kernel.isna() & compute] = "ATTN"
         stage[unlabeled] = by_kernel
     return g.assign(cstage=stage.to_numpy()).dropna(subset=["cstage"])

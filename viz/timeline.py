@@ -16,6 +16,7 @@ from bokeh.models import (ColumnDataSource, CustomJS, FactorRange, HoverTool, La
 from bokeh.plotting import figure
 
 from replay.intervals import union
+from replay.load import text
 
 MB_COLORS = {0: "#F2B134", 1: "#8DC63F", 2: "#4FA3D1", 3: "#C266A7"}
 CLASS_COLORS = {"compute": "#4C78A8", "comm": "#E45756", "memory": "#B279A2", "other": "#9D9D9D",
@@ -41,18 +42,18 @@ def rows_of(events: pd.DataFrame, show_cpu: bool) -> list[str]:
 
 def _bar_frame(events: pd.DataFrame, show_cpu: bool, t0: float) -> pd.DataFrame:
     ev = events if show_cpu else events[events["kind"] == "gpu"]
-    ev = ev[ev["klass"].astype(str) != "annotation"] if "klass" in ev else ev
-    klass = ev["klass"].astype(str).to_numpy() if "klass" in ev else np.where(ev["kind"] == "gpu", "compute", "cpu")
-    cat = ev["cat"].astype(str).to_numpy()
+    ev = ev[text(ev["klass"]) != "annotation"] if "klass" in ev else ev
+    klass = text(ev["klass"]) if "klass" in ev else np.where(ev["kind"] == "gpu", "compute", "cpu")
+    cat = text(ev["cat"])
     klass = np.where(cat == "cpu_wait", "wait", np.where(cat == "cpu_launch", "launch", klass))
     mb = ev["microbatch"].to_numpy()
     color = np.array([MB_COLORS.get(int(m), "#777777") if m >= 0 and k in ("compute", "comm") else
                       CLASS_COLORS.get(k, "#9D9D9D") for m, k in zip(mb, klass)], dtype=object)
     return pd.DataFrame({
-        "row": [f"r{r} {t}" for r, t in zip(ev["rank"], ev["thread"].astype(str))],
+        "row": [f"r{r} {t}" for r, t in zip(ev["rank"], text(ev["thread"]))],
         "start": (ev["start_us"] - t0).to_numpy() / 1e3, "end": (ev["start_us"] + ev["dur_us"] - t0).to_numpy() / 1e3,
         "name": ev["name"].astype(str).str.slice(0, 80).to_numpy(), "dur_us": ev["dur_us"].to_numpy(),
-        "layer": ev["layer"].to_numpy(), "microbatch": mb, "stage": ev["stage"].astype(str).to_numpy(),
+        "layer": ev["layer"].to_numpy(), "microbatch": mb, "stage": text(ev["stage"]),
         "klass": klass, "color": color, "alpha": np.where(klass == "launch", 0.6, 0.9)})
 
 
@@ -142,7 +143,7 @@ def lod_callback(renderers: list, span: float) -> CustomJS:
 
 
 def _mark_findings(p, findings: list[dict], events: pd.DataFrame, t0: float) -> None:
-    comp_rows = events[(events["kind"] == "gpu") & (events["klass"].astype(str) == "compute")][["rank", "thread"]]
+    comp_rows = events[(events["kind"] == "gpu") & (text(events["klass"]) == "compute")][["rank", "thread"]]
     row_of = {int(r): f"r{r} {t}" for r, t in comp_rows.drop_duplicates("rank").itertuples(index=False)}
     span = float((events["start_us"] + events["dur_us"]).max() - events["start_us"].min())
     f = [x for x in findings if x["rank"] in row_of and x["lost_us"] >= span / 2000]   # the visible ones
