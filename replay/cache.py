@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracegen.fileio import atomic_write
+from tracegen.fileio import atomic_parquet, atomic_write
 
 from .load import Trace, load, trace_files
 
@@ -60,9 +60,7 @@ def load_cached(path: str | Path, use_cache: bool = True, where: Path | None = N
     try:
         where.mkdir(parents=True, exist_ok=True)
         for frame, p in ((trace.events, ev_p), (trace.flows, fl_p)):
-            sink = pa.BufferOutputStream()
-            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink, compression="zstd")
-            atomic_write(p, sink.getvalue().to_pybytes())
+            atomic_parquet(p, frame, compression="zstd")
         atomic_write(meta_p, json.dumps(trace.meta, default=str))
     except Exception:      # noqa: BLE001 - a cache that cannot be written must not fail the analysis
         pass

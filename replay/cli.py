@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from tracegen.cliutil import add_command, add_reading_args, entry_point, new_parser
+from tracegen.cliutil import add_command, add_reading_args, entry_point, new_parser, print_json
 from tracegen.errors import UserError
 
 EPILOG = """\
@@ -51,8 +50,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.parquet:
         write_layers(a, args.parquet, "parquet")
     if args.json:
-        json.dump(a.to_dict(max_findings=args.max_findings), sys.stdout, indent=1, default=float)
-        sys.stdout.write("\n")
+        print_json(a.to_dict(max_findings=args.max_findings))
     else:
         print(render(a, top=args.top))
     return 0
@@ -78,8 +76,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.csv:
         atomic_write(args.csv, result["stages"].to_csv(index=False))
     if args.json:
-        json.dump(to_json(result), sys.stdout, indent=1, default=float)
-        sys.stdout.write("\n")
+        print_json(to_json(result))
     else:
         print(render(result, args.predicted, args.observed))
     return 0
@@ -98,8 +95,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     change = Change(args.launch_order, args.comm_scale, args.compute_scale, args.comm)
     res = run(args.observed, args.output, a, load_stage_rules(args.stages), change, args.hardware)
     if args.json:
-        json.dump(res, sys.stdout, indent=1, default=float)
-        sys.stdout.write("\n")
+        print_json(res)
         return 0
     print(f"wrote {res['output']}: {Path(args.observed).name} re-timed with "
           + (", ".join(f"{k}={v}" for k, v in res["changes"].items()) or "no change"))

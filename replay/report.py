@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from tracegen.errors import UserError
-from tracegen.fileio import atomic_write
+from tracegen.fileio import atomic_parquet, atomic_write
 
 from .analyze import Analysis
 from .findings import KINDS
@@ -77,8 +77,4 @@ def write_layers(a: Analysis, path: str | Path, fmt: str) -> Path:
         buf = io.StringIO()
         table.to_csv(buf, index=False)
         return atomic_write(path, buf.getvalue())
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), sink)
-    return atomic_write(path, sink.getvalue().to_pybytes())
+    return atomic_parquet(path, table)

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from .catalog import Hardware, Model, builtin_hardware, builtin_models, load_hardware, load_model
-from .cliutil import add_command, entry_point, new_parser
+from .cliutil import add_command, entry_point, new_parser, print_json
 from .errors import UserError
 from .plan import COMM_BACKENDS, Plan, validate
 from .preset import PRESETS, Preset, load_preset
@@ -179,11 +179,6 @@ def render_estimate(est: Any) -> str:
     return "\n".join(lines)
 
 
-def _print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, default=float)
-    sys.stdout.write("\n")
-
-
 # ----------------------------------------------------------------------------- commands
 def cmd_estimate(args: argparse.Namespace) -> int:
     from .estimate import estimate
@@ -196,7 +191,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     if plan.phase == "decode":
         est.extra["max_batch"] = max_batch(model, hw, plan, preset)
     if args.json:
-        _print_json(est.to_dict())
+        print_json(est.to_dict())
     else:
         print(render_estimate(est))
     return 0
@@ -221,7 +216,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     path = write_trace(sched, args.output, {"tbo": tbo})
     summ = summary(sched)
     if args.json:
-        _print_json({"output": str(path), "bytes": os.path.getsize(path), "tbo": tbo, "ranks": summ})
+        print_json({"output": str(path), "bytes": os.path.getsize(path), "tbo": tbo, "ranks": summ})
         return 0
     r0 = summ[0]
     moe = [l for l in graph.layers if l not in graph.dense]
@@ -258,7 +253,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.report:
         atomic_write(args.report, detail.to_csv(index=False))
     if args.json:
-        _print_json({"output": args.output, "sources": sources, "hardware": hardware_to_dict(hw),
+        print_json({"output": args.output, "sources": sources, "hardware": hardware_to_dict(hw),
                      "errors": table.to_dict(orient="records")})
         return 0
     for s in sources:
@@ -288,7 +283,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                  "hbm_gbps": h.hbm_gbps, "scaleup_gbps": h.scaleup_gbps, "scaleup_domain": h.scaleup_domain,
                  "scaleout_gbps": h.scaleout_gbps, "comm": sorted(h.comm)} for k, h in table.items()]
         if args.json:
-            _print_json(rows)
+            print_json(rows)
             return 0
         print(f"{'name':<14}{'SMs':>5}{'FP8 TF':>9}{'BF16 TF':>9}{'HBM GB':>8}{'HBM GB/s':>10}"
               f"{'up GB/s':>9}{'domain':>8}{'out GB/s':>10}  backends")
@@ -307,7 +302,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                  "top_k": m.activated_experts, "params_b": total_params(m) / 1e9}
                 for k, m in builtin_models().items()]
         if args.json:
-            _print_json(rows)
+            print_json(rows)
             return 0
         print(f"{'name':<18}{'attn':>5}{'layers':>7}{'dense':>6}{'hidden':>7}{'heads':>6}{'experts':>9}{'top-k':>6}{'params':>9}")
         for r in rows:
@@ -319,7 +314,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     rows = [{"name": n, "display": load_preset(n).display, "plan_defaults": load_preset(n).plan} for n in PRESETS]
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return 0
     for r in rows:
         print(f"{r['name']:<9} {r['display']}")
@@ -334,7 +329,7 @@ def cmd_roofline(args: argparse.Namespace) -> int:
     hw = load_hardware(args.hardware, args.hardware_file)
     r = moe_roofline(hw, model, args.local_batch)
     if args.json:
-        _print_json(r.to_dict())
+        print_json(r.to_dict())
         return 0
     print(f"{model.name} experts on {hw.name} (FP8 {hw.fp8_tflops:g} TFLOPS, HBM {r.hbm_tbps:g} TB/s)")
     print(f"  ridge point             {r.ridge_flops_per_byte:8.1f} FLOP/byte")

@@ -4,8 +4,9 @@ subcommand takes, and the entry point that turns UserError into one line on stde
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import run_cli
 
@@ -27,6 +28,12 @@ def new_parser(prog: str, description: str | None) -> tuple[argparse.ArgumentPar
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     return p, sub
+
+
+def print_json(obj: Any) -> None:
+    """--json output: one indented JSON document on stdout (numpy numbers as floats)."""
+    json.dump(obj, sys.stdout, indent=2, default=float)
+    sys.stdout.write("\n")
 
 
 def add_reading_args(p: argparse.ArgumentParser, json_help: str = "print one JSON object",

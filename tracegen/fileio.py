@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError
 
@@ -30,3 +31,12 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
             os.unlink(tmp)
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
+
+
+def atomic_parquet(path: str | Path, frame: Any, compression: str = "snappy") -> Path:
+    """A DataFrame as a Parquet file, written whole or not at all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink, compression=compression)
+    return atomic_write(path, sink.getvalue().to_pybytes())
