@@ -372,7 +372,7 @@ def run(paths: list[str], hardware: str | None, hardware_file: str | None, holdo
             base = load_hardware(other.get("hardware_key") or other["hardware"])
         else:
             gpu = " ".join(d.get("name", "") for d in tr.meta.get("deviceProperties", [])[:1])
-            base = _match_gpu(gpu)
+            base = hardware_of_device(gpu)
     obs = mark_held_out(obs, holdout_m, holdout_names)
     before = errors(obs, base).assign(model="before")
     new = calibrated_hardware(fit(obs, base), paths)
@@ -381,7 +381,8 @@ def run(paths: list[str], hardware: str | None, hardware_file: str | None, holdo
     return new, table, pd.concat([before, after]), kinds
 
 
-def _match_gpu(device_name: str) -> Hardware:
+def hardware_of_device(device_name: str) -> Hardware:
+    """The catalog GPU a profiler trace's deviceProperties name (H100, H800, ...), or a UserError."""
     n = normalise(device_name)
     for key in ("h800", "h200", "h100", "h20", "b200"):
         if key in n:
@@ -390,4 +391,4 @@ def _match_gpu(device_name: str) -> Hardware:
                     "name it with --hardware")
 
 
-__all__ = ["run", "fit", "observations", "predict_us", "errors", "summarise", "Obs"]
+__all__ = ["run", "fit", "hardware_of_device", "observations", "predict_us", "errors", "summarise", "Obs"]

@@ -26,7 +26,7 @@ from tracegen.schedule import Schedule, simulate, summary
 from tracegen.trace import write_trace
 
 from .analyze import Analysis
-from .calibrate import _match_gpu
+from .calibrate import hardware_of_device
 from .compare import STAGE_KINDS, StageRules, label_stages
 
 
@@ -73,10 +73,17 @@ def _observed_stages(a: Analysis, rules: StageRules, rank: int) -> tuple[dict, d
 
 
 def _generated_stages(a: Analysis, rank: int) -> tuple[dict, dict, float, list[float]]:
+    """Stages of one rank from tracegen's args; kernels per stage from its launch slice's length."""
     ev = a.events
+    other = a.trace.meta.get("otherData", {})
+    launch_us = float(other.get("launch_us", 5.0))
     gpu = ev[(ev["rank"] == rank) & (ev["kind"] == "gpu") & (ev["layer"] >= 0)]
     cpu = ev[(ev["rank"] == rank) & (ev["cat"] == "cpu_launch")]
-    first_launch = {(int(r.layer), int(r.microbatch), str(r.stage)): float(r.start_us) for r in cpu.itertuples()}
+    first_launch, kernels = {}, {}
+    for r in cpu.itertuples():
+        k = (int(r.layer), int(r.microbatch), str(r.stage))
+        first_launch[k] = float(r.start_us)
+        kernels[k] = max(1, round(r.dur_us / launch_us)) if launch_us else 1
     stages = {}
     for r in gpu.itertuples():
         x = json.loads(r.extra) if isinstance(r.extra, str) else {}
@@ -84,11 +91,10 @@ def _generated_stages(a: Analysis, rank: int) -> tuple[dict, dict, float, list[f
         stream = COMM if str(r.akind) == "comm" else COMPUTE
         key = (int(r.layer), int(r.microbatch), str(r.stage))
         stages[key] = Stage(key[0], key[1], key[2], stream, float(r.work_us) / load, float(x.get("latency_us") or 0.0),
-                            float(x.get("post_us") or 0.0), False, int(x.get("sms") or 0), 1,
+                            float(x.get("post_us") or 0.0), False, int(x.get("sms") or 0), kernels.get(key, 1),
                             float(r.flops or 0.0) / load, float(r.bytes or 0.0) / load)
-    other = a.trace.meta.get("otherData", {})
     loads = [float(v) for v in other.get("load_factors", [1.0])]
-    return stages, first_launch, float(other.get("launch_us", 5.0)), loads
+    return stages, first_launch, launch_us, loads
 
 
 def whatif(a: Analysis, rules: StageRules, change: Change, hardware: str | None = None) -> Schedule:
@@ -106,10 +112,8 @@ def whatif(a: Analysis, rules: StageRules, change: Change, hardware: str | None 
         blocking_backend = hw.backend(base_plan.comm).cpu_block_us > 0
         for k, st in list(stages.items()):
             stages[k] = replace(st, blocking=(st.name == "DISPATCH" and (k in waits or blocking_backend)))
-        kernels = _kernel_counts(a)
-        stages = {k: replace(st, kernels=kernels.get(k, st.kernels)) for k, st in stages.items()}
     else:
-        hw = load_hardware(hardware) if hardware else _match_gpu(
+        hw = load_hardware(hardware) if hardware else hardware_of_device(
             " ".join(d.get("name", "") for d in a.trace.meta.get("deviceProperties", [])[:1]))
         model = load_model(None)
         ranks_seen = sorted(a.events.loc[a.events["kind"] == "gpu", "rank"].unique())
@@ -151,16 +155,6 @@ def whatif(a: Analysis, rules: StageRules, change: Change, hardware: str | None 
         order = sorted(new, key=lambda k: (first_launch.get(k, 0.0), k[0], k[1]))
         order = _respect_deps(order, new)
     return simulate(graph, order, ranks=ranks, launch_us=launch_us, loads=loads if len(loads) == ranks else None)
-
-
-def _kernel_counts(a: Analysis) -> dict[tuple[int, int, str], int]:
-    ev = a.events
-    cpu = ev[(ev["rank"] == 0) & (ev["cat"] == "cpu_launch")]
-    out = {}
-    launch_us = float(a.trace.meta.get("otherData", {}).get("launch_us", 5.0)) or 0.0
-    for r in cpu.itertuples():
-        out[(int(r.layer), int(r.microbatch), str(r.stage))] = max(1, round(r.dur_us / launch_us)) if launch_us else 1
-    return out
 
 
 def _respect_deps(order: list, stages: dict) -> list:
