@@ -172,8 +172,15 @@ class _Columns:
         raws = [e.args if e.args is not None else b"null" for e in events]
         try:
             return _decode_args(b"[" + b",".join(raws) + b"]")
-        except msgspec.ValidationError as exc:
-            raise UserError(f"{self.src}: an event's args: {exc}") from None
+        except msgspec.ValidationError:
+            for e, raw in zip(events, raws):      # the error path only: name the event at fault
+                try:
+                    _decode_args(b"[" + bytes(raw) + b"]")
+                except msgspec.ValidationError as exc:
+                    where = str(exc).replace("`$[0]", "`args").replace("$[0]", "args")
+                    raise UserError(f"{self.src}: event {e.name!r} at pid {e.pid} tid {e.tid} ts {e.ts}: "
+                                    f"{where}") from None
+            raise
 
     def _other(self, other: list[Event], xs: list[Event]) -> tuple[list[float], list[float]]:
         """The rare kinds: B/E pairs (appended to xs as slices), metadata names, flows."""

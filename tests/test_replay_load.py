@@ -83,10 +83,15 @@ BAD = {
     "bad_ts.json": lambda o: json.dumps({"traceEvents": [{"ph": "X", "name": "k", "pid": 0, "tid": 0, "ts": "soon",
                                                           "dur": 1}]}),
     "missing_pid.json": lambda o: json.dumps({"traceEvents": [{"ph": "X", "name": "k", "tid": 0, "ts": 1, "dur": 1}]}),
+    "bad_args.json": lambda o: json.dumps({"traceEvents": o["traceEvents"][:3] + [
+        {"ph": "X", "name": "gemm", "cat": "kernel", "pid": 0, "tid": 7, "ts": 5, "dur": 1,
+         "args": {"correlation": [1, 2]}}]}),
 }
 MESSAGES = {"truncated.json": "truncated", "empty.json": "empty file", "notjson.json": "not a JSON trace",
             "noevents.json": "without 'traceEvents'", "zeroevents.json": "no events",
-            "missing_ts.json": "without 'ts'", "bad_ts.json": "not a number", "missing_pid.json": "'pid'"}
+            "missing_ts.json": "without 'ts'", "bad_ts.json": "not a number", "missing_pid.json": "'pid'",
+            "bad_args.json": "event 'gemm' at pid 0 tid 7 ts 5.0: Expected `int | str | null`, got `array` - at "
+                             "`args.correlation`"}
 
 
 @pytest.mark.parametrize("name", sorted(BAD))
