@@ -11,7 +11,7 @@ import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bokeh.document import Document
 from bokeh.layouts import column, row
@@ -84,17 +84,23 @@ def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = 
     def say(msg: str, error: bool = False) -> None:
         status.text = f"<span style='{ERROR_STYLE if error else 'color:#333'}'>{html.escape(msg)}</span>"
 
-    def redraw() -> None:
+    def guarded(what: str, fn: Callable[[], Analysis]) -> Analysis | None:
+        """fn's result; on failure a message in the page and None, and the server keeps serving."""
         try:
-            values = {k: v.value for k, v in w.items()}
-            state.predicted = predict(values, state.tmp)
+            return fn()
         except UserError as exc:
-            say(f"cannot predict: {exc}", error=True)
-            return
+            say(f"cannot {what}: {exc}", error=True)
         except Exception as exc:     # noqa: BLE001 - keep serving, show what broke
             traceback.print_exc(file=sys.stderr)
-            say(f"cannot predict: {type(exc).__name__}: {exc}", error=True)
+            say(f"cannot {what}: {type(exc).__name__}: {exc}", error=True)
+        return None
+
+    def redraw() -> None:
+        values = {k: v.value for k, v in w.items()}
+        predicted = guarded("predict", lambda: predict(values, state.tmp))
+        if predicted is None:
             return
+        state.predicted = predicted
         label = f"predicted: {values['model']} {values['phase']} on {values['hardware']} (TBO {values['tbo']})"
         if state.observed is not None:
             layout = build([(label, state.predicted), (state.observed_name, state.observed)])
@@ -107,17 +113,11 @@ def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = 
             say("ok")
 
     def load_observed(path: str, name: str) -> None:
-        try:
-            state.observed = analyze(path, taxonomy=taxonomy, use_cache=False)
-            state.observed_name = name
-            say(f"loaded {name}")
-        except UserError as exc:
-            say(f"cannot load {name}: {exc}", error=True)
+        observed = guarded(f"load {name}", lambda: analyze(path, taxonomy=taxonomy, use_cache=False))
+        if observed is None:
             return
-        except Exception as exc:     # noqa: BLE001
-            traceback.print_exc(file=sys.stderr)
-            say(f"cannot load {name}: {type(exc).__name__}: {exc}", error=True)
-            return
+        state.observed, state.observed_name = observed, name
+        say(f"loaded {name}")
         redraw()
 
     def on_path() -> None:
