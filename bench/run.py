@@ -88,7 +88,7 @@ def main() -> int:
     gen = timed("import time,json;t=time.perf_counter();from tracegen.cli import main;"
                 "main(['trace','--phase','decode','--ranks','8','-o','bench/out/decode-61x8.json.gz']);"
                 "print(json.dumps({'inner_s': time.perf_counter()-t}))", repeat=3)
-    baseline = timed("import tracegen.cli, replay.load", repeat=3)
+    baseline = timed("import tracegen.cli, replay.events", repeat=3)
     results["tracegen_decode_61x8"] = {**gen, "import_s": baseline.get("wall_s")}
     rows.append(("tracegen trace: 61 layers x 2 mb x 8 ranks (decode)", gen.get("wall_s"),
                  f"in-process {gen.get('inner_s', float('nan')):.2f} s; interpreter+imports "

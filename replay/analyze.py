@@ -9,11 +9,12 @@ from typing import Any
 
 import pandas as pd
 
-from tracegen.errors import UserError
+from tracegen.base.contract import IDLE_CAUSES
+from tracegen.base.errors import UserError
 
 from .cache import load_cached
-from .findings import KINDS, as_dicts, find
-from .load import Trace
+from .findings import as_dicts, find
+from .events import Trace
 from .overlap import balancedness, layer_metrics, rank_metrics, stream_layout
 from .structure import DEFAULT_ANNOTATION, recover
 from .taxonomy import classify, load_taxonomy
@@ -57,7 +58,7 @@ class Analysis:
                 row["layers"] = lr.drop(columns=["rank"]).to_dict(orient="records")
             ranks.append(row)
         findings = [{**f, "start_us": f["start_us"] - self.t0_us} for f in self.top_findings(max_findings)]
-        totals = {k: sum(t.get(k, 0.0) for t in self.idle_totals.values()) for k in (*KINDS, "unexplained")}
+        totals = {k: sum(t.get(k, 0.0) for t in self.idle_totals.values()) for k in (*IDLE_CAUSES, "unexplained")}
         return {
             "sources": self.trace.sources, "generated": self.trace.generated, "structure": self.structure,
             "window_us": list(self.window) if self.window else None, "cached": self.cached, "t0_us": self.t0_us,
@@ -116,7 +117,7 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
         trace, cached = load_cached(path, use_cache=use_cache, progress=progress)
     events = classify(trace.events, load_taxonomy(taxonomy))
     events, how = recover(events, annotation_regex, microbatches)
-    if not (events["kind"] == "gpu").any():
+    if not (events["device"] == "gpu").any():
         raise UserError(f"{path}: no GPU events (kernels, memcpy) in the trace; was it captured with "
                         "ProfilerActivity.CUDA?")
     t0 = float(events["start_us"].min())

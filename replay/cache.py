@@ -10,11 +10,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracegen.fileio import atomic_parquet, atomic_write
+from tracegen.base.fileio import atomic_parquet, atomic_write
 
-from .load import Trace, load, trace_files
+from .events import Trace, load, trace_files
 
-FORMAT = "3"      # bump when the event table's columns change
+FORMAT = "4"      # bump when the event table's columns change
 
 
 def cache_dir() -> Path:

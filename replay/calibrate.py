@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 
 from tracegen.catalog import EffCurve, Hardware, load_hardware, load_model, normalise
-from tracegen.errors import UserError
+from tracegen.base.errors import UserError
 from tracegen.ops import layer_ops
 from tracegen.plan import Plan
 from tracegen.preset import load_preset
 
-from .load import Trace, load, text
+from .events import Trace, load, text
 from .taxonomy import classify, load_taxonomy
 
 FITTED = ("gemm", "grouped_gemm", "attention")
@@ -57,7 +57,7 @@ def from_annotations(trace: Trace) -> list[Obs]:
     if ann.empty:
         return []
     launches = ev[ev["launch"] & (ev["correlation"] >= 0)]
-    gpu = ev[(ev["kind"] == "gpu") & (ev["correlation"] >= 0)]
+    gpu = ev[(ev["device"] == "gpu") & (ev["correlation"] >= 0)]
     by_corr = gpu.set_index("correlation")
     out = []
     ls, lc = launches["start_us"].to_numpy(), launches["correlation"].to_numpy()
@@ -103,7 +103,7 @@ def from_generated(trace: Trace, hw_name: str | None) -> list[Obs]:
             works[(dense, w.name)] = w
     dense_layers = set(other.get("dense_layers", []))
     ev = trace.events
-    rows = ev[(ev["kind"] == "gpu") & (ev["rank"] == ev["rank"].min()) & (text(ev["akind"]) == "compute")
+    rows = ev[(ev["device"] == "gpu") & (ev["rank"] == ev["rank"].min()) & (text(ev["stage_stream"]) == "compute")
               & ev["extra"].notna()]
     out = []
     for layer, extra in zip(rows["layer"].to_numpy(), rows["extra"].to_numpy()):

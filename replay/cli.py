@@ -5,8 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tracegen.cliutil import add_command, add_reading_args, entry_point, new_parser, print_json
-from tracegen.errors import UserError
+from tracegen.base.cliutil import add_command, add_reading_args, entry_point, new_parser, print_json
+from tracegen.base.errors import UserError
 
 EPILOG = """\
 examples:
@@ -57,7 +57,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from tracegen.fileio import atomic_write
+    from tracegen.base.fileio import atomic_write
 
     from .analyze import analyze
     from .compare import compare, load_stage_rules, render, to_json

@@ -16,15 +16,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracegen.errors import UserError
+from tracegen.base.contract import COMM, LAUNCH_BOUND, STAGE_STREAM
+from tracegen.base.errors import UserError
 
 from .analyze import Analysis
 from .intervals import intersection, length, union
-from .load import text
+from .events import text
 from .overlap import gpu_work
 
-STAGE_KINDS = {"ATTN": "compute", "ATTN-0": "compute", "ATTN-1": "compute", "SHARED": "compute",
-               "MLP": "compute", "DISPATCH": "comm", "COMBINE": "comm"}
 
 
 @dataclass(frozen=True)
@@ -48,8 +47,8 @@ def load_stage_rules(user_file: str | None = None) -> StageRules:
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"stage rules: not valid TOML ({exc})") from None
         for r in raw.get("annotation", []):
-            if r.get("stage") not in STAGE_KINDS:
-                raise UserError(f"stage rules: stage must be one of {', '.join(STAGE_KINDS)}, got {r.get('stage')!r}")
+            if r.get("stage") not in STAGE_STREAM:
+                raise UserError(f"stage rules: stage must be one of {', '.join(STAGE_STREAM)}, got {r.get('stage')!r}")
             ann.append((re.compile(f"(?:{r['regex']})", re.I), r["stage"]))
         for r in raw.get("kernel", []):
             ker.append((re.compile(f"(?:{r['subclass']})", re.I), r["stage"]))
@@ -59,7 +58,7 @@ def load_stage_rules(user_file: str | None = None) -> StageRules:
 def canonical_stage(label: str, rules: StageRules) -> str | None:
     """tracegen's stage name for an observed label such as 'attn(F)' or 'ATTN(0)'."""
     base = label.split("(")[0].strip()
-    if base.upper() in STAGE_KINDS:
+    if base.upper() in STAGE_STREAM:
         return base.upper()
     for rx, stage in rules.annotation:
         if rx.fullmatch(base):
@@ -95,7 +94,7 @@ def stage_table(a: Analysis, rules: StageRules) -> pd.DataFrame:
         s0 = part["start_us"].to_numpy()
         u = union(s0, s0 + part["dur_us"].to_numpy())
         rows.append({"rank": int(rank), "layer": int(layer), "microbatch": int(mb), "stage": st,
-                     "kind": STAGE_KINDS[st], "busy_us": length(*u), "start_us": float(s0.min()),
+                     "kind": STAGE_STREAM[st], "busy_us": length(*u), "start_us": float(s0.min()),
                      "end_us": float((s0 + part["dur_us"].to_numpy()).max()), "kernels": len(part)})
     return pd.DataFrame(rows, columns=["rank", "layer", "microbatch", "stage", "kind", "busy_us", "start_us",
                                        "end_us", "kernels"])
@@ -112,21 +111,21 @@ def _comm_overlap_share(labelled: pd.DataFrame, row: pd.Series) -> float:
     return length(*intersection(su, cu)) / busy if busy else 0.0
 
 
-def _cause(row: pd.Series, obs: Analysis, labelled: pd.DataFrame, layer_offset: int) -> str:
+def _cause(row: pd.Series, obs: Analysis, labelled: pd.DataFrame, layer_offset: int, rules: StageRules) -> str:
     if pd.isna(row["pred_us"]):
         return "stage missing in the prediction"
     if pd.isna(row["obs_us"]):
         return "stage missing in the observed trace"
     faster = row["obs_us"] < row["pred_us"]
-    if row["kind"] == "comm":
+    if row["kind"] == COMM:
         return ("communication faster than modelled (link efficiency or bytes overestimated)" if faster else
                 "communication slower than modelled: bandwidth, latency, or waiting for the slowest rank")
     if faster:
         return "computation faster than predicted: the efficiency curve is pessimistic here"
     layer = row["layer"] - layer_offset
     lost = sum(f["lost_us"] for f in obs.findings if f["rank"] == row["rank"] and f.get("layer") == layer
-               and f.get("microbatch") == row["microbatch"] and f["kind"] == "launch_bound"
-               and canonical_stage(f.get("stage") or "", load_stage_rules()) == row["stage"])
+               and f.get("microbatch") == row["microbatch"] and f["kind"] == LAUNCH_BOUND
+               and canonical_stage(f.get("stage") or "", rules) == row["stage"])
     if lost > 0.1 * (row["obs_us"] - row["pred_us"]):
         return "gaps while the CPU launched the stage's kernels: launch-bound"
     in_obs = row.copy()
@@ -174,14 +173,14 @@ def compare(pred: Analysis, obs: Analysis, rules: StageRules, rank_map: dict[int
     summary = []
     for stage, g in both.groupby("stage"):
         e = g["error_pct"].abs()
-        summary.append({"stage": stage, "kind": STAGE_KINDS[stage], "n": len(g), "median_abs_error_pct": float(e.median()),
+        summary.append({"stage": stage, "kind": STAGE_STREAM[stage], "n": len(g), "median_abs_error_pct": float(e.median()),
                         "p90_abs_error_pct": float(e.quantile(0.9)), "mean_error_pct": float(g["error_pct"].mean())})
     order = m.assign(size=m["diff_us"].abs().fillna(m["pred_us"].fillna(0) + m["obs_us"].fillna(0)))
     worst = order.sort_values("size", ascending=False).head(top)
     labelled = label_stages(obs, rules)
     discrepancies = [{**{k: (None if pd.isna(v) else (int(v) if k in ("rank", "layer", "microbatch") else v))
                          for k, v in row[key + ["kind", "pred_us", "obs_us", "diff_us", "error_pct"]].items()},
-                      "cause": _cause(row, obs, labelled, layer_offset)} for _, row in worst.iterrows() if row["size"] > 0]
+                      "cause": _cause(row, obs, labelled, layer_offset, rules)} for _, row in worst.iterrows() if row["size"] > 0]
     return {"stages": m.sort_values(key).reset_index(drop=True), "per_layer": per_layer_df,
             "summary": pd.DataFrame(summary), "discrepancies": discrepancies,
             "matched": int(len(both)), "missing_predicted": int(m["pred_us"].isna().sum()),

@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tracegen.base.contract import CPU_BLOCKED_LAUNCH, FLOW_DEPENDENCY, IDLE_CAUSES, LAUNCH_BOUND, WAITING_ON_COMM
+
 from .intervals import gaps, union
-from .load import text
+from .events import text
 from .overlap import gpu_work
 
-KINDS = ("cpu_blocked_launch", "launch_bound", "waiting_on_comm")
 DEP_LATENCY_US = 20.0     # a dependent kernel starts within this of its input's end (event wait + launch)
 
 
@@ -57,9 +58,9 @@ FINDING_COLUMNS = ("kind", "rank", "layer", "microbatch", "stage", "start_us", "
 
 def message(kind: str, lost: float, next_name: str, call: str) -> str:
     nm = _short(next_name)
-    if kind == "waiting_on_comm":
+    if kind == WAITING_ON_COMM:
         return f"compute idle {lost:.1f} us: {nm} waited for communication to deliver its inputs"
-    if kind == "cpu_blocked_launch":
+    if kind == CPU_BLOCKED_LAUNCH:
         return (f"compute idle {lost:.1f} us: CPU blocked in {_short(call)} before launching {nm}; submit "
                 f"independent compute before the blocking call (proper two-batch-overlap order)")
     return (f"compute idle {lost:.1f} us: the CPU was still launching earlier work when {nm} could run "
@@ -90,14 +91,14 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) ->
         cs, ce = comp["start_us"].to_numpy(), (comp["start_us"] + comp["dur_us"]).to_numpy()
         u0, u1 = union(cs, ce)
         g0, g1 = gaps(u0, u1)
-        tot = {k: 0.0 for k in KINDS}
+        tot = {k: 0.0 for k in IDLE_CAUSES}
         tot["unexplained"] = 0.0
         totals[int(rank)] = tot
         if not len(g0):
             continue
         nxt_idx = np.searchsorted(cs, g1, side="left")
         nxt = comp.iloc[np.clip(nxt_idx, 0, len(comp) - 1)]
-        cpu = events[(events["rank"] == rank) & (events["kind"] == "cpu")]
+        cpu = events[(events["rank"] == rank) & (events["device"] == "cpu")]
         # launch time of the next kernel: end of the CPU launch call with its correlation id
         launch = cpu[cpu["launch"] & (cpu["correlation"] >= 0)]
         lend = pd.Series((launch["start_us"] + launch["dur_us"]).to_numpy(), index=launch["correlation"].to_numpy())
@@ -106,7 +107,7 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) ->
         launched = np.where(np.isfinite(launched), launched, g0)            # unknown: not a launch issue
         # readiness: the dependency flows where the trace has them (tracegen's), else the last
         # communication kernel ending inside the gap is taken as the input the kernel waited for
-        dep = flows[(flows["cat"] == "dependency") & (flows["rank"] == rank)] if len(flows) else flows
+        dep = flows[(flows["cat"] == FLOW_DEPENDENCY) & (flows["rank"] == rank)] if len(flows) else flows
         if len(dep):
             ready = _ready_from_flows(df, dep, nxt)
         elif not comm.empty:
@@ -133,17 +134,17 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) ->
         comm_iv = union(comm["start_us"].to_numpy(), (comm["start_us"] + comm["dur_us"]).to_numpy())
         Fc = _coverage(*comm_iv)
         rest_comm = Fc(g1) - Fc(launched)
-        tot["waiting_on_comm"] += float(waiting.sum() + rest_comm.sum())
-        tot["cpu_blocked_launch"] += float(blocked.sum())
-        tot["launch_bound"] += float(bound.sum())
+        tot[WAITING_ON_COMM] += float(waiting.sum() + rest_comm.sum())
+        tot[CPU_BLOCKED_LAUNCH] += float(blocked.sum())
+        tot[LAUNCH_BOUND] += float(bound.sum())
         tot["unexplained"] += float((rest - rest_comm).sum())
         threshold = max(min_lost_us, 1e-9)
         blk_starts = blk["start_us"].to_numpy()
         k = np.searchsorted(blk_starts, launched, side="right") - 1
         call = np.where(k >= 0, text(blk["name"])[np.clip(k, 0, None)] if len(blk) else "",
                         "a synchronising call")
-        for kind, lost, start in (("waiting_on_comm", waiting + rest_comm, g0), ("cpu_blocked_launch", blocked, ready),
-                                  ("launch_bound", bound, ready + blocked)):
+        for kind, lost, start in ((WAITING_ON_COMM, waiting + rest_comm, g0), (CPU_BLOCKED_LAUNCH, blocked, ready),
+                                  (LAUNCH_BOUND, bound, ready + blocked)):
             sel = np.flatnonzero(lost >= threshold)
             if not len(sel):
                 continue

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .intervals import intersection, length, union
-from .load import text
+from .events import text
 
 GPU_WORK = ("compute", "comm", "memory", "other")
 
@@ -30,7 +30,7 @@ def _stats(comp: tuple, comm: tuple, span: float) -> dict[str, float]:
 
 
 def gpu_work(events: pd.DataFrame) -> pd.DataFrame:
-    return events[(events["kind"] == "gpu") & events["klass"].isin(GPU_WORK)]
+    return events[(events["device"] == "gpu") & events["klass"].isin(GPU_WORK)]
 
 
 def stream_layout(events: pd.DataFrame) -> pd.DataFrame:
@@ -66,7 +66,7 @@ def rank_metrics(events: pd.DataFrame) -> list[dict[str, Any]]:
 def _is_moe(df: pd.DataFrame) -> pd.Series:
     """Routed-expert compute: tracegen's MLP stage in MoE layers, else grouped GEMMs."""
     stage = text(df["stage"])
-    gen = text(df["akind"]) == "compute"
+    gen = text(df["stage_stream"]) == "compute"
     return (gen & (stage == "MLP") & df["flops"].notna() & _moe_layer(df)) | \
         (~gen & (text(df["subclass"]) == "grouped_gemm"))
 

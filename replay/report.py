@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from tracegen.errors import UserError
-from tracegen.fileio import atomic_parquet, atomic_write
+from tracegen.base.contract import IDLE_CAUSES
+from tracegen.base.errors import UserError
+from tracegen.base.fileio import atomic_parquet, atomic_write
 
 from .analyze import Analysis
-from .findings import KINDS
 
 
 def _ms(us: float) -> str:
@@ -56,7 +56,7 @@ def render(a: Analysis, top: int = 10, max_layers: int = 12) -> str:
                        f"{r['stages'][:60]}")
     out.append("")
     t = d["idle_totals_us"]
-    out.append("why compute idles (ms, all ranks): " + ", ".join(f"{k} {t[k] / 1e3:.3f}" for k in KINDS)
+    out.append("why compute idles (ms, all ranks): " + ", ".join(f"{k} {t[k] / 1e3:.3f}" for k in IDLE_CAUSES)
                + f", unexplained {t['unexplained'] / 1e3:.3f}")
     if d["findings"]:
         out.append(f"largest of {d['findings_total']} findings:")

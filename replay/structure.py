@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from .load import text
+from .events import text
 
 DEFAULT_ANNOTATION = r"^(?:L(?P<layer>\d+)[:/])?(?P<stage>[A-Za-z][\w\-]*)\((?P<pass>[A-Za-z0-9]+)\)$"
 PASS_MICROBATCH = {"F": 0, "B": 1, "W": 1}     # DualPipe: forward chunk, backward chunk (input/weight grads)
@@ -19,7 +19,7 @@ PASS_MICROBATCH = {"F": 0, "B": 1, "W": 1}     # DualPipe: forward chunk, backwa
 def recover(events: pd.DataFrame, annotation_regex: str = DEFAULT_ANNOTATION,
             microbatches: int | None = None) -> tuple[pd.DataFrame, str]:
     """Fill layer/microbatch/stage for GPU rows; returns the table and how it was recovered."""
-    gpu = events["kind"] == "gpu"
+    gpu = events["device"] == "gpu"
     if (events.loc[gpu, "layer"] >= 0).any():
         return events, "args"
     out, ok = _from_annotations(events, annotation_regex)
@@ -31,7 +31,7 @@ def recover(events: pd.DataFrame, annotation_regex: str = DEFAULT_ANNOTATION,
 
 def _from_annotations(events: pd.DataFrame, regex: str) -> tuple[pd.DataFrame, bool]:
     rx = re.compile(regex)
-    ann = events[(events["cat"] == "user_annotation") & (events["kind"] == "cpu")]
+    ann = events[(events["cat"] == "user_annotation") & (events["device"] == "cpu")]
     if ann.empty:
         return events, False
     names = ann["name"].astype(str)
@@ -73,12 +73,12 @@ def _from_annotations(events: pd.DataFrame, regex: str) -> tuple[pd.DataFrame, b
         return events, False
     key = pd.concat(hits).drop_duplicates(["rank", "correlation"])
     out = _assign(events, key)
-    return out, bool((out.loc[out["kind"] == "gpu", "layer"] >= 0).any())
+    return out, bool((out.loc[out["device"] == "gpu", "layer"] >= 0).any())
 
 
 def _assign(events: pd.DataFrame, key: pd.DataFrame) -> pd.DataFrame:
     """Copy layer/microbatch/stage onto GPU rows matched by (rank, correlation)."""
-    gpu = (events["kind"] == "gpu") & (events["correlation"] >= 0)
+    gpu = (events["device"] == "gpu") & (events["correlation"] >= 0)
     left = events.loc[gpu, ["rank", "correlation"]].reset_index()
     merged = left.merge(key, on=["rank", "correlation"], how="left").set_index("index")
     out = events.copy()
@@ -94,8 +94,8 @@ def _assign(events: pd.DataFrame, key: pd.DataFrame) -> pd.DataFrame:
 
 def _from_comm_sequence(events: pd.DataFrame, microbatches: int | None) -> tuple[pd.DataFrame, bool]:
     sub = pd.Series(text(events["subclass"]), index=events.index)
-    is_disp = (events["kind"] == "gpu") & sub.str.contains("dispatch")
-    is_comb = (events["kind"] == "gpu") & sub.str.contains("combine")
+    is_disp = (events["device"] == "gpu") & sub.str.contains("dispatch")
+    is_comb = (events["device"] == "gpu") & sub.str.contains("combine")
     if not is_disp.any():
         return events, False
     out = events.copy()

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tracegen.errors import UserError
+from tracegen.base import contract
+from tracegen.base.errors import UserError
 
 CLASSES = ("compute", "comm", "memory", "other")
 
@@ -78,9 +79,9 @@ def load_taxonomy(user_file: str | None = None) -> Taxonomy:
 
 def classify(events: pd.DataFrame, tax: Taxonomy) -> pd.DataFrame:
     """Add `klass` (compute/comm/memory/other/annotation/cpu) and `subclass` columns, plus CPU flags
-    `blocking` and `launch`. tracegen's slices carry their class in args (`akind`). Classified once
-    per distinct (name, category, kind, args kind, stage), then broadcast."""
-    cols = ("name", "cat", "akind", "stage", "kind")
+    `blocking` and `launch`. tracegen's stage slices carry their class (`stage_stream`). Classified
+    once per distinct (name, category, stage stream, stage, device), then broadcast."""
+    cols = ("name", "cat", "stage_stream", "stage", "device")
     codes = [events[c].cat.codes.to_numpy().astype(np.int64) + 1 for c in cols]     # -1 (NaN) -> 0
     sizes = [len(events[c].cat.categories) + 1 for c in cols]
     key = np.ravel_multi_index(codes, sizes) if len(events) else np.zeros(0, dtype=np.int64)
@@ -88,18 +89,18 @@ def classify(events: pd.DataFrame, tax: Taxonomy) -> pd.DataFrame:
     cats = [[None] + list(events[c].cat.categories) for c in cols]
     klass, sub, block, launch = [], [], [], []
     for u in uniq:
-        name, cat, akind, stage, kind = (cats[i][j] for i, j in enumerate(np.unravel_index(u, sizes)))
+        name, cat, stage_stream, stage, device = (cats[i][j] for i, j in enumerate(np.unravel_index(u, sizes)))
         name = "" if name is None else str(name)
-        if kind != "gpu":
+        if device != "gpu":
             klass.append("cpu")
             sub.append("")
-            block.append(bool(tax.blocking.search(name)) or cat == "cpu_wait")
-            launch.append(bool(tax.launch.search(name)) or cat == "cpu_launch")
+            block.append(bool(tax.blocking.search(name)) or cat == contract.CAT_WAIT)
+            launch.append(bool(tax.launch.search(name)) or cat == contract.CAT_LAUNCH)
             continue
         block.append(False)
         launch.append(False)
-        if akind in ("compute", "comm"):
-            k, sb = akind, str(stage)
+        if stage_stream in (contract.COMPUTE, contract.COMM):
+            k, sb = stage_stream, str(stage)
         else:
             k, sb = tax.classify_name(name)
         if cat in ("gpu_memcpy", "gpu_memset") and k not in ("comm", "memory"):

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from tracegen.catalog import load_hardware, load_model
-from tracegen.errors import UserError
+from tracegen.base.errors import UserError
 from tracegen.launch_order import load_order, unroll
-from tracegen.opgraph import COMM, COMPUTE, OpGraph, Stage, link
+from tracegen.base.contract import COMM, COMPUTE, STAGE_STREAM
+from tracegen.opgraph import OpGraph, Stage, link
 from tracegen.plan import Plan
 from tracegen.preset import load_preset
 from tracegen.schedule import Schedule, simulate, summary
@@ -27,7 +28,7 @@ from tracegen.trace import write_trace
 
 from .analyze import Analysis
 from .calibrate import hardware_of_device
-from .compare import STAGE_KINDS, StageRules, label_stages
+from .compare import StageRules, label_stages
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def _observed_stages(a: Analysis, rules: StageRules, rank: int) -> tuple[dict, d
         busy = float(np.sum(e0 - s0))
         launched = [lend[c] for c in part["correlation"] if c in lend]
         t_launch = min(launched) if launched else float(s0.min())
-        kind = STAGE_KINDS[st]
+        kind = STAGE_STREAM[st]
         lat, blocked = 0.0, False
         if kind == "comm" and st == "DISPATCH":
             # a blocking call between this stage's launches and its first kernel's end: DeepEP-style
@@ -77,7 +78,7 @@ def _generated_stages(a: Analysis, rank: int) -> tuple[dict, dict, float, list[f
     ev = a.events
     other = a.trace.meta.get("otherData", {})
     launch_us = float(other.get("launch_us", 5.0))
-    gpu = ev[(ev["rank"] == rank) & (ev["kind"] == "gpu") & (ev["layer"] >= 0)]
+    gpu = ev[(ev["rank"] == rank) & (ev["device"] == "gpu") & (ev["layer"] >= 0)]
     cpu = ev[(ev["rank"] == rank) & (ev["cat"] == "cpu_launch")]
     first_launch, kernels = {}, {}
     for r in cpu.itertuples():
@@ -88,7 +89,7 @@ def _generated_stages(a: Analysis, rank: int) -> tuple[dict, dict, float, list[f
     for r in gpu.itertuples():
         x = json.loads(r.extra) if isinstance(r.extra, str) else {}
         load = x.get("load_factor") or 1.0
-        stream = COMM if str(r.akind) == "comm" else COMPUTE
+        stream = COMM if str(r.stage_stream) == "comm" else COMPUTE
         key = (int(r.layer), int(r.microbatch), str(r.stage))
         stages[key] = Stage(key[0], key[1], key[2], stream, float(r.work_us) / load, float(x.get("latency_us") or 0.0),
                             float(x.get("post_us") or 0.0), False, int(x.get("sms") or 0), kernels.get(key, 1),
@@ -107,7 +108,7 @@ def whatif(a: Analysis, rules: StageRules, change: Change, hardware: str | None 
         stages, first_launch, launch_us, loads = _generated_stages(a, 0)
         ranks = int(other.get("ranks", 1))
         # per-stage kernel counts and blocking from the generated trace's CPU track
-        cpu = a.events[(a.events["rank"] == 0) & (a.events["kind"] == "cpu")]
+        cpu = a.events[(a.events["rank"] == 0) & (a.events["device"] == "cpu")]
         waits = {(int(r.layer), int(r.microbatch), str(r.stage)) for r in cpu[cpu["cat"] == "cpu_wait"].itertuples()}
         blocking_backend = hw.backend(base_plan.comm).cpu_block_us > 0
         for k, st in list(stages.items()):
@@ -116,7 +117,7 @@ def whatif(a: Analysis, rules: StageRules, change: Change, hardware: str | None 
         hw = load_hardware(hardware) if hardware else hardware_of_device(
             " ".join(d.get("name", "") for d in a.trace.meta.get("deviceProperties", [])[:1]))
         model = load_model(None)
-        ranks_seen = sorted(a.events.loc[a.events["kind"] == "gpu", "rank"].unique())
+        ranks_seen = sorted(a.events.loc[a.events["device"] == "gpu", "rank"].unique())
         if len(ranks_seen) != 1:
             raise UserError("what-if of a profiler trace takes one rank: pick one with --rank")
         stages, first_launch, launch_us = _observed_stages(a, rules, int(ranks_seen[0]))
@@ -144,7 +145,7 @@ def whatif(a: Analysis, rules: StageRules, change: Change, hardware: str | None 
             st = replace(st, work_us=st.work_us * change.compute_scale)
         new[k] = st
     layers = sorted({k[0] for k in new})
-    dense = {layer for layer in layers if not any(k[0] == layer and STAGE_KINDS[k[2]] == "comm" for k in new)}
+    dense = {layer for layer in layers if not any(k[0] == layer and STAGE_STREAM[k[2]] == COMM for k in new)}
     n_mb = max(k[1] for k in new) + 1
     new = link(new, layers, n_mb, n_mb == 1, plan.phase, dense)
     graph = OpGraph(model, replace(hw, cpu_launch_us=launch_us), replace(plan, imbalance=max(loads) if loads else 1.0),

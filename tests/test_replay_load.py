@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-import replay.load as load_mod
+import replay.kineto as kineto
 from replay.cli import main
-from replay.load import load
+from replay.events import load
 
 
 def _kineto(rank=0, n=50, t0=1000.0):
@@ -36,7 +36,7 @@ def test_json_gz_and_array_forms_load_the_same(tmp_path):
         assert len(f) == len(frames[0]) == 100
         assert list(f["name"].astype(str)) == list(frames[0]["name"].astype(str))
     assert (frames[0]["rank"] == 0).all()
-    assert frames[0].loc[frames[0]["kind"] == "gpu", "stream"].isin([7, 9]).all()
+    assert frames[0].loc[frames[0]["device"] == "gpu", "stream"].isin([7, 9]).all()
 
 
 def test_streaming_chunks_give_the_same_table(tmp_path, monkeypatch):
@@ -46,7 +46,7 @@ def test_streaming_chunks_give_the_same_table(tmp_path, monkeypatch):
     p = tmp_path / "t.json"
     p.write_text(json.dumps(obj, indent=2))
     whole = load(p).events
-    monkeypatch.setattr(load_mod, "CHUNK", 997)           # cut it into hundreds of pieces
+    monkeypatch.setattr(kineto, "CHUNK", 997)           # cut it into hundreds of pieces
     pieces = load(p).events
     assert len(pieces) == len(whole) == 801
     assert (pieces["start_us"].to_numpy() == whole["start_us"].to_numpy()).all()
@@ -143,12 +143,12 @@ def test_parallel_ranges_give_the_same_table(tmp_path, monkeypatch):
     p = tmp_path / "big.json"
     p.write_text(json.dumps(obj, indent=1))
     one = load(p).events
-    monkeypatch.setattr(load_mod, "PARALLEL_MIN_BYTES", 1)      # split even this small file
+    monkeypatch.setattr(kineto, "PARALLEL_MIN_BYTES", 1)      # split even this small file
     monkeypatch.setenv("REPLAY_WORKERS", "2")
     many = load(p).events
     assert len(many) == len(one) == 6000
     key = ["start_us", "dur_us", "correlation", "stream"]
     a = one.sort_values(key).reset_index(drop=True)
     b = many.sort_values(key).reset_index(drop=True)
-    for col in key + ["name", "cat", "thread", "kind", "rank"]:
+    for col in key + ["name", "cat", "thread", "device", "rank"]:
         assert list(a[col].astype(str)) == list(b[col].astype(str)), col

@@ -97,7 +97,7 @@ def test_stream_layout(result, truth):
 
 
 def test_deepep_communication_recognised(result, truth):
-    comm = result.events[(result.events["kind"] == "gpu") & (result.events["klass"] == "comm")]
+    comm = result.events[(result.events["device"] == "gpu") & (result.events["klass"] == "comm")]
     assert len(comm) == truth["n_comm"] == 32
     subs = comm["subclass"].astype(str).value_counts().to_dict()
     assert subs == {"deepep_notify": 16, "deepep_dispatch": 8, "deepep_combine": 8}

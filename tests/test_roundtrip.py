@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from replay.analyze import analyze
-from tracegen.schedule import IDLE_CAUSES, summary
+from tracegen.base.contract import IDLE_CAUSES
+from tracegen.schedule import summary
 from tracegen.trace import write_trace
 
 from .helpers import make_schedule

@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import UserError
-from .units import parse_quantity
+from .base.errors import UserError
+from .base.units import parse_quantity
 
 DATA = resources.files("tracegen") / "data"
 
@@ -382,10 +382,29 @@ def hardware_to_dict(hw: Hardware) -> dict[str, Any]:
     }}
 
 
-def replace_hardware(hw: Hardware, **changes: Any) -> Hardware:
-    """A copy of `hw` with some fields changed (what-if flags such as --scaleout-gbps)."""
-    return replace(hw, **changes)
+def model_to_dict(m: Model) -> dict[str, Any]:
+    """A model entry as a plain table that `load_model(path=...)` reads back."""
+    fields_ = {k: getattr(m, k) for k in _MODEL_FIELDS if k not in ("display", "base", "abstract", "aliases")}
+    return {m.key: {"display": m.name, "aliases": list(m.aliases), **fields_}}
 
 
-__all__ = ["EffCurve", "CommBackend", "Hardware", "Model", "load_hardware", "load_model",
-           "builtin_hardware", "builtin_models", "hardware_to_dict", "replace_hardware", "normalise"]
+def hardware_from_dict(table: dict[str, Any], src: str) -> Hardware:
+    """The one entry of a table as `hardware_to_dict` writes it (e.g. a trace's otherData)."""
+    return _one(table, src, "hardware", _build_hardware)
+
+
+def model_from_dict(table: dict[str, Any], src: str) -> Model:
+    """The one entry of a table as `model_to_dict` writes it."""
+    return _one(table, src, "model", _build_model)
+
+
+def _one(table: Any, src: str, what: str, build: Callable[[str, dict, str], Any]) -> Any:
+    if not isinstance(table, dict) or len(table) != 1 or not isinstance(next(iter(table.values())), dict):
+        raise UserError(f"{src}: expected one {what} entry {{key: fields}}")
+    ((key, entry),) = table.items()
+    return build(key, dict(entry), src)
+
+
+__all__ = ["EffCurve", "CommBackend", "Hardware", "Model", "load_hardware", "load_model", "builtin_hardware",
+           "builtin_models", "hardware_to_dict", "hardware_from_dict", "model_to_dict", "model_from_dict",
+           "normalise"]

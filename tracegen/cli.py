@@ -9,8 +9,8 @@ from dataclasses import replace
 from typing import Any
 
 from .catalog import Hardware, Model, builtin_hardware, builtin_models, load_hardware, load_model
-from .cliutil import add_command, entry_point, new_parser, print_json
-from .errors import UserError
+from .base.cliutil import add_command, entry_point, new_parser, print_json
+from .base.errors import UserError
 from .plan import COMM_BACKENDS, Plan, validate
 from .preset import PRESETS, Preset, load_preset
 
@@ -201,7 +201,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     import os
 
     from .pipeline import TraceOptions, schedule
-    from .schedule import IDLE_CAUSES, summary
+    from .base.contract import IDLE_CAUSES
+    from .schedule import summary
     from .trace import output_format, write_trace
     output_format(args.output)
     model, hw, preset = resolve_target(args)
@@ -237,7 +238,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from replay.calibrate import run      # the loop closes here: observed event tables -> a hardware file
 
     from .catalog import hardware_to_dict
-    from .fileio import atomic_write
+    from .base.fileio import atomic_write
 
     def floats(text: str | None) -> set[float]:
         try:

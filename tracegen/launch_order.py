@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .catalog import DATA
-from .errors import UserError
+from .base.errors import UserError
 from .opgraph import OpGraph
 
 TBO_MODES = ("off", "proper", "improper")

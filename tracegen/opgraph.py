@@ -7,24 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from .base.contract import COMM, COMPUTE, PROGRAM
 from .catalog import Hardware, Model
 from .cost import Timed, comm_sms, op_time
 from .ops import layer_ops
 from .plan import Plan
 from .preset import Preset
 
-COMPUTE, COMM = "compute", "comm"
-
 # Kernels one op launches (norms, casts, rope, top-k ... included): sets the CPU launch cost.
 KERNELS = {"mla_proj": 8, "attn_proj": 5, "attn_core": 2, "mla_out": 3, "attn_out": 2, "tp_allreduce": 1,
            "gate": 4, "shared_expert": 4, "routed_expert": 5, "dense_mlp": 4, "dispatch": 2, "combine": 1}
-
-PROGRAM = {   # stage order of one micro-batch through one layer
-    ("prefill", "moe"): ("ATTN", "SHARED", "DISPATCH", "MLP", "COMBINE"),
-    ("decode", "moe"): ("ATTN-0", "ATTN-1", "SHARED", "DISPATCH", "MLP", "COMBINE"),
-    ("prefill", "dense"): ("ATTN", "MLP"),
-    ("decode", "dense"): ("ATTN-0", "ATTN-1", "MLP"),
-}
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .catalog import Hardware, Model
-from .errors import UserError
+from .base.errors import UserError
 from .launch_order import load_order, unroll
 from .opgraph import build
 from .plan import Plan

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, replace
 
 from .catalog import Hardware, Model
-from .errors import UserError
+from .base.errors import UserError
 
 PHASES = ("prefill", "decode")
 COMM_BACKENDS = ("normal", "ibgda", "cpu-proxy", "ascend-fused", "pcie-copy")

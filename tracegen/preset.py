@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 from .catalog import DATA, Hardware, normalise
-from .errors import UserError
+from .base.errors import UserError
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "comm_sms_in_compute": ("always", "while_comm"),

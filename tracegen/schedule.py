@@ -16,8 +16,9 @@ import bisect
 import heapq
 from dataclasses import dataclass, field
 
-from .errors import UserError
-from .opgraph import COMM, COMPUTE, OpGraph, Stage
+from .base.contract import COMM, COMPUTE, CPU_BLOCKED_LAUNCH, IDLE_CAUSES, LAUNCH_BOUND, WAITING_ON_COMM
+from .base.errors import UserError
+from .opgraph import OpGraph, Stage
 
 Key = tuple[int, int, str]
 
@@ -37,9 +38,6 @@ class Interval:
         return self.end - self.start
 
 
-IDLE_CAUSES = ("cpu_blocked_launch", "launch_bound", "waiting_on_comm")
-
-
 @dataclass(frozen=True)
 class Idle:
     """A stretch where the compute stream had nothing to run, and why (the stage that ended it)."""
@@ -54,7 +52,6 @@ class Idle:
 class Schedule:
     graph: OpGraph
     ranks: int
-    order: list[Key]
     load: list[float]                     # per-rank MoE load factor (mean 1)
     launch_us: float
     intervals: list[Interval] = field(default_factory=list)
@@ -76,9 +73,6 @@ class Schedule:
     @property
     def span_us(self) -> float:
         return max(i.end for i in self.intervals) - min(i.start for i in self.intervals)
-
-    def rank_intervals(self, rank: int, track: str) -> list[Interval]:
-        return [i for i in self.intervals if i.rank == rank and i.track == track]
 
 
 def load_factors(ranks: int, imbalance: float) -> list[float]:
@@ -119,7 +113,7 @@ def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float 
     launch = hw.cpu_launch_us if launch_us is None else launch_us
     if loads is not None and len(loads) != ranks:
         raise UserError(f"{len(loads)} load factors for {ranks} ranks")
-    sched = Schedule(graph, ranks, order, list(loads) if loads is not None else load_factors(ranks, plan.imbalance),
+    sched = Schedule(graph, ranks, list(loads) if loads is not None else load_factors(ranks, plan.imbalance),
                      launch)
     S = hw.sm_count
     stages = graph.stages
@@ -287,18 +281,18 @@ def _idle_causes(sched: Schedule, rank: int) -> list[Idle]:
             continue
         ready = min(max(sched.ready[(rank, nxt.key)], g0), g1)
         if ready > g0:
-            out.append(Idle(rank, g0, ready, "waiting_on_comm", nxt.key))
+            out.append(Idle(rank, g0, ready, WAITING_ON_COMM, nxt.key))
         cursor = ready
         for b0, b1 in sched.blocked[rank]:
             lo, hi = max(b0, cursor), min(b1, g1)
             if hi <= lo:
                 continue
             if lo > cursor:
-                out.append(Idle(rank, cursor, lo, "launch_bound", nxt.key))
-            out.append(Idle(rank, lo, hi, "cpu_blocked_launch", nxt.key))
+                out.append(Idle(rank, cursor, lo, LAUNCH_BOUND, nxt.key))
+            out.append(Idle(rank, lo, hi, CPU_BLOCKED_LAUNCH, nxt.key))
             cursor = hi
         if g1 > cursor:
-            out.append(Idle(rank, cursor, g1, "launch_bound", nxt.key))
+            out.append(Idle(rank, cursor, g1, LAUNCH_BOUND, nxt.key))
     return out
 
 

@@ -1,5 +1,7 @@
 """Writers: a schedule as a Chrome trace (JSON, optionally gzipped) or a native Perfetto trace.
-This file is the contract with `replay`: every GPU slice carries its meaning in `args`."""
+Every name written here (tracks, categories, args and otherData keys, flows) is declared in the
+trace contract (base/contract.py), which replay reads from: every GPU slice carries its meaning in
+`args`, and otherData carries the model and hardware as they ran."""
 from __future__ import annotations
 
 import gzip
@@ -9,14 +11,14 @@ from typing import Any
 import msgspec
 
 from . import __version__
-from .errors import UserError
-from .fileio import atomic_write
-from .opgraph import COMM, COMPUTE
-from .schedule import IDLE_CAUSES, Interval, Schedule
+from .base import contract as C
+from .base.contract import COMM, COMPUTE, IDLE_CAUSES, TRACKS
+from .base.errors import UserError
+from .base.fileio import atomic_write
+from .catalog import hardware_to_dict, model_to_dict
+from .schedule import Interval, Schedule
 
-TRACKS = {"cpu": (1, "CPU launch"), COMPUTE: (2, "compute stream"), COMM: (3, "comm stream"),
-          "proxy": (4, "CPU proxy")}
-FORMATS = (".json", ".json.gz", ".pftrace")
+_CATEGORY = {"launch": C.CAT_LAUNCH, "wait": C.CAT_WAIT, "post": C.CAT_PROXY, **C.CAT_STAGE}
 
 
 def _r(x: float) -> float:
@@ -76,10 +78,11 @@ def build_events(sched: Schedule, meta: dict[str, Any]) -> dict[str, Any]:
     hw = sched.graph.hardware
     ev: list[dict[str, Any]] = []
     for r in range(sched.ranks):
-        ev.append({"ph": "M", "name": "process_name", "pid": r, "tid": 0, "args": {"name": f"rank {r}"}})
+        ev.append({"ph": "M", "name": "process_name", "pid": r, "tid": 0,
+                   "args": {"name": C.PROCESS_NAME.format(rank=r)}})
         ev.append({"ph": "M", "name": "process_labels", "pid": r, "tid": 0, "args": {"labels": hw.name}})
         ev.append({"ph": "M", "name": "process_sort_index", "pid": r, "tid": 0, "args": {"sort_index": r}})
-        tracks = ["cpu", COMPUTE, COMM] + (["proxy"] if any(i.track == "proxy" for i in sched.intervals) else [])
+        tracks = [C.CPU, COMPUTE, COMM] + ([C.PROXY] if any(i.track == C.PROXY for i in sched.intervals) else [])
         for t in tracks:
             tid, name = TRACKS[t]
             ev.append({"ph": "M", "name": "thread_name", "pid": r, "tid": tid, "args": {"name": name}})
@@ -92,7 +95,7 @@ def build_events(sched: Schedule, meta: dict[str, Any]) -> dict[str, Any]:
     for iv in sched.intervals:
         by_rank.setdefault(iv.rank, []).append(iv)
         c = corr.setdefault((iv.rank, iv.key), len(corr) + 1)
-        cat = {"launch": "cpu_launch", "wait": "cpu_wait", "post": "cpu_proxy"}.get(iv.kind, iv.kind)
+        cat = _CATEGORY[iv.kind]
         load = sched.load[iv.rank] if iv.key[2] == "MLP" and iv.key[0] not in sched.graph.dense else 1.0
         ck = (iv.key, iv.track, iv.kind, load)
         static = cache.get(ck)
@@ -121,21 +124,25 @@ def build_events(sched: Schedule, meta: dict[str, Any]) -> dict[str, Any]:
         for d in st.deps:
             src = gpu_iv.get((r, d))
             if src is not None and src.track != iv.track:
-                flow(src, iv, "dependency")
+                flow(src, iv, C.FLOW_DEPENDENCY)
         li = launch_iv.get((r, key))
         if li is not None:
-            flow(li, iv, "launch")
+            flow(li, iv, C.FLOW_LAUNCH)
     for r in range(sched.ranks):
         for t, comp, comm in _sm_counters(sched, by_rank.get(r, [])):
-            ev.append({"ph": "C", "name": "SMs in use", "pid": r, "tid": 0, "ts": _r(t),
+            ev.append({"ph": "C", "name": C.COUNTER_SMS, "pid": r, "tid": 0, "ts": _r(t),
                        "args": {"compute": comp, "comm": comm}})
     return {"traceEvents": ev, "displayTimeUnit": "ns", "otherData": meta}
 
 
 def metadata(sched: Schedule, extra: dict[str, Any]) -> dict[str, Any]:
+    """otherData: what was modelled (model and hardware as they ran, preset, plan) and the schedule's
+    own totals, keyed as the contract's OTHER_DATA says."""
     g = sched.graph
     plan = {k: getattr(g.plan, k) for k in g.plan.__dataclass_fields__}
-    return {"generator": f"tracegen {__version__}", "model": g.model.name, "hardware": g.hardware.name,
+    return {"generator": f"{C.GENERATOR} {__version__}", "format_version": C.FORMAT_VERSION,
+            "model": g.model.name, "model_spec": model_to_dict(g.model),
+            "hardware": g.hardware.name, "hardware_key": g.hardware.key, "hardware_spec": hardware_to_dict(g.hardware),
             "preset": g.preset.name, "plan": plan, "ranks": sched.ranks, "layers": list(g.layers),
             "dense_layers": sorted(g.dense), "launch_us": sched.launch_us, "sm_count": g.hardware.sm_count,
             "load_factors": sched.load, "span_us": _r(sched.span_us),
@@ -144,6 +151,7 @@ def metadata(sched: Schedule, extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def output_format(path: str | Path) -> str:
+    """The output's format from its name: .json, .json.gz or .pftrace (else a UserError)."""
     name = str(path)
     for fmt in (".json.gz", ".json", ".pftrace"):
         if name.endswith(fmt):

@@ -18,9 +18,9 @@ from bokeh.layouts import column, row
 from bokeh.models import Button, Div, FileInput, Select, Spinner, TextInput
 
 from replay.analyze import Analysis, analyze
-from replay.load import load as load_trace
+from replay.events import load as load_trace
 from tracegen.catalog import builtin_hardware, builtin_models, load_hardware, load_model
-from tracegen.errors import UserError
+from tracegen.base.errors import UserError
 from tracegen.pipeline import TraceOptions, schedule
 from tracegen.plan import Plan, validate
 from tracegen.preset import PRESETS, load_preset

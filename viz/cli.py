@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tracegen.cliutil import add_command, add_reading_args, entry_point, new_parser
-from tracegen.errors import UserError
+from tracegen.base.cliutil import add_command, add_reading_args, entry_point, new_parser
+from tracegen.base.errors import UserError
 
 EPILOG_HTML = """\
 examples:

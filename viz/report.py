@@ -167,7 +167,7 @@ def build(analyses: list[tuple[str, Analysis]], show_cpu: bool = False, align_la
 
 
 def write_html(layout, path: str | Path, title: str) -> Path:
-    from tracegen.fileio import atomic_write
+    from tracegen.base.fileio import atomic_write
     return atomic_write(path, file_html(layout, INLINE, title))
 
 

@@ -16,7 +16,7 @@ from bokeh.models import (ColumnDataSource, CustomJS, FactorRange, HoverTool, La
 from bokeh.plotting import figure
 
 from replay.intervals import union
-from replay.load import text
+from replay.events import text
 
 MB_COLORS = {0: "#F2B134", 1: "#8DC63F", 2: "#4FA3D1", 3: "#C266A7"}
 CLASS_COLORS = {"compute": "#4C78A8", "comm": "#E45756", "memory": "#B279A2", "other": "#9D9D9D",
@@ -34,16 +34,16 @@ class Layer:
 
 
 def rows_of(events: pd.DataFrame, show_cpu: bool) -> list[str]:
-    ev = events if show_cpu else events[events["kind"] == "gpu"]
-    rows = ev[["rank", "kind", "thread"]].drop_duplicates()
-    rows = rows.assign(order=np.where(rows["kind"] == "cpu", 0, 1)).sort_values(["rank", "order", "thread"])
+    ev = events if show_cpu else events[events["device"] == "gpu"]
+    rows = ev[["rank", "device", "thread"]].drop_duplicates()
+    rows = rows.assign(order=np.where(rows["device"] == "cpu", 0, 1)).sort_values(["rank", "order", "thread"])
     return [f"r{r} {t}" for r, t in zip(rows["rank"], rows["thread"].astype(str))]
 
 
 def _bar_frame(events: pd.DataFrame, show_cpu: bool, t0: float) -> pd.DataFrame:
-    ev = events if show_cpu else events[events["kind"] == "gpu"]
+    ev = events if show_cpu else events[events["device"] == "gpu"]
     ev = ev[text(ev["klass"]) != "annotation"] if "klass" in ev else ev
-    klass = text(ev["klass"]) if "klass" in ev else np.where(ev["kind"] == "gpu", "compute", "cpu")
+    klass = text(ev["klass"]) if "klass" in ev else np.where(ev["device"] == "gpu", "compute", "cpu")
     cat = text(ev["cat"])
     klass = np.where(cat == "cpu_wait", "wait", np.where(cat == "cpu_launch", "launch", klass))
     mb = ev["microbatch"].to_numpy()
@@ -143,7 +143,7 @@ def lod_callback(renderers: list, span: float) -> CustomJS:
 
 
 def _mark_findings(p, findings: list[dict], events: pd.DataFrame, t0: float) -> None:
-    comp_rows = events[(events["kind"] == "gpu") & (text(events["klass"]) == "compute")][["rank", "thread"]]
+    comp_rows = events[(events["device"] == "gpu") & (text(events["klass"]) == "compute")][["rank", "thread"]]
     row_of = {int(r): f"r{r} {t}" for r, t in comp_rows.drop_duplicates("rank").itertuples(index=False)}
     span = float((events["start_us"] + events["dur_us"]).max() - events["start_us"].min())
     f = [x for x in findings if x["rank"] in row_of and x["lost_us"] >= span / 2000]   # the visible ones

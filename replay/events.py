@@ -1,0 +1,404 @@
+"""The event table: every trace, generated or profiled, as one pandas DataFrame with fixed
+columns, which every analysis reads. The file format itself (decoding, no table) is kineto.py;
+this module turns its decoded events into columns and says what each column means.
+
+Columns (one row per duration slice: 'X' events, and 'B'/'E' pairs):
+
+- rank: tracegen's `rank` arg, or a profiler file's distributedInfo.rank, its name (rank3.json),
+  or its position in a folder of ranks
+- pid, tid: the trace's process and thread ids, as text
+- thread: the thread's name where the trace gives one ("stream 7", "comm stream"), else "thread TID"
+- device: "cpu" or "gpu": where the slice ran (kernels, copies, GPU annotations and tracegen's
+  stage slices ran on a GPU; runtime calls, annotations and launches on a CPU thread)
+- cat: the trace's category (kernel, cuda_runtime, user_annotation, cpu_launch, compute, comm, ...)
+- name: the slice's name (a kernel, a runtime call, an annotation, a stage)
+- start_us, dur_us: start and duration in microseconds, on the trace's own clock
+- correlation: the id linking a CPU launch to the GPU work it launched (-1: none)
+- stream: the CUDA stream of GPU work (the thread id where the trace has no stream arg; -1 on CPUs)
+- layer, microbatch: tracegen's args, or recovered by structure.py (-1: unknown)
+- stage: tracegen's stage, or the annotation a kernel was launched under ("": unknown)
+- stage_stream: tracegen's `kind` arg, the stream its stage ran on: "compute" or "comm"
+  ("" in profiler traces)
+- flops, bytes, work_us: tracegen's cost args of a GPU stage (NaN elsewhere)
+- extra: tracegen's other read args of the slice (EXTRA_ARGS) as a JSON object, or None
+
+Classification (taxonomy.py) adds klass, subclass, blocking and launch; structure recovery
+(structure.py) fills layer, microbatch and stage of profiler traces."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pandas as pd
+
+from tracegen.base import contract
+from tracegen.base.errors import UserError
+
+from .kineto import NO_ARGS, Event, Progress, decode_args, rank_from_name, read_events, trace_files
+
+# tracegen's args that become columns of their own; its other read args travel in `extra`
+_COLUMN_ARGS = ("correlation", "rank", "layer", "microbatch", "stage", "kind", "flops", "bytes", "work_us")
+EXTRA_ARGS = tuple(k.name for k in contract.read_keys(contract.SLICE_ARGS) if k.name not in _COLUMN_ARGS)
+STRING_COLUMNS = ("pid", "tid", "thread", "cat", "name", "stage", "stage_stream")
+CPU_OP_CATS = frozenset(contract.KINETO_CPU_OPS)   # skipped unless keep_cpu_ops: no analysis reads them
+_PAIRED_OR_META = frozenset({"B", "E", "M"})
+_COLS = ("pid", "tid", "cat", "name", "start_us", "dur_us", "correlation", "stream", "arank", "layer",
+         "microbatch", "stage", "stage_stream", "flops", "bytes", "work_us")
+
+
+# ----------------------------------------------------------------------------- columns
+class _Interner:
+    """Strings to integer codes, so a column of a million repeated names costs a million ints."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {"": 0}
+
+    def code(self, s: str | None) -> int:
+        if s is None:
+            return 0
+        c = self.index.get(s)
+        if c is None:
+            c = self.index[s] = len(self.index)
+        return c
+
+    def categorical(self, codes: np.ndarray) -> pd.Categorical:
+        cats = list(self.index)
+        return pd.Categorical.from_codes(codes, categories=cats)
+
+
+def _num(x: Any, what: str, i: int, src: str) -> float:
+    if isinstance(x, (int, float)):
+        return float(x)
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise UserError(f"{src}: event {i}: field '{what}' is {x!r}, not a number") from None
+
+
+def _int(x: Any) -> int:
+    if isinstance(x, int):
+        return x
+    if isinstance(x, str) and x.lstrip("-").isdigit():
+        return int(x)
+    return -1
+
+
+
+@dataclass
+class _Columns:
+    """Growing columns of X events, plus process/thread names and non-launch flows."""
+    src: str
+    strings: _Interner = field(default_factory=_Interner)
+    cols: dict[str, list] = field(default_factory=lambda: {k: [] for k in _COLS})
+    names: dict[tuple[str, str, str], str] = field(default_factory=dict)   # (what, pid, tid) -> name
+    flows: list[tuple[str, str, str, float, int, str]] = field(default_factory=list)
+    open_b: dict[tuple[str, str], list[Event]] = field(default_factory=dict)
+    n_seen: int = 0
+    extra: list[bytes | None] = field(default_factory=list)
+    skip_cats: frozenset[str] = frozenset()
+
+    def _codes(self, values: list[Any]) -> np.ndarray:
+        """Global string codes for a batch (factorised in C, then mapped through the interner)."""
+        if not values:
+            return np.zeros(0, dtype=np.int32)
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = values
+        codes, uniques = pd.factorize(arr, use_na_sentinel=True)
+        table = np.array([self.strings.code(None if u is None else str(u)) for u in uniques] + [0], dtype=np.int32)
+        return table[codes]      # the NA sentinel (-1) picks the trailing 0: the empty string
+
+    def _numbers(self, values: list[Any], what: str, xs: list[Event]) -> np.ndarray:
+        try:
+            arr = np.array(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            arr = None
+        if arr is None or np.isnan(arr).any():
+            for e, v in zip(xs, values):
+                if v is None:
+                    raise UserError(f"{self.src}: event {e.name!r} at pid {e.pid}: '{e.ph}' event without '{what}'")
+                _num(v, what, self.n_seen, self.src)
+            arr = np.asarray([float(v) for v in values], dtype=np.float64)
+        return arr
+
+    def _other(self, other: list[Event], xs: list[Event]) -> tuple[list[float], list[float]]:
+        """The rare kinds: B/E pairs (appended to xs as slices), metadata names, flows."""
+        ts_extra: list[float] = []
+        dur_extra: list[float] = []
+        for i, e in enumerate(x for x in other if x.ph in _PAIRED_OR_META):
+            ph = e.ph
+            if ph == "B":
+                self.open_b.setdefault((str(e.pid), str(e.tid)), []).append(e)
+            elif ph == "E":
+                stack = self.open_b.get((str(e.pid), str(e.tid)))
+                if stack:
+                    b = stack.pop()
+                    t0 = _num(b.ts, "ts", i, self.src)
+                    xs.append(b)
+                    ts_extra.append(t0)
+                    dur_extra.append(_num(e.ts, "ts", i, self.src) - t0)
+            elif ph == "M":
+                if e.args is not None and e.name in ("process_name", "thread_name", "process_labels"):
+                    a = decode_args([e], self.src)[0] or NO_ARGS
+                    value = a.name if e.name != "process_labels" else a.labels
+                    if value is not None:
+                        self.names[(str(e.name), str(e.pid), str(e.tid))] = value.strip()
+        flows = [e for e in other if e.ph in ("s", "f", "t") and e.ts is not None and e.id is not None]
+        self.flows.extend((e.ph, str(e.pid), str(e.tid), _num(e.ts, "ts", 0, self.src),
+                           e.id if isinstance(e.id, int) else hash(e.id), e.cat or "") for e in flows)
+        return ts_extra, dur_extra
+
+    def add(self, events: list[Event]) -> None:
+        skip = self.skip_cats
+        xs = [e for e in events if e.ph == "X" and e.cat not in skip]
+        other = [e for e in events if e.ph != "X" and e.cat not in contract.LAUNCH_FLOWS]
+        ts_extra, dur_extra = self._other(other, xs) if other else ([], [])
+        self.n_seen += len(events)
+        if not xs:
+            return
+        n = len(xs)
+        n_plain = n - len(ts_extra)
+        plain = xs[:n_plain]
+        pids, tids = [e.pid for e in xs], [e.tid for e in xs]
+        if None in pids or None in tids:
+            bad = next(e for e in xs if e.pid is None or e.tid is None)
+            raise UserError(f"{self.src}: event {bad.name!r}: 'X' event without 'pid' or 'tid'")
+        ts = self._numbers([e.ts for e in plain], "ts", plain)
+        dur = self._numbers([e.dur for e in plain], "dur", plain)
+        if ts_extra:
+            ts, dur = np.concatenate([ts, np.asarray(ts_extra)]), np.concatenate([dur, np.asarray(dur_extra)])
+        c = self.cols
+        c["start_us"].append(ts)
+        c["dur_us"].append(dur)
+        c["pid"].append(self._codes(pids))
+        c["tid"].append(self._codes(tids))
+        c["cat"].append(self._codes([e.cat for e in xs]))
+        c["name"].append(self._codes([e.name for e in xs]))
+        none = NO_ARGS
+        args = [a or none for a in decode_args(xs, self.src)]
+        c["correlation"].append(_ints([a.correlation for a in args]))
+        c["stream"].append(_ints([a.stream for a in args]))
+        if any(a.kind is not None or a.layer is not None for a in args):      # tracegen's args (the contract)
+            for k in ("rank", "layer", "microbatch"):
+                c["arank" if k == "rank" else k].append(_ints([getattr(a, k) for a in args]))
+            c["stage"].append(self._codes([a.stage for a in args]))
+            c["stage_stream"].append(self._codes([a.kind for a in args]))
+            for k in ("flops", "bytes", "work_us"):
+                c[k].append(np.array([getattr(a, k) for a in args], dtype=np.float64))
+            for a in args:
+                x = {k: v for k in EXTRA_ARGS if (v := getattr(a, k)) is not None}
+                self.extra.append(msgspec.json.encode(x) if x else None)
+        else:
+            for k in ("arank", "layer", "microbatch"):
+                c[k].append(np.full(n, -1, dtype=np.int64))
+            for k in ("stage", "stage_stream"):
+                c[k].append(np.zeros(n, dtype=np.int32))
+            for k in ("flops", "bytes", "work_us"):
+                c[k].append(np.full(n, np.nan))
+            self.extra.extend([None] * n)
+
+    @property
+    def paired(self) -> bool:
+        """An unmatched 'B' event is open: its 'E' may lie in another range."""
+        return bool(self.open_b)
+
+    def result(self) -> dict[str, Any]:
+        """The columns of this sink's events, picklable (a worker process returns it)."""
+        return {"cols": {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in self.cols.items()},
+                "strings": list(self.strings.index), "names": self.names, "flows": self.flows,
+                "extra": self.extra, "n_seen": self.n_seen}
+
+
+def _ints(values: list[Any]) -> np.ndarray:
+    """Integer ids (None and non-numbers as -1)."""
+    try:
+        return np.array([-1 if v is None else v for v in values], dtype=np.int64)
+    except (TypeError, ValueError):
+        return np.array([_int(v) for v in values], dtype=np.int64)
+
+
+def _merge(parts: list[dict[str, Any]], src: str, skip: frozenset[str]) -> _Columns:
+    """One set of columns from the ranges, string codes re-mapped to one interner."""
+    cols = _Columns(src, skip_cats=skip)
+    string_cols = ("pid", "tid", "cat", "name", "stage", "stage_stream")
+    for p in parts:
+        remap = np.array([cols.strings.code(x) for x in p["strings"]], dtype=np.int32)
+        for k, v in p["cols"].items():
+            cols.cols[k].append(remap[v.astype(np.int64)] if k in string_cols and len(v) else v)
+        cols.names.update(p["names"])
+        cols.flows.extend(p["flows"])
+        cols.extra.extend(p["extra"])
+        cols.n_seen += p["n_seen"]
+    return cols
+
+
+# ----------------------------------------------------------------------------- table
+def text(col: pd.Series) -> np.ndarray:
+    """A column as an object array of str, the way `col.astype(str)` reads it; for the table's
+    categorical columns the categories are turned to text once and picked by code (the whole
+    column through astype(str) would build a string per row)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = np.asarray([str(c) for c in col.cat.categories] + ["nan"], dtype=object)
+        return cats[col.cat.codes.to_numpy()]            # code -1 (missing) picks the trailing "nan"
+    return col.astype(str).to_numpy(dtype=object)
+
+
+@dataclass
+class Trace:
+    """One or more ranks' events: `events` is the table every analysis reads."""
+    events: pd.DataFrame
+    flows: pd.DataFrame
+    meta: dict[str, Any]
+    sources: list[str]
+
+    @property
+    def generated(self) -> bool:
+        """Written by tracegen (its args carry each slice's meaning)."""
+        return contract.is_generated(self.meta.get("otherData"))
+
+    @property
+    def generator(self) -> Any:
+        """tracegen's otherData as a GeneratedMeta (the keys the contract says tools read), or None
+        for a profiler trace."""
+        if not self.generated:
+            return None
+        return generated_meta(self.meta.get("otherData") or {}, self.sources[0] if self.sources else "trace")
+
+
+_JSON_TYPE = {int: int, float: float, str: str, bool: bool, dict: dict, list: list}
+GeneratedMeta = msgspec.defstruct("GeneratedMeta", [(k.name, _JSON_TYPE[k.type] | None, None)
+                                                    for k in contract.read_keys(contract.OTHER_DATA)])
+
+
+def generated_meta(other_data: dict[str, Any], src: str) -> Any:
+    """A generated trace's otherData, typed and checked against the contract."""
+    version = other_data.get("format_version", 1)
+    if not isinstance(version, int) or version > contract.FORMAT_VERSION:
+        raise UserError(f"{src}: written by a newer tracegen (trace format {version}); this replay reads "
+                        f"formats up to {contract.FORMAT_VERSION}: upgrade moe-timeline")
+    try:
+        return msgspec.convert(other_data, GeneratedMeta)
+    except msgspec.ValidationError as exc:
+        raise UserError(f"{src}: otherData does not follow the trace contract: {exc}") from None
+
+
+def _to_frame(cols: _Columns, meta: dict[str, Any], path: Path, default_rank: int | None) -> pd.DataFrame:
+    c = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.cols.items()}
+    n = len(c["start_us"])
+    strings = cols.strings
+    cat_list = list(strings.index)                    # code -> string, shared by every string column
+    cats_arr = np.array(cat_list, dtype=object)
+    pid_codes = c["pid"].astype(np.int32)
+    tid_codes = c["tid"].astype(np.int32)
+    cat_codes = c["cat"].astype(np.int32)
+    generated = contract.is_generated(meta.get("otherData"))
+    info = meta.get("distributedInfo")
+    file_rank = info.get("rank") if isinstance(info, dict) else None
+    if file_rank is None:
+        file_rank = rank_from_name(path) if default_rank is None else default_rank
+    arank = c["arank"].astype(np.int32)
+    if generated:
+        pid_num = pd.to_numeric(pd.Series(cats_arr), errors="coerce").fillna(0).to_numpy()[pid_codes]
+        rank = np.where(arank >= 0, arank, pid_num).astype(np.int32)
+    else:
+        rank = np.full(n, int(file_rank or 0), dtype=np.int32)
+    gpu_codes = [strings.index[x] for x in contract.GPU_CATS if x in strings.index]
+    is_gpu = np.isin(cat_codes, gpu_codes)
+    stream = c["stream"].astype(np.int64)
+    # thread / stream label: the trace's own thread name where it has one
+    pair = pid_codes.astype(np.int64) * (len(cat_list) + 1) + tid_codes
+    uniq, inverse = np.unique(pair, return_inverse=True)
+    labels = []
+    for u in uniq:
+        p_s, t_s = cats_arr[u // (len(cat_list) + 1)], cats_arr[u % (len(cat_list) + 1)]
+        labels.append(cols.names.get(("thread_name", p_s, t_s), f"thread {t_s}"))
+    distinct = list(dict.fromkeys(labels))
+    label_code = np.array([distinct.index(lab) for lab in labels], dtype=np.int32)
+    thread = pd.Categorical.from_codes(label_code[inverse], categories=distinct)
+    tid_num = pd.to_numeric(pd.Series(cats_arr), errors="coerce").to_numpy()[tid_codes]
+    stream = np.where(is_gpu & (stream < 0), np.nan_to_num(tid_num, nan=-1), stream).astype(np.int64)
+    extra = np.empty(n, dtype=object)
+    if any(x is not None for x in cols.extra):
+        extra[:] = [x.decode() if x is not None else None for x in cols.extra]
+    df = pd.DataFrame({
+        "rank": rank,
+        "pid": strings.categorical(pid_codes),
+        "tid": strings.categorical(tid_codes),
+        "thread": thread,
+        "device": pd.Categorical.from_codes(is_gpu.astype(np.int8), categories=["cpu", "gpu"]),
+        "cat": strings.categorical(cat_codes),
+        "name": strings.categorical(c["name"].astype(np.int32)),
+        "start_us": c["start_us"].astype(np.float64),
+        "dur_us": c["dur_us"].astype(np.float64),
+        "correlation": c["correlation"].astype(np.int64),
+        "stream": stream,
+        "layer": c["layer"].astype(np.int32),
+        "microbatch": c["microbatch"].astype(np.int32),
+        "stage": strings.categorical(c["stage"].astype(np.int32)),
+        "stage_stream": strings.categorical(c["stage_stream"].astype(np.int32)),
+        "flops": c["flops"].astype(np.float64),
+        "bytes": c["bytes"].astype(np.float64),
+        "work_us": c["work_us"].astype(np.float64),
+        "extra": extra,
+    })
+    for col in STRING_COLUMNS:
+        if col == "thread":
+            continue
+        df[col] = df[col].cat.remove_unused_categories()
+    return df
+
+
+def _flows_frame(cols: _Columns, rank_of_pid: dict[str, int]) -> pd.DataFrame:
+    if not cols.flows:
+        return pd.DataFrame({"ph": [], "pid": [], "tid": [], "ts": [], "id": [], "cat": [], "rank": []})
+    ph, pid, tid, ts, fid, cat = zip(*cols.flows)
+    return pd.DataFrame({"ph": ph, "pid": pid, "tid": tid, "ts": np.asarray(ts, dtype=np.float64),
+                         "id": np.asarray(fid, dtype=np.int64), "cat": cat,
+                         "rank": [rank_of_pid.get(p, 0) for p in pid]})
+
+def load_file(path: str | Path, rank: int | None = None, progress: bool | None = None,
+              keep_cpu_ops: bool = False) -> Trace:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    skip = frozenset() if keep_cpu_ops else CPU_OP_CATS
+    bar = Progress(size, path.name, progress)
+    try:
+        parts, meta = read_events(path, partial(_Columns, str(path), skip_cats=skip), bar)
+    finally:
+        bar.close()
+    cols = _merge(parts, str(path), skip)
+    if cols.n_seen == 0:
+        raise UserError(f"{path}: the trace holds no events")
+    df = _to_frame(cols, meta, path, rank)
+    if df.empty:
+        raise UserError(f"{path}: the trace holds no duration ('X') events to analyse")
+    if contract.is_generated(meta.get("otherData")):
+        generated_meta(meta["otherData"], str(path))       # a newer format or a broken contract: say so now
+    pairs = df[["pid", "rank"]].drop_duplicates("pid")
+    rank_of_pid = dict(zip(pairs["pid"].astype(str), pairs["rank"]))
+    meta["process_names"] = {p: n for (w, p, _), n in cols.names.items() if w == "process_name"}
+    return Trace(df, _flows_frame(cols, rank_of_pid), meta, [str(path)])
+
+
+def load(path: str | Path, progress: bool | None = None) -> Trace:
+    """A file, or a folder of per-rank files (rank from distributedInfo, else the file name)."""
+    files = trace_files(Path(path))
+    if len(files) == 1:
+        return load_file(files[0], progress=progress)
+    parts = [load_file(f, rank=i if rank_from_name(f) is None else None, progress=progress)
+             for i, f in enumerate(files)]
+    events = pd.concat([p.events for p in parts], ignore_index=True)
+    for col in STRING_COLUMNS:
+        events[col] = events[col].astype("category")
+    meta = dict(parts[0].meta)
+    meta["files"] = [str(f) for f in files]
+    return Trace(events, pd.concat([p.flows for p in parts], ignore_index=True), meta, [str(f) for f in files])
+
+
+__all__ = ["Trace", "load", "load_file", "text", "generated_meta", "EXTRA_ARGS", "STRING_COLUMNS"]

@@ -1,0 +1,360 @@
+"""The trace file format: Chrome / Kineto JSON (PyTorch profiler traces, `.json` or `.json.gz`,
+and tracegen's own output), decoded into small typed event structs. No table here: a sink
+(replay/events.py) turns each batch of decoded events into columns.
+
+The file is memory-mapped (gzip first decompressed to a temporary file) and its `traceEvents`
+array cut at event boundaries into chunks of a few MB, each decoded by msgspec straight into
+structs (fields no analysis reads are skipped; `args` are kept raw and decoded only for the events
+a sink keeps). A cut that falls inside a nested object cannot decode and is moved back to the
+previous boundary. Large files are split into ranges at checked event boundaries and parsed by
+forked worker processes, one per core."""
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Protocol
+
+import msgspec
+
+from tracegen.base import contract
+from tracegen.base.errors import UserError
+
+CHUNK = 8 << 20                      # bytes of JSON decoded per step
+PARALLEL_MIN_BYTES = 48 << 20        # smaller files are parsed in one process
+_BOUNDARY = re.compile(rb"\}\s*,\s*\{")
+_BRACKET = re.compile(rb"\s*:\s*\[")
+_KEY = b'"traceEvents"'
+
+_JSON_TYPE = {int: int, float: float, str: str, bool: bool, dict: dict[str, float], list: list}
+_KINETO_ARGS = [("correlation", int | str | None, None),     # Kineto's launch <-> kernel id (tracegen's too)
+                ("stream", int | str | None, None),          # CUDA stream of a kernel
+                ("name", str | None, None),                  # metadata events: process / thread name
+                ("labels", str | None, None)]                # metadata events: process labels
+# The args decoded from each event: Kineto's, and tracegen's as the contract declares them (the keys
+# some tool reads); everything else in an event's args is skipped by the decoder.
+Args = msgspec.defstruct("Args", _KINETO_ARGS + [
+    (k.name, _JSON_TYPE[k.type] | None, None) for k in contract.read_keys(contract.SLICE_ARGS)
+    if k.name not in {n for n, _, _ in _KINETO_ARGS}])
+NO_ARGS = Args()
+
+class Event(msgspec.Struct):
+    ph: str = ""
+    name: str | int | float | None = None
+    cat: str | None = None
+    pid: int | str | None = None
+    tid: int | str | None = None
+    ts: float | str | None = None
+    dur: float | str | None = None
+    id: int | str | None = None
+    bp: str | None = None
+    # kept raw: most events' args (cpu_op input shapes, runtime ids) are never read, and decoding
+    # them into Args costs twice the rest of the event; the kept ones are decoded in one batch
+    args: msgspec.Raw = None  # type: ignore[assignment]  (absent: None; Raw cannot be in a union)
+
+
+class _Tail(msgspec.Struct):
+    traceEvents: list[Event]
+    distributedInfo: dict[str, Any] | None = None
+    otherData: dict[str, Any] | None = None
+
+
+class _Head(msgspec.Struct):
+    distributedInfo: dict[str, Any] | None = None
+    otherData: dict[str, Any] | None = None
+    deviceProperties: list[dict[str, Any]] | None = None
+
+
+_decode_events = msgspec.json.Decoder(list[Event]).decode
+_decode_args = msgspec.json.Decoder(list[Args | None]).decode  # type: ignore[valid-type]
+_decode_tail = msgspec.json.Decoder(_Tail).decode
+_decode_head = msgspec.json.Decoder(_Head).decode
+
+
+def decode_args(events: list[Event], src: str) -> list[Any]:
+    """The events' args (an Args or None each), decoded in one call over their raw JSON joined
+    into one array; a wrong-typed field names its event."""
+    raws = [e.args if e.args is not None else b"null" for e in events]
+    try:
+        return _decode_args(b"[" + b",".join(raws) + b"]")
+    except msgspec.ValidationError:
+        for e, raw in zip(events, raws):      # the error path only: name the event at fault
+            try:
+                _decode_args(b"[" + bytes(raw) + b"]")
+            except msgspec.ValidationError as exc:
+                where = str(exc).replace("`$[0]", "`args").replace("$[0]", "args")
+                raise UserError(f"{src}: event {e.name!r} at pid {e.pid} tid {e.tid} ts {e.ts}: {where}") from None
+        raise
+
+
+class Sink(Protocol):
+    """What the reader hands decoded events to (replay/events.py builds columns)."""
+    paired: bool          # holds an unmatched 'B' event: ranges must not be split
+
+    def add(self, events: list[Event]) -> None: ...
+
+    def result(self) -> dict[str, Any]: ...
+
+
+# ----------------------------------------------------------------------------- reading
+def _open(path: Path, progress: Callable[[int], None]) -> tuple[Any, Any]:
+    """The trace's JSON bytes as a read-only buffer (a memory map: no copy in RAM) and a closer.
+    gzip (detected by its magic bytes, not the name) is first decompressed to a temporary file."""
+    try:
+        f: BinaryIO = open(path, "rb")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder (pass it as a folder of ranks, or name one file)") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with f:
+        magic = f.read(2)
+        f.seek(0)
+        if magic == b"\x1f\x8b":
+            tmp = tempfile.TemporaryFile(prefix="replay-", suffix=".json")
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            while raw := f.read(CHUNK // 2):
+                progress(len(raw))
+                try:
+                    tmp.write(d.decompress(raw))
+                except zlib.error as exc:
+                    tmp.close()
+                    raise UserError(f"{path}: corrupt gzip data ({exc})") from None
+                if d.eof and d.unused_data:
+                    tmp.close()
+                    raise UserError(f"{path}: several gzip members; only one trace per file is supported")
+            if not d.eof:
+                tmp.close()
+                raise UserError(f"{path}: truncated gzip file (the compressed stream ends early)")
+            tmp.flush()
+            src = tmp
+        else:
+            if str(path).endswith(".gz"):
+                raise UserError(f"{path}: named .gz but not gzip data")
+            src = open(path, "rb")
+            progress(os.fstat(src.fileno()).st_size)
+        size = os.fstat(src.fileno()).st_size
+        if size == 0:
+            src.close()
+            raise UserError(f"{path}: empty file")
+        buf = mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def close() -> None:
+        buf.close()
+        src.close()
+    return buf, close
+
+
+def _json_error(path: Path, exc: Exception) -> UserError:
+    msg = str(exc)
+    if "truncated" in msg.lower() or "unexpected end" in msg.lower():
+        return UserError(f"{path}: truncated JSON (the file ends inside the trace): {msg}")
+    return UserError(f"{path}: not a valid trace: {msg}")
+
+
+def _header(buf: Any, path: Path) -> tuple[str, int, dict[str, Any]]:
+    """Where the events start ('object' form: after "traceEvents": [, or 'array' form), and the
+    metadata written before them."""
+    head_len = min(len(buf), 64 << 20)
+    start = buf[:64].lstrip()
+    if start[:1] == b"[":
+        return "array", buf.find(b"[") + 1, {}
+    if start[:1] != b"{":
+        raise UserError(f"{path}: not a JSON trace (starts with {start[:20]!r})")
+    k = buf.find(_KEY, 0, head_len)
+    while k >= 0:
+        bracket = _BRACKET.match(buf, k + len(_KEY))
+        if bracket:
+            meta: dict[str, Any] = {}
+            head = buf[:k].rstrip()
+            try:
+                h = _decode_head(head + (b'"_":0}' if head.endswith((b"{", b",")) else b',"_":0}'))
+                meta.update({k2: v for k2, v in msgspec.structs.asdict(h).items() if v is not None})
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                pass   # a header we cannot read costs only the metadata
+            return "object", bracket.end(), meta
+        k = buf.find(_KEY, k + 1, head_len)
+    raise UserError(f"{path}: JSON without 'traceEvents' (not a Chrome/Kineto trace)")
+
+
+def _bracketed(buf: Any, start: int, end: int) -> bytearray:
+    """'[' + buf[start:end] + ']' in one copy (a slice of the map, then two concatenations, made three)."""
+    out = bytearray(end - start + 2)
+    out[0], out[-1] = 0x5B, 0x5D
+    out[1:-1] = memoryview(buf)[start:end]
+    return out
+
+
+def _cut(buf: Any, pos: int, before: int | None = None) -> int | None:
+    """Position of the last '}' that ends an event (followed by ', {') in buf[pos:before]."""
+    end = len(buf) if before is None else before
+    lo = end
+    while lo > pos:
+        lo = max(pos, lo - (1 << 20))      # look back 1 MB at a time: events are far smaller
+        last = None
+        for m in _BOUNDARY.finditer(buf, lo, end):
+            last = m.start()
+        if last is not None:
+            return last
+    return None
+
+
+
+def _consume(buf: Any, pos: int, end: int, sink: Sink) -> int:
+    """Decode whole events of buf[pos:end] a chunk at a time; returns where it stopped. A cut that
+    falls inside a nested object cannot decode and moves back to the previous boundary."""
+    while end - pos > CHUNK:
+        cut = _cut(buf, pos, before=pos + CHUNK)
+        while cut is not None:
+            try:
+                events = _decode_events(_bracketed(buf, pos, cut + 1))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                cut = _cut(buf, pos, before=cut)
+                continue
+            sink.add(events)
+            pos = buf.find(b"{", cut + 1)
+            break
+        else:
+            return pos       # no event boundary in a whole chunk: the rest is decoded at once
+    return pos
+
+
+def _event_start_at_or_after(buf: Any, offset: int, limit: int) -> int | None:
+    """The first position >= offset where a top-level event begins, checked by decoding a few
+    events from it (a '{' inside an event's args cannot decode as a list of events)."""
+    for m in _BOUNDARY.finditer(buf, offset, min(limit, offset + (16 << 20))):
+        cand = m.end() - 1
+        cut = _cut(buf, cand, before=min(limit, cand + (256 << 10)))
+        if cut is None:
+            continue
+        try:
+            _decode_events(b"[" + buf[cand:cut + 1] + b"]")
+            return cand
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+    return None
+
+
+def _parse_range(path: str, start: int, end: int, last: bool, mode: str,
+                 make_sink: Callable[[], Sink]) -> dict[str, Any]:
+    """Parse events in buf[start:end] (the last range: to the end of the file, trailer included)."""
+    buf = _SHARED[path]
+    sink = make_sink()
+    meta: dict[str, Any] = {}
+    stop = len(buf) if last else end
+    pos = _consume(buf, start, stop, sink)
+    rest = buf[pos:stop]
+    try:
+        if not last:
+            sink.add(_decode_events(b"[" + rest.rstrip().rstrip(b",") + b"]"))
+        elif mode == "object":
+            tail = _decode_tail(b'{"traceEvents":[' + rest)
+            sink.add(tail.traceEvents)
+            meta.update({k: v for k, v in (("distributedInfo", tail.distributedInfo),
+                                           ("otherData", tail.otherData)) if v is not None})
+        else:
+            body = rest.rstrip()
+            body = body[:-1] if body.endswith(b"]") else body
+            sink.add(_decode_events(b"[" + body.rstrip().rstrip(b",") + b"]"))
+    except msgspec.ValidationError as exc:
+        raise UserError(f"{path}: an event has a field of the wrong type: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise _json_error(Path(path), exc) from None
+    return {"sink": sink.result(), "meta": meta, "paired": sink.paired}
+
+
+_SHARED: dict[str, Any] = {}        # path -> buffer, inherited by forked workers
+
+
+def _workers() -> int:
+    n = os.environ.get("REPLAY_WORKERS")
+    return max(1, int(n)) if n else max(1, min(8, os.cpu_count() or 1))
+
+
+def read_events(path: Path, make_sink: Callable[[], Sink],
+                progress: Callable[[int], None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every event of the file handed to sinks, one per range; returns each sink's result (in file
+    order) and the trace's metadata (otherData, distributedInfo, deviceProperties)."""
+    buf, close = _open(path, progress)
+    key = str(path)
+    try:
+        mode, pos, meta = _header(buf, path)
+        size = len(buf)
+        workers = _workers()
+        n_ranges = 1 if size < PARALLEL_MIN_BYTES or workers == 1 else 4 * workers
+        starts = [pos]
+        for k in range(1, n_ranges):
+            s0 = _event_start_at_or_after(buf, pos + k * (size - pos) // n_ranges, size)
+            if s0 is not None and s0 > starts[-1]:
+                starts.append(s0)
+        bounds = list(zip(starts, starts[1:] + [size]))
+        _SHARED[key] = buf
+        jobs = [(key, a, b, i == len(bounds) - 1, mode, make_sink) for i, (a, b) in enumerate(bounds)]
+        if len(jobs) == 1:
+            parts = [_parse_range(*jobs[0])]
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("fork")) as ex:
+                parts = list(ex.map(_parse_range, *zip(*jobs)))
+        if any(p["paired"] for p in parts) and len(parts) > 1:
+            parts = [_parse_range(key, pos, size, True, mode, make_sink)]     # B/E pairs may straddle ranges
+    finally:
+        _SHARED.pop(key, None)
+        close()
+    return [p["sink"] for p in parts], {**meta, **parts[-1]["meta"]}
+
+
+def rank_from_name(path: Path) -> int | None:
+    """The rank a per-rank file's name gives (rank3.json, trace_3.json), if any."""
+    m = re.search(r"rank[_\-]?(\d+)", path.name, re.I) or re.search(r"[_\-.](\d+)\.json", path.name)
+    return int(m.group(1)) if m else None
+
+
+def trace_files(path: Path) -> list[Path]:
+    """The trace files a path names: itself, or a folder's .json / .json.gz files."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.name.endswith((".json", ".json.gz", ".pt.trace.json"))
+                       and p.is_file())
+        if not files:
+            raise UserError(f"{path}: folder holds no .json or .json.gz traces")
+        return files
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    return [path]
+
+
+class Progress:
+    """A progress bar on stderr for long loads, only when stderr is a terminal."""
+
+    def __init__(self, total: int, label: str, enabled: bool | None = None):
+        self.total, self.done, self.label = max(total, 1), 0, label
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.t0 = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.2 and self.done < self.total:
+            return
+        self.last = now
+        frac = min(1.0, self.done / self.total)
+        bar = "#" * int(30 * frac)
+        rate = self.done / 1e6 / max(now - self.t0, 1e-9)
+        sys.stderr.write(f"\r{self.label} [{bar:<30}] {100 * frac:5.1f}% {rate:7.1f} MB/s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and time.monotonic() - self.t0 > 0.5:
+            sys.stderr.write("\n")
+
+

@@ -1,0 +1,144 @@
+"""The trace contract: what a tracegen trace holds and what replay reads from it.
+
+The trace file is the only interface between tracegen (which writes it) and replay / viz (which
+read it). Every name the two sides share lives here: the format version, the tracks and their
+thread ids, slice and flow categories, the stage names and the stream each runs on, the idle
+causes, and every key of a slice's `args` and of the trace's `otherData`, with its type and
+meaning. docs/trace-contract.md is this module in prose; tests/test_contract.py checks that every
+key tracegen writes is declared here, every declared key is written, and that the readers read
+exactly the declared keys."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+FORMAT_VERSION = 2          # otherData["format_version"]; 1: traces written before it was recorded
+GENERATOR = "tracegen"      # otherData["generator"] starts with this word in every generated trace
+
+# ----------------------------------------------------------------------------- streams and tracks
+COMPUTE, COMM = "compute", "comm"      # the two GPU streams of a rank (a stage runs on one of them)
+CPU, PROXY = "cpu", "proxy"            # the CPU launch thread, and the CPU proxy thread (cpu-proxy backend)
+TRACKS: dict[str, tuple[int, str]] = {  # track -> (thread id in the trace, thread name shown in Perfetto)
+    CPU: (1, "CPU launch"), COMPUTE: (2, "compute stream"), COMM: (3, "comm stream"), PROXY: (4, "CPU proxy"),
+}
+PROCESS_NAME = "rank {rank}"           # one process (pid = rank) per rank
+
+# ----------------------------------------------------------------------------- slice categories
+CAT_LAUNCH = "cpu_launch"      # CPU: launching a stage's kernels (args: kernels)
+CAT_WAIT = "cpu_wait"          # CPU: blocked until the dispatch's received counts are back
+CAT_PROXY = "cpu_proxy"        # CPU proxy thread: posting a non-IBGDA transfer
+CAT_STAGE = {COMPUTE: COMPUTE, COMM: COMM}   # GPU stage slices take their stream's name as category
+# Kineto (PyTorch profiler) categories replay also understands
+KINETO_GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset", "gpu_user_annotation")
+KINETO_ANNOTATION = "user_annotation"        # CPU ranges from record_function
+KINETO_GPU_ANNOTATION = "gpu_user_annotation"
+KINETO_CPU_OPS = ("cpu_op", "python_function")   # framework ops: no analysis reads them
+GPU_CATS = frozenset((*KINETO_GPU_CATS, COMPUTE, COMM))   # categories of work that ran on a GPU
+
+# ----------------------------------------------------------------------------- flows and counters
+FLOW_DEPENDENCY = "dependency"   # a stage's input produced on the other stream (source -> consumer)
+FLOW_LAUNCH = "launch"           # CPU launch slice -> the stage it launched
+KINETO_LAUNCH_FLOW = "ac2g"      # Kineto's runtime call -> kernel link
+LAUNCH_FLOWS = (KINETO_LAUNCH_FLOW, FLOW_LAUNCH)   # the correlation column carries the same link
+COUNTER_SMS = "SMs in use"       # counter per rank; args: {compute: SMs computing, comm: SMs held by comm}
+
+# ----------------------------------------------------------------------------- stages
+STAGE_STREAM: dict[str, str] = {     # every stage name, and the stream it runs on
+    "ATTN": COMPUTE, "ATTN-0": COMPUTE, "ATTN-1": COMPUTE, "SHARED": COMPUTE, "MLP": COMPUTE,
+    "DISPATCH": COMM, "COMBINE": COMM,
+}
+PROGRAM: dict[tuple[str, str], tuple[str, ...]] = {   # (phase, layer type) -> stage order of one micro-batch
+    ("prefill", "moe"): ("ATTN", "SHARED", "DISPATCH", "MLP", "COMBINE"),
+    ("decode", "moe"): ("ATTN-0", "ATTN-1", "SHARED", "DISPATCH", "MLP", "COMBINE"),
+    ("prefill", "dense"): ("ATTN", "MLP"),
+    ("decode", "dense"): ("ATTN-0", "ATTN-1", "MLP"),
+}
+
+# ----------------------------------------------------------------------------- idle causes
+# Why a rank's compute stream had nothing to run; the scheduler books its idle time under these and
+# replay's findings name the same causes.
+WAITING_ON_COMM = "waiting_on_comm"        # the next compute's inputs were still in flight
+CPU_BLOCKED_LAUNCH = "cpu_blocked_launch"  # not launched yet: the CPU sat in a blocking call
+LAUNCH_BOUND = "launch_bound"              # not launched yet: the CPU was busy launching earlier work
+IDLE_CAUSES = (CPU_BLOCKED_LAUNCH, LAUNCH_BOUND, WAITING_ON_COMM)
+
+
+# ----------------------------------------------------------------------------- keys
+@dataclass(frozen=True)
+class Key:
+    """One key of a slice's args or of otherData."""
+    name: str
+    type: Any             # the JSON value's Python type (int, float, str, bool, dict, list)
+    on: str               # which slices carry it (args), or when it is present (otherData)
+    meaning: str
+    read: bool = True     # False: written for people (Perfetto's args panel); no tool reads it
+
+
+SLICE_ARGS: tuple[Key, ...] = (
+    Key("layer", int, "every stage slice, CPU and GPU", "model layer index"),
+    Key("microbatch", int, "every stage slice", "micro-batch index (0, 1 with two-batch overlap)"),
+    Key("stage", str, "every stage slice", "stage name, one of STAGE_STREAM"),
+    Key("rank", int, "every stage slice", "the rank (also the process id)"),
+    Key("correlation", int, "every stage slice", "one id per (rank, stage): the launch slice and the GPU slice "
+                                                  "it launched share it, as Kineto's correlation ids do"),
+    Key("kind", str, "GPU slices", "the stream the stage ran on: 'compute' or 'comm' (the event table's "
+                                    "stage_stream column)"),
+    Key("flops", float, "GPU slices", "FLOPs of the stage's ops"),
+    Key("bytes", float, "GPU slices", "compute: HBM bytes; comm: bytes sent over the links"),
+    Key("work_us", float, "GPU slices", "compute: time at full SMs; comm: transfer time (latency excluded)"),
+    Key("ops_us", dict, "GPU slices", "op name -> predicted microseconds (the ops behind the stage)"),
+    Key("cost_us", dict, "GPU slices", "cost term -> microseconds (compute, memory, floor, links, latency)"),
+    Key("latency_us", float, "comm slices", "fixed cost before data flows (DeepEP normal: the count exchange)"),
+    Key("post_us", float, "comm slices", "CPU proxy posting time (cpu-proxy backend)"),
+    Key("sms", int, "comm slices", "SMs the all-to-all holds while in flight"),
+    Key("blocking", bool, "comm slices and CPU waits", "the CPU waits for this dispatch's received counts"),
+    Key("backend", str, "comm slices", "all-to-all backend (normal, ibgda, cpu-proxy, ascend-fused, pcie-copy)",
+        read=False),
+    Key("load_factor", float, "MLP slices of MoE layers on ranks with load != 1", "this rank's expert load "
+                                                                                  "relative to the mean"),
+    Key("kernels", int, "CPU launch slices", "kernels the stage launches (each costs launch_us of CPU)"),
+)
+
+OTHER_DATA: tuple[Key, ...] = (
+    Key("generator", str, "always", "'tracegen <version>': marks a generated trace"),
+    Key("format_version", int, "always", "FORMAT_VERSION of the writer"),
+    Key("model", str, "always", "the model's display name", read=False),
+    Key("model_spec", dict, "always", "the model as a catalog entry ({key: fields}), so the trace replays "
+                                      "without the user's --model-file"),
+    Key("hardware", str, "always", "the hardware's display name", read=False),
+    Key("hardware_key", str, "always", "the hardware's catalog key (or the user file's entry name)"),
+    Key("hardware_spec", dict, "always", "the hardware as it ran (preset table and what-ifs applied), as a "
+                                         "catalog entry, so the trace replays without the user's "
+                                         "--hardware-file"),
+    Key("preset", str, "always", "cost-model preset name"),
+    Key("plan", dict, "always", "every field of the deployment plan (tracegen.plan.Plan)"),
+    Key("ranks", int, "always", "ranks emitted"),
+    Key("layers", list, "always", "model layer indices emitted", read=False),
+    Key("dense_layers", list, "always", "which of them are dense"),
+    Key("launch_us", float, "always", "CPU cost per kernel launch"),
+    Key("sm_count", int, "always", "SMs per GPU", read=False),
+    Key("load_factors", list, "always", "per-rank expert load (mean 1)"),
+    Key("span_us", float, "always", "scheduled span, first to last slice", read=False),
+    Key("idle_us", list, "always", "per rank: compute idle time per idle cause, as scheduled"),
+    Key("tbo", str, "always", "launch order: off, proper, improper, an order file, or 'as observed' (whatif)",
+        read=False),
+    Key("whatif", dict, "traces written by replay whatif", "source file and the changes applied", read=False),
+)
+
+ARG_NAMES = tuple(k.name for k in SLICE_ARGS)
+OTHER_DATA_NAMES = tuple(k.name for k in OTHER_DATA)
+
+
+def read_keys(keys: tuple[Key, ...]) -> tuple[Key, ...]:
+    """The keys some tool reads back (the rest are for people)."""
+    return tuple(k for k in keys if k.read)
+
+
+def is_generated(other_data: dict[str, Any] | None) -> bool:
+    """Whether a trace's otherData says tracegen wrote it."""
+    return str((other_data or {}).get("generator", "")).startswith(GENERATOR)
+
+
+__all__ = ["FORMAT_VERSION", "GENERATOR", "COMPUTE", "COMM", "CPU", "PROXY", "TRACKS", "CAT_LAUNCH", "CAT_WAIT",
+           "CAT_PROXY", "GPU_CATS", "FLOW_DEPENDENCY", "FLOW_LAUNCH", "LAUNCH_FLOWS", "STAGE_STREAM", "PROGRAM",
+           "IDLE_CAUSES", "Key", "SLICE_ARGS", "OTHER_DATA", "read_keys", "is_generated"]
