@@ -1,4 +1,5 @@
-"""`replay`: measure computation/communication overlap in real (or generated) traces."""
+"""`replay`: measure computation/communication overlap in real (or generated) traces, compare a
+prediction with them, re-time them under a change, and fit the cost model to them."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,18 @@ examples:
   replay whatif decode.json.gz --comm ibgda -o ibgda.json.gz
   replay whatif traces/observed/h100/layers-improper.json.gz --launch-order proper \\
       --taxonomy traces/observed/h100/taxonomy.toml -o h100-fixed.json.gz"""
+
+
+EPILOG_CALIBRATE = """\
+examples:
+  replay calibrate traces/observed/h100/sweep.json.gz --hardware h100-datasheet -o h100-fit.json \\
+      --holdout-m 3,24,96,384,1536,6144,48,768 --holdout-name shared_up,shared_down
+  tracegen trace --hardware-file h100-fit.json ...        predict with the fitted curves
+  replay calibrate pred.json.gz -o fit.json               a tracegen trace: recovers its own curves
+
+Profiler ranges are named "op=<gemm|grouped_gemm|attention|hbm|pcie> name=<op> M=.. N=.. K=..
+flops=.. bytes=.. dtype=<fp8|bf16>" (bench/capture/capture_h100.py writes them). The fit itself
+is tracegen/fit.py; its prediction for each op is tracegen's cost.op_time."""
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -108,6 +121,49 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    from tracegen.base.fileio import atomic_write
+    from tracegen.catalog import hardware_to_dict
+
+    from .calibrate import run
+
+    def floats(text: str | None) -> set[float]:
+        try:
+            return {float(x) for x in text.split(",") if x.strip()} if text else set()
+        except ValueError:
+            raise UserError(f"--holdout-m takes numbers separated by commas, got {text!r}") from None
+
+    if not args.output.endswith(".json"):
+        raise UserError(f"-o {args.output}: calibrate writes a JSON hardware file (name it *.json)")
+    hw, table, detail, sources = run(args.observed, args.hardware, args.hardware_file, floats(args.holdout_m),
+                                     {x.strip() for x in (args.holdout_name or "").split(",") if x.strip()})
+    atomic_write(args.output, json.dumps(hardware_to_dict(hw), indent=1))
+    if args.report:
+        atomic_write(args.report, detail.to_csv(index=False))
+    if args.json:
+        print_json({"output": args.output, "sources": sources, "hardware": hardware_to_dict(hw),
+                     "errors": table.to_dict(orient="records")})
+        return 0
+    for s in sources:
+        print(s)
+    print(f"\nfitted efficiency curves for {hw.name} (eff = max * g(M) * f(N) * f(K); floor per kernel):")
+    for kind, c in hw.efficiency.items():
+        print(f"  {kind:<13} max {c.max:.3f}  m_half {c.m_half:8.1f} (pow {c.m_pow:g})  n_half {c.n_half:8.1f}  "
+              f"k_half {c.k_half:8.1f}  floor {c.floor_us:.2f} us")
+    if "pcie-copy" in hw.comm:
+        print(f"  pcie-copy link efficiency {hw.comm['pcie-copy'].bw_eff:.3f} of {hw.pcie_gbps:g} GB/s")
+    print("\nprediction error per op kind (|predicted - observed| / observed):")
+    print(f"  {'kind':<14}{'set':<10}{'n':>5}{'median before':>15}{'after':>8}{'p90 before':>12}{'after':>8}")
+    before, after = table[table["model"] == "before"], table[table["model"] == "after"]
+    for (_, b), (_, a) in zip(before.iterrows(), after.iterrows()):
+        print(f"  {a['kind']:<14}{a['set']:<10}{int(a['n']):>5}{b['median_abs_err_pct']:>14.1f}%"
+              f"{a['median_abs_err_pct']:>7.1f}%{b['p90_abs_err_pct']:>11.1f}%{a['p90_abs_err_pct']:>7.1f}%")
+    print(f"\nwrote {args.output}: use it with --hardware-file {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p, sub = new_parser("replay", __doc__)
     a = add_command(sub, "analyze", cmd_analyze,
@@ -161,6 +217,24 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--hardware", default=None, help="hardware of a profiler trace (default: from the trace)")
     w.add_argument("--rank", type=int, default=None, help="profiler traces: the rank to re-time")
     add_reading_args(w, json_help="print the result as JSON", stages=True)
+
+    c = add_command(sub, "calibrate", cmd_calibrate,
+                    help="fit the cost model's efficiency curves to an observed trace",
+                    epilog=EPILOG_CALIBRATE,
+                    description="Match the ops of observed traces (profiler ranges named op=... with FLOPs and "
+                                "bytes, or tracegen's own traces) to the cost model, fit each op kind's "
+                                "efficiency curve and kernel floor, and write a hardware file.")
+    c.add_argument("observed", nargs="+", help="observed trace(s): .json / .json.gz")
+    c.add_argument("-o", "--output", required=True, help="hardware file to write (JSON)")
+    c.add_argument("--hardware", "--gpu", "-g", dest="hardware", default=None,
+                   help="hardware to start from (default: read from the trace)")
+    c.add_argument("--hardware-file", default=None, metavar="FILE", help="start from your own hardware file")
+    c.add_argument("--holdout-m", default=None, metavar="M,M,...",
+                   help="leave ops with these row counts out of the fit and report them apart")
+    c.add_argument("--holdout-name", default=None, metavar="NAME,...",
+                   help="leave ops of these names out of the fit (e.g. shared_up,shared_down)")
+    c.add_argument("--report", default=None, metavar="CSV", help="write every op's observed and predicted time")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
 

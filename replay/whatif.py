@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tracegen.catalog import load_hardware, load_model
+from tracegen.catalog import hardware_of_device, load_hardware, load_model
 from tracegen.base.errors import UserError
 from tracegen.launch_order import load_order, unroll
 from tracegen.base.contract import COMM, COMPUTE, STAGE_STREAM
@@ -27,7 +27,7 @@ from tracegen.schedule import Schedule, simulate, summary
 from tracegen.trace import write_trace
 
 from .analyze import Analysis
-from .calibrate import hardware_of_device
+
 from .compare import StageRules, label_stages
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from replay.calibrate import run
 from tracegen.catalog import EffCurve, hardware_to_dict, load_hardware
+from replay.cli import main as replay
 from tracegen.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ def test_fit_recovers_the_generating_curves_within_2_percent(truth_and_traces, c
     capsys.readouterr()
     out = d / "fit.json"
     # start from H800's own (different) curves: the fit must move them to the truth
-    assert main(["calibrate", *files, "--hardware", "h800", "-o", str(out)]) == 0
+    assert replay(["calibrate", *files, "--hardware", "h800", "-o", str(out)]) == 0
     fitted = load_hardware(path=out)
     for kind in ("gemm", "grouped_gemm", "attention", "hbm"):
         want, got = truth.efficiency[kind], fitted.efficiency[kind]
@@ -58,7 +59,7 @@ def test_fit_recovers_the_generating_curves_within_2_percent(truth_and_traces, c
 def test_calibrated_file_is_a_normal_hardware_file(truth_and_traces, capsys):
     _, files, d = truth_and_traces
     out = d / "fit2.json"
-    assert main(["calibrate", files[0], "--hardware", "h800", "-o", str(out)]) == 0
+    assert replay(["calibrate", files[0], "--hardware", "h800", "-o", str(out)]) == 0
     capsys.readouterr()
     assert main(["estimate", "--hardware-file", str(out), "--json"]) == 0
     assert "(calibrated)" in json.loads(capsys.readouterr().out)["hardware"]
@@ -69,9 +70,9 @@ def test_bad_calibrate_inputs(tmp_path, capsys):
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps({"traceEvents": [{"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 1,
                                                   "ts": 0, "dur": 1}]}))
-    assert main(["calibrate", str(plain), "--hardware", "h100", "-o", str(tmp_path / "o.json")]) == 2
+    assert replay(["calibrate", str(plain), "--hardware", "h100", "-o", str(tmp_path / "o.json")]) == 2
     assert "no matchable ops" in capsys.readouterr().err
-    assert main(["calibrate", str(plain), "-o", str(tmp_path / "o.txt")]) == 2
+    assert replay(["calibrate", str(plain), "-o", str(tmp_path / "o.txt")]) == 2
     assert "JSON hardware file" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
 

@@ -382,6 +382,16 @@ def hardware_to_dict(hw: Hardware) -> dict[str, Any]:
     }}
 
 
+def hardware_of_device(device_name: str) -> Hardware:
+    """The catalog GPU a profiler trace's deviceProperties name (H100, H800, ...), or a UserError."""
+    n = normalise(device_name)
+    for key in ("h800", "h200", "h100", "h20", "b200"):
+        if key in n:
+            return load_hardware(key)
+    raise UserError(f"cannot tell the hardware from the trace ({device_name or 'no deviceProperties'}); "
+                    "name it with --hardware")
+
+
 def model_to_dict(m: Model) -> dict[str, Any]:
     """A model entry as a plain table that `load_model(path=...)` reads back."""
     fields_ = {k: getattr(m, k) for k in _MODEL_FIELDS if k not in ("display", "base", "abstract", "aliases")}
@@ -406,5 +416,5 @@ def _one(table: Any, src: str, what: str, build: Callable[[str, dict, str], Any]
 
 
 __all__ = ["EffCurve", "CommBackend", "Hardware", "Model", "load_hardware", "load_model", "builtin_hardware",
-           "builtin_models", "hardware_to_dict", "hardware_from_dict", "model_to_dict", "model_from_dict",
+           "builtin_models", "hardware_of_device", "hardware_to_dict", "hardware_from_dict", "model_to_dict", "model_from_dict",
            "normalise"]

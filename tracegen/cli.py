@@ -1,9 +1,8 @@
 """`tracegen`: predict one layer of an MoE deployment (estimate), write it as a timeline (trace),
-list the catalogs, and fit the cost model to an observed trace (calibrate)."""
+and list the catalogs. (Fitting the cost model to an observed trace is `replay calibrate`.)"""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from typing import Any
@@ -11,8 +10,9 @@ from typing import Any
 from .catalog import Hardware, Model, builtin_hardware, builtin_models, load_hardware, load_model
 from .base.cliutil import add_command, entry_point, new_parser, print_json
 from .base.errors import UserError
-from .plan import COMM_BACKENDS, Plan, validate
+from .plan import COMM_BACKENDS, Plan
 from .preset import PRESETS, Preset, load_preset
+from .resolve import HARDWARE_WHATIFS, PLAN_FIELDS, resolve_plan, resolve_target
 
 EPILOG_ESTIMATE = """\
 examples:
@@ -39,16 +39,6 @@ Each slice is a stage (ATTN, SHARED, DISPATCH, MLP, COMBINE; decode ATTN-0/ATTN-
 layer, microbatch, stage, flops, bytes, and the cost terms behind its duration."""
 
 
-EPILOG_CALIBRATE = """\
-examples:
-  tracegen calibrate traces/observed/h100/sweep.json.gz --hardware h100 -o h100-fit.json \\
-      --holdout-m 3,24,96,384,1536,6144,48,768 --holdout-name shared_up,shared_down
-  tracegen trace --hardware-file h100-fit.json ...        predict with the fitted curves
-
-Profiler ranges are named "op=<gemm|grouped_gemm|attention|hbm|pcie> name=<op> M=.. N=.. K=..
-flops=.. bytes=.. dtype=<fp8|bf16>" (bench/capture/capture_h100.py writes them)."""
-
-
 # ----------------------------------------------------------------------------- shared options
 def add_target_args(p: argparse.ArgumentParser) -> None:
     """--model/--hardware/--preset and the user-file variants."""
@@ -60,7 +50,7 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hardware", "--gpu", "-g", dest="hardware", default=None,
                    help="hardware name from `tracegen list hardware` (default: h800)")
     g.add_argument("--hardware-file", default=None, metavar="FILE",
-                   help="your own hardware file (TOML or JSON; `tracegen calibrate` writes one)")
+                   help="your own hardware file (TOML or JSON; `replay calibrate` writes one)")
     g.add_argument("--preset", default="default", choices=PRESETS,
                    help="cost-model conventions: 'default' (physical) or 'seed004' (the published analysis)")
     g.add_argument("--phase", default="prefill", choices=("prefill", "decode"), help="inference phase")
@@ -101,44 +91,16 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     h.add_argument("--hbm-gbps", type=float, default=None, help="HBM bandwidth, GB/s")
 
 
-def resolve_target(args: argparse.Namespace) -> tuple[Model, Hardware, Preset]:
-    model = load_model(args.model, args.model_file)
-    hw = load_hardware(args.hardware, args.hardware_file)
-    preset = load_preset(args.preset)
-    over: dict[str, Any] = {}
-    for flag, fld in (("scaleout_gbps", "scaleout_gbps"), ("scaleup_gbps", "scaleup_gbps"), ("hbm_gbps", "hbm_gbps")):
-        v = getattr(args, flag, None)
-        if v is not None:
-            if v <= 0:
-                raise UserError(f"--{flag.replace('_', '-')} must be positive, got {v}")
-            over[fld] = v
-    hw, preset = preset.resolve(hw, **over)
-    return model, hw, preset
-
-
-def plan_from_args(args: argparse.Namespace, model: Model, hw: Hardware, preset: Preset) -> Plan:
-    defaults = dict(preset.plan.get(args.phase, {}))
-    comm = defaults.pop("comm", "normal")
-    if comm not in hw.comm:     # the preset's default backend may not exist on this hardware
-        comm = "ascend-fused" if "ascend-fused" in hw.comm else "normal"
-    comm = args.comm or comm
-    kw: dict[str, Any] = {k: v for k, v in defaults.items()}
-    for name in ("batch", "seq_len", "kv_hit", "tp", "dp", "ep", "gpus_per_node", "redundant_experts",
-                 "microbatches", "comm_sms", "precision", "kv_dtype", "decode_len", "imbalance"):
-        v = getattr(args, name, None)
-        if v is not None:
-            kw[name] = v
-    kw.setdefault("gpus_per_node", hw.gpus_per_node)
-    if getattr(args, "balancedness", None) is not None:
-        if not 0 < args.balancedness <= 1:
-            raise UserError(f"--balancedness must lie in (0, 1], got {args.balancedness}")
-        kw["imbalance"] = 1.0 / args.balancedness
-    if getattr(args, "tokens", None) is not None:
-        if args.phase != "prefill":
-            raise UserError("--tokens is for prefill; use --batch for decode")
-        kw["batch"] = args.tokens * kw.get("tp", 1) / kw.get("seq_len", 4096)
-    plan = Plan(phase=args.phase, comm=comm, **kw)
-    return validate(plan, model, hw)
+def resolve_args(args: argparse.Namespace) -> tuple[Model, Hardware, Preset, Plan]:
+    """The CLI's flags through the shared resolver (tracegen/resolve.py)."""
+    model, hw, preset = resolve_target(args.model, args.model_file, args.hardware, args.hardware_file, args.preset,
+                                       **{k: getattr(args, k, None) for k in HARDWARE_WHATIFS})
+    if getattr(args, "mla_form", None):
+        preset = replace(preset, decode_mla_form=args.mla_form)
+    plan = resolve_plan(args.phase, model, hw, preset, tokens=getattr(args, "tokens", None),
+                        balancedness=getattr(args, "balancedness", None),
+                        **{k: getattr(args, k, None) for k in PLAN_FIELDS})
+    return model, hw, preset, plan
 
 
 # ----------------------------------------------------------------------------- output
@@ -183,10 +145,7 @@ def render_estimate(est: Any) -> str:
 def cmd_estimate(args: argparse.Namespace) -> int:
     from .estimate import estimate
     from .memory import max_batch
-    model, hw, preset = resolve_target(args)
-    if args.mla_form:
-        preset = replace(preset, decode_mla_form=args.mla_form)
-    plan = plan_from_args(args, model, hw, preset)
+    model, hw, preset, plan = resolve_args(args)
     est = estimate(model, hw, plan, preset)
     if plan.phase == "decode":
         est.extra["max_batch"] = max_batch(model, hw, plan, preset)
@@ -205,10 +164,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from .schedule import summary
     from .trace import output_format, write_trace
     output_format(args.output)
-    model, hw, preset = resolve_target(args)
     if args.tbo == "off" and args.microbatches is None:
         args.microbatches = 1
-    plan = plan_from_args(args, model, hw, preset)
+    model, hw, preset, plan = resolve_args(args)
     opts = TraceOptions(tbo=args.tbo, order_file=args.order, layers=args.layers, skip_dense=args.skip_dense,
                         ranks=args.ranks, launch_us=args.launch_us)
     sched = schedule(model, hw, plan, preset, opts)
@@ -231,47 +189,6 @@ def cmd_trace(args: argparse.Namespace) -> int:
         print(f"per MoE layer {sum(times) / len(times) / 1e3:.3f} ms (mean of {len(times)})")
     print("compute idle: " + ", ".join(f"{c} {r0['idle_us'][c] / 1e3:.3f} ms" for c in IDLE_CAUSES))
     print("open it in https://ui.perfetto.dev (Open trace file) or chrome://tracing")
-    return 0
-
-
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    from replay.calibrate import run      # the loop closes here: observed event tables -> a hardware file
-
-    from .catalog import hardware_to_dict
-    from .base.fileio import atomic_write
-
-    def floats(text: str | None) -> set[float]:
-        try:
-            return {float(x) for x in text.split(",") if x.strip()} if text else set()
-        except ValueError:
-            raise UserError(f"--holdout-m takes numbers separated by commas, got {text!r}") from None
-
-    if not args.output.endswith(".json"):
-        raise UserError(f"-o {args.output}: calibrate writes a JSON hardware file (name it *.json)")
-    hw, table, detail, sources = run(args.observed, args.hardware, args.hardware_file, floats(args.holdout_m),
-                                     {x.strip() for x in (args.holdout_name or "").split(",") if x.strip()})
-    atomic_write(args.output, json.dumps(hardware_to_dict(hw), indent=1))
-    if args.report:
-        atomic_write(args.report, detail.to_csv(index=False))
-    if args.json:
-        print_json({"output": args.output, "sources": sources, "hardware": hardware_to_dict(hw),
-                     "errors": table.to_dict(orient="records")})
-        return 0
-    for s in sources:
-        print(s)
-    print(f"\nfitted efficiency curves for {hw.name} (eff = max * g(M) * f(N) * f(K); floor per kernel):")
-    for kind, c in hw.efficiency.items():
-        print(f"  {kind:<13} max {c.max:.3f}  m_half {c.m_half:8.1f} (pow {c.m_pow:g})  n_half {c.n_half:8.1f}  "
-              f"k_half {c.k_half:8.1f}  floor {c.floor_us:.2f} us")
-    if "pcie-copy" in hw.comm:
-        print(f"  pcie-copy link efficiency {hw.comm['pcie-copy'].bw_eff:.3f} of {hw.pcie_gbps:g} GB/s")
-    print("\nprediction error per op kind (|predicted - observed| / observed):")
-    print(f"  {'kind':<14}{'set':<10}{'n':>5}{'median before':>15}{'after':>8}{'p90 before':>12}{'after':>8}")
-    before, after = table[table["model"] == "before"], table[table["model"] == "after"]
-    for (_, b), (_, a) in zip(before.iterrows(), after.iterrows()):
-        print(f"  {a['kind']:<14}{a['set']:<10}{int(a['n']):>5}{b['median_abs_err_pct']:>14.1f}%{a['median_abs_err_pct']:>7.1f}%"
-              f"{b['p90_abs_err_pct']:>11.1f}%{a['p90_abs_err_pct']:>7.1f}%")
-    print(f"\nwrote {args.output}: use it with --hardware-file {args.output}")
     return 0
 
 
@@ -376,24 +293,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file: .json, .json.gz (Chrome/Perfetto JSON) or .pftrace (Perfetto protobuf)")
     t.add_argument("--json", action="store_true", help="print the schedule summary as JSON")
     add_plan_args(t)
-
-    c = add_command(sub, "calibrate", cmd_calibrate,
-                    help="fit the cost model's efficiency curves to an observed trace",
-                    epilog=EPILOG_CALIBRATE,
-                    description="Match the ops of observed traces (profiler ranges named op=... with FLOPs and "
-                                "bytes, or tracegen's own traces) to the cost model, fit each op kind's "
-                                "efficiency curve and kernel floor, and write a hardware file.")
-    c.add_argument("observed", nargs="+", help="observed trace(s): .json / .json.gz")
-    c.add_argument("-o", "--output", required=True, help="hardware file to write (JSON)")
-    c.add_argument("--hardware", "--gpu", "-g", dest="hardware", default=None,
-                   help="hardware to start from (default: read from the trace)")
-    c.add_argument("--hardware-file", default=None, metavar="FILE", help="start from your own hardware file")
-    c.add_argument("--holdout-m", default=None, metavar="M,M,...",
-                   help="leave ops with these row counts out of the fit and report them apart")
-    c.add_argument("--holdout-name", default=None, metavar="NAME,...",
-                   help="leave ops of these names out of the fit (e.g. shared_up,shared_down)")
-    c.add_argument("--report", default=None, metavar="CSV", help="write every op's observed and predicted time")
-    c.add_argument("--json", action="store_true", help="print the result as JSON")
 
     lst = add_command(sub, "list", cmd_list, help="show the hardware, model or preset catalogs")
     lst.add_argument("what", choices=("hardware", "models", "presets"))

@@ -19,11 +19,11 @@ from bokeh.models import Button, Div, FileInput, Select, Spinner, TextInput
 
 from replay.analyze import Analysis, analyze
 from replay.events import load as load_trace
-from tracegen.catalog import builtin_hardware, builtin_models, load_hardware, load_model
 from tracegen.base.errors import UserError
+from tracegen.catalog import builtin_hardware, builtin_models, load_hardware
 from tracegen.pipeline import TraceOptions, schedule
-from tracegen.plan import Plan, validate
-from tracegen.preset import PRESETS, load_preset
+from tracegen.preset import PRESETS
+from tracegen.resolve import resolve_plan, resolve_target
 from tracegen.trace import write_trace
 
 from .report import build, summary_table
@@ -43,13 +43,10 @@ class State:
 
 def predict(values: dict[str, Any], tmp: Path) -> Analysis:
     """A prediction for the widget values, as replay sees it (through the trace file)."""
-    model, hw, preset = load_model(values["model"]), load_hardware(values["hardware"]), load_preset(values["preset"])
-    phase = values["phase"]
-    defaults = dict(preset.plan[phase])
-    defaults.pop("comm", None)
-    kw = {**defaults, "batch": float(values["batch"]), "tp": int(values["tp"]), "dp": int(values["dp"]),
-          "ep": int(values["ep"]), "microbatches": 1 if values["tbo"] == "off" else 2}
-    plan = validate(Plan(phase=phase, comm=values["comm"], gpus_per_node=hw.gpus_per_node, **kw), model, hw)
+    model, hw, preset = resolve_target(values["model"], hardware=values["hardware"], preset=values["preset"])
+    plan = resolve_plan(values["phase"], model, hw, preset, batch=float(values["batch"]), tp=int(values["tp"]),
+                        dp=int(values["dp"]), ep=int(values["ep"]), comm=values["comm"],
+                        microbatches=1 if values["tbo"] == "off" else 2)
     sched = schedule(model, hw, plan, preset, TraceOptions(tbo=values["tbo"], layers=int(values["layers"]),
                                                            ranks=int(values["ranks"])))
     path = tmp / "predicted.json"

@@ -102,11 +102,11 @@ SLICE_ARGS: tuple[Key, ...] = (
 OTHER_DATA: tuple[Key, ...] = (
     Key("generator", str, "always", "'tracegen <version>': marks a generated trace"),
     Key("format_version", int, "always", "FORMAT_VERSION of the writer"),
-    Key("model", str, "always", "the model's display name", read=False),
+    Key("model", str, "always", "the model's display name (format 1 traces: looked up in the catalog)"),
     Key("model_spec", dict, "always", "the model as a catalog entry ({key: fields}), so the trace replays "
                                       "without the user's --model-file"),
-    Key("hardware", str, "always", "the hardware's display name", read=False),
-    Key("hardware_key", str, "always", "the hardware's catalog key (or the user file's entry name)"),
+    Key("hardware", str, "always", "the hardware's display name (format 1 traces: looked up in the catalog)"),
+    Key("hardware_key", str, "always", "the hardware's catalog key (or the user file's entry name)", read=False),
     Key("hardware_spec", dict, "always", "the hardware as it ran (preset table and what-ifs applied), as a "
                                          "catalog entry, so the trace replays without the user's "
                                          "--hardware-file"),

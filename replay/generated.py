@@ -1,0 +1,54 @@
+"""What a tracegen trace says was modelled: the model, hardware, preset and plan, rebuilt from its
+otherData (the trace contract's model_spec / hardware_spec), so that a trace made with a user's
+--model-file or --hardware-file replays without that file."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tracegen.base.errors import UserError
+from tracegen.catalog import Hardware, Model, hardware_from_dict, load_hardware, load_model, model_from_dict
+from tracegen.plan import Plan
+from tracegen.preset import Preset, load_preset
+
+from .events import Trace
+
+
+@dataclass(frozen=True)
+class Target:
+    model: Model
+    hardware: Hardware        # as it ran: the preset's table and the user's what-ifs applied
+    preset: Preset
+    plan: Plan
+    ranks: int
+    launch_us: float
+    load_factors: tuple[float, ...]
+    dense_layers: frozenset[int]
+
+
+def target(trace: Trace) -> Target:
+    """The generated trace's target; a UserError for a profiler trace or a broken contract."""
+    meta = trace.generator
+    src = trace.sources[0] if trace.sources else "trace"
+    if meta is None:
+        raise UserError(f"{src}: not a tracegen trace (its otherData names no generator)")
+    if meta.model_spec is not None:
+        model = model_from_dict(meta.model_spec, f"{src}: otherData.model_spec")
+    else:                       # format 1: the display name, resolved in the catalog
+        model = load_model(meta.model)
+    if meta.hardware_spec is not None:
+        hw = hardware_from_dict(meta.hardware_spec, f"{src}: otherData.hardware_spec")
+    else:
+        hw = load_hardware(meta.hardware)
+    if meta.plan is None:
+        raise UserError(f"{src}: otherData has no plan")
+    try:
+        plan = Plan(**meta.plan)
+    except TypeError as exc:
+        raise UserError(f"{src}: otherData.plan does not match this version's plan ({exc})") from None
+    loads = tuple(float(x) for x in (meta.load_factors or [1.0]))
+    return Target(model, hw, load_preset(meta.preset or "default"), plan, int(meta.ranks or 1),
+                  float(meta.launch_us if meta.launch_us is not None else hw.cpu_launch_us), loads,
+                  frozenset(int(x) for x in (meta.dense_layers or [])))
+
+
+__all__ = ["Target", "target"]

@@ -1,0 +1,280 @@
+"""Fit the cost model to measured op times: each op kind's efficiency curve, the kernel floors,
+the HBM efficiency and the host-link copy efficiency, so that `cost.op_time` reproduces the
+measurements. The measurements (`Obs`) come from replay/calibrate.py, which reads traces; this
+module knows nothing of trace files.
+
+Model (the default preset's, evaluated by `cost.op_time`): time = max(compute, HBM, floor) with
+compute = sum over the op's matrix products of 2MNK / (peak x eff_kind(M, N, K)),
+eff(M, N, K) = max x g(M) x N/(N + n_half) x K/(K + k_half), g(M) = M^p / (M^p + m_half^p),
+HBM = bytes / (HBM bandwidth x eff_hbm) and floor = floor_us per kernel.
+
+Fit: the floor is the fastest single matrix kernel observed; eff_hbm the median achieved
+bandwidth of pure copies (else the value that best explains the memory-bound ops); each kind's
+(max, m_half, n_half, k_half, p) by coordinate descent on grids followed by a joint local search,
+minimising the sqrt(time)-weighted L1 error of log time. A few rounds alternate the kinds, since
+the HBM bound of one depends on the others."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .catalog import EffCurve, Hardware
+from .cost import link_rate, op_time
+from .ops import Gemm, Work
+from .plan import Plan
+from .preset import Preset, load_preset
+
+FITTED = ("gemm", "grouped_gemm", "attention")
+
+
+@dataclass(frozen=True)
+class Obs:
+    """One measured op: what it computes and moves, and how long it took."""
+    kind: str             # efficiency kind: gemm, grouped_gemm, attention, hbm (device copy), pcie (host copy)
+    name: str
+    m: float
+    flops: float
+    bytes: float
+    rate: str             # "fp8" or "bf16": which peak the FLOPs run at
+    us: float
+    kernels: int = 1      # kernels the op ran as (each takes at least the kind's floor)
+    profiled: bool = True     # measured by a profiler (False: read from a tracegen trace)
+    held_out: bool = False
+    gemms: tuple[Gemm, ...] = ()   # its matrix products (M, N, K, count), when known
+    phase: str = "prefill"
+
+
+@lru_cache(maxsize=1)
+def _default() -> Preset:
+    return load_preset("default")
+
+
+def as_work(o: Obs, hw: Hardware) -> Work:
+    """The cost model's view of a measured op (a kind without a curve is timed by its bytes)."""
+    flops = o.flops if o.kind in hw.efficiency else 0.0
+    return Work(o.name, "", "", o.kind, flops=flops, rate=o.rate, m=o.m, hbm_bytes=o.bytes, kernels=o.kernels,
+                gemms=o.gemms if flops else ())
+
+
+def _plan(phase: str) -> Plan:
+    return Plan(phase=phase, batch=1, seq_len=1)
+
+
+def predict_us(obs: list[Obs], hw: Hardware) -> np.ndarray:
+    """The default preset's time for each observation under `hw`: `cost.op_time`, and host-link
+    copies at the pcie-copy backend's link rate."""
+    out = np.empty(len(obs))
+    pcie = link_rate(hw, _default(), "pcie", hw.comm["pcie-copy"].bw_eff) if "pcie-copy" in hw.comm else None
+    for i, o in enumerate(obs):
+        if o.kind == "pcie" and pcie is not None:
+            out[i] = o.bytes / (pcie * 1e3)
+        else:
+            out[i] = op_time(as_work(o, hw), _plan(o.phase), hw, _default()).us
+    return out
+
+
+def compute_us(obs: list[Obs], hw: Hardware) -> np.ndarray:
+    """The compute term alone (no HBM bound, no floor) of each observation."""
+    return np.array([op_time(as_work(o, hw), _plan(o.phase), hw, _default()).terms.get("compute_ms", 0.0) * 1e3
+                     for o in obs])
+
+
+def _floor(obs: list[Obs], hw: Hardware) -> np.ndarray:
+    return np.array([hw.efficiency[o.kind].floor_us * o.kernels if o.kind in hw.efficiency else 0.0 for o in obs])
+
+
+def _hbm_us(obs: list[Obs], hw: Hardware, eff: float) -> np.ndarray:
+    return np.array([o.bytes for o in obs], dtype=float) / (hw.hbm_gbps * 1e3 * eff)
+
+
+_MAXES = np.linspace(0.02, 1.0, 197)
+_HALVES = np.concatenate([[0.0], np.logspace(-1, 5, 181)])
+_POWS = np.array([1.0, 1.5, 2.0, 3.0])
+
+
+class _Products:
+    """All products of a set of ops flattened, so one curve is evaluated for every op at once
+    (the optimiser's inner loop: the same compute term as `op_time`, vectorised)."""
+
+    def __init__(self, obs: list[Obs], hw: Hardware):
+        rows = []
+        for i, o in enumerate(obs):
+            peak = (hw.fp8_tflops if o.rate == "fp8" else hw.bf16_tflops) * 1e6 * _default().usable_peak
+            gs = o.gemms or ((o.m, 0.0, 0.0, o.flops / max(2 * o.m, 1e-9) if o.m else 0.0),)
+            for m, n, k, c in gs:
+                if m and c:
+                    work = 2 * m * n * k * c if o.gemms else o.flops
+                    rows.append((i, m, n, k, work / peak))
+        a = np.array(rows, dtype=float).reshape(-1, 5)
+        self.idx = a[:, 0].astype(int)
+        self.m, self.n, self.k, self.t_at_peak = a[:, 1], a[:, 2], a[:, 3], a[:, 4]
+        self.n_obs = len(obs)
+
+    def compute_us(self, mx: float, mh: float, nh: float, kh: float, mp: float = 1.0) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = np.where(self.m > 0, 1.0 / (1.0 + (mh / np.maximum(self.m, 1e-30)) ** mp), 1.0) if mh > 0 else 1.0
+            fn = np.where(self.n > 0, self.n / (self.n + nh), 1.0) if nh > 0 else 1.0
+            fk = np.where(self.k > 0, self.k / (self.k + kh), 1.0) if kh > 0 else 1.0
+        eff = mx * g * fn * fk
+        return np.bincount(self.idx, self.t_at_peak / eff, minlength=self.n_obs)
+
+
+def _fit_curve(obs: list[Obs], hw: Hardware, lower_us: np.ndarray, start: EffCurve,
+               shape_aware: bool) -> EffCurve:
+    """Coordinate descent over (max, m_half, n_half, k_half) on grids, then a joint local search,
+    minimising the weighted L1 error of log(max(compute, lower)) against the observed times."""
+    prods = _Products(obs, hw)
+    t = np.array([o.us for o in obs])
+    # L1 on log time (robust to the odd outlier kernel), weighted by sqrt(time) so that the ops
+    # that take the time are fitted best without ignoring the small ones
+    weight = np.sqrt(t / t.mean())
+    p = [start.max, start.m_half, start.n_half if shape_aware else 0.0, start.k_half if shape_aware else 0.0,
+         start.m_pow]
+
+    def loss(params: list[float]) -> float:
+        pred = np.maximum(prods.compute_us(*params), lower_us)
+        return float(np.sum(weight * np.abs(np.log(pred / t))))
+
+    def descend(p: list[float]) -> tuple[float, list[float]]:
+        best = loss(p)
+        for _ in range(8):
+            improved = False
+            for j, grid in enumerate((_MAXES, _HALVES, _HALVES, _HALVES)):
+                if j >= 2 and not shape_aware:
+                    continue
+                for v in grid:
+                    trial = p.copy()
+                    trial[j] = float(v)
+                    val = loss(trial)
+                    if val < best - 1e-12:
+                        best, p, improved = val, trial, True
+            if not improved:
+                break
+        return best, p
+
+    # refine around a coarse optimum (grids step ~8 %): (max, m_half) jointly, since they trade off
+    # along a valley, on shrinking local grids; the shape halves one at a time
+    def refine_pair(p: list[float], best: float) -> tuple[float, list[float]]:
+        span = 0.1
+        for _ in range(10):
+            for _ in range(25):          # walk at this span while the best point is on the grid's edge
+                centre, moved = p, False
+                for a in centre[0] * (1 + span * np.linspace(-1, 1, 11)):
+                    for b in (centre[1] * (1 + span * np.linspace(-1, 1, 11)) if centre[1] > 0 else (0.0,)):
+                        trial = [float(min(a, 1.0)), float(b)] + centre[2:]
+                        val = loss(trial)
+                        if val < best - 1e-15:
+                            best, p, moved = val, trial, True
+                if not moved:
+                    break
+            span /= 2
+        return best, p
+
+    def solve(mp: float) -> tuple[float, list[float]]:
+        best, q = descend(p[:4] + [float(mp)])
+        best, q = refine_pair(q, best)
+        if shape_aware:
+            for j in (2, 3):
+                if q[j] > 0:
+                    for v in q[j] * np.linspace(0.8, 1.2, 41):
+                        trial = q.copy()
+                        trial[j] = float(v)
+                        val = loss(trial)
+                        if val < best - 1e-15:
+                            best, q = val, trial
+            best, q = refine_pair(q, best)
+        return best, q
+
+    # the M exponent moves with m_half: solve for each exponent; keep 1 unless another is clearly better
+    results = {float(mp): solve(mp) for mp in _POWS}
+    best, p = min(results.values(), key=lambda r: r[0])
+    if results[1.0][0] <= best * 1.01 + 1e-12:
+        best, p = results[1.0]
+    return EffCurve(p[0], p[1], start.floor_us, p[2], p[3], p[4])
+
+
+def fit(obs: list[Obs], hw: Hardware, rounds: int = 3) -> Hardware:
+    """New efficiency curves for the kinds with observations; other fields kept. Kernel floors come
+    from profiler observations only: the fastest single matrix kernel seen (tracegen's own traces
+    keep the hardware's floors)."""
+    train = [o for o in obs if not o.held_out]
+    eff = dict(hw.efficiency)
+    comm = dict(hw.comm)
+    pcie = [o for o in train if o.kind == "pcie"]
+    if pcie and "pcie-copy" in comm:
+        bw = float(np.median([o.bytes / (o.us * 1e3) for o in pcie]))       # GB/s achieved
+        comm["pcie-copy"] = replace(comm["pcie-copy"], bw_eff=min(1.0, bw / hw.pcie_gbps),
+                                    source=f"fitted from {len(pcie)} host-link copies")
+    singles = [o.us for o in train if o.kind == "gemm" and o.kernels == 1 and o.profiled]
+    if singles:
+        floor = float(min(singles))
+        for kind in FITTED:
+            if kind in eff:
+                eff[kind] = replace(eff[kind], floor_us=floor)
+    # pure memory traffic: device copies, and elementwise kernels not at their floor
+    ew_floor = hw.efficiency["elementwise"].floor_us if "elementwise" in hw.efficiency else 0.0
+    copies = [o for o in train if o.kind == "hbm" or (o.kind == "elementwise" and o.bytes > 0
+                                                      and o.us > 1.5 * ew_floor * o.kernels)]
+    hbm = float(np.median([o.bytes / (o.us * 1e3) / hw.hbm_gbps for o in copies])) if copies else hw.eff("hbm")
+    for _ in range(rounds):
+        cur = replace(hw, efficiency={**eff, "hbm": EffCurve(min(hbm, 1.0))})
+        for kind in FITTED:
+            sel = [o for o in train if o.kind == kind and o.flops > 0]
+            if len(sel) < 2:
+                continue
+            lower = np.maximum(_hbm_us(sel, cur, min(hbm, 1.0)), _floor(sel, cur))
+            shape_aware = any(o.gemms for o in sel) and len({(g[1], g[2]) for o in sel for g in o.gemms}) > 2
+            eff[kind] = _fit_curve(sel, cur, lower, eff[kind], shape_aware)
+        if not copies:     # no pure copies: the HBM efficiency that best explains memory-bound ops
+            cur = replace(hw, efficiency={**eff, "hbm": EffCurve(hbm)})
+            comp = [o for o in train if o.kind in FITTED]
+            if comp:
+                c = np.maximum(compute_us(comp, cur), _floor(comp, cur))
+                t = np.array([o.us for o in comp])
+                grid = np.linspace(0.3, 1.0, 701)
+                mem = np.array([o.bytes for o in comp])[:, None] / (hw.hbm_gbps * 1e3 * grid[None, :])
+                loss = np.sum(np.log(np.maximum(c[:, None], mem) / t[:, None]) ** 2, axis=0)
+                hbm = float(grid[np.argmin(loss)])
+    eff["hbm"] = EffCurve(min(hbm, 1.0))
+    return replace(hw, efficiency=eff, comm=comm)
+
+
+def errors(obs: list[Obs], hw: Hardware) -> pd.DataFrame:
+    """Every observation with its predicted time and signed error in percent."""
+    pred = predict_us(obs, hw)
+    df = pd.DataFrame([o.__dict__ for o in obs])
+    df["pred_us"] = pred
+    df["err_pct"] = 100 * (pred - df["us"]) / df["us"]
+    return df
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    """Median and 90th-percentile absolute error per op kind the model covers, fitted vs held out."""
+    rows = []
+    for (kind, held), g in df[df["kind"].isin((*FITTED, "hbm", "pcie"))].groupby(["kind", "held_out"]):
+        e = g["err_pct"].abs().dropna()
+        if e.empty:
+            continue
+        rows.append({"kind": kind, "set": "held out" if held else "fitted", "n": len(e),
+                     "median_abs_err_pct": float(e.median()), "p90_abs_err_pct": float(e.quantile(0.9))})
+    return pd.DataFrame(rows)
+
+
+def mark_held_out(obs: list[Obs], ms: set[float], names: set[str]) -> list[Obs]:
+    """The observations with those row counts or op names set aside from the fit."""
+    return [replace(o, held_out=(o.m in ms) or (o.name in names)) for o in obs]
+
+
+def calibrated(hw: Hardware, sources: list[str]) -> Hardware:
+    """The fitted hardware named and sourced as calibrated from `sources`."""
+    note = f"{hw.source}; efficiencies fitted by replay calibrate from {', '.join(Path(s).name for s in sources)}"
+    name = hw.name if "calibrated" in hw.name else f"{hw.name} (calibrated)"
+    return replace(hw, name=name, source=note)
+
+
+__all__ = ["Obs", "FITTED", "fit", "predict_us", "compute_us", "errors", "summarise", "mark_held_out", "calibrated",
+           "as_work"]

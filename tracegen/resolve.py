@@ -1,0 +1,70 @@
+"""From names and flags to the objects the cost model runs on: (model, hardware, preset) and a
+validated plan, with the preset's per-phase plan defaults and the hardware's default backend
+filled in. The one resolver the CLI, the dashboard and the tests share."""
+from __future__ import annotations
+
+from typing import Any
+
+from .base.errors import UserError
+from .catalog import Hardware, Model, load_hardware, load_model
+from .plan import Plan, validate
+from .preset import Preset, load_preset
+
+# plan fields a caller may set; unset ones take the preset's defaults for the phase
+PLAN_FIELDS = ("batch", "seq_len", "kv_hit", "tp", "dp", "ep", "gpus_per_node", "redundant_experts",
+               "microbatches", "comm", "comm_sms", "precision", "kv_dtype", "decode_len", "imbalance")
+HARDWARE_WHATIFS = ("scaleout_gbps", "scaleup_gbps", "hbm_gbps")
+
+
+def resolve_target(model: str | None = None, model_file: str | None = None, hardware: str | None = None,
+                   hardware_file: str | None = None, preset: str = "default",
+                   **whatifs: float | None) -> tuple[Model, Hardware, Preset]:
+    """The model, the hardware as the preset sees it (with the user's what-if figures, which win)
+    and the preset."""
+    unknown = sorted(set(whatifs) - set(HARDWARE_WHATIFS))
+    if unknown:
+        raise TypeError(f"unknown hardware what-if {unknown[0]!r}")
+    m = load_model(model, model_file)
+    hw = load_hardware(hardware, hardware_file)
+    p = load_preset(preset)
+    over: dict[str, float] = {}
+    for name, v in whatifs.items():
+        if v is not None:
+            if not v > 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {v}")
+            over[name] = v
+    hw, p = p.resolve(hw, **over)
+    return m, hw, p
+
+
+def default_backend(preset: Preset, phase: str, hw: Hardware) -> str:
+    """The preset's backend for the phase, or the hardware's own where it has no such backend."""
+    comm = preset.plan.get(phase, {}).get("comm", "normal")
+    if comm not in hw.comm:
+        comm = "ascend-fused" if "ascend-fused" in hw.comm else "normal"
+    return comm
+
+
+def resolve_plan(phase: str, model: Model, hw: Hardware, preset: Preset, tokens: float | None = None,
+                 balancedness: float | None = None, **fields: Any) -> Plan:
+    """A validated plan: the fields given (None: unset), else the preset's defaults for the phase.
+    `tokens` (prefill prompt tokens per GPU) sets the batch; `balancedness` sets imbalance = 1/x."""
+    unknown = sorted(set(fields) - set(PLAN_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown plan field {unknown[0]!r}")
+    kw: dict[str, Any] = {k: v for k, v in preset.plan.get(phase, {}).items() if k != "comm"}
+    kw["comm"] = default_backend(preset, phase, hw)
+    kw.update({k: v for k, v in fields.items() if v is not None})
+    kw.setdefault("gpus_per_node", hw.gpus_per_node)
+    if balancedness is not None:
+        if not 0 < balancedness <= 1:
+            raise UserError(f"--balancedness must lie in (0, 1], got {balancedness}")
+        kw["imbalance"] = 1.0 / balancedness
+    if tokens is not None:
+        if phase != "prefill":
+            raise UserError("--tokens is for prefill; use --batch for decode")
+        kw["batch"] = tokens * kw.get("tp", 1) / kw.get("seq_len", 4096)
+    return validate(Plan(phase=phase, **kw), model, hw)
+
+
+__all__ = ["resolve_target", "resolve_plan", "default_backend", "PLAN_FIELDS", "HARDWARE_WHATIFS"]
