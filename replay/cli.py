@@ -112,6 +112,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
         return 0
     print(f"wrote {res['output']}: {Path(args.observed).name} re-timed with "
           + (", ".join(f"{k}={v}" for k, v in res["changes"].items()) or "no change"))
+    print("assumed: " + "\n         ".join(res["assumptions"]))
     print(f"  {'rank':>4}{'span ms':>12}{'observed':>10}{'overlap ms':>12}{'observed':>10}{'hidden':>8}")
     for r in res["ranks"]:
         obs_span = r["observed_span_us"] / 1e3 if r["observed_span_us"] is not None else float("nan")

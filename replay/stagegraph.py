@@ -1,0 +1,136 @@
+"""Observed trace -> stage graph: the two-batch-overlap stages a trace ran, with each stage's
+duration as observed, its stream, kernel count and CPU blocking, the order the CPU launched them
+in, and the assumptions made where the trace does not say. `replay whatif` re-times this graph.
+
+tracegen's own traces carry each stage's full-SM work, latency, SM use, kernels and blocking in
+their args and the model, hardware and plan in otherData, so nothing is assumed. For profiler
+traces a stage's duration is the busy time of its kernels (stage labels from annotations such as
+L3:ATTN(0), see replay/data/stages.toml), and the rest is inferred; `assumptions` says how."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tracegen.base.contract import CAT_LAUNCH, COMM, COMPUTE, STAGE_STREAM
+from tracegen.base.errors import UserError
+from tracegen.catalog import Hardware, Model, hardware_of_device, load_hardware, load_model
+from tracegen.opgraph import Stage
+from tracegen.plan import Plan
+
+from .analyze import Analysis
+from .compare import StageRules, label_stages
+from .generated import target
+
+Key = tuple[int, int, str]
+
+
+@dataclass
+class StageGraph:
+    """One rank's stages (or every rank's template, for a generated trace) and what they ran on."""
+    stages: dict[Key, Stage]
+    first_launch: dict[Key, float]      # when the CPU first launched each stage (observed order)
+    launch_us: float                    # CPU cost per kernel launch
+    loads: list[float]                  # per-rank expert load factors
+    ranks: int
+    model: Model
+    hardware: Hardware
+    plan: Plan
+    assumptions: list[str] = field(default_factory=list)
+
+
+def stage_graph(a: Analysis, rules: StageRules, hardware: str | None = None) -> StageGraph:
+    """The stage graph of an analysed trace (one rank for a profiler trace: pick it with --rank)."""
+    g = _generated(a) if a.trace.generated else _observed(a, rules, hardware)
+    if not g.stages:
+        raise UserError("no stages with known layer, micro-batch and stage in the trace: a what-if needs "
+                        "tracegen's args or stage annotations (see replay/data/stages.toml)")
+    return g
+
+
+def _generated(a: Analysis) -> StageGraph:
+    """Stages of rank 0 from tracegen's args (the other ranks differ only by their load factor)."""
+    t = target(a.trace)
+    ev = a.events
+    gpu = ev[(ev["rank"] == 0) & (ev["device"] == "gpu") & (ev["layer"] >= 0)]
+    cpu = ev[(ev["rank"] == 0) & (ev["cat"] == CAT_LAUNCH)]
+    first_launch, kernels = {}, {}
+    for r in cpu.itertuples():
+        k = (int(r.layer), int(r.microbatch), str(r.stage))
+        first_launch[k] = float(r.start_us)
+        x = json.loads(r.extra) if isinstance(r.extra, str) else {}
+        kernels[k] = int(x.get("kernels") or 1)
+    blocking_backend = t.hardware.backend(t.plan.comm).cpu_block_us > 0
+    stages = {}
+    for r in gpu.itertuples():
+        x = json.loads(r.extra) if isinstance(r.extra, str) else {}
+        load = x.get("load_factor") or 1.0
+        stream = COMM if str(r.stage_stream) == COMM else COMPUTE
+        key = (int(r.layer), int(r.microbatch), str(r.stage))
+        blocking = bool(x.get("blocking")) if "blocking" in x else (key[2] == "DISPATCH" and blocking_backend)
+        stages[key] = Stage(key[0], key[1], key[2], stream, float(r.work_us) / load, float(x.get("latency_us") or 0.0),
+                            float(x.get("post_us") or 0.0), blocking and stream == COMM, int(x.get("sms") or 0),
+                            kernels.get(key, 1), float(r.flops or 0.0) / load, float(r.bytes or 0.0) / load)
+    return StageGraph(stages, first_launch, t.launch_us, list(t.load_factors), t.ranks, t.model, t.hardware, t.plan,
+                      [f"a tracegen trace: {t.model.name} on {t.hardware.name}, stages, loads and launch costs "
+                       "from its args and otherData (nothing assumed)"])
+
+
+def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGraph:
+    """Stages of a profiler trace's one rank: busy time, first launch, kernels, blocking."""
+    ranks_seen = sorted(a.events.loc[a.events["device"] == "gpu", "rank"].unique())
+    if len(ranks_seen) != 1:
+        raise UserError("what-if of a profiler trace takes one rank: pick one with --rank")
+    rank = int(ranks_seen[0])
+    assumptions = [f"rank {rank} only, re-timed alone (other ranks' waits are not modelled)"]
+    if hardware:
+        hw = load_hardware(hardware)
+        assumptions.append(f"hardware {hw.name} (--hardware)")
+    else:
+        device = " ".join(d.get("name", "") for d in a.trace.meta.get("deviceProperties", [])[:1])
+        hw = hardware_of_device(device)
+        assumptions.append(f"hardware {hw.name}, from the trace's device name {device!r} (set --hardware)")
+    g = label_stages(a, rules)
+    g = g[g["rank"] == rank]
+    ev = a.events[a.events["rank"] == rank]
+    launch = ev[ev["launch"] & (ev["correlation"] >= 0)]
+    lend = dict(zip(launch["correlation"], launch["start_us"] + launch["dur_us"]))
+    launch_us = float(np.median(launch["dur_us"])) if len(launch) else 5.0
+    assumptions.append(f"CPU launch cost {launch_us:.2f} us per kernel: the median launch call"
+                       if len(launch) else "CPU launch cost 5 us per kernel: the trace has no launch calls")
+    b0 = ev.loc[ev["blocking"], "start_us"].to_numpy()
+    stages, first_launch = {}, {}
+    for (layer, mb, st), part in g.groupby(["layer", "microbatch", "cstage"], sort=True):
+        part = part.sort_values("start_us")
+        s0, e0 = part["start_us"].to_numpy(), (part["start_us"] + part["dur_us"]).to_numpy()
+        busy = float(np.sum(e0 - s0))
+        launched = [lend[c] for c in part["correlation"] if c in lend]
+        t_launch = min(launched) if launched else float(s0.min())
+        stream = STAGE_STREAM[st]
+        lat, blocked = 0.0, False
+        if stream == COMM and st == "DISPATCH":
+            # a blocking call between this stage's launches and its first kernel's end: DeepEP-style
+            # dispatch (the CPU waits for the counts, i.e. the stage's first kernel)
+            blocked = bool(np.any((b0 >= t_launch - 1.0) & (b0 <= e0[0] + 1.0)))
+            if blocked and len(part) > 1:
+                lat = float(e0[0] - s0[0])
+        key = (int(layer), int(mb), st)
+        stages[key] = Stage(key[0], key[1], st, stream, max(busy - lat, 0.0), lat, 0.0, blocked, 0, len(part))
+        first_launch[key] = t_launch
+    phase = "decode" if any(k[2] in ("ATTN-0", "ATTN-1") for k in stages) else "prefill"
+    n_mb = max((k[1] for k in stages), default=0) + 1
+    blocking = any(s.blocking for s in stages.values())
+    comm = "normal" if blocking else "ibgda"
+    assumptions += [
+        f"phase {phase} ({'ATTN-0/ATTN-1' if phase == 'decode' else 'no ATTN-0/ATTN-1'} stages seen), "
+        f"{n_mb} micro-batch{'es' if n_mb > 1 else ''} (from the stage labels)",
+        f"backend {comm}: {'a blocking call inside a dispatch' if blocking else 'no dispatch blocked the CPU'}",
+        "stage durations as observed (busy time of their kernels); the model and batch are not used "
+        "(the new trace's otherData names DeepSeek-V3, batch 1 as placeholders)",
+    ]
+    plan = Plan(phase=phase, batch=1, seq_len=1, microbatches=n_mb, comm=comm)
+    return StageGraph(stages, first_launch, launch_us, [1.0], 1, load_model(None), hw, plan, assumptions)
+
+
+__all__ = ["StageGraph", "stage_graph"]
