@@ -13,8 +13,8 @@ from tracegen.base.contract import IDLE_CAUSES
 from tracegen.base.errors import UserError
 
 from .cache import load_cached
-from .findings import as_dicts, find
 from .events import Trace
+from .findings import as_dicts, find
 from .overlap import balancedness, layer_metrics, rank_metrics, stream_layout
 from .structure import DEFAULT_ANNOTATION, recover
 from .taxonomy import classify, load_taxonomy
@@ -27,7 +27,6 @@ class Analysis:
     structure: str
     ranks: list[dict[str, Any]]
     layers: pd.DataFrame
-    microbatches: pd.DataFrame
     streams: pd.DataFrame
     finding_table: pd.DataFrame          # one row per idle piece; `findings` has them as dicts
     idle_totals: dict[int, dict[str, float]]
@@ -124,7 +123,6 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
     events = narrow(events, rank, window, t0)
     ranks = rank_metrics(events)
     layers = layer_metrics(events)
-    mbs = layer_metrics(events, by_microbatch=True)
     findings, totals = find(events, trace.flows, min_lost_us)
-    return Analysis(trace, events, how, ranks, layers, mbs, stream_layout(events), findings, totals, window, cached,
+    return Analysis(trace, events, how, ranks, layers, stream_layout(events), findings, totals, window, cached,
                     t0)

@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from tracegen.base.cliutil import add_command, add_reading_args, entry_point, new_parser, print_json
+from tracegen.base.cliutil import (
+    add_command,
+    add_reading_args,
+    entry_point,
+    new_parser,
+    print_json,
+)
 from tracegen.base.errors import UserError
 
 EPILOG = """\

@@ -20,10 +20,9 @@ from tracegen.base.contract import COMM, LAUNCH_BOUND, STAGE_STREAM
 from tracegen.base.errors import UserError
 
 from .analyze import Analysis
-from .intervals import intersection, length, union
 from .events import text
+from .intervals import intersection, length, union
 from .overlap import gpu_work
-
 
 
 @dataclass(frozen=True)
@@ -41,9 +40,9 @@ def load_stage_rules(user_file: str | None = None) -> StageRules:
         except OSError as exc:
             raise UserError(f"stage rules {user_file}: cannot read ({exc.strerror or exc})") from None
     ann, ker = [], []
-    for text in texts:
+    for body in texts:
         try:
-            raw = tomllib.loads(text)
+            raw = tomllib.loads(body)
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"stage rules: not valid TOML ({exc})") from None
         for r in raw.get("annotation", []):

@@ -38,7 +38,15 @@ import pandas as pd
 from tracegen.base import contract
 from tracegen.base.errors import UserError
 
-from .kineto import NO_ARGS, Event, Progress, decode_args, rank_from_name, read_events, trace_files
+from .kineto import (
+    NO_ARGS,
+    Event,
+    Progress,
+    decode_args,
+    rank_from_name,
+    read_events,
+    trace_files,
+)
 
 # tracegen's args that become columns of their own; its other read args travel in `extra`
 _COLUMN_ARGS = ("correlation", "rank", "layer", "microbatch", "stage", "kind", "flops", "bytes", "work_us")

@@ -9,10 +9,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracegen.base.contract import CPU_BLOCKED_LAUNCH, FLOW_DEPENDENCY, IDLE_CAUSES, LAUNCH_BOUND, WAITING_ON_COMM
+from tracegen.base.contract import (
+    CPU_BLOCKED_LAUNCH,
+    FLOW_DEPENDENCY,
+    IDLE_CAUSES,
+    LAUNCH_BOUND,
+    WAITING_ON_COMM,
+)
 
-from .intervals import gaps, union
 from .events import text
+from .intervals import gaps, union
 from .overlap import gpu_work
 
 DEP_LATENCY_US = 20.0     # a dependent kernel starts within this of its input's end (event wait + launch)

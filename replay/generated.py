@@ -6,7 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tracegen.base.errors import UserError
-from tracegen.catalog import Hardware, Model, hardware_from_dict, load_hardware, load_model, model_from_dict
+from tracegen.catalog import (
+    Hardware,
+    Model,
+    hardware_from_dict,
+    load_hardware,
+    load_model,
+    model_from_dict,
+)
 from tracegen.plan import Plan
 from tracegen.preset import Preset, load_preset
 

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .intervals import intersection, length, union
 from .events import text
+from .intervals import intersection, length, union
 
 GPU_WORK = ("compute", "comm", "memory", "other")
 

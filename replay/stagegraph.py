@@ -15,7 +15,13 @@ import numpy as np
 
 from tracegen.base.contract import CAT_LAUNCH, COMM, COMPUTE, STAGE_STREAM
 from tracegen.base.errors import UserError
-from tracegen.catalog import Hardware, Model, hardware_of_device, load_hardware, load_model
+from tracegen.catalog import (
+    Hardware,
+    Model,
+    hardware_of_device,
+    load_hardware,
+    load_model,
+)
 from tracegen.opgraph import Stage
 from tracegen.plan import Plan
 

@@ -53,7 +53,7 @@ def js_errors(driver) -> list[str]:
 
 def screenshot_stats(png: bytes) -> tuple[float, int]:
     """Share of pixels that are not background white, and the number of distinct colours."""
-    from PIL import Image       # Pillow comes with bokeh
+    from PIL import Image  # Pillow comes with bokeh
     img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3)
     non_white = float(np.mean(np.any(img < 245, axis=1)))
     colours = len(np.unique(img[:: max(1, len(img) // 200_000)], axis=0))

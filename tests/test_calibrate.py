@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from replay.calibrate import run
-from tracegen.catalog import EffCurve, hardware_to_dict, load_hardware
 from replay.cli import main as replay
+from tracegen.catalog import EffCurve, hardware_to_dict, load_hardware
 from tracegen.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,9 +5,15 @@ import json
 
 import pytest
 
-from tracegen.catalog import builtin_hardware, builtin_models, hardware_to_dict, load_hardware, load_model
 from tracegen.base.errors import UserError
 from tracegen.base.units import parse_quantity
+from tracegen.catalog import (
+    builtin_hardware,
+    builtin_models,
+    hardware_to_dict,
+    load_hardware,
+    load_model,
+)
 
 from .conftest import reference_rows
 

@@ -9,6 +9,7 @@ from collections import defaultdict
 import pytest
 
 from replay.analyze import analyze
+from replay.overlap import layer_metrics
 
 
 def sweep_union(iv):
@@ -121,5 +122,5 @@ def test_per_chunk_numbers_from_annotations(result, truth):
         assert layers.loc[L, "overlap_us"] == pytest.approx(ov, abs=1e-6)
     stages = set(",".join(result.layers["stages"]).split(","))
     assert {"attn(F)", "dispatch(F)", "mlp(B)", "combine(B)", "dispatch(B)", "mlp(W)", "attn(W)"} <= stages
-    mbs = result.microbatches
+    mbs = layer_metrics(result.events, by_microbatch=True)
     assert set(mbs["microbatch"]) == {0, 1}      # forward chunk, backward chunk

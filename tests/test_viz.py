@@ -20,7 +20,15 @@ from tracegen.cli import main as tracegen
 from viz.app import make_doc
 from viz.cli import main as viz
 
-from .browser import BOKEH_READY, js_errors, model_js, open_browser, require_browser, screenshot_stats, wait_for
+from .browser import (
+    BOKEH_READY,
+    js_errors,
+    model_js,
+    open_browser,
+    require_browser,
+    screenshot_stats,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OBS = ROOT / "traces" / "observed" / "h100"

@@ -7,9 +7,15 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from .catalog import Hardware, Model, builtin_hardware, builtin_models, load_hardware, load_model
 from .base.cliutil import add_command, entry_point, new_parser, print_json
-from .base.errors import UserError
+from .catalog import (
+    Hardware,
+    Model,
+    builtin_hardware,
+    builtin_models,
+    load_hardware,
+    load_model,
+)
 from .plan import COMM_BACKENDS, Plan
 from .preset import PRESETS, Preset, load_preset
 from .resolve import HARDWARE_WHATIFS, PLAN_FIELDS, resolve_plan, resolve_target
@@ -159,8 +165,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     import os
 
-    from .pipeline import TraceOptions, schedule
     from .base.contract import IDLE_CAUSES
+    from .pipeline import TraceOptions, schedule
     from .schedule import summary
     from .trace import output_format, write_trace
     output_format(args.output)

@@ -12,8 +12,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .catalog import DATA
 from .base.errors import UserError
+from .catalog import DATA
 from .opgraph import OpGraph
 
 TBO_MODES = ("off", "proper", "improper")

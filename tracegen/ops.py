@@ -37,7 +37,6 @@ class Work:
     kv_bytes: float = 0.0     # the KV-cache part of hbm_bytes (decode)
     scaleout_bytes: float = 0.0   # bytes leaving this GPU over RDMA
     scaleup_bytes: float = 0.0    # bytes leaving this GPU over NVLink / unified bus
-    tp_divisor: int = 1       # attention work is split over the TP group
     is_comm: bool = False
     kernels: int = 1          # matrix / attention kernels it launches (each costs at least a floor)
     gemms: tuple[Gemm, ...] = ()   # the matrix products behind `flops` (for shape-aware efficiency)
@@ -123,11 +122,11 @@ def attention_ops(model: Model, plan: Plan, preset: Preset, t: Tokens, dense: bo
         out = ((q, H, h * d / tp, 1),)
         return [
             Work("attn_proj", row, pre, "gemm", gemm_flops(proj), plan.precision, q,
-                 _gemm_bytes(q, H, qkv, wb) / tp, tp_divisor=tp, kernels=1, gemms=proj),
+                 _gemm_bytes(q, H, qkv, wb) / tp, kernels=1, gemms=proj),
             Work("attn_core", row, post, attn_kind, 2 * h * t.attn_pairs * 2 * d / tp, "bf16", q,
-                 kv_bytes / kv_split, kv_bytes=kv_bytes / kv_split, tp_divisor=tp),
+                 kv_bytes / kv_split, kv_bytes=kv_bytes / kv_split),
             Work("attn_out", row, post, "gemm", gemm_flops(out), wo_rate, q,
-                 _gemm_bytes(q, h * d, H, wb) / tp, tp_divisor=tp, gemms=out),
+                 _gemm_bytes(q, h * d, H, wb) / tp, gemms=out),
         ]
     # MLA: the products of each form as (M, N, K, count); with TP the heads split (N of the
     # up-projections, K of W_O, the per-head products) and the down-projections split by tokens
@@ -162,11 +161,11 @@ def attention_ops(model: Model, plan: Plan, preset: Preset, t: Tokens, dense: bo
     act = q * H * BF16
     return [
         Work("mla_proj", row, pre, "gemm", gemm_flops(proj), plan.precision, q,
-             (proj_w * wb + 2 * act) / tp, tp_divisor=tp, kernels=len(proj), gemms=proj),
+             (proj_w * wb + 2 * act) / tp, kernels=len(proj), gemms=proj),
         Work("attn_core", row, post, attn_kind, 2 * core_macs / tp, "bf16", q,
-             kv_bytes + q * h * (r_kv + rope) * BF16 / tp, kv_bytes=kv_bytes, tp_divisor=tp),
+             kv_bytes + q * h * (r_kv + rope) * BF16 / tp, kv_bytes=kv_bytes),
         Work("mla_out", row, post, "gemm", gemm_flops(out), wo_rate, q,
-             (out_w * wb + 2 * act) / tp, tp_divisor=tp, kernels=len(out), gemms=out),
+             (out_w * wb + 2 * act) / tp, kernels=len(out), gemms=out),
     ]
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .catalog import Hardware, Model
 from .base.errors import UserError
+from .catalog import Hardware, Model
 from .launch_order import load_order, unroll
 from .opgraph import build
 from .plan import Plan

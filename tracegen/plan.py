@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .catalog import Hardware, Model
 from .base.errors import UserError
+from .catalog import Hardware, Model
 
 PHASES = ("prefill", "decode")
 COMM_BACKENDS = ("normal", "ibgda", "cpu-proxy", "ascend-fused", "pcie-copy")

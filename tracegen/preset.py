@@ -10,8 +10,8 @@ from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Any
 
-from .catalog import DATA, Hardware, normalise
 from .base.errors import UserError
+from .catalog import DATA, Hardware, normalise
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "comm_sms_in_compute": ("always", "while_comm"),

@@ -16,7 +16,14 @@ import bisect
 import heapq
 from dataclasses import dataclass, field
 
-from .base.contract import COMM, COMPUTE, CPU_BLOCKED_LAUNCH, IDLE_CAUSES, LAUNCH_BOUND, WAITING_ON_COMM
+from .base.contract import (
+    COMM,
+    COMPUTE,
+    CPU_BLOCKED_LAUNCH,
+    IDLE_CAUSES,
+    LAUNCH_BOUND,
+    WAITING_ON_COMM,
+)
 from .base.errors import UserError
 from .opgraph import OpGraph, Stage
 

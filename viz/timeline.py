@@ -8,29 +8,27 @@ medium resolution, and the full detail (up to MAX_DETAIL bars) is drawn only onc
 zoomed in far enough; a small JavaScript callback switches levels on zoom (`lod_callback`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
-from bokeh.models import (ColumnDataSource, CustomJS, FactorRange, HoverTool, LabelSet, Range1d, Segment)
+from bokeh.models import (
+    ColumnDataSource,
+    CustomJS,
+    FactorRange,
+    HoverTool,
+    LabelSet,
+    Range1d,
+    Segment,
+)
 from bokeh.plotting import figure
 
-from replay.intervals import union
 from replay.events import text
+from replay.intervals import union
 
 MB_COLORS = {0: "#F2B134", 1: "#8DC63F", 2: "#4FA3D1", 3: "#C266A7"}
 CLASS_COLORS = {"compute": "#4C78A8", "comm": "#E45756", "memory": "#B279A2", "other": "#9D9D9D",
                 "cpu": "#BDBDBD", "launch": "#C7C7C7", "wait": "#D62728"}
 MAX_DETAIL = 200_000        # bars embedded at full detail in a static report
 LEVELS = (1000, 20000)      # coarse and medium: merge gaps shorter than span / level
-
-
-@dataclass
-class Layer:
-    """The data of one level of detail for one timeline."""
-    source: ColumnDataSource
-    label_source: ColumnDataSource
-    rows: list[str]
 
 
 def rows_of(events: pd.DataFrame, show_cpu: bool) -> list[str]:
