@@ -1,4 +1,5 @@
-"""Shared fixtures: where ../shared lives, and a skip when it is absent."""
+"""Shared fixtures: where ../shared lives, and a skip when it is absent (a failure under
+MOE_TIMELINE_STRICT=1, which CI sets: see tests/strict.py)."""
 from __future__ import annotations
 
 import csv
@@ -10,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MOE_SHARED", ROOT.parent / "shared"))
 REFERENCE = SHARED / "reference"
+pytest_plugins = ("tests.strict",)
 TRAIN_JSON = SHARED / "traces" / "deepseek-profile-data" / "train.json"
 
 

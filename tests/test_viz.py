@@ -29,6 +29,7 @@ from .browser import (
     screenshot_stats,
     wait_for,
 )
+from .helpers import read_trace, slices
 
 ROOT = Path(__file__).resolve().parents[1]
 OBS = ROOT / "traces" / "observed" / "h100"
@@ -171,25 +172,53 @@ def test_served_dashboard_in_a_browser(served):
     assert proc.poll() is None
 
 
+def _layer_truth(path) -> dict[int, dict[str, float]]:
+    """Per layer of rank 0, straight from the trace file with plain loops (no replay code): compute
+    time, communication hidden by any compute, exposed communication, and idle = span - compute -
+    exposed (floored at 0), in ms."""
+    sl = [e for e in slices(read_trace(path)) if e["pid"] == 0 and e["cat"] in ("compute", "comm")]
+    comp = sorted((e["ts"], e["ts"] + e["dur"]) for e in sl if e["cat"] == "compute")
+    out = {}
+    for layer in sorted({e["args"]["layer"] for e in sl}):
+        mine = [e for e in sl if e["args"]["layer"] == layer]
+        c = sum(e["dur"] for e in mine if e["cat"] == "compute")        # one compute stream: no overlap
+        hidden = comm = 0.0
+        for e in (x for x in mine if x["cat"] == "comm"):               # one comm stream: disjoint
+            s, t = e["ts"], e["ts"] + e["dur"]
+            comm += t - s
+            hidden += sum(max(0.0, min(t, b) - max(s, a)) for a, b in comp)
+        span = max(e["ts"] + e["dur"] for e in mine) - min(e["ts"] for e in mine)
+        exposed = comm - hidden
+        out[layer] = {"compute": c / 1e3, "hidden comm": hidden / 1e3, "exposed comm": exposed / 1e3,
+                      "idle": max(0.0, span - c - exposed) / 1e3}
+    return out
+
+
 def test_layer_breakdown_axis_follows_layer_count(tmp_path):
     """A few layers get one labelled bar each; a deep model (61 layers x 2 traces = 122 bars) gets a
-    numeric layer axis with the traces dodged - either way every bar stacks to its layer's
-    compute + exposed comm + idle = span, and hidden comm equals the analysed overlap."""
+    numeric layer axis with the traces dodged - either way every bar holds the layer's compute,
+    hidden and exposed communication and idle as computed from the trace file itself."""
     from bokeh.models import FactorRange
 
     from replay.analyze import analyze
     from viz.report import CATEGORICAL_MAX_BARS, layer_breakdown
 
     for layers in (4, 61):
-        out = tmp_path / f"d{layers}.json.gz"
-        assert tracegen(["trace", "--phase", "decode", "--ranks", "1", "--layers", str(layers), "-o", str(out)]) == 0
-        a = analyze(out, use_cache=False)
-        p = layer_breakdown([("pred", a), ("again", a)], [0, 0])
+        pred, slow = tmp_path / f"d{layers}.json.gz", tmp_path / f"s{layers}.json.gz"
+        base = ["trace", "--phase", "decode", "--ranks", "1", "--layers", str(layers)]
+        assert tracegen([*base, "-o", str(pred)]) == 0
+        assert tracegen([*base, "--scaleout-gbps", "10", "-o", str(slow)]) == 0
+        p = layer_breakdown([("pred", analyze(pred, use_cache=False)), ("slow", analyze(slow, use_cache=False))],
+                            [0, 0])
         src = p.renderers[0].data_source.data
         assert len(src["layer"]) == 2 * layers
         assert isinstance(p.x_range, FactorRange) == (2 * layers <= CATEGORICAL_MAX_BARS)
-        lay = a.layers[a.layers["rank"] == a.layers["rank"].min()].sort_values("layer")
-        span = list(lay["span_us"] / 1e3) * 2
-        total = [c + e + i for c, e, i in zip(src["compute"], src["exposed comm"], src["idle"])]
-        assert total == pytest.approx(span, rel=1e-9, abs=1e-9)
-        assert list(src["hidden comm"]) == pytest.approx(list(lay["overlap_us"] / 1e3) * 2)
+        for label, path in (("pred", pred), ("slow", slow)):
+            truth = _layer_truth(path)
+            rows = [i for i, t in enumerate(src["trace"]) if t == label]
+            assert [src["layer"][i] for i in rows] == sorted(truth)
+            for k in ("compute", "hidden comm", "exposed comm", "idle"):
+                assert [src[k][i] for i in rows] == pytest.approx([truth[L][k] for L in sorted(truth)],
+                                                                  rel=1e-6, abs=1e-6), (label, k)
+        assert sum(src["exposed comm"][i] for i, t in enumerate(src["trace"]) if t == "slow") > \
+            sum(src["exposed comm"][i] for i, t in enumerate(src["trace"]) if t == "pred")
