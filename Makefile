@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= out
 
-.PHONY: setup browser test demo goldens bench validate calibrate clean
+.PHONY: setup browser test demo goldens bench validate calibrate docs clean
 
 setup: $(BIN)/tracegen browser
 $(BIN)/tracegen: pyproject.toml
@@ -45,8 +45,12 @@ validate: setup
 
 calibrate: setup
 	@mkdir -p $(OUT)
-	$(BIN)/tracegen calibrate traces/observed/h100/sweep.json.gz --hardware h100-datasheet \
+	$(BIN)/replay calibrate traces/observed/h100/sweep.json.gz --hardware h100-datasheet \
 	  -o $(OUT)/h100-fit.json --holdout-m 3,24,96,384,1536,6144,48,768 --holdout-name shared_up,shared_down
+
+# docs/trace-contract.md: the prose above the marker, the tables below it from tracegen/base/contract.py
+docs: setup
+	$(BIN)/python -m tests.contract_doc
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache *.egg-info

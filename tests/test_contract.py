@@ -200,3 +200,9 @@ def test_generated_meta_rejects_a_broken_contract(tmp_path, capsys):
     assert "trace contract" in err and "ranks" in err
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"ranks": "two"}, GeneratedMeta)
+
+
+def test_the_docs_page_holds_the_current_tables():
+    from .contract_doc import DOC, render
+    current = DOC.read_text()
+    assert current == render(current), "docs/trace-contract.md is stale: run `make docs`"

@@ -124,7 +124,8 @@ OTHER_DATA: tuple[Key, ...] = (
                                    "tests hold replay's findings to it)", read=False),
     Key("tbo", str, "always", "launch order: off, proper, improper, an order file, or 'as observed' (whatif)",
         read=False),
-    Key("whatif", dict, "traces written by replay whatif", "source file and the changes applied", read=False),
+    Key("whatif", dict, "traces written by replay whatif", "source file, the changes applied and the assumptions "
+                                                          "made (replay/stagegraph.py)", read=False),
 )
 
 ARG_NAMES = tuple(k.name for k in SLICE_ARGS)
@@ -136,6 +137,33 @@ def read_keys(keys: tuple[Key, ...]) -> tuple[Key, ...]:
     return tuple(k for k in keys if k.read)
 
 
+def markdown() -> str:
+    """The contract's tables as Markdown (docs/trace-contract.md embeds them; a test keeps it current)."""
+    def keys(rows: tuple[Key, ...]) -> list[str]:
+        out = ["| key | type | on | meaning | read by a tool |", "|---|---|---|---|---|"]
+        out += [f"| `{k.name}` | {k.type.__name__} | {k.on} | {k.meaning} | {'yes' if k.read else 'no'} |" for k in rows]
+        return out
+    lines = [f"Format version: **{FORMAT_VERSION}**.", "", "### Tracks (one process per rank, pid = rank)", "",
+             "| track | tid | thread name |", "|---|---|---|"]
+    lines += [f"| {t} | {tid} | {name} |" for t, (tid, name) in TRACKS.items()]
+    lines += ["", "### Slice categories", "", "| category | slices |", "|---|---|",
+              f"| `{CAT_LAUNCH}` | CPU launch thread: launching a stage's kernels |",
+              f"| `{CAT_WAIT}` | CPU launch thread: blocked until the dispatch's received counts are back |",
+              f"| `{CAT_PROXY}` | CPU proxy thread: posting a non-IBGDA transfer |",
+              f"| `{COMPUTE}`, `{COMM}` | a stage on the compute or comm stream |",
+              "", "### Flows and counters", "",
+              f"- flow `{FLOW_DEPENDENCY}`: a stage's input produced on the other stream",
+              f"- flow `{FLOW_LAUNCH}`: a CPU launch slice to the stage it launched",
+              f"- counter `{COUNTER_SMS}` per rank, args `compute` and `comm` (SMs)",
+              "", "### Stages", "", "| stage | stream |", "|---|---|"]
+    lines += [f"| {st} | {stream} |" for st, stream in STAGE_STREAM.items()]
+    lines += ["", "| phase, layer | stage order of one micro-batch |", "|---|---|"]
+    lines += [f"| {ph}, {kind} | {' -> '.join(stages)} |" for (ph, kind), stages in PROGRAM.items()]
+    lines += ["", "### Idle causes", "", ", ".join(f"`{c}`" for c in IDLE_CAUSES), "",
+              "### Slice args", ""] + keys(SLICE_ARGS) + ["", "### otherData", ""] + keys(OTHER_DATA)
+    return "\n".join(lines) + "\n"
+
+
 def is_generated(other_data: dict[str, Any] | None) -> bool:
     """Whether a trace's otherData says tracegen wrote it."""
     return str((other_data or {}).get("generator", "")).startswith(GENERATOR)
@@ -143,4 +171,8 @@ def is_generated(other_data: dict[str, Any] | None) -> bool:
 
 __all__ = ["FORMAT_VERSION", "GENERATOR", "COMPUTE", "COMM", "CPU", "PROXY", "TRACKS", "CAT_LAUNCH", "CAT_WAIT",
            "CAT_PROXY", "GPU_CATS", "FLOW_DEPENDENCY", "FLOW_LAUNCH", "LAUNCH_FLOWS", "STAGE_STREAM", "PROGRAM",
-           "IDLE_CAUSES", "Key", "SLICE_ARGS", "OTHER_DATA", "read_keys", "is_generated"]
+           "IDLE_CAUSES", "Key", "SLICE_ARGS", "OTHER_DATA", "read_keys", "is_generated", "markdown"]
+
+
+if __name__ == "__main__":      # python -m tracegen.base.contract > the tables of docs/trace-contract.md
+    print(markdown(), end="")
