@@ -8,7 +8,7 @@ Writes, gzipped:
                     decode attention at several KV lengths, HBM copies, host-link copies. Each
                     repetition sits in a profiler range named
                     "op=<kind> name=<op> M=<rows> K=<in> N=<out> E=<experts> dtype=<fp8|bf16> ..."
-                    with its FLOPs and bytes, which `tracegen calibrate` reads.
+                    with its FLOPs and bytes, which `replay calibrate` reads.
   layers-proper.json.gz, layers-improper.json.gz
                     a few DeepSeek-V3 MoE layers, two micro-batches, a compute stream and a comm
                     stream; host copies of the dispatch/combine payload stand in for the all-to-all
