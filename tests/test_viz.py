@@ -222,3 +222,28 @@ def test_layer_breakdown_axis_follows_layer_count(tmp_path):
                                                                   rel=1e-6, abs=1e-6), (label, k)
         assert sum(src["exposed comm"][i] for i, t in enumerate(src["trace"]) if t == "slow") > \
             sum(src["exposed comm"][i] for i, t in enumerate(src["trace"]) if t == "pred")
+
+
+def test_dashboard_and_cli_resolve_the_same_plan(tmp_path):
+    """One resolver (tracegen/resolve.py): the dashboard's widget values and the same choices as CLI
+    flags give the same plan, hardware and span; switching to Ascend picks its own backend."""
+    from viz.app import predict
+    values = {"model": "deepseek-v3", "hardware": "h20", "preset": "default", "phase": "decode", "batch": 48,
+              "tp": 1, "dp": 16, "ep": 0, "tbo": "proper", "comm": "ibgda", "layers": 5, "ranks": 2}
+    a = predict(values, tmp_path)
+    cli = tmp_path / "cli.json"
+    assert tracegen(["trace", "--hardware", "h20", "--phase", "decode", "--batch", "48", "--tp", "1", "--dp", "16",
+                     "--comm", "ibgda", "--layers", "5", "--ranks", "2", "-o", str(cli)]) == 0
+    want = read_trace(cli)["otherData"]
+    got = a.trace.meta["otherData"]
+    assert got["plan"] == want["plan"] and got["hardware_spec"] == want["hardware_spec"]
+    assert got["span_us"] == want["span_us"]
+    doc = Document()
+    make_doc(doc)
+    doc.select_one({"name": "phase"}).value = "decode"
+    doc.select_one({"name": "comm"}).value = "ibgda"           # which the 910C does not have
+    doc.select_one({"name": "hardware"}).value = "ascend-910c"
+    ascend = tmp_path / "ascend.json"
+    assert tracegen(["trace", "--hardware", "ascend-910c", "--phase", "decode", "--layers", "2", "-o",
+                     str(ascend)]) == 0
+    assert doc.select_one({"name": "comm"}).value == read_trace(ascend)["otherData"]["plan"]["comm"]

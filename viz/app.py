@@ -22,8 +22,8 @@ from replay.events import load as load_trace
 from tracegen.base.errors import UserError
 from tracegen.catalog import builtin_hardware, builtin_models, load_hardware
 from tracegen.pipeline import TraceOptions, schedule
-from tracegen.preset import PRESETS
-from tracegen.resolve import resolve_plan, resolve_target
+from tracegen.preset import PRESETS, load_preset
+from tracegen.resolve import default_backend, resolve_plan, resolve_target
 from tracegen.trace import write_trace
 
 from .report import build, summary_table
@@ -142,10 +142,10 @@ def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = 
         load_observed(str(target), name)
 
     def on_hardware(attr: str, old: Any, new: Any) -> None:
-        comms = sorted(load_hardware(new).comm)
-        w["comm"].options = comms
-        if w["comm"].value not in comms:
-            w["comm"].value = "ascend-fused" if "ascend-fused" in comms else "normal"
+        hw = load_hardware(new)
+        w["comm"].options = sorted(hw.comm)
+        if w["comm"].value not in hw.comm:
+            w["comm"].value = default_backend(load_preset(w["preset"].value), w["phase"].value, hw)
 
     for widget in w.values():
         widget.on_change("value", lambda attr, old, new: redraw())
