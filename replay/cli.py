@@ -6,13 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tracegen.base.cliutil import (
-    add_command,
-    add_reading_args,
-    entry_point,
-    new_parser,
-    print_json,
-)
+from tracegen.base.cliutil import add_command, add_reading_args, entry_point, finite, new_parser, print_json
 from tracegen.base.errors import UserError
 
 EPILOG = """\
@@ -188,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this time window, counted from the trace's first event (us; or add ms / s: 5ms:20ms)")
     a.add_argument("--microbatches", type=int, default=None,
                    help="micro-batches per layer when structure must be guessed from the dispatch sequence")
-    a.add_argument("--min-lost-us", type=float, default=1.0,
+    a.add_argument("--min-lost-us", type=finite, default=1.0,
                    help="list idle findings of at least this many microseconds (totals count them all)")
     a.add_argument("--top", type=int, default=10, help="findings shown in the table")
     a.add_argument("--max-findings", type=int, default=None, help="cap the findings list in --json")
@@ -217,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("-o", "--output", required=True, help="new trace: .json, .json.gz or .pftrace")
     w.add_argument("--launch-order", choices=("proper", "improper"), default=None,
                    help="issue the stages in this two-batch-overlap order instead of the observed one")
-    w.add_argument("--comm-scale", type=float, default=1.0, help="multiply communication transfer times")
-    w.add_argument("--compute-scale", type=float, default=1.0, help="multiply computation times")
+    w.add_argument("--comm-scale", type=finite, default=1.0, help="multiply communication transfer times")
+    w.add_argument("--compute-scale", type=finite, default=1.0, help="multiply computation times")
     w.add_argument("--comm", choices=("ibgda", "normal", "cpu-proxy"), default=None,
                    help="another all-to-all backend: its SM use, CPU blocking, latency and proxy cost")
     w.add_argument("--hardware", default=None, help="hardware of a profiler trace (default: from the trace)")

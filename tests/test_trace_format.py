@@ -123,7 +123,7 @@ def test_metadata_names_the_configuration():
 
 def test_bad_trace_arguments(capsys, tmp_path):
     for argv, msg in ((["trace", "-o", str(tmp_path / "x.txt")], "unknown format"),
-                      (["trace", "--ranks", "0", "-o", str(tmp_path / "x.json")], "--ranks must be at least 1"),
+                      (["trace", "--ranks", "0", "-o", str(tmp_path / "x.json")], "--ranks must lie in [1, 1024]"),
                       (["trace", "--order", str(tmp_path / "none.toml"), "-o", str(tmp_path / "x.json")],
                        "cannot read"),
                       (["trace", "-o", str(tmp_path / "nodir" / "x.json")], "does not exist")):

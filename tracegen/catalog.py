@@ -201,6 +201,8 @@ def _coerce(value: Any, kind: str, where: str) -> Any:
     number = parse_quantity(value, kind, where)
     if number < 0:
         raise UserError(f"{where}: must not be negative, got {value!r}")
+    if number == 0 and kind in ("flops", "bandwidth"):
+        raise UserError(f"{where}: a rate must be positive, got {value!r}")
     if kind == "fraction" and number > 1.0:
         raise UserError(f"{where}: a fraction must lie in [0, 1], got {value!r}")
     return number
@@ -319,9 +321,19 @@ def _build_model(key: str, e: dict, src: str) -> Model:
     return Model(key=key, name=e["display"], **kw)
 
 
-def _load(path: Path | Any, what: str, build: Callable[[str, dict, str], Any]) -> dict[str, Any]:
+def _load(path: Path | Any, what: str, build: Callable[[str, dict, str], Any],
+          builtin: Path | Any | None = None) -> dict[str, Any]:
+    """The entries of a catalog file; a user file's entries may name a built-in entry as their base."""
     raw = _read_table_file(path, what)
     src = getattr(path, "name", str(path))
+    if builtin is not None:
+        known = _resolve_bases(_read_table_file(builtin, what), what, getattr(builtin, "name", str(builtin)))
+        by_name = {normalise(k): k for k in known}
+        for entry in list(raw.values()):
+            base = entry.get("base")
+            if isinstance(base, str) and base not in raw and normalise(base) in by_name:
+                entry["base"] = f"builtin:{by_name[normalise(base)]}"
+                raw[entry["base"]] = {**known[by_name[normalise(base)]], "abstract": True}
     merged = _resolve_bases(raw, what, src)
     return {k: build(k, v, src) for k, v in merged.items() if not v.get("abstract", False)}
 
@@ -348,7 +360,7 @@ def _lookup(name: str, table: dict[str, Any], what: str, flag: str) -> Any:
 def load_hardware(name: str | None = None, path: str | Path | None = None) -> Hardware:
     """Resolve `name` in the built-in catalog, or in `path` (which may also hold one entry only)."""
     if path is not None:
-        table = _load(Path(path), "hardware", _build_hardware)
+        table = _load(Path(path), "hardware", _build_hardware, DATA / "hardware.toml")
         if name is None:
             if len(table) != 1:
                 raise UserError(f"hardware file {path} holds {len(table)} entries; name one with --hardware")
@@ -359,7 +371,7 @@ def load_hardware(name: str | None = None, path: str | Path | None = None) -> Ha
 
 def load_model(name: str | None = None, path: str | Path | None = None) -> Model:
     if path is not None:
-        table = _load(Path(path), "model", _build_model)
+        table = _load(Path(path), "model", _build_model, DATA / "models.toml")
         if name is None:
             if len(table) != 1:
                 raise UserError(f"model file {path} holds {len(table)} entries; name one with --model")

@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from .base.cliutil import add_command, entry_point, new_parser, print_json
+from .base.cliutil import add_command, entry_point, finite, new_parser, print_json
 from .catalog import (
     Hardware,
     Model,
@@ -64,13 +64,13 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("deployment plan (unset: the preset's defaults for the phase)")
-    g.add_argument("--batch", type=float, default=None,
+    g.add_argument("--batch", type=finite, default=None,
                    help="sequences per attention-DP group (decode: requests in flight per group)")
-    g.add_argument("--tokens", type=float, default=None,
+    g.add_argument("--tokens", type=finite, default=None,
                    help="prefill only: prompt tokens per GPU (sets --batch = tokens x tp / seq-len)")
     g.add_argument("--seq-len", type=int, default=None,
                    help="prefill: prompt length in tokens; decode: context (KV) length in tokens")
-    g.add_argument("--kv-hit", type=float, default=None,
+    g.add_argument("--kv-hit", type=finite, default=None,
                    help="prefill: fraction of the prompt already in the KV cache, 0 to <1")
     g.add_argument("--tp", type=int, default=None, help="attention tensor-parallel size (GPUs)")
     g.add_argument("--dp", type=int, default=None, help="attention data-parallel groups")
@@ -87,14 +87,14 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kv-dtype", default=None, choices=("fp8", "bf16"), help="KV-cache element type")
     g.add_argument("--decode-len", type=int, default=None,
                    help="decode: output tokens per request, for the memory limit (tokens)")
-    g.add_argument("--imbalance", type=float, default=None,
+    g.add_argument("--imbalance", type=finite, default=None,
                    help="expert load max/mean across EP ranks, >= 1 (1 / EPLB balancedness)")
-    g.add_argument("--balancedness", type=float, default=None,
+    g.add_argument("--balancedness", type=finite, default=None,
                    help="EPLB balancedness = mean/max MoE compute, in (0, 1]; sets --imbalance = 1/x")
     h = p.add_argument_group("hardware what-ifs")
-    h.add_argument("--scaleout-gbps", type=float, default=None, help="RDMA bandwidth per GPU, GB/s")
-    h.add_argument("--scaleup-gbps", type=float, default=None, help="NVLink / UB bandwidth per GPU, GB/s")
-    h.add_argument("--hbm-gbps", type=float, default=None, help="HBM bandwidth, GB/s")
+    h.add_argument("--scaleout-gbps", type=finite, default=None, help="RDMA bandwidth per GPU, GB/s")
+    h.add_argument("--scaleup-gbps", type=finite, default=None, help="NVLink / UB bandwidth per GPU, GB/s")
+    h.add_argument("--hbm-gbps", type=finite, default=None, help="HBM bandwidth, GB/s")
 
 
 def resolve_args(args: argparse.Namespace) -> tuple[Model, Hardware, Preset, Plan]:
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--layers", type=int, default=None, help="emit only the first N layers (default: all of the model's)")
     t.add_argument("--skip-dense", action="store_true", help="leave out the leading dense layers")
     t.add_argument("--ranks", type=int, default=1, help="ranks (processes) to emit; --imbalance spreads load across them")
-    t.add_argument("--launch-us", type=float, default=None,
+    t.add_argument("--launch-us", type=finite, default=None,
                    help="CPU cost per kernel launch in microseconds (default: the hardware's; 0 ~ CUDA graphs)")
     t.add_argument("-o", "--output", default="trace.json.gz",
                    help="output file: .json, .json.gz (Chrome/Perfetto JSON) or .pftrace (Perfetto protobuf)")

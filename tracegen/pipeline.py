@@ -13,6 +13,9 @@ from .preset import Preset
 from .schedule import Schedule, simulate
 
 
+MAX_RANKS = 1024        # ranks one trace simulates (time and trace size grow linearly)
+
+
 @dataclass(frozen=True)
 class TraceOptions:
     tbo: str = "proper"              # off | proper | improper
@@ -28,10 +31,14 @@ class TraceOptions:
 
 
 def schedule(model: Model, hw: Hardware, plan: Plan, preset: Preset, opts: TraceOptions) -> Schedule:
-    if opts.ranks < 1:
-        raise UserError(f"--ranks must be at least 1, got {opts.ranks}")
-    if opts.layers is not None and opts.layers < 1:
-        raise UserError(f"--layers must be at least 1, got {opts.layers}")
+    if not 1 <= opts.ranks <= MAX_RANKS:
+        raise UserError(f"--ranks must lie in [1, {MAX_RANKS}], got {opts.ranks} (the scheduler simulates every "
+                        f"rank: 64 ranks of 61 decode layers take ~6 s and 0.25 GB; time and memory grow with the ranks)")
+    available = model.layers - (model.dense_layers if opts.skip_dense else 0)
+    if opts.layers is not None and not 1 <= opts.layers <= available:
+        raise UserError(f"--layers must lie in [1, {available}] ({model.name} has {model.layers} layers"
+                        f"{f', {model.dense_layers} of them dense and skipped' if opts.skip_dense else ''}), "
+                        f"got {opts.layers}")
     if opts.launch_us is not None and opts.launch_us < 0:
         raise UserError(f"--launch-us must not be negative, got {opts.launch_us}")
     order = load_order(opts.tbo, plan.phase, opts.order_file)

@@ -75,6 +75,9 @@ def validate(plan: Plan, model: Model, hw: Hardware) -> Plan:
     for name in ("tp", "dp", "gpus_per_node", "microbatches", "seq_len"):
         if getattr(plan, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(plan, name)}")
+    for name in ("batch", "kv_hit", "imbalance"):
+        if not math.isfinite(getattr(plan, name)):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(plan, name)}")
     if plan.batch <= 0:
         raise UserError(f"--batch must be positive, got {plan.batch}")
     if not 0.0 <= plan.kv_hit < 1.0:
@@ -83,6 +86,11 @@ def validate(plan: Plan, model: Model, hw: Hardware) -> Plan:
         raise UserError("--ep and --redundant-experts must not be negative")
     if plan.ep_size > plan.num_gpus:
         raise UserError(f"--ep {plan.ep_size} exceeds the {plan.num_gpus} GPUs of tp x dp")
+    experts = model.routed_experts + plan.redundant_experts
+    if plan.ep_size > experts:
+        raise UserError(f"--ep {plan.ep_size} leaves GPUs without an expert: {model.name} has {model.routed_experts} "
+                        f"routed experts + {plan.redundant_experts} redundant ones (--redundant-experts adds "
+                        f"replicas, e.g. {plan.ep_size - model.routed_experts} for EP{plan.ep_size})")
     if plan.precision not in ("fp8", "bf16"):
         raise UserError(f"--precision must be fp8 or bf16, got {plan.precision!r}")
     if plan.kv_dtype not in ("fp8", "bf16"):

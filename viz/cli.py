@@ -31,15 +31,28 @@ def cmd_html(args: argparse.Namespace) -> int:
     from .report import build, write_html
     if not args.output.endswith((".html", ".htm")):
         raise UserError(f"-o {args.output}: name the report *.html")
+    if args.align_layer is not None and len(args.traces) == 1:
+        raise UserError("--align-layer lines up two traces; give PREDICTED OBSERVED")
     analyses = []
-    for path in args.traces:
+    for path, label in zip(args.traces, labels(args.traces)):
         a = analyze(path, taxonomy=args.taxonomy, rank=args.rank, use_cache=not args.no_cache)
-        analyses.append((Path(path).name, a))
+        analyses.append((label, a))
     layout = build(analyses, show_cpu=args.cpu, align_layer=args.align_layer, layer_offset=args.layer_offset,
                    stages_file=args.stages)
     out = write_html(layout, args.output, " vs ".join(label for label, _ in analyses))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): open it in a browser")
     return 0
+
+
+def labels(paths: list[str]) -> list[str]:
+    """Names that tell the traces apart: the file names, or as many trailing path parts as it takes
+    (r1/rank0.json vs r2/rank0.json), or numbered when even the paths are the same."""
+    parts = [Path(p).resolve().parts for p in paths]
+    for n in range(1, max(len(x) for x in parts) + 1):
+        names = ["/".join(x[-n:]) for x in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [f"{i + 1}: {Path(p).name}" for i, p in enumerate(paths)]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

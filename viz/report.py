@@ -16,6 +16,7 @@ from bokeh.resources import INLINE
 
 from replay.analyze import Analysis
 from replay.compare import compare, load_stage_rules
+from tracegen.base.errors import UserError
 
 from .timeline import timeline_figure
 
@@ -101,7 +102,9 @@ def stage_errors(result: dict[str, Any]):
     st = result["stages"].dropna(subset=["error_pct"])
     if st.empty:
         return None
-    st = st.assign(x=[f"L{int(layer)} mb{int(mb)} {s}" for layer, mb, s in zip(st["layer"], st["microbatch"], st["stage"])])
+    many = st["rank"].nunique() > 1
+    st = st.assign(x=[(f"r{int(r)} " if many else "") + f"L{int(layer)} mb{int(mb)} {s}"
+                      for r, layer, mb, s in zip(st["rank"], st["layer"], st["microbatch"], st["stage"])])
     color = np.where(st["error_pct"] >= 0, "#E45756", "#4C78A8")
     p = figure(x_range=list(st["x"]), height=300, sizing_mode="stretch_width", name="errors",
                title="per stage: (observed - predicted) / predicted, %", tools="save,reset,xpan,xwheel_zoom")
@@ -125,9 +128,12 @@ def alignment_shift(pred: Analysis, obs: Analysis, layer: int | None, offset: in
     lp = pred.layers[pred.layers["rank"] == pred.layers["rank"].min()].set_index("layer")
     lo = obs.layers[obs.layers["rank"] == obs.layers["rank"].min()].set_index("layer")
     common = sorted(set(lp.index) & {i + offset for i in lo.index})
+    if layer is not None and layer not in common:
+        have = f"layers {common[0]}-{common[-1]}" if common else "no layer (check --layer-offset)"
+        raise UserError(f"--align-layer {layer}: the two traces have {have} in common")
     if not common:
         return tp, to, None
-    if layer is None or layer not in common:
+    if layer is None:
         layer = common[0]
     return float(lp.loc[layer, "start_us"]), float(lo.loc[layer - offset, "start_us"]), layer
 
@@ -166,8 +172,23 @@ def build(analyses: list[tuple[str, Analysis]], show_cpu: bool = False, align_la
     return column(*parts, sizing_mode="stretch_width")
 
 
+def check(layout) -> None:
+    """Refuse a layout that Bokeh's own validation rejects (such a page renders blank)."""
+    from bokeh.core.validation import check_integrity
+    from bokeh.document import Document
+    doc = Document()
+    doc.add_root(layout)
+    issues = check_integrity(doc.models)
+    doc.remove_root(layout)
+    if issues.error:
+        first = issues.error[0]
+        raise UserError(f"the report would render blank: Bokeh rejects it ({first.name}: {first.text}); "
+                        "this is a bug in viz, please report it with the command line")
+
+
 def write_html(layout, path: str | Path, title: str) -> Path:
     from tracegen.base.fileio import atomic_write
+    check(layout)
     return atomic_write(path, file_html(layout, INLINE, title))
 
 

@@ -18,7 +18,10 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     if path.is_dir():
         raise UserError(f"cannot write {path}: it is a folder")
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as exc:      # a read-only or special folder (/proc, /sys), a full disk
+        raise UserError(f"cannot write {path}: folder {parent} is not writable ({exc.strerror or exc})") from None
     try:
         umask = os.umask(0)
         os.umask(umask)

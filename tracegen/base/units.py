@@ -2,6 +2,7 @@
 carries its own unit ("3.35 TB/s", "400 Gb/s", "80 GB"). A unit of the wrong kind is an error."""
 from __future__ import annotations
 
+import math
 import re
 
 from .errors import UserError
@@ -27,7 +28,7 @@ def parse_quantity(value: object, kind: str, where: str) -> float:
     if isinstance(value, bool):
         raise UserError(f"{where}: expected a number, got {value!r}")
     if isinstance(value, (int, float)):
-        return float(value)
+        return _finite(float(value), value, where)
     if not isinstance(value, str):
         raise UserError(f"{where}: expected a number{' in ' + canonical if canonical else ''}, got {value!r}")
     m = _NUM_UNIT.match(value)
@@ -35,10 +36,16 @@ def parse_quantity(value: object, kind: str, where: str) -> float:
         raise UserError(f"{where}: cannot read {value!r} as a number with a unit")
     number, unit = float(m.group(1)), m.group(2)
     if unit in _BITS and kind == "bandwidth":
-        return number * _BITS[unit]
+        return _finite(number * _BITS[unit], value, where)
     factor = units.get(unit.lower())
     if factor is None:
         expected = ", ".join(sorted({u for u in units if u})) or "no unit"
         raise UserError(f"{where}: unit {unit!r} is not a {kind} unit (expected {expected}; "
                         f"a bare number means {canonical or 'a plain count'})")
-    return number * factor
+    return _finite(number * factor, value, where)
+
+
+def _finite(x: float, value: object, where: str) -> float:
+    if not math.isfinite(x):
+        raise UserError(f"{where}: expected a finite number, got {value!r}")
+    return x
