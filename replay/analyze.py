@@ -3,7 +3,7 @@ Each step is a function of the one event table (Holistic Trace Analysis style)."
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import pandas as pd
 from tracegen.base.contract import IDLE_CAUSES
 from tracegen.base.errors import UserError
 
+from . import suspicious
 from .cache import load_cached
 from .events import Trace
 from .findings import as_dicts, find
@@ -33,6 +34,7 @@ class Analysis:
     window: tuple[float, float] | None
     cached: bool
     t0_us: float = 0.0           # the trace's first event: reported times count from here
+    suspicious: list[dict[str, Any]] = field(default_factory=list)   # oddities of the input (suspicious.py)
 
     @property
     def findings(self) -> list[dict[str, Any]]:
@@ -66,6 +68,7 @@ class Analysis:
             "idle_totals_us": totals,
             "findings": findings,
             "findings_total": len(self.finding_table),
+            "suspicious_input": self.suspicious,
         }
 
 
@@ -124,5 +127,11 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
     ranks = rank_metrics(events)
     layers = layer_metrics(events)
     findings, totals = find(events, trace.flows, min_lost_us)
+    odd = suspicious.check(events, trace.meta)
+    if not (events["klass"] == "comm").any():
+        odd.append({"kind": "suspicious_input", "what": "no_communication", "count": 0, "ranks": [],
+                    "message": "no communication kernel recognised, so 'hidden 0 %' says nothing: if the trace "
+                               "has an all-to-all, name its kernels with --taxonomy FILE (see "
+                               "replay/data/taxonomy.toml)"})
     return Analysis(trace, events, how, ranks, layers, stream_layout(events), findings, totals, window, cached,
-                    t0)
+                    t0, odd)

@@ -54,6 +54,8 @@ EXTRA_ARGS = tuple(k.name for k in contract.read_keys(contract.SLICE_ARGS) if k.
 STRING_COLUMNS = ("pid", "tid", "thread", "cat", "name", "stage", "stage_stream")
 CPU_OP_CATS = frozenset(contract.KINETO_CPU_OPS)   # skipped unless keep_cpu_ops: no analysis reads them
 _PAIRED_OR_META = frozenset({"B", "E", "M"})
+MAX_TS_US = 1e17          # ~3,000 years: a timestamp beyond this is corrupt
+MAX_DUR_US = 86_400e6     # one day
 _COLS = ("pid", "tid", "cat", "name", "start_us", "dur_us", "correlation", "stream", "arank", "layer",
          "microbatch", "stage", "stage_stream", "flops", "bytes", "work_us")
 
@@ -108,6 +110,8 @@ class _Columns:
     n_seen: int = 0
     extra: list[bytes | None] = field(default_factory=list)
     skip_cats: frozenset[str] = frozenset()
+    negative: int = 0                    # slices with a negative duration, left out
+    negative_example: str = ""
 
     def _codes(self, values: list[Any]) -> np.ndarray:
         """Global string codes for a batch (factorised in C, then mapped through the interner)."""
@@ -118,6 +122,16 @@ class _Columns:
         codes, uniques = pd.factorize(arr, use_na_sentinel=True)
         table = np.array([self.strings.code(None if u is None else str(u)) for u in uniques] + [0], dtype=np.int32)
         return table[codes]      # the NA sentinel (-1) picks the trailing 0: the empty string
+
+    def _plausible(self, ts: np.ndarray, dur: np.ndarray, xs: list[Event]) -> None:
+        """Times must be finite microseconds of a plausible size (Kineto counts from the epoch,
+        ~1.7e15 us; a duration of more than a day is not a slice of one run)."""
+        bad = ~np.isfinite(ts) | (np.abs(ts) > MAX_TS_US) | ~np.isfinite(dur) | (dur > MAX_DUR_US)
+        if bad.any():
+            i = int(np.argmax(bad))
+            e = xs[i]
+            raise UserError(f"{self.src}: event {e.name!r} at pid {e.pid} tid {e.tid}: ts {float(ts[i])!r} / dur {float(dur[i])!r} "
+                            "is not a plausible time in microseconds")
 
     def _numbers(self, values: list[Any], what: str, xs: list[Event]) -> np.ndarray:
         try:
@@ -167,17 +181,27 @@ class _Columns:
         self.n_seen += len(events)
         if not xs:
             return
-        n = len(xs)
-        n_plain = n - len(ts_extra)
+        n_plain = len(xs) - len(ts_extra)
         plain = xs[:n_plain]
-        pids, tids = [e.pid for e in xs], [e.tid for e in xs]
-        if None in pids or None in tids:
-            bad = next(e for e in xs if e.pid is None or e.tid is None)
-            raise UserError(f"{self.src}: event {bad.name!r}: 'X' event without 'pid' or 'tid'")
         ts = self._numbers([e.ts for e in plain], "ts", plain)
         dur = self._numbers([e.dur for e in plain], "dur", plain)
         if ts_extra:
             ts, dur = np.concatenate([ts, np.asarray(ts_extra)]), np.concatenate([dur, np.asarray(dur_extra)])
+        self._plausible(ts, dur, xs)
+        negative = dur < 0
+        if negative.any():       # not fatal: left out of the table, reported as suspicious input
+            self.negative += int(negative.sum())
+            self.negative_example = self.negative_example or str(xs[int(np.argmax(negative))].name)
+            keep = ~negative
+            xs = [e for e, k in zip(xs, keep) if k]
+            ts, dur = ts[keep], dur[keep]
+            if not xs:
+                return
+        n = len(xs)
+        pids, tids = [e.pid for e in xs], [e.tid for e in xs]
+        if None in pids or None in tids:
+            bad = next(e for e in xs if e.pid is None or e.tid is None)
+            raise UserError(f"{self.src}: event {bad.name!r}: 'X' event without 'pid' or 'tid'")
         c = self.cols
         c["start_us"].append(ts)
         c["dur_us"].append(dur)
@@ -217,7 +241,8 @@ class _Columns:
         """The columns of this sink's events, picklable (a worker process returns it)."""
         return {"cols": {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in self.cols.items()},
                 "strings": list(self.strings.index), "names": self.names, "flows": self.flows,
-                "extra": self.extra, "n_seen": self.n_seen}
+                "extra": self.extra, "n_seen": self.n_seen,
+                "negative": self.negative, "negative_example": self.negative_example}
 
 
 def _ints(values: list[Any]) -> np.ndarray:
@@ -240,6 +265,8 @@ def _merge(parts: list[dict[str, Any]], src: str, skip: frozenset[str]) -> _Colu
         cols.flows.extend(p["flows"])
         cols.extra.extend(p["extra"])
         cols.n_seen += p["n_seen"]
+        cols.negative += p["negative"]
+        cols.negative_example = cols.negative_example or p["negative_example"]
     return cols
 
 
@@ -391,6 +418,8 @@ def load_file(path: str | Path, rank: int | None = None, progress: bool | None =
     pairs = df[["pid", "rank"]].drop_duplicates("pid")
     rank_of_pid = dict(zip(pairs["pid"].astype(str), pairs["rank"]))
     meta["process_names"] = {p: n for (w, p, _), n in cols.names.items() if w == "process_name"}
+    if cols.negative:
+        meta["negative_durations"] = {"count": cols.negative, "example": cols.negative_example}
     return Trace(df, _flows_frame(cols, rank_of_pid), meta, [str(path)])
 
 
@@ -406,6 +435,10 @@ def load(path: str | Path, progress: bool | None = None) -> Trace:
         events[col] = events[col].astype("category")
     meta = dict(parts[0].meta)
     meta["files"] = [str(f) for f in files]
+    negative = [p.meta["negative_durations"] for p in parts if "negative_durations" in p.meta]
+    meta.pop("negative_durations", None)
+    if negative:
+        meta["negative_durations"] = {"count": sum(x["count"] for x in negative), "example": negative[0]["example"]}
     return Trace(events, pd.concat([p.flows for p in parts], ignore_index=True), meta, [str(f) for f in files])
 
 

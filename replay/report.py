@@ -58,6 +58,8 @@ def render(a: Analysis, top: int = 10, max_layers: int = 12) -> str:
     t = d["idle_totals_us"]
     out.append("why compute idles (ms, all ranks): " + ", ".join(f"{k} {t[k] / 1e3:.3f}" for k in IDLE_CAUSES)
                + f", unexplained {t['unexplained'] / 1e3:.3f}")
+    for s in d["suspicious_input"]:
+        out.append(f"suspicious input ({s['what']}): {s['message']}")
     if d["findings"]:
         out.append(f"largest of {d['findings_total']} findings:")
         for f in d["findings"][:top]:
