@@ -21,6 +21,7 @@ def traces(tmp_path_factory):
     for name, argv in {
         "prefill": ["--layers", "6", "--ranks", "2"],
         "decode": ["--phase", "decode", "--layers", "6", "--ranks", "3", "--comm", "cpu-proxy"],
+        "graphs": ["--launch-us", "0", "--layers", "4", "--tbo", "improper"],     # zero-length launch slices
     }.items():
         for ext in (".json", ".json.gz", ".pftrace"):
             path = d / f"{name}{ext}"
@@ -89,18 +90,21 @@ def _pftrace_slices(path):
                 proc_names[td.uuid] = td.process.process_name
         elif p.HasField("track_event"):
             te = p.track_event
+            assert te.track_uuid in names, "an event uses a track before its descriptor"
             if te.type == pb.TrackEvent.TYPE_SLICE_BEGIN:
-                open_at[te.track_uuid] = (p.timestamp, te.name)
+                open_at.setdefault(te.track_uuid, []).append((p.timestamp, te.name))
                 flows_out += len(te.flow_ids)
                 flows_in += len(te.terminating_flow_ids)
             elif te.type == pb.TrackEvent.TYPE_SLICE_END:
-                ts, name = open_at.pop(te.track_uuid)
+                assert open_at.get(te.track_uuid), f"an end without a begin on {names[te.track_uuid]}"
+                ts, name = open_at[te.track_uuid].pop()       # slices nest: the innermost ends first
+                assert p.timestamp >= ts
                 out.append((proc_names[parents[te.track_uuid]], names[te.track_uuid], name, ts, p.timestamp - ts))
-    assert not open_at
+    assert not any(open_at.values()), "slices left open"
     return sorted(out), flows_out, flows_in
 
 
-@pytest.mark.parametrize("name", ["prefill", "decode"])
+@pytest.mark.parametrize("name", ["prefill", "decode", "graphs"])
 def test_pftrace_holds_the_same_slices(traces, name):
     trace = read_trace(traces[name + ".json"])
     ev = trace["traceEvents"]

@@ -96,17 +96,26 @@ def encode_pftrace(_sched: Any, chrome: dict[str, Any]) -> bytes:
             idx = enclosing(e)
             if idx is not None:
                 (out_flows if e["ph"] == "s" else in_flows).setdefault(idx, []).append(int(e["id"]))
-    # (time ns, order: ends before begins before counters, payload)
-    items: list[tuple[int, int, int, Any]] = []
+    # every track is described before any event uses it
+    for e in slices:
+        thread_track(e["pid"], e["tid"])
+    for e in events:
+        if e["ph"] == "C":
+            for name in e["args"]:
+                counter_track(e["pid"], f"{e['name']} ({name})")
+    # (time ns, order, slice, begin/end, payload): at one instant the slices that end go first, then
+    # those that begin; a zero-length slice's end follows its own begin; counters last
+    items: list[tuple[int, int, int, int, Any]] = []
     for i, e in enumerate(slices):
-        items.append((_ns(e["ts"]), 1, i, ("B", e)))
-        items.append((_ns(e["ts"] + e["dur"]), 0, i, ("E", e)))
+        t0, t1 = _ns(e["ts"]), _ns(e["ts"] + e["dur"])
+        items.append((t0, 1, i, 0, ("B", e)))
+        items.append((t1, 1 if t1 == t0 else 0, i, 1, ("E", e)))
     for i, e in enumerate(events):
         if e["ph"] == "C":
-            items.append((_ns(e["ts"]), 2, i, ("C", e)))
-    items.sort(key=lambda x: (x[0], x[1], x[2]))
+            items.append((_ns(e["ts"]), 2, i, 0, ("C", e)))
+    items.sort(key=lambda x: x[:4])
     first = True
-    for ts, _, i, (what, e) in items:
+    for ts, _, i, _, (what, e) in items:
         p = b.add_packet()
         p.timestamp = ts
         p.trusted_packet_sequence_id = SEQ
