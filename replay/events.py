@@ -430,11 +430,24 @@ def load(path: str | Path, progress: bool | None = None) -> Trace:
         return load_file(files[0], progress=progress)
     parts = [load_file(f, rank=i if rank_from_name(f) is None else None, progress=progress)
              for i, f in enumerate(files)]
+    taken: set[int] = set()
+    collisions = []
+    for f, p in zip(files, parts):         # two files that claim the same rank would merge into one
+        mine = set(int(r) for r in p.events["rank"].unique())
+        if mine & taken:
+            shift = max(taken) + 1 - min(mine)
+            p.events["rank"] = p.events["rank"] + shift
+            p.flows["rank"] = p.flows["rank"] + shift
+            collisions.append({"file": f.name, "claimed": sorted(mine), "now": sorted(r + shift for r in mine)})
+            mine = {r + shift for r in mine}
+        taken |= mine
     events = pd.concat([p.events for p in parts], ignore_index=True)
     for col in STRING_COLUMNS:
         events[col] = events[col].astype("category")
     meta = dict(parts[0].meta)
     meta["files"] = [str(f) for f in files]
+    if collisions:
+        meta["rank_collisions"] = collisions
     negative = [p.meta["negative_durations"] for p in parts if "negative_durations" in p.meta]
     meta.pop("negative_durations", None)
     if negative:

@@ -65,6 +65,8 @@ FINDING_COLUMNS = ("kind", "rank", "layer", "microbatch", "stage", "start_us", "
 def message(kind: str, lost: float, next_name: str, call: str) -> str:
     nm = _short(next_name)
     if kind == WAITING_ON_COMM:
+        if not next_name:
+            return f"compute idle {lost:.1f} us: no compute left or yet to run while communication ran"
         return f"compute idle {lost:.1f} us: {nm} waited for communication to deliver its inputs"
     if kind == CPU_BLOCKED_LAUNCH:
         return (f"compute idle {lost:.1f} us: CPU blocked in {_short(call)} before launching {nm}; submit "
@@ -92,14 +94,34 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) ->
     for rank, df in g.groupby("rank", sort=True):
         comp = df[df["klass"] == "compute"].sort_values("start_us")
         comm = df[df["klass"] == "comm"]
-        if comp.empty:
+        tot = {k: 0.0 for k in IDLE_CAUSES}
+        tot["unexplained"] = 0.0
+        totals[int(rank)] = tot
+        comm_iv = union(comm["start_us"].to_numpy(), (comm["start_us"] + comm["dur_us"]).to_numpy())
+        Fc = _coverage(*comm_iv)
+        lo, hi = float(df["start_us"].min()), float((df["start_us"] + df["dur_us"]).max())
+        if comp.empty:        # no compute at all: the whole span is idle
+            c = float(Fc(np.array([hi]))[0] - Fc(np.array([lo]))[0])
+            tot[WAITING_ON_COMM] += c
+            tot["unexplained"] += (hi - lo) - c
             continue
         cs, ce = comp["start_us"].to_numpy(), (comp["start_us"] + comp["dur_us"]).to_numpy()
         u0, u1 = union(cs, ce)
         g0, g1 = gaps(u0, u1)
-        tot = {k: 0.0 for k in IDLE_CAUSES}
-        tot["unexplained"] = 0.0
-        totals[int(rank)] = tot
+        # before the first and after the last compute (e.g. the last combine): idle while communication
+        # runs, else unexplained - so that the causes add up to the span minus the compute
+        edges = [(lo, float(u0[0]), comp.iloc[0]), (float(u1[-1]), hi, comp.iloc[int(np.argmax(ce))])]
+        for a, b, near in edges:
+            if b <= a:
+                continue
+            c = float(Fc(np.array([b]))[0] - Fc(np.array([a]))[0])
+            tot[WAITING_ON_COMM] += c
+            tot["unexplained"] += (b - a) - c
+            if c >= max(min_lost_us, 1e-9):
+                pieces.append(pd.DataFrame({
+                    "kind": [WAITING_ON_COMM], "rank": [int(rank)], "layer": [int(near["layer"])],
+                    "microbatch": [int(near["microbatch"])], "stage": [str(near["stage"])], "start_us": [a],
+                    "lost_us": [c], "next": [""], "call": [""]}))
         if not len(g0):
             continue
         nxt_idx = np.searchsorted(cs, g1, side="left")
@@ -137,8 +159,6 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) ->
         blocked = F(launched) - F(ready)
         bound = (launched - ready) - blocked
         rest = g1 - launched
-        comm_iv = union(comm["start_us"].to_numpy(), (comm["start_us"] + comm["dur_us"]).to_numpy())
-        Fc = _coverage(*comm_iv)
         rest_comm = Fc(g1) - Fc(launched)
         tot[WAITING_ON_COMM] += float(waiting.sum() + rest_comm.sum())
         tot[CPU_BLOCKED_LAUNCH] += float(blocked.sum())

@@ -1,7 +1,8 @@
 """Trace oddities that are not fatal but make numbers doubtful: slices with negative durations
 (left out of the table at load), zero-length GPU kernels, kernels that overlap on one stream (a
 stream runs its kernels one at a time), clock jumps inside a rank, and ranks with identical
-content (the same file twice). Each is one `suspicious_input` entry in the report."""
+content (the same file twice), and files of a folder that claim the same rank. Each is one
+`suspicious_input` entry in the report."""
 from __future__ import annotations
 
 from typing import Any
@@ -28,6 +29,10 @@ def check(events: pd.DataFrame, meta: dict[str, Any]) -> list[dict[str, Any]]:
     if neg:
         out.append(_entry("negative_duration", neg["count"], f"{neg['count']} slices with a negative duration "
                           f"(e.g. {neg['example']!r}) were left out: the trace's timestamps are damaged"))
+    for c in meta.get("rank_collisions", []):
+        out.append(_entry("duplicate_rank", len(c["claimed"]), f"{c['file']} says it holds rank(s) "
+                          f"{', '.join(map(str, c['claimed']))}, which an earlier file also holds: analysed as "
+                          f"rank(s) {', '.join(map(str, c['now']))}", c["now"]))
     g = gpu_work(events)
     zero = g[g["dur_us"] <= 0]
     if len(zero):

@@ -194,6 +194,14 @@ def _layer_truth(path) -> dict[int, dict[str, float]]:
     return out
 
 
+def _spans(path) -> list[float]:
+    """Each layer's span (ms) on rank 0, from the trace file."""
+    sl = [e for e in slices(read_trace(path)) if e["pid"] == 0 and e["cat"] in ("compute", "comm")]
+    return [(max(e["ts"] + e["dur"] for e in sl if e["args"]["layer"] == L)
+             - min(e["ts"] for e in sl if e["args"]["layer"] == L)) / 1e3
+            for L in sorted({e["args"]["layer"] for e in sl})]
+
+
 def test_layer_breakdown_axis_follows_layer_count(tmp_path):
     """A few layers get one labelled bar each; a deep model (61 layers x 2 traces = 122 bars) gets a
     numeric layer axis with the traces dodged - either way every bar holds the layer's compute,
@@ -220,6 +228,10 @@ def test_layer_breakdown_axis_follows_layer_count(tmp_path):
             for k in ("compute", "hidden comm", "exposed comm", "idle"):
                 assert [src[k][i] for i in rows] == pytest.approx([truth[L][k] for L in sorted(truth)],
                                                                   rel=1e-6, abs=1e-6), (label, k)
+        stacked = [src["compute"][i] + src["exposed comm"][i] + src["idle"][i] for i in range(len(src["layer"]))]
+        spans = [truth_span for lab, path in (("pred", pred), ("slow", slow))
+                 for truth_span in _spans(path)]
+        assert stacked == pytest.approx(spans, rel=1e-6, abs=1e-6)      # the stack is the layer's span, no more
         assert sum(src["exposed comm"][i] for i, t in enumerate(src["trace"]) if t == "slow") > \
             sum(src["exposed comm"][i] for i, t in enumerate(src["trace"]) if t == "pred")
 

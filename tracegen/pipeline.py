@@ -12,7 +12,6 @@ from .plan import Plan
 from .preset import Preset
 from .schedule import Schedule, simulate
 
-
 MAX_RANKS = 1024        # ranks one trace simulates (time and trace size grow linearly)
 
 

@@ -282,6 +282,14 @@ def _idle_causes(sched: Schedule, rank: int) -> list[Idle]:
     a blocking wait (cpu_blocked_launch) or while it was busy launching (launch_bound)."""
     busy = [i for i in sched.intervals if i.rank == rank and i.track == COMPUTE]
     out: list[Idle] = []
+    gpu = [i for i in sched.intervals if i.rank == rank and i.track in (COMPUTE, COMM)]
+    if busy and gpu:     # before the first and after the last compute, communication runs: waiting on it
+        first, last = min(i.start for i in gpu), max(i.end for i in gpu)
+        if busy[0].start > first:
+            out.append(Idle(rank, first, busy[0].start, WAITING_ON_COMM, busy[0].key))
+        end = max(i.end for i in busy)
+        if last > end:
+            out.append(Idle(rank, end, last, WAITING_ON_COMM, busy[-1].key))
     for prev, nxt in zip(busy, busy[1:]):
         g0, g1 = prev.end, nxt.start
         if g1 <= g0:

@@ -21,7 +21,9 @@ from tracegen.base.errors import UserError
 from .timeline import timeline_figure
 
 BREAKDOWN = ("compute", "hidden comm", "exposed comm", "idle")
-BREAKDOWN_COLORS = ("#4C78A8", "#72B7B2", "#E45756", "#D3D3D3")
+STACKED = ("compute", "exposed comm", "idle")          # disjoint in time: they add up to the layer's span
+STACKED_COLORS = ("#4C78A8", "#E45756", "#D3D3D3")
+HIDDEN_COLOR = "#72B7B2"
 
 
 def summary_table(analyses: list[tuple[str, Analysis]]) -> Div:
@@ -49,7 +51,9 @@ CATEGORICAL_MAX_BARS = 48  # beyond this many bars, layer labels no longer fit: 
 
 
 def layer_breakdown(analyses: list[tuple[str, Analysis]], layer_offsets: list[int], rank: int = 0):
-    """Per layer: compute, hidden and exposed communication and idle, side by side per trace."""
+    """Per layer, side by side per trace: compute, exposed communication and idle stacked (they add up
+    to the layer's span), and the hidden communication as a narrower bar over them (it overlaps
+    compute, so stacking it would overstate the span)."""
     data: dict[str, list] = {k: [] for k in ("layer", "trace", *BREAKDOWN)}
     for (label, a), off in zip(analyses, layer_offsets):
         if a.layers.empty:
@@ -64,7 +68,7 @@ def layer_breakdown(analyses: list[tuple[str, Analysis]], layer_offsets: list[in
     if not data["layer"]:
         return None
     labels = [label for label, _ in analyses]
-    title = "per layer: compute, hidden and exposed communication, idle (ms)"
+    title = "per layer (ms): compute + exposed communication + idle = span; narrow bar: communication hidden"
     tools = "save,reset,xpan,xwheel_zoom"
     if len(data["layer"]) <= CATEGORICAL_MAX_BARS:
         if len(labels) == 1:  # one trace: the layer alone names a bar
@@ -88,8 +92,10 @@ def layer_breakdown(analyses: list[tuple[str, Analysis]], layer_offsets: list[in
         p = figure(height=300, title=title, tools=tools, sizing_mode="stretch_width", name="layers",
                    x_axis_label="layer" + (f" (bars left to right: {', '.join(labels)})" if len(labels) > 1 else ""))
     src = ColumnDataSource(data)
-    r = p.vbar_stack(list(BREAKDOWN), x="x", width=width, color=list(BREAKDOWN_COLORS), source=src,
-                     legend_label=list(BREAKDOWN))
+    r = p.vbar_stack(list(STACKED), x="x", width=width, color=list(STACKED_COLORS), source=src,
+                     legend_label=list(STACKED))
+    r.append(p.vbar(x="x", top="hidden comm", width=width * 0.35, color=HIDDEN_COLOR, alpha=0.9, source=src,
+                    legend_label="hidden comm (overlaps compute)"))
     p.add_tools(HoverTool(renderers=r, tooltips=[("layer", "@layer"), ("trace", "@trace"),
                                                  ("compute", "@compute{0.000}"), ("hidden", "@{hidden comm}{0.000}"),
                                                  ("exposed", "@{exposed comm}{0.000}"), ("idle", "@idle{0.000}")]))

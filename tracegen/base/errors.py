@@ -17,6 +17,8 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv: list[str] 
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except SystemExit as exc:   # argparse: usage errors (2) and --help (0), as a return code
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

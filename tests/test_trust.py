@@ -1,0 +1,183 @@
+"""No silent wrong output (issue 14): each case a new user hit, reproduced. Every command either
+gives the right answer or one clear line on stderr with exit status 2, no traceback and no file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from replay.analyze import analyze
+from replay.cli import main as replay
+from tracegen.cli import main as tracegen
+from viz.cli import main as viz
+
+from .helpers import read_trace
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "traces" / "golden"
+OBS = ROOT / "traces" / "observed" / "h100"
+
+
+def one_line_error(capsys, code: int, *needles: str) -> str:
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+# ----------------------------------------------------------------------------- 3: unwritable outputs
+@pytest.mark.parametrize("target", ["/proc/out.json", "/sys/out.json"])
+def test_unwritable_output_is_one_line(capsys, target):
+    golden = str(GOLDEN / "h800-decode-ibgda.json.gz")
+    one_line_error(capsys, tracegen(["trace", "--layers", "2", "-o", target]), "not writable")
+    one_line_error(capsys, replay(["analyze", golden, "--csv", target.replace(".json", ".csv"), "--no-cache"]),
+                   "not writable")
+    one_line_error(capsys, viz(["html", golden, "-o", target.replace(".json", ".html"), "--no-cache"]),
+                   "not writable")
+
+
+# ----------------------------------------------------------------------------- 4: numbers in
+@pytest.mark.parametrize("argv,needle", [
+    (["estimate", "--hbm-gbps", "nan"], "'nan' is not a finite number"),
+    (["trace", "--batch", "inf", "-o", "/tmp/never.json"], "'inf' is not a finite number"),
+    (["estimate", "--imbalance=-inf"], "not a finite number"),
+    (["estimate", "--dp", "512", "--ep", "512"], "leaves GPUs without an expert"),
+    (["trace", "--layers", "1000", "-o", "/tmp/never.json"], "--layers must lie in [1, 61]"),
+    (["trace", "--ranks", "100000", "-o", "/tmp/never.json"], "--ranks must lie in [1, 1024]"),
+])
+def test_impossible_numbers_are_refused(capsys, argv, needle):
+    one_line_error(capsys, tracegen(argv), needle)
+    assert not Path("/tmp/never.json").exists()
+
+
+def test_whatif_scales_must_be_finite(capsys, tmp_path):
+    one_line_error(capsys, replay(["whatif", str(GOLDEN / "h800-decode-ibgda.json.gz"), "--compute-scale", "nan",
+                                   "-o", str(tmp_path / "w.json")]), "not a finite number")
+
+
+def test_catalog_numbers_must_be_finite_and_rates_positive(capsys, tmp_path):
+    for value, needle in (("nan", "finite"), ("0", "must be positive")):
+        f = tmp_path / f"hw-{value}.toml"
+        f.write_text(f'[lab]\nbase = "h100"\nhbm_gbps = {value}\n')
+        one_line_error(capsys, tracegen(["estimate", "--hardware-file", str(f)]), "hbm_gbps", needle)
+
+
+def test_a_user_file_may_build_on_a_builtin_entry(capsys, tmp_path):
+    f = tmp_path / "lab.toml"
+    f.write_text('[my-h100]\nbase = "h100"\ndisplay = "My H100"\nhbm_gbps = "3 TB/s"\n')
+    assert tracegen(["estimate", "--hardware-file", str(f), "--json"]) == 0
+    mine = json.loads(capsys.readouterr().out)
+    assert tracegen(["estimate", "--hardware", "h100", "--json"]) == 0
+    stock = json.loads(capsys.readouterr().out)
+    assert mine["hardware"] == "My H100" and mine["sum_ms"] > stock["sum_ms"]      # slower HBM, same rest
+
+
+def _edited(tmp_path, name, edit) -> Path:
+    t = read_trace(GOLDEN / "h800-decode-ibgda.json.gz")
+    edit(t["traceEvents"])
+    out = tmp_path / name
+    out.write_text(json.dumps(t))
+    return out
+
+
+def test_negative_durations_are_left_out_and_reported(tmp_path, capsys):
+    def neg(ev):
+        e = next(e for e in ev if e.get("ph") == "X" and e.get("cat") == "comm")
+        e["dur"] = -440.0
+    path = _edited(tmp_path, "neg.json", neg)
+    a = analyze(path, use_cache=False)
+    assert (a.events["dur_us"] >= 0).all()
+    (s,) = [x for x in a.suspicious if x["what"] == "negative_duration"]
+    assert s["count"] == 1
+    assert replay(["analyze", str(path), "--no-cache"]) == 0
+    assert "suspicious input (negative_duration)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("field,value", [("ts", 1e300), ("dur", 1e300)])
+def test_implausible_times_are_refused(tmp_path, capsys, field, value):
+    def big(ev):
+        next(e for e in ev if e.get("ph") == "X")[field] = value
+    path = _edited(tmp_path, "big.json", big)
+    one_line_error(capsys, replay(["analyze", str(path), "--no-cache"]), "not a plausible time")
+
+
+def test_suspicious_input_is_named(tmp_path):
+    def overlap_and_zero(ev):
+        comp = [e for e in ev if e.get("ph") == "X" and e.get("cat") == "compute" and e["pid"] == 0]
+        comp[3]["ts"] = comp[2]["ts"] + 1.0 + 0.5 * comp[2]["dur"]       # starts inside its predecessor
+        comp[5]["dur"] = 0.0
+    a = analyze(_edited(tmp_path, "odd.json", overlap_and_zero), use_cache=False)
+    what = {s["what"]: s for s in a.suspicious}
+    assert what["overlapping_kernels"]["count"] >= 1 and what["overlapping_kernels"]["ranks"] == [0]
+    assert what["zero_duration"]["count"] == 1
+    clean = analyze(GOLDEN / "h800-decode-ibgda.json.gz", use_cache=False)
+    assert clean.suspicious == []
+
+
+def test_identical_ranks_and_unknown_communication_are_named(tmp_path):
+    d = tmp_path / "ranks"
+    d.mkdir()
+    for r in (0, 1):
+        (d / f"rank{r}.json.gz").write_bytes((ROOT / "traces/observed/h200x2-nccl/rank0.json.gz").read_bytes())
+    a = analyze(d, use_cache=False)
+    assert {"identical_ranks", "duplicate_rank"} <= {s["what"] for s in a.suspicious}
+    assert sorted(r["rank"] for r in a.ranks) == [0, 1]
+    h100 = analyze(OBS / "layers-proper.json.gz", use_cache=False)      # its comm stand-ins need --taxonomy
+    assert "no_communication" in {s["what"] for s in h100.suspicious}
+    ok = analyze(OBS / "layers-proper.json.gz", taxonomy=str(OBS / "taxonomy.toml"), use_cache=False)
+    assert "no_communication" not in {s["what"] for s in ok.suspicious}
+
+
+# ----------------------------------------------------------------------------- 2, 8: viz
+def test_viz_tells_same_named_files_apart(tmp_path, capsys):
+    for run, golden in (("r1", "h800-decode-ibgda"), ("r2", "h800-decode-cpu-proxy")):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "trace.json.gz").write_bytes((GOLDEN / f"{golden}.json.gz").read_bytes())
+    out = tmp_path / "cmp.html"
+    assert viz(["html", str(tmp_path / "r1" / "trace.json.gz"), str(tmp_path / "r2" / "trace.json.gz"), "-o",
+                str(out), "--no-cache"]) == 0
+    page = out.read_text()
+    assert "r1/trace.json.gz" in page and "r2/trace.json.gz" in page
+
+
+def test_viz_align_layer_out_of_range_is_refused(tmp_path, capsys):
+    a, b = GOLDEN / "h800-decode-ibgda.json.gz", GOLDEN / "h800-decode-cpu-proxy.json.gz"
+    out = tmp_path / "x.html"
+    one_line_error(capsys, viz(["html", str(a), str(b), "--align-layer", "99", "-o", str(out), "--no-cache"]),
+                   "--align-layer 99", "layers 0-5")
+    one_line_error(capsys, viz(["html", str(a), "--align-layer", "2", "-o", str(out), "--no-cache"]),
+                   "two traces")
+    assert not out.exists()
+
+
+def test_viz_refuses_a_layout_bokeh_rejects():
+    from bokeh.models import FactorRange
+    from bokeh.plotting import figure
+
+    from tracegen.base.errors import UserError
+    from viz.report import check
+    p = figure(x_range=FactorRange("a", "a"))
+    p.vbar(x=["a"], top=[1])
+    with pytest.raises(UserError, match="render blank"):
+        check(p)
+
+
+# ----------------------------------------------------------------------------- 7: numbers add up
+@pytest.mark.parametrize("trace,taxonomy", [
+    (GOLDEN / "h800-prefill-improper.json.gz", None), (GOLDEN / "ascend910c-decode-unfused.json.gz", None),
+    (OBS / "layers-improper.json.gz", OBS / "taxonomy.toml"), (ROOT / "traces/observed/h200x2-nccl", None)])
+def test_idle_causes_add_up_to_the_compute_idle_time(trace, taxonomy):
+    a = analyze(trace, taxonomy=str(taxonomy) if taxonomy else None, use_cache=False)
+    for r in a.ranks:
+        causes = a.idle_totals[r["rank"]]
+        assert sum(causes.values()) == pytest.approx(r["compute_idle_us"], rel=1e-9, abs=1e-6), r["rank"]
+
+
+def test_tracegen_json_idle_adds_up(capsys, tmp_path):
+    assert tracegen(["trace", "--layers", "8", "--ranks", "2", "--json", "-o", str(tmp_path / "t.json")]) == 0
+    for r in json.loads(capsys.readouterr().out)["ranks"]:
+        assert sum(r["idle_us"].values()) == pytest.approx(r["compute_idle_us"], rel=1e-9)
+        assert r["idle_us"]["waiting_on_comm"] > 0
