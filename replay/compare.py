@@ -85,6 +85,19 @@ def label_stages(a: Analysis, rules: StageRules) -> pd.DataFrame:
     return g.assign(cstage=stage.to_numpy()).dropna(subset=["cstage"])
 
 
+TRAINING_PASS = re.compile(r"\((?:B|W)\)$")      # DualPipe's backward chunks: attn(B), mlp(W)
+
+
+def refuse_training(a: Analysis, what: str = "the trace") -> None:
+    """A training trace's forward and backward chunks are not the micro-batches of an inference step:
+    re-timing or comparing them as such gives confident nonsense, so say so instead."""
+    stages = text(a.events.loc[a.events["layer"] >= 0, "stage"])
+    if any(TRAINING_PASS.search(s) for s in set(stages)):
+        raise UserError(f"{what} is a training trace (forward/backward chunks such as attn(F) / attn(B), e.g. "
+                        "DualPipe): the stages of an inference step cannot be rebuilt from it; `replay analyze` "
+                        "measures its overlap")
+
+
 def stage_table(a: Analysis, rules: StageRules) -> pd.DataFrame:
     """Busy time per (rank, layer, micro-batch, stage) of a trace's GPU work."""
     g = label_stages(a, rules)
@@ -136,6 +149,8 @@ def _cause(row: pd.Series, obs: Analysis, labelled: pd.DataFrame, layer_offset: 
 
 def compare(pred: Analysis, obs: Analysis, rules: StageRules, rank_map: dict[int, int] | None = None,
             layer_offset: int = 0, top: int = 10) -> dict[str, Any]:
+    refuse_training(pred, "the predicted trace")
+    refuse_training(obs, "the observed trace")
     p, o = stage_table(pred, rules), stage_table(obs, rules)
     if p.empty or o.empty:
         side = "predicted" if p.empty else "observed"

@@ -26,7 +26,7 @@ from tracegen.opgraph import Stage
 from tracegen.plan import Plan
 
 from .analyze import Analysis
-from .compare import StageRules, label_stages
+from .compare import StageRules, label_stages, refuse_training
 from .generated import target
 
 Key = tuple[int, int, str]
@@ -44,6 +44,7 @@ class StageGraph:
     hardware: Hardware
     plan: Plan
     assumptions: list[str] = field(default_factory=list)
+    observed_ranks: list[int] = field(default_factory=list)   # the observed rank each simulated rank stands for
 
 
 def stage_graph(a: Analysis, rules: StageRules, hardware: str | None = None) -> StageGraph:
@@ -59,6 +60,9 @@ def _generated(a: Analysis) -> StageGraph:
     """Stages of rank 0 from tracegen's args (the other ranks differ only by their load factor)."""
     t = target(a.trace)
     ev = a.events
+    if t.ranks > 1 and ev["rank"].nunique() < t.ranks:
+        raise UserError(f"--rank: a tracegen trace is re-timed on all its {t.ranks} ranks together (they wait "
+                        "for each other in every all-to-all); leave --rank out")
     gpu = ev[(ev["rank"] == 0) & (ev["device"] == "gpu") & (ev["layer"] >= 0)]
     cpu = ev[(ev["rank"] == 0) & (ev["cat"] == CAT_LAUNCH)]
     first_launch, kernels = {}, {}
@@ -80,14 +84,15 @@ def _generated(a: Analysis) -> StageGraph:
                             kernels.get(key, 1), float(r.flops or 0.0) / load, float(r.bytes or 0.0) / load)
     return StageGraph(stages, first_launch, t.launch_us, list(t.load_factors), t.ranks, t.model, t.hardware, t.plan,
                       [f"a tracegen trace: {t.model.name} on {t.hardware.name}, stages, loads and launch costs "
-                       "from its args and otherData (nothing assumed)"])
+                       "from its args and otherData (nothing assumed)"], list(range(t.ranks)))
 
 
 def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGraph:
     """Stages of a profiler trace's one rank: busy time, first launch, kernels, blocking."""
     ranks_seen = sorted(a.events.loc[a.events["device"] == "gpu", "rank"].unique())
     if len(ranks_seen) != 1:
-        raise UserError("what-if of a profiler trace takes one rank: pick one with --rank")
+        raise UserError(f"what-if of a profiler trace takes one rank: pick one of ranks "
+                        f"{', '.join(map(str, ranks_seen))} with --rank")
     rank = int(ranks_seen[0])
     assumptions = [f"rank {rank} only, re-timed alone (other ranks' waits are not modelled)"]
     if hardware:
@@ -97,8 +102,12 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
         device = " ".join(d.get("name", "") for d in a.trace.meta.get("deviceProperties", [])[:1])
         hw = hardware_of_device(device)
         assumptions.append(f"hardware {hw.name}, from the trace's device name {device!r} (set --hardware)")
+    refuse_training(a)
     g = label_stages(a, rules)
     g = g[g["rank"] == rank]
+    if g.empty:
+        raise UserError(f"no stage of rank {rank} could be labelled (structure: {a.structure}): a what-if needs "
+                        "stage annotations such as L3:ATTN(0) or tracegen's args (see replay/data/stages.toml)")
     ev = a.events[a.events["rank"] == rank]
     launch = ev[ev["launch"] & (ev["correlation"] >= 0)]
     lend = dict(zip(launch["correlation"], launch["start_us"] + launch["dur_us"]))
@@ -136,7 +145,7 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
         "(the new trace's otherData names DeepSeek-V3, batch 1 as placeholders)",
     ]
     plan = Plan(phase=phase, batch=1, seq_len=1, microbatches=n_mb, comm=comm)
-    return StageGraph(stages, first_launch, launch_us, [1.0], 1, load_model(None), hw, plan, assumptions)
+    return StageGraph(stages, first_launch, launch_us, [1.0], 1, load_model(None), hw, plan, assumptions, [rank])
 
 
 __all__ = ["StageGraph", "stage_graph"]

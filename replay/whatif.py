@@ -79,19 +79,27 @@ def _respect_deps(order: list, stages: dict) -> list:
 
 
 def run(path: str, out: str, a: Analysis, rules: StageRules, change: Change, hardware: str | None) -> dict[str, Any]:
-    """Rebuild, change, re-time, write the new trace; the spans and overlaps before and after."""
+    """Rebuild, change, re-time, write the new trace; the spans and overlaps before and after, and the
+    error of re-timing the trace with no change at all (which every what-if number carries)."""
     g = stage_graph(a, rules, hardware)
     sched = retime(g, change)
+    base = summary(retime(g, Change())) if change.describe() else None
     write_trace(sched, out, {"tbo": change.launch_order or "as observed",
                              "whatif": {"source": str(Path(path).name), "changes": change.describe(),
                                         "assumptions": g.assumptions}})
     s = summary(sched)
+    base = base or s
     before = {r["rank"]: r for r in a.ranks}
-    return {"output": out, "changes": change.describe(), "assumptions": g.assumptions,
-            "ranks": [{"rank": r["rank"], "span_us": r["span_us"], "overlap_us": r["overlap_us"],
-                       "hidden_comm_pct": r["hidden_comm_pct"], "exposed_comm_us": r["exposed_comm_us"],
-                       "observed_span_us": before.get(r["rank"], {}).get("span_us"),
-                       "observed_overlap_us": before.get(r["rank"], {}).get("overlap_us")} for r in s]}
+    rows = []
+    for r, b in zip(s, base):
+        seen = before.get(g.observed_ranks[r["rank"]], {})
+        obs_span = seen.get("span_us")
+        rows.append({"rank": g.observed_ranks[r["rank"]], "span_us": r["span_us"], "overlap_us": r["overlap_us"],
+                     "hidden_comm_pct": r["hidden_comm_pct"], "exposed_comm_us": r["exposed_comm_us"],
+                     "observed_span_us": obs_span, "observed_overlap_us": seen.get("overlap_us"),
+                     "no_change_span_us": b["span_us"],
+                     "no_change_error_pct": 100 * (b["span_us"] - obs_span) / obs_span if obs_span else None})
+    return {"output": out, "changes": change.describe(), "assumptions": g.assumptions, "ranks": rows}
 
 
 __all__ = ["Change", "retime", "run"]
