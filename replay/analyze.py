@@ -56,7 +56,9 @@ class Analysis:
             row["idle_us"] = self.idle_totals.get(r["rank"], {})
             if not layers.empty:
                 lr = layers[layers["rank"] == r["rank"]]
-                row["layers"] = lr.drop(columns=["rank"]).to_dict(orient="records")
+                row["layers"] = [{**x, "start_us": x["start_us"] - self.t0_us,
+                                  "stages": [s for s in x["stages"].split(",") if s]}
+                                 for x in lr.drop(columns=["rank"]).to_dict(orient="records")]
             ranks.append(row)
         findings = [{**f, "start_us": f["start_us"] - self.t0_us} for f in self.top_findings(max_findings)]
         totals = {k: sum(t.get(k, 0.0) for t in self.idle_totals.values()) for k in (*IDLE_CAUSES, "unexplained")}

@@ -9,6 +9,13 @@ from pathlib import Path
 from tracegen.base.cliutil import add_command, add_reading_args, entry_point, finite, new_parser, print_json
 from tracegen.base.errors import UserError
 
+from .schemas import SCHEMAS
+
+
+def tag(name: str) -> str:
+    return f"{name}/{SCHEMAS[name][1]}"
+
+
 EPILOG = """\
 examples:
   replay analyze prefill.json                     DeepSeek's public profile (PyTorch profiler JSON)
@@ -63,7 +70,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.parquet:
         write_layers(a, args.parquet, "parquet")
     if args.json:
-        print_json(a.to_dict(max_findings=args.max_findings))
+        print_json(a.to_dict(max_findings=args.max_findings), tag("replay-analyze"))
     else:
         print(render(a, top=args.top))
     return 0
@@ -89,7 +96,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.csv:
         atomic_write(args.csv, result["stages"].to_csv(index=False))
     if args.json:
-        print_json(to_json(result))
+        print_json(to_json(result, args.predicted, args.observed), tag("replay-compare"))
     else:
         print(render(result, args.predicted, args.observed))
     return 0
@@ -108,7 +115,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     change = Change(args.launch_order, args.comm_scale, args.compute_scale, args.comm)
     res = run(args.observed, args.output, a, load_stage_rules(args.stages), change, args.hardware)
     if args.json:
-        print_json(res)
+        print_json(res, tag("replay-whatif"))
         return 0
     print(f"wrote {res['output']}: {Path(args.observed).name} re-timed with "
           + (", ".join(f"{k}={v}" for k, v in res["changes"].items()) or "no change"))
@@ -152,7 +159,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         atomic_write(args.report, detail.to_csv(index=False))
     if args.json:
         print_json({"output": args.output, "sources": sources, "hardware": hardware_to_dict(hw),
-                     "errors": table.to_dict(orient="records")})
+                    "errors": table.to_dict(orient="records")}, tag("replay-calibrate"))
         return 0
     for s in sources:
         print(s)

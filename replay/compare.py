@@ -195,7 +195,12 @@ def compare(pred: Analysis, obs: Analysis, rules: StageRules, rank_map: dict[int
     discrepancies = [{**{k: (None if pd.isna(v) else (int(v) if k in ("rank", "layer", "microbatch") else v))
                          for k, v in row[key + ["kind", "pred_us", "obs_us", "diff_us", "error_pct"]].items()},
                       "cause": _cause(row, obs, labelled, layer_offset, rules)} for _, row in worst.iterrows() if row["size"] > 0]
-    return {"stages": m.sort_values(key).reset_index(drop=True), "per_layer": per_layer_df,
+    pred_span = {x["rank"]: x["span_us"] for x in pred.ranks}
+    obs_span = {(rank_map or {}).get(x["rank"], x["rank"]): x["span_us"] for x in obs.ranks}
+    spans = [{"rank": int(r), "pred_us": pred_span[r], "obs_us": obs_span[r],
+              "error_pct": 100 * (obs_span[r] - pred_span[r]) / pred_span[r]}
+             for r in common_ranks if r in pred_span and r in obs_span]
+    return {"spans": spans, "stages": m.sort_values(key).reset_index(drop=True), "per_layer": per_layer_df,
             "summary": pd.DataFrame(summary), "discrepancies": discrepancies,
             "matched": int(len(both)), "missing_predicted": int(m["pred_us"].isna().sum()),
             "missing_observed": int(m["obs_us"].isna().sum()), "ranks": common_ranks}
@@ -204,7 +209,11 @@ def compare(pred: Analysis, obs: Analysis, rules: StageRules, rank_map: dict[int
 def render(result: dict[str, Any], pred_name: str, obs_name: str, max_rows: int = 24) -> str:
     out = [f"predicted {pred_name}  vs  observed {obs_name}: {result['matched']} stages matched, "
            f"{result['missing_predicted']} only observed, {result['missing_observed']} only predicted "
-           f"(ranks {', '.join(map(str, result['ranks']))})", ""]
+           f"(ranks {', '.join(map(str, result['ranks']))})"]
+    for s in result["spans"]:
+        out.append(f"whole span, rank {s['rank']}: predicted {s['pred_us'] / 1e3:.3f} ms, observed "
+                   f"{s['obs_us'] / 1e3:.3f} ms ({s['error_pct']:+.1f} %)")
+    out.append("")
     out.append("error per stage kind ((observed - predicted) / predicted)")
     out.append(f"  {'stage':<10}{'kind':<9}{'n':>5}{'median |err|':>14}{'p90 |err|':>11}{'mean err':>10}")
     for _, s in result["summary"].iterrows():
@@ -231,8 +240,10 @@ def render(result: dict[str, Any], pred_name: str, obs_name: str, max_rows: int 
     return "\n".join(out)
 
 
-def to_json(result: dict[str, Any]) -> dict[str, Any]:
-    return {"stages": result["stages"].replace({np.nan: None}).to_dict(orient="records"),
+def to_json(result: dict[str, Any], predicted: str, observed: str) -> dict[str, Any]:
+    """The comparison as --json prints it (schema replay-compare): sources, whole spans, stages, ..."""
+    return {"sources": {"predicted": predicted, "observed": observed}, "spans": result["spans"],
+            "stages": result["stages"].replace({np.nan: None}).to_dict(orient="records"),
             "per_layer": result["per_layer"].to_dict(orient="records") if not result["per_layer"].empty else [],
             "summary": result["summary"].to_dict(orient="records"), "discrepancies": result["discrepancies"],
             "matched": result["matched"], "missing_predicted": result["missing_predicted"],

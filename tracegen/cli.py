@@ -19,6 +19,7 @@ from .catalog import (
 from .plan import COMM_BACKENDS, Plan
 from .preset import PRESETS, Preset, load_preset
 from .resolve import HARDWARE_WHATIFS, PLAN_FIELDS, resolve_plan, resolve_target
+from .schemas import tag
 
 EPILOG_ESTIMATE = """\
 examples:
@@ -154,9 +155,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     model, hw, preset, plan = resolve_args(args)
     est = estimate(model, hw, plan, preset)
     if plan.phase == "decode":
-        est.extra["max_batch"] = max_batch(model, hw, plan, preset)
+        est.extra["max_batch"] = int(max_batch(model, hw, plan, preset))     # whole sequences
     if args.json:
-        print_json(est.to_dict())
+        print_json(est.to_dict(), tag("tracegen-estimate"))
     else:
         print(render_estimate(est))
     return 0
@@ -181,7 +182,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     path = write_trace(sched, args.output, {"tbo": tbo})
     summ = summary(sched)
     if args.json:
-        print_json({"output": str(path), "bytes": os.path.getsize(path), "tbo": tbo, "ranks": summ})
+        ranks = [{**r, "layers": [{"layer": k, **v} for k, v in r["layers"].items()]} for r in summ]
+        print_json({"output": str(path), "bytes": os.path.getsize(path), "tbo": tbo, "ranks": ranks},
+                   tag("tracegen-trace"))
         return 0
     r0 = summ[0]
     moe = [l for l in graph.layers if l not in graph.dense]
@@ -207,7 +210,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                  "hbm_gbps": h.hbm_gbps, "scaleup_gbps": h.scaleup_gbps, "scaleup_domain": h.scaleup_domain,
                  "scaleout_gbps": h.scaleout_gbps, "comm": sorted(h.comm)} for k, h in table.items()]
         if args.json:
-            print_json(rows)
+            print_json({"hardware": rows}, tag("tracegen-list-hardware"))
             return 0
         print(f"{'name':<14}{'SMs':>5}{'FP8 TF':>9}{'BF16 TF':>9}{'HBM GB':>8}{'HBM GB/s':>10}"
               f"{'up GB/s':>9}{'domain':>8}{'out GB/s':>10}  backends")
@@ -226,7 +229,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                  "top_k": m.activated_experts, "params_b": total_params(m) / 1e9}
                 for k, m in builtin_models().items()]
         if args.json:
-            print_json(rows)
+            print_json({"models": rows}, tag("tracegen-list-models"))
             return 0
         print(f"{'name':<18}{'attn':>5}{'layers':>7}{'dense':>6}{'hidden':>7}{'heads':>6}{'experts':>9}{'top-k':>6}{'params':>9}")
         for r in rows:
@@ -238,7 +241,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     rows = [{"name": n, "display": load_preset(n).display, "plan_defaults": load_preset(n).plan} for n in PRESETS]
     if args.json:
-        print_json(rows)
+        print_json({"presets": rows}, tag("tracegen-list-presets"))
         return 0
     for r in rows:
         print(f"{r['name']:<9} {r['display']}")
@@ -253,7 +256,7 @@ def cmd_roofline(args: argparse.Namespace) -> int:
     hw = load_hardware(args.hardware, args.hardware_file)
     r = moe_roofline(hw, model, args.local_batch)
     if args.json:
-        print_json(r.to_dict())
+        print_json(r.to_dict(), tag("tracegen-roofline"))
         return 0
     print(f"{model.name} experts on {hw.name} (FP8 {hw.fp8_tflops:g} TFLOPS, HBM {r.hbm_tbps:g} TB/s)")
     print(f"  ridge point             {r.ridge_flops_per_byte:8.1f} FLOP/byte")

@@ -41,9 +41,18 @@ def new_parser(prog: str, description: str | None) -> tuple[argparse.ArgumentPar
     return p, sub
 
 
-def print_json(obj: Any) -> None:
-    """--json output: one indented JSON document on stdout (numpy numbers as floats)."""
-    json.dump(obj, sys.stdout, indent=2, default=float)
+def _native(x: Any) -> Any:
+    """numpy scalars and arrays as the JSON types they stand for (an integer stays an integer)."""
+    if hasattr(x, "tolist"):          # numpy scalar or array
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def print_json(obj: Any, schema: str | None = None) -> None:
+    """--json output: one indented JSON document on stdout; `schema` ("<name>/<version>") leads it."""
+    if schema is not None:
+        obj = {"schema": schema, **obj}
+    json.dump(obj, sys.stdout, indent=2, default=_native)
     sys.stdout.write("\n")
 
 

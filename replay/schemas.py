@@ -1,0 +1,209 @@
+"""The `--json` outputs of replay, one versioned schema each (msgspec structs; `make docs` writes
+them as JSON Schema to docs/schemas/). Every output object carries `schema`: "<name>/<version>".
+Conventions: every `start_us` counts from the trace's first event (`t0_us`, absolute, is given),
+counts are integers, lists are lists."""
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class _S(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class Idle(_S):
+    cpu_blocked_launch: float
+    launch_bound: float
+    waiting_on_comm: float
+    unexplained: float
+
+
+class Layer(_S):
+    layer: int
+    start_us: float                 # from t0_us
+    span_us: float
+    compute_us: float
+    comm_us: float
+    overlap_us: float
+    exposed_comm_us: float
+    hidden_comm_pct: float
+    stages: list[str]
+
+
+class Rank(_S):
+    rank: int
+    span_us: float
+    compute_us: float
+    comm_us: float
+    overlap_us: float
+    exposed_comm_us: float
+    compute_idle_us: float          # = the sum of idle_us
+    hidden_comm_pct: float
+    moe_compute_us: float
+    streams_busy_us: dict[str, float]
+    idle_us: Idle
+    layers: list[Layer] = []
+
+
+class Stream(_S):
+    rank: int
+    stream: int
+    thread: str
+    role: str
+    busy_us: float
+    compute_us: float
+    comm_us: float
+    memory_us: float
+    kernels: int
+    top_comm: dict[str, int]
+
+
+class Finding(_S):
+    kind: str
+    rank: int
+    layer: int | None
+    microbatch: int | None
+    stage: str | None
+    start_us: float                 # from t0_us
+    lost_us: float
+    message: str
+
+
+class Suspicious(_S):
+    kind: str
+    what: str
+    count: int
+    ranks: list[int]
+    message: str
+
+
+class Analyze(_S):
+    """replay analyze --json"""
+    schema: str
+    sources: list[str]
+    generated: bool
+    structure: str
+    window_us: list[float] | None
+    cached: bool
+    t0_us: float
+    ranks: list[Rank]
+    balancedness: float | None
+    streams: list[Stream]
+    idle_totals_us: Idle
+    findings: list[Finding]
+    findings_total: int
+    suspicious_input: list[Suspicious]
+
+
+class StageRow(_S):
+    rank: int
+    layer: int
+    microbatch: int
+    stage: str
+    kind: str
+    pred_us: float | None
+    obs_us: float | None
+    diff_us: float | None
+    error_pct: float | None
+
+
+class LayerPair(_S):
+    rank: int
+    layer: int
+    overlap_us_pred: float
+    exposed_comm_us_pred: float
+    comm_us_pred: float
+    span_us_pred: float
+    overlap_us_obs: float
+    exposed_comm_us_obs: float
+    comm_us_obs: float
+    span_us_obs: float
+
+
+class StageSummary(_S):
+    stage: str
+    kind: str
+    n: int
+    median_abs_error_pct: float
+    p90_abs_error_pct: float
+    mean_error_pct: float
+
+
+class Discrepancy(StageRow):
+    cause: str
+
+
+class SpanPair(_S):
+    rank: int
+    pred_us: float
+    obs_us: float
+    error_pct: float
+
+
+class Sources(_S):
+    predicted: str
+    observed: str
+
+
+class Compare(_S):
+    """replay compare --json"""
+    schema: str
+    sources: Sources
+    spans: list[SpanPair]
+    stages: list[StageRow]
+    per_layer: list[LayerPair]
+    summary: list[StageSummary]
+    discrepancies: list[Discrepancy]
+    matched: int
+    missing_predicted: int
+    missing_observed: int
+    ranks: list[int]
+
+
+class WhatifRank(_S):
+    rank: int
+    span_us: float
+    overlap_us: float
+    hidden_comm_pct: float
+    exposed_comm_us: float
+    observed_span_us: float | None
+    observed_overlap_us: float | None
+    no_change_span_us: float
+    no_change_error_pct: float | None
+
+
+class Whatif(_S):
+    """replay whatif --json"""
+    schema: str
+    output: str
+    changes: dict[str, Any]
+    assumptions: list[str]
+    ranks: list[WhatifRank]
+
+
+class ErrorRow(_S):
+    kind: str
+    set: str
+    n: int
+    median_abs_err_pct: float
+    p90_abs_err_pct: float
+    model: str
+
+
+class Calibrate(_S):
+    """replay calibrate --json"""
+    schema: str
+    output: str
+    sources: list[str]
+    hardware: dict[str, Any]
+    errors: list[ErrorRow]
+
+
+SCHEMAS: dict[str, tuple[type, int]] = {
+    "replay-analyze": (Analyze, 1), "replay-compare": (Compare, 1), "replay-whatif": (Whatif, 1),
+    "replay-calibrate": (Calibrate, 1),
+}
+
+__all__ = ["SCHEMAS"]

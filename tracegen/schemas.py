@@ -1,0 +1,165 @@
+"""The `--json` outputs of tracegen, one versioned schema each (msgspec structs; `make docs` writes
+them as JSON Schema to docs/schemas/). Every output object carries `schema`: "<name>/<version>".
+Conventions: times in the unit their key names (`_us`, `_ms`), counts as integers, lists as lists."""
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class _S(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class EstimateRow(_S):
+    op: str
+    ms_per_layer: float
+    layers: int
+    total_ms: float
+    terms_ms: dict[str, float]
+
+
+class Estimate(_S):
+    """tracegen estimate --json: per-op rows and totals for one GPU."""
+    schema: str
+    model: str
+    hardware: str
+    preset: str
+    plan: dict[str, Any]
+    gpus: int
+    nodes: int
+    ep: int
+    rows: list[EstimateRow]
+    sum_overlap_ms: float
+    sum_ms: float
+    tokens_per_s_per_gpu_overlap: float
+    tokens_per_s_per_gpu: float
+    tokens_per_s_per_node_overlap: float
+    tokens_per_s_per_node: float
+    prefill_latency_overlap_ms: float | None = None     # prefill only
+    prefill_latency_ms: float | None = None
+    tpot_overlap_ms: float | None = None                # decode only
+    tpot_ms: float | None = None
+    tps_per_user_overlap: float | None = None
+    tps_per_user: float | None = None
+    comm_slack_ms: float | None = None
+    max_batch: int | None = None
+
+
+class IdleCauses(_S):
+    cpu_blocked_launch: float
+    launch_bound: float
+    waiting_on_comm: float
+
+
+class TraceLayer(_S):
+    layer: int
+    compute_us: float
+    comm_us: float
+    overlap_us: float
+
+
+class TraceRank(_S):
+    rank: int
+    span_us: float
+    compute_us: float
+    comm_us: float
+    overlap_us: float
+    exposed_comm_us: float
+    compute_idle_us: float            # = the sum of idle_us
+    hidden_comm_pct: float
+    idle_us: IdleCauses
+    layers: list[TraceLayer]
+
+
+class Trace(_S):
+    """tracegen trace --json: the schedule's summary per rank (times from the first slice)."""
+    schema: str
+    output: str
+    bytes: int
+    tbo: str
+    ranks: list[TraceRank]
+
+
+class HardwareRow(_S):
+    name: str
+    display: str
+    aliases: list[str]
+    sms: int
+    fp8_tflops: float
+    bf16_tflops: float
+    hbm_gb: float
+    hbm_gbps: float
+    scaleup_gbps: float
+    scaleup_domain: int
+    scaleout_gbps: float
+    comm: list[str]
+
+
+class ModelRow(_S):
+    name: str
+    display: str
+    aliases: list[str]
+    attention: str
+    layers: int
+    dense_layers: int
+    hidden: int
+    heads: int
+    routed_experts: int
+    shared_experts: int
+    top_k: int
+    params_b: float
+
+
+class PresetRow(_S):
+    name: str
+    display: str
+    plan_defaults: dict[str, dict[str, Any]]
+
+
+class ListHardware(_S):
+    """tracegen list hardware --json"""
+    schema: str
+    hardware: list[HardwareRow]
+
+
+class ListModels(_S):
+    """tracegen list models --json"""
+    schema: str
+    models: list[ModelRow]
+
+
+class ListPresets(_S):
+    """tracegen list presets --json"""
+    schema: str
+    presets: list[PresetRow]
+
+
+class Roofline(_S):
+    """tracegen roofline --json"""
+    schema: str
+    hardware: str
+    fp8_tflops: float
+    hbm_tbps: float
+    ridge_flops_per_byte: float
+    min_tokens_per_expert: float
+    tokens_per_expert_rounded: int
+    global_batch_min: int
+    local_batch_max: int
+    min_ep: int
+
+
+SCHEMAS: dict[str, tuple[type, int]] = {      # name -> (struct, version)
+    "tracegen-estimate": (Estimate, 1), "tracegen-trace": (Trace, 1), "tracegen-list-hardware": (ListHardware, 1),
+    "tracegen-list-models": (ListModels, 1), "tracegen-list-presets": (ListPresets, 1),
+    "tracegen-roofline": (Roofline, 1),
+}
+
+
+def tag(name: str, schemas: dict[str, tuple[type, int]] | None = None) -> str:
+    """The `schema` value of an output: "<name>/<version>"."""
+    return f"{name}/{(schemas or SCHEMAS)[name][1]}"
+
+
+__all__ = ["SCHEMAS", "tag"]
