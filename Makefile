@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= out
 
-.PHONY: setup browser test demo goldens bench validate calibrate docs clean
+.PHONY: setup browser test demo goldens bench validate calibrate docs fuzz clean
 
 setup: $(BIN)/tracegen browser
 $(BIN)/tracegen: pyproject.toml
@@ -47,6 +47,10 @@ calibrate: setup
 	@mkdir -p $(OUT)
 	$(BIN)/replay calibrate traces/observed/h100/sweep.json.gz --hardware h100-datasheet \
 	  -o $(OUT)/h100-fit.json --holdout-m 3,24,96,384,1536,6144,48,768 --holdout-name shared_up,shared_down
+
+# the fuzz campaign: 105,000 generated inputs against the loader, analyze and tracegen (tests/fuzz.py)
+fuzz: setup
+	$(BIN)/python -m tests.fuzz
 
 # docs/trace-contract.md: the prose above the marker, the tables below it from tracegen/base/contract.py
 docs: setup

@@ -332,6 +332,10 @@ def _to_frame(cols: _Columns, meta: dict[str, Any], path: Path, default_rank: in
     generated = contract.is_generated(meta.get("otherData"))
     info = meta.get("distributedInfo")
     file_rank = info.get("rank") if isinstance(info, dict) else None
+    if isinstance(file_rank, str) and file_rank.strip().isdigit():
+        file_rank = int(file_rank)
+    if not isinstance(file_rank, int) or isinstance(file_rank, bool) or not 0 <= file_rank < 2 ** 31:
+        file_rank = None          # a rank we cannot read: the file name or its place in the folder decides
     if file_rank is None:
         file_rank = rank_from_name(path) if default_rank is None else default_rank
     arank = c["arank"].astype(np.int32)

@@ -201,8 +201,8 @@ def _coerce(value: Any, kind: str, where: str) -> Any:
     number = parse_quantity(value, kind, where)
     if number < 0:
         raise UserError(f"{where}: must not be negative, got {value!r}")
-    if number == 0 and kind in ("flops", "bandwidth"):
-        raise UserError(f"{where}: a rate must be positive, got {value!r}")
+    if number < 1e-3 and kind in ("flops", "bandwidth"):
+        raise UserError(f"{where}: a rate must be positive (at least 0.001 TFLOPS or GB/s), got {value!r}")
     if kind == "fraction" and number > 1.0:
         raise UserError(f"{where}: a fraction must lie in [0, 1], got {value!r}")
     return number

@@ -8,6 +8,8 @@ from typing import Any
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from perfetto.trace_builder.proto_builder import TraceProtoBuilder
 
+from .base.errors import UserError
+
 SEQ = 1
 
 
@@ -24,8 +26,10 @@ def _annotate(ev: Any, key: str, value: Any) -> None:
     a.name = key
     if isinstance(value, bool):
         a.bool_value = value
-    elif isinstance(value, int):
+    elif isinstance(value, int) and -(2 ** 63) <= value < 2 ** 63:
         a.int_value = value
+    elif isinstance(value, (int, float)):
+        a.double_value = float(value)
     elif isinstance(value, float):
         a.double_value = value
     else:
@@ -35,6 +39,10 @@ def _annotate(ev: Any, key: str, value: Any) -> None:
 def encode_pftrace(_sched: Any, chrome: dict[str, Any]) -> bytes:
     b = TraceProtoBuilder()
     events = chrome["traceEvents"]
+    last = max((e["ts"] + e.get("dur", 0) for e in events if "ts" in e), default=0.0)
+    if _ns(last) >= 2 ** 63:
+        raise UserError(f"the timeline lasts {last / 1e6:.3g} s: beyond what a .pftrace timestamp holds; "
+                        "write .json instead")
     uuid = iter(range(1, 1 << 62))
     proc: dict[Any, int] = {}
     thread: dict[tuple[Any, Any], int] = {}

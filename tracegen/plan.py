@@ -10,6 +10,7 @@ from .base.errors import UserError
 from .catalog import Hardware, Model
 
 PHASES = ("prefill", "decode")
+MAX_TOKENS_PER_GROUP = 1e8      # tokens one attention-DP group processes in one step; DeepSeek's prefill: 16K
 COMM_BACKENDS = ("normal", "ibgda", "cpu-proxy", "ascend-fused", "pcie-copy")
 
 
@@ -80,6 +81,9 @@ def validate(plan: Plan, model: Model, hw: Hardware) -> Plan:
             raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(plan, name)}")
     if plan.batch <= 0:
         raise UserError(f"--batch must be positive, got {plan.batch}")
+    if plan.tokens_per_group() > MAX_TOKENS_PER_GROUP or plan.seq_len > MAX_TOKENS_PER_GROUP:
+        raise UserError(f"{plan.tokens_per_group():.3g} tokens per step per DP group (--batch x --seq-len) is beyond "
+                        f"any deployment this models (at most {MAX_TOKENS_PER_GROUP:.0e})")
     if not 0.0 <= plan.kv_hit < 1.0:
         raise UserError(f"--kv-hit must lie in [0, 1), got {plan.kv_hit}")
     if plan.ep < 0 or plan.redundant_experts < 0:

@@ -3,6 +3,7 @@ validated plan, with the preset's per-phase plan defaults and the hardware's def
 filled in. The one resolver the CLI, the dashboard and the tests share."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .base.errors import UserError
@@ -14,6 +15,7 @@ from .preset import Preset, load_preset
 PLAN_FIELDS = ("batch", "seq_len", "kv_hit", "tp", "dp", "ep", "gpus_per_node", "redundant_experts",
                "microbatches", "comm", "comm_sms", "precision", "kv_dtype", "decode_len", "imbalance")
 HARDWARE_WHATIFS = ("scaleout_gbps", "scaleup_gbps", "hbm_gbps")
+MIN_RATE, MAX_RATE = 1e-3, 1e7      # GB/s: a what-if outside this is a typo, and would time ops at 0 or inf
 
 
 def resolve_target(model: str | None = None, model_file: str | None = None, hardware: str | None = None,
@@ -30,8 +32,8 @@ def resolve_target(model: str | None = None, model_file: str | None = None, hard
     over: dict[str, float] = {}
     for name, v in whatifs.items():
         if v is not None:
-            if not v > 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {v}")
+            if not (math.isfinite(v) and MIN_RATE <= v <= MAX_RATE):
+                raise UserError(f"--{name.replace('_', '-')} must lie in [{MIN_RATE:g}, {MAX_RATE:g}] GB/s, got {v}")
             over[name] = v
     hw, p = p.resolve(hw, **over)
     return m, hw, p
