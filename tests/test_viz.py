@@ -9,12 +9,14 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from bokeh.document import Document
+from bokeh.events import ButtonClick
 
 from tracegen.cli import main as tracegen
 from viz.app import make_doc
@@ -259,3 +261,116 @@ def test_dashboard_and_cli_resolve_the_same_plan(tmp_path):
     assert tracegen(["trace", "--hardware", "ascend-910c", "--phase", "decode", "--layers", "2", "-o",
                      str(ascend)]) == 0
     assert doc.select_one({"name": "comm"}).value == read_trace(ascend)["otherData"]["plan"]["comm"]
+
+
+# ----------------------------------------------------------------------------- the dashboard, trusted
+def test_dashboard_clears_errors_keeps_numbers_valid_and_caps_uploads(monkeypatch):
+    import viz.app as app
+    doc = Document()
+    make_doc(doc)
+    status = doc.select_one({"name": "status"})
+    tp = doc.select_one({"name": "tp"})
+    tp.value = 3                                    # 61 heads: no
+    assert "does not divide" in status.text
+    tp.value = 1
+    assert "cannot" not in status.text and "ok" in status.text          # the next success clears it
+    batch = doc.select_one({"name": "batch"})
+    batch.value = None                              # a cleared number box
+    assert batch.value == 4 and "needs a number" in status.text
+    batch.value = 1e9                               # beyond its range
+    assert batch.value == 4 and "needs a number" in status.text
+    monkeypatch.setattr(app, "MAX_UPLOAD_MB", 0.001)
+    up = doc.select_one({"name": "upload"})
+    up.set_from_json("filename", "big.json")
+    up.set_from_json("value", base64.b64encode(b"x" * 5000).decode())
+    assert "larger than" in status.text
+    path = doc.select_one({"name": "path"})
+    assert path.disabled                            # no --data-dir: uploads only
+
+
+def test_dashboard_paths_stay_inside_the_data_folder(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "run.json.gz").write_bytes((OBS / "layers-proper.json.gz").read_bytes())
+    (tmp_path / "secret.json").write_text('{"traceEvents": []}')
+    (data / "link.json").symlink_to(tmp_path / "secret.json")
+    doc = Document()
+    make_doc(doc, data_dir=str(data))
+    status = doc.select_one({"name": "status"})
+    path, load = doc.select_one({"name": "path"}), doc.select_one({"name": "load"})
+    for bad in ("/etc/passwd", "../secret.json", "link.json"):
+        path.value = bad
+        load._trigger_event(ButtonClick(load))
+        assert "only files inside the data folder" in status.text, bad
+    path.value = "run.json.gz"
+    load._trigger_event(ButtonClick(load))
+    assert "loaded run.json.gz" in status.text or status.text.endswith("ok</span>")
+    assert "observed" in [c.name for c in doc.select_one({"name": "body"}).children]
+
+
+def test_serve_refuses_a_bad_port_and_data_dir(capsys, tmp_path):
+    assert viz(["serve", "--port", "99999"]) == 2
+    assert "--port must lie in [1, 65535]" in capsys.readouterr().err
+    assert viz(["serve", "--data-dir", str(tmp_path / "none")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def _serve(*extra: str):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "viz.cli", "serve", "--port", str(port), *extra], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "VIZ_MAX_UPLOAD_MB": "0.5"})
+    line = proc.stdout.readline()
+    assert f"http://localhost:{port}/" in line, line
+    return f"http://localhost:{port}/", proc
+
+
+def test_served_dashboard_is_trustworthy_in_a_browser(tmp_path):
+    """In the browser: an error shown, then cleared by the next success; a cleared number box restored;
+    an oversized upload refused; paths outside --data-dir refused, inside loaded; and when the tab is
+    gone, the session's files are removed."""
+    import glob
+    require_browser()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "run.json.gz").write_bytes((OBS / "layers-proper.json.gz").read_bytes())
+    url, proc = _serve("--data-dir", str(data))
+    driver = open_browser()
+    js = "Bokeh.documents[0].get_model_by_name"
+    try:
+        driver.get(url)
+        wait_for(driver, BOKEH_READY, timeout=60, what="the dashboard")
+        wait_for(driver, model_js("status", "m.text.includes('ok')"), timeout=60, what="the first prediction")
+        driver.execute_script(f"{js}('tp').value = 3;")
+        wait_for(driver, model_js("status", "m.text.includes('does not divide')"), timeout=60, what="the error")
+        driver.execute_script(f"{js}('tp').value = 1;")
+        wait_for(driver, model_js("status", "!m.text.includes('cannot') && m.text.includes('ok')"), timeout=60,
+                 what="the error cleared")
+        driver.execute_script(f"{js}('batch').value = null;")
+        wait_for(driver, model_js("batch", "m.value === 4"), timeout=60, what="the cleared box restored")
+        big = base64.b64encode(b"x" * 700_000).decode()
+        driver.execute_script(f"{js}('upload').setv({{filename: 'big.json', value: arguments[0]}});", big)
+        wait_for(driver, model_js("status", "m.text.includes('larger than')"), timeout=60, what="the upload cap")
+        driver.execute_script(f"{js}('path').value = '../../../etc/passwd';")     # as if typed + Enter
+        wait_for(driver, model_js("status", "m.text.includes('only files inside the data folder')"), timeout=60,
+                 what="the path refused")
+        assert "root:" not in driver.page_source
+        driver.execute_script(f"{js}('path').value = 'run.json.gz';")
+        wait_for(driver, model_js("status", "m.text.includes('loaded run.json.gz')"), timeout=90,
+                 what="a trace inside the data folder loaded by path")
+        up = base64.b64encode((OBS / "layers-proper.json.gz").read_bytes()).decode()
+        driver.execute_script(f"{js}('upload').setv({{filename: 'layers.json.gz', value: arguments[0]}});", up)
+        wait_for(driver, model_js("status", "m.text.includes('loaded layers.json.gz')"), timeout=90,
+                 what="the upload loaded")
+        assert glob.glob(f"{tempfile.gettempdir()}/viz-serve-{proc.pid}-*/layers.json.gz")
+        assert js_errors(driver) == []
+    finally:
+        driver.quit()
+    try:
+        t0 = time.time()
+        while glob.glob(f"{tempfile.gettempdir()}/viz-serve-{proc.pid}-*") and time.time() - t0 < 30:
+            time.sleep(0.5)
+        assert not glob.glob(f"{tempfile.gettempdir()}/viz-serve-{proc.pid}-*"), "session files left behind"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

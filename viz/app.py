@@ -1,11 +1,15 @@
 """`viz serve`: a Bokeh server dashboard. Widgets for model, hardware, phase, batch, TP/DP/EP,
-launch order and backend redraw the predicted timeline and its summary; a path field or an upload
-loads an observed trace and shows the comparison. Bad input shows a message in the page and the
-server keeps serving."""
+launch order and backend redraw the predicted timeline and its summary; an upload (or, with
+--data-dir, a path inside that folder) loads an observed trace and shows the comparison. Bad input
+shows a message in the page, the next success clears it, and the server keeps serving; number boxes
+never hold an empty or out-of-range value; uploads are capped; each session's files are removed
+when it ends."""
 from __future__ import annotations
 
 import base64
 import html
+import os
+import shutil
 import sys
 import tempfile
 import traceback
@@ -30,6 +34,8 @@ from .report import build, summary_table
 from .timeline import timeline_figure
 
 ERROR_STYLE = "color:#B00020;font-weight:bold"
+MAX_UPLOAD_MB = float(os.environ.get("VIZ_MAX_UPLOAD_MB", 256))   # larger: `replay analyze`, or --data-dir
+SESSION_IDLE_S = 5           # a closed tab's session (and its files) goes this long after the page is gone
 
 
 @dataclass
@@ -38,7 +44,7 @@ class State:
     observed: Analysis | None = None
     observed_name: str = ""
     predicted: Analysis | None = None
-    tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="viz-serve-")))
+    tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=f"viz-serve-{os.getpid()}-")))
 
 
 def predict(values: dict[str, Any], tmp: Path) -> Analysis:
@@ -54,25 +60,39 @@ def predict(values: dict[str, Any], tmp: Path) -> Analysis:
     return analyze(path, use_cache=False, trace=load_trace(path, progress=False))
 
 
-def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = None) -> None:
+def inside(folder: Path, path: str) -> Path | None:
+    """`path` resolved, if it lies inside `folder` (symbolic links and .. resolved first), else None."""
+    try:
+        p = (folder / path).resolve()
+        p.relative_to(folder.resolve())
+    except (ValueError, OSError):
+        return None
+    return p
+
+
+def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = None,
+             data_dir: str | None = None) -> None:
     state = State()
+    doc.on_session_destroyed(lambda ctx: shutil.rmtree(state.tmp, ignore_errors=True))
     models, hws = sorted(builtin_models()), sorted(builtin_hardware())
     w = {
         "model": Select(title="model", value="deepseek-v3", options=models, name="model"),
         "hardware": Select(title="hardware", value="h800", options=hws, name="hardware"),
         "preset": Select(title="preset", value="default", options=list(PRESETS), name="preset"),
         "phase": Select(title="phase", value="prefill", options=["prefill", "decode"], name="phase"),
-        "batch": Spinner(title="batch (sequences / DP group)", value=4, low=0.5, step=1, name="batch"),
-        "tp": Spinner(title="TP", value=1, low=1, step=1, name="tp"),
-        "dp": Spinner(title="DP", value=32, low=1, step=1, name="dp"),
-        "ep": Spinner(title="EP (0: TP x DP)", value=0, low=0, step=1, name="ep"),
+        "batch": Spinner(title="batch (sequences / DP group)", value=4, low=0.5, high=100_000, step=1,
+                         name="batch"),
+        "tp": Spinner(title="TP", value=1, low=1, high=64, step=1, name="tp"),
+        "dp": Spinner(title="DP", value=32, low=1, high=1024, step=1, name="dp"),
+        "ep": Spinner(title="EP (0: TP x DP)", value=0, low=0, high=1024, step=1, name="ep"),
         "tbo": Select(title="launch order", value="proper", options=["proper", "improper", "off"], name="tbo"),
         "comm": Select(title="backend", value="normal", options=["normal", "ibgda", "cpu-proxy"], name="comm"),
         "layers": Spinner(title="layers", value=6, low=1, high=61, step=1, name="layers"),
         "ranks": Spinner(title="ranks", value=1, low=1, high=16, step=1, name="ranks"),
     }
-    path_in = TextInput(title="observed trace (path on the server)", value=observed or "", name="path",
-                        sizing_mode="stretch_width")
+    where = f"path under {data_dir} on the server" if data_dir else "paths: start with --data-dir; upload here"
+    path_in = TextInput(title=f"observed trace ({where})", value=observed or "", name="path",
+                        sizing_mode="stretch_width", disabled=data_dir is None)
     load_btn = Button(label="load", button_type="primary", name="load")
     upload = FileInput(accept=".json,.gz", name="upload")
     status = Div(text="", name="status", sizing_mode="stretch_width")
@@ -92,7 +112,7 @@ def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = 
             say(f"cannot {what}: {type(exc).__name__}: {exc}", error=True)
         return None
 
-    def redraw() -> None:
+    def redraw(note: str = "ok") -> None:
         values = {k: v.value for k, v in w.items()}
         predicted = guarded("predict", lambda: predict(values, state.tmp))
         if predicted is None:
@@ -106,16 +126,14 @@ def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = 
             fig, _ = timeline_figure(state.predicted.events, label, findings=state.predicted.findings,
                                      flows=state.predicted.trace.flows, name="predicted")
             body.children = [summary_table([(label, state.predicted)]), fig]
-        if "cannot" not in status.text:
-            say("ok")
+        say(note)                    # a success replaces any earlier error
 
     def load_observed(path: str, name: str) -> None:
         observed = guarded(f"load {name}", lambda: analyze(path, taxonomy=taxonomy, use_cache=False))
         if observed is None:
             return
         state.observed, state.observed_name = observed, name
-        say(f"loaded {name}")
-        redraw()
+        redraw(f"loaded {name}")
 
     def on_path() -> None:
         p = path_in.value.strip()
@@ -123,15 +141,26 @@ def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = 
             state.observed = None
             redraw()
             return
-        if not Path(p).exists():
-            say(f"cannot load {p}: no such file", error=True)
+        if data_dir is None:
+            say("cannot load a path: the server was started without --data-dir; upload the file instead", error=True)
             return
-        load_observed(p, Path(p).name)
+        target = inside(Path(data_dir), p)
+        if target is None:
+            say(f"cannot load {p}: only files inside the data folder can be loaded", error=True)
+            return
+        if not target.is_file():
+            say(f"cannot load {p}: no such file in the data folder", error=True)
+            return
+        load_observed(str(target), target.name)
 
     def on_upload(attr: str, old: Any, new: Any) -> None:
         if not new:
             return
         name = upload.filename or "upload.json"
+        if len(new) * 3 / 4 > MAX_UPLOAD_MB * 1e6:
+            say(f"cannot load {name}: larger than {MAX_UPLOAD_MB} MB; analyse it with `replay analyze`, or start "
+                "viz serve with --data-dir and load it by path", error=True)
+            return
         try:
             raw = base64.b64decode(new, validate=True)
         except (ValueError, TypeError):
@@ -147,10 +176,23 @@ def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = 
         if w["comm"].value not in hw.comm:
             w["comm"].value = default_backend(load_preset(w["preset"].value), w["phase"].value, hw)
 
+    def guard(widget: Any) -> Callable[[str, Any, Any], None]:
+        """A number box cleared or pushed out of range goes back to its last value (with a word why)."""
+        def on_change(attr: str, old: Any, new: Any) -> None:
+            low, high = getattr(widget, "low", None), getattr(widget, "high", None)
+            if isinstance(widget, Spinner) and (new is None or (low is not None and new < low)
+                                                or (high is not None and new > high)):
+                widget.value = old
+                say(f"{widget.title}: needs a number in [{low:g}, {high:g}]; kept {old:g}", error=True)
+                return
+            redraw()
+        return on_change
+
     for widget in w.values():
-        widget.on_change("value", lambda attr, old, new: redraw())
+        widget.on_change("value", guard(widget))
     w["hardware"].on_change("value", on_hardware)
     load_btn.on_click(on_path)
+    path_in.on_change("value", lambda attr, old, new: on_path())      # Enter in the box loads too
     upload.on_change("value", on_upload)
     controls = column(*w.values(), width=230)
     obs_row = row(path_in, load_btn, upload, sizing_mode="stretch_width")
@@ -165,14 +207,20 @@ def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = 
 
 
 def serve(port: int = 5006, host: str = "localhost", observed: str | None = None, taxonomy: str | None = None,
-          show: bool = False) -> int:
+          show: bool = False, data_dir: str | None = None) -> int:
     from bokeh.application import Application
     from bokeh.application.handlers.function import FunctionHandler
     from bokeh.server.server import Server
-    app = Application(FunctionHandler(lambda doc: make_doc(doc, observed, taxonomy)))
+    if not 0 < port < 65536:
+        raise UserError(f"--port must lie in [1, 65535], got {port}")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UserError(f"--data-dir {data_dir}: no such folder")
+    app = Application(FunctionHandler(lambda doc: make_doc(doc, observed, taxonomy, data_dir)))
     origins = [f"{h}:{port}" for h in {host, "localhost", "127.0.0.1"}]
     try:
-        server = Server({"/": app}, port=port, address=host, allow_websocket_origin=origins)
+        server = Server({"/": app}, port=port, address=host, allow_websocket_origin=origins,
+                        unused_session_lifetime_milliseconds=SESSION_IDLE_S * 1000,
+                        check_unused_sessions_milliseconds=1000)
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port") from None
     server.start()

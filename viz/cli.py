@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.observed and not Path(args.observed).exists():
         raise UserError(f"{args.observed}: no such file")
     return serve(port=args.port, host=args.host, observed=args.observed, taxonomy=args.taxonomy,
-                 show=args.show)
+                 show=args.show, data_dir=args.data_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--observed", default=None, metavar="TRACE", help="an observed trace to load at start")
     s.add_argument("--taxonomy", metavar="FILE", default=None, help="extra kernel-classification rules")
     s.add_argument("--show", action="store_true", help="open a browser tab")
+    s.add_argument("--data-dir", default=None, metavar="FOLDER",
+                   help="let the page load traces by path from this folder (default: uploads only; never "
+                        "serve a folder you would not publish when --host is not localhost)")
     return p
 
 
