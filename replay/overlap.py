@@ -113,7 +113,7 @@ def layer_metrics(events: pd.DataFrame, by_microbatch: bool = False) -> pd.DataF
                    "start_us": float(ps.min()), "span_us": float(pe.max() - ps.min()), "compute_us": c,
                    "comm_us": m, "overlap_us": ov, "exposed_comm_us": m - ov,
                    "hidden_comm_pct": 100.0 * ov / m if m > 0 else 0.0,
-                   "stages": ",".join(dict.fromkeys(stage[part]))}
+                   "stages": ",".join(s for s in dict.fromkeys(stage[part]) if s and s != "nan")}
             rows.append(row)
     return pd.DataFrame(rows)
 
