@@ -8,12 +8,13 @@ from pathlib import Path
 
 from tracegen.base.cliutil import add_command, add_reading_args, entry_point, finite, new_parser, print_json
 from tracegen.base.errors import UserError
+from tracegen.schemas import tag as schema_tag
 
 from .schemas import SCHEMAS
 
 
 def tag(name: str) -> str:
-    return f"{name}/{SCHEMAS[name][1]}"
+    return schema_tag(name, SCHEMAS)
 
 
 EPILOG = """\

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
-
-class _S(msgspec.Struct, forbid_unknown_fields=True):
-    pass
+from tracegen.schemas import RankOverlap
+from tracegen.schemas import Strict as _S
 
 
 class Idle(_S):
@@ -32,15 +29,7 @@ class Layer(_S):
     stages: list[str]
 
 
-class Rank(_S):
-    rank: int
-    span_us: float
-    compute_us: float
-    comm_us: float
-    overlap_us: float
-    exposed_comm_us: float
-    compute_idle_us: float          # = the sum of idle_us
-    hidden_comm_pct: float
+class Rank(RankOverlap):
     moe_compute_us: float
     streams_busy_us: dict[str, float]
     idle_us: Idle

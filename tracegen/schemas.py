@@ -8,8 +8,11 @@ from typing import Any
 import msgspec
 
 
-class _S(msgspec.Struct, forbid_unknown_fields=True):
-    pass
+class Strict(msgspec.Struct, forbid_unknown_fields=True):
+    """Base of every output struct: a key the schema does not name is an error."""
+
+
+_S = Strict
 
 
 class EstimateRow(_S):
@@ -60,7 +63,8 @@ class TraceLayer(_S):
     overlap_us: float
 
 
-class TraceRank(_S):
+class RankOverlap(_S):
+    """One rank's overlap, as both tracegen (scheduled) and replay (measured) report it."""
     rank: int
     span_us: float
     compute_us: float
@@ -69,6 +73,9 @@ class TraceRank(_S):
     exposed_comm_us: float
     compute_idle_us: float            # = the sum of idle_us
     hidden_comm_pct: float
+
+
+class TraceRank(RankOverlap):
     idle_us: IdleCauses
     layers: list[TraceLayer]
 
@@ -162,4 +169,4 @@ def tag(name: str, schemas: dict[str, tuple[type, int]] | None = None) -> str:
     return f"{name}/{(schemas or SCHEMAS)[name][1]}"
 
 
-__all__ = ["SCHEMAS", "tag"]
+__all__ = ["SCHEMAS", "tag", "Strict", "RankOverlap"]
