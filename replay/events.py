@@ -90,10 +90,11 @@ def _num(x: Any, what: str, i: int, src: str) -> float:
 
 
 def _int(x: Any) -> int:
-    if isinstance(x, int):
-        return x
+    """An id as an int64 (-1: none, not a number, or beyond int64)."""
     if isinstance(x, str) and x.lstrip("-").isdigit():
-        return int(x)
+        x = int(x)
+    if isinstance(x, int) and not isinstance(x, bool) and -(2 ** 63) <= x < 2 ** 63:
+        return x
     return -1
 
 
@@ -249,7 +250,7 @@ def _ints(values: list[Any]) -> np.ndarray:
     """Integer ids (None and non-numbers as -1)."""
     try:
         return np.array([-1 if v is None else v for v in values], dtype=np.int64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return np.array([_int(v) for v in values], dtype=np.int64)
 
 

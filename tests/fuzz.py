@@ -13,7 +13,7 @@ traceback, a broken invariant - is a failure.
   track, every flow pairs) and its .pftrace (balanced per track)
 
 The suite runs each with a small fixed budget (tests/test_fuzz.py); `make fuzz` runs the campaign:
-python -m tests.fuzz [--loader N] [--analyze N] [--tracegen N] (default 60,000 / 15,000 / 30,000)."""
+python -m tests.fuzz [--loader N] [--analyze N] [--tracegen N] (default 35,000 / 10,000 / 60,000)."""
 from __future__ import annotations
 
 import argparse
@@ -118,7 +118,9 @@ def mutated(draw: Any) -> bytes:
         elif op == "shuffle":
             random.Random(draw(st.integers(0, 2 ** 16))).shuffle(ev)
         elif op == "dup_id":
-            e.setdefault("args", {})["correlation"] = 1
+            if not isinstance(e.get("args"), dict):
+                e["args"] = {}
+            e["args"]["correlation"] = 1
         elif op == "unicode":
             e["name"] = draw(st.text(max_size=12))
         elif op == "extreme":
@@ -335,9 +337,9 @@ def run(name: str, budget: int, seed: int | None = None) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__.split("\n\n")[0])
-    p.add_argument("--loader", type=int, default=60_000)
-    p.add_argument("--analyze", type=int, default=15_000)
-    p.add_argument("--tracegen", type=int, default=30_000)
+    p.add_argument("--loader", type=int, default=35_000)
+    p.add_argument("--analyze", type=int, default=10_000)
+    p.add_argument("--tracegen", type=int, default=60_000)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (each runs a share)")
     args = p.parse_args(argv)
     from concurrent.futures import ProcessPoolExecutor

@@ -13,6 +13,7 @@ from .preset import Preset
 from .schedule import Schedule, simulate
 
 MAX_RANKS = 1024        # ranks one trace simulates (time and trace size grow linearly)
+MAX_LAUNCH_US = 1e6     # a second per kernel launch: beyond it a typo, not a CPU
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,8 @@ def schedule(model: Model, hw: Hardware, plan: Plan, preset: Preset, opts: Trace
         raise UserError(f"--layers must lie in [1, {available}] ({model.name} has {model.layers} layers"
                         f"{f', {model.dense_layers} of them dense and skipped' if opts.skip_dense else ''}), "
                         f"got {opts.layers}")
-    if opts.launch_us is not None and opts.launch_us < 0:
-        raise UserError(f"--launch-us must not be negative, got {opts.launch_us}")
+    if opts.launch_us is not None and not 0 <= opts.launch_us <= MAX_LAUNCH_US:
+        raise UserError(f"--launch-us must lie in [0, {MAX_LAUNCH_US:g}] microseconds per kernel, got {opts.launch_us}")
     order = load_order(opts.tbo, plan.phase, opts.order_file)
     if order is not None and plan.microbatches == 1:
         raise UserError("two-batch overlap needs --microbatches 2 (or --tbo off)")

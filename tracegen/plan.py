@@ -11,6 +11,7 @@ from .catalog import Hardware, Model
 
 PHASES = ("prefill", "decode")
 MAX_TOKENS_PER_GROUP = 1e8      # tokens one attention-DP group processes in one step; DeepSeek's prefill: 16K
+MIN_TOKENS_PER_GROUP = 1e-3     # below this, float arithmetic of the cost model underflows
 COMM_BACKENDS = ("normal", "ibgda", "cpu-proxy", "ascend-fused", "pcie-copy")
 
 
@@ -81,6 +82,9 @@ def validate(plan: Plan, model: Model, hw: Hardware) -> Plan:
             raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(plan, name)}")
     if plan.batch <= 0:
         raise UserError(f"--batch must be positive, got {plan.batch}")
+    if plan.tokens_per_group() < MIN_TOKENS_PER_GROUP:
+        raise UserError(f"{plan.tokens_per_group():.3g} tokens per step per DP group (--batch x --seq-len): at "
+                        f"least {MIN_TOKENS_PER_GROUP:g} is needed for a meaningful step")
     if plan.tokens_per_group() > MAX_TOKENS_PER_GROUP or plan.seq_len > MAX_TOKENS_PER_GROUP:
         raise UserError(f"{plan.tokens_per_group():.3g} tokens per step per DP group (--batch x --seq-len) is beyond "
                         f"any deployment this models (at most {MAX_TOKENS_PER_GROUP:.0e})")
@@ -99,8 +103,9 @@ def validate(plan: Plan, model: Model, hw: Hardware) -> Plan:
         raise UserError(f"--precision must be fp8 or bf16, got {plan.precision!r}")
     if plan.kv_dtype not in ("fp8", "bf16"):
         raise UserError(f"--kv-dtype must be fp8 or bf16, got {plan.kv_dtype!r}")
-    if plan.imbalance < 1.0:
-        raise UserError(f"--imbalance is max/mean load and must be >= 1, got {plan.imbalance}")
+    if not 1.0 <= plan.imbalance <= max(1, plan.ep_size):
+        raise UserError(f"--imbalance is max/mean expert load across the EP{plan.ep_size} ranks: it lies in "
+                        f"[1, {max(1, plan.ep_size)}] (all load on one rank), got {plan.imbalance}")
     if plan.comm_sms is not None and not 0 <= plan.comm_sms < hw.sm_count:
         raise UserError(f"--comm-sms must lie in [0, {hw.sm_count}), got {plan.comm_sms}")
     if model.heads % plan.tp:
