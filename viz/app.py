@@ -219,6 +219,7 @@ def serve(port: int = 5006, host: str = "localhost", observed: str | None = None
     origins = [f"{h}:{port}" for h in {host, "localhost", "127.0.0.1"}]
     try:
         server = Server({"/": app}, port=port, address=host, allow_websocket_origin=origins,
+                        websocket_max_message_size=int(MAX_UPLOAD_MB * 1e6 * 4 / 3) + (1 << 20),   # base64
                         unused_session_lifetime_milliseconds=SESSION_IDLE_S * 1000,
                         check_unused_sessions_milliseconds=1000)
     except OSError as exc:
