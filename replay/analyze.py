@@ -129,11 +129,5 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
     ranks = rank_metrics(events)
     layers = layer_metrics(events)
     findings, totals = find(events, trace.flows, min_lost_us)
-    odd = suspicious.check(events, trace.meta)
-    if not (events["klass"] == "comm").any():
-        odd.append({"kind": "suspicious_input", "what": "no_communication", "count": 0, "ranks": [],
-                    "message": "no communication kernel recognised, so 'hidden 0 %' says nothing: if the trace "
-                               "has an all-to-all, name its kernels with --taxonomy FILE (see "
-                               "replay/data/taxonomy.toml)"})
     return Analysis(trace, events, how, ranks, layers, stream_layout(events), findings, totals, window, cached,
-                    t0, odd)
+                    t0, suspicious.check(events, trace.meta))

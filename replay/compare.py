@@ -23,6 +23,7 @@ from .analyze import Analysis
 from .events import text
 from .intervals import intersection, length, union
 from .overlap import gpu_work
+from .structure import TRAINING_PASSES
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def label_stages(a: Analysis, rules: StageRules) -> pd.DataFrame:
     return g.assign(cstage=stage.to_numpy()).dropna(subset=["cstage"])
 
 
-TRAINING_PASS = re.compile(r"\((?:B|W)\)$")      # DualPipe's backward chunks: attn(B), mlp(W)
+TRAINING_PASS = re.compile(rf"\((?:{'|'.join(TRAINING_PASSES)})\)$")     # attn(B), mlp(W): see structure.py
 
 
 def refuse_training(a: Analysis, what: str = "the trace") -> None:

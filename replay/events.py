@@ -52,6 +52,7 @@ from .kineto import (
 _COLUMN_ARGS = ("correlation", "rank", "layer", "microbatch", "stage", "kind", "flops", "bytes", "work_us")
 EXTRA_ARGS = tuple(k.name for k in contract.read_keys(contract.SLICE_ARGS) if k.name not in _COLUMN_ARGS)
 STRING_COLUMNS = ("pid", "tid", "thread", "cat", "name", "stage", "stage_stream")
+_INTERNED = tuple(c for c in STRING_COLUMNS if c != "thread")   # coded through the interner while parsing
 CPU_OP_CATS = frozenset(contract.KINETO_CPU_OPS)   # skipped unless keep_cpu_ops: no analysis reads them
 _PAIRED_OR_META = frozenset({"B", "E", "M"})
 MAX_TS_US = 1e17          # ~3,000 years: a timestamp beyond this is corrupt
@@ -98,7 +99,6 @@ def _int(x: Any) -> int:
     return -1
 
 
-
 @dataclass
 class _Columns:
     """Growing columns of X events, plus process/thread names and non-launch flows."""
@@ -131,8 +131,8 @@ class _Columns:
         if bad.any():
             i = int(np.argmax(bad))
             e = xs[i]
-            raise UserError(f"{self.src}: event {e.name!r} at pid {e.pid} tid {e.tid}: ts {float(ts[i])!r} / dur {float(dur[i])!r} "
-                            "is not a plausible time in microseconds")
+            raise UserError(f"{self.src}: event {e.name!r} at pid {e.pid} tid {e.tid}: ts {float(ts[i])!r} / "
+                            f"dur {float(dur[i])!r} is not a plausible time in microseconds")
 
     def _numbers(self, values: list[Any], what: str, xs: list[Event]) -> np.ndarray:
         try:
@@ -257,11 +257,10 @@ def _ints(values: list[Any]) -> np.ndarray:
 def _merge(parts: list[dict[str, Any]], src: str, skip: frozenset[str]) -> _Columns:
     """One set of columns from the ranges, string codes re-mapped to one interner."""
     cols = _Columns(src, skip_cats=skip)
-    string_cols = ("pid", "tid", "cat", "name", "stage", "stage_stream")
     for p in parts:
         remap = np.array([cols.strings.code(x) for x in p["strings"]], dtype=np.int32)
         for k, v in p["cols"].items():
-            cols.cols[k].append(remap[v.astype(np.int64)] if k in string_cols and len(v) else v)
+            cols.cols[k].append(remap[v.astype(np.int64)] if k in _INTERNED and len(v) else v)
         cols.names.update(p["names"])
         cols.flows.extend(p["flows"])
         cols.extra.extend(p["extra"])
@@ -384,9 +383,7 @@ def _to_frame(cols: _Columns, meta: dict[str, Any], path: Path, default_rank: in
         "work_us": c["work_us"].astype(np.float64),
         "extra": extra,
     })
-    for col in STRING_COLUMNS:
-        if col == "thread":
-            continue
+    for col in _INTERNED:
         df[col] = df[col].cat.remove_unused_categories()
     return df
 
@@ -399,8 +396,10 @@ def _flows_frame(cols: _Columns, rank_of_pid: dict[str, int]) -> pd.DataFrame:
                          "id": np.asarray(fid, dtype=np.int64), "cat": cat,
                          "rank": [rank_of_pid.get(p, 0) for p in pid]})
 
+
 def load_file(path: str | Path, rank: int | None = None, progress: bool | None = None,
               keep_cpu_ops: bool = False) -> Trace:
+    """One trace file as a Trace (`rank`: the rank to give a profiler file that names none)."""
     path = Path(path)
     try:
         size = path.stat().st_size

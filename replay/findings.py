@@ -99,11 +99,18 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) ->
         totals[int(rank)] = tot
         comm_iv = union(comm["start_us"].to_numpy(), (comm["start_us"] + comm["dur_us"]).to_numpy())
         Fc = _coverage(*comm_iv)
+
+        def book_edge(a: float, b: float) -> float:
+            """Idle [a, b) with no compute after or before it: waiting on communication where it
+            runs, else unexplained; returns the part covered by communication."""
+            c = float(Fc(np.array([b]))[0] - Fc(np.array([a]))[0])
+            tot[WAITING_ON_COMM] += c
+            tot["unexplained"] += (b - a) - c
+            return c
+
         lo, hi = float(df["start_us"].min()), float((df["start_us"] + df["dur_us"]).max())
         if comp.empty:        # no compute at all: the whole span is idle
-            c = float(Fc(np.array([hi]))[0] - Fc(np.array([lo]))[0])
-            tot[WAITING_ON_COMM] += c
-            tot["unexplained"] += (hi - lo) - c
+            book_edge(lo, hi)
             continue
         cs, ce = comp["start_us"].to_numpy(), (comp["start_us"] + comp["dur_us"]).to_numpy()
         u0, u1 = union(cs, ce)
@@ -114,9 +121,7 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) ->
         for a, b, near in edges:
             if b <= a:
                 continue
-            c = float(Fc(np.array([b]))[0] - Fc(np.array([a]))[0])
-            tot[WAITING_ON_COMM] += c
-            tot["unexplained"] += (b - a) - c
+            c = book_edge(a, b)
             if c >= max(min_lost_us, 1e-9):
                 pieces.append(pd.DataFrame({
                     "kind": [WAITING_ON_COMM], "rank": [int(rank)], "layer": [int(near["layer"])],

@@ -13,7 +13,8 @@ import pandas as pd
 from .events import text
 
 DEFAULT_ANNOTATION = r"^(?:L(?P<layer>\d+)[:/])?(?P<stage>[A-Za-z][\w\-]*)\((?P<pass>[A-Za-z0-9]+)\)$"
-PASS_MICROBATCH = {"F": 0, "B": 1, "W": 1}     # DualPipe: forward chunk, backward chunk (input/weight grads)
+TRAINING_PASSES = ("B", "W")        # DualPipe's backward chunks (input and weight gradients): a training trace
+PASS_MICROBATCH = {"F": 0, **{p: 1 for p in TRAINING_PASSES}}     # forward chunk 0, backward chunk 1
 
 
 def recover(events: pd.DataFrame, annotation_regex: str = DEFAULT_ANNOTATION,

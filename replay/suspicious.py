@@ -1,8 +1,8 @@
 """Trace oddities that are not fatal but make numbers doubtful: slices with negative durations
 (left out of the table at load), zero-length GPU kernels, kernels that overlap on one stream (a
 stream runs its kernels one at a time), clock jumps inside a rank, and ranks with identical
-content (the same file twice), and files of a folder that claim the same rank. Each is one
-`suspicious_input` entry in the report."""
+content (the same file twice), files of a folder that claim the same rank, and traces in which no
+communication kernel was recognised. Each is one `suspicious_input` entry in the report."""
 from __future__ import annotations
 
 from typing import Any
@@ -34,6 +34,10 @@ def check(events: pd.DataFrame, meta: dict[str, Any]) -> list[dict[str, Any]]:
                           f"{', '.join(map(str, c['claimed']))}, which an earlier file also holds: analysed as "
                           f"rank(s) {', '.join(map(str, c['now']))}", c["now"]))
     g = gpu_work(events)
+    if not (g["klass"] == "comm").any():
+        out.append(_entry("no_communication", 0, "no communication kernel recognised, so 'hidden 0 %' says nothing: "
+                          "if the trace has an all-to-all, name its kernels with --taxonomy FILE (see "
+                          "replay/data/taxonomy.toml)"))
     zero = g[g["dur_us"] <= 0]
     if len(zero):
         out.append(_entry("zero_duration", len(zero), f"{len(zero)} GPU kernels last 0 us (e.g. "

@@ -428,5 +428,5 @@ def _one(table: Any, src: str, what: str, build: Callable[[str, dict, str], Any]
 
 
 __all__ = ["EffCurve", "CommBackend", "Hardware", "Model", "load_hardware", "load_model", "builtin_hardware",
-           "builtin_models", "hardware_of_device", "hardware_to_dict", "hardware_from_dict", "model_to_dict", "model_from_dict",
-           "normalise"]
+           "builtin_models", "hardware_of_device", "hardware_to_dict", "hardware_from_dict", "model_to_dict",
+           "model_from_dict", "normalise"]

@@ -33,7 +33,8 @@ class TraceOptions:
 def schedule(model: Model, hw: Hardware, plan: Plan, preset: Preset, opts: TraceOptions) -> Schedule:
     if not 1 <= opts.ranks <= MAX_RANKS:
         raise UserError(f"--ranks must lie in [1, {MAX_RANKS}], got {opts.ranks} (the scheduler simulates every "
-                        f"rank: 64 ranks of 61 decode layers take ~6 s and 0.25 GB; time and memory grow with the ranks)")
+                        "rank: 64 ranks of 61 decode layers take ~6 s and 0.25 GB; time and memory grow with the "
+                        "ranks)")
     available = model.layers - (model.dense_layers if opts.skip_dense else 0)
     if opts.layers is not None and not 1 <= opts.layers <= available:
         raise UserError(f"--layers must lie in [1, {available}] ({model.name} has {model.layers} layers"

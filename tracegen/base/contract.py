@@ -141,7 +141,8 @@ def markdown() -> str:
     """The contract's tables as Markdown (docs/trace-contract.md embeds them; a test keeps it current)."""
     def keys(rows: tuple[Key, ...]) -> list[str]:
         out = ["| key | type | on | meaning | read by a tool |", "|---|---|---|---|---|"]
-        out += [f"| `{k.name}` | {k.type.__name__} | {k.on} | {k.meaning} | {'yes' if k.read else 'no'} |" for k in rows]
+        out += [f"| `{k.name}` | {k.type.__name__} | {k.on} | {k.meaning} | {'yes' if k.read else 'no'} |"
+                for k in rows]
         return out
     lines = [f"Format version: **{FORMAT_VERSION}**.", "", "### Tracks (one process per rank, pid = rank)", "",
              "| track | tid | thread name |", "|---|---|---|"]
