@@ -9,14 +9,17 @@ from typing import Any
 
 import pandas as pd
 
-from tracegen.base.contract import IDLE_CAUSES
+from tracegen.base.contract import OBSERVED_IDLE_CAUSES
 from tracegen.base.errors import UserError
 
+from . import peers as peer_analysis
+from . import steps as step_analysis
 from . import suspicious
 from .cache import load_cached
 from .events import Trace
 from .findings import as_dicts, find
-from .overlap import balancedness, layer_metrics, rank_metrics, stream_layout
+from .overlap import balancedness, layer_metrics, rank_metrics, step_metrics, stream_layout
+from .peers import Peers
 from .structure import DEFAULT_ANNOTATION, recover
 from .taxonomy import classify, load_taxonomy
 
@@ -35,6 +38,8 @@ class Analysis:
     cached: bool
     t0_us: float = 0.0           # the trace's first event: reported times count from here
     suspicious: list[dict[str, Any]] = field(default_factory=list)   # oddities of the input (suspicious.py)
+    peers: Peers = field(default_factory=peer_analysis.empty)          # who waited for whom (peers.py)
+    steps: pd.DataFrame = field(default_factory=pd.DataFrame)          # per rank and profiler step
 
     @property
     def findings(self) -> list[dict[str, Any]]:
@@ -54,6 +59,11 @@ class Analysis:
             row = {k: v for k, v in r.items() if k != "streams"}
             row["streams_busy_us"] = {str(k): v for k, v in r["streams"].items()}
             row["idle_us"] = self.idle_totals.get(r["rank"], {})
+            row["peer_wait_us"] = self.peers.wait_by_rank.get(r["rank"], 0.0)
+            if not self.steps.empty:
+                sr = self.steps[self.steps["rank"] == r["rank"]]
+                row["steps"] = [{**x, "start_us": x["start_us"] - self.t0_us}
+                                for x in sr.drop(columns=["rank"]).to_dict(orient="records")]
             if not layers.empty:
                 lr = layers[layers["rank"] == r["rank"]]
                 row["layers"] = [{**x, "start_us": x["start_us"] - self.t0_us,
@@ -61,7 +71,8 @@ class Analysis:
                                  for x in lr.drop(columns=["rank"]).to_dict(orient="records")]
             ranks.append(row)
         findings = [{**f, "start_us": f["start_us"] - self.t0_us} for f in self.top_findings(max_findings)]
-        totals = {k: sum(t.get(k, 0.0) for t in self.idle_totals.values()) for k in (*IDLE_CAUSES, "unexplained")}
+        totals = {k: sum(t.get(k, 0.0) for t in self.idle_totals.values())
+                  for k in (*OBSERVED_IDLE_CAUSES, "unexplained")}
         return {
             "sources": self.trace.sources, "generated": self.trace.generated, "structure": self.structure,
             "window_us": list(self.window) if self.window else None, "cached": self.cached, "t0_us": self.t0_us,
@@ -70,6 +81,8 @@ class Analysis:
             "idle_totals_us": totals,
             "findings": findings,
             "findings_total": len(self.finding_table),
+            "clock": self.peers.clock,
+            "stragglers": self.peers.stragglers,
             "suspicious_input": self.suspicious,
         }
 
@@ -115,7 +128,8 @@ def narrow(events: pd.DataFrame, rank: int | None, window: tuple[float, float] |
 def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = None,
             window: tuple[float, float] | None = None, use_cache: bool = True,
             annotation_regex: str = DEFAULT_ANNOTATION, microbatches: int | None = None,
-            min_lost_us: float = 1.0, progress: bool | None = None, trace: Trace | None = None) -> Analysis:
+            min_lost_us: float = 1.0, progress: bool | None = None, trace: Trace | None = None,
+            step_regex: str = step_analysis.DEFAULT_STEP) -> Analysis:
     cached = False
     if trace is None:
         trace, cached = load_cached(path, use_cache=use_cache, progress=progress)
@@ -124,10 +138,18 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
     if not (events["device"] == "gpu").any():
         raise UserError(f"{path}: no GPU events (kernels, memcpy) in the trace; was it captured with "
                         "ProfilerActivity.CUDA?")
+    events, spans = step_analysis.assign(events, step_regex)
+    all_ranks = sorted(int(r) for r in events["rank"].unique())
+    peers, events = peer_analysis.analyze(events)          # all ranks, before --rank narrows: one clock
+    warnings = [("ranks_disagree", w) for w in step_analysis.disagreements(spans, all_ranks) + peers.warnings]
     t0 = float(events["start_us"].min())
     events = narrow(events, rank, window, t0)
     ranks = rank_metrics(events)
     layers = layer_metrics(events)
-    findings, totals = find(events, trace.flows, min_lost_us)
+    findings, totals = find(events, trace.flows, min_lost_us, peers)
+    steps = step_metrics(events)
+    if not steps.empty:
+        pw = peers.table.groupby(["rank", "step"])["wait_us"].sum() if len(peers.table) else pd.Series(dtype=float)
+        steps["peer_wait_us"] = [float(pw.get((r, s), 0.0)) for r, s in zip(steps["rank"], steps["step"])]
     return Analysis(trace, events, how, ranks, layers, stream_layout(events), findings, totals, window, cached,
-                    t0, suspicious.check(events, trace.meta))
+                    t0, suspicious.check(events, trace.meta, warnings), peers, steps)

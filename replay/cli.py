@@ -60,12 +60,15 @@ flops=.. bytes=.. dtype=<fp8|bf16>" (bench/capture/capture_h100.py writes them).
 is tracegen/fit.py; its prediction for each op is tracegen's cost.op_time."""
 
 
+from .steps import DEFAULT_STEP  # noqa: E402  (a constant for --help; steps.py imports no heavy module)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze, parse_window
     from .report import render, write_layers
     window = parse_window(args.window) if args.window else None
     a = analyze(args.trace, taxonomy=args.taxonomy, rank=args.rank, window=window, use_cache=not args.no_cache,
-                microbatches=args.microbatches, min_lost_us=args.min_lost_us)
+                microbatches=args.microbatches, min_lost_us=args.min_lost_us, step_regex=args.step_regex)
     if args.csv:
         write_layers(a, args.csv, "csv")
     if args.parquet:
@@ -195,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--rank", type=int, default=None, help="analyse one rank only")
     a.add_argument("--window", metavar="START:END", default=None,
                    help="only this time window, counted from the trace's first event (us; or add ms / s: 5ms:20ms)")
+    a.add_argument("--step-regex", metavar="REGEX", default=DEFAULT_STEP,
+                   help="CPU ranges that mark one step (engine iteration); its first group is the step number "
+                        f"(default {DEFAULT_STEP!r}: torch.profiler's steps)")
     a.add_argument("--microbatches", type=int, default=None,
                    help="micro-batches per layer when structure must be guessed from the dispatch sequence")
     a.add_argument("--min-lost-us", type=finite, default=1.0,

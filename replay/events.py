@@ -53,7 +53,10 @@ _COLUMN_ARGS = ("correlation", "rank", "layer", "microbatch", "stage", "kind", "
 EXTRA_ARGS = tuple(k.name for k in contract.read_keys(contract.SLICE_ARGS) if k.name not in _COLUMN_ARGS)
 STRING_COLUMNS = ("pid", "tid", "thread", "cat", "name", "stage", "stage_stream")
 _INTERNED = tuple(c for c in STRING_COLUMNS if c != "thread")   # coded through the interner while parsing
-CPU_OP_CATS = frozenset(contract.KINETO_CPU_OPS)   # skipped unless keep_cpu_ops: no analysis reads them
+CPU_OP_CATS = frozenset(contract.KINETO_CPU_OPS)   # short ones skipped unless keep_cpu_ops
+# framework CPU spans at least this long are kept even so: only they can hold a CPU stall long enough
+# to starve the GPU, which findings.py names (`blocking_call`); the millions of short ones are left out
+KEEP_CPU_SPAN_US = 100.0
 _PAIRED_OR_META = frozenset({"B", "E", "M"})
 MAX_TS_US = 1e17          # ~3,000 years: a timestamp beyond this is corrupt
 MAX_DUR_US = 86_400e6     # one day
@@ -88,6 +91,12 @@ def _num(x: Any, what: str, i: int, src: str) -> float:
         return float(x)
     except (TypeError, ValueError):
         raise UserError(f"{src}: event {i}: field '{what}' is {x!r}, not a number") from None
+
+
+def _long(e: Event) -> bool:
+    """A skipped-category span long enough to keep (KEEP_CPU_SPAN_US)."""
+    d = e.dur
+    return isinstance(d, (int, float)) and d >= KEEP_CPU_SPAN_US
 
 
 def _int(x: Any) -> int:
@@ -176,7 +185,7 @@ class _Columns:
 
     def add(self, events: list[Event]) -> None:
         skip = self.skip_cats
-        xs = [e for e in events if e.ph == "X" and e.cat not in skip]
+        xs = [e for e in events if e.ph == "X" and (e.cat not in skip or _long(e))]
         other = [e for e in events if e.ph != "X" and e.cat not in contract.LAUNCH_FLOWS]
         ts_extra, dur_extra = self._other(other, xs) if other else ([], [])
         self.n_seen += len(events)
@@ -452,6 +461,9 @@ def load(path: str | Path, progress: bool | None = None) -> Trace:
     meta["files"] = [str(f) for f in files]
     if collisions:
         meta["rank_collisions"] = collisions
+    worlds = {int(w) for p in parts if isinstance(w := (p.meta.get("distributedInfo") or {}).get("world_size"), int)}
+    if worlds:
+        meta["world_size"] = max(worlds)
     negative = [p.meta["negative_durations"] for p in parts if "negative_durations" in p.meta]
     meta.pop("negative_durations", None)
     if negative:

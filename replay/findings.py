@@ -1,9 +1,12 @@
 """Why the GPU idles: every stretch where no compute runs on a rank, split by what held the next
-compute kernel back - first its inputs (waiting_on_comm: a communication kernel it needed was
-still running), then its launch (cpu_blocked_launch: the CPU sat in a synchronising call, e.g. a
-dispatch issued before the other micro-batch's compute; launch_bound: the CPU was busy launching)."""
+compute kernel back - a late peer (waiting_on_peer: this rank's communication waited for a rank
+that arrived late, peers.py), its inputs (waiting_on_comm: a communication kernel it needed was
+still running), then its launch (cpu_blocked_launch: the launching thread sat in one host span
+without launching - a synchronising call, a spin on the received counts inside a dispatch, Python
+work - named as `blocking_call`; launch_bound: the CPU was busy issuing launches)."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -12,14 +15,17 @@ import pandas as pd
 from tracegen.base.contract import (
     CPU_BLOCKED_LAUNCH,
     FLOW_DEPENDENCY,
-    IDLE_CAUSES,
     LAUNCH_BOUND,
+    OBSERVED_IDLE_CAUSES,
+    RUNTIME_CATS,
     WAITING_ON_COMM,
+    WAITING_ON_PEER,
 )
 
 from .events import text
-from .intervals import gaps, union
+from .intervals import gaps, intersection, union
 from .overlap import gpu_work
+from .peers import Peers
 
 DEP_LATENCY_US = 20.0     # a dependent kernel starts within this of its input's end (event wait + launch)
 
@@ -59,74 +65,170 @@ def _ready_from_flows(gpu: pd.DataFrame, dep: pd.DataFrame, nxt: pd.DataFrame) -
     return by_ts.reindex(nxt["start_us"].to_numpy()).to_numpy()
 
 
-FINDING_COLUMNS = ("kind", "rank", "layer", "microbatch", "stage", "start_us", "lost_us", "next", "call")
+FINDING_COLUMNS = ("kind", "rank", "step", "layer", "microbatch", "stage", "start_us", "lost_us", "next", "call",
+                   "peer")
+QUIET_US = 100.0     # the launching thread making no runtime call for this long is not launching
+STEP_SPAN = r"^ProfilerStep#\d+$"     # a whole step: never "the span the CPU sat in"
 
 
-def message(kind: str, lost: float, next_name: str, call: str) -> str:
+def message(kind: str, lost: float, next_name: str, call: str, peer: int = -1) -> str:
     nm = _short(next_name)
+    if kind == WAITING_ON_PEER:
+        return (f"compute idle {lost:.1f} us: communication waited for rank {peer}, which arrived late "
+                f"(see stragglers)")
     if kind == WAITING_ON_COMM:
         if not next_name:
             return f"compute idle {lost:.1f} us: no compute left or yet to run while communication ran"
         return f"compute idle {lost:.1f} us: {nm} waited for communication to deliver its inputs"
     if kind == CPU_BLOCKED_LAUNCH:
-        return (f"compute idle {lost:.1f} us: CPU blocked in {_short(call)} before launching {nm}; submit "
-                f"independent compute before the blocking call (proper two-batch-overlap order)")
+        if re.match(STEP_SPAN, call) or not call or call.startswith("a CPU stretch"):
+            return (f"compute idle {lost:.1f} us: the CPU made no runtime call in {_short(call) or 'its step'} "
+                    f"before launching {nm} (host-side work, a lock, a sleep, a late start); profile the CPU side")
+        return (f"compute idle {lost:.1f} us: the CPU sat in {_short(call)} without launching before {nm}; "
+                f"submit independent compute before the blocking call (proper two-batch-overlap order)")
     return (f"compute idle {lost:.1f} us: the CPU was still launching earlier work when {nm} could run "
             f"(launch-bound; CUDA graphs help)")
 
 
 def as_dicts(table: pd.DataFrame) -> list[dict[str, Any]]:
-    """Findings as the JSON report lists them: rank, layer, micro-batch, stage, start, time lost, message."""
+    """Findings as the JSON report lists them: rank, step, layer, micro-batch, stage, start, time lost,
+    the blocking call or the peer waited for, message."""
     out = []
     for r in table.itertuples(index=False):
-        out.append({"kind": r.kind, "rank": int(r.rank), "layer": int(r.layer) if r.layer >= 0 else None,
+        peer = int(r.peer) if r.peer >= 0 else None
+        out.append({"kind": r.kind, "rank": int(r.rank), "step": int(r.step) if r.step >= 0 else None,
+                    "layer": int(r.layer) if r.layer >= 0 else None,
                     "microbatch": int(r.microbatch) if r.microbatch >= 0 else None, "stage": r.stage or None,
                     "start_us": float(r.start_us), "lost_us": float(r.lost_us),
-                    "message": message(r.kind, float(r.lost_us), r.next, r.call)})
+                    "blocking_call": (r.call or None) if r.kind == CPU_BLOCKED_LAUNCH else None, "peer": peer,
+                    "message": message(r.kind, float(r.lost_us), r.next, r.call, peer if peer is not None else -1)})
     return out
 
 
-def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) -> tuple[pd.DataFrame, dict]:
-    """Findings (one row per idle piece of at least `min_lost_us`) and totals per rank and cause."""
+def _cpu_stalls(cpu: pd.DataFrame, lo: float, hi: float) -> tuple[tuple[np.ndarray, np.ndarray], pd.DataFrame]:
+    """Where the CPU was not launching compute: inside a synchronising call, or on the launching
+    thread inside the host span (innermost, not a whole step) that holds a stretch of at least
+    QUIET_US without any runtime call - a spin on host-mapped memory such as DeepEP's wait for the
+    received counts, Python work, a sleep. Also the thread's host spans, to name the one it sat in."""
+    blk = cpu[cpu["blocking"]]
+    s = [blk["start_us"].to_numpy()]
+    e = [(blk["start_us"] + blk["dur_us"]).to_numpy()]
+    launch = cpu[cpu["launch"]]
+    spans = cpu.iloc[0:0]
+    if len(launch):
+        tid = launch["tid"].astype(str).value_counts().index[0]          # the main launching thread
+        th = cpu[cpu["tid"].astype(str) == tid]
+        rt = th[th["cat"].isin(RUNTIME_CATS) | th["launch"] | th["blocking"]]
+        r0, r1 = union(rt["start_us"].to_numpy(), (rt["start_us"] + rt["dur_us"]).to_numpy())
+        q0, q1 = gaps(r0, r1, lo, hi) if len(r0) else (np.array([lo]), np.array([hi]))
+        keep = (q1 - q0) >= QUIET_US
+        q0, q1 = q0[keep], q1[keep]
+        spans = th[~th["cat"].isin(RUNTIME_CATS) | th["blocking"]].sort_values("start_us")
+        holder = _holder(spans, (q0 + q1) / 2)
+        ok = holder >= 0
+        if ok.any():         # the CPU sat in that span: its time there is the stall's
+            st = spans["start_us"].to_numpy()[holder[ok]]
+            en = st + spans["dur_us"].to_numpy()[holder[ok]]
+            whole_step = pd.Series(text(spans["name"])[holder[ok]]).str.match(STEP_SPAN).to_numpy()
+            s.append(np.where(whole_step, q0[ok], np.minimum(st, q0[ok])))
+            e.append(np.where(whole_step, q1[ok], np.maximum(en, q1[ok])))
+        s.append(q0[~ok])
+        e.append(q1[~ok])
+    return union(np.concatenate(s), np.concatenate(e)), spans
+
+
+def _holder(spans: pd.DataFrame, t: np.ndarray) -> np.ndarray:
+    """Row of the innermost host span holding each time (its latest-starting holder), -1: none."""
+    out = np.full(len(t), -1, dtype=np.int64)
+    if spans.empty or not len(t):
+        return out
+    st = spans["start_us"].to_numpy()
+    en = st + spans["dur_us"].to_numpy()
+    j = np.searchsorted(st, t, side="right") - 1
+    for i in range(len(t)):
+        for k in range(j[i], max(j[i] - 256, -1), -1):
+            if en[k] >= t[i]:
+                out[i] = k
+                break
+    return out
+
+
+def _innermost(spans: pd.DataFrame, t: np.ndarray) -> np.ndarray:
+    """The name of the innermost host span holding each time, or a description."""
+    h = _holder(spans, t)
+    out = np.full(len(t), "a CPU stretch with no runtime call and no host span", dtype=object)
+    if (h >= 0).any():
+        out[h >= 0] = text(spans["name"])[h[h >= 0]]
+    return out
+
+
+def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0,
+         peers: Peers | None = None) -> tuple[pd.DataFrame, dict]:
+    """Findings (one row per idle piece of at least `min_lost_us`) and totals per rank and cause.
+    With `peers`, idle while this rank's communication waited for a late peer is waiting_on_peer."""
     pieces: list[pd.DataFrame] = []
     totals: dict[int, dict[str, float]] = {}
     g = gpu_work(events)
+    has_step = "step" in events
     for rank, df in g.groupby("rank", sort=True):
         comp = df[df["klass"] == "compute"].sort_values("start_us")
         comm = df[df["klass"] == "comm"]
-        tot = {k: 0.0 for k in IDLE_CAUSES}
+        tot = {k: 0.0 for k in OBSERVED_IDLE_CAUSES}
         tot["unexplained"] = 0.0
         totals[int(rank)] = tot
         comm_iv = union(comm["start_us"].to_numpy(), (comm["start_us"] + comm["dur_us"]).to_numpy())
         Fc = _coverage(*comm_iv)
+        p0, p1, pp = peers.intervals(int(rank)) if peers is not None else (np.zeros(0), np.zeros(0), np.zeros(0))
+        peer_iv = union(p0, p1)
+        Fp = _coverage(*peer_iv)
+        order = np.argsort(p0)
+        p0, p1, pp = p0[order], p1[order], pp[order]
 
-        def book_edge(a: float, b: float) -> float:
-            """Idle [a, b) with no compute after or before it: waiting on communication where it
-            runs, else unexplained; returns the part covered by communication."""
-            c = float(Fc(np.array([b]))[0] - Fc(np.array([a]))[0])
-            tot[WAITING_ON_COMM] += c
-            tot["unexplained"] += (b - a) - c
-            return c
+        def peer_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            """The peer waited for longest within each [a, b)."""
+            out = np.full(len(a), -1, dtype=np.int64)
+            for i in range(len(a)):
+                lo_i, hi_i = np.searchsorted(p1, a[i], side="right"), np.searchsorted(p0, b[i], side="left")
+                if hi_i > lo_i:
+                    ov = np.minimum(p1[lo_i:hi_i], b[i]) - np.maximum(p0[lo_i:hi_i], a[i])
+                    out[i] = int(pp[lo_i + int(np.argmax(ov))])
+            return out
+
+        def add(kind: str, lost: np.ndarray, start: np.ndarray, near: pd.DataFrame, next_name, call, peer) -> None:
+            sel = np.flatnonzero(lost >= max(min_lost_us, 1e-9))
+            if not len(sel):
+                return
+            pieces.append(pd.DataFrame({
+                "kind": kind, "rank": int(rank),
+                "step": near["step"].to_numpy()[sel] if has_step else -1,
+                "layer": near["layer"].to_numpy()[sel], "microbatch": near["microbatch"].to_numpy()[sel],
+                "stage": text(near["stage"])[sel], "start_us": start[sel], "lost_us": lost[sel],
+                "next": np.asarray(next_name, dtype=object)[sel], "call": np.asarray(call, dtype=object)[sel],
+                "peer": np.asarray(peer)[sel]}))
 
         lo, hi = float(df["start_us"].min()), float((df["start_us"] + df["dur_us"]).max())
+        edges = []
         if comp.empty:        # no compute at all: the whole span is idle
-            book_edge(lo, hi)
-            continue
-        cs, ce = comp["start_us"].to_numpy(), (comp["start_us"] + comp["dur_us"]).to_numpy()
-        u0, u1 = union(cs, ce)
-        g0, g1 = gaps(u0, u1)
-        # before the first and after the last compute (e.g. the last combine): idle while communication
-        # runs, else unexplained - so that the causes add up to the span minus the compute
-        edges = [(lo, float(u0[0]), comp.iloc[0]), (float(u1[-1]), hi, comp.iloc[int(np.argmax(ce))])]
+            edges.append((lo, hi, df.iloc[[0]]))
+        else:
+            cs, ce = comp["start_us"].to_numpy(), (comp["start_us"] + comp["dur_us"]).to_numpy()
+            u0, u1 = union(cs, ce)
+            # before the first and after the last compute (e.g. the last combine): idle while communication
+            # (or a peer) is waited for, else unexplained - so that the causes add up to span minus compute
+            edges += [(lo, float(u0[0]), comp.iloc[[0]]), (float(u1[-1]), hi, comp.iloc[[int(np.argmax(ce))]])]
         for a, b, near in edges:
             if b <= a:
                 continue
-            c = book_edge(a, b)
-            if c >= max(min_lost_us, 1e-9):
-                pieces.append(pd.DataFrame({
-                    "kind": [WAITING_ON_COMM], "rank": [int(rank)], "layer": [int(near["layer"])],
-                    "microbatch": [int(near["microbatch"])], "stage": [str(near["stage"])], "start_us": [a],
-                    "lost_us": [c], "next": [""], "call": [""]}))
+            A, B = np.array([a]), np.array([b])
+            c, p = Fc(B) - Fc(A), Fp(B) - Fp(A)
+            tot[WAITING_ON_PEER] += float(p[0])
+            tot[WAITING_ON_COMM] += float(c[0] - p[0])
+            tot["unexplained"] += (b - a) - float(c[0])
+            add(WAITING_ON_PEER, p, A, near, [""], [""], peer_of(A, B))
+            add(WAITING_ON_COMM, c - p, A, near, [""], [""], [-1])
+        if comp.empty:
+            continue
+        g0, g1 = gaps(u0, u1)
         if not len(g0):
             continue
         nxt_idx = np.searchsorted(cs, g1, side="left")
@@ -157,33 +259,45 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0) ->
             ready = g0.copy()
         ready = np.clip(np.nan_to_num(ready, nan=-np.inf), g0, g1)
         launched = np.clip(launched, ready, g1)
-        blk = cpu[cpu["blocking"]]
-        b0, b1 = union(blk["start_us"].to_numpy(), (blk["start_us"] + blk["dur_us"]).to_numpy())
+        stalls, spans = _cpu_stalls(cpu, lo, hi)
+        # the CPU's stalls while a peer was waited for count as the peer's: the stall ends when it arrives
+        b0, b1 = intersection(stalls, gaps(*peer_iv, lo, hi)) if len(peer_iv[0]) else stalls
         F = _coverage(b0, b1)
-        waiting = ready - g0
+        peer_wait = Fp(ready) - Fp(g0)
+        waiting = (ready - g0) - peer_wait
+        peer_launch = Fp(launched) - Fp(ready)
         blocked = F(launched) - F(ready)
-        bound = (launched - ready) - blocked
-        rest = g1 - launched
+        bound = np.clip((launched - ready) - peer_launch - blocked, 0.0, None)
         rest_comm = Fc(g1) - Fc(launched)
-        tot[WAITING_ON_COMM] += float(waiting.sum() + rest_comm.sum())
+        peer_rest = Fp(g1) - Fp(launched)
+        rest = g1 - launched
+        on_peer = peer_wait + peer_launch + peer_rest
+        tot[WAITING_ON_PEER] += float(on_peer.sum())
+        tot[WAITING_ON_COMM] += float(waiting.sum() + (rest_comm - peer_rest).sum())
         tot[CPU_BLOCKED_LAUNCH] += float(blocked.sum())
         tot[LAUNCH_BOUND] += float(bound.sum())
         tot["unexplained"] += float((rest - rest_comm).sum())
-        threshold = max(min_lost_us, 1e-9)
-        blk_starts = blk["start_us"].to_numpy()
-        k = np.searchsorted(blk_starts, launched, side="right") - 1
-        call = np.where(k >= 0, text(blk["name"])[np.clip(k, 0, None)] if len(blk) else "",
-                        "a synchronising call")
-        for kind, lost, start in ((WAITING_ON_COMM, waiting + rest_comm, g0), (CPU_BLOCKED_LAUNCH, blocked, ready),
-                                  (LAUNCH_BOUND, bound, ready + blocked)):
-            sel = np.flatnonzero(lost >= threshold)
-            if not len(sel):
-                continue
-            pieces.append(pd.DataFrame({
-                "kind": kind, "rank": int(rank), "layer": nxt["layer"].to_numpy()[sel],
-                "microbatch": nxt["microbatch"].to_numpy()[sel], "stage": text(nxt["stage"])[sel],
-                "start_us": start[sel], "lost_us": lost[sel], "next": text(nxt["name"])[sel],
-                "call": call[sel]}))
+        # name what the CPU sat in: the innermost host span at the middle of its longest stall in the gap
+        call = np.full(len(g0), "", dtype=object)
+        sel = np.flatnonzero(blocked >= max(min_lost_us, 1e-9))
+        if len(sel):
+            mids = np.empty(len(sel))
+            for n, i in enumerate(sel):
+                a_i, z_i = np.searchsorted(b1, ready[i], side="right"), np.searchsorted(b0, launched[i], side="left")
+                s_i, e_i = np.maximum(b0[a_i:z_i], ready[i]), np.minimum(b1[a_i:z_i], launched[i])
+                m = int(np.argmax(e_i - s_i)) if z_i > a_i else 0
+                mids[n] = (s_i[m] + e_i[m]) / 2 if z_i > a_i else ready[i]
+            call[sel] = _innermost(spans, mids)
+        names = text(nxt["name"])
+        none = np.full(len(g0), -1)
+        on_peer_sel = np.flatnonzero(on_peer >= max(min_lost_us, 1e-9))
+        peer = none.copy()
+        if len(on_peer_sel):
+            peer[on_peer_sel] = peer_of(g0[on_peer_sel], g1[on_peer_sel])
+        add(WAITING_ON_PEER, on_peer, g0, nxt, names, call, peer)
+        add(WAITING_ON_COMM, waiting + rest_comm - peer_rest, g0, nxt, names, call, none)
+        add(CPU_BLOCKED_LAUNCH, blocked, ready, nxt, names, call, none)
+        add(LAUNCH_BOUND, bound, ready + blocked, nxt, names, call, none)
     findings = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(columns=list(FINDING_COLUMNS))
     return findings, totals
 

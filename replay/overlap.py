@@ -78,10 +78,13 @@ def _moe_layer(df: pd.DataFrame) -> pd.Series:
 
 
 def layer_metrics(events: pd.DataFrame, by_microbatch: bool = False) -> pd.DataFrame:
-    """One row per (rank, layer) - or (rank, layer, microbatch) - with known structure. A layer's
-    overlap is its communication intersected with the rank's compute within the layer's window."""
+    """One row per (rank, step, layer) - or (rank, step, layer, microbatch) - with known structure
+    (step -1: the trace has no profiler steps). A layer's overlap is its communication intersected
+    with the rank's compute within the layer's window; a layer never straddles steps."""
     g = gpu_work(events)
-    keys = ["layer", "microbatch"] if by_microbatch else ["layer"]
+    if "step" not in g:
+        g = g.assign(step=-1)
+    keys = ["step", "layer", "microbatch"] if by_microbatch else ["step", "layer"]
     rows = []
     for rank, df in g.groupby("rank", sort=True):
         comp = df["klass"].to_numpy() == "compute"
@@ -115,6 +118,22 @@ def layer_metrics(events: pd.DataFrame, by_microbatch: bool = False) -> pd.DataF
                    "hidden_comm_pct": 100.0 * ov / m if m > 0 else 0.0,
                    "stages": ",".join(s for s in dict.fromkeys(stage[part]) if s and s != "nan")}
             rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def step_metrics(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per (rank, profiler step): span, compute, communication, their overlap."""
+    g = gpu_work(events)
+    if "step" not in g or not (g["step"] >= 0).any():
+        return pd.DataFrame(columns=["rank", "step", "start_us", "span_us", "compute_us", "comm_us", "overlap_us",
+                                     "exposed_comm_us"])
+    rows = []
+    for (rank, step), df in g[g["step"] >= 0].groupby(["rank", "step"], sort=True):
+        c_iv, m_iv = _iv(df[df["klass"] == "compute"]), _iv(df[df["klass"] == "comm"])
+        m, ov = length(*m_iv), length(*intersection(c_iv, m_iv))
+        s, e = float(df["start_us"].min()), float((df["start_us"] + df["dur_us"]).max())
+        rows.append({"rank": int(rank), "step": int(step), "start_us": s, "span_us": e - s,
+                     "compute_us": length(*c_iv), "comm_us": m, "overlap_us": ov, "exposed_comm_us": m - ov})
     return pd.DataFrame(rows)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tracegen.base.contract import IDLE_CAUSES
+from tracegen.base.contract import OBSERVED_IDLE_CAUSES
 from tracegen.base.errors import UserError
 from tracegen.base.fileio import atomic_parquet, atomic_write
 
@@ -34,38 +34,49 @@ def render(a: Analysis, top: int = 10, max_layers: int = 12) -> str:
                    f"{_ms(s['comm_us'])}  {comm}")
     out.append("")
     out.append("overlap per rank (ms)")
+    multi = len(d["ranks"]) > 1
     out.append(f"  {'rank':>4}{'span':>11}{'compute':>11}{'comm':>11}{'overlap':>11}{'exposed':>11}"
-               f"{'idle':>11}{'hidden':>9}")
+               f"{'idle':>11}{'hidden':>9}" + (f"{'peer wait':>11}" if multi else ""))
     for r in d["ranks"]:
         out.append(f"  {r['rank']:>4}{_ms(r['span_us'])} {_ms(r['compute_us'])} {_ms(r['comm_us'])} "
                    f"{_ms(r['overlap_us'])} {_ms(r['exposed_comm_us'])} {_ms(r['compute_idle_us'])}"
-                   f"{r['hidden_comm_pct']:8.1f}%")
+                   f"{r['hidden_comm_pct']:8.1f}%" + (f" {_ms(r['peer_wait_us'])}" if multi else ""))
+    if multi:
+        out.append(f"  clock: {d['clock']}")
+    if d["stragglers"]:
+        out.append("")
+        out.append("stragglers (the rank its peers' communication waited for; ms of waiting it caused)")
+        for s_ in d["stragglers"][:5]:
+            out.append(f"  rank {s_['rank']:>4}  caused {s_['caused_us'] / 1e3:9.3f} ms over {s_['collectives']:>4} "
+                       f"collectives: {s_['reason']}")
     if d["balancedness"] is not None and len(d["ranks"]) > 1:
         out.append(f"  balancedness (mean/max MoE compute across ranks): {d['balancedness']:.3f}")
     if not a.layers.empty:
         first = a.layers[a.layers["rank"] == a.layers["rank"].min()]
         out.append("")
         out.append(f"per layer, rank {int(first['rank'].iloc[0])} (ms; overlap = its communication hidden by compute)")
-        out.append(f"  {'layer':>5}{'span':>11}{'compute':>11}{'comm':>11}{'overlap':>11}{'exposed':>11}{'hidden':>9}  stages")
+        out.append(f"  {'step':>4} {'layer':>5}{'span':>11}{'compute':>11}{'comm':>11}{'overlap':>11}{'exposed':>11}{'hidden':>9}  stages")
         rows = first if len(first) <= max_layers else pd.concat([first.head(max_layers // 2), first.tail(max_layers // 2)])
         for i, (_, r) in enumerate(rows.iterrows()):
             if len(first) > max_layers and i == max_layers // 2:
                 out.append(f"  {'...':>5}  ({len(first) - max_layers} more layers: --csv writes them all)")
-            out.append(f"  {int(r['layer']):>5}{_ms(r['span_us'])} {_ms(r['compute_us'])} {_ms(r['comm_us'])} "
+            step = str(int(r["step"])) if r["step"] >= 0 else "-"
+            out.append(f"  {step:>4} {int(r['layer']):>5}{_ms(r['span_us'])} {_ms(r['compute_us'])} {_ms(r['comm_us'])} "
                        f"{_ms(r['overlap_us'])} {_ms(r['exposed_comm_us'])}{r['hidden_comm_pct']:8.1f}%  "
                        f"{r['stages'][:60]}")
     out.append("")
     t = d["idle_totals_us"]
-    out.append("why compute idles (ms, all ranks): " + ", ".join(f"{k} {t[k] / 1e3:.3f}" for k in IDLE_CAUSES)
+    out.append("why compute idles (ms, all ranks): " + ", ".join(f"{k} {t[k] / 1e3:.3f}" for k in OBSERVED_IDLE_CAUSES)
                + f", unexplained {t['unexplained'] / 1e3:.3f}")
     for s in d["suspicious_input"]:
         out.append(f"suspicious input ({s['what']}): {s['message']}")
     if d["findings"]:
         out.append(f"largest of {d['findings_total']} findings:")
         for f in d["findings"][:top]:
-            where = f"rank {f['rank']}" + (f" layer {f['layer']}" if f["layer"] is not None else "") + \
+            where = f"rank {f['rank']}" + (f" step {f['step']}" if f["step"] is not None else "") + \
+                    (f" layer {f['layer']}" if f["layer"] is not None else "") + \
                     (f" mb {f['microbatch']}" if f["microbatch"] is not None else "")
-            out.append(f"  {f['kind']:<19} {where:<22} at {f['start_us'] / 1e3:>10.3f} ms  lost {f['lost_us']:9.1f} us  "
+            out.append(f"  {f['kind']:<19} {where:<29} at {f['start_us'] / 1e3:>10.3f} ms  lost {f['lost_us']:9.1f} us  "
                        f"{f['message']}")
     return "\n".join(out)
 

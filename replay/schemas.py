@@ -11,6 +11,7 @@ from tracegen.schemas import Strict as _S
 
 
 class Idle(_S):
+    waiting_on_peer: float          # this rank's communication waited for a late rank (see stragglers)
     cpu_blocked_launch: float
     launch_bound: float
     waiting_on_comm: float
@@ -18,6 +19,7 @@ class Idle(_S):
 
 
 class Layer(_S):
+    step: int                       # profiler step (-1: the trace has none); a layer never straddles steps
     layer: int
     start_us: float                 # from t0_us
     span_us: float
@@ -29,11 +31,32 @@ class Layer(_S):
     stages: list[str]
 
 
+class Step(_S):
+    step: int
+    start_us: float                 # from t0_us
+    span_us: float
+    compute_us: float
+    comm_us: float
+    overlap_us: float
+    exposed_comm_us: float
+    peer_wait_us: float
+
+
+class Straggler(_S):
+    rank: int
+    caused_us: float                # waiting its peers' communication spent on it
+    reason: str                     # the reason behind most of it
+    collectives: int                # collectives it arrived last at
+    reasons_us: dict[str, float]
+
+
 class Rank(RankOverlap):
     moe_compute_us: float
     streams_busy_us: dict[str, float]
     idle_us: Idle
+    peer_wait_us: float             # time its communication kernels waited for the last-arriving peer
     layers: list[Layer] = []
+    steps: list[Step] = []
 
 
 class Stream(_S):
@@ -52,11 +75,14 @@ class Stream(_S):
 class Finding(_S):
     kind: str
     rank: int
+    step: int | None
     layer: int | None
     microbatch: int | None
     stage: str | None
     start_us: float                 # from t0_us
     lost_us: float
+    blocking_call: str | None       # cpu_blocked_launch: the innermost host span the CPU sat in
+    peer: int | None                # waiting_on_peer: the rank waited for
     message: str
 
 
@@ -83,6 +109,8 @@ class Analyze(_S):
     idle_totals_us: Idle
     findings: list[Finding]
     findings_total: int
+    clock: str                      # how the ranks were put on one clock
+    stragglers: list[Straggler]
     suspicious_input: list[Suspicious]
 
 
@@ -191,7 +219,7 @@ class Calibrate(_S):
 
 
 SCHEMAS: dict[str, tuple[type, int]] = {
-    "replay-analyze": (Analyze, 1), "replay-compare": (Compare, 1), "replay-whatif": (Whatif, 1),
+    "replay-analyze": (Analyze, 2), "replay-compare": (Compare, 1), "replay-whatif": (Whatif, 1),
     "replay-calibrate": (Calibrate, 1),
 }
 

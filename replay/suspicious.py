@@ -1,8 +1,9 @@
 """Trace oddities that are not fatal but make numbers doubtful: slices with negative durations
 (left out of the table at load), zero-length GPU kernels, kernels that overlap on one stream (a
 stream runs its kernels one at a time), clock jumps inside a rank, and ranks with identical
-content (the same file twice), files of a folder that claim the same rank, and traces in which no
-communication kernel was recognised. Each is one `suspicious_input` entry in the report."""
+content (the same file twice), files of a folder that claim the same rank, a rank missing from a
+folder, ranks that disagree on their steps or collectives, and traces in which no communication
+kernel was recognised. Each is one `suspicious_input` entry in the report."""
 from __future__ import annotations
 
 from typing import Any
@@ -22,9 +23,10 @@ def _entry(what: str, count: int, message: str, ranks: list[int] | None = None) 
             "message": message}
 
 
-def check(events: pd.DataFrame, meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """The oddities of a classified event table (and the load's own count of negative durations)."""
-    out = []
+def check(events: pd.DataFrame, meta: dict[str, Any], warnings: list[tuple[str, str]] = ()) -> list[dict[str, Any]]:
+    """The oddities of a classified event table (and the load's own count of negative durations);
+    `warnings` are (what, message) pairs found by the analyses (ranks that disagree)."""
+    out = [_entry(what, 1, msg) for what, msg in warnings]
     neg = meta.get("negative_durations")
     if neg:
         out.append(_entry("negative_duration", neg["count"], f"{neg['count']} slices with a negative duration "
@@ -33,6 +35,13 @@ def check(events: pd.DataFrame, meta: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_entry("duplicate_rank", len(c["claimed"]), f"{c['file']} says it holds rank(s) "
                           f"{', '.join(map(str, c['claimed']))}, which an earlier file also holds: analysed as "
                           f"rank(s) {', '.join(map(str, c['now']))}", c["now"]))
+    world = meta.get("world_size")
+    ranks = sorted(int(r) for r in events["rank"].unique())
+    if isinstance(world, int) and len(ranks) > 1 and set(range(world)) - set(ranks):
+        gone = sorted(set(range(world)) - set(ranks))
+        out.append(_entry("missing_rank", len(gone), f"the traces say world_size {world} but rank(s) "
+                          f"{', '.join(map(str, gone))} have no file: peer waits are measured among the ranks "
+                          f"present, and a missing rank's lateness shows as nobody's", gone))
     g = gpu_work(events)
     if not (g["klass"] == "comm").any():
         out.append(_entry("no_communication", 0, "no communication kernel recognised, so 'hidden 0 %' says nothing: "

@@ -61,6 +61,9 @@ WAITING_ON_COMM = "waiting_on_comm"        # the next compute's inputs were stil
 CPU_BLOCKED_LAUNCH = "cpu_blocked_launch"  # not launched yet: the CPU sat in a blocking call
 LAUNCH_BOUND = "launch_bound"              # not launched yet: the CPU was busy launching earlier work
 IDLE_CAUSES = (CPU_BLOCKED_LAUNCH, LAUNCH_BOUND, WAITING_ON_COMM)
+WAITING_ON_PEER = "waiting_on_peer"        # observed only: a collective waited for a late rank
+OBSERVED_IDLE_CAUSES = (WAITING_ON_PEER, *IDLE_CAUSES)   # what replay reports on real traces
+RUNTIME_CATS = ("cuda_runtime", "cuda_driver", CAT_LAUNCH, CAT_WAIT)   # CPU calls into the GPU runtime
 
 
 # ----------------------------------------------------------------------------- keys
@@ -172,7 +175,7 @@ def is_generated(other_data: dict[str, Any] | None) -> bool:
 
 __all__ = ["FORMAT_VERSION", "GENERATOR", "COMPUTE", "COMM", "CPU", "PROXY", "TRACKS", "CAT_LAUNCH", "CAT_WAIT",
            "CAT_PROXY", "GPU_CATS", "FLOW_DEPENDENCY", "FLOW_LAUNCH", "LAUNCH_FLOWS", "STAGE_STREAM", "PROGRAM",
-           "IDLE_CAUSES", "Key", "SLICE_ARGS", "OTHER_DATA", "read_keys", "is_generated", "markdown"]
+           "IDLE_CAUSES", "WAITING_ON_PEER", "OBSERVED_IDLE_CAUSES", "RUNTIME_CATS", "Key", "SLICE_ARGS", "OTHER_DATA", "read_keys", "is_generated", "markdown"]
 
 
 if __name__ == "__main__":      # python -m tracegen.base.contract > the tables of docs/trace-contract.md

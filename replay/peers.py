@@ -1,0 +1,187 @@
+"""Who waited for whom across ranks: the n-th communication kernel of a name on every rank is one
+collective (DeepEP notify / dispatch / combine, an NCCL call); it cannot finish before its last
+peer arrives, so a rank whose kernel started earlier spent (last start - its start) waiting for
+that peer. The rank that arrived last is the straggler of that collective, and the reason is read
+from its own timeline: it started its step late, its CPU launched the kernel late, or it computed
+longer before it (more tokens: load imbalance).
+
+Ranks of one host share a clock; otherwise the ends of matched collectives (which finish together)
+give each rank's offset, and the clocks are aligned on them (said in `clock`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .events import text
+from .intervals import union
+from .overlap import gpu_work
+
+SHARED_CLOCK_US = 1000.0   # matched collective ends this close (median per rank) -> one clock
+LAUNCH_GATED_US = 30.0     # a kernel starting this soon after its launch call ended waited for its CPU
+STEP_LATE_SHARE = 0.5      # a rank whose step began this share of its lateness late "started late"
+STEP_LATE = "started its step late"
+CPU_LATE = "its CPU launched the collective late"
+MORE_COMPUTE = "longer compute before the collective (more tokens: load imbalance)"
+
+
+@dataclass
+class Peers:
+    table: pd.DataFrame                  # one row per rank and matched collective
+    wait_by_rank: dict[int, float]       # peer_wait_us per rank
+    stragglers: list[dict[str, Any]]     # ranks ordered by the waiting they caused
+    clock: str
+    offsets_us: dict[int, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def intervals(self, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This rank's stretches of waiting for a peer: starts, ends, the peer waited for."""
+        t = self.table[(self.table["rank"] == rank) & (self.table["wait_us"] > 0)]
+        return (t["start_us"].to_numpy(), (t["start_us"] + t["wait_us"]).to_numpy(),
+                t["last_rank"].to_numpy())
+
+
+def empty(clock: str = "one rank") -> Peers:
+    return Peers(pd.DataFrame(columns=["rank", "step", "name", "n", "start_us", "end_us", "last_start_us",
+                                       "last_rank", "wait_us"]), {}, [], clock)
+
+
+def match(events: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Communication kernels numbered per (rank, step, name); groups whose count differs between
+    ranks are left out with a warning (never matched silently)."""
+    g = gpu_work(events)
+    c = g[g["klass"] == "comm"]
+    step = c["step"].to_numpy() if "step" in c else np.full(len(c), -1)
+    k = pd.DataFrame({"rank": c["rank"].to_numpy(), "step": step, "name": text(c["name"]),
+                      "start_us": c["start_us"].to_numpy(), "end_us": (c["start_us"] + c["dur_us"]).to_numpy(),
+                      "correlation": c["correlation"].to_numpy()})
+    k = k.sort_values(["rank", "step", "name", "start_us"], kind="stable")
+    k["n"] = k.groupby(["rank", "step", "name"], sort=False).cumcount()
+    ranks = sorted(k["rank"].unique())
+    counts = k.groupby(["step", "name", "rank"]).size().unstack("rank")
+    bad = counts[counts.isna().any(axis=1) | (counts.nunique(axis=1) > 1)] if len(counts) else counts
+    warnings = []
+    if len(bad):
+        ex = bad.index[0]
+        per = ", ".join(f"rank {r}: {int(v) if v == v else 0}" for r, v in bad.iloc[0].items())
+        warnings.append(f"ranks disagree on {len(bad)} communication kernel group(s), left out of the peer "
+                        f"analysis (e.g. step {ex[0]}, {ex[1][:60]}: {per})")
+        keep = ~k.set_index(["step", "name"]).index.isin(bad.index)
+        k = k[keep]
+    if len(ranks) < 2:
+        return k.iloc[0:0], warnings
+    return k, warnings
+
+
+def _clock(k: pd.DataFrame) -> tuple[dict[int, float], str]:
+    """Per-rank clock offsets from the ends of matched collectives."""
+    if k.empty:
+        return {}, "no matched collectives"
+    med_end = k.groupby(["step", "name", "n"])["end_us"].transform("median")
+    off = (k["end_us"] - med_end).groupby(k["rank"]).median()
+    spread = float(off.abs().max())
+    if spread <= SHARED_CLOCK_US:
+        return {}, f"one clock (matched collective ends agree within {spread:.0f} us)"
+    offsets = {int(r): float(v) for r, v in off.items()}
+    return offsets, (f"clocks aligned on the ends of {k.groupby(['step', 'name', 'n']).ngroups} matched "
+                     f"collectives (offsets up to {spread / 1e3:.1f} ms)")
+
+
+def analyze(events: pd.DataFrame) -> tuple[Peers, pd.DataFrame]:
+    """Peer waits and stragglers; returns them and the events on one clock."""
+    ranks = sorted(events["rank"].unique())
+    if len(ranks) < 2:
+        return empty(), events
+    k, warnings = match(events)
+    offsets, clock = _clock(k)
+    if offsets:
+        shift = events["rank"].map(offsets).fillna(0.0).to_numpy()
+        events = events.assign(start_us=events["start_us"].to_numpy() - shift)
+        sk = k["rank"].map(offsets).fillna(0.0).to_numpy()
+        k = k.assign(start_us=k["start_us"] - sk, end_us=k["end_us"] - sk)
+    if k.empty:
+        p = empty(clock)
+        p.warnings = warnings
+        return p, events
+    grp = k.groupby(["step", "name", "n"], sort=False)
+    k["last_start_us"] = grp["start_us"].transform("max")
+    last_idx = grp["start_us"].idxmax()
+    last_rank = pd.Series(k.loc[last_idx, "rank"].to_numpy(), index=pd.MultiIndex.from_frame(
+        k.loc[last_idx, ["step", "name", "n"]]))
+    k["last_rank"] = last_rank.reindex(pd.MultiIndex.from_frame(k[["step", "name", "n"]])).to_numpy()
+    k["wait_us"] = np.clip(np.minimum(k["last_start_us"], k["end_us"]) - k["start_us"], 0.0, None)
+    wait_by_rank = {int(r): float(v) for r, v in k.groupby("rank")["wait_us"].sum().items()}
+    for r in ranks:
+        wait_by_rank.setdefault(int(r), 0.0)
+    return Peers(k.reset_index(drop=True), wait_by_rank, _stragglers(events, k), clock, offsets, warnings), events
+
+
+def _stragglers(events: pd.DataFrame, k: pd.DataFrame) -> list[dict[str, Any]]:
+    caused = k.groupby(["step", "name", "n"], sort=False).agg(caused=("wait_us", "sum"), rank=("last_rank", "first"),
+                                                              start=("last_start_us", "first"))
+    caused = caused[caused["caused"] > 0].reset_index()
+    if caused.empty:
+        return []
+    g = gpu_work(events)
+    comp = g[g["klass"] == "compute"]
+    first_kernel = g[g["step"] >= 0].groupby(["step", "rank"])["start_us"].min() if "step" in g else pd.Series(dtype=float)
+    launches = events[events["launch"] & (events["correlation"] >= 0)]
+    launch_end = pd.Series((launches["start_us"] + launches["dur_us"]).to_numpy(),
+                           index=pd.MultiIndex.from_arrays([launches["rank"].to_numpy(),
+                                                            launches["correlation"].to_numpy()]))
+    launch_end = launch_end[~launch_end.index.duplicated()]
+    cov = {}
+    for r, df in comp.groupby("rank"):
+        u0, u1 = union(df["start_us"].to_numpy(), (df["start_us"] + df["dur_us"]).to_numpy())
+        cov[int(r)] = (u0, u1, np.concatenate([[0.0], np.cumsum(u1 - u0)]))
+
+    def busy(r: int, a: float, b: float) -> float:
+        u0, u1, cum = cov.get(r, (np.zeros(0), np.zeros(0), np.zeros(1)))
+
+        def F(t: float) -> float:
+            j = int(np.searchsorted(u0, t, side="right")) - 1
+            return 0.0 if j < 0 else float(cum[j] + min(t - u0[j], u1[j] - u0[j]))
+        return max(F(b) - F(a), 0.0)
+
+    # each rank's previous collective end before a given collective: the compute window
+    k = k.sort_values(["rank", "start_us"])
+    k["prev_end"] = k.groupby("rank")["end_us"].shift(1)
+    first_in_step = k.groupby(["rank", "step"])["start_us"].transform("min") == k["start_us"]
+    k["first_in_step"] = first_in_step
+    idx = k.set_index(["step", "name", "n", "rank"]).sort_index()
+    per_rank: dict[int, dict[str, float]] = {}
+    count: dict[int, int] = {}
+    for row in caused.itertuples(index=False):
+        L = int(row.rank)
+        members = idx.loc[(row.step, row.name, row.n)]
+        me = members.loc[L]
+        others = members.drop(index=L)
+        late = float(row.start - others["start_us"].median())
+        reason = MORE_COMPUTE
+        fk = first_kernel
+        if bool(me["first_in_step"]) and row.step >= 0 and (row.step, L) in fk.index:
+            mine = float(fk.loc[(row.step, L)])
+            theirs = float(np.median([fk.loc[(row.step, r)] for r in others.index if (row.step, r) in fk.index] or [mine]))
+            if mine - theirs >= STEP_LATE_SHARE * late:
+                reason = STEP_LATE
+        if reason == MORE_COMPUTE:
+            le = launch_end.get((L, int(me["correlation"])), np.nan)
+            if np.isfinite(le) and row.start - le <= LAUNCH_GATED_US:
+                reason = CPU_LATE
+        if reason == MORE_COMPUTE:
+            mine = busy(L, me["prev_end"] if me["prev_end"] == me["prev_end"] else -np.inf, row.start)
+            theirs = [busy(int(r), o["prev_end"], o["start_us"]) for r, o in others.iterrows() if o["prev_end"] == o["prev_end"]]
+            if theirs and mine <= float(np.median(theirs)):
+                reason = "arrived late (no longer compute, launch or step start seen on its timeline)"
+        d = per_rank.setdefault(L, {})
+        d[reason] = d.get(reason, 0.0) + float(row.caused)
+        count[L] = count.get(L, 0) + 1
+    out = []
+    for r, reasons in per_rank.items():
+        total = sum(reasons.values())
+        top = max(reasons, key=reasons.get)
+        out.append({"rank": int(r), "caused_us": total, "reason": top, "collectives": count[r],
+                    "reasons_us": {k2: float(v) for k2, v in sorted(reasons.items(), key=lambda x: -x[1])}})
+    return sorted(out, key=lambda x: -x["caused_us"])

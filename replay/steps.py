@@ -1,0 +1,92 @@
+"""Profiler steps: which step (one engine iteration) every event belongs to, so that per-layer rows
+never straddle steps and the report can speak of "step 2, layer 5".
+
+A step is a CPU range named `ProfilerStep#N` (torch.profiler with a schedule, or prof.step()),
+or a user annotation matching --step-regex (its first group, or its order, is the step number).
+CPU events take the step whose range holds their start; GPU events take their launch's step
+(through the correlation id: a kernel still running after its step's CPU range ended belongs to
+the step that launched it), else the step whose range holds their start. -1: no step."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from tracegen.base.errors import UserError
+
+from .events import text
+
+DEFAULT_STEP = r"^ProfilerStep#(\d+)$"
+
+
+def step_spans(events: pd.DataFrame, regex: str = DEFAULT_STEP) -> pd.DataFrame:
+    """One row per (rank, step): start_us, end_us, from the CPU ranges that name a step."""
+    try:
+        rx = re.compile(regex)
+    except re.error as exc:
+        raise UserError(f"--step-regex: bad regex {regex!r} ({exc})") from None
+    cpu = events[events["device"] == "cpu"]
+    names = pd.Series(cpu["name"].cat.categories if hasattr(cpu["name"], "cat") else cpu["name"].unique())
+    hit = names[names.astype(str).str.match(rx)]
+    if hit.empty:
+        return pd.DataFrame(columns=["rank", "step", "start_us", "end_us"])
+    sel = cpu[cpu["name"].isin(set(hit))]
+    nums = text(sel["name"])
+    num = []
+    for i, n in enumerate(nums):
+        m = rx.match(str(n))
+        g = m.group(1) if m and m.groups() else None
+        num.append(int(g) if g is not None and g.isdigit() else -1)
+    out = pd.DataFrame({"rank": sel["rank"].to_numpy(), "step": num, "start_us": sel["start_us"].to_numpy(),
+                        "end_us": (sel["start_us"] + sel["dur_us"]).to_numpy()})
+    out = out.sort_values(["rank", "start_us"], kind="stable").reset_index(drop=True)
+    unnumbered = out["step"] < 0
+    if unnumbered.any():                 # a step annotation without a number: count them per rank
+        out.loc[unnumbered, "step"] = out[unnumbered].groupby("rank").cumcount()
+    return out.drop_duplicates(["rank", "step"])
+
+
+def assign(events: pd.DataFrame, regex: str = DEFAULT_STEP) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The events with a `step` column, and the step spans found."""
+    spans = step_spans(events, regex)
+    step = np.full(len(events), -1, dtype=np.int32)
+    if spans.empty:
+        return events.assign(step=step), spans
+    ranks = events["rank"].to_numpy()
+    start = events["start_us"].to_numpy()
+    for r, sp in spans.groupby("rank", sort=False):
+        idx = np.flatnonzero(ranks == r)
+        s0, s1, n = sp["start_us"].to_numpy(), sp["end_us"].to_numpy(), sp["step"].to_numpy()
+        j = np.searchsorted(s0, start[idx], side="right") - 1
+        ok = (j >= 0) & (start[idx] < s1[np.clip(j, 0, None)])
+        step[idx[ok]] = n[j[ok]]
+    out = events.assign(step=step)
+    # GPU work inherits its launch's step
+    launch = out[out["launch"] & (out["correlation"] >= 0) & (out["step"] >= 0)] if "launch" in out else out[:0]
+    if len(launch):
+        key = pd.Series(launch["step"].to_numpy(),
+                        index=pd.MultiIndex.from_arrays([launch["rank"].to_numpy(), launch["correlation"].to_numpy()]))
+        key = key[~key.index.duplicated()]
+        gpu = np.flatnonzero((out["device"] == "gpu").to_numpy() & (out["correlation"].to_numpy() >= 0))
+        got = key.reindex(pd.MultiIndex.from_arrays([ranks[gpu], out["correlation"].to_numpy()[gpu]])).to_numpy()
+        have = np.isfinite(got)
+        col = out["step"].to_numpy().copy()
+        col[gpu[have]] = got[have].astype(np.int32)
+        out["step"] = col
+    return out, spans
+
+
+def disagreements(spans: pd.DataFrame, ranks: list[int]) -> list[str]:
+    """Warnings when the ranks' step lists differ (a rank without steps, different step numbers)."""
+    if spans.empty:
+        return []
+    per = {int(r): tuple(sorted(g["step"].tolist())) for r, g in spans.groupby("rank")}
+    out = []
+    missing = [r for r in ranks if r not in per]
+    if missing:
+        out.append(f"rank(s) {', '.join(map(str, missing))} have no profiler steps while others do")
+    if len(set(per.values())) > 1:
+        desc = "; ".join(f"rank {r}: {len(v)} step(s) {v[0]}..{v[-1]}" for r, v in sorted(per.items()))
+        out.append(f"ranks disagree on their profiler steps ({desc})")
+    return out
