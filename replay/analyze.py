@@ -140,7 +140,10 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
                         "ProfilerActivity.CUDA?")
     events, spans = step_analysis.assign(events, step_regex)
     all_ranks = sorted(int(r) for r in events["rank"].unique())
-    peers, events = peer_analysis.analyze(events)          # all ranks, before --rank narrows: one clock
+    if trace.generated:      # tracegen's idle causes are its own (no peer cause): the round trip stays exact
+        peers = peer_analysis.empty("tracegen's clock")
+    else:
+        peers, events = peer_analysis.analyze(events)      # all ranks, before --rank narrows: one clock
     warnings = [("ranks_disagree", w) for w in step_analysis.disagreements(spans, all_ranks) + peers.warnings]
     t0 = float(events["start_us"].min())
     events = narrow(events, rank, window, t0)

@@ -1,0 +1,222 @@
+"""Cross-rank diagnosis on real DeepEP captures (traces/observed/deepep-h100x4, 4 H100s, intranode
+normal dispatch/combine, two micro-batches). Every truth here is computed from the raw JSON with
+plain loops (a per-kernel sweep), never by calling the code under test."""
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+from replay.analyze import analyze
+from replay.peers import MORE_COMPUTE, STEP_LATE
+
+CAP = Path(__file__).resolve().parents[1] / "traces" / "observed" / "deepep-h100x4"
+SYNC = ("notify_dispatch", "intranode::dispatch", "cached_notify_combine", "intranode::combine")
+
+
+@lru_cache(maxsize=None)
+def raw(run: str, rank: int) -> list[dict]:
+    with gzip.open(CAP / run / f"rank{rank}.json.gz", "rt") as f:
+        return json.load(f)["traceEvents"]
+
+
+@lru_cache(maxsize=None)
+def result(run: str):
+    return analyze(CAP / run, use_cache=False, progress=False)
+
+
+def kernels(run: str, rank: int) -> list[dict]:
+    return sorted((e for e in raw(run, rank) if e.get("cat") == "kernel"), key=lambda e: e["ts"])
+
+
+def merged(iv: list[tuple[float, float]]) -> list[list[float]]:
+    out: list[list[float]] = []
+    for a, b in sorted(iv):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+def minus(iv: list[list[float]], cut: list[list[float]]) -> float:
+    """Length of iv not covered by cut (both merged), by plain loops."""
+    total = 0.0
+    for a, b in iv:
+        pieces = [(a, b)]
+        for c, d in cut:
+            nxt = []
+            for x, y in pieces:
+                if d <= x or c >= y:
+                    nxt.append((x, y))
+                    continue
+                if c > x:
+                    nxt.append((x, c))
+                if d < y:
+                    nxt.append((d, y))
+            pieces = nxt
+        total += sum(y - x for x, y in pieces)
+    return total
+
+
+def truth_peer(run: str) -> dict:
+    """Per rank: stretches its synchronising DeepEP kernels waited for the last-arriving peer, the
+    rank each waited for, and who arrived last how often."""
+    seqs = {}
+    for r in range(4):
+        per: dict[str, list[dict]] = {}
+        for e in kernels(run, r):
+            if any(s in e["name"] for s in SYNC):
+                per.setdefault(e["name"], []).append(e)
+        seqs[r] = per
+    waits = {r: [] for r in range(4)}
+    caused = {r: 0.0 for r in range(4)}
+    for name in seqs[0]:
+        for n in range(len(seqs[0][name])):
+            group = {r: seqs[r][name][n] for r in range(4)}
+            last = max(group, key=lambda r: group[r]["ts"])
+            for r, e in group.items():
+                w = min(group[last]["ts"], e["ts"] + e["dur"]) - e["ts"]
+                if w > 0:
+                    waits[r].append((e["ts"], e["ts"] + w, last))
+                    caused[last] += w
+    return {"waits": waits, "caused": caused}
+
+
+def compute_busy(run: str, rank: int) -> list[list[float]]:
+    return merged([(e["ts"], e["ts"] + e["dur"]) for e in kernels(run, rank) if "deep_ep" not in e["name"]])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _captures():
+    if not (CAP / "prefill-late" / "rank0.json.gz").exists():
+        pytest.fail(f"{CAP} is missing (committed captures)")
+
+
+def test_late_start_is_waiting_on_the_late_peer():
+    a = result("prefill-late")
+    t = truth_peer("prefill-late")
+    assert max(t["caused"], key=t["caused"].get) == 3              # the truth: rank 3 started late
+    f = a.finding_table
+    for r in (0, 1, 2):
+        idle_in_wait = minus(merged([(s, e) for s, e, _ in t["waits"][r]]), compute_busy("prefill-late", r))
+        ours = f[(f["rank"] == r) & (f["kind"] == "waiting_on_peer") & (f["peer"] == 3)]["lost_us"].sum()
+        total_idle = sum(a.idle_totals[r].values())
+        assert idle_in_wait > 0.5 * total_idle                       # most of the waiting ranks' idle is the wait
+        assert ours == pytest.approx(idle_in_wait, rel=0.08), r
+        assert a.peers.wait_by_rank[r] == pytest.approx(sum(e - s for s, e, _ in t["waits"][r]), rel=0.01)
+        assert a.idle_totals[r]["launch_bound"] < 0.02 * total_idle
+    top = a.peers.stragglers[0]
+    assert top["rank"] == 3 and top["reason"] == STEP_LATE
+    assert top["caused_us"] == pytest.approx(t["caused"][3], rel=0.01)
+
+
+def test_skewed_routing_names_the_heavy_rank():
+    a = result("prefill-skew")
+    t = truth_peer("prefill-skew")
+    heavy = max(range(4), key=lambda r: sum(e - s for s, e in compute_busy("prefill-skew", r)))
+    assert heavy == 2                                                # the capture's design (capture.json)
+    top = a.peers.stragglers[0]
+    assert top["rank"] == heavy and top["reason"] == MORE_COMPUTE
+    assert top["caused_us"] == pytest.approx(t["caused"][heavy], rel=0.01)
+    assert top["caused_us"] > 10 * a.peers.stragglers[1]["caused_us"]
+
+
+def truth_cpu_in_dispatch(run: str, rank: int) -> float:
+    """Compute-idle time while the launching thread sat inside a DISPATCH annotation, less the
+    time its DeepEP kernels were waiting for a peer."""
+    ev = raw(run, rank)
+    steps = [(e["ts"], e["ts"] + e["dur"]) for e in ev if str(e.get("name", "")).startswith("ProfilerStep#")]
+    disp = merged([(e["ts"], e["ts"] + e["dur"]) for e in ev
+                   if e.get("cat") == "user_annotation" and ":DISPATCH(" in e["name"]])
+    lo, hi = min(s for s, _ in steps), max(e for _, e in steps)
+    busy = compute_busy(run, rank) + merged([(s, e) for s, e, _ in truth_peer(run)["waits"][rank]])
+    inside = [[max(a, lo), min(b, hi)] for a, b in disp if b > lo and a < hi]
+    return minus(inside, merged([tuple(x) for x in busy]))
+
+
+def blocked_in_dispatch(run: str) -> float:
+    f = result(run).finding_table
+    b = f[(f["kind"] == "cpu_blocked_launch") & f["call"].astype(str).str.contains(":DISPATCH(", regex=False)]
+    return float(b["lost_us"].sum())
+
+
+def test_cpu_blocked_inside_dispatch_follows_the_launch_order():
+    truth = {run: sum(truth_cpu_in_dispatch(run, r) for r in range(4))
+             for run in ("prefill-improper", "prefill-proper", "prefill-nosync")}
+    ours = {run: blocked_in_dispatch(run) for run in truth}
+    # the truth shows the seeds' central example: improper order starves compute while the CPU waits
+    # (measured: 36.8 / 11.0 / 1.2 ms over 4 ranks; in the proper order the idle inside a dispatch is
+    # MLP waiting for the dispatched tokens, which is waiting_on_comm, not the CPU)
+    assert truth["prefill-improper"] > 2 * truth["prefill-proper"] > 2 * truth["prefill-nosync"]
+    assert ours["prefill-improper"] > 5 * max(ours["prefill-proper"], 1.0)
+    assert ours["prefill-nosync"] < 100.0                            # no CPU wait in dispatch: ~nothing
+    for run in truth:                                                # never more than the CPU spent there
+        assert ours[run] <= truth[run] * 1.02 + 50.0, run
+    assert ours["prefill-improper"] >= 0.3 * truth["prefill-improper"]     # measured 15.2 of 36.8 ms
+    for run in ("prefill-proper", "prefill-nosync", "prefill-late", "prefill-skew"):
+        a = result(run)
+        idle = sum(sum(t.values()) for t in a.idle_totals.values())
+        assert sum(t["launch_bound"] for t in a.idle_totals.values()) < 0.08 * idle, run   # measured <= 5.7 %
+
+
+def test_layers_never_straddle_steps_and_stage_names_are_whole():
+    a = result("prefill-proper")
+    lay = a.layers
+    assert set(lay["step"]) == {1, 2, 3}
+    steps = {(r, s): (x, x + w) for r, s, x, w in
+             zip(a.steps["rank"], a.steps["step"], a.steps["start_us"], a.steps["span_us"])}
+    for row in lay.itertuples():
+        s0, s1 = steps[(row.rank, row.step)]
+        assert s0 - 1 <= row.start_us and row.start_us + row.span_us <= s1 + 1
+        assert all(part for part in row.stages.split(","))
+    assert len(lay) == 4 * 3 * 4                                     # ranks x steps x layers
+    d = a.to_dict()
+    assert all(set(f) >= {"kind", "rank", "step", "layer", "start_us", "lost_us", "message"} for f in d["findings"])
+
+
+def test_cuda_graph_kernels_are_not_launch_bound():
+    a = analyze(CAP / "graph", use_cache=False, progress=False)
+    ev = raw_graph = [e for e in json.load(gzip.open(CAP / "graph" / "rank0.json.gz", "rt"))["traceEvents"]]
+    graph_launches = {e["args"]["correlation"] for e in ev if e.get("name") == "cudaGraphLaunch"}
+    ks = [e for e in raw_graph if e.get("cat") == "kernel"]
+    assert len(graph_launches) == 10 and all(k["args"]["correlation"] in graph_launches for k in ks)
+    assert a.idle_totals[0]["launch_bound"] == 0.0
+
+
+def _folder(tmp_path: Path, files: dict[str, Path]) -> Path:
+    d = tmp_path / "ranks"
+    d.mkdir()
+    for name, src in files.items():
+        shutil.copy(src, d / name)
+    return d
+
+
+def test_a_missing_rank_is_said(tmp_path):
+    d = _folder(tmp_path, {f"rank{r}.json.gz": CAP / "prefill-proper" / f"rank{r}.json.gz" for r in (0, 1, 3)})
+    a = analyze(d, use_cache=False, progress=False)
+    what = {s["what"]: s for s in a.suspicious}
+    assert "missing_rank" in what and what["missing_rank"]["ranks"] == [2]
+
+
+def test_ranks_that_disagree_are_never_matched_silently(tmp_path):
+    files = {f"rank{r}.json.gz": CAP / "prefill-proper" / f"rank{r}.json.gz" for r in (0, 1, 2)}
+    files["rank3.json.gz"] = CAP / "decode-proper" / "rank3.json.gz"      # another run: other kernel counts
+    a = analyze(_folder(tmp_path, files), use_cache=False, progress=False)
+    msgs = [s["message"] for s in a.suspicious if s["what"] == "ranks_disagree"]
+    assert any("communication kernel group" in m for m in msgs)
+    # what was matched has the same count on every rank
+    t = a.peers.table
+    per = t.groupby(["step", "name", "n"])["rank"].nunique()
+    assert (per == t["rank"].nunique()).all()
+
+
+def test_two_files_claiming_one_rank_are_said(tmp_path):
+    files = {f"rank{r}.json.gz": CAP / "prefill-proper" / f"rank{r}.json.gz" for r in range(4)}
+    files["rank0-again.json.gz"] = CAP / "prefill-proper" / "rank1.json.gz"
+    a = analyze(_folder(tmp_path, files), use_cache=False, progress=False)
+    assert any(s["what"] == "duplicate_rank" for s in a.suspicious)
