@@ -6,6 +6,11 @@ are shared and noisy), plus replay's agreement with Holistic Trace Analysis on a
              against json.load of the same file and HTA's load + get_comm_comp_overlap
   viz        viz html of a 61-layer 8-rank trace and of train.json; a dashboard widget redraw
   HTA        hidden share of communication on traces/observed/h200x2-nccl, replay vs HTA
+  ranks      replay analyze of a folder of ranks: the 4 real DeepEP ranks of
+             traces/observed/deepep-h100x4/prefill-proper and 64 ranks made by replicating them
+             (distributedInfo.rank rewritten), against the same analysis by the tree at
+             BENCH_BASELINE_REF (a git ref, e.g. the commit before the cross-rank analysis) when set.
+             `python -m bench.run --ranks-only` runs this part alone.
 
 Each timed run is a fresh subprocess (wall time and peak RSS from the OS); the table is printed
 and written to bench/out/results.json. BENCH_MAX_MB caps the synthetic sizes (default 1000)."""
@@ -24,6 +29,51 @@ OUT = ROOT / "bench" / "out"
 TRAIN = Path(os.environ.get("MOE_SHARED", ROOT.parent / "shared")) / "traces" / "deepseek-profile-data" / "train.json"
 NCCL = ROOT / "traces" / "observed" / "h200x2-nccl"
 PY = sys.executable
+DEEPEP = ROOT / "traces" / "observed" / "deepep-h100x4" / "prefill-proper"
+
+
+def replicated(ranks: int) -> Path:
+    """A folder of `ranks` rank files cycling through the real DeepEP ranks, each claiming its rank."""
+    import gzip
+    d = OUT / f"deepep-x{ranks}"
+    if d.exists() and len(list(d.glob("*.json.gz"))) == ranks:
+        return d
+    d.mkdir(parents=True, exist_ok=True)
+    src = [json.loads(gzip.open(DEEPEP / f"rank{r}.json.gz", "rt").read()) for r in range(4)]
+    for r in range(ranks):
+        data = src[r % 4]
+        data["distributedInfo"] = {**data.get("distributedInfo", {}), "rank": r, "world_size": ranks}
+        with gzip.open(d / f"rank{r}.json.gz", "wt", compresslevel=1) as f:
+            json.dump(data, f)
+    return d
+
+
+def rank_folders(results: dict, rows: list) -> None:
+    """Analyse time and peak memory of rank folders, now and (BENCH_BASELINE_REF) before."""
+    if not DEEPEP.exists():
+        print(f"(no {DEEPEP}: rank-folder benchmarks skipped)")
+        return
+    ref = os.environ.get("BENCH_BASELINE_REF")
+    base = None
+    if ref:
+        base = OUT / f"baseline-{ref}"
+        if not base.exists():
+            subprocess.run(["git", "worktree", "add", "--detach", str(base), ref], cwd=ROOT, check=True,
+                           capture_output=True)
+    results["rank_folders"] = []
+    for ranks, folder in ((4, DEEPEP), (64, replicated(64))):
+        code = f"from replay.analyze import analyze; a = analyze({str(folder)!r}, use_cache=False, progress=False)"
+        now = timed(code, repeat=3)
+        entry = {"ranks": ranks, "now": now}
+        note = f"peak {now.get('peak_mb', 0):.0f} MB"
+        if base is not None:
+            before = timed(f"import sys; sys.path.insert(0, {str(base)!r}); " + code.replace(", progress=False", ""),
+                           repeat=3)
+            entry["before"] = {**before, "ref": ref}
+            note += (f"; before ({ref}) {before.get('wall_s', float('nan')):.2f} s, peak "
+                     f"{before.get('peak_mb', 0):.0f} MB: now x{now.get('wall_s', 0) / before.get('wall_s', 1):.2f} time")
+        results["rank_folders"].append(entry)
+        rows.append((f"replay analyze: {ranks}-rank DeepEP folder", now.get("wall_s"), note))
 
 
 _PEAK = ("\nimport resource as _r, json as _j\n"
@@ -83,6 +133,10 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
     rows = []
+    rank_folders(results, rows)
+    if "--ranks-only" in sys.argv:
+        _print(rows)
+        return 0
 
     # ---- tracegen
     gen = timed("import time,json;t=time.perf_counter();from tracegen.cli import main;"
@@ -164,11 +218,15 @@ def main() -> int:
                 rows.append((f"hidden share, NCCL trace rank {r}", None,
                              f"replay {v:.2f} %  HTA {h if h is None else f'{h:.2f}'} %"))
     (OUT / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    _print(rows)
+    print(f"\nfull results: {OUT / 'results.json'}")
+    return 0
+
+
+def _print(rows: list) -> None:
     print(f"\n{'benchmark':<52}{'seconds':>9}  notes")
     for name, s, note in rows:
         print(f"{name:<52}{'' if s is None else f'{s:9.2f}':>9}  {note}")
-    print(f"\nfull results: {OUT / 'results.json'}")
-    return 0
 
 
 if __name__ == "__main__":
