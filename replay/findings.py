@@ -162,6 +162,18 @@ def _innermost(spans: pd.DataFrame, t: np.ndarray) -> np.ndarray:
     return out
 
 
+def _peer_of(a: np.ndarray, b: np.ndarray, p0: np.ndarray, p1: np.ndarray, pp: np.ndarray) -> np.ndarray:
+    """The peer waited for longest within each [a, b), from the rank's peer waits [p0, p1) -> pp
+    (sorted, one stream's kernels: disjoint); -1 where none."""
+    out = np.full(len(a), -1, dtype=np.int64)
+    for i in range(len(a)):
+        lo_i, hi_i = np.searchsorted(p1, a[i], side="right"), np.searchsorted(p0, b[i], side="left")
+        if hi_i > lo_i:
+            ov = np.minimum(p1[lo_i:hi_i], b[i]) - np.maximum(p0[lo_i:hi_i], a[i])
+            out[i] = int(pp[lo_i + int(np.argmax(ov))])
+    return out
+
+
 def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0,
          peers: Peers | None = None) -> tuple[pd.DataFrame, dict]:
     """Findings (one row per idle piece of at least `min_lost_us`) and totals per rank and cause.
@@ -183,16 +195,6 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0,
         Fp = _coverage(*peer_iv)
         order = np.argsort(p0)
         p0, p1, pp = p0[order], p1[order], pp[order]
-
-        def peer_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            """The peer waited for longest within each [a, b)."""
-            out = np.full(len(a), -1, dtype=np.int64)
-            for i in range(len(a)):
-                lo_i, hi_i = np.searchsorted(p1, a[i], side="right"), np.searchsorted(p0, b[i], side="left")
-                if hi_i > lo_i:
-                    ov = np.minimum(p1[lo_i:hi_i], b[i]) - np.maximum(p0[lo_i:hi_i], a[i])
-                    out[i] = int(pp[lo_i + int(np.argmax(ov))])
-            return out
 
         def add(kind: str, lost: np.ndarray, start: np.ndarray, near: pd.DataFrame, next_name, call, peer) -> None:
             sel = np.flatnonzero(lost >= max(min_lost_us, 1e-9))
@@ -224,7 +226,7 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0,
             tot[WAITING_ON_PEER] += float(p[0])
             tot[WAITING_ON_COMM] += float(c[0] - p[0])
             tot["unexplained"] += (b - a) - float(c[0])
-            add(WAITING_ON_PEER, p, A, near, [""], [""], peer_of(A, B))
+            add(WAITING_ON_PEER, p, A, near, [""], [""], _peer_of(A, B, p0, p1, pp))
             add(WAITING_ON_COMM, c - p, A, near, [""], [""], [-1])
         if comp.empty:
             continue
@@ -293,7 +295,7 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0,
         on_peer_sel = np.flatnonzero(on_peer >= max(min_lost_us, 1e-9))
         peer = none.copy()
         if len(on_peer_sel):
-            peer[on_peer_sel] = peer_of(g0[on_peer_sel], g1[on_peer_sel])
+            peer[on_peer_sel] = _peer_of(g0[on_peer_sel], g1[on_peer_sel], p0, p1, pp)
         add(WAITING_ON_PEER, on_peer, g0, nxt, names, call, peer)
         add(WAITING_ON_COMM, waiting + rest_comm - peer_rest, g0, nxt, names, call, none)
         add(CPU_BLOCKED_LAUNCH, blocked, ready, nxt, names, call, none)

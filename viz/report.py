@@ -18,6 +18,7 @@ from replay.analyze import Analysis
 from replay.compare import compare, load_stage_rules
 from tracegen.base.errors import UserError
 
+from .heatmap import heatmaps
 from .timeline import timeline_figure
 
 BREAKDOWN = ("compute", "hidden comm", "exposed comm", "idle")
@@ -152,6 +153,9 @@ def build(analyses: list[tuple[str, Analysis]], show_cpu: bool = False, align_la
         label, a = analyses[0]
         fig, _ = timeline_figure(a.events, label, show_cpu, findings=a.findings, flows=a.trace.flows)
         parts.append(fig)
+        hm = heatmaps(a)
+        if hm is not None:
+            parts.append(hm)
         lb = layer_breakdown(analyses, [0])
         if lb is not None:
             parts.append(lb)

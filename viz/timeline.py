@@ -27,6 +27,8 @@ from replay.intervals import union
 MB_COLORS = {0: "#F2B134", 1: "#8DC63F", 2: "#4FA3D1", 3: "#C266A7"}
 CLASS_COLORS = {"compute": "#4C78A8", "comm": "#E45756", "memory": "#B279A2", "other": "#9D9D9D",
                 "cpu": "#BDBDBD", "launch": "#C7C7C7", "wait": "#D62728"}
+FINDING_COLORS = {"cpu_blocked_launch": "#D62728", "launch_bound": "#FF9896", "waiting_on_peer": "#9467BD",
+                  "waiting_on_comm": "#AEC7E8"}
 MAX_DETAIL = 200_000        # bars embedded at full detail in a static report
 LEVELS = (1000, 20000)      # coarse and medium: merge gaps shorter than span / level
 
@@ -151,11 +153,18 @@ def _mark_findings(p, findings: list[dict], events: pd.DataFrame, t0: float) -> 
         "row": [row_of[x["rank"]] for x in f], "start": [(x["start_us"] - t0) / 1e3 for x in f],
         "end": [(x["start_us"] + x["lost_us"] - t0) / 1e3 for x in f], "kind": [x["kind"] for x in f],
         "lost": [x["lost_us"] for x in f], "message": [x["message"] for x in f],
-        "color": ["#D62728" if x["kind"] == "cpu_blocked_launch" else "#FF9896" if x["kind"] == "launch_bound"
-                  else "#AEC7E8" for x in f]})
+        "color": [FINDING_COLORS.get(x["kind"], "#AEC7E8") for x in f]})
     r = p.hbar(y="row", left="start", right="end", height=0.95, fill_color="color", fill_alpha=0.35,
                line_color="color", line_dash="dashed", source=src)
     p.add_tools(HoverTool(renderers=[r], tooltips=[("idle", "@kind"), ("lost", "@lost{0.0} us"), ("", "@message")]))
+    # a wait for a late peer points at the peer's compute row
+    w = [x for x in f if x.get("peer") is not None and x["peer"] in row_of]
+    if w:
+        mid = [(x["start_us"] + x["lost_us"] / 2 - t0) / 1e3 for x in w]
+        seg = ColumnDataSource({"x0": mid, "y0": [row_of[x["rank"]] for x in w], "x1": mid,
+                                "y1": [row_of[x["peer"]] for x in w]})
+        p.add_glyph(seg, Segment(x0="x0", y0="y0", x1="x1", y1="y1", line_color="#9467BD", line_width=2,
+                                 line_alpha=0.7, line_dash="dotted"))
 
 
 def _arrows(p, flows: pd.DataFrame, events: pd.DataFrame, t0: float, rows: list[str], limit: int = 4000) -> None:
