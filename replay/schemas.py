@@ -18,27 +18,24 @@ class Idle(_S):
     unexplained: float
 
 
-class Layer(_S):
-    step: int                       # profiler step (-1: the trace has none); a layer never straddles steps
-    layer: int
+class _Window(_S):
+    """A stretch of one rank's timeline: its overlap figures."""
+    step: int                       # profiler step (-1: the trace has none)
     start_us: float                 # from t0_us
     span_us: float
     compute_us: float
     comm_us: float
     overlap_us: float
     exposed_comm_us: float
+
+
+class Layer(_Window):
+    layer: int                      # a layer never straddles steps
     hidden_comm_pct: float
     stages: list[str]
 
 
-class Step(_S):
-    step: int
-    start_us: float                 # from t0_us
-    span_us: float
-    compute_us: float
-    comm_us: float
-    overlap_us: float
-    exposed_comm_us: float
+class Step(_Window):
     peer_wait_us: float
 
 

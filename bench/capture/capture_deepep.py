@@ -263,17 +263,18 @@ def graph_run(d: Path) -> dict:
     try:
         lins = [Fp8Linear(7168, 1536), Fp8Linear(1536, 24576), Fp8Linear(16384, 7168), Fp8Linear(7168, 4096)]
         xs = [fp8_rows(128, 7168), fp8_rows(128, 1536), fp8_rows(128, 16384), fp8_rows(128, 7168)]
-        s = torch.cuda.Stream()
-        with torch.cuda.stream(s):
-            for _ in range(3):
+        def work(times: int) -> None:
+            for _ in range(times):
                 for lin, x in zip(lins, xs):
                     lin(x)
+
+        s = torch.cuda.Stream()
+        with torch.cuda.stream(s):
+            work(3)                              # warm up off the default stream, as graph capture wants
         torch.cuda.synchronize()
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            for _ in range(4):
-                for lin, x in zip(lins, xs):
-                    lin(x)
+            work(4)
         torch.cuda.synchronize()
         d.mkdir(parents=True, exist_ok=True)
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
