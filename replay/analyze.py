@@ -40,17 +40,18 @@ class Analysis:
     suspicious: list[dict[str, Any]] = field(default_factory=list)   # oddities of the input (suspicious.py)
     peers: Peers = field(default_factory=peer_analysis.empty)          # who waited for whom (peers.py)
     steps: pd.DataFrame = field(default_factory=pd.DataFrame)          # per rank and profiler step
+    step_regex: str = step_analysis.DEFAULT_STEP
 
     @property
     def findings(self) -> list[dict[str, Any]]:
         if not hasattr(self, "_findings"):
-            self._findings = as_dicts(self.finding_table)
+            self._findings = as_dicts(self.finding_table, self.step_regex)
         return self._findings
 
     def top_findings(self, n: int | None) -> list[dict[str, Any]]:
         """The findings with the most time lost first (all of them when n is None)."""
         t = self.finding_table.sort_values("lost_us", ascending=False, kind="stable")
-        return as_dicts(t if n is None else t.head(n))
+        return as_dicts(t if n is None else t.head(n), self.step_regex)
 
     def to_dict(self, max_findings: int | None = None) -> dict[str, Any]:
         layers = self.layers
@@ -143,16 +144,16 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
     if trace.generated:      # tracegen's idle causes are its own (no peer cause): the round trip stays exact
         peers = peer_analysis.empty("tracegen's clock")
     else:
-        peers, events = peer_analysis.analyze(events)      # all ranks, before --rank narrows: one clock
+        peers, events = peer_analysis.analyze(events, trace.meta)   # all ranks, before --rank narrows: one clock
     warnings = [("ranks_disagree", w) for w in step_analysis.disagreements(spans, all_ranks) + peers.warnings]
     t0 = float(events["start_us"].min())
     events = narrow(events, rank, window, t0)
     ranks = rank_metrics(events)
     layers = layer_metrics(events)
-    findings, totals = find(events, trace.flows, min_lost_us, peers)
+    findings, totals = find(events, trace.flows, min_lost_us, peers, step_regex)
     steps = step_metrics(events)
     if not steps.empty:
         pw = peers.table.groupby(["rank", "step"])["wait_us"].sum() if len(peers.table) else pd.Series(dtype=float)
         steps["peer_wait_us"] = [float(pw.get((r, s), 0.0)) for r, s in zip(steps["rank"], steps["step"])]
     return Analysis(trace, events, how, ranks, layers, stream_layout(events), findings, totals, window, cached,
-                    t0, suspicious.check(events, trace.meta, warnings), peers, steps)
+                    t0, suspicious.check(events, trace.meta, warnings), peers, steps, step_regex)

@@ -23,23 +23,12 @@ from tracegen.base.contract import (
 )
 
 from .events import text
-from .intervals import gaps, intersection, union
+from .intervals import coverage, gaps, intersection, union
 from .overlap import gpu_work
 from .peers import Peers
+from .steps import DEFAULT_STEP
 
 DEP_LATENCY_US = 20.0     # a dependent kernel starts within this of its input's end (event wait + launch)
-
-
-def _coverage(starts: np.ndarray, ends: np.ndarray):
-    """F(t) = covered length of the disjoint intervals before t (vectorised, piecewise linear)."""
-    cum = np.concatenate([[0.0], np.cumsum(ends - starts)])
-
-    def F(t: np.ndarray) -> np.ndarray:
-        j = np.searchsorted(starts, t, side="right") - 1
-        inside = np.clip(t - starts[np.clip(j, 0, None)], 0, None) if len(starts) else np.zeros_like(t)
-        inside = np.minimum(inside, (ends - starts)[np.clip(j, 0, None)]) if len(starts) else inside
-        return np.where(j >= 0, cum[np.clip(j, 0, None)] + inside, 0.0)
-    return F
 
 
 def _ready_from_flows(gpu: pd.DataFrame, dep: pd.DataFrame, nxt: pd.DataFrame) -> np.ndarray:
@@ -68,10 +57,10 @@ def _ready_from_flows(gpu: pd.DataFrame, dep: pd.DataFrame, nxt: pd.DataFrame) -
 FINDING_COLUMNS = ("kind", "rank", "step", "layer", "microbatch", "stage", "start_us", "lost_us", "next", "call",
                    "peer")
 QUIET_US = 100.0     # the launching thread making no runtime call for this long is not launching
-STEP_SPAN = r"^ProfilerStep#\d+$"     # a whole step: never "the span the CPU sat in"
+NO_SPAN = "a CPU stretch with no runtime call and no host span"
 
 
-def message(kind: str, lost: float, next_name: str, call: str, peer: int = -1) -> str:
+def message(kind: str, lost: float, next_name: str, call: str, peer: int = -1, step_regex: str = DEFAULT_STEP) -> str:
     nm = _short(next_name)
     if kind == WAITING_ON_PEER:
         return (f"compute idle {lost:.1f} us: communication waited for rank {peer}, which arrived late "
@@ -81,7 +70,7 @@ def message(kind: str, lost: float, next_name: str, call: str, peer: int = -1) -
             return f"compute idle {lost:.1f} us: no compute left or yet to run while communication ran"
         return f"compute idle {lost:.1f} us: {nm} waited for communication to deliver its inputs"
     if kind == CPU_BLOCKED_LAUNCH:
-        if re.match(STEP_SPAN, call) or not call or call.startswith("a CPU stretch"):
+        if not call or call == NO_SPAN or re.match(step_regex, call):
             return (f"compute idle {lost:.1f} us: the CPU made no runtime call in {_short(call) or 'its step'} "
                     f"before launching {nm} (host-side work, a lock, a sleep, a late start); profile the CPU side")
         return (f"compute idle {lost:.1f} us: the CPU sat in {_short(call)} without launching before {nm}; "
@@ -90,7 +79,7 @@ def message(kind: str, lost: float, next_name: str, call: str, peer: int = -1) -
             f"(launch-bound; CUDA graphs help)")
 
 
-def as_dicts(table: pd.DataFrame) -> list[dict[str, Any]]:
+def as_dicts(table: pd.DataFrame, step_regex: str = DEFAULT_STEP) -> list[dict[str, Any]]:
     """Findings as the JSON report lists them: rank, step, layer, micro-batch, stage, start, time lost,
     the blocking call or the peer waited for, message."""
     out = []
@@ -101,11 +90,13 @@ def as_dicts(table: pd.DataFrame) -> list[dict[str, Any]]:
                     "microbatch": int(r.microbatch) if r.microbatch >= 0 else None, "stage": r.stage or None,
                     "start_us": float(r.start_us), "lost_us": float(r.lost_us),
                     "blocking_call": (r.call or None) if r.kind == CPU_BLOCKED_LAUNCH else None, "peer": peer,
-                    "message": message(r.kind, float(r.lost_us), r.next, r.call, peer if peer is not None else -1)})
+                    "message": message(r.kind, float(r.lost_us), r.next, r.call, peer if peer is not None else -1,
+                                       step_regex)})
     return out
 
 
-def _cpu_stalls(cpu: pd.DataFrame, lo: float, hi: float) -> tuple[tuple[np.ndarray, np.ndarray], pd.DataFrame]:
+def _cpu_stalls(cpu: pd.DataFrame, lo: float, hi: float, step_regex: str
+                ) -> tuple[tuple[np.ndarray, np.ndarray], pd.DataFrame]:
     """Where the CPU was not launching compute: inside a synchronising call, or on the launching
     thread inside the host span (innermost, not a whole step) that holds a stretch of at least
     QUIET_US without any runtime call - a spin on host-mapped memory such as DeepEP's wait for the
@@ -129,7 +120,7 @@ def _cpu_stalls(cpu: pd.DataFrame, lo: float, hi: float) -> tuple[tuple[np.ndarr
         if ok.any():         # the CPU sat in that span: its time there is the stall's
             st = spans["start_us"].to_numpy()[holder[ok]]
             en = st + spans["dur_us"].to_numpy()[holder[ok]]
-            whole_step = pd.Series(text(spans["name"])[holder[ok]]).str.match(STEP_SPAN).to_numpy()
+            whole_step = pd.Series(text(spans["name"])[holder[ok]]).str.match(step_regex).to_numpy()
             s.append(np.where(whole_step, q0[ok], np.minimum(st, q0[ok])))
             e.append(np.where(whole_step, q1[ok], np.maximum(en, q1[ok])))
         s.append(q0[~ok])
@@ -156,7 +147,7 @@ def _holder(spans: pd.DataFrame, t: np.ndarray) -> np.ndarray:
 def _innermost(spans: pd.DataFrame, t: np.ndarray) -> np.ndarray:
     """The name of the innermost host span holding each time, or a description."""
     h = _holder(spans, t)
-    out = np.full(len(t), "a CPU stretch with no runtime call and no host span", dtype=object)
+    out = np.full(len(t), NO_SPAN, dtype=object)
     if (h >= 0).any():
         out[h >= 0] = text(spans["name"])[h[h >= 0]]
     return out
@@ -175,9 +166,10 @@ def _peer_of(a: np.ndarray, b: np.ndarray, p0: np.ndarray, p1: np.ndarray, pp: n
 
 
 def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0,
-         peers: Peers | None = None) -> tuple[pd.DataFrame, dict]:
+         peers: Peers | None = None, step_regex: str = DEFAULT_STEP) -> tuple[pd.DataFrame, dict]:
     """Findings (one row per idle piece of at least `min_lost_us`) and totals per rank and cause.
-    With `peers`, idle while this rank's communication waited for a late peer is waiting_on_peer."""
+    With `peers`, idle while this rank's communication waited for a late peer is waiting_on_peer;
+    `step_regex` names the step ranges, which are never "the span the CPU sat in"."""
     pieces: list[pd.DataFrame] = []
     totals: dict[int, dict[str, float]] = {}
     g = gpu_work(events)
@@ -189,10 +181,10 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0,
         tot["unexplained"] = 0.0
         totals[int(rank)] = tot
         comm_iv = union(comm["start_us"].to_numpy(), (comm["start_us"] + comm["dur_us"]).to_numpy())
-        Fc = _coverage(*comm_iv)
+        Fc = coverage(*comm_iv)
         p0, p1, pp = peers.intervals(int(rank)) if peers is not None else (np.zeros(0), np.zeros(0), np.zeros(0))
         peer_iv = union(p0, p1)
-        Fp = _coverage(*peer_iv)
+        Fp = coverage(*peer_iv)
         order = np.argsort(p0)
         p0, p1, pp = p0[order], p1[order], pp[order]
 
@@ -261,10 +253,10 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0,
             ready = g0.copy()
         ready = np.clip(np.nan_to_num(ready, nan=-np.inf), g0, g1)
         launched = np.clip(launched, ready, g1)
-        stalls, spans = _cpu_stalls(cpu, lo, hi)
+        stalls, spans = _cpu_stalls(cpu, lo, hi, step_regex)
         # the CPU's stalls while a peer was waited for count as the peer's: the stall ends when it arrives
         b0, b1 = intersection(stalls, gaps(*peer_iv, lo, hi)) if len(peer_iv[0]) else stalls
-        F = _coverage(b0, b1)
+        F = coverage(b0, b1)
         peer_wait = Fp(ready) - Fp(g0)
         waiting = (ready - g0) - peer_wait
         peer_launch = Fp(launched) - Fp(ready)

@@ -1,5 +1,5 @@
-"""Interval algebra on numpy arrays: union, total length, intersection, gaps. Every busy time,
-overlap and idle stretch `replay` reports comes from these four functions."""
+"""Interval algebra on numpy arrays: union, total length, intersection, gaps, and the covered
+length before a time. Every busy time, overlap and idle stretch `replay` reports comes from these."""
 from __future__ import annotations
 
 import numpy as np
@@ -60,3 +60,15 @@ def clip(starts: np.ndarray, ends: np.ndarray, lo: float, hi: float) -> tuple[np
     s, e = np.maximum(starts, lo), np.minimum(ends, hi)
     keep = e > s
     return s[keep], e[keep]
+
+
+def coverage(starts: np.ndarray, ends: np.ndarray):
+    """F(t) = covered length of the disjoint intervals before t (vectorised, piecewise linear)."""
+    cum = np.concatenate([[0.0], np.cumsum(ends - starts)])
+
+    def F(t: np.ndarray) -> np.ndarray:
+        j = np.searchsorted(starts, t, side="right") - 1
+        inside = np.clip(t - starts[np.clip(j, 0, None)], 0, None) if len(starts) else np.zeros_like(t)
+        inside = np.minimum(inside, (ends - starts)[np.clip(j, 0, None)]) if len(starts) else inside
+        return np.where(j >= 0, cum[np.clip(j, 0, None)] + inside, 0.0)
+    return F

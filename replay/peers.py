@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .events import text
-from .intervals import union
+from .intervals import coverage, union
 from .overlap import gpu_work
 
 SHARED_CLOCK_US = 1000.0   # matched collective ends this close (median per rank) -> one clock
@@ -25,6 +25,11 @@ STEP_LATE_SHARE = 0.5      # a rank whose step began this share of its lateness 
 STEP_LATE = "started its step late"
 CPU_LATE = "its CPU launched the collective late"
 MORE_COMPUTE = "longer compute before the collective (more tokens: load imbalance)"
+UNSEEN = "arrived late (no longer compute, launch or step start seen on its timeline)"
+# not collectives of every rank: point-to-point kernels (a pipeline's send/recv pair two ranks, not
+# all), and copies (classed as communication by a taxonomy rule, but no peer waits on them)
+POINT_TO_POINT = ("nccl_sendrecv",)
+KERNEL_CATS = ("kernel",)
 
 
 @dataclass
@@ -48,11 +53,28 @@ def empty(clock: str = "one rank") -> Peers:
                                        "last_rank", "wait_us"]), {}, [], clock)
 
 
-def match(events: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Communication kernels numbered per (rank, step, name); groups whose count differs between
-    ranks are left out with a warning (never matched silently)."""
+def _subgroups(meta: dict[str, Any] | None) -> bool:
+    """Whether the trace's process groups include one smaller than the world (TP / DP groups)."""
+    info = (meta or {}).get("distributedInfo") or {}
+    world = info.get("world_size")
+    sizes = [g.get("pg_size") for g in info.get("pg_config") or [] if isinstance(g, dict)]
+    return isinstance(world, int) and any(isinstance(n, int) and n < world for n in sizes)
+
+
+def match(events: pd.DataFrame, meta: dict[str, Any] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Collective kernels numbered per (rank, step, name); groups whose count differs between
+    ranks are left out with a warning (never matched silently). Where the trace has process groups
+    smaller than the world, NCCL kernels are left out too: the trace does not say which group each
+    ran in, and matching them across all ranks would charge waits between groups that never met."""
     g = gpu_work(events)
-    c = g[g["klass"] == "comm"]
+    c = g[(g["klass"] == "comm") & g["cat"].isin(KERNEL_CATS) & ~g["subclass"].isin(POINT_TO_POINT)]
+    warnings = []
+    if _subgroups(meta):
+        nccl = c["subclass"].astype(str).str.startswith("nccl")
+        if nccl.any():
+            warnings.append(f"the trace has process groups smaller than the world and does not say which one "
+                            f"each NCCL kernel ran in: {int(nccl.sum())} NCCL kernels left out of the peer analysis")
+            c = c[~nccl]
     step = c["step"].to_numpy() if "step" in c else np.full(len(c), -1)
     k = pd.DataFrame({"rank": c["rank"].to_numpy(), "step": step, "name": text(c["name"]),
                       "start_us": c["start_us"].to_numpy(), "end_us": (c["start_us"] + c["dur_us"]).to_numpy(),
@@ -62,7 +84,6 @@ def match(events: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     ranks = sorted(k["rank"].unique())
     counts = k.groupby(["step", "name", "rank"]).size().unstack("rank")
     bad = counts[counts.isna().any(axis=1) | (counts.nunique(axis=1) > 1)] if len(counts) else counts
-    warnings = []
     if len(bad):
         ex = bad.index[0]
         per = ", ".join(f"rank {r}: {int(v) if v == v else 0}" for r, v in bad.iloc[0].items())
@@ -89,12 +110,12 @@ def _clock(k: pd.DataFrame) -> tuple[dict[int, float], str]:
                      f"collectives (offsets up to {spread / 1e3:.1f} ms)")
 
 
-def analyze(events: pd.DataFrame) -> tuple[Peers, pd.DataFrame]:
+def analyze(events: pd.DataFrame, meta: dict[str, Any] | None = None) -> tuple[Peers, pd.DataFrame]:
     """Peer waits and stragglers; returns them and the events on one clock."""
     ranks = sorted(events["rank"].unique())
     if len(ranks) < 2:
         return empty(), events
-    k, warnings = match(events)
+    k, warnings = match(events, meta)
     offsets, clock = _clock(k)
     if offsets:
         shift = events["rank"].map(offsets).fillna(0.0).to_numpy()
@@ -132,18 +153,14 @@ def _stragglers(events: pd.DataFrame, k: pd.DataFrame) -> list[dict[str, Any]]:
                            index=pd.MultiIndex.from_arrays([launches["rank"].to_numpy(),
                                                             launches["correlation"].to_numpy()]))
     launch_end = launch_end[~launch_end.index.duplicated()]
-    cov = {}
-    for r, df in comp.groupby("rank"):
-        u0, u1 = union(df["start_us"].to_numpy(), (df["start_us"] + df["dur_us"]).to_numpy())
-        cov[int(r)] = (u0, u1, np.concatenate([[0.0], np.cumsum(u1 - u0)]))
+    cov = {int(r): coverage(*union(df["start_us"].to_numpy(), (df["start_us"] + df["dur_us"]).to_numpy()))
+           for r, df in comp.groupby("rank")}
 
     def busy(r: int, a: float, b: float) -> float:
-        u0, u1, cum = cov.get(r, (np.zeros(0), np.zeros(0), np.zeros(1)))
-
-        def F(t: float) -> float:
-            j = int(np.searchsorted(u0, t, side="right")) - 1
-            return 0.0 if j < 0 else float(cum[j] + min(t - u0[j], u1[j] - u0[j]))
-        return max(F(b) - F(a), 0.0)
+        """Compute time of rank r within [a, b)."""
+        if r not in cov:
+            return 0.0
+        return max(float(cov[r](np.array([b]))[0] - cov[r](np.array([a]))[0]), 0.0)
 
     # each rank's previous collective end before a given collective: the compute window
     k = k.sort_values(["rank", "start_us"])
@@ -163,7 +180,8 @@ def _stragglers(events: pd.DataFrame, k: pd.DataFrame) -> list[dict[str, Any]]:
         fk = first_kernel
         if bool(me["first_in_step"]) and row.step >= 0 and (row.step, L) in fk.index:
             mine = float(fk.loc[(row.step, L)])
-            theirs = float(np.median([fk.loc[(row.step, r)] for r in others.index if (row.step, r) in fk.index] or [mine]))
+            theirs = float(np.median([fk.loc[(row.step, r)] for r in others.index if (row.step, r) in fk.index]
+                                     or [mine]))
             if mine - theirs >= STEP_LATE_SHARE * late:
                 reason = STEP_LATE
         if reason == MORE_COMPUTE:
@@ -174,7 +192,7 @@ def _stragglers(events: pd.DataFrame, k: pd.DataFrame) -> list[dict[str, Any]]:
             mine = busy(L, me["prev_end"] if me["prev_end"] == me["prev_end"] else -np.inf, row.start)
             theirs = [busy(int(r), o["prev_end"], o["start_us"]) for r, o in others.iterrows() if o["prev_end"] == o["prev_end"]]
             if theirs and mine <= float(np.median(theirs)):
-                reason = "arrived late (no longer compute, launch or step start seen on its timeline)"
+                reason = UNSEEN
         d = per_rank.setdefault(L, {})
         d[reason] = d.get(reason, 0.0) + float(row.caused)
         count[L] = count.get(L, 0) + 1
