@@ -44,7 +44,12 @@ def step_spans(events: pd.DataFrame, regex: str = DEFAULT_STEP) -> pd.DataFrame:
     unnumbered = out["step"] < 0
     if unnumbered.any():                 # a step annotation without a number: count them per rank
         out.loc[unnumbered, "step"] = out[unnumbered].groupby("rank").cumcount()
-    return out.drop_duplicates(["rank", "step"])
+    dup = out[out.duplicated(["rank", "step"], keep=False)]
+    if len(dup):
+        r, n = int(dup["rank"].iloc[0]), int(dup["step"].iloc[0])
+        raise UserError(f"step ranges: rank {r} has {int(((dup['rank'] == r) & (dup['step'] == n)).sum())} ranges "
+                        f"numbered {n} by {regex!r}; a step regex must match one range per step (see --step-regex)")
+    return out
 
 
 def assign(events: pd.DataFrame, regex: str = DEFAULT_STEP) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -232,3 +232,10 @@ def test_nccl_kernels_of_unknown_subgroups_are_not_matched():
     assert len(k) and k["name"].str.contains("nccl", case=False).all() and not warn
     k, warn = match(a.events, split)
     assert k.empty and any("NCCL kernels left out" in w for w in warn)
+
+
+def test_a_step_regex_that_matches_a_step_twice_is_refused(capsys):
+    from replay.cli import main
+    rc = main(["analyze", str(CAP / "prefill-late"), "--step-regex", r"L(\d+):ATTN\(0\)"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "one range per step" in err[0]
