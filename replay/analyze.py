@@ -91,6 +91,20 @@ class Analysis:
 _T = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:e[-+]?\d+)?)\s*(us|ms|s)?\s*$", re.I)
 
 
+def analyze_one_step(path: str | Path, step: int | None = None, **kw: Any) -> tuple[Analysis, str | None]:
+    """An analysis of one profiler step: `step`, or the last one when the trace has several (stage
+    times summed over steps would be several steps' worth); returns it and a note saying which."""
+    a = analyze(path, step=step, **kw)
+    if step is not None:
+        return a, f"step {step}"
+    have = sorted(int(x) for x in a.events.loc[a.events["step"] >= 0, "step"].unique()) if "step" in a.events else []
+    if len(have) <= 1:
+        return a, None
+    kw.pop("use_cache", None)
+    return (analyze(path, step=have[-1], trace=a.trace, **kw),
+            f"step {have[-1]} of steps {', '.join(map(str, have))} (--step picks another)")
+
+
 def parse_window(text: str) -> tuple[float, float]:
     """'START:END' in microseconds from the trace's first event (us, ms or s may follow each number)."""
     parts = text.split(":")
@@ -130,7 +144,7 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
             window: tuple[float, float] | None = None, use_cache: bool = True,
             annotation_regex: str = DEFAULT_ANNOTATION, microbatches: int | None = None,
             min_lost_us: float = 1.0, progress: bool | None = None, trace: Trace | None = None,
-            step_regex: str = step_analysis.DEFAULT_STEP) -> Analysis:
+            step_regex: str = step_analysis.DEFAULT_STEP, step: int | None = None) -> Analysis:
     cached = False
     if trace is None:
         trace, cached = load_cached(path, use_cache=use_cache, progress=progress)
@@ -141,6 +155,12 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
                         "ProfilerActivity.CUDA?")
     events, spans = step_analysis.assign(events, step_regex)
     all_ranks = sorted(int(r) for r in events["rank"].unique())
+    if step is not None:
+        have = sorted(int(x) for x in spans["step"].unique())
+        if step not in have:
+            raise UserError(f"--step {step}: " + (f"the trace has steps {', '.join(map(str, have))}" if have
+                                                  else "the trace has no profiler steps"))
+        events = events[events["step"] == step]
     if trace.generated:      # tracegen's idle causes are its own (no peer cause): the round trip stays exact
         peers = peer_analysis.empty("tracegen's clock")
     else:

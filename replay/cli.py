@@ -60,6 +60,8 @@ flops=.. bytes=.. dtype=<fp8|bf16>" (bench/capture/capture_h100.py writes them).
 is tracegen/fit.py; its prediction for each op is tracegen's cost.op_time."""
 
 
+STEP_HELP = "one profiler step of the observed trace (default: the last, when it has several)"
+
 from .steps import DEFAULT_STEP  # noqa: E402  (a constant for --help; steps.py imports no heavy module)
 
 
@@ -68,7 +70,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .report import render, write_layers
     window = parse_window(args.window) if args.window else None
     a = analyze(args.trace, taxonomy=args.taxonomy, rank=args.rank, window=window, use_cache=not args.no_cache,
-                microbatches=args.microbatches, min_lost_us=args.min_lost_us, step_regex=args.step_regex)
+                microbatches=args.microbatches, min_lost_us=args.min_lost_us, step_regex=args.step_regex,
+                step=args.step)
     if args.csv:
         write_layers(a, args.csv, "csv")
     if args.parquet:
@@ -83,7 +86,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from tracegen.base.fileio import atomic_write
 
-    from .analyze import analyze
+    from .analyze import analyze, analyze_one_step
     from .compare import compare, load_stage_rules, render, to_json
     rank_map = {}
     for item in (args.rank_map or "").split(","):
@@ -95,7 +98,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             rank_map[o] = p
     rules = load_stage_rules(args.stages)
     pred = analyze(args.predicted, taxonomy=args.taxonomy, use_cache=not args.no_cache)
-    obs = analyze(args.observed, taxonomy=args.taxonomy, use_cache=not args.no_cache)
+    obs, note = analyze_one_step(args.observed, args.step, taxonomy=args.taxonomy, use_cache=not args.no_cache)
+    if note:
+        print(f"observed: {note}", file=sys.stderr)
     result = compare(pred, obs, rules, rank_map, args.layer_offset, args.top)
     if args.csv:
         atomic_write(args.csv, result["stages"].to_csv(index=False))
@@ -107,7 +112,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_whatif(args: argparse.Namespace) -> int:
-    from .analyze import analyze
+    from .analyze import analyze_one_step
     from .compare import load_stage_rules
     from .whatif import Change, run
     for name in ("comm_scale", "compute_scale"):
@@ -115,7 +120,10 @@ def cmd_whatif(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     from tracegen.trace import output_format
     output_format(args.output)
-    a = analyze(args.observed, taxonomy=args.taxonomy, rank=args.rank, use_cache=not args.no_cache)
+    a, note = analyze_one_step(args.observed, args.step, taxonomy=args.taxonomy, rank=args.rank,
+                               use_cache=not args.no_cache)
+    if note:
+        print(f"observed: {note}", file=sys.stderr)
     change = Change(args.launch_order, args.comm_scale, args.compute_scale, args.comm)
     res = run(args.observed, args.output, a, load_stage_rules(args.stages), change, args.hardware)
     if args.json:
@@ -201,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--step-regex", metavar="REGEX", default=DEFAULT_STEP,
                    help="CPU ranges that mark one step (engine iteration); its first group is the step number "
                         f"(default {DEFAULT_STEP!r}: torch.profiler's steps)")
+    a.add_argument("--step", type=int, default=None, help="only this profiler step (default: all)")
     a.add_argument("--microbatches", type=int, default=None,
                    help="micro-batches per layer when structure must be guessed from the dispatch sequence")
     a.add_argument("--min-lost-us", type=finite, default=1.0,
@@ -221,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rank-map", metavar="OBS:PRED,...", help="pair observed ranks with predicted ones")
     c.add_argument("--layer-offset", type=int, default=0, help="add this to the observed trace's layer numbers")
     c.add_argument("--top", type=int, default=10, help="discrepancies listed")
+    c.add_argument("--step", type=int, default=None, help=STEP_HELP)
 
     w = add_command(sub, "whatif", cmd_whatif,
                     help="re-time an observed trace under a change and write the new trace",
@@ -238,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another all-to-all backend: its SM use, CPU blocking, latency and proxy cost")
     w.add_argument("--hardware", default=None, help="hardware of a profiler trace (default: from the trace)")
     w.add_argument("--rank", type=int, default=None, help="profiler traces: the rank to re-time")
+    w.add_argument("--step", type=int, default=None, help=STEP_HELP)
     add_reading_args(w, json_help="print the result as JSON", stages=True)
 
     c = add_command(sub, "calibrate", cmd_calibrate,

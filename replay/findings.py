@@ -95,12 +95,11 @@ def as_dicts(table: pd.DataFrame, step_regex: str = DEFAULT_STEP) -> list[dict[s
     return out
 
 
-def _cpu_stalls(cpu: pd.DataFrame, lo: float, hi: float, step_regex: str
-                ) -> tuple[tuple[np.ndarray, np.ndarray], pd.DataFrame]:
-    """Where the CPU was not launching compute: inside a synchronising call, or on the launching
-    thread inside the host span (innermost, not a whole step) that holds a stretch of at least
-    QUIET_US without any runtime call - a spin on host-mapped memory such as DeepEP's wait for the
-    received counts, Python work, a sleep. Also the thread's host spans, to name the one it sat in."""
+def cpu_stalls(cpu: pd.DataFrame, lo: float, hi: float) -> tuple[tuple[np.ndarray, np.ndarray], pd.DataFrame]:
+    """Where one rank's CPU was not launching: inside a synchronising call, or on the main launching
+    thread a stretch of at least QUIET_US without any runtime call (a spin on host-mapped memory
+    such as DeepEP's wait for the received counts, Python work, a sleep). Also that thread's host
+    spans (annotations, long framework ops, sync calls), sorted, to name the one it sat in."""
     blk = cpu[cpu["blocking"]]
     s = [blk["start_us"].to_numpy()]
     e = [(blk["start_us"] + blk["dur_us"]).to_numpy()]
@@ -113,19 +112,26 @@ def _cpu_stalls(cpu: pd.DataFrame, lo: float, hi: float, step_regex: str
         r0, r1 = union(rt["start_us"].to_numpy(), (rt["start_us"] + rt["dur_us"]).to_numpy())
         q0, q1 = gaps(r0, r1, lo, hi) if len(r0) else (np.array([lo]), np.array([hi]))
         keep = (q1 - q0) >= QUIET_US
-        q0, q1 = q0[keep], q1[keep]
+        s.append(q0[keep])
+        e.append(q1[keep])
         spans = th[~th["cat"].isin(RUNTIME_CATS) | th["blocking"]].sort_values("start_us")
-        holder = _holder(spans, (q0 + q1) / 2)
-        ok = holder >= 0
-        if ok.any():         # the CPU sat in that span: its time there is the stall's
-            st = spans["start_us"].to_numpy()[holder[ok]]
-            en = st + spans["dur_us"].to_numpy()[holder[ok]]
-            whole_step = pd.Series(text(spans["name"])[holder[ok]]).str.match(step_regex).to_numpy()
-            s.append(np.where(whole_step, q0[ok], np.minimum(st, q0[ok])))
-            e.append(np.where(whole_step, q1[ok], np.maximum(en, q1[ok])))
-        s.append(q0[~ok])
-        e.append(q1[~ok])
     return union(np.concatenate(s), np.concatenate(e)), spans
+
+
+def _sat_in(stalls: tuple[np.ndarray, np.ndarray], spans: pd.DataFrame, step_regex: str
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The stalls widened to the innermost host span holding each (not a whole step): the CPU sat
+    in that span, so its time there is the stall's."""
+    q0, q1 = stalls
+    holder = _holder(spans, (q0 + q1) / 2)
+    ok = holder >= 0
+    if not ok.any():
+        return stalls
+    st = spans["start_us"].to_numpy()[holder[ok]]
+    en = st + spans["dur_us"].to_numpy()[holder[ok]]
+    whole_step = pd.Series(text(spans["name"])[holder[ok]]).str.match(step_regex).to_numpy()
+    return union(np.concatenate([np.where(whole_step, q0[ok], np.minimum(st, q0[ok])), q0[~ok]]),
+                 np.concatenate([np.where(whole_step, q1[ok], np.maximum(en, q1[ok])), q1[~ok]]))
 
 
 def _holder(spans: pd.DataFrame, t: np.ndarray) -> np.ndarray:
@@ -253,7 +259,8 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0,
             ready = g0.copy()
         ready = np.clip(np.nan_to_num(ready, nan=-np.inf), g0, g1)
         launched = np.clip(launched, ready, g1)
-        stalls, spans = _cpu_stalls(cpu, lo, hi, step_regex)
+        raw, spans = cpu_stalls(cpu, lo, hi)
+        stalls = _sat_in(raw, spans, step_regex)
         # the CPU's stalls while a peer was waited for count as the peer's: the stall ends when it arrives
         b0, b1 = intersection(stalls, gaps(*peer_iv, lo, hi)) if len(peer_iv[0]) else stalls
         F = coverage(b0, b1)

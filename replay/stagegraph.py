@@ -27,6 +27,7 @@ from tracegen.plan import Plan
 
 from .analyze import Analysis
 from .compare import StageRules, label_stages, refuse_training
+from .findings import cpu_stalls
 from .generated import target
 
 Key = tuple[int, int, str]
@@ -114,7 +115,8 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
     launch_us = float(np.median(launch["dur_us"])) if len(launch) else 5.0
     assumptions.append(f"CPU launch cost {launch_us:.2f} us per kernel: the median launch call"
                        if len(launch) else "CPU launch cost 5 us per kernel: the trace has no launch calls")
-    b0 = ev.loc[ev["blocking"], "start_us"].to_numpy()
+    lo, hi = float(ev["start_us"].min()), float((ev["start_us"] + ev["dur_us"]).max())
+    (b0, b1), _ = cpu_stalls(ev[ev["device"] == "cpu"], lo, hi)
     stages, first_launch = {}, {}
     for (layer, mb, st), part in g.groupby(["layer", "microbatch", "cstage"], sort=True):
         part = part.sort_values("start_us")
@@ -125,9 +127,11 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
         stream = STAGE_STREAM[st]
         lat, blocked = 0.0, False
         if stream == COMM and st == "DISPATCH":
-            # a blocking call between this stage's launches and its first kernel's end: DeepEP-style
-            # dispatch (the CPU waits for the counts, i.e. the stage's first kernel)
-            blocked = bool(np.any((b0 >= t_launch - 1.0) & (b0 <= e0[0] + 1.0)))
+            # the CPU stalled (a synchronising call, or no runtime call for a while: DeepEP's spin on the
+            # received counts) between this stage's first and last launch: it waited for the counts,
+            # i.e. the stage's first kernel, before it could launch the rest
+            t_last = max(launched) if launched else t_launch
+            blocked = bool(np.any((b1 > t_launch) & (b0 < t_last)))
             if blocked and len(part) > 1:
                 lat = float(e0[0] - s0[0])
         key = (int(layer), int(mb), st)
@@ -140,7 +144,7 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
     assumptions += [
         f"phase {phase} ({'ATTN-0/ATTN-1' if phase == 'decode' else 'no ATTN-0/ATTN-1'} stages seen), "
         f"{n_mb} micro-batch{'es' if n_mb > 1 else ''} (from the stage labels)",
-        f"backend {comm}: {'a blocking call inside a dispatch' if blocking else 'no dispatch blocked the CPU'}",
+        f"backend {comm}: {'the CPU stalled inside a dispatch' if blocking else 'no dispatch stalled the CPU'}",
         "stage durations as observed (busy time of their kernels); the model and batch are not used "
         "(the new trace's otherData names DeepSeek-V3, batch 1 as placeholders)",
     ]
