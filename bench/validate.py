@@ -42,6 +42,10 @@ def main() -> int:
               f"{traced:>10,.0f}{100 * (traced / published - 1):>7.0f}%")
     print("\ntokens/s per GPU (SGLang's per-node figures / 8). The trace column is one forward step's "
           "GPU timeline: no sampling, scheduling or CPU overhead between steps.")
+    from .deepep import CAP, table
+    if CAP.exists():
+        print()
+        print(table())
     return 0
 
 

@@ -48,6 +48,14 @@ class Peers:
                 t["last_rank"].to_numpy())
 
 
+    def unwaited(self) -> pd.DataFrame:
+        """Each matched collective's kernel on the rank that arrived last: the time it took free of
+        waiting for peers (name, step, rank, dur_us)."""
+        t = self.table[self.table["rank"] == self.table["last_rank"]]
+        return pd.DataFrame({"name": t["name"].to_numpy(), "step": t["step"].to_numpy(),
+                             "rank": t["rank"].to_numpy(), "dur_us": (t["end_us"] - t["start_us"]).to_numpy()})
+
+
 def empty(clock: str = "one rank") -> Peers:
     return Peers(pd.DataFrame(columns=["rank", "step", "name", "n", "start_us", "end_us", "last_start_us",
                                        "last_rank", "wait_us"]), {}, [], clock)

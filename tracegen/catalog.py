@@ -58,6 +58,7 @@ class CommBackend:
     fused: bool             # gating+quantisation fused into dispatch (Ascend)
     source: str
     node_dedup: bool = False    # one copy per destination node, forwarded inside it (normal kernels)
+    rank_dedup: bool = False    # one copy per destination rank, all inside one scale-up domain (intranode)
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ _COMM_FIELDS: dict[str, tuple[str, bool]] = {
     "link": ("str", True), "sms": ("int", True), "bw_eff": ("fraction", True),
     "latency_us": ("time", True), "cpu_block_us": ("time", True), "per_message_us": ("time", True),
     "fused": ("bool", True), "source": ("str", True), "node_dedup": ("bool", False),
+    "rank_dedup": ("bool", False),
 }
 _MODEL_FIELDS: dict[str, tuple[str, bool]] = {
     "display": ("str", True), "attention": ("str", True), "vocab_size": ("int", True),

@@ -278,3 +278,18 @@ def calibrated(hw: Hardware, sources: list[str]) -> Hardware:
 
 __all__ = ["Obs", "FITTED", "fit", "predict_us", "compute_us", "errors", "summarise", "mark_held_out", "calibrated",
            "as_work"]
+
+
+def fit_comm(size_bytes: np.ndarray, observed_us: np.ndarray, peak_gbps: float) -> tuple[float, float]:
+    """An all-to-all backend's fixed latency (us) and bandwidth efficiency from kernel times of
+    known payloads: time = latency + bytes / (peak x eff), as cost.op_time charges a dispatch or
+    combine under the default preset; least squares in relative error, so small and large payloads
+    weigh alike."""
+    x = np.asarray(size_bytes, dtype=float) / 1e3 / peak_gbps        # us at the full link rate
+    y = np.asarray(observed_us, dtype=float)
+    if len(x) < 2 or np.ptp(x) <= 0 or np.any(y <= 0):
+        raise ValueError("fit_comm needs two or more payload sizes with positive times")
+    (lat, inv_eff), *_ = np.linalg.lstsq(np.stack([1 / y, x / y], axis=1), np.ones(len(y)), rcond=None)
+    if inv_eff <= 1.0:
+        raise ValueError(f"fit_comm: the times imply more than the link's peak ({1 / inv_eff:.2f} of it)")
+    return max(float(lat), 0.0), float(1 / inv_eff)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .base.errors import UserError
 from .catalog import Hardware, Model
 from .plan import Plan
 from .preset import Preset
@@ -247,6 +248,15 @@ def a2a_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, t: Tokens) -
         row = name.capitalize()
         if plan.phase == "decode" and preset.decode_dispatch == "all_remote_one_nic":
             out.append(Work(name, row, stage, "a2a", scaleout_bytes=tok * k * H * elem[name], is_comm=True))
+            continue
+        if backend.rank_dedup:
+            # intranode normal kernels: each token once to every other rank holding one of its experts
+            if ep > domain:
+                raise UserError(f"the {backend.name} backend keeps the all-to-all inside one scale-up domain "
+                                f"({domain} GPUs on {hw.name}); EP {ep} needs a backend that crosses it "
+                                f"(normal, ibgda)")
+            remote = nodes_per_token(model, ep) * (ep - 1) / ep
+            out.append(Work(name, row, stage, "a2a", scaleup_bytes=tok * remote * H * elem[name], is_comm=True))
             continue
         if backend.node_dedup and ep > domain:
             # normal kernels: one RDMA copy per remote node, then NVLink forwarding inside it

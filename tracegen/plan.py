@@ -12,7 +12,7 @@ from .catalog import Hardware, Model
 PHASES = ("prefill", "decode")
 MAX_TOKENS_PER_GROUP = 1e8      # tokens one attention-DP group processes in one step; DeepSeek's prefill: 16K
 MIN_TOKENS_PER_GROUP = 1e-3     # below this, float arithmetic of the cost model underflows
-COMM_BACKENDS = ("normal", "ibgda", "cpu-proxy", "ascend-fused", "pcie-copy")
+COMM_BACKENDS = ("normal", "intranode", "ibgda", "cpu-proxy", "ascend-fused", "pcie-copy")
 
 
 @dataclass(frozen=True)
