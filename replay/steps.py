@@ -3,6 +3,9 @@ never straddle steps and the report can speak of "step 2, layer 5".
 
 A step is a CPU range named `ProfilerStep#N` (torch.profiler with a schedule, or prof.step()),
 or a user annotation matching --step-regex (its first group, or its order, is the step number).
+Without either, the repetition of the layers marks them: a GPU kernel of the first layer after one
+of the last layer starts a new step (numbered 0, 1, ... per rank; GPU work only, and only with
+three layers or more, where two-batch overlap never runs the first layer after the last).
 CPU events take the step whose range holds their start; GPU events take their launch's step
 (through the correlation id: a kernel still running after its step's CPU range ended belongs to
 the step that launched it), else the step whose range holds their start. -1: no step."""
@@ -57,7 +60,7 @@ def assign(events: pd.DataFrame, regex: str = DEFAULT_STEP) -> tuple[pd.DataFram
     spans = step_spans(events, regex)
     step = np.full(len(events), -1, dtype=np.int32)
     if spans.empty:
-        return events.assign(step=step), spans
+        return _repetition(events)
     ranks = events["rank"].to_numpy()
     start = events["start_us"].to_numpy()
     for r, sp in spans.groupby("rank", sort=False):
@@ -80,6 +83,41 @@ def assign(events: pd.DataFrame, regex: str = DEFAULT_STEP) -> tuple[pd.DataFram
         col[gpu[have]] = got[have].astype(np.int32)
         out["step"] = col
     return out, spans
+
+
+def _repetition(events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Steps of GPU work from the layer sequence (see the module's docstring); none if unclear."""
+    step = np.full(len(events), -1, dtype=np.int32)
+    rows = []
+    gpu = (events["device"] == "gpu").to_numpy()
+    layer, ranks, start = events["layer"].to_numpy(), events["rank"].to_numpy(), events["start_us"].to_numpy()
+    end = start + events["dur_us"].to_numpy()
+    for r in np.unique(ranks[gpu]):
+        idx = np.flatnonzero(gpu & (ranks == r))
+        idx = idx[np.argsort(start[idx], kind="stable")]
+        known = idx[layer[idx] >= 0]
+        if not len(known):
+            continue
+        lo, hi = layer[known].min(), layer[known].max()
+        if hi < lo + 2:
+            continue
+        lk = layer[known]
+        last_hi = np.maximum.accumulate(np.where(lk == hi, np.arange(len(lk)), -1))
+        last_lo = np.maximum.accumulate(np.where(lk == lo, np.arange(len(lk)), -1))
+        prev_hi = np.concatenate([[-1], last_hi[:-1]])
+        prev_lo = np.concatenate([[-1], last_lo[:-1]])
+        new = (lk == lo) & (prev_hi > prev_lo)      # the first layer again, after the last one
+        n = np.cumsum(new)
+        # every GPU event of the rank takes the step of the last known-layer event before it
+        pos = np.searchsorted(start[known], start[idx], side="right") - 1
+        step[idx] = np.where(pos >= 0, n[np.clip(pos, 0, None)], 0)
+        for k in range(int(n.max()) + 1):
+            sel = idx[step[idx] == k]
+            rows.append({"rank": int(r), "step": k, "start_us": float(start[sel].min()), "end_us": float(end[sel].max())})
+    spans = pd.DataFrame(rows, columns=["rank", "step", "start_us", "end_us"])
+    if spans.groupby("rank").size().max() <= 1 if len(spans) else True:   # one step: nothing was told apart
+        return events.assign(step=np.full(len(events), -1, dtype=np.int32)), spans.iloc[0:0]
+    return events.assign(step=step), spans
 
 
 def disagreements(spans: pd.DataFrame, ranks: list[int]) -> list[str]:

@@ -289,3 +289,21 @@ def test_compare_and_whatif_take_one_step_of_a_multi_step_trace():
     busy3 = sum(e["dur"] for e in kernels("prefill-proper", 0)
                 if lo <= launches.get(e["args"].get("correlation"), -1) <= hi)
     assert t1[t1["rank"] == 0]["busy_us"].sum() == pytest.approx(busy3, rel=0.02)
+
+
+def test_without_step_ranges_the_layer_repetition_marks_the_steps(tmp_path):
+    from replay.overlap import gpu_work
+    d = tmp_path / "nosteps"
+    d.mkdir()
+    for r in range(4):
+        with gzip.open(CAP / "prefill-proper" / f"rank{r}.json.gz", "rt") as f:
+            data = json.load(f)
+        data["traceEvents"] = [e for e in data["traceEvents"] if not str(e.get("name", "")).startswith("ProfilerStep#")]
+        (d / f"rank{r}.json").write_text(json.dumps(data))
+    rep = analyze(d, use_cache=False, progress=False)
+    prof = result("prefill-proper")
+    key = ["rank", "correlation", "start_us"]
+    m = gpu_work(rep.events)[key + ["step"]].merge(gpu_work(prof.events)[key + ["step"]], on=key, suffixes=("_r", "_p"))
+    assert len(m) == len(gpu_work(prof.events))
+    assert ((m["step_r"] + 1) == m["step_p"]).all()          # ProfilerStep#1..3 are repetitions 0..2
+    assert len(rep.layers) == len(prof.layers) == 4 * 3 * 4
