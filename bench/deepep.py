@@ -52,7 +52,7 @@ def works(phase: str, hw: Hardware) -> dict:
 def observed(phase: str) -> dict[str, float]:
     """Median kernel time free of peer waiting, per op (us), and the notify alone."""
     from replay.analyze import analyze
-    u = analyze(CAP / RUNS[phase][0], progress=False).peers.unwaited()
+    u = analyze(CAP / RUNS[phase][0], use_cache=False, progress=False).peers.unwaited()
     med = {pat: float(np.median(u.loc[u["name"].str.contains(pat, regex=False), "dur_us"]))
            for pats in KERNELS.values() for pat in pats}
     out = {op: sum(med[p] for p in pats) for op, pats in KERNELS.items()}
