@@ -33,7 +33,7 @@ attn(F) / dispatch(B), or from the repeating dispatch/combine sequence."""
 
 EPILOG_COMPARE = """\
 examples:
-  tracegen trace --hardware h100 --comm pcie-copy --batch 2 --seq-len 4096 --dp 32 --skip-dense \\
+  tracegen trace --hardware h100 --comm pcie-copy --batch 2 --seq-len 4096 --dp 32 --routing spread --skip-dense \\
       --layers 4 -o pred.json.gz
   replay compare pred.json.gz traces/observed/h100/layers-proper.json.gz \\
       --taxonomy traces/observed/h100/taxonomy.toml --layer-offset 0"""

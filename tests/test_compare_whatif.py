@@ -122,7 +122,7 @@ def test_h100_capture_compare_and_whatif(tmp_path, capsys):
     tax = str(OBS / "taxonomy.toml")
     pred = tmp_path / "pred.json.gz"
     assert tracegen(["trace", "--hardware", "h100", "--comm", "pcie-copy", "--batch", "2", "--seq-len", "4096",
-                     "--dp", "32", "--skip-dense", "--layers", "4", "-o", str(pred)]) == 0
+                     "--dp", "32", "--routing", "spread", "--skip-dense", "--layers", "4", "-o", str(pred)]) == 0
     capsys.readouterr()
     assert replay(["compare", str(pred), str(OBS / "layers-proper.json.gz"), "--taxonomy", tax, "--json",
                    "--no-cache"]) == 0

@@ -51,7 +51,8 @@ def test_improper_order_shows_cpu_blocked_launches_proper_fewer(observed):
 @pytest.mark.parametrize("order", ["proper", "improper"])
 def test_tracegen_predicts_the_observed_span_within_15_percent(capture, observed, order):
     run = next(r for r in capture["layer_runs"] if r["order"] == order)
-    plan = Plan(**capture["layer_plan"], gpus_per_node=8)
+    # the stand-in copied one payload per node of each chosen group (routing "spread", as captured)
+    plan = Plan(**{"routing": "spread", **capture["layer_plan"]}, gpus_per_node=8)
     sched = schedule(load_model("deepseek-v3"), load_hardware("h100"), plan, load_preset("default"),
                      TraceOptions(tbo=order, layers=len(run["layers"]), skip_dense=True))
     predicted = sched.span_us

@@ -51,7 +51,7 @@ def test_improper_order_findings_total_the_scheduled_idle(tmp_path):
     for r in range(2):
         found = sum(f["lost_us"] for f in a.findings if f["kind"] == "cpu_blocked_launch" and f["rank"] == r)
         scheduled = sched.idle_us(r, "cpu_blocked_launch")
-        assert scheduled > 1000 and found == pytest.approx(scheduled, abs=1.0)
+        assert scheduled > 300 and found == pytest.approx(scheduled, abs=1.0)
     msgs = [f for f in a.findings if f["kind"] == "cpu_blocked_launch"]
     assert all("wait dispatch counts" in f["message"] and f["layer"] is not None for f in msgs)
     proper = analyze(write_trace(make_schedule(tbo="proper", layers=9, ranks=2), tmp_path / "p.json"),

@@ -43,7 +43,7 @@ def reports(tmp_path_factory):
     d = tmp_path_factory.mktemp("viz")
     pred = d / "pred.json.gz"
     assert tracegen(["trace", "--hardware", "h100", "--comm", "pcie-copy", "--batch", "2", "--seq-len", "4096",
-                     "--dp", "32", "--skip-dense", "--layers", "4", "-o", str(pred)]) == 0
+                     "--dp", "32", "--routing", "spread", "--skip-dense", "--layers", "4", "-o", str(pred)]) == 0
     single = d / "single.html"
     assert viz(["html", str(pred), "-o", str(single), "--no-cache"]) == 0
     cmp = d / "compare.html"

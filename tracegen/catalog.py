@@ -7,9 +7,10 @@ case-insensitively, ignoring spaces, dashes, underscores and dots, through `alia
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -59,6 +60,48 @@ class CommBackend:
     source: str
     node_dedup: bool = False    # one copy per destination node, forwarded inside it (normal kernels)
     rank_dedup: bool = False    # one copy per destination rank, all inside one scale-up domain (intranode)
+    releases: dict[str, "Release"] = field(default_factory=dict)   # published figures per library release
+    release: str = ""           # the release used when the plan names none
+
+    def pick(self, name: str = "") -> "Release | None":
+        """The named release's published figures (the backend's default when `name` is empty)."""
+        if not self.releases:
+            return None
+        key = name or self.release
+        if key not in self.releases:
+            raise UserError(f"{self.name}: no release {key!r} (known: {', '.join(sorted(self.releases))})")
+        return self.releases[key]
+
+
+@dataclass(frozen=True)
+class Release:
+    """One library release's published all-to-all figures, by EP size, as its authors measured them:
+    `GB/s` (normal kernels: bytes as the library counts them / kernel time) or `us` (low-latency
+    kernels: time for `ref_tokens` tokens of the model the library benchmarks)."""
+    name: str
+    unit: str                       # "GB/s" or "us"
+    dispatch: dict[int, float]
+    combine: dict[int, float]
+    link_gbps: float                # the link the figures were measured on (scales them to another NIC)
+    source: str
+    ref_tokens: float = 0.0         # "us": tokens per rank in the benchmark
+    sms: int | None = None          # SMs the benchmark gave the kernels (None: the backend's)
+
+    def at(self, op: str, ep: int) -> float:
+        """The published figure for `op` at EP `ep`: interpolated in log2(EP) between the published
+        sizes, the nearest one outside them."""
+        pts = self.dispatch if op == "dispatch" else self.combine
+        xs = sorted(pts)
+        if ep <= xs[0]:
+            return pts[xs[0]]
+        if ep >= xs[-1]:
+            return pts[xs[-1]]
+        hi = next(x for x in xs if x >= ep)
+        lo = max(x for x in xs if x <= ep)
+        if hi == lo:
+            return pts[lo]
+        f = (math.log2(ep) - math.log2(lo)) / (math.log2(hi) - math.log2(lo))
+        return pts[lo] + f * (pts[hi] - pts[lo])
 
 
 @dataclass(frozen=True)
@@ -156,7 +199,12 @@ _COMM_FIELDS: dict[str, tuple[str, bool]] = {
     "link": ("str", True), "sms": ("int", True), "bw_eff": ("fraction", True),
     "latency_us": ("time", True), "cpu_block_us": ("time", True), "per_message_us": ("time", True),
     "fused": ("bool", True), "source": ("str", True), "node_dedup": ("bool", False),
-    "rank_dedup": ("bool", False),
+    "rank_dedup": ("bool", False), "releases": ("table", False), "release": ("str", False),
+}
+_RELEASE_FIELDS: dict[str, tuple[str, bool]] = {
+    "unit": ("str", True), "dispatch": ("table", True), "combine": ("table", True),
+    "link_gbps": ("bandwidth", True), "source": ("str", True), "ref_tokens": ("count", False),
+    "sms": ("int", False),
 }
 _MODEL_FIELDS: dict[str, tuple[str, bool]] = {
     "display": ("str", True), "attention": ("str", True), "vocab_size": ("int", True),
@@ -294,6 +342,11 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
             raise UserError(f"{where}.comm.{name}.link: expected one of {', '.join(_LINKS)}, got {c['link']!r}")
         if c["sms"] > e["sm_count"]:
             raise UserError(f"{where}.comm.{name}.sms: {c['sms']} SMs exceed the {e['sm_count']} on the chip")
+        c["releases"] = {r: _build_release(r, spec_r, f"{where}.comm.{name}.releases.{r}")
+                         for r, spec_r in c.get("releases", {}).items()}
+        if c["releases"] and c.get("release", "") not in c["releases"]:
+            raise UserError(f"{where}.comm.{name}.release: name one of its releases "
+                            f"({', '.join(sorted(c['releases']))}), got {c.get('release')!r}")
         comm[name] = CommBackend(name=name, **c)
     if e["sm_count"] <= 0:
         raise UserError(f"{where}.sm_count: must be positive")
@@ -305,6 +358,49 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
         cpu_launch_us=e["cpu_launch_us"], efficiency=eff, comm=comm, source=e["source"],
         aliases=e.get("aliases", ()),
     )
+
+
+def _build_release(name: str, spec: Any, where: str) -> Release:
+    if not isinstance(spec, dict):
+        raise UserError(f"{where}: expected a table")
+    r = _check(spec, _RELEASE_FIELDS, where)
+    if r["unit"] not in ("GB/s", "us"):
+        raise UserError(f"{where}.unit: expected 'GB/s' or 'us', got {r['unit']!r}")
+    if r["unit"] == "us" and not r.get("ref_tokens"):
+        raise UserError(f"{where}: figures in us need ref_tokens (the benchmark's tokens per rank)")
+    pts: dict[str, dict[int, float]] = {}
+    for op in ("dispatch", "combine"):
+        table = {}
+        for ep, v in r[op].items():
+            if not str(ep).isdigit() or int(ep) < 1:
+                raise UserError(f"{where}.{op}: keys are EP sizes (whole numbers), got {ep!r}")
+            table[int(ep)] = _coerce(v, "bandwidth" if r["unit"] == "GB/s" else "time", f"{where}.{op}.{ep}")
+            if table[int(ep)] <= 0:
+                raise UserError(f"{where}.{op}.{ep}: must be positive")
+        if not table:
+            raise UserError(f"{where}.{op}: at least one EP size")
+        pts[op] = table
+    return Release(name=name, unit=r["unit"], dispatch=pts["dispatch"], combine=pts["combine"],
+                   link_gbps=r["link_gbps"], source=r["source"], ref_tokens=r.get("ref_tokens", 0.0),
+                   sms=r.get("sms"))
+
+
+def _release_to_dict(r: Release) -> dict[str, Any]:
+    out = {"unit": r.unit, "dispatch": {str(k): v for k, v in r.dispatch.items()},
+           "combine": {str(k): v for k, v in r.combine.items()}, "link_gbps": r.link_gbps, "source": r.source}
+    if r.ref_tokens:
+        out["ref_tokens"] = r.ref_tokens
+    if r.sms is not None:
+        out["sms"] = r.sms
+    return out
+
+
+def _comm_to_dict(b: CommBackend) -> dict[str, Any]:
+    out = {f: getattr(b, f) for f in _COMM_FIELDS if f not in ("releases", "release")}
+    if b.releases:
+        out["releases"] = {k: _release_to_dict(r) for k, r in b.releases.items()}
+        out["release"] = b.release
+    return out
 
 
 def _build_model(key: str, e: dict, src: str) -> Model:
@@ -392,7 +488,7 @@ def hardware_to_dict(hw: Hardware) -> dict[str, Any]:
         "pcie_gbps": hw.pcie_gbps, "gpus_per_node": hw.gpus_per_node, "cpu_launch_us": hw.cpu_launch_us,
         "efficiency": {k: {"max": c.max, "m_half": c.m_half, "m_pow": c.m_pow, "n_half": c.n_half,
                            "k_half": c.k_half, "floor_us": c.floor_us} for k, c in hw.efficiency.items()},
-        "comm": {k: {f: getattr(b, f) for f in _COMM_FIELDS} for k, b in hw.comm.items()},
+        "comm": {k: _comm_to_dict(b) for k, b in hw.comm.items()},
     }}
 
 
@@ -429,6 +525,6 @@ def _one(table: Any, src: str, what: str, build: Callable[[str, dict, str], Any]
     return build(key, dict(entry), src)
 
 
-__all__ = ["EffCurve", "CommBackend", "Hardware", "Model", "load_hardware", "load_model", "builtin_hardware",
+__all__ = ["EffCurve", "CommBackend", "Release", "Hardware", "Model", "load_hardware", "load_model", "builtin_hardware",
            "builtin_models", "hardware_of_device", "hardware_to_dict", "hardware_from_dict", "model_to_dict",
            "model_from_dict", "normalise"]

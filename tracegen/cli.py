@@ -19,6 +19,7 @@ from .catalog import (
 from .plan import COMM_BACKENDS, Plan
 from .preset import PRESETS, Preset, load_preset
 from .resolve import HARDWARE_WHATIFS, PLAN_FIELDS, resolve_plan, resolve_target
+from .routing import ROUTINGS
 from .schemas import tag
 
 EPILOG_ESTIMATE = """\
@@ -84,6 +85,13 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
                    help="all-to-all backend (default: normal for prefill, ibgda for decode)")
     g.add_argument("--comm-sms", type=int, default=None,
                    help="SMs the all-to-all holds while in flight (default: the backend's)")
+    g.add_argument("--comm-release", default=None, metavar="NAME",
+                   help="the all-to-all library release whose published figures time the dispatch and combine "
+                        "(DeepEP: 'first' = Feb 2025, 'latest' = the README's current table; default: latest)")
+    g.add_argument("--routing", default=None, choices=ROUTINGS,
+                   help="fan-out of a token's experts over ranks and nodes: 'model' (its group limits, random "
+                        "scores), 'uniform' (random top-k, no groups), 'spread' (one node per chosen group) "
+                        "(default: model)")
     g.add_argument("--precision", default=None, choices=("fp8", "bf16"), help="GEMM precision")
     g.add_argument("--kv-dtype", default=None, choices=("fp8", "bf16"), help="KV-cache element type")
     g.add_argument("--decode-len", type=int, default=None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .catalog import Hardware
+from .catalog import Hardware, Release
 from .ops import Work
 from .plan import Plan
 from .preset import Preset
@@ -102,17 +102,55 @@ def _comm_time(w: Work, plan: Plan, hw: Hardware, preset: Preset) -> Timed:
         terms["scaleup_ms"] = w.scaleup_bytes / mb / link_rate(hw, preset, "scaleup")
         return Timed(w, terms["scaleup_ms"], terms)
     backend = hw.backend(plan.comm)
-    for kind, size in (("scaleout", w.scaleout_bytes), ("scaleup", w.scaleup_bytes)):
-        # the single-GPU copy stand-in sends what would cross RDMA over the host link instead
-        link = "pcie" if kind == "scaleout" and backend.link == "pcie" else kind
-        if size:
+    release = backend.pick(plan.comm_release) if preset.comm_figures == "published" else None
+    lat_ms = backend.latency_us / 1e3 if preset.comm_latency else 0.0
+    if release is not None and release.unit == "us":
+        # low-latency kernels: the release's published time for its benchmark's payload, the part
+        # beyond the fixed latency scaled by this op's payload
+        # (and by the NIC: the release was measured on `link_gbps`)
+        terms["scaleout_ms"] = (max(0.0, release.at(w.name, plan.ep_size) / 1e3 - lat_ms)
+                                * published_ratio(w, plan, release) * release.link_gbps / hw.scaleout_gbps)
+    else:
+        for kind, size in (("scaleout", w.scaleout_bytes), ("scaleup", w.scaleup_bytes)):
+            # the single-GPU copy stand-in sends what would cross RDMA over the host link instead
+            link = "pcie" if kind == "scaleout" and backend.link == "pcie" else kind
+            if not size:
+                continue
+            if release is not None and kind == "scaleout" and backend.node_dedup:
+                terms["scaleout_ms"] = size * counted_share(plan, hw) / mb / published_gbps(w, plan, hw, release)
+                continue
             eff = backend.bw_eff if backend.link == link else None
             terms[f"{link}_ms"] = size / mb / link_rate(hw, preset, link, eff)
     ms = max(terms.values(), default=0.0)
     if preset.comm_latency:
-        terms["latency_ms"] = backend.latency_us / 1e3
+        terms["latency_ms"] = lat_ms
         if backend.per_message_us:
             peers = max(1, plan.ep_size - 1)
             terms["proxy_ms"] = backend.per_message_us * peers / 1e3
         ms += terms["latency_ms"] + terms.get("proxy_ms", 0.0)
     return Timed(w, ms, terms)
+
+
+def counted_share(plan: Plan, hw: Hardware) -> float:
+    """Bytes DeepEP's normal kernels push through their RDMA stage per byte that leaves the node:
+    the local node's share passes through the same pipeline, and the published bandwidths count it
+    (tests/legacy/test_internode.py: distinct destination nodes per token, the local one included)."""
+    nodes = max(2, -(-plan.ep_size // hw.scaleup_domain))
+    return nodes / (nodes - 1)
+
+
+def published_gbps(w: Work, plan: Plan, hw: Hardware, release: Release) -> float:
+    """A release's published bandwidth for this op at the plan's EP, scaled to this hardware's NIC."""
+    return release.at(w.name, plan.ep_size) * hw.scaleout_gbps / release.link_gbps
+
+
+# the payload of the low-latency benchmark DeepEP publishes: DeepSeek-V3's hidden size, top-8,
+# FP8 dispatch (one FP32 scale per 128 channels), BF16 combine
+_LL_BENCH = {"hidden": 7168, "topk": 8, "dispatch": 1 + 4 / 128, "combine": 2.0}
+
+
+def published_ratio(w: Work, plan: Plan, release: Release) -> float:
+    """This op's payload over the benchmark's (both as copies leaving the rank)."""
+    ep = plan.ep_size
+    bench = release.ref_tokens * _LL_BENCH["topk"] * _LL_BENCH["hidden"] * _LL_BENCH[w.name] * (ep - 1) / ep
+    return (w.scaleout_bytes + w.scaleup_bytes) / bench if bench else 1.0

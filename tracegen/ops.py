@@ -12,6 +12,7 @@ from .base.errors import UserError
 from .catalog import Hardware, Model
 from .plan import Plan
 from .preset import Preset
+from .routing import fanout
 
 BF16 = 2        # bytes per BF16 element
 SCALE_GROUP = 128   # FP8 block scaling: one FP32 scale per 128 channels
@@ -225,17 +226,9 @@ def expert_ops(model: Model, plan: Plan, preset: Preset, t: Tokens) -> list[Work
 
 
 # ----------------------------------------------------------------------------- all-to-all
-def nodes_per_token(model: Model, nodes: int) -> float:
-    """Distinct nodes one token's top-k experts live on (balanced routing)."""
-    if nodes <= 1:
-        return 1.0
-    if model.expert_groups > 1 and model.limited_groups < model.expert_groups:
-        return float(min(nodes, model.limited_groups))
-    return nodes * (1 - (1 - 1 / nodes) ** model.activated_experts)
-
-
 def a2a_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, t: Tokens) -> list[Work]:
-    """Dispatch (FP8 payload) and combine (BF16 payload) bytes leaving one GPU."""
+    """Dispatch (FP8 payload) and combine (BF16 payload) bytes leaving one GPU; how many copies of
+    a token leave follows from the routing fan-out (routing.py) and the backend's deduplication."""
     H, k = model.hidden, model.activated_experts
     scale = (4 / SCALE_GROUP) if preset.quant_scale_bytes and plan.precision == "fp8" else 0.0
     elem = {"dispatch": plan.gemm_bytes_per_elem + scale, "combine": float(BF16)}
@@ -255,13 +248,13 @@ def a2a_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, t: Tokens) -
                 raise UserError(f"the {backend.name} backend keeps the all-to-all inside one scale-up domain "
                                 f"({domain} GPUs on {hw.name}); EP {ep} needs a backend that crosses it "
                                 f"(normal, ibgda)")
-            remote = nodes_per_token(model, ep) * (ep - 1) / ep
+            remote = fanout(model, ep, domain, plan.routing, preset.fanout).remote_ranks
             out.append(Work(name, row, stage, "a2a", scaleup_bytes=tok * remote * H * elem[name], is_comm=True))
             continue
         if backend.node_dedup and ep > domain:
             # normal kernels: one RDMA copy per remote node, then NVLink forwarding inside it
             nodes = max(1, -(-ep // domain))
-            remote = nodes_per_token(model, nodes) * (nodes - 1) / nodes
+            remote = fanout(model, ep, domain, plan.routing, preset.fanout).remote_nodes
             rdma = tok * remote * H * elem[name]
             nvl = tok * k * H * elem[name] * (domain - 1) / domain / nodes
             out.append(Work(name, row, stage, "a2a", scaleout_bytes=rdma, scaleup_bytes=nvl, is_comm=True))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from .base.errors import UserError
 from .catalog import Hardware, Model
+from .routing import ROUTINGS
 
 PHASES = ("prefill", "decode")
 MAX_TOKENS_PER_GROUP = 1e8      # tokens one attention-DP group processes in one step; DeepSeek's prefill: 16K
@@ -33,6 +34,8 @@ class Plan:
     kv_dtype: str = "bf16"       # KV-cache element type: fp8 or bf16
     decode_len: int = 1210       # decode: output tokens per request (memory sizing)
     imbalance: float = 1.0       # max / mean expert load across EP ranks (1 = balanced)
+    routing: str = "model"       # fan-out of a token's experts: the model's group limits, or uniform top-k
+    comm_release: str = ""       # the all-to-all library release whose published figures apply ("": default)
 
     # ------------------------------------------------------------------ derived counts
     @property
@@ -106,6 +109,10 @@ def validate(plan: Plan, model: Model, hw: Hardware) -> Plan:
     if not 1.0 <= plan.imbalance <= max(1, plan.ep_size):
         raise UserError(f"--imbalance is max/mean expert load across the EP{plan.ep_size} ranks: it lies in "
                         f"[1, {max(1, plan.ep_size)}] (all load on one rank), got {plan.imbalance}")
+    if plan.routing not in ROUTINGS:
+        raise UserError(f"--routing must be one of {', '.join(ROUTINGS)}, got {plan.routing!r}")
+    if plan.comm_release:
+        hw.backend(plan.comm).pick(plan.comm_release)
     if plan.comm_sms is not None and not 0 <= plan.comm_sms < hw.sm_count:
         raise UserError(f"--comm-sms must lie in [0, {hw.sm_count}), got {plan.comm_sms}")
     if model.heads % plan.tp:

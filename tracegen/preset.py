@@ -26,6 +26,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "decode_dispatch": ("all_remote_one_nic", "remote_fraction"),
     "overlap": ("compute_only", "sm_shared"),
     "kv_dtype": ("fp8", "bf16"),
+    "comm_figures": ("published", "link"),
+    "fanout": ("computed", "seed"),
 }
 
 
@@ -56,6 +58,8 @@ class Preset:
     overlap: str
     kv_dtype: str
     comm_latency: bool
+    comm_figures: str
+    fanout: str
     hardware: dict[str, dict[str, Any]] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, dict[str, Any]] = field(default_factory=dict)   # phase -> Plan field defaults

@@ -51,7 +51,8 @@ FP8 = torch.float8_e4m3fn
 MODEL = load_model("deepseek-v3")
 # the layer runs: DeepSeek's prefill deployment shape (EP32, TP1) with 2 x 4096-token prompts per
 # GPU split into two micro-batches; RDMA traffic crosses the host link instead
-LAYER_PLAN = dict(phase="prefill", batch=2, seq_len=4096, tp=1, dp=32, comm="pcie-copy", microbatches=2)
+LAYER_PLAN = dict(phase="prefill", batch=2, seq_len=4096, tp=1, dp=32, comm="pcie-copy", microbatches=2,
+                  routing="spread")
 
 
 # ----------------------------------------------------------------------------- kernels
