@@ -8,11 +8,10 @@ peers), the payloads tracegen computes for the same plans, the fit of the `h100`
 Observed dispatch = notify_dispatch + dispatch kernel, combine = cached_notify_combine + combine
 kernel (medians over every matched collective of the run). The captures route each token to its
 top-8 of 256 experts at random, without DeepSeek-V3's group limit, so the payloads are computed
-for that routing (2.7 other ranks per token at EP4)."""
+for that routing (`routing="uniform"`: 2.71 other ranks per token at EP4, tracegen/routing.py)."""
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from tracegen.preset import load_preset
 ROOT = Path(__file__).resolve().parents[1]
 CAP = ROOT / "traces" / "observed" / "deepep-h100x4"
 RUNS = {"prefill": ("prefill-proper", 4096), "decode": ("decode-proper", 128)}   # tokens per micro-batch
-MODEL = replace(load_model("deepseek-v3"), expert_groups=1, limited_groups=1)      # the captured routing
+MODEL = load_model("deepseek-v3")
 PRESET = load_preset("default")
 KERNELS = {"dispatch": ("notify_dispatch<", "intranode::dispatch<"),
            "combine": ("cached_notify_combine<", "intranode::combine<")}
@@ -39,7 +38,7 @@ def plan(phase: str) -> Plan:
     """The captured plan: EP4 over NVLink, TP1, two micro-batches of RUNS[phase] tokens per rank."""
     n = RUNS[phase][1]
     return Plan(phase=phase, batch=2 if phase == "prefill" else 2 * n, seq_len=n if phase == "prefill" else 2048,
-                tp=1, dp=4, microbatches=2, comm="intranode", gpus_per_node=8)
+                tp=1, dp=4, microbatches=2, comm="intranode", gpus_per_node=8, routing="uniform")
 
 
 def works(phase: str, hw: Hardware) -> dict:

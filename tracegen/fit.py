@@ -28,7 +28,7 @@ from .ops import Gemm, Work
 from .plan import Plan
 from .preset import Preset, load_preset
 
-FITTED = ("gemm", "grouped_gemm", "attention")
+FITTED = ("gemm", "grouped_gemm", "attention", "attention_decode")
 
 
 @dataclass(frozen=True)
@@ -197,10 +197,11 @@ def _fit_curve(obs: list[Obs], hw: Hardware, lower_us: np.ndarray, start: EffCur
     return EffCurve(p[0], p[1], start.floor_us, p[2], p[3], p[4])
 
 
-def fit(obs: list[Obs], hw: Hardware, rounds: int = 3) -> Hardware:
+def fit(obs: list[Obs], hw: Hardware, rounds: int = 3, keep_hbm: bool = False) -> Hardware:
     """New efficiency curves for the kinds with observations; other fields kept. Kernel floors come
     from profiler observations only: the fastest single matrix kernel seen (tracegen's own traces
-    keep the hardware's floors)."""
+    keep the hardware's floors). `keep_hbm`: the hardware's HBM efficiency stays (measured by
+    copies elsewhere) instead of being fitted to the memory-bound ops."""
     train = [o for o in obs if not o.held_out]
     eff = dict(hw.efficiency)
     comm = dict(hw.comm)
@@ -213,13 +214,15 @@ def fit(obs: list[Obs], hw: Hardware, rounds: int = 3) -> Hardware:
     if singles:
         floor = float(min(singles))
         for kind in FITTED:
-            if kind in eff:
+            if kind in eff and any(o.kind == kind for o in train):
                 eff[kind] = replace(eff[kind], floor_us=floor)
     # pure memory traffic: device copies, and elementwise kernels not at their floor
     ew_floor = hw.efficiency["elementwise"].floor_us if "elementwise" in hw.efficiency else 0.0
     copies = [o for o in train if o.kind == "hbm" or (o.kind == "elementwise" and o.bytes > 0
                                                       and o.us > 1.5 * ew_floor * o.kernels)]
     hbm = float(np.median([o.bytes / (o.us * 1e3) / hw.hbm_gbps for o in copies])) if copies else hw.eff("hbm")
+    if keep_hbm:
+        copies = [None]     # type: ignore[list-item]  # (only its truth value is read below)
     for _ in range(rounds):
         cur = replace(hw, efficiency={**eff, "hbm": EffCurve(min(hbm, 1.0))})
         for kind in FITTED:

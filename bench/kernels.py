@@ -1,0 +1,119 @@
+"""Kernel efficiency curves for H800 and H20 from published measurements: DeepGEMM dense and grouped
+FP8 GEMMs and FlashMLA / FA3 MLA attention (InferSim's bench_data, `../shared/reference/infersim_bench`).
+
+    python -m bench.kernels            # fit both GPUs, print the curves (hardware.toml form) and errors
+
+Each CSV row becomes one observation (tracegen.fit.Obs) with the shapes, FLOPs and HBM bytes the
+cost model would charge for it, and tracegen.fit.fit fits the curves and the kernel floor exactly
+as `replay calibrate` does for a profiler trace. The HBM efficiency stays the one measured by
+device copies on the lent H100 (same HBM3 stacks as the H800): fitted here it would absorb
+FlashMLA's own memory efficiency into every memory-bound kernel. The results are written into
+tracegen/data/hardware.toml by hand (the [h800.efficiency] / [h20.efficiency] tables); the tests
+re-fit and compare (tests/test_kernels_fit.py)."""
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from tracegen.catalog import EffCurve, Hardware, load_hardware
+from tracegen.fit import Obs, errors, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT.parent / "shared" / "reference" / "infersim_bench"
+GPUS = {"h800": "h800", "h20": "h20"}          # folder -> hardware entry
+KINDS = ("gemm", "grouped_gemm", "attention", "attention_decode")
+# MLA as FlashMLA / FA3 run it: 128 heads, latent 512 + rope 64 (decode, absorbed), qk 192 / v 128 (prefill)
+HEADS, LATENT, ROPE, NOPE, V = 128, 512, 64, 128, 128
+MIN_TOKENS_PER_EXPERT = 8      # masked grouped GEMMs skip empty experts: below this the weights read is unknown
+
+
+def _rows(path: Path) -> list[dict[str, float]]:
+    with path.open() as f:
+        return [{k: (float(v) if k not in ("dtype", "kv_dtype") else v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def observations(gpu: str, root: Path = BENCH) -> list[Obs]:
+    """Every usable measurement of one GPU as the cost model's observation."""
+    out: list[Obs] = []
+    for r in _rows(root / "gemm" / gpu / "data.csv"):
+        m, k, n = r["m"], r["k"], r["n"]
+        out.append(Obs("gemm", f"gemm_{int(k)}x{int(n)}", m, 2 * m * n * k, k * n + m * k + 2 * m * n, "fp8",
+                       r["latency_us"], gemms=((m, n, k, 1.0),)))
+    for phase in ("prefill", "decode"):
+        for r in _rows(root / "grouped_gemm" / phase / gpu / "data.csv"):
+            e, tpe, hidden, width = r["num_local_experts"], r["tokens_per_expert"], r["hidden_size"], r["intermediate_size"]
+            if tpe < MIN_TOKENS_PER_EXPERT:
+                continue
+            rows = e * tpe
+            for part, n, k, us in (("up", 2 * width, hidden, r["up_proj_us"]), ("down", hidden, width, r["down_proj_us"])):
+                out.append(Obs("grouped_gemm", f"grouped_{part}_{phase}", tpe, 2 * rows * n * k,
+                               e * n * k + rows * k + 2 * rows * n, "fp8", us, gemms=((tpe, n, k, e),),
+                               phase=phase))
+    for f in sorted((root / "mla" / "decode" / gpu).glob("*.csv")):
+        for r in _rows(f):
+            b, kv = r["batch_size"], r["kv_len"]
+            kv_elem = 1 if r["kv_dtype"] == "fp8" else 2
+            out.append(Obs("attention_decode", "flashmla", b, 2 * HEADS * b * kv * (LATENT + ROPE + LATENT),
+                           b * kv * (LATENT + ROPE) * kv_elem + b * HEADS * (LATENT + ROPE) * 2, "bf16",
+                           r["latency_us"], phase="decode"))
+    for f in sorted((root / "mla" / "prefill" / gpu).glob("*.csv")):
+        for r in _rows(f):
+            s = r["seq_len"]
+            pairs = s * (s + 1) / 2                     # causal
+            out.append(Obs("attention", "fa3_mla_prefill", s, 2 * HEADS * pairs * (NOPE + ROPE + V),
+                           s * HEADS * (NOPE + ROPE + V) * 2 * 2, "bf16", r["latency_us"]))
+    return out
+
+
+def fitted(gpu: str, root: Path = BENCH) -> tuple[Hardware, list[Obs]]:
+    """The hardware entry with curves fitted to the GPU's measurements (floors and HBM included)."""
+    base = load_hardware(GPUS[gpu])
+    obs = observations(gpu, root)
+    return fit(obs, base, keep_hbm=True), obs
+
+
+def curve_line(kind: str, c: EffCurve, source: str) -> str:
+    """One hardware.toml efficiency line."""
+    parts = [f"max = {c.max:.6g}"]
+    for name in ("m_half", "m_pow", "n_half", "k_half", "floor_us"):
+        v = getattr(c, name)
+        if v and not (name == "m_pow" and v == 1.0 and not c.m_half):
+            parts.append(f"{name} = {v:.6g}")
+    return f'{kind} = {{ {", ".join(parts)}, source = "{source}" }}'
+
+
+def table(gpu: str, root: Path = BENCH) -> pd.DataFrame:
+    """Median and 90th-percentile absolute error per kind of the catalog's curves on the measurements."""
+    hw = load_hardware(GPUS[gpu])
+    df = errors(observations(gpu, root), hw)
+    g = df.assign(abs_err=df["err_pct"].abs()).groupby("kind")["abs_err"]
+    return pd.DataFrame({"n": g.size(), "median_abs_err_pct": g.median(), "p90_abs_err_pct": g.quantile(0.9)})
+
+
+def main() -> int:
+    if not BENCH.exists():
+        print(f"no {BENCH}: the InferSim bench data sits in ../shared/reference", file=sys.stderr)
+        return 2
+    for gpu in GPUS:
+        hw, obs = fitted(gpu)
+        print(f"[{gpu}.efficiency]   # {len(obs)} measurements")
+        for kind in KINDS:
+            print(curve_line(kind, hw.efficiency[kind], f"fitted, InferSim bench_data {gpu.upper()}"))
+        print(curve_line("hbm", hw.efficiency["hbm"], f"fitted, InferSim bench_data {gpu.upper()}"))
+        err = errors(obs, hw)
+        print(err.assign(a=err["err_pct"].abs()).groupby("kind")["a"].describe()[["count", "50%", "75%", "max"]]
+              .round(1).to_string())
+        print("catalog now:")
+        print(table(gpu).round(1).to_string())
+        print()
+    return 0
+
+
+__all__ = ["observations", "fitted", "table", "curve_line", "replace"]
+
+if __name__ == "__main__":
+    sys.exit(main())
