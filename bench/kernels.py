@@ -2,14 +2,15 @@
 FP8 GEMMs and FlashMLA / FA3 MLA attention (InferSim's bench_data, `../shared/reference/infersim_bench`).
 
     python -m bench.kernels            # fit both GPUs, print the curves (hardware.toml form) and errors
+    python -m bench.kernels --write    # ... and put them into tracegen/data/hardware.toml
 
 Each CSV row becomes one observation (tracegen.fit.Obs) with the shapes, FLOPs and HBM bytes the
 cost model would charge for it, and tracegen.fit.fit fits the curves and the kernel floor exactly
 as `replay calibrate` does for a profiler trace. The HBM efficiency stays the one measured by
 device copies on the lent H100 (same HBM3 stacks as the H800): fitted here it would absorb
-FlashMLA's own memory efficiency into every memory-bound kernel. The results are written into
-tracegen/data/hardware.toml by hand (the [h800.efficiency] / [h20.efficiency] tables); the tests
-re-fit and compare (tests/test_kernels_fit.py)."""
+FlashMLA's own memory efficiency into every memory-bound kernel. `--write` puts the results into
+tracegen/data/hardware.toml ([h100-deepgemm.efficiency], which h800 inherits, and [h20.efficiency]);
+tests/test_kernels_fit.py re-fits and compares."""
 from __future__ import annotations
 
 import csv
@@ -20,12 +21,17 @@ from pathlib import Path
 import pandas as pd
 
 from tracegen.catalog import EffCurve, Hardware, load_hardware
-from tracegen.fit import Obs, errors, fit
+from tracegen.fit import FITTED, Obs, errors, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / "shared" / "reference" / "infersim_bench"
 GPUS = {"h800": "h800", "h20": "h20"}          # folder -> hardware entry
-KINDS = ("gemm", "grouped_gemm", "attention", "attention_decode")
+SECTION = {"h800": "h100-deepgemm", "h20": "h20"}     # the hardware.toml entry whose curves are fitted here
+LABEL = {"gemm": "DeepGEMM dense FP8", "grouped_gemm": "DeepGEMM grouped FP8, contiguous layout",
+         "grouped_gemm_masked": "DeepGEMM grouped FP8, masked layout", "attention": "FA3 MLA prefill, causal",
+         "attention_decode": "FlashMLA decode"}
+CATALOG = ROOT / "tracegen" / "data" / "hardware.toml"
+KINDS = ("gemm", "grouped_gemm", "grouped_gemm_masked", "attention", "attention_decode")
 # MLA as FlashMLA / FA3 run it: 128 heads, latent 512 + rope 64 (decode, absorbed), qk 192 / v 128 (prefill)
 HEADS, LATENT, ROPE, NOPE, V = 128, 512, 64, 128, 128
 MIN_TOKENS_PER_EXPERT = 8      # masked grouped GEMMs skip empty experts: below this the weights read is unknown
@@ -50,7 +56,8 @@ def observations(gpu: str, root: Path = BENCH) -> list[Obs]:
                 continue
             rows = e * tpe
             for part, n, k, us in (("up", 2 * width, hidden, r["up_proj_us"]), ("down", hidden, width, r["down_proj_us"])):
-                out.append(Obs("grouped_gemm", f"grouped_{part}_{phase}", tpe, 2 * rows * n * k,
+                kind = "grouped_gemm" if phase == "prefill" else "grouped_gemm_masked"   # contiguous / masked layout
+                out.append(Obs(kind, f"grouped_{part}_{phase}", tpe, 2 * rows * n * k,
                                e * n * k + rows * k + 2 * rows * n, "fp8", us, gemms=((tpe, n, k, e),),
                                phase=phase))
     for f in sorted((root / "mla" / "decode" / gpu).glob("*.csv")):
@@ -72,8 +79,11 @@ def observations(gpu: str, root: Path = BENCH) -> list[Obs]:
 def fitted(gpu: str, root: Path = BENCH) -> tuple[Hardware, list[Obs]]:
     """The hardware entry with curves fitted to the GPU's measurements (floors and HBM included)."""
     base = load_hardware(GPUS[gpu])
+    # the masked layout gets a curve of its own (else its measurements would refit the contiguous one)
+    base = replace(base, efficiency={**base.efficiency, "grouped_gemm_masked": base.curve("grouped_gemm_masked")})
     obs = observations(gpu, root)
-    return fit(obs, base, keep_hbm=True), obs
+    # grouped GEMMs come in two shapes (up, down): enough to fit how the depth K matters
+    return fit(obs, base, keep_hbm=True, min_shapes=2, kinds=FITTED), obs
 
 
 def curve_line(kind: str, c: EffCurve, source: str) -> str:
@@ -86,6 +96,18 @@ def curve_line(kind: str, c: EffCurve, source: str) -> str:
     return f'{kind} = {{ {", ".join(parts)}, source = "{source}" }}'
 
 
+def write(gpu: str, hw: Hardware, obs: list[Obs], path: Path = CATALOG) -> None:
+    """Replace the fitted curves in the hardware catalog's [<entry>.efficiency] table."""
+    text = path.read_text()
+    head = f"[{SECTION[gpu]}.efficiency]\n"
+    start = text.index(head) + len(head)
+    end = text.find("\n[", start)
+    end = len(text) if end < 0 else end + 1
+    kinds = sorted({o.kind for o in obs}, key=KINDS.index)
+    lines = [curve_line(k, hw.efficiency[k], f"fitted, InferSim bench_data {gpu.upper()} ({LABEL[k]})") for k in kinds]
+    path.write_text(text[:start] + "\n".join(lines) + "\n\n" + text[end:].lstrip("\n"))
+
+
 def table(gpu: str, root: Path = BENCH) -> pd.DataFrame:
     """Median and 90th-percentile absolute error per kind of the catalog's curves on the measurements."""
     hw = load_hardware(GPUS[gpu])
@@ -94,7 +116,8 @@ def table(gpu: str, root: Path = BENCH) -> pd.DataFrame:
     return pd.DataFrame({"n": g.size(), "median_abs_err_pct": g.median(), "p90_abs_err_pct": g.quantile(0.9)})
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     if not BENCH.exists():
         print(f"no {BENCH}: the InferSim bench data sits in ../shared/reference", file=sys.stderr)
         return 2
@@ -102,18 +125,23 @@ def main() -> int:
         hw, obs = fitted(gpu)
         print(f"[{gpu}.efficiency]   # {len(obs)} measurements")
         for kind in KINDS:
+            if kind not in hw.efficiency:
+                continue
             print(curve_line(kind, hw.efficiency[kind], f"fitted, InferSim bench_data {gpu.upper()}"))
         print(curve_line("hbm", hw.efficiency["hbm"], f"fitted, InferSim bench_data {gpu.upper()}"))
         err = errors(obs, hw)
         print(err.assign(a=err["err_pct"].abs()).groupby("kind")["a"].describe()[["count", "50%", "75%", "max"]]
               .round(1).to_string())
+        if "--write" in argv:
+            write(gpu, hw, obs)
+            print(f"wrote [{SECTION[gpu]}.efficiency] in {CATALOG.relative_to(ROOT)}")
         print("catalog now:")
         print(table(gpu).round(1).to_string())
         print()
     return 0
 
 
-__all__ = ["observations", "fitted", "table", "curve_line", "replace"]
+__all__ = ["observations", "fitted", "table", "curve_line", "write"]
 
 if __name__ == "__main__":
     sys.exit(main())

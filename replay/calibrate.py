@@ -90,7 +90,7 @@ def from_generated(trace: Trace) -> list[Obs]:
             w = works.get((int(layer) in t.dense_layers, op))
             if w is None or w.is_comm or us <= 0:
                 continue
-            scale = load_factor if op == "routed_expert" else 1.0
+            scale = load_factor if op.startswith("routed_") else 1.0
             gemms = tuple((m, n, k, c * scale) for m, n, k, c in w.gemms)
             out.append(Obs(w.kind, op, w.m, w.flops * scale, w.hbm_bytes * scale, w.rate, float(us), w.kernels,
                            profiled=False, gemms=gemms, phase=t.plan.phase))

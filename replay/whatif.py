@@ -21,6 +21,14 @@ from .compare import StageRules
 from .stagegraph import StageGraph, stage_graph
 
 
+def layer_kind(stages: set[str]) -> str:
+    """A layer's PROGRAM type from the stages it holds: the step's head, an MoE layer (it has
+    communication) or a dense one."""
+    if stages == {"HEAD"}:
+        return "head"
+    return "moe" if any(STAGE_STREAM[s] == COMM for s in stages) else "dense"
+
+
 @dataclass(frozen=True)
 class Change:
     launch_order: str | None = None     # proper | improper (None: as observed)
@@ -48,12 +56,13 @@ def retime(g: StageGraph, change: Change) -> Schedule:
             st = replace(st, work_us=st.work_us * change.compute_scale)
         new[k] = st
     layers = sorted({k[0] for k in new})
-    dense = {layer for layer in layers if not any(k[0] == layer and STAGE_STREAM[k[2]] == COMM for k in new)}
+    kinds = {layer: layer_kind({k[2] for k in new if k[0] == layer}) for layer in layers}
+    dense = {layer for layer, kind in kinds.items() if kind == "dense"}
     n_mb = max(k[1] for k in new) + 1
-    new = link(new, layers, n_mb, n_mb == 1, plan.phase, dense)
+    new = link(new, layers, n_mb, n_mb == 1, plan.phase, kinds)
     graph = OpGraph(g.model, replace(g.hardware, cpu_launch_us=g.launch_us),
                     replace(plan, imbalance=max(g.loads) if g.loads else 1.0), load_preset("default"), tuple(layers),
-                    frozenset(dense), new, n_mb == 1)
+                    frozenset(dense), new, n_mb == 1, kinds)
     if change.launch_order:
         order = unroll(graph, load_order(change.launch_order, plan.phase))
     else:

@@ -33,12 +33,16 @@ def truth_and_traces(tmp_path_factory):
     base = load_hardware("h800")
     f = base.efficiency["gemm"].floor_us
     truth = replace(base, efficiency={**base.efficiency, "gemm": EffCurve(0.62, 150.0, f),
-                                      "grouped_gemm": EffCurve(0.55, 60.0, f), "attention": EffCurve(0.5, 300.0, f),
+                                      "grouped_gemm": EffCurve(0.55, 60.0, f), "grouped_gemm_masked": EffCurve(0.45, 90.0, f),
+                                      "attention": EffCurve(0.5, 300.0, f),
                                       "hbm": EffCurve(0.8)})
     hw_file = d / "truth.json"
     hw_file.write_text(json.dumps(hardware_to_dict(truth)))
     files = []
-    for i, (phase, batch) in enumerate([("prefill", 1), ("prefill", 2), ("prefill", 4), ("decode", 16),
+    # prefill feeds the contiguous grouped GEMM, decode (low-latency dispatch) the masked one: enough
+    # batch sizes of each for both curves to be identifiable
+    for i, (phase, batch) in enumerate([("prefill", 0.0625), ("prefill", 0.25), ("prefill", 1), ("prefill", 2),
+                                        ("prefill", 4), ("decode", 16),
                                         ("decode", 128), ("decode", 512)]):
         out = d / f"g{i}.json.gz"
         assert main(["trace", "--hardware-file", str(hw_file), "--phase", phase, "--batch", str(batch),
@@ -54,7 +58,7 @@ def test_fit_recovers_the_generating_curves_within_2_percent(truth_and_traces, c
     # start from H800's own (different) curves: the fit must move them to the truth
     assert replay(["calibrate", *files, "--hardware", "h800", "-o", str(out)]) == 0
     fitted = load_hardware(path=out)
-    for kind in ("gemm", "grouped_gemm", "attention", "hbm"):
+    for kind in ("gemm", "grouped_gemm", "grouped_gemm_masked", "attention", "hbm"):
         want, got = truth.efficiency[kind], fitted.efficiency[kind]
         assert got.max == pytest.approx(want.max, rel=0.02), kind
         if want.m_half:
@@ -155,6 +159,6 @@ def test_fit_predicts_what_op_time_predicts(phase, hardware):
     for kind in FITTED:
         sel = [o for o in obs if o.kind == kind and o.flops > 0]
         if sel:
-            c = hw.efficiency[kind]
+            c = hw.curve(kind)
             vec = _Products(sel, hw).compute_us(c.max, c.m_half, c.n_half, c.k_half, c.m_pow)
             assert vec == pytest.approx(compute_us(sel, hw), rel=1e-9), kind

@@ -26,6 +26,8 @@ VARIANTS = {   # together they write every key and every track: proxy, waits, lo
     "prefill-improper": ["--tbo", "improper", "--ranks", "2", "--imbalance", "1.3", "--layers", "5"],
     "decode-cpu-proxy": ["--phase", "decode", "--comm", "cpu-proxy", "--layers", "5"],
     "ascend-fused": ["--hardware", "ascend-910c", "--phase", "decode", "--comm", "ascend-fused", "--layers", "5"],
+    # every layer: the step's LM head, the MTP module, the CPU's scheduling slice
+    "decode-mtp-sched": ["--phase", "decode", "--mtp", "1", "--sched-ms", "2"],
 }
 
 
@@ -60,7 +62,7 @@ def test_every_written_key_is_declared_and_every_declared_key_written(written):
                 counters.add((e["name"], tuple(sorted(e["args"]))))
     assert args == set(C.ARG_NAMES)
     assert other == set(C.OTHER_DATA_NAMES)
-    assert cats == {C.CAT_LAUNCH, C.CAT_WAIT, C.CAT_PROXY, C.COMPUTE, C.COMM}
+    assert cats == {C.CAT_LAUNCH, C.CAT_WAIT, C.CAT_PROXY, C.CAT_SCHED, C.COMPUTE, C.COMM}
     assert flows == {C.FLOW_DEPENDENCY, C.FLOW_LAUNCH}
     assert threads == {name for _, name in C.TRACKS.values()}
     assert counters == {(C.COUNTER_SMS, ("comm", "compute"))}
@@ -169,7 +171,7 @@ def test_trace_from_own_files_replays_without_them(own_files, capsys):
     try:
         other = read_trace(improper)["otherData"]
         assert other["hardware"] == "My lab H800" and other["hardware_key"] == "my-lab-h800"
-        assert other["model"] == "My MoE" and len(other["layers"]) == 9
+        assert other["model"] == "My MoE" and len(other["layers"]) == 9 + 1    # + the LM head
         capsys.readouterr()
         assert replay(["whatif", str(improper), "--launch-order", "proper", "-o", str(d / "w.json"), "--json",
                        "--no-cache"]) == 0

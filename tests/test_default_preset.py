@@ -29,11 +29,11 @@ def prefill(**kw):
 
 def test_cache_hits_are_not_recomputed():
     cold, warm = ops(prefill(kv_hit=0.0)), ops(prefill(kv_hit=0.5))
-    for name in ("routed_expert", "shared_expert", "gate"):
+    for name in ("routed_up", "shared_expert", "gate"):
         assert warm[name].flops == pytest.approx(cold[name].flops * 0.5)
     # the seed saves only the KV down-projection: experts unchanged
     s_cold, s_warm = ops(prefill(kv_hit=0.0), SEED), ops(prefill(kv_hit=0.5), SEED)
-    assert s_warm["routed_expert"].flops == s_cold["routed_expert"].flops
+    assert s_warm["routed_up"].flops == s_cold["routed_up"].flops
     kv_down = 2 * 4096 * MODEL.hidden * (MODEL.kv_lora_rank + MODEL.qk_rope_head_dim)
     assert s_cold["mla_proj"].flops - s_warm["mla_proj"].flops == pytest.approx(0.5 * kv_down)
 
@@ -59,7 +59,7 @@ def test_every_compute_op_is_max_of_compute_memory_and_kernel_floor():
         for w in layer_ops(MODEL, plan, DEFAULT, H800, dense=False):
             t = op_time(w, plan, H800, DEFAULT)
             if w.is_compute:
-                floor = H800.efficiency[w.kind].floor_us * w.kernels / 1e3
+                floor = H800.curve(w.kind).floor_us * w.kernels / 1e3
                 assert t.terms.get("floor_ms", 0.0) == pytest.approx(floor)
                 assert t.ms == pytest.approx(max(t.terms.get("compute_ms", 0.0), t.terms["memory_ms"], floor))
 
@@ -68,7 +68,7 @@ def test_gemm_efficiency_falls_at_small_m():
     assert H800.eff("gemm", 16) < H800.eff("gemm", 256) < H800.eff("gemm", 8192) <= H800.efficiency["gemm"].max
     # A 16-row decode expert GEMM reaches only a few percent of peak: it is weight-bound.
     plan = Plan(phase="decode", batch=2, seq_len=4096, tp=1, dp=128)
-    w = ops(plan)["routed_expert"]
+    w = ops(plan)["routed_up"]
     t = op_time(w, plan, H800, DEFAULT)
     achieved = w.flops / (t.ms * 1e-3) / 1e12
     assert w.m <= 16 and achieved / H800.fp8_tflops < 0.05
@@ -76,12 +76,12 @@ def test_gemm_efficiency_falls_at_small_m():
 
 def test_comm_sms_are_taken_only_while_communication_runs():
     plan = prefill(comm="normal")
-    w = ops(plan)["routed_expert"]
+    w = ops(plan)["routed_up"]
     alone, shared = op_time(w, plan, H800, DEFAULT), op_time(w, plan, H800, DEFAULT, overlapped=True)
     assert shared.terms["compute_ms"] == pytest.approx(alone.terms["compute_ms"] * 132 / 108)
     # the seed slows compute by the comm SMs even when nothing overlaps it
-    s_alone = op_time(ops(plan, SEED)["routed_expert"], plan, H800, SEED)
-    s_ref = op_time(ops(plan, SEED)["routed_expert"], replace(plan, comm_sms=0), H800, SEED)
+    s_alone = op_time(ops(plan, SEED)["routed_up"], plan, H800, SEED)
+    s_ref = op_time(ops(plan, SEED)["routed_up"], replace(plan, comm_sms=0), H800, SEED)
     assert s_alone.ms == pytest.approx(s_ref.ms * 132 / 108)
 
 
@@ -97,7 +97,7 @@ def test_overlapped_sum_never_below_either_side_and_never_above_the_plain_sum():
 
 def test_imbalance_stretches_routed_experts():
     even, skew = ops(prefill()), ops(prefill(imbalance=1.5))
-    assert skew["routed_expert"].flops == pytest.approx(1.5 * even["routed_expert"].flops)
+    assert skew["routed_up"].flops == pytest.approx(1.5 * even["routed_up"].flops)
 
 
 @pytest.mark.parametrize("model", ["deepseek-v3", "kimi-k2", "qwen3-235b-a22b", "qwen3-30b-a3b"])

@@ -221,8 +221,9 @@ def test_layer_breakdown_axis_follows_layer_count(tmp_path):
         p = layer_breakdown([("pred", analyze(pred, use_cache=False)), ("slow", analyze(slow, use_cache=False))],
                             [0, 0])
         src = p.renderers[0].data_source.data
-        assert len(src["layer"]) == 2 * layers
-        assert isinstance(p.x_range, FactorRange) == (2 * layers <= CATEGORICAL_MAX_BARS)
+        bars = layers + (layers == 61)      # every layer: the LM head's too
+        assert len(src["layer"]) == 2 * bars
+        assert isinstance(p.x_range, FactorRange) == (2 * bars <= CATEGORICAL_MAX_BARS)
         for label, path in (("pred", pred), ("slow", slow)):
             truth = _layer_truth(path)
             rows = [i for i, t in enumerate(src["trace"]) if t == label]

@@ -60,6 +60,7 @@ class CommBackend:
     source: str
     node_dedup: bool = False    # one copy per destination node, forwarded inside it (normal kernels)
     rank_dedup: bool = False    # one copy per destination rank, all inside one scale-up domain (intranode)
+    expert_layout: str = "contiguous"   # what the dispatch hands the experts: contiguous rows or masked per expert
     releases: dict[str, "Release"] = field(default_factory=dict)   # published figures per library release
     release: str = ""           # the release used when the plan names none
 
@@ -104,6 +105,9 @@ class Release:
         return pts[lo] + f * (pts[hi] - pts[lo])
 
 
+CURVE_FALLBACK = {"grouped_gemm_masked": "grouped_gemm"}
+
+
 @dataclass(frozen=True)
 class Hardware:
     key: str
@@ -126,10 +130,17 @@ class Hardware:
 
     def eff(self, kind: str, m: float = 0.0, n: float = 0.0, k: float = 0.0) -> float:
         try:
-            return self.efficiency[kind].at(m, n, k)
+            return self.curve(kind).at(m, n, k)
         except KeyError:
             raise UserError(f"hardware {self.name}: no efficiency entry {kind!r} "
                             f"(has {', '.join(sorted(self.efficiency))})") from None
+
+    def curve(self, kind: str) -> EffCurve:
+        """The efficiency curve of an op kind; a kind the entry has no curve for falls back to its
+        family's (a masked grouped GEMM to the grouped GEMM curve)."""
+        if kind not in self.efficiency and kind in CURVE_FALLBACK:
+            kind = CURVE_FALLBACK[kind]
+        return self.efficiency[kind]
 
     def backend(self, name: str) -> CommBackend:
         try:
@@ -200,6 +211,7 @@ _COMM_FIELDS: dict[str, tuple[str, bool]] = {
     "latency_us": ("time", True), "cpu_block_us": ("time", True), "per_message_us": ("time", True),
     "fused": ("bool", True), "source": ("str", True), "node_dedup": ("bool", False),
     "rank_dedup": ("bool", False), "releases": ("table", False), "release": ("str", False),
+    "expert_layout": ("str", False),
 }
 _RELEASE_FIELDS: dict[str, tuple[str, bool]] = {
     "unit": ("str", True), "dispatch": ("table", True), "combine": ("table", True),
@@ -340,6 +352,9 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
         c = _check(spec, _COMM_FIELDS, f"{where}.comm.{name}")
         if c["link"] not in _LINKS:
             raise UserError(f"{where}.comm.{name}.link: expected one of {', '.join(_LINKS)}, got {c['link']!r}")
+        if c.get("expert_layout", "contiguous") not in ("contiguous", "masked"):
+            raise UserError(f"{where}.comm.{name}.expert_layout: expected contiguous or masked, "
+                            f"got {c['expert_layout']!r}")
         if c["sms"] > e["sm_count"]:
             raise UserError(f"{where}.comm.{name}.sms: {c['sms']} SMs exceed the {e['sm_count']} on the chip")
         c["releases"] = {r: _build_release(r, spec_r, f"{where}.comm.{name}.releases.{r}")

@@ -92,6 +92,13 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
                    help="fan-out of a token's experts over ranks and nodes: 'model' (its group limits, random "
                         "scores), 'uniform' (random top-k, no groups), 'spread' (one node per chosen group) "
                         "(default: model)")
+    g.add_argument("--mtp", type=int, default=None,
+                   help="decode: draft tokens per request per step (multi-token prediction; each step verifies "
+                        "1 + MTP tokens per request and runs the MTP module MTP times) (default: 0)")
+    g.add_argument("--mtp-accept", type=finite, default=None,
+                   help="decode: probability a draft token is accepted (default: 0.85, DeepSeek-V3 report)")
+    g.add_argument("--sched-ms", type=finite, default=None,
+                   help="CPU time per step outside the GPU work (scheduler, batching), ms (default: 0)")
     g.add_argument("--precision", default=None, choices=("fp8", "bf16"), help="GEMM precision")
     g.add_argument("--kv-dtype", default=None, choices=("fp8", "bf16"), help="KV-cache element type")
     g.add_argument("--decode-len", type=int, default=None,
@@ -195,15 +202,21 @@ def cmd_trace(args: argparse.Namespace) -> int:
                    tag("tracegen-trace"))
         return 0
     r0 = summ[0]
-    moe = [l for l in graph.layers if l not in graph.dense]
+    moe = graph.moe_layers
+    n_model = sum(1 for layer in graph.layers if graph.kind(layer) in ("dense", "moe"))
+    tail = {k: sum(1 for layer in graph.layers if graph.kind(layer) == k) for k in ("head", "mtp")}
+    extra = (" + LM head" if tail["head"] else "") + (f" + MTP module x {tail['mtp']}" if tail["mtp"] else "")
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB): {model.name} {plan.phase} on {graph.hardware.name}, "
-          f"{len(graph.layers)} layers x {plan.microbatches} micro-batch{'es' if plan.microbatches > 1 else ''}, "
+          f"{n_model} layers{extra} x {plan.microbatches} micro-batch{'es' if plan.microbatches > 1 else ''}, "
           f"{args.ranks} rank{'s' if args.ranks > 1 else ''}, TBO {tbo}, comm {plan.comm}")
     print(f"span {r0['span_us'] / 1e3:.3f} ms (rank 0)   compute busy {100 * r0['compute_us'] / r0['span_us']:.1f}%   "
           f"communication hidden {r0['hidden_comm_pct']:.1f}% ({r0['exposed_comm_us'] / 1e3:.3f} ms exposed)")
     if len(moe) > 1:
-        times = sched.layer_time_us(0)[len(graph.layers) - len(moe):]
+        times = [t for layer, t in zip(graph.layers, sched.layer_time_us(0)) if graph.kind(layer) == "moe"]
         print(f"per MoE layer {sum(times) / len(times) / 1e3:.3f} ms (mean of {len(times)})")
+    if plan.sched_ms:
+        print(f"the step starts with {plan.sched_ms:g} ms of CPU scheduling (the 'scheduler' slice, --sched-ms): "
+              f"{sched.span_us / 1e3:.3f} ms from its start to the last kernel")
     print("compute idle: " + ", ".join(f"{c} {r0['idle_us'][c] / 1e3:.3f} ms" for c in IDLE_CAUSES))
     print("open it in https://ui.perfetto.dev (Open trace file) or chrome://tracing")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .catalog import Hardware, Release
+from .catalog import CURVE_FALLBACK, Hardware, Release
 from .ops import Work
 from .plan import Plan
 from .preset import Preset
@@ -75,7 +75,7 @@ def op_time(w: Work, plan: Plan, hw: Hardware, preset: Preset, overlapped: bool 
     terms: dict[str, float] = {}
     if w.flops:
         factor = share * (preset.decode_expert_factor
-                          if plan.phase == "decode" and w.name in ("shared_expert", "routed_expert") else 1.0)
+                          if plan.phase == "decode" and (w.name == "shared_expert" or w.name.startswith("routed_")) else 1.0)
         if w.gemms and preset.flat_discount is None:      # each product at its own shape's efficiency
             terms["compute_ms"] = sum(2 * m * n * k * c / 1e9 / (compute_rate(hw, preset, w.rate, w.kind, m, n, k)
                                                                  * factor) for m, n, k, c in w.gemms if c and m)
@@ -84,7 +84,7 @@ def op_time(w: Work, plan: Plan, hw: Hardware, preset: Preset, overlapped: bool 
     if preset.memory_time == "roofline":
         if w.hbm_bytes:
             terms["memory_ms"] = w.hbm_bytes / _MB / hbm_rate(hw, preset)
-        floor = hw.efficiency[w.kind].floor_us if w.kind in hw.efficiency else 0.0
+        floor = hw.curve(w.kind).floor_us if w.kind in hw.efficiency or w.kind in CURVE_FALLBACK else 0.0
         if floor:
             terms["floor_ms"] = floor * w.kernels / 1e3
         ms = max(terms.values(), default=0.0)

@@ -2,15 +2,18 @@
 sums with and without overlap, TPOT and throughput per GPU and per node."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .catalog import Hardware, Model
 from .cost import Timed, comm_sms, op_time
-from .ops import layer_ops
+from .ops import layer_ops, tokens
+from .step import HEAD, MTP_ROW, head_ops, mtp_plan, mtp_proj_ops
 from .plan import Plan
 from .preset import Preset
 
-ROW_ORDER = ("DenseMLA", "DenseMLP", "MLA", "Gate", "SharedExpert", "RoutedExpert", "Dispatch", "Combine")
+ROW_ORDER = ("DenseMLA", "DenseMLP", "MLA", "Gate", "SharedExpert", "RoutedExpert", "Dispatch", "Combine", HEAD,
+             MTP_ROW, "Scheduler")
+PER_STEP_ROWS = (HEAD, MTP_ROW, "Scheduler")     # rows counted per step (`layers`: 1, or the MTP drafts)
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,12 @@ class Estimate:
             "tokens_per_s_per_node": self.tokens_per_s_per_gpu * p.gpus_per_node,
         }
         if p.phase == "decode":
-            out.update(tpot_overlap_ms=self.sum_overlap_ms, tpot_ms=self.sum_ms,
-                       tps_per_user_overlap=1e3 / self.sum_overlap_ms, tps_per_user=1e3 / self.sum_ms,
-                       comm_slack_ms=self.comm_slack_ms)
+            # a step gives each request 1 + accepted drafts tokens: TPOT is the step over that
+            a = p.accepted_per_request
+            out.update(tpot_overlap_ms=self.sum_overlap_ms / a, tpot_ms=self.sum_ms / a,
+                       tps_per_user_overlap=1e3 * a / self.sum_overlap_ms, tps_per_user=1e3 * a / self.sum_ms,
+                       comm_slack_ms=self.comm_slack_ms, step_overlap_ms=self.sum_overlap_ms, step_ms=self.sum_ms,
+                       tokens_per_request_per_step=a)
         else:
             out.update(prefill_latency_overlap_ms=self.sum_overlap_ms, prefill_latency_ms=self.sum_ms)
         out.update(self.extra)
@@ -112,15 +118,34 @@ def estimate(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> Estimate
     moe_ops = [op_time(w, plan, hw, preset) for w in layer_ops(model, plan, preset, hw, dense=False)]
     rows = _rows(dense_ops, model.dense_layers) if model.dense_layers else {}
     rows.update(_rows(moe_ops, model.moe_layers))
-    ordered = [rows[n] for n in ROW_ORDER if n in rows]
     dense_ms = sum(t.ms for t in dense_ops)
     moe_seq = sum(t.ms for t in moe_ops)
     sum_ms = model.dense_layers * dense_ms + model.moe_layers * moe_seq
     sum_overlap = model.dense_layers * dense_ms + model.moe_layers * overlapped_layer_ms(moe_ops, plan, hw, preset)
+    if preset.step_terms:
+        # per step: the LM head; the MTP module once per draft token; the CPU's scheduling time
+        head = [op_time(w, plan, hw, preset) for w in head_ops(model, plan, tokens(model, plan, preset))]
+        rows.update(_rows(head, 1))
+        sum_ms += sum(t.ms for t in head)
+        sum_overlap += sum(t.ms for t in head)
+        if plan.mtp:
+            mp = mtp_plan(plan)
+            layer = [op_time(w, mp, hw, preset) for w in mtp_proj_ops(model, plan, preset)
+                     + layer_ops(model, mp, preset, hw, dense=False)]
+            mhead = [op_time(w, mp, hw, preset) for w in head_ops(model, mp, tokens(model, mp, preset), MTP_ROW, "mtp_")]
+            draft = [t if t.work.row == MTP_ROW else replace(t, work=replace(t.work, row=MTP_ROW)) for t in layer + mhead]
+            rows.update(_rows(draft, plan.mtp))
+            sum_ms += plan.mtp * sum(t.ms for t in draft)
+            sum_overlap += plan.mtp * (overlapped_layer_ms(layer, mp, hw, preset) + sum(t.ms for t in mhead))
+        if plan.sched_ms:
+            rows["Scheduler"] = Row("Scheduler", plan.sched_ms, 1, {"cpu_ms": plan.sched_ms})
+            sum_ms += plan.sched_ms
+            sum_overlap += plan.sched_ms
+    ordered = [rows[n] for n in ROW_ORDER if n in rows]
     if plan.phase == "prefill":
         per_gpu = plan.dp * plan.batch * plan.seq_len / plan.num_gpus
     elif preset.decode_moe_tokens == "batch_per_gpu":
-        per_gpu = plan.batch
+        per_gpu = plan.batch * plan.accepted_per_request
     else:
-        per_gpu = plan.dp * plan.batch / plan.num_gpus
+        per_gpu = plan.dp * plan.batch / plan.num_gpus * plan.accepted_per_request
     return Estimate(model, hw, plan, preset, ordered, dense_ops, moe_ops, sum_overlap, sum_ms, per_gpu)

@@ -22,13 +22,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .catalog import EffCurve, Hardware
+from .catalog import CURVE_FALLBACK, EffCurve, Hardware
 from .cost import link_rate, op_time
 from .ops import Gemm, Work
 from .plan import Plan
 from .preset import Preset, load_preset
 
-FITTED = ("gemm", "grouped_gemm", "attention", "attention_decode")
+FITTED = ("gemm", "grouped_gemm", "grouped_gemm_masked", "attention", "attention_decode")
+# what `replay calibrate` fits by default: decode attention only from kernels measured as such
+# (bench/kernels.py, FlashMLA), not from the stand-ins a capture may annotate
+CALIBRATED = ("gemm", "grouped_gemm", "grouped_gemm_masked", "attention")
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ def _default() -> Preset:
 
 def as_work(o: Obs, hw: Hardware) -> Work:
     """The cost model's view of a measured op (a kind without a curve is timed by its bytes)."""
-    flops = o.flops if o.kind in hw.efficiency else 0.0
+    flops = o.flops if o.kind in hw.efficiency or o.kind in CURVE_FALLBACK else 0.0
     return Work(o.name, "", "", o.kind, flops=flops, rate=o.rate, m=o.m, hbm_bytes=o.bytes, kernels=o.kernels,
                 gemms=o.gemms if flops else ())
 
@@ -84,7 +87,8 @@ def compute_us(obs: list[Obs], hw: Hardware) -> np.ndarray:
 
 
 def _floor(obs: list[Obs], hw: Hardware) -> np.ndarray:
-    return np.array([hw.efficiency[o.kind].floor_us * o.kernels if o.kind in hw.efficiency else 0.0 for o in obs])
+    return np.array([hw.curve(o.kind).floor_us * o.kernels if o.kind in hw.efficiency or o.kind in CURVE_FALLBACK
+                     else 0.0 for o in obs])
 
 
 def _hbm_us(obs: list[Obs], hw: Hardware, eff: float) -> np.ndarray:
@@ -197,11 +201,16 @@ def _fit_curve(obs: list[Obs], hw: Hardware, lower_us: np.ndarray, start: EffCur
     return EffCurve(p[0], p[1], start.floor_us, p[2], p[3], p[4])
 
 
-def fit(obs: list[Obs], hw: Hardware, rounds: int = 3, keep_hbm: bool = False) -> Hardware:
+def fit(obs: list[Obs], hw: Hardware, rounds: int = 3, keep_hbm: bool = False, min_shapes: int = 3,
+        kinds: tuple[str, ...] = CALIBRATED) -> Hardware:
     """New efficiency curves for the kinds with observations; other fields kept. Kernel floors come
     from profiler observations only: the fastest single matrix kernel seen (tracegen's own traces
     keep the hardware's floors). `keep_hbm`: the hardware's HBM efficiency stays (measured by
-    copies elsewhere) instead of being fitted to the memory-bound ops."""
+    copies elsewhere) instead of being fitted to the memory-bound ops. A kind's N and K halves are
+fitted when its observations hold at least `min_shapes` distinct (N, K) shapes. Only `kinds` are fitted."""
+    # an observation of a kind the hardware has no curve for is timed by its fallback's curve: fit that
+    obs = [o if o.kind in hw.efficiency or o.kind not in CURVE_FALLBACK else replace(o, kind=CURVE_FALLBACK[o.kind])
+           for o in obs]
     train = [o for o in obs if not o.held_out]
     eff = dict(hw.efficiency)
     comm = dict(hw.comm)
@@ -213,9 +222,9 @@ def fit(obs: list[Obs], hw: Hardware, rounds: int = 3, keep_hbm: bool = False) -
     singles = [o.us for o in train if o.kind == "gemm" and o.kernels == 1 and o.profiled]
     if singles:
         floor = float(min(singles))
-        for kind in FITTED:
-            if kind in eff and any(o.kind == kind for o in train):
-                eff[kind] = replace(eff[kind], floor_us=floor)
+        for kind in kinds:
+            if any(o.kind == kind for o in train) and (kind in eff or kind in CURVE_FALLBACK):
+                eff[kind] = replace(eff.get(kind) or hw.curve(kind), floor_us=floor)
     # pure memory traffic: device copies, and elementwise kernels not at their floor
     ew_floor = hw.efficiency["elementwise"].floor_us if "elementwise" in hw.efficiency else 0.0
     copies = [o for o in train if o.kind == "hbm" or (o.kind == "elementwise" and o.bytes > 0
@@ -225,16 +234,16 @@ def fit(obs: list[Obs], hw: Hardware, rounds: int = 3, keep_hbm: bool = False) -
         copies = [None]     # type: ignore[list-item]  # (only its truth value is read below)
     for _ in range(rounds):
         cur = replace(hw, efficiency={**eff, "hbm": EffCurve(min(hbm, 1.0))})
-        for kind in FITTED:
+        for kind in kinds:
             sel = [o for o in train if o.kind == kind and o.flops > 0]
             if len(sel) < 2:
                 continue
             lower = np.maximum(_hbm_us(sel, cur, min(hbm, 1.0)), _floor(sel, cur))
-            shape_aware = any(o.gemms for o in sel) and len({(g[1], g[2]) for o in sel for g in o.gemms}) > 2
-            eff[kind] = _fit_curve(sel, cur, lower, eff[kind], shape_aware)
+            shape_aware = any(o.gemms for o in sel) and len({(g[1], g[2]) for o in sel for g in o.gemms}) >= min_shapes
+            eff[kind] = _fit_curve(sel, cur, lower, eff.get(kind) or cur.curve(kind), shape_aware)
         if not copies:     # no pure copies: the HBM efficiency that best explains memory-bound ops
             cur = replace(hw, efficiency={**eff, "hbm": EffCurve(hbm)})
-            comp = [o for o in train if o.kind in FITTED]
+            comp = [o for o in train if o.kind in kinds]
             if comp:
                 c = np.maximum(compute_us(comp, cur), _floor(comp, cur))
                 t = np.array([o.us for o in comp])
@@ -279,7 +288,7 @@ def calibrated(hw: Hardware, sources: list[str]) -> Hardware:
     return replace(hw, name=name, source=note)
 
 
-__all__ = ["Obs", "FITTED", "fit", "predict_us", "compute_us", "errors", "summarise", "mark_held_out", "calibrated",
+__all__ = ["Obs", "FITTED", "CALIBRATED", "fit", "predict_us", "compute_us", "errors", "summarise", "mark_held_out", "calibrated",
            "as_work"]
 
 

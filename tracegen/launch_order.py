@@ -66,11 +66,19 @@ def unroll(graph: OpGraph, order: Order | None) -> list[tuple[int, int, str]]:
     no stage is launched before a stage it depends on (a stream would wait forever)."""
     plan = graph.plan
     seq: list[tuple[int, int, str]] = []
-    moe = [layer for layer in graph.layers if layer not in graph.dense]
+    moe = graph.moe_layers
+
+    def in_program_order(layer: int) -> list[tuple[int, int, str]]:
+        return [(layer, mb, s) for mb in range(plan.microbatches) for s in graph.layer_stages(layer)
+                if (layer, mb, s) in graph.stages]
+
+    # the step's tail (LM head, MTP module) runs after the model's layers, each layer's stages in
+    # program order; dense layers (and every layer with TBO off) in place
+    last = max(graph.layers[i] for i in range(len(graph.layers)) if graph.kind(graph.layers[i]) in ("dense", "moe"))
+    tail = [layer for layer in graph.layers if layer > last]
     for layer in graph.layers:
-        if layer in graph.dense or order is None:
-            for mb in range(plan.microbatches):
-                seq += [(layer, mb, s) for s in graph.layer_stages(layer) if (layer, mb, s) in graph.stages]
+        if layer not in tail and (graph.kind(layer) == "dense" or order is None):
+            seq += in_program_order(layer)
     if order is not None and moe:
         if plan.microbatches != 2:
             raise UserError(f"launch orders interleave 2 micro-batches; got --microbatches {plan.microbatches}")
@@ -88,6 +96,8 @@ def unroll(graph: OpGraph, order: Order | None) -> list[tuple[int, int, str]]:
                 key = (base + off, mb, stage)
                 if key[0] in moe_set and key in graph.stages:
                     seq.append(key)
+    for layer in tail:
+        seq += in_program_order(layer)
     # completeness and dependency order
     pos: dict[tuple[int, int, str], int] = {}
     for i, key in enumerate(seq):

@@ -10,13 +10,14 @@ from dataclasses import dataclass, field, replace
 from .base.contract import COMM, COMPUTE, PROGRAM
 from .catalog import Hardware, Model
 from .cost import Timed, comm_sms, op_time
-from .ops import layer_ops
+from .ops import layer_ops, tokens
 from .plan import Plan
 from .preset import Preset
+from .step import MTP_ROW, head_ops, mtp_plan, mtp_proj_ops
 
 # Kernels one op launches (norms, casts, rope, top-k ... included): sets the CPU launch cost.
 KERNELS = {"mla_proj": 8, "attn_proj": 5, "attn_core": 2, "mla_out": 3, "attn_out": 2, "tp_allreduce": 1,
-           "gate": 4, "shared_expert": 4, "routed_expert": 5, "dense_mlp": 4, "dispatch": 2, "combine": 1}
+           "gate": 1, "routing": 5, "shared_expert": 4, "routed_up": 3, "routed_down": 2, "dense_mlp": 4, "dispatch": 2, "combine": 1}
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,18 @@ class OpGraph:
     dense: frozenset[int]           # which of them are dense
     stages: dict[tuple[int, int, str], Stage]
     serial: bool                    # TBO off: every stage waits for the one before it
+    kinds: dict[int, str] = field(default_factory=dict)   # layer -> dense, moe, head, mtp, mtp_head
+
+    def kind(self, layer: int) -> str:
+        return self.kinds.get(layer) or ("dense" if layer in self.dense else "moe")
 
     def layer_stages(self, layer: int) -> tuple[str, ...]:
-        return PROGRAM[(self.plan.phase, "dense" if layer in self.dense else "moe")]
+        return PROGRAM[(self.plan.phase, layer_type(self.kind(layer)))]
+
+    @property
+    def moe_layers(self) -> list[int]:
+        """The model's MoE layers (not the MTP module's)."""
+        return [layer for layer in self.layers if self.kind(layer) == "moe"]
 
 
 def _stage_from_ops(layer: int, mb: int, name: str, timed: list[Timed], plan: Plan, hw: Hardware,
@@ -88,15 +98,18 @@ def _stage_from_ops(layer: int, mb: int, name: str, timed: list[Timed], plan: Pl
 
 
 def link(stages: dict[tuple[int, int, str], Stage], layers: tuple[int, ...] | list[int], n_mb: int, serial: bool,
-         phase: str, dense: frozenset[int] | set[int]) -> dict[tuple[int, int, str], Stage]:
+         phase: str, types: dict[int, str] | frozenset[int] | set[int]) -> dict[tuple[int, int, str], Stage]:
     """The stages with their data dependencies: inside a layer by program order (SHARED and
     DISPATCH need the attention's output, MLP the dispatch, COMBINE the MLP), across layers the
     next attention needs this layer's COMBINE and SHARED (or its dense MLP). TBO off (`serial`):
-    every stage waits for the one before it."""
+    every stage waits for the one before it. `types`: each layer's PROGRAM type (or the set of dense
+layers, every other layer MoE)."""
     out: dict[tuple[int, int, str], Stage] = {}
     prev: dict[int, tuple[tuple[int, int, str], ...]] = {mb: () for mb in range(n_mb)}
     for layer in layers:
-        program = [s for s in PROGRAM[(phase, "dense" if layer in dense else "moe")]]
+        kind = types.get(layer, "moe") if isinstance(types, dict) else ("dense" if layer in types else "moe")
+        program = [s for s in PROGRAM[(phase, kind)]]
+        before = dict(prev)
         for mb in range(n_mb):
             done: dict[str, tuple[int, int, str]] = {}
             last: tuple[tuple[int, int, str], ...] = prev[mb]
@@ -124,37 +137,74 @@ def link(stages: dict[tuple[int, int, str], Stage], layers: tuple[int, ...] | li
             tails = [done[n] for n in ("COMBINE", "SHARED") if n in done] or [done[n] for n in ("MLP",) if n in done]
             if done:
                 prev[mb] = last if serial else tuple(tails or list(last))
+        if kind == "head" and (layer, 0, "HEAD") in out:
+            # one head for the whole batch: it needs every micro-batch's output, and every
+            # micro-batch of the next layer needs it
+            head = (layer, 0, "HEAD")
+            out[head] = replace(out[head], deps=tuple(sorted({d for mb in range(n_mb) for d in before[mb]})))
+            prev = {mb: (head,) for mb in range(n_mb)}
     return out
+
+
+def _by_stage(timed: list[Timed], fused_gate: bool) -> dict[str, list[Timed]]:
+    by_stage: dict[str, list[Timed]] = {}
+    for t in timed:
+        stage = t.work.stage
+        if fused_gate and t.work.name in ("gate", "routing"):
+            stage = "DISPATCH"      # Ascend: gating + quantisation fused into the dispatch kernel
+        by_stage.setdefault(stage, []).append(t)
+    return by_stage
 
 
 def build(model: Model, hw: Hardware, plan: Plan, preset: Preset, layers: int | None = None,
           skip_dense: bool = False) -> OpGraph:
-    """Stages for every emitted layer and micro-batch (identical micro-batches: the batch split evenly)."""
+    """Stages for every emitted layer and micro-batch (identical micro-batches: the batch split evenly).
+    With every layer emitted, the step's tail follows the model's layers as layers of their own: the
+    LM head (kind "head"), then per MTP draft token the MTP module (kind "mtp": an MoE layer on one
+    token per request) and its head."""
     hw = preset.apply(hw)
     n_mb = plan.microbatches
     mb_plan = replace(plan.split(n_mb), imbalance=1.0)
-    backend = hw.backend(plan.comm)
-    per_kind: dict[str, dict[str, list[Timed]]] = {}
-    for kind in ("dense", "moe"):
-        ops = [op_time(w, mb_plan, hw, preset) for w in layer_ops(model, mb_plan, preset, hw, kind == "dense")]
-        by_stage: dict[str, list[Timed]] = {}
-        for t in ops:
-            stage = t.work.stage
-            if kind == "moe" and backend.fused and t.work.name == "gate":
-                stage = "DISPATCH"      # Ascend: gating + quantisation fused into the dispatch kernel
-            by_stage.setdefault(stage, []).append(t)
-        per_kind[kind] = by_stage
+    fused = hw.backend(plan.comm).fused
+    timed = lambda works, p: [op_time(w, p, hw, preset) for w in works]  # noqa: E731
+    per_kind: dict[str, dict[str, list[Timed]]] = {
+        kind: _by_stage(timed(layer_ops(model, mb_plan, preset, hw, kind == "dense"), mb_plan), fused and kind == "moe")
+        for kind in ("dense", "moe")}
     all_layers = [i for i in range(model.layers) if not (skip_dense and i < model.dense_layers)]
-    chosen = tuple(all_layers[:layers] if layers else all_layers)
-    dense = frozenset(i for i in chosen if i < model.dense_layers)
+    chosen = list(all_layers[:layers] if layers else all_layers)
+    kinds = {i: "dense" if i < model.dense_layers else "moe" for i in chosen}
+    if preset.step_terms and chosen and chosen[-1] == model.layers - 1:
+        # the LM head runs once on the whole batch (the micro-batches merged), as micro-batch 0
+        whole = replace(plan, imbalance=1.0)
+        per_kind["head"] = _by_stage(timed(head_ops(model, whole, tokens(model, whole, preset)), whole), False)
+        tail = ["head"]
+        if plan.mtp:
+            mp = mtp_plan(mb_plan)
+            per_kind["mtp"] = _by_stage(timed(mtp_proj_ops(model, mb_plan, preset)
+                                              + layer_ops(model, mp, preset, hw, False), mp), fused)
+            mw = mtp_plan(whole)
+            per_kind["mtp_head"] = _by_stage(timed(head_ops(model, mw, tokens(model, mw, preset), MTP_ROW, "mtp_"),
+                                                   mw), False)
+            tail += ["mtp", "mtp_head"] * plan.mtp
+        for i, kind in enumerate(tail):
+            kinds[model.layers + i] = kind
+            chosen.append(model.layers + i)
+    dense = frozenset(i for i in chosen if kinds[i] == "dense")
     serial = n_mb == 1
     stages: dict[tuple[int, int, str], Stage] = {}
     for layer in chosen:
-        kind = "dense" if layer in dense else "moe"
-        for mb in range(n_mb):
-            for name in PROGRAM[(plan.phase, kind)]:
+        kind = kinds[layer]
+        for mb in range(1 if layer_type(kind) == "head" else n_mb):
+            for name in PROGRAM[(plan.phase, layer_type(kind))]:
                 if name in per_kind[kind]:
                     stages[(layer, mb, name)] = _stage_from_ops(layer, mb, name, per_kind[kind][name], mb_plan, hw,
                                                                 preset)
-    stages = link(stages, chosen, n_mb, serial, plan.phase, dense)
-    return OpGraph(model, hw, plan, preset, chosen, dense, stages, serial)
+    types = {i: layer_type(k) for i, k in kinds.items()}
+    stages = link(stages, tuple(chosen), n_mb, serial, plan.phase, types)
+    return OpGraph(model, hw, plan, preset, tuple(chosen), dense, stages, serial, kinds)
+
+
+def layer_type(kind: str) -> str:
+    """The contract's layer type (PROGRAM's key) of a layer kind: the MTP module is an MoE layer,
+    the LM heads are "head" layers."""
+    return {"mtp": "moe", "mtp_head": "head"}.get(kind, kind)

@@ -80,15 +80,16 @@ def tokens(model: Model, plan: Plan, preset: Preset) -> Tokens:
                       routed_tokens=total * model.activated_experts / plan.ep_size * plan.imbalance,
                       kv_down_rate=kv_down_rate)
     seqs = plan.batch
+    per_seq = plan.tokens_per_request      # 1, or 1 + draft tokens verified per step (MTP)
     if preset.decode_moe_tokens == "batch_per_gpu":
-        moe_tokens = seqs
-        routed = seqs * model.activated_experts
+        moe_tokens = seqs * per_seq
+        routed = moe_tokens * model.activated_experts
     else:
-        moe_tokens = plan.dp * seqs / plan.num_gpus
-        routed = plan.dp * seqs * model.activated_experts / plan.ep_size
+        moe_tokens = plan.dp * seqs * per_seq / plan.num_gpus
+        routed = plan.dp * seqs * per_seq * model.activated_experts / plan.ep_size
     # the seed's mla_flops(1, seq_len, kv_cache_rate=1) skips even the new token's KV projection
     kv_down_rate = 0.0 if preset.kv_hit_applies_to == "kv_down_proj" else 1.0
-    return Tokens(q_len=seqs, kv_len=plan.seq_len, seqs=seqs, attn_pairs=seqs * plan.seq_len,
+    return Tokens(q_len=seqs * per_seq, kv_len=plan.seq_len, seqs=seqs, attn_pairs=seqs * per_seq * plan.seq_len,
                   moe_tokens=moe_tokens, routed_tokens=routed * plan.imbalance, kv_down_rate=kv_down_rate)
 
 
@@ -197,6 +198,20 @@ def _ffn(name: str, row: str, stage: str, kind: str, rows: float, width: int, hi
                 weights + rows * (2 * hidden + 3 * width) * BF16, kernels=2, gemms=gemms)
 
 
+def _ffn_halves(name: str, row: str, stage: str, kind: str, rows: float, width: int, hidden: int,
+                copies: float, weight_elem: float, m: float) -> list[Work]:
+    """The same FFN as two kernels, as grouped expert GEMMs run: `<name>_up` (gate and up fused,
+    hidden -> 2 x width) and `<name>_down` (width -> hidden), each with its own weights and
+    activations (the SwiGLU between them is a glue op)."""
+    n = rows / m if m else 0
+    rate = "fp8" if weight_elem == 1 else "bf16"
+    up, down = ((m, 2 * width, hidden, n),), ((m, hidden, width, n),)
+    return [Work(f"{name}_up", row, stage, kind, gemm_flops(up), rate, m,
+                 copies * 2 * hidden * width * weight_elem + rows * (hidden + 2 * width) * BF16, gemms=up),
+            Work(f"{name}_down", row, stage, kind, gemm_flops(down), rate, m,
+                 copies * hidden * width * weight_elem + rows * (width + hidden) * BF16, gemms=down)]
+
+
 def dense_mlp_op(model: Model, plan: Plan, preset: Preset, t: Tokens) -> Work:
     # split: sequence-parallel, each GPU its own tokens with the full weights;
     # the seed: the whole DP group's tokens on one GPU
@@ -205,23 +220,37 @@ def dense_mlp_op(model: Model, plan: Plan, preset: Preset, t: Tokens) -> Work:
                 1.0, plan.gemm_bytes_per_elem, rows)
 
 
-def gate_op(model: Model, plan: Plan, t: Tokens) -> Work:
+def gate_op(model: Model, plan: Plan, t: Tokens) -> list[Work]:
+    """The router: its GEMM (BF16, hidden -> experts), then the routing kernels (score function,
+    group top-k, top-k, weight normalisation), each a small memory-bound kernel."""
     rows = t.moe_tokens
     stage = "ATTN-1" if plan.phase == "decode" else "ATTN"
     gemms = ((rows, model.routed_experts, model.hidden, 1),)
-    return Work("gate", "Gate", stage, "gemm", gemm_flops(gemms), "bf16",
-                rows, model.hidden * model.routed_experts * BF16 + rows * model.hidden * BF16, gemms=gemms)
+    scores = rows * model.routed_experts * 4            # FP32 scores, read and written per routing kernel
+    groups = model.expert_groups > 1 and model.limited_groups < model.expert_groups
+    return [Work("gate", "Gate", stage, "gemm", gemm_flops(gemms), "bf16",
+                 rows, model.hidden * model.routed_experts * BF16 + rows * model.hidden * BF16, gemms=gemms),
+            Work("routing", "Gate", stage, "elementwise", hbm_bytes=2 * scores * ROUTING_KERNELS[groups],
+                 kernels=ROUTING_KERNELS[groups])]
 
 
-def expert_ops(model: Model, plan: Plan, preset: Preset, t: Tokens) -> list[Work]:
+# routing kernels after the gate GEMM: score function + bias, top-k, weight normalisation; the group
+# limit adds the group scores and the group top-k (SGLang's biased_grouped_topk / DeepSeek's gate)
+ROUTING_KERNELS = {False: 3, True: 5}
+
+
+def expert_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, t: Tokens) -> list[Work]:
     wb = plan.gemm_bytes_per_elem
     out = []
     if model.shared_experts:
         out.append(_ffn("shared_expert", "SharedExpert", "SHARED", "gemm", t.moe_tokens * model.shared_experts,
                         model.moe_intermediate, model.hidden, model.shared_experts, wb, t.moe_tokens))
     local = plan.experts_per_gpu(model)
-    out.append(_ffn("routed_expert", "RoutedExpert", "MLP", "grouped_gemm", t.routed_tokens,
-                    model.moe_intermediate, model.hidden, local, wb, t.routed_tokens / max(local, 1e-9)))
+    # low-latency dispatch hands the experts a masked [experts x max tokens] layout (masked grouped
+    # GEMM); the normal dispatch a contiguous one
+    kind = "grouped_gemm_masked" if hw.backend(plan.comm).expert_layout == "masked" else "grouped_gemm"
+    out += _ffn_halves("routed", "RoutedExpert", "MLP", kind, t.routed_tokens, model.moe_intermediate, model.hidden,
+                       local, wb, t.routed_tokens / max(local, 1e-9))
     return out
 
 
@@ -312,9 +341,9 @@ def layer_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, dense: boo
     if dense:
         return ops + [dense_mlp_op(model, plan, preset, t)] + g("dense_glue")
     if preset.gate:
-        ops.append(gate_op(model, plan, t))
-    experts = expert_ops(model, plan, preset, t)
+        ops += gate_op(model, plan, t) if preset.glue else gate_op(model, plan, t)[:1]
+    experts = expert_ops(model, plan, preset, hw, t)
     dispatch, combine = a2a_ops(model, plan, preset, hw, t)
     shared = [w for w in experts if w.name == "shared_expert"] + g("shared_glue")
-    routed = [w for w in experts if w.name == "routed_expert"] + g("routed_glue")
+    routed = [w for w in experts if w.name.startswith("routed_")] + g("routed_glue")
     return ops + shared + [dispatch] + routed + [combine]

@@ -36,6 +36,9 @@ class Plan:
     imbalance: float = 1.0       # max / mean expert load across EP ranks (1 = balanced)
     routing: str = "model"       # fan-out of a token's experts: the model's group limits, or uniform top-k
     comm_release: str = ""       # the all-to-all library release whose published figures apply ("": default)
+    mtp: int = 0                 # decode: draft tokens per request per step (multi-token prediction), 0: off
+    mtp_accept: float = 0.85     # ... probability each draft token is accepted (DeepSeek-V3 report: 85-90 %)
+    sched_ms: float = 0.0        # CPU time per step outside the GPU timeline (scheduler, batching), ms
 
     # ------------------------------------------------------------------ derived counts
     @property
@@ -57,6 +60,17 @@ class Plan:
     @property
     def gemm_bytes_per_elem(self) -> int:
         return 1 if self.precision == "fp8" else 2
+
+    @property
+    def tokens_per_request(self) -> int:
+        """Decode: tokens each request runs through the model per step (1 + MTP draft tokens verified)."""
+        return 1 + self.mtp if self.phase == "decode" else 1
+
+    @property
+    def accepted_per_request(self) -> float:
+        """Decode: output tokens a request gains per step: 1 + the expected accepted drafts (each
+        draft counts only if every draft before it was accepted)."""
+        return 1.0 + sum(self.mtp_accept ** i for i in range(1, self.mtp + 1)) if self.phase == "decode" else 1.0
 
     def tokens_per_group(self) -> float:
         """Tokens one attention-DP group processes in this step (prompt tokens in prefill)."""
@@ -109,6 +123,14 @@ def validate(plan: Plan, model: Model, hw: Hardware) -> Plan:
     if not 1.0 <= plan.imbalance <= max(1, plan.ep_size):
         raise UserError(f"--imbalance is max/mean expert load across the EP{plan.ep_size} ranks: it lies in "
                         f"[1, {max(1, plan.ep_size)}] (all load on one rank), got {plan.imbalance}")
+    if not 0 <= plan.mtp <= 8:
+        raise UserError(f"--mtp is draft tokens per request per step, 0 to 8, got {plan.mtp}")
+    if plan.mtp and plan.phase != "decode":
+        raise UserError("--mtp is for decode (prefill computes no drafts to verify)")
+    if not (math.isfinite(plan.mtp_accept) and 0.0 <= plan.mtp_accept <= 1.0):
+        raise UserError(f"--mtp-accept is a probability in [0, 1], got {plan.mtp_accept}")
+    if not (math.isfinite(plan.sched_ms) and 0.0 <= plan.sched_ms <= 1e5):
+        raise UserError(f"--sched-ms is CPU time per step in [0, 1e5] ms, got {plan.sched_ms}")
     if plan.routing not in ROUTINGS:
         raise UserError(f"--routing must be one of {', '.join(ROUTINGS)}, got {plan.routing!r}")
     if plan.comm_release:

@@ -60,6 +60,7 @@ class Preset:
     comm_latency: bool
     comm_figures: str
     fanout: str
+    step_terms: bool
     hardware: dict[str, dict[str, Any]] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, dict[str, Any]] = field(default_factory=dict)   # phase -> Plan field defaults

@@ -14,7 +14,7 @@ from .preset import Preset, load_preset
 # plan fields a caller may set; unset ones take the preset's defaults for the phase
 PLAN_FIELDS = ("batch", "seq_len", "kv_hit", "tp", "dp", "ep", "gpus_per_node", "redundant_experts",
                "microbatches", "comm", "comm_sms", "precision", "kv_dtype", "decode_len", "imbalance",
-               "routing", "comm_release")
+               "routing", "comm_release", "mtp", "mtp_accept", "sched_ms")
 HARDWARE_WHATIFS = ("scaleout_gbps", "scaleup_gbps", "hbm_gbps")
 MIN_RATE, MAX_RATE = 1e-3, 1e7      # GB/s: a what-if outside this is a typo, and would time ops at 0 or inf
 

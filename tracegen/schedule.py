@@ -126,6 +126,10 @@ def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float 
     stages = graph.stages
     n = len(order)
     R = [_Rank(r, n) for r in range(ranks)]
+    if plan.sched_ms:       # the CPU schedules the step before it launches anything
+        for rk in R:
+            rk.cpu_t = plan.sched_ms * 1e3
+            sched.intervals.append(Interval(rk.r, "cpu", "scheduler", 0.0, rk.cpu_t, None, "sched"))
     ended: dict[tuple[int, Key], float] = sched.end
     started: dict[tuple[int, Key], float] = sched.start
     group_starts: dict[Key, list[float]] = {}

@@ -47,6 +47,9 @@ class Estimate(_S):
     tps_per_user_overlap: float | None = None
     tps_per_user: float | None = None
     comm_slack_ms: float | None = None
+    step_overlap_ms: float | None = None                # decode: one step (TPOT x tokens per request per step)
+    step_ms: float | None = None
+    tokens_per_request_per_step: float | None = None    # decode: 1 + accepted MTP drafts
     max_batch: int | None = None
 
 

@@ -18,7 +18,7 @@ from .base.fileio import atomic_write
 from .catalog import hardware_to_dict, model_to_dict
 from .schedule import Interval, Schedule
 
-_CATEGORY = {"launch": C.CAT_LAUNCH, "wait": C.CAT_WAIT, "post": C.CAT_PROXY, **C.CAT_STAGE}
+_CATEGORY = {"launch": C.CAT_LAUNCH, "wait": C.CAT_WAIT, "post": C.CAT_PROXY, "sched": C.CAT_SCHED, **C.CAT_STAGE}
 
 
 def _r(x: float) -> float:
@@ -94,6 +94,11 @@ def build_events(sched: Schedule, meta: dict[str, Any]) -> dict[str, Any]:
     by_rank: dict[int, list[Interval]] = {}
     for iv in sched.intervals:
         by_rank.setdefault(iv.rank, []).append(iv)
+        if iv.key is None:      # the step's scheduling on the CPU (no stage)
+            ev.append({"ph": "X", "name": iv.name, "cat": _CATEGORY[iv.kind], "pid": iv.rank,
+                       "tid": TRACKS[iv.track][0], "ts": _r(iv.start), "dur": _r(_r(iv.end) - _r(iv.start)),
+                       "args": {"rank": iv.rank, "sched_ms": sched.graph.plan.sched_ms}})
+            continue
         c = corr.setdefault((iv.rank, iv.key), len(corr) + 1)
         cat = _CATEGORY[iv.kind]
         load = sched.load[iv.rank] if iv.key[2] == "MLP" and iv.key[0] not in sched.graph.dense else 1.0

@@ -27,6 +27,7 @@ PROCESS_NAME = "rank {rank}"           # one process (pid = rank) per rank
 CAT_LAUNCH = "cpu_launch"      # CPU: launching a stage's kernels (args: kernels)
 CAT_WAIT = "cpu_wait"          # CPU: blocked until the dispatch's received counts are back
 CAT_PROXY = "cpu_proxy"        # CPU proxy thread: posting a non-IBGDA transfer
+CAT_SCHED = "cpu_sched"        # CPU: the step's scheduling before its first launch (--sched-ms)
 CAT_STAGE = {COMPUTE: COMPUTE, COMM: COMM}   # GPU stage slices take their stream's name as category
 # Kineto (PyTorch profiler) categories replay also understands
 KINETO_GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset", "gpu_user_annotation")
@@ -46,12 +47,15 @@ COUNTER_SMS = "SMs in use"       # counter per rank; args: {compute: SMs computi
 STAGE_STREAM: dict[str, str] = {     # every stage name, and the stream it runs on
     "ATTN": COMPUTE, "ATTN-0": COMPUTE, "ATTN-1": COMPUTE, "SHARED": COMPUTE, "MLP": COMPUTE,
     "DISPATCH": COMM, "COMBINE": COMM,
+    "HEAD": COMPUTE,     # per step, after the last layer: final norm, LM head, sampling
 }
 PROGRAM: dict[tuple[str, str], tuple[str, ...]] = {   # (phase, layer type) -> stage order of one micro-batch
     ("prefill", "moe"): ("ATTN", "SHARED", "DISPATCH", "MLP", "COMBINE"),
     ("decode", "moe"): ("ATTN-0", "ATTN-1", "SHARED", "DISPATCH", "MLP", "COMBINE"),
     ("prefill", "dense"): ("ATTN", "MLP"),
     ("decode", "dense"): ("ATTN-0", "ATTN-1", "MLP"),
+    ("prefill", "head"): ("HEAD",),      # the step's tail: LM head (and, decode with MTP, the MTP module's)
+    ("decode", "head"): ("HEAD",),
 }
 
 # ----------------------------------------------------------------------------- idle causes
@@ -101,6 +105,8 @@ SLICE_ARGS: tuple[Key, ...] = (
     Key("load_factor", float, "MLP slices of MoE layers on ranks with load != 1", "this rank's expert load "
                                                                                   "relative to the mean"),
     Key("kernels", int, "CPU launch slices", "kernels the stage launches (each costs launch_us of CPU)"),
+    Key("sched_ms", float, "the CPU's scheduler slice", "CPU time per step spent scheduling before the first launch "
+                                                        "(--sched-ms)", read=False),
 )
 
 OTHER_DATA: tuple[Key, ...] = (
