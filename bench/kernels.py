@@ -6,18 +6,22 @@ FP8 GEMMs and FlashMLA / FA3 MLA attention (InferSim's bench_data, `../shared/re
 
 Each CSV row becomes one observation (tracegen.fit.Obs) with the shapes, FLOPs and HBM bytes the
 cost model would charge for it, and tracegen.fit.fit fits the curves and the kernel floor exactly
-as `replay calibrate` does for a profiler trace. The HBM efficiency stays the one measured by
-device copies on the lent H100 (same HBM3 stacks as the H800): fitted here it would absorb
-FlashMLA's own memory efficiency into every memory-bound kernel. `--write` puts the results into
+as `replay calibrate` does for a profiler trace, plus each kind's own HBM efficiency (a GEMM at
+small M streams its weights, FlashMLA reads the cache, well below a copy's rate). The hardware's
+HBM efficiency for everything else stays the one measured by device copies on the lent H100
+(same HBM3 stacks as the H800). `--write` puts the results into
 tracegen/data/hardware.toml ([h100-deepgemm.efficiency], which h800 inherits, and [h20.efficiency]);
 tests/test_kernels_fit.py re-fits and compares."""
 from __future__ import annotations
 
 import csv
+import gzip
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tracegen.catalog import EffCurve, Hardware, load_hardware
@@ -83,13 +87,13 @@ def fitted(gpu: str, root: Path = BENCH) -> tuple[Hardware, list[Obs]]:
     base = replace(base, efficiency={**base.efficiency, "grouped_gemm_masked": base.curve("grouped_gemm_masked")})
     obs = observations(gpu, root)
     # grouped GEMMs come in two shapes (up, down): enough to fit how the depth K matters
-    return fit(obs, base, keep_hbm=True, min_shapes=2, kinds=FITTED), obs
+    return fit(obs, base, keep_hbm=True, min_shapes=2, kinds=FITTED, kind_hbm=True), obs
 
 
 def curve_line(kind: str, c: EffCurve, source: str) -> str:
     """One hardware.toml efficiency line."""
     parts = [f"max = {c.max:.6g}"]
-    for name in ("m_half", "m_pow", "n_half", "k_half", "floor_us"):
+    for name in ("m_half", "m_pow", "n_half", "k_half", "floor_us", "hbm"):
         v = getattr(c, name)
         if v and not (name == "m_pow" and v == 1.0 and not c.m_half):
             parts.append(f"{name} = {v:.6g}")
@@ -108,6 +112,20 @@ def write(gpu: str, hw: Hardware, obs: list[Obs], path: Path = CATALOG) -> None:
     path.write_text(text[:start] + "\n".join(lines) + "\n\n" + text[end:].lstrip("\n"))
 
 
+CAPTURE = ROOT / "traces" / "observed" / "deepep-h100x4" / "decode-proper"
+SMALL_US = 10.0      # elementwise kernels shorter than this are at their floor (launch + one wave)
+
+
+def elementwise_floor_us(folder: Path = CAPTURE) -> float:
+    """The shortest elementwise kernels' time on the lent H100: the median of PyTorch's elementwise
+    kernels under SMALL_US in the 4-rank decode capture (every rank)."""
+    durs = [e["dur"] for f in sorted(folder.glob("rank*.json.gz"))
+            for e in json.loads(gzip.decompress(f.read_bytes()))["traceEvents"]
+            if e.get("ph") == "X" and e.get("cat") == "kernel" and e["dur"] < SMALL_US
+            and e["name"].startswith("void at::native::elementwise_kernel")]
+    return float(np.median(durs))
+
+
 def table(gpu: str, root: Path = BENCH) -> pd.DataFrame:
     """Median and 90th-percentile absolute error per kind of the catalog's curves on the measurements."""
     hw = load_hardware(GPUS[gpu])
@@ -121,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     if not BENCH.exists():
         print(f"no {BENCH}: the InferSim bench data sits in ../shared/reference", file=sys.stderr)
         return 2
+    print(f"elementwise kernel floor on the lent H100: {elementwise_floor_us():.2f} us "
+          f"(catalog h100: {load_hardware('h100').efficiency['elementwise'].floor_us:g} us)\n")
     for gpu in GPUS:
         hw, obs = fitted(gpu)
         print(f"[{gpu}.efficiency]   # {len(obs)} measurements")
@@ -141,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["observations", "fitted", "table", "curve_line", "write"]
+__all__ = ["observations", "fitted", "table", "curve_line", "write", "elementwise_floor_us"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -50,9 +50,12 @@ def compute_rate(hw: Hardware, preset: Preset, rate: str, kind: str, m: float, n
     return peak * preset.usable_peak * eff
 
 
-def hbm_rate(hw: Hardware, preset: Preset) -> float:
-    eff = preset.flat_discount if preset.flat_discount is not None else hw.eff("hbm")
-    return hw.hbm_gbps * eff
+def hbm_rate(hw: Hardware, preset: Preset, kind: str = "") -> float:
+    """Achieved HBM GB/s of an op kind: its own streaming efficiency where its curve has one."""
+    if preset.flat_discount is not None:
+        return hw.hbm_gbps * preset.flat_discount
+    own = hw.curve(kind).hbm if kind in hw.efficiency or kind in CURVE_FALLBACK else 0.0
+    return hw.hbm_gbps * (own or hw.eff("hbm"))
 
 
 def link_rate(hw: Hardware, preset: Preset, link: str, backend_eff: float | None = None) -> float:
@@ -83,7 +86,7 @@ def op_time(w: Work, plan: Plan, hw: Hardware, preset: Preset, overlapped: bool 
             terms["compute_ms"] = w.flops / 1e9 / (compute_rate(hw, preset, w.rate, w.kind, w.m) * factor)
     if preset.memory_time == "roofline":
         if w.hbm_bytes:
-            terms["memory_ms"] = w.hbm_bytes / _MB / hbm_rate(hw, preset)
+            terms["memory_ms"] = w.hbm_bytes / _MB / hbm_rate(hw, preset, w.kind)
         floor = hw.curve(w.kind).floor_us if w.kind in hw.efficiency or w.kind in CURVE_FALLBACK else 0.0
         if floor:
             terms["floor_ms"] = floor * w.kernels / 1e3

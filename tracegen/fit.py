@@ -202,12 +202,13 @@ def _fit_curve(obs: list[Obs], hw: Hardware, lower_us: np.ndarray, start: EffCur
 
 
 def fit(obs: list[Obs], hw: Hardware, rounds: int = 3, keep_hbm: bool = False, min_shapes: int = 3,
-        kinds: tuple[str, ...] = CALIBRATED) -> Hardware:
+        kinds: tuple[str, ...] = CALIBRATED, kind_hbm: bool = False) -> Hardware:
     """New efficiency curves for the kinds with observations; other fields kept. Kernel floors come
     from profiler observations only: the fastest single matrix kernel seen (tracegen's own traces
     keep the hardware's floors). `keep_hbm`: the hardware's HBM efficiency stays (measured by
     copies elsewhere) instead of being fitted to the memory-bound ops. A kind's N and K halves are
-fitted when its observations hold at least `min_shapes` distinct (N, K) shapes. Only `kinds` are fitted."""
+fitted when its observations hold at least `min_shapes` distinct (N, K) shapes. Only `kinds` are fitted; `kind_hbm`: each also gets the HBM efficiency its memory-bound
+observations reach (a GEMM streaming its weights at small M, FlashMLA reading the cache)."""
     # an observation of a kind the hardware has no curve for is timed by its fallback's curve: fit that
     obs = [o if o.kind in hw.efficiency or o.kind not in CURVE_FALLBACK else replace(o, kind=CURVE_FALLBACK[o.kind])
            for o in obs]
@@ -238,9 +239,14 @@ fitted when its observations hold at least `min_shapes` distinct (N, K) shapes. 
             sel = [o for o in train if o.kind == kind and o.flops > 0]
             if len(sel) < 2:
                 continue
-            lower = np.maximum(_hbm_us(sel, cur, min(hbm, 1.0)), _floor(sel, cur))
+            own = (eff.get(kind) or cur.curve(kind)).hbm if kind_hbm else 0.0
+            lower = np.maximum(_hbm_us(sel, cur, min(own or hbm, 1.0)), _floor(sel, cur))
             shape_aware = any(o.gemms for o in sel) and len({(g[1], g[2]) for o in sel for g in o.gemms}) >= min_shapes
-            eff[kind] = _fit_curve(sel, cur, lower, eff.get(kind) or cur.curve(kind), shape_aware)
+            eff[kind] = replace(_fit_curve(sel, cur, lower, eff.get(kind) or cur.curve(kind), shape_aware),
+                                hbm=own)
+            if kind_hbm:
+                eff[kind] = replace(eff[kind], hbm=_kind_hbm(sel, replace(cur, efficiency={**cur.efficiency,
+                                                                                             kind: eff[kind]})))
         if not copies:     # no pure copies: the HBM efficiency that best explains memory-bound ops
             cur = replace(hw, efficiency={**eff, "hbm": EffCurve(hbm)})
             comp = [o for o in train if o.kind in kinds]
@@ -253,6 +259,18 @@ fitted when its observations hold at least `min_shapes` distinct (N, K) shapes. 
                 hbm = float(grid[np.argmin(loss)])
     eff["hbm"] = EffCurve(min(hbm, 1.0))
     return replace(hw, efficiency=eff, comm=comm)
+
+
+def _kind_hbm(sel: list[Obs], hw: Hardware) -> float:
+    """The HBM efficiency of one kind's memory traffic that best explains its observations, given
+    its compute curve and floor (the same weighted L1 of log time as the curves)."""
+    c = np.maximum(compute_us(sel, hw), _floor(sel, hw))
+    t = np.array([o.us for o in sel])
+    weight = np.sqrt(t / t.mean())
+    grid = np.linspace(0.3, 1.0, 141)      # no kernel family streams below 30 % of HBM on purpose
+    mem = np.array([o.bytes for o in sel], dtype=float)[:, None] / (hw.hbm_gbps * 1e3 * grid[None, :])
+    loss = np.sum(weight[:, None] * np.abs(np.log(np.maximum(c[:, None], mem) / t[:, None])), axis=0)
+    return float(grid[np.argmin(loss)])
 
 
 def errors(obs: list[Obs], hw: Hardware) -> pd.DataFrame:

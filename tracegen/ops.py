@@ -234,9 +234,10 @@ def gate_op(model: Model, plan: Plan, t: Tokens) -> list[Work]:
                  kernels=ROUTING_KERNELS[groups])]
 
 
-# routing kernels after the gate GEMM: score function + bias, top-k, weight normalisation; the group
-# limit adds the group scores and the group top-k (SGLang's biased_grouped_topk / DeepSeek's gate)
-ROUTING_KERNELS = {False: 3, True: 5}
+# routing kernels after the gate GEMM, as SGLang runs DeepSeek-V3's router: the score function (+ the
+# load-balancing bias), one fused top-k (the group top-k first where the model limits groups, as
+# moe_fused_gate does), the weight normalisation and scaling
+ROUTING_KERNELS = {False: 2, True: 3}
 
 
 def expert_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, t: Tokens) -> list[Work]:
@@ -315,12 +316,15 @@ def glue_ops(model: Model, plan: Plan, t: Tokens, dense: bool) -> list[Work]:
         lat, rope, o_in = 0, model.heads * model.head_dim / plan.tp, model.heads * model.head_dim / plan.tp
     row = "DenseMLA" if dense else "MLA"
     pre, post = ("ATTN-0", "ATTN-1") if decode else ("ATTN", "ATTN")
-    # input norm (4H) + FP8 quant (3H) + latent norms and quant (7 lat) + RoPE on q and k (4 rope)
+    # input norm (4H) + FP8 quant (3H) + latent norms and quant (7 lat) + RoPE on q and k (4 rope) +
+    # the KV-cache store; kernels: input norm, input quant, q-latent norm, kv-latent norm, q-latent
+    # quant, RoPE, cache store
     attn_in = q * (7 * H + 7 * lat + 4 * rope)
-    # quant before W_O (3 o_in) + residual add and post-attention norm (6H) + quant for the FFN (3H)
-    attn_out = q * (3 * o_in + 9 * H)
-    ops = [Work("attn_glue", row, pre, "elementwise", hbm_bytes=attn_in, kernels=6),
-           Work("post_attn_glue", row, post, "elementwise", hbm_bytes=attn_out, kernels=4)]
+    # quant before W_O (3 o_in), one kernel of the output-projection chain; then residual add and
+    # post-attention norm (6H) + quant for the FFN (3H)
+    ops = [Work("attn_glue", row, pre, "elementwise", hbm_bytes=attn_in, kernels=7),
+           Work("o_quant", row, post, "elementwise", hbm_bytes=q * 3 * o_in),
+           Work("post_attn_glue", row, post, "elementwise", hbm_bytes=q * 9 * H, kernels=3)]
     ffn = lambda name, row_, stage, rows, width: Work(  # noqa: E731 - SwiGLU (6 width) + quant (3 width)
         name, row_, stage, "elementwise", hbm_bytes=rows * 9 * width, kernels=2)
     if dense:
@@ -336,7 +340,8 @@ def layer_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, dense: boo
     t = tokens(model, plan, preset)
     glue = {w.name: w for w in glue_ops(model, plan, t, dense)} if preset.glue else {}
     g = lambda *names: [glue[n] for n in names if n in glue]  # noqa: E731
-    ops = (g("attn_glue") + attention_ops(model, plan, preset, t, dense) + g("post_attn_glue")
+    attn = attention_ops(model, plan, preset, t, dense)
+    ops = (g("attn_glue") + attn[:-1] + g("o_quant") + attn[-1:] + g("post_attn_glue")
            + allreduce_op(model, plan, preset, t, dense))
     if dense:
         return ops + [dense_mlp_op(model, plan, preset, t)] + g("dense_glue")
