@@ -60,10 +60,12 @@ def observations(gpu: str, root: Path = BENCH) -> list[Obs]:
                 continue
             rows = e * tpe
             for part, n, k, us in (("up", 2 * width, hidden, r["up_proj_us"]), ("down", hidden, width, r["down_proj_us"])):
-                kind = "grouped_gemm" if phase == "prefill" else "grouped_gemm_masked"   # contiguous / masked layout
-                out.append(Obs(kind, f"grouped_{part}_{phase}", tpe, 2 * rows * n * k,
-                               e * n * k + rows * k + 2 * rows * n, "fp8", us, gemms=((tpe, n, k, e),),
-                               phase=phase))
+                # contiguous layout (prefill): efficiency by rows per expert; masked (decode): by all
+                # its rows (tracegen/ops.py _ffn_halves says why)
+                kind, shape = (("grouped_gemm", (tpe, n, k, e)) if phase == "prefill"
+                               else ("grouped_gemm_masked", (rows, n, k, 1.0)))
+                out.append(Obs(kind, f"grouped_{part}_{phase}", shape[0], 2 * rows * n * k,
+                               e * n * k + rows * k + 2 * rows * n, "fp8", us, gemms=(shape,), phase=phase))
     for f in sorted((root / "mla" / "decode" / gpu).glob("*.csv")):
         for r in _rows(f):
             b, kv = r["batch_size"], r["kv_len"]

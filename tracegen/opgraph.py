@@ -16,7 +16,7 @@ from .preset import Preset
 from .step import MTP_ROW, head_ops, mtp_plan, mtp_proj_ops
 
 # Kernels one op launches (norms, casts, rope, top-k ... included): sets the CPU launch cost.
-KERNELS = {"mla_proj": 8, "attn_proj": 5, "attn_core": 2, "mla_out": 3, "attn_out": 2, "tp_allreduce": 1,
+KERNELS = {"mla_proj": 7, "q_absorb": 1, "o_absorb": 1, "attn_proj": 5, "attn_core": 2, "mla_out": 2, "attn_out": 2, "tp_allreduce": 1,
            "gate": 1, "routing": 5, "shared_expert": 4, "routed_up": 3, "routed_down": 2, "dense_mlp": 4, "dispatch": 2, "combine": 1}
 
 
