@@ -41,7 +41,7 @@ bench: setup
 	$(BIN)/python -m bench.run
 
 validate: setup
-	$(BIN)/python -m bench.validate
+	$(BIN)/python -m bench.validate --readme
 
 calibrate: setup
 	@mkdir -p $(OUT)

@@ -43,7 +43,7 @@ def truth_and_traces(tmp_path_factory):
     # batch sizes of each for both curves to be identifiable
     for i, (phase, batch) in enumerate([("prefill", 0.0625), ("prefill", 0.25), ("prefill", 1), ("prefill", 2),
                                         ("prefill", 4), ("decode", 16),
-                                        ("decode", 128), ("decode", 512)]):
+                                        ("decode", 128), ("decode", 512), ("decode", 2048)]):
         out = d / f"g{i}.json.gz"
         assert main(["trace", "--hardware-file", str(hw_file), "--phase", phase, "--batch", str(batch),
                      "--layers", "5", "-o", str(out)]) == 0

@@ -1,0 +1,207 @@
+"""Issue 11, fidelity: the routing fan-out is computed (and agrees with a simulation of the routing
+rules), the all-to-all libraries' releases are data, the H800/H20 kernel curves and the profile
+release reproduce from their sources, the per-step terms appear in estimate and trace, and
+`make validate` meets the per-stage and per-step bars it reports as met."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from replay.analyze import analyze
+from tracegen.base.contract import CAT_SCHED
+from tracegen.catalog import load_hardware, load_model
+from tracegen.cli import main as tracegen
+from tracegen.cost import op_time
+from tracegen.estimate import estimate
+from tracegen.ops import a2a_ops, layer_ops, tokens
+from tracegen.plan import Plan
+from tracegen.preset import load_preset
+from tracegen.routing import fanout
+from tracegen.schedule import summary
+from tracegen.trace import write_trace
+
+from .conftest import REFERENCE, TRAIN_JSON
+from .helpers import make_schedule, read_trace
+
+MODEL = load_model("deepseek-v3")
+H800 = load_hardware("h800")
+DEFAULT = load_preset("default")
+
+
+def _simulated_fanout(ep: int, per_node: int, groups: int, limited: int, k: int = 8, experts: int = 256,
+                      n: int = 40_000) -> tuple[float, float]:
+    """Distinct ranks and nodes per token by sampling the routing rule itself."""
+    rng = np.random.default_rng(7)
+    per_group = experts // groups
+    g = np.argsort(rng.random((n, groups)), axis=1)[:, :limited]                     # chosen groups
+    eligible = (g[:, :, None] * per_group + np.arange(per_group)).reshape(n, -1)     # their experts
+    pick = np.take_along_axis(eligible, np.argsort(rng.random(eligible.shape), axis=1)[:, :k], axis=1)
+    rank = pick * ep // experts
+    node = rank // per_node
+    distinct = lambda a: np.mean([len(set(row)) for row in a])  # noqa: E731
+    return distinct(rank), distinct(node)
+
+
+@pytest.mark.parametrize("ep", [16, 32, 64, 128])
+def test_fanout_is_the_expectation_of_the_routing_rule(ep):
+    for routing, groups, limited in (("model", 8, 4), ("uniform", 1, 1)):
+        f = fanout(MODEL, ep, 8, routing)
+        ranks, nodes = _simulated_fanout(ep, 8, groups, limited)
+        assert f.ranks == pytest.approx(ranks, rel=0.01) and f.nodes == pytest.approx(nodes, rel=0.01), routing
+    # group-limited routing reaches fewer nodes than the group limit allows (the old assumption)
+    spread = fanout(MODEL, 32, 8, "spread")
+    assert spread.nodes == 4 and spread.remote_nodes == 3
+    assert 2.1 < fanout(MODEL, 32, 8).remote_nodes < 2.3          # issue 11's 2.4-2.7 is the uniform range
+    assert 2.6 < fanout(MODEL, 32, 8, "uniform").remote_nodes < 2.8
+
+
+def test_normal_dispatch_counts_bytes_as_deepep_publishes_them():
+    """time = bytes leaving the node x nodes/(nodes-1) (the local node's share rides the same RDMA
+    pipeline, and DeepEP's published GB/s count it) / the release's GB/s at that EP, + latency."""
+    for release, gbps in (("first", 44.0), ("latest", 58.0)):
+        plan = Plan(phase="prefill", batch=1, seq_len=4096, dp=32, comm="normal", comm_release=release)
+        d, _ = a2a_ops(MODEL, plan, DEFAULT, H800, tokens(MODEL, plan, DEFAULT))
+        t = op_time(d, plan, H800, DEFAULT)
+        want = d.scaleout_bytes * 4 / 3 / (gbps * 1e6)
+        assert t.terms["scaleout_ms"] == pytest.approx(want, rel=1e-9)
+        assert t.ms == pytest.approx(max(want, t.terms["scaleup_ms"]) + H800.backend("normal").latency_us / 1e3)
+
+
+def test_low_latency_kernels_take_the_published_time_at_the_published_payload():
+    for release, disp, comb in (("first", 192, 369), ("latest", 192, 369)):
+        plan = Plan(phase="decode", batch=128, seq_len=4096, dp=128, comm="ibgda", comm_release=release)
+        ops = {w.name: w for w in layer_ops(MODEL, plan, DEFAULT, H800, dense=False)}
+        assert op_time(ops["dispatch"], plan, H800, DEFAULT).us == pytest.approx(disp)   # 128 tokens per rank
+        assert op_time(ops["combine"], plan, H800, DEFAULT).us == pytest.approx(comb)
+    # at EP8 the current release uses NVLink inside the node: much faster than the first
+    first = Plan(phase="decode", batch=128, seq_len=4096, dp=8, comm="ibgda", comm_release="first")
+    latest = Plan(phase="decode", batch=128, seq_len=4096, dp=8, comm="ibgda", comm_release="latest")
+    d = lambda p: op_time(next(w for w in layer_ops(MODEL, p, DEFAULT, H800, False) if w.name == "dispatch"),  # noqa
+                          p, H800, DEFAULT).us
+    assert d(first) == pytest.approx(163) and d(latest) == pytest.approx(77)
+
+
+def test_an_unknown_release_is_one_line_and_exit_2(capsys):
+    assert tracegen(["estimate", "--comm-release", "v9"]) == 2
+    err = capsys.readouterr().err
+    assert "no release 'v9'" in err and "first" in err and "latest" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--mtp", "1"], "--mtp is for decode"),
+    (["--phase", "decode", "--mtp", "1", "--mtp-accept", "1.5"], "--mtp-accept"),
+    (["--phase", "decode", "--mtp", "12"], "--mtp is draft tokens"),
+    (["--sched-ms", "-1"], "--sched-ms"),
+    (["--routing", "nearest"], "invalid choice"),
+])
+def test_bad_step_options_are_refused(capsys, argv, needle):
+    assert tracegen(["estimate", *argv]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_estimate_names_the_per_step_terms_and_credits_mtp():
+    base = Plan(phase="decode", batch=128, seq_len=4096, dp=128, comm="ibgda")
+    plain = estimate(MODEL, H800, base, DEFAULT)
+    mtp = estimate(MODEL, H800, Plan(**{**base.__dict__, "mtp": 1, "mtp_accept": 0.8, "sched_ms": 5.0}), DEFAULT)
+    rows = {r.name: r for r in mtp.rows}
+    assert {"Head", "MTP", "Scheduler"} <= set(rows) and "MTP" not in {r.name for r in plain.rows}
+    assert rows["Scheduler"].total_ms == 5.0 and rows["MTP"].layers == 1
+    # every term adds up: the sum is the rows' totals
+    assert mtp.sum_ms == pytest.approx(sum(r.total_ms for r in mtp.rows))
+    d = mtp.to_dict()
+    assert d["tokens_per_request_per_step"] == pytest.approx(1.8)
+    assert d["tpot_overlap_ms"] == pytest.approx(d["step_overlap_ms"] / 1.8)
+    assert d["tokens_per_s_per_gpu_overlap"] == pytest.approx(128 * 1.8 / d["step_overlap_ms"] * 1e3)
+    # verifying 2 tokens per request doubles the tokens each layer sees
+    t1, t2 = tokens(MODEL, base, DEFAULT), tokens(MODEL, Plan(**{**base.__dict__, "mtp": 1}), DEFAULT)
+    assert t2.moe_tokens == 2 * t1.moe_tokens and t2.seqs == t1.seqs and t2.attn_pairs == 2 * t1.attn_pairs
+
+
+def test_trace_holds_the_head_the_mtp_module_and_the_scheduler(tmp_path):
+    out = tmp_path / "mtp.json.gz"
+    assert tracegen(["trace", "--phase", "decode", "--mtp", "1", "--sched-ms", "2", "--ranks", "2", "-o", str(out)]) == 0
+    t = read_trace(out)
+    layers = t["otherData"]["layers"]
+    assert layers[-3:] == [61, 62, 63] and len(layers) == 64            # head, MTP module, its head
+    heads = [e for e in t["traceEvents"] if e.get("ph") == "X" and e.get("args", {}).get("stage") == "HEAD"
+             and e["cat"] == "compute"]
+    assert {e["args"]["layer"] for e in heads} == {61, 63} and {e["args"]["microbatch"] for e in heads} == {0}
+    sched = [e for e in t["traceEvents"] if e.get("cat") == CAT_SCHED]
+    assert len(sched) == 2 and all(e["ts"] == 0 and e["dur"] == 2000 for e in sched)
+    first_launch = min(e["ts"] for e in t["traceEvents"] if e.get("cat") == "cpu_launch")
+    assert first_launch >= 2000
+
+
+def test_replay_gives_back_a_step_with_its_tail(tmp_path):
+    """The round trip holds with the LM head, the MTP module and the scheduler slice in the trace."""
+    sched = make_schedule(phase="decode", comm="ibgda", ranks=2, layers=None, mtp=1, sched_ms=1.0)
+    a = analyze(write_trace(sched, tmp_path / "t.json.gz"), use_cache=False)
+    for w in summary(sched):
+        g = next(r for r in a.ranks if r["rank"] == w["rank"])
+        for k in ("span_us", "compute_us", "comm_us", "overlap_us", "exposed_comm_us"):
+            assert g[k] == pytest.approx(w[k], abs=1.0), k
+        assert set(a.layers[a.layers["rank"] == w["rank"]]["layer"]) == set(sched.graph.layers)
+
+
+def test_kernel_curves_reproduce_from_the_published_measurements():
+    """hardware.toml's DeepGEMM / FlashMLA curves predict InferSim's measurements as a fresh fit does
+    (median within 1 %, every one within 5 %), and the H100's elementwise floor is its capture's."""
+    bench = pytest.importorskip("bench.kernels")
+    if not (REFERENCE / "infersim_bench").exists():
+        pytest.skip(f"{REFERENCE / 'infersim_bench'} is absent")
+    from tracegen.fit import predict_us
+    for gpu in ("h800", "h20"):
+        fresh, obs = bench.fitted(gpu)
+        ratio = predict_us(obs, load_hardware(gpu)) / predict_us(obs, fresh)
+        assert np.median(np.abs(ratio - 1)) < 0.01 and np.max(np.abs(ratio - 1)) < 0.05, gpu
+    assert bench.elementwise_floor_us() == pytest.approx(load_hardware("h100").efficiency["elementwise"].floor_us,
+                                                         abs=0.01)
+
+
+def test_profile_release_reproduces_from_train_json():
+    if not TRAIN_JSON.exists():
+        pytest.skip(f"{TRAIN_JSON} is absent")
+    from bench.trainjson import profile_gbps
+    rel = H800.backend("normal").pick("profile")
+    got = profile_gbps()
+    assert rel.dispatch[64] == pytest.approx(got["dispatch"], abs=0.01)
+    assert rel.combine[64] == pytest.approx(got["combine"], abs=0.01)
+
+
+def test_validate_meets_the_bars_it_reports_met():
+    """DeepSeek's decode kernel table within 10 % per stage (and the 61 layers, the step); DeepSeek's
+    profile throughputs within 5 % under InferSim's convention; train.json's expert up-GEMM within
+    10 %. The rows still outside their bar (SGLang, train.json's down-GEMM) are reported, not hidden."""
+    if not (REFERENCE / "deepseek_decode_profile_kernels.csv").exists():
+        pytest.skip(f"{REFERENCE} is absent")
+    from bench import validate
+    for r in validate.decode_table_rows():
+        assert abs(r["error_pct"]) <= 10.0, r
+    rows = {r["key"]: r for r in validate.throughput_rows()}
+    for key in ("ds-prefill", "ds-decode"):
+        assert abs(rows[key]["error_pct"]) <= 5.0, rows[key]
+    text = validate.render()
+    assert "**no**" in text and "SGLang" in text           # the misses are printed as misses
+    if TRAIN_JSON.exists():
+        from bench.trainjson import rows as train_rows
+        up = next(r for r in train_rows() if r[0] == "routed_up")
+        assert abs(up[2] / up[1] - 1) <= 0.10
+
+
+def test_readme_holds_the_current_validation_tables():
+    if not (REFERENCE / "deepseek_decode_profile_kernels.csv").exists() or not TRAIN_JSON.exists():
+        pytest.skip("the validation tables need ../shared (reference figures and train.json)")
+    from bench import validate
+    body = validate.README.read_text()
+    section = body.split(validate.BEGIN, 1)[1].split(validate.END, 1)[0].strip()
+    assert section == validate.render().strip(), "README's validation section is stale: run `make validate`"
+
+
+def test_release_figures_name_their_source():
+    for backend in ("normal", "ibgda"):
+        b = H800.backend(backend)
+        assert b.releases and b.release in b.releases
+        for r in b.releases.values():
+            assert r.source and all(v > 0 and math.isfinite(v) for v in (*r.dispatch.values(), *r.combine.values()))
