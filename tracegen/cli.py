@@ -150,8 +150,13 @@ def render_estimate(est: Any) -> str:
         lines.append(f"{r.name:<14}{r.ms:>10.3f}{r.layers:>8d}{r.total_ms:>11.3f}  {terms}")
     d = est.to_dict()
     lines.append("")
-    what = "TPOT" if p.phase == "decode" else "sum"
-    lines.append(f"{what} with overlap {est.sum_overlap_ms:>10.3f} ms    without {est.sum_ms:>10.3f} ms")
+    if p.phase == "decode" and p.mtp:
+        lines.append(f"step with overlap {est.sum_overlap_ms:>10.3f} ms    without {est.sum_ms:>10.3f} ms  "
+                     f"({d['tokens_per_request_per_step']:.3f} tokens per request per step)")
+        lines.append(f"TPOT with overlap {d['tpot_overlap_ms']:>10.3f} ms    without {d['tpot_ms']:>10.3f} ms")
+    else:
+        what = "TPOT" if p.phase == "decode" else "sum"
+        lines.append(f"{what} with overlap {est.sum_overlap_ms:>10.3f} ms    without {est.sum_ms:>10.3f} ms")
     lines.append(f"tokens/s per GPU    {_fmt(d['tokens_per_s_per_gpu_overlap'], 1):>10}       "
                  f"without {_fmt(d['tokens_per_s_per_gpu'], 1):>10}")
     lines.append(f"tokens/s per node   {_fmt(d['tokens_per_s_per_node_overlap'], 1):>10}       "
