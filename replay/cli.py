@@ -3,6 +3,7 @@ prediction with them, re-time them under a change, and fit the cost model to the
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -30,6 +31,18 @@ notify - both deep_ep:: and DeepSeek's dpsk::ep:: spelling - NCCL collectives, o
 see replay/data/taxonomy.toml. Layers come from tracegen's args, from annotations such as
 attn(F) / dispatch(B), or from the repeating dispatch/combine sequence."""
 
+
+EPILOG_SQL = """\
+examples:
+  replay sql traces/observed/deepep-h100x4/prefill-late "SELECT rank, peer_wait_us FROM ranks"
+  # the slowest DeepEP dispatch kernel per layer across ranks, and on which rank
+  replay sql RUN/ "SELECT layer, max(dur_us) AS slowest_us, arg_max(rank, dur_us) AS rank FROM kernels
+                   WHERE subclass = 'deepep_dispatch' GROUP BY layer ORDER BY slowest_us DESC"
+  # ranks whose expert compute exceeds the median by 20 %
+  replay sql RUN/ "WITH m AS (SELECT rank, sum(dur_us) AS mlp_us FROM kernels
+                   WHERE stage LIKE 'MLP%' AND klass = 'compute' GROUP BY rank)
+                   SELECT rank, mlp_us FROM m WHERE mlp_us > 1.2 * (SELECT median(mlp_us) FROM m)"
+  replay sql trace.json.gz --views                  the views and their columns"""
 
 EPILOG_COMPARE = """\
 examples:
@@ -191,6 +204,30 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sql(args: argparse.Namespace) -> int:
+    from tracegen.base.fileio import atomic_write
+
+    from .analyze import analyze
+    from .sql import describe, query
+    a = analyze(args.trace, taxonomy=args.taxonomy, use_cache=not args.no_cache, step_regex=args.step_regex)
+    if args.views:
+        print(describe(a))
+        return 0
+    if not args.query:
+        raise UserError("give a query, e.g. replay sql TRACE \"SELECT * FROM ranks\" (--views lists the views)")
+    df = query(a, args.query)
+    if args.csv:
+        atomic_write(args.csv, df.to_csv(index=False))
+    if args.json:
+        print_json({"columns": list(df.columns), "rows": json.loads(df.to_json(orient="values"))}, tag("replay-sql"))
+    elif not args.csv:
+        shown = df.head(args.max_rows)
+        print(shown.to_string(index=False) if len(df) else "(no rows)")
+        if len(df) > len(shown):
+            print(f"... {len(df) - len(shown):,} more rows (--max-rows, or --csv FILE for all)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p, sub = new_parser("replay", __doc__)
     a = add_command(sub, "analyze", cmd_analyze,
@@ -250,6 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--rank", type=int, default=None, help="profiler traces: the rank to re-time")
     w.add_argument("--step", type=int, default=None, help=STEP_HELP)
     add_reading_args(w, json_help="print the result as JSON", stages=True)
+
+    q = add_command(sub, "sql", cmd_sql,
+                    help="SQL (DuckDB) over a trace's events and replay's results",
+                    epilog=EPILOG_SQL,
+                    description="Analyse a trace or a folder of per-rank traces and run one SQL query over "
+                                "views of the result: events, kernels, layers, findings, ranks, steps "
+                                "(--views lists their columns). Needs DuckDB: pip install 'moe-timeline[sql]'.")
+    q.add_argument("trace", help="trace file (.json / .json.gz) or folder of per-rank traces")
+    q.add_argument("query", nargs="?", default=None, help="one SQL statement (quote it)")
+    add_reading_args(q, json_help="print {columns, rows} as JSON")
+    q.add_argument("--views", action="store_true", help="list the views and their columns")
+    q.add_argument("--csv", metavar="FILE", help="write the result as CSV")
+    q.add_argument("--max-rows", type=int, default=50, help="rows printed in the table (default 50)")
+    q.add_argument("--step-regex", metavar="REGEX", default=DEFAULT_STEP, help="as for replay analyze")
 
     c = add_command(sub, "calibrate", cmd_calibrate,
                     help="fit the cost model's efficiency curves to an observed trace",

@@ -215,9 +215,16 @@ class Calibrate(_S):
     errors: list[ErrorRow]
 
 
+class Sql(_S):
+    """replay sql --json: the result's columns and rows (values as DuckDB returns them)"""
+    schema: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+
 SCHEMAS: dict[str, tuple[type, int]] = {
     "replay-analyze": (Analyze, 2), "replay-compare": (Compare, 1), "replay-whatif": (Whatif, 1),
-    "replay-calibrate": (Calibrate, 1),
+    "replay-calibrate": (Calibrate, 1), "replay-sql": (Sql, 1),
 }
 
 __all__ = ["SCHEMAS"]

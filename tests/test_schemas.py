@@ -54,6 +54,8 @@ CASES = [
                                "--json", "--no-cache", "-o", "{dir}/w.json"]),
     ("replay-calibrate", replay, ["calibrate", str(GOLDEN / "h800-prefill-proper.json.gz"), "--json",
                                   "-o", "{dir}/fit.json"]),
+    ("replay-sql", replay, ["sql", str(GOLDEN / "h800-decode-ibgda.json.gz"), "SELECT layer, sum(dur_us) AS us "
+                            "FROM kernels GROUP BY layer ORDER BY layer", "--json", "--no-cache"]),
 ]
 
 
