@@ -144,10 +144,15 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
             window: tuple[float, float] | None = None, use_cache: bool = True,
             annotation_regex: str = DEFAULT_ANNOTATION, microbatches: int | None = None,
             min_lost_us: float = 1.0, progress: bool | None = None, trace: Trace | None = None,
-            step_regex: str = step_analysis.DEFAULT_STEP, step: int | None = None) -> Analysis:
+            step_regex: str = step_analysis.DEFAULT_STEP, step: int | None = None, strict: bool = False) -> Analysis:
+    """`strict`: a rank file of a folder that cannot be read is an error (else it is left out and
+    reported as suspicious input)."""
     cached = False
     if trace is None:
         trace, cached = load_cached(path, use_cache=use_cache, progress=progress)
+    if strict and trace.meta.get("skipped_files"):
+        bad = trace.meta["skipped_files"][0]
+        raise UserError(f"{Path(path) / bad['file']}: {bad['error']}")
     events = classify(trace.events, load_taxonomy(taxonomy))
     events, how = recover(events, annotation_regex, microbatches)
     if not (events["device"] == "gpu").any():

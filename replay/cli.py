@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from tracegen.base.cliutil import add_command, add_reading_args, entry_point, finite, new_parser, print_json
 from tracegen.base.errors import UserError
@@ -78,13 +79,22 @@ STEP_HELP = "one profiler step of the observed trace (default: the last, when it
 from .steps import DEFAULT_STEP  # noqa: E402  (a constant for --help; steps.py imports no heavy module)
 
 
+def warn_skipped(*analyses: Any) -> None:
+    """One stderr line per rank file a folder's analysis left out (unreadable)."""
+    for a in analyses:
+        for bad in a.trace.meta.get("skipped_files", []):
+            print(f"warning: {bad['file']}: {bad['error']}: left out, the other ranks analysed "
+                  f"(--strict makes this an error)", file=sys.stderr)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze, parse_window
     from .report import render, write_layers
     window = parse_window(args.window) if args.window else None
     a = analyze(args.trace, taxonomy=args.taxonomy, rank=args.rank, window=window, use_cache=not args.no_cache,
                 microbatches=args.microbatches, min_lost_us=args.min_lost_us, step_regex=args.step_regex,
-                step=args.step)
+                step=args.step, strict=args.strict)
+    warn_skipped(a)
     if args.csv:
         write_layers(a, args.csv, "csv")
     if args.parquet:
@@ -110,8 +120,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 raise UserError(f"--rank-map takes OBS:PRED pairs like 0:0,1:1, got {item!r}") from None
             rank_map[o] = p
     rules = load_stage_rules(args.stages)
-    pred = analyze(args.predicted, taxonomy=args.taxonomy, use_cache=not args.no_cache)
-    obs, note = analyze_one_step(args.observed, args.step, taxonomy=args.taxonomy, use_cache=not args.no_cache)
+    pred = analyze(args.predicted, taxonomy=args.taxonomy, use_cache=not args.no_cache, strict=args.strict)
+    obs, note = analyze_one_step(args.observed, args.step, taxonomy=args.taxonomy, use_cache=not args.no_cache,
+                                 strict=args.strict)
+    warn_skipped(pred, obs)
     if note:
         print(f"observed: {note}", file=sys.stderr)
     result = compare(pred, obs, rules, rank_map, args.layer_offset, args.top)
@@ -134,7 +146,8 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     from tracegen.trace import output_format
     output_format(args.output)
     a, note = analyze_one_step(args.observed, args.step, taxonomy=args.taxonomy, rank=args.rank,
-                               use_cache=not args.no_cache)
+                               use_cache=not args.no_cache, strict=args.strict)
+    warn_skipped(a)
     if note:
         print(f"observed: {note}", file=sys.stderr)
     change = Change(args.launch_order, args.comm_scale, args.compute_scale, args.comm)
@@ -209,7 +222,9 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     from .analyze import analyze
     from .sql import describe, query
-    a = analyze(args.trace, taxonomy=args.taxonomy, use_cache=not args.no_cache, step_regex=args.step_regex)
+    a = analyze(args.trace, taxonomy=args.taxonomy, use_cache=not args.no_cache, step_regex=args.step_regex,
+                strict=args.strict)
+    warn_skipped(a)
     if args.views:
         print(describe(a))
         return 0

@@ -436,13 +436,26 @@ def load_file(path: str | Path, rank: int | None = None, progress: bool | None =
     return Trace(df, _flows_frame(cols, rank_of_pid), meta, [str(path)])
 
 
-def load(path: str | Path, progress: bool | None = None) -> Trace:
-    """A file, or a folder of per-rank files (rank from distributedInfo, else the file name)."""
+def load(path: str | Path, progress: bool | None = None, strict: bool = False) -> Trace:
+    """A file, or a folder of per-rank files (rank from distributedInfo, else the file name). A
+    folder's file that cannot be read is left out and named in meta["skipped_files"] (`strict`:
+    it is an error)."""
     files = trace_files(Path(path))
     if len(files) == 1:
         return load_file(files[0], progress=progress)
-    parts = [load_file(f, rank=i if rank_from_name(f) is None else None, progress=progress)
-             for i, f in enumerate(files)]
+    parts, kept, skipped = [], [], []
+    for i, f in enumerate(files):
+        try:
+            parts.append(load_file(f, rank=i if rank_from_name(f) is None else None, progress=progress))
+            kept.append(f)
+        except UserError as exc:         # one bad rank file must not cost the others
+            if strict:
+                raise
+            skipped.append({"file": f.name, "error": str(exc).removeprefix(f"{f}: ")})
+    if not parts:
+        raise UserError(f"{path}: none of its {len(files)} trace files could be read (first: {files[0].name}: "
+                        f"{skipped[0]['error']})")
+    files = kept
     taken: set[int] = set()
     collisions = []
     for f, p in zip(files, parts):         # two files that claim the same rank would merge into one
@@ -459,6 +472,8 @@ def load(path: str | Path, progress: bool | None = None) -> Trace:
         events[col] = events[col].astype("category")
     meta = dict(parts[0].meta)
     meta["files"] = [str(f) for f in files]
+    if skipped:
+        meta["skipped_files"] = skipped
     if collisions:
         meta["rank_collisions"] = collisions
     worlds = {int(w) for p in parts if isinstance(w := (p.meta.get("distributedInfo") or {}).get("world_size"), int)}

@@ -2,8 +2,8 @@
 (left out of the table at load), zero-length GPU kernels, kernels that overlap on one stream (a
 stream runs its kernels one at a time), clock jumps inside a rank, and ranks with identical
 content (the same file twice), files of a folder that claim the same rank, a rank missing from a
-folder, ranks that disagree on their steps or collectives, and traces in which no communication
-kernel was recognised. Each is one `suspicious_input` entry in the report."""
+folder, a rank file that could not be read (left out), ranks that disagree on their steps or
+collectives, and traces in which no communication kernel was recognised. Each is one `suspicious_input` entry in the report."""
 from __future__ import annotations
 
 from typing import Any
@@ -27,6 +27,9 @@ def check(events: pd.DataFrame, meta: dict[str, Any], warnings: list[tuple[str, 
     """The oddities of a classified event table (and the load's own count of negative durations);
     `warnings` are (what, message) pairs found by the analyses (ranks that disagree)."""
     out = [_entry(what, 1, msg) for what, msg in warnings]
+    for bad in meta.get("skipped_files", []):
+        out.append(_entry("unreadable_file", 1, f"{bad['file']}: {bad['error']}: left out, the other files analysed "
+                          f"(--strict makes this an error)"))
     neg = meta.get("negative_durations")
     if neg:
         out.append(_entry("negative_duration", neg["count"], f"{neg['count']} slices with a negative duration "

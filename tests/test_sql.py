@@ -84,3 +84,4 @@ def test_without_duckdb_it_says_how_to_install(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "duckdb", None)
     assert replay(["sql", str(CAP / "graph"), "SELECT 1"]) == 2
     assert "moe-timeline[sql]" in capsys.readouterr().err
+

@@ -69,6 +69,9 @@ def add_reading_args(p: argparse.ArgumentParser, json_help: str = "print one JSO
     p.add_argument("--no-cache", action="store_true",
                    help="parse the files even if their columnar cache exists (cache: $MOE_TIMELINE_CACHE "
                         "or ~/.cache/moe-timeline)")
+    p.add_argument("--strict", action="store_true",
+                   help="a folder's rank file that cannot be read is an error (default: it is left out, named "
+                        "in a warning, and the other ranks are analysed)")
 
 
 def entry_point(prog: str, build_parser: Callable[[], argparse.ArgumentParser],
