@@ -407,19 +407,22 @@ def _flows_frame(cols: _Columns, rank_of_pid: dict[str, int]) -> pd.DataFrame:
 
 
 def load_file(path: str | Path, rank: int | None = None, progress: bool | None = None,
-              keep_cpu_ops: bool = False) -> Trace:
-    """One trace file as a Trace (`rank`: the rank to give a profiler file that names none)."""
+              keep_cpu_ops: bool = False, bar: Progress | None = None) -> Trace:
+    """One trace file as a Trace (`rank`: the rank to give a profiler file that names none; `bar`:
+    a progress bar shared with other files, left open)."""
     path = Path(path)
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     skip = frozenset() if keep_cpu_ops else CPU_OP_CATS
-    bar = Progress(size, path.name, progress)
+    own = bar is None
+    bar = Progress(size, path.name, progress) if own else bar
     try:
         parts, meta = read_events(path, partial(_Columns, str(path), skip_cats=skip), bar)
     finally:
-        bar.close()
+        if own:
+            bar.close()
     cols = _merge(parts, str(path), skip)
     if cols.n_seen == 0:
         raise UserError(f"{path}: the trace holds no events")
@@ -444,14 +447,22 @@ def load(path: str | Path, progress: bool | None = None, strict: bool = False) -
     if len(files) == 1:
         return load_file(files[0], progress=progress)
     parts, kept, skipped = [], [], []
-    for i, f in enumerate(files):
-        try:
-            parts.append(load_file(f, rank=i if rank_from_name(f) is None else None, progress=progress))
-            kept.append(f)
-        except UserError as exc:         # one bad rank file must not cost the others
-            if strict:
-                raise
-            skipped.append({"file": f.name, "error": str(exc).removeprefix(f"{f}: ")})
+    # one bar for the folder: ranks read of all, and MB/s over all the bytes
+    bar = Progress(sum(f.stat().st_size for f in files), f"0/{len(files)} ranks", progress)
+    try:
+        for i, f in enumerate(files):
+            bar.label = f"{i}/{len(files)} ranks"
+            try:
+                parts.append(load_file(f, rank=i if rank_from_name(f) is None else None, bar=bar))
+                kept.append(f)
+            except UserError as exc:         # one bad rank file must not cost the others
+                if strict:
+                    raise
+                skipped.append({"file": f.name, "error": str(exc).removeprefix(f"{f}: ")})
+        bar.label = f"{len(files)}/{len(files)} ranks"
+        bar(0)
+    finally:
+        bar.close()
     if not parts:
         raise UserError(f"{path}: none of its {len(files)} trace files could be read (first: {files[0].name}: "
                         f"{skipped[0]['error']})")

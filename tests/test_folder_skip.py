@@ -34,3 +34,13 @@ def test_an_unreadable_rank_file_is_left_out_with_one_warning(tmp_path, capsys):
     assert len(json.loads(capsys.readouterr().out)["ranks"]) == 4
     for f in folder.glob("rank[012].json.gz"):
         assert f.read_bytes() == (CAP / "decode-proper" / f.name).read_bytes()
+
+
+def test_one_progress_bar_across_the_folder(capsys):
+    """Issue 12: one bar for the folder - ranks read of all, and MB/s - not one bar per file."""
+    from replay.events import load
+    load(CAP / "prefill-proper", progress=True)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert lines and all(" ranks [" in x and x.rstrip().endswith("MB/s") for x in lines)
+    assert lines[-1].startswith("4/4 ranks") and not any("rank0.json.gz" in x for x in lines)
