@@ -39,7 +39,7 @@ def cmd_html(args: argparse.Namespace) -> int:
                     strict=getattr(args, "strict", False))
         analyses.append((label, a))
     layout = build(analyses, show_cpu=args.cpu, align_layer=args.align_layer, layer_offset=args.layer_offset,
-                   stages_file=args.stages)
+                   stages_file=args.stages, ranks_spec=args.timeline_ranks)
     out = write_html(layout, args.output, " vs ".join(label for label, _ in analyses))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): open it in a browser")
     return 0
@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("-o", "--output", required=True, help="HTML file to write")
     h.add_argument("--cpu", action="store_true", help="show the CPU threads too")
     h.add_argument("--rank", type=int, default=None, help="one rank only")
+    h.add_argument("--timeline-ranks", metavar="RANKS", default=None,
+                   help="ranks the timeline draws, e.g. 0-7,12 (default: all up to 16 ranks; beyond, the stragglers "
+                        "and the ranks that waited most, 8 in all); the heatmaps and the straggler list keep every rank")
     h.add_argument("--align-layer", type=int, default=None, help="line both timelines up at this layer's start")
     h.add_argument("--layer-offset", type=int, default=0, help="add to the observed trace's layer numbers")
     add_reading_args(h, json_help=argparse.SUPPRESS, stages=True)

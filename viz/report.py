@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from bokeh.embed import file_html
 from bokeh.layouts import column
 from bokeh.models import ColumnDataSource, Div, FactorRange, HoverTool, Span
@@ -145,14 +146,84 @@ def alignment_shift(pred: Analysis, obs: Analysis, layer: int | None, offset: in
     return float(lp.loc[layer, "start_us"]), float(lo.loc[layer - offset, "start_us"]), layer
 
 
+TIMELINE_ALL_RANKS = 16    # up to this many ranks the timeline shows them all
+TIMELINE_DEFAULT_RANKS = 8  # beyond, this many by default: the stragglers, then the ranks that waited most
+
+
+def parse_ranks(spec: str) -> list[int]:
+    """'0-7,12' -> [0, 1, ..., 7, 12]; a bad spec is one UserError line."""
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            lo, _, hi = part.partition("-")
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise UserError(f"--timeline-ranks takes ranks and ranges like 0-7,12, got {part!r}") from None
+        if a < 0 or b < a:
+            raise UserError(f"--timeline-ranks: {part!r} is not a range of ranks")
+        out.update(range(a, b + 1))
+    return sorted(out)
+
+
+def timeline_ranks(a: Analysis, spec: str | None = None) -> list[int]:
+    """The ranks the timeline draws: `spec`, else all of a small run, else the stragglers and the
+    ranks that waited most for peers (the heatmaps and the straggler list keep every rank)."""
+    have = sorted(int(r) for r in a.layers["rank"].unique()) if not a.layers.empty else \
+        sorted(int(r["rank"]) for r in a.ranks)
+    if spec:
+        chosen = [r for r in parse_ranks(spec) if r in have]
+        if not chosen:
+            raise UserError(f"--timeline-ranks {spec}: none of these ranks is in the trace (it has "
+                            f"{have[0]}-{have[-1]})")
+        return chosen
+    if len(have) <= TIMELINE_ALL_RANKS:
+        return have
+    picked = [s["rank"] for s in a.peers.stragglers]
+    picked += sorted(a.peers.wait_by_rank, key=lambda r: -a.peers.wait_by_rank[r])
+    picked += have
+    return sorted(list(dict.fromkeys(r for r in picked if r in have))[:TIMELINE_DEFAULT_RANKS])
+
+
+def straggler_table(a: Analysis, top: int = 20) -> Div | None:
+    """The ranks that made others wait, most first (None: no peer waits measured)."""
+    rows = [s for s in a.peers.stragglers if s["caused_us"] > 0][:top]
+    if not rows:
+        return None
+    body = "".join(f"<tr><td>{s['rank']}</td><td>{s['caused_us'] / 1e3:,.3f}</td><td>{s['collectives']}</td>"
+                   f"<td>{html.escape(s['reason'])}</td></tr>" for s in rows)
+    more = len([s for s in a.peers.stragglers if s["caused_us"] > 0]) - len(rows)
+    return Div(text="<h3>stragglers: the ranks others waited for</h3><table><tr><th>rank</th><th>caused ms</th>"
+                    f"<th>collectives</th><th>main reason</th></tr>{body}</table>"
+                    + (f"<p>... {more} more</p>" if more > 0 else ""), name="stragglers")
+
+
+def _only(a: Analysis, ranks: list[int]) -> tuple[pd.DataFrame, list[dict[str, Any]], pd.DataFrame]:
+    """The events, findings and flows of the chosen ranks."""
+    keep = set(ranks)
+    ev = a.events[a.events["rank"].isin(keep)]
+    flows = a.trace.flows
+    if "rank" in flows:
+        flows = flows[flows["rank"].isin(keep)]
+    return ev, [f for f in a.findings if f.get("rank") in keep], flows
+
+
 def build(analyses: list[tuple[str, Analysis]], show_cpu: bool = False, align_layer: int | None = None,
-          layer_offset: int = 0, stages_file: str | None = None):
+          layer_offset: int = 0, stages_file: str | None = None, ranks_spec: str | None = None):
     parts: list[Any] = [Div(text=f"<h2>{' vs '.join(html.escape(label) for label, _ in analyses)}</h2>"),
                         summary_table(analyses)]
     if len(analyses) == 1:
         label, a = analyses[0]
-        fig, _ = timeline_figure(a.events, label, show_cpu, findings=a.findings, flows=a.trace.flows)
+        shown = timeline_ranks(a, ranks_spec)
+        ev, findings, flows = _only(a, shown)
+        n_all = a.events["rank"].nunique()
+        title = label if len(shown) == n_all else f"{label} - timeline of ranks {_spans(shown)} ({len(shown)} of {n_all}; " \
+                                                     "--timeline-ranks picks others)"
+        fig, _ = timeline_figure(ev, title, show_cpu, findings=findings, flows=flows)
         parts.append(fig)
+        st = straggler_table(a)
+        if st is not None:
+            parts.append(st)
         hm = heatmaps(a)
         if hm is not None:
             parts.append(hm)
@@ -180,6 +251,18 @@ def build(analyses: list[tuple[str, Analysis]], show_cpu: bool = False, align_la
     except Exception as exc:   # noqa: BLE001 - the timelines are still worth showing
         parts.append(Div(text=f"<p><i>no per-stage comparison: {html.escape(str(exc))}</i></p>"))
     return column(*parts, sizing_mode="stretch_width")
+
+
+def _spans(ranks: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    out, start = [], None
+    for i, r in enumerate(ranks):
+        if start is None:
+            start = r
+        if i + 1 == len(ranks) or ranks[i + 1] != r + 1:
+            out.append(f"{start}-{r}" if r != start else f"{r}")
+            start = None
+    return ",".join(out)
 
 
 def check(layout) -> None:
