@@ -144,12 +144,14 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
             window: tuple[float, float] | None = None, use_cache: bool = True,
             annotation_regex: str = DEFAULT_ANNOTATION, microbatches: int | None = None,
             min_lost_us: float = 1.0, progress: bool | None = None, trace: Trace | None = None,
-            step_regex: str = step_analysis.DEFAULT_STEP, step: int | None = None, strict: bool = False) -> Analysis:
+            step_regex: str = step_analysis.DEFAULT_STEP, step: int | None = None, strict: bool = False,
+            jobs: int = 1, cluster: str | None = None) -> Analysis:
     """`strict`: a rank file of a folder that cannot be read is an error (else it is left out and
-    reported as suspicious input)."""
+    reported as suspicious input). `jobs` / `cluster`: parse a folder's rank files on that many
+    processes / on a Dask cluster (replay/parallel.py); the analysis is the same."""
     cached = False
     if trace is None:
-        trace, cached = load_cached(path, use_cache=use_cache, progress=progress)
+        trace, cached = load_cached(path, use_cache=use_cache, progress=progress, jobs=jobs, cluster=cluster)
     if strict and trace.meta.get("skipped_files"):
         bad = trace.meta["skipped_files"][0]
         raise UserError(f"{Path(path) / bad['file']}: {bad['error']}")

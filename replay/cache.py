@@ -41,10 +41,11 @@ def _paths(key: str, where: Path) -> tuple[Path, Path, Path]:
 
 
 def load_cached(path: str | Path, use_cache: bool = True, where: Path | None = None,
-                progress: bool | None = None) -> tuple[Trace, bool]:
-    """The trace, from the cache when its content was seen before; returns (trace, hit)."""
+                progress: bool | None = None, jobs: int = 1, cluster: str | None = None) -> tuple[Trace, bool]:
+    """The trace, from the cache when its content was seen before; returns (trace, hit). `jobs` /
+    `cluster`: where a folder's rank files are parsed on a miss (replay/parallel.py)."""
     if not use_cache:
-        return load(path, progress=progress), False
+        return load(path, progress=progress, jobs=jobs, cluster=cluster), False
     where = where or cache_dir()
     key = content_key(path)
     ev_p, fl_p, meta_p = _paths(key, where)
@@ -56,7 +57,7 @@ def load_cached(path: str | Path, use_cache: bool = True, where: Path | None = N
             return Trace(events, flows, meta, [str(f) for f in trace_files(Path(path))]), True
         except (OSError, ValueError, pa.ArrowException):
             pass     # a damaged cache entry is simply rebuilt
-    trace = load(path, progress=progress)
+    trace = load(path, progress=progress, jobs=jobs, cluster=cluster)
     try:
         where.mkdir(parents=True, exist_ok=True)
         for frame, p in ((trace.events, ev_p), (trace.flows, fl_p)):

@@ -89,11 +89,14 @@ def warn_skipped(*analyses: Any) -> None:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze, parse_window
+    from .parallel import MAX_JOBS
+    if not 1 <= args.jobs <= MAX_JOBS:
+        raise UserError(f"--jobs must lie in [1, {MAX_JOBS}], got {args.jobs}")
     from .report import render, write_layers
     window = parse_window(args.window) if args.window else None
     a = analyze(args.trace, taxonomy=args.taxonomy, rank=args.rank, window=window, use_cache=not args.no_cache,
                 microbatches=args.microbatches, min_lost_us=args.min_lost_us, step_regex=args.step_regex,
-                step=args.step, strict=args.strict)
+                step=args.step, strict=args.strict, jobs=args.jobs, cluster=args.cluster)
     warn_skipped(a)
     if args.csv:
         write_layers(a, args.csv, "csv")
@@ -268,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list idle findings of at least this many microseconds (totals count them all)")
     a.add_argument("--top", type=int, default=10, help="findings shown in the table")
     a.add_argument("--max-findings", type=int, default=None, help="cap the findings list in --json")
+    a.add_argument("--jobs", type=int, default=1,
+                   help="parse a folder's rank files on this many processes (default 1); the result is the same")
+    a.add_argument("--cluster", metavar="ADDRESS", default=None,
+                   help="parse the rank files on a Dask cluster: its scheduler address (tcp://host:8786), or 'env' "
+                        "for $DASK_SCHEDULER_ADDRESS; workers must read the same paths and have moe-timeline "
+                        "installed (pip install 'moe-timeline[cluster]')")
 
     c = add_command(sub, "compare", cmd_compare,
                     help="predicted vs observed, stage by stage, with likely causes",

@@ -439,26 +439,49 @@ def load_file(path: str | Path, rank: int | None = None, progress: bool | None =
     return Trace(df, _flows_frame(cols, rank_of_pid), meta, [str(path)])
 
 
-def load(path: str | Path, progress: bool | None = None, strict: bool = False) -> Trace:
+def load(path: str | Path, progress: bool | None = None, strict: bool = False, jobs: int = 1,
+         cluster: str | None = None) -> Trace:
     """A file, or a folder of per-rank files (rank from distributedInfo, else the file name). A
     folder's file that cannot be read is left out and named in meta["skipped_files"] (`strict`:
-    it is an error)."""
+    it is an error). `jobs` / `cluster`: parse the rank files on that many processes or on a Dask
+    cluster (parallel.py); the table is the same."""
     files = trace_files(Path(path))
     if len(files) == 1:
         return load_file(files[0], progress=progress)
     parts, kept, skipped = [], [], []
     # one bar for the folder: ranks read of all, and MB/s over all the bytes
-    bar = Progress(sum(f.stat().st_size for f in files), f"0/{len(files)} ranks", progress)
+    sizes = [f.stat().st_size for f in files]
+    bar = Progress(sum(sizes), f"0/{len(files)} ranks", progress)
     try:
-        for i, f in enumerate(files):
-            bar.label = f"{i}/{len(files)} ranks"
-            try:
-                parts.append(load_file(f, rank=i if rank_from_name(f) is None else None, bar=bar))
-                kept.append(f)
-            except UserError as exc:         # one bad rank file must not cost the others
-                if strict:
-                    raise
-                skipped.append({"file": f.name, "error": str(exc).removeprefix(f"{f}: ")})
+        if jobs == 1 and not cluster:
+            for i, f in enumerate(files):
+                bar.label = f"{i}/{len(files)} ranks"
+                try:
+                    parts.append(load_file(f, rank=i if rank_from_name(f) is None else None, bar=bar))
+                    kept.append(f)
+                except UserError as exc:         # one bad rank file must not cost the others
+                    if strict:
+                        raise
+                    skipped.append({"file": f.name, "error": str(exc).removeprefix(f"{f}: ")})
+        else:
+            from . import parallel
+            finished = [0]
+
+            def done(i: int) -> None:
+                finished[0] += 1
+                bar.label = f"{finished[0]}/{len(files)} ranks"
+                bar(sizes[i])
+
+            results = parallel.run(files, [i if rank_from_name(f) is None else None for i, f in enumerate(files)],
+                                   jobs, cluster, done)
+            for f, res in zip(files, results):
+                if isinstance(res, str):
+                    if strict:
+                        raise UserError(res)
+                    skipped.append({"file": f.name, "error": res.removeprefix(f"{f}: ")})
+                else:
+                    parts.append(res)
+                    kept.append(f)
         bar.label = f"{len(files)}/{len(files)} ranks"
         bar(0)
     finally:

@@ -1,0 +1,92 @@
+"""The per-rank stage of a folder's load - parse one rank file into its event table - run on
+several processes (`--jobs N`) or on a Dask cluster (`--cluster ADDRESS`): the rank files of a
+profiling session are independent until the cross-rank analysis, which runs where the command
+runs. Either way the result is the same table the one-process load builds (same order, same
+ranks), so every output is identical.
+
+Dask (`pip install 'moe-timeline[cluster]'`, the `distributed` package) is the engine past one
+machine: its workers must be able to read the trace paths (a shared filesystem) and import this
+package. `--cluster` takes a scheduler address (tcp://host:8786) or, when DASK_SCHEDULER_ADDRESS
+is set, `--cluster env`."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Callable
+
+from tracegen.base.errors import UserError
+
+MAX_JOBS = 256
+CONNECT_TIMEOUT = "10s"     # how long --cluster waits for the scheduler
+
+
+def parse_one(path: str, rank: int | None) -> Any:
+    """One rank file's Trace, or the one-line reason it could not be read (a string)."""
+    from .events import load_file
+    try:
+        return load_file(path, rank=rank, progress=False)
+    except UserError as exc:
+        return str(exc)
+
+
+def run(files: list[Path], ranks: list[int | None], jobs: int = 1, cluster: str | None = None,
+        done: Callable[[int], None] | None = None) -> list[Any]:
+    """parse_one for every file, in the files' order; `done(i)` after file i finishes (progress)."""
+    if cluster:
+        return _dask(files, ranks, cluster, done)
+    if not 1 <= jobs <= MAX_JOBS:
+        raise UserError(f"--jobs must lie in [1, {MAX_JOBS}], got {jobs}")
+    if jobs == 1:
+        out = []
+        for i, (f, r) in enumerate(zip(files, ranks)):
+            out.append(parse_one(str(f), r))
+            if done:
+                done(i)
+        return out
+    results: list[Any] = [None] * len(files)
+    with ProcessPoolExecutor(max_workers=min(jobs, len(files))) as pool:
+        futures = {pool.submit(parse_one, str(f), r): i for i, (f, r) in enumerate(zip(files, ranks))}
+        for fut in as_completed(futures):
+            i = futures[fut]
+            results[i] = fut.result()
+            if done:
+                done(i)
+    return results
+
+
+def cluster_address(value: str) -> str:
+    """The scheduler address of --cluster: as given, or DASK_SCHEDULER_ADDRESS for 'env'."""
+    if value == "env":
+        env = os.environ.get("DASK_SCHEDULER_ADDRESS")
+        if not env:
+            raise UserError("--cluster env needs DASK_SCHEDULER_ADDRESS (e.g. tcp://10.0.0.5:8786)")
+        return env
+    return value
+
+
+def _dask(files: list[Path], ranks: list[int | None], address: str, done: Callable[[int], None] | None) -> list[Any]:
+    try:
+        from distributed import Client, as_completed as dask_completed
+    except ImportError:
+        raise UserError("--cluster needs Dask's distributed: pip install 'moe-timeline[cluster]'") from None
+    address = cluster_address(address)
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise UserError(f"--cluster {address}: cannot reach the Dask scheduler ({exc})") from None
+    try:
+        futures = [client.submit(parse_one, str(f.resolve()), r, pure=False) for f, r in zip(files, ranks)]
+        index = {f.key: i for i, f in enumerate(futures)}
+        results: list[Any] = [None] * len(files)
+        for fut in dask_completed(futures):
+            i = index[fut.key]
+            results[i] = fut.result()
+            if done:
+                done(i)
+        return results
+    finally:
+        client.close()
+
+
+__all__ = ["run", "parse_one", "cluster_address", "MAX_JOBS"]
