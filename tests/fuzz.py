@@ -234,7 +234,10 @@ plans = st.fixed_dictionaries({
     "comm": st.sampled_from([None, "normal", "ibgda", "cpu-proxy", "ascend-fused", "pcie-copy"]),
     "imbalance": num, "hbm_gbps": num, "scaleout_gbps": num, "launch_us": num,
     "tbo": st.sampled_from(["off", "proper", "improper"]), "ranks": st.sampled_from([1, 2, 3, 0, -1]),
-    "layers": st.sampled_from([1, 2, 3, 4, 0, 99]),
+    "layers": st.sampled_from([1, 2, 3, 4, 0, 99, None]),     # None: every layer, the LM head and MTP too
+    "mtp": st.sampled_from([None, 0, 1, 2, -1, 9]), "mtp_accept": num, "sched_ms": num,
+    "routing": st.sampled_from([None, "model", "uniform", "spread", "nearest"]),
+    "comm_release": st.sampled_from([None, "first", "latest", "profile", "v9"]),
 })
 
 
@@ -293,7 +296,7 @@ def target_tracegen(plan: dict[str, Any], tmp: Path) -> str:
             _check(math.isfinite(row.ms) and row.ms >= 0, f"op {row.name}: {row.ms} ms")
         _check(math.isfinite(est.sum_ms) and est.sum_ms > 0, "a non-finite or zero total")
         launch = plan.get("launch_us")
-        opts = TraceOptions(tbo=plan.get("tbo", "proper"), layers=plan.get("layers", 3),
+        opts = TraceOptions(tbo=plan.get("tbo", "proper"), layers=plan.get("layers", 3) if "layers" in plan else 3,
                             ranks=plan.get("ranks", 1), launch_us=launch)
         if opts.tbo == "off":
             p = resolve_plan(plan["phase"], model, hw, preset, **{**{k: plan.get(k) for k in PLAN_FIELDS if k in plan},
