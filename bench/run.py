@@ -10,7 +10,11 @@ are shared and noisy), plus replay's agreement with Holistic Trace Analysis on a
              traces/observed/deepep-h100x4/prefill-proper and 64 ranks made by replicating them
              (distributedInfo.rank rewritten), against the same analysis by the tree at
              BENCH_BASELINE_REF (a git ref, e.g. the commit before the cross-rank analysis) when set.
-             `python -m bench.run --ranks-only` runs this part alone.
+             `python -m bench.run --ranks-only` runs this part alone, with:
+  folders    16, 64 and 256 ranks (the 4 real ones replicated, ranks rewritten, timestamps jittered)
+             on one process and with --jobs 2 against the ideal (one rank x ranks / cores); HTA on
+             the 16-rank folder; --cluster on a local 2-worker Dask cluster (overhead per rank); a
+             folder with 2 unreadable ranks.
 
 Each timed run is a fresh subprocess (wall time and peak RSS from the OS); the table is printed
 and written to bench/out/results.json. BENCH_MAX_MB caps the synthetic sizes (default 1000)."""
@@ -76,6 +80,91 @@ def rank_folders(results: dict, rows: list) -> None:
         rows.append((f"replay analyze: {ranks}-rank DeepEP folder", now.get("wall_s"), note))
 
 
+def jittered(ranks: int) -> Path:
+    """A folder of `ranks` rank files cycling through the 4 real DeepEP ranks, each claiming its
+    rank, with every timestamp of a file shifted by its own jitter (0-50 us, seeded)."""
+    import gzip
+    import random
+    d = OUT / f"deepep-j{ranks}"
+    if d.exists() and len(list(d.glob("*.json.gz"))) == ranks:
+        return d
+    d.mkdir(parents=True, exist_ok=True)
+    src = [json.loads(gzip.open(DEEPEP / f"rank{r}.json.gz", "rt").read()) for r in range(4)]
+    rng = random.Random(12)
+    for r in range(ranks):
+        data = dict(src[r % 4])
+        shift = rng.uniform(0.0, 50.0)
+        data["traceEvents"] = [{**e, "ts": e["ts"] + shift} if isinstance(e.get("ts"), (int, float)) else e
+                               for e in src[r % 4]["traceEvents"]]
+        data["distributedInfo"] = {**data.get("distributedInfo", {}), "rank": r, "world_size": ranks}
+        with gzip.open(d / f"rank{r}.json.gz", "wt", compresslevel=1) as f:
+            json.dump(data, f)
+    return d
+
+
+def folder_scaling(results: dict, rows: list) -> None:
+    """Issue 12's measurements: folders of 16, 64 and 256 jittered ranks, analysed on one process
+    and with --jobs 2, against the ideal (one rank's time x ranks / cores); HTA on the 16-rank
+    folder; the Dask path's overhead per rank on a local 2-worker cluster; a truncated rank."""
+    if not DEEPEP.exists():
+        return
+    cores = os.cpu_count() or 1
+    one = timed(f"from replay.analyze import analyze; analyze({str(DEEPEP / 'rank0.json.gz')!r}, use_cache=False, "
+                "progress=False)", repeat=3)
+    results["folder_scaling"] = {"one_rank": one, "cores": cores, "folders": []}
+    for ranks in (16, 64, 256):
+        folder = jittered(ranks)
+        entry = {"ranks": ranks}
+        for jobs in (1, 2):
+            entry[f"jobs{jobs}"] = timed(f"from replay.analyze import analyze; analyze({str(folder)!r}, use_cache=False, "
+                                         f"progress=False, jobs={jobs})")
+        ideal = one.get("wall_s", float("nan")) * ranks / cores
+        entry["ideal_s"] = ideal
+        results["folder_scaling"]["folders"].append(entry)
+        j1, j2 = entry["jobs1"], entry["jobs2"]
+        rows.append((f"replay analyze: {ranks} jittered ranks, --jobs 2", j2.get("wall_s"),
+                     f"peak {j2.get('peak_mb', 0):.0f} MB (largest process); --jobs 1 {j1.get('wall_s', float('nan')):.2f} s, "
+                     f"{j1.get('peak_mb', 0):.0f} MB; ideal (1 rank x {ranks} / {cores} cores) {ideal:.2f} s: "
+                     f"x{j2.get('wall_s', float('nan')) / ideal:.2f}"))
+    folder16 = jittered(16)
+    if hta_available():
+        hta = timed("from hta.trace_analysis import TraceAnalysis; "
+                    f"ta = TraceAnalysis(trace_dir={str(folder16)!r}); ta.get_comm_comp_overlap(visualize=False)")
+        ours = results["folder_scaling"]["folders"][0]["jobs1"]
+        results["folder_scaling"]["hta16"] = hta
+        rows.append(("HTA TraceAnalysis: 16 jittered ranks", hta.get("wall_s"),
+                     f"peak {hta.get('peak_mb', 0):.0f} MB; ours {ours.get('wall_s', float('nan')):.2f} s: "
+                     f"{hta.get('wall_s', float('nan')) / ours.get('wall_s', float('nan')):.1f}x faster"
+                     if "wall_s" in hta else f"failed: {hta.get('error', '')[-80:]}"))
+    cluster = timed("import time, json\nfrom distributed import LocalCluster\nfrom replay.analyze import analyze\n"
+                    "with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as lc:\n"
+                    "    t = time.perf_counter()\n"
+                    f"    analyze({str(folder16)!r}, use_cache=False, progress=False, cluster=lc.scheduler_address)\n"
+                    "    c = time.perf_counter() - t\n"
+                    "    t = time.perf_counter()\n"
+                    f"    analyze({str(folder16)!r}, use_cache=False, progress=False)\n"
+                    "    print(json.dumps({'cluster_s': c, 'local_s': time.perf_counter() - t}))")
+    results["folder_scaling"]["cluster16"] = cluster
+    if "cluster_s" in cluster:
+        rows.append(("replay analyze --cluster (local 2 workers), 16 ranks", cluster["cluster_s"],
+                     f"one process {cluster['local_s']:.2f} s: overhead "
+                     f"{1e3 * (cluster['cluster_s'] - cluster['local_s']) / 16:+.0f} ms per rank"))
+    bad = OUT / "deepep-j16-bad"
+    if not bad.exists():
+        import shutil
+        shutil.copytree(folder16, bad)
+        (bad / "rank5.json.gz").write_bytes((bad / "rank5.json.gz").read_bytes()[:5000])
+        (bad / "rank9.json.gz").write_text("not a trace")
+    r = subprocess.run([PY, "-m", "replay.cli", "analyze", str(bad), "--no-cache"], cwd=ROOT, capture_output=True,
+                       text=True)
+    s_ = subprocess.run([PY, "-m", "replay.cli", "analyze", str(bad), "--no-cache", "--strict"], cwd=ROOT,
+                        capture_output=True, text=True)
+    warn = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    results["folder_scaling"]["bad_input"] = {"rc": r.returncode, "warnings": warn, "strict_rc": s_.returncode}
+    rows.append(("bad input: 16 ranks, 2 unreadable", None,
+                 f"exit {r.returncode}, {len(warn)} warning lines, 14 ranks analysed; --strict exit {s_.returncode}"))
+
+
 _PEAK = ("\nimport resource as _r, json as _j\n"
          "print(_j.dumps({'peak_mb': max(_r.getrusage(_r.RUSAGE_SELF).ru_maxrss,"
          " _r.getrusage(_r.RUSAGE_CHILDREN).ru_maxrss) / 1024}))")
@@ -134,6 +223,7 @@ def main() -> int:
     results: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
     rows = []
     rank_folders(results, rows)
+    folder_scaling(results, rows)
     if "--ranks-only" in sys.argv:
         _print(rows)
         return 0
