@@ -188,7 +188,7 @@ def timed(code: str, repeat: int = 1) -> dict:
 
 def synthetic(copies: int) -> Path:
     """train.json's events repeated `copies` times, shifted in time, as one Kineto file."""
-    path = OUT / f"train-x{copies}.json"
+    path = OUT / f"train-x{copies}.steps.json"
     if path.exists():
         return path
     data = json.loads(TRAIN.read_text())
@@ -208,6 +208,8 @@ def synthetic(copies: int) -> Path:
                         e2[key] = e2[key] + k * 10_000_000
                 if isinstance(e2.get("args"), dict) and "correlation" in e2["args"]:
                     e2["args"] = {**e2["args"], "correlation": e2["args"]["correlation"] + k * 10_000_000}
+                if isinstance(e2.get("name"), str) and e2["name"].startswith("ProfilerStep#"):
+                    e2["name"] = f"ProfilerStep#{k + 1}"     # one step per copy (a repeated number is refused)
                 f.write(("" if first else ",\n") + json.dumps(e2))
                 first = False
         f.write('\n], "traceName": "synthetic"}\n')
