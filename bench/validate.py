@@ -120,6 +120,22 @@ def decode_table_rows(reference: Path = REFERENCE) -> list[dict]:
     return out
 
 
+ASCEND_FUSED = (("dispatch", 8, 116.0), ("dispatch", 256, 152.0), ("combine", 8, 118.0))   # CloudMatrix384 paper
+
+
+def ascend_fused_rows() -> list[dict]:
+    """FusedDispatch / FusedCombine at the paper's EP sizes, 128 tokens per rank (the `paper` release)."""
+    hw = load_hardware("ascend-910c")
+    out = []
+    for op, ep, published in ASCEND_FUSED:
+        plan = Plan(phase="decode", batch=128, seq_len=4096, dp=ep, comm="ascend-fused")
+        w = next(w for w in layer_ops(MODEL, plan, DEFAULT, hw, dense=False) if w.name == op)
+        us = op_time(w, plan, hw, DEFAULT).us
+        out.append({"op": op, "ep": ep, "published_us": published, "predicted_us": us,
+                    "error_pct": 100 * (us / published - 1)})
+    return out
+
+
 def h100_capture_rows() -> list[dict]:
     """The single-H100 layer capture (traces/observed/h100) per stage: median |error| over its layers."""
     from replay.analyze import analyze, analyze_one_step
@@ -168,6 +184,11 @@ def render() -> str:
         lines += ["", "DeepEP intranode kernels, 4 x H100 EP4 (traces/observed/deepep-h100x4; last-arriving rank):", "",
                   "| phase | op | observed us | predicted us | error |", "|---|---|---:|---:|---:|"]
         lines += [f"| {ph} | {op} | {o:,.1f} | {p:,.1f} | {e:+.1f}% |" for ph, op, o, p, e in deepep_rows()]
+    lines += ["", "Ascend 910C FusedDispatch / FusedCombine, 128 tokens per rank (the published points are the "
+              "`paper` release's data, so this checks the interpolation and the payload scaling, not a prediction):",
+              "", "| op | EP | published us | predicted us | error |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['op']} | {r['ep']} | {r['published_us']:,.0f} | {r['predicted_us']:,.1f} | {r['error_pct']:+.1f}% |"
+              for r in ascend_fused_rows()]
     lines += ["", "Single H100 layer capture (traces/observed/h100, 4 MoE layers, copies standing in for the network), "
               "median |error| per stage:", "", "| stage | n | median abs error |", "|---|---:|---:|"]
     lines += [f"| {r['stage']} | {r['n']} | {r['median_abs_error_pct']:.1f}% |" for r in h100_capture_rows()]

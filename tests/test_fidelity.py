@@ -205,3 +205,22 @@ def test_release_figures_name_their_source():
         assert b.releases and b.release in b.releases
         for r in b.releases.values():
             assert r.source and all(v > 0 and math.isfinite(v) for v in (*r.dispatch.values(), *r.combine.values()))
+
+
+def test_ascend_fused_kernels_follow_the_papers_points_and_the_unified_bus():
+    """FusedDispatch / FusedCombine as data by EP (issue 16): the paper's points at 128 tokens per
+    rank, log-EP interpolation between them, and the transfer part scaling with the UB bandwidth."""
+    from bench.validate import ascend_fused_rows
+    for r in ascend_fused_rows():
+        assert r["predicted_us"] == pytest.approx(r["published_us"])
+    hw = load_hardware("ascend-910c")
+    lat = hw.backend("ascend-fused").latency_us
+
+    def dispatch(ep: int, hw_) -> float:
+        plan = Plan(phase="decode", batch=128, seq_len=4096, dp=ep, comm="ascend-fused")
+        return op_time(next(w for w in layer_ops(MODEL, plan, DEFAULT, hw_, False) if w.name == "dispatch"),
+                       plan, hw_, DEFAULT).us
+    assert 116 < dispatch(64, hw) < 152 and dispatch(64, hw) == pytest.approx(116 + (152 - 116) * 3 / 5, rel=1e-9)
+    from dataclasses import replace
+    half = replace(hw, scaleup_gbps=hw.scaleup_gbps / 2)
+    assert dispatch(8, half) - lat == pytest.approx(2 * (116 - lat))

@@ -110,9 +110,10 @@ def _comm_time(w: Work, plan: Plan, hw: Hardware, preset: Preset) -> Timed:
     if release is not None and release.unit == "us":
         # low-latency kernels: the release's published time for its benchmark's payload, the part
         # beyond the fixed latency scaled by this op's payload
-        # (and by the NIC: the release was measured on `link_gbps`)
-        terms["scaleout_ms"] = (max(0.0, release.at(w.name, plan.ep_size) / 1e3 - lat_ms)
-                                * published_ratio(w, plan, release) * release.link_gbps / hw.scaleout_gbps)
+        # (and by the link: the release was measured on `link_gbps`)
+        link = "scaleup" if backend.link == "scaleup" else "scaleout"
+        terms[f"{link}_ms"] = (max(0.0, release.at(w.name, plan.ep_size) / 1e3 - lat_ms)
+                               * published_ratio(w, plan, release) * release.link_gbps / link_gbps(hw, backend.link))
     else:
         for kind, size in (("scaleout", w.scaleout_bytes), ("scaleup", w.scaleup_bytes)):
             # the single-GPU copy stand-in sends what would cross RDMA over the host link instead
@@ -140,6 +141,11 @@ def counted_share(plan: Plan, hw: Hardware) -> float:
     (tests/legacy/test_internode.py: distinct destination nodes per token, the local one included)."""
     nodes = max(2, -(-plan.ep_size // hw.scaleup_domain))
     return nodes / (nodes - 1)
+
+
+def link_gbps(hw: Hardware, link: str) -> float:
+    """The raw bandwidth of the link a backend drives."""
+    return {"scaleout": hw.scaleout_gbps, "scaleup": hw.scaleup_gbps, "pcie": hw.pcie_gbps}[link]
 
 
 def published_gbps(w: Work, plan: Plan, hw: Hardware, release: Release) -> float:
