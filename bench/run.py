@@ -36,16 +36,24 @@ PY = sys.executable
 DEEPEP = ROOT / "traces" / "observed" / "deepep-h100x4" / "prefill-proper"
 
 
-def replicated(ranks: int) -> Path:
-    """A folder of `ranks` rank files cycling through the real DeepEP ranks, each claiming its rank."""
+def replicated(ranks: int, jitter_us: float = 0.0) -> Path:
+    """A folder of `ranks` rank files cycling through the 4 real DeepEP ranks, each claiming its
+    rank; with `jitter_us`, every timestamp of a file shifted by its own jitter in [0, jitter_us)
+    (seeded)."""
     import gzip
-    d = OUT / f"deepep-x{ranks}"
+    import random
+    d = OUT / (f"deepep-j{ranks}" if jitter_us else f"deepep-x{ranks}")
     if d.exists() and len(list(d.glob("*.json.gz"))) == ranks:
         return d
     d.mkdir(parents=True, exist_ok=True)
     src = [json.loads(gzip.open(DEEPEP / f"rank{r}.json.gz", "rt").read()) for r in range(4)]
+    rng = random.Random(12)
     for r in range(ranks):
-        data = src[r % 4]
+        data = dict(src[r % 4])
+        if jitter_us:
+            shift = rng.uniform(0.0, jitter_us)
+            data["traceEvents"] = [{**e, "ts": e["ts"] + shift} if isinstance(e.get("ts"), (int, float)) else e
+                                   for e in src[r % 4]["traceEvents"]]
         data["distributedInfo"] = {**data.get("distributedInfo", {}), "rank": r, "world_size": ranks}
         with gzip.open(d / f"rank{r}.json.gz", "wt", compresslevel=1) as f:
             json.dump(data, f)
@@ -80,26 +88,7 @@ def rank_folders(results: dict, rows: list) -> None:
         rows.append((f"replay analyze: {ranks}-rank DeepEP folder", now.get("wall_s"), note))
 
 
-def jittered(ranks: int) -> Path:
-    """A folder of `ranks` rank files cycling through the 4 real DeepEP ranks, each claiming its
-    rank, with every timestamp of a file shifted by its own jitter (0-50 us, seeded)."""
-    import gzip
-    import random
-    d = OUT / f"deepep-j{ranks}"
-    if d.exists() and len(list(d.glob("*.json.gz"))) == ranks:
-        return d
-    d.mkdir(parents=True, exist_ok=True)
-    src = [json.loads(gzip.open(DEEPEP / f"rank{r}.json.gz", "rt").read()) for r in range(4)]
-    rng = random.Random(12)
-    for r in range(ranks):
-        data = dict(src[r % 4])
-        shift = rng.uniform(0.0, 50.0)
-        data["traceEvents"] = [{**e, "ts": e["ts"] + shift} if isinstance(e.get("ts"), (int, float)) else e
-                               for e in src[r % 4]["traceEvents"]]
-        data["distributedInfo"] = {**data.get("distributedInfo", {}), "rank": r, "world_size": ranks}
-        with gzip.open(d / f"rank{r}.json.gz", "wt", compresslevel=1) as f:
-            json.dump(data, f)
-    return d
+JITTER_US = 50.0     # per-file timestamp shift of the folder-scaling runs
 
 
 def folder_scaling(results: dict, rows: list) -> None:
@@ -113,7 +102,7 @@ def folder_scaling(results: dict, rows: list) -> None:
                 "progress=False)", repeat=3)
     results["folder_scaling"] = {"one_rank": one, "cores": cores, "folders": []}
     for ranks in (16, 64, 256):
-        folder = jittered(ranks)
+        folder = replicated(ranks, JITTER_US)
         entry = {"ranks": ranks}
         for jobs in (1, 2):
             entry[f"jobs{jobs}"] = timed(f"from replay.analyze import analyze; analyze({str(folder)!r}, use_cache=False, "
@@ -126,7 +115,7 @@ def folder_scaling(results: dict, rows: list) -> None:
                      f"peak {j2.get('peak_mb', 0):.0f} MB (largest process); --jobs 1 {j1.get('wall_s', float('nan')):.2f} s, "
                      f"{j1.get('peak_mb', 0):.0f} MB; ideal (1 rank x {ranks} / {cores} cores) {ideal:.2f} s: "
                      f"x{j2.get('wall_s', float('nan')) / ideal:.2f}"))
-    folder16 = jittered(16)
+    folder16 = replicated(16, JITTER_US)
     if hta_available():
         hta = timed("from hta.trace_analysis import TraceAnalysis; "
                     f"ta = TraceAnalysis(trace_dir={str(folder16)!r}); ta.get_comm_comp_overlap(visualize=False)")

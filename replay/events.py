@@ -448,21 +448,19 @@ def load(path: str | Path, progress: bool | None = None, strict: bool = False, j
     files = trace_files(Path(path))
     if len(files) == 1:
         return load_file(files[0], progress=progress)
-    parts, kept, skipped = [], [], []
+    hints = [i if rank_from_name(f) is None else None for i, f in enumerate(files)]
     # one bar for the folder: ranks read of all, and MB/s over all the bytes
     sizes = [f.stat().st_size for f in files]
     bar = Progress(sum(sizes), f"0/{len(files)} ranks", progress)
     try:
+        results: list[Trace | str] = []       # each file's Trace, or why it could not be read
         if jobs == 1 and not cluster:
             for i, f in enumerate(files):
                 bar.label = f"{i}/{len(files)} ranks"
                 try:
-                    parts.append(load_file(f, rank=i if rank_from_name(f) is None else None, bar=bar))
-                    kept.append(f)
-                except UserError as exc:         # one bad rank file must not cost the others
-                    if strict:
-                        raise
-                    skipped.append({"file": f.name, "error": str(exc).removeprefix(f"{f}: ")})
+                    results.append(load_file(f, rank=hints[i], bar=bar))
+                except UserError as exc:
+                    results.append(str(exc))
         else:
             from . import parallel
             finished = [0]
@@ -472,20 +470,20 @@ def load(path: str | Path, progress: bool | None = None, strict: bool = False, j
                 bar.label = f"{finished[0]}/{len(files)} ranks"
                 bar(sizes[i])
 
-            results = parallel.run(files, [i if rank_from_name(f) is None else None for i, f in enumerate(files)],
-                                   jobs, cluster, done)
-            for f, res in zip(files, results):
-                if isinstance(res, str):
-                    if strict:
-                        raise UserError(res)
-                    skipped.append({"file": f.name, "error": res.removeprefix(f"{f}: ")})
-                else:
-                    parts.append(res)
-                    kept.append(f)
+            results = parallel.run(files, hints, jobs, cluster, done)
         bar.label = f"{len(files)}/{len(files)} ranks"
         bar(0)
     finally:
         bar.close()
+    parts, kept, skipped = [], [], []
+    for f, res in zip(files, results):     # one bad rank file must not cost the others (unless strict)
+        if isinstance(res, str):
+            if strict:
+                raise UserError(res)
+            skipped.append({"file": f.name, "error": res.removeprefix(f"{f}: ")})
+        else:
+            parts.append(res)
+            kept.append(f)
     if not parts:
         raise UserError(f"{path}: none of its {len(files)} trace files could be read (first: {files[0].name}: "
                         f"{skipped[0]['error']})")

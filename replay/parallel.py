@@ -37,13 +37,6 @@ def run(files: list[Path], ranks: list[int | None], jobs: int = 1, cluster: str 
         return _dask(files, ranks, cluster, done)
     if not 1 <= jobs <= MAX_JOBS:
         raise UserError(f"--jobs must lie in [1, {MAX_JOBS}], got {jobs}")
-    if jobs == 1:
-        out = []
-        for i, (f, r) in enumerate(zip(files, ranks)):
-            out.append(parse_one(str(f), r))
-            if done:
-                done(i)
-        return out
     results: list[Any] = [None] * len(files)
     with ProcessPoolExecutor(max_workers=min(jobs, len(files))) as pool:
         futures = {pool.submit(parse_one, str(f), r): i for i, (f, r) in enumerate(zip(files, ranks))}

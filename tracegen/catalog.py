@@ -138,6 +138,10 @@ class Hardware:
             raise UserError(f"hardware {self.name}: no efficiency entry {kind!r} "
                             f"(has {', '.join(sorted(self.efficiency))})") from None
 
+    def has_curve(self, kind: str) -> bool:
+        """Whether `curve(kind)` answers (the kind's own curve or its family's)."""
+        return kind in self.efficiency or kind in CURVE_FALLBACK
+
     def curve(self, kind: str) -> EffCurve:
         """The efficiency curve of an op kind; a kind the entry has no curve for falls back to its
         family's (a masked grouped GEMM to the grouped GEMM curve)."""
@@ -182,6 +186,11 @@ class Model:
     head_dim: int = 0
     source: str = ""
     aliases: tuple[str, ...] = ()
+
+    @property
+    def group_limited(self) -> bool:
+        """Whether a token's experts are limited to some of the expert groups (DeepSeek-V3's routing)."""
+        return self.expert_groups > 1 and self.limited_groups < self.expert_groups
 
     @property
     def moe_layers(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .catalog import CURVE_FALLBACK, Hardware, Release
+from .catalog import Hardware, Release
 from .ops import Work
 from .plan import Plan
 from .preset import Preset
@@ -54,7 +54,7 @@ def hbm_rate(hw: Hardware, preset: Preset, kind: str = "") -> float:
     """Achieved HBM GB/s of an op kind: its own streaming efficiency where its curve has one."""
     if preset.flat_discount is not None:
         return hw.hbm_gbps * preset.flat_discount
-    own = hw.curve(kind).hbm if kind in hw.efficiency or kind in CURVE_FALLBACK else 0.0
+    own = hw.curve(kind).hbm if hw.has_curve(kind) else 0.0
     return hw.hbm_gbps * (own or hw.eff("hbm"))
 
 
@@ -66,8 +66,7 @@ def link_rate(hw: Hardware, preset: Preset, link: str, backend_eff: float | None
         eff = backend_eff
     else:
         eff = hw.eff(link)
-    bw = {"scaleout": hw.scaleout_gbps, "scaleup": hw.scaleup_gbps, "pcie": hw.pcie_gbps}[link]
-    return bw * eff
+    return link_gbps(hw, link) * eff
 
 
 def op_time(w: Work, plan: Plan, hw: Hardware, preset: Preset, overlapped: bool = False) -> Timed:
@@ -87,7 +86,7 @@ def op_time(w: Work, plan: Plan, hw: Hardware, preset: Preset, overlapped: bool 
     if preset.memory_time == "roofline":
         if w.hbm_bytes:
             terms["memory_ms"] = w.hbm_bytes / _MB / hbm_rate(hw, preset, w.kind)
-        floor = hw.curve(w.kind).floor_us if w.kind in hw.efficiency or w.kind in CURVE_FALLBACK else 0.0
+        floor = hw.curve(w.kind).floor_us if hw.has_curve(w.kind) else 0.0
         if floor:
             terms["floor_ms"] = floor * w.kernels / 1e3
         ms = max(terms.values(), default=0.0)
@@ -150,7 +149,7 @@ def link_gbps(hw: Hardware, link: str) -> float:
 
 def published_gbps(w: Work, plan: Plan, hw: Hardware, release: Release) -> float:
     """A release's published bandwidth for this op at the plan's EP, scaled to this hardware's NIC."""
-    return release.at(w.name, plan.ep_size) * hw.scaleout_gbps / release.link_gbps
+    return release.at(w.name, plan.ep_size) * link_gbps(hw, "scaleout") / release.link_gbps
 
 
 # the payload of the low-latency benchmark DeepEP publishes: DeepSeek-V3's hidden size, top-8,

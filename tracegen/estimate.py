@@ -13,7 +13,6 @@ from .preset import Preset
 
 ROW_ORDER = ("DenseMLA", "DenseMLP", "MLA", "Gate", "SharedExpert", "RoutedExpert", "Dispatch", "Combine", HEAD,
              MTP_ROW, "Scheduler")
-PER_STEP_ROWS = (HEAD, MTP_ROW, "Scheduler")     # rows counted per step (`layers`: 1, or the MTP drafts)
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def _default() -> Preset:
 
 def as_work(o: Obs, hw: Hardware) -> Work:
     """The cost model's view of a measured op (a kind without a curve is timed by its bytes)."""
-    flops = o.flops if o.kind in hw.efficiency or o.kind in CURVE_FALLBACK else 0.0
+    flops = o.flops if hw.has_curve(o.kind) else 0.0
     return Work(o.name, "", "", o.kind, flops=flops, rate=o.rate, m=o.m, hbm_bytes=o.bytes, kernels=o.kernels,
                 gemms=o.gemms if flops else ())
 
@@ -87,8 +87,7 @@ def compute_us(obs: list[Obs], hw: Hardware) -> np.ndarray:
 
 
 def _floor(obs: list[Obs], hw: Hardware) -> np.ndarray:
-    return np.array([hw.curve(o.kind).floor_us * o.kernels if o.kind in hw.efficiency or o.kind in CURVE_FALLBACK
-                     else 0.0 for o in obs])
+    return np.array([hw.curve(o.kind).floor_us * o.kernels if hw.has_curve(o.kind) else 0.0 for o in obs])
 
 
 def _hbm_us(obs: list[Obs], hw: Hardware, eff: float) -> np.ndarray:
@@ -224,15 +223,14 @@ observations reach (a GEMM streaming its weights at small M, FlashMLA reading th
     if singles:
         floor = float(min(singles))
         for kind in kinds:
-            if any(o.kind == kind for o in train) and (kind in eff or kind in CURVE_FALLBACK):
+            if any(o.kind == kind for o in train) and hw.has_curve(kind):
                 eff[kind] = replace(eff.get(kind) or hw.curve(kind), floor_us=floor)
     # pure memory traffic: device copies, and elementwise kernels not at their floor
     ew_floor = hw.efficiency["elementwise"].floor_us if "elementwise" in hw.efficiency else 0.0
     copies = [o for o in train if o.kind == "hbm" or (o.kind == "elementwise" and o.bytes > 0
                                                       and o.us > 1.5 * ew_floor * o.kernels)]
     hbm = float(np.median([o.bytes / (o.us * 1e3) / hw.hbm_gbps for o in copies])) if copies else hw.eff("hbm")
-    if keep_hbm:
-        copies = [None]     # type: ignore[list-item]  # (only its truth value is read below)
+    fit_hbm = not copies and not keep_hbm
     for _ in range(rounds):
         cur = replace(hw, efficiency={**eff, "hbm": EffCurve(min(hbm, 1.0))})
         for kind in kinds:
@@ -247,7 +245,7 @@ observations reach (a GEMM streaming its weights at small M, FlashMLA reading th
             if kind_hbm:
                 eff[kind] = replace(eff[kind], hbm=_kind_hbm(sel, replace(cur, efficiency={**cur.efficiency,
                                                                                              kind: eff[kind]})))
-        if not copies:     # no pure copies: the HBM efficiency that best explains memory-bound ops
+        if fit_hbm:     # no pure copies: the HBM efficiency that best explains memory-bound ops
             cur = replace(hw, efficiency={**eff, "hbm": EffCurve(hbm)})
             comp = [o for o in train if o.kind in kinds]
             if comp:
@@ -306,10 +304,6 @@ def calibrated(hw: Hardware, sources: list[str]) -> Hardware:
     return replace(hw, name=name, source=note)
 
 
-__all__ = ["Obs", "FITTED", "CALIBRATED", "fit", "predict_us", "compute_us", "errors", "summarise", "mark_held_out", "calibrated",
-           "as_work"]
-
-
 def fit_comm(size_bytes: np.ndarray, observed_us: np.ndarray, peak_gbps: float) -> tuple[float, float]:
     """An all-to-all backend's fixed latency (us) and bandwidth efficiency from kernel times of
     known payloads: time = latency + bytes / (peak x eff), as cost.op_time charges a dispatch or
@@ -323,3 +317,7 @@ def fit_comm(size_bytes: np.ndarray, observed_us: np.ndarray, peak_gbps: float) 
     if inv_eff <= 1.0:
         raise ValueError(f"fit_comm: the times imply more than the link's peak ({1 / inv_eff:.2f} of it)")
     return max(float(lat), 0.0), float(1 / inv_eff)
+
+
+__all__ = ["Obs", "FITTED", "CALIBRATED", "fit", "predict_us", "compute_us", "errors", "summarise", "mark_held_out", "calibrated",
+           "as_work", "fit_comm"]

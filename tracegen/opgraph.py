@@ -98,17 +98,16 @@ def _stage_from_ops(layer: int, mb: int, name: str, timed: list[Timed], plan: Pl
 
 
 def link(stages: dict[tuple[int, int, str], Stage], layers: tuple[int, ...] | list[int], n_mb: int, serial: bool,
-         phase: str, types: dict[int, str] | frozenset[int] | set[int]) -> dict[tuple[int, int, str], Stage]:
+         phase: str, types: dict[int, str]) -> dict[tuple[int, int, str], Stage]:
     """The stages with their data dependencies: inside a layer by program order (SHARED and
     DISPATCH need the attention's output, MLP the dispatch, COMBINE the MLP), across layers the
     next attention needs this layer's COMBINE and SHARED (or its dense MLP). TBO off (`serial`):
-    every stage waits for the one before it. `types`: each layer's PROGRAM type (or the set of dense
-layers, every other layer MoE)."""
+    every stage waits for the one before it. `types`: each layer's PROGRAM type (dense, moe, head)."""
     out: dict[tuple[int, int, str], Stage] = {}
     prev: dict[int, tuple[tuple[int, int, str], ...]] = {mb: () for mb in range(n_mb)}
     for layer in layers:
-        kind = types.get(layer, "moe") if isinstance(types, dict) else ("dense" if layer in types else "moe")
-        program = [s for s in PROGRAM[(phase, kind)]]
+        kind = types[layer]
+        program = PROGRAM[(phase, kind)]
         before = dict(prev)
         for mb in range(n_mb):
             done: dict[str, tuple[int, int, str]] = {}

@@ -243,7 +243,7 @@ def gate_op(model: Model, plan: Plan, t: Tokens) -> list[Work]:
     stage = "ATTN-1" if plan.phase == "decode" else "ATTN"
     gemms = ((rows, model.routed_experts, model.hidden, 1),)
     scores = rows * model.routed_experts * 4            # FP32 scores, read and written per routing kernel
-    groups = model.expert_groups > 1 and model.limited_groups < model.expert_groups
+    groups = model.group_limited
     return [Work("gate", "Gate", stage, "gemm", gemm_flops(gemms), "bf16",
                  rows, model.hidden * model.routed_experts * BF16 + rows * model.hidden * BF16, gemms=gemms),
             Work("routing", "Gate", stage, "elementwise", hbm_bytes=2 * scores * ROUTING_KERNELS[groups],
@@ -299,10 +299,9 @@ def a2a_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, t: Tokens) -
             continue
         if backend.node_dedup and ep > domain:
             # normal kernels: one RDMA copy per remote node, then NVLink forwarding inside it
-            nodes = max(1, -(-ep // domain))
-            remote = fanout(model, ep, domain, plan.routing, preset.fanout).remote_nodes
-            rdma = tok * remote * H * elem[name]
-            nvl = tok * k * H * elem[name] * (domain - 1) / domain / nodes
+            fan = fanout(model, ep, domain, plan.routing, preset.fanout)
+            rdma = tok * fan.remote_nodes * H * elem[name]
+            nvl = tok * k * H * elem[name] * (domain - 1) / domain / fan.n_nodes
             out.append(Work(name, row, stage, "a2a", scaleout_bytes=rdma, scaleup_bytes=nvl, is_comm=True))
             continue
         # one copy per top-k expert: those inside the scale-up domain over NVLink / UB
@@ -362,7 +361,7 @@ def layer_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, dense: boo
     if dense:
         return ops + [dense_mlp_op(model, plan, preset, t)] + g("dense_glue")
     if preset.gate:
-        ops += gate_op(model, plan, t) if preset.glue else gate_op(model, plan, t)[:1]
+        ops += gate_op(model, plan, t)[:None if preset.glue else 1]     # the routing kernels are glue
     experts = expert_ops(model, plan, preset, hw, t)
     dispatch, combine = a2a_ops(model, plan, preset, hw, t)
     shared = [w for w in experts if w.name == "shared_expert"] + g("shared_glue")

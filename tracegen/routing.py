@@ -57,7 +57,7 @@ def fanout(model: Model, ep: int, ranks_per_node: int, routing: str = "model", c
         n_nodes = max(1, -(-ep // ranks_per_node))
         return Fanout(_seed_units(model, ep), _seed_units(model, n_nodes), ep, n_nodes)
     groups, limited = model.expert_groups, model.limited_groups
-    if routing == "uniform" or groups <= 1 or limited >= groups:
+    if routing == "uniform" or not model.group_limited:
         groups, limited = 1, 1
     ranks, nodes = _fanout(model.routed_experts, model.activated_experts, groups, limited, ep,
                            max(1, min(ranks_per_node, ep)))
@@ -103,6 +103,6 @@ def _miss_table(u: int, k: int) -> np.ndarray:
 def _seed_units(model: Model, units: int) -> float:
     if units <= 1:
         return 1.0
-    if model.expert_groups > 1 and model.limited_groups < model.expert_groups:
+    if model.group_limited:
         return float(min(units, model.limited_groups))
     return units * (1 - (1 - 1 / units) ** model.activated_experts)

@@ -36,7 +36,7 @@ def cmd_html(args: argparse.Namespace) -> int:
     analyses = []
     for path, label in zip(args.traces, labels(args.traces)):
         a = analyze(path, taxonomy=args.taxonomy, rank=args.rank, use_cache=not args.no_cache,
-                    strict=getattr(args, "strict", False))
+                    strict=args.strict)
         analyses.append((label, a))
     layout = build(analyses, show_cpu=args.cpu, align_layer=args.align_layer, layer_offset=args.layer_offset,
                    stages_file=args.stages, ranks_spec=args.timeline_ranks)

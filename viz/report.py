@@ -169,10 +169,9 @@ def parse_ranks(spec: str) -> list[int]:
 def timeline_ranks(a: Analysis, spec: str | None = None) -> list[int]:
     """The ranks the timeline draws: `spec`, else all of a small run, else the stragglers and the
     ranks that waited most for peers (the heatmaps and the straggler list keep every rank)."""
-    have = sorted(int(r) for r in a.layers["rank"].unique()) if not a.layers.empty else \
-        sorted(int(r["rank"]) for r in a.ranks)
+    have = sorted(int(r["rank"]) for r in a.ranks)
     if spec:
-        chosen = [r for r in parse_ranks(spec) if r in have]
+        chosen = [r for r in parse_ranks(spec) if r in set(have)]
         if not chosen:
             raise UserError(f"--timeline-ranks {spec}: none of these ranks is in the trace (it has "
                             f"{have[0]}-{have[-1]})")
