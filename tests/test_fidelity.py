@@ -224,3 +224,12 @@ def test_ascend_fused_kernels_follow_the_papers_points_and_the_unified_bus():
     from dataclasses import replace
     half = replace(hw, scaleup_gbps=hw.scaleup_gbps / 2)
     assert dispatch(8, half) - lat == pytest.approx(2 * (116 - lat))
+
+
+def test_a_release_held_beyond_its_published_sizes_is_said(capsys):
+    """A release's figures are held at the nearest published EP beyond its range: the CLI says so."""
+    assert tracegen(["estimate", "--comm-release", "profile"]) == 0
+    err = capsys.readouterr().err
+    assert "no figures for EP32" in err and "dispatch at EP64 and combine at EP64 held" in err
+    assert tracegen(["estimate", "--comm-release", "latest"]) == 0        # EP32 is published: nothing to say
+    assert capsys.readouterr().err == ""

@@ -91,6 +91,16 @@ class Release:
     ref_tokens: float = 0.0         # "us": tokens per rank in the benchmark
     sms: int | None = None          # SMs the benchmark gave the kernels (None: the backend's)
 
+    def held(self, ep: int) -> list[str]:
+        """'op at EP n' for each op whose published EP sizes do not reach `ep` (at() holds the
+        nearest published figure there)."""
+        out = []
+        for op, pts in (("dispatch", self.dispatch), ("combine", self.combine)):
+            xs = sorted(pts)
+            if not xs[0] <= ep <= xs[-1]:
+                out.append(f"{op} at EP{xs[0] if ep < xs[0] else xs[-1]}")
+        return out
+
     def at(self, op: str, ep: int) -> float:
         """The published figure for `op` at EP `ep`: interpolated in log2(EP) between the published
         sizes, the nearest one outside them."""

@@ -122,6 +122,11 @@ def resolve_args(args: argparse.Namespace) -> tuple[Model, Hardware, Preset, Pla
     plan = resolve_plan(args.phase, model, hw, preset, tokens=getattr(args, "tokens", None),
                         balancedness=getattr(args, "balancedness", None),
                         **{k: getattr(args, k, None) for k in PLAN_FIELDS})
+    release = hw.backend(plan.comm).pick(plan.comm_release) if preset.comm_figures == "published" else None
+    held = release.held(plan.ep_size) if release is not None else []
+    if held:
+        print(f"note: {plan.comm} release {release.name!r} publishes no figures for EP{plan.ep_size}: "
+              f"{' and '.join(held)} held ({release.source})", file=sys.stderr)
     return model, hw, preset, plan
 
 
