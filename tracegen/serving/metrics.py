@@ -1,0 +1,94 @@
+"""What a simulated deployment delivered: latency percentiles (TTFT, TPOT, end to end, queueing),
+throughput per node of each pool (over the whole run and in the steady middle, 10 % to 90 % of
+the tokens done, where ramp-up and drain are left out), utilisation per pool, SLO attainment."""
+from __future__ import annotations
+
+import numpy as np
+
+from .simulate import DECODE, PREFILL, Result
+
+PCTS = (50, 90, 99)
+STEADY = (0.10, 0.90)
+
+
+def _pcts(x: np.ndarray) -> dict[str, float]:
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return {f"p{p}": float("nan") for p in PCTS} | {"mean": float("nan")}
+    return {f"p{p}": float(np.percentile(x, p)) for p in PCTS} | {"mean": float(x.mean())}
+
+
+def _rates(t: np.ndarray, tokens: np.ndarray) -> tuple[float, float, float]:
+    """(tokens per second over [first, last], tokens per second between 10 % and 90 % of the tokens
+    done, the window's seconds) for tokens completed at times t."""
+    if not len(t) or tokens.sum() <= 0:
+        return 0.0, 0.0, 0.0
+    order = np.argsort(t, kind="stable")
+    t, tokens = t[order], tokens[order]
+    cum = np.cumsum(tokens)
+    total = cum[-1]
+    t10 = t[np.searchsorted(cum, STEADY[0] * total)]
+    t90 = t[min(len(t) - 1, np.searchsorted(cum, STEADY[1] * total))]
+    done = cum[np.searchsorted(cum, STEADY[1] * total)] - cum[np.searchsorted(cum, STEADY[0] * total)]
+    return float(total), float(done / (t90 - t10)) if t90 > t10 else float("nan"), float(t90 - t10)
+
+
+def tpot_s(r: Result) -> np.ndarray:
+    """Per request: time per output token after the first (NaN for one-token outputs)."""
+    n = r.workload.output_len.astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 1, (r.finish - r.first_token) / (n - 1), np.nan)
+
+
+def summary(r: Result, slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None) -> dict:
+    w = r.workload
+    s = r.steps
+    ttft = (r.first_token - w.arrival_s) if r.mode != "decode" else np.full(len(w), np.nan)
+    tpot = tpot_s(r) if r.mode != "prefill" else np.full(len(w), np.nan)
+    out = {
+        "requests": len(w), "workload": w.source, "mode": r.mode,
+        "span_s": float(np.nanmax(r.finish) - w.arrival_s.min()),
+        "ttft_ms": {k: 1e3 * v for k, v in _pcts(ttft).items()},
+        "tpot_ms": {k: 1e3 * v for k, v in _pcts(tpot).items()},
+        "e2e_ms": {k: 1e3 * v for k, v in _pcts(r.finish - w.arrival_s).items()},
+        "queue_ms": {k: 1e3 * v for k, v in _pcts(r.prefill_start - w.arrival_s).items()},
+        "tokens_per_s_per_user": {k: (1.0 / v if v > 0 else float("nan")) for k, v in _pcts(tpot).items()},
+        "pools": [],
+    }
+    for k, pool in enumerate(r.pools):
+        mine = r.instance_pool[s["instance"]] == k
+        busy = float((s["end"][mine] - s["start"][mine]).sum())
+        t0 = float(s["start"][mine].min()) if mine.any() else 0.0
+        t1 = float(s["end"][mine].max()) if mine.any() else 0.0
+        row = {"role": pool.role, "instances": pool.instances, "gpus_per_instance": pool.gpus, "dp": pool.dp,
+               "nodes": pool.nodes, "gpus": pool.instances * pool.gpus,
+               "utilisation": busy / ((t1 - t0) * pool.instances) if t1 > t0 else 0.0,
+               "steps": int(mine.sum()), "max_batch_per_dp": pool.max_batch or None,
+               "kv_tokens_per_dp": pool.kv_tokens if np.isfinite(pool.kv_tokens) else None}
+        if pool.role in ("prefill", "colocated") and r.mode != "decode":
+            total, steady, window = _rates(r.prefill_end, w.input_len.astype(float))
+            row["input_tokens"] = total
+            row["input_tokens_per_s_per_node"] = total / (t1 - t0) / pool.nodes if t1 > t0 else 0.0
+            row["input_tokens_per_s_per_node_steady"] = steady / pool.nodes
+            row["new_tokens_per_s_per_node_steady"] = steady * (1 - w.hit_rate) / pool.nodes
+        if pool.role in ("decode", "colocated") and r.mode != "prefill":
+            dec = mine & (s["kind"] == DECODE)
+            made = s["requests"][dec] * pool.tokens_per_step
+            total, steady, window = _rates(s["end"][dec], made.astype(float))
+            row["output_tokens"] = total
+            row["output_tokens_per_s_per_node"] = total / (t1 - t0) / pool.nodes if t1 > t0 else 0.0
+            row["output_tokens_per_s_per_node_steady"] = steady / pool.nodes
+            row["mean_batch_per_dp"] = float((s["requests"][dec] / pool.dp).mean()) if dec.any() else 0.0
+            row["prefill_steps"] = int((mine & (s["kind"] == PREFILL)).sum())
+        out["pools"].append(row)
+    if slo_ttft_ms is not None or slo_tpot_ms is not None:
+        ok = np.ones(len(w), bool)
+        if slo_ttft_ms is not None and r.mode != "decode":
+            ok &= ttft * 1e3 <= slo_ttft_ms
+        if slo_tpot_ms is not None and r.mode != "prefill":
+            ok &= ~(tpot * 1e3 > slo_tpot_ms)
+        out["slo"] = {"ttft_ms": slo_ttft_ms, "tpot_ms": slo_tpot_ms, "attained": float(ok.mean())}
+    return out
+
+
+__all__ = ["summary", "tpot_s", "PCTS"]

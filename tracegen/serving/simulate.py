@@ -1,0 +1,279 @@
+"""Event-driven simulation of a serving deployment, step by step: pool instances (one expert-parallel
+group each, its DP groups stepping together) take requests, run prefill steps (chunked to a token
+budget) and decode steps (continuous batching up to the memory limit), and hand KV caches from
+prefill to decode over the scale-out link. Step times come from steptime.py's tables.
+
+Modes: `pd` (prefill and decode pools), `colocated` (every instance does both; a waiting prompt
+takes the next step, as SGLang's default scheduler does, so decoding requests stall meanwhile),
+`prefill` / `decode` (one pool on its own, as per-role benchmarks measure it: requests leave after
+prefill, or arrive with their KV cache in place)."""
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..base.errors import UserError
+from .steptime import StepTable
+from .workload import Workload
+
+MODES = ("pd", "colocated", "prefill", "decode")
+PREFILL, DECODE = 0, 1          # step kinds
+MAX_STEPS = 20_000_000          # a guard against a plan that never drains (e.g. a zero-time step)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Instances of one role. Each instance is `gpus` GPUs (tp x dp, expert-parallel over all)."""
+    role: str                      # "prefill", "decode" or "colocated"
+    instances: int
+    gpus: int                      # per instance
+    dp: int                        # attention-DP groups per instance
+    gpus_per_node: int
+    prefill: StepTable | None      # step times of prefill steps on this instance shape
+    decode: StepTable | None
+    token_budget: float = 16384    # prefill: new tokens per DP group per step (chunked prefill)
+    max_batch: float = 0           # decode: requests per DP group (0: no limit beyond memory)
+    kv_tokens: float = math.inf    # decode: KV-cache tokens one DP group holds
+    tokens_per_step: float = 1.0   # decode: expected output tokens per request per step (1 + MTP accepted)
+
+    @property
+    def nodes(self) -> float:
+        return self.instances * self.gpus / self.gpus_per_node
+
+
+@dataclass
+class Result:
+    """Per-request times (seconds; NaN where a request never reached that point) and per-step
+    records of every instance."""
+    workload: Workload
+    pools: list[Pool]
+    mode: str
+    prefill_start: np.ndarray
+    first_token: np.ndarray        # the first output token reaches the client
+    prefill_end: np.ndarray
+    decode_start: np.ndarray
+    finish: np.ndarray
+    instance_pool: np.ndarray      # per global instance: its pool index
+    steps: dict[str, np.ndarray] = field(default_factory=dict)   # instance, kind, start, end, load, requests, kv, queue
+
+
+class _Instance:
+    __slots__ = ("i", "pool", "queue", "queued_tokens", "pending", "ids", "produced", "target", "ctx", "reserved",
+                 "holding", "busy", "step")
+
+    def __init__(self, i: int, pool: Pool):
+        self.i, self.pool = i, pool
+        self.queue: deque[list[int]] = deque()      # [request, new tokens left]
+        self.queued_tokens = 0.0
+        self.pending: deque[int] = deque()           # KV in place, waiting for a decode slot
+        self.ids = np.empty(0, np.int64)
+        self.produced = np.empty(0)
+        self.target = np.empty(0)
+        self.ctx = np.empty(0)
+        self.reserved = 0.0                          # KV tokens reserved by the requests held here
+        self.holding = 0                             # requests holding KV here (and a batch slot)
+        self.busy = False
+        self.step: tuple = ()
+
+
+def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray | None = None) -> Result:
+    """Run every request of `w` through `pools` (pd: [prefill, decode]; colocated: [colocated];
+    prefill / decode: that one pool)."""
+    if mode not in MODES:
+        raise UserError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    n = len(w)
+    nan = lambda: np.full(n, np.nan)        # noqa: E731
+    p_start, p_end, first, d_start, finish = nan(), nan(), nan(), nan(), nan()
+    insts = [_Instance(k, pool) for pool in pools for k in range(pool.instances)]
+    for k, inst in enumerate(insts):
+        inst.i = k
+    by_role = {pool.role: [x for x in insts if x.pool is pool] for pool in pools}
+    entry = by_role.get("prefill") or by_role.get("colocated") or by_role.get("decode")
+    decoders = by_role.get("decode") or by_role.get("colocated") or []
+    new_tokens = (w.input_len - w.prefix_hit_len).astype(float)
+    out_left = (w.output_len - 1).astype(float)               # the first token comes from prefill
+    transfer = np.zeros(n) if transfer_s is None else transfer_s
+    rec: dict[str, list] = {k: [] for k in ("instance", "kind", "start", "end", "load", "requests", "kv", "queue")}
+    events: list[tuple[float, int, int, int]] = []             # (time, seq, what, who)
+    seq = 0
+    STEP_END, WAKE, KV_READY = 0, 1, 2
+
+    def push(t: float, what: int, who: int) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (t, seq, what, who))
+
+    def fits(inst: _Instance, r: int) -> bool:
+        """Room for request r's KV (prompt + all output tokens, reserved up front) and a batch slot."""
+        p = inst.pool
+        cap_req = p.max_batch * p.dp if p.max_batch else math.inf
+        need = w.input_len[r] + w.output_len[r]
+        return inst.holding + 1 <= cap_req and inst.reserved + need <= p.kv_tokens * p.dp
+
+    def hold(inst: _Instance, r: int) -> None:
+        inst.holding += 1
+        inst.reserved += float(w.input_len[r] + w.output_len[r])
+
+    def start_prefill(inst: _Instance, t: float, colocated: bool) -> bool:
+        p = inst.pool
+        budget = p.token_budget * p.dp
+        done: list[int] = []
+        lens: list[float] = []
+        used = 0.0
+        while inst.queue and used < budget:
+            item = inst.queue[0]
+            r = item[0]
+            fresh = math.isnan(p_start[r])
+            if colocated and fresh:
+                if not fits(inst, r):
+                    break                               # no KV room for it yet: the decode batch goes on
+                hold(inst, r)                           # its KV lives here from its first chunk on
+            if fresh:
+                p_start[r] = t
+            chunk = min(item[1], budget - used)
+            item[1] -= chunk
+            used += chunk
+            lens.append(float(w.input_len[r]))
+            if item[1] <= 0:
+                inst.queue.popleft()
+                done.append(r)
+        if not lens:
+            return False
+        inst.queued_tokens -= used
+        ms = p.prefill(used / p.dp, sum(lens) / len(lens))
+        inst.step = (PREFILL, done)
+        _record(inst, t, t + ms / 1e3, PREFILL, used, len(lens))
+        return True
+
+    def start_decode(inst: _Instance, t: float) -> bool:
+        p = inst.pool
+        rs = []
+        while inst.pending and (p.role == "colocated" or fits(inst, inst.pending[0])):
+            r = inst.pending.popleft()
+            if p.role != "colocated":
+                hold(inst, r)                           # colocated requests hold theirs since prefill
+            rs.append(r)
+        if rs:
+            a = np.asarray(rs, np.int64)
+            d_start[a] = t
+            inst.ids = np.concatenate([inst.ids, a])
+            inst.produced = np.concatenate([inst.produced, np.zeros(len(a))])
+            inst.target = np.concatenate([inst.target, out_left[a]])
+            inst.ctx = np.concatenate([inst.ctx, w.input_len[a].astype(float) + 1])
+        b = len(inst.ids)
+        if b == 0:
+            return False
+        ms = p.decode(math.ceil(b / p.dp), float(inst.ctx.mean()))
+        inst.step = (DECODE, None)
+        _record(inst, t, t + ms / 1e3, DECODE, b, b)
+        return True
+
+    def _record(inst: _Instance, t0: float, t1: float, kind: int, load: float, requests: int) -> None:
+        inst.busy = True
+        for k, v in (("instance", inst.i), ("kind", kind), ("start", t0), ("end", t1), ("load", load),
+                     ("requests", requests), ("kv", inst.reserved),
+                     ("queue", len(inst.queue) + len(inst.pending))):
+            rec[k].append(v)
+        push(t1, STEP_END, inst.i)
+
+    def wake(inst: _Instance, t: float) -> None:
+        if inst.busy:
+            return
+        role = inst.pool.role
+        if role == "prefill":
+            start_prefill(inst, t, False)
+        elif role == "decode":
+            start_decode(inst, t)
+        else:
+            # a waiting prompt goes first (prefill-priority scheduling), then the decode batch
+            if not (inst.queue and start_prefill(inst, t, True)):
+                start_decode(inst, t)
+
+    def to_decoder(r: int, t: float) -> None:
+        if out_left[r] <= 0:
+            finish[r] = t
+            return
+        inst = min(decoders, key=lambda x: x.holding + len(x.pending))
+        inst.pending.append(r)
+        wake(inst, t)
+
+    def end_step(inst: _Instance, t: float) -> None:
+        inst.busy = False
+        kind, done = inst.step
+        if kind == PREFILL:
+            role = inst.pool.role
+            for r in done:
+                p_end[r] = t
+                if role == "colocated":
+                    first[r] = t
+                    if out_left[r] <= 0:
+                        finish[r] = t
+                        inst.holding -= 1
+                        inst.reserved -= float(w.input_len[r] + w.output_len[r])
+                    else:
+                        inst.pending.append(r)
+                elif mode == "prefill":
+                    first[r] = finish[r] = t
+                else:
+                    first[r] = t + transfer[r]
+                    push(first[r], KV_READY, r)
+        else:
+            p = inst.pool
+            inst.produced += p.tokens_per_step
+            inst.ctx += p.tokens_per_step
+            done_mask = inst.produced >= inst.target - 1e-9
+            if done_mask.any():
+                gone = inst.ids[done_mask]
+                finish[gone] = t
+                inst.holding -= len(gone)
+                inst.reserved -= float((w.input_len[gone] + w.output_len[gone]).sum())
+                keep = ~done_mask
+                inst.ids, inst.produced, inst.target, inst.ctx = (inst.ids[keep], inst.produced[keep],
+                                                                  inst.target[keep], inst.ctx[keep])
+        wake(inst, t)
+
+    ptr = 0
+    steps = 0
+    while ptr < n or events:
+        t_evt = events[0][0] if events else math.inf
+        if ptr < n and w.arrival_s[ptr] <= t_evt:
+            t = float(w.arrival_s[ptr])
+            touched = set()
+            while ptr < n and w.arrival_s[ptr] <= t:
+                r = ptr
+                ptr += 1
+                if mode == "decode":
+                    first[r] = p_end[r] = t
+                    to_decoder(r, t)
+                    continue
+                inst = min(entry, key=lambda x: x.queued_tokens)
+                inst.queue.append([r, float(new_tokens[r])])
+                inst.queued_tokens += float(new_tokens[r])
+                touched.add(inst.i)
+            for k in sorted(touched):
+                wake(insts[k], t)
+            continue
+        t, _, what, who = heapq.heappop(events)
+        steps += 1
+        if steps > MAX_STEPS:
+            raise UserError(f"the simulation ran past {MAX_STEPS:,} events without draining the workload: "
+                            "a step of zero time or a pool that can admit nothing")
+        if what == STEP_END:
+            end_step(insts[who], t)
+        elif what == KV_READY:
+            to_decoder(who, t)
+    stuck = np.isnan(finish)
+    if stuck.any():
+        r = int(np.argmax(stuck))
+        raise UserError(f"request {r} ({w.input_len[r]} + {w.output_len[r]} tokens) never fits a decode instance's "
+                        "KV cache: the plan holds fewer tokens per DP group than one request needs")
+    steps_arr = {k: np.asarray(v, float if k in ("start", "end", "load", "kv") else np.int64) for k, v in rec.items()}
+    pool_of = np.array([pools.index(x.pool) for x in insts], np.int64)
+    return Result(w, pools, mode, p_start, first, p_end, d_start, finish, pool_of, steps_arr)
+
+
+__all__ = ["Pool", "Result", "simulate", "MODES", "PREFILL", "DECODE"]

@@ -1,0 +1,101 @@
+"""Step time of one pool instance as a function of its load, read off the per-step model: each grid
+point is one scheduled step (pipeline.schedule: every layer, two micro-batches, the LM head, MTP
+drafting, the scheduler slice), the same timeline `tracegen trace` writes and `make validate`
+checks. Between grid points the time is interpolated (piecewise linear in tokens, linear in
+context), so a simulation of 100,000 requests needs a few dozen scheduled steps, not millions.
+
+There is no second cost model here: change a kernel's cost and these tables follow."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..catalog import Hardware, Model
+from ..memory import kv_bytes_per_seq, weight_bytes_per_gpu
+from ..pipeline import TraceOptions, schedule
+from ..plan import Plan, validate
+from ..preset import Preset
+
+GRID_POINTS = 9          # load points per context point (geometric from 1 to the pool's limit)
+CONTEXT_POINTS = 3       # context (prompt / KV length) points across the workload's range
+
+
+def _geom(lo: float, hi: float, n: int) -> np.ndarray:
+    if hi <= lo * 1.0001:
+        return np.array([float(hi)])
+    return np.unique(np.geomspace(lo, hi, n))
+
+
+@dataclass
+class StepTable:
+    """Step time in ms on a (load, context) grid for one phase of one instance shape."""
+    plan: Plan                    # the instance's plan; batch and seq_len vary over the grid
+    load: np.ndarray              # prefill: new tokens per DP group; decode: requests per DP group
+    context: np.ndarray           # prefill: prompt length; decode: KV length, tokens
+    ms: np.ndarray                # [len(context), len(load)]
+
+    def __call__(self, load: float, context: float) -> float:
+        """Step time in ms at `load` (clipped to the grid's ends: beyond the largest point it grows in
+        proportion, below the smallest it stays at the smallest's time) and `context`."""
+        rows = [self._along_load(r, load) for r in self.ms]
+        if len(self.context) == 1:
+            return rows[0]
+        return float(np.interp(context, self.context, rows))
+
+    def _along_load(self, row: np.ndarray, load: float) -> float:
+        top = self.load[-1]
+        if load > top:              # past the grid: the step scales with the load (linear extrapolation)
+            return float(row[-1] * load / top)
+        return float(np.interp(load, self.load, row))
+
+
+def _step_ms(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> float:
+    s = schedule(model, hw, plan, preset, TraceOptions(tbo="proper" if plan.microbatches == 2 else "off"))
+    return s.span_us / 1e3
+
+
+def prefill_table(model: Model, hw: Hardware, plan: Plan, preset: Preset, max_tokens: float,
+                  prompt_lens: tuple[float, float], hit: float) -> StepTable:
+    """Step time of a prefill instance for `n` new prompt tokens per DP group of prompts of length
+    L, with a share `hit` of each prompt already cached (its tokens are attended, not computed)."""
+    loads = _geom(1.0, max_tokens, GRID_POINTS)
+    ctx = _geom(*prompt_lens, CONTEXT_POINTS)
+    ms = np.empty((len(ctx), len(loads)))
+    for i, L in enumerate(ctx):
+        L = max(1, int(round(L)))
+        for j, n in enumerate(loads):
+            p = validate(replace(plan, seq_len=L, kv_hit=hit, batch=n / (L * (1 - hit))), model, hw)
+            ms[i, j] = _step_ms(model, hw, p, preset)
+    return StepTable(plan, loads, ctx, ms)
+
+
+def decode_table(model: Model, hw: Hardware, plan: Plan, preset: Preset, max_batch: float,
+                 contexts: tuple[float, float]) -> StepTable:
+    """Step time of a decode instance with `b` requests per DP group at KV length `c`."""
+    loads = _geom(1.0, max(1.0, max_batch), GRID_POINTS)
+    ctx = _geom(max(1.0, contexts[0]), max(1.0, contexts[1]), CONTEXT_POINTS)
+    ms = np.empty((len(ctx), len(loads)))
+    for i, c in enumerate(ctx):
+        for j, b in enumerate(loads):
+            p = validate(replace(plan, seq_len=max(1, int(round(c))), batch=b), model, hw)
+            ms[i, j] = _step_ms(model, hw, p, preset)
+    return StepTable(plan, loads, ctx, ms)
+
+
+def kv_capacity_tokens(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> float:
+    """KV-cache tokens one DP group holds: HBM x the preset's usable share, less the weights
+    (memory.py's accounting, the same one `tracegen estimate` reports as max batch)."""
+    hw = preset.apply(hw)
+    free = hw.hbm_gb * 1e9 * preset.memory["util"] - weight_bytes_per_gpu(model, plan, preset.decode_mla_form)
+    return max(0.0, free / kv_bytes_per_seq(model, plan, 1))      # per GPU = per group (MLA: replicated)
+
+
+def kv_transfer_s(model: Model, hw: Hardware, plan: Plan, input_len: np.ndarray) -> np.ndarray:
+    """Seconds to move each request's KV cache from its prefill GPU to its decode GPU: the cache's
+    bytes (the model's KV layout, the decode plan's KV type) over one GPU's scale-out link."""
+    per_token = kv_bytes_per_seq(model, plan, 1)
+    return input_len * per_token / (hw.scaleout_gbps * 1e9)
+
+
+__all__ = ["StepTable", "prefill_table", "decode_table", "kv_capacity_tokens", "kv_transfer_s"]
