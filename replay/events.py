@@ -319,6 +319,9 @@ GeneratedMeta = msgspec.defstruct("GeneratedMeta", [(k.name, _JSON_TYPE[k.type] 
 
 def generated_meta(other_data: dict[str, Any], src: str) -> Any:
     """A generated trace's otherData, typed and checked against the contract."""
+    if contract.is_deployment(other_data):
+        raise UserError(f"{src}: a deployment trace written by `tracegen deploy` (pool steps and requests, no "
+                        "kernels): open it in ui.perfetto.dev; replay analyses layer and profiler timelines")
     version = other_data.get("format_version", 1)
     if not isinstance(version, int) or version > contract.FORMAT_VERSION:
         raise UserError(f"{src}: written by a newer tracegen (trace format {version}); this replay reads "

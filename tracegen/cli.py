@@ -48,8 +48,8 @@ layer, microbatch, stage, flops, bytes, and the cost terms behind its duration."
 
 
 # ----------------------------------------------------------------------------- shared options
-def add_target_args(p: argparse.ArgumentParser) -> None:
-    """--model/--hardware/--preset and the user-file variants."""
+def add_target_args(p: argparse.ArgumentParser, phase: bool = True) -> None:
+    """--model/--hardware/--preset and the user-file variants (and --phase)."""
     g = p.add_argument_group("what to model")
     g.add_argument("--model", "-m", default=None,
                    help="model name from `tracegen list models` (default: deepseek-v3)")
@@ -61,7 +61,8 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
                    help="your own hardware file (TOML or JSON; `replay calibrate` writes one)")
     g.add_argument("--preset", default="default", choices=PRESETS,
                    help="cost-model conventions: 'default' (physical) or 'seed004' (the published analysis)")
-    g.add_argument("--phase", default="prefill", choices=("prefill", "decode"), help="inference phase")
+    if phase:
+        g.add_argument("--phase", default="prefill", choices=("prefill", "decode"), help="inference phase")
 
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
@@ -77,14 +78,28 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tp", type=int, default=None, help="attention tensor-parallel size (GPUs)")
     g.add_argument("--dp", type=int, default=None, help="attention data-parallel groups")
     g.add_argument("--ep", type=int, default=None, help="expert-parallel size in GPUs (default tp x dp)")
-    g.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per node (default: the hardware's)")
-    g.add_argument("--redundant-experts", type=int, default=None,
-                   help="extra expert replicas placed by EPLB, summed over all EP ranks")
-    g.add_argument("--microbatches", type=int, default=None, help="micro-batches per step (2: two-batch overlap)")
     g.add_argument("--comm", default=None, choices=COMM_BACKENDS,
                    help="all-to-all backend (default: normal for prefill, ibgda for decode)")
     g.add_argument("--comm-sms", type=int, default=None,
                    help="SMs the all-to-all holds while in flight (default: the backend's)")
+    g.add_argument("--decode-len", type=int, default=None,
+                   help="decode: output tokens per request, for the memory limit (tokens)")
+    g.add_argument("--balancedness", type=finite, default=None,
+                   help="EPLB balancedness = mean/max MoE compute, in (0, 1]; sets --imbalance = 1/x")
+    add_shared_plan_args(p, "plan details (shared with tracegen deploy)")
+    h = p.add_argument_group("hardware what-ifs")
+    h.add_argument("--scaleout-gbps", type=finite, default=None, help="RDMA bandwidth per GPU, GB/s")
+    h.add_argument("--scaleup-gbps", type=finite, default=None, help="NVLink / UB bandwidth per GPU, GB/s")
+    h.add_argument("--hbm-gbps", type=finite, default=None, help="HBM bandwidth, GB/s")
+
+
+def add_shared_plan_args(p: argparse.ArgumentParser, title: str = "plan details") -> None:
+    """Plan flags that mean the same for one step (estimate, trace) and for a deployment's pools."""
+    g = p.add_argument_group(title)
+    g.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per node (default: the hardware's)")
+    g.add_argument("--redundant-experts", type=int, default=None,
+                   help="extra expert replicas placed by EPLB, summed over all EP ranks")
+    g.add_argument("--microbatches", type=int, default=None, help="micro-batches per step (2: two-batch overlap)")
     g.add_argument("--comm-release", default=None, metavar="NAME",
                    help="the all-to-all library release whose published figures time the dispatch and combine "
                         "(DeepEP: 'first' = Feb 2025, 'latest' = the README's current table; default: latest)")
@@ -101,16 +116,8 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
                    help="CPU time per step outside the GPU work (scheduler, batching), ms (default: 0)")
     g.add_argument("--precision", default=None, choices=("fp8", "bf16"), help="GEMM precision")
     g.add_argument("--kv-dtype", default=None, choices=("fp8", "bf16"), help="KV-cache element type")
-    g.add_argument("--decode-len", type=int, default=None,
-                   help="decode: output tokens per request, for the memory limit (tokens)")
     g.add_argument("--imbalance", type=finite, default=None,
                    help="expert load max/mean across EP ranks, >= 1 (1 / EPLB balancedness)")
-    g.add_argument("--balancedness", type=finite, default=None,
-                   help="EPLB balancedness = mean/max MoE compute, in (0, 1]; sets --imbalance = 1/x")
-    h = p.add_argument_group("hardware what-ifs")
-    h.add_argument("--scaleout-gbps", type=finite, default=None, help="RDMA bandwidth per GPU, GB/s")
-    h.add_argument("--scaleup-gbps", type=finite, default=None, help="NVLink / UB bandwidth per GPU, GB/s")
-    h.add_argument("--hbm-gbps", type=finite, default=None, help="HBM bandwidth, GB/s")
 
 
 def resolve_args(args: argparse.Namespace) -> tuple[Model, Hardware, Preset, Plan]:
@@ -333,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file: .json, .json.gz (Chrome/Perfetto JSON) or .pftrace (Perfetto protobuf)")
     t.add_argument("--json", action="store_true", help="print the schedule summary as JSON")
     add_plan_args(t)
+
+    from .serving.cli import add_deploy_command
+    add_deploy_command(sub, add_target_args, add_shared_plan_args)
 
     lst = add_command(sub, "list", cmd_list, help="show the hardware, model or preset catalogs")
     lst.add_argument("what", choices=("hardware", "models", "presets"))

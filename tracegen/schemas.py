@@ -160,10 +160,98 @@ class Roofline(_S):
     min_ep: int
 
 
+class Percentiles(_S):
+    p50: float | None
+    p90: float | None
+    p99: float | None
+    mean: float | None
+
+
+class DeployPool(_S):
+    role: str
+    instances: int
+    gpus_per_instance: int
+    dp: int
+    nodes: float
+    gpus: int
+    utilisation: float
+    steps: int
+    max_batch_per_dp: float | None
+    kv_tokens_per_dp: float | None
+    input_tokens: float | None = None
+    input_tokens_per_s_per_node: float | None = None
+    input_tokens_per_s_per_node_steady: float | None = None
+    new_tokens_per_s_per_node_steady: float | None = None
+    output_tokens: float | None = None
+    output_tokens_per_s_per_node: float | None = None
+    output_tokens_per_s_per_node_steady: float | None = None
+    mean_batch_per_dp: float | None = None
+    prefill_steps: int | None = None
+
+
+class Slo(_S):
+    ttft_ms: float | None
+    tpot_ms: float | None
+    attained: float | None = None
+    attain: float | None = None
+
+
+class Deploy(_S):
+    """tracegen deploy --json: one simulated deployment (times in ms unless the key says s)."""
+    schema: str
+    model: str
+    hardware: str
+    preset: str
+    workload: str
+    plan: str
+    mode: str
+    requests: int
+    span_s: float
+    simulated_s: float
+    ttft_ms: Percentiles
+    tpot_ms: Percentiles
+    e2e_ms: Percentiles
+    queue_ms: Percentiles
+    decode_wait_ms: Percentiles
+    tokens_per_s_per_user: Percentiles
+    pools: list[DeployPool]
+    slo: Slo | None = None
+    trace: str | None = None
+    requests_out: str | None = None
+
+
+class SearchRow(_S):
+    plan: str
+    prefill_nodes: int
+    prefill_ep: int
+    decode_nodes: int
+    decode_ep: int
+    gpus: int
+    capacity_rps: float
+    bottleneck: str
+    goodput_rps: float
+    goodput_rps_per_gpu: float
+    load: float
+    metrics: dict[str, Any] | None = None
+
+
+class DeploySearch(_S):
+    """tracegen deploy --search --json: every candidate plan ranked by capacity, the best by goodput."""
+    schema: str
+    model: str
+    hardware: str
+    preset: str
+    workload: str
+    nodes: int
+    slo: Slo
+    best: SearchRow | None
+    candidates: list[SearchRow]
+
+
 SCHEMAS: dict[str, tuple[type, int]] = {      # name -> (struct, version)
     "tracegen-estimate": (Estimate, 1), "tracegen-trace": (Trace, 1), "tracegen-list-hardware": (ListHardware, 1),
     "tracegen-list-models": (ListModels, 1), "tracegen-list-presets": (ListPresets, 1),
-    "tracegen-roofline": (Roofline, 1),
+    "tracegen-roofline": (Roofline, 1), "tracegen-deploy": (Deploy, 1), "tracegen-deploy-search": (DeploySearch, 1),
 }
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 FORMAT_VERSION = 2          # otherData["format_version"]; 1: traces written before it was recorded
 GENERATOR = "tracegen"      # otherData["generator"] starts with this word in every generated trace
+DEPLOY_FORMAT = "moe-timeline-deploy/1"   # otherData["format"] of a deployment trace (tracegen deploy):
+                                          # pools, steps and requests, no kernels - not a layer timeline
 
 # ----------------------------------------------------------------------------- streams and tracks
 COMPUTE, COMM = "compute", "comm"      # the two GPU streams of a rank (a stage runs on one of them)
@@ -174,12 +176,17 @@ def markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+def is_deployment(other_data: dict[str, Any] | None) -> bool:
+    """Whether a trace is `tracegen deploy`'s request-level timeline (not for replay's analyses)."""
+    return (other_data or {}).get("format") == DEPLOY_FORMAT
+
+
 def is_generated(other_data: dict[str, Any] | None) -> bool:
     """Whether a trace's otherData says tracegen wrote it."""
     return str((other_data or {}).get("generator", "")).startswith(GENERATOR)
 
 
-__all__ = ["FORMAT_VERSION", "GENERATOR", "COMPUTE", "COMM", "CPU", "PROXY", "TRACKS", "CAT_LAUNCH", "CAT_WAIT",
+__all__ = ["FORMAT_VERSION", "GENERATOR", "DEPLOY_FORMAT", "is_deployment", "COMPUTE", "COMM", "CPU", "PROXY", "TRACKS", "CAT_LAUNCH", "CAT_WAIT",
            "CAT_PROXY", "GPU_CATS", "FLOW_DEPENDENCY", "FLOW_LAUNCH", "LAUNCH_FLOWS", "STAGE_STREAM", "PROGRAM",
            "IDLE_CAUSES", "WAITING_ON_PEER", "OBSERVED_IDLE_CAUSES", "RUNTIME_CATS", "Key", "SLICE_ARGS", "OTHER_DATA", "read_keys", "is_generated", "markdown"]
 

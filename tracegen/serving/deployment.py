@@ -42,19 +42,27 @@ class Deployment:
     max_batch: float = 0                        # decode: requests per DP group (0: the memory limit)
     slo_tpot_ms: float | None = None            # decode: cap the batch so a step keeps TPOT under this
     plan_fields: dict[str, Any] = field(default_factory=dict)   # shared plan fields (mtp, comm_release, ...)
+    gpus_per_node: int = 8                      # the hardware's, unless plan_fields says otherwise
 
     def label(self) -> str:
+        gpn = self.plan_fields.get("gpus_per_node") or self.gpus_per_node
+
         def one(name: str, p: PoolPlan | None) -> str:
-            return f"{name} {p.nodes} node{'s' if p.nodes != 1 else ''} (TP{p.tp}, EP{p.ep or 'all'})" if p else ""
+            if not p:
+                return ""
+            ep = p.instance_gpus(gpn)
+            n = p.nodes * gpn // ep if ep else 0
+            return (f"{name} {p.nodes} node{'s' if p.nodes != 1 else ''} = {n} x EP{ep}" + (f" TP{p.tp}" if p.tp > 1 else ""))
         parts = [one("prefill" if self.mode != "colocated" else "colocated", self.prefill), one("decode", self.decode)]
         return f"{self.mode}: " + " + ".join(x for x in parts if x)
 
 
 def _instance_plan(phase: str, pp: PoolPlan, model: Model, hw: Hardware, preset: Preset, fields: dict) -> Plan:
+    """One instance's plan (pp.nodes 0: the instance alone, no pool around it to check)."""
     gpn = fields.get("gpus_per_node") or hw.gpus_per_node
     gpus = pp.instance_gpus(gpn)
-    total = pp.nodes * gpn
-    if pp.nodes < 1:
+    total = pp.nodes * gpn if pp.nodes else gpus
+    if pp.nodes < 0 or (pp.nodes == 0 and not pp.ep):
         raise UserError(f"a {phase} pool needs at least 1 node, got {pp.nodes}")
     if gpus < 1 or total % gpus:
         raise UserError(f"the {phase} pool's {total} GPUs ({pp.nodes} nodes x {gpn}) do not split into instances "
@@ -72,19 +80,14 @@ def _span(a: np.ndarray) -> tuple[float, float]:
     return float(a.min()), float(a.max())
 
 
-def build_pools(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload) -> tuple[list[Pool], np.ndarray]:
-    """The simulator's pools for deployment `d` and workload `w`, and each request's KV transfer time."""
-    fields = dict(d.plan_fields)
-    gpn = fields.get("gpus_per_node") or hw.gpus_per_node
-    hit = float(np.clip(w.hit_rate, 0.0, 0.99))
-    prompts = _span(w.input_len.astype(float))
-    contexts = (float(w.input_len.min() + 1), float((w.input_len + w.output_len).max()))
-    pools: list[Pool] = []
+def build_pools(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload,
+                cache: dict | None = None) -> tuple[list[Pool], np.ndarray]:
+    """The simulator's pools for deployment `d` and workload `w`, and each request's KV transfer time.
+    `cache` keeps step tables per instance shape across calls (a plan search builds many pools of
+    few shapes; the tables depend on the workload's length ranges, which it keeps)."""
     if d.mode not in ("pd", "colocated", "prefill", "decode"):
         raise UserError(f"--mode must be pd, colocated, prefill or decode, got {d.mode!r}")
-    need_prefill = d.mode in ("pd", "colocated", "prefill")
-    need_decode = d.mode in ("pd", "colocated", "decode")
-    if need_prefill and d.prefill is None:
+    if d.mode in ("pd", "colocated", "prefill") and d.prefill is None:
         raise UserError(f"mode {d.mode} needs --prefill-nodes")
     if d.mode in ("pd", "decode") and d.decode is None:
         raise UserError(f"mode {d.mode} needs --decode-nodes")
@@ -92,49 +95,69 @@ def build_pools(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Wo
         raise UserError(f"--prefill-tokens must be at least 1 token per DP group, got {d.token_budget}")
     if d.max_batch < 0:
         raise UserError(f"--decode-batch must not be negative, got {d.max_batch}")
+    fields = dict(d.plan_fields)
+    gpn = fields.get("gpus_per_node") or hw.gpus_per_node
+    cache = {} if cache is None else cache
 
-    def decode_side(pp: PoolPlan) -> dict[str, Any]:
-        plan = _instance_plan("decode", pp, model, hw, preset, fields)
-        kv = kv_capacity_tokens(model, hw, plan, preset)
-        mean_ctx = float((w.input_len + w.output_len).mean())
-        if kv < float((w.input_len + w.output_len).min()):
-            raise UserError(f"a decode GPU of this plan has room for {kv:,.0f} KV tokens after the weights, less than "
-                            f"one request's {int((w.input_len + w.output_len).min()):,}: use a larger EP or "
-                            "shorter requests")
-        top = max(1.0, kv / mean_ctx)
-        if d.max_batch:
-            top = min(top, d.max_batch)
-        table = decode_table(model, hw, plan, preset, top, contexts)
-        cap = d.max_batch
-        if d.slo_tpot_ms:
-            cap = tpot_batch(table, plan.accepted_per_request, d.slo_tpot_ms, float(np.mean(contexts)), top)
-        return {"table": table, "plan": plan, "kv": kv, "cap": cap}
-
-    if d.mode == "colocated":
-        pp = d.prefill
-        pre_plan = _instance_plan("prefill", pp, model, hw, preset, fields)
-        dec = decode_side(pp)
+    def shape(phase: str, pp: PoolPlan) -> dict[str, Any]:
+        if pp.nodes < 1:
+            raise UserError(f"a {'colocated' if d.mode == 'colocated' else phase} pool needs at least 1 node, "
+                            f"got {pp.nodes}")
         gpus = pp.instance_gpus(gpn)
-        pools.append(Pool("colocated", pp.nodes * gpn // gpus, gpus, gpus // pp.tp, gpn,
-                          prefill_table(model, hw, pre_plan, preset, d.token_budget, prompts, hit), dec["table"],
-                          d.token_budget, dec["cap"], dec["kv"], dec["plan"].accepted_per_request))
-        return pools, np.zeros(len(w))
+        _instance_plan(phase, pp, model, hw, preset, fields)           # the pool's own checks (split, TP)
+        key = (phase, gpus, pp.tp, d.token_budget, d.max_batch, d.slo_tpot_ms)
+        if key not in cache:
+            cache[key] = (_prefill_shape if phase == "prefill" else _decode_shape)(model, hw, preset, d, w,
+                                                                                  PoolPlan(0, pp.tp, gpus), fields)
+        return {**cache[key], "gpus": gpus, "instances": pp.nodes * gpn // gpus, "dp": gpus // pp.tp}
+
+    pools: list[Pool] = []
     transfer = np.zeros(len(w))
-    if need_prefill:
-        pp = d.prefill
-        plan = _instance_plan("prefill", pp, model, hw, preset, fields)
-        gpus = pp.instance_gpus(gpn)
-        pools.append(Pool("prefill", pp.nodes * gpn // gpus, gpus, gpus // pp.tp, gpn,
-                          prefill_table(model, hw, plan, preset, d.token_budget, prompts, hit), None, d.token_budget))
-    if need_decode:
-        pp = d.decode
-        dec = decode_side(pp)
-        gpus = pp.instance_gpus(gpn)
-        pools.append(Pool("decode", pp.nodes * gpn // gpus, gpus, gpus // pp.tp, gpn, None, dec["table"],
+    if d.mode == "colocated":
+        pre, dec = shape("prefill", d.prefill), shape("decode", d.prefill)
+        pools.append(Pool("colocated", pre["instances"], pre["gpus"], pre["dp"], gpn, pre["table"], dec["table"],
+                          d.token_budget, dec["cap"], dec["kv"], dec["plan"].accepted_per_request))
+        return pools, transfer
+    if d.mode in ("pd", "prefill"):
+        pre = shape("prefill", d.prefill)
+        pools.append(Pool("prefill", pre["instances"], pre["gpus"], pre["dp"], gpn, pre["table"], None, d.token_budget))
+    if d.mode in ("pd", "decode"):
+        dec = shape("decode", d.decode)
+        pools.append(Pool("decode", dec["instances"], dec["gpus"], dec["dp"], gpn, None, dec["table"],
                           d.token_budget, dec["cap"], dec["kv"], dec["plan"].accepted_per_request))
         if d.mode == "pd":
             transfer = kv_transfer_s(model, hw, dec["plan"], w.input_len.astype(float))
     return pools, transfer
+
+
+def _prefill_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload, pp: PoolPlan,
+                   fields: dict) -> dict[str, Any]:
+    plan = _instance_plan("prefill", pp, model, hw, preset, fields)
+    if kv_capacity_tokens(model, hw, plan, preset) < d.token_budget:
+        raise UserError(f"the weights of {model.name} on a prefill instance of {pp.instance_gpus(0)} GPUs leave no room "
+                        f"for a step of {d.token_budget:g} tokens' KV cache: use a larger EP")
+    hit = float(np.clip(w.hit_rate, 0.0, 0.99))
+    return {"plan": plan, "table": prefill_table(model, hw, plan, preset, d.token_budget,
+                                                 _span(w.input_len.astype(float)), hit)}
+
+
+def _decode_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload, pp: PoolPlan,
+                  fields: dict) -> dict[str, Any]:
+    plan = _instance_plan("decode", pp, model, hw, preset, fields)
+    kv = kv_capacity_tokens(model, hw, plan, preset)
+    lengths = (w.input_len + w.output_len).astype(float)
+    if kv < lengths.min():
+        raise UserError(f"a decode GPU of this plan has room for {kv:,.0f} KV tokens after the weights, less than "
+                        f"one request's {lengths.min():,.0f}: use a larger EP or shorter requests")
+    contexts = (float(w.input_len.min() + 1), float(lengths.max()))
+    top = max(1.0, kv / lengths.mean())
+    if d.max_batch:
+        top = min(top, d.max_batch)
+    table = decode_table(model, hw, plan, preset, top, contexts)
+    cap = d.max_batch
+    if d.slo_tpot_ms:
+        cap = tpot_batch(table, plan.accepted_per_request, d.slo_tpot_ms, float(np.mean(contexts)), top)
+    return {"table": table, "plan": plan, "kv": kv, "cap": cap}
 
 
 def tpot_batch(table, accepted: float, slo_ms: float, context: float, top: float) -> float:
@@ -151,9 +174,9 @@ def tpot_batch(table, accepted: float, slo_ms: float, context: float, top: float
     return max(1.0, math.floor(lo))
 
 
-def run(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload) -> Result:
+def run(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload, cache: dict | None = None) -> Result:
     """Simulate workload `w` on deployment `d`."""
-    pools, transfer = build_pools(model, hw, preset, d, w)
+    pools, transfer = build_pools(model, hw, preset, d, w, cache)
     for p in pools:
         if p.role in ("decode", "colocated") and d.slo_tpot_ms and p.max_batch == 0:
             raise UserError(f"no decode batch meets TPOT < {d.slo_tpot_ms:g} ms on this plan: one request per DP group "

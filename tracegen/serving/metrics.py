@@ -52,7 +52,9 @@ def summary(r: Result, slo_ttft_ms: float | None = None, slo_tpot_ms: float | No
         "tpot_ms": {k: 1e3 * v for k, v in _pcts(tpot).items()},
         "e2e_ms": {k: 1e3 * v for k, v in _pcts(r.finish - w.arrival_s).items()},
         "queue_ms": {k: 1e3 * v for k, v in _pcts(r.prefill_start - w.arrival_s).items()},
+        "decode_wait_ms": {k: 1e3 * v for k, v in _pcts(r.decode_start - r.first_token).items()},
         "tokens_per_s_per_user": {k: (1.0 / v if v > 0 else float("nan")) for k, v in _pcts(tpot).items()},
+        # (tokens/s per user: p50 is 1 / TPOT p50; p90 is 1 / TPOT p90, i.e. the slow tail)
         "pools": [],
     }
     for k, pool in enumerate(r.pools):
@@ -88,7 +90,18 @@ def summary(r: Result, slo_ttft_ms: float | None = None, slo_tpot_ms: float | No
         if slo_tpot_ms is not None and r.mode != "prefill":
             ok &= ~(tpot * 1e3 > slo_tpot_ms)
         out["slo"] = {"ttft_ms": slo_ttft_ms, "tpot_ms": slo_tpot_ms, "attained": float(ok.mean())}
-    return out
+    return _no_nan(out)
+
+
+def _no_nan(x):
+    """NaN (a latency no request has, e.g. TTFT of a decode-only run) as None: JSON has no NaN."""
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_no_nan(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
 
 
 __all__ = ["summary", "tpot_s", "PCTS"]

@@ -119,12 +119,20 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
         inst.reserved += float(w.input_len[r] + w.output_len[r])
 
     def start_prefill(inst: _Instance, t: float, colocated: bool) -> bool:
+        """Fill the instance's DP groups from its queue, each prompt (or chunk) into the least-loaded
+        group, up to the token budget per group. The step takes as long as the busiest group's load
+        (attention runs per group, and the groups meet in every all-to-all): exact when the groups are
+        balanced, as at full load; at light load it counts the experts' work as if every group were
+        as full as the busiest (conservative)."""
         p = inst.pool
-        budget = p.token_budget * p.dp
+        groups = np.zeros(p.dp)
         done: list[int] = []
         lens: list[float] = []
-        used = 0.0
-        while inst.queue and used < budget:
+        while inst.queue:
+            g = int(np.argmin(groups))
+            room = p.token_budget - groups[g]
+            if room <= 0:
+                break
             item = inst.queue[0]
             r = item[0]
             fresh = math.isnan(p_start[r])
@@ -134,17 +142,18 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
                 hold(inst, r)                           # its KV lives here from its first chunk on
             if fresh:
                 p_start[r] = t
-            chunk = min(item[1], budget - used)
+            chunk = min(item[1], room)
             item[1] -= chunk
-            used += chunk
+            groups[g] += chunk
             lens.append(float(w.input_len[r]))
             if item[1] <= 0:
                 inst.queue.popleft()
                 done.append(r)
         if not lens:
             return False
+        used = float(groups.sum())
         inst.queued_tokens -= used
-        ms = p.prefill(used / p.dp, sum(lens) / len(lens))
+        ms = p.prefill(float(groups.max()), sum(lens) / len(lens), used / p.dp)
         inst.step = (PREFILL, done)
         _record(inst, t, t + ms / 1e3, PREFILL, used, len(lens))
         return True
@@ -193,13 +202,17 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
             if not (inst.queue and start_prefill(inst, t, True)):
                 start_decode(inst, t)
 
-    def to_decoder(r: int, t: float) -> None:
+    def to_decoder(r: int, t: float, now: bool = True) -> _Instance | None:
+        """Hand request r (its KV in place) to the least-loaded decode instance; wake it unless the
+        caller wakes it after handing over everything that arrives at t."""
         if out_left[r] <= 0:
             finish[r] = t
-            return
+            return None
         inst = min(decoders, key=lambda x: x.holding + len(x.pending))
         inst.pending.append(r)
-        wake(inst, t)
+        if now:
+            wake(inst, t)
+        return inst
 
     def end_step(inst: _Instance, t: float) -> None:
         inst.busy = False
@@ -248,7 +261,9 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
                 ptr += 1
                 if mode == "decode":
                     first[r] = p_end[r] = t
-                    to_decoder(r, t)
+                    inst = to_decoder(r, t, now=False)
+                    if inst is not None:
+                        touched.add(inst.i)
                     continue
                 inst = min(entry, key=lambda x: x.queued_tokens)
                 inst.queue.append([r, float(new_tokens[r])])

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..catalog import Hardware, Model
+from ..estimate import estimate
 from ..memory import kv_bytes_per_seq, weight_bytes_per_gpu
 from ..pipeline import TraceOptions, schedule
 from ..plan import Plan, validate
@@ -34,11 +35,22 @@ class StepTable:
     load: np.ndarray              # prefill: new tokens per DP group; decode: requests per DP group
     context: np.ndarray           # prefill: prompt length; decode: KV length, tokens
     ms: np.ndarray                # [len(context), len(load)]
+    spread: np.ndarray | None = None   # [len(context), len(load)]: share of the step in the routed experts
 
-    def __call__(self, load: float, context: float) -> float:
+    def __call__(self, load: float, context: float, mean: float | None = None) -> float:
         """Step time in ms at `load` (clipped to the grid's ends: beyond the largest point it grows in
-        proportion, below the smallest it stays at the smallest's time) and `context`."""
-        rows = [self._along_load(r, load) for r in self.ms]
+        proportion, below the smallest it stays at the smallest's time) and `context`. With `mean`
+        (the DP groups' mean load, below `load` = the busiest group's): the routed experts, which see
+        every group's tokens spread over the EP ranks, take their time at the mean; the rest of the
+        step (attention, and the all-to-all that waits for the busiest sender) at the busiest."""
+        t = self._at(self.ms, load, context)
+        if mean is None or self.spread is None or mean >= load:
+            return t
+        experts_at_mean = self._at(self.ms, mean, context) * self._at(self.spread, mean, context)
+        return t * (1 - self._at(self.spread, load, context)) + experts_at_mean
+
+    def _at(self, grid: np.ndarray, load: float, context: float) -> float:
+        rows = [self._along_load(r, load) for r in grid]
         if len(self.context) == 1:
             return rows[0]
         return float(np.interp(context, self.context, rows))
@@ -55,6 +67,12 @@ def _step_ms(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> float:
     return s.span_us / 1e3
 
 
+def _expert_share(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> float:
+    """Share of a step's serial op time in the routed experts (estimate.py's rows)."""
+    e = estimate(model, hw, plan, preset)
+    return sum(r.total_ms for r in e.rows if r.name == "RoutedExpert") / e.sum_ms
+
+
 def prefill_table(model: Model, hw: Hardware, plan: Plan, preset: Preset, max_tokens: float,
                   prompt_lens: tuple[float, float], hit: float) -> StepTable:
     """Step time of a prefill instance for `n` new prompt tokens per DP group of prompts of length
@@ -62,12 +80,14 @@ def prefill_table(model: Model, hw: Hardware, plan: Plan, preset: Preset, max_to
     loads = _geom(1.0, max_tokens, GRID_POINTS)
     ctx = _geom(*prompt_lens, CONTEXT_POINTS)
     ms = np.empty((len(ctx), len(loads)))
+    spread = np.empty_like(ms)
     for i, L in enumerate(ctx):
         L = max(1, int(round(L)))
         for j, n in enumerate(loads):
             p = validate(replace(plan, seq_len=L, kv_hit=hit, batch=n / (L * (1 - hit))), model, hw)
             ms[i, j] = _step_ms(model, hw, p, preset)
-    return StepTable(plan, loads, ctx, ms)
+            spread[i, j] = _expert_share(model, hw, p, preset)
+    return StepTable(plan, loads, ctx, ms, spread)
 
 
 def decode_table(model: Model, hw: Hardware, plan: Plan, preset: Preset, max_batch: float,
