@@ -215,10 +215,12 @@ def serve(port: int = 5006, host: str = "localhost", observed: str | None = None
         raise UserError(f"--port must lie in [1, 65535], got {port}")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise UserError(f"--data-dir {data_dir}: no such folder")
+    from .deployment import make_deploy_doc
     app = Application(FunctionHandler(lambda doc: make_doc(doc, observed, taxonomy, data_dir)))
+    deploy_app = Application(FunctionHandler(make_deploy_doc))
     origins = [f"{h}:{port}" for h in {host, "localhost", "127.0.0.1"}]
     try:
-        server = Server({"/": app}, port=port, address=host, allow_websocket_origin=origins,
+        server = Server({"/": app, "/deploy": deploy_app}, port=port, address=host, allow_websocket_origin=origins,
                         websocket_max_message_size=int(MAX_UPLOAD_MB * 1e6 * 4 / 3) + (1 << 20),   # base64
                         unused_session_lifetime_milliseconds=SESSION_IDLE_S * 1000,
                         check_unused_sessions_milliseconds=1000)
@@ -226,7 +228,7 @@ def serve(port: int = 5006, host: str = "localhost", observed: str | None = None
         raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port") from None
     server.start()
     url = f"http://{host}:{port}/"
-    print(f"viz: serving the dashboard at {url} (Ctrl-C stops)", flush=True)
+    print(f"viz: serving the dashboard at {url} and the deployment page at {url}deploy (Ctrl-C stops)", flush=True)
     if show:
         server.io_loop.add_callback(server.show, "/")
     try:

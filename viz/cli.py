@@ -19,6 +19,15 @@ examples:
 The file is self-contained (Bokeh's JavaScript is inlined): it opens offline. Zoom with the wheel;
 large traces show merged intervals until you zoom in (see README: large traces)."""
 
+EPILOG_DEPLOY = """\
+examples:
+  viz deploy -o deploy.html                                  the default PD deployment at capacity
+  viz deploy --rate 40 --requests 5000 --slo-ttft 1000 --slo-tpot 50 -o load.html
+  viz deploy --mode colocated --prefill-nodes 6 --rate 25 -o colocated.html
+
+The flags are tracegen deploy's (see tracegen deploy --help). The dashboard has the same view with
+widgets: viz serve, then /deploy."""
+
 EPILOG_SERVE = """\
 examples:
   viz serve                        http://localhost:5006/ (prints the URL)
@@ -56,6 +65,19 @@ def labels(paths: list[str]) -> list[str]:
     return [f"{i + 1}: {Path(p).name}" for i, p in enumerate(paths)]
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from tracegen.serving.cli import simulate_args
+
+    from .deployment import deployment_layout
+    from .report import write_html
+    if not args.output.endswith((".html", ".htm")):
+        raise UserError(f"-o {args.output}: name the report *.html")
+    r, s = simulate_args(args)
+    out = write_html(deployment_layout(r, s), args.output, s["plan"])
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {s['plan']}; open it in a browser")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import serve
     if args.observed and not Path(args.observed).exists():
@@ -82,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--align-layer", type=int, default=None, help="line both timelines up at this layer's start")
     h.add_argument("--layer-offset", type=int, default=0, help="add to the observed trace's layer numbers")
     add_reading_args(h, json_help=argparse.SUPPRESS, stages=True)
+    from tracegen.cli import add_shared_plan_args, add_target_args
+    from tracegen.serving.cli import add_deploy_args
+    d = add_command(sub, "deploy", cmd_deploy, help="simulate a deployment and draw it (HTML)",
+                    epilog=EPILOG_DEPLOY,
+                    description="Run `tracegen deploy`'s simulation for the same flags and write the decode "
+                                "latency-throughput curve, the TTFT / TPOT distributions and pool utilisation "
+                                "over time as one self-contained HTML page.")
+    d.add_argument("-o", "--output", required=True, help="HTML file to write")
+    add_deploy_args(d, add_target_args, add_shared_plan_args)
     s = add_command(sub, "serve", cmd_serve,
                     help="dashboard on localhost: predicted timeline with what-if widgets",
                     epilog=EPILOG_SERVE,

@@ -39,6 +39,23 @@ def add_deploy_command(sub: argparse._SubParsersAction, add_target_args, add_sha
                                 "step by step, with step times from the per-layer model; report throughput "
                                 "per node, TTFT / TPOT percentiles and utilisation, search plans under SLOs, "
                                 "and write a request-level trace.")
+    add_deploy_args(d, add_target_args, add_shared_plan_args)
+    s = d.add_argument_group("search")
+    s.add_argument("--search", action="store_true",
+                   help="search the PD split of --nodes and the EP of each pool for the most goodput per GPU")
+    s.add_argument("--nodes", type=int, default=None, help="--search: the node budget to split")
+    o = d.add_argument_group("output")
+    o.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    o.add_argument("-o", "--output", default=None, metavar="FILE",
+                   help="write a Perfetto trace (.json / .json.gz): pool instances' steps, counters, requests")
+    o.add_argument("--trace-requests", type=int, default=5000,
+                   help="requests drawn as async slices in the trace (evenly spaced; 0: none)")
+    o.add_argument("--requests-out", default=None, metavar="FILE",
+                   help="per-request times as .csv or .parquet (arrival, prefill, first token, finish)")
+
+
+def add_deploy_args(d: argparse.ArgumentParser, add_target_args, add_shared_plan_args) -> None:
+    """The flags that define a deployment and its workload (tracegen deploy, viz deploy)."""
     add_target_args(d, phase=False)
     g = d.add_argument_group("pools")
     g.add_argument("--mode", default="pd", choices=("pd", "colocated", "prefill", "decode"),
@@ -56,7 +73,6 @@ def add_deploy_command(sub: argparse._SubParsersAction, add_target_args, add_sha
                    help="prefill: new prompt tokens per DP group per step (longer prompts are chunked)")
     g.add_argument("--decode-batch", type=finite, default=0,
                    help="decode: most requests per DP group (0: as many as the KV cache holds)")
-    g.add_argument("--nodes", type=int, default=None, help="--search: the node budget to split")
     wl = d.add_argument_group("workload")
     wl.add_argument("--workload", default=None, metavar="FILE",
                     help="CSV (header) or JSONL with arrival_s, input_len, output_len[, prefix_hit_len] per request")
@@ -73,17 +89,7 @@ def add_deploy_command(sub: argparse._SubParsersAction, add_target_args, add_sha
     s.add_argument("--slo-tpot", type=finite, default=None,
                    help="time-per-output-token target, ms (also caps the decode batch)")
     s.add_argument("--slo-attain", type=finite, default=0.9, help="share of requests that must meet the targets")
-    s.add_argument("--search", action="store_true",
-                   help="search the PD split of --nodes and the EP of each pool for the most goodput per GPU")
     add_shared_plan_args(d)
-    o = d.add_argument_group("output")
-    o.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
-    o.add_argument("-o", "--output", default=None, metavar="FILE",
-                   help="write a Perfetto trace (.json / .json.gz): pool instances' steps, counters, requests")
-    o.add_argument("--trace-requests", type=int, default=5000,
-                   help="requests drawn as async slices in the trace (evenly spaced; 0: none)")
-    o.add_argument("--requests-out", default=None, metavar="FILE",
-                   help="per-request times as .csv or .parquet (arrival, prefill, first token, finish)")
 
 
 PLAN_KEYS = ("redundant_experts", "comm_release", "routing", "mtp", "mtp_accept", "sched_ms", "precision",
@@ -122,23 +128,35 @@ def _workload(args: argparse.Namespace):
     return synthetic(args.requests, rate, args.input_len, args.output_len, args.prefix_hit, args.seed)
 
 
-def cmd_deploy(args: argparse.Namespace) -> int:
+def target(args: argparse.Namespace):
+    """(model, hardware, preset, deployment, workload) from the deploy flags."""
     from ..resolve import resolve_target
+    model, hw, preset = resolve_target(args.model, args.model_file, args.hardware, args.hardware_file, args.preset)
+    return model, hw, preset, _deployment(args, hw.gpus_per_node), _workload(args)
+
+
+def simulate_args(args: argparse.Namespace, parts=None):
+    """Run the deployment the flags describe: (result, summary dict)."""
     from .deployment import run
     from .metrics import summary
-    model, hw, preset = resolve_target(args.model, args.model_file, args.hardware, args.hardware_file, args.preset)
-    for path in (args.output, args.requests_out):
-        if path is not None:
-            _check_output(path)
-    d = _deployment(args, hw.gpus_per_node)
-    w = _workload(args)
-    head = {"model": model.name, "hardware": hw.name, "preset": preset.name, "workload": w.source}
-    if args.search:
-        return _search(args, model, hw, preset, d, w, head)
+    model, hw, preset, d, w = parts or target(args)
     t0 = time.perf_counter()
     r = run(model, hw, preset, d, w)
     s = summary(r, args.slo_ttft, args.slo_tpot)
-    s.update(head, plan=d.label(), simulated_s=time.perf_counter() - t0)
+    s.update({"model": model.name, "hardware": hw.name, "preset": preset.name, "workload": w.source},
+             plan=d.label(), simulated_s=time.perf_counter() - t0)
+    return r, s
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    for path in (args.output, args.requests_out):
+        if path is not None:
+            _check_output(path)
+    model, hw, preset, d, w = parts = target(args)
+    head = {"model": model.name, "hardware": hw.name, "preset": preset.name, "workload": w.source}
+    if args.search:
+        return _search(args, model, hw, preset, d, w, head)
+    r, s = simulate_args(args, parts)
     if args.output:
         from .deploytrace import write
         write(r, args.output, {**head, "plan": d.label(), "summary": s}, args.trace_requests)
@@ -259,4 +277,4 @@ def render_search(out: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["add_deploy_command", "cmd_deploy", "render", "render_search"]
+__all__ = ["add_deploy_command", "add_deploy_args", "cmd_deploy", "simulate_args", "render", "render_search"]
