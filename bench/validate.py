@@ -192,6 +192,8 @@ def render() -> str:
     lines += ["", "Single H100 layer capture (traces/observed/h100, 4 MoE layers, copies standing in for the network), "
               "median |error| per stage:", "", "| stage | n | median abs error |", "|---|---:|---:|"]
     lines += [f"| {r['stage']} | {r['n']} | {r['median_abs_error_pct']:.1f}% |" for r in h100_capture_rows()]
+    from .validate_deploy import render as deploy_tables
+    lines += ["", deploy_tables()]
     return "\n".join(lines)
 
 

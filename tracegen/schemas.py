@@ -186,6 +186,7 @@ class DeployPool(_S):
     output_tokens_per_s_per_node: float | None = None
     output_tokens_per_s_per_node_steady: float | None = None
     mean_batch_per_dp: float | None = None
+    step_tpot_ms: float | None = None
     prefill_steps: int | None = None
 
 

@@ -81,6 +81,9 @@ def summary(r: Result, slo_ttft_ms: float | None = None, slo_tpot_ms: float | No
             row["output_tokens_per_s_per_node"] = total / (t1 - t0) / pool.nodes if t1 > t0 else 0.0
             row["output_tokens_per_s_per_node_steady"] = steady / pool.nodes
             row["mean_batch_per_dp"] = float((s["requests"][dec] / pool.dp).mean()) if dec.any() else 0.0
+            # the decode steps' own time per output token (TPOT less any wait for a slot or a prompt)
+            row["step_tpot_ms"] = (float(1e3 * (s["end"][dec] - s["start"][dec]).mean() / pool.tokens_per_step)
+                                   if dec.any() else None)
             row["prefill_steps"] = int((mine & (s["kind"] == PREFILL)).sum())
         out["pools"].append(row)
     if slo_ttft_ms is not None or slo_tpot_ms is not None:
