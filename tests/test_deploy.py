@@ -265,3 +265,37 @@ def test_no_half_written_trace_on_error(tmp_path, capsys):
     assert not out.exists() and not list(tmp_path.iterdir())
     capsys.readouterr()
 
+
+
+# ----------------------------------------------------------------------------- AF disaggregation
+def test_af_cycle_is_the_pipeline_of_its_four_terms():
+    from tracegen.resolve import resolve_plan
+    from tracegen.serving import af
+    m, hw, p = TARGET
+    plan = resolve_plan("decode", m, hw, p, tp=1, dp=96, ep=96, batch=96, seq_len=4096, microbatches=1)
+    for mb in (1, 2, 3):
+        shape = af.AFShape(96, 48, mb)
+        t = af.layer_terms(m, hw, p, plan, shape)
+        assert all(v > 0 for v in t.values())
+        cycle = max(mb * t["attention"], mb * t["experts"], sum(t.values()))
+        fixed = af.step_ms(m, hw, p, plan, shape) - m.moe_layers * cycle
+        assert fixed > 0                               # dense layers, LM head
+        if mb == 1:
+            assert cycle == pytest.approx(sum(t.values()))       # one micro-batch: nothing overlaps
+    # more expert GPUs: fewer tokens each, so the expert side's time falls
+    t48 = af.layer_terms(m, hw, p, plan, af.AFShape(96, 48, 3))["experts"]
+    t96 = af.layer_terms(m, hw, p, plan, af.AFShape(96, 96, 3))["experts"]
+    assert t96 < t48
+
+
+def test_af_decode_runs_end_to_end_and_counts_every_gpu(capsys):
+    code = main(["deploy", "--mode", "decode", "--decode-nodes", "12", "--decode-expert-nodes", "4",
+                 "--requests", "3000", "--output-len", "40", "--json"])
+    s = json.loads(capsys.readouterr().out)
+    assert code == 0 and "AF 8 attention + 4 expert nodes" in s["plan"]
+    pool = s["pools"][0]
+    assert pool["gpus"] == 96 and pool["nodes"] == 12 and pool["dp"] == 64
+    assert pool["output_tokens"] == pytest.approx(3000 * 39)
+    code = main(["deploy", "--mode", "decode", "--decode-nodes", "12", "--decode-expert-nodes", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "expert GPU" in err[0]

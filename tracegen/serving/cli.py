@@ -69,6 +69,11 @@ def add_deploy_args(d: argparse.ArgumentParser, add_target_args, add_shared_plan
     g.add_argument("--decode-tp", type=int, default=1, help="attention TP in the decode pool")
     g.add_argument("--decode-ep", type=int, default=0,
                    help="GPUs per decode instance (its EP group); 0: the whole pool is one instance")
+    g.add_argument("--decode-expert-nodes", type=int, default=0,
+                   help="attention-FFN disaggregation: this many of the decode nodes hold only routed experts, the "
+                        "rest run attention and keep the KV cache (0: expert-parallel decode)")
+    g.add_argument("--af-microbatches", type=int, default=3,
+                   help="AF: micro-batches in the ping-pong pipeline between attention and expert GPUs")
     g.add_argument("--prefill-tokens", type=finite, default=DEFAULT_TOKEN_BUDGET,
                    help="prefill: new prompt tokens per DP group per step (longer prompts are chunked)")
     g.add_argument("--decode-batch", type=finite, default=0,
@@ -109,7 +114,10 @@ def _deployment(args: argparse.Namespace, gpus_per_node: int) -> Deployment:
         raise UserError(f"--slo-attain is a share of requests in (0, 1], got {args.slo_attain:g}")
     pre = PoolPlan(args.prefill_nodes, args.prefill_tp, args.prefill_ep) if args.mode != "decode" else None
     dec = PoolPlan(args.decode_nodes, args.decode_tp, args.decode_ep) if args.mode in ("pd", "decode") else None
-    return Deployment(args.mode, pre, dec, args.prefill_tokens, args.decode_batch, args.slo_tpot, fields, gpus_per_node)
+    if args.decode_expert_nodes and args.mode not in ("pd", "decode"):
+        raise UserError("--decode-expert-nodes splits the decode pool: use it with --mode pd or decode")
+    return Deployment(args.mode, pre, dec, args.prefill_tokens, args.decode_batch, args.slo_tpot, fields, gpus_per_node,
+                      args.decode_expert_nodes, args.af_microbatches)
 
 
 def _workload(args: argparse.Namespace):

@@ -4,7 +4,7 @@ room and the KV transfer time of each request."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,7 @@ from ..plan import Plan
 from ..preset import Preset
 from ..resolve import resolve_plan
 from .simulate import Pool, Result, simulate
-from .steptime import decode_table, kv_capacity_tokens, kv_transfer_s, prefill_table
+from .steptime import custom_table, decode_table, kv_capacity_tokens, kv_transfer_s, prefill_table
 from .workload import Workload
 
 DEFAULT_TOKEN_BUDGET = 16384      # prefill tokens per DP group per step (DeepSeek's profiled 16K per GPU)
@@ -43,6 +43,9 @@ class Deployment:
     slo_tpot_ms: float | None = None            # decode: cap the batch so a step keeps TPOT under this
     plan_fields: dict[str, Any] = field(default_factory=dict)   # shared plan fields (mtp, comm_release, ...)
     gpus_per_node: int = 8                      # the hardware's, unless plan_fields says otherwise
+    expert_nodes: int = 0                       # decode: nodes of the decode pool holding only routed experts
+                                                # (attention-FFN disaggregation); 0: expert parallel decode
+    af_microbatches: int = 3                    # AF: micro-batches in the ping-pong pipeline
 
     def label(self) -> str:
         gpn = self.plan_fields.get("gpus_per_node") or self.gpus_per_node
@@ -50,6 +53,9 @@ class Deployment:
         def one(name: str, p: PoolPlan | None) -> str:
             if not p:
                 return ""
+            if name == "decode" and self.expert_nodes:
+                return (f"decode {p.nodes} nodes = AF {p.nodes - self.expert_nodes} attention + {self.expert_nodes} "
+                        f"expert nodes, {self.af_microbatches} micro-batches")
             ep = p.instance_gpus(gpn)
             n = p.nodes * gpn // ep if ep else 0
             return (f"{name} {p.nodes} node{'s' if p.nodes != 1 else ''} = {n} x EP{ep}" + (f" TP{p.tp}" if p.tp > 1 else ""))
@@ -121,7 +127,13 @@ def build_pools(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Wo
     if d.mode in ("pd", "prefill"):
         pre = shape("prefill", d.prefill)
         pools.append(Pool("prefill", pre["instances"], pre["gpus"], pre["dp"], gpn, pre["table"], None, d.token_budget))
-    if d.mode in ("pd", "decode"):
+    if d.mode in ("pd", "decode") and d.expert_nodes:
+        dec = _af_shape(model, hw, preset, d, w, fields, cache)
+        pools.append(Pool("decode", 1, dec["gpus"], dec["dp"], gpn, None, dec["table"], d.token_budget, dec["cap"],
+                          dec["kv"], 1.0))
+        if d.mode == "pd":
+            transfer = kv_transfer_s(model, hw, dec["plan"], w.input_len.astype(float))
+    elif d.mode in ("pd", "decode"):
         dec = shape("decode", d.decode)
         pools.append(Pool("decode", dec["instances"], dec["gpus"], dec["dp"], gpn, None, dec["table"],
                           d.token_budget, dec["cap"], dec["kv"], dec["plan"].accepted_per_request))
@@ -158,6 +170,47 @@ def _decode_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: 
     if d.slo_tpot_ms:
         cap = tpot_batch(table, plan.accepted_per_request, d.slo_tpot_ms, float(np.mean(contexts)), top)
     return {"table": table, "plan": plan, "kv": kv, "cap": cap}
+
+
+def _af_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload, fields: dict,
+              cache: dict) -> dict[str, Any]:
+    """The decode pool as one AF instance: (nodes - expert_nodes) nodes of attention GPUs, expert_nodes
+    nodes of expert GPUs; step times from af.py on the (batch, context) grid."""
+    from . import af
+    gpn = fields.get("gpus_per_node") or hw.gpus_per_node
+    pp = d.decode
+    if d.mode == "colocated" or not 0 < d.expert_nodes < pp.nodes:
+        raise UserError(f"--decode-expert-nodes must lie in [1, {pp.nodes - 1}] (the rest of the {pp.nodes} decode "
+                        f"nodes run attention), got {d.expert_nodes}")
+    if not 1 <= d.af_microbatches <= 8:
+        raise UserError(f"--af-microbatches must lie in [1, 8], got {d.af_microbatches}")
+    A, F = (pp.nodes - d.expert_nodes) * gpn, d.expert_nodes * gpn
+    key = ("af", A, F, d.af_microbatches, pp.tp, d.max_batch, d.slo_tpot_ms)
+    if key in cache:
+        return cache[key]
+    kw = {k: v for k, v in fields.items() if v is not None}
+    experts = model.routed_experts + (kw.get("redundant_experts") or 0)
+    if F > experts:
+        raise UserError(f"{F} expert GPUs for {experts} experts: give the expert side at most {experts // gpn} nodes")
+    plan = resolve_plan("decode", model, hw, preset, **{**kw, "tp": pp.tp, "dp": A // pp.tp,
+                                                        "ep": min(A, experts), "microbatches": 1})
+    af.check_expert_memory(model, hw, preset, plan, F)
+    shape_ = af.AFShape(A, F, d.af_microbatches)
+    kv = af.attention_kv_tokens(model, hw, preset, plan)
+    lengths = (w.input_len + w.output_len).astype(float)
+    if kv < lengths.min():
+        raise UserError(f"an attention GPU has room for {kv:,.0f} KV tokens, less than one request's {lengths.min():,.0f}")
+    contexts = (float(w.input_len.min() + 1), float(lengths.max()))
+    top = max(1.0, kv / lengths.mean())
+    if d.max_batch:
+        top = min(top, d.max_batch)
+    table = custom_table(plan, top, contexts, lambda b, c: af.step_ms(model, hw, preset,
+                                                                      replace(plan, batch=b, seq_len=c), shape_))
+    cap = d.max_batch
+    if d.slo_tpot_ms:
+        cap = tpot_batch(table, 1.0, d.slo_tpot_ms, float(np.mean(contexts)), top)
+    cache[key] = {"table": table, "plan": plan, "kv": kv, "cap": cap, "gpus": A + F, "dp": A // pp.tp}
+    return cache[key]
 
 
 def tpot_batch(table, accepted: float, slo_ms: float, context: float, top: float) -> float:

@@ -103,6 +103,14 @@ def decode_table(model: Model, hw: Hardware, plan: Plan, preset: Preset, max_bat
     return StepTable(plan, loads, ctx, ms)
 
 
+def custom_table(plan: Plan, max_batch: float, contexts: tuple[float, float], step) -> StepTable:
+    """A decode table from another step model `step(batch, context) -> ms` (AF decode, af.py)."""
+    loads = _geom(1.0, max(1.0, max_batch), GRID_POINTS)
+    ctx = _geom(max(1.0, contexts[0]), max(1.0, contexts[1]), CONTEXT_POINTS)
+    ms = np.array([[step(float(b), max(1, int(round(c)))) for b in loads] for c in ctx])
+    return StepTable(plan, loads, ctx, ms)
+
+
 def kv_capacity_tokens(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> float:
     """KV-cache tokens one DP group holds: HBM x the preset's usable share, less the weights
     (memory.py's accounting, the same one `tracegen estimate` reports as max batch)."""
@@ -118,4 +126,4 @@ def kv_transfer_s(model: Model, hw: Hardware, plan: Plan, input_len: np.ndarray)
     return input_len * per_token / (hw.scaleout_gbps * 1e9)
 
 
-__all__ = ["StepTable", "prefill_table", "decode_table", "kv_capacity_tokens", "kv_transfer_s"]
+__all__ = ["StepTable", "prefill_table", "decode_table", "custom_table", "kv_capacity_tokens", "kv_transfer_s"]
