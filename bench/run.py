@@ -2,6 +2,8 @@
 are shared and noisy), plus replay's agreement with Holistic Trace Analysis on a real NCCL trace.
 
   tracegen   a full 61-layer, 2-micro-batch DeepSeek-V3 decode trace for 8 ranks
+  deploy     tracegen deploy with 100,000 requests, PD and colocated, against 100 requests (the
+             step tables' fixed cost); `python -m bench.run --deploy-only` runs this part alone
   replay     load + analyze of train.json and of synthetic traces made by repeating it (to ~1 GB),
              against json.load of the same file and HTA's load + get_comm_comp_overlap
   viz        viz html of a 61-layer 8-rank trace and of train.json; a dashboard widget redraw
@@ -205,6 +207,26 @@ def synthetic(copies: int) -> Path:
     return path
 
 
+def deploy_speed(results: dict, rows: list) -> None:
+    """tracegen deploy: 100,000 requests (PD, Poisson, H800 defaults) against the same command with
+    100 requests in the same run (the step tables and the imports: the fixed cost), and colocated."""
+    base = ["deploy", "--rate", "150", "--output-len", "300", "--json"]
+    for name, extra in (("pd", []), ("colocated", ["--mode", "colocated", "--prefill-nodes", "22", "--rate", "60"])):
+        runs = {}
+        for n in (100, 100_000):
+            code = ("import json,io,contextlib,time;from tracegen.cli import main;buf=io.StringIO();"
+                    f"t=time.perf_counter()\nwith contextlib.redirect_stdout(buf): main({base + ['--requests', str(n)] + extra!r})\n"
+                    "print(json.dumps({'simulated_s': json.loads(buf.getvalue())['simulated_s'], "
+                    "'inner_s': time.perf_counter()-t}))")
+            runs[n] = timed(code, repeat=3)
+        results[f"deploy_{name}"] = runs
+        big, small = runs[100_000], runs[100]
+        rows.append((f"tracegen deploy {name}: 100,000 requests", big.get("wall_s"),
+                     f"simulation {big.get('simulated_s', float('nan')):.2f} s (100 requests: "
+                     f"{small.get('simulated_s', float('nan')):.2f} s, the step tables); peak "
+                     f"{big.get('peak_mb', float('nan')):.0f} MB"))
+
+
 def hta_available() -> bool:
     return subprocess.run([PY, "-c", "import hta"], capture_output=True).returncode == 0
 
@@ -213,13 +235,19 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
     rows = []
-    rank_folders(results, rows)
-    folder_scaling(results, rows)
+    if "--deploy-only" not in sys.argv:
+        rank_folders(results, rows)
+        folder_scaling(results, rows)
+    if "--deploy-only" in sys.argv:
+        deploy_speed(results, rows)
+        _print(rows)
+        return 0
     if "--ranks-only" in sys.argv:
         _print(rows)
         return 0
 
     # ---- tracegen
+    deploy_speed(results, rows)
     gen = timed("import time,json;t=time.perf_counter();from tracegen.cli import main;"
                 "main(['trace','--phase','decode','--ranks','8','-o','bench/out/decode-61x8.json.gz']);"
                 "print(json.dumps({'inner_s': time.perf_counter()-t}))", repeat=3)
