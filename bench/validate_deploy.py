@@ -38,13 +38,23 @@ SG = "h100-deepgemm"
 ROWS = (
     Row("sglang-prefill", "SGLang 96xH100 DeepSeek-R1, prefill pool (4 nodes, EP32)", SG,
         Deployment("prefill", prefill=PoolPlan(4, 1, 32)), (4096, None, 2000, 1, 0.0), "input", "node", 52300, 15,
-        "2,000-token inputs, every request at t = 0 (the blog measures the prefill pool alone at full load); 16,384 "
+        "2,000-token inputs, every request at t = 0 (the slides: 'throughputs of prefill and decode phases are "
+        "evaluated independently, assuming unlimited resources for the non-tested phase'); 16,384 "
         "tokens per GPU per step (assumed); DeepEP latest, DeepGEMM; perfect EPLB"),
     Row("sglang-decode", "SGLang 96xH100 DeepSeek-R1, decode pool (9 nodes, EP72)", SG,
         Deployment("decode", decode=PoolPlan(9, 1, 72), max_batch=256, plan_fields={"redundant_experts": 32}),
         (72 * 256 * 2, None, 2000, 100, 0.0), "output", "node", 22300, 15,
         "2,000-token inputs, 100 output tokens, 256 requests per GPU (assumed), KV in place at t = 0 (the blog's "
         "decode benchmark); 32 redundant experts, no MTP; DeepEP latest (low latency), DeepGEMM masked"),
+    Row("kimi-prefill", "SGLang 128xH200 Kimi-K2, prefill pool (4 nodes, EP32; split assumed)", "h200",
+        Deployment("prefill", prefill=PoolPlan(4, 1, 32)), (4096, None, 2000, 1, 0.0), "input", "node", 56000, 15,
+        "the SGLang slides' 56k / node, measured like R1's (each phase alone, the other given unlimited resources); "
+        "4 prefill nodes of the 16 and 2,000-token inputs assumed", model="kimi-k2"),
+    Row("kimi-decode", "SGLang 128xH200 Kimi-K2, decode pool (12 nodes, EP96; split assumed)", "h200",
+        Deployment("decode", decode=PoolPlan(12, 1, 96), max_batch=256), (96 * 256 * 2, None, 2000, 100, 0.0),
+        "output", "node", 24000, 15,
+        "the slides' 24.0k / node; 12 decode nodes, 256 requests per GPU, 2,000 + 100 tokens assumed as for R1; "
+        "no redundant experts (384 experts over 96 GPUs)", model="kimi-k2"),
     Row("ds-prefill", "DeepSeek V3/R1 service (day-6 post), prefill (4 nodes, EP32)", "h800",
         Deployment("prefill", prefill=PoolPlan(4, 1, 32), plan_fields={"comm_release": "profile", "sched_ms": 30}),
         (4096, None, 4096, 1, 0.563), "input", "node", 73700, 15,

@@ -30,9 +30,9 @@ def sim(d: Deployment, w: Workload):
     return run(*TARGET, d, w, CACHE)
 
 
-def span_ms(plan) -> float:
+def span_ms(plan, launch_us: float | None = None) -> float:
     m, hw, p = TARGET
-    return schedule(m, hw, validate(plan, m, hw), p, TraceOptions(tbo="proper")).span_us / 1e3
+    return schedule(m, hw, validate(plan, m, hw), p, TraceOptions(tbo="proper", launch_us=launch_us)).span_us / 1e3
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -58,9 +58,20 @@ def test_decode_steps_and_tpot_follow_the_table():
     r = sim(d, w)
     assert len(r.steps["start"]) == 10 and np.all(r.steps["requests"] == n)
     plan = build_pools(*TARGET, d, w, CACHE)[0][0].decode.plan
-    lo, hi = span_ms(replace(plan, batch=32, seq_len=2001)), span_ms(replace(plan, batch=32, seq_len=2011))
+    # decode steps replay a graph: no CPU launch cost
+    lo, hi = (span_ms(replace(plan, batch=32, seq_len=c), launch_us=0.0) for c in (2001, 2011))
     t = tpot_s(r) * 1e3
     assert np.all(t >= lo * (1 - 1e-6)) and np.all(t <= hi * (1 + 1e-3))
+
+
+def test_eager_decode_pays_the_launches_at_small_batch():
+    """One request per die on CloudMatrix384 (8 us per launch): eager decode is launch-bound, a graph is not."""
+    target = resolve_target("deepseek-v3", hardware="ascend-910c")
+    w = synthetic(160, None, 4096, 5)
+    tpot = [summary(run(*target, Deployment("decode", decode=PoolPlan(20, 1, 160), decode_graphs=g,
+                                            plan_fields={"redundant_experts": 64}), w))["pools"][0]["step_tpot_ms"]
+            for g in (True, False)]
+    assert tpot[1] > 1.3 * tpot[0]
 
 
 def test_mtp_credits_accepted_tokens_per_step():

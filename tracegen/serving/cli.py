@@ -74,6 +74,9 @@ def add_deploy_args(d: argparse.ArgumentParser, add_target_args, add_shared_plan
                         "rest run attention and keep the KV cache (0: expert-parallel decode)")
     g.add_argument("--af-microbatches", type=int, default=3,
                    help="AF: micro-batches in the ping-pong pipeline between attention and expert GPUs")
+    g.add_argument("--eager-decode", action="store_true",
+                   help="decode launches every kernel from the CPU (default: decode steps replay a captured "
+                        "CUDA/ACL graph, as SGLang and DeepSeek serve, so small batches are not launch-bound)")
     g.add_argument("--prefill-tokens", type=finite, default=DEFAULT_TOKEN_BUDGET,
                    help="prefill: new prompt tokens per DP group per step (longer prompts are chunked)")
     g.add_argument("--decode-batch", type=finite, default=0,
@@ -117,7 +120,7 @@ def _deployment(args: argparse.Namespace, gpus_per_node: int) -> Deployment:
     if args.decode_expert_nodes and args.mode not in ("pd", "decode"):
         raise UserError("--decode-expert-nodes splits the decode pool: use it with --mode pd or decode")
     return Deployment(args.mode, pre, dec, args.prefill_tokens, args.decode_batch, args.slo_tpot, fields, gpus_per_node,
-                      args.decode_expert_nodes, args.af_microbatches)
+                      args.decode_expert_nodes, args.af_microbatches, not args.eager_decode)
 
 
 def _workload(args: argparse.Namespace):

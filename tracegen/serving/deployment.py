@@ -46,6 +46,7 @@ class Deployment:
     expert_nodes: int = 0                       # decode: nodes of the decode pool holding only routed experts
                                                 # (attention-FFN disaggregation); 0: expert parallel decode
     af_microbatches: int = 3                    # AF: micro-batches in the ping-pong pipeline
+    decode_graphs: bool = True                  # decode steps replay a captured graph (no launch cost)
 
     def label(self) -> str:
         gpn = self.plan_fields.get("gpus_per_node") or self.gpus_per_node
@@ -111,7 +112,7 @@ def build_pools(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Wo
                             f"got {pp.nodes}")
         gpus = pp.instance_gpus(gpn)
         _instance_plan(phase, pp, model, hw, preset, fields)           # the pool's own checks (split, TP)
-        key = (phase, gpus, pp.tp, d.token_budget, d.max_batch, d.slo_tpot_ms)
+        key = (phase, gpus, pp.tp, d.token_budget, d.max_batch, d.slo_tpot_ms, d.decode_graphs)
         if key not in cache:
             cache[key] = (_prefill_shape if phase == "prefill" else _decode_shape)(model, hw, preset, d, w,
                                                                                   PoolPlan(0, pp.tp, gpus), fields)
@@ -165,10 +166,10 @@ def _decode_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: 
     top = max(1.0, kv / lengths.mean())
     if d.max_batch:
         top = min(top, d.max_batch)
-    table = decode_table(model, hw, plan, preset, top, contexts)
+    table = decode_table(model, hw, plan, preset, top, contexts, d.decode_graphs)
     cap = d.max_batch
     if d.slo_tpot_ms:
-        cap = tpot_batch(table, plan.accepted_per_request, d.slo_tpot_ms, float(np.mean(contexts)), top)
+        cap = tpot_batch(table, plan.accepted_per_request, d.slo_tpot_ms, contexts[1], top)   # at the longest context
     return {"table": table, "plan": plan, "kv": kv, "cap": cap}
 
 
@@ -208,7 +209,7 @@ def _af_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Work
                                                                       replace(plan, batch=b, seq_len=c), shape_))
     cap = d.max_batch
     if d.slo_tpot_ms:
-        cap = tpot_batch(table, 1.0, d.slo_tpot_ms, float(np.mean(contexts)), top)
+        cap = tpot_batch(table, 1.0, d.slo_tpot_ms, contexts[1], top)
     cache[key] = {"table": table, "plan": plan, "kv": kv, "cap": cap, "gpus": A + F, "dp": A // pp.tp}
     return cache[key]
 

@@ -62,8 +62,9 @@ class StepTable:
         return float(np.interp(load, self.load, row))
 
 
-def _step_ms(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> float:
-    s = schedule(model, hw, plan, preset, TraceOptions(tbo="proper" if plan.microbatches == 2 else "off"))
+def _step_ms(model: Model, hw: Hardware, plan: Plan, preset: Preset, launch_us: float | None = None) -> float:
+    s = schedule(model, hw, plan, preset, TraceOptions(tbo="proper" if plan.microbatches == 2 else "off",
+                                                       launch_us=launch_us))
     return s.span_us / 1e3
 
 
@@ -91,15 +92,17 @@ def prefill_table(model: Model, hw: Hardware, plan: Plan, preset: Preset, max_to
 
 
 def decode_table(model: Model, hw: Hardware, plan: Plan, preset: Preset, max_batch: float,
-                 contexts: tuple[float, float]) -> StepTable:
-    """Step time of a decode instance with `b` requests per DP group at KV length `c`."""
+                 contexts: tuple[float, float], graphs: bool = True) -> StepTable:
+    """Step time of a decode instance with `b` requests per DP group at KV length `c`. With `graphs`
+    the step replays a captured graph (CUDA / ACL graphs, as SGLang's and DeepSeek's decode do): no
+    per-kernel CPU launch cost, which otherwise bounds small batches."""
     loads = _geom(1.0, max(1.0, max_batch), GRID_POINTS)
     ctx = _geom(max(1.0, contexts[0]), max(1.0, contexts[1]), CONTEXT_POINTS)
     ms = np.empty((len(ctx), len(loads)))
     for i, c in enumerate(ctx):
         for j, b in enumerate(loads):
             p = validate(replace(plan, seq_len=max(1, int(round(c))), batch=b), model, hw)
-            ms[i, j] = _step_ms(model, hw, p, preset)
+            ms[i, j] = _step_ms(model, hw, p, preset, 0.0 if graphs else None)
     return StepTable(plan, loads, ctx, ms)
 
 
