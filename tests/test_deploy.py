@@ -81,6 +81,8 @@ def test_mtp_credits_accepted_tokens_per_step():
     r = sim(Deployment("decode", decode=PoolPlan(18, 1, 144), plan_fields={"mtp": 1, "mtp_accept": 0.8}), w)
     assert len(r.steps["start"]) == math.ceil(99 / 1.8)
     assert r.pools[0].tokens_per_step == pytest.approx(1.8)
+    assert r.steps["tokens"].sum() == pytest.approx(144 * 99)        # no token credited past a request's end
+    assert summary(r)["pools"][0]["output_tokens"] == pytest.approx(144 * 99)
 
 
 # ----------------------------------------------------------------------------- invariants
@@ -124,6 +126,7 @@ def test_tokens_are_conserved(loaded):
     assert s["load"][pre].sum() == pytest.approx(float((w.input_len - w.prefix_hit_len).sum()))
     dec = ~pre & (s["kind"] == DECODE)
     assert s["requests"][dec].sum() == pytest.approx(float((w.output_len - 1).sum()))   # 1 token per step
+    assert s["tokens"][dec].sum() == pytest.approx(float((w.output_len - 1).sum()))
 
 
 def test_poisson_arrivals_have_the_asked_rate():

@@ -75,8 +75,7 @@ def summary(r: Result, slo_ttft_ms: float | None = None, slo_tpot_ms: float | No
             row["new_tokens_per_s_per_node_steady"] = steady * (1 - w.hit_rate) / pool.nodes
         if pool.role in ("decode", "colocated") and r.mode != "prefill":
             dec = mine & (s["kind"] == DECODE)
-            made = s["requests"][dec] * pool.tokens_per_step
-            total, steady, window = _rates(s["end"][dec], made.astype(float))
+            total, steady, window = _rates(s["end"][dec], s["tokens"][dec])
             row["output_tokens"] = total
             row["output_tokens_per_s_per_node"] = total / (t1 - t0) / pool.nodes if t1 > t0 else 0.0
             row["output_tokens_per_s_per_node_steady"] = steady / pool.nodes

@@ -58,7 +58,9 @@ class Result:
     decode_start: np.ndarray
     finish: np.ndarray
     instance_pool: np.ndarray      # per global instance: its pool index
-    steps: dict[str, np.ndarray] = field(default_factory=dict)   # instance, kind, start, end, load, requests, kv, queue
+    # per step: instance, kind, start, end, load (prefill: new tokens, decode: requests), tokens (prefill:
+    # new tokens computed, decode: output tokens made), requests, kv (tokens reserved), queue
+    steps: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class _Instance:
@@ -97,7 +99,8 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
     new_tokens = (w.input_len - w.prefix_hit_len).astype(float)
     out_left = (w.output_len - 1).astype(float)               # the first token comes from prefill
     transfer = np.zeros(n) if transfer_s is None else transfer_s
-    rec: dict[str, list] = {k: [] for k in ("instance", "kind", "start", "end", "load", "requests", "kv", "queue")}
+    rec: dict[str, list] = {k: [] for k in ("instance", "kind", "start", "end", "load", "tokens", "requests", "kv",
+                                                 "queue")}
     events: list[tuple[float, int, int, int]] = []             # (time, seq, what, who)
     seq = 0
     STEP_END, WAKE, KV_READY = 0, 1, 2
@@ -155,7 +158,7 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
         inst.queued_tokens -= used
         ms = p.prefill(float(groups.max()), sum(lens) / len(lens), used / p.dp)
         inst.step = (PREFILL, done)
-        _record(inst, t, t + ms / 1e3, PREFILL, used, len(lens))
+        _record(inst, t, t + ms / 1e3, PREFILL, used, len(lens), used)
         return True
 
     def start_decode(inst: _Instance, t: float) -> bool:
@@ -178,13 +181,15 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
             return False
         ms = p.decode(math.ceil(b / p.dp), float(inst.ctx.mean()))
         inst.step = (DECODE, None)
-        _record(inst, t, t + ms / 1e3, DECODE, b, b)
+        # output tokens this step gives: the expected accepted tokens, none past a request's last
+        made = float(np.minimum(p.tokens_per_step, inst.target - inst.produced).clip(min=0).sum())
+        _record(inst, t, t + ms / 1e3, DECODE, b, b, made)
         return True
 
-    def _record(inst: _Instance, t0: float, t1: float, kind: int, load: float, requests: int) -> None:
+    def _record(inst: _Instance, t0: float, t1: float, kind: int, load: float, requests: int, made: float) -> None:
         inst.busy = True
         for k, v in (("instance", inst.i), ("kind", kind), ("start", t0), ("end", t1), ("load", load),
-                     ("requests", requests), ("kv", inst.reserved),
+                     ("tokens", made), ("requests", requests), ("kv", inst.reserved),
                      ("queue", len(inst.queue) + len(inst.pending))):
             rec[k].append(v)
         push(t1, STEP_END, inst.i)
@@ -286,7 +291,7 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
         r = int(np.argmax(stuck))
         raise UserError(f"request {r} ({w.input_len[r]} + {w.output_len[r]} tokens) never fits a decode instance's "
                         "KV cache: the plan holds fewer tokens per DP group than one request needs")
-    steps_arr = {k: np.asarray(v, float if k in ("start", "end", "load", "kv") else np.int64) for k, v in rec.items()}
+    steps_arr = {k: np.asarray(v, float if k in ("start", "end", "load", "tokens", "kv") else np.int64) for k, v in rec.items()}
     pool_of = np.array([pools.index(x.pool) for x in insts], np.int64)
     return Result(w, pools, mode, p_start, first, p_end, d_start, finish, pool_of, steps_arr)
 
