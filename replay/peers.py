@@ -69,24 +69,59 @@ def _subgroups(meta: dict[str, Any] | None) -> bool:
     return isinstance(world, int) and any(isinstance(n, int) and n < world for n in sizes)
 
 
-def match(events: pd.DataFrame, meta: dict[str, Any] | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Collective kernels numbered per (rank, step, name); groups whose count differs between
-    ranks are left out with a warning (never matched silently). Where the trace has process groups
-    smaller than the world, NCCL kernels are left out too: the trace does not say which group each
-    ran in, and matching them across all ranks would charge waits between groups that never met."""
+def kernel_table(events: pd.DataFrame) -> pd.DataFrame:
+    """The per-rank part of the peer analysis: each rank's candidate collective kernels (all-rank
+    communication kernels) with what the cross-rank part needs to judge them - the end of the CPU
+    call that launched each, and the rank's compute covered up to its start and its end. A function
+    of one rank's events, so a folder's ranks can be reduced to this table one at a time."""
     g = gpu_work(events)
     c = g[(g["klass"] == "comm") & g["cat"].isin(KERNEL_CATS) & ~g["subclass"].isin(POINT_TO_POINT)]
+    step = c["step"].to_numpy() if "step" in c else np.full(len(c), -1)
+    start = c["start_us"].to_numpy()
+    end = start + c["dur_us"].to_numpy()
+    rank = c["rank"].to_numpy()
+    corr = c["correlation"].to_numpy()
+    launches = events[events["launch"] & (events["correlation"] >= 0)]
+    launch_end = pd.Series((launches["start_us"] + launches["dur_us"]).to_numpy(),
+                           index=pd.MultiIndex.from_arrays([launches["rank"].to_numpy(),
+                                                            launches["correlation"].to_numpy()]))
+    launch_end = launch_end[~launch_end.index.duplicated()]
+    le = launch_end.reindex(pd.MultiIndex.from_arrays([rank, corr])).to_numpy() if len(c) else np.zeros(0)
+    cov_start, cov_end = np.zeros(len(c)), np.zeros(len(c))
+    comp = g[g["klass"] == "compute"]
+    for r, df in comp.groupby("rank"):
+        mine = rank == r
+        if mine.any():
+            F = coverage(*union(df["start_us"].to_numpy(), (df["start_us"] + df["dur_us"]).to_numpy()))
+            cov_start[mine], cov_end[mine] = F(start[mine]), F(end[mine])
+    return pd.DataFrame({"rank": rank, "step": step, "name": text(c["name"]), "start_us": start, "end_us": end,
+                         "correlation": corr, "nccl": c["subclass"].astype(str).str.startswith("nccl").to_numpy(),
+                         "launch_end_us": le, "cov_start": cov_start, "cov_end": cov_end})
+
+
+def first_kernels(events: pd.DataFrame) -> pd.Series:
+    """Per (step, rank): the start of the rank's first GPU work in that profiler step."""
+    g = gpu_work(events)
+    if "step" not in g:
+        return pd.Series(dtype=float)
+    return g[g["step"] >= 0].groupby(["step", "rank"])["start_us"].min()
+
+
+def match(kernels: pd.DataFrame, meta: dict[str, Any] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Collective kernels (kernel_table of every rank) numbered per (rank, step, name); groups whose
+    count differs between ranks are left out with a warning (never matched silently). Where the
+    trace has process groups smaller than the world, NCCL kernels are left out too: the trace does
+    not say which group each ran in, and matching them across all ranks would charge waits between
+    groups that never met."""
+    c = kernels
     warnings = []
     if _subgroups(meta):
-        nccl = c["subclass"].astype(str).str.startswith("nccl")
+        nccl = c["nccl"].to_numpy(dtype=bool)
         if nccl.any():
             warnings.append(f"the trace has process groups smaller than the world and does not say which one "
                             f"each NCCL kernel ran in: {int(nccl.sum())} NCCL kernels left out of the peer analysis")
             c = c[~nccl]
-    step = c["step"].to_numpy() if "step" in c else np.full(len(c), -1)
-    k = pd.DataFrame({"rank": c["rank"].to_numpy(), "step": step, "name": text(c["name"]),
-                      "start_us": c["start_us"].to_numpy(), "end_us": (c["start_us"] + c["dur_us"]).to_numpy(),
-                      "correlation": c["correlation"].to_numpy()})
+    k = c.drop(columns=["nccl"])
     k = k.sort_values(["rank", "step", "name", "start_us"], kind="stable")
     k["n"] = k.groupby(["rank", "step", "name"], sort=False).cumcount()
     ranks = sorted(k["rank"].unique())
@@ -121,19 +156,31 @@ def _clock(k: pd.DataFrame) -> tuple[dict[int, float], str]:
 def analyze(events: pd.DataFrame, meta: dict[str, Any] | None = None) -> tuple[Peers, pd.DataFrame]:
     """Peer waits and stragglers; returns them and the events on one clock."""
     ranks = sorted(events["rank"].unique())
+    peers = cross(kernel_table(events), first_kernels(events), meta, [int(r) for r in ranks])
+    if peers.offsets_us:
+        shift = events["rank"].map(peers.offsets_us).fillna(0.0).to_numpy()
+        events = events.assign(start_us=events["start_us"].to_numpy() - shift)
+    return peers, events
+
+
+def cross(kernels: pd.DataFrame, first: pd.Series, meta: dict[str, Any] | None, ranks: list[int]) -> Peers:
+    """The cross-rank part: match the ranks' collective kernels (kernel_table), align the clocks,
+    measure each rank's waits and name the stragglers. Reads only the compact per-rank tables."""
     if len(ranks) < 2:
-        return empty(), events
-    k, warnings = match(events, meta)
+        return empty()
+    k, warnings = match(kernels, meta)
     offsets, clock = _clock(k)
     if offsets:
-        shift = events["rank"].map(offsets).fillna(0.0).to_numpy()
-        events = events.assign(start_us=events["start_us"].to_numpy() - shift)
         sk = k["rank"].map(offsets).fillna(0.0).to_numpy()
-        k = k.assign(start_us=k["start_us"] - sk, end_us=k["end_us"] - sk)
+        k = k.assign(start_us=k["start_us"] - sk, end_us=k["end_us"] - sk, launch_end_us=k["launch_end_us"] - sk)
+        if len(first):
+            fr = first.index.get_level_values("rank").map(lambda r: offsets.get(int(r), 0.0)).to_numpy(dtype=float)
+            first = first - fr
     if k.empty:
         p = empty(clock)
         p.warnings = warnings
-        return p, events
+        p.offsets_us = offsets
+        return p
     grp = k.groupby(["step", "name", "n"], sort=False)
     k["last_start_us"] = grp["start_us"].transform("max")
     last_idx = grp["start_us"].idxmax()
@@ -144,35 +191,23 @@ def analyze(events: pd.DataFrame, meta: dict[str, Any] | None = None) -> tuple[P
     wait_by_rank = {int(r): float(v) for r, v in k.groupby("rank")["wait_us"].sum().items()}
     for r in ranks:
         wait_by_rank.setdefault(int(r), 0.0)
-    return Peers(k.reset_index(drop=True), wait_by_rank, _stragglers(events, k), clock, offsets, warnings), events
+    stragglers = _stragglers(first, k)
+    table = k.drop(columns=["launch_end_us", "cov_start", "cov_end"]).reset_index(drop=True)
+    return Peers(table, wait_by_rank, stragglers, clock, offsets, warnings)
 
 
-def _stragglers(events: pd.DataFrame, k: pd.DataFrame) -> list[dict[str, Any]]:
+def _stragglers(first_kernel: pd.Series, k: pd.DataFrame) -> list[dict[str, Any]]:
     caused = k.groupby(["step", "name", "n"], sort=False).agg(caused=("wait_us", "sum"), rank=("last_rank", "first"),
                                                               start=("last_start_us", "first"))
     caused = caused[caused["caused"] > 0].reset_index()
     if caused.empty:
         return []
-    g = gpu_work(events)
-    comp = g[g["klass"] == "compute"]
-    first_kernel = g[g["step"] >= 0].groupby(["step", "rank"])["start_us"].min() if "step" in g else pd.Series(dtype=float)
-    launches = events[events["launch"] & (events["correlation"] >= 0)]
-    launch_end = pd.Series((launches["start_us"] + launches["dur_us"]).to_numpy(),
-                           index=pd.MultiIndex.from_arrays([launches["rank"].to_numpy(),
-                                                            launches["correlation"].to_numpy()]))
-    launch_end = launch_end[~launch_end.index.duplicated()]
-    cov = {int(r): coverage(*union(df["start_us"].to_numpy(), (df["start_us"] + df["dur_us"]).to_numpy()))
-           for r, df in comp.groupby("rank")}
-
-    def busy(r: int, a: float, b: float) -> float:
-        """Compute time of rank r within [a, b)."""
-        if r not in cov:
-            return 0.0
-        return max(float(cov[r](np.array([b]))[0] - cov[r](np.array([a]))[0]), 0.0)
 
     # each rank's previous collective end before a given collective: the compute window
     k = k.sort_values(["rank", "start_us"])
     k["prev_end"] = k.groupby("rank")["end_us"].shift(1)
+    # compute of the rank between its previous collective's end and this one's start
+    k["busy_before"] = np.maximum(k["cov_start"] - k.groupby("rank")["cov_end"].shift(1).fillna(0.0), 0.0)
     first_in_step = k.groupby(["rank", "step"])["start_us"].transform("min") == k["start_us"]
     k["first_in_step"] = first_in_step
     idx = k.set_index(["step", "name", "n", "rank"]).sort_index()
@@ -193,12 +228,12 @@ def _stragglers(events: pd.DataFrame, k: pd.DataFrame) -> list[dict[str, Any]]:
             if mine - theirs >= STEP_LATE_SHARE * late:
                 reason = STEP_LATE
         if reason == MORE_COMPUTE:
-            le = launch_end.get((L, int(me["correlation"])), np.nan)
+            le = float(me["launch_end_us"])
             if np.isfinite(le) and row.start - le <= LAUNCH_GATED_US:
                 reason = CPU_LATE
         if reason == MORE_COMPUTE:
-            mine = busy(L, me["prev_end"] if me["prev_end"] == me["prev_end"] else -np.inf, row.start)
-            theirs = [busy(int(r), o["prev_end"], o["start_us"]) for r, o in others.iterrows() if o["prev_end"] == o["prev_end"]]
+            mine = float(me["busy_before"])
+            theirs = [float(o["busy_before"]) for _, o in others.iterrows() if o["prev_end"] == o["prev_end"]]
             if theirs and mine <= float(np.median(theirs)):
                 reason = UNSEEN
         d = per_rank.setdefault(L, {})

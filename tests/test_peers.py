@@ -223,14 +223,14 @@ def test_two_files_claiming_one_rank_are_said(tmp_path):
 
 
 def test_nccl_kernels_of_unknown_subgroups_are_not_matched():
-    from replay.peers import match
+    from replay.peers import kernel_table, match
     a = analyze(Path(__file__).resolve().parents[1] / "traces" / "observed" / "h200x2-nccl", use_cache=False,
                 progress=False)
     whole = {"distributedInfo": {"world_size": 2, "pg_config": [{"pg_size": 2}]}}
     split = {"distributedInfo": {"world_size": 2, "pg_config": [{"pg_size": 2}, {"pg_size": 1}]}}
-    k, warn = match(a.events, whole)
+    k, warn = match(kernel_table(a.events), whole)
     assert len(k) and k["name"].str.contains("nccl", case=False).all() and not warn
-    k, warn = match(a.events, split)
+    k, warn = match(kernel_table(a.events), split)
     assert k.empty and any("NCCL kernels left out" in w for w in warn)
 
 
