@@ -6,6 +6,7 @@ folder, a rank file that could not be read (left out), ranks that disagree on th
 collectives, and traces in which no communication kernel was recognised. Each is one `suspicious_input` entry in the report."""
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,64 @@ def _entry(what: str, count: int, message: str, ranks: list[int] | None = None) 
             "message": message}
 
 
+def facts(events: pd.DataFrame) -> dict[str, Any]:
+    """What check() reports, counted over one table (a rank file, or the whole folder): a function
+    of the rank(s) it holds, so a folder's facts are the merge of its files' (merge_facts)."""
+    g = gpu_work(events)
+    zero = g[g["dur_us"] <= 0]
+    overlapping, oranks = 0, set()
+    for (rank, _), df in g.groupby(["rank", "stream"], sort=False, observed=True):
+        if len(df) < 2:
+            continue
+        s = df["start_us"].to_numpy()
+        order = np.argsort(s, kind="stable")
+        s, e = s[order], (df["start_us"] + df["dur_us"]).to_numpy()[order]
+        prev_end = np.maximum.accumulate(e)[:-1]
+        k = int(np.sum(s[1:] < prev_end - OVERLAP_TOLERANCE_US))
+        if k:
+            overlapping += k
+            oranks.add(int(rank))
+    jumps, jranks = 0, set()
+    for rank, df in events.groupby("rank", sort=True):
+        s = np.sort(df["start_us"].to_numpy())
+        k = int(np.sum(np.diff(s) > CLOCK_JUMP_US))
+        if k:
+            jumps += k
+            jranks.add(int(rank))
+    sig: dict[int, str] = {}
+    for rank, df in g.groupby("rank", sort=True):
+        d = df.sort_values("start_us", kind="stable")
+        h = hashlib.blake2b(digest_size=16)
+        for part in (text(d["name"]), np.round(d["dur_us"].to_numpy(), 3),
+                     np.round(d["start_us"].to_numpy() - d["start_us"].min(), 3)):
+            h.update(repr(list(part)).encode())
+        sig[int(rank)] = h.hexdigest()
+    return {"ranks": sorted(int(r) for r in events["rank"].unique()), "comm": bool((g["klass"] == "comm").any()),
+            "zero": len(zero), "zero_example": text(zero["name"])[0] if len(zero) else None,
+            "zero_ranks": sorted(int(r) for r in zero["rank"].unique()), "overlapping": overlapping,
+            "overlapping_ranks": sorted(oranks), "jumps": jumps, "jump_ranks": sorted(jranks), "signatures": sig}
+
+
+def merge_facts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The facts of several tables (in the folder's file order) as one."""
+    ex = next((p["zero_example"] for p in parts if p["zero_example"] is not None), None)
+    return {"ranks": sorted({r for p in parts for r in p["ranks"]}), "comm": any(p["comm"] for p in parts),
+            "zero": sum(p["zero"] for p in parts), "zero_example": ex,
+            "zero_ranks": sorted({r for p in parts for r in p["zero_ranks"]}),
+            "overlapping": sum(p["overlapping"] for p in parts),
+            "overlapping_ranks": sorted({r for p in parts for r in p["overlapping_ranks"]}),
+            "jumps": sum(p["jumps"] for p in parts), "jump_ranks": sorted({r for p in parts for r in p["jump_ranks"]}),
+            "signatures": {r: v for p in parts for r, v in p["signatures"].items()}}
+
+
 def check(events: pd.DataFrame, meta: dict[str, Any], warnings: list[tuple[str, str]] = ()) -> list[dict[str, Any]]:
     """The oddities of a classified event table (and the load's own count of negative durations);
     `warnings` are (what, message) pairs found by the analyses (ranks that disagree)."""
+    return entries(facts(events), meta, warnings)
+
+
+def entries(f: dict[str, Any], meta: dict[str, Any], warnings: list[tuple[str, str]] = ()) -> list[dict[str, Any]]:
+    """check()'s entries from the facts of the table(s)."""
     out = [_entry(what, 1, msg) for what, msg in warnings]
     for bad in meta.get("skipped_files", []):
         out.append(_entry("unreadable_file", 1, f"{bad['file']}: {bad['error']}: left out, the other files analysed "
@@ -39,60 +95,36 @@ def check(events: pd.DataFrame, meta: dict[str, Any], warnings: list[tuple[str, 
                           f"{', '.join(map(str, c['claimed']))}, which an earlier file also holds: analysed as "
                           f"rank(s) {', '.join(map(str, c['now']))}", c["now"]))
     world = meta.get("world_size")
-    ranks = sorted(int(r) for r in events["rank"].unique())
+    ranks = f["ranks"]
     if isinstance(world, int) and len(ranks) > 1 and set(range(world)) - set(ranks):
         gone = sorted(set(range(world)) - set(ranks))
         out.append(_entry("missing_rank", len(gone), f"the traces say world_size {world} but rank(s) "
                           f"{', '.join(map(str, gone))} have no file: peer waits are measured among the ranks "
                           f"present, and a missing rank's lateness shows as nobody's", gone))
-    g = gpu_work(events)
-    if not (g["klass"] == "comm").any():
+    if not f["comm"]:
         out.append(_entry("no_communication", 0, "no communication kernel recognised, so 'hidden 0 %' says nothing: "
                           "if the trace has an all-to-all, name its kernels with --taxonomy FILE (see "
                           "replay/data/taxonomy.toml)"))
-    zero = g[g["dur_us"] <= 0]
-    if len(zero):
-        out.append(_entry("zero_duration", len(zero), f"{len(zero)} GPU kernels last 0 us (e.g. "
-                          f"{text(zero['name'])[0]!r}): dropped profiler records or a clock problem",
-                          sorted(int(r) for r in zero["rank"].unique())))
-    overlapping, ranks = 0, set()
-    for (rank, _), df in g.groupby(["rank", "stream"], sort=False, observed=True):
-        if len(df) < 2:
-            continue
-        s = df["start_us"].to_numpy()
-        order = np.argsort(s, kind="stable")
-        s, e = s[order], (df["start_us"] + df["dur_us"]).to_numpy()[order]
-        prev_end = np.maximum.accumulate(e)[:-1]
-        k = int(np.sum(s[1:] < prev_end - OVERLAP_TOLERANCE_US))
-        if k:
-            overlapping += k
-            ranks.add(int(rank))
-    if overlapping:
-        out.append(_entry("overlapping_kernels", overlapping, f"{overlapping} kernels start before the previous "
+    if f["zero"]:
+        out.append(_entry("zero_duration", f["zero"], f"{f['zero']} GPU kernels last 0 us (e.g. "
+                          f"{f['zero_example']!r}): dropped profiler records or a clock problem", f["zero_ranks"]))
+    if f["overlapping"]:
+        n = f["overlapping"]
+        out.append(_entry("overlapping_kernels", n, f"{n} kernels start before the previous "
                           "kernel on their stream ended: a stream runs one kernel at a time, so the timestamps "
-                          "(or the stream ids) are wrong", sorted(ranks)))
-    jumps, jranks = 0, set()
-    for rank, df in events.groupby("rank", sort=True):
-        s = np.sort(df["start_us"].to_numpy())
-        k = int(np.sum(np.diff(s) > CLOCK_JUMP_US))
-        if k:
-            jumps += k
-            jranks.add(int(rank))
-    if jumps:
-        out.append(_entry("clock_jump", jumps, f"{jumps} gaps of over {CLOCK_JUMP_US / 1e6:.0f} s with no event on "
-                          "a rank: a clock jump or traces of different runs joined; spans count the gap",
-                          sorted(jranks)))
-    if events["rank"].nunique() > 1:
-        sig: dict[int, list[int]] = {}
-        for rank, df in g.groupby("rank", sort=True):
-            d = df.sort_values("start_us", kind="stable")
-            key = hash((tuple(text(d["name"])), tuple(np.round(d["dur_us"].to_numpy(), 3)),
-                        tuple(np.round(d["start_us"].to_numpy() - d["start_us"].min(), 3))))
-            sig.setdefault(key, []).append(int(rank))
+                          "(or the stream ids) are wrong", f["overlapping_ranks"]))
+    if f["jumps"]:
+        out.append(_entry("clock_jump", f["jumps"], f"{f['jumps']} gaps of over {CLOCK_JUMP_US / 1e6:.0f} s with no "
+                          "event on a rank: a clock jump or traces of different runs joined; spans count the gap",
+                          f["jump_ranks"]))
+    if len(ranks) > 1:
+        sig: dict[str, list[int]] = {}
+        for rank in sorted(f["signatures"]):
+            sig.setdefault(f["signatures"][rank], []).append(rank)
         for same in (v for v in sig.values() if len(v) > 1):
             out.append(_entry("identical_ranks", len(same), f"ranks {', '.join(map(str, same))} hold identical GPU "
                               "timelines: the same file given twice?", same))
     return out
 
 
-__all__ = ["check"]
+__all__ = ["check", "entries", "facts", "merge_facts"]
