@@ -129,15 +129,25 @@ def narrow(events: pd.DataFrame, rank: int | None, window: tuple[float, float] |
             raise UserError(f"--rank {rank}: the trace has ranks {', '.join(map(str, known))}")
         events = events[events["rank"] == rank]
     if window is not None:
-        lo, hi = t0 + window[0], t0 + window[1]
-        end = events["start_us"] + events["dur_us"]
-        events = events[(end > lo) & (events["start_us"] < hi)].copy()
-        s = events["start_us"].clip(lower=lo)
-        events["dur_us"] = (events["start_us"] + events["dur_us"]).clip(upper=hi) - s
-        events["start_us"] = s
+        events = in_window(events, window, t0)
         if events.empty:
-            raise UserError(f"--window {window[0]:g}:{window[1]:g} us holds no events")
+            raise window_error(window)
     return events
+
+
+def in_window(events: pd.DataFrame, window: tuple[float, float], t0: float) -> pd.DataFrame:
+    """The events cut to [t0 + window[0], t0 + window[1])."""
+    lo, hi = t0 + window[0], t0 + window[1]
+    end = events["start_us"] + events["dur_us"]
+    events = events[(end > lo) & (events["start_us"] < hi)].copy()
+    s = events["start_us"].clip(lower=lo)
+    events["dur_us"] = (events["start_us"] + events["dur_us"]).clip(upper=hi) - s
+    events["start_us"] = s
+    return events
+
+
+def window_error(window: tuple[float, float]) -> UserError:
+    return UserError(f"--window {window[0]:g}:{window[1]:g} us holds no events")
 
 
 def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = None,

@@ -68,4 +68,31 @@ def load_cached(path: str | Path, use_cache: bool = True, where: Path | None = N
     return trace, False
 
 
-__all__ = ["load_cached", "cache_dir", "content_key"]
+def load_file_cached(path: str | Path, hint: int | None, use_cache: bool = True,
+                     where: Path | None = None) -> tuple[Trace, bool]:
+    """One rank file of a folder (`hint`: the rank it gets if it names none), from the cache when its
+    content was seen before with the same hint; returns (trace, hit)."""
+    from .events import load_file
+    if not use_cache:
+        return load_file(path, rank=hint, progress=False), False
+    where = where or cache_dir()
+    key = f"{content_key(path)}-r{hint if hint is not None else 'own'}"
+    ev_p, fl_p, meta_p = _paths(key, where)
+    if ev_p.exists() and fl_p.exists() and meta_p.exists():
+        try:
+            return Trace(pq.read_table(ev_p).to_pandas(), pq.read_table(fl_p).to_pandas(),
+                         json.loads(meta_p.read_text()), [str(path)]), True
+        except (OSError, ValueError, pa.ArrowException):
+            pass
+    trace = load_file(path, rank=hint, progress=False)
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        for frame, p in ((trace.events, ev_p), (trace.flows, fl_p)):
+            atomic_parquet(p, frame, compression="zstd")
+        atomic_write(meta_p, json.dumps(trace.meta, default=str))
+    except Exception:      # noqa: BLE001 - a cache that cannot be written must not fail the analysis
+        pass
+    return trace, False
+
+
+__all__ = ["load_cached", "load_file_cached", "cache_dir", "content_key"]

@@ -87,6 +87,15 @@ def warn_skipped(*analyses: Any) -> None:
                   f"(--strict makes this an error)", file=sys.stderr)
 
 
+def _folder_of_ranks(path: str) -> bool:
+    """A folder holding more than one trace file (a profiling session's ranks)."""
+    from pathlib import Path
+
+    from .events import trace_files
+    p = Path(path)
+    return p.is_dir() and len(trace_files(p)) > 1
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze, parse_window
     from .parallel import MAX_JOBS
@@ -94,9 +103,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise UserError(f"--jobs must lie in [1, {MAX_JOBS}], got {args.jobs}")
     from .report import render, write_layers
     window = parse_window(args.window) if args.window else None
-    a = analyze(args.trace, taxonomy=args.taxonomy, rank=args.rank, window=window, use_cache=not args.no_cache,
-                microbatches=args.microbatches, min_lost_us=args.min_lost_us, step_regex=args.step_regex,
-                step=args.step, strict=args.strict, jobs=args.jobs, cluster=args.cluster)
+    if _folder_of_ranks(args.trace):
+        # two stages, one rank file at a time (per --jobs process or cluster worker): memory bounded
+        # by the ranks in flight, the same JSON as the whole-table analysis (replay/folder.py)
+        from .folder import Options, analyze_folder
+        a = analyze_folder(args.trace, Options(args.taxonomy, microbatches=args.microbatches,
+                                               step_regex=args.step_regex, step=args.step,
+                                               min_lost_us=args.min_lost_us, window=window, rank=args.rank,
+                                               use_cache=not args.no_cache),
+                           strict=args.strict, jobs=args.jobs, cluster=args.cluster)
+    else:
+        a = analyze(args.trace, taxonomy=args.taxonomy, rank=args.rank, window=window, use_cache=not args.no_cache,
+                    microbatches=args.microbatches, min_lost_us=args.min_lost_us, step_regex=args.step_regex,
+                    step=args.step, strict=args.strict, jobs=args.jobs, cluster=args.cluster)
     warn_skipped(a)
     if args.csv:
         write_layers(a, args.csv, "csv")

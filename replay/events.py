@@ -478,8 +478,24 @@ def load(path: str | Path, progress: bool | None = None, strict: bool = False, j
         bar(0)
     finally:
         bar.close()
+    parts, kept, skipped = split_results(path, files, results, strict)
+    shifts, collisions = rank_shifts(kept, [set(int(r) for r in p.events["rank"].unique()) for p in parts])
+    for p, shift in zip(parts, shifts):
+        if shift:
+            p.events["rank"] = p.events["rank"] + shift
+            p.flows["rank"] = p.flows["rank"] + shift
+    events = pd.concat([p.events for p in parts], ignore_index=True)
+    for col in STRING_COLUMNS:
+        events[col] = events[col].astype("category")
+    meta = merge_meta([p.meta for p in parts], kept, skipped, collisions)
+    return Trace(events, pd.concat([p.flows for p in parts], ignore_index=True), meta, [str(f) for f in kept])
+
+
+def split_results(path: str | Path, files: list[Path], results: list[Any], strict: bool) -> tuple[list, list, list]:
+    """(the results that are tables, their files, the files that could not be read with why): one bad
+    rank file must not cost the others (unless strict); none readable is an error."""
     parts, kept, skipped = [], [], []
-    for f, res in zip(files, results):     # one bad rank file must not cost the others (unless strict)
+    for f, res in zip(files, results):
         if isinstance(res, str):
             if strict:
                 raise UserError(res)
@@ -490,35 +506,42 @@ def load(path: str | Path, progress: bool | None = None, strict: bool = False, j
     if not parts:
         raise UserError(f"{path}: none of its {len(files)} trace files could be read (first: {files[0].name}: "
                         f"{skipped[0]['error']})")
-    files = kept
+    return parts, kept, skipped
+
+
+def rank_shifts(files: list[Path], ranks: list[set[int]]) -> tuple[list[int], list[dict[str, Any]]]:
+    """Per file, what to add to its ranks so that no two files share one (the later file moves up),
+    and a note of each move."""
     taken: set[int] = set()
-    collisions = []
-    for f, p in zip(files, parts):         # two files that claim the same rank would merge into one
-        mine = set(int(r) for r in p.events["rank"].unique())
+    shifts, collisions = [], []
+    for f, mine in zip(files, ranks):
+        shift = 0
         if mine & taken:
             shift = max(taken) + 1 - min(mine)
-            p.events["rank"] = p.events["rank"] + shift
-            p.flows["rank"] = p.flows["rank"] + shift
             collisions.append({"file": f.name, "claimed": sorted(mine), "now": sorted(r + shift for r in mine)})
             mine = {r + shift for r in mine}
         taken |= mine
-    events = pd.concat([p.events for p in parts], ignore_index=True)
-    for col in STRING_COLUMNS:
-        events[col] = events[col].astype("category")
-    meta = dict(parts[0].meta)
+        shifts.append(shift)
+    return shifts, collisions
+
+
+def merge_meta(metas: list[dict[str, Any]], files: list[Path], skipped: list, collisions: list) -> dict[str, Any]:
+    """A folder's meta: the first file's, with the files, the ones left out, the rank moves, the
+    largest world size any file states and the negative durations of all."""
+    meta = dict(metas[0])
     meta["files"] = [str(f) for f in files]
     if skipped:
         meta["skipped_files"] = skipped
     if collisions:
         meta["rank_collisions"] = collisions
-    worlds = {int(w) for p in parts if isinstance(w := (p.meta.get("distributedInfo") or {}).get("world_size"), int)}
+    worlds = {int(w) for m in metas if isinstance(w := (m.get("distributedInfo") or {}).get("world_size"), int)}
     if worlds:
         meta["world_size"] = max(worlds)
-    negative = [p.meta["negative_durations"] for p in parts if "negative_durations" in p.meta]
+    negative = [m["negative_durations"] for m in metas if "negative_durations" in m]
     meta.pop("negative_durations", None)
     if negative:
         meta["negative_durations"] = {"count": sum(x["count"] for x in negative), "example": negative[0]["example"]}
-    return Trace(events, pd.concat([p.flows for p in parts], ignore_index=True), meta, [str(f) for f in files])
+    return meta
 
 
-__all__ = ["Trace", "load", "load_file", "text", "generated_meta", "EXTRA_ARGS", "STRING_COLUMNS"]
+__all__ = ["Trace", "load", "load_file", "split_results", "rank_shifts", "merge_meta", "text", "generated_meta", "EXTRA_ARGS", "STRING_COLUMNS"]

@@ -34,12 +34,28 @@ def run(files: list[Path], ranks: list[int | None], jobs: int = 1, cluster: str 
         done: Callable[[int], None] | None = None) -> list[Any]:
     """parse_one for every file, in the files' order; `done(i)` after file i finishes (progress)."""
     if cluster:
-        return _dask(files, ranks, cluster, done)
+        files = [f.resolve() for f in files]
+    return map_calls(parse_one, [(str(f), r) for f, r in zip(files, ranks)], jobs, cluster, done)
+
+
+def map_calls(fn: Callable[..., Any], calls: list[tuple], jobs: int = 1, cluster: str | None = None,
+              done: Callable[[int], None] | None = None) -> list[Any]:
+    """fn(*args) for every args of `calls`, in their order: in this process (jobs 1), on `jobs`
+    processes, or on a Dask cluster; `done(i)` after call i finishes. `fn` must be importable by
+    name (a module-level function) for the processes and the cluster's workers."""
+    if cluster:
+        return _dask(fn, calls, cluster, done)
     if not 1 <= jobs <= MAX_JOBS:
         raise UserError(f"--jobs must lie in [1, {MAX_JOBS}], got {jobs}")
-    results: list[Any] = [None] * len(files)
-    with ProcessPoolExecutor(max_workers=min(jobs, len(files))) as pool:
-        futures = {pool.submit(parse_one, str(f), r): i for i, (f, r) in enumerate(zip(files, ranks))}
+    results: list[Any] = [None] * len(calls)
+    if jobs == 1:
+        for i, args in enumerate(calls):
+            results[i] = fn(*args)
+            if done:
+                done(i)
+        return results
+    with ProcessPoolExecutor(max_workers=min(jobs, len(calls))) as pool:
+        futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
         for fut in as_completed(futures):
             i = futures[fut]
             results[i] = fut.result()
@@ -58,7 +74,7 @@ def cluster_address(value: str) -> str:
     return value
 
 
-def _dask(files: list[Path], ranks: list[int | None], address: str, done: Callable[[int], None] | None) -> list[Any]:
+def _dask(fn: Callable[..., Any], calls: list[tuple], address: str, done: Callable[[int], None] | None) -> list[Any]:
     try:
         from distributed import Client, as_completed as dask_completed
     except ImportError:
@@ -69,9 +85,9 @@ def _dask(files: list[Path], ranks: list[int | None], address: str, done: Callab
     except (OSError, TimeoutError, ValueError) as exc:
         raise UserError(f"--cluster {address}: cannot reach the Dask scheduler ({exc})") from None
     try:
-        futures = [client.submit(parse_one, str(f.resolve()), r, pure=False) for f, r in zip(files, ranks)]
+        futures = [client.submit(fn, *args, pure=False) for args in calls]
         index = {f.key: i for i, f in enumerate(futures)}
-        results: list[Any] = [None] * len(files)
+        results: list[Any] = [None] * len(calls)
         for fut in dask_completed(futures):
             i = index[fut.key]
             results[i] = fut.result()
@@ -82,4 +98,4 @@ def _dask(files: list[Path], ranks: list[int | None], address: str, done: Callab
         client.close()
 
 
-__all__ = ["run", "parse_one", "cluster_address", "MAX_JOBS"]
+__all__ = ["run", "map_calls", "parse_one", "cluster_address", "MAX_JOBS"]

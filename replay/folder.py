@@ -1,0 +1,214 @@
+"""A folder of rank files analysed in two stages, so memory is bounded by the ranks in flight, not
+by the folder. Stage one, per rank file: load, classify, recover the structure and the steps,
+reduce the file to the compact tables the cross-rank analysis needs (peers.kernel_table: its
+collective kernels with their launch ends and compute coverage; its first kernel per step; its
+step spans), and park the classified table as Parquet. Between the stages, on the compact tables
+only: rank moves for files that claim one rank, the peer matching, clock offsets, waits and
+stragglers (peers.cross), the time origin. Stage two, per rank file again: read the parked
+table, put it on the common clock, and compute the rank's metrics, layers, steps, findings (with
+its own rows of the peer table) and input checks. The results are assembled into the same
+Analysis `analyze()` builds from the whole table, without its event table: `replay analyze DIR`
+prints the same JSON. Both stages run here, on `--jobs N` processes, or on a Dask cluster
+(parallel.py); parked tables go to a temporary folder under the cache folder (on a cluster it
+must be a path every worker can read: MOE_TIMELINE_CACHE on a shared filesystem)."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from tracegen.base import contract
+from tracegen.base.errors import UserError
+
+from . import parallel
+from . import peers as peer_analysis
+from . import steps as step_analysis
+from . import suspicious
+from .cache import cache_dir, load_file_cached
+from .events import Progress, Trace, merge_meta, rank_from_name, rank_shifts, split_results, trace_files
+from .findings import find
+from .overlap import layer_metrics, rank_metrics, step_metrics, stream_layout
+from .peers import Peers
+from .structure import DEFAULT_ANNOTATION, recover
+from .taxonomy import classify, load_taxonomy
+
+
+@dataclass(frozen=True)
+class Options:
+    taxonomy: str | None = None
+    annotation_regex: str = DEFAULT_ANNOTATION
+    microbatches: int | None = None
+    step_regex: str = step_analysis.DEFAULT_STEP
+    step: int | None = None
+    min_lost_us: float = 1.0
+    window: tuple[float, float] | None = None
+    rank: int | None = None
+    use_cache: bool = True
+
+
+def stage_one(path: str, hint: int | None, opts: Options, park: str, index: int) -> dict[str, Any] | str:
+    """One rank file reduced to what the cross-rank stage needs, its table parked as Parquet; or
+    the one-line reason it could not be read."""
+    try:
+        trace, cached = load_file_cached(path, hint, opts.use_cache)
+    except UserError as exc:
+        return str(exc)
+    events = classify(trace.events, load_taxonomy(opts.taxonomy))
+    events, how = recover(events, opts.annotation_regex, opts.microbatches)
+    has_gpu = bool((events["device"] == "gpu").any())
+    events, spans = step_analysis.assign(events, opts.step_regex)
+    ranks = sorted(int(r) for r in events["rank"].unique())
+    if opts.step is not None:
+        events = events[events["step"] == opts.step]
+    out = Path(park)
+    ev_p, fl_p = out / f"{index}.events.parquet", out / f"{index}.flows.parquet"
+    pq.write_table(_arrow(events), ev_p)
+    pq.write_table(_arrow(trace.flows), fl_p)
+    return {"ranks": ranks, "ranks_in_step": sorted(int(r) for r in events["rank"].unique()), "how": how,
+            "has_gpu": has_gpu, "spans": spans, "kernels": peer_analysis.kernel_table(events),
+            "first": peer_analysis.first_kernels(events),
+            "start_min": {int(r): float(v) for r, v in events.groupby("rank")["start_us"].min().items()},
+            "meta": trace.meta, "cached": cached, "events": str(ev_p), "flows": str(fl_p)}
+
+
+def _arrow(frame: pd.DataFrame):
+    import pyarrow as pa
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def stage_two(events_path: str, flows_path: str, shift: int, offsets: dict[int, float], peer_rows: pd.DataFrame,
+              clock: str, opts: Options, t0: float) -> dict[str, Any]:
+    """One rank file's share of the analysis, on the common clock."""
+    from .analyze import in_window
+    events = pq.read_table(events_path).to_pandas()
+    flows = pq.read_table(flows_path).to_pandas()
+    if shift:
+        events["rank"] = events["rank"] + shift
+        flows["rank"] = flows["rank"] + shift
+    if offsets:
+        events = events.assign(start_us=events["start_us"].to_numpy()
+                               - events["rank"].map(offsets).fillna(0.0).to_numpy())
+    if opts.rank is not None:
+        events = events[events["rank"] == opts.rank]
+    if opts.window is not None:
+        events = in_window(events, opts.window, t0)
+    peers = Peers(peer_rows, {}, [], clock)
+    findings, totals = find(events, flows, opts.min_lost_us, peers, opts.step_regex)
+    steps = step_metrics(events)
+    if not steps.empty:
+        pw = peer_rows.groupby(["rank", "step"])["wait_us"].sum() if len(peer_rows) else pd.Series(dtype=float)
+        steps["peer_wait_us"] = [float(pw.get((r, s), 0.0)) for r, s in zip(steps["rank"], steps["step"])]
+    return {"empty": events.empty, "ranks": rank_metrics(events), "layers": layer_metrics(events),
+            "findings": findings, "totals": totals, "steps": steps, "streams": stream_layout(events),
+            "facts": suspicious.facts(events)}
+
+
+def analyze_folder(path: str | Path, opts: Options, strict: bool = False, jobs: int = 1, cluster: str | None = None,
+                   progress: bool | None = None):
+    """The Analysis of a folder of rank files, as analyze() gives it, without the event table."""
+    from .analyze import Analysis, window_error
+    files = trace_files(Path(path))
+    hints = [i if rank_from_name(f) is None else None for i, f in enumerate(files)]
+    sizes = [f.stat().st_size for f in files]
+    root = cache_dir() if cluster else Path(tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    park = Path(tempfile.mkdtemp(prefix="moe-timeline-ranks-", dir=root))
+    try:
+        bar = Progress(sum(sizes), f"0/{len(files)} ranks", progress)
+        finished = [0]
+
+        def done(i: int) -> None:
+            finished[0] += 1
+            bar.label = f"{finished[0]}/{len(files)} ranks"
+            bar(sizes[i])
+        try:
+            first = parallel.map_calls(stage_one, [(str(f.resolve()) if cluster else str(f), hints[i], opts, str(park), i)
+                                                   for i, f in enumerate(files)], jobs, cluster, done)
+        finally:
+            bar.close()
+        parts, kept, skipped = split_results(path, files, first, strict)
+        shifts, collisions = rank_shifts(kept, [set(p["ranks"]) for p in parts])
+        meta = merge_meta([p["meta"] for p in parts], kept, skipped, collisions)
+        for p, s in zip(parts, shifts):
+            if s:
+                _move(p, s)
+        if not any(p["has_gpu"] for p in parts):
+            raise UserError(f"{path}: no GPU events (kernels, memcpy) in the trace; was it captured with "
+                            "ProfilerActivity.CUDA?")
+        spans = pd.concat([p["spans"] for p in parts], ignore_index=True)
+        all_ranks = sorted({r for p in parts for r in p["ranks"]})
+        if opts.step is not None:
+            have = sorted(int(x) for x in spans["step"].unique()) if len(spans) else []
+            if opts.step not in have:
+                raise UserError(f"--step {opts.step}: " + (f"the trace has steps {', '.join(map(str, have))}" if have
+                                                           else "the trace has no profiler steps"))
+        in_step = sorted({r for p in parts for r in p["ranks_in_step"]})
+        if contract.is_generated(meta.get("otherData")):
+            peers = peer_analysis.empty("tracegen's clock")
+        else:
+            kernels = pd.concat([p["kernels"] for p in parts], ignore_index=True)
+            firsts = pd.concat([p["first"] for p in parts]) if any(len(p["first"]) for p in parts) \
+                else pd.Series(dtype=float)
+            peers = peer_analysis.cross(kernels, firsts, meta, in_step)
+        warnings = [("ranks_disagree", w)
+                    for w in step_analysis.disagreements(spans, all_ranks) + peers.warnings]
+        off = peers.offsets_us
+        t0 = min(v - off.get(r, 0.0) for p in parts for r, v in p["start_min"].items())
+        if opts.rank is not None and opts.rank not in in_step:
+            raise UserError(f"--rank {opts.rank}: the trace has ranks {', '.join(map(str, in_step))}")
+        calls = []
+        for p, s in zip(parts, shifts):
+            mine = set(p["ranks_in_step"])
+            if opts.rank is not None and opts.rank not in mine:
+                continue
+            rows = peers.table[peers.table["rank"].isin(mine)] if len(peers.table) else peers.table
+            calls.append((p["events"], p["flows"], s, {r: o for r, o in off.items() if r in mine}, rows, peers.clock,
+                          opts, t0))
+        second = parallel.map_calls(stage_two, calls, jobs, cluster)
+    finally:
+        shutil.rmtree(park, ignore_errors=True)
+    if opts.window is not None and all(x["empty"] for x in second):
+        raise window_error(opts.window)
+    by_rank = lambda frames: _by_rank(list(frames))    # noqa: E731
+    ranks = sorted((r for x in second for r in x["ranks"]), key=lambda r: r["rank"])
+    totals = {r: t for x in second for r, t in x["totals"].items()}
+    totals = {r: totals[r] for r in sorted(totals)}
+    facts = suspicious.merge_facts([x["facts"] for x in second])
+    hows = [p["how"] for p in parts]
+    trace = Trace(pd.DataFrame(), pd.DataFrame(), meta, [str(f) for f in kept])
+    return Analysis(trace, pd.DataFrame(), hows[0], ranks, by_rank(x["layers"] for x in second),
+                    by_rank(x["streams"] for x in second), by_rank(x["findings"] for x in second), totals,
+                    opts.window, all(p["cached"] for p in parts), t0, suspicious.entries(facts, meta, warnings),
+                    peers, by_rank(x["steps"] for x in second), opts.step_regex)
+
+
+def _by_rank(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per-file tables as the whole folder's: in rank order (each file's own order kept)."""
+    full = [f for f in frames if len(f)]
+    if not full:
+        return frames[0] if frames else pd.DataFrame()      # empty, with the columns its function gives
+    out = pd.concat(full, ignore_index=True)
+    return out.sort_values("rank", kind="stable").reset_index(drop=True) if "rank" in out else out
+
+
+def _move(p: dict[str, Any], shift: int) -> None:
+    """A file's compact tables with its ranks moved up by `shift` (it claimed a rank already taken)."""
+    p["ranks"] = [r + shift for r in p["ranks"]]
+    p["ranks_in_step"] = [r + shift for r in p["ranks_in_step"]]
+    p["start_min"] = {r + shift: v for r, v in p["start_min"].items()}
+    if len(p["spans"]):
+        p["spans"] = p["spans"].assign(rank=p["spans"]["rank"] + shift)
+    if len(p["kernels"]):
+        p["kernels"] = p["kernels"].assign(rank=p["kernels"]["rank"] + shift)
+    if len(p["first"]):
+        f = p["first"]
+        p["first"] = pd.Series(f.to_numpy(), index=pd.MultiIndex.from_arrays(
+            [f.index.get_level_values("step"), f.index.get_level_values("rank") + shift], names=["step", "rank"]))
+
+
+__all__ = ["analyze_folder", "stage_one", "stage_two", "Options"]
