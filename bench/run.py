@@ -2,6 +2,9 @@
 are shared and noisy), plus replay's agreement with Holistic Trace Analysis on a real NCCL trace.
 
   tracegen   a full 61-layer, 2-micro-batch DeepSeek-V3 decode trace for 8 ranks
+  big        64 rank files of 100 MB (6.4 GB; BENCH_BIG_RANKS, BENCH_BIG_MB) through the two-stage
+             folder analysis with --jobs 2, against the ideal and the whole-table analysis; HTA on
+             8 of them (`python -m bench.run --big-only` runs this part alone)
   deploy     tracegen deploy with 100,000 requests, PD and colocated, against 100 requests (the
              step tables' fixed cost); `python -m bench.run --deploy-only` runs this part alone
   replay     load + analyze of train.json and of synthetic traces made by repeating it (to ~1 GB),
@@ -76,7 +79,8 @@ def rank_folders(results: dict, rows: list) -> None:
                            capture_output=True)
     results["rank_folders"] = []
     for ranks, folder in ((4, DEEPEP), (64, replicated(64))):
-        code = f"from replay.analyze import analyze; a = analyze({str(folder)!r}, use_cache=False, progress=False)"
+        code = (f"from replay.folder import Options, analyze_folder; a = analyze_folder({str(folder)!r}, "
+                "Options(use_cache=False), progress=False)")
         now = timed(code, repeat=3)
         entry = {"ranks": ranks, "now": now}
         note = f"peak {now.get('peak_mb', 0):.0f} MB"
@@ -107,8 +111,8 @@ def folder_scaling(results: dict, rows: list) -> None:
         folder = replicated(ranks, JITTER_US)
         entry = {"ranks": ranks}
         for jobs in (1, 2):
-            entry[f"jobs{jobs}"] = timed(f"from replay.analyze import analyze; analyze({str(folder)!r}, use_cache=False, "
-                                         f"progress=False, jobs={jobs})")
+            entry[f"jobs{jobs}"] = timed(f"from replay.folder import Options, analyze_folder; analyze_folder("
+                                         f"{str(folder)!r}, Options(use_cache=False), progress=False, jobs={jobs})")
         ideal = one.get("wall_s", float("nan")) * ranks / cores
         entry["ideal_s"] = ideal
         results["folder_scaling"]["folders"].append(entry)
@@ -130,10 +134,12 @@ def folder_scaling(results: dict, rows: list) -> None:
     cluster = timed("import time, json\nfrom distributed import LocalCluster\nfrom replay.analyze import analyze\n"
                     "with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as lc:\n"
                     "    t = time.perf_counter()\n"
-                    f"    analyze({str(folder16)!r}, use_cache=False, progress=False, cluster=lc.scheduler_address)\n"
+                    "    from replay.folder import Options, analyze_folder\n"
+                    f"    analyze_folder({str(folder16)!r}, Options(use_cache=False), progress=False, "
+                    "cluster=lc.scheduler_address)\n"
                     "    c = time.perf_counter() - t\n"
                     "    t = time.perf_counter()\n"
-                    f"    analyze({str(folder16)!r}, use_cache=False, progress=False)\n"
+                    f"    analyze_folder({str(folder16)!r}, Options(use_cache=False), progress=False)\n"
                     "    print(json.dumps({'cluster_s': c, 'local_s': time.perf_counter() - t}))")
     results["folder_scaling"]["cluster16"] = cluster
     if "cluster_s" in cluster:
@@ -161,13 +167,101 @@ _PEAK = ("\nimport resource as _r, json as _j\n"
          " _r.getrusage(_r.RUSAGE_CHILDREN).ru_maxrss) / 1024}))")
 
 
-def timed(code: str, repeat: int = 1) -> dict:
+def big_folder(ranks: int, mb: float) -> Path:
+    """`ranks` rank files of about `mb` MB each: the 4 real DeepEP ranks' events repeated (a profiler
+    step per copy, times and correlation ids moved on), each file claiming its own rank."""
+    copies = max(1, round(mb * 1e6 / 4.5e6))
+    d = OUT / f"big-{ranks}x{int(mb)}"
+    if d.exists() and len(list(d.glob("rank*.json"))) == ranks:
+        return d
+    d.mkdir(parents=True, exist_ok=True)
+    import gzip
+    bodies = []
+    for r in range(4):
+        src = json.loads(gzip.open(DEEPEP / f"rank{r}.json.gz", "rt").read())
+        ev = src["traceEvents"]
+        xs = [e["ts"] for e in ev if isinstance(e.get("ts"), (int, float))]
+        span = max(xs) - min(xs) + 1000.0
+        steps = sum(1 for e in ev if str(e.get("name", "")).startswith("ProfilerStep#"))
+        parts = []
+        for k in range(copies):
+            for e in ev:
+                e2 = dict(e)
+                if isinstance(e2.get("ts"), (int, float)):
+                    e2["ts"] = e2["ts"] + k * span
+                if isinstance(e2.get("id"), int):
+                    e2["id"] = e2["id"] + k * 10_000_000
+                if isinstance(e2.get("args"), dict) and isinstance(e2["args"].get("correlation"), int):
+                    e2["args"] = {**e2["args"], "correlation": e2["args"]["correlation"] + k * 10_000_000}
+                name = str(e2.get("name", ""))
+                if name.startswith("ProfilerStep#"):
+                    e2["name"] = f"ProfilerStep#{k * steps + int(name.split('#')[1])}"
+                parts.append(json.dumps(e2))
+        bodies.append((src, ",\n".join(parts).encode()))
+    for r in range(ranks):
+        src, body = bodies[r % 4]
+        head = {k: v for k, v in src.items() if k != "traceEvents"}
+        head["distributedInfo"] = {**head.get("distributedInfo", {}), "rank": r, "world_size": ranks}
+        with open(d / f"rank{r}.json", "wb") as f:
+            f.write(json.dumps(head)[:-1].encode() + b', "traceEvents": [\n' + body + b"\n]}\n")
+    return d
+
+
+def big_folders(results: dict, rows: list) -> None:
+    """Issue 12's bounded memory: BENCH_BIG_RANKS (64) rank files of BENCH_BIG_MB (100) MB, analysed
+    as `replay analyze DIR --jobs 2` does (two stages), against one rank file's time x ranks / cores
+    and against the whole-table analysis (analyze(), every rank in one table) in the same run;
+    HTA on the first BENCH_HTA_RANKS (8) of them."""
+    if not DEEPEP.exists():
+        return
+    ranks, mb = int(os.environ.get("BENCH_BIG_RANKS", 64)), float(os.environ.get("BENCH_BIG_MB", 100))
+    folder = big_folder(ranks, mb)
+    size = sum(f.stat().st_size for f in folder.glob("rank*.json")) / 1e6
+    cores = os.cpu_count() or 1
+    one = timed(f"from replay.analyze import analyze; analyze({str(folder / 'rank0.json')!r}, use_cache=False, "
+                "progress=False)")
+    staged = timed(f"from replay.folder import Options, analyze_folder; analyze_folder({str(folder)!r}, "
+                   "Options(use_cache=False), progress=False, jobs=2)")
+    whole = timed(f"from replay.analyze import analyze; analyze({str(folder)!r}, use_cache=False, progress=False, "
+                  "jobs=2)")
+    ideal = one.get("wall_s", float("nan")) * ranks / cores
+    results["big_folder"] = {"ranks": ranks, "mb": size, "one": one, "staged": staged, "whole": whole, "ideal_s": ideal}
+    rows.append((f"replay analyze: {ranks} ranks x {size / ranks:.0f} MB ({size / 1e3:.1f} GB), --jobs 2",
+                 staged.get("wall_s"),
+                 f"peak {staged.get('peak_mb', 0):.0f} MB in the largest process; ideal {ideal:.1f} s "
+                 f"(x{staged.get('wall_s', float('nan')) / ideal:.2f}); whole-table analysis "
+                 f"{whole.get('wall_s', float('nan')):.1f} s, {whole.get('peak_mb', 0):.0f} MB"))
+    n = min(ranks, int(os.environ.get("BENCH_HTA_RANKS", 8)))
+    sub = OUT / f"big-{n}-of-{ranks}x{int(mb)}"
+    sub.mkdir(exist_ok=True)
+    for r in range(n):
+        link = sub / f"rank{r}.json"
+        if not link.exists():
+            link.symlink_to(folder / f"rank{r}.json")
+    ours = timed(f"from replay.folder import Options, analyze_folder; analyze_folder({str(sub)!r}, "
+                 "Options(use_cache=False), progress=False, jobs=2)")
+    results["big_folder"]["ours_sub"] = ours
+    if hta_available():
+        hta = timed("from hta.trace_analysis import TraceAnalysis; "
+                    f"ta = TraceAnalysis(trace_dir={str(sub)!r}); ta.get_comm_comp_overlap(visualize=False)",
+                    timeout=3600)
+        results["big_folder"]["hta_sub"] = hta
+        rows.append((f"HTA TraceAnalysis: {n} ranks x {size / ranks:.0f} MB", hta.get("wall_s"),
+                     f"peak {hta.get('peak_mb', 0):.0f} MB; ours (--jobs 2) {ours.get('wall_s', float('nan')):.1f} s, "
+                     f"{ours.get('peak_mb', 0):.0f} MB: {hta.get('wall_s', float('nan')) / ours.get('wall_s', 1):.1f}x"
+                     if "wall_s" in hta else f"failed: {hta.get('error', '')[-80:]}"))
+
+
+def timed(code: str, repeat: int = 1, timeout: float | None = None) -> dict:
     """Run `code` in a fresh interpreter; wall seconds (median), and the peak RSS of the process
     or of any worker it started (MB), as the process itself reads it at exit."""
     walls, res = [], {}
     for _ in range(repeat):
         t0 = time.perf_counter()
-        r = subprocess.run([PY, "-c", code + _PEAK], cwd=ROOT, capture_output=True, text=True)
+        try:
+            r = subprocess.run([PY, "-c", code + _PEAK], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout:g} s"}
         walls.append(time.perf_counter() - t0)
         if r.returncode != 0:
             return {"error": (r.stderr or r.stdout)[-400:]}
@@ -235,11 +329,17 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
     rows = []
-    if "--deploy-only" not in sys.argv:
+    if "--deploy-only" not in sys.argv and "--big-only" not in sys.argv:
         rank_folders(results, rows)
         folder_scaling(results, rows)
+        big_folders(results, rows)
     if "--deploy-only" in sys.argv:
         deploy_speed(results, rows)
+        _print(rows)
+        return 0
+    if "--big-only" in sys.argv:
+        big_folders(results, rows)
+        (OUT / "results-big.json").write_text(json.dumps(results, indent=1, default=str))
         _print(rows)
         return 0
     if "--ranks-only" in sys.argv:
