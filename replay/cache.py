@@ -44,28 +44,11 @@ def load_cached(path: str | Path, use_cache: bool = True, where: Path | None = N
                 progress: bool | None = None, jobs: int = 1, cluster: str | None = None) -> tuple[Trace, bool]:
     """The trace, from the cache when its content was seen before; returns (trace, hit). `jobs` /
     `cluster`: where a folder's rank files are parsed on a miss (replay/parallel.py)."""
+    def build() -> Trace:
+        return load(path, progress=progress, jobs=jobs, cluster=cluster)
     if not use_cache:
-        return load(path, progress=progress, jobs=jobs, cluster=cluster), False
-    where = where or cache_dir()
-    key = content_key(path)
-    ev_p, fl_p, meta_p = _paths(key, where)
-    if ev_p.exists() and fl_p.exists() and meta_p.exists():
-        try:
-            events = pq.read_table(ev_p).to_pandas()
-            flows = pq.read_table(fl_p).to_pandas()
-            meta = json.loads(meta_p.read_text())
-            return Trace(events, flows, meta, [str(f) for f in trace_files(Path(path))]), True
-        except (OSError, ValueError, pa.ArrowException):
-            pass     # a damaged cache entry is simply rebuilt
-    trace = load(path, progress=progress, jobs=jobs, cluster=cluster)
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-        for frame, p in ((trace.events, ev_p), (trace.flows, fl_p)):
-            atomic_parquet(p, frame, compression="zstd")
-        atomic_write(meta_p, json.dumps(trace.meta, default=str))
-    except Exception:      # noqa: BLE001 - a cache that cannot be written must not fail the analysis
-        pass
-    return trace, False
+        return build(), False
+    return _through_cache(content_key(path), where or cache_dir(), [str(f) for f in trace_files(Path(path))], build)
 
 
 def load_file_cached(path: str | Path, hint: int | None, use_cache: bool = True,
@@ -73,18 +56,26 @@ def load_file_cached(path: str | Path, hint: int | None, use_cache: bool = True,
     """One rank file of a folder (`hint`: the rank it gets if it names none), from the cache when its
     content was seen before with the same hint; returns (trace, hit)."""
     from .events import load_file
+
+    def build() -> Trace:
+        return load_file(path, rank=hint, progress=False)
     if not use_cache:
-        return load_file(path, rank=hint, progress=False), False
-    where = where or cache_dir()
+        return build(), False
     key = f"{content_key(path)}-r{hint if hint is not None else 'own'}"
+    return _through_cache(key, where or cache_dir(), [str(path)], build)
+
+
+def _through_cache(key: str, where: Path, sources: list[str], build) -> tuple[Trace, bool]:
+    """The cached Trace under `key`, or build() written there (a cache that cannot be read is rebuilt;
+    one that cannot be written does not fail the analysis)."""
     ev_p, fl_p, meta_p = _paths(key, where)
     if ev_p.exists() and fl_p.exists() and meta_p.exists():
         try:
             return Trace(pq.read_table(ev_p).to_pandas(), pq.read_table(fl_p).to_pandas(),
-                         json.loads(meta_p.read_text()), [str(path)]), True
+                         json.loads(meta_p.read_text()), sources), True
         except (OSError, ValueError, pa.ArrowException):
-            pass
-    trace = load_file(path, rank=hint, progress=False)
+            pass     # a damaged cache entry is simply rebuilt
+    trace = build()
     try:
         where.mkdir(parents=True, exist_ok=True)
         for frame, p in ((trace.events, ev_p), (trace.flows, fl_p)):

@@ -25,10 +25,9 @@ import pyarrow.parquet as pq
 from tracegen.base import contract
 from tracegen.base.errors import UserError
 
-from . import parallel
+from . import parallel, suspicious
 from . import peers as peer_analysis
 from . import steps as step_analysis
-from . import suspicious
 from .cache import cache_dir, load_file_cached
 from .events import Progress, Trace, merge_meta, rank_from_name, rank_shifts, split_results, trace_files
 from .findings import find
@@ -119,72 +118,78 @@ def analyze_folder(path: str | Path, opts: Options, strict: bool = False, jobs: 
     root.mkdir(parents=True, exist_ok=True)
     park = Path(tempfile.mkdtemp(prefix="moe-timeline-ranks-", dir=root))
     try:
-        bar = Progress(sum(sizes), f"0/{len(files)} ranks", progress)
-        finished = [0]
+        with parallel.Runner(jobs, cluster, len(files)) as runner:
+            bar = Progress(sum(sizes), f"0/{len(files)} ranks", progress)
+            finished = [0]
 
-        def done(i: int) -> None:
-            finished[0] += 1
-            bar.label = f"{finished[0]}/{len(files)} ranks"
-            bar(sizes[i])
-        try:
-            first = parallel.map_calls(stage_one, [(str(f.resolve()) if cluster else str(f), hints[i], opts, str(park), i)
-                                                   for i, f in enumerate(files)], jobs, cluster, done)
-        finally:
-            bar.close()
-        parts, kept, skipped = split_results(path, files, first, strict)
-        shifts, collisions = rank_shifts(kept, [set(p["ranks"]) for p in parts])
-        meta = merge_meta([p["meta"] for p in parts], kept, skipped, collisions)
-        for p, s in zip(parts, shifts):
-            if s:
-                _move(p, s)
-        if not any(p["has_gpu"] for p in parts):
-            raise UserError(f"{path}: no GPU events (kernels, memcpy) in the trace; was it captured with "
-                            "ProfilerActivity.CUDA?")
-        spans = pd.concat([p["spans"] for p in parts], ignore_index=True)
-        all_ranks = sorted({r for p in parts for r in p["ranks"]})
-        if opts.step is not None:
-            have = sorted(int(x) for x in spans["step"].unique()) if len(spans) else []
-            if opts.step not in have:
-                raise UserError(f"--step {opts.step}: " + (f"the trace has steps {', '.join(map(str, have))}" if have
-                                                           else "the trace has no profiler steps"))
-        in_step = sorted({r for p in parts for r in p["ranks_in_step"]})
-        if contract.is_generated(meta.get("otherData")):
-            peers = peer_analysis.empty("tracegen's clock")
-        else:
-            kernels = pd.concat([p["kernels"] for p in parts], ignore_index=True)
-            firsts = pd.concat([p["first"] for p in parts]) if any(len(p["first"]) for p in parts) \
-                else pd.Series(dtype=float)
-            peers = peer_analysis.cross(kernels, firsts, meta, in_step)
-        warnings = [("ranks_disagree", w)
-                    for w in step_analysis.disagreements(spans, all_ranks) + peers.warnings]
-        off = peers.offsets_us
-        t0 = min(v - off.get(r, 0.0) for p in parts for r, v in p["start_min"].items())
-        if opts.rank is not None and opts.rank not in in_step:
-            raise UserError(f"--rank {opts.rank}: the trace has ranks {', '.join(map(str, in_step))}")
-        calls = []
-        for p, s in zip(parts, shifts):
-            mine = set(p["ranks_in_step"])
-            if opts.rank is not None and opts.rank not in mine:
-                continue
-            rows = peers.table[peers.table["rank"].isin(mine)] if len(peers.table) else peers.table
-            calls.append((p["events"], p["flows"], s, {r: o for r, o in off.items() if r in mine}, rows, peers.clock,
-                          opts, t0))
-        second = parallel.map_calls(stage_two, calls, jobs, cluster)
+            def done(i: int) -> None:
+                finished[0] += 1
+                bar.label = f"{finished[0]}/{len(files)} ranks"
+                bar(sizes[i])
+            try:
+                first = runner.map(stage_one, [(str(f.resolve()) if cluster else str(f), hints[i], opts, str(park), i)
+                                               for i, f in enumerate(files)], done)
+            finally:
+                bar.close()
+            parts, kept, skipped = split_results(path, files, first, strict)
+            shifts, collisions = rank_shifts(kept, [set(p["ranks"]) for p in parts])
+            meta = merge_meta([p["meta"] for p in parts], kept, skipped, collisions)
+            for p, shift in zip(parts, shifts):
+                if shift:
+                    _move(p, shift)
+            peers, warnings, t0 = _across(path, parts, meta, opts)
+            calls = [(p["events"], p["flows"], shift, {r: o for r, o in peers.offsets_us.items() if r in p["ranks_in_step"]},
+                      _rows_of(peers, p["ranks_in_step"]), peers.clock, opts, t0)
+                     for p, shift in zip(parts, shifts) if opts.rank is None or opts.rank in p["ranks_in_step"]]
+            second = runner.map(stage_two, calls)
     finally:
         shutil.rmtree(park, ignore_errors=True)
     if opts.window is not None and all(x["empty"] for x in second):
         raise window_error(opts.window)
-    by_rank = lambda frames: _by_rank(list(frames))    # noqa: E731
-    ranks = sorted((r for x in second for r in x["ranks"]), key=lambda r: r["rank"])
     totals = {r: t for x in second for r, t in x["totals"].items()}
-    totals = {r: totals[r] for r in sorted(totals)}
-    facts = suspicious.merge_facts([x["facts"] for x in second])
-    hows = [p["how"] for p in parts]
     trace = Trace(pd.DataFrame(), pd.DataFrame(), meta, [str(f) for f in kept])
-    return Analysis(trace, pd.DataFrame(), hows[0], ranks, by_rank(x["layers"] for x in second),
-                    by_rank(x["streams"] for x in second), by_rank(x["findings"] for x in second), totals,
-                    opts.window, all(p["cached"] for p in parts), t0, suspicious.entries(facts, meta, warnings),
-                    peers, by_rank(x["steps"] for x in second), opts.step_regex)
+    return Analysis(trace, pd.DataFrame(), parts[0]["how"],
+                    sorted((r for x in second for r in x["ranks"]), key=lambda r: r["rank"]),
+                    _by_rank([x["layers"] for x in second]), _by_rank([x["streams"] for x in second]),
+                    _by_rank([x["findings"] for x in second]), {r: totals[r] for r in sorted(totals)},
+                    opts.window, all(p["cached"] for p in parts), t0,
+                    suspicious.entries(suspicious.merge_facts([x["facts"] for x in second]), meta, warnings),
+                    peers, _by_rank([x["steps"] for x in second]), opts.step_regex)
+
+
+def _across(path: str | Path, parts: list[dict[str, Any]], meta: dict[str, Any],
+            opts: Options) -> tuple[Peers, list[tuple[str, str]], float]:
+    """The cross-rank step on the files' compact tables: the folder-wide checks, who waited for
+    whom (peers.cross), the warnings, and the time origin on the common clock."""
+    if not any(p["has_gpu"] for p in parts):
+        raise UserError(f"{path}: no GPU events (kernels, memcpy) in the trace; was it captured with "
+                        "ProfilerActivity.CUDA?")
+    spans = pd.concat([p["spans"] for p in parts], ignore_index=True)
+    if opts.step is not None:
+        have = sorted(int(x) for x in spans["step"].unique()) if len(spans) else []
+        if opts.step not in have:
+            raise UserError(f"--step {opts.step}: " + (f"the trace has steps {', '.join(map(str, have))}" if have
+                                                       else "the trace has no profiler steps"))
+    in_step = sorted({r for p in parts for r in p["ranks_in_step"]})
+    if contract.is_generated(meta.get("otherData")):
+        peers = peer_analysis.empty("tracegen's clock")
+    else:
+        firsts = [p["first"] for p in parts if len(p["first"])]
+        peers = peer_analysis.cross(pd.concat([p["kernels"] for p in parts], ignore_index=True),
+                                    pd.concat(firsts) if firsts else pd.Series(dtype=float), meta, in_step)
+    all_ranks = sorted({r for p in parts for r in p["ranks"]})
+    warnings = [("ranks_disagree", w) for w in step_analysis.disagreements(spans, all_ranks) + peers.warnings]
+    if opts.rank is not None and opts.rank not in in_step:
+        raise UserError(f"--rank {opts.rank}: the trace has ranks {', '.join(map(str, in_step))}")
+    off = peers.offsets_us
+    t0 = min(v - off.get(r, 0.0) for p in parts for r, v in p["start_min"].items())
+    return peers, warnings, t0
+
+
+def _rows_of(peers: Peers, ranks: list[int]) -> pd.DataFrame:
+    """The peer table's rows of these ranks (what a rank file's findings need of it)."""
+    t = peers.table
+    return t[t["rank"].isin(ranks)] if len(t) else t
 
 
 def _by_rank(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -211,4 +216,4 @@ def _move(p: dict[str, Any], shift: int) -> None:
             [f.index.get_level_values("step"), f.index.get_level_values("rank") + shift], names=["step", "rank"]))
 
 
-__all__ = ["analyze_folder", "stage_one", "stage_two", "Options"]
+__all__ = ["Options", "analyze_folder", "stage_one", "stage_two"]

@@ -43,25 +43,58 @@ def map_calls(fn: Callable[..., Any], calls: list[tuple], jobs: int = 1, cluster
     """fn(*args) for every args of `calls`, in their order: in this process (jobs 1), on `jobs`
     processes, or on a Dask cluster; `done(i)` after call i finishes. `fn` must be importable by
     name (a module-level function) for the processes and the cluster's workers."""
-    if cluster:
-        return _dask(fn, calls, cluster, done)
-    if not 1 <= jobs <= MAX_JOBS:
-        raise UserError(f"--jobs must lie in [1, {MAX_JOBS}], got {jobs}")
-    results: list[Any] = [None] * len(calls)
-    if jobs == 1:
-        for i, args in enumerate(calls):
-            results[i] = fn(*args)
-            if done:
-                done(i)
-        return results
-    with ProcessPoolExecutor(max_workers=min(jobs, len(calls))) as pool:
-        futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
-        for fut in as_completed(futures):
-            i = futures[fut]
+    with Runner(jobs, cluster, len(calls)) as runner:
+        return runner.map(fn, calls, done)
+
+
+class Runner:
+    """Where calls run - this process, a pool of `jobs` processes, or a Dask cluster - kept open
+    across several map() calls (a folder's two stages share one pool and its imports)."""
+
+    def __init__(self, jobs: int = 1, cluster: str | None = None, most: int | None = None):
+        if not cluster and not 1 <= jobs <= MAX_JOBS:
+            raise UserError(f"--jobs must lie in [1, {MAX_JOBS}], got {jobs}")
+        self.jobs, self.cluster, self.most = jobs, cluster, most
+        self.pool: ProcessPoolExecutor | None = None
+        self.client: Any = None
+
+    def __enter__(self) -> "Runner":
+        if self.cluster:
+            self.client = _client(self.cluster)
+        elif self.jobs > 1:
+            self.pool = ProcessPoolExecutor(max_workers=min(self.jobs, self.most or self.jobs),
+                                            initializer=_one_parser)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+        if self.client is not None:
+            self.client.close()
+
+    def map(self, fn: Callable[..., Any], calls: list[tuple], done: Callable[[int], None] | None = None) -> list[Any]:
+        results: list[Any] = [None] * len(calls)
+        if self.client is not None:
+            from distributed import as_completed as dask_completed
+            futures = [self.client.submit(fn, *args, pure=False) for args in calls]
+            index = {f.key: i for i, f in enumerate(futures)}
+            pending = dask_completed(futures)
+        elif self.pool is not None:
+            futures = [self.pool.submit(fn, *args) for args in calls]
+            index = {f: i for i, f in enumerate(futures)}
+            pending = as_completed(futures)
+        else:
+            for i, args in enumerate(calls):
+                results[i] = fn(*args)
+                if done:
+                    done(i)
+            return results
+        for fut in pending:
+            i = index[fut.key] if self.client is not None else index[fut]
             results[i] = fut.result()
             if done:
                 done(i)
-    return results
+        return results
 
 
 def cluster_address(value: str) -> str:
@@ -74,28 +107,22 @@ def cluster_address(value: str) -> str:
     return value
 
 
-def _dask(fn: Callable[..., Any], calls: list[tuple], address: str, done: Callable[[int], None] | None) -> list[Any]:
+def _one_parser() -> None:
+    """In a pool worker: parse each file in this one process (the pool already spreads the files
+    over the cores; kineto.py would otherwise fork its own range parsers inside every worker)."""
+    os.environ.setdefault("REPLAY_WORKERS", "1")
+
+
+def _client(address: str) -> Any:
     try:
-        from distributed import Client, as_completed as dask_completed
+        from distributed import Client
     except ImportError:
         raise UserError("--cluster needs Dask's distributed: pip install 'moe-timeline[cluster]'") from None
     address = cluster_address(address)
     try:
-        client = Client(address, timeout=CONNECT_TIMEOUT)
+        return Client(address, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UserError(f"--cluster {address}: cannot reach the Dask scheduler ({exc})") from None
-    try:
-        futures = [client.submit(fn, *args, pure=False) for args in calls]
-        index = {f.key: i for i, f in enumerate(futures)}
-        results: list[Any] = [None] * len(calls)
-        for fut in dask_completed(futures):
-            i = index[fut.key]
-            results[i] = fut.result()
-            if done:
-                done(i)
-        return results
-    finally:
-        client.close()
 
 
-__all__ = ["run", "map_calls", "parse_one", "cluster_address", "MAX_JOBS"]
+__all__ = ["run", "map_calls", "Runner", "parse_one", "cluster_address", "MAX_JOBS"]

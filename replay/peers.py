@@ -210,31 +210,41 @@ def _stragglers(first_kernel: pd.Series, k: pd.DataFrame) -> list[dict[str, Any]
     k["busy_before"] = np.maximum(k["cov_start"] - k.groupby("rank")["cov_end"].shift(1).fillna(0.0), 0.0)
     first_in_step = k.groupby(["rank", "step"])["start_us"].transform("min") == k["start_us"]
     k["first_in_step"] = first_in_step
-    idx = k.set_index(["step", "name", "n", "rank"]).sort_index()
+    # one collective = a run of rows sorted by (step, name, n, rank): plain arrays, no per-row pandas
+    k = k.sort_values(["step", "name", "n", "rank"], kind="stable")
+    keys = list(zip(k["step"].to_numpy(), k["name"].to_numpy(), k["n"].to_numpy()))
+    where: dict[tuple, list[int]] = {}
+    for i, key in enumerate(keys):
+        where.setdefault(key, []).append(i)
+    rank_a = k["rank"].to_numpy()
+    start_a = k["start_us"].to_numpy(dtype=float)
+    first_a = k["first_in_step"].to_numpy(dtype=bool)
+    launch_a = k["launch_end_us"].to_numpy(dtype=float)
+    busy_a = k["busy_before"].to_numpy(dtype=float)
+    has_prev = ~np.isnan(k["prev_end"].to_numpy(dtype=float))
+    fk = {(int(st), int(r)): float(v) for (st, r), v in first_kernel.items()} if len(first_kernel) else {}
     per_rank: dict[int, dict[str, float]] = {}
     count: dict[int, int] = {}
     for row in caused.itertuples(index=False):
         L = int(row.rank)
-        members = idx.loc[(row.step, row.name, row.n)]
-        me = members.loc[L]
-        others = members.drop(index=L)
-        late = float(row.start - others["start_us"].median())
+        rows = np.asarray(where[(row.step, row.name, row.n)])
+        mine_i = rows[rank_a[rows] == L][0]
+        others = rows[rank_a[rows] != L]
+        late = float(row.start - np.median(start_a[others]))
         reason = MORE_COMPUTE
-        fk = first_kernel
-        if bool(me["first_in_step"]) and row.step >= 0 and (row.step, L) in fk.index:
-            mine = float(fk.loc[(row.step, L)])
-            theirs = float(np.median([fk.loc[(row.step, r)] for r in others.index if (row.step, r) in fk.index]
-                                     or [mine]))
+        step = int(row.step)
+        if bool(first_a[mine_i]) and step >= 0 and (step, L) in fk:
+            mine = fk[(step, L)]
+            theirs = float(np.median([fk[(step, int(r))] for r in rank_a[others] if (step, int(r)) in fk] or [mine]))
             if mine - theirs >= STEP_LATE_SHARE * late:
                 reason = STEP_LATE
         if reason == MORE_COMPUTE:
-            le = float(me["launch_end_us"])
+            le = launch_a[mine_i]
             if np.isfinite(le) and row.start - le <= LAUNCH_GATED_US:
                 reason = CPU_LATE
         if reason == MORE_COMPUTE:
-            mine = float(me["busy_before"])
-            theirs = [float(o["busy_before"]) for _, o in others.iterrows() if o["prev_end"] == o["prev_end"]]
-            if theirs and mine <= float(np.median(theirs)):
+            theirs_b = busy_a[others][has_prev[others]]
+            if len(theirs_b) and busy_a[mine_i] <= float(np.median(theirs_b)):
                 reason = UNSEEN
         d = per_rank.setdefault(L, {})
         d[reason] = d.get(reason, 0.0) + float(row.caused)

@@ -52,9 +52,9 @@ def facts(events: pd.DataFrame) -> dict[str, Any]:
     for rank, df in g.groupby("rank", sort=True):
         d = df.sort_values("start_us", kind="stable")
         h = hashlib.blake2b(digest_size=16)
-        for part in (text(d["name"]), np.round(d["dur_us"].to_numpy(), 3),
-                     np.round(d["start_us"].to_numpy() - d["start_us"].min(), 3)):
-            h.update(repr(list(part)).encode())
+        h.update("\x00".join(map(str, text(d["name"]))).encode())
+        h.update(np.round(d["dur_us"].to_numpy(dtype=float), 3).tobytes())
+        h.update(np.round(d["start_us"].to_numpy(dtype=float) - d["start_us"].min(), 3).tobytes())
         sig[int(rank)] = h.hexdigest()
     return {"ranks": sorted(int(r) for r in events["rank"].unique()), "comm": bool((g["klass"] == "comm").any()),
             "zero": len(zero), "zero_example": text(zero["name"])[0] if len(zero) else None,
