@@ -127,12 +127,23 @@ def step_metrics(events: pd.DataFrame) -> pd.DataFrame:
     if "step" not in g or not (g["step"] >= 0).any():
         return pd.DataFrame(columns=["rank", "step", "start_us", "span_us", "compute_us", "comm_us", "overlap_us",
                                      "exposed_comm_us"])
+    g = g[g["step"] >= 0]
+    rank_a, step_a = g["rank"].to_numpy(), g["step"].to_numpy()
+    s_all = g["start_us"].to_numpy()
+    e_all = s_all + g["dur_us"].to_numpy()
+    klass = g["klass"].to_numpy()
+    comp_a, comm_a = klass == "compute", klass == "comm"
+    # one (rank, step) = a run of rows sorted by rank, step (start order kept inside, as groupby keeps it)
+    order = np.lexsort((step_a, rank_a))
+    bounds = np.flatnonzero((np.diff(rank_a[order]) != 0) | (np.diff(step_a[order]) != 0)) + 1
     rows = []
-    for (rank, step), df in g[g["step"] >= 0].groupby(["rank", "step"], sort=True):
-        c_iv, m_iv = _iv(df[df["klass"] == "compute"]), _iv(df[df["klass"] == "comm"])
+    for part in np.split(order, bounds):
+        ps, pe = s_all[part], e_all[part]
+        pc, pm = comp_a[part], comm_a[part]
+        c_iv, m_iv = union(ps[pc], pe[pc]), union(ps[pm], pe[pm])
         m, ov = length(*m_iv), length(*intersection(c_iv, m_iv))
-        s, e = float(df["start_us"].min()), float((df["start_us"] + df["dur_us"]).max())
-        rows.append({"rank": int(rank), "step": int(step), "start_us": s, "span_us": e - s,
+        s, e = float(ps.min()), float(pe.max())
+        rows.append({"rank": int(rank_a[part[0]]), "step": int(step_a[part[0]]), "start_us": s, "span_us": e - s,
                      "compute_us": length(*c_iv), "comm_us": m, "overlap_us": ov, "exposed_comm_us": m - ov})
     return pd.DataFrame(rows)
 
