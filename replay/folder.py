@@ -22,7 +22,6 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from tracegen.base import contract
 from tracegen.base.errors import UserError
 
 from . import parallel, suspicious
@@ -137,7 +136,8 @@ def analyze_folder(path: str | Path, opts: Options, strict: bool = False, jobs: 
             for p, shift in zip(parts, shifts):
                 if shift:
                     _move(p, shift)
-            peers, warnings, t0 = _across(path, parts, meta, opts)
+            trace = Trace(pd.DataFrame(), pd.DataFrame(), meta, [str(f) for f in kept])
+            peers, warnings, t0 = _across(path, parts, meta, opts, trace.generated)
             calls = [(p["events"], p["flows"], shift, {r: o for r, o in peers.offsets_us.items() if r in p["ranks_in_step"]},
                       _rows_of(peers, p["ranks_in_step"]), peers.clock, opts, t0)
                      for p, shift in zip(parts, shifts) if opts.rank is None or opts.rank in p["ranks_in_step"]]
@@ -147,7 +147,6 @@ def analyze_folder(path: str | Path, opts: Options, strict: bool = False, jobs: 
     if opts.window is not None and all(x["empty"] for x in second):
         raise window_error(opts.window)
     totals = {r: t for x in second for r, t in x["totals"].items()}
-    trace = Trace(pd.DataFrame(), pd.DataFrame(), meta, [str(f) for f in kept])
     return Analysis(trace, pd.DataFrame(), parts[0]["how"],
                     sorted((r for x in second for r in x["ranks"]), key=lambda r: r["rank"]),
                     _by_rank([x["layers"] for x in second]), _by_rank([x["streams"] for x in second]),
@@ -157,8 +156,8 @@ def analyze_folder(path: str | Path, opts: Options, strict: bool = False, jobs: 
                     peers, _by_rank([x["steps"] for x in second]), opts.step_regex)
 
 
-def _across(path: str | Path, parts: list[dict[str, Any]], meta: dict[str, Any],
-            opts: Options) -> tuple[Peers, list[tuple[str, str]], float]:
+def _across(path: str | Path, parts: list[dict[str, Any]], meta: dict[str, Any], opts: Options,
+            generated: bool) -> tuple[Peers, list[tuple[str, str]], float]:
     """The cross-rank step on the files' compact tables: the folder-wide checks, who waited for
     whom (peers.cross), the warnings, and the time origin on the common clock."""
     if not any(p["has_gpu"] for p in parts):
@@ -171,7 +170,7 @@ def _across(path: str | Path, parts: list[dict[str, Any]], meta: dict[str, Any],
             raise UserError(f"--step {opts.step}: " + (f"the trace has steps {', '.join(map(str, have))}" if have
                                                        else "the trace has no profiler steps"))
     in_step = sorted({r for p in parts for r in p["ranks_in_step"]})
-    if contract.is_generated(meta.get("otherData")):
+    if generated:
         peers = peer_analysis.empty("tracegen's clock")
     else:
         firsts = [p["first"] for p in parts if len(p["first"])]
