@@ -369,7 +369,8 @@ def main() -> int:
     if "--deploy-only" not in sys.argv and "--big-only" not in sys.argv:
         rank_folders(results, rows)
         folder_scaling(results, rows)
-        big_folders(results, rows)
+        if "--ranks-only" not in sys.argv:
+            big_folders(results, rows)
     if "--deploy-only" in sys.argv:
         deploy_speed(results, rows)
         _print(rows)
