@@ -111,8 +111,9 @@ def folder_scaling(results: dict, rows: list) -> None:
         folder = replicated(ranks, JITTER_US)
         entry = {"ranks": ranks}
         for jobs in (1, 2):
-            entry[f"jobs{jobs}"] = timed(f"from replay.folder import Options, analyze_folder; analyze_folder("
-                                         f"{str(folder)!r}, Options(use_cache=False), progress=False, jobs={jobs})")
+            entry[f"jobs{jobs}"] = timed("import contextlib, io; from replay.cli import main\n"
+                                         "with contextlib.redirect_stdout(io.StringIO()): "
+                                         f"main(['analyze', {str(folder)!r}, '--no-cache', '--jobs', '{jobs}'])")
         ideal = one.get("wall_s", float("nan")) * ranks / cores
         entry["ideal_s"] = ideal
         results["folder_scaling"]["folders"].append(entry)

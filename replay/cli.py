@@ -87,13 +87,22 @@ def warn_skipped(*analyses: Any) -> None:
                   f"(--strict makes this an error)", file=sys.stderr)
 
 
-def _folder_of_ranks(path: str) -> bool:
-    """A folder holding more than one trace file (a profiling session's ranks)."""
+WHOLE_TABLE_MAX_BYTES = 1 << 30    # a folder up to this size, on one process, is analysed as one table
+
+
+def _in_stages(path: str, jobs: int, cluster: str | None) -> bool:
+    """Whether a folder of rank files is analysed in two stages (replay/folder.py): with --jobs or
+    --cluster, or past WHOLE_TABLE_MAX_BYTES of trace files (memory bounded by the ranks in flight).
+    A smaller folder on one process is analysed as one table, which is faster for many small
+    ranks; both give the same JSON (tests/test_folder_stages.py)."""
     from pathlib import Path
 
     from .events import trace_files
     p = Path(path)
-    return p.is_dir() and len(trace_files(p)) > 1
+    if not p.is_dir():
+        return False
+    files = trace_files(p)
+    return len(files) > 1 and (jobs > 1 or bool(cluster) or sum(f.stat().st_size for f in files) > WHOLE_TABLE_MAX_BYTES)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -103,7 +112,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise UserError(f"--jobs must lie in [1, {MAX_JOBS}], got {args.jobs}")
     from .report import render, write_layers
     window = parse_window(args.window) if args.window else None
-    if _folder_of_ranks(args.trace):
+    if _in_stages(args.trace, args.jobs, args.cluster):
         # two stages, one rank file at a time (per --jobs process or cluster worker): memory bounded
         # by the ranks in flight, the same JSON as the whole-table analysis (replay/folder.py)
         from .folder import Options, analyze_folder
