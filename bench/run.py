@@ -79,8 +79,8 @@ def rank_folders(results: dict, rows: list) -> None:
                            capture_output=True)
     results["rank_folders"] = []
     for ranks, folder in ((4, DEEPEP), (64, replicated(64))):
-        code = (f"from replay.folder import Options, analyze_folder; a = analyze_folder({str(folder)!r}, "
-                "Options(use_cache=False), progress=False)")
+        code = ("import contextlib, io; from replay.cli import main\nwith contextlib.redirect_stdout(io.StringIO()): "
+                f"main(['analyze', {str(folder)!r}, '--no-cache'])")
         now = timed(code, repeat=3)
         entry = {"ranks": ranks, "now": now}
         note = f"peak {now.get('peak_mb', 0):.0f} MB"
