@@ -7,7 +7,7 @@ tuned to a row: every run is the default preset's per-step model, stepped by the
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -93,9 +93,7 @@ def _target(hardware: str, model: str):
 
 def measure(row: Row) -> dict[str, Any]:
     model, hw, preset = _target(row.hardware, row.model)
-    d = row.deployment
-    d = Deployment(d.mode, d.prefill, d.decode, d.token_budget, d.max_batch, d.slo_tpot_ms, dict(d.plan_fields),
-                   hw.gpus_per_node)
+    d = replace(row.deployment, gpus_per_node=hw.gpus_per_node)
     w = synthetic(*row.workload)
     try:
         r = run(model, hw, preset, d, w)
@@ -115,8 +113,7 @@ def measure(row: Row) -> dict[str, Any]:
 def mtp_gain() -> dict[str, float]:
     """CloudMatrix384's reported 1.8x decode throughput from MTP: the TPOT < 50 ms row with MTP off."""
     row = next(r for r in ROWS if r.key == "cm-decode-50")
-    off = Row(**{**row.__dict__, "deployment": Deployment("decode", decode=PoolPlan(20, 1, 160), slo_tpot_ms=50,
-                                                          plan_fields={"redundant_experts": 64})})
+    off = replace(row, deployment=replace(row.deployment, plan_fields={"redundant_experts": 64}))
     on, base = measure(row)["predicted"], measure(off)["predicted"]
     return {"with_mtp": on, "without_mtp": base, "gain": on / base}
 

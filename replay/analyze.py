@@ -124,15 +124,40 @@ def parse_window(text: str) -> tuple[float, float]:
 def narrow(events: pd.DataFrame, rank: int | None, window: tuple[float, float] | None,
            t0: float = 0.0) -> pd.DataFrame:
     if rank is not None:
-        known = sorted(events["rank"].unique())
-        if rank not in known:
-            raise UserError(f"--rank {rank}: the trace has ranks {', '.join(map(str, known))}")
+        check_rank(rank, sorted(int(r) for r in events["rank"].unique()))
         events = events[events["rank"] == rank]
     if window is not None:
         events = in_window(events, window, t0)
         if events.empty:
             raise window_error(window)
     return events
+
+
+def prepare(events: pd.DataFrame, taxonomy: str | None, annotation_regex: str,
+            microbatches: int | None) -> tuple[pd.DataFrame, str, bool]:
+    """A loaded table classified and its structure recovered: (events, how, whether it has GPU work)."""
+    events = classify(events, load_taxonomy(taxonomy))
+    events, how = recover(events, annotation_regex, microbatches)
+    return events, how, bool((events["device"] == "gpu").any())
+
+
+def no_gpu_error(path: str | Path) -> UserError:
+    return UserError(f"{path}: no GPU events (kernels, memcpy) in the trace; was it captured with "
+                     "ProfilerActivity.CUDA?")
+
+
+def check_step(step: int, spans: pd.DataFrame) -> None:
+    """--step must name one of the trace's profiler steps."""
+    have = sorted(int(x) for x in spans["step"].unique()) if len(spans) else []
+    if step not in have:
+        raise UserError(f"--step {step}: " + (f"the trace has steps {', '.join(map(str, have))}" if have
+                                              else "the trace has no profiler steps"))
+
+
+def check_rank(rank: int, known: list[int]) -> None:
+    """--rank must name one of the trace's ranks."""
+    if rank not in known:
+        raise UserError(f"--rank {rank}: the trace has ranks {', '.join(map(str, known))}")
 
 
 def in_window(events: pd.DataFrame, window: tuple[float, float], t0: float) -> pd.DataFrame:
@@ -165,18 +190,13 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
     if strict and trace.meta.get("skipped_files"):
         bad = trace.meta["skipped_files"][0]
         raise UserError(f"{Path(path) / bad['file']}: {bad['error']}")
-    events = classify(trace.events, load_taxonomy(taxonomy))
-    events, how = recover(events, annotation_regex, microbatches)
-    if not (events["device"] == "gpu").any():
-        raise UserError(f"{path}: no GPU events (kernels, memcpy) in the trace; was it captured with "
-                        "ProfilerActivity.CUDA?")
+    events, how, has_gpu = prepare(trace.events, taxonomy, annotation_regex, microbatches)
+    if not has_gpu:
+        raise no_gpu_error(path)
     events, spans = step_analysis.assign(events, step_regex)
     all_ranks = sorted(int(r) for r in events["rank"].unique())
     if step is not None:
-        have = sorted(int(x) for x in spans["step"].unique())
-        if step not in have:
-            raise UserError(f"--step {step}: " + (f"the trace has steps {', '.join(map(str, have))}" if have
-                                                  else "the trace has no profiler steps"))
+        check_step(step, spans)
         events = events[events["step"] == step]
     if trace.generated:      # tracegen's idle causes are its own (no peer cause): the round trip stays exact
         peers = peer_analysis.empty("tracegen's clock")
@@ -188,9 +208,6 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
     ranks = rank_metrics(events)
     layers = layer_metrics(events)
     findings, totals = find(events, trace.flows, min_lost_us, peers, step_regex)
-    steps = step_metrics(events)
-    if not steps.empty:
-        pw = peers.table.groupby(["rank", "step"])["wait_us"].sum() if len(peers.table) else pd.Series(dtype=float)
-        steps["peer_wait_us"] = [float(pw.get((r, s), 0.0)) for r, s in zip(steps["rank"], steps["step"])]
+    steps = peer_analysis.with_step_waits(step_metrics(events), peers.table)
     return Analysis(trace, events, how, ranks, layers, stream_layout(events), findings, totals, window, cached,
                     t0, suspicious.check(events, trace.meta, warnings), peers, steps, step_regex)

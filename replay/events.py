@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 import numpy as np
@@ -451,10 +451,8 @@ def load(path: str | Path, progress: bool | None = None, strict: bool = False, j
     files = trace_files(Path(path))
     if len(files) == 1:
         return load_file(files[0], progress=progress)
-    hints = [i if rank_from_name(f) is None else None for i, f in enumerate(files)]
-    # one bar for the folder: ranks read of all, and MB/s over all the bytes
-    sizes = [f.stat().st_size for f in files]
-    bar = Progress(sum(sizes), f"0/{len(files)} ranks", progress)
+    hints = rank_hints(files)
+    bar, done = folder_progress(files, progress)
     try:
         results: list[Trace | str] = []       # each file's Trace, or why it could not be read
         if jobs == 1 and not cluster:
@@ -466,13 +464,6 @@ def load(path: str | Path, progress: bool | None = None, strict: bool = False, j
                     results.append(str(exc))
         else:
             from . import parallel
-            finished = [0]
-
-            def done(i: int) -> None:
-                finished[0] += 1
-                bar.label = f"{finished[0]}/{len(files)} ranks"
-                bar(sizes[i])
-
             results = parallel.run(files, hints, jobs, cluster, done)
         bar.label = f"{len(files)}/{len(files)} ranks"
         bar(0)
@@ -489,6 +480,25 @@ def load(path: str | Path, progress: bool | None = None, strict: bool = False, j
         events[col] = events[col].astype("category")
     meta = merge_meta([p.meta for p in parts], kept, skipped, collisions)
     return Trace(events, pd.concat([p.flows for p in parts], ignore_index=True), meta, [str(f) for f in kept])
+
+
+def rank_hints(files: list[Path]) -> list[int | None]:
+    """Per file of a folder, the rank it gets if it names none: its place, unless its name gives one."""
+    return [i if rank_from_name(f) is None else None for i, f in enumerate(files)]
+
+
+def folder_progress(files: list[Path], progress: bool | None) -> tuple[Progress, Callable[[int], None]]:
+    """One bar for a folder - ranks read of all, and MB/s over all the bytes - and the callback that
+    counts file i as read."""
+    sizes = [f.stat().st_size for f in files]
+    bar = Progress(sum(sizes), f"0/{len(files)} ranks", progress)
+    finished = [0]
+
+    def done(i: int) -> None:
+        finished[0] += 1
+        bar.label = f"{finished[0]}/{len(files)} ranks"
+        bar(sizes[i])
+    return bar, done
 
 
 def split_results(path: str | Path, files: list[Path], results: list[Any], strict: bool) -> tuple[list, list, list]:
@@ -544,4 +554,4 @@ def merge_meta(metas: list[dict[str, Any]], files: list[Path], skipped: list, co
     return meta
 
 
-__all__ = ["Trace", "load", "load_file", "split_results", "rank_shifts", "merge_meta", "text", "generated_meta", "EXTRA_ARGS", "STRING_COLUMNS"]
+__all__ = ["Trace", "load", "load_file", "folder_progress", "rank_hints", "split_results", "rank_shifts", "merge_meta", "text", "generated_meta", "EXTRA_ARGS", "STRING_COLUMNS"]

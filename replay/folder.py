@@ -25,15 +25,15 @@ import pyarrow.parquet as pq
 from tracegen.base.errors import UserError
 
 from . import parallel, suspicious
+from .analyze import Analysis, check_rank, check_step, in_window, no_gpu_error, prepare, window_error
 from . import peers as peer_analysis
 from . import steps as step_analysis
 from .cache import cache_dir, load_file_cached
-from .events import Progress, Trace, merge_meta, rank_from_name, rank_shifts, split_results, trace_files
+from .events import Trace, folder_progress, merge_meta, rank_hints, rank_shifts, split_results, trace_files
 from .findings import find
 from .overlap import layer_metrics, rank_metrics, step_metrics, stream_layout
 from .peers import Peers
-from .structure import DEFAULT_ANNOTATION, recover
-from .taxonomy import classify, load_taxonomy
+from .structure import DEFAULT_ANNOTATION
 
 
 @dataclass(frozen=True)
@@ -56,17 +56,14 @@ def stage_one(path: str, hint: int | None, opts: Options, park: str, index: int)
         trace, cached = load_file_cached(path, hint, opts.use_cache)
     except UserError as exc:
         return str(exc)
-    events = classify(trace.events, load_taxonomy(opts.taxonomy))
-    events, how = recover(events, opts.annotation_regex, opts.microbatches)
-    has_gpu = bool((events["device"] == "gpu").any())
+    events, how, has_gpu = prepare(trace.events, opts.taxonomy, opts.annotation_regex, opts.microbatches)
     events, spans = step_analysis.assign(events, opts.step_regex)
     ranks = sorted(int(r) for r in events["rank"].unique())
     if opts.step is not None:
         events = events[events["step"] == opts.step]
-    out = Path(park)
-    ev_p, fl_p = out / f"{index}.events.parquet", out / f"{index}.flows.parquet"
-    pq.write_table(_arrow(events), ev_p)
-    pq.write_table(_arrow(trace.flows), fl_p)
+    ev_p, fl_p = Path(park) / f"{index}.events.parquet", Path(park) / f"{index}.flows.parquet"
+    events.to_parquet(ev_p, index=False)
+    trace.flows.to_parquet(fl_p, index=False)
     return {"ranks": ranks, "ranks_in_step": sorted(int(r) for r in events["rank"].unique()), "how": how,
             "has_gpu": has_gpu, "spans": spans, "kernels": peer_analysis.kernel_table(events),
             "first": peer_analysis.first_kernels(events),
@@ -74,15 +71,9 @@ def stage_one(path: str, hint: int | None, opts: Options, park: str, index: int)
             "meta": trace.meta, "cached": cached, "events": str(ev_p), "flows": str(fl_p)}
 
 
-def _arrow(frame: pd.DataFrame):
-    import pyarrow as pa
-    return pa.Table.from_pandas(frame, preserve_index=False)
-
-
 def stage_two(events_path: str, flows_path: str, shift: int, offsets: dict[int, float], peer_rows: pd.DataFrame,
               clock: str, opts: Options, t0: float) -> dict[str, Any]:
     """One rank file's share of the analysis, on the common clock."""
-    from .analyze import in_window
     events = pq.read_table(events_path).to_pandas()
     flows = pq.read_table(flows_path).to_pandas()
     if shift:
@@ -97,10 +88,7 @@ def stage_two(events_path: str, flows_path: str, shift: int, offsets: dict[int, 
         events = in_window(events, opts.window, t0)
     peers = Peers(peer_rows, {}, [], clock)
     findings, totals = find(events, flows, opts.min_lost_us, peers, opts.step_regex)
-    steps = step_metrics(events)
-    if not steps.empty:
-        pw = peer_rows.groupby(["rank", "step"])["wait_us"].sum() if len(peer_rows) else pd.Series(dtype=float)
-        steps["peer_wait_us"] = [float(pw.get((r, s), 0.0)) for r, s in zip(steps["rank"], steps["step"])]
+    steps = peer_analysis.with_step_waits(step_metrics(events), peer_rows)
     return {"empty": events.empty, "ranks": rank_metrics(events), "layers": layer_metrics(events),
             "findings": findings, "totals": totals, "steps": steps, "streams": stream_layout(events),
             "facts": suspicious.facts(events)}
@@ -109,22 +97,14 @@ def stage_two(events_path: str, flows_path: str, shift: int, offsets: dict[int, 
 def analyze_folder(path: str | Path, opts: Options, strict: bool = False, jobs: int = 1, cluster: str | None = None,
                    progress: bool | None = None):
     """The Analysis of a folder of rank files, as analyze() gives it, without the event table."""
-    from .analyze import Analysis, window_error
     files = trace_files(Path(path))
-    hints = [i if rank_from_name(f) is None else None for i, f in enumerate(files)]
-    sizes = [f.stat().st_size for f in files]
+    hints = rank_hints(files)
     root = cache_dir() if cluster else Path(tempfile.gettempdir())
     root.mkdir(parents=True, exist_ok=True)
     park = Path(tempfile.mkdtemp(prefix="moe-timeline-ranks-", dir=root))
     try:
         with parallel.Runner(jobs, cluster, len(files)) as runner:
-            bar = Progress(sum(sizes), f"0/{len(files)} ranks", progress)
-            finished = [0]
-
-            def done(i: int) -> None:
-                finished[0] += 1
-                bar.label = f"{finished[0]}/{len(files)} ranks"
-                bar(sizes[i])
+            bar, done = folder_progress(files, progress)
             try:
                 first = runner.map(stage_one, [(str(f.resolve()) if cluster else str(f), hints[i], opts, str(park), i)
                                                for i, f in enumerate(files)], done)
@@ -161,14 +141,10 @@ def _across(path: str | Path, parts: list[dict[str, Any]], meta: dict[str, Any],
     """The cross-rank step on the files' compact tables: the folder-wide checks, who waited for
     whom (peers.cross), the warnings, and the time origin on the common clock."""
     if not any(p["has_gpu"] for p in parts):
-        raise UserError(f"{path}: no GPU events (kernels, memcpy) in the trace; was it captured with "
-                        "ProfilerActivity.CUDA?")
+        raise no_gpu_error(path)
     spans = pd.concat([p["spans"] for p in parts], ignore_index=True)
     if opts.step is not None:
-        have = sorted(int(x) for x in spans["step"].unique()) if len(spans) else []
-        if opts.step not in have:
-            raise UserError(f"--step {opts.step}: " + (f"the trace has steps {', '.join(map(str, have))}" if have
-                                                       else "the trace has no profiler steps"))
+        check_step(opts.step, spans)
     in_step = sorted({r for p in parts for r in p["ranks_in_step"]})
     if generated:
         peers = peer_analysis.empty("tracegen's clock")
@@ -178,8 +154,8 @@ def _across(path: str | Path, parts: list[dict[str, Any]], meta: dict[str, Any],
                                     pd.concat(firsts) if firsts else pd.Series(dtype=float), meta, in_step)
     all_ranks = sorted({r for p in parts for r in p["ranks"]})
     warnings = [("ranks_disagree", w) for w in step_analysis.disagreements(spans, all_ranks) + peers.warnings]
-    if opts.rank is not None and opts.rank not in in_step:
-        raise UserError(f"--rank {opts.rank}: the trace has ranks {', '.join(map(str, in_step))}")
+    if opts.rank is not None:
+        check_rank(opts.rank, in_step)
     off = peers.offsets_us
     t0 = min(v - off.get(r, 0.0) for p in parts for r, v in p["start_min"].items())
     return peers, warnings, t0

@@ -56,6 +56,15 @@ class Peers:
                              "rank": t["rank"].to_numpy(), "dur_us": (t["end_us"] - t["start_us"]).to_numpy()})
 
 
+def with_step_waits(steps: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """The per-(rank, step) table with each rank's time waiting for peers in that step added."""
+    if steps.empty:
+        return steps
+    pw = table.groupby(["rank", "step"])["wait_us"].sum() if len(table) else pd.Series(dtype=float)
+    steps["peer_wait_us"] = [float(pw.get((r, s), 0.0)) for r, s in zip(steps["rank"], steps["step"])]
+    return steps
+
+
 def empty(clock: str = "one rank") -> Peers:
     return Peers(pd.DataFrame(columns=["rank", "step", "name", "n", "start_us", "end_us", "last_start_us",
                                        "last_rank", "wait_us"]), {}, [], clock)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from typing import Any
 
@@ -160,9 +159,11 @@ def simulate_args(args: argparse.Namespace, parts=None):
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    for path in (args.output, args.requests_out):
-        if path is not None:
-            _check_output(path)
+    if args.output is not None:
+        from .deploytrace import check_path
+        check_path(args.output)
+    if args.requests_out is not None:
+        _requests_format(args.requests_out)
     model, hw, preset, d, w = parts = target(args)
     head = {"model": model.name, "hardware": hw.name, "preset": preset.name, "workload": w.source}
     if args.search:
@@ -182,10 +183,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output(path: str) -> None:
-    ok = (".json", ".json.gz", ".csv", ".parquet")
-    if not any(str(path).endswith(x) for x in ok):
-        raise UserError(f"output {path}: name it *.json or *.json.gz (trace), *.csv or *.parquet (--requests-out)")
+def _requests_format(path: str) -> str:
+    """The per-request table's format from its name: csv or parquet (else refused before simulating)."""
+    for fmt in ("csv", "parquet"):
+        if str(path).endswith(f".{fmt}"):
+            return fmt
+    raise UserError(f"--requests-out {path}: name it *.csv or *.parquet")
 
 
 def _write_requests(r, path: str) -> None:
@@ -199,12 +202,10 @@ def _write_requests(r, path: str) -> None:
                        "decode_start_s": r.decode_start, "finish_s": r.finish})
     df["ttft_ms"] = 1e3 * (df.first_token_s - df.arrival_s)
     df["tpot_ms"] = 1e3 * (df.finish_s - df.first_token_s) / (df.output_len - 1).where(df.output_len > 1)
-    if str(path).endswith(".parquet"):
+    if _requests_format(path) == "parquet":
         atomic_parquet(path, df)
-    elif str(path).endswith(".csv"):
-        atomic_write(path, df.to_csv(index=False))
     else:
-        raise UserError(f"--requests-out {path}: name it *.csv or *.parquet")
+        atomic_write(path, df.to_csv(index=False))
 
 
 def _search(args, model, hw, preset, d: Deployment, w, head: dict) -> int:

@@ -58,19 +58,17 @@ class Deployment:
                 return (f"decode {p.nodes} nodes = AF {p.nodes - self.expert_nodes} attention + {self.expert_nodes} "
                         f"expert nodes, {self.af_microbatches} micro-batches")
             ep = p.instance_gpus(gpn)
-            n = p.nodes * gpn // ep if ep else 0
+            n = p.nodes * gpn // ep
             return (f"{name} {p.nodes} node{'s' if p.nodes != 1 else ''} = {n} x EP{ep}" + (f" TP{p.tp}" if p.tp > 1 else ""))
         parts = [one("prefill" if self.mode != "colocated" else "colocated", self.prefill), one("decode", self.decode)]
         return f"{self.mode}: " + " + ".join(x for x in parts if x)
 
 
 def _instance_plan(phase: str, pp: PoolPlan, model: Model, hw: Hardware, preset: Preset, fields: dict) -> Plan:
-    """One instance's plan (pp.nodes 0: the instance alone, no pool around it to check)."""
+    """The plan of one instance of pool `pp` (which must split into whole instances)."""
     gpn = fields.get("gpus_per_node") or hw.gpus_per_node
     gpus = pp.instance_gpus(gpn)
-    total = pp.nodes * gpn if pp.nodes else gpus
-    if pp.nodes < 0 or (pp.nodes == 0 and not pp.ep):
-        raise UserError(f"a {phase} pool needs at least 1 node, got {pp.nodes}")
+    total = pp.nodes * gpn
     if gpus < 1 or total % gpus:
         raise UserError(f"the {phase} pool's {total} GPUs ({pp.nodes} nodes x {gpn}) do not split into instances "
                         f"of EP{gpus}: give an EP that divides {total}")
@@ -111,11 +109,10 @@ def build_pools(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Wo
             raise UserError(f"a {'colocated' if d.mode == 'colocated' else phase} pool needs at least 1 node, "
                             f"got {pp.nodes}")
         gpus = pp.instance_gpus(gpn)
-        _instance_plan(phase, pp, model, hw, preset, fields)           # the pool's own checks (split, TP)
+        plan = _instance_plan(phase, pp, model, hw, preset, fields)    # depends on the instance, not the pool
         key = (phase, gpus, pp.tp, d.token_budget, d.max_batch, d.slo_tpot_ms, d.decode_graphs)
         if key not in cache:
-            cache[key] = (_prefill_shape if phase == "prefill" else _decode_shape)(model, hw, preset, d, w,
-                                                                                  PoolPlan(0, pp.tp, gpus), fields)
+            cache[key] = (_prefill_shape if phase == "prefill" else _decode_shape)(model, hw, preset, d, w, plan)
         return {**cache[key], "gpus": gpus, "instances": pp.nodes * gpn // gpus, "dp": gpus // pp.tp}
 
     pools: list[Pool] = []
@@ -143,34 +140,41 @@ def build_pools(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Wo
     return pools, transfer
 
 
-def _prefill_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload, pp: PoolPlan,
-                   fields: dict) -> dict[str, Any]:
-    plan = _instance_plan("prefill", pp, model, hw, preset, fields)
+def _prefill_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload,
+                   plan: Plan) -> dict[str, Any]:
     if kv_capacity_tokens(model, hw, plan, preset) < d.token_budget:
-        raise UserError(f"the weights of {model.name} on a prefill instance of {pp.instance_gpus(0)} GPUs leave no room "
+        raise UserError(f"the weights of {model.name} on a prefill instance of {plan.num_gpus} GPUs leave no room "
                         f"for a step of {d.token_budget:g} tokens' KV cache: use a larger EP")
     hit = float(np.clip(w.hit_rate, 0.0, 0.99))
     return {"plan": plan, "table": prefill_table(model, hw, plan, preset, d.token_budget,
                                                  _span(w.input_len.astype(float)), hit)}
 
 
-def _decode_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload, pp: PoolPlan,
-                  fields: dict) -> dict[str, Any]:
-    plan = _instance_plan("decode", pp, model, hw, preset, fields)
+def _decode_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload,
+                  plan: Plan) -> dict[str, Any]:
     kv = kv_capacity_tokens(model, hw, plan, preset)
+    contexts, top = _decode_range(d, w, kv, "a decode GPU of this plan", "use a larger EP or shorter requests")
+    table = decode_table(model, hw, plan, preset, top, contexts, d.decode_graphs)
+    return {"table": table, "plan": plan, "kv": kv, "cap": _cap(d, table, plan.accepted_per_request, contexts, top)}
+
+
+def _decode_range(d: Deployment, w: Workload, kv: float, who: str, advice: str) -> tuple[tuple[float, float], float]:
+    """The decode table's contexts (first token to the longest request) and its largest batch per DP
+    group (what the KV room holds at the mean request, or --decode-batch); too little room for one
+    request is an error."""
     lengths = (w.input_len + w.output_len).astype(float)
     if kv < lengths.min():
-        raise UserError(f"a decode GPU of this plan has room for {kv:,.0f} KV tokens after the weights, less than "
-                        f"one request's {lengths.min():,.0f}: use a larger EP or shorter requests")
-    contexts = (float(w.input_len.min() + 1), float(lengths.max()))
+        raise UserError(f"{who} has room for {kv:,.0f} KV tokens after the weights, less than one request's "
+                        f"{lengths.min():,.0f}: {advice}")
     top = max(1.0, kv / lengths.mean())
     if d.max_batch:
         top = min(top, d.max_batch)
-    table = decode_table(model, hw, plan, preset, top, contexts, d.decode_graphs)
-    cap = d.max_batch
-    if d.slo_tpot_ms:
-        cap = tpot_batch(table, plan.accepted_per_request, d.slo_tpot_ms, contexts[1], top)   # at the longest context
-    return {"table": table, "plan": plan, "kv": kv, "cap": cap}
+    return (float(w.input_len.min() + 1), float(lengths.max())), top
+
+
+def _cap(d: Deployment, table, accepted: float, contexts: tuple[float, float], top: float) -> float:
+    """The decode batch limit: --decode-batch, or the TPOT target's at the longest context."""
+    return tpot_batch(table, accepted, d.slo_tpot_ms, contexts[1], top) if d.slo_tpot_ms else d.max_batch
 
 
 def _af_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload, fields: dict,
@@ -180,7 +184,7 @@ def _af_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Work
     from . import af
     gpn = fields.get("gpus_per_node") or hw.gpus_per_node
     pp = d.decode
-    if d.mode == "colocated" or not 0 < d.expert_nodes < pp.nodes:
+    if not 0 < d.expert_nodes < pp.nodes:
         raise UserError(f"--decode-expert-nodes must lie in [1, {pp.nodes - 1}] (the rest of the {pp.nodes} decode "
                         f"nodes run attention), got {d.expert_nodes}")
     if not 1 <= d.af_microbatches <= 8:
@@ -198,19 +202,12 @@ def _af_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Work
     af.check_expert_memory(model, hw, preset, plan, F)
     shape_ = af.AFShape(A, F, d.af_microbatches)
     kv = af.attention_kv_tokens(model, hw, preset, plan)
-    lengths = (w.input_len + w.output_len).astype(float)
-    if kv < lengths.min():
-        raise UserError(f"an attention GPU has room for {kv:,.0f} KV tokens, less than one request's {lengths.min():,.0f}")
-    contexts = (float(w.input_len.min() + 1), float(lengths.max()))
-    top = max(1.0, kv / lengths.mean())
-    if d.max_batch:
-        top = min(top, d.max_batch)
+    contexts, top = _decode_range(d, w, kv, "an attention GPU", "give the attention side more nodes or shorten the "
+                                                                "requests")
     table = custom_table(plan, top, contexts, lambda b, c: af.step_ms(model, hw, preset,
                                                                       replace(plan, batch=b, seq_len=c), shape_))
-    cap = d.max_batch
-    if d.slo_tpot_ms:
-        cap = tpot_batch(table, 1.0, d.slo_tpot_ms, contexts[1], top)
-    cache[key] = {"table": table, "plan": plan, "kv": kv, "cap": cap, "gpus": A + F, "dp": A // pp.tp}
+    cache[key] = {"table": table, "plan": plan, "kv": kv, "cap": _cap(d, table, 1.0, contexts, top), "gpus": A + F,
+                  "dp": A // pp.tp}
     return cache[key]
 
 
@@ -234,7 +231,8 @@ def run(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload, 
     for p in pools:
         if p.role in ("decode", "colocated") and d.slo_tpot_ms and p.max_batch == 0:
             raise UserError(f"no decode batch meets TPOT < {d.slo_tpot_ms:g} ms on this plan: one request per DP group "
-                            f"takes {p.decode(1.0, float(w.input_len.mean())) / p.tokens_per_step:.1f} ms per token")
+                            f"takes {p.decode(1.0, p.decode.context[-1]) / p.tokens_per_step:.1f} ms per token at "
+                            f"the longest context")
     return simulate(w, pools, d.mode, transfer)
 
 

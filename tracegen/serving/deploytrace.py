@@ -88,14 +88,19 @@ def build_events(r: Result, meta: dict[str, Any], max_requests: int = DEFAULT_RE
     return {"traceEvents": ev, "displayTimeUnit": "ms", "otherData": other}
 
 
-def write(r: Result, path: str | Path, meta: dict[str, Any], max_requests: int = DEFAULT_REQUESTS) -> Path:
-    name = str(path)
-    if not (name.endswith(".json") or name.endswith(".json.gz")):
+def check_path(path: str | Path) -> None:
+    """A deployment trace is JSON (.json, .json.gz); refuse any other name before simulating."""
+    if not str(path).endswith((".json", ".json.gz")):
         raise UserError(f"output {path}: a deployment trace is written as *.json or *.json.gz")
+
+
+def write(r: Result, path: str | Path, meta: dict[str, Any], max_requests: int = DEFAULT_REQUESTS) -> Path:
+    check_path(path)
+    name = str(path)
     data = msgspec.json.encode(build_events(r, meta, max_requests))
     if name.endswith(".gz"):
         data = gzip.compress(data, compresslevel=6, mtime=0)
     return atomic_write(path, data)
 
 
-__all__ = ["build_events", "write", "GENERATOR", "FORMAT", "DEFAULT_REQUESTS"]
+__all__ = ["build_events", "check_path", "write", "GENERATOR", "FORMAT", "DEFAULT_REQUESTS"]

@@ -18,19 +18,17 @@ def _pcts(x: np.ndarray) -> dict[str, float]:
     return {f"p{p}": float(np.percentile(x, p)) for p in PCTS} | {"mean": float(x.mean())}
 
 
-def _rates(t: np.ndarray, tokens: np.ndarray) -> tuple[float, float, float]:
-    """(tokens per second over [first, last], tokens per second between 10 % and 90 % of the tokens
-    done, the window's seconds) for tokens completed at times t."""
+def _rates(t: np.ndarray, tokens: np.ndarray) -> tuple[float, float]:
+    """(all the tokens, tokens per second between 10 % and 90 % of them done) for tokens completed
+    at times t; the rate is NaN when that middle takes no time (everything at one instant)."""
     if not len(t) or tokens.sum() <= 0:
-        return 0.0, 0.0, 0.0
+        return 0.0, 0.0
     order = np.argsort(t, kind="stable")
-    t, tokens = t[order], tokens[order]
-    cum = np.cumsum(tokens)
+    t, cum = t[order], np.cumsum(tokens[order])
     total = cum[-1]
-    t10 = t[np.searchsorted(cum, STEADY[0] * total)]
-    t90 = t[min(len(t) - 1, np.searchsorted(cum, STEADY[1] * total))]
-    done = cum[np.searchsorted(cum, STEADY[1] * total)] - cum[np.searchsorted(cum, STEADY[0] * total)]
-    return float(total), float(done / (t90 - t10)) if t90 > t10 else float("nan"), float(t90 - t10)
+    i10, i90 = np.searchsorted(cum, STEADY[0] * total), np.searchsorted(cum, STEADY[1] * total)
+    t10, t90 = t[i10], t[i90]
+    return float(total), float((cum[i90] - cum[i10]) / (t90 - t10)) if t90 > t10 else float("nan")
 
 
 def tpot_s(r: Result) -> np.ndarray:
@@ -68,14 +66,14 @@ def summary(r: Result, slo_ttft_ms: float | None = None, slo_tpot_ms: float | No
                "steps": int(mine.sum()), "max_batch_per_dp": pool.max_batch or None,
                "kv_tokens_per_dp": pool.kv_tokens if np.isfinite(pool.kv_tokens) else None}
         if pool.role in ("prefill", "colocated") and r.mode != "decode":
-            total, steady, window = _rates(r.prefill_end, w.input_len.astype(float))
+            total, steady = _rates(r.prefill_end, w.input_len.astype(float))
             row["input_tokens"] = total
             row["input_tokens_per_s_per_node"] = total / (t1 - t0) / pool.nodes if t1 > t0 else 0.0
             row["input_tokens_per_s_per_node_steady"] = steady / pool.nodes
             row["new_tokens_per_s_per_node_steady"] = steady * (1 - w.hit_rate) / pool.nodes
         if pool.role in ("decode", "colocated") and r.mode != "prefill":
             dec = mine & (s["kind"] == DECODE)
-            total, steady, window = _rates(s["end"][dec], s["tokens"][dec])
+            total, steady = _rates(s["end"][dec], s["tokens"][dec])
             row["output_tokens"] = total
             row["output_tokens_per_s_per_node"] = total / (t1 - t0) / pool.nodes if t1 > t0 else 0.0
             row["output_tokens_per_s_per_node_steady"] = steady / pool.nodes

@@ -90,9 +90,8 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
     n = len(w)
     nan = lambda: np.full(n, np.nan)        # noqa: E731
     p_start, p_end, first, d_start, finish = nan(), nan(), nan(), nan(), nan()
-    insts = [_Instance(k, pool) for pool in pools for k in range(pool.instances)]
-    for k, inst in enumerate(insts):
-        inst.i = k
+    pool_of = np.array([k for k, pool in enumerate(pools) for _ in range(pool.instances)], np.int64)
+    insts = [_Instance(i, pools[k]) for i, k in enumerate(pool_of)]
     by_role = {pool.role: [x for x in insts if x.pool is pool] for pool in pools}
     entry = by_role.get("prefill") or by_role.get("colocated") or by_role.get("decode")
     decoders = by_role.get("decode") or by_role.get("colocated") or []
@@ -103,7 +102,7 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
                                                  "queue")}
     events: list[tuple[float, int, int, int]] = []             # (time, seq, what, who)
     seq = 0
-    STEP_END, WAKE, KV_READY = 0, 1, 2
+    STEP_END, KV_READY = 0, 1
 
     def push(t: float, what: int, who: int) -> None:
         nonlocal seq
@@ -121,12 +120,16 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
         inst.holding += 1
         inst.reserved += float(w.input_len[r] + w.output_len[r])
 
+    def release(inst: _Instance, rs: np.ndarray) -> None:
+        """Requests rs are done: their KV and batch slots are free."""
+        inst.holding -= len(rs)
+        inst.reserved -= float((w.input_len[rs] + w.output_len[rs]).sum())
+
     def start_prefill(inst: _Instance, t: float, colocated: bool) -> bool:
         """Fill the instance's DP groups from its queue, each prompt (or chunk) into the least-loaded
-        group, up to the token budget per group. The step takes as long as the busiest group's load
-        (attention runs per group, and the groups meet in every all-to-all): exact when the groups are
-        balanced, as at full load; at light load it counts the experts' work as if every group were
-        as full as the busiest (conservative)."""
+        group, up to the token budget per group. The step takes the busiest group's time (attention
+        runs per group, and the groups meet in every all-to-all) except for the routed experts, which
+        see every group's tokens spread over the EP ranks: those at the groups' mean (StepTable)."""
         p = inst.pool
         groups = np.zeros(p.dp)
         done: list[int] = []
@@ -230,8 +233,7 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
                     first[r] = t
                     if out_left[r] <= 0:
                         finish[r] = t
-                        inst.holding -= 1
-                        inst.reserved -= float(w.input_len[r] + w.output_len[r])
+                        release(inst, np.array([r]))
                     else:
                         inst.pending.append(r)
                 elif mode == "prefill":
@@ -247,8 +249,7 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
             if done_mask.any():
                 gone = inst.ids[done_mask]
                 finish[gone] = t
-                inst.holding -= len(gone)
-                inst.reserved -= float((w.input_len[gone] + w.output_len[gone]).sum())
+                release(inst, gone)
                 keep = ~done_mask
                 inst.ids, inst.produced, inst.target, inst.ctx = (inst.ids[keep], inst.produced[keep],
                                                                   inst.target[keep], inst.ctx[keep])
@@ -291,8 +292,8 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
         r = int(np.argmax(stuck))
         raise UserError(f"request {r} ({w.input_len[r]} + {w.output_len[r]} tokens) never fits a decode instance's "
                         "KV cache: the plan holds fewer tokens per DP group than one request needs")
-    steps_arr = {k: np.asarray(v, float if k in ("start", "end", "load", "tokens", "kv") else np.int64) for k, v in rec.items()}
-    pool_of = np.array([pools.index(x.pool) for x in insts], np.int64)
+    steps_arr = {k: np.asarray(v, float if k in ("start", "end", "load", "tokens", "kv") else np.int64)
+                 for k, v in rec.items()}
     return Result(w, pools, mode, p_start, first, p_end, d_start, finish, pool_of, steps_arr)
 
 

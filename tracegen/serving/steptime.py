@@ -96,18 +96,15 @@ def decode_table(model: Model, hw: Hardware, plan: Plan, preset: Preset, max_bat
     """Step time of a decode instance with `b` requests per DP group at KV length `c`. With `graphs`
     the step replays a captured graph (CUDA / ACL graphs, as SGLang's and DeepSeek's decode do): no
     per-kernel CPU launch cost, which otherwise bounds small batches."""
-    loads = _geom(1.0, max(1.0, max_batch), GRID_POINTS)
-    ctx = _geom(max(1.0, contexts[0]), max(1.0, contexts[1]), CONTEXT_POINTS)
-    ms = np.empty((len(ctx), len(loads)))
-    for i, c in enumerate(ctx):
-        for j, b in enumerate(loads):
-            p = validate(replace(plan, seq_len=max(1, int(round(c))), batch=b), model, hw)
-            ms[i, j] = _step_ms(model, hw, p, preset, 0.0 if graphs else None)
-    return StepTable(plan, loads, ctx, ms)
+    def step(b: float, c: int) -> float:
+        return _step_ms(model, hw, validate(replace(plan, seq_len=c, batch=b), model, hw), preset,
+                        0.0 if graphs else None)
+    return custom_table(plan, max_batch, contexts, step)
 
 
 def custom_table(plan: Plan, max_batch: float, contexts: tuple[float, float], step) -> StepTable:
-    """A decode table from another step model `step(batch, context) -> ms` (AF decode, af.py)."""
+    """A decode table from a step model `step(batch, context) -> ms` (the scheduled step; AF decode's
+    pipeline, af.py) on GRID_POINTS batches x CONTEXT_POINTS contexts."""
     loads = _geom(1.0, max(1.0, max_batch), GRID_POINTS)
     ctx = _geom(max(1.0, contexts[0]), max(1.0, contexts[1]), CONTEXT_POINTS)
     ms = np.array([[step(float(b), max(1, int(round(c)))) for b in loads] for c in ctx])
