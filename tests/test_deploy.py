@@ -236,6 +236,7 @@ def test_requests_out_as_parquet_and_csv(tmp_path, capsys):
     (["--mode", "decode", "--slo-tpot", "1"], "no decode batch meets TPOT"),
     (["--search"], "--nodes"),
     (["-o", "x.pftrace"], "x.pftrace"),
+    (["--trace-requests", "-1"], "--trace-requests"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, needle):
     code = main(["deploy", "--requests", "20", *argv] if "--requests" not in argv else ["deploy", *argv])

@@ -162,6 +162,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if args.output is not None:
         from .deploytrace import check_path
         check_path(args.output)
+    if args.trace_requests < 0:
+        raise UserError(f"--trace-requests is a number of requests to draw, 0 or more, got {args.trace_requests}")
     if args.requests_out is not None:
         _requests_format(args.requests_out)
     model, hw, preset, d, w = parts = target(args)
