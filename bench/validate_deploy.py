@@ -69,20 +69,21 @@ ROWS = (
         "a 24-hour average per node; the batch capped where TPOT = 1/21 s (the post's 20-22 tokens/s per user); "
         "MTP 1 draft at 85 % acceptance (DeepSeek-V3 report: 85-90 %); 4,096-token context, 1,000 output tokens "
         "(assumed); 32 redundant experts; DeepEP first release, 5 ms scheduler per step"),
-    Row("cm-prefill", "CloudMatrix384 DeepSeek-R1 prefill (16-NPU instance), perfect EPLB", "ascend-910c",
-        Deployment("prefill", prefill=PoolPlan(2, 1, 16)), (2048, None, 4096, 1, 0.0), "input", "NPU", 6688, 20,
-        "4K inputs, the pool at full load, INT8 (the catalog's 8-bit figure), per NPU = per 910C package"),
-    Row("cm-decode-50", "CloudMatrix384 DeepSeek-R1 decode (160 NPUs, EP160), TPOT < 50 ms", "ascend-910c",
-        Deployment("decode", decode=PoolPlan(20, 1, 160), slo_tpot_ms=50,
-                   plan_fields={"redundant_experts": 64, "mtp": 1, "mtp_accept": 0.7}),
-        (160 * 192, None, 4096, 600, 0.0), "output", "NPU", 1943, 20,
-        "4K KV, MTP 1 draft at 70 % acceptance, 320 experts over 160 packages (64 replicas), the batch capped by "
-        "TPOT < 50 ms, per NPU = per package"),
-    Row("cm-decode-15", "CloudMatrix384 DeepSeek-R1 decode (160 NPUs, EP160), TPOT < 15 ms", "ascend-910c",
-        Deployment("decode", decode=PoolPlan(20, 1, 160), slo_tpot_ms=15,
-                   plan_fields={"redundant_experts": 64, "mtp": 1, "mtp_accept": 0.7}),
-        (160 * 32, None, 4096, 600, 0.0), "output", "NPU", 538, 20,
-        "as above with TPOT < 15 ms"),
+    Row("cm-prefill", "CloudMatrix384 DeepSeek-R1 prefill (16 NPUs = 32 dies, EP32), perfect EPLB", "ascend-910c",
+        Deployment("prefill", prefill=PoolPlan(2, 1, 32)), (4096, None, 4096, 1, 0.0), "input", "NPU", 6688, 20,
+        "4K inputs, the pool at full load, INT8; a rank is a die, per NPU = per 910C package (2 dies)"),
+    Row("cm-decode-50", "CloudMatrix384 DeepSeek-R1 decode (160 NPUs = 320 dies, EP320), TPOT < 50 ms",
+        "ascend-910c", Deployment("decode", decode=PoolPlan(20, 1, 320), slo_tpot_ms=50,
+                                  plan_fields={"redundant_experts": 64, "mtp": 1, "mtp_accept": 0.7}),
+        (320 * 96, None, 4096, 600, 0.0), "output", "NPU", 1943, 20,
+        "4K KV, MTP 1 draft at 70 % acceptance, one expert per die (256 routed + 64 extra), the batch capped by "
+        "TPOT < 50 ms, per NPU = per package (2 dies)"),
+    Row("cm-decode-15", "CloudMatrix384 DeepSeek-R1 decode (160 NPUs = 320 dies, EP320), TPOT < 15 ms",
+        "ascend-910c", Deployment("decode", decode=PoolPlan(20, 1, 320), slo_tpot_ms=15,
+                                  plan_fields={"redundant_experts": 64, "mtp": 1, "mtp_accept": 0.7,
+                                               "microbatches": 1}),
+        (320 * 16, None, 4096, 600, 0.0), "output", "NPU", 538, 20,
+        "as above with TPOT < 15 ms; one micro-batch (at a few requests per die a split reads every weight twice)"),
 )
 
 
@@ -103,7 +104,7 @@ def measure(row: Row) -> dict[str, Any]:
     s = summary(r)
     pool = s["pools"][0]
     per_node = pool[f"{row.metric}_tokens_per_s_per_node_steady"]
-    got = per_node / hw.gpus_per_node if row.per == "NPU" else per_node
+    got = per_node / (hw.gpus_per_node / hw.dies_per_package) if row.per == "NPU" else per_node
     return {"key": row.key, "label": row.label, "published": row.published, "predicted": got,
             "error_pct": 100 * (got / row.published - 1), "target_pct": row.target_pct, "per": row.per,
             "tpot_ms": pool.get("step_tpot_ms"), "batch_per_dp": pool.get("mean_batch_per_dp"),

@@ -55,21 +55,44 @@ def test_every_builtin_entry_is_complete():
     assert {"h800", "h20", "h20-3e", "h100", "h200", "b200", "ascend-910c"} <= set(builtin_hardware())
     assert {"deepseek-v3", "kimi-k2", "qwen3-235b-a22b"} <= set(builtin_models())
     for hw in builtin_hardware().values():
-        assert hw.sm_count > 0 and hw.fp8_tflops >= hw.bf16_tflops > 0 and hw.hbm_gbps > 0
+        assert hw.sm_count > 0 and hw.q8_tflops >= hw.bf16_tflops > 0 and hw.hbm_gbps > 0
         assert "normal" in hw.comm
 
 
 def test_ascend_matches_cloudmatrix_figures():
+    """A rank is a die; the package (the sources' "NPU" / "chip" in the supernode table) is two of them."""
     hw = load_hardware("ascend-910c")
+    pkg = hw.dies_per_package
+    assert pkg == 2
     rows = {r["system"]: r for r in reference_rows("seed003_supernode.csv")}
     cm = rows["CloudMatrix384"]
-    assert hw.hbm_gbps / 1e3 == float(cm["mem_bw_TBps_per_chip"])
-    assert hw.scaleup_domain == int(cm["npus_or_gpus"])
+    assert hw.hbm_gbps * pkg / 1e3 == float(cm["mem_bw_TBps_per_chip"])
+    assert hw.scaleup_domain == int(cm["npus_or_gpus"]) * pkg
     paper = {r["item"]: r for r in reference_rows("cloudmatrix384_paper.csv")}
-    assert hw.bf16_tflops == float(paper["910c_bf16_dense"]["value"])
-    assert hw.hbm_gb == float(paper["910c_hbm"]["value"])
-    assert hw.scaleup_gbps == float(paper["ub_bw_per_npu"]["value"])
+    assert hw.bf16_tflops * pkg == float(paper["910c_bf16_dense"]["value"])
+    assert hw.hbm_gb * pkg == float(paper["910c_hbm"]["value"])
+    assert hw.scaleup_gbps * pkg == float(paper["ub_bw_per_npu"]["value"])
+    # INT8, no FP8: the paper's 1.29 decode tokens/s per TFLOPS at 1,943 tokens/s per NPU is the package's INT8 peak
+    assert hw.q8_format == "int8" and hw.q8_tflops == 2 * hw.bf16_tflops
+    per_tflops = float(paper["decode_efficiency"]["value"])
+    assert float(paper["decode_throughput"]["value"]) / per_tflops == pytest.approx(hw.q8_tflops * pkg, rel=0.01)
     assert "ascend-fused" in hw.comm and hw.comm["ascend-fused"].fused
+
+
+def test_eight_bit_format_is_the_hardwares_own(tmp_path):
+    """Ascend plans default to INT8; FP8 on it is refused in one line; an entry names exactly one 8-bit peak."""
+    from tracegen.resolve import resolve_plan, resolve_target
+    m, hw, p = resolve_target("deepseek-v3", hardware="ascend-910c")
+    assert resolve_plan("decode", m, hw, p).precision == "int8"
+    m8, h800, p8 = resolve_target("deepseek-v3", hardware="h800")
+    assert resolve_plan("decode", m8, h800, p8).precision == "fp8"
+    with pytest.raises(UserError, match="has no FP8 GEMMs .* use --precision int8 or bf16"):
+        resolve_plan("decode", m, hw, p, precision="fp8")
+    assert resolve_plan("decode", m, hw, p, precision="bf16").gemm_bytes_per_elem == 2
+    both = tmp_path / "both.toml"
+    both.write_text('[x]\nbase = "h800"\nint8_tflops = "100 TFLOPS"\n')
+    with pytest.raises(UserError, match="exactly one of 'fp8_tflops' or 'int8_tflops'"):
+        load_hardware(path=both)
 
 
 def test_units():

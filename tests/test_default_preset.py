@@ -71,7 +71,7 @@ def test_gemm_efficiency_falls_at_small_m():
     w = ops(plan)["routed_up"]
     t = op_time(w, plan, H800, DEFAULT)
     achieved = w.flops / (t.ms * 1e-3) / 1e12
-    assert w.m <= 16 and achieved / H800.fp8_tflops < 0.05
+    assert w.m <= 16 and achieved / H800.q8_tflops < 0.05
 
 
 def test_comm_sms_are_taken_only_while_communication_runs():

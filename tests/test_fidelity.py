@@ -217,7 +217,7 @@ def test_ascend_fused_kernels_follow_the_papers_points_and_the_unified_bus():
     lat = hw.backend("ascend-fused").latency_us
 
     def dispatch(ep: int, hw_) -> float:
-        plan = Plan(phase="decode", batch=128, seq_len=4096, dp=ep, comm="ascend-fused")
+        plan = Plan(phase="decode", batch=128, seq_len=4096, dp=ep, comm="ascend-fused", precision="int8")
         return op_time(next(w for w in layer_ops(MODEL, plan, DEFAULT, hw_, False) if w.name == "dispatch"),
                        plan, hw_, DEFAULT).us
     assert 116 < dispatch(64, hw) < 152 and dispatch(64, hw) == pytest.approx(116 + (152 - 116) * 3 / 5, rel=1e-9)

@@ -16,7 +16,7 @@ def test_every_row():
     for r in rows:
         for name in GPU[r["gpu"]]:
             hw = load_hardware(name)
-            assert hw.fp8_tflops == float(r["fp8_tflops"])
+            assert hw.q8_tflops == float(r["fp8_tflops"])
             assert hw.hbm_gbps / 1e3 == float(r["hbm_TBps"])
             rl = moe_roofline(hw, model, local_batch_max=int(r["local_batch_max"]))
             assert round(rl.ridge_flops_per_byte) == int(r["ridge_flops_per_byte"])

@@ -126,7 +126,7 @@ class Hardware:
     key: str
     name: str
     sm_count: int
-    fp8_tflops: float       # dense peak (INT8 TOPS on accelerators that serve MoE in INT8)
+    q8_tflops: float        # dense 8-bit peak: FP8 TFLOPS, or INT8 TOPS where the chip has no FP8
     bf16_tflops: float      # dense peak
     hbm_gb: float
     hbm_gbps: float
@@ -140,6 +140,9 @@ class Hardware:
     comm: dict[str, CommBackend]
     source: str
     aliases: tuple[str, ...] = ()
+    q8_format: str = "fp8"      # the chip's 8-bit GEMM format: "fp8" or "int8" (Ascend 910C has no FP8)
+    dies_per_package: int = 1   # ranks per package: the figures above are per rank (one die); a
+                                # source's "per NPU" / "per chip" may mean the package
 
     def eff(self, kind: str, m: float = 0.0, n: float = 0.0, k: float = 0.0) -> float:
         try:
@@ -217,7 +220,8 @@ class Model:
 # ----------------------------------------------------------------------------- schema
 # field -> (unit kind or python type, required)
 _HW_FIELDS: dict[str, tuple[str, bool]] = {
-    "display": ("str", True), "sm_count": ("int", True), "fp8_tflops": ("flops", True),
+    "display": ("str", True), "sm_count": ("int", True), "fp8_tflops": ("flops", False),
+    "int8_tflops": ("flops", False), "dies_per_package": ("int", False),
     "bf16_tflops": ("flops", True), "hbm_gb": ("size", True), "hbm_gbps": ("bandwidth", True),
     "scaleup_gbps": ("bandwidth", True), "scaleup_domain": ("int", True),
     "scaleout_gbps": ("bandwidth", True), "pcie_gbps": ("bandwidth", True),
@@ -389,8 +393,15 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
         comm[name] = CommBackend(name=name, **c)
     if e["sm_count"] <= 0:
         raise UserError(f"{where}.sm_count: must be positive")
+    formats = [f for f in ("fp8", "int8") if f"{f}_tflops" in e]
+    if len(formats) != 1:
+        raise UserError(f"{where}: give the dense 8-bit peak as exactly one of 'fp8_tflops' or 'int8_tflops' "
+                        f"(got {' and '.join(formats) or 'neither'})")
+    if e.get("dies_per_package", 1) < 1:
+        raise UserError(f"{where}.dies_per_package: must be at least 1")
     return Hardware(
-        key=key, name=e["display"], sm_count=e["sm_count"], fp8_tflops=e["fp8_tflops"],
+        key=key, name=e["display"], sm_count=e["sm_count"], q8_tflops=e[f"{formats[0]}_tflops"],
+        q8_format=formats[0], dies_per_package=e.get("dies_per_package", 1),
         bf16_tflops=e["bf16_tflops"], hbm_gb=e["hbm_gb"], hbm_gbps=e["hbm_gbps"],
         scaleup_gbps=e["scaleup_gbps"], scaleup_domain=e["scaleup_domain"],
         scaleout_gbps=e["scaleout_gbps"], pcie_gbps=e["pcie_gbps"], gpus_per_node=e["gpus_per_node"],
@@ -521,7 +532,8 @@ def hardware_to_dict(hw: Hardware) -> dict[str, Any]:
     """A hardware entry as a plain table that `load_hardware(path=...)` reads back."""
     return {hw.key: {
         "display": hw.name, "aliases": list(hw.aliases), "source": hw.source,
-        "sm_count": hw.sm_count, "fp8_tflops": hw.fp8_tflops, "bf16_tflops": hw.bf16_tflops,
+        "sm_count": hw.sm_count, f"{hw.q8_format}_tflops": hw.q8_tflops, "bf16_tflops": hw.bf16_tflops,
+        **({"dies_per_package": hw.dies_per_package} if hw.dies_per_package > 1 else {}),
         "hbm_gb": hw.hbm_gb, "hbm_gbps": hw.hbm_gbps, "scaleup_gbps": hw.scaleup_gbps,
         "scaleup_domain": hw.scaleup_domain, "scaleout_gbps": hw.scaleout_gbps,
         "pcie_gbps": hw.pcie_gbps, "gpus_per_node": hw.gpus_per_node, "cpu_launch_us": hw.cpu_launch_us,

@@ -114,8 +114,9 @@ def add_shared_plan_args(p: argparse.ArgumentParser, title: str = "plan details"
                    help="decode: probability a draft token is accepted (default: 0.85, DeepSeek-V3 report)")
     g.add_argument("--sched-ms", type=finite, default=None,
                    help="CPU time per step outside the GPU work (scheduler, batching), ms (default: 0)")
-    g.add_argument("--precision", default=None, choices=("fp8", "bf16"), help="GEMM precision")
-    g.add_argument("--kv-dtype", default=None, choices=("fp8", "bf16"), help="KV-cache element type")
+    g.add_argument("--precision", default=None, choices=("fp8", "int8", "bf16"),
+                   help="GEMM precision (default: the hardware's 8-bit format, FP8 on NVIDIA, INT8 on Ascend)")
+    g.add_argument("--kv-dtype", default=None, choices=("fp8", "int8", "bf16"), help="KV-cache element type")
     g.add_argument("--imbalance", type=finite, default=None,
                    help="expert load max/mean across EP ranks, >= 1 (1 / EPLB balancedness)")
 
@@ -171,6 +172,10 @@ def render_estimate(est: Any) -> str:
         lines.append(f"{what} with overlap {est.sum_overlap_ms:>10.3f} ms    without {est.sum_ms:>10.3f} ms")
     lines.append(f"tokens/s per GPU    {_fmt(d['tokens_per_s_per_gpu_overlap'], 1):>10}       "
                  f"without {_fmt(d['tokens_per_s_per_gpu'], 1):>10}")
+    if "tokens_per_s_per_package" in d:
+        lines.append(f"tokens/s per package{_fmt(d['tokens_per_s_per_package_overlap'], 1):>10}       "
+                     f"without {_fmt(d['tokens_per_s_per_package'], 1):>10}  ({d['dies_per_package']} dies; "
+                     "a 'GPU' above is one die)")
     lines.append(f"tokens/s per node   {_fmt(d['tokens_per_s_per_node_overlap'], 1):>10}       "
                  f"without {_fmt(d['tokens_per_s_per_node'], 1):>10}")
     if p.phase == "decode":
@@ -244,16 +249,17 @@ def cmd_list(args: argparse.Namespace) -> int:
         table = builtin_hardware() if not args.hardware_file else {
             "file": load_hardware(None, args.hardware_file)}
         rows = [{"name": k, "display": h.name, "aliases": list(h.aliases), "sms": h.sm_count,
-                 "fp8_tflops": h.fp8_tflops, "bf16_tflops": h.bf16_tflops, "hbm_gb": h.hbm_gb,
+                 "q8_tflops": h.q8_tflops, "q8_format": h.q8_format, "bf16_tflops": h.bf16_tflops,
+                 "dies_per_package": h.dies_per_package, "hbm_gb": h.hbm_gb,
                  "hbm_gbps": h.hbm_gbps, "scaleup_gbps": h.scaleup_gbps, "scaleup_domain": h.scaleup_domain,
                  "scaleout_gbps": h.scaleout_gbps, "comm": sorted(h.comm)} for k, h in table.items()]
         if args.json:
             print_json({"hardware": rows}, tag("tracegen-list-hardware"))
             return 0
-        print(f"{'name':<14}{'SMs':>5}{'FP8 TF':>9}{'BF16 TF':>9}{'HBM GB':>8}{'HBM GB/s':>10}"
+        print(f"{'name':<14}{'SMs':>5}{'8-bit TF':>14}{'BF16 TF':>9}{'HBM GB':>8}{'HBM GB/s':>10}"
               f"{'up GB/s':>9}{'domain':>8}{'out GB/s':>10}  backends")
         for r in rows:
-            print(f"{r['name']:<14}{r['sms']:>5}{r['fp8_tflops']:>9.0f}{r['bf16_tflops']:>9.1f}{r['hbm_gb']:>8.0f}"
+            print(f"{r['name']:<14}{r['sms']:>5}{r['q8_format'].upper():>5}{r['q8_tflops']:>9.0f}{r['bf16_tflops']:>9.1f}{r['hbm_gb']:>8.0f}"
                   f"{r['hbm_gbps']:>10.0f}{r['scaleup_gbps']:>9.0f}{r['scaleup_domain']:>8}"
                   f"{r['scaleout_gbps']:>10.1f}  {', '.join(r['comm'])}")
         print("\nnames are case-insensitive; aliases: " + "; ".join(
@@ -296,7 +302,7 @@ def cmd_roofline(args: argparse.Namespace) -> int:
     if args.json:
         print_json(r.to_dict(), tag("tracegen-roofline"))
         return 0
-    print(f"{model.name} experts on {hw.name} (FP8 {hw.fp8_tflops:g} TFLOPS, HBM {r.hbm_tbps:g} TB/s)")
+    print(f"{model.name} experts on {hw.name} ({hw.q8_format.upper()} {hw.q8_tflops:g} TFLOPS, HBM {r.hbm_tbps:g} TB/s)")
     print(f"  ridge point             {r.ridge_flops_per_byte:8.1f} FLOP/byte")
     print(f"  tokens per expert >=    {r.min_tokens_per_expert:8.1f}  (~{r.tokens_per_expert_rounded})")
     print(f"  global batch >=         {r.global_batch_min:8d}  tokens per step "

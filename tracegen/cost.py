@@ -44,8 +44,9 @@ def sm_fraction(plan: Plan, hw: Hardware, preset: Preset, overlapped: bool) -> f
 
 def compute_rate(hw: Hardware, preset: Preset, rate: str, kind: str, m: float, n: float = 0.0,
                  k: float = 0.0) -> float:
-    """Achieved TFLOPS for `rate` ("fp8"/"bf16") FLOPs of op `kind` on an M x N x K product, all SMs."""
-    peak = hw.fp8_tflops if rate == "fp8" else hw.bf16_tflops
+    """Achieved TFLOPS for `rate` ("bf16", or an 8-bit format: "fp8"/"int8") FLOPs of op `kind` on an
+    M x N x K product, all SMs."""
+    peak = hw.bf16_tflops if rate == "bf16" else hw.q8_tflops
     eff = preset.flat_discount if preset.flat_discount is not None else hw.eff(kind, m, n, k)
     return peak * preset.usable_peak * eff
 

@@ -74,6 +74,10 @@ class Estimate:
             "tokens_per_s_per_node_overlap": self.tokens_per_s_per_gpu_overlap * p.gpus_per_node,
             "tokens_per_s_per_node": self.tokens_per_s_per_gpu * p.gpus_per_node,
         }
+        if self.hardware.dies_per_package > 1:     # sources count per package ("per NPU")
+            n = self.hardware.dies_per_package
+            out.update(dies_per_package=n, tokens_per_s_per_package_overlap=self.tokens_per_s_per_gpu_overlap * n,
+                       tokens_per_s_per_package=self.tokens_per_s_per_gpu * n)
         if p.phase == "decode":
             # a step gives each request 1 + accepted drafts tokens: TPOT is the step over that
             a = p.accepted_per_request

@@ -42,7 +42,7 @@ class Obs:
     m: float
     flops: float
     bytes: float
-    rate: str             # "fp8" or "bf16": which peak the FLOPs run at
+    rate: str             # "bf16" or an 8-bit format ("fp8", "int8"): which peak the FLOPs run at
     us: float
     kernels: int = 1      # kernels the op ran as (each takes at least the kind's floor)
     profiled: bool = True     # measured by a profiler (False: read from a tracegen trace)
@@ -106,7 +106,7 @@ class _Products:
     def __init__(self, obs: list[Obs], hw: Hardware):
         rows = []
         for i, o in enumerate(obs):
-            peak = (hw.fp8_tflops if o.rate == "fp8" else hw.bf16_tflops) * 1e6 * _default().usable_peak
+            peak = (hw.bf16_tflops if o.rate == "bf16" else hw.q8_tflops) * 1e6 * _default().usable_peak
             gs = o.gemms or ((o.m, 0.0, 0.0, o.flops / max(2 * o.m, 1e-9) if o.m else 0.0),)
             for m, n, k, c in gs:
                 if m and c:

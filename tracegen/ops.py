@@ -33,7 +33,7 @@ class Work:
     stage: str                # TBO stage: ATTN, ATTN-0, ATTN-1, SHARED, DISPATCH, MLP, COMBINE
     kind: str                 # efficiency kind: gemm, grouped_gemm, attention, allreduce, a2a
     flops: float = 0.0        # multiply-adds x 2
-    rate: str = "fp8"         # compute class the FLOPs run at: "fp8" or "bf16"
+    rate: str = "fp8"         # compute class the FLOPs run at: "bf16" or an 8-bit format ("fp8", "int8")
     m: float = 0.0            # GEMM rows (tokens; tokens per expert for grouped GEMMs)
     hbm_bytes: float = 0.0    # weights + activations (+ KV for attention) moved through HBM
     kv_bytes: float = 0.0     # the KV-cache part of hbm_bytes (decode)
@@ -199,22 +199,22 @@ def allreduce_op(model: Model, plan: Plan, preset: Preset, t: Tokens, dense: boo
 
 # ----------------------------------------------------------------------------- FFN
 def _ffn(name: str, row: str, stage: str, kind: str, rows: float, width: int, hidden: int,
-         copies: float, weight_elem: float, m: float) -> Work:
+         copies: float, precision: str, m: float) -> Work:
     """SwiGLU FFN of `copies` experts, `m` rows each: gate and up fused (hidden -> 2 x width),
     then down (width -> hidden); a grouped GEMM runs all experts in one kernel each."""
     gemms = ((m, 2 * width, hidden, rows / m if m else 0), (m, hidden, width, rows / m if m else 0))
-    weights = copies * 3 * hidden * width * weight_elem
-    return Work(name, row, stage, kind, gemm_flops(gemms), "fp8" if weight_elem == 1 else "bf16", m,
+    weights = copies * 3 * hidden * width * (2 if precision == "bf16" else 1)
+    return Work(name, row, stage, kind, gemm_flops(gemms), precision, m,
                 weights + rows * (2 * hidden + 3 * width) * BF16, kernels=2, gemms=gemms)
 
 
 def _ffn_halves(name: str, row: str, stage: str, kind: str, rows: float, width: int, hidden: int,
-                copies: float, weight_elem: float, m: float) -> list[Work]:
+                copies: float, precision: str, m: float) -> list[Work]:
     """The same FFN as two kernels, as grouped expert GEMMs run: `<name>_up` (gate and up fused,
     hidden -> 2 x width) and `<name>_down` (width -> hidden), each with its own weights and
     activations (the SwiGLU between them is a glue op)."""
     n = rows / m if m else 0
-    rate = "fp8" if weight_elem == 1 else "bf16"
+    rate, weight_elem = precision, (2 if precision == "bf16" else 1)
     if kind == "grouped_gemm_masked":
         # the masked kernel spreads (expert, row block, column block) tiles over the SMs: its
         # efficiency follows all its rows (InferSim's H800 masked measurements: median error 9 %
@@ -233,7 +233,7 @@ def dense_mlp_op(model: Model, plan: Plan, preset: Preset, t: Tokens) -> Work:
     # the seed: the whole DP group's tokens on one GPU
     rows = t.moe_tokens if preset.dense_mlp_split else t.q_len
     return _ffn("dense_mlp", "DenseMLP", "MLP", "gemm", rows, model.intermediate, model.hidden,
-                1.0, plan.gemm_bytes_per_elem, rows)
+                1.0, plan.precision, rows)
 
 
 def gate_op(model: Model, plan: Plan, t: Tokens) -> list[Work]:
@@ -257,17 +257,16 @@ ROUTING_KERNELS = {False: 2, True: 3}
 
 
 def expert_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, t: Tokens) -> list[Work]:
-    wb = plan.gemm_bytes_per_elem
     out = []
     if model.shared_experts:
         out.append(_ffn("shared_expert", "SharedExpert", "SHARED", "gemm", t.moe_tokens * model.shared_experts,
-                        model.moe_intermediate, model.hidden, model.shared_experts, wb, t.moe_tokens))
+                        model.moe_intermediate, model.hidden, model.shared_experts, plan.precision, t.moe_tokens))
     local = plan.experts_per_gpu(model)
     # low-latency dispatch hands the experts a masked [experts x max tokens] layout (masked grouped
     # GEMM); the normal dispatch a contiguous one
     kind = "grouped_gemm_masked" if hw.backend(plan.comm).expert_layout == "masked" else "grouped_gemm"
     out += _ffn_halves("routed", "RoutedExpert", "MLP", kind, t.routed_tokens, model.moe_intermediate, model.hidden,
-                       local, wb, t.routed_tokens / max(local, 1e-9))
+                       local, plan.precision, t.routed_tokens / max(local, 1e-9))
     return out
 
 
@@ -276,7 +275,7 @@ def a2a_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, t: Tokens) -
     """Dispatch (FP8 payload) and combine (BF16 payload) bytes leaving one GPU; how many copies of
     a token leave follows from the routing fan-out (routing.py) and the backend's deduplication."""
     H, k = model.hidden, model.activated_experts
-    scale = (4 / SCALE_GROUP) if preset.quant_scale_bytes and plan.precision == "fp8" else 0.0
+    scale = (4 / SCALE_GROUP) if preset.quant_scale_bytes and plan.precision != "bf16" else 0.0
     elem = {"dispatch": plan.gemm_bytes_per_elem + scale, "combine": float(BF16)}
     tok = t.moe_tokens
     domain = hw.scaleup_domain

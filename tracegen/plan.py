@@ -13,6 +13,7 @@ from .routing import ROUTINGS
 PHASES = ("prefill", "decode")
 MAX_TOKENS_PER_GROUP = 1e8      # tokens one attention-DP group processes in one step; DeepSeek's prefill: 16K
 MIN_TOKENS_PER_GROUP = 1e-3     # below this, float arithmetic of the cost model underflows
+PRECISIONS = ("fp8", "int8", "bf16")    # 8-bit GEMMs run at the hardware's 8-bit peak (FP8 or INT8)
 COMM_BACKENDS = ("normal", "intranode", "ibgda", "cpu-proxy", "ascend-fused", "pcie-copy")
 
 
@@ -30,8 +31,8 @@ class Plan:
     microbatches: int = 2        # two-batch overlap splits the batch in two
     comm: str = "normal"         # all-to-all backend
     comm_sms: int | None = None  # override the backend's SM count
-    precision: str = "fp8"       # GEMM precision: fp8 or bf16
-    kv_dtype: str = "bf16"       # KV-cache element type: fp8 or bf16
+    precision: str = "fp8"       # GEMM precision: the hardware's 8-bit format (fp8 or int8) or bf16
+    kv_dtype: str = "bf16"       # KV-cache element type: fp8, int8 or bf16
     decode_len: int = 1210       # decode: output tokens per request (memory sizing)
     imbalance: float = 1.0       # max / mean expert load across EP ranks (1 = balanced)
     routing: str = "model"       # fan-out of a token's experts: the model's group limits, or uniform top-k
@@ -55,11 +56,11 @@ class Plan:
 
     @property
     def kv_bytes_per_elem(self) -> int:
-        return 1 if self.kv_dtype == "fp8" else 2
+        return 2 if self.kv_dtype == "bf16" else 1
 
     @property
     def gemm_bytes_per_elem(self) -> int:
-        return 1 if self.precision == "fp8" else 2
+        return 2 if self.precision == "bf16" else 1
 
     @property
     def tokens_per_request(self) -> int:
@@ -116,10 +117,13 @@ def validate(plan: Plan, model: Model, hw: Hardware) -> Plan:
         raise UserError(f"--ep {plan.ep_size} leaves GPUs without an expert: {model.name} has {model.routed_experts} "
                         f"routed experts + {plan.redundant_experts} redundant ones (--redundant-experts adds "
                         f"replicas, e.g. {plan.ep_size - model.routed_experts} for EP{plan.ep_size})")
-    if plan.precision not in ("fp8", "bf16"):
-        raise UserError(f"--precision must be fp8 or bf16, got {plan.precision!r}")
-    if plan.kv_dtype not in ("fp8", "bf16"):
-        raise UserError(f"--kv-dtype must be fp8 or bf16, got {plan.kv_dtype!r}")
+    if plan.precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {plan.precision!r}")
+    if plan.precision != "bf16" and plan.precision != hw.q8_format:
+        raise UserError(f"{hw.name} has no {plan.precision.upper()} GEMMs (its 8-bit format is "
+                        f"{hw.q8_format.upper()}): use --precision {hw.q8_format} or bf16")
+    if plan.kv_dtype not in PRECISIONS:
+        raise UserError(f"--kv-dtype must be one of {', '.join(PRECISIONS)}, got {plan.kv_dtype!r}")
     if not 1.0 <= plan.imbalance <= max(1, plan.ep_size):
         raise UserError(f"--imbalance is max/mean expert load across the EP{plan.ep_size} ranks: it lies in "
                         f"[1, {max(1, plan.ep_size)}] (all load on one rank), got {plan.imbalance}")

@@ -57,6 +57,8 @@ def resolve_plan(phase: str, model: Model, hw: Hardware, preset: Preset, tokens:
         raise TypeError(f"unknown plan field {unknown[0]!r}")
     kw: dict[str, Any] = {k: v for k, v in preset.plan.get(phase, {}).items() if k != "comm"}
     kw["comm"] = default_backend(preset, phase, hw)
+    if kw.get("precision", "fp8") != "bf16":     # the preset's 8-bit default is the chip's own format
+        kw["precision"] = hw.q8_format
     kw.update({k: v for k, v in fields.items() if v is not None})
     kw.setdefault("gpus_per_node", hw.gpus_per_node)
     if balancedness is not None:

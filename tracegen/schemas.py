@@ -51,6 +51,9 @@ class Estimate(_S):
     step_ms: float | None = None
     tokens_per_request_per_step: float | None = None    # decode: 1 + accepted MTP drafts
     max_batch: int | None = None
+    dies_per_package: int | None = None                 # multi-die packages (Ascend 910C): a GPU is a die
+    tokens_per_s_per_package_overlap: float | None = None
+    tokens_per_s_per_package: float | None = None
 
 
 class IdleCauses(_S):
@@ -97,8 +100,10 @@ class HardwareRow(_S):
     display: str
     aliases: list[str]
     sms: int
-    fp8_tflops: float
+    q8_tflops: float
+    q8_format: str
     bf16_tflops: float
+    dies_per_package: int
     hbm_gb: float
     hbm_gbps: float
     scaleup_gbps: float
@@ -150,7 +155,8 @@ class Roofline(_S):
     """tracegen roofline --json"""
     schema: str
     hardware: str
-    fp8_tflops: float
+    q8_tflops: float
+    q8_format: str
     hbm_tbps: float
     ridge_flops_per_byte: float
     min_tokens_per_expert: float
@@ -250,9 +256,9 @@ class DeploySearch(_S):
 
 
 SCHEMAS: dict[str, tuple[type, int]] = {      # name -> (struct, version)
-    "tracegen-estimate": (Estimate, 1), "tracegen-trace": (Trace, 1), "tracegen-list-hardware": (ListHardware, 1),
+    "tracegen-estimate": (Estimate, 1), "tracegen-trace": (Trace, 1), "tracegen-list-hardware": (ListHardware, 2),
     "tracegen-list-models": (ListModels, 1), "tracegen-list-presets": (ListPresets, 1),
-    "tracegen-roofline": (Roofline, 1), "tracegen-deploy": (Deploy, 1), "tracegen-deploy-search": (DeploySearch, 1),
+    "tracegen-roofline": (Roofline, 2), "tracegen-deploy": (Deploy, 1), "tracegen-deploy-search": (DeploySearch, 1),
 }
 
 

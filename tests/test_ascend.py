@@ -1,0 +1,71 @@
+"""Ascend 910C / CloudMatrix384 against its published figures (issue 16): a rank is a die, the
+sources' "per NPU" a package; the decode-attention efficiency is fitted to the slides' Attention
+stage, every other row is a prediction (bench/ascend.py)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import ascend
+from tracegen.catalog import load_hardware
+from tracegen.cli import main as tracegen
+
+from .conftest import REFERENCE, reference_rows
+
+
+@pytest.fixture(autouse=True)
+def _needs_reference():
+    reference_rows("seed003_decode_breakdown_us.csv")      # skips (fails under CI's strict mode) when absent
+
+
+def test_refit_gives_the_catalogs_decode_attention_efficiency():
+    """`python -m bench.ascend --write` put the fit in hardware.toml; a fresh fit reproduces it."""
+    fresh = ascend.fitted(REFERENCE).curve("attention_decode").max
+    assert fresh == pytest.approx(load_hardware("ascend-910c").curve("attention_decode").max, abs=1e-3)
+    assert "bench/ascend.py" in open(ascend.CATALOG).read().split("[ascend-910c.efficiency]")[1].split("\n[")[0]
+
+
+def test_slides_breakdown_per_stage():
+    rows = {r["stage"]: r for r in ascend.breakdown_rows(REFERENCE)}
+    assert abs(rows["Attention"]["error_pct"]) < 0.5                        # the fitted stage
+    for stage in ("Dispatch", "Combine"):                                   # predicted from the paper's points
+        assert abs(rows[stage]["error_pct"]) <= ascend.STAGE_TARGET_PCT, rows[stage]
+    # Exp. is not met, and the reason is physical: 234 us needs most of the INT8 peak for the GEMMs alone
+    implied = ascend.implied_cube_efficiency(REFERENCE)
+    assert 0.8 < implied < 0.9
+    assert load_hardware("ascend-910c").curve("grouped_gemm").max < implied
+    assert rows["Exp."]["predicted_us"] > rows["Exp."]["published_us"]
+
+
+@pytest.mark.parametrize("key", ["slides-288", "paper-50", "paper-15"])
+def test_decode_rows_within_the_bar(key):
+    """Tokens/s and TPOT both within 15 % where the sources state the setting."""
+    r = ascend.step_row(next(r for r in ascend.STEP_ROWS if r.key == key))
+    assert abs(r["error_pct"]) <= ascend.ROW_TARGET_PCT, r
+    assert abs(r["tpot_error_pct"]) <= ascend.ROW_TARGET_PCT, r
+    # throughput is batch / TPOT per counted unit: the paper's per NPU is a package of two dies
+    row = next(x for x in ascend.STEP_ROWS if x.key == key)
+    units = 2 if row.per == "NPU" else 1
+    assert r["predicted"] == pytest.approx(units * row.plan.batch / r["tpot_ms"] * 1e3, rel=1e-9)
+
+
+def test_paper_layer_with_and_without_mtp():
+    """The paper's ~874 us (no MTP) and ~1,260 us (MTP) decode layers: verifying a draft costs the
+    difference, and the model puts both within 15 %."""
+    rows = ascend.layer_rows()
+    assert all(abs(r["error_pct"]) <= 15 for r in rows), rows
+    assert rows[1]["predicted_us"] > rows[0]["predicted_us"]
+
+
+def test_estimate_reports_per_package(capsys):
+    assert tracegen(["estimate", "--hardware", "ascend-910c", "--phase", "decode", "--batch", "48", "--dp", "320",
+                     "--redundant-experts", "64", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["plan"]["precision"] == "int8" and d["dies_per_package"] == 2
+    assert d["tokens_per_s_per_package"] == pytest.approx(2 * d["tokens_per_s_per_gpu"])
+    assert tracegen(["estimate", "--hardware", "h800", "--json"]) == 0
+    assert "tokens_per_s_per_package" not in json.loads(capsys.readouterr().out)
+    assert tracegen(["estimate", "--hardware", "ascend-910c", "--precision", "fp8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no FP8 GEMMs" in err[0]
