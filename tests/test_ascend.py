@@ -69,3 +69,45 @@ def test_estimate_reports_per_package(capsys):
     assert tracegen(["estimate", "--hardware", "ascend-910c", "--precision", "fp8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no FP8 GEMMs" in err[0]
+
+
+def test_fused_kernels_hold_vector_cores_not_cube_cores():
+    """FusedDispatch / FusedCombine run on AIV cores: while they are in flight a pure GEMM stage keeps
+    its pace, an all-vector stage runs on the AIV cores left; on a GPU the SMs are shared."""
+    from tracegen.cost import vector_rate
+    asc, h800 = load_hardware("ascend-910c"), load_hardware("h800")
+    held = asc.backend("ascend-fused").sms
+    assert 0 < held < asc.vector_cores
+    assert vector_rate(asc, 100.0, 0.0, held) == 1.0
+    assert vector_rate(asc, 100.0, 100.0, held) == pytest.approx((asc.vector_cores - held) / asc.vector_cores)
+    assert 1.0 > vector_rate(asc, 100.0, 30.0, held) > vector_rate(asc, 100.0, 60.0, held)
+    assert vector_rate(h800, 100.0, 0.0, 20) == pytest.approx((h800.sm_count - 20) / h800.sm_count)
+    # in a scheduled step: a compute stage overlapped by the fused all-to-all is slower than its
+    # work only by its vector share
+    from .helpers import make_schedule
+    s = make_schedule(phase="decode", hardware="ascend-910c", comm="ascend-fused", layers=5, batch=96)
+    stages = s.graph.stages
+    comp = [i for i in s.intervals if i.track == "compute" and i.key is not None]
+    comm = [i for i in s.intervals if i.track == "comm"]
+    slowed = 0
+    for iv in comp:
+        st = stages[iv.key]
+        lo = st.work_us
+        hi = st.work_us / vector_rate(asc, st.work_us, st.vector_us, held)
+        assert lo - 1e-6 <= iv.end - iv.start <= hi + 1e-6
+        if any(c.start < iv.end and iv.start < c.end for c in comm) and iv.end - iv.start > lo + 1e-6:
+            slowed += 1
+    assert slowed > 0
+
+
+def test_ascend_beside_h800_in_one_view(tmp_path, capsys):
+    """The same plan on both accelerators, in one linked view (viz html A B)."""
+    from viz.cli import main as viz
+    plan = ["--phase", "decode", "--batch", "96", "--seq-len", "2048", "--dp", "288", "--redundant-experts", "32",
+            "--mtp", "1", "--mtp-accept", "0.7", "--layers", "5"]
+    asc, h800, out = tmp_path / "asc.json.gz", tmp_path / "h800.json.gz", tmp_path / "cmp.html"
+    assert tracegen(["trace", "--hardware", "ascend-910c", *plan, "-o", str(asc)]) == 0
+    assert tracegen(["trace", "--hardware", "h800", "--comm", "ibgda", *plan, "-o", str(h800)]) == 0
+    assert viz(["html", str(asc), str(h800), "-o", str(out)]) == 0
+    html = out.read_text()
+    assert "asc.json.gz" in html and "h800.json.gz" in html

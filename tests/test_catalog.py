@@ -158,7 +158,7 @@ def test_user_hardware_toml(tmp_path):
     (('fp8_tflops = "1000 TFLOPS"', 'fp8_tflops = "1000 GB/s"'), r"fp8_tflops: unit 'GB/s' is not a flops unit"),
     (("sm_count = 100", "sm_count = -3"), r"sm_count: expected a whole number"),
     (('link = "scaleout"', 'link = "smoke"'), r"link: expected one of"),
-    (("sms = 20", "sms = 200"), r"sms: 200 SMs exceed"),
+    (("sms = 20", "sms = 200"), r"sms: 200 exceed the 100 SMs on the chip"),
     (("bw_eff = 0.8", "bw_eff = 1.8"), r"bw_eff: a fraction must lie in \[0, 1\]"),
 ])
 def test_bad_hardware_files_give_one_clear_error(tmp_path, edit, message):

@@ -141,6 +141,8 @@ class Hardware:
     source: str
     aliases: tuple[str, ...] = ()
     q8_format: str = "fp8"      # the chip's 8-bit GEMM format: "fp8" or "int8" (Ascend 910C has no FP8)
+    vector_cores: int = 0       # separate vector cores (Ascend AIV) the all-to-all kernels run on; 0: the
+                                # SMs do both (NVIDIA), and a backend's `sms` are taken from compute
     dies_per_package: int = 1   # ranks per package: the figures above are per rank (one die); a
                                 # source's "per NPU" / "per chip" may mean the package
 
@@ -221,7 +223,7 @@ class Model:
 # field -> (unit kind or python type, required)
 _HW_FIELDS: dict[str, tuple[str, bool]] = {
     "display": ("str", True), "sm_count": ("int", True), "fp8_tflops": ("flops", False),
-    "int8_tflops": ("flops", False), "dies_per_package": ("int", False),
+    "int8_tflops": ("flops", False), "dies_per_package": ("int", False), "vector_cores": ("int", False),
     "bf16_tflops": ("flops", True), "hbm_gb": ("size", True), "hbm_gbps": ("bandwidth", True),
     "scaleup_gbps": ("bandwidth", True), "scaleup_domain": ("int", True),
     "scaleout_gbps": ("bandwidth", True), "pcie_gbps": ("bandwidth", True),
@@ -383,8 +385,9 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
         if c.get("expert_layout", "contiguous") not in ("contiguous", "masked"):
             raise UserError(f"{where}.comm.{name}.expert_layout: expected contiguous or masked, "
                             f"got {c['expert_layout']!r}")
-        if c["sms"] > e["sm_count"]:
-            raise UserError(f"{where}.comm.{name}.sms: {c['sms']} SMs exceed the {e['sm_count']} on the chip")
+        cores, what = (e["vector_cores"], "vector cores") if e.get("vector_cores") else (e["sm_count"], "SMs")
+        if c["sms"] > cores:
+            raise UserError(f"{where}.comm.{name}.sms: {c['sms']} exceed the {cores} {what} on the chip")
         c["releases"] = {r: _build_release(r, spec_r, f"{where}.comm.{name}.releases.{r}")
                          for r, spec_r in c.get("releases", {}).items()}
         if c["releases"] and c.get("release", "") not in c["releases"]:
@@ -401,7 +404,7 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
         raise UserError(f"{where}.dies_per_package: must be at least 1")
     return Hardware(
         key=key, name=e["display"], sm_count=e["sm_count"], q8_tflops=e[f"{formats[0]}_tflops"],
-        q8_format=formats[0], dies_per_package=e.get("dies_per_package", 1),
+        q8_format=formats[0], dies_per_package=e.get("dies_per_package", 1), vector_cores=e.get("vector_cores", 0),
         bf16_tflops=e["bf16_tflops"], hbm_gb=e["hbm_gb"], hbm_gbps=e["hbm_gbps"],
         scaleup_gbps=e["scaleup_gbps"], scaleup_domain=e["scaleup_domain"],
         scaleout_gbps=e["scaleout_gbps"], pcie_gbps=e["pcie_gbps"], gpus_per_node=e["gpus_per_node"],
@@ -534,6 +537,7 @@ def hardware_to_dict(hw: Hardware) -> dict[str, Any]:
         "display": hw.name, "aliases": list(hw.aliases), "source": hw.source,
         "sm_count": hw.sm_count, f"{hw.q8_format}_tflops": hw.q8_tflops, "bf16_tflops": hw.bf16_tflops,
         **({"dies_per_package": hw.dies_per_package} if hw.dies_per_package > 1 else {}),
+        **({"vector_cores": hw.vector_cores} if hw.vector_cores else {}),
         "hbm_gb": hw.hbm_gb, "hbm_gbps": hw.hbm_gbps, "scaleup_gbps": hw.scaleup_gbps,
         "scaleup_domain": hw.scaleup_domain, "scaleout_gbps": hw.scaleout_gbps,
         "pcie_gbps": hw.pcie_gbps, "gpus_per_node": hw.gpus_per_node, "cpu_launch_us": hw.cpu_launch_us,

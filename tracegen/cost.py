@@ -36,10 +36,27 @@ def comm_sms(plan: Plan, hw: Hardware, preset: Preset) -> int:
 
 
 def sm_fraction(plan: Plan, hw: Hardware, preset: Preset, overlapped: bool) -> float:
-    """Share of SMs compute runs on: all of them unless communication holds some."""
+    """Share of SMs compute runs on: all of them unless communication holds some. Where the
+    all-to-all runs on vector cores of its own (Ascend AIV), the GEMM and attention cores stay whole
+    (the schedule slows the stages' vector work instead: `vector_rate`)."""
+    if hw.vector_cores:
+        return 1.0
     if preset.comm_sms_in_compute == "always" or overlapped:
         return (hw.sm_count - comm_sms(plan, hw, preset)) / hw.sm_count
     return 1.0
+
+
+def vector_rate(hw: Hardware, work_us: float, vector_us: float, held: int) -> float:
+    """Progress rate of a compute stage while communication holds `held` cores: on SIMT GPUs the
+    stage runs on the SMs left; with separate vector cores only its vector part (elementwise
+    kernels: norms, activations, quantisation) slows, to the vector cores left."""
+    if not held:
+        return 1.0
+    if not hw.vector_cores:
+        return (hw.sm_count - held) / hw.sm_count
+    f = vector_us / work_us if work_us > 0 else 0.0
+    left = max(hw.vector_cores - held, 1e-9) / hw.vector_cores
+    return 1.0 / ((1.0 - f) + f / left)
 
 
 def compute_rate(hw: Hardware, preset: Preset, rate: str, kind: str, m: float, n: float = 0.0,

@@ -31,13 +31,14 @@ class Stage:
     latency_us: float = 0.0         # comm: fixed cost before data flows (normal: the count exchange)
     post_us: float = 0.0            # comm via CPU proxy: time the proxy thread spends posting
     blocking: bool = False          # the CPU waits for the count exchange (DeepEP normal dispatch)
-    holds_sms: int = 0              # SMs the comm kernel holds while in flight
+    holds_sms: int = 0              # SMs (vector cores on Ascend) the comm kernel holds while in flight
     kernels: int = 1
     flops: float = 0.0
     bytes: float = 0.0
     ops_us: dict[str, float] = field(default_factory=dict)
     terms_us: dict[str, float] = field(default_factory=dict)
     deps: tuple[tuple[int, int, str], ...] = ()
+    vector_us: float = 0.0          # compute: the part in elementwise kernels (vector units)
 
     @property
     def key(self) -> tuple[int, int, str]:
@@ -93,8 +94,9 @@ def _stage_from_ops(layer: int, mb: int, name: str, timed: list[Timed], plan: Pl
                      ops_us, terms)
     work = sum(t.us for t in timed)
     hbm = sum(t.work.hbm_bytes for t in timed)
+    vector = sum(t.us for t in timed if t.work.kind == "elementwise")
     return Stage(layer, mb, name, COMPUTE, work, kernels=kernels, flops=flops, bytes=hbm, ops_us=ops_us,
-                 terms_us=terms)
+                 terms_us=terms, vector_us=vector)
 
 
 def link(stages: dict[tuple[int, int, str], Stage], layers: tuple[int, ...] | list[int], n_mb: int, serial: bool,

@@ -25,6 +25,7 @@ from .base.contract import (
     WAITING_ON_COMM,
 )
 from .base.errors import UserError
+from .cost import vector_rate
 from .opgraph import OpGraph, Stage
 
 Key = tuple[int, int, str]
@@ -122,7 +123,6 @@ def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float 
         raise UserError(f"{len(loads)} load factors for {ranks} ranks")
     sched = Schedule(graph, ranks, list(loads) if loads is not None else load_factors(ranks, plan.imbalance),
                      launch)
-    S = hw.sm_count
     stages = graph.stages
     n = len(order)
     R = [_Rank(r, n) for r in range(ranks)]
@@ -183,13 +183,17 @@ def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float 
                     consider(max(rk.launched[key], d, rk.free[stream]), "cstart" if stream == COMPUTE else "mstart")
         return best
 
+    def _rate(st: Stage, held: int) -> float:
+        return vector_rate(hw, st.work_us, st.vector_us, held)
+
     def change_sms(rk: _Rank, t: float, sms: int) -> None:
         """Comm SMs taken or released: bank the compute progress so far at the old rate."""
         if rk.running[COMPUTE] is not None:
             rk.work_left -= (t - rk.t_last) * rk.rate
             rk.t_last = t
         rk.comm_sms = sms
-        rk.rate = (S - sms) / S
+        cur = rk.running[COMPUTE]
+        rk.rate = _rate(stages[cur], sms) if cur is not None else 1.0
 
     heap: list[tuple[float, int, int, str]] = []
     version = [0] * ranks
@@ -232,7 +236,7 @@ def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float 
             rk.running[COMPUTE] = key
             rk.work_left = work(r, stages[key])
             rk.t_last = t
-            rk.rate = (S - rk.comm_sms) / S
+            rk.rate = _rate(stages[key], rk.comm_sms)
             started[(r, key)] = t
             sched.ready[(r, key)] = deps_done(rk, stages[key]) or 0.0
         elif what == "cend":

@@ -65,7 +65,8 @@ def _sm_counters(sched: Schedule, intervals: list[Interval]) -> list[tuple[float
             comp += d
         else:
             comm_sms += d * sms
-        value = (S - comm_sms if comp else 0, comm_sms)
+        # separate vector cores (Ascend AIV) hold the comm: the compute cores stay whole
+        value = ((S if sched.graph.hardware.vector_cores else S - comm_sms) if comp else 0, comm_sms)
         if out and out[-1][0] == t:
             out[-1] = (t, *value)
         elif not out or out[-1][1:] != value:

@@ -166,7 +166,9 @@ def markdown() -> str:
               "", "### Flows and counters", "",
               f"- flow `{FLOW_DEPENDENCY}`: a stage's input produced on the other stream",
               f"- flow `{FLOW_LAUNCH}`: a CPU launch slice to the stage it launched",
-              f"- counter `{COUNTER_SMS}` per rank, args `compute` and `comm` (SMs)",
+              f"- counter `{COUNTER_SMS}` per rank, args `compute` and `comm` (SMs; on hardware whose "
+              "all-to-all runs on vector cores of its own, Ascend's AIV, `comm` counts those and `compute` "
+              "keeps every cube core)",
               "", "### Stages", "", "| stage | stream |", "|---|---|"]
     lines += [f"| {st} | {stream} |" for st, stream in STAGE_STREAM.items()]
     lines += ["", "| phase, layer | stage order of one micro-batch |", "|---|---|"]
