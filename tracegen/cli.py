@@ -143,13 +143,20 @@ def _fmt(x: float, nd: int = 3) -> str:
     return f"{x:,.{nd}f}"
 
 
+def _ranks(n: int, hw: Any) -> str:
+    """Ranks as the hardware counts them, up to the node count: GPUs, or dies of multi-die packages."""
+    if hw.dies_per_package > 1:
+        return f"{n} dies ({n / hw.dies_per_package:g} packages, "
+    return f"{n} GPUs ("
+
+
 def render_estimate(est: Any) -> str:
     from .cost import comm_sms
     p, m, hw = est.plan, est.model, est.hardware
     lines = [f"{m.name} on {hw.name} · {p.phase} · preset {est.preset.name}",
-             f"plan: TP{p.tp} x DP{p.dp} = {p.num_gpus} GPUs ({p.nodes} node{'s' if p.nodes > 1 else ''}), "
+             f"plan: TP{p.tp} x DP{p.dp} = {_ranks(p.num_gpus, hw)}{p.nodes} node{'s' if p.nodes > 1 else ''}), "
              f"EP{p.ep_size}, {p.experts_per_gpu(m):.2f} routed experts/GPU, comm {p.comm} "
-             f"({comm_sms(p, hw, est.preset)} SMs)"]
+             f"({comm_sms(p, hw, est.preset)} {'AIV cores' if hw.vector_cores else 'SMs'})"]
     if p.phase == "prefill":
         lines.append(f"      {p.batch:g} x {p.seq_len}-token prompts per DP group "
                      f"({p.dp * p.batch * p.seq_len / p.num_gpus:,.0f} tokens/GPU), KV hit {p.kv_hit:.1%}")
