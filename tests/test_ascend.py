@@ -23,7 +23,7 @@ def test_refit_gives_the_catalogs_decode_attention_efficiency():
     """`python -m bench.ascend --write` put the fit in hardware.toml; a fresh fit reproduces it."""
     fresh = ascend.fitted(REFERENCE).curve("attention_decode").max
     assert fresh == pytest.approx(load_hardware("ascend-910c").curve("attention_decode").max, abs=1e-3)
-    assert "bench/ascend.py" in open(ascend.CATALOG).read().split("[ascend-910c.efficiency]")[1].split("\n[")[0]
+    assert "bench/ascend.py" in ascend.CATALOG.read_text().split("[ascend-910c.efficiency]")[1].split("\n[")[0]
 
 
 def test_slides_breakdown_per_stage():
