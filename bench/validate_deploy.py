@@ -86,8 +86,10 @@ ROWS = (
         "MTP 1 draft at 85 % acceptance (DeepSeek-V3 report: 85-90 %); 4,096-token context, 1,000 output tokens "
         "(assumed); 32 redundant experts; DeepEP first release, 5 ms scheduler per step"),
     Row("cm-prefill", "CloudMatrix384 DeepSeek-R1 prefill (16 NPUs = 32 dies, EP32), perfect EPLB", "ascend-910c",
-        Deployment("prefill", prefill=PoolPlan(2, 1, 32)), (4096, None, 4096, 1, 0.0), "input", "NPU", 6688, 20,
-        "4K inputs, the pool at full load, INT8; a rank is a die, per NPU = per 910C package (2 dies)"),
+        Deployment("prefill", prefill=PoolPlan(2, 1, 32), plan_fields={"comm": "ascend-fused"}),
+        (4096, None, 4096, 1, 0.0), "input", "NPU", 6688, 20,
+        "4K inputs, the pool at full load, INT8, the paper's fused dispatch / combine; a rank is a die, per NPU = "
+        "per 910C package (2 dies)"),
     Row("cm-decode-50", "CloudMatrix384 DeepSeek-R1 decode (160 NPUs = 320 dies, EP320), TPOT < 50 ms",
         "ascend-910c", Deployment("decode", decode=PoolPlan(20, 1, 320), slo_tpot_ms=50,
                                   plan_fields={"redundant_experts": 64, "mtp": 1, "mtp_accept": 0.7}),
