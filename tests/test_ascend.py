@@ -111,3 +111,18 @@ def test_ascend_beside_h800_in_one_view(tmp_path, capsys):
     assert viz(["html", str(asc), str(h800), "-o", str(out)]) == 0
     html = out.read_text()
     assert "asc.json.gz" in html and "h800.json.gz" in html
+
+
+def test_dispatch_payload_is_int8_on_ascend():
+    """Early INT8 quantisation (the paper: ~14 KB -> ~7.5 KB per token copy): dispatch sends one byte per
+    channel plus a scale per 128, combine BF16; all over the unified bus inside the supernode."""
+    from tracegen.ops import layer_ops
+    from tracegen.resolve import resolve_plan, resolve_target
+    m, hw, p = resolve_target("deepseek-v3", hardware="ascend-910c")
+    plan = resolve_plan("decode", m, hw, p, batch=96, dp=288, redundant_experts=32)
+    ops = {w.name: w for w in layer_ops(m, plan, p, hw, dense=False)}
+    copies = plan.batch * m.activated_experts * (plan.ep_size - 1) / plan.ep_size
+    per_copy = {n: (ops[n].scaleup_bytes + ops[n].scaleout_bytes) / copies for n in ("dispatch", "combine")}
+    assert per_copy["dispatch"] == pytest.approx(m.hidden * (1 + 4 / 128))         # 7,392 B ~ 7.5 KB
+    assert per_copy["combine"] == pytest.approx(m.hidden * 2)                       # 14,336 B ~ 14 KB
+    assert ops["dispatch"].scaleout_bytes == 0 and ops["combine"].scaleout_bytes == 0
