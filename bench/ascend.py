@@ -260,6 +260,10 @@ def render(reference: Path = REFERENCE) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not (REFERENCE / "seed003_decode_breakdown_us.csv").exists():
+        print(f"no {REFERENCE / 'seed003_decode_breakdown_us.csv'}: the reference figures live in ../shared",
+              file=sys.stderr)
+        return 2
     hw = fitted()
     for kind in FITTED:
         print(f"{kind}: max {hw.curve(kind).max:.4f} (catalog {load_hardware(HW).curve(kind).max:.4f})")
