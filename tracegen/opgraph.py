@@ -78,7 +78,9 @@ def _stage_from_ops(layer: int, mb: int, name: str, timed: list[Timed], plan: Pl
             k = k.removesuffix("_ms") + "_us"
             terms[k] = terms.get(k, 0.0) + v * 1e3
     ops_us = {t.work.name: t.us for t in timed}
-    kernels = sum(KERNELS.get(t.work.name, 1) for t in timed)
+    # launches: with the glue ops modelled on their own (the default preset) every op launches the
+    # kernels it is costed for; without them (the seed's preset) KERNELS folds the glue into each op
+    kernels = sum(t.work.kernels if preset.glue else KERNELS.get(t.work.name, 1) for t in timed)
     flops = sum(t.work.flops for t in timed)
     if comm:
         (c,) = comm
