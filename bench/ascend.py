@@ -29,11 +29,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tracegen.catalog import EffCurve, Hardware, builtin_hardware, load_hardware, load_model
-from tracegen.cost import op_time
 from tracegen.ops import layer_ops
 from tracegen.pipeline import TraceOptions, schedule
 from tracegen.plan import Plan, validate
 from tracegen.preset import load_preset
+
+from .validate import stage_sums
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference"
@@ -43,11 +44,19 @@ MODEL = load_model("deepseek-v3")
 HW = "ascend-910c"
 MTP_ACCEPT = 0.7        # CloudMatrix384 paper: one MTP draft token, ~70 % accepted
 
+SPLIT_FROM = 16     # requests per die from which decode runs two micro-batches (below, a split only reads
+                    # every weight twice for a few tokens each)
+
+
+def _decode(batch: int, seq: int, ep: int, redundant: int, mtp: int = 1) -> Plan:
+    return Plan(phase="decode", batch=batch, seq_len=seq, dp=ep, redundant_experts=redundant, comm="ascend-fused",
+                precision="int8", mtp=mtp, mtp_accept=MTP_ACCEPT, microbatches=2 if batch >= SPLIT_FROM else 1)
+
+
 # the slides' "Put them all together" row: seq 2K, 288 chips, batch 96 per chip; MTP on (the slides'
 # optimisation 2) - their breakdown sums to 1,480 us per layer and 61 x 1,480 us / 55 ms = 1.64 tokens
 # per request per step, i.e. one draft token verified per step
-SLIDES_PLAN = Plan(phase="decode", batch=96, seq_len=2048, dp=288, redundant_experts=32, comm="ascend-fused",
-                   precision="int8", mtp=1, mtp_accept=MTP_ACCEPT)
+SLIDES_PLAN = _decode(96, 2048, 288, 32)
 # slides stage -> the cost model's ops of one MoE layer (whole batch per die)
 STAGES = {
     "Attention": ("attn_glue", "mla_proj", "q_absorb", "attn_core", "o_absorb", "o_quant", "mla_out",
@@ -62,12 +71,7 @@ ROW_TARGET_PCT = 15.0
 
 def stage_us(hw: Hardware, plan: Plan = SLIDES_PLAN) -> dict[str, float]:
     """Per slides stage, us per MoE layer for the whole batch on one die."""
-    plan = validate(plan, MODEL, hw)
-    us = {w.name: op_time(w, plan, hw, DEFAULT).us for w in layer_ops(MODEL, plan, DEFAULT, hw, dense=False)}
-    missing = {o for ops in STAGES.values() for o in ops} - set(us)
-    if missing:
-        raise RuntimeError(f"bench.ascend: the layer has no op {sorted(missing)[0]!r}")
-    return {st: sum(us[o] for o in ops) for st, ops in STAGES.items()}
+    return stage_sums(STAGES, validate(plan, MODEL, hw), hw)
 
 
 def published_breakdown(reference: Path = REFERENCE) -> dict[str, float]:
@@ -142,15 +146,6 @@ class StepRow:
     published_tps: float            # tokens/s per `per`
     per: str                        # "chip" (a die) or "NPU" (a package)
     published_tpot_ms: float = 0.0  # 0: not published
-
-
-SPLIT_FROM = 16     # requests per die from which decode runs two micro-batches (below, a split only reads
-                    # every weight twice for a few tokens each)
-
-
-def _decode(batch: int, seq: int, ep: int, redundant: int, mtp: int = 1) -> Plan:
-    return Plan(phase="decode", batch=batch, seq_len=seq, dp=ep, redundant_experts=redundant, comm="ascend-fused",
-                precision="int8", mtp=mtp, mtp_accept=MTP_ACCEPT, microbatches=2 if batch >= SPLIT_FROM else 1)
 
 
 STEP_ROWS = (

@@ -109,6 +109,15 @@ DECODE_STAGES = {     # the table's stage -> the cost model's ops (one micro-bat
 STAGE_TARGET_PCT = 10.0
 
 
+def stage_sums(stages: dict[str, tuple[str, ...]], plan: Plan, hw) -> dict[str, float]:
+    """A published table's stages as sums of the cost model's ops of one MoE layer (us)."""
+    us = {w.name: op_time(w, plan, hw, DEFAULT).us for w in layer_ops(MODEL, plan, DEFAULT, hw, dense=False)}
+    missing = {o for ops in stages.values() for o in ops} - set(us)
+    if missing:
+        raise RuntimeError(f"bench.validate: the layer has no op {sorted(missing)[0]!r}")
+    return {st: sum(us[o] for o in ops) for st, ops in stages.items()}
+
+
 def throughput_rows() -> list[dict]:
     out = []
     for r in ROWS:
@@ -126,9 +135,8 @@ def decode_table_rows(reference: Path = REFERENCE) -> list[dict]:
         published = {r["stage"]: float(r["us_per_microbatch"]) for r in csv.DictReader(f)}
     hw = load_hardware("h800")
     mb = replace(DECODE_TABLE_PLAN.split(2), imbalance=1.0)
-    us = {w.name: op_time(w, mb, hw, DEFAULT).us for w in layer_ops(MODEL, mb, DEFAULT, hw, dense=False)}
-    out = [{"stage": st, "published_us": published[st], "predicted_us": sum(us[o] for o in ops)}
-           for st, ops in DECODE_STAGES.items()]
+    got = stage_sums(DECODE_STAGES, mb, hw)
+    out = [{"stage": st, "published_us": published[st], "predicted_us": got[st]} for st in DECODE_STAGES]
     s = schedule(MODEL, hw, DECODE_TABLE_PLAN, DEFAULT, TraceOptions(tbo="proper"))
     gpu = [i for i in s.intervals if i.key is not None]
     layers_end = max(i.end for i in gpu if i.key[0] < MODEL.layers)

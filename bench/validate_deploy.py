@@ -17,6 +17,8 @@ from tracegen.serving.deployment import Deployment, PoolPlan, run
 from tracegen.serving.metrics import summary
 from tracegen.serving.workload import synthetic
 
+from .validate import SGLANG_EPLB_DEFAULT
+
 
 @dataclass(frozen=True)
 class Row:
@@ -36,10 +38,8 @@ class Row:
 
 
 SG = "h100-deepgemm"
-# the LMSYS blog (2025-05-05, Profile Results): SGLang's prefill per node with its default expert placement
-# over simulated perfect EPLB, 16,384 tokens per device, 4K prompts; and DeepSeek's production (its day-6
-# post, excluding cache hits) against DeepSeek's profile, per node
-SGLANG_EPLB_DEFAULT = 50302.0 / 59337.0
+# the LMSYS blog (2025-05-05, Profile Results): DeepSeek's production (its day-6 post, excluding cache
+# hits) against DeepSeek's profile, per node (SGLang's default-placement ratio: bench/validate.py)
 DS_PROFILE = {"prefill": 62713.0, "decode": 18598.0}
 DS_PRODUCTION = {"prefill": 32206.0, "decode": 14800.0}
 IN_SITU = ("DeepEP as measured in situ: 'profile' (prefill; the blog finds both stacks' prefill communication "

@@ -146,6 +146,12 @@ class Hardware:
     dies_per_package: int = 1   # ranks per package: the figures above are per rank (one die); a
                                 # source's "per NPU" / "per chip" may mean the package
 
+    @property
+    def comm_cores(self) -> tuple[int, str]:
+        """What an all-to-all backend's `sms` count, and how many the chip has: its separate vector
+        cores where it has them (Ascend AIV), else its SMs."""
+        return (self.vector_cores, "vector cores") if self.vector_cores else (self.sm_count, "SMs")
+
     def eff(self, kind: str, m: float = 0.0, n: float = 0.0, k: float = 0.0) -> float:
         try:
             return self.curve(kind).at(m, n, k)
@@ -385,9 +391,6 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
         if c.get("expert_layout", "contiguous") not in ("contiguous", "masked"):
             raise UserError(f"{where}.comm.{name}.expert_layout: expected contiguous or masked, "
                             f"got {c['expert_layout']!r}")
-        cores, what = (e["vector_cores"], "vector cores") if e.get("vector_cores") else (e["sm_count"], "SMs")
-        if c["sms"] > cores:
-            raise UserError(f"{where}.comm.{name}.sms: {c['sms']} exceed the {cores} {what} on the chip")
         c["releases"] = {r: _build_release(r, spec_r, f"{where}.comm.{name}.releases.{r}")
                          for r, spec_r in c.get("releases", {}).items()}
         if c["releases"] and c.get("release", "") not in c["releases"]:
@@ -402,7 +405,7 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
                         f"(got {' and '.join(formats) or 'neither'})")
     if e.get("dies_per_package", 1) < 1:
         raise UserError(f"{where}.dies_per_package: must be at least 1")
-    return Hardware(
+    hw = Hardware(
         key=key, name=e["display"], sm_count=e["sm_count"], q8_tflops=e[f"{formats[0]}_tflops"],
         q8_format=formats[0], dies_per_package=e.get("dies_per_package", 1), vector_cores=e.get("vector_cores", 0),
         bf16_tflops=e["bf16_tflops"], hbm_gb=e["hbm_gb"], hbm_gbps=e["hbm_gbps"],
@@ -411,6 +414,11 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
         cpu_launch_us=e["cpu_launch_us"], efficiency=eff, comm=comm, source=e["source"],
         aliases=e.get("aliases", ()),
     )
+    cores, what = hw.comm_cores
+    for name, b in comm.items():
+        if b.sms > cores:
+            raise UserError(f"{where}.comm.{name}.sms: {b.sms} exceed the {cores} {what} on the chip")
+    return hw
 
 
 def _build_release(name: str, spec: Any, where: str) -> Release:

@@ -156,7 +156,7 @@ def render_estimate(est: Any) -> str:
     lines = [f"{m.name} on {hw.name} · {p.phase} · preset {est.preset.name}",
              f"plan: TP{p.tp} x DP{p.dp} = {_ranks(p.num_gpus, hw)}{p.nodes} node{'s' if p.nodes > 1 else ''}), "
              f"EP{p.ep_size}, {p.experts_per_gpu(m):.2f} routed experts/GPU, comm {p.comm} "
-             f"({comm_sms(p, hw, est.preset)} {'AIV cores' if hw.vector_cores else 'SMs'})"]
+             f"({comm_sms(p, hw, est.preset)} {hw.comm_cores[1]})"]
     if p.phase == "prefill":
         lines.append(f"      {p.batch:g} x {p.seq_len}-token prompts per DP group "
                      f"({p.dp * p.batch * p.seq_len / p.num_gpus:,.0f} tokens/GPU), KV hit {p.kv_hit:.1%}")

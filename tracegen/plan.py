@@ -139,7 +139,7 @@ def validate(plan: Plan, model: Model, hw: Hardware) -> Plan:
         raise UserError(f"--routing must be one of {', '.join(ROUTINGS)}, got {plan.routing!r}")
     if plan.comm_release:
         hw.backend(plan.comm).pick(plan.comm_release)
-    cores, what = (hw.vector_cores, "AIV cores") if hw.vector_cores else (hw.sm_count, "SMs")
+    cores, what = hw.comm_cores
     if plan.comm_sms is not None and not 0 <= plan.comm_sms < cores:
         raise UserError(f"--comm-sms must lie in [0, {cores}) ({what} on {hw.name}), got {plan.comm_sms}")
     if model.heads % plan.tp:

@@ -49,6 +49,8 @@ def _static_args(sched: Schedule, iv: Interval, load: float) -> dict[str, Any]:
 def _sm_counters(sched: Schedule, intervals: list[Interval]) -> list[tuple[float, int, int]]:
     """(time, SMs computing, SMs communicating) at every change, from one rank's intervals."""
     S = sched.graph.hardware.sm_count
+    # separate vector cores (Ascend AIV) hold the comm: the compute cores stay whole
+    comm_takes_sms = not sched.graph.hardware.vector_cores
     edges: list[tuple[float, int, str, int]] = []
     for iv in intervals:
         if iv.track == COMPUTE:
@@ -65,8 +67,7 @@ def _sm_counters(sched: Schedule, intervals: list[Interval]) -> list[tuple[float
             comp += d
         else:
             comm_sms += d * sms
-        # separate vector cores (Ascend AIV) hold the comm: the compute cores stay whole
-        value = ((S if sched.graph.hardware.vector_cores else S - comm_sms) if comp else 0, comm_sms)
+        value = ((S - comm_sms if comm_takes_sms else S) if comp else 0, comm_sms)
         if out and out[-1][0] == t:
             out[-1] = (t, *value)
         elif not out or out[-1][1:] != value:

@@ -125,14 +125,10 @@ def build_pools(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Wo
     if d.mode in ("pd", "prefill"):
         pre = shape("prefill", d.prefill)
         pools.append(Pool("prefill", pre["instances"], pre["gpus"], pre["dp"], gpn, pre["table"], None, d.token_budget))
-    if d.mode in ("pd", "decode") and d.expert_nodes:
-        dec = _af_shape(model, hw, preset, d, w, fields, cache)
-        pools.append(Pool("decode", 1, dec["gpus"], dec["dp"], gpn, None, dec["table"], d.token_budget, dec["cap"],
-                          dec["kv"], 1.0))
-        if d.mode == "pd":
-            transfer = kv_transfer_s(model, hw, dec["plan"], w.input_len.astype(float))
-    elif d.mode in ("pd", "decode"):
-        dec = shape("decode", d.decode)
+    if d.mode in ("pd", "decode"):
+        # an AF decode pool is one instance (attention and expert GPUs together); af.py refuses MTP
+        dec = ({"instances": 1, **_af_shape(model, hw, preset, d, w, fields, cache)} if d.expert_nodes
+               else shape("decode", d.decode))
         pools.append(Pool("decode", dec["instances"], dec["gpus"], dec["dp"], gpn, None, dec["table"],
                           d.token_budget, dec["cap"], dec["kv"], dec["plan"].accepted_per_request))
         if d.mode == "pd":

@@ -18,6 +18,10 @@ def _pcts(x: np.ndarray) -> dict[str, float]:
     return {f"p{p}": float(np.percentile(x, p)) for p in PCTS} | {"mean": float(x.mean())}
 
 
+def _pcts_ms(seconds: np.ndarray) -> dict[str, float]:
+    return {k: 1e3 * v for k, v in _pcts(seconds).items()}
+
+
 def _rates(t: np.ndarray, tokens: np.ndarray) -> tuple[float, float]:
     """(all the tokens, tokens per second between 10 % and 90 % of them done) for tokens completed
     at times t; the rate is NaN when that middle takes no time (everything at one instant)."""
@@ -46,11 +50,11 @@ def summary(r: Result, slo_ttft_ms: float | None = None, slo_tpot_ms: float | No
     out = {
         "requests": len(w), "workload": w.source, "mode": r.mode,
         "span_s": float(np.nanmax(r.finish) - w.arrival_s.min()),
-        "ttft_ms": {k: 1e3 * v for k, v in _pcts(ttft).items()},
-        "tpot_ms": {k: 1e3 * v for k, v in _pcts(tpot).items()},
-        "e2e_ms": {k: 1e3 * v for k, v in _pcts(r.finish - w.arrival_s).items()},
-        "queue_ms": {k: 1e3 * v for k, v in _pcts(r.prefill_start - w.arrival_s).items()},
-        "decode_wait_ms": {k: 1e3 * v for k, v in _pcts(r.decode_start - r.first_token).items()},
+        "ttft_ms": _pcts_ms(ttft),
+        "tpot_ms": _pcts_ms(tpot),
+        "e2e_ms": _pcts_ms(r.finish - w.arrival_s),
+        "queue_ms": _pcts_ms(r.prefill_start - w.arrival_s),
+        "decode_wait_ms": _pcts_ms(r.decode_start - r.first_token),
         "tokens_per_s_per_user": {k: (1.0 / v if v > 0 else float("nan")) for k, v in _pcts(tpot).items()},
         # (tokens/s per user: p50 is 1 / TPOT p50; p90 is 1 / TPOT p90, i.e. the slow tail)
         "pools": [],
