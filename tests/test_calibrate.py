@@ -162,3 +162,23 @@ def test_fit_predicts_what_op_time_predicts(phase, hardware):
             c = hw.curve(kind)
             vec = _Products(sel, hw).compute_us(c.max, c.m_half, c.n_half, c.k_half, c.m_pow)
             assert vec == pytest.approx(compute_us(sel, hw), rel=1e-9), kind
+
+
+def test_sweep_expert_ranges_split_into_up_and_down_gemms():
+    """A range of E SwiGLU experts becomes two observations, E up GEMMs (K = hidden) and E down GEMMs
+    (K = expert width), whose kernel times add up to the range's GEMM time; the down GEMMs, 3.5x
+    shallower, run at a lower rate, which the fitted curve's depth term reproduces."""
+    if not SWEEP.exists():
+        pytest.fail(f"{SWEEP} is part of the repository (the H100 capture)")
+    obs = [o for o in observations([load(str(SWEEP))])[0] if o.kind == "grouped_gemm" and o.m == 4096]
+    up = [o for o in obs if o.name == "experts_up" and o.gemms[0][3] == 8]
+    down = [o for o in obs if o.name == "experts_down" and o.gemms[0][3] == 8]
+    assert len(up) == len(down) == 5                       # 5 repetitions
+    (m, n, k, e), = up[0].gemms
+    assert (m, n, k, e) == (4096, 4096, 7168, 8) and down[0].gemms == ((4096, 7168, 2048, 8),)
+    rate = lambda o: o.flops / o.us                          # noqa: E731
+    assert np.median([rate(o) for o in down]) < 0.95 * np.median([rate(o) for o in up])
+    hw = load_hardware("h100")
+    for o in up + down:                                      # the catalog curve within 5 % of each
+        assert abs(predict_us([o], hw)[0] / o.us - 1) < 0.05
+    assert hw.efficiency["grouped_gemm"].k_half > 0

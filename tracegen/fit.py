@@ -127,7 +127,7 @@ class _Products:
 
 
 def _fit_curve(obs: list[Obs], hw: Hardware, lower_us: np.ndarray, start: EffCurve,
-               shape_aware: bool) -> EffCurve:
+               shape_aware: bool) -> tuple[EffCurve, float]:
     """Coordinate descent over (max, m_half, n_half, k_half) on grids, then a joint local search,
     minimising the weighted L1 error of log(max(compute, lower)) against the observed times."""
     prods = _Products(obs, hw)
@@ -197,7 +197,19 @@ def _fit_curve(obs: list[Obs], hw: Hardware, lower_us: np.ndarray, start: EffCur
     best, p = min(results.values(), key=lambda r: r[0])
     if results[1.0][0] <= best * 1.01 + 1e-12:
         best, p = results[1.0]
-    return EffCurve(p[0], p[1], start.floor_us, p[2], p[3], p[4])
+    return EffCurve(p[0], p[1], start.floor_us, p[2], p[3], p[4]), best
+
+
+def _pick_curve(obs: list[Obs], hw: Hardware, lower_us: np.ndarray, start: EffCurve,
+                shape_aware: bool) -> EffCurve:
+    """The curve over M alone, or over M, N and K where the shapes allow it and it explains the
+    times clearly better (1 % lower loss): two more parameters must earn their place, else a few
+    shapes would trade max against the halves along a valley of equal fits."""
+    plain, plain_loss = _fit_curve(obs, hw, lower_us, start, False)
+    if not shape_aware:
+        return plain
+    aware, aware_loss = _fit_curve(obs, hw, lower_us, start, True)
+    return aware if aware_loss < 0.99 * plain_loss else plain
 
 
 def fit(obs: list[Obs], hw: Hardware, rounds: int = 3, keep_hbm: bool = False, min_shapes: int = 3,
@@ -240,7 +252,7 @@ observations reach (a GEMM streaming its weights at small M, FlashMLA reading th
             own = (eff.get(kind) or cur.curve(kind)).hbm if kind_hbm else 0.0
             lower = np.maximum(_hbm_us(sel, cur, min(own or hbm, 1.0)), _floor(sel, cur))
             shape_aware = any(o.gemms for o in sel) and len({(g[1], g[2]) for o in sel for g in o.gemms}) >= min_shapes
-            eff[kind] = replace(_fit_curve(sel, cur, lower, eff.get(kind) or cur.curve(kind), shape_aware),
+            eff[kind] = replace(_pick_curve(sel, cur, lower, eff.get(kind) or cur.curve(kind), shape_aware),
                                 hbm=own)
             if kind_hbm:
                 eff[kind] = replace(eff[kind], hbm=_kind_hbm(sel, replace(cur, efficiency={**cur.efficiency,
