@@ -42,6 +42,15 @@ SG = "h100-deepgemm"
 # hits) against DeepSeek's profile, per node (SGLang's default-placement ratio: bench/validate.py)
 DS_PROFILE = {"prefill": 62713.0, "decode": 18598.0}
 DS_PRODUCTION = {"prefill": 32206.0, "decode": 14800.0}
+# DeepSeek's day-6 post gives no request lengths, but its totals fix the means: 608B input and 168B
+# output tokens in the 24 hours (P / D = 608 / 168) and 4,989 tokens of KV cache per output token on
+# average (P + D / 2 = 4,989), so P = 4,383 and D = 1,211 (the same derivation as seed
+# deepseek_v3_r1_inference_efficiency_analysis.txt, section 2.1: "P ~ 4383, D ~ 1210")
+DAY6_KV_PER_OUTPUT, DAY6_IN_OUT = 4989.0, 608.0 / 168.0
+DAY6_OUTPUT = round(DAY6_KV_PER_OUTPUT / (DAY6_IN_OUT + 0.5))
+DAY6_INPUT = round(DAY6_IN_OUT * DAY6_KV_PER_OUTPUT / (DAY6_IN_OUT + 0.5))
+DAY6_LENGTHS = ("the means the post's totals fix: P / D = 608B / 168B tokens and P + D / 2 = 4,989 tokens of KV per "
+                "output token")
 IN_SITU = ("DeepEP as measured in situ: 'profile' (prefill; the blog finds both stacks' prefill communication "
            "slower than DeepEP's unit tests) and 'first' (decode; ~0.17 ms dispatch per layer in both profiles)")
 ROWS = (
@@ -73,18 +82,19 @@ ROWS = (
         "no redundant experts (384 experts over 96 GPUs)", model="kimi-k2"),
     Row("ds-prefill", "DeepSeek V3/R1 service (day-6 post), prefill (4 nodes, EP32)", "h800",
         Deployment("prefill", prefill=PoolPlan(4, 1, 32), plan_fields={"comm_release": "profile", "sched_ms": 30}),
-        (4096, None, 4096, 1, 0.563), "input", "node", 73700, 15,
-        "a 24-hour average per node, cache hits counted (56.3 % of input tokens); prompts of 4,096 tokens (the "
-        "profile's; the post gives no length), the pool at full load; DeepEP as in Feb 2025 ('profile'), 30 ms "
-        "scheduler per step (InferSim's convention)"),
+        (4096, None, DAY6_INPUT, 1, 0.563), "input", "node", 73700, 15,
+        "a 24-hour average per node, cache hits counted (56.3 % of input tokens); prompts of "
+        f"{DAY6_INPUT:,} tokens ({DAY6_LENGTHS}), the pool at full load; DeepEP as in Feb 2025 ('profile'), "
+        "30 ms scheduler per step (InferSim's convention)"),
     Row("ds-decode", "DeepSeek V3/R1 service (day-6 post), decode (18 nodes, EP144) at 20-22 tokens/s per user",
         "h800", Deployment("decode", decode=PoolPlan(18, 1, 144), slo_tpot_ms=1000 / 21,
                            plan_fields={"redundant_experts": 32, "mtp": 1, "mtp_accept": 0.85, "comm_release": "first",
                                         "sched_ms": 5}),
-        (144 * 256, None, 4096, 1000, 0.0), "output", "node", 14800, 15,
+        (144 * 256, None, DAY6_INPUT, DAY6_OUTPUT, 0.0), "output", "node", 14800, 15,
         "a 24-hour average per node; the batch capped where TPOT = 1/21 s (the post's 20-22 tokens/s per user); "
-        "MTP 1 draft at 85 % acceptance (DeepSeek-V3 report: 85-90 %); 4,096-token context, 1,000 output tokens "
-        "(assumed); 32 redundant experts; DeepEP first release, 5 ms scheduler per step"),
+        "MTP 1 draft at 85 % acceptance (DeepSeek-V3 report: 85-90 %); "
+        f"{DAY6_INPUT:,}-token prompts and {DAY6_OUTPUT:,} output tokens ({DAY6_LENGTHS}); 32 redundant experts; "
+        "DeepEP first release, 5 ms scheduler per step"),
     Row("cm-prefill", "CloudMatrix384 DeepSeek-R1 prefill (16 NPUs = 32 dies, EP32), perfect EPLB", "ascend-910c",
         Deployment("prefill", prefill=PoolPlan(2, 1, 32), plan_fields={"comm": "ascend-fused"}),
         (4096, None, 4096, 1, 0.0), "input", "NPU", 6688, 20,
@@ -131,10 +141,18 @@ def measure(row: Row) -> dict[str, Any]:
 
 
 def day6_capacity() -> dict[str, float]:
-    """The day-6 rows' simulated pools per node, prefill counted without its cache hits (the profile's unit)."""
-    rows = {r.key: r for r in ROWS}
-    pre = measure(rows["ds-prefill"])["predicted"] * (1 - rows["ds-prefill"].workload[4])
-    return {"prefill": pre, "decode": measure(rows["ds-decode"])["predicted"]}
+    """DeepSeek's profiled capacity (the LMSYS blog's table), simulated under the profile's own settings:
+    prefill 4 nodes EP32 at 16,384 tokens of 4,096-token prompts per GPU, no cache hits; decode 16 nodes
+    EP128 at 128 requests per GPU, 4,096 tokens of KV, no MTP credited (InferSim's reading of the same
+    profile); both with InferSim's scheduler convention and DeepEP as in Feb 2025."""
+    pre = Row("profile-prefill", "", "h800",
+              Deployment("prefill", prefill=PoolPlan(4, 1, 32), plan_fields={"comm_release": "profile", "sched_ms": 30}),
+              (4096, None, 4096, 1, 0.0), "input", "node", DS_PROFILE["prefill"], 0, "")
+    dec = Row("profile-decode", "", "h800",
+              Deployment("decode", decode=PoolPlan(16, 1, 128), max_batch=128,
+                         plan_fields={"comm_release": "first", "sched_ms": 5}),
+              (128 * 128 * 4, None, 4032, 128, 0.0), "output", "node", DS_PROFILE["decode"], 0, "")
+    return {"prefill": measure(pre)["predicted"], "decode": measure(dec)["predicted"]}
 
 
 def mtp_gain() -> dict[str, float]:
@@ -170,7 +188,7 @@ def render() -> str:
             continue
         ok = "yes" if abs(m["error_pct"]) <= m["target_pct"] else "**no**"
         tpot = f"{m['tpot_ms']:.1f}" if m["tpot_ms"] else "-"
-        batch = f"{m['batch_per_dp']:.0f}" if m["batch_per_dp"] else "-"
+        batch = f"{m['cap'] or m['batch_per_dp']:.0f}" if (m["cap"] or m["batch_per_dp"]) else "-"
         lines.append(f"| {m['label']} | {m['published']:,.0f} / {m['per']} | {m['predicted']:,.0f} | "
                      f"{m['error_pct']:+.1f}% | within {m['target_pct']:g}%: {ok} | {tpot} | {batch} |")
     g = mtp_gain()
@@ -180,8 +198,10 @@ def render() -> str:
               "profiled (the LMSYS blog's table, per node: prefill 62,713 tokens/s excluding cache hits, decode "
               "18,598; production 32,206 and 14,800, i.e. "
               f"{100 * DS_PRODUCTION['prefill'] / DS_PROFILE['prefill']:.0f} % and "
-              f"{100 * DS_PRODUCTION['decode'] / DS_PROFILE['decode']:.0f} % of it), the same simulated pools give "
-              f"{cap['prefill']:,.0f} prefill tokens/s per node excluding cache hits "
+              f"{100 * DS_PRODUCTION['decode'] / DS_PROFILE['decode']:.0f} % of it), the pools simulated under the "
+              "profile's settings (prefill: 16,384 tokens of 4,096-token prompts per GPU, no cache hits; decode: 16 "
+              "nodes EP128, 128 requests per GPU at 4,096 tokens of KV, no MTP credited) give "
+              f"{cap['prefill']:,.0f} prefill tokens/s per node "
               f"({100 * (cap['prefill'] / DS_PROFILE['prefill'] - 1):+.1f} %) and {cap['decode']:,.0f} decode "
               f"({100 * (cap['decode'] / DS_PROFILE['decode'] - 1):+.1f} %)."]
     lines += ["", f"MTP on CloudMatrix384 decode (TPOT < 50 ms): {g['with_mtp']:,.0f} tokens/s per NPU with one "

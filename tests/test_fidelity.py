@@ -238,3 +238,14 @@ def test_a_release_held_beyond_its_published_sizes_is_said(capsys):
     assert "no figures for EP32" in err and "dispatch at EP64 and combine at EP64 held" in err
     assert tracegen(["estimate", "--comm-release", "latest"]) == 0        # EP32 is published: nothing to say
     assert capsys.readouterr().err == ""
+
+
+def test_day6_lengths_are_the_means_the_posts_totals_fix():
+    """The day-6 rows' request lengths are derived, not assumed: P / D = 608B / 168B and P + D / 2 =
+    4,989 tokens of KV per output token (as the seed's analysis derives them: P ~ 4,383, D ~ 1,210)."""
+    from bench import validate_deploy as vd
+    p, d = vd.DAY6_INPUT, vd.DAY6_OUTPUT
+    assert abs(p / d - 608 / 168) < 0.01 and abs(p + d / 2 - 4989) <= 1
+    assert abs(p - 4383) <= 1 and abs(d - 1210) <= 1
+    rows = {r.key: r for r in vd.ROWS}
+    assert rows["ds-decode"].workload[2:4] == (p, d) and rows["ds-prefill"].workload[2] == p
