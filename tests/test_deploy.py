@@ -315,3 +315,37 @@ def test_af_decode_runs_end_to_end_and_counts_every_gpu(capsys):
     code = main(["deploy", "--mode", "decode", "--decode-nodes", "12", "--decode-expert-nodes", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "expert GPU" in err[0]
+
+
+def test_decode_steps_wait_for_the_busiest_dp_group():
+    """A decode step runs every DP group's attention and meets in the all-to-all: one request with a
+    long context makes its group the busiest, and every request's TPOT follows that group, not the
+    instance's mean context. 16 x 16 requests of 1,000 tokens, then one of 60,000, on one EP16
+    instance: each group takes 16 short ones (the least KV reserved first), the long one joins group 0."""
+    short = synthetic(16 * 16, None, 1000, 6)
+    w = Workload(np.zeros(len(short) + 1), np.r_[short.input_len, 60000], np.r_[short.output_len, 6],
+                 np.zeros(len(short) + 1, np.int64), "test")
+    d = Deployment("decode", decode=PoolPlan(2, 1, 16))
+    r = sim(d, w)
+    table = build_pools(*TARGET, d, w, CACHE)[0][0].decode
+    mean = 257 / 16
+    long_group = table(17.0, (16 * 1001 + 60001) / 17, mean=mean)
+    others = table(16.0, 1001.0, mean=mean)
+    first = r.steps["end"][0] - r.steps["start"][0]
+    assert first * 1e3 == pytest.approx(max(long_group, others), rel=1e-9)
+    # the instance-mean estimate (17 requests per group at the mean context) is short of it
+    assert first * 1e3 > 1.02 * table(17.0, float(np.mean(np.r_[short.input_len, 60000])) + 1)
+    assert np.all(np.isfinite(r.finish))
+
+
+def test_kv_lives_in_one_dp_group():
+    """A request's KV cache fits in one DP group or the request waits: 17 requests of just over half a
+    group's KV room on an instance of 16 groups run 16 at a time (one per group), though the
+    instance's total room (16 groups) would hold all 17."""
+    d = Deployment("decode", decode=PoolPlan(2, 1, 16))
+    probe = synthetic(1, None, 1000, 2)
+    room = build_pools(*TARGET, d, probe, CACHE)[0][0].kv_tokens
+    w = synthetic(17, None, int(room * 0.55), 3)
+    r = sim(d, w)
+    assert 17 * int(room * 0.55) < 16 * room
+    assert int(r.steps["requests"].max()) == 16 and np.all(np.isfinite(r.finish))

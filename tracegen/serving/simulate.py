@@ -64,8 +64,8 @@ class Result:
 
 
 class _Instance:
-    __slots__ = ("i", "pool", "queue", "queued_tokens", "pending", "ids", "produced", "target", "ctx", "reserved",
-                 "holding", "busy", "step")
+    __slots__ = ("i", "pool", "queue", "queued_tokens", "pending", "ids", "produced", "target", "ctx", "grp",
+                 "reserved", "holding", "g_reserved", "g_count", "group_of", "busy", "step")
 
     def __init__(self, i: int, pool: Pool):
         self.i, self.pool = i, pool
@@ -76,8 +76,12 @@ class _Instance:
         self.produced = np.empty(0)
         self.target = np.empty(0)
         self.ctx = np.empty(0)
+        self.grp = np.empty(0, np.int64)             # the DP group each decoding request runs in
         self.reserved = 0.0                          # KV tokens reserved by the requests held here
         self.holding = 0                             # requests holding KV here (and a batch slot)
+        self.g_reserved = np.zeros(max(1, pool.dp))  # the same per DP group: a request's KV lives in one
+        self.g_count = np.zeros(max(1, pool.dp), np.int64)
+        self.group_of: dict[int, int] = {}
         self.busy = False
         self.step: tuple = ()
 
@@ -110,20 +114,31 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
         heapq.heappush(events, (t, seq, what, who))
 
     def fits(inst: _Instance, r: int) -> bool:
-        """Room for request r's KV (prompt + all output tokens, reserved up front) and a batch slot."""
+        """Room for request r's KV (prompt + all output tokens, reserved up front) and a batch slot in
+        the DP group it would join (the one with the least KV reserved: its KV lives there)."""
         p = inst.pool
-        cap_req = p.max_batch * p.dp if p.max_batch else math.inf
-        need = w.input_len[r] + w.output_len[r]
-        return inst.holding + 1 <= cap_req and inst.reserved + need <= p.kv_tokens * p.dp
+        g = int(np.argmin(inst.g_reserved))
+        need = float(w.input_len[r] + w.output_len[r])
+        return ((not p.max_batch or inst.g_count[g] + 1 <= p.max_batch)
+                and inst.g_reserved[g] + need <= p.kv_tokens)
 
     def hold(inst: _Instance, r: int) -> None:
+        need = float(w.input_len[r] + w.output_len[r])
+        g = int(np.argmin(inst.g_reserved))
+        inst.group_of[r] = g
+        inst.g_reserved[g] += need
+        inst.g_count[g] += 1
         inst.holding += 1
-        inst.reserved += float(w.input_len[r] + w.output_len[r])
+        inst.reserved += need
 
     def release(inst: _Instance, rs: np.ndarray) -> None:
         """Requests rs are done: their KV and batch slots are free."""
+        need = (w.input_len[rs] + w.output_len[rs]).astype(float)
+        gs = np.array([inst.group_of.pop(int(r)) for r in rs], np.int64)
+        np.subtract.at(inst.g_reserved, gs, need)
+        np.subtract.at(inst.g_count, gs, 1)
         inst.holding -= len(rs)
-        inst.reserved -= float((w.input_len[rs] + w.output_len[rs]).sum())
+        inst.reserved -= float(need.sum())
 
     def start_prefill(inst: _Instance, t: float, colocated: bool) -> bool:
         """Fill the instance's DP groups from its queue, each prompt (or chunk) into the least-loaded
@@ -179,15 +194,32 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
             inst.produced = np.concatenate([inst.produced, np.zeros(len(a))])
             inst.target = np.concatenate([inst.target, out_left[a]])
             inst.ctx = np.concatenate([inst.ctx, w.input_len[a].astype(float) + 1])
+            inst.grp = np.concatenate([inst.grp, np.array([inst.group_of[int(r)] for r in a], np.int64)])
         b = len(inst.ids)
         if b == 0:
             return False
-        ms = p.decode(math.ceil(b / p.dp), float(inst.ctx.mean()))
+        ms = decode_ms(inst, b)
         inst.step = (DECODE, None)
         # output tokens this step gives: the expected accepted tokens, none past a request's last
         made = float(np.minimum(p.tokens_per_step, inst.target - inst.produced).clip(min=0).sum())
         _record(inst, t, t + ms / 1e3, DECODE, b, b, made)
         return True
+
+    def decode_ms(inst: _Instance, b: int) -> float:
+        """The step waits for its busiest DP group (attention and the all-to-all run per group: the
+        group with the most requests or the longest contexts), except for the routed experts, which
+        see every group's tokens spread over the EP ranks: those at the groups' mean (StepTable)."""
+        p = inst.pool
+        dp = max(1, p.dp)
+        counts = np.bincount(inst.grp, minlength=dp)
+        sums = np.bincount(inst.grp, weights=inst.ctx, minlength=dp)
+        busy = counts > 0
+        c, ctx = counts[busy], sums[busy] / counts[busy]
+        # the step time grows with both: only the longest context at each batch size can be the busiest
+        order = np.argsort(c, kind="stable")
+        c, ctx = c[order], ctx[order]
+        starts = np.flatnonzero(np.concatenate(([True], c[1:] != c[:-1])))
+        return p.decode.busiest(c[starts], np.maximum.reduceat(ctx, starts), b / dp)
 
     def _record(inst: _Instance, t0: float, t1: float, kind: int, load: float, requests: int, made: float) -> None:
         inst.busy = True
@@ -251,8 +283,8 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
                 finish[gone] = t
                 release(inst, gone)
                 keep = ~done_mask
-                inst.ids, inst.produced, inst.target, inst.ctx = (inst.ids[keep], inst.produced[keep],
-                                                                  inst.target[keep], inst.ctx[keep])
+                inst.ids, inst.produced, inst.target, inst.ctx, inst.grp = (
+                    inst.ids[keep], inst.produced[keep], inst.target[keep], inst.ctx[keep], inst.grp[keep])
         wake(inst, t)
 
     ptr = 0

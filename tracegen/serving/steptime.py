@@ -7,6 +7,7 @@ context), so a simulation of 100,000 requests needs a few dozen scheduled steps,
 There is no second cost model here: change a kernel's cost and these tables follow."""
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -49,17 +50,52 @@ class StepTable:
         experts_at_mean = self._at(self.ms, mean, context) * self._at(self.spread, mean, context)
         return t * (1 - self._at(self.spread, load, context)) + experts_at_mean
 
-    def _at(self, grid: np.ndarray, load: float, context: float) -> float:
-        rows = [self._along_load(r, load) for r in grid]
-        if len(self.context) == 1:
-            return rows[0]
-        return float(np.interp(context, self.context, rows))
+    def many(self, load, context) -> np.ndarray:
+        """Step time in ms at each (load, context) pair, as __call__ without `mean`."""
+        return np.array([self._at(self.ms, float(x), float(c)) for x, c in zip(load, context)])
 
-    def _along_load(self, row: np.ndarray, load: float) -> float:
-        top = self.load[-1]
-        if load > top:              # past the grid: the step scales with the load (linear extrapolation)
-            return float(row[-1] * load / top)
-        return float(np.interp(load, self.load, row))
+    def busiest(self, load, context, mean: float) -> float:
+        """The step of DP groups at these (load, context) pairs: the slowest group's time, with its
+        routed experts at the groups' `mean` load (as __call__ with `mean`)."""
+        k = max(range(len(load)), key=lambda i: self._at(self.ms, float(load[i]), float(context[i])))
+        return self(float(load[k]), float(context[k]), mean)
+
+    def _at(self, grid: np.ndarray, load: float, context: float) -> float:
+        """Interpolated in plain Python: the simulator asks this once or a few times per step, on
+        grids of a few dozen points, where numpy's per-call cost would dominate."""
+        loads, ctxs = self._lists()
+        rows = self._rows(grid)
+        top = loads[-1]
+        j = min(max(bisect_right(loads, load) - 1, 0), len(loads) - 2) if len(loads) > 1 else 0
+
+        def along(row: list[float]) -> float:
+            if load > top:              # past the grid: the step scales with the load (linear extrapolation)
+                return row[-1] * load / top
+            if len(loads) == 1 or load <= loads[0]:
+                return row[0]
+            f = (load - loads[j]) / (loads[j + 1] - loads[j])
+            return row[j] * (1 - f) + row[j + 1] * f
+
+        if len(ctxs) == 1 or context <= ctxs[0]:
+            return along(rows[0])
+        if context >= ctxs[-1]:
+            return along(rows[-1])
+        i = bisect_right(ctxs, context) - 1
+        f = (context - ctxs[i]) / (ctxs[i + 1] - ctxs[i])
+        return along(rows[i]) * (1 - f) + along(rows[i + 1]) * f
+
+    def _lists(self) -> tuple[list[float], list[float]]:
+        cached = self.__dict__.get("_axes")
+        if cached is None:
+            cached = self.__dict__["_axes"] = ([float(x) for x in self.load], [float(x) for x in self.context])
+        return cached
+
+    def _rows(self, grid: np.ndarray) -> list[list[float]]:
+        key = "_ms_rows" if grid is self.ms else "_spread_rows"
+        cached = self.__dict__.get(key)
+        if cached is None:
+            cached = self.__dict__[key] = [[float(v) for v in r] for r in grid]
+        return cached
 
 
 def _step_ms(model: Model, hw: Hardware, plan: Plan, preset: Preset, launch_us: float | None = None) -> float:
@@ -99,7 +135,11 @@ def decode_table(model: Model, hw: Hardware, plan: Plan, preset: Preset, max_bat
     def step(b: float, c: int) -> float:
         return _step_ms(model, hw, validate(replace(plan, seq_len=c, batch=b), model, hw), preset,
                         0.0 if graphs else None)
-    return custom_table(plan, max_batch, contexts, step)
+    table = custom_table(plan, max_batch, contexts, step)
+    table.spread = np.array([[_expert_share(model, hw, validate(replace(plan, seq_len=max(1, int(round(c))), batch=b),
+                                                                model, hw), preset)
+                              for b in table.load] for c in table.context])
+    return table
 
 
 def custom_table(plan: Plan, max_batch: float, contexts: tuple[float, float], step) -> StepTable:
