@@ -18,7 +18,7 @@ from tracegen.plan import validate
 from tracegen.resolve import resolve_target
 from tracegen.serving.deployment import Deployment, PoolPlan, build_pools, run
 from tracegen.serving.metrics import summary, tpot_s
-from tracegen.serving.simulate import DECODE, PREFILL
+from tracegen.serving.simulate import DECODE
 from tracegen.serving.workload import Workload, load, synthetic
 from tracegen.base.errors import UserError
 

@@ -137,14 +137,21 @@ def run(cond: str, ex: Experts, xs: list, sampler: Sampler, seconds: float, bufs
     return {"condition": cond, "seconds": t1 - t0, **summarise(keep), **sampler.window(t0 + (t1 - t0) / 2, t1)}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def start(doc: str, seconds: float) -> tuple[Path, float]:
+    """The measurement scripts' command line (--out, --seconds): the output folder (made) and the
+    sustained run's length; torch seeded."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT", "capture-out"))
-    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--seconds", type=float, default=seconds, help="how long each sustained run lasts")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
+    return out, args.seconds
+
+
+def main() -> int:
+    out, seconds = start(__doc__, 6.0)
     ex = Experts(EXPERTS, MODEL.hidden, MODEL.moe_intermediate)
     xs = [fp8_rows(ROWS, MODEL.hidden) for _ in range(EXPERTS)]
     bufs = {"d_dev": torch.randint(0, 255, (DISPATCH_BYTES,), device=DEV, dtype=torch.uint8),
@@ -160,7 +167,7 @@ def main() -> int:
     time.sleep(0.5)
     results = []
     for cond in ("alone", "sustained", "host_copies", "device_copy", "alone"):
-        results.append(run(cond, ex, xs, sampler, args.seconds, bufs))
+        results.append(run(cond, ex, xs, sampler, seconds, bufs))
         print(json.dumps(results[-1]))
         time.sleep(2.0)                              # cool down between conditions
     sampler.stop()

@@ -13,9 +13,7 @@ sweep's way) and sustained (back to back for `--seconds`, the second half), with
 power nvidia-smi reports meanwhile. Writes power.json."""
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.capture.capture_h100 import FP8, MODEL, Fp8Linear, attention_prefill, environment, fp8_rows  # noqa: E402
-from bench.capture.interference_h100 import Sampler  # noqa: E402
+from bench.capture.interference_h100 import Sampler, start  # noqa: E402
 
 DEV = "cuda"
 TOKENS = 4096
@@ -91,18 +89,12 @@ def measure(name: str, fn, sampler: Sampler, seconds: float) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.environ.get("OUT", "capture-out"))
-    ap.add_argument("--seconds", type=float, default=8.0)
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
+    out, seconds = start(__doc__, 8.0)
     sampler = Sampler()
     time.sleep(0.5)
     results = []
     for name, fn in ops().items():
-        results.append(measure(name, fn, sampler, args.seconds))
+        results.append(measure(name, fn, sampler, seconds))
         print(json.dumps(results[-1]))
     sampler.stop()
     (out / "power.json").write_text(json.dumps({"environment": environment(), "command": " ".join(sys.argv),
