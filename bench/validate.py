@@ -260,9 +260,9 @@ def render() -> str:
     from .ascend import render as ascend_tables
     if (REFERENCE / "seed003_decode_breakdown_us.csv").exists():
         lines += ["", ascend_tables()]
-    lines += ["", "Two-batch overlap, throughput with over without, at the same tokens per GPU unless the row says (the LMSYS blog's TBO "
-              "ablation; prefill: DeepEP at its unit-test speed without TBO and its in-situ speed with it, as the "
-              "blog finds):", "", "| setting | published | predicted | error | step ms with / without |",
+    lines += ["", "Two-batch overlap, throughput with over without, at the same tokens per GPU unless the row says "
+              "(the LMSYS blog's TBO ablation; prefill: DeepEP at its unit-test speed without TBO and its in-situ "
+              "speed with it, as the blog finds):", "", "| setting | published | predicted | error | step ms with / without |",
               "|---|---:|---:|---:|---:|"]
     for t in tbo_ablation_rows():
         lo, hi = t["published"]
