@@ -47,8 +47,8 @@ DS_PRODUCTION = {"prefill": 32206.0, "decode": 14800.0}
 # average (P + D / 2 = 4,989), so P = 4,383 and D = 1,211 (the same derivation as seed
 # deepseek_v3_r1_inference_efficiency_analysis.txt, section 2.1: "P ~ 4383, D ~ 1210")
 DAY6_KV_PER_OUTPUT, DAY6_IN_OUT = 4989.0, 608.0 / 168.0
-DAY6_OUTPUT = round(DAY6_KV_PER_OUTPUT / (DAY6_IN_OUT + 0.5))
-DAY6_INPUT = round(DAY6_IN_OUT * DAY6_KV_PER_OUTPUT / (DAY6_IN_OUT + 0.5))
+_DAY6_D = DAY6_KV_PER_OUTPUT / (DAY6_IN_OUT + 0.5)
+DAY6_OUTPUT, DAY6_INPUT = round(_DAY6_D), round(DAY6_IN_OUT * _DAY6_D)
 DAY6_LENGTHS = ("the means the post's totals fix: P / D = 608B / 168B tokens and P + D / 2 = 4,989 tokens of KV per "
                 "output token")
 IN_SITU = ("DeepEP as measured in situ: 'profile' (prefill; the blog finds both stacks' prefill communication "
@@ -195,8 +195,9 @@ def render() -> str:
     lines += ["", "(The decode batch is the KV cache's limit, the row's cap, or the TPOT target's, whichever is least.)"]
     cap = day6_capacity()
     lines += ["", "DeepSeek's day-6 figures are production averages, not capacity. Against the capacity DeepSeek "
-              "profiled (the LMSYS blog's table, per node: prefill 62,713 tokens/s excluding cache hits, decode "
-              "18,598; production 32,206 and 14,800, i.e. "
+              f"profiled (the LMSYS blog's table, per node: prefill {DS_PROFILE['prefill']:,.0f} tokens/s excluding "
+              f"cache hits, decode {DS_PROFILE['decode']:,.0f}; production {DS_PRODUCTION['prefill']:,.0f} and "
+              f"{DS_PRODUCTION['decode']:,.0f}, i.e. "
               f"{100 * DS_PRODUCTION['prefill'] / DS_PROFILE['prefill']:.0f} % and "
               f"{100 * DS_PRODUCTION['decode'] / DS_PROFILE['decode']:.0f} % of it), the pools simulated under the "
               "profile's settings (prefill: 16,384 tokens of 4,096-token prompts per GPU, no cache hits; decode: 16 "

@@ -22,6 +22,7 @@ from tracegen.base.errors import UserError
 from tracegen.catalog import Hardware, hardware_of_device, load_hardware
 from tracegen.fit import Obs, calibrated, errors, fit, mark_held_out, summarise
 from tracegen.ops import layer_ops
+from tracegen.plan import elem_bytes
 
 from .events import Trace, load, text
 from .generated import target
@@ -59,35 +60,37 @@ def from_annotations(trace: Trace) -> list[Obs]:
             continue
         us = float(k["dur_us"].sum())
         m, n, k_ = (float(kv.get(x, 0)) for x in ("M", "N", "K"))
+        rate = "bf16" if kv.get("dtype") == "bf16" else "fp8"
+        name = kv.get("name", kind)
         if kind == "grouped_gemm" and "E" in kv:       # SwiGLU experts: up (K -> 2N) and down (N -> K)
-            out += _expert_halves(kv, k.sort_values("start_us")["dur_us"].to_numpy(), m, n, k_, us)
-            continue
-        if kind == "gemm":
+            e = float(kv["E"])
+            gemms, n_k, name = ((m, 2 * n, k_, e), (m, k_, n, e)), 2 * int(e), kv.get("name", "experts")
+            halves = _expert_halves(name, gemms, k.sort_values("start_us")["dur_us"].to_numpy(), rate)
+            if halves:
+                out += halves
+                continue
+        elif kind == "gemm":
             gemms, n_k = ((m, n, k_, 1.0),), 1
         else:
             gemms, n_k = (), 1
-        out.append(Obs(kind, kv.get("name", kind), m, float(kv.get("flops", 0)), float(kv.get("bytes", 0)),
-                       "bf16" if kv.get("dtype") == "bf16" else "fp8", us, n_k, gemms=gemms))
+        out.append(Obs(kind, name, m, float(kv.get("flops", 0)), float(kv.get("bytes", 0)), rate, us, n_k,
+                       gemms=gemms))
     return out
 
 
-def _expert_halves(kv: dict[str, str], durs: np.ndarray, m: float, n: float, k: float, us: float) -> list[Obs]:
+def _expert_halves(name: str, gemms: tuple, durs: np.ndarray, rate: str) -> list[Obs]:
     """A range of E SwiGLU experts as two observations, the up GEMMs (K -> 2N) and the down GEMMs
     (N -> K), when its kernels alternate up, down per expert as bench/capture runs them: the two
-    depths then fit apart (the down GEMM's K is 3.5x shallower). Otherwise one observation of both."""
-    e = float(kv["E"])
-    dtype = "bf16" if kv.get("dtype") == "bf16" else "fp8"
-    name = kv.get("name", "experts")
-    up, down = (m, 2 * n, k, e), (m, k, n, e)
-    if len(durs) != 2 * int(e):
-        return [Obs("grouped_gemm", name, m, float(kv.get("flops", 0)), float(kv.get("bytes", 0)), dtype, us,
-                    2 * int(e), gemms=(up, down))]
-    elem = 2 if dtype == "bf16" else 1
+    depths then fit apart (the down GEMM's K is 3.5x shallower). Otherwise none (the caller keeps
+    one observation of both)."""
+    e = int(gemms[0][3])
+    if len(durs) != 2 * e:
+        return []
+    elem = elem_bytes(rate)
     out = []
-    for part, (mm, nn, kk, ee), t in (("up", up, durs[0::2]), ("down", down, durs[1::2])):
-        flops = 2 * mm * nn * kk * ee
-        nbytes = ee * (nn * kk * elem + mm * kk * elem + mm * nn * 2)
-        out.append(Obs("grouped_gemm", f"{name}_{part}", m, flops, nbytes, dtype, float(t.sum()), int(e),
+    for part, (mm, nn, kk, ee), t in zip(("up", "down"), gemms, (durs[0::2], durs[1::2])):
+        out.append(Obs("grouped_gemm", f"{name}_{part}", mm, 2 * mm * nn * kk * ee,
+                       ee * (nn * kk * elem + mm * kk * elem + mm * nn * 2), rate, float(t.sum()), e,
                        gemms=((mm, nn, kk, ee),)))
     return out
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .base.errors import UserError
 from .catalog import Hardware, Model
-from .plan import Plan
+from .plan import Plan, elem_bytes
 from .preset import Preset
 from .routing import fanout
 
@@ -203,7 +203,7 @@ def _ffn(name: str, row: str, stage: str, kind: str, rows: float, width: int, hi
     """SwiGLU FFN of `copies` experts, `m` rows each: gate and up fused (hidden -> 2 x width),
     then down (width -> hidden); a grouped GEMM runs all experts in one kernel each."""
     gemms = ((m, 2 * width, hidden, rows / m if m else 0), (m, hidden, width, rows / m if m else 0))
-    weights = copies * 3 * hidden * width * (2 if precision == "bf16" else 1)
+    weights = copies * 3 * hidden * width * elem_bytes(precision)
     return Work(name, row, stage, kind, gemm_flops(gemms), precision, m,
                 weights + rows * (2 * hidden + 3 * width) * BF16, kernels=2, gemms=gemms)
 
@@ -214,7 +214,7 @@ def _ffn_halves(name: str, row: str, stage: str, kind: str, rows: float, width: 
     hidden -> 2 x width) and `<name>_down` (width -> hidden), each with its own weights and
     activations (the SwiGLU between them is a glue op)."""
     n = rows / m if m else 0
-    rate, weight_elem = precision, (2 if precision == "bf16" else 1)
+    rate, weight_elem = precision, elem_bytes(precision)
     if kind == "grouped_gemm_masked":
         # the masked kernel spreads (expert, row block, column block) tiles over the SMs: its
         # efficiency follows all its rows (InferSim's H800 masked measurements: median error 9 %

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from statistics import median_high
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,8 +94,8 @@ def summarise(all_marks: list[list[tuple]]) -> dict:
             cast.append(e[1].elapsed_time(e[2]) * 1e3)
             down.append(e[2].elapsed_time(e[3]) * 1e3)
         stage.append(marks[0][0].elapsed_time(marks[-1][3]) * 1e3)
-    med = lambda v: sorted(v)[len(v) // 2]          # noqa: E731
-    return {"reps": len(all_marks), "up_us": med(up), "cast_us": med(cast), "down_us": med(down), "stage_us": med(stage)}
+    return {"reps": len(all_marks), "up_us": median_high(up), "cast_us": median_high(cast),
+            "down_us": median_high(down), "stage_us": median_high(stage)}
 
 
 def run(cond: str, ex: Experts, xs: list, sampler: Sampler, seconds: float, bufs: dict) -> dict:

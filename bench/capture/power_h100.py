@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from statistics import median_high
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,9 +82,9 @@ def measure(name: str, fn, sampler: Sampler, seconds: float) -> dict:
         sustained += timed(fn, 50)
     t3 = time.time()
     hot = sampler.window(t2 + (t3 - t2) / 2, t3)
-    med = lambda v: sorted(v)[len(v) // 2]            # noqa: E731
     half = sustained[len(sustained) // 2:]
-    return {"op": name, "alone_us": med(alone), "sustained_us": med(half), "slowdown": med(half) / med(alone),
+    return {"op": name, "alone_us": median_high(alone), "sustained_us": median_high(half),
+            "slowdown": median_high(half) / median_high(alone),
             "alone_sm_mhz": idle.get("sm_mhz_median"), "sustained_sm_mhz": hot.get("sm_mhz_median"),
             "sustained_power_w": hot.get("power_w_median"), "sustained_reps": len(sustained)}
 

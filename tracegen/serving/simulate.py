@@ -65,7 +65,7 @@ class Result:
 
 class _Instance:
     __slots__ = ("i", "pool", "queue", "queued_tokens", "pending", "ids", "produced", "target", "ctx", "grp",
-                 "reserved", "holding", "g_reserved", "g_count", "group_of", "busy", "step")
+                 "g_reserved", "g_count", "group_of", "busy", "step")
 
     def __init__(self, i: int, pool: Pool):
         self.i, self.pool = i, pool
@@ -77,13 +77,22 @@ class _Instance:
         self.target = np.empty(0)
         self.ctx = np.empty(0)
         self.grp = np.empty(0, np.int64)             # the DP group each decoding request runs in
-        self.reserved = 0.0                          # KV tokens reserved by the requests held here
-        self.holding = 0                             # requests holding KV here (and a batch slot)
-        self.g_reserved = np.zeros(max(1, pool.dp))  # the same per DP group: a request's KV lives in one
+        # per DP group (a request's KV lives in one): KV tokens reserved, and requests holding them
+        self.g_reserved = np.zeros(max(1, pool.dp))
         self.g_count = np.zeros(max(1, pool.dp), np.int64)
-        self.group_of: dict[int, int] = {}
+        self.group_of: dict[int, int] = {}           # request -> its DP group
         self.busy = False
         self.step: tuple = ()
+
+    @property
+    def reserved(self) -> float:
+        """KV tokens reserved by the requests held here."""
+        return float(self.g_reserved.sum())
+
+    @property
+    def holding(self) -> int:
+        """Requests holding KV here (and a batch slot)."""
+        return int(self.g_count.sum())
 
 
 def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray | None = None) -> Result:
@@ -113,23 +122,23 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
         seq += 1
         heapq.heappush(events, (t, seq, what, who))
 
+    def slot(inst: _Instance, r: int) -> tuple[int, float]:
+        """The DP group request r joins (the one with the least KV reserved: its KV lives there) and
+        the KV tokens it reserves up front (prompt + all output tokens)."""
+        return int(np.argmin(inst.g_reserved)), float(w.input_len[r] + w.output_len[r])
+
     def fits(inst: _Instance, r: int) -> bool:
-        """Room for request r's KV (prompt + all output tokens, reserved up front) and a batch slot in
-        the DP group it would join (the one with the least KV reserved: its KV lives there)."""
+        """Room for request r's KV and a batch slot in the DP group it would join."""
         p = inst.pool
-        g = int(np.argmin(inst.g_reserved))
-        need = float(w.input_len[r] + w.output_len[r])
+        g, need = slot(inst, r)
         return ((not p.max_batch or inst.g_count[g] + 1 <= p.max_batch)
                 and inst.g_reserved[g] + need <= p.kv_tokens)
 
     def hold(inst: _Instance, r: int) -> None:
-        need = float(w.input_len[r] + w.output_len[r])
-        g = int(np.argmin(inst.g_reserved))
+        g, need = slot(inst, r)
         inst.group_of[r] = g
         inst.g_reserved[g] += need
         inst.g_count[g] += 1
-        inst.holding += 1
-        inst.reserved += need
 
     def release(inst: _Instance, rs: np.ndarray) -> None:
         """Requests rs are done: their KV and batch slots are free."""
@@ -137,8 +146,6 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
         gs = np.array([inst.group_of.pop(int(r)) for r in rs], np.int64)
         np.subtract.at(inst.g_reserved, gs, need)
         np.subtract.at(inst.g_count, gs, 1)
-        inst.holding -= len(rs)
-        inst.reserved -= float(need.sum())
 
     def start_prefill(inst: _Instance, t: float, colocated: bool) -> bool:
         """Fill the instance's DP groups from its queue, each prompt (or chunk) into the least-loaded

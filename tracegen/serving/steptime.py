@@ -44,27 +44,22 @@ class StepTable:
         (the DP groups' mean load, below `load` = the busiest group's): the routed experts, which see
         every group's tokens spread over the EP ranks, take their time at the mean; the rest of the
         step (attention, and the all-to-all that waits for the busiest sender) at the busiest."""
-        t = self._at(self.ms, load, context)
+        t = self._at("ms", load, context)
         if mean is None or self.spread is None or mean >= load:
             return t
-        experts_at_mean = self._at(self.ms, mean, context) * self._at(self.spread, mean, context)
-        return t * (1 - self._at(self.spread, load, context)) + experts_at_mean
-
-    def many(self, load, context) -> np.ndarray:
-        """Step time in ms at each (load, context) pair, as __call__ without `mean`."""
-        return np.array([self._at(self.ms, float(x), float(c)) for x, c in zip(load, context)])
+        experts_at_mean = self._at("ms", mean, context) * self._at("spread", mean, context)
+        return t * (1 - self._at("spread", load, context)) + experts_at_mean
 
     def busiest(self, load, context, mean: float) -> float:
         """The step of DP groups at these (load, context) pairs: the slowest group's time, with its
         routed experts at the groups' `mean` load (as __call__ with `mean`)."""
-        k = max(range(len(load)), key=lambda i: self._at(self.ms, float(load[i]), float(context[i])))
+        k = max(range(len(load)), key=lambda i: self._at("ms", float(load[i]), float(context[i])))
         return self(float(load[k]), float(context[k]), mean)
 
-    def _at(self, grid: np.ndarray, load: float, context: float) -> float:
-        """Interpolated in plain Python: the simulator asks this once or a few times per step, on
-        grids of a few dozen points, where numpy's per-call cost would dominate."""
-        loads, ctxs = self._lists()
-        rows = self._rows(grid)
+    def _at(self, grid: str, load: float, context: float) -> float:
+        """Grid `grid` ("ms" or "spread") interpolated in plain Python: the simulator asks this once or
+        a few times per step, on grids of a few dozen points, where numpy's per-call cost would dominate."""
+        loads, ctxs, rows = self._py("load"), self._py("context"), self._py(grid)
         top = loads[-1]
         j = min(max(bisect_right(loads, load) - 1, 0), len(loads) - 2) if len(loads) > 1 else 0
 
@@ -84,18 +79,12 @@ class StepTable:
         f = (context - ctxs[i]) / (ctxs[i + 1] - ctxs[i])
         return along(rows[i]) * (1 - f) + along(rows[i + 1]) * f
 
-    def _lists(self) -> tuple[list[float], list[float]]:
-        cached = self.__dict__.get("_axes")
-        if cached is None:
-            cached = self.__dict__["_axes"] = ([float(x) for x in self.load], [float(x) for x in self.context])
-        return cached
-
-    def _rows(self, grid: np.ndarray) -> list[list[float]]:
-        key = "_ms_rows" if grid is self.ms else "_spread_rows"
-        cached = self.__dict__.get(key)
-        if cached is None:
-            cached = self.__dict__[key] = [[float(v) for v in r] for r in grid]
-        return cached
+    def _py(self, name: str) -> list:
+        """Field `name` as (nested) Python floats, converted once."""
+        key = f"_py_{name}"
+        if key not in self.__dict__:
+            self.__dict__[key] = np.asarray(getattr(self, name), float).tolist()
+        return self.__dict__[key]
 
 
 def _step_ms(model: Model, hw: Hardware, plan: Plan, preset: Preset, launch_us: float | None = None) -> float:
@@ -132,23 +121,23 @@ def decode_table(model: Model, hw: Hardware, plan: Plan, preset: Preset, max_bat
     """Step time of a decode instance with `b` requests per DP group at KV length `c`. With `graphs`
     the step replays a captured graph (CUDA / ACL graphs, as SGLang's and DeepSeek's decode do): no
     per-kernel CPU launch cost, which otherwise bounds small batches."""
-    def step(b: float, c: int) -> float:
-        return _step_ms(model, hw, validate(replace(plan, seq_len=c, batch=b), model, hw), preset,
-                        0.0 if graphs else None)
-    table = custom_table(plan, max_batch, contexts, step)
-    table.spread = np.array([[_expert_share(model, hw, validate(replace(plan, seq_len=max(1, int(round(c))), batch=b),
-                                                                model, hw), preset)
-                              for b in table.load] for c in table.context])
-    return table
+    def at(b: float, c: int) -> Plan:
+        return validate(replace(plan, seq_len=c, batch=b), model, hw)
+    return custom_table(plan, max_batch, contexts,
+                        lambda b, c: _step_ms(model, hw, at(b, c), preset, 0.0 if graphs else None),
+                        lambda b, c: _expert_share(model, hw, at(b, c), preset))
 
 
-def custom_table(plan: Plan, max_batch: float, contexts: tuple[float, float], step) -> StepTable:
+def custom_table(plan: Plan, max_batch: float, contexts: tuple[float, float], step, share=None) -> StepTable:
     """A decode table from a step model `step(batch, context) -> ms` (the scheduled step; AF decode's
-    pipeline, af.py) on GRID_POINTS batches x CONTEXT_POINTS contexts."""
+    pipeline, af.py) on GRID_POINTS batches x CONTEXT_POINTS contexts; with `share(batch, context)`,
+    the routed experts' share of each step (StepTable.spread)."""
     loads = _geom(1.0, max(1.0, max_batch), GRID_POINTS)
     ctx = _geom(max(1.0, contexts[0]), max(1.0, contexts[1]), CONTEXT_POINTS)
-    ms = np.array([[step(float(b), max(1, int(round(c)))) for b in loads] for c in ctx])
-    return StepTable(plan, loads, ctx, ms)
+    points = [[(float(b), max(1, int(round(c)))) for b in loads] for c in ctx]
+    ms = np.array([[step(b, c) for b, c in row] for row in points])
+    spread = np.array([[share(b, c) for b, c in row] for row in points]) if share else None
+    return StepTable(plan, loads, ctx, ms, spread)
 
 
 def kv_capacity_tokens(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> float:
