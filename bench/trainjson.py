@@ -29,6 +29,7 @@ from tracegen.catalog import load_hardware, load_model
 from tracegen.cost import op_time
 from tracegen.ops import layer_ops
 from tracegen.plan import Plan
+from tracegen.power import Draw, draw
 from tracegen.preset import load_preset
 from tracegen.routing import fanout
 
@@ -83,10 +84,41 @@ def plan() -> Plan:
                 comm_sms=COMM_SMS, microbatches=1)
 
 
+# kernels that run compute-bound (power.py: they set the draw): DeepSeek's FP8 GEMMs, cuBLAS GEMMs
+# and FlashAttention's forward and backward main loops
+HOT = ("GemmKernel", "xmma_gemm", "FlashAttnBwd<", "compute_attn")
+COMM_KERNELS = ("internode::", "intranode::")
+
+
+def _union_us(spans: list[tuple[float, float]]) -> float:
+    if not spans:
+        return 0.0
+    a = np.array(sorted(spans))
+    ends = np.maximum.accumulate(a[:, 1])
+    starts = np.maximum(a[:, 0], np.concatenate([[a[0, 0]], ends[:-1]]))
+    return float(np.clip(ends - starts, 0, None).sum())
+
+
+@lru_cache(maxsize=2)
+def train_draw(path: Path = TRAIN) -> Draw:
+    """The training step's draw as its own kernels show it: the share of the profiled span the GPU
+    spends in compute-bound kernels and in any compute kernel (the all-to-all's kernels left out,
+    as the power model leaves them), under the H800's power model (700 W, as the H100's)."""
+    ev = json.loads(path.read_bytes())["traceEvents"]
+    kernels = [e for e in ev if e.get("ph") == "X" and e.get("cat") == "kernel"
+               and not any(c in e["name"] for c in COMM_KERNELS)]
+    spans = [(e["ts"], e["ts"] + e["dur"]) for e in kernels]
+    hot = [(e["ts"], e["ts"] + e["dur"]) for e in kernels if any(h in e["name"] for h in HOT)]
+    every = [(e["ts"], e["ts"] + e["dur"]) for e in ev if e.get("ph") == "X" and e.get("cat") == "kernel"]
+    span = max(t1 for _, t1 in every) - min(t0 for t0, _ in every)
+    return draw(_union_us(hot), _union_us(spans), span, load_hardware("h800").power)
+
+
 def predicted() -> dict[str, float]:
     """The cost model's us for the same work: expert GEMMs on the SMs left while the all-to-all
-    runs (as in DualPipe's overlap), dispatch and combine from the `profile` release."""
-    hw = load_hardware("h800")
+    runs (as in DualPipe's overlap), at the clock the training step's draw leaves (power.py),
+    dispatch and combine from the `profile` release."""
+    hw = replace(load_hardware("h800"), throttle=train_draw().throttle)
     p = plan()
     out = {}
     for w in layer_ops(MODEL, p, PRESET, hw, dense=False):

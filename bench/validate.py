@@ -125,7 +125,8 @@ def throughput_rows() -> list[dict]:
         step_ms = s.span_us / 1e3          # from the scheduler slice (if any) to the last kernel
         got = r.tokens_per_step / step_ms * 1e3 * r.factor
         out.append({"key": r.key, "label": r.label, "published": r.published, "predicted": got,
-                    "error_pct": 100 * (got / r.published - 1), "step_ms": step_ms, "target_pct": r.target_pct})
+                    "error_pct": 100 * (got / r.published - 1), "step_ms": step_ms, "target_pct": r.target_pct,
+                    "power": s.power})
     return out
 
 
@@ -228,12 +229,16 @@ def render() -> str:
     lines = ["Counting conventions (what each published row counts, and how the model is run for it):", ""]
     lines += [f"- {r.label}: {r.published:,.0f} tokens/s per GPU. {r.convention}." for r in ROWS]
     lines += ["", "Step throughput, tokens/s per GPU (one scheduled step: 61 layers x 2 micro-batches, LM head, "
-              "scheduler slice):", "",
-              "| row | published | predicted | error | target | step ms |", "|---|---:|---:|---:|---:|---:|"]
+              "scheduler slice; the draw is the step's mean power at the boost clock against the 700 W limit, and "
+              "the clock drop it sets, tracegen/power.py):", "",
+              "| row | published | predicted | error | target | step ms | draw W (throttle) |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for t in throughput_rows():
         ok = "yes" if abs(t["error_pct"]) <= t["target_pct"] else "**no**"
+        p = t["power"]
         lines.append(f"| {t['label']} | {t['published']:,.0f} | {t['predicted']:,.0f} | {t['error_pct']:+.1f}% | "
-                     f"within {t['target_pct']:g}%: {ok} | {t['step_ms']:,.1f} |")
+                     f"within {t['target_pct']:g}%: {ok} | {t['step_ms']:,.1f} | "
+                     f"{p.demand_w:,.0f} ({p.throttle:.2f}) |")
     if (REFERENCE / "deepseek_decode_profile_kernels.csv").exists():
         lines += ["", "DeepSeek decode profile per stage (128 requests per GPU + 1 MTP draft = 128 tokens per "
                   "micro-batch; EP128, 4K context, H800, DeepEP first release; the step with the LM heads, the MTP "
@@ -241,10 +246,14 @@ def render() -> str:
                   "| stage | published us | predicted us | error |", "|---|---:|---:|---:|"]
         lines += [f"| {r['stage']} | {r['published_us']:,.0f} | {r['predicted_us']:,.1f} | {r['error_pct']:+.1f}% |"
                   for r in decode_table_rows()]
-    from .trainjson import TRAIN, rows as train_rows
+    from .trainjson import TRAIN, rows as train_rows, train_draw
     if TRAIN.exists():
+        d = train_draw()
         lines += ["", "DeepSeek train.json forward chunk (EP64, 4,096 tokens per rank, 20 comm SMs; medians of 4 "
-                  "layers; dispatch and combine define the 'profile' release, so they check consistency only):", "",
+                  "layers; dispatch and combine define the 'profile' release, so they check consistency only; the "
+                  f"GEMMs at the clock the training step's own kernels set: {100 * d.hot_us / d.span_us:.0f} % of its "
+                  f"span in GEMMs and attention, {100 * d.busy_us / d.span_us:.0f} % busy, {d.demand_w:,.0f} W at "
+                  f"boost, throttle {d.throttle:.2f}):", "",
                   "| op | observed us | predicted us | error |", "|---|---:|---:|---:|"]
         lines += [f"| {op} | {o:,.1f} | {p:,.1f} | {100 * (p / o - 1):+.1f}% |" for op, o, p in train_rows()]
     from .deepep import CAP, rows as deepep_rows

@@ -20,6 +20,7 @@ import pandas as pd
 from tracegen.base.contract import COMPUTE
 from tracegen.base.errors import UserError
 from tracegen.catalog import Hardware, hardware_of_device, load_hardware
+from tracegen.cost import op_time
 from tracegen.fit import Obs, calibrated, errors, fit, mark_held_out, summarise
 from tracegen.ops import layer_ops
 from tracegen.plan import elem_bytes
@@ -103,6 +104,15 @@ def from_generated(trace: Trace) -> list[Obs]:
     mb_plan = replace(t.plan.split(t.plan.microbatches), imbalance=1.0)
     works = {(dense, w.name): w for dense in (True, False)
              for w in layer_ops(t.model, mb_plan, t.preset, t.hardware, dense)}
+    boost = replace(t.hardware, throttle=0.0)
+
+    def at_boost(w, us: float) -> float:
+        """The op's time at the boost clock (the curves are boost-clock curves): the trace ran its
+        compute-bound ops at the clock its power draw set (tracegen/power.py)."""
+        if not t.hardware.throttle:
+            return us
+        return us * op_time(w, mb_plan, boost, t.preset).ms / op_time(w, mb_plan, t.hardware, t.preset).ms
+
     ev = trace.events
     rows = ev[(ev["device"] == "gpu") & (ev["rank"] == ev["rank"].min()) & (text(ev["stage_stream"]) == COMPUTE)
               & ev["extra"].notna()]
@@ -116,7 +126,8 @@ def from_generated(trace: Trace) -> list[Obs]:
                 continue
             scale = load_factor if op.startswith("routed_") else 1.0
             gemms = tuple((m, n, k, c * scale) for m, n, k, c in w.gemms)
-            out.append(Obs(w.kind, op, w.m, w.flops * scale, w.hbm_bytes * scale, w.rate, float(us), w.kernels,
+            out.append(Obs(w.kind, op, w.m, w.flops * scale, w.hbm_bytes * scale, w.rate, at_boost(w, float(us)),
+                           w.kernels,
                            profiled=False, gemms=gemms, phase=t.plan.phase))
     return out
 

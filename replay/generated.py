@@ -3,7 +3,7 @@ otherData (the trace contract's model_spec / hardware_spec), so that a trace mad
 --model-file or --hardware-file replays without that file."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tracegen.base.errors import UserError
 from tracegen.catalog import (
@@ -46,6 +46,8 @@ def target(trace: Trace) -> Target:
         hw = hardware_from_dict(meta.hardware_spec, f"{src}: otherData.hardware_spec")
     else:
         hw = load_hardware(meta.hardware)
+    if meta.power and meta.power.get("throttle"):
+        hw = replace(hw, throttle=float(meta.power["throttle"]))     # the clock the step's draw set
     if meta.plan is None:
         raise UserError(f"{src}: otherData has no plan")
     try:

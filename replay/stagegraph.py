@@ -85,7 +85,10 @@ def _generated(a: Analysis) -> StageGraph:
                             kernels.get(key, 1), float(r.flops or 0.0) / load, float(r.bytes or 0.0) / load)
     return StageGraph(stages, first_launch, t.launch_us, list(t.load_factors), t.ranks, t.model, t.hardware, t.plan,
                       [f"a tracegen trace: {t.model.name} on {t.hardware.name}, stages, loads and launch costs "
-                       "from its args and otherData (nothing assumed)"], list(range(t.ranks)))
+                       "from its args and otherData (nothing assumed)"]
+                      + ([f"compute at the clock the trace's power draw set (throttle {t.hardware.throttle:.3f}); "
+                          "a change that alters the draw does not re-time it (tracegen/power.py)"]
+                         if t.hardware.throttle else []), list(range(t.ranks)))
 
 
 def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGraph:

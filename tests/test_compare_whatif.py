@@ -19,8 +19,10 @@ RULES = load_stage_rules()
 
 
 def gen(tmp, name, *argv):
+    """At the boost clock: whatif keeps the clock a trace's power draw set, while an independent
+    generation with slower links would draw less and run its compute faster (tracegen/power.py)."""
     out = tmp / name
-    assert tracegen(["trace", "--layers", "8", "--ranks", "2", *argv, "-o", str(out)]) == 0
+    assert tracegen(["trace", "--layers", "8", "--ranks", "2", "--clock", "boost", *argv, "-o", str(out)]) == 0
     return out
 
 

@@ -162,7 +162,9 @@ def own_files(tmp_path_factory):
 
 def test_trace_from_own_files_replays_without_them(own_files, capsys):
     d, hw, model = own_files
-    own = ["--hardware-file", str(hw), "--model-file", str(model), "--ranks", "2"]
+    # boost clock: the improper order waits on the CPU, draws less and would run at another clock than
+    # the proper one; whatif keeps the traced clock (tracegen/power.py)
+    own = ["--hardware-file", str(hw), "--model-file", str(model), "--ranks", "2", "--clock", "boost"]
     improper, proper = d / "improper.json.gz", d / "proper.json.gz"
     assert tracegen(["trace", *own, "--tbo", "improper", "-o", str(improper)]) == 0
     assert tracegen(["trace", *own, "--tbo", "proper", "-o", str(proper)]) == 0

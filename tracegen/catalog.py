@@ -122,6 +122,22 @@ CURVE_FALLBACK = {"grouped_gemm_masked": "grouped_gemm"}
 
 
 @dataclass(frozen=True)
+class Power:
+    """The board's power limit and what the work draws at the boost clock (tracegen/power.py uses it):
+    compute-bound kernels draw `compute_w`, memory-bound ones `memory_w`, an idle (waiting) GPU
+    `idle_w`. Where a step's mean draw would exceed `limit_w` the card lowers its SM clock, and each
+    compute-bound kind's time grows towards its `slowdown` (measured back to back at the limit),
+    reached in full once the excess is `saturate` of the most it can be."""
+    limit_w: float
+    compute_w: float
+    memory_w: float
+    idle_w: float
+    saturate: float
+    slowdown: dict[str, float]
+    source: str
+
+
+@dataclass(frozen=True)
 class Hardware:
     key: str
     name: str
@@ -145,6 +161,14 @@ class Hardware:
                                 # SMs do both (NVIDIA), and a backend's `sms` are taken from compute
     dies_per_package: int = 1   # ranks per package: the figures above are per rank (one die); a
                                 # source's "per NPU" / "per chip" may mean the package
+    power: Power | None = None  # the power limit's model (None: the clock never drops)
+    throttle: float = 0.0       # how far the clock has dropped at this step's draw, 0 (boost) to 1
+
+    def clock_slowdown(self, kind: str) -> float:
+        """How much longer the compute of op `kind` takes at the step's clock than at boost."""
+        if not self.throttle or self.power is None:
+            return 1.0
+        return 1.0 + (self.power.slowdown.get(kind, 1.0) - 1.0) * self.throttle
 
     @property
     def comm_cores(self) -> tuple[int, str]:
@@ -235,7 +259,12 @@ _HW_FIELDS: dict[str, tuple[str, bool]] = {
     "scaleout_gbps": ("bandwidth", True), "pcie_gbps": ("bandwidth", True),
     "gpus_per_node": ("int", True), "cpu_launch_us": ("time", True), "source": ("str", True),
     "aliases": ("list", False), "base": ("str", False), "abstract": ("bool", False),
-    "efficiency": ("table", True), "comm": ("table", True),
+    "efficiency": ("table", True), "comm": ("table", True), "power": ("table", False),
+}
+_POWER_FIELDS: dict[str, tuple[str, bool]] = {
+    "limit_w": ("count", True), "compute_w": ("count", True), "memory_w": ("count", True),
+    "idle_w": ("count", True), "saturate": ("fraction", True), "slowdown": ("table", True),
+    "source": ("str", True),
 }
 _EFF_FIELDS = {"max": ("fraction", True), "m_half": ("count", False), "m_pow": ("count", False),
                "n_half": ("count", False), "k_half": ("count", False), "floor_us": ("time", False),
@@ -406,6 +435,7 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
     if e.get("dies_per_package", 1) < 1:
         raise UserError(f"{where}.dies_per_package: must be at least 1")
     hw = Hardware(
+        power=_build_power(e["power"], f"{where}.power") if "power" in e else None,
         key=key, name=e["display"], sm_count=e["sm_count"], q8_tflops=e[f"{formats[0]}_tflops"],
         q8_format=formats[0], dies_per_package=e.get("dies_per_package", 1), vector_cores=e.get("vector_cores", 0),
         bf16_tflops=e["bf16_tflops"], hbm_gb=e["hbm_gb"], hbm_gbps=e["hbm_gbps"],
@@ -419,6 +449,19 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
         if b.sms > cores:
             raise UserError(f"{where}.comm.{name}.sms: {b.sms} exceed the {cores} {what} on the chip")
     return hw
+
+
+def _build_power(spec: dict, where: str) -> Power:
+    p = _check(spec, _POWER_FIELDS, where)
+    slow = {k: _coerce(v, "count", f"{where}.slowdown.{k}") for k, v in p["slowdown"].items()}
+    if any(v < 1 for v in slow.values()):
+        raise UserError(f"{where}.slowdown: a slowdown is a time ratio >= 1")
+    if not p["idle_w"] <= p["memory_w"] < p["limit_w"] < p["compute_w"]:
+        raise UserError(f"{where}: expected idle_w <= memory_w < limit_w < compute_w")
+    if p["saturate"] <= 0:
+        raise UserError(f"{where}.saturate: must be positive")
+    return Power(limit_w=p["limit_w"], compute_w=p["compute_w"], memory_w=p["memory_w"], idle_w=p["idle_w"],
+                 saturate=p["saturate"], slowdown=slow, source=p["source"])
 
 
 def _build_release(name: str, spec: Any, where: str) -> Release:
@@ -553,6 +596,7 @@ def hardware_to_dict(hw: Hardware) -> dict[str, Any]:
                            "k_half": c.k_half, "floor_us": c.floor_us, **({"hbm": c.hbm} if c.hbm else {})}
                        for k, c in hw.efficiency.items()},
         "comm": {k: _comm_to_dict(b) for k, b in hw.comm.items()},
+        **({"power": {f: getattr(hw.power, f) for f in _POWER_FIELDS}} if hw.power else {}),
     }}
 
 

@@ -61,6 +61,10 @@ def add_target_args(p: argparse.ArgumentParser, phase: bool = True) -> None:
                    help="your own hardware file (TOML or JSON; `replay calibrate` writes one)")
     g.add_argument("--preset", default="default", choices=PRESETS,
                    help="cost-model conventions: 'default' (physical) or 'seed004' (the published analysis)")
+    g.add_argument("--clock", default="limit", choices=("limit", "boost"),
+                   help="'limit': where a step would draw more than the board's power limit, its compute-bound "
+                        "kernels run at the lower clock that leaves (measured: tracegen/power.py); 'boost': "
+                        "every kernel at the boost clock, as kernels timed one at a time run")
     if phase:
         g.add_argument("--phase", default="prefill", choices=("prefill", "decode"), help="inference phase")
 
@@ -127,6 +131,8 @@ def resolve_args(args: argparse.Namespace) -> tuple[Model, Hardware, Preset, Pla
                                        **{k: getattr(args, k, None) for k in HARDWARE_WHATIFS})
     if getattr(args, "mla_form", None):
         preset = replace(preset, decode_mla_form=args.mla_form)
+    if getattr(args, "clock", "limit") == "boost":
+        preset = replace(preset, power_limit=False)
     plan = resolve_plan(args.phase, model, hw, preset, tokens=getattr(args, "tokens", None),
                         balancedness=getattr(args, "balancedness", None),
                         **{k: getattr(args, k, None) for k in PLAN_FIELDS})
@@ -189,7 +195,18 @@ def render_estimate(est: Any) -> str:
         lines.append(f"tokens/s per user   {d['tps_per_user_overlap']:>10.3f}       without {d['tps_per_user']:>10.3f}")
     if "max_batch" in d:
         lines.append(f"max batch in HBM    {d['max_batch']:>10.0f}  (context {p.seq_len}+{p.decode_len} tokens)")
+    if "power_demand_w" in d:
+        lines.append(power_line(d["power_demand_w"], d["power_throttle"], hw))
     return "\n".join(lines)
+
+
+def power_line(demand_w: float, throttle: float, hw: Any) -> str:
+    """What the power limit did to the step (tracegen/power.py)."""
+    p = hw.power
+    slow = max(p.slowdown.values(), default=1.0) - 1.0
+    what = (f"SM clock lowered: compute-bound kernels up to {100 * slow * throttle:.1f} % slower than at boost"
+            if throttle > 0 else "boost clock held")
+    return f"power               {demand_w:>10.0f} W drawn at boost against a {p.limit_w:g} W limit: {what}"
 
 
 # ----------------------------------------------------------------------------- commands
@@ -247,6 +264,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         print(f"the step starts with {plan.sched_ms:g} ms of CPU scheduling (the 'scheduler' slice, --sched-ms): "
               f"{sched.span_us / 1e3:.3f} ms from its start to the last kernel")
     print("compute idle: " + ", ".join(f"{c} {r0['idle_us'][c] / 1e3:.3f} ms" for c in IDLE_CAUSES))
+    if sched.power:
+        print(power_line(sched.power.demand_w, sched.power.throttle, graph.hardware))
     print("open it in https://ui.perfetto.dev (Open trace file) or chrome://tracing")
     return 0
 

@@ -62,10 +62,10 @@ def vector_rate(hw: Hardware, work_us: float, vector_us: float, held: int) -> fl
 def compute_rate(hw: Hardware, preset: Preset, rate: str, kind: str, m: float, n: float = 0.0,
                  k: float = 0.0) -> float:
     """Achieved TFLOPS for `rate` ("bf16", or an 8-bit format: "fp8"/"int8") FLOPs of op `kind` on an
-    M x N x K product, all SMs."""
+    M x N x K product, all SMs, at the clock the step's power draw leaves (power.py)."""
     peak = hw.bf16_tflops if rate == "bf16" else hw.q8_tflops
     eff = preset.flat_discount if preset.flat_discount is not None else hw.eff(kind, m, n, k)
-    return peak * preset.usable_peak * eff
+    return peak * preset.usable_peak * eff / hw.clock_slowdown(kind)
 
 
 def hbm_rate(hw: Hardware, preset: Preset, kind: str = "") -> float:

@@ -9,6 +9,7 @@ from .cost import Timed, comm_sms, op_time
 from .ops import layer_ops, tokens
 from .step import HEAD, MTP_ROW, head_ops, mtp_plan, mtp_proj_ops
 from .plan import Plan
+from .power import compute_bound, draw
 from .preset import Preset
 
 ROW_ORDER = ("DenseMLA", "DenseMLP", "MLA", "Gate", "SharedExpert", "RoutedExpert", "Dispatch", "Combine", HEAD,
@@ -116,9 +117,27 @@ def overlapped_layer_ms(ops: list[Timed], plan: Plan, hw: Hardware, preset: Pres
 
 
 def estimate(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> Estimate:
+    """The table and totals at the boost clock, then, where the step would draw more than the board's
+    limit (power.py), again at the clock that draw leaves."""
+    est, parts = _estimate(model, hw, plan, preset)
+    power = est.hardware.power
+    if not preset.power_limit or power is None:
+        return est
+    hot = sum(n * t.ms for ts, n in parts for t in ts if compute_bound(t.terms, t.work.kind, power))
+    busy = sum(n * t.ms for ts, n in parts for t in ts if t.work.kind != "a2a")
+    d = draw(hot, busy, est.sum_overlap_ms, power)
+    if d.throttle > 0:
+        est, _ = _estimate(model, replace(hw, throttle=d.throttle), plan, preset)
+    est.extra.update({f"power_{k}": v for k, v in d.to_dict().items()})
+    return est
+
+
+def _estimate(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> tuple[Estimate, list[tuple[list[Timed], int]]]:
+    """The estimate at `hw`'s clock, and its ops with how often each list runs per step."""
     hw = preset.apply(hw)
     dense_ops = [op_time(w, plan, hw, preset) for w in layer_ops(model, plan, preset, hw, dense=True)]
     moe_ops = [op_time(w, plan, hw, preset) for w in layer_ops(model, plan, preset, hw, dense=False)]
+    parts = [(dense_ops, model.dense_layers), (moe_ops, model.moe_layers)]
     rows = _rows(dense_ops, model.dense_layers) if model.dense_layers else {}
     rows.update(_rows(moe_ops, model.moe_layers))
     dense_ms = sum(t.ms for t in dense_ops)
@@ -129,6 +148,7 @@ def estimate(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> Estimate
         # per step: the LM head; the MTP module once per draft token; the CPU's scheduling time
         head = [op_time(w, plan, hw, preset) for w in head_ops(model, plan, tokens(model, plan, preset))]
         rows.update(_rows(head, 1))
+        parts.append((head, 1))
         sum_ms += sum(t.ms for t in head)
         sum_overlap += sum(t.ms for t in head)
         if plan.mtp:
@@ -138,6 +158,7 @@ def estimate(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> Estimate
             mhead = [op_time(w, mp, hw, preset) for w in head_ops(model, mp, tokens(model, mp, preset), MTP_ROW, "mtp_")]
             draft = [t if t.work.row == MTP_ROW else replace(t, work=replace(t.work, row=MTP_ROW)) for t in layer + mhead]
             rows.update(_rows(draft, plan.mtp))
+            parts.append((draft, plan.mtp))
             sum_ms += plan.mtp * sum(t.ms for t in draft)
             sum_overlap += plan.mtp * (overlapped_layer_ms(layer, mp, hw, preset) + sum(t.ms for t in mhead))
         if plan.sched_ms:
@@ -151,4 +172,4 @@ def estimate(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> Estimate
         per_gpu = plan.batch * plan.accepted_per_request
     else:
         per_gpu = plan.dp * plan.batch / plan.num_gpus * plan.accepted_per_request
-    return Estimate(model, hw, plan, preset, ordered, dense_ops, moe_ops, sum_overlap, sum_ms, per_gpu)
+    return Estimate(model, hw, plan, preset, ordered, dense_ops, moe_ops, sum_overlap, sum_ms, per_gpu), parts

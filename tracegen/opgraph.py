@@ -12,6 +12,7 @@ from .catalog import Hardware, Model
 from .cost import Timed, comm_sms, op_time
 from .ops import layer_ops, tokens
 from .plan import Plan
+from .power import compute_bound
 from .preset import Preset
 from .step import MTP_ROW, head_ops, mtp_plan, mtp_proj_ops
 
@@ -39,6 +40,7 @@ class Stage:
     terms_us: dict[str, float] = field(default_factory=dict)
     deps: tuple[tuple[int, int, str], ...] = ()
     vector_us: float = 0.0          # compute: the part in elementwise kernels (vector units)
+    hot_us: float = 0.0             # compute: the part in compute-bound kernels (power.py: they set the draw)
 
     @property
     def key(self) -> tuple[int, int, str]:
@@ -97,8 +99,9 @@ def _stage_from_ops(layer: int, mb: int, name: str, timed: list[Timed], plan: Pl
     work = sum(t.us for t in timed)
     hbm = sum(t.work.hbm_bytes for t in timed)
     vector = sum(t.us for t in timed if t.work.kind == "elementwise")
+    hot = sum(t.us for t in timed if hw.power and compute_bound(t.terms, t.work.kind, hw.power))
     return Stage(layer, mb, name, COMPUTE, work, kernels=kernels, flops=flops, bytes=hbm, ops_us=ops_us,
-                 terms_us=terms, vector_us=vector)
+                 terms_us=terms, vector_us=vector, hot_us=hot)
 
 
 def link(stages: dict[tuple[int, int, str], Stage], layers: tuple[int, ...] | list[int], n_mb: int, serial: bool,

@@ -2,13 +2,15 @@
 The one entry point the CLI, the dashboard and the tests share."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from .base.contract import COMPUTE
 from .base.errors import UserError
-from .catalog import Hardware, Model
+from .catalog import Hardware, Model, Power
 from .launch_order import load_order, unroll
 from .opgraph import build
 from .plan import Plan
+from .power import Draw, draw
 from .preset import Preset
 from .schedule import Schedule, simulate
 
@@ -46,4 +48,27 @@ def schedule(model: Model, hw: Hardware, plan: Plan, preset: Preset, opts: Trace
     if order is not None and plan.microbatches == 1:
         raise UserError("two-batch overlap needs --microbatches 2 (or --tbo off)")
     graph = build(model, hw, plan, preset, layers=opts.layers, skip_dense=opts.skip_dense)
-    return simulate(graph, unroll(graph, order), ranks=opts.ranks, launch_us=opts.launch_us)
+    sched = simulate(graph, unroll(graph, order), ranks=opts.ranks, launch_us=opts.launch_us)
+    power = graph.hardware.power
+    if not preset.power_limit or power is None:
+        return sched
+    # the curves are boost-clock curves: where the step at boost would draw more than the limit,
+    # schedule it again at the clock that draw leaves
+    d = step_draw(sched, power)
+    if d.throttle > 0:
+        graph = build(model, replace(hw, throttle=d.throttle), plan, preset, layers=opts.layers,
+                      skip_dense=opts.skip_dense)
+        sched = simulate(graph, unroll(graph, order), ranks=opts.ranks, launch_us=opts.launch_us)
+    sched.power = d
+    return sched
+
+
+def step_draw(sched: Schedule, power: Power) -> Draw:
+    """Rank 0's mean draw over the scheduled span at the boost clock (power.py)."""
+    hot = busy = 0.0
+    for iv in sched.intervals:
+        if iv.rank == 0 and iv.track == COMPUTE and iv.key is not None:
+            st = sched.graph.stages[iv.key]
+            busy += iv.dur
+            hot += iv.dur * (st.hot_us / st.work_us if st.work_us > 0 else 0.0)
+    return draw(hot, busy, sched.span_us, power)

@@ -61,6 +61,7 @@ class Preset:
     comm_figures: str
     fanout: str
     step_terms: bool
+    power_limit: bool
     hardware: dict[str, dict[str, Any]] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, dict[str, Any]] = field(default_factory=dict)   # phase -> Plan field defaults

@@ -27,6 +27,7 @@ from .base.contract import (
 from .base.errors import UserError
 from .cost import vector_rate
 from .opgraph import OpGraph, Stage
+from .power import Draw
 
 Key = tuple[int, int, str]
 
@@ -69,6 +70,7 @@ class Schedule:
     ready: dict[tuple[int, Key], float] = field(default_factory=dict)       # inputs available
     blocked: list[list[tuple[float, float]]] = field(default_factory=list)   # per rank: CPU wait spans
     idle: list[Idle] = field(default_factory=list)
+    power: Draw | None = None             # the step's draw and the clock it set (pipeline.py)
 
     def idle_us(self, rank: int, cause: str) -> float:
         return sum(i.end - i.start for i in self.idle if i.rank == rank and i.cause == cause)

@@ -54,6 +54,9 @@ class Estimate(_S):
     dies_per_package: int | None = None                 # multi-die packages (Ascend 910C): a GPU is a die
     tokens_per_s_per_package_overlap: float | None = None
     tokens_per_s_per_package: float | None = None
+    power_demand_w: float | None = None                 # hardware with a power model (tracegen/power.py):
+    power_throttle: float | None = None                 # mean draw at boost, the clock drop it sets (0-1)
+    power_compute_bound_share: float | None = None      # and the share of the step in compute-bound kernels
 
 
 class IdleCauses(_S):
@@ -256,7 +259,7 @@ class DeploySearch(_S):
 
 
 SCHEMAS: dict[str, tuple[type, int]] = {      # name -> (struct, version)
-    "tracegen-estimate": (Estimate, 1), "tracegen-trace": (Trace, 1), "tracegen-list-hardware": (ListHardware, 2),
+    "tracegen-estimate": (Estimate, 2), "tracegen-trace": (Trace, 1), "tracegen-list-hardware": (ListHardware, 2),
     "tracegen-list-models": (ListModels, 1), "tracegen-list-presets": (ListPresets, 1),
     "tracegen-roofline": (Roofline, 2), "tracegen-deploy": (Deploy, 1), "tracegen-deploy-search": (DeploySearch, 1),
 }

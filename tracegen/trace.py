@@ -154,6 +154,7 @@ def metadata(sched: Schedule, extra: dict[str, Any]) -> dict[str, Any]:
             "dense_layers": sorted(g.dense), "launch_us": sched.launch_us, "sm_count": g.hardware.sm_count,
             "load_factors": sched.load, "span_us": _r(sched.span_us),
             "idle_us": [{cause: _r(sched.idle_us(r, cause)) for cause in IDLE_CAUSES} for r in range(sched.ranks)],
+            **({"power": sched.power.to_dict()} if sched.power else {}),
             **extra}
 
 

@@ -133,6 +133,11 @@ OTHER_DATA: tuple[Key, ...] = (
     Key("span_us", float, "always", "scheduled span, first to last slice", read=False),
     Key("idle_us", list, "always", "per rank: compute idle time per idle cause, as scheduled (the round-trip "
                                    "tests hold replay's findings to it)", read=False),
+    Key("power", dict, "hardware with a power model (default preset)", "the step's mean draw at the boost clock "
+                                                                       "(demand_w), the clock drop it sets (throttle, "
+                                                                       "0-1) and the compute-bound share of the span "
+                                                                       "(tracegen/power.py); replay re-times the "
+                                                                       "trace at that clock"),
     Key("tbo", str, "always", "launch order: off, proper, improper, an order file, or 'as observed' (whatif)",
         read=False),
     Key("whatif", dict, "traces written by replay whatif", "source file, the changes applied and the assumptions "

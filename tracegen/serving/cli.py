@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 from ..base.cliutil import add_command, finite, print_json
@@ -142,6 +143,8 @@ def target(args: argparse.Namespace):
     """(model, hardware, preset, deployment, workload) from the deploy flags."""
     from ..resolve import resolve_target
     model, hw, preset = resolve_target(args.model, args.model_file, args.hardware, args.hardware_file, args.preset)
+    if getattr(args, "clock", "limit") == "boost":
+        preset = replace(preset, power_limit=False)
     return model, hw, preset, _deployment(args, hw.gpus_per_node), _workload(args)
 
 
