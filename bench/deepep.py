@@ -86,8 +86,8 @@ def rows(hw: Hardware | None = None) -> list[tuple[str, str, float, float, float
 
 
 def table() -> str:
-    lines = [f"DeepEP intranode normal kernels, 4 x H100 EP4 (traces/observed/deepep-h100x4; last-arriving rank, "
-             f"free of peer waits; the h100 'intranode' backend is fitted from these captures)",
+    lines = ["DeepEP intranode normal kernels, 4 x H100 EP4 (traces/observed/deepep-h100x4; last-arriving rank, "
+             "free of peer waits; the h100 'intranode' backend is fitted from these captures)",
              f"  {'phase':<8}{'op':<10}{'observed us':>12}{'predicted us':>14}{'error':>8}"]
     for phase, op, o, p, e in rows():
         lines.append(f"  {phase:<8}{op:<10}{o:>12.1f}{p:>14.1f}{e:>7.1f}%")

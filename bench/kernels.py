@@ -92,14 +92,17 @@ def fitted(gpu: str, root: Path = BENCH) -> tuple[Hardware, list[Obs]]:
     base = replace(base, efficiency={**base.efficiency, **{k: start.curve(k) for k in FITTED}})
     obs = observations(gpu, root)
     # grouped GEMMs come in two shapes (up, down): enough to fit how the depth K matters
-    return fit(obs, base, keep_hbm=True, min_shapes=2, kinds=FITTED, kind_hbm=True), obs
+    # the masked (decode) layout sits at the knee - computing and streaming the experts' weights take
+    # similar time - where a hard roofline misses by 14-25 %: it may blend the two (EffCurve.blend)
+    return fit(obs, base, keep_hbm=True, min_shapes=2, kinds=FITTED, kind_hbm=True,
+               blend_kinds=("grouped_gemm_masked",)), obs
 
 
 def curve_line(kind: str, c: EffCurve, source: str) -> str:
     """One hardware.toml efficiency line, every field written (an omitted one would be inherited
     from the entry's base)."""
     parts = [f"max = {c.max:.6g}"] + [f"{name} = {getattr(c, name):.6g}"
-                                      for name in ("m_half", "m_pow", "n_half", "k_half", "floor_us", "hbm")]
+                                      for name in ("m_half", "m_pow", "n_half", "k_half", "floor_us", "hbm", "blend")]
     return f'{kind} = {{ {", ".join(parts)}, source = "{source}" }}'
 
 

@@ -15,7 +15,7 @@ from replay.cli import main as replay
 from replay.events import load
 from tracegen.catalog import EffCurve, hardware_to_dict, load_hardware, load_model
 from tracegen.cli import main
-from tracegen.cost import op_time
+from tracegen.cost import op_time, roofline as cost_roofline
 from tracegen.fit import FITTED, Obs, _Products, compute_us, fit, predict_us
 from tracegen.ops import layer_ops
 from tracegen.preset import load_preset
@@ -182,3 +182,21 @@ def test_sweep_expert_ranges_split_into_up_and_down_gemms():
     for o in up + down:                                      # the catalog curve within 5 % of each
         assert abs(predict_us([o], hw)[0] / o.us - 1) < 0.05
     assert hw.efficiency["grouped_gemm"].k_half > 0
+
+
+@pytest.mark.parametrize("blend", [0.0, 2.0])
+def test_fit_finds_how_compute_and_memory_combine(blend):
+    """Times planted with a hard roofline (blend 0) or the p-norm of compute and memory (blend 2;
+    cost.roofline): a fit allowed to blend recovers which, and the curve, from H800's other curve."""
+    want = EffCurve(0.65, 300.0, 6.0, blend=blend)
+    base = load_hardware("h800")
+    truth = replace(base, efficiency={**base.efficiency, "gemm": want})
+    n, k = 4096, 7168          # one shape, M across the knee (a masked expert GEMM's up projection)
+    obs = [Obs("gemm", "g", m, 2.0 * m * n * k, float(m * k + k * n + 2 * m * n), "fp8", 0.0, profiled=False,
+               gemms=((m, n, k, 1.0),)) for m in np.geomspace(16, 16384, 31)]
+    obs = [replace(o, us=float(t)) for o, t in zip(obs, predict_us(obs, truth))]
+    got = fit(obs, base, keep_hbm=True, blend_kinds=("gemm",)).efficiency["gemm"]
+    assert got.blend == blend
+    assert got.max == pytest.approx(want.max, rel=0.02) and got.m_half == pytest.approx(want.m_half, rel=0.02)
+    # the knee is where blending shows: compute and memory alike there, the p-norm ~sqrt(2) x the max
+    assert cost_roofline(1.0, 1.0, 0.0, 2.0) == pytest.approx(2 ** 0.5) and cost_roofline(1.0, 3.0, 5.0) == 5.0

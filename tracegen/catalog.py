@@ -30,7 +30,10 @@ class EffCurve:
     g(M) = M^p / (M^p + m_half^p) with p = m_pow (a half of 0 drops that factor);
     `floor_us` is the shortest time one kernel of this kind takes, however little it does; `hbm`,
     the fraction of HBM bandwidth its memory traffic reaches (0: the hardware's `hbm` efficiency) -
-    a small-M GEMM streams its weights well below a copy's rate."""
+    a small-M GEMM streams its weights well below a copy's rate. `blend`: how the compute and
+    memory times combine - 0, the larger of the two (a hard roofline); p > 0, their p-norm
+    (c^p + m^p)^(1/p): near the knee a kernel pays part of both, as a masked grouped GEMM does
+    when computing and streaming its experts' weights take similar time."""
     max: float
     m_half: float = 0.0
     floor_us: float = 0.0
@@ -38,6 +41,7 @@ class EffCurve:
     k_half: float = 0.0
     m_pow: float = 1.0
     hbm: float = 0.0
+    blend: float = 0.0
 
     def at(self, m: float, n: float = 0.0, k: float = 0.0) -> float:
         e = self.max
@@ -268,7 +272,7 @@ _POWER_FIELDS: dict[str, tuple[str, bool]] = {
 }
 _EFF_FIELDS = {"max": ("fraction", True), "m_half": ("count", False), "m_pow": ("count", False),
                "n_half": ("count", False), "k_half": ("count", False), "floor_us": ("time", False),
-               "hbm": ("fraction", False),
+               "hbm": ("fraction", False), "blend": ("count", False),
                "source": ("str", False)}
 _COMM_FIELDS: dict[str, tuple[str, bool]] = {
     "link": ("str", True), "sms": ("int", True), "bw_eff": ("fraction", True),
@@ -408,7 +412,7 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
         c = _check(curve if isinstance(curve, dict) else {"max": curve}, _EFF_FIELDS, f"{where}.efficiency.{kind}")
         eff[kind] = EffCurve(max=c["max"], m_half=c.get("m_half", 0.0), floor_us=c.get("floor_us", 0.0),
                              n_half=c.get("n_half", 0.0), k_half=c.get("k_half", 0.0), m_pow=c.get("m_pow", 1.0),
-                             hbm=c.get("hbm", 0.0))
+                             hbm=c.get("hbm", 0.0), blend=c.get("blend", 0.0))
     for need in ("gemm", "grouped_gemm", "attention", "attention_decode", "hbm", "scaleup", "scaleout"):
         if need not in eff:
             raise UserError(f"{where}: missing field 'efficiency.{need}'")
@@ -593,7 +597,8 @@ def hardware_to_dict(hw: Hardware) -> dict[str, Any]:
         "scaleup_domain": hw.scaleup_domain, "scaleout_gbps": hw.scaleout_gbps,
         "pcie_gbps": hw.pcie_gbps, "gpus_per_node": hw.gpus_per_node, "cpu_launch_us": hw.cpu_launch_us,
         "efficiency": {k: {"max": c.max, "m_half": c.m_half, "m_pow": c.m_pow, "n_half": c.n_half,
-                           "k_half": c.k_half, "floor_us": c.floor_us, **({"hbm": c.hbm} if c.hbm else {})}
+                           "k_half": c.k_half, "floor_us": c.floor_us, **({"hbm": c.hbm} if c.hbm else {}),
+                           **({"blend": c.blend} if c.blend else {})}
                        for k, c in hw.efficiency.items()},
         "comm": {k: _comm_to_dict(b) for k, b in hw.comm.items()},
         **({"power": {f: getattr(hw.power, f) for f in _POWER_FIELDS}} if hw.power else {}),

@@ -87,6 +87,13 @@ def link_rate(hw: Hardware, preset: Preset, link: str, backend_eff: float | None
     return link_gbps(hw, link) * eff
 
 
+def roofline(compute: float, memory: float, floor: float, blend: float = 0.0) -> float:
+    """An op's time from its terms: the larger of compute and memory (`blend` 0) or their p-norm
+    (`blend` = p: EffCurve says why), never under the kernel floor."""
+    both = (compute ** blend + memory ** blend) ** (1.0 / blend) if blend else max(compute, memory)
+    return max(both, floor)
+
+
 def op_time(w: Work, plan: Plan, hw: Hardware, preset: Preset, overlapped: bool = False) -> Timed:
     """Milliseconds for one op; `overlapped` means communication holds its SMs meanwhile."""
     if w.is_comm:
@@ -107,7 +114,8 @@ def op_time(w: Work, plan: Plan, hw: Hardware, preset: Preset, overlapped: bool 
         floor = hw.curve(w.kind).floor_us if hw.has_curve(w.kind) else 0.0
         if floor:
             terms["floor_ms"] = floor * w.kernels / 1e3
-        ms = max(terms.values(), default=0.0)
+        blend = hw.curve(w.kind).blend if hw.has_curve(w.kind) else 0.0
+        ms = roofline(terms.get("compute_ms", 0.0), terms.get("memory_ms", 0.0), terms.get("floor_ms", 0.0), blend)
     else:   # the seed: only the KV-cache load, added on top of the compute
         if w.kv_bytes:
             terms["kv_load_ms"] = w.kv_bytes / _SEED_MEM_MB / hbm_rate(hw, preset)

@@ -15,6 +15,7 @@ minimising the sqrt(time)-weighted L1 error of log time. A few rounds alternate 
 the HBM bound of one depends on the others."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -126,10 +127,21 @@ class _Products:
         return np.bincount(self.idx, self.t_at_peak / eff, minlength=self.n_obs)
 
 
-def _fit_curve(obs: list[Obs], hw: Hardware, lower_us: np.ndarray, start: EffCurve,
+Combine = Callable[[np.ndarray], np.ndarray]     # compute times -> op times (memory and floor folded in)
+
+
+def _bound(mem_us: np.ndarray, floor_us: np.ndarray, blend: float) -> Combine:
+    """Op times from compute times, as cost.roofline combines the terms, over arrays."""
+    if not blend:
+        lower = np.maximum(mem_us, floor_us)
+        return lambda c: np.maximum(c, lower)
+    return lambda c: np.maximum((c ** blend + mem_us ** blend) ** (1.0 / blend), floor_us)
+
+
+def _fit_curve(obs: list[Obs], hw: Hardware, combine: Combine, start: EffCurve,
                shape_aware: bool) -> tuple[EffCurve, float]:
     """Coordinate descent over (max, m_half, n_half, k_half) on grids, then a joint local search,
-    minimising the weighted L1 error of log(max(compute, lower)) against the observed times."""
+    minimising the weighted L1 error of log(op time) against the observed times."""
     prods = _Products(obs, hw)
     t = np.array([o.us for o in obs])
     # L1 on log time (robust to the odd outlier kernel), weighted by sqrt(time) so that the ops
@@ -139,7 +151,7 @@ def _fit_curve(obs: list[Obs], hw: Hardware, lower_us: np.ndarray, start: EffCur
          start.m_pow]
 
     def loss(params: list[float]) -> float:
-        pred = np.maximum(prods.compute_us(*params), lower_us)
+        pred = combine(prods.compute_us(*params))
         return float(np.sum(weight * np.abs(np.log(pred / t))))
 
     def descend(p: list[float]) -> tuple[float, list[float]]:
@@ -197,29 +209,34 @@ def _fit_curve(obs: list[Obs], hw: Hardware, lower_us: np.ndarray, start: EffCur
     best, p = min(results.values(), key=lambda r: r[0])
     if results[1.0][0] <= best * 1.01 + 1e-12:
         best, p = results[1.0]
-    return EffCurve(p[0], p[1], start.floor_us, p[2], p[3], p[4]), best
+    return EffCurve(p[0], p[1], start.floor_us, p[2], p[3], p[4], blend=start.blend), best
 
 
-def _pick_curve(obs: list[Obs], hw: Hardware, lower_us: np.ndarray, start: EffCurve,
-                shape_aware: bool) -> EffCurve:
+def _pick_curve(obs: list[Obs], hw: Hardware, combine: Combine, start: EffCurve,
+                shape_aware: bool) -> tuple[EffCurve, float]:
     """The curve over M alone, or over M, N and K where the shapes allow it and it explains the
     times clearly better (1 % lower loss): two more parameters must earn their place, else a few
     shapes would trade max against the halves along a valley of equal fits."""
-    plain, plain_loss = _fit_curve(obs, hw, lower_us, start, False)
+    plain = _fit_curve(obs, hw, combine, start, False)
     if not shape_aware:
         return plain
-    aware, aware_loss = _fit_curve(obs, hw, lower_us, start, True)
-    return aware if aware_loss < 0.99 * plain_loss else plain
+    aware = _fit_curve(obs, hw, combine, start, True)
+    return aware if aware[1] < 0.99 * plain[1] else plain
+
+
+BLENDS = (4.0, 3.0, 2.0, 1.5)      # p-norms a kind's compute and memory times may combine by
 
 
 def fit(obs: list[Obs], hw: Hardware, rounds: int = 3, keep_hbm: bool = False, min_shapes: int = 3,
-        kinds: tuple[str, ...] = CALIBRATED, kind_hbm: bool = False) -> Hardware:
+        kinds: tuple[str, ...] = CALIBRATED, kind_hbm: bool = False, blend_kinds: tuple[str, ...] = ()) -> Hardware:
     """New efficiency curves for the kinds with observations; other fields kept. Kernel floors come
     from profiler observations only: the fastest single matrix kernel seen (tracegen's own traces
     keep the hardware's floors). `keep_hbm`: the hardware's HBM efficiency stays (measured by
     copies elsewhere) instead of being fitted to the memory-bound ops. A kind's N and K halves are
 fitted when its observations hold at least `min_shapes` distinct (N, K) shapes. Only `kinds` are fitted; `kind_hbm`: each also gets the HBM efficiency its memory-bound
-observations reach (a GEMM streaming its weights at small M, FlashMLA reading the cache)."""
+observations reach (a GEMM streaming its weights at small M, FlashMLA reading the cache);
+`blend_kinds` may also combine compute and memory by a p-norm (EffCurve.blend), kept where it
+explains the times clearly better (1 % lower loss) than the hard roofline."""
     # an observation of a kind the hardware has no curve for is timed by its fallback's curve: fit that
     obs = [o if o.kind in hw.efficiency or o.kind not in CURVE_FALLBACK else replace(o, kind=CURVE_FALLBACK[o.kind])
            for o in obs]
@@ -249,11 +266,16 @@ observations reach (a GEMM streaming its weights at small M, FlashMLA reading th
             sel = [o for o in train if o.kind == kind and o.flops > 0]
             if len(sel) < 2:
                 continue
-            own = (eff.get(kind) or cur.curve(kind)).hbm if kind_hbm else 0.0
-            lower = np.maximum(_hbm_us(sel, cur, min(own or hbm, 1.0)), _floor(sel, cur))
+            start = eff.get(kind) or cur.curve(kind)
+            own = start.hbm if kind_hbm else 0.0
+            mem, floor = _hbm_us(sel, cur, min(own or hbm, 1.0)), _floor(sel, cur)
             shape_aware = any(o.gemms for o in sel) and len({(g[1], g[2]) for o in sel for g in o.gemms}) >= min_shapes
-            eff[kind] = replace(_pick_curve(sel, cur, lower, eff.get(kind) or cur.curve(kind), shape_aware),
-                                hbm=own)
+            tried = []
+            for blend in (0.0, *BLENDS) if kind in blend_kinds else (start.blend,):
+                c, loss = _pick_curve(sel, cur, _bound(mem, floor, blend), replace(start, blend=blend), shape_aware)
+                tried.append((loss, blend, c))
+            hard, best = tried[0], min(tried, key=lambda t: t[0])
+            eff[kind] = replace(best[2] if best[0] < 0.99 * hard[0] else hard[2], hbm=own)
             if kind_hbm:
                 eff[kind] = replace(eff[kind], hbm=_kind_hbm(sel, replace(cur, efficiency={**cur.efficiency,
                                                                                              kind: eff[kind]})))
@@ -265,7 +287,11 @@ observations reach (a GEMM streaming its weights at small M, FlashMLA reading th
                 t = np.array([o.us for o in comp])
                 grid = np.linspace(0.3, 1.0, 701)
                 mem = np.array([o.bytes for o in comp])[:, None] / (hw.hbm_gbps * 1e3 * grid[None, :])
-                loss = np.sum(np.log(np.maximum(c[:, None], mem) / t[:, None]) ** 2, axis=0)
+                b = np.array([cur.curve(o.kind).blend for o in comp])[:, None]
+                with np.errstate(divide="ignore"):
+                    soft = (c[:, None] ** b + mem ** b) ** (1.0 / np.where(b > 0, b, 1.0))
+                pred = np.where(b > 0, soft, np.maximum(c[:, None], mem))
+                loss = np.sum(np.log(pred / t[:, None]) ** 2, axis=0)
                 hbm = float(grid[np.argmin(loss)])
     eff["hbm"] = EffCurve(min(hbm, 1.0))
     return replace(hw, efficiency=eff, comm=comm)
@@ -274,12 +300,13 @@ observations reach (a GEMM streaming its weights at small M, FlashMLA reading th
 def _kind_hbm(sel: list[Obs], hw: Hardware) -> float:
     """The HBM efficiency of one kind's memory traffic that best explains its observations, given
     its compute curve and floor (the same weighted L1 of log time as the curves)."""
-    c = np.maximum(compute_us(sel, hw), _floor(sel, hw))
+    c, floor = compute_us(sel, hw)[:, None], _floor(sel, hw)[:, None]
     t = np.array([o.us for o in sel])
     weight = np.sqrt(t / t.mean())
     grid = np.linspace(0.3, 1.0, 141)      # no kernel family streams below 30 % of HBM on purpose
     mem = np.array([o.bytes for o in sel], dtype=float)[:, None] / (hw.hbm_gbps * 1e3 * grid[None, :])
-    loss = np.sum(weight[:, None] * np.abs(np.log(np.maximum(c[:, None], mem) / t[:, None])), axis=0)
+    pred = _bound(mem, floor, hw.curve(sel[0].kind).blend)(c)
+    loss = np.sum(weight[:, None] * np.abs(np.log(pred / t[:, None])), axis=0)
     return float(grid[np.argmin(loss)])
 
 
