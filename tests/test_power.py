@@ -115,3 +115,19 @@ def test_train_json_draw_comes_from_its_own_kernels():
     # DualPipe keeps the compute stream busy: ~70 % of the span in GEMMs and attention, ~96 % busy
     assert 0.6 < d.hot_us / d.span_us < 0.8 and 0.9 < d.busy_us / d.span_us <= 1.0
     assert 0 < d.throttle < 1
+
+
+@pytest.mark.parametrize("change,says", [({"compute_w": 500}, "idle_w <= memory_w < limit_w < compute_w"),
+                                         ({"slowdown": {"gemm": 0.5}}, "a slowdown is a time ratio >= 1"),
+                                         ({"saturate": 0}, "saturate: must be positive")])
+def test_a_bad_power_table_is_one_clear_error(tmp_path, capsys, change, says):
+    import json
+    from tracegen.catalog import hardware_to_dict
+    from tracegen.cli import main
+    d = hardware_to_dict(H800)
+    d["h800"]["power"].update(change)
+    path = tmp_path / "hw.json"
+    path.write_text(json.dumps(d))
+    assert main(["estimate", "--hardware-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and err.count("\n") == 1

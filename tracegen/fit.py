@@ -260,7 +260,7 @@ explains the times clearly better (1 % lower loss) than the hard roofline."""
                                                       and o.us > 1.5 * ew_floor * o.kernels)]
     hbm = float(np.median([o.bytes / (o.us * 1e3) / hw.hbm_gbps for o in copies])) if copies else hw.eff("hbm")
     fit_hbm = not copies and not keep_hbm
-    for _ in range(rounds):
+    for round_ in range(rounds):
         cur = replace(hw, efficiency={**eff, "hbm": EffCurve(min(hbm, 1.0))})
         for kind in kinds:
             sel = [o for o in train if o.kind == kind and o.flops > 0]
@@ -271,7 +271,8 @@ explains the times clearly better (1 % lower loss) than the hard roofline."""
             mem, floor = _hbm_us(sel, cur, min(own or hbm, 1.0)), _floor(sel, cur)
             shape_aware = any(o.gemms for o in sel) and len({(g[1], g[2]) for o in sel for g in o.gemms}) >= min_shapes
             tried = []
-            for blend in (0.0, *BLENDS) if kind in blend_kinds else (start.blend,):
+            # how compute and memory combine is chosen in the first round; later rounds refine the curve
+            for blend in (0.0, *BLENDS) if kind in blend_kinds and round_ == 0 else (start.blend,):
                 c, loss = _pick_curve(sel, cur, _bound(mem, floor, blend), replace(start, blend=blend), shape_aware)
                 tried.append((loss, blend, c))
             hard, best = tried[0], min(tried, key=lambda t: t[0])
