@@ -64,11 +64,12 @@ def schedule(model: Model, hw: Hardware, plan: Plan, preset: Preset, opts: Trace
 
 
 def step_draw(sched: Schedule, power: Power) -> Draw:
-    """Rank 0's mean draw over the scheduled span at the boost clock (power.py)."""
-    hot = busy = 0.0
+    """The mean draw over the scheduled span at the boost clock (power.py) of the rank that draws
+    most: the busiest rank throttles most, and every all-to-all waits for it."""
+    hot, busy = [0.0] * sched.ranks, [0.0] * sched.ranks
     for iv in sched.intervals:
-        if iv.rank == 0 and iv.track == COMPUTE and iv.key is not None:
+        if iv.track == COMPUTE and iv.key is not None:
             st = sched.graph.stages[iv.key]
-            busy += iv.dur
-            hot += iv.dur * (st.hot_us / st.work_us if st.work_us > 0 else 0.0)
-    return draw(hot, busy, sched.span_us, power)
+            busy[iv.rank] += iv.dur
+            hot[iv.rank] += iv.dur * (st.hot_us / st.work_us if st.work_us > 0 else 0.0)
+    return max((draw(h, b, sched.span_us, power) for h, b in zip(hot, busy)), key=lambda d: d.demand_w)
