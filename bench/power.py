@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tracegen.catalog import Power
-from tracegen.power import draw
+from tracegen.power import Draw, draw
 
 ROOT = Path(__file__).resolve().parents[1]
 OBSERVED = ROOT / "traces" / "observed" / "h100"
@@ -64,12 +64,16 @@ def fit(duty: list[dict], per_op: dict[str, float]) -> Power:
                  round(sat, 3), {k: round(v, 4) for k, v in slowdown.items()}, SOURCE)
 
 
+def mix_draw(r: dict, p: Power) -> Draw:
+    """The model's draw of one measured mix, per unit of its time at boost: the GEMMs' share is
+    compute-bound; copies keep the SMs busy (memory-bound), spin kernels leave them waiting."""
+    busy = 1.0 if r["filler"] in ("copy", "none") else r["duty"]
+    return draw(r["duty"], busy, 1.0, p)
+
+
 def predicted_slowdown(r: dict, p: Power, full: float) -> float:
-    """The model's GEMM slowdown in one measured mix (its compute-bound share of the time at boost)."""
-    d = r["duty"]
-    busy = 1.0 if r["filler"] in ("copy", "none") else d
-    t = draw(d, busy, 1.0, p).throttle
-    return 1.0 + (full - 1.0) * t
+    """The model's GEMM slowdown in one measured mix."""
+    return 1.0 + (full - 1.0) * mix_draw(r, p).throttle
 
 
 def table(p: Power, duty: list[dict]) -> str:
@@ -79,8 +83,7 @@ def table(p: Power, duty: list[dict]) -> str:
              "", "| filler | compute-bound share | SM MHz | W measured | W model (boost) | GEMM slowdown measured | model |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in duty:
-        busy = 1.0 if r["filler"] in ("copy", "none") else r["duty"]
-        d = draw(r["duty"], busy, 1.0, p)
+        d = mix_draw(r, p)
         lines.append(f"| {r['filler']} | {r['duty']:.2f} | {r['sm_mhz']:.0f} | {r['power_w']:.0f} | {d.demand_w:.0f} | "
                      f"{r['gemm_slowdown']:.3f} | {predicted_slowdown(r, p, full):.3f} |")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from replay import intervals
 from tracegen.catalog import load_hardware, load_model
 from tracegen.cost import op_time
 from tracegen.ops import layer_ops
@@ -44,9 +45,15 @@ FP8_BYTES = 1 + 4 / 128     # per channel: FP8 value + one FP32 scale per 128
 
 
 @lru_cache(maxsize=2)
+def _events(path: Path) -> list[dict]:
+    """train.json's events, parsed once for every table read from it."""
+    return json.loads(path.read_bytes())["traceEvents"]
+
+
+@lru_cache(maxsize=2)
 def forward_kernels(path: Path = TRAIN) -> dict[str, list[float]]:
     """Kernel durations (us) of the forward chunk, per op: routed_up, routed_down, dispatch, combine."""
-    ev = json.loads(path.read_bytes())["traceEvents"]
+    ev = _events(path)
     kernels = {e["args"].get("correlation"): e for e in ev if e.get("ph") == "X" and e.get("cat") == "kernel"}
     runtime = [e for e in ev if e.get("ph") == "X" and e.get("cat") == "cuda_runtime"]
     out: dict[str, list[float]] = {"routed_up": [], "routed_down": [], "dispatch": [], "combine": []}
@@ -90,13 +97,10 @@ HOT = ("GemmKernel", "xmma_gemm", "FlashAttnBwd<", "compute_attn")
 COMM_KERNELS = ("internode::", "intranode::")
 
 
-def _union_us(spans: list[tuple[float, float]]) -> float:
-    if not spans:
-        return 0.0
-    a = np.array(sorted(spans))
-    ends = np.maximum.accumulate(a[:, 1])
-    starts = np.maximum(a[:, 0], np.concatenate([[a[0, 0]], ends[:-1]]))
-    return float(np.clip(ends - starts, 0, None).sum())
+def _covered_us(kernels: list[dict]) -> float:
+    """Time at least one of the kernels runs (their union)."""
+    ts = np.array([k["ts"] for k in kernels], dtype=float)
+    return intervals.length(*intervals.union(ts, ts + np.array([k["dur"] for k in kernels], dtype=float)))
 
 
 @lru_cache(maxsize=2)
@@ -104,14 +108,11 @@ def train_draw(path: Path = TRAIN) -> Draw:
     """The training step's draw as its own kernels show it: the share of the profiled span the GPU
     spends in compute-bound kernels and in any compute kernel (the all-to-all's kernels left out,
     as the power model leaves them), under the H800's power model (700 W, as the H100's)."""
-    ev = json.loads(path.read_bytes())["traceEvents"]
-    kernels = [e for e in ev if e.get("ph") == "X" and e.get("cat") == "kernel"
-               and not any(c in e["name"] for c in COMM_KERNELS)]
-    spans = [(e["ts"], e["ts"] + e["dur"]) for e in kernels]
-    hot = [(e["ts"], e["ts"] + e["dur"]) for e in kernels if any(h in e["name"] for h in HOT)]
-    every = [(e["ts"], e["ts"] + e["dur"]) for e in ev if e.get("ph") == "X" and e.get("cat") == "kernel"]
-    span = max(t1 for _, t1 in every) - min(t0 for t0, _ in every)
-    return draw(_union_us(hot), _union_us(spans), span, load_hardware("h800").power)
+    every = [e for e in _events(path) if e.get("ph") == "X" and e.get("cat") == "kernel"]
+    compute = [e for e in every if not any(c in e["name"] for c in COMM_KERNELS)]
+    hot = [e for e in compute if any(h in e["name"] for h in HOT)]
+    span = max(e["ts"] + e["dur"] for e in every) - min(e["ts"] for e in every)
+    return draw(_covered_us(hot), _covered_us(compute), span, load_hardware("h800").power)
 
 
 def predicted() -> dict[str, float]:

@@ -46,8 +46,11 @@ def target(trace: Trace) -> Target:
         hw = hardware_from_dict(meta.hardware_spec, f"{src}: otherData.hardware_spec")
     else:
         hw = load_hardware(meta.hardware)
-    if meta.power and meta.power.get("throttle"):
-        hw = replace(hw, throttle=float(meta.power["throttle"]))     # the clock the step's draw set
+    throttle = (meta.power or {}).get("throttle", 0.0)
+    if isinstance(throttle, bool) or not isinstance(throttle, (int, float)) or not 0.0 <= throttle <= 1.0:
+        raise UserError(f"{src}: otherData.power.throttle must be a number in [0, 1], got {throttle!r}")
+    if throttle:
+        hw = replace(hw, throttle=float(throttle))     # the clock the step's draw set
     if meta.plan is None:
         raise UserError(f"{src}: otherData has no plan")
     try:

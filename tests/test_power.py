@@ -131,3 +131,37 @@ def test_a_bad_power_table_is_one_clear_error(tmp_path, capsys, change, says):
     assert main(["estimate", "--hardware-file", str(path)]) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("throttle", ["fast", 1.5, -0.1, True])
+def test_a_trace_with_a_bad_throttle_is_refused(tmp_path, capsys, throttle):
+    """replay re-times a generated trace at its traced clock: a throttle that is not a number in
+    [0, 1] is one clear error, no output written."""
+    import json
+    from replay.cli import main as replay
+    from tracegen.cli import main
+    src, bad, out = tmp_path / "p.json", tmp_path / "bad.json", tmp_path / "w.json"
+    assert main(["trace", "--layers", "2", "-o", str(src)]) == 0
+    data = json.loads(src.read_text())
+    data["otherData"]["power"]["throttle"] = throttle
+    bad.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert replay(["whatif", str(bad), "--launch-order", "proper", "-o", str(out), "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert "otherData.power.throttle must be a number in [0, 1]" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def test_a_blend_below_one_is_refused_and_the_written_table_is_a_copy(tmp_path, capsys):
+    import json
+    from tracegen.catalog import hardware_to_dict
+    from tracegen.cli import main
+    d = hardware_to_dict(H800)
+    d["h800"]["power"]["slowdown"]["gemm"] = 9.0            # the caller's copy, not the catalog's
+    assert H800.power.slowdown["gemm"] == POWER.slowdown["gemm"] < 9.0
+    d["h800"]["efficiency"]["grouped_gemm_masked"]["blend"] = 0.5
+    path = tmp_path / "hw.json"
+    path.write_text(json.dumps(d))
+    assert main(["estimate", "--hardware-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "blend: 0 (the larger of compute and memory) or a p-norm p >= 1, got 0.5" in err and err.count("\n") == 1

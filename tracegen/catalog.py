@@ -413,6 +413,9 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
         eff[kind] = EffCurve(max=c["max"], m_half=c.get("m_half", 0.0), floor_us=c.get("floor_us", 0.0),
                              n_half=c.get("n_half", 0.0), k_half=c.get("k_half", 0.0), m_pow=c.get("m_pow", 1.0),
                              hbm=c.get("hbm", 0.0), blend=c.get("blend", 0.0))
+        if 0 < eff[kind].blend < 1:
+            raise UserError(f"{where}.efficiency.{kind}.blend: 0 (the larger of compute and memory) or a p-norm "
+                            f"p >= 1, got {eff[kind].blend:g}")
     for need in ("gemm", "grouped_gemm", "attention", "attention_decode", "hbm", "scaleup", "scaleout"):
         if need not in eff:
             raise UserError(f"{where}: missing field 'efficiency.{need}'")
@@ -601,7 +604,8 @@ def hardware_to_dict(hw: Hardware) -> dict[str, Any]:
                            **({"blend": c.blend} if c.blend else {})}
                        for k, c in hw.efficiency.items()},
         "comm": {k: _comm_to_dict(b) for k, b in hw.comm.items()},
-        **({"power": {f: getattr(hw.power, f) for f in _POWER_FIELDS}} if hw.power else {}),
+        **({"power": {**{f: getattr(hw.power, f) for f in _POWER_FIELDS}, "slowdown": dict(hw.power.slowdown)}}
+           if hw.power else {}),
     }}
 
 

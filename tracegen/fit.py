@@ -130,12 +130,17 @@ class _Products:
 Combine = Callable[[np.ndarray], np.ndarray]     # compute times -> op times (memory and floor folded in)
 
 
-def _bound(mem_us: np.ndarray, floor_us: np.ndarray, blend: float) -> Combine:
-    """Op times from compute times, as cost.roofline combines the terms, over arrays."""
-    if not blend:
+def _bound(mem_us: np.ndarray, floor_us: np.ndarray | float, blend: float | np.ndarray) -> Combine:
+    """Op times from compute times, as cost.roofline combines the terms, over arrays; `blend` is one
+    for all the ops or one per op (a column, where the ops are of several kinds)."""
+    b = np.asarray(blend, dtype=float)
+    if not b.any():
         lower = np.maximum(mem_us, floor_us)
         return lambda c: np.maximum(c, lower)
-    return lambda c: np.maximum((c ** blend + mem_us ** blend) ** (1.0 / blend), floor_us)
+    if b.ndim == 0:
+        return lambda c: np.maximum((c ** b + mem_us ** b) ** (1.0 / b), floor_us)
+    p = np.where(b > 0, b, 1.0)
+    return lambda c: np.maximum(np.where(b > 0, (c ** p + mem_us ** p) ** (1.0 / p), np.maximum(c, mem_us)), floor_us)
 
 
 def _fit_curve(obs: list[Obs], hw: Hardware, combine: Combine, start: EffCurve,
@@ -270,13 +275,11 @@ explains the times clearly better (1 % lower loss) than the hard roofline."""
             own = start.hbm if kind_hbm else 0.0
             mem, floor = _hbm_us(sel, cur, min(own or hbm, 1.0)), _floor(sel, cur)
             shape_aware = any(o.gemms for o in sel) and len({(g[1], g[2]) for o in sel for g in o.gemms}) >= min_shapes
-            tried = []
             # how compute and memory combine is chosen in the first round; later rounds refine the curve
-            for blend in (0.0, *BLENDS) if kind in blend_kinds and round_ == 0 else (start.blend,):
-                c, loss = _pick_curve(sel, cur, _bound(mem, floor, blend), replace(start, blend=blend), shape_aware)
-                tried.append((loss, blend, c))
-            hard, best = tried[0], min(tried, key=lambda t: t[0])
-            eff[kind] = replace(best[2] if best[0] < 0.99 * hard[0] else hard[2], hbm=own)
+            blends = (0.0, *BLENDS) if kind in blend_kinds and round_ == 0 else (start.blend,)
+            tried = [_pick_curve(sel, cur, _bound(mem, floor, b), replace(start, blend=b), shape_aware) for b in blends]
+            best = min(tried, key=lambda t: t[1])
+            eff[kind] = replace(best[0] if best[1] < 0.99 * tried[0][1] else tried[0][0], hbm=own)
             if kind_hbm:
                 eff[kind] = replace(eff[kind], hbm=_kind_hbm(sel, replace(cur, efficiency={**cur.efficiency,
                                                                                              kind: eff[kind]})))
@@ -288,10 +291,7 @@ explains the times clearly better (1 % lower loss) than the hard roofline."""
                 t = np.array([o.us for o in comp])
                 grid = np.linspace(0.3, 1.0, 701)
                 mem = np.array([o.bytes for o in comp])[:, None] / (hw.hbm_gbps * 1e3 * grid[None, :])
-                b = np.array([cur.curve(o.kind).blend for o in comp])[:, None]
-                with np.errstate(divide="ignore"):
-                    soft = (c[:, None] ** b + mem ** b) ** (1.0 / np.where(b > 0, b, 1.0))
-                pred = np.where(b > 0, soft, np.maximum(c[:, None], mem))
+                pred = _bound(mem, 0.0, np.array([cur.curve(o.kind).blend for o in comp])[:, None])(c[:, None])
                 loss = np.sum(np.log(pred / t[:, None]) ** 2, axis=0)
                 hbm = float(grid[np.argmin(loss)])
     eff["hbm"] = EffCurve(min(hbm, 1.0))

@@ -14,12 +14,12 @@ PHASES = ("prefill", "decode")
 MAX_TOKENS_PER_GROUP = 1e8      # tokens one attention-DP group processes in one step; DeepSeek's prefill: 16K
 MIN_TOKENS_PER_GROUP = 1e-3     # below this, float arithmetic of the cost model underflows
 PRECISIONS = ("fp8", "int8", "bf16")    # 8-bit GEMMs run at the hardware's 8-bit peak (FP8 or INT8)
+COMM_BACKENDS = ("normal", "intranode", "ibgda", "cpu-proxy", "ascend-fused", "pcie-copy")
 
 
 def elem_bytes(fmt: str) -> int:
     """Bytes per element of a GEMM or KV format: BF16 2, the 8-bit formats 1."""
     return 2 if fmt == "bf16" else 1
-COMM_BACKENDS = ("normal", "intranode", "ibgda", "cpu-proxy", "ascend-fused", "pcie-copy")
 
 
 @dataclass(frozen=True)
