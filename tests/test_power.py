@@ -119,7 +119,8 @@ def test_train_json_draw_comes_from_its_own_kernels():
 
 @pytest.mark.parametrize("change,says", [({"compute_w": 500}, "idle_w <= memory_w < limit_w < compute_w"),
                                          ({"slowdown": {"gemm": 0.5}}, "a slowdown is a time ratio >= 1"),
-                                         ({"saturate": 0}, "saturate: must be positive")])
+                                         ({"saturate": 0}, "saturate: must be positive"),
+                                         ({"slowdown": {"gemmm": 1.1}}, "'gemmm' is not an op kind")])
 def test_a_bad_power_table_is_one_clear_error(tmp_path, capsys, change, says):
     import json
     from tracegen.catalog import hardware_to_dict

@@ -451,6 +451,10 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
         cpu_launch_us=e["cpu_launch_us"], efficiency=eff, comm=comm, source=e["source"],
         aliases=e.get("aliases", ()),
     )
+    unknown = sorted(set(hw.power.slowdown) - set(eff) - set(CURVE_FALLBACK)) if hw.power else []
+    if unknown:
+        raise UserError(f"{where}.power.slowdown: {unknown[0]!r} is not an op kind of this hardware "
+                        f"(its efficiency curves: {', '.join(sorted(eff))})")
     cores, what = hw.comm_cores
     for name, b in comm.items():
         if b.sms > cores:
