@@ -87,14 +87,16 @@ def rope(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-b, a), dim=-1) * 0.7 + x * 0.7
 
 
-def attention_decode(w: Weights, h: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
-    """Absorbed MLA over the latent cache (B, L, KVL + ROPE)."""
+def attention_decode(w: Weights, h: torch.Tensor, cache: torch.Tensor, write: bool = True) -> torch.Tensor:
+    """Absorbed MLA over the latent cache (B, L, KVL + ROPE); `write`: store this token's latent in place
+    (torch.compile's CUDA graphs refuse a mutated input, so the compiled variant leaves it out)."""
     c, b = w.c, h.shape[0]
     q = (rmsnorm(h @ w.qa.t(), w.n2) @ w.qb.t()).view(b, c["HEADS"], c["NOPE"] + c["ROPE"])
     q_nope, q_pe = q.split([c["NOPE"], c["ROPE"]], dim=-1)
     q_abs = torch.bmm(q_nope.transpose(0, 1), w.uk).transpose(0, 1)              # (B, heads, KVL)
     kv = h @ w.kva.t()
-    cache[:, -1].copy_(kv)                                                        # this token's latent
+    if write:
+        cache[:, -1].copy_(kv)                                                    # this token's latent
     qq = torch.cat((q_abs, rope(q_pe)), dim=-1)
     s = torch.bmm(qq, cache.transpose(1, 2)) * (1.0 / (c["NOPE"] + c["ROPE"]) ** 0.5)
     p = torch.softmax(s.float(), dim=-1).to(BF16)
@@ -139,8 +141,9 @@ def shared(w: Weights, h: torch.Tensor) -> torch.Tensor:
     return (F.silu(g) * u) @ w.sdown.t()
 
 
-def decode_layer(w: Weights, x: torch.Tensor, cache: torch.Tensor, sync: bool = False) -> torch.Tensor:
-    x = x + attention_decode(w, rmsnorm(x, w.n1), cache)
+def decode_layer(w: Weights, x: torch.Tensor, cache: torch.Tensor, sync: bool = False,
+                 write: bool = True) -> torch.Tensor:
+    x = x + attention_decode(w, rmsnorm(x, w.n1), cache, write)
     h = rmsnorm(x, w.n1)
     top_w, top_i = route(w, h)
     if sync:        # a real device-to-host sync: how many of this batch's picks land on local experts
@@ -189,7 +192,7 @@ def run_decode(out: Path, c: dict, dev: str, variant: str) -> dict:
 
     def step(x):
         for cache in caches:
-            x = decode_layer(w, x, cache, sync=variant == "item")
+            x = decode_layer(w, x, cache, sync=variant == "item", write=variant != "compiled")
         return x
 
     fn = step
@@ -231,7 +234,7 @@ def run_decode(out: Path, c: dict, dev: str, variant: str) -> dict:
             prof.step()
     size = export(prof, out / f"decode-{variant}.json.gz")
     return {"file": f"decode-{variant}.json.gz", "variant": variant, "layers": c["layers"], "batch": c["B"],
-            "kv_len": c["L"], "profiled_steps": c["steps"], "syncs_per_step": c["layers"] if variant == "item" else 0,
+            "kv_len": c["L"], "profiled_steps": c["steps"], "syncs_per_step": c["layers"] if variant == "item" else 0, "kv_write": variant != "compiled",
             "step_wall_us": walls[1:], "warmup_s": t_compile, "bytes": size}
 
 
