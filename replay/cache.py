@@ -14,7 +14,7 @@ from tracegen.base.fileio import atomic_parquet, atomic_write
 
 from .events import Trace, load, trace_files
 
-FORMAT = "5"      # bump when the event table's columns change
+FORMAT = "6"      # bump when the event table's columns change
 
 
 def cache_dir() -> Path:

@@ -19,7 +19,7 @@ import pandas as pd
 from tracegen.base.contract import COMM, LAUNCH_BOUND, STAGE_STREAM
 from tracegen.base.errors import UserError
 
-from .analyze import Analysis
+from .analysis import Analysis
 from .events import text
 from .intervals import intersection, length, union
 from .overlap import gpu_work

@@ -55,13 +55,18 @@ STRING_COLUMNS = ("pid", "tid", "thread", "cat", "name", "stage", "stage_stream"
 _INTERNED = tuple(c for c in STRING_COLUMNS if c != "thread")   # coded through the interner while parsing
 CPU_OP_CATS = frozenset(contract.KINETO_CPU_OPS)   # short ones skipped unless keep_cpu_ops
 # framework CPU spans at least this long are kept even so: only they can hold a CPU stall long enough
-# to starve the GPU, which findings.py names (`blocking_call`); the millions of short ones are left out
+# to starve the GPU, which findings.py names (`blocking_call`); of the millions of short ones only the
+# outermost framework ops of each thread (an op inside no other op) are kept, so that findings.py can
+# tell host work inside an op (overhead on the launch path) from host work outside any op
 KEEP_CPU_SPAN_US = 100.0
+FRAMEWORK_OP = "cpu_op"            # the category of framework ops (aten::mm, ...) in Kineto traces
+MODULE_PREFIX = "nn.Module:"       # Python-tracer ranges of nn.Modules (with_stack=True): always kept
 _PAIRED_OR_META = frozenset({"B", "E", "M"})
 MAX_TS_US = 1e17          # ~3,000 years: a timestamp beyond this is corrupt
 MAX_DUR_US = 86_400e6     # one day
 _COLS = ("pid", "tid", "cat", "name", "start_us", "dur_us", "correlation", "stream", "arank", "layer",
          "microbatch", "stage", "stage_stream", "flops", "bytes", "work_us")
+_OP_COLS = ("pid", "tid", "name", "start_us", "dur_us")     # the skipped framework ops (candidates to keep)
 
 
 # ----------------------------------------------------------------------------- columns
@@ -94,9 +99,10 @@ def _num(x: Any, what: str, i: int, src: str) -> float:
 
 
 def _long(e: Event) -> bool:
-    """A skipped-category span long enough to keep (KEEP_CPU_SPAN_US)."""
+    """A skipped-category span to keep: long enough (KEEP_CPU_SPAN_US), or an nn.Module range."""
     d = e.dur
-    return isinstance(d, (int, float)) and d >= KEEP_CPU_SPAN_US
+    return (isinstance(d, (int, float)) and d >= KEEP_CPU_SPAN_US) or (
+        isinstance(e.name, str) and e.name.startswith(MODULE_PREFIX))
 
 
 def _int(x: Any) -> int:
@@ -119,6 +125,7 @@ class _Columns:
     open_b: dict[tuple[str, str], list[Event]] = field(default_factory=dict)
     n_seen: int = 0
     extra: list[bytes | None] = field(default_factory=list)
+    ops: dict[str, list] = field(default_factory=lambda: {k: [] for k in _OP_COLS})   # short framework ops
     skip_cats: frozenset[str] = frozenset()
     negative: int = 0                    # slices with a negative duration, left out
     negative_example: str = ""
@@ -183,9 +190,28 @@ class _Columns:
                            e.id if isinstance(e.id, int) else hash(e.id), e.cat or "") for e in flows)
         return ts_extra, dur_extra
 
+    def _short_ops(self, events: list[Event]) -> None:
+        """The framework ops left out as short: their times, threads and names, from which the
+        outermost ones of each thread are kept (_outermost_ops)."""
+        num = (int, float)
+        ops = [e for e in events if e.cat == FRAMEWORK_OP and e.ph == "X" and type(e.ts) in num
+               and type(e.dur) in num and not _long(e)]
+        if not ops:
+            return
+        o = self.ops
+        ts = np.array([e.ts for e in ops], dtype=np.float64)
+        dur = np.array([e.dur for e in ops], dtype=np.float64)
+        ok = np.isfinite(ts) & np.isfinite(dur) & (dur >= 0) & (np.abs(ts) <= MAX_TS_US)
+        o["start_us"].append(ts[ok])
+        o["dur_us"].append(dur[ok])
+        for k in ("pid", "tid", "name"):
+            o[k].append(self._codes([getattr(e, k) for e in ops])[ok])
+
     def add(self, events: list[Event]) -> None:
         skip = self.skip_cats
         xs = [e for e in events if e.ph == "X" and (e.cat not in skip or _long(e))]
+        if FRAMEWORK_OP in skip:
+            self._short_ops(events)
         other = [e for e in events if e.ph != "X" and e.cat not in contract.LAUNCH_FLOWS]
         ts_extra, dur_extra = self._other(other, xs) if other else ([], [])
         self.n_seen += len(events)
@@ -250,6 +276,7 @@ class _Columns:
     def result(self) -> dict[str, Any]:
         """The columns of this sink's events, picklable (a worker process returns it)."""
         return {"cols": {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in self.cols.items()},
+                "ops": {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in self.ops.items()},
                 "strings": list(self.strings.index), "names": self.names, "flows": self.flows,
                 "extra": self.extra, "n_seen": self.n_seen,
                 "negative": self.negative, "negative_example": self.negative_example}
@@ -270,6 +297,8 @@ def _merge(parts: list[dict[str, Any]], src: str, skip: frozenset[str]) -> _Colu
         remap = np.array([cols.strings.code(x) for x in p["strings"]], dtype=np.int32)
         for k, v in p["cols"].items():
             cols.cols[k].append(remap[v.astype(np.int64)] if k in _INTERNED and len(v) else v)
+        for k, v in p.get("ops", {}).items():
+            cols.ops[k].append(remap[v.astype(np.int64)] if k in ("pid", "tid", "name") and len(v) else v)
         cols.names.update(p["names"])
         cols.flows.extend(p["flows"])
         cols.extra.extend(p["extra"])
@@ -332,8 +361,44 @@ def generated_meta(other_data: dict[str, Any], src: str) -> Any:
         raise UserError(f"{src}: otherData does not follow the trace contract: {exc}") from None
 
 
+def _outermost_ops(c: dict[str, np.ndarray], ops: dict[str, np.ndarray], op_code: int) -> dict[str, np.ndarray]:
+    """The columns with the short framework ops that lie inside no other framework op of their
+    thread appended (the kept long ops count as holders too); nested ones stay out."""
+    if not len(ops.get("start_us", ())):
+        return c
+    kept = np.flatnonzero(c["cat"].astype(np.int64) == op_code)
+    n_short = len(ops["start_us"])
+    thread = np.concatenate([ops["pid"].astype(np.int64) << 32 | ops["tid"].astype(np.int64),
+                             c["pid"][kept].astype(np.int64) << 32 | c["tid"][kept].astype(np.int64)])
+    start = np.concatenate([ops["start_us"], c["start_us"][kept]])
+    end = start + np.concatenate([ops["dur_us"], c["dur_us"][kept]])
+    order = np.lexsort((-end, start, thread))        # per thread by start, the longer (outer) first
+    th, st, en = thread[order], start[order], end[order]
+    outer = np.ones(len(order), dtype=bool)
+    bounds = np.flatnonzero(np.diff(th)) + 1
+    for part in np.split(np.arange(len(order)), bounds):
+        run_max = np.maximum.accumulate(en[part])
+        outer[part[1:]] = st[part[1:]] >= run_max[:-1]
+    pick = order[outer & (order < n_short)]
+    pick.sort()
+    n = len(pick)
+    add = {"pid": ops["pid"][pick], "tid": ops["tid"][pick], "name": ops["name"][pick],
+           "cat": np.full(n, op_code, dtype=np.int32), "start_us": ops["start_us"][pick],
+           "dur_us": ops["dur_us"][pick], "correlation": np.full(n, -1, dtype=np.int64),
+           "stream": np.full(n, -1, dtype=np.int64), "arank": np.full(n, -1, dtype=np.int64),
+           "layer": np.full(n, -1, dtype=np.int64), "microbatch": np.full(n, -1, dtype=np.int64),
+           "stage": np.zeros(n, dtype=np.int32), "stage_stream": np.zeros(n, dtype=np.int32),
+           "flops": np.full(n, np.nan), "bytes": np.full(n, np.nan), "work_us": np.full(n, np.nan)}
+    return {k: np.concatenate([c[k], add[k].astype(c[k].dtype) if len(c[k]) else add[k]]) for k in c}
+
+
 def _to_frame(cols: _Columns, meta: dict[str, Any], path: Path, default_rank: int | None) -> pd.DataFrame:
     c = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.cols.items()}
+    n_before = len(c["start_us"])
+    c = _outermost_ops(c, {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.ops.items()},
+                       cols.strings.code(FRAMEWORK_OP))
+    if len(c["start_us"]) > n_before:
+        cols.extra.extend([None] * (len(c["start_us"]) - n_before))
     n = len(c["start_us"])
     strings = cols.strings
     cat_list = list(strings.index)                    # code -> string, shared by every string column

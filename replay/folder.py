@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,29 +23,25 @@ import pyarrow.parquet as pq
 
 from tracegen.base.errors import UserError
 
-from . import parallel, suspicious
-from .analyze import Analysis, check_rank, check_step, in_window, no_gpu_error, prepare, window_error
+from . import parallel
 from . import peers as peer_analysis
 from . import steps as step_analysis
+from .analysis import Analysis
 from .cache import cache_dir, load_file_cached
 from .events import Trace, folder_progress, merge_meta, rank_hints, rank_shifts, split_results, trace_files
-from .findings import find
-from .overlap import layer_metrics, rank_metrics, step_metrics, stream_layout
 from .peers import Peers
-from .structure import DEFAULT_ANNOTATION
-
-
-@dataclass(frozen=True)
-class Options:
-    taxonomy: str | None = None
-    annotation_regex: str = DEFAULT_ANNOTATION
-    microbatches: int | None = None
-    step_regex: str = step_analysis.DEFAULT_STEP
-    step: int | None = None
-    min_lost_us: float = 1.0
-    window: tuple[float, float] | None = None
-    rank: int | None = None
-    use_cache: bool = True
+from .pipeline import (
+    Options,
+    RankResult,
+    assemble,
+    check_rank,
+    check_step,
+    in_window,
+    no_gpu_error,
+    per_rank,
+    prepare,
+    window_error,
+)
 
 
 def stage_one(path: str, hint: int | None, opts: Options, park: str, index: int) -> dict[str, Any] | str:
@@ -56,23 +51,20 @@ def stage_one(path: str, hint: int | None, opts: Options, park: str, index: int)
         trace, cached = load_file_cached(path, hint, opts.use_cache)
     except UserError as exc:
         return str(exc)
-    events, how, has_gpu = prepare(trace.events, opts.taxonomy, opts.annotation_regex, opts.microbatches)
-    events, spans = step_analysis.assign(events, opts.step_regex)
-    ranks = sorted(int(r) for r in events["rank"].unique())
-    if opts.step is not None:
-        events = events[events["step"] == opts.step]
+    p = prepare(trace.events, opts)
+    events = p.events
     ev_p, fl_p = Path(park) / f"{index}.events.parquet", Path(park) / f"{index}.flows.parquet"
     events.to_parquet(ev_p, index=False)
     trace.flows.to_parquet(fl_p, index=False)
-    return {"ranks": ranks, "ranks_in_step": sorted(int(r) for r in events["rank"].unique()), "how": how,
-            "has_gpu": has_gpu, "spans": spans, "kernels": peer_analysis.kernel_table(events),
+    return {"ranks": p.ranks, "ranks_in_step": p.ranks_in_step, "how": p.how,
+            "has_gpu": p.has_gpu, "spans": p.spans, "kernels": peer_analysis.kernel_table(events),
             "first": peer_analysis.first_kernels(events),
             "start_min": {int(r): float(v) for r, v in events.groupby("rank")["start_us"].min().items()},
             "meta": trace.meta, "cached": cached, "events": str(ev_p), "flows": str(fl_p)}
 
 
 def stage_two(events_path: str, flows_path: str, shift: int, offsets: dict[int, float], peer_rows: pd.DataFrame,
-              clock: str, opts: Options, t0: float) -> dict[str, Any]:
+              clock: str, opts: Options, t0: float) -> RankResult:
     """One rank file's share of the analysis, on the common clock."""
     events = pq.read_table(events_path).to_pandas()
     flows = pq.read_table(flows_path).to_pandas()
@@ -86,16 +78,11 @@ def stage_two(events_path: str, flows_path: str, shift: int, offsets: dict[int, 
         events = events[events["rank"] == opts.rank]
     if opts.window is not None:
         events = in_window(events, opts.window, t0)
-    peers = Peers(peer_rows, {}, [], clock)
-    findings, totals = find(events, flows, opts.min_lost_us, peers, opts.step_regex)
-    steps = peer_analysis.with_step_waits(step_metrics(events), peer_rows)
-    return {"empty": events.empty, "ranks": rank_metrics(events), "layers": layer_metrics(events),
-            "findings": findings, "totals": totals, "steps": steps, "streams": stream_layout(events),
-            "facts": suspicious.facts(events)}
+    return per_rank(events, flows, Peers(peer_rows, {}, [], clock), opts)
 
 
 def analyze_folder(path: str | Path, opts: Options, strict: bool = False, jobs: int = 1, cluster: str | None = None,
-                   progress: bool | None = None):
+                   progress: bool | None = None) -> Analysis:
     """The Analysis of a folder of rank files, as analyze() gives it, without the event table."""
     files = trace_files(Path(path))
     hints = rank_hints(files)
@@ -124,16 +111,10 @@ def analyze_folder(path: str | Path, opts: Options, strict: bool = False, jobs: 
             second = runner.map(stage_two, calls)
     finally:
         shutil.rmtree(park, ignore_errors=True)
-    if opts.window is not None and all(x["empty"] for x in second):
+    if opts.window is not None and all(x.empty for x in second):
         raise window_error(opts.window)
-    totals = {r: t for x in second for r, t in x["totals"].items()}
-    return Analysis(trace, pd.DataFrame(), parts[0]["how"],
-                    sorted((r for x in second for r in x["ranks"]), key=lambda r: r["rank"]),
-                    _by_rank([x["layers"] for x in second]), _by_rank([x["streams"] for x in second]),
-                    _by_rank([x["findings"] for x in second]), {r: totals[r] for r in sorted(totals)},
-                    opts.window, all(p["cached"] for p in parts), t0,
-                    suspicious.entries(suspicious.merge_facts([x["facts"] for x in second]), meta, warnings),
-                    peers, _by_rank([x["steps"] for x in second]), opts.step_regex)
+    return assemble(trace, pd.DataFrame(), parts[0]["how"], second, peers, warnings, opts,
+                    all(p["cached"] for p in parts), t0)
 
 
 def _across(path: str | Path, parts: list[dict[str, Any]], meta: dict[str, Any], opts: Options,
@@ -165,15 +146,6 @@ def _rows_of(peers: Peers, ranks: list[int]) -> pd.DataFrame:
     """The peer table's rows of these ranks (what a rank file's findings need of it)."""
     t = peers.table
     return t[t["rank"].isin(ranks)] if len(t) else t
-
-
-def _by_rank(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Per-file tables as the whole folder's: in rank order (each file's own order kept)."""
-    full = [f for f in frames if len(f)]
-    if not full:
-        return frames[0] if frames else pd.DataFrame()      # empty, with the columns its function gives
-    out = pd.concat(full, ignore_index=True)
-    return out.sort_values("rank", kind="stable").reset_index(drop=True) if "rank" in out else out
 
 
 def _move(p: dict[str, Any], shift: int) -> None:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from tracegen.base.contract import OBSERVED_IDLE_CAUSES
+from tracegen.base.contract import IDLE_GROUPS, OBSERVED_IDLE_CAUSES, UNEXPLAINED
 from tracegen.base.errors import UserError
 from tracegen.base.fileio import atomic_parquet, atomic_write
 
-from .analyze import Analysis
+from .analysis import Analysis
 
 
 def _ms(us: float) -> str:
@@ -65,9 +65,7 @@ def render(a: Analysis, top: int = 10, max_layers: int = 12) -> str:
                        f"{_ms(r['overlap_us'])} {_ms(r['exposed_comm_us'])}{r['hidden_comm_pct']:8.1f}%  "
                        f"{r['stages'][:60]}")
     out.append("")
-    t = d["idle_totals_us"]
-    out.append("why compute idles (ms, all ranks): " + ", ".join(f"{k} {t[k] / 1e3:.3f}" for k in OBSERVED_IDLE_CAUSES)
-               + f", unexplained {t['unexplained'] / 1e3:.3f}")
+    out += idle_lines(d["idle_totals_us"], d["idle_by_group_us"])
     for s in d["suspicious_input"]:
         out.append(f"suspicious input ({s['what']}): {s['message']}")
     if d["findings"]:
@@ -76,9 +74,24 @@ def render(a: Analysis, top: int = 10, max_layers: int = 12) -> str:
             where = f"rank {f['rank']}" + (f" step {f['step']}" if f["step"] is not None else "") + \
                     (f" layer {f['layer']}" if f["layer"] is not None else "") + \
                     (f" mb {f['microbatch']}" if f["microbatch"] is not None else "")
-            out.append(f"  {f['kind']:<19} {where:<29} at {f['start_us'] / 1e3:>10.3f} ms  lost {f['lost_us']:9.1f} us  "
+            kind = f["kind"] + (f"/{f['blocked_by']}" if f["blocked_by"] and len(IDLE_GROUPS[f["kind"]]) > 1 else "")
+            out.append(f"  {kind:<32} {where:<29} at {f['start_us'] / 1e3:>10.3f} ms  lost {f['lost_us']:9.1f} us  "
                        f"{f['message']}")
     return "\n".join(out)
+
+
+def idle_lines(totals: dict[str, float], groups: dict[str, dict[str, float]]) -> list[str]:
+    """Why compute idles: every cause of the contract with its total, and where a cause has several
+    groups, the groups behind it (what blocked the launch, or the reason seen)."""
+    causes = (*OBSERVED_IDLE_CAUSES, UNEXPLAINED)
+    idle = sum(totals.get(k, 0.0) for k in causes)
+    out = [f"why compute idles (ms, all ranks; {idle / 1e3:.3f} ms idle): "
+           + ", ".join(f"{k} {totals.get(k, 0.0) / 1e3:.3f}" for k in causes)]
+    for cause in causes:
+        parts = {g: v for g, v in groups.get(cause, {}).items() if v > 0}
+        if len(IDLE_GROUPS.get(cause, ())) > 1 and parts:
+            out.append(f"  {cause} by what held it: " + ", ".join(f"{g} {v / 1e3:.3f}" for g, v in parts.items()))
+    return out
 
 
 def write_layers(a: Analysis, path: str | Path, fmt: str) -> Path:

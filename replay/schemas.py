@@ -6,16 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+from tracegen.base.contract import IDLE_GROUPS, OBSERVED_IDLE_CAUSES, UNEXPLAINED
 from tracegen.schemas import RankOverlap
 from tracegen.schemas import Strict as _S
 
-
-class Idle(_S):
-    waiting_on_peer: float          # this rank's communication waited for a late rank (see stragglers)
-    cpu_blocked_launch: float
-    launch_bound: float
-    waiting_on_comm: float
-    unexplained: float
+# compute idle per cause, and per cause and group: their fields are the contract's causes and groups
+# (tracegen/base/contract.py OBSERVED_IDLE_CAUSES, IDLE_GROUPS), never a list typed here
+Idle = msgspec.defstruct("Idle", [(c, float) for c in (*OBSERVED_IDLE_CAUSES, UNEXPLAINED)], bases=(_S,))
+IdleByGroup = msgspec.defstruct(
+    "IdleByGroup", [(c, msgspec.defstruct(f"Idle_{c}", [(g, float) for g in gs], bases=(_S,)))
+                    for c, gs in IDLE_GROUPS.items()], bases=(_S,))
 
 
 class _Window(_S):
@@ -51,6 +53,7 @@ class Rank(RankOverlap):
     moe_compute_us: float
     streams_busy_us: dict[str, float]
     idle_us: Idle
+    idle_by_group_us: IdleByGroup   # per cause, what held the launch back (or the reason seen)
     peer_wait_us: float             # time its communication kernels waited for the last-arriving peer
     layers: list[Layer] = []
     steps: list[Step] = []
@@ -71,6 +74,7 @@ class Stream(_S):
 
 class Finding(_S):
     kind: str
+    blocked_by: str | None          # the cause's group (IDLE_GROUPS): what held the launch back
     rank: int
     step: int | None
     layer: int | None
@@ -78,7 +82,8 @@ class Finding(_S):
     stage: str | None
     start_us: float                 # from t0_us
     lost_us: float
-    blocking_call: str | None       # cpu_blocked_launch: the innermost host span the CPU sat in
+    blocking_call: str | None       # cpu_blocked_launch: the call that waited (aten::item, a dispatch range),
+                                    # or the host work outside ops with the ops before and after it
     peer: int | None                # waiting_on_peer: the rank waited for
     message: str
 
@@ -104,6 +109,7 @@ class Analyze(_S):
     balancedness: float | None
     streams: list[Stream]
     idle_totals_us: Idle
+    idle_by_group_us: IdleByGroup
     findings: list[Finding]
     findings_total: int
     clock: str                      # how the ranks were put on one clock
@@ -223,7 +229,7 @@ class Sql(_S):
 
 
 SCHEMAS: dict[str, tuple[type, int]] = {
-    "replay-analyze": (Analyze, 2), "replay-compare": (Compare, 1), "replay-whatif": (Whatif, 1),
+    "replay-analyze": (Analyze, 3), "replay-compare": (Compare, 1), "replay-whatif": (Whatif, 1),
     "replay-calibrate": (Calibrate, 1), "replay-sql": (Sql, 1),
 }
 

@@ -19,7 +19,7 @@ import pandas as pd
 from tracegen.base.contract import GPU_CATS
 from tracegen.base.errors import UserError
 
-from .analyze import Analysis
+from .analysis import Analysis
 
 VIEWS = ("events", "kernels", "layers", "findings", "ranks", "steps")
 

@@ -25,9 +25,10 @@ from tracegen.catalog import (
 from tracegen.opgraph import Stage
 from tracegen.plan import Plan
 
-from .analyze import Analysis
+from .analysis import Analysis
 from .compare import StageRules, label_stages, refuse_training
-from .findings import cpu_stalls
+from .hostview import host_view
+from .intervals import union
 from .generated import target
 
 Key = tuple[int, int, str]
@@ -119,7 +120,8 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
     assumptions.append(f"CPU launch cost {launch_us:.2f} us per kernel: the median launch call"
                        if len(launch) else "CPU launch cost 5 us per kernel: the trace has no launch calls")
     lo, hi = float(ev["start_us"].min()), float((ev["start_us"] + ev["dur_us"]).max())
-    (b0, b1), _ = cpu_stalls(ev[ev["device"] == "cpu"], lo, hi)
+    hv = host_view(ev[ev["device"] == "cpu"], ev[ev["device"] == "gpu"], lo, hi)     # what analyze measures
+    b0, b1 = union(*(np.concatenate(x) for x in zip(hv.blocked("sync"), hv.blocked("dispatch"))))
     stages, first_launch = {}, {}
     for (layer, mb, st), part in g.groupby(["layer", "microbatch", "cstage"], sort=True):
         part = part.sort_values("start_us")
@@ -130,9 +132,9 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
         stream = STAGE_STREAM[st]
         lat, blocked = 0.0, False
         if stream == COMM and st == "DISPATCH":
-            # the CPU stalled (a synchronising call, or no runtime call for a while: DeepEP's spin on the
-            # received counts) between this stage's first and last launch: it waited for the counts,
-            # i.e. the stage's first kernel, before it could launch the rest
+            # the CPU waited (a synchronising call, or DeepEP's spin on the received counts, as
+            # hostview.py finds them) between this stage's first and last launch: it waited for the
+            # counts, i.e. the stage's first kernel, before it could launch the rest
             t_last = max(launched) if launched else t_launch
             blocked = bool(np.any((b1 > t_launch) & (b0 < t_last)))
             if blocked and len(part) > 1:

@@ -1,5 +1,6 @@
 """Kernel-name taxonomy (data/taxonomy.toml, extendable with --taxonomy FILE): which GPU work is
-computation, communication or memory traffic, and which CPU calls block or launch."""
+computation, communication or memory traffic, after which kernels the host waits, and which CPU
+spans wait (and why) or launch."""
 from __future__ import annotations
 
 import re
@@ -16,19 +17,36 @@ from tracegen.base import contract
 from tracegen.base.errors import UserError
 
 CLASSES = ("compute", "comm", "memory", "other")
+WAIT_SCOPES = ("span", "quiet")
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A host span that waits: `scope` span (all of it) or quiet (its stretches without runtime calls)."""
+    rx: re.Pattern[str]
+    group: str
+    scope: str
+    why: str
 
 
 @dataclass(frozen=True)
 class Taxonomy:
-    rules: tuple[tuple[str, str, re.Pattern[str]], ...]
-    blocking: re.Pattern[str]
+    rules: tuple[tuple[str, str, re.Pattern[str], str], ...]     # class, subclass, regex, host_wait group
+    waits: tuple[Wait, ...]
     launch: re.Pattern[str]
 
-    def classify_name(self, name: str) -> tuple[str, str]:
-        for klass, sub, rx in self.rules:
+    def classify_name(self, name: str) -> tuple[str, str, str]:
+        """(class, subclass, host wait group after its launch or "")."""
+        for klass, sub, rx, host_wait in self.rules:
             if rx.search(name):
-                return klass, sub
-        return "other", "unclassified"
+                return klass, sub, host_wait
+        return "other", "unclassified", ""
+
+    def wait_of(self, name: str) -> Wait | None:
+        for w in self.waits:
+            if w.rx.match(name):
+                return w
+        return None
 
 
 def _compile(rx: str, where: str) -> re.Pattern[str]:
@@ -38,71 +56,107 @@ def _compile(rx: str, where: str) -> re.Pattern[str]:
         raise UserError(f"{where}: bad regex {rx!r} ({exc})") from None
 
 
-def _read(text: str, src: str) -> tuple[list, list[str], list[str]]:
+def _compile_exact(rx: str, where: str) -> re.Pattern[str]:
+    try:
+        return re.compile(rx)
+    except re.error as exc:
+        raise UserError(f"{where}: bad regex {rx!r} ({exc})") from None
+
+
+def _read(text: str, src: str) -> tuple[list, list[Wait], list[str]]:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"taxonomy {src}: not valid TOML ({exc})") from None
-    unknown = sorted(set(raw) - {"rule", "blocking", "launch"})
+    unknown = sorted(set(raw) - {"rule", "wait", "blocking", "launch"})
     if unknown:
-        raise UserError(f"taxonomy {src}: unknown key {unknown[0]!r} (expected [[rule]], [blocking], [launch])")
+        raise UserError(f"taxonomy {src}: unknown key {unknown[0]!r} (expected [[rule]], [[wait]], [blocking], "
+                        "[launch])")
+    if not any(raw.get(k) for k in ("rule", "wait", "blocking", "launch")):
+        raise UserError(f"taxonomy {src}: holds no [[rule]], [[wait]], [blocking] or [launch] entry")
     rules = []
     for i, r in enumerate(raw.get("rule", [])):
         where = f"taxonomy {src}: rule {i + 1}"
-        if not isinstance(r, dict) or set(r) - {"class", "subclass", "regex"} or "regex" not in r or "class" not in r:
-            raise UserError(f"{where}: needs 'class', 'regex' and optionally 'subclass'")
+        if (not isinstance(r, dict) or set(r) - {"class", "subclass", "regex", "host_wait"} or "regex" not in r
+                or "class" not in r):
+            raise UserError(f"{where}: needs 'class', 'regex' and optionally 'subclass', 'host_wait'")
         if r["class"] not in CLASSES:
             raise UserError(f"{where}: class must be one of {', '.join(CLASSES)}, got {r['class']!r}")
-        rules.append((r["class"], r.get("subclass", r["class"]), _compile(r["regex"], where)))
-    blocking = raw.get("blocking", {}).get("regex", [])
+        rules.append((r["class"], r.get("subclass", r["class"]), _compile(r["regex"], where),
+                      str(r.get("host_wait", ""))))
+    waits = []
+    for i, w in enumerate(raw.get("wait", [])):
+        where = f"taxonomy {src}: wait {i + 1}"
+        if not isinstance(w, dict) or set(w) - {"regex", "group", "scope", "why"} or not {"regex", "group"} <= set(w):
+            raise UserError(f"{where}: needs 'regex' and 'group', optionally 'scope' (span | quiet) and 'why'")
+        scope = w.get("scope", "span")
+        if scope not in WAIT_SCOPES:
+            raise UserError(f"{where}: scope must be one of {', '.join(WAIT_SCOPES)}, got {scope!r}")
+        waits.append(Wait(_compile_exact(w["regex"], where), str(w["group"]), scope, str(w.get("why", ""))))
+    # the older [blocking] list: each a synchronising call searched anywhere in the name
+    waits += [Wait(_compile(".*(?:" + rx + ")", f"taxonomy {src}: [blocking]"), "sync", "span", "[blocking] entry")
+              for rx in raw.get("blocking", {}).get("regex", [])]
     launch = raw.get("launch", {}).get("regex", [])
-    return rules, blocking, launch
+    return rules, waits, launch
 
 
 @lru_cache(maxsize=8)
 def load_taxonomy(user_file: str | None = None) -> Taxonomy:
-    rules, blocking, launch = _read((resources.files("replay") / "data" / "taxonomy.toml").read_text("utf-8"),
-                                    "built-in")
+    rules, waits, launch = _read((resources.files("replay") / "data" / "taxonomy.toml").read_text("utf-8"),
+                                 "built-in")
     if user_file:
         p = Path(user_file)
         try:
             text = p.read_text("utf-8")
         except OSError as exc:
             raise UserError(f"taxonomy {p}: cannot read ({exc.strerror or exc})") from None
-        u_rules, u_block, u_launch = _read(text, str(p))
+        u_rules, u_waits, u_launch = _read(text, str(p))
         rules = u_rules + rules
-        blocking = u_block + blocking
+        waits = u_waits + waits
         launch = u_launch + launch
     either = lambda pats, src: _compile("|".join(f"(?:{p})" for p in pats) or "$^", src)  # noqa: E731
-    return Taxonomy(tuple(rules), either(blocking, "taxonomy [blocking]"), either(launch, "taxonomy [launch]"))
+    return Taxonomy(tuple(rules), tuple(waits), either(launch, "taxonomy [launch]"))
 
 
 def classify(events: pd.DataFrame, tax: Taxonomy) -> pd.DataFrame:
-    """Add `klass` (compute/comm/memory/other/annotation/cpu) and `subclass` columns, plus CPU flags
-    `blocking` and `launch`. tracegen's stage slices carry their class (`stage_stream`). Classified
-    once per distinct (name, category, stage stream, stage, device), then broadcast."""
+    """Add `klass` (compute/comm/memory/other/annotation/cpu) and `subclass` columns; for GPU rows
+    `host_wait` (the host waits after launching it: the group, else ""); for CPU rows `launch`, and
+    the span's wait: `blocking` (the whole span waits), `quiet_wait` (its quiet stretches wait) and
+    `wait_group`. tracegen's stage slices carry their class (`stage_stream`); its CPU waits
+    (cpu_wait) are dispatch waits. Classified once per distinct (name, category, stage stream,
+    stage, device), then broadcast."""
     cols = ("name", "cat", "stage_stream", "stage", "device")
     codes = [events[c].cat.codes.to_numpy().astype(np.int64) + 1 for c in cols]     # -1 (NaN) -> 0
     sizes = [len(events[c].cat.categories) + 1 for c in cols]
     key = np.ravel_multi_index(codes, sizes) if len(events) else np.zeros(0, dtype=np.int64)
     uniq, inverse = np.unique(key, return_inverse=True)
     cats = [[None] + list(events[c].cat.categories) for c in cols]
-    klass, sub, block, launch = [], [], [], []
+    klass, sub, block, quiet, group, host_wait, launch = [], [], [], [], [], [], []
     for u in uniq:
         name, cat, stage_stream, stage, device = (cats[i][j] for i, j in enumerate(np.unravel_index(u, sizes)))
         name = "" if name is None else str(name)
         if device != "gpu":
             klass.append("cpu")
             sub.append("")
-            block.append(bool(tax.blocking.search(name)) or cat == contract.CAT_WAIT)
+            host_wait.append("")
+            w = tax.wait_of(name) if cat != contract.CAT_LAUNCH else None
+            if cat == contract.CAT_WAIT:
+                w = Wait(re.compile(""), "dispatch", "span", "tracegen's wait for the received counts")
+            block.append(w is not None and w.scope == "span")
+            quiet.append(w is not None and w.scope == "quiet")
+            group.append(w.group if w is not None else "")
             launch.append(bool(tax.launch.search(name)) or cat == contract.CAT_LAUNCH)
             continue
         block.append(False)
+        quiet.append(False)
+        group.append("")
         launch.append(False)
+        hw = ""
         if stage_stream in (contract.COMPUTE, contract.COMM):
             k, sb = stage_stream, str(stage)
         else:
-            k, sb = tax.classify_name(name)
+            k, sb, hw = tax.classify_name(name)
+        host_wait.append(hw)
         if cat in ("gpu_memcpy", "gpu_memset") and k not in ("comm", "memory"):
             # copies and fills: memory traffic unless a rule says otherwise (e.g. host copies
             # standing in for the network in bench/capture, see traces/observed/h100/taxonomy.toml)
@@ -114,8 +168,12 @@ def classify(events: pd.DataFrame, tax: Taxonomy) -> pd.DataFrame:
     out = events.copy()
     out["klass"] = _categorical(klass, inverse)
     out["subclass"] = _categorical(sub, inverse)
-    out["blocking"] = np.array(block, dtype=bool)[inverse] if len(events) else np.zeros(0, dtype=bool)
-    out["launch"] = np.array(launch, dtype=bool)[inverse] if len(events) else np.zeros(0, dtype=bool)
+    flag = lambda v: np.array(v, dtype=bool)[inverse] if len(events) else np.zeros(0, dtype=bool)  # noqa: E731
+    out["blocking"] = flag(block)
+    out["quiet_wait"] = flag(quiet)
+    out["wait_group"] = _categorical(group, inverse)
+    out["host_wait"] = _categorical(host_wait, inverse)
+    out["launch"] = flag(launch)
     return out
 
 

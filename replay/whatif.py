@@ -16,7 +16,7 @@ from tracegen.preset import load_preset
 from tracegen.schedule import Schedule, simulate, summary
 from tracegen.trace import write_trace
 
-from .analyze import Analysis
+from .analysis import Analysis
 from .compare import StageRules
 from .stagegraph import StageGraph, stage_graph
 

@@ -9,7 +9,7 @@ from bokeh.models import ColorBar, ColumnDataSource, FactorRange, HoverTool, Lin
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
-from replay.analyze import Analysis
+from replay.analysis import Analysis
 
 PANELS = (("compute_us", "compute (ms)"), ("exposed_comm_us", "exposed communication (ms)"),
           ("peer_wait_us", "idle waiting for a peer (ms)"))

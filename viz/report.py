@@ -15,8 +15,9 @@ from bokeh.models import ColumnDataSource, Div, FactorRange, HoverTool, Span
 from bokeh.plotting import figure
 from bokeh.resources import INLINE
 
-from replay.analyze import Analysis
+from replay.analysis import Analysis
 from replay.compare import compare, load_stage_rules
+from tracegen.base.contract import OBSERVED_IDLE_CAUSES, UNEXPLAINED
 from tracegen.base.errors import UserError
 
 from .heatmap import heatmaps
@@ -29,24 +30,31 @@ HIDDEN_COLOR = "#72B7B2"
 
 
 def summary_table(analyses: list[tuple[str, Analysis]]) -> Div:
+    """Per trace and rank: the overlap figures and every idle cause of the contract (a column each, in
+    the contract's order), with cpu_blocked_launch's groups in its cell's tooltip."""
+    causes = (*OBSERVED_IDLE_CAUSES, UNEXPLAINED)
     rows = []
     for label, a in analyses:
         for r in a.ranks:
             idle = a.idle_totals.get(r["rank"], {})
+            groups = a.idle_groups.get(r["rank"], {})
+            cells = "".join(f"<td title='{html.escape(_groups_text(groups.get(c, {})))}'>{idle.get(c, 0) / 1e3:.3f}</td>"
+                            for c in causes)
             rows.append(f"<tr><td>{html.escape(label)}</td><td>{r['rank']}</td><td>{r['span_us'] / 1e3:.3f}</td>"
                         f"<td>{r['compute_us'] / 1e3:.3f}</td><td>{r['comm_us'] / 1e3:.3f}</td>"
                         f"<td>{r['overlap_us'] / 1e3:.3f}</td><td>{r['exposed_comm_us'] / 1e3:.3f}</td>"
-                        f"<td>{r['hidden_comm_pct']:.1f}%</td>"
-                        f"<td>{idle.get('cpu_blocked_launch', 0) / 1e3:.3f}</td>"
-                        f"<td>{idle.get('launch_bound', 0) / 1e3:.3f}</td>"
-                        f"<td>{idle.get('waiting_on_comm', 0) / 1e3:.3f}</td></tr>")
+                        f"<td>{r['hidden_comm_pct']:.1f}%</td>{cells}</tr>")
     head = ("<tr><th>trace</th><th>rank</th><th>span ms</th><th>compute ms</th><th>comm ms</th><th>overlap ms</th>"
-            "<th>exposed ms</th><th>hidden</th><th>idle: CPU blocked</th><th>launch-bound</th>"
-            "<th>waiting on comm</th></tr>")
+            "<th>exposed ms</th><th>hidden</th>"
+            + "".join(f"<th>idle: {c.replace('_', ' ')} ms</th>" for c in causes) + "</tr>")
     style = ("<style>table.ov{border-collapse:collapse;font:13px sans-serif}table.ov td,table.ov th{border:1px solid "
              "#ccc;padding:3px 8px;text-align:right}table.ov th{background:#f3f3f3}</style>")
     return Div(text=f"{style}<table class='ov' id='overlap-summary'>{head}{''.join(rows)}</table>",
                name="summary")
+
+
+def _groups_text(groups: dict[str, float]) -> str:
+    return ", ".join(f"{g} {v / 1e3:.3f} ms" for g, v in groups.items() if v > 0)
 
 
 CATEGORICAL_MAX_BARS = 48  # beyond this many bars, layer labels no longer fit: use a numeric axis

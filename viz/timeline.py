@@ -28,7 +28,8 @@ MB_COLORS = {0: "#F2B134", 1: "#8DC63F", 2: "#4FA3D1", 3: "#C266A7"}
 CLASS_COLORS = {"compute": "#4C78A8", "comm": "#E45756", "memory": "#B279A2", "other": "#9D9D9D",
                 "cpu": "#BDBDBD", "launch": "#C7C7C7", "wait": "#D62728"}
 FINDING_COLORS = {"cpu_blocked_launch": "#D62728", "launch_bound": "#FF9896", "waiting_on_peer": "#9467BD",
-                  "waiting_on_comm": "#AEC7E8"}
+                  "waiting_on_comm": "#AEC7E8", "waiting_on_copy": "#C5B0D5", "kernel_switch": "#DBDB8D",
+                  "step_boundary": "#8C564B", "unexplained": "#C7C7C7"}    # every cause of the contract
 MAX_DETAIL = 200_000        # bars embedded at full detail in a static report
 LEVELS = (1000, 20000)      # coarse and medium: merge gaps shorter than span / level
 

@@ -68,7 +68,30 @@ CPU_BLOCKED_LAUNCH = "cpu_blocked_launch"  # not launched yet: the CPU sat in a 
 LAUNCH_BOUND = "launch_bound"              # not launched yet: the CPU was busy launching earlier work
 IDLE_CAUSES = (CPU_BLOCKED_LAUNCH, LAUNCH_BOUND, WAITING_ON_COMM)
 WAITING_ON_PEER = "waiting_on_peer"        # observed only: a collective waited for a late rank
-OBSERVED_IDLE_CAUSES = (WAITING_ON_PEER, *IDLE_CAUSES)   # what replay reports on real traces
+WAITING_ON_COPY = "waiting_on_copy"        # observed only: a memcpy / memset ran while compute idled
+KERNEL_SWITCH = "kernel_switch"            # observed only: the GPU's own few-microsecond start between kernels
+                                           # already queued back to back
+STEP_BOUNDARY = "step_boundary"            # observed only: from one step's last compute to the next step's
+                                           # first (the step's sync, the host's per-step work, the first launch)
+OBSERVED_IDLE_CAUSES = (WAITING_ON_PEER, *IDLE_CAUSES, WAITING_ON_COPY, KERNEL_SWITCH, STEP_BOUNDARY)
+UNEXPLAINED = "unexplained"                # replay's remainder: idle no cause accounts for
+# What replay groups each cause by (findings' `blocked_by`, the summaries' breakdown): for the CPU-side
+# causes, what the launching thread sat in; for the remainder, the reason seen.
+IDLE_GROUPS: dict[str, tuple[str, ...]] = {
+    WAITING_ON_PEER: ("peer",),
+    CPU_BLOCKED_LAUNCH: ("sync",           # a synchronising call (cudaStreamSynchronize, aten::item, ...)
+                         "dispatch",       # a dispatch waiting for its received counts (DeepEP normal)
+                         "pipeline_fill",  # the same, in the first layer of a step: nothing to overlap yet
+                         "host"),          # host work outside any framework op (Python, a sleep, a scheduler)
+    LAUNCH_BOUND: ("host_overhead",        # the CPU on the launch path: ops' host work, Python glue, launches
+                   "submission"),          # a launched kernel's start latency on an idle GPU
+    WAITING_ON_COMM: ("comm",),
+    WAITING_ON_COPY: ("copy",),
+    KERNEL_SWITCH: ("switch",),
+    STEP_BOUNDARY: ("step",),
+    UNEXPLAINED: ("edge",                  # before the rank's first compute kernel or after its last
+                  "queued"),               # launched before the gap, started late (a cross-stream wait)
+}
 RUNTIME_CATS = ("cuda_runtime", "cuda_driver", CAT_LAUNCH, CAT_WAIT)   # CPU calls into the GPU runtime
 
 
@@ -178,7 +201,12 @@ def markdown() -> str:
     lines += [f"| {st} | {stream} |" for st, stream in STAGE_STREAM.items()]
     lines += ["", "| phase, layer | stage order of one micro-batch |", "|---|---|"]
     lines += [f"| {ph}, {kind} | {' -> '.join(stages)} |" for (ph, kind), stages in PROGRAM.items()]
-    lines += ["", "### Idle causes", "", ", ".join(f"`{c}`" for c in IDLE_CAUSES), "",
+    lines += ["", "### Idle causes", "", "Scheduled by tracegen (and measured by replay): " +
+              ", ".join(f"`{c}`" for c in IDLE_CAUSES) + ". Measured by replay only: `" + WAITING_ON_PEER +
+              "`, `" + WAITING_ON_COPY + "`, `" + KERNEL_SWITCH + "`, `" + STEP_BOUNDARY + "`, and the remainder `" + UNEXPLAINED + "`.", "",
+              "| cause | groups (what held the launch back, or the reason seen) |", "|---|---|"]
+    lines += [f"| `{c}` | {', '.join(f'`{g}`' for g in gs)} |" for c, gs in IDLE_GROUPS.items()]
+    lines += ["",
               "### Slice args", ""] + keys(SLICE_ARGS) + ["", "### otherData", ""] + keys(OTHER_DATA)
     return "\n".join(lines) + "\n"
 
@@ -195,7 +223,7 @@ def is_generated(other_data: dict[str, Any] | None) -> bool:
 
 __all__ = ["FORMAT_VERSION", "GENERATOR", "DEPLOY_FORMAT", "is_deployment", "COMPUTE", "COMM", "CPU", "PROXY", "TRACKS", "CAT_LAUNCH", "CAT_WAIT",
            "CAT_PROXY", "GPU_CATS", "FLOW_DEPENDENCY", "FLOW_LAUNCH", "LAUNCH_FLOWS", "STAGE_STREAM", "PROGRAM",
-           "IDLE_CAUSES", "WAITING_ON_PEER", "OBSERVED_IDLE_CAUSES", "RUNTIME_CATS", "Key", "SLICE_ARGS", "OTHER_DATA", "read_keys", "is_generated", "markdown"]
+           "IDLE_CAUSES", "WAITING_ON_PEER", "STEP_BOUNDARY", "WAITING_ON_COPY", "KERNEL_SWITCH", "OBSERVED_IDLE_CAUSES", "UNEXPLAINED", "IDLE_GROUPS", "RUNTIME_CATS", "Key", "SLICE_ARGS", "OTHER_DATA", "read_keys", "is_generated", "markdown"]
 
 
 if __name__ == "__main__":      # python -m tracegen.base.contract > the tables of docs/trace-contract.md

@@ -1,0 +1,89 @@
+"""The result of one analysis: what `replay analyze` reports, the JSON document, and what every
+view reads (the whole event table when the analysis held it, else an empty frame)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from tracegen.base.contract import IDLE_GROUPS, OBSERVED_IDLE_CAUSES, UNEXPLAINED
+
+from . import peers as peer_analysis
+from . import steps as step_analysis
+from .events import Trace
+from .findings import as_dicts
+from .overlap import balancedness
+from .peers import Peers
+
+
+@dataclass
+class Analysis:
+    trace: Trace
+    events: pd.DataFrame
+    structure: str
+    ranks: list[dict[str, Any]]
+    layers: pd.DataFrame
+    streams: pd.DataFrame
+    finding_table: pd.DataFrame          # one row per idle piece; `findings` has them as dicts
+    idle_totals: dict[int, dict[str, float]]
+    window: tuple[float, float] | None
+    cached: bool
+    t0_us: float = 0.0           # the trace's first event: reported times count from here
+    suspicious: list[dict[str, Any]] = field(default_factory=list)   # oddities of the input (suspicious.py)
+    peers: Peers = field(default_factory=peer_analysis.empty)          # who waited for whom (peers.py)
+    steps: pd.DataFrame = field(default_factory=pd.DataFrame)          # per rank and profiler step
+    step_regex: str = step_analysis.DEFAULT_STEP
+    idle_groups: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)   # rank -> cause -> group
+
+    @property
+    def findings(self) -> list[dict[str, Any]]:
+        if not hasattr(self, "_findings"):
+            self._findings = as_dicts(self.finding_table, self.step_regex)
+        return self._findings
+
+    def top_findings(self, n: int | None) -> list[dict[str, Any]]:
+        """The findings with the most time lost first (all of them when n is None)."""
+        t = self.finding_table.sort_values("lost_us", ascending=False, kind="stable")
+        return as_dicts(t if n is None else t.head(n), self.step_regex)
+
+    def to_dict(self, max_findings: int | None = None) -> dict[str, Any]:
+        layers = self.layers
+        ranks = []
+        for r in self.ranks:
+            row = {k: v for k, v in r.items() if k != "streams"}
+            row["streams_busy_us"] = {str(k): v for k, v in r["streams"].items()}
+            row["idle_us"] = self.idle_totals.get(r["rank"], {})
+            row["idle_by_group_us"] = self.idle_groups.get(r["rank"], {})
+            row["peer_wait_us"] = self.peers.wait_by_rank.get(r["rank"], 0.0)
+            if not self.steps.empty:
+                sr = self.steps[self.steps["rank"] == r["rank"]]
+                row["steps"] = [{**x, "start_us": x["start_us"] - self.t0_us}
+                                for x in sr.drop(columns=["rank"]).to_dict(orient="records")]
+            if not layers.empty:
+                lr = layers[layers["rank"] == r["rank"]]
+                row["layers"] = [{**x, "start_us": x["start_us"] - self.t0_us,
+                                  "stages": [s for s in x["stages"].split(",") if s]}
+                                 for x in lr.drop(columns=["rank"]).to_dict(orient="records")]
+            ranks.append(row)
+        findings = [{**f, "start_us": f["start_us"] - self.t0_us} for f in self.top_findings(max_findings)]
+        totals = {k: sum(t.get(k, 0.0) for t in self.idle_totals.values())
+                  for k in (*OBSERVED_IDLE_CAUSES, UNEXPLAINED)}
+        by_group = {c: {g: sum(t.get(c, {}).get(g, 0.0) for t in self.idle_groups.values()) for g in gs}
+                    for c, gs in IDLE_GROUPS.items()}
+        return {
+            "sources": self.trace.sources, "generated": self.trace.generated, "structure": self.structure,
+            "window_us": list(self.window) if self.window else None, "cached": self.cached, "t0_us": self.t0_us,
+            "ranks": ranks, "balancedness": balancedness(self.ranks),
+            "streams": self.streams.to_dict(orient="records"),
+            "idle_totals_us": totals,
+            "idle_by_group_us": by_group,
+            "findings": findings,
+            "findings_total": len(self.finding_table),
+            "clock": self.peers.clock,
+            "stragglers": self.peers.stragglers,
+            "suspicious_input": self.suspicious,
+        }
+
+
+__all__ = ["Analysis"]

@@ -1,0 +1,166 @@
+"""What a rank's launching thread was doing when it was not launching: waiting (a synchronising
+call, a dispatch waiting for its received counts) or working outside the launch path (host work
+outside any framework op), as disjoint interval sets per group, with the names findings.py prints.
+
+Everything else the thread did - framework ops doing their host work before their own launch,
+Python glue between ops, the launch calls themselves - is the launch path: idle compute while the
+thread was on it is host overhead (launch_bound), never a wait. The rules (which spans wait, after
+which kernels the host waits) are taxonomy data (replay/data/taxonomy.toml [[wait]], host_wait)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from tracegen.base.contract import RUNTIME_CATS
+
+from .events import FRAMEWORK_OP, text
+from .intervals import gaps, intersection, union
+
+QUIET_US = 100.0   # the launching thread making no runtime call (or sitting in no op) this long is not launching
+GROUPS = ("sync", "dispatch", "host")   # in priority order: a stretch in two is booked to the first
+NO_RUNTIME = "host work with no runtime call (the trace has no framework ops to say where)"
+
+
+def _iv(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    s = df["start_us"].to_numpy(dtype=float)
+    return union(s, s + df["dur_us"].to_numpy(dtype=float))
+
+
+def _minus(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], lo: float, hi: float
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """a without b (both unions of disjoint sorted intervals)."""
+    if not len(b[0]) or not len(a[0]):
+        return a
+    return intersection(a, gaps(*b, min(lo, float(a[0][0])), max(hi, float(a[1][-1]))))
+
+
+@dataclass
+class HostView:
+    """The launching thread's waits and outside-op work on one rank (empty: no launching thread)."""
+    thread: str = ""
+    groups: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    spans: pd.DataFrame = field(default_factory=pd.DataFrame)     # the thread's host spans, by start
+    ops: pd.DataFrame = field(default_factory=pd.DataFrame)       # its outermost framework ops, by start
+    after: list[tuple[float, float, str]] = field(default_factory=list)   # host-wait stretches, kernel waited on
+    ops_known: bool = False
+
+    def blocked(self, group: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.groups.get(group, (np.zeros(0), np.zeros(0)))
+
+    def name(self, group: str, t0: float, t1: float) -> str:
+        """What the thread sat in during [t0, t1) (a stretch of `group`)."""
+        mid = (t0 + t1) / 2
+        if group == "sync":
+            return self._holder_name(self.spans[self.spans["blocking"].to_numpy()], mid, outermost=True) or "a sync"
+        if group == "dispatch":
+            w = self.spans[(self.spans["blocking"] | self.spans["quiet_wait"]).to_numpy()
+                           & (text(self.spans["wait_group"]) == "dispatch")]
+            got = self._holder_name(w, mid, outermost=False)
+            if got:
+                return got
+            k = next((n for a, b, n in self.after if a <= mid <= b), "")
+            return f"the host's wait after {k}" if k else "a dispatch's wait"
+        if group == "host":
+            if not self.ops_known:
+                return NO_RUNTIME
+            before, after = self._op_before(t0), self._op_after(t1)
+            where = self._holder_name(self.spans[text(self.spans["cat"]) != FRAMEWORK_OP], mid, outermost=False)
+            return ("host work outside ops" + (f" after {before}" if before else "") +
+                    (f", before {after}" if after else "") + (f", inside {where}" if where else ""))
+        return self._holder_name(self.spans[text(self.spans["cat"]) == FRAMEWORK_OP], mid, outermost=True) or ""
+
+    def in_op(self, t: np.ndarray) -> np.ndarray:
+        """The outermost framework op holding each time ("" where none)."""
+        return np.array([self._holder_name(self.ops, x, outermost=True) or "" for x in t], dtype=object)
+
+    def _op_before(self, t: float) -> str:
+        if self.ops.empty:
+            return ""
+        en = (self.ops["start_us"] + self.ops["dur_us"]).to_numpy()
+        idx = np.flatnonzero(en <= t + 1e-6)
+        return str(self.ops["name"].iloc[idx[np.argmax(en[idx])]]) if len(idx) else ""
+
+    def _op_after(self, t: float) -> str:
+        if self.ops.empty:
+            return ""
+        st = self.ops["start_us"].to_numpy()
+        j = np.searchsorted(st, t - 1e-6, side="left")
+        return str(self.ops["name"].iloc[j]) if j < len(st) else ""
+
+    @staticmethod
+    def _holder_name(spans: pd.DataFrame, t: float, outermost: bool) -> str:
+        if spans.empty:
+            return ""
+        st = spans["start_us"].to_numpy()
+        en = st + spans["dur_us"].to_numpy()
+        hold = np.flatnonzero((st <= t) & (en >= t))
+        if not len(hold):
+            return ""
+        pick = hold[0] if outermost else hold[-1]          # spans sorted by start: first = outermost
+        return str(spans["name"].iloc[pick])
+
+
+def host_view(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float) -> HostView:
+    """The waits and outside-op work of the rank's main launching thread within [lo, hi).
+    `cpu`: the rank's CPU rows; `gpu`: its GPU rows (for the kernels after whose launch the host waits)."""
+    launch = cpu[cpu["launch"]]
+    if not len(launch):
+        return HostView()
+    tid = launch["tid"].astype(str).value_counts().index[0]          # the main launching thread
+    th = cpu[cpu["tid"].astype(str) == tid].sort_values("start_us", kind="stable")
+    is_rt = (th["cat"].isin(RUNTIME_CATS) | th["launch"] | th["blocking"]).to_numpy()
+    r0, r1 = _iv(th[is_rt])
+    q0, q1 = gaps(r0, r1, lo, hi) if len(r0) else (np.array([lo]), np.array([hi]))
+    keep = (q1 - q0) >= QUIET_US
+    quiet = (q0[keep], q1[keep])
+    group = text(th["wait_group"])
+    blocking, quiet_wait = th["blocking"].to_numpy(), th["quiet_wait"].to_numpy()
+    sync = _iv(th[blocking & (group != "dispatch")])
+    disp_span = _iv(th[blocking & (group == "dispatch")])
+    disp_quiet = intersection(quiet, _iv(th[quiet_wait & (group == "dispatch")]))
+    after_iv, after = _waits_after_launch(th, gpu, quiet)
+    dispatch = union(np.concatenate([disp_span[0], disp_quiet[0], after_iv[0]]),
+                     np.concatenate([disp_span[1], disp_quiet[1], after_iv[1]]))
+    is_op = (th["cat"] == FRAMEWORK_OP).to_numpy()
+    ops_known = bool(is_op.any())
+    if ops_known:
+        c0, c1 = _iv(th[is_rt | is_op])
+        o0, o1 = gaps(c0, c1, lo, hi) if len(c0) else (np.array([lo]), np.array([hi]))
+        keep = (o1 - o0) >= QUIET_US
+        outside = (o0[keep], o1[keep])
+    else:
+        outside = quiet
+    dispatch = _minus(dispatch, sync, lo, hi)
+    host = _minus(_minus(outside, sync, lo, hi), dispatch, lo, hi)
+    spans = th[~is_rt | blocking]
+    return HostView(tid, {"sync": sync, "dispatch": dispatch, "host": host}, spans,
+                    th[is_op], after, ops_known)
+
+
+def _waits_after_launch(th: pd.DataFrame, gpu: pd.DataFrame, quiet: tuple[np.ndarray, np.ndarray]
+                        ) -> tuple[tuple[np.ndarray, np.ndarray], list[tuple[float, float, str]]]:
+    """The quiet stretches that follow the launch of a kernel after which the host waits (taxonomy
+    host_wait: DeepEP's notify_dispatch, whose counts the CPU then spins for), with that kernel's name."""
+    if "host_wait" not in gpu or not len(quiet[0]):
+        return (np.zeros(0), np.zeros(0)), []
+    hw = gpu[(text(gpu["host_wait"]) != "") & (gpu["correlation"] >= 0)]
+    if hw.empty:
+        return (np.zeros(0), np.zeros(0)), []
+    launch = th[th["launch"] & (th["correlation"] >= 0)]
+    if launch.empty:
+        return (np.zeros(0), np.zeros(0)), []
+    lend = (launch["start_us"] + launch["dur_us"]).to_numpy()
+    order = np.argsort(lend, kind="stable")
+    lend, corr = lend[order], launch["correlation"].to_numpy()[order]
+    names = dict(zip(hw["correlation"].to_numpy(), text(hw["name"])))
+    j = np.searchsorted(lend, quiet[0] + 1e-6, side="right") - 1         # the last launch before each stretch
+    ok = j >= 0
+    hit = np.zeros(len(quiet[0]), dtype=bool)
+    hit[ok] = [c in names for c in corr[j[ok]]]
+    after = [(float(quiet[0][i]), float(quiet[1][i]), names[corr[j[i]]]) for i in np.flatnonzero(hit)]
+    return (quiet[0][hit], quiet[1][hit]), after
+
+
+__all__ = ["HostView", "host_view", "QUIET_US", "GROUPS"]

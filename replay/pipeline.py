@@ -1,0 +1,176 @@
+"""The one per-rank analysis pipeline, shared by the whole-table path (`analyze()`, every rank in one
+table) and the two-stage folder path (folder.py, one rank file at a time):
+
+    prepare(events, opts)            classify, recover the structure and the steps, keep --step
+    ... the cross-rank step (peers.py) puts every rank on one clock and says who waited for whom ...
+    per_rank(events, flows, peers)   metrics, layers, steps, findings and input facts of the rank(s)
+    assemble(results, ...)           the Analysis the report, the JSON and the views read
+
+A new per-rank analysis is one function of the event table and one line in `per_rank` (its
+RankResult field); `assemble` concatenates it across rank files."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tracegen.base.errors import UserError
+
+from . import peers as peer_analysis
+from . import steps as step_analysis
+from . import suspicious
+from .analysis import Analysis
+from .events import Trace
+from .findings import find
+from .overlap import layer_metrics, rank_metrics, step_metrics, stream_layout
+from .peers import Peers
+from .structure import DEFAULT_ANNOTATION, recover
+from .taxonomy import classify, load_taxonomy
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a user chooses for one analysis (the command line's flags)."""
+    taxonomy: str | None = None
+    annotation_regex: str = DEFAULT_ANNOTATION
+    microbatches: int | None = None
+    step_regex: str = step_analysis.DEFAULT_STEP
+    step: int | None = None
+    min_lost_us: float = 1.0
+    window: tuple[float, float] | None = None
+    rank: int | None = None
+    use_cache: bool = True
+
+
+@dataclass
+class Prepared:
+    """A rank file (or the whole table) classified, with structure and steps: the per-rank stage's input."""
+    events: pd.DataFrame
+    spans: pd.DataFrame          # step spans of every step (before --step keeps one)
+    how: str                     # how the structure was recovered (structure.recover)
+    has_gpu: bool
+    ranks: list[int]             # every rank in the file
+    ranks_in_step: list[int]     # the ranks with events in the kept step(s)
+
+
+def prepare(events: pd.DataFrame, opts: Options) -> Prepared:
+    """Classify (taxonomy), recover layers / micro-batches / stages, assign steps, keep --step."""
+    events = classify(events, load_taxonomy(opts.taxonomy))
+    events, how = recover(events, opts.annotation_regex, opts.microbatches)
+    has_gpu = bool((events["device"] == "gpu").any())
+    events, spans = step_analysis.assign(events, opts.step_regex)
+    ranks = sorted(int(r) for r in events["rank"].unique())
+    if opts.step is not None:
+        events = events[events["step"] == opts.step]
+    return Prepared(events, spans, how, has_gpu, ranks, sorted(int(r) for r in events["rank"].unique()))
+
+
+@dataclass
+class RankResult:
+    """One rank's (or one table's) share of the analysis, on the common clock."""
+    empty: bool
+    ranks: list[dict[str, Any]]
+    layers: pd.DataFrame
+    findings: pd.DataFrame
+    totals: dict[int, dict[str, float]]
+    groups: dict[int, dict[str, dict[str, float]]]     # rank -> cause -> group -> us
+    steps: pd.DataFrame
+    streams: pd.DataFrame
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def per_rank(events: pd.DataFrame, flows: pd.DataFrame, peers: Peers, opts: Options) -> RankResult:
+    """Every per-rank analysis of the events (already narrowed to --rank / --window)."""
+    findings, totals, groups = find(events, flows, opts.min_lost_us, peers, opts.step_regex)
+    return RankResult(
+        empty=events.empty,
+        ranks=rank_metrics(events),
+        layers=layer_metrics(events),
+        findings=findings,
+        totals=totals,
+        groups=groups,
+        steps=peer_analysis.with_step_waits(step_metrics(events), peers.table),
+        streams=stream_layout(events),
+        facts=suspicious.facts(events),
+    )
+
+
+def assemble(trace: Trace, events: pd.DataFrame, how: str, results: list[RankResult], peers: Peers,
+             warnings: list[tuple[str, str]], opts: Options, cached: bool, t0: float) -> Analysis:
+    """The Analysis from the per-rank results (one for the whole table, one per rank file)."""
+    totals = {r: t for x in results for r, t in x.totals.items()}
+    groups = {r: t for x in results for r, t in x.groups.items()}
+    one = len(results) == 1          # the whole table (or a single file): its frames as they are
+
+    def table(name: str) -> pd.DataFrame:
+        return getattr(results[0], name) if one else _by_rank([getattr(x, name) for x in results])
+    facts = results[0].facts if one else suspicious.merge_facts([x.facts for x in results])
+    return Analysis(trace, events, how,
+                    sorted((r for x in results for r in x.ranks), key=lambda r: r["rank"]),
+                    table("layers"), table("streams"), table("findings"), {r: totals[r] for r in sorted(totals)},
+                    opts.window, cached, t0, suspicious.entries(facts, trace.meta, warnings),
+                    peers, table("steps"), opts.step_regex, {r: groups[r] for r in sorted(groups)})
+
+
+def _by_rank(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per-file tables as the whole folder's: in rank order (each file's own order kept)."""
+    full = [f for f in frames if len(f)]
+    if not full:
+        return frames[0] if frames else pd.DataFrame()      # empty, with the columns its function gives
+    out = pd.concat(full, ignore_index=True)
+    return out.sort_values("rank", kind="stable").reset_index(drop=True) if "rank" in out else out
+
+
+# ----------------------------------------------------------------------------- narrowing and checks
+def narrow(events: pd.DataFrame, rank: int | None, window: tuple[float, float] | None,
+           t0: float = 0.0) -> pd.DataFrame:
+    if rank is not None:
+        check_rank(rank, sorted(int(r) for r in events["rank"].unique()))
+        events = events[events["rank"] == rank]
+    if window is not None:
+        events = in_window(events, window, t0)
+        if events.empty:
+            raise window_error(window)
+    return events
+
+
+def in_window(events: pd.DataFrame, window: tuple[float, float], t0: float) -> pd.DataFrame:
+    """The events cut to [t0 + window[0], t0 + window[1])."""
+    lo, hi = t0 + window[0], t0 + window[1]
+    end = events["start_us"] + events["dur_us"]
+    events = events[(end > lo) & (events["start_us"] < hi)].copy()
+    s = events["start_us"].clip(lower=lo)
+    events["dur_us"] = (events["start_us"] + events["dur_us"]).clip(upper=hi) - s
+    events["start_us"] = s
+    return events
+
+
+def window_error(window: tuple[float, float]) -> UserError:
+    return UserError(f"--window {window[0]:g}:{window[1]:g} us holds no events")
+
+
+def no_gpu_error(path: str | Path) -> UserError:
+    return UserError(f"{path}: no GPU events (kernels, memcpy) in the trace; was it captured with "
+                     "ProfilerActivity.CUDA?")
+
+
+def check_step(step: int, spans: pd.DataFrame) -> None:
+    """--step must name one of the trace's profiler steps."""
+    have = sorted(int(x) for x in spans["step"].unique()) if len(spans) else []
+    if step not in have:
+        raise UserError(f"--step {step}: " + (f"the trace has steps {', '.join(map(str, have))}" if have
+                                              else "the trace has no profiler steps"))
+
+
+def check_rank(rank: int, known: list[int]) -> None:
+    """--rank must name one of the trace's ranks."""
+    if rank not in known:
+        raise UserError(f"--rank {rank}: the trace has ranks {', '.join(map(str, known))}")
+
+
+RESULT_FIELDS = tuple(f.name for f in fields(RankResult))
+
+__all__ = ["Options", "Prepared", "prepare", "RankResult", "per_rank", "assemble", "narrow", "in_window",
+           "window_error", "no_gpu_error", "check_step", "check_rank", "RESULT_FIELDS"]
