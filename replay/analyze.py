@@ -65,12 +65,14 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
             annotation_regex: str = DEFAULT_ANNOTATION, microbatches: int | None = None,
             min_lost_us: float = 1.0, progress: bool | None = None, trace: Trace | None = None,
             step_regex: str = step_analysis.DEFAULT_STEP, step: int | None = None, strict: bool = False,
-            jobs: int = 1, cluster: str | None = None) -> Analysis:
+            jobs: int = 1, cluster: str | None = None, allow_mixed: bool = False) -> Analysis:
     """The analysis of a trace file or folder with every rank in one table. `strict`: a rank file of
     a folder that cannot be read is an error (else it is left out and reported as suspicious input).
     `jobs` / `cluster`: parse a folder's rank files on that many processes / on a Dask cluster
-    (replay/parallel.py); the analysis is the same."""
-    opts = Options(taxonomy, annotation_regex, microbatches, step_regex, step, min_lost_us, window, rank, use_cache)
+    (replay/parallel.py); the analysis is the same. `allow_mixed`: analyse files that look like
+    different runs (refused otherwise)."""
+    opts = Options(taxonomy, annotation_regex, microbatches, step_regex, step, min_lost_us, window, rank, use_cache,
+                   allow_mixed)
     cached = False
     if trace is None:
         trace, cached = load_cached(path, use_cache=use_cache, progress=progress, jobs=jobs, cluster=cluster)
@@ -83,10 +85,7 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
     if step is not None:
         check_step(step, p.spans)
     events = p.events
-    if trace.generated:      # tracegen's idle causes are its own (no peer cause): the round trip stays exact
-        peers = peer_analysis.empty("tracegen's clock")
-    else:
-        peers, events = peer_analysis.analyze(events, trace.meta)   # all ranks, before --rank narrows: one clock
+    peers, events = peer_analysis.analyze(events, trace.meta, allow_mixed)   # all ranks, before --rank: one clock
     warnings = [("ranks_disagree", w) for w in step_analysis.disagreements(p.spans, p.ranks) + peers.warnings]
     t0 = float(events["start_us"].min())
     events = narrow(events, rank, window, t0)

@@ -119,12 +119,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         a = analyze_folder(args.trace, Options(args.taxonomy, microbatches=args.microbatches,
                                                step_regex=args.step_regex, step=args.step,
                                                min_lost_us=args.min_lost_us, window=window, rank=args.rank,
-                                               use_cache=not args.no_cache),
+                                               use_cache=not args.no_cache, allow_mixed=args.allow_mixed),
                            strict=args.strict, jobs=args.jobs, cluster=args.cluster)
     else:
         a = analyze(args.trace, taxonomy=args.taxonomy, rank=args.rank, window=window, use_cache=not args.no_cache,
                     microbatches=args.microbatches, min_lost_us=args.min_lost_us, step_regex=args.step_regex,
-                    step=args.step, strict=args.strict, jobs=args.jobs, cluster=args.cluster)
+                    step=args.step, strict=args.strict, jobs=args.jobs, cluster=args.cluster,
+                    allow_mixed=args.allow_mixed)
     warn_skipped(a)
     if args.csv:
         write_layers(a, args.csv, "csv")
@@ -291,12 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this time window, counted from the trace's first event (us; or add ms / s: 5ms:20ms)")
     a.add_argument("--step-regex", metavar="REGEX", default=DEFAULT_STEP,
                    help="CPU ranges that mark one step (engine iteration); its first group is the step number "
-                        f"(default {DEFAULT_STEP!r}: torch.profiler's steps)")
+                        f"(default {DEFAULT_STEP!r}: torch.profiler's steps, else the step-like ranges of "
+                        "replay/data/annotations.toml: forward_step, decode_step, execute_model, run_batch, ...)")
     a.add_argument("--step", type=int, default=None, help="only this profiler step (default: all)")
     a.add_argument("--microbatches", type=int, default=None,
                    help="micro-batches per layer when structure must be guessed from the dispatch sequence")
     a.add_argument("--min-lost-us", type=finite, default=1.0,
                    help="list idle findings of at least this many microseconds (totals count them all)")
+    a.add_argument("--allow-mixed", action="store_true",
+                   help="analyse a folder whose files look like different runs (they do not run the same "
+                        "collectives); refused without it")
     a.add_argument("--top", type=int, default=10, help="findings shown in the table")
     a.add_argument("--max-findings", type=int, default=None, help="cap the findings list in --json")
     a.add_argument("--jobs", type=int, default=1,

@@ -104,7 +104,7 @@ def analyze_folder(path: str | Path, opts: Options, strict: bool = False, jobs: 
                 if shift:
                     _move(p, shift)
             trace = Trace(pd.DataFrame(), pd.DataFrame(), meta, [str(f) for f in kept])
-            peers, warnings, t0 = _across(path, parts, meta, opts, trace.generated)
+            peers, warnings, t0 = _across(path, parts, meta, opts)
             calls = [(p["events"], p["flows"], shift, {r: o for r, o in peers.offsets_us.items() if r in p["ranks_in_step"]},
                       _rows_of(peers, p["ranks_in_step"]), peers.clock, opts, t0)
                      for p, shift in zip(parts, shifts) if opts.rank is None or opts.rank in p["ranks_in_step"]]
@@ -117,8 +117,8 @@ def analyze_folder(path: str | Path, opts: Options, strict: bool = False, jobs: 
                     all(p["cached"] for p in parts), t0)
 
 
-def _across(path: str | Path, parts: list[dict[str, Any]], meta: dict[str, Any], opts: Options,
-            generated: bool) -> tuple[Peers, list[tuple[str, str]], float]:
+def _across(path: str | Path, parts: list[dict[str, Any]], meta: dict[str, Any], opts: Options
+            ) -> tuple[Peers, list[tuple[str, str]], float]:
     """The cross-rank step on the files' compact tables: the folder-wide checks, who waited for
     whom (peers.cross), the warnings, and the time origin on the common clock."""
     if not any(p["has_gpu"] for p in parts):
@@ -127,12 +127,10 @@ def _across(path: str | Path, parts: list[dict[str, Any]], meta: dict[str, Any],
     if opts.step is not None:
         check_step(opts.step, spans)
     in_step = sorted({r for p in parts for r in p["ranks_in_step"]})
-    if generated:
-        peers = peer_analysis.empty("tracegen's clock")
-    else:
-        firsts = [p["first"] for p in parts if len(p["first"])]
-        peers = peer_analysis.cross(pd.concat([p["kernels"] for p in parts], ignore_index=True),
-                                    pd.concat(firsts) if firsts else pd.Series(dtype=float), meta, in_step)
+    firsts = [p["first"] for p in parts if len(p["first"])]
+    peers = peer_analysis.cross(pd.concat([p["kernels"] for p in parts], ignore_index=True),
+                                pd.concat(firsts) if firsts else pd.Series(dtype=float), meta, in_step,
+                                opts.allow_mixed)
     all_ranks = sorted({r for p in parts for r in p["ranks"]})
     warnings = [("ranks_disagree", w) for w in step_analysis.disagreements(spans, all_ranks) + peers.warnings]
     if opts.rank is not None:

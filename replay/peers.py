@@ -15,21 +15,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tracegen.base.contract import COMM
+from tracegen.base.errors import UserError
+
 from .events import text
 from .intervals import coverage, union
 from .overlap import gpu_work
 
 SHARED_CLOCK_US = 1000.0   # matched collective ends this close (median per rank) -> one clock
 LAUNCH_GATED_US = 30.0     # a kernel starting this soon after its launch call ended waited for its CPU
-STEP_LATE_SHARE = 0.5      # a rank whose step began this share of its lateness late "started late"
+STEP_LATE_SHARE = 0.5      # a rank whose step began this share of its lateness late "started late"; one whose
+                           # compute before the collective exceeds its peers' by this share "computed longer"
 STEP_LATE = "started its step late"
 CPU_LATE = "its CPU launched the collective late"
 MORE_COMPUTE = "longer compute before the collective (more tokens: load imbalance)"
+STEP_HINT = " (no step ranges: the rank's first kernel came late; --step-regex names the step range)"
 UNSEEN = "arrived late (no longer compute, launch or step start seen on its timeline)"
 # not collectives of every rank: point-to-point kernels (a pipeline's send/recv pair two ranks, not
 # all), and copies (classed as communication by a taxonomy rule, but no peer waits on them)
 POINT_TO_POINT = ("nccl_sendrecv",)
-KERNEL_CATS = ("kernel",)
+KERNEL_CATS = ("kernel", COMM)      # profiler kernels, and tracegen's communication stage slices
+# a folder whose ranks ran the same collectives matches nearly all of them; below this share on a rank,
+# its files come from different runs (or the trace is cut mid-step) and the peer analysis would pair
+# unrelated kernels
+MIXED_MATCH_SHARE = 0.5
 
 
 @dataclass
@@ -109,11 +118,15 @@ def kernel_table(events: pd.DataFrame) -> pd.DataFrame:
 
 
 def first_kernels(events: pd.DataFrame) -> pd.Series:
-    """Per (step, rank): the start of the rank's first GPU work in that profiler step."""
+    """Per (step, rank): the start of the rank's first GPU work in that profiler step; step -1: in the
+    whole trace (where a trace has no steps, its start is the only step start there is)."""
     g = gpu_work(events)
     if "step" not in g:
-        return pd.Series(dtype=float)
-    return g[g["step"] >= 0].groupby(["step", "rank"])["start_us"].min()
+        g = g.assign(step=-1)
+    per_step = g[g["step"] >= 0].groupby(["step", "rank"])["start_us"].min()
+    whole = g.groupby("rank")["start_us"].min()
+    whole.index = pd.MultiIndex.from_arrays([np.full(len(whole), -1), whole.index], names=["step", "rank"])
+    return pd.concat([per_step, whole])
 
 
 def match(kernels: pd.DataFrame, meta: dict[str, Any] | None = None) -> tuple[pd.DataFrame, list[str]]:
@@ -162,22 +175,30 @@ def _clock(k: pd.DataFrame) -> tuple[dict[int, float], str]:
                      f"collectives (offsets up to {spread / 1e3:.1f} ms)")
 
 
-def analyze(events: pd.DataFrame, meta: dict[str, Any] | None = None) -> tuple[Peers, pd.DataFrame]:
+def analyze(events: pd.DataFrame, meta: dict[str, Any] | None = None, allow_mixed: bool = False
+            ) -> tuple[Peers, pd.DataFrame]:
     """Peer waits and stragglers; returns them and the events on one clock."""
     ranks = sorted(events["rank"].unique())
-    peers = cross(kernel_table(events), first_kernels(events), meta, [int(r) for r in ranks])
+    peers = cross(kernel_table(events), first_kernels(events), meta, [int(r) for r in ranks], allow_mixed)
     if peers.offsets_us:
         shift = events["rank"].map(peers.offsets_us).fillna(0.0).to_numpy()
         events = events.assign(start_us=events["start_us"].to_numpy() - shift)
     return peers, events
 
 
-def cross(kernels: pd.DataFrame, first: pd.Series, meta: dict[str, Any] | None, ranks: list[int]) -> Peers:
+def cross(kernels: pd.DataFrame, first: pd.Series, meta: dict[str, Any] | None, ranks: list[int],
+          allow_mixed: bool = False) -> Peers:
     """The cross-rank part: match the ranks' collective kernels (kernel_table), align the clocks,
-    measure each rank's waits and name the stragglers. Reads only the compact per-rank tables."""
+    measure each rank's waits and name the stragglers. Reads only the compact per-rank tables.
+    Files of different runs are refused (mixed_runs) unless `allow_mixed`."""
     if len(ranks) < 2:
         return empty()
     k, warnings = match(kernels, meta)
+    mixed = mixed_runs(kernels, k)
+    if mixed:
+        if not allow_mixed:
+            raise UserError(f"{mixed}; analyse one run's files together (--allow-mixed analyses them anyway)")
+        warnings.append(mixed + ": analysed anyway (--allow-mixed); peer waits pair unrelated kernels")
     offsets, clock = _clock(k)
     if offsets:
         sk = k["rank"].map(offsets).fillna(0.0).to_numpy()
@@ -203,6 +224,22 @@ def cross(kernels: pd.DataFrame, first: pd.Series, meta: dict[str, Any] | None, 
     stragglers = _stragglers(first, k)
     table = k.drop(columns=["launch_end_us", "cov_start", "cov_end"]).reset_index(drop=True)
     return Peers(table, wait_by_rank, stragglers, clock, offsets, warnings)
+
+
+def mixed_runs(kernels: pd.DataFrame, matched: pd.DataFrame) -> str:
+    """Why the ranks look like different runs ("" if they do not): a rank of which less than
+    MIXED_MATCH_SHARE of its collective kernels found their peers on every other rank."""
+    if kernels.empty:
+        return ""
+    have = kernels.groupby("rank").size()
+    got = matched.groupby("rank").size().reindex(have.index).fillna(0) if len(matched) else have * 0
+    share = got / have
+    bad = share[(share < MIXED_MATCH_SHARE) & (have >= 4)]
+    if bad.empty:
+        return ""
+    desc = ", ".join(f"rank {int(r)}: {int(got[r])} of {int(have[r])}" for r in bad.index[:4])
+    return (f"the ranks do not run the same collectives (matched across all ranks: {desc}): "
+            f"these files look like different runs")
 
 
 def _stragglers(first_kernel: pd.Series, k: pd.DataFrame) -> list[dict[str, Any]]:
@@ -240,21 +277,24 @@ def _stragglers(first_kernel: pd.Series, k: pd.DataFrame) -> list[dict[str, Any]
         mine_i = rows[rank_a[rows] == L][0]
         others = rows[rank_a[rows] != L]
         late = float(row.start - np.median(start_a[others]))
-        reason = MORE_COMPUTE
+        reason = UNSEEN
         step = int(row.step)
-        if bool(first_a[mine_i]) and step >= 0 and (step, L) in fk:
+        if bool(first_a[mine_i]) and (step, L) in fk:      # the rank's first collective of its step (or trace)
             mine = fk[(step, L)]
             theirs = float(np.median([fk[(step, int(r))] for r in rank_a[others] if (step, int(r)) in fk] or [mine]))
             if mine - theirs >= STEP_LATE_SHARE * late:
-                reason = STEP_LATE
-        if reason == MORE_COMPUTE:
+                reason = STEP_LATE if step >= 0 else STEP_LATE + STEP_HINT
+        if reason == UNSEEN:
             le = launch_a[mine_i]
             if np.isfinite(le) and row.start - le <= LAUNCH_GATED_US:
                 reason = CPU_LATE
-        if reason == MORE_COMPUTE:
-            theirs_b = busy_a[others][has_prev[others]]
-            if len(theirs_b) and busy_a[mine_i] <= float(np.median(theirs_b)):
-                reason = UNSEEN
+        if reason == UNSEEN:
+            # compute before the collective against its peers' (since the previous collective, or since
+            # the start for the first): more is load imbalance only where it explains the lateness
+            comparable = has_prev[others] == has_prev[mine_i]
+            theirs_b = busy_a[others][comparable]
+            if len(theirs_b) and busy_a[mine_i] - float(np.median(theirs_b)) >= STEP_LATE_SHARE * late:
+                reason = MORE_COMPUTE
         d = per_rank.setdefault(L, {})
         d[reason] = d.get(reason, 0.0) + float(row.caused)
         count[L] = count.get(L, 0) + 1

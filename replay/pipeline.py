@@ -42,6 +42,7 @@ class Options:
     window: tuple[float, float] | None = None
     rank: int | None = None
     use_cache: bool = True
+    allow_mixed: bool = False        # analyse a folder whose files look like different runs
 
 
 @dataclass

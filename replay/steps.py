@@ -1,8 +1,10 @@
 """Profiler steps: which step (one engine iteration) every event belongs to, so that per-layer rows
 never straddle steps and the report can speak of "step 2, layer 5".
 
-A step is a CPU range named `ProfilerStep#N` (torch.profiler with a schedule, or prof.step()),
-or a user annotation matching --step-regex (its first group, or its order, is the step number).
+A step is a CPU range named `ProfilerStep#N` (torch.profiler with a schedule, or prof.step()); without
+those, a step-like annotation from data/annotations.toml [steps] (forward_step, decode_step,
+execute_model, run_batch, ...: the first pattern whose ranges never overlap); or a user annotation
+matching --step-regex (its first group, or its order, is the step number).
 Without either, the repetition of the layers marks them: a GPU kernel of the first layer after one
 of the last layer starts a new step (numbered 0, 1, ... per rank; GPU work only, and only with
 three layers or more, where two-batch overlap never runs the first layer after the last).
@@ -12,6 +14,9 @@ the step that launched it), else the step whose range holds their start. -1: no 
 from __future__ import annotations
 
 import re
+import tomllib
+from functools import lru_cache
+from importlib import resources
 
 import numpy as np
 import pandas as pd
@@ -21,6 +26,13 @@ from tracegen.base.errors import UserError
 from .events import text
 
 DEFAULT_STEP = r"^ProfilerStep#(\d+)$"
+
+
+@lru_cache(maxsize=1)
+def step_patterns() -> tuple[str, ...]:
+    """The step-like annotation patterns tried when a trace has no ProfilerStep ranges (data)."""
+    raw = tomllib.loads((resources.files("replay") / "data" / "annotations.toml").read_text("utf-8"))
+    return tuple(f"^(?:{p})$" for p in raw["steps"]["patterns"])
 
 
 def step_spans(events: pd.DataFrame, regex: str = DEFAULT_STEP) -> pd.DataFrame:
@@ -55,9 +67,34 @@ def step_spans(events: pd.DataFrame, regex: str = DEFAULT_STEP) -> pd.DataFrame:
     return out
 
 
+def _sequential(spans: pd.DataFrame) -> bool:
+    """Whether a rank's step ranges follow one another (steps never overlap or nest)."""
+    for _, sp in spans.groupby("rank"):
+        s0, s1 = sp["start_us"].to_numpy(), sp["end_us"].to_numpy()
+        if len(s0) > 1 and np.any(s0[1:] < s1[:-1]):
+            return False
+    return True
+
+
+def find_spans(events: pd.DataFrame, regex: str = DEFAULT_STEP) -> tuple[pd.DataFrame, str]:
+    """The step spans and the regex that found them: --step-regex, or by default ProfilerStep#N and
+    then the step-like annotations of data/annotations.toml, the first whose ranges are sequential."""
+    spans = step_spans(events, regex)
+    if len(spans) or regex != DEFAULT_STEP:
+        return spans, regex
+    for rx in step_patterns():
+        try:
+            got = step_spans(events, rx)
+        except UserError:               # one number on two ranges: not steps
+            continue
+        if len(got) and _sequential(got):
+            return got, rx
+    return spans, regex
+
+
 def assign(events: pd.DataFrame, regex: str = DEFAULT_STEP) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The events with a `step` column, and the step spans found."""
-    spans = step_spans(events, regex)
+    spans, _ = find_spans(events, regex)
     step = np.full(len(events), -1, dtype=np.int32)
     if spans.empty:
         return _repetition(events)

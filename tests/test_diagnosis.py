@@ -163,3 +163,79 @@ def test_causes_add_up_to_idle_by_group():
     a = result("decode-item.json.gz")
     for cause, groups in a.idle_groups[0].items():
         assert a.idle_totals[0][cause] == pytest.approx(sum(groups.values()))
+
+
+# ----------------------------------------------------------------------------- across ranks
+DEEPEP = ROOT / "traces" / "observed" / "deepep-h100x4"
+
+
+def _renamed(src: Path, dst: Path, rename) -> Path:
+    """A copy of a folder of rank files with every event name passed through `rename` (None: dropped)."""
+    dst.mkdir()
+    for f in sorted(src.glob("rank*.json.gz")):
+        data = json.loads(gzip.decompress(f.read_bytes()))
+        out = []
+        for e in data["traceEvents"]:
+            name = rename(e.get("name", "")) if isinstance(e.get("name"), str) else e.get("name")
+            if name is not None:
+                out.append({**e, "name": name})
+        data["traceEvents"] = out
+        (dst / f.name).write_bytes(gzip.compress(json.dumps(data).encode()))
+    return dst
+
+
+@pytest.mark.parametrize("step_name", ["forward_step", None])
+def test_late_start_is_named_without_any_flag(tmp_path, step_name):
+    """Rank 3 sleeps 30 ms before every step: its peers' first collective of each step waits for it.
+    With the steps in a `forward_step` range (no ProfilerStep), or in no range at all (steps from the
+    layer sequence), the reason is still "started its step late", with no --step-regex."""
+    import re
+    folder = _renamed(DEEPEP / "prefill-late", tmp_path / "late",
+                      lambda n: (step_name if step_name else None) if re.match(r"ProfilerStep#\d+$", n) else n)
+    a = analyze(folder, use_cache=False, progress=False)
+    top = a.peers.stragglers[0]
+    assert top["rank"] == 3 and top["reason"].startswith("started its step late"), a.peers.stragglers
+    assert len({s for s in a.steps["step"]}) >= 2
+
+
+def test_load_imbalance_only_with_more_compute():
+    """prefill-skew routes ~3x the expert rows to rank 2: it is the straggler for computing longer; on
+    the balanced proper run no rank's lateness is put down to more compute unless it computed more."""
+    a = analyze(DEEPEP / "prefill-skew", use_cache=False, progress=False)
+    assert a.peers.stragglers[0]["rank"] == 2
+    assert a.peers.stragglers[0]["reason"].startswith("longer compute")
+
+
+def test_a_folder_mixing_two_runs_is_refused(tmp_path, capsys):
+    from replay.cli import main as replay_main
+    d = tmp_path / "mixed"
+    d.mkdir()
+    for r in (0, 1):
+        (d / f"rank{r}.json.gz").write_bytes((DEEPEP / "prefill-proper" / f"rank{r}.json.gz").read_bytes())
+    for r in (2, 3):
+        (d / f"rank{r}.json.gz").write_bytes((DEEPEP / "decode-proper" / f"rank{r}.json.gz").read_bytes())
+    assert replay_main(["analyze", str(d), "--no-cache"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different runs" in err[0] and "--allow-mixed" in err[0]
+    assert replay_main(["analyze", str(d), "--no-cache", "--allow-mixed", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert any("different runs" in s["message"] for s in out["suspicious_input"])
+
+
+def test_imbalance_round_trip(tmp_path):
+    """tracegen schedules 8 ranks with unequal expert loads: every collective ends when the last rank
+    has joined, so the others wait for it. replay gives back the peer waits tracegen booked (per rank,
+    within 5 %) and names the most loaded rank as the first straggler, for computing longer."""
+    from tracegen.cli import main as tracegen_main
+    out = tmp_path / "skew.json.gz"
+    assert tracegen_main(["trace", "--ranks", "8", "--imbalance", "1.3", "--layers", "4", "-o", str(out)]) == 0
+    with gzip.open(out, "rt") as f:
+        meta = json.load(f)["otherData"]
+    a = analyze(out, use_cache=False, progress=False)
+    booked = [r["waiting_on_peer"] for r in meta["idle_us"]]
+    assert sum(booked) > 0
+    for r, want in enumerate(booked):
+        assert a.idle_totals[r]["waiting_on_peer"] == pytest.approx(want, rel=0.05, abs=1.0)
+    heavy = max(range(8), key=lambda r: meta["load_factors"][r])
+    assert a.peers.stragglers[0]["rank"] == heavy
+    assert a.peers.stragglers[0]["reason"].startswith("longer compute")

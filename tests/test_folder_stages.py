@@ -15,6 +15,7 @@ import pytest
 from replay.analyze import analyze, parse_window
 from replay.cli import main as replay
 from replay.folder import Options, analyze_folder
+from tracegen.base.errors import UserError
 
 CAP = Path(__file__).resolve().parents[1] / "traces" / "observed" / "deepep-h100x4"
 
@@ -70,7 +71,19 @@ def test_cross_rank_cases_give_the_same_json(tmp_path):
     }
     for name, files in cases.items():
         (tmp_path / name).mkdir()
-        out = same(_folder(tmp_path / name, files))
+        folder = _folder(tmp_path / name, files)
+        if name == "disagree":        # a decode rank among prefill ranks: two runs, refused by both paths alike
+            errors = []
+            for run in (lambda: analyze(folder, use_cache=False, progress=False),
+                        lambda: analyze_folder(folder, Options(use_cache=False), progress=False)):
+                with pytest.raises(UserError, match="look like different runs") as exc:
+                    run()
+                errors.append(str(exc.value))
+            assert errors[0] == errors[1]
+            out = same(folder, allow_mixed=True)
+            assert any("different runs" in s["message"] for s in out["suspicious_input"])
+            continue
+        out = same(folder)
         if name == "clocks":
             assert out["clock"].startswith("clocks aligned")
         if name == "collide":

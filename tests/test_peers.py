@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from replay.analyze import analyze
+from tracegen.base.errors import UserError
 from replay.peers import MORE_COMPUTE, STEP_LATE
 
 CAP = Path(__file__).resolve().parents[1] / "traces" / "observed" / "deepep-h100x4"
@@ -206,7 +207,9 @@ def test_a_missing_rank_is_said(tmp_path):
 def test_ranks_that_disagree_are_never_matched_silently(tmp_path):
     files = {f"rank{r}.json.gz": CAP / "prefill-proper" / f"rank{r}.json.gz" for r in (0, 1, 2)}
     files["rank3.json.gz"] = CAP / "decode-proper" / "rank3.json.gz"      # another run: other kernel counts
-    a = analyze(_folder(tmp_path, files), use_cache=False, progress=False)
+    with pytest.raises(UserError, match="look like different runs"):       # refused unless asked for
+        analyze(_folder(tmp_path, files), use_cache=False, progress=False)
+    a = analyze(tmp_path / "ranks", use_cache=False, progress=False, allow_mixed=True)
     msgs = [s["message"] for s in a.suspicious if s["what"] == "ranks_disagree"]
     assert any("communication kernel group" in m for m in msgs)
     # what was matched has the same count on every rank

@@ -22,6 +22,7 @@ from .base.contract import (
     CPU_BLOCKED_LAUNCH,
     IDLE_CAUSES,
     LAUNCH_BOUND,
+    WAITING_ON_PEER,
     WAITING_ON_COMM,
 )
 from .base.errors import UserError
@@ -318,6 +319,43 @@ def _idle_causes(sched: Schedule, rank: int) -> list[Idle]:
             cursor = hi
         if g1 > cursor:
             out.append(Idle(rank, cursor, g1, LAUNCH_BOUND, nxt.key))
+    return _split_by_peers(out, _peer_waits(sched, rank))
+
+
+def _peer_waits(sched: Schedule, rank: int) -> list[tuple[float, float]]:
+    """Where this rank's communication waited for a peer: each collective runs from the rank's own
+    start until the last rank has started it (and the data has moved), so from its start to the last
+    start it waited for the last rank (what replay's peers.py measures on a real trace)."""
+    if sched.ranks < 2:
+        return []
+    out = []
+    for (r, key), s in sched.start.items():
+        if r != rank or sched.graph.stages[key].stream != COMM:
+            continue
+        last = max(sched.start.get((q, key), s) for q in range(sched.ranks))
+        end = min(last, sched.end.get((r, key), last))
+        if end > s:
+            out.append((s, end))
+    return sorted(out)
+
+
+def _split_by_peers(idle: list[Idle], waits: list[tuple[float, float]]) -> list[Idle]:
+    """Idle while the rank's communication waited for a peer is the peer's, whatever else held it."""
+    if not waits:
+        return idle
+    out = []
+    for i in idle:
+        cursor = i.start
+        for a, b in waits:
+            lo, hi = max(a, cursor), min(b, i.end)
+            if hi <= lo:
+                continue
+            if lo > cursor:
+                out.append(Idle(i.rank, cursor, lo, i.cause, i.key))
+            out.append(Idle(i.rank, lo, hi, WAITING_ON_PEER, i.key))
+            cursor = hi
+        if i.end > cursor:
+            out.append(Idle(i.rank, cursor, i.end, i.cause, i.key))
     return out
 
 

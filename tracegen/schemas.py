@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 
+from .base.contract import IDLE_CAUSES
+
 
 class Strict(msgspec.Struct, forbid_unknown_fields=True):
     """Base of every output struct: a key the schema does not name is an error."""
@@ -59,11 +61,7 @@ class Estimate(_S):
     power_compute_bound_share: float | None = None      # and the share of the step in compute-bound kernels
 
 
-class IdleCauses(_S):
-    cpu_blocked_launch: float
-    launch_bound: float
-    waiting_on_comm: float
-
+IdleCauses = msgspec.defstruct("IdleCauses", [(c, float) for c in IDLE_CAUSES], bases=(_S,))   # the contract's
 
 class TraceLayer(_S):
     layer: int

@@ -66,14 +66,15 @@ PROGRAM: dict[tuple[str, str], tuple[str, ...]] = {   # (phase, layer type) -> s
 WAITING_ON_COMM = "waiting_on_comm"        # the next compute's inputs were still in flight
 CPU_BLOCKED_LAUNCH = "cpu_blocked_launch"  # not launched yet: the CPU sat in a blocking call
 LAUNCH_BOUND = "launch_bound"              # not launched yet: the CPU was busy launching earlier work
-IDLE_CAUSES = (CPU_BLOCKED_LAUNCH, LAUNCH_BOUND, WAITING_ON_COMM)
-WAITING_ON_PEER = "waiting_on_peer"        # observed only: a collective waited for a late rank
+WAITING_ON_PEER = "waiting_on_peer"        # a collective waited for a late rank (any idle while it did)
+IDLE_CAUSES = (CPU_BLOCKED_LAUNCH, LAUNCH_BOUND, WAITING_ON_COMM, WAITING_ON_PEER)   # tracegen schedules these
 WAITING_ON_COPY = "waiting_on_copy"        # observed only: a memcpy / memset ran while compute idled
 KERNEL_SWITCH = "kernel_switch"            # observed only: the GPU's own few-microsecond start between kernels
                                            # already queued back to back
 STEP_BOUNDARY = "step_boundary"            # observed only: from one step's last compute to the next step's
                                            # first (the step's sync, the host's per-step work, the first launch)
-OBSERVED_IDLE_CAUSES = (WAITING_ON_PEER, *IDLE_CAUSES, WAITING_ON_COPY, KERNEL_SWITCH, STEP_BOUNDARY)
+OBSERVED_IDLE_CAUSES = (WAITING_ON_PEER, CPU_BLOCKED_LAUNCH, LAUNCH_BOUND, WAITING_ON_COMM, WAITING_ON_COPY,
+                        KERNEL_SWITCH, STEP_BOUNDARY)   # what replay reports (tracegen's causes and more)
 UNEXPLAINED = "unexplained"                # replay's remainder: idle no cause accounts for
 # What replay groups each cause by (findings' `blocked_by`, the summaries' breakdown): for the CPU-side
 # causes, what the launching thread sat in; for the remainder, the reason seen.
@@ -202,8 +203,9 @@ def markdown() -> str:
     lines += ["", "| phase, layer | stage order of one micro-batch |", "|---|---|"]
     lines += [f"| {ph}, {kind} | {' -> '.join(stages)} |" for (ph, kind), stages in PROGRAM.items()]
     lines += ["", "### Idle causes", "", "Scheduled by tracegen (and measured by replay): " +
-              ", ".join(f"`{c}`" for c in IDLE_CAUSES) + ". Measured by replay only: `" + WAITING_ON_PEER +
-              "`, `" + WAITING_ON_COPY + "`, `" + KERNEL_SWITCH + "`, `" + STEP_BOUNDARY + "`, and the remainder `" + UNEXPLAINED + "`.", "",
+              ", ".join(f"`{c}`" for c in IDLE_CAUSES) + ". Measured by replay only: " +
+              ", ".join(f"`{c}`" for c in OBSERVED_IDLE_CAUSES if c not in IDLE_CAUSES) +
+              f", and the remainder `{UNEXPLAINED}`.", "",
               "| cause | groups (what held the launch back, or the reason seen) |", "|---|---|"]
     lines += [f"| `{c}` | {', '.join(f'`{g}`' for g in gs)} |" for c, gs in IDLE_GROUPS.items()]
     lines += ["",
