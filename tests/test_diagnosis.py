@@ -239,3 +239,15 @@ def test_imbalance_round_trip(tmp_path):
     heavy = max(range(8), key=lambda r: meta["load_factors"][r])
     assert a.peers.stragglers[0]["rank"] == heavy
     assert a.peers.stragglers[0]["reason"].startswith("longer compute")
+
+
+def test_every_cause_and_group_has_advice_and_the_doc_is_current():
+    from replay.advice import load
+    from tests.contract_doc import DIAGNOSIS, render_diagnosis
+    from tracegen.base.contract import IDLE_GROUPS
+    rows = load()
+    for cause, groups in IDLE_GROUPS.items():
+        for g in groups:
+            assert any(r.cause == cause and r.group == g and r.when == "always" for r in rows), (cause, g)
+    current = DIAGNOSIS.read_text()
+    assert current == render_diagnosis(current), "docs/diagnosis.md is stale: run `make docs`"
