@@ -31,15 +31,14 @@ HIDDEN_COLOR = "#72B7B2"
 
 def summary_table(analyses: list[tuple[str, Analysis]]) -> Div:
     """Per trace and rank: the overlap figures and every idle cause of the contract (a column each, in
-    the contract's order), with cpu_blocked_launch's groups in its cell's tooltip."""
+    the contract's order), with each cause's groups (what blocked: sync, dispatch, host, ...) under it."""
     causes = (*OBSERVED_IDLE_CAUSES, UNEXPLAINED)
     rows = []
     for label, a in analyses:
         for r in a.ranks:
             idle = a.idle_totals.get(r["rank"], {})
             groups = a.idle_groups.get(r["rank"], {})
-            cells = "".join(f"<td title='{html.escape(_groups_text(groups.get(c, {})))}'>{idle.get(c, 0) / 1e3:.3f}</td>"
-                            for c in causes)
+            cells = "".join(f"<td>{idle.get(c, 0) / 1e3:.3f}{_groups_note(groups.get(c, {}))}</td>" for c in causes)
             rows.append(f"<tr><td>{html.escape(label)}</td><td>{r['rank']}</td><td>{r['span_us'] / 1e3:.3f}</td>"
                         f"<td>{r['compute_us'] / 1e3:.3f}</td><td>{r['comm_us'] / 1e3:.3f}</td>"
                         f"<td>{r['overlap_us'] / 1e3:.3f}</td><td>{r['exposed_comm_us'] / 1e3:.3f}</td>"
@@ -53,8 +52,12 @@ def summary_table(analyses: list[tuple[str, Analysis]]) -> Div:
                name="summary")
 
 
-def _groups_text(groups: dict[str, float]) -> str:
-    return ", ".join(f"{g} {v / 1e3:.3f} ms" for g, v in groups.items() if v > 0)
+def _groups_note(groups: dict[str, float]) -> str:
+    """A cause's groups under its figure, where it has several and any time: what held the launch back."""
+    parts = [f"{g} {v / 1e3:.3f}" for g, v in groups.items() if v > 0]
+    if len(groups) < 2 or not parts:
+        return ""
+    return f"<br><span style='font-size:11px;color:#666'>{html.escape(', '.join(parts))}</span>"
 
 
 CATEGORICAL_MAX_BARS = 48  # beyond this many bars, layer labels no longer fit: use a numeric axis
