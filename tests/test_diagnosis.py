@@ -251,3 +251,35 @@ def test_every_cause_and_group_has_advice_and_the_doc_is_current():
             assert any(r.cause == cause and r.group == g and r.when == "always" for r in rows), (cause, g)
     current = DIAGNOSIS.read_text()
     assert current == render_diagnosis(current), "docs/diagnosis.md is stale: run `make docs`"
+
+
+REAL = sorted([*(p for p in DEEPEP.iterdir() if p.is_dir()), ROOT / "traces" / "observed" / "h200x2-nccl",
+               ROOT / "traces" / "observed" / "h100" / "layers-proper.json.gz",
+               ROOT / "traces" / "observed" / "h100" / "layers-improper.json.gz"])
+
+
+@pytest.mark.parametrize("path", REAL, ids=lambda p: p.name)
+def test_real_traces_have_little_unexplained(path):
+    tax = str(path.parent / "taxonomy.toml") if path.name.startswith("layers-") else None
+    a = analyze(path, use_cache=False, progress=False, taxonomy=tax)
+    idle = sum(sum(t.values()) for t in a.idle_totals.values())
+    assert sum(t[UNEXPLAINED] for t in a.idle_totals.values()) < 0.10 * idle
+
+
+def test_train_json_has_little_unexplained(train_json):
+    a = analyze(train_json, use_cache=False, progress=False)
+    idle = sum(sum(t.values()) for t in a.idle_totals.values())
+    assert sum(t[UNEXPLAINED] for t in a.idle_totals.values()) < 0.10 * idle
+    assert not any("two-batch" in f["message"] for f in a.findings), "TBO advice on a training trace"
+
+
+def test_headline_blocked_orders_the_launch_orders():
+    """Without any filter, cpu_blocked_launch ranks the DeepEP launch orders the way they behave:
+    improper (the CPU waits inside dispatch before the other micro-batch's compute is queued) over
+    proper over num_worst_tokens (no wait at all)."""
+    blocked = {run: sum(t["cpu_blocked_launch"] for t in analyze(DEEPEP / run, use_cache=False,
+                                                                 progress=False).idle_totals.values())
+               for run in ("prefill-improper", "prefill-proper", "prefill-nosync")}
+    assert blocked["prefill-improper"] > 2 * blocked["prefill-proper"] > 0 or blocked["prefill-proper"] == 0
+    assert blocked["prefill-improper"] > blocked["prefill-proper"] >= blocked["prefill-nosync"]
+    assert blocked["prefill-nosync"] < 0.05 * blocked["prefill-improper"]
