@@ -37,6 +37,9 @@ from .intervals import coverage, gaps, intersection, union
 from .overlap import gpu_work
 from .peers import Peers
 from .steps import DEFAULT_STEP
+from .structure import TRAINING_PASSES
+
+TRAINING_PASS = r"\((?:" + "|".join(TRAINING_PASSES) + r")\)$"     # a stage label of a backward chunk
 
 DEP_LATENCY_US = 20.0     # a dependent kernel starts within this of its input's end (event wait + launch)
 
@@ -160,6 +163,8 @@ def _find_rank(rank: int, df: pd.DataFrame, events: pd.DataFrame, flows: pd.Data
     comp = df[df["klass"] == "compute"].sort_values("start_us")
     comm = df[df["klass"] == "comm"]
     mbs = int(df["microbatch"].max()) + 1 if len(df) and df["microbatch"].max() >= 0 else 1
+    if mbs > 1 and pd.Series(text(df["stage"])).str.contains(TRAINING_PASS).any():
+        mbs = 1          # DualPipe's forward / backward chunks: not two-batch overlap (no TBO advice)
     acc = _Rank(rank, df, min_lost_us, not comm.empty, mbs)
     comm_iv = union(comm["start_us"].to_numpy(), (comm["start_us"] + comm["dur_us"]).to_numpy())
     Fc = coverage(*comm_iv)
