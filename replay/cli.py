@@ -180,10 +180,10 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     a, note = analyze_one_step(args.observed, args.step, taxonomy=args.taxonomy, rank=args.rank,
                                use_cache=not args.no_cache, strict=args.strict)
     warn_skipped(a)
-    if note:
-        print(f"observed: {note}", file=sys.stderr)
     change = Change(args.launch_order, args.comm_scale, args.compute_scale, args.comm)
     res = run(args.observed, args.output, a, load_stage_rules(args.stages), change, args.hardware)
+    if note:                        # after the run: a refusal stays one line
+        print(f"observed: {note}", file=sys.stderr)
     if args.json:
         print_json(res, tag("replay-whatif"))
         return 0

@@ -23,47 +23,8 @@ from .analysis import Analysis
 from .events import text
 from .intervals import intersection, length, union
 from .overlap import gpu_work
+from .stagerules import StageRules, canonical_stage, load_stage_rules
 from .structure import TRAINING_PASSES
-
-
-@dataclass(frozen=True)
-class StageRules:
-    annotation: tuple[tuple[re.Pattern[str], str], ...]
-    kernel: tuple[tuple[re.Pattern[str], str], ...]
-
-
-@lru_cache(maxsize=8)
-def load_stage_rules(user_file: str | None = None) -> StageRules:
-    texts = [(resources.files("replay") / "data" / "stages.toml").read_text("utf-8")]
-    if user_file:
-        try:
-            texts.insert(0, Path(user_file).read_text("utf-8"))
-        except OSError as exc:
-            raise UserError(f"stage rules {user_file}: cannot read ({exc.strerror or exc})") from None
-    ann, ker = [], []
-    for body in texts:
-        try:
-            raw = tomllib.loads(body)
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"stage rules: not valid TOML ({exc})") from None
-        for r in raw.get("annotation", []):
-            if r.get("stage") not in STAGE_STREAM:
-                raise UserError(f"stage rules: stage must be one of {', '.join(STAGE_STREAM)}, got {r.get('stage')!r}")
-            ann.append((re.compile(f"(?:{r['regex']})", re.I), r["stage"]))
-        for r in raw.get("kernel", []):
-            ker.append((re.compile(f"(?:{r['subclass']})", re.I), r["stage"]))
-    return StageRules(tuple(ann), tuple(ker))
-
-
-def canonical_stage(label: str, rules: StageRules) -> str | None:
-    """tracegen's stage name for an observed label such as 'attn(F)' or 'ATTN(0)'."""
-    base = label.split("(")[0].strip()
-    if base.upper() in STAGE_STREAM:
-        return base.upper()
-    for rx, stage in rules.annotation:
-        if rx.fullmatch(base):
-            return stage
-    return None
 
 
 def label_stages(a: Analysis, rules: StageRules) -> pd.DataFrame:

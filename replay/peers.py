@@ -144,6 +144,10 @@ def match(kernels: pd.DataFrame, meta: dict[str, Any] | None = None) -> tuple[pd
                             f"each NCCL kernel ran in: {int(nccl.sum())} NCCL kernels left out of the peer analysis")
             c = c[~nccl]
     k = c.drop(columns=["nccl"])
+    steps_of = k.groupby("rank")["step"].agg(lambda x: tuple(sorted(set(x))))
+    if steps_of.nunique() > 1:         # ranks disagree on their steps: match the collectives over the trace
+        warnings.append("ranks disagree on their steps: collectives matched in order over the whole trace")
+        k = k.assign(step=-1)
     k = k.sort_values(["rank", "step", "name", "start_us"], kind="stable")
     k["n"] = k.groupby(["rank", "step", "name"], sort=False).cumcount()
     ranks = sorted(k["rank"].unique())

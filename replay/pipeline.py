@@ -58,10 +58,20 @@ class Prepared:
 
 def prepare(events: pd.DataFrame, opts: Options) -> Prepared:
     """Classify (taxonomy), recover layers / micro-batches / stages, assign steps, keep --step."""
-    events = classify(events, load_taxonomy(opts.taxonomy))
+    classified = classify(events, load_taxonomy(opts.taxonomy))
+    spans, _ = step_analysis.find_spans(classified, opts.step_regex)  # steps first: layers restart at each
+    events = step_analysis.with_spans(classified, spans)
     events, how = recover(events, opts.annotation_regex, opts.microbatches)
     has_gpu = bool((events["device"] == "gpu").any())
-    events, spans = step_analysis.assign(events, opts.step_regex)
+    if spans.empty and opts.step_regex == step_analysis.DEFAULT_STEP:
+        # no step ranges: steps from the layer sequence, else from the GPU timeline's gaps; then the
+        # structure again, so that layers counted from the sequence restart at every step
+        _, spans = step_analysis.from_repetition(events)
+        if spans.empty:
+            spans = step_analysis.gap_spans(classified)
+        if len(spans):
+            events = step_analysis.with_gpu_spans(classified, spans)
+            events, how = recover(events, opts.annotation_regex, opts.microbatches)
     ranks = sorted(int(r) for r in events["rank"].unique())
     if opts.step is not None:
         events = events[events["step"] == opts.step]

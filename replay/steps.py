@@ -93,11 +93,18 @@ def find_spans(events: pd.DataFrame, regex: str = DEFAULT_STEP) -> tuple[pd.Data
 
 
 def assign(events: pd.DataFrame, regex: str = DEFAULT_STEP) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The events with a `step` column, and the step spans found."""
+    """The events with a `step` column, and the step spans found (from ranges, else from the layers)."""
     spans, _ = find_spans(events, regex)
-    step = np.full(len(events), -1, dtype=np.int32)
     if spans.empty:
         return _repetition(events)
+    return with_spans(events, spans), spans
+
+
+def with_spans(events: pd.DataFrame, spans: pd.DataFrame) -> pd.DataFrame:
+    """The events with a `step` column from step ranges (-1 everywhere without any)."""
+    step = np.full(len(events), -1, dtype=np.int32)
+    if spans.empty:
+        return events.assign(step=step)
     ranks = events["rank"].to_numpy()
     start = events["start_us"].to_numpy()
     for r, sp in spans.groupby("rank", sort=False):
@@ -119,7 +126,46 @@ def assign(events: pd.DataFrame, regex: str = DEFAULT_STEP) -> tuple[pd.DataFram
         col = out["step"].to_numpy().copy()
         col[gpu[have]] = got[have].astype(np.int32)
         out["step"] = col
-    return out, spans
+    return out
+
+
+def with_gpu_spans(events: pd.DataFrame, spans: pd.DataFrame) -> pd.DataFrame:
+    """The events with a `step` column from steps found on the GPU timeline: GPU work by its own start
+    (a step runs from its first GPU work to the next step's first), a launch call by the kernel it launched, and
+    any other CPU span by the next launch at or after its start (the CPU runs ahead of the GPU: a
+    step's first launches happen while the previous step's kernels still run)."""
+    step = np.full(len(events), -1, dtype=np.int32)
+    ranks, start = events["rank"].to_numpy(), events["start_us"].to_numpy()
+    gpu = (events["device"] == "gpu").to_numpy()
+    for r, sp in spans.sort_values(["rank", "start_us"]).groupby("rank", sort=False):
+        s0 = np.concatenate([[-np.inf], sp["start_us"].to_numpy()[1:]])      # a step from its first GPU work on
+        idx = np.flatnonzero(gpu & (ranks == r))
+        j = np.searchsorted(s0, start[idx], side="right") - 1
+        step[idx] = sp["step"].to_numpy()[np.clip(j, 0, None)]
+    corr = events["correlation"].to_numpy()
+    by_corr = pd.Series(step[gpu & (corr >= 0)], index=pd.MultiIndex.from_arrays([ranks[gpu & (corr >= 0)],
+                                                                                     corr[gpu & (corr >= 0)]]))
+    by_corr = by_corr[~by_corr.index.duplicated()]
+    launch = np.flatnonzero(~gpu & events["launch"].to_numpy() & (corr >= 0))
+    got = by_corr.reindex(pd.MultiIndex.from_arrays([ranks[launch], corr[launch]])).to_numpy()
+    have = np.isfinite(got)
+    step[launch[have]] = got[have].astype(np.int32)
+    for r in np.unique(ranks[~gpu]):
+        lr = launch[have & (ranks[launch] == r)]
+        if not len(lr):
+            continue
+        order = np.argsort(start[lr], kind="stable")
+        ls, lstep = start[lr][order], step[lr][order]
+        other = np.flatnonzero(~gpu & (ranks == r) & (step < 0))
+        j = np.searchsorted(ls, start[other], side="left")
+        ok = j < len(ls)
+        step[other[ok]] = lstep[j[ok]]
+    return events.assign(step=step)
+
+
+def from_repetition(events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Steps of GPU work from the layer sequence, for traces without step ranges (see the docstring)."""
+    return _repetition(events)
 
 
 def _repetition(events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -155,6 +201,44 @@ def _repetition(events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if spans.groupby("rank").size().max() <= 1 if len(spans) else True:   # one step: nothing was told apart
         return events.assign(step=np.full(len(events), -1, dtype=np.int32)), spans.iloc[0:0]
     return events.assign(step=step), spans
+
+
+GAP_STEP_US = 1000.0     # steps from the timeline alone: the GPU idle at least this long between them,
+GAP_STEP_RATIO = 3.0     # this many times longer than any other idle gap of the rank,
+GAP_STEP_KERNELS = 0.05  # and the steps' kernel counts within this share of each other (the same work)
+
+
+def gap_spans(events: pd.DataFrame) -> pd.DataFrame:
+    """Steps of a trace with no step ranges, from its GPU timeline: the largest GPU-idle gaps of each
+    rank split it into steps where they stand out (GAP_STEP_US, GAP_STEP_RATIO) and the parts launch
+    the same number of kernels (GAP_STEP_KERNELS); none where that is not clear. A step runs from the
+    previous step's last GPU work (so the launches in the gap belong to it) to its own last."""
+    g = events[(events["device"] == "gpu") & events["klass"].isin(("compute", "comm", "memory"))]
+    rows = []
+    for r, df in g.groupby("rank", sort=True):
+        s = df["start_us"].to_numpy()
+        order = np.argsort(s, kind="stable")
+        s, e = s[order], (df["start_us"] + df["dur_us"]).to_numpy()[order]
+        run = np.maximum.accumulate(e)
+        gap = s[1:] - run[:-1]                     # idle before kernel i+1
+        if len(gap) < 4:
+            continue
+        by = np.argsort(gap)[::-1]
+        for k in range(1, min(16, len(gap) // 2)):
+            top, rest = gap[by[:k]], gap[by[k]]
+            if top.min() < GAP_STEP_US or top.min() < GAP_STEP_RATIO * max(rest, 1e-9):
+                continue
+            cut = np.sort(by[:k]) + 1               # first kernel of each new step
+            counts = np.diff(np.concatenate([[0], cut, [len(s)]]))
+            if counts.min() < (1 - GAP_STEP_KERNELS) * counts.max():
+                continue
+            starts = np.concatenate([[s[0]], s[cut]])
+            ends = np.concatenate([run[cut - 1], [run[-1]]])
+            rows += [{"rank": int(r), "step": i, "start_us": float(a), "end_us": float(b)}
+                     for i, (a, b) in enumerate(zip(starts, ends))]
+            break
+    return pd.DataFrame(rows, columns=["rank", "step", "start_us", "end_us"])     # per rank (peers.match copes
+                                                                                    # with ranks that disagree)
 
 
 def disagreements(spans: pd.DataFrame, ranks: list[int]) -> list[str]:

@@ -1,0 +1,70 @@
+"""Tracegen's stage names for observed labels (data/stages.toml, extendable with --stages FILE): an
+annotation's stage label ('attn(F)', 'L3:ATTN(0)', 'DeepseekV2MoE') or, without one, a kernel's
+subclass -> ATTN, SHARED, DISPATCH, MLP, COMBINE, ... Used by structure recovery (styles whose
+stage names are free text) and by compare / whatif (stage by stage)."""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from tracegen.base.contract import STAGE_STREAM
+from tracegen.base.errors import UserError
+
+
+@dataclass(frozen=True)
+class StageRules:
+    annotation: tuple[tuple[re.Pattern[str], str], ...]
+    kernel: tuple[tuple[re.Pattern[str], str], ...]
+
+
+@lru_cache(maxsize=8)
+def load_stage_rules(user_file: str | None = None) -> StageRules:
+    texts = [(resources.files("replay") / "data" / "stages.toml").read_text("utf-8")]
+    if user_file:
+        try:
+            texts.insert(0, Path(user_file).read_text("utf-8"))
+        except OSError as exc:
+            raise UserError(f"stage rules {user_file}: cannot read ({exc.strerror or exc})") from None
+    ann, ker = [], []
+    for body in texts:
+        try:
+            raw = tomllib.loads(body)
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"stage rules: not valid TOML ({exc})") from None
+        for r in raw.get("annotation", []):
+            if r.get("stage") not in STAGE_STREAM:
+                raise UserError(f"stage rules: stage must be one of {', '.join(STAGE_STREAM)}, got {r.get('stage')!r}")
+            ann.append((re.compile(f"(?:{r['regex']})", re.I), r["stage"]))
+        for r in raw.get("kernel", []):
+            ker.append((re.compile(f"(?:{r['subclass']})", re.I), r["stage"]))
+    return StageRules(tuple(ann), tuple(ker))
+
+
+def canonical_stage(label: str, rules: StageRules) -> str | None:
+    """tracegen's stage name for an observed label such as 'attn(F)' or 'ATTN(0)'."""
+    base = label.split("(")[0].strip()
+    if base.upper() in STAGE_STREAM:
+        return base.upper()
+    for rx, stage in rules.annotation:
+        if rx.fullmatch(base):
+            return stage
+    return None
+
+
+def stage_of(label: str, rules: StageRules | None = None) -> str | None:
+    """Tracegen's stage for free text (a module or op name): the first annotation rule found anywhere
+    in it (canonical_stage matches whole labels)."""
+    rules = rules or load_stage_rules()
+    if label.upper() in STAGE_STREAM:
+        return label.upper()
+    for rx, stage in rules.annotation:
+        if rx.search(label):
+            return stage
+    return None
+
+
+__all__ = ["StageRules", "load_stage_rules", "canonical_stage", "stage_of"]
