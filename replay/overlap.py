@@ -13,6 +13,7 @@ import pandas as pd
 
 from .events import text
 from .intervals import intersection, length, union
+from .stagerules import canonical_stage, load_stage_rules
 
 GPU_WORK = ("compute", "comm", "memory", "other")
 
@@ -64,16 +65,21 @@ def rank_metrics(events: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _is_moe(df: pd.DataFrame) -> pd.Series:
-    """Routed-expert compute: tracegen's MLP stage in MoE layers, else grouped GEMMs."""
+    """Routed-expert compute: tracegen's MLP stage in MoE layers; in a profiler trace, grouped GEMMs
+    (DeepGEMM, CUTLASS grouped, Triton fused MoE: taxonomy subclass grouped_gemm) and the compute of a
+    stage labelled MLP / experts (stagerules) in a layer with an all-to-all."""
     stage = text(df["stage"])
     gen = text(df["stage_stream"]) == "compute"
+    mlp_label = {lab: canonical_stage(lab, load_stage_rules()) == "MLP" for lab in set(stage)}
+    mlp = pd.Series([mlp_label[x] for x in stage], index=df.index, dtype=bool)
+    compute = df["klass"] == "compute"
     return (gen & (stage == "MLP") & df["flops"].notna() & _moe_layer(df)) | \
-        (~gen & (text(df["subclass"]) == "grouped_gemm"))
+        (~gen & ((text(df["subclass"]) == "grouped_gemm") | (mlp & compute & _moe_layer(df))))
 
 
 def _moe_layer(df: pd.DataFrame) -> pd.Series:
-    """tracegen's MoE layers are those with an all-to-all."""
-    comm_layers = set(df.loc[df["klass"] == "comm", "layer"].unique())
+    """MoE layers are those with an all-to-all (a known layer: -1 is no layer)."""
+    comm_layers = set(df.loc[(df["klass"] == "comm") & (df["layer"] >= 0), "layer"].unique())
     return df["layer"].isin(comm_layers)
 
 

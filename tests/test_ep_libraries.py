@@ -1,0 +1,96 @@
+"""Every current expert-parallel library's kernels are communication, from their public sources'
+kernel names (the source of each is in replay/data/taxonomy.toml): a faithfully named two-layer
+trace per family is classified, its all-to-all found, its layers recovered from the dispatch /
+combine sequence, and where the host waits after a kernel (DeepEP's normal notify) that wait is a
+dispatch wait."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from replay.analyze import analyze
+from replay.taxonomy import load_taxonomy
+
+FAMILIES = {   # family -> (dispatch kernel, combine kernel, notify kernel or None)
+    "deepep-v1": ("void deep_ep::intranode::dispatch<8, 768, 8192>(int4*, float*, int*)",
+                  "void deep_ep::intranode::combine<__nv_bfloat16, 8, 768, 4096>(__nv_bfloat16*, float*)",
+                  "void deep_ep::intranode::notify_dispatch<8>(int const*, int*, int)"),
+    "deepep-v1-ll": ("void deep_ep::internode_ll::dispatch<true, false, 7168>(void*, float*, int*)",
+                     "void deep_ep::internode_ll::combine<false, 7168, 9>(void*, void*, int*)", None),
+    "deepep-v2-legacy": ("void deep_ep::legacy::intranode::dispatch<8, 768, 8192>(int4*, float*, int*)",
+                         "void deep_ep::legacy::intranode::combine<__nv_bfloat16, 8, 768, 4096>(__nv_bfloat16*)",
+                         "void deep_ep::legacy::intranode::notify_dispatch<8>(int const*, int*, int)"),
+    "deepep-v2-elastic": ("void deep_ep::elastic::dispatch_impl<true, 3, true, false, 24, 4, 14>(void*, void*)",
+                          "void deep_ep::elastic::combine_impl<true, 24, 8, 7168>(void*, void*)", None),
+    "uccl-ep": ("void uccl::internode_ll::dispatch<true, false, 7168>(void*, void*, int*)",
+                "void uccl::internode_ll::combine<false, 7168, 9>(void*, void*, int*)", None),
+    "uccl-ep-normal": ("void uccl::intranode::dispatch<8, 768, 8192>(int4*, float*, int*)",
+                       "void uccl::intranode::combine<__nv_bfloat16, 8, 768, 4096>(__nv_bfloat16*)",
+                       "void uccl::intranode::notify_dispatch<8>(int const*, int*, int)"),
+    "nccl-ep": ("void nccl_ep::internode_ll::dispatch<true, false, 7168>(void const*, long const*)",
+                "void nccl_ep::internode_ll::combine<false, 7168>(void const*, long const*)", None),
+    "mooncake-ep": ("void mooncake::dispatch_kernel<true>(void*, float*, int*)",
+                    "void mooncake::combine_kernel<false>(void*, int*)", None),
+    "ascend-mc2": ("MoeDistributeDispatchV2", "MoeDistributeCombineV2", None),
+    "trtllm-mnnvl": ("void tensorrt_llm::kernels::moeA2ADispatchKernel<8>(MoeA2ADispatchParams)",
+                     "void tensorrt_llm::kernels::moeA2ACombineKernel<__nv_bfloat16, 8>(MoeA2ACombineParams)", None),
+    "pplx": ("void pplx::dispatchKernel<unsigned char, 8>(pplx::DispatchArgs)",
+             "void pplx::combineKernel<__nv_bfloat16>(pplx::CombineArgs)", None),
+}
+GEMM = "nvjet_sm90_tst_256x128_64x4_2x1_v_bz_TNT"
+GROUPED = "void deep_gemm::fp8_gemm_kernel<7168, 2048, 128, 128, 128, 256, 8, 1, 1, GemmType::GroupedMasked>()"
+
+
+def _trace(dispatch: str, combine: str, notify: str | None, layers: int = 2, spin_us: float = 300.0) -> dict:
+    """One rank, two micro-batches in the improper order: per layer micro-batch 0's attention GEMM,
+    (notify, a host spin on its counts,) the dispatch on a side stream, micro-batch 1's attention
+    GEMM (independent work, launched only after the spin), the experts, the combine; every kernel
+    launched by a cudaLaunchKernel with its correlation id."""
+    ev = []
+    clock = {"cpu": 0.0, 7: 0.0, 22: 0.0}
+    corr = 0
+
+    def launch(name: str, stream: int, dur: float, after: float = 0.0) -> float:
+        nonlocal corr
+        corr += 1
+        ev.append({"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1,
+                   "ts": clock["cpu"], "dur": 5.0, "args": {"correlation": corr}})
+        clock["cpu"] += 6.0
+        start = max(clock[stream], clock["cpu"], after)
+        ev.append({"ph": "X", "cat": "kernel", "name": name, "pid": 0, "tid": stream, "ts": start,
+                   "dur": dur, "args": {"correlation": corr, "stream": stream}})
+        clock[stream] = start + dur
+        return clock[stream]
+
+    for _ in range(layers):
+        a0 = launch(GEMM, 7, 200.0)
+        if notify:
+            launch(notify, 22, 20.0, a0)
+            clock["cpu"] += spin_us                   # the host spins on the received counts (no CUDA call)
+        d = launch(dispatch, 22, 150.0, a0)
+        launch(GEMM, 7, 200.0)                        # micro-batch 1's attention: independent of the dispatch
+        e = launch(GROUPED, 7, 300.0, d)
+        launch(combine, 22, 150.0, e)
+    return {"traceEvents": ev, "distributedInfo": {"rank": 0, "world_size": 1}}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_is_communication_and_gives_layers(tmp_path, family):
+    dispatch, combine, notify = FAMILIES[family]
+    tax = load_taxonomy(None)
+    for name in filter(None, (dispatch, combine, notify)):
+        assert tax.classify_name(name)[0] == "comm", (family, name, tax.classify_name(name))
+    assert "dispatch" in tax.classify_name(dispatch)[1] and "combine" in tax.classify_name(combine)[1]
+    path = tmp_path / f"{family}.json"
+    path.write_text(json.dumps(_trace(dispatch, combine, notify)))
+    a = analyze(path, use_cache=False, progress=False)
+    assert a.ranks[0]["comm_us"] > 0
+    assert not any(s["what"] == "no_communication" for s in a.suspicious)
+    assert a.structure == "comm-sequence" and sorted(a.layers["layer"]) == [0, 1], a.structure
+    assert a.ranks[0]["moe_compute_us"] > 0                   # the grouped GEMM is routed-expert compute
+    if notify:                                                # the spin after notify is a dispatch wait
+        assert tax.classify_name(notify)[2] == "dispatch"
+        assert a.idle_groups[0]["cpu_blocked_launch"]["dispatch"] + \
+            a.idle_groups[0]["cpu_blocked_launch"]["pipeline_fill"] > 0

@@ -1,0 +1,77 @@
+"""Structure from the annotation styles people use, on real captures (traces/observed/h200 style-*,
+bench/capture/capture_h200.py) whose truth - layers per step, steps, micro-batches - is what the
+capture ran (capture.json), and from the kernel sequence where nothing is annotated."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from replay.analyze import analyze
+
+ROOT = Path(__file__).resolve().parents[1]
+H200 = ROOT / "traces" / "observed" / "h200"
+STANDIN = str(ROOT / "traces" / "observed" / "h100" / "taxonomy.toml")     # host copies = the all-to-all
+CAPTURE = json.loads((H200 / "capture.json").read_text())
+STYLES = [r for r in CAPTURE["runs"] if r.get("style")]
+
+
+def recovered(a) -> tuple[dict[int, int], set[int]]:
+    """Layers per step and the micro-batches of the recovered GPU work."""
+    per = a.layers.groupby("step")["layer"].nunique().to_dict() if len(a.layers) else {}
+    g = a.events[(a.events["device"] == "gpu") & (a.events["layer"] >= 0) & (a.events["klass"] != "compute")]
+    mbs = set(int(x) for x in a.events.loc[(a.events["device"] == "gpu") & (a.events["layer"] >= 0),
+                                           "microbatch"].unique() if x >= 0)
+    return per, mbs | set(int(x) for x in g["microbatch"].unique() if x >= 0)
+
+
+@pytest.mark.parametrize("run", STYLES, ids=lambda r: r["style"])
+@pytest.mark.parametrize("taxonomy", [None, STANDIN], ids=["plain", "stand-in comm"])
+def test_each_style_gives_the_layers_steps_and_microbatches_it_ran(run, taxonomy):
+    a = analyze(H200 / run["file"], use_cache=False, progress=False, taxonomy=taxonomy)
+    per, mbs = recovered(a)
+    assert len(per) == run["steps"], (a.structure, per)
+    assert set(per.values()) == {run["layers_per_step"]}, (a.structure, per)
+    assert sorted(per) == sorted(set(a.steps["step"])) if len(a.steps) else True
+    named = run["style"] != "none"
+    if named:
+        assert a.structure.startswith("annotations"), a.structure
+    if named or taxonomy:         # micro-batches come from names, or from the all-to-all sequence
+        assert mbs == set(range(run["microbatches"])), (a.structure, mbs)
+    # a layer never straddles steps, and every layer computes
+    assert (a.layers["compute_us"] > 0).all()
+
+
+@pytest.mark.parametrize("name,layers", [("decode-eager.json.gz", 12), ("decode-graph.json.gz", 12),
+                                         ("decode-item.json.gz", 12), ("prefill-pause.json.gz", 6)])
+def test_layers_from_the_kernel_sequence_or_layer_ranges(name, layers):
+    a = analyze(H200 / name, use_cache=False, progress=False)
+    per = a.layers.groupby("step")["layer"].nunique().to_dict()
+    assert set(per.values()) == {layers} and len(per) == 3, (a.structure, per)
+
+
+def test_steps_from_a_step_like_range_without_profilerstep():
+    """style-slash has no ProfilerStep: its `forward_step` ranges are the steps (data/annotations.toml)."""
+    a = analyze(H200 / "style-slash.json.gz", use_cache=False, progress=False)
+    assert sorted(set(a.steps["step"])) == [0, 1]
+
+
+def test_stage_query_finds_the_expert_stage():
+    """The README's skew query reads `stage LIKE 'MLP%'`: named styles label their expert stage MLP."""
+    for style in ("slash", "mbn", "sglang", "module"):
+        a = analyze(H200 / f"style-{style}.json.gz", use_cache=False, progress=False)
+        stages = set(a.events.loc[(a.events["device"] == "gpu") & (a.events["layer"] >= 0), "stage"].astype(str))
+        assert any(s.startswith("MLP") for s in stages), (style, stages)
+        assert any(s.startswith("ATTN") for s in stages), (style, stages)
+
+
+@pytest.mark.parametrize("run", ["prefill-proper", "prefill-skew", "decode-proper"])
+def test_expert_compute_and_balancedness_on_real_folders(run):
+    """The DeepEP captures' experts (per-expert FP8 GEMMs inside the MLP stage ranges) are routed-expert
+    compute; balancedness is filled, and the skewed run's heavy rank is the one with the most."""
+    a = analyze(ROOT / "traces" / "observed" / "deepep-h100x4" / run, use_cache=False, progress=False)
+    moe = {r["rank"]: r["moe_compute_us"] for r in a.ranks}
+    assert all(v > 0 for v in moe.values()) and a.to_dict()["balancedness"] is not None
+    if run == "prefill-skew":
+        assert max(moe, key=moe.get) == 2 and a.to_dict()["balancedness"] < 0.6
