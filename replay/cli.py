@@ -168,6 +168,48 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from tracegen.base.fileio import atomic_write
+
+    from .analyze import analyze
+    from .compare import load_stage_rules
+    from .diff import diff, figure, render
+    if args.fail_if_slower is not None and not args.fail_if_slower >= 0:
+        raise UserError(f"--fail-if-slower is a percentage >= 0, got {args.fail_if_slower}")
+    kw = dict(taxonomy=args.taxonomy, use_cache=not args.no_cache, strict=args.strict)
+    before, after = analyze(args.before, **kw), analyze(args.after, **kw)
+    warn_skipped(before, after)
+    d = diff(before, after, load_stage_rules(args.stages), args.fail_if_slower)
+    if args.html:
+        from bokeh.embed import file_html
+        from bokeh.resources import INLINE
+        atomic_write(args.html, file_html(figure(d, Path(args.before).name, Path(args.after).name), INLINE,
+                                          "replay diff"))
+    if args.json:
+        print_json(d, tag("replay-diff"))
+    else:
+        print(render(d, args.before, args.after))
+    return 1 if d["failed"] else 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .analyze import analyze
+    from .merge import merge
+    a = analyze(args.folder, taxonomy=args.taxonomy, use_cache=not args.no_cache, strict=args.strict,
+                allow_mixed=args.allow_mixed)
+    res = merge(args.folder, args.output, a.peers.offsets_us)
+    res["clock"] = a.peers.clock
+    if args.json:
+        print_json(res)
+        return 0
+    print(f"wrote {res['output']}: {len(res['ranks'])} ranks, {res['events']:,} events, one timeline "
+          f"({res['clock']}); open it in https://ui.perfetto.dev")
+    for r in res["ranks"]:
+        if r["offset_us"]:
+            print(f"  rank {r['rank']} ({r['file']}) moved by {-r['offset_us'] / 1e3:+.3f} ms")
+    return 0
+
+
 def cmd_whatif(args: argparse.Namespace) -> int:
     from .analyze import analyze_one_step
     from .compare import load_stage_rules
@@ -310,6 +352,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parse the rank files on a Dask cluster: its scheduler address (tcp://host:8786), or 'env' "
                         "for $DASK_SCHEDULER_ADDRESS; workers must read the same paths and have moe-timeline "
                         "installed (pip install 'moe-timeline[cluster]')")
+
+    df = add_command(sub, "diff", cmd_diff, help="what changed between two observed runs, with a verdict",
+                     description="Compare two observed runs (files or folders) per step: span, overlap, every idle "
+                                 "cause and what held the launches back, per rank and per stage. Ranks match by "
+                                 "number; figures are per profiler step, so runs of different lengths compare. "
+                                 "Exit 1 when --fail-if-slower is given and AFTER is slower by more than it.",
+                     epilog="examples:\n  replay diff traces/observed/deepep-h100x4/prefill-improper "
+                            "traces/observed/deepep-h100x4/prefill-proper\n"
+                            "  replay diff before.json.gz after.json.gz --fail-if-slower 2   (a CI gate)\n"
+                            "  replay diff before/ after/ --html diff.html")
+    df.add_argument("before", help="the run before the change (file or folder of ranks)")
+    df.add_argument("after", help="the run after the change")
+    add_reading_args(df, json_help="print one JSON object (matched, overall, causes, groups, ranks, stages, verdict)",
+                     stages=True)
+    df.add_argument("--fail-if-slower", type=finite, metavar="PCT", default=None,
+                    help="exit 1 if AFTER's step span is more than PCT percent longer than BEFORE's")
+    df.add_argument("--html", metavar="FILE", help="also write a Bokeh view of the differences")
+
+    mg = add_command(sub, "merge", cmd_merge, help="a folder of rank traces as one clock-aligned trace for Perfetto",
+                     description="Write the rank files of a folder as one Chrome JSON trace: processes renamed "
+                                 "'rank R: ...', each rank's clock moved by the offset `replay analyze` finds from "
+                                 "matched collectives, so ui.perfetto.dev shows every rank on one timeline.",
+                     epilog="example:\n  replay merge traces/observed/deepep-h100x4/prefill-late -o late.json.gz")
+    mg.add_argument("folder", help="folder of per-rank traces")
+    mg.add_argument("-o", "--output", required=True, help="merged trace (.json or .json.gz)")
+    add_reading_args(mg, json_help="print what was merged as JSON")
+    mg.add_argument("--allow-mixed", action="store_true", help="merge files that look like different runs")
 
     c = add_command(sub, "compare", cmd_compare,
                     help="predicted vs observed, stage by stage, with likely causes",

@@ -499,6 +499,9 @@ def load_file(path: str | Path, rank: int | None = None, progress: bool | None =
         raise UserError(f"{path}: the trace holds no duration ('X') events to analyse")
     if contract.is_generated(meta.get("otherData")):
         generated_meta(meta["otherData"], str(path))       # a newer format or a broken contract: say so now
+    if (meta.get("otherData") or {}).get("merged_by") == "replay merge":
+        raise UserError(f"{path}: a merged view written by `replay merge` (every rank in one file, for Perfetto): "
+                        "analyse the folder of rank files it came from")
     pairs = df[["pid", "rank"]].drop_duplicates("pid")
     rank_of_pid = dict(zip(pairs["pid"].astype(str), pairs["rank"]))
     meta["process_names"] = {p: n for (w, p, _), n in cols.names.items() if w == "process_name"}

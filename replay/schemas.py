@@ -228,9 +228,54 @@ class Sql(_S):
     rows: list[list[Any]]
 
 
+class DiffRow(_S):
+    what: str                       # a figure, a cause, cause/group, or a stage
+    before_us: float                # per step (mean of the matched ranks)
+    after_us: float
+    delta_us: float
+    change_pct: float | None        # None where before is 0
+
+
+class DiffMatched(_S):
+    ranks: list[int]
+    only_before: list[int]
+    only_after: list[int]
+    steps_before: int
+    steps_after: int
+    how: str
+
+
+class DiffRank(_S):
+    rank: int
+    before_us: float                # the rank's step span
+    after_us: float
+    delta_us: float
+    change_pct: float | None
+    peer_wait_before_us: float
+    peer_wait_after_us: float
+
+
+class Diff(_S):
+    """replay diff --json"""
+    schema: str
+    matched: DiffMatched
+    overall: list[DiffRow]
+    causes: list[DiffRow]
+    groups: list[DiffRow]
+    ranks: list[DiffRank]
+    stages: list[DiffRow]
+    largest_changes: list[DiffRow]
+    verdict: str
+    slower_pct: float               # after's step span over before's, in percent (negative: faster)
+    fail_if_slower_pct: float | None
+    failed: bool                    # the exit status is 1
+    structure_before: str
+    structure_after: str
+
+
 SCHEMAS: dict[str, tuple[type, int]] = {
     "replay-analyze": (Analyze, 3), "replay-compare": (Compare, 1), "replay-whatif": (Whatif, 1),
-    "replay-calibrate": (Calibrate, 1), "replay-sql": (Sql, 1),
+    "replay-calibrate": (Calibrate, 1), "replay-sql": (Sql, 1), "replay-diff": (Diff, 1),
 }
 
 __all__ = ["SCHEMAS"]

@@ -61,6 +61,8 @@ CASES = [
                                   "-o", "{dir}/fit.json"]),
     ("replay-sql", replay, ["sql", str(GOLDEN / "h800-decode-ibgda.json.gz"), "SELECT layer, sum(dur_us) AS us "
                             "FROM kernels GROUP BY layer ORDER BY layer", "--json", "--no-cache"]),
+    ("replay-diff", replay, ["diff", str(OBS / "layers-improper.json.gz"), str(OBS / "layers-proper.json.gz"),
+                             "--taxonomy", str(OBS / "taxonomy.toml"), "--json", "--no-cache"]),
 ]
 
 

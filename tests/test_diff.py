@@ -1,0 +1,49 @@
+"""`replay diff BEFORE AFTER` on real captures: the launch order's effect is named (blocked in dispatch
+down, the step shorter), the verdict gates CI with an exit status, and bad input is one line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from replay.cli import main as replay
+
+CAP = Path(__file__).resolve().parents[1] / "traces" / "observed" / "deepep-h100x4"
+
+
+def _run(capsys, *argv) -> tuple[int, dict]:
+    rc = replay(["diff", *map(str, argv), "--json", "--no-cache"])
+    return rc, json.loads(capsys.readouterr().out)
+
+
+def test_improper_to_proper_names_the_launch_orders_effect(capsys):
+    rc, d = _run(capsys, CAP / "prefill-improper", CAP / "prefill-proper")
+    assert rc == 0 and d["slower_pct"] < 0 and "faster" in d["verdict"]
+    g = {x["what"]: x for x in d["groups"]}
+    assert g["cpu_blocked_launch/dispatch"]["delta_us"] < 0 and g["cpu_blocked_launch/dispatch"]["after_us"] == 0
+    assert d["matched"]["ranks"] == [0, 1, 2, 3] and d["matched"]["steps_before"] == 3
+    assert any(x["what"].startswith("cpu_blocked_launch/") for x in d["largest_changes"][:4])
+    overall = {x["what"]: x for x in d["overall"]}
+    assert overall["span_us"]["after_us"] < overall["span_us"]["before_us"]
+
+
+def test_fail_if_slower_exits_1_in_the_reverse_direction(capsys):
+    rc, d = _run(capsys, CAP / "prefill-proper", CAP / "prefill-improper")
+    assert d["slower_pct"] > 0
+    assert replay(["diff", str(CAP / "prefill-proper"), str(CAP / "prefill-improper"), "--no-cache",
+                   "--fail-if-slower", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "fails --fail-if-slower 0" in out
+    assert replay(["diff", str(CAP / "prefill-proper"), str(CAP / "prefill-improper"), "--no-cache",
+                   "--fail-if-slower", "50"]) == 0
+
+
+def test_html_view_and_one_line_errors(capsys, tmp_path):
+    html = tmp_path / "diff.html"
+    assert replay(["diff", str(CAP / "prefill-improper"), str(CAP / "prefill-proper"), "--no-cache",
+                   "--html", str(html)]) == 0
+    assert html.exists() and "bokeh" in html.read_text().lower()
+    capsys.readouterr()
+    assert replay(["diff", str(CAP / "prefill-improper"), str(tmp_path / "missing.json"), "--no-cache"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.json" in err[0]
+    assert replay(["diff", str(CAP / "prefill-improper"), str(CAP / "prefill-proper"), "--fail-if-slower", "-1"]) == 2
