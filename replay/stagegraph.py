@@ -9,7 +9,7 @@ L3:ATTN(0), see replay/data/stages.toml), and the rest is inferred; `assumptions
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from tracegen.plan import Plan
 from .analysis import Analysis
 from .compare import StageRules, label_stages, refuse_training
 from .hostview import host_view
-from .intervals import union
+from .intervals import coverage, length, union
 from .generated import target
 
 Key = tuple[int, int, str]
@@ -117,16 +117,18 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
     launch = ev[ev["launch"] & (ev["correlation"] >= 0)]
     lend = dict(zip(launch["correlation"], launch["start_us"] + launch["dur_us"]))
     launch_us = float(np.median(launch["dur_us"])) if len(launch) else 5.0
-    assumptions.append(f"CPU launch cost {launch_us:.2f} us per kernel: the median launch call"
-                       if len(launch) else "CPU launch cost 5 us per kernel: the trace has no launch calls")
+    assumptions.append("CPU time per stage as observed (from the previous stage's last launch to its own, less "
+                       "the waits the scheduler models itself)" if len(launch) else
+                       "CPU launch cost 5 us per kernel: the trace has no launch calls")
     lo, hi = float(ev["start_us"].min()), float((ev["start_us"] + ev["dur_us"]).max())
     hv = host_view(ev[ev["device"] == "cpu"], ev[ev["device"] == "gpu"], lo, hi)     # what analyze measures
     b0, b1 = union(*(np.concatenate(x) for x in zip(hv.blocked("sync"), hv.blocked("dispatch"))))
-    stages, first_launch = {}, {}
+    stages, first_launch, last_launch = {}, {}, {}
     for (layer, mb, st), part in g.groupby(["layer", "microbatch", "cstage"], sort=True):
         part = part.sort_values("start_us")
         s0, e0 = part["start_us"].to_numpy(), (part["start_us"] + part["dur_us"]).to_numpy()
-        busy = float(np.sum(e0 - s0))
+        span = float(e0.max() - s0.min())      # its span on its stream: with the gaps between its kernels
+        busy = float(length(*union(s0, e0)))
         launched = [lend[c] for c in part["correlation"] if c in lend]
         t_launch = min(launched) if launched else float(s0.min())
         stream = STAGE_STREAM[st]
@@ -136,12 +138,21 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
             # hostview.py finds them) between this stage's first and last launch: it waited for the
             # counts, i.e. the stage's first kernel, before it could launch the rest
             t_last = max(launched) if launched else t_launch
-            blocked = bool(np.any((b1 > t_launch) & (b0 < t_last)))
-            if blocked and len(part) > 1:
-                lat = float(e0[0] - s0[0])
+            hit = (b1 > t_launch) & (b0 < t_last)
+            blocked = bool(np.any(hit))
+            if blocked:     # the CPU was let go when the counts came: that long after the stage began on the GPU
+                lat = float(np.clip(min(float(b1[hit].max()), t_last) - s0.min(), 0.0, e0.max() - s0.min()))
         key = (int(layer), int(mb), st)
-        stages[key] = Stage(key[0], key[1], st, stream, max(busy - lat, 0.0), lat, 0.0, blocked, 0, len(part))
+        if stream == COMM:           # the comm stage lasts its span, idle in its largest gap (a count wait)
+            gap = _largest_gap(s0, e0)
+            work = max(span - lat, 0.0)
+        else:                        # compute: its busy time, then idle for the gaps between its kernels
+            gap = {"gap_us": span - busy} if span > busy else {}
+            work = busy
+        stages[key] = Stage(key[0], key[1], st, stream, work, lat, 0.0, blocked, 0, len(part), **gap)
         first_launch[key] = t_launch
+        last_launch[key] = max(launched) if launched else t_launch
+    stages = _with_cpu_time(stages, first_launch, last_launch, (b0, b1))
     phase = "decode" if any(k[2] in ("ATTN-0", "ATTN-1") for k in stages) else "prefill"
     n_mb = max((k[1] for k in stages), default=0) + 1
     blocking = any(s.blocking for s in stages.values())
@@ -155,6 +166,37 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
     ]
     plan = Plan(phase=phase, batch=1, seq_len=1, microbatches=n_mb, comm=comm)
     return StageGraph(stages, first_launch, launch_us, [1.0], 1, load_model(None), hw, plan, assumptions, [rank])
+
+
+def _largest_gap(s0: np.ndarray, e0: np.ndarray) -> dict[str, float]:
+    """The longest stretch between a stage's kernels (sorted by start) with none of them running, from
+    the stage's start: a blocking dispatch's wait for its counts leaves the stream idle there."""
+    if len(s0) < 2:
+        return {}
+    run = np.maximum.accumulate(e0)[:-1]
+    g = s0[1:] - run
+    i = int(np.argmax(g))
+    return {"gap_at_us": float(run[i] - s0[0]), "gap_us": float(max(g[i], 0.0))} if g[i] > 0 else {}
+
+
+def _with_cpu_time(stages: dict, first: dict, last: dict, waits: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Each stage with the CPU time it took to launch, as observed: in launch order, from the previous
+    stage's last launch to its own last launch (the first stage: its own launches), less the time the
+    CPU spent in dispatch waits meanwhile (the scheduler models those: a blocking dispatch)."""
+    w0, w1 = waits
+    F = coverage(*union(w0, w1)) if len(w0) else (lambda t: np.zeros_like(np.asarray(t, dtype=float)))
+    order = sorted(stages, key=lambda k: (first[k], k))
+    out, prev = {}, None
+    for k in order:
+        start = first[k] if prev is None else last[prev]
+        end = max(last[k], start)
+        waited = float(F(np.array([end]))[0] - F(np.array([start]))[0])
+        first_at = min(max(first[k], start), end)
+        waited_first = float(F(np.array([first_at]))[0] - F(np.array([start]))[0])
+        cpu = max(end - start - waited, 0.0)
+        out[k] = replace(stages[k], cpu_us=cpu, cpu_first_us=min(max(first_at - start - waited_first, 0.0), cpu))
+        prev = k
+    return out
 
 
 __all__ = ["StageGraph", "stage_graph"]

@@ -138,3 +138,27 @@ def test_h100_capture_compare_and_whatif(tmp_path, capsys):
     seen = analyze(OBS / "layers-proper.json.gz", taxonomy=tax, use_cache=False).ranks[0]["span_us"]
     assert out["ranks"][0]["span_us"] == pytest.approx(seen, rel=0.05)
     assert out["ranks"][0]["span_us"] < out["ranks"][0]["observed_span_us"]
+
+
+REAL_WHATIF = [(f"deepep-h100x4/{run}", r, None) for run in ("prefill-improper", "prefill-proper", "prefill-nosync",
+                                                             "prefill-skew", "prefill-late", "decode-proper")
+               for r in (0, 3)] + [(f"h100/{f}.json.gz", None, "h100/taxonomy.toml")
+                                   for f in ("layers-improper", "layers-proper")]
+
+
+@pytest.mark.parametrize("path,rank,tax", REAL_WHATIF, ids=lambda x: str(x))
+def test_whatif_with_no_change_reproduces_the_observed_run(path, rank, tax):
+    """Re-timed with no change, every real capture's step span is reproduced within 5 % (the CPU's
+    observed time per stage, its observed waits, the gaps between its kernels: stagegraph.py); on the
+    single-GPU captures the hidden share of communication within 2 points."""
+    from replay.analyze import analyze_one_step
+    from replay.whatif import Change, run
+    obs = Path(__file__).resolve().parents[1] / "traces" / "observed"
+    a, _ = analyze_one_step(obs / path, None, rank=rank, use_cache=False, progress=False,
+                            taxonomy=str(obs / tax) if tax else None)
+    res = run(str(obs / path), str(Path("/tmp") / "whatif-nochange.json"), a, load_stage_rules(), Change(), None)
+    (row,) = res["ranks"]
+    assert abs(row["no_change_error_pct"]) < 5.0, row
+    if tax:
+        mine = next(x for x in a.ranks if x["rank"] == row["rank"])
+        assert abs(row["hidden_comm_pct"] - mine["hidden_comm_pct"]) <= 2.5, (row, mine["hidden_comm_pct"])

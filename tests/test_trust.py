@@ -197,12 +197,13 @@ def test_whatif_prints_the_no_change_replay_error(capsys, tmp_path):
     assert replay(["whatif", str(OBS / "layers-improper.json.gz"), "--launch-order", "proper", "--taxonomy", tax,
                    "-o", str(tmp_path / "w.json"), "--json", "--no-cache"]) == 0
     (r,) = json.loads(capsys.readouterr().out)["ranks"]
-    # the capture re-timed as it ran: ~5.6 % short of the real span, and the report says so
-    assert -8.0 < r["no_change_error_pct"] < -3.0
+    # the capture re-timed as it ran reproduces its span (the CPU's observed time per stage, its observed
+    # waits and the gaps between its kernels: stagegraph.py), and the report still prints the error
+    assert abs(r["no_change_error_pct"]) < 5.0
     assert r["no_change_span_us"] > r["span_us"]          # the change itself still helps
     assert replay(["whatif", str(OBS / "layers-improper.json.gz"), "--launch-order", "proper", "--taxonomy", tax,
                    "-o", str(tmp_path / "w.json"), "--no-cache"]) == 0
-    assert "read the change's effect against 'no change'" in capsys.readouterr().out
+    assert "replay err: the trace re-timed with no change against the trace itself" in capsys.readouterr().out
     # a generated trace replays exactly
     assert replay(["whatif", str(GOLDEN / "h800-prefill-improper.json.gz"), "--launch-order", "proper", "-o",
                    str(tmp_path / "g.json"), "--json", "--no-cache"]) == 0

@@ -81,7 +81,9 @@ def unroll(graph: OpGraph, order: Order | None) -> list[tuple[int, int, str]]:
             seq += in_program_order(layer)
     if order is not None and moe:
         if plan.microbatches != 2:
-            raise UserError(f"launch orders interleave 2 micro-batches; got --microbatches {plan.microbatches}")
+            raise UserError(f"a launch order interleaves 2 micro-batches; the plan has {plan.microbatches} "
+                            "(tracegen: set --microbatches 2; replay whatif: the observed stages carry "
+                            f"{plan.microbatches} micro-batch label(s), so --launch-order does not apply)")
         if order.phase != plan.phase:
             raise UserError(f"order {order.name} is for {order.phase}, the plan is {plan.phase}")
         known = set(graph.layer_stages(moe[0]))

@@ -41,6 +41,13 @@ class Stage:
     deps: tuple[tuple[int, int, str], ...] = ()
     vector_us: float = 0.0          # compute: the part in elementwise kernels (vector units)
     hot_us: float = 0.0             # compute: the part in compute-bound kernels (power.py: they set the draw)
+    cpu_us: float | None = None     # the CPU's time to launch it, where observed (replay whatif); else
+                                    # kernels x the hardware's launch cost
+    cpu_first_us: float | None = None   # of which before its first kernel is launched: the GPU may start it
+                                        # then (observed; else only once all its kernels are launched)
+    gap_at_us: float = 0.0          # observed: a stretch inside the stage with nothing running on its stream
+    gap_us: float = 0.0             # (comm: the CPU waiting for counts between notify and dispatch, from the
+                                    # stage's start; compute: the gaps between its kernels, at its end)
 
     @property
     def key(self) -> tuple[int, int, str]:

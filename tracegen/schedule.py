@@ -114,6 +114,7 @@ class _Rank:
         self.t_last = 0.0
         self.comm_sms = 0
         self.blocked_spans: list[tuple[float, float]] = []
+        self.launch_end: dict[Key, float] = {}   # when the CPU finished launching a stage's kernels
 
 
 def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float | None = None,
@@ -168,13 +169,14 @@ def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float 
                 consider(max(starts) + st.latency_us + hw.backend(plan.comm).cpu_block_us, "unblock")
         elif rk.cpu_pos < n:
             st = stages[order[rk.cpu_pos]]
-            consider(rk.cpu_t + st.kernels * launch, "launch")
+            consider(rk.cpu_t + (st.cpu_us if st.cpu_us is not None else st.kernels * launch), "launch")
         # streams
         for stream in (COMPUTE, COMM):
             cur = rk.running[stream]
             if cur is not None:
-                if stream == COMPUTE:
-                    consider(rk.t_last + rk.work_left / rk.rate, "cend")
+                if stream == COMPUTE:       # never before its last kernel was launched
+                    consider(max(rk.t_last + rk.work_left / rk.rate + stages[cur].gap_us,
+                                 rk.launch_end.get(cur, 0.0)), "cend")
                 elif cur in group_end:
                     consider(group_end[cur], "mend")
                 continue
@@ -221,8 +223,10 @@ def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float 
             key = order[rk.cpu_pos]
             st = stages[key]
             out.append(Interval(r, "cpu", f"launch {st.name}", rk.cpu_t, t, key, "launch"))
-            rk.launched[key] = t
-            sched.launched[(r, key)] = t
+            first = rk.cpu_t + st.cpu_first_us if st.cpu_first_us is not None else t
+            rk.launched[key] = first               # the GPU may start it from its first kernel's launch
+            sched.launched[(r, key)] = first
+            rk.launch_end[key] = t
             rk.queues[st.stream].append(key)
             rk.cpu_t = t
             rk.cpu_pos += 1
@@ -245,7 +249,9 @@ def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float 
         elif what == "cend":
             key = rk.running[COMPUTE]
             ended[(r, key)] = t
-            out.append(Interval(r, COMPUTE, key[2], started[(r, key)], t, key, COMPUTE))
+            gap = stages[key].gap_us         # observed: the stage's kernels leave the stream idle this long
+            busy_end = t - gap if 0 < gap < t - started[(r, key)] else t
+            out.append(Interval(r, COMPUTE, key[2], started[(r, key)], busy_end, key, COMPUTE))
             rk.running[COMPUTE] = None
             rk.qpos[COMPUTE] += 1
             rk.free[COMPUTE] = t
@@ -260,14 +266,19 @@ def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float 
             starts = group_starts.setdefault(key, [])
             starts.append(t)
             if len(starts) == ranks:
-                group_end[key] = max(starts) + st.latency_us + st.post_us + max(work(q, st) for q in range(ranks))
+                group_end[key] = max(max(starts) + st.latency_us + st.post_us + max(work(q, st) for q in range(ranks)),
+                                     max(R[q].launch_end.get(key, 0.0) for q in range(ranks)))
                 touched = R
         elif what == "mend":
             key = rk.running[COMM]
             st = stages[key]
             ended[(r, key)] = t
             s0 = started[(r, key)]
-            out.append(Interval(r, COMM, key[2], s0, t, key, COMM))
+            if 0 < st.gap_us and s0 + st.gap_at_us + st.gap_us < t:   # an observed idle stretch inside it
+                out.append(Interval(r, COMM, key[2], s0, s0 + st.gap_at_us, key, COMM))
+                out.append(Interval(r, COMM, key[2], s0 + st.gap_at_us + st.gap_us, t, key, COMM))
+            else:
+                out.append(Interval(r, COMM, key[2], s0, t, key, COMM))
             if st.post_us:
                 out.append(Interval(r, "proxy", f"post {key[2]}", s0, s0 + st.post_us, key, "post"))
             if st.holds_sms:
