@@ -45,24 +45,21 @@ def load_stage_rules(user_file: str | None = None) -> StageRules:
 
 
 def canonical_stage(label: str, rules: StageRules) -> str | None:
-    """tracegen's stage name for an observed label such as 'attn(F)' or 'ATTN(0)'."""
-    base = label.split("(")[0].strip()
-    if base.upper() in STAGE_STREAM:
-        return base.upper()
-    for rx, stage in rules.annotation:
-        if rx.fullmatch(base):
-            return stage
-    return None
+    """tracegen's stage name for an observed label such as 'attn(F)' or 'ATTN(0)' (whole label)."""
+    return _match(label.split("(")[0].strip(), rules, whole=True)
 
 
 def stage_of(label: str, rules: StageRules | None = None) -> str | None:
     """Tracegen's stage for free text (a module or op name): the first annotation rule found anywhere
     in it (canonical_stage matches whole labels)."""
-    rules = rules or load_stage_rules()
-    if label.upper() in STAGE_STREAM:
-        return label.upper()
+    return _match(label, rules or load_stage_rules(), whole=False)
+
+
+def _match(text: str, rules: StageRules, whole: bool) -> str | None:
+    if text.upper() in STAGE_STREAM:
+        return text.upper()
     for rx, stage in rules.annotation:
-        if rx.search(label):
+        if (rx.fullmatch(text) if whole else rx.search(text)):
             return stage
     return None
 

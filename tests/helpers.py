@@ -30,4 +30,30 @@ def slices(trace: dict[str, Any]) -> list[dict[str, Any]]:
     return [e for e in trace["traceEvents"] if e.get("ph") == "X"]
 
 
-__all__ = ["make_schedule", "read_trace", "slices", "replace"]
+def merged(iv) -> list[list[float]]:
+    """Intervals merged by plain loops (tests compute truths without the code under test)."""
+    out: list[list[float]] = []
+    for a, b in sorted(iv):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+def overlap(a, b) -> float:
+    """Length of the intersection of two merged interval lists (two pointers)."""
+    i = j = 0
+    total = 0.0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if hi > lo:
+            total += hi - lo
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+__all__ = ["make_schedule", "read_trace", "slices", "replace", "merged", "overlap"]

@@ -14,6 +14,8 @@ import pytest
 from replay.analyze import analyze
 from tracegen.base.contract import OBSERVED_IDLE_CAUSES, UNEXPLAINED
 
+from .helpers import merged, overlap
+
 ROOT = Path(__file__).resolve().parents[1]
 H200 = ROOT / "traces" / "observed" / "h200"
 CAPTURE = json.loads((H200 / "capture.json").read_text())
@@ -35,31 +37,6 @@ def result(name: str):
 
 def run_of(name: str) -> dict:
     return next(r for r in CAPTURE["runs"] if r["file"] == name)
-
-
-def merged(iv):
-    out = []
-    for a, b in sorted(iv):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return out
-
-
-def overlap(a, b) -> float:
-    """Length of the intersection of two merged interval lists (two pointers)."""
-    i = j = 0
-    total = 0.0
-    while i < len(a) and j < len(b):
-        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if hi > lo:
-            total += hi - lo
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return total
 
 
 def idle_gaps(name: str) -> list[list[float]]:

@@ -13,6 +13,8 @@ import pytest
 
 from replay.analyze import analyze
 from tracegen.base.errors import UserError
+
+from .helpers import merged
 from replay.peers import MORE_COMPUTE, STEP_LATE
 
 CAP = Path(__file__).resolve().parents[1] / "traces" / "observed" / "deepep-h100x4"
@@ -32,16 +34,6 @@ def result(run: str):
 
 def kernels(run: str, rank: int) -> list[dict]:
     return sorted((e for e in raw(run, rank) if e.get("cat") == "kernel"), key=lambda e: e["ts"])
-
-
-def merged(iv: list[tuple[float, float]]) -> list[list[float]]:
-    out: list[list[float]] = []
-    for a, b in sorted(iv):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return out
 
 
 def minus(iv: list[list[float]], cut: list[list[float]]) -> float:
