@@ -162,7 +162,8 @@ def _header(buf: Any, path: Path) -> tuple[str, int, dict[str, Any]]:
     """Where the events start ('object' form: after "traceEvents": [, or 'array' form), and the
     metadata written before them."""
     head_len = min(len(buf), 64 << 20)
-    start = buf[:64].lstrip()
+    bom = 3 if buf[:3] == b"\xef\xbb\xbf" else 0          # a UTF-8 byte-order mark, as some editors write
+    start = buf[bom:bom + 64].lstrip()
     if start[:1] == b"[":
         return "array", buf.find(b"[") + 1, {}
     if start[:1] != b"{":
@@ -172,7 +173,7 @@ def _header(buf: Any, path: Path) -> tuple[str, int, dict[str, Any]]:
         bracket = _BRACKET.match(buf, k + len(_KEY))
         if bracket:
             meta: dict[str, Any] = {}
-            head = buf[:k].rstrip()
+            head = buf[bom:k].rstrip()
             try:
                 h = _decode_head(head + (b'"_":0}' if head.endswith((b"{", b",")) else b',"_":0}'))
                 meta.update({k2: v for k2, v in msgspec.structs.asdict(h).items() if v is not None})

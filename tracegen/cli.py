@@ -18,7 +18,7 @@ from .catalog import (
 )
 from .plan import COMM_BACKENDS, Plan
 from .preset import PRESETS, Preset, load_preset
-from .resolve import HARDWARE_WHATIFS, PLAN_FIELDS, resolve_plan, resolve_target
+from .resolve import HARDWARE_WHATIFS, PLAN_FIELDS, resolve_plan, resolve_target, whole_experts
 from .routing import ROUTINGS
 from .schemas import tag
 
@@ -133,9 +133,9 @@ def resolve_args(args: argparse.Namespace) -> tuple[Model, Hardware, Preset, Pla
         preset = replace(preset, decode_mla_form=args.mla_form)
     if getattr(args, "clock", "limit") == "boost":
         preset = replace(preset, power_limit=False)
-    plan = resolve_plan(args.phase, model, hw, preset, tokens=getattr(args, "tokens", None),
-                        balancedness=getattr(args, "balancedness", None),
-                        **{k: getattr(args, k, None) for k in PLAN_FIELDS})
+    plan = whole_experts(resolve_plan(args.phase, model, hw, preset, tokens=getattr(args, "tokens", None),
+                                      balancedness=getattr(args, "balancedness", None),
+                                      **{k: getattr(args, k, None) for k in PLAN_FIELDS}), model)
     release = hw.backend(plan.comm).pick(plan.comm_release) if preset.comm_figures == "published" else None
     held = release.held(plan.ep_size) if release is not None else []
     if held:
@@ -333,7 +333,8 @@ def cmd_roofline(args: argparse.Namespace) -> int:
     print(f"  tokens per expert >=    {r.min_tokens_per_expert:8.1f}  (~{r.tokens_per_expert_rounded})")
     print(f"  global batch >=         {r.global_batch_min:8d}  tokens per step "
           f"({model.routed_experts} experts / top-{model.activated_experts})")
-    print(f"  EP >=                   {r.min_ep:8d}  with at most {r.local_batch_max} tokens per GPU")
+    print(f"  EP >=                   {r.min_ep_needed:8d}  with at most {r.local_batch_max} tokens per GPU"
+          + (f" (the source's table rounds down: {r.min_ep})" if r.min_ep != r.min_ep_needed else ""))
     return 0
 
 

@@ -68,8 +68,20 @@ def resolve_plan(phase: str, model: Model, hw: Hardware, preset: Preset, tokens:
     if tokens is not None:
         if phase != "prefill":
             raise UserError("--tokens is for prefill; use --batch for decode")
+        if not (math.isfinite(tokens) and tokens > 0):
+            raise UserError(f"--tokens is prompt tokens per GPU per step, a positive number, got {tokens:g}")
         kw["batch"] = tokens * kw.get("tp", 1) / kw.get("seq_len", 4096)
     return validate(Plan(phase=phase, **kw), model, hw)
 
 
-__all__ = ["resolve_target", "resolve_plan", "default_backend", "PLAN_FIELDS", "HARDWARE_WHATIFS"]
+def whole_experts(plan: Plan, model: Model) -> Plan:
+    """A plan a user typed must give every GPU whole experts (a pool in `deploy` may average them)."""
+    experts = model.routed_experts + plan.redundant_experts
+    if experts % plan.ep_size:
+        raise UserError(f"EP{plan.ep_size} splits {experts} experts ({model.routed_experts} routed + "
+                        f"{plan.redundant_experts} redundant) into {experts / plan.ep_size:.2f} per GPU: choose an "
+                        f"EP size that divides them (or --redundant-experts to make it so)")
+    return plan
+
+
+__all__ = ["resolve_target", "resolve_plan", "whole_experts", "default_backend", "PLAN_FIELDS", "HARDWARE_WHATIFS"]

@@ -19,7 +19,8 @@ class MoeRoofline:
     tokens_per_expert_rounded: int  # rounded up to the next ten, as the lecture does
     global_batch_min: int           # tokens per step so every expert sees that many
     local_batch_max: int            # decode batch per GPU that keeps latency acceptable
-    min_ep: int                     # GPUs needed: global batch / local batch
+    min_ep: int                     # global batch / local batch rounded down, as the source's table prints it
+    min_ep_needed: int              # the same rounded up: the GPUs it really takes (H20: 1,280 / 30 -> 43, not 42)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -33,4 +34,4 @@ def moe_roofline(hw: Hardware, model: Model, local_batch_max: int = 30) -> MoeRo
     m_round = int(math.ceil(m_min / 10) * 10)
     global_min = m_round * model.routed_experts // model.activated_experts
     return MoeRoofline(hw.name, hw.q8_tflops, hw.q8_format, hbm_tbps, ridge, m_min, m_round, global_min,
-                       local_batch_max, global_min // local_batch_max)
+                       local_batch_max, global_min // local_batch_max, -(-global_min // local_batch_max))

@@ -164,7 +164,8 @@ class Roofline(_S):
     tokens_per_expert_rounded: int
     global_batch_min: int
     local_batch_max: int
-    min_ep: int
+    min_ep: int                     # rounded down, as the source's table prints it
+    min_ep_needed: int              # rounded up: what the batch really needs
 
 
 class Percentiles(_S):

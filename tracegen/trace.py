@@ -139,7 +139,7 @@ def build_events(sched: Schedule, meta: dict[str, Any]) -> dict[str, Any]:
         for t, comp, comm in _sm_counters(sched, by_rank.get(r, [])):
             ev.append({"ph": "C", "name": C.COUNTER_SMS, "pid": r, "tid": 0, "ts": _r(t),
                        "args": {"compute": comp, "comm": comm}})
-    return {"traceEvents": ev, "displayTimeUnit": "ns", "otherData": meta}
+    return {"traceEvents": ev, "displayTimeUnit": "ms", "otherData": meta}   # ts stay microseconds (the format)
 
 
 def metadata(sched: Schedule, extra: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,14 @@ from .errors import run_cli
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Examples kept as written; a default appended to an option's help only where it says something:
+    not for None / False (nothing set) and not where the help already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_ = action.help or ""
+        if "default" in help_ or action.default in (None, False, argparse.SUPPRESS) or action.option_strings == []:
+            return help_
+        return super()._get_help_string(action)
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,11 +55,27 @@ def _native(x: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
+def clean(x: Any) -> Any:
+    """A value as JSON should carry it: floats to 12 significant digits (1.0000000000000002 is 1.0,
+    float32 noise from a query goes), NaN and infinities (which JSON has no words for) as null."""
+    if isinstance(x, float) or (hasattr(x, "dtype") and getattr(x, "shape", None) == () and x.dtype.kind == "f"):
+        v = float(x)
+        return float(f"{v:.12g}") if math.isfinite(v) else None
+    if isinstance(x, dict):
+        return {k: clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [clean(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
+        return clean(x.tolist())
+    return x
+
+
 def print_json(obj: Any, schema: str | None = None) -> None:
-    """--json output: one indented JSON document on stdout; `schema` ("<name>/<version>") leads it."""
+    """--json output: one indented JSON document on stdout; `schema` ("<name>/<version>") leads it;
+    floats cleaned (clean)."""
     if schema is not None:
         obj = {"schema": schema, **obj}
-    json.dump(obj, sys.stdout, indent=2, default=_native)
+    json.dump(clean(obj), sys.stdout, indent=2, default=_native, allow_nan=False)
     sys.stdout.write("\n")
 
 
