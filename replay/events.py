@@ -102,7 +102,7 @@ def _long(e: Event) -> bool:
     """A skipped-category span to keep: long enough (KEEP_CPU_SPAN_US), or an nn.Module range."""
     d = e.dur
     return (isinstance(d, (int, float)) and d >= KEEP_CPU_SPAN_US) or (
-        isinstance(e.name, str) and e.name.startswith(MODULE_PREFIX))
+        e.cat == "python_function" and isinstance(e.name, str) and e.name.startswith(MODULE_PREFIX))
 
 
 def _int(x: Any) -> int:

@@ -36,13 +36,43 @@ def _minus(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], l
     return intersection(a, gaps(*b, min(lo, float(a[0][0])), max(hi, float(a[1][-1]))))
 
 
+class _Spans:
+    """Host spans as arrays (start-sorted): which hold a time, and their names."""
+
+    def __init__(self, df: pd.DataFrame):
+        self.st = df["start_us"].to_numpy(dtype=float)
+        self.en = self.st + df["dur_us"].to_numpy(dtype=float)
+        self.names = text(df["name"]) if len(df) else np.zeros(0, dtype=object)
+
+    def holder(self, t: float, outermost: bool) -> str:
+        hold = np.flatnonzero((self.st <= t) & (self.en >= t))
+        if not len(hold):
+            return ""
+        return str(self.names[hold[0] if outermost else hold[-1]])    # sorted by start: first = outermost
+
+    def before(self, t: float) -> str:
+        """The name of the span that ended last at or before t."""
+        idx = np.flatnonzero(self.en <= t + 1e-6)
+        return str(self.names[idx[np.argmax(self.en[idx])]]) if len(idx) else ""
+
+    def after(self, t: float) -> str:
+        """The name of the first span starting at or after t."""
+        j = np.searchsorted(self.st, t - 1e-6, side="left")
+        return str(self.names[j]) if j < len(self.st) else ""
+
+
+_EMPTY = pd.DataFrame({"start_us": [], "dur_us": [], "name": []})
+
+
 @dataclass
 class HostView:
     """The launching thread's waits and outside-op work on one rank (empty: no launching thread)."""
     thread: str = ""
     groups: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    spans: pd.DataFrame = field(default_factory=pd.DataFrame)     # the thread's host spans, by start
-    ops: pd.DataFrame = field(default_factory=pd.DataFrame)       # its outermost framework ops, by start
+    sync: _Spans = field(default_factory=lambda: _Spans(_EMPTY))        # spans that wait, all of them
+    dispatch: _Spans = field(default_factory=lambda: _Spans(_EMPTY))    # dispatch waits (span or quiet)
+    ranges: _Spans = field(default_factory=lambda: _Spans(_EMPTY))      # host spans other than framework ops
+    ops: _Spans = field(default_factory=lambda: _Spans(_EMPTY))         # the outermost framework ops
     after: list[tuple[float, float, str]] = field(default_factory=list)   # host-wait stretches, kernel waited on
     ops_known: bool = False
 
@@ -53,11 +83,9 @@ class HostView:
         """What the thread sat in during [t0, t1) (a stretch of `group`)."""
         mid = (t0 + t1) / 2
         if group == "sync":
-            return self._holder_name(self.spans[self.spans["blocking"].to_numpy()], mid, outermost=True) or "a sync"
+            return self.sync.holder(mid, outermost=True) or "a sync"
         if group == "dispatch":
-            w = self.spans[(self.spans["blocking"] | self.spans["quiet_wait"]).to_numpy()
-                           & (text(self.spans["wait_group"]) == "dispatch")]
-            got = self._holder_name(w, mid, outermost=False)
+            got = self.dispatch.holder(mid, outermost=False)
             if got:
                 return got
             k = next((n for a, b, n in self.after if a <= mid <= b), "")
@@ -65,41 +93,11 @@ class HostView:
         if group == "host":
             if not self.ops_known:
                 return NO_RUNTIME
-            before, after = self._op_before(t0), self._op_after(t1)
-            where = self._holder_name(self.spans[text(self.spans["cat"]) != FRAMEWORK_OP], mid, outermost=False)
+            before, after = self.ops.before(t0), self.ops.after(t1)
+            where = self.ranges.holder(mid, outermost=False)
             return ("host work outside ops" + (f" after {before}" if before else "") +
                     (f", before {after}" if after else "") + (f", inside {where}" if where else ""))
-        return self._holder_name(self.spans[text(self.spans["cat"]) == FRAMEWORK_OP], mid, outermost=True) or ""
-
-    def in_op(self, t: np.ndarray) -> np.ndarray:
-        """The outermost framework op holding each time ("" where none)."""
-        return np.array([self._holder_name(self.ops, x, outermost=True) or "" for x in t], dtype=object)
-
-    def _op_before(self, t: float) -> str:
-        if self.ops.empty:
-            return ""
-        en = (self.ops["start_us"] + self.ops["dur_us"]).to_numpy()
-        idx = np.flatnonzero(en <= t + 1e-6)
-        return str(self.ops["name"].iloc[idx[np.argmax(en[idx])]]) if len(idx) else ""
-
-    def _op_after(self, t: float) -> str:
-        if self.ops.empty:
-            return ""
-        st = self.ops["start_us"].to_numpy()
-        j = np.searchsorted(st, t - 1e-6, side="left")
-        return str(self.ops["name"].iloc[j]) if j < len(st) else ""
-
-    @staticmethod
-    def _holder_name(spans: pd.DataFrame, t: float, outermost: bool) -> str:
-        if spans.empty:
-            return ""
-        st = spans["start_us"].to_numpy()
-        en = st + spans["dur_us"].to_numpy()
-        hold = np.flatnonzero((st <= t) & (en >= t))
-        if not len(hold):
-            return ""
-        pick = hold[0] if outermost else hold[-1]          # spans sorted by start: first = outermost
-        return str(spans["name"].iloc[pick])
+        return self.ops.holder(mid, outermost=True)
 
 
 def host_view(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float) -> HostView:
@@ -135,8 +133,11 @@ def host_view(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float) -> Hos
     dispatch = _minus(dispatch, sync, lo, hi)
     host = _minus(_minus(outside, sync, lo, hi), dispatch, lo, hi)
     spans = th[~is_rt | blocking]
-    return HostView(tid, {"sync": sync, "dispatch": dispatch, "host": host}, spans,
-                    th[is_op], after, ops_known)
+    sp_group, sp_block, sp_quiet = text(spans["wait_group"]), spans["blocking"].to_numpy(), spans["quiet_wait"].to_numpy()
+    sp_op = (spans["cat"] == FRAMEWORK_OP).to_numpy()
+    return HostView(tid, {"sync": sync, "dispatch": dispatch, "host": host}, _Spans(spans[sp_block]),
+                    _Spans(spans[(sp_block | sp_quiet) & (sp_group == "dispatch")]), _Spans(spans[~sp_op]),
+                    _Spans(th[is_op]), after, ops_known)
 
 
 def _waits_after_launch(th: pd.DataFrame, gpu: pd.DataFrame, quiet: tuple[np.ndarray, np.ndarray]
