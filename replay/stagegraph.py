@@ -143,13 +143,12 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
             if blocked:     # the CPU was let go when the counts came: that long after the stage began on the GPU
                 lat = float(np.clip(min(float(b1[hit].max()), t_last) - s0.min(), 0.0, e0.max() - s0.min()))
         key = (int(layer), int(mb), st)
-        if stream == COMM:           # the comm stage lasts its span, idle in its largest gap (a count wait)
-            gap = _largest_gap(s0, e0)
-            work = max(span - lat, 0.0)
-        else:                        # compute: its busy time, then idle for the gaps between its kernels
-            gap = {"gap_us": span - busy} if span > busy else {}
-            work = busy
-        stages[key] = Stage(key[0], key[1], st, stream, work, lat, 0.0, blocked, 0, len(part), **gap)
+        if stream == COMM:           # the comm stage lasts its span (its latency: until the CPU was let go)
+            work, extra = max(span - lat, 0.0), {}
+        else:                        # compute: its busy time, plus the gaps between its kernels
+            work, extra = busy, ({"gap_us": span - busy} if span > busy else {})
+        stages[key] = Stage(key[0], key[1], st, stream, work, lat, 0.0, blocked, 0, len(part),
+                            segments=_segments(s0, e0), **extra)
         first_launch[key] = t_launch
         last_launch[key] = max(launched) if launched else t_launch
     stages = _with_cpu_time(stages, first_launch, last_launch, (b0, b1))
@@ -168,15 +167,19 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
     return StageGraph(stages, first_launch, launch_us, [1.0], 1, load_model(None), hw, plan, assumptions, [rank])
 
 
-def _largest_gap(s0: np.ndarray, e0: np.ndarray) -> dict[str, float]:
-    """The longest stretch between a stage's kernels (sorted by start) with none of them running, from
-    the stage's start: a blocking dispatch's wait for its counts leaves the stream idle there."""
-    if len(s0) < 2:
-        return {}
-    run = np.maximum.accumulate(e0)[:-1]
-    g = s0[1:] - run
-    i = int(np.argmax(g))
-    return {"gap_at_us": float(run[i] - s0[0]), "gap_us": float(max(g[i], 0.0))} if g[i] > 0 else {}
+def _segments(s0: np.ndarray, e0: np.ndarray, most: int = 64) -> tuple[tuple[float, float], ...]:
+    """Where a stage's kernels ran, as shares (0-1) of its span; at most `most` pieces (the shortest
+    gaps closed first), so that a re-timed trace draws the stage's busy and idle stretches as they were."""
+    u0, u1 = union(s0, e0)
+    lo, span = float(u0[0]), float(u1[-1] - u0[0])
+    if span <= 0 or len(u0) < 2:
+        return ()
+    while len(u0) > most:
+        g = u0[1:] - u1[:-1]
+        i = int(np.argmin(g))
+        u1 = np.delete(u1, i)
+        u0 = np.delete(u0, i + 1)
+    return tuple((float((a - lo) / span), float((b - lo) / span)) for a, b in zip(u0, u1))
 
 
 def _with_cpu_time(stages: dict, first: dict, last: dict, waits: tuple[np.ndarray, np.ndarray]) -> dict:

@@ -45,9 +45,9 @@ class Stage:
                                     # kernels x the hardware's launch cost
     cpu_first_us: float | None = None   # of which before its first kernel is launched: the GPU may start it
                                         # then (observed; else only once all its kernels are launched)
-    gap_at_us: float = 0.0          # observed: a stretch inside the stage with nothing running on its stream
-    gap_us: float = 0.0             # (comm: the CPU waiting for counts between notify and dispatch, from the
-                                    # stage's start; compute: the gaps between its kernels, at its end)
+    gap_us: float = 0.0             # compute, observed: the gaps between its kernels (it lasts work + gap)
+    segments: tuple[tuple[float, float], ...] = ()   # observed: where its kernels ran, as shares of its span
+                                                     # (0-1): the trace draws it so, stretched to its duration
 
     @property
     def key(self) -> tuple[int, int, str]:

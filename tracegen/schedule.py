@@ -249,9 +249,7 @@ def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float 
         elif what == "cend":
             key = rk.running[COMPUTE]
             ended[(r, key)] = t
-            gap = stages[key].gap_us         # observed: the stage's kernels leave the stream idle this long
-            busy_end = t - gap if 0 < gap < t - started[(r, key)] else t
-            out.append(Interval(r, COMPUTE, key[2], started[(r, key)], busy_end, key, COMPUTE))
+            out += _drawn(r, COMPUTE, stages[key], started[(r, key)], t)
             rk.running[COMPUTE] = None
             rk.qpos[COMPUTE] += 1
             rk.free[COMPUTE] = t
@@ -274,11 +272,7 @@ def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float 
             st = stages[key]
             ended[(r, key)] = t
             s0 = started[(r, key)]
-            if 0 < st.gap_us and s0 + st.gap_at_us + st.gap_us < t:   # an observed idle stretch inside it
-                out.append(Interval(r, COMM, key[2], s0, s0 + st.gap_at_us, key, COMM))
-                out.append(Interval(r, COMM, key[2], s0 + st.gap_at_us + st.gap_us, t, key, COMM))
-            else:
-                out.append(Interval(r, COMM, key[2], s0, t, key, COMM))
+            out += _drawn(r, COMM, st, s0, t)
             if st.post_us:
                 out.append(Interval(r, "proxy", f"post {key[2]}", s0, s0 + st.post_us, key, "post"))
             if st.holds_sms:
@@ -296,6 +290,15 @@ def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float 
     sched.blocked = [rk.blocked_spans for rk in R]
     sched.idle = [x for r in range(ranks) for x in _idle_causes(sched, r)]
     return sched
+
+
+def _drawn(rank: int, track: str, st: Stage, start: float, end: float) -> list[Interval]:
+    """A stage's busy intervals: its whole run, or where an observed stage's kernels ran within it
+    (Stage.segments), stretched to the run's length."""
+    if not st.segments or end <= start:
+        return [Interval(rank, track, st.name, start, end, st.key, track)]
+    span = end - start
+    return [Interval(rank, track, st.name, start + a * span, start + b * span, st.key, track) for a, b in st.segments]
 
 
 def _idle_causes(sched: Schedule, rank: int) -> list[Idle]:
