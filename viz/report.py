@@ -64,16 +64,20 @@ CATEGORICAL_MAX_BARS = 48  # beyond this many bars, layer labels no longer fit: 
 
 
 def layer_breakdown(analyses: list[tuple[str, Analysis]], layer_offsets: list[int], rank: int = 0):
-    """Per layer, side by side per trace: compute, exposed communication and idle stacked (they add up
-    to the layer's span), and the hidden communication as a narrower bar over them (it overlaps
-    compute, so stacking it would overstate the span)."""
+    """Per layer, side by side per trace: compute, exposed communication and idle stacked, and the hidden
+    communication as a narrower bar over them (it overlaps compute, so stacking it would overstate the
+    time). Idle is each compute gap charged once, to the layer of the kernel that waited: with two
+    micro-batches layers overlap in time, so span - compute would count a gap in two layers."""
     data: dict[str, list] = {k: [] for k in ("layer", "trace", *BREAKDOWN)}
+    shown_ranks: list[str] = []
     for (label, a), off in zip(analyses, layer_offsets):
         if a.layers.empty:
             continue
         ranks = set(a.layers["rank"])
-        lay = a.layers[a.layers["rank"] == (rank if rank in ranks else min(ranks))]
-        idle = np.maximum(0.0, lay["span_us"] - lay["compute_us"] - lay["exposed_comm_us"])
+        shown = rank if rank in ranks else min(ranks)
+        shown_ranks.append(f"{label}: rank {shown}")
+        lay = a.layers[a.layers["rank"] == shown]
+        idle = _layer_idle(a, shown, lay)
         data["layer"] += [int(v) + off for v in lay["layer"]]
         data["trace"] += [label] * len(lay)
         for k, col in zip(BREAKDOWN, (lay["compute_us"], lay["overlap_us"], lay["exposed_comm_us"], idle)):
@@ -81,7 +85,8 @@ def layer_breakdown(analyses: list[tuple[str, Analysis]], layer_offsets: list[in
     if not data["layer"]:
         return None
     labels = [label for label, _ in analyses]
-    title = "per layer (ms): compute + exposed communication + idle = span; narrow bar: communication hidden"
+    title = (f"per layer (ms), {'; '.join(shown_ranks)}: compute, exposed communication and the idle charged to "
+             "the layer (each gap once, to the layer whose kernel waited); narrow bar: communication hidden")
     tools = "save,reset,xpan,xwheel_zoom"
     if len(data["layer"]) <= CATEGORICAL_MAX_BARS:
         if len(labels) == 1:  # one trace: the layer alone names a bar
@@ -115,6 +120,17 @@ def layer_breakdown(analyses: list[tuple[str, Analysis]], layer_offsets: list[in
     p.legend.orientation = "horizontal"
     p.add_layout(p.legend[0], "above")
     return p
+
+
+def _layer_idle(a: Analysis, rank: int, lay: pd.DataFrame) -> np.ndarray:
+    """Per row of `lay` (rank, step, layer): the compute idle charged to that layer by the findings."""
+    f = a.finding_table
+    if f.empty:
+        return np.zeros(len(lay))
+    f = f[f["rank"] == rank]
+    per = f.groupby(["step", "layer"])["lost_us"].sum() if len(f) else pd.Series(dtype=float)
+    steps = lay["step"].to_numpy() if "step" in lay else np.full(len(lay), -1)
+    return np.array([float(per.get((int(s), int(x)), 0.0)) for s, x in zip(steps, lay["layer"])])
 
 
 def stage_errors(result: dict[str, Any]):
