@@ -133,7 +133,15 @@ def _layer_idle(a: Analysis, rank: int, lay: pd.DataFrame) -> np.ndarray:
     return np.array([float(per.get((int(s), int(x)), 0.0)) for s, x in zip(steps, lay["layer"])])
 
 
-def stage_errors(result: dict[str, Any]):
+def roles(a: Analysis, b: Analysis) -> tuple[str, str]:
+    """What the two traces of a comparison are: predicted (tracegen wrote it) and observed (a
+    profiler did), or first / second when both are of one kind."""
+    kind = lambda x: "predicted" if x.trace.generated else "observed"  # noqa: E731
+    ka, kb = kind(a), kind(b)
+    return (ka, kb) if ka != kb else (f"first ({ka})", f"second ({kb})")
+
+
+def stage_errors(result: dict[str, Any], first: str = "predicted", second: str = "observed"):
     st = result["stages"].dropna(subset=["error_pct"])
     if st.empty:
         return None
@@ -142,13 +150,13 @@ def stage_errors(result: dict[str, Any]):
                       for r, layer, mb, s in zip(st["rank"], st["layer"], st["microbatch"], st["stage"])])
     color = np.where(st["error_pct"] >= 0, "#E45756", "#4C78A8")
     p = figure(x_range=list(st["x"]), height=300, sizing_mode="stretch_width", name="errors",
-               title="per stage: (observed - predicted) / predicted, %", tools="save,reset,xpan,xwheel_zoom")
+               title=f"per stage: ({second} - {first}) / {first}, %", tools="save,reset,xpan,xwheel_zoom")
     src = ColumnDataSource({"x": st["x"], "err": st["error_pct"], "pred": st["pred_us"], "obs": st["obs_us"],
                             "color": color})
     r = p.vbar(x="x", top="err", width=0.8, color="color", source=src)
     p.add_layout(Span(location=0, dimension="width", line_color="#333333"))
     p.add_tools(HoverTool(renderers=[r], tooltips=[("stage", "@x"), ("error", "@err{+0.0}%"),
-                                                   ("predicted", "@pred{0.0} us"), ("observed", "@obs{0.0} us")]))
+                                                   (first, "@pred{0.0} us"), (second, "@obs{0.0} us")]))
     p.xaxis.major_label_orientation = 1.2
     p.xaxis.major_label_text_font_size = "8px" if len(st) > 60 else "10px"
     return p
@@ -258,10 +266,11 @@ def build(analyses: list[tuple[str, Analysis]], show_cpu: bool = False, align_la
             parts.append(lb)
         return column(*parts, sizing_mode="stretch_width")
     (lp, pred), (lo, obs) = analyses
+    first, second = roles(pred, obs)
     tp, to, layer = alignment_shift(pred, obs, align_layer, layer_offset)
-    top, _ = timeline_figure(pred.events, f"predicted: {lp}", show_cpu, findings=pred.findings,
+    top, _ = timeline_figure(pred.events, f"{first}: {lp}", show_cpu, findings=pred.findings,
                              flows=pred.trace.flows, t0=tp, name="predicted")
-    bottom, _ = timeline_figure(obs.events, f"observed: {lo}" + (f" (aligned at layer {layer})" if layer is not None
+    bottom, _ = timeline_figure(obs.events, f"{second}: {lo}" + (f" (aligned at layer {layer})" if layer is not None
                                                                   else ""),
                                 show_cpu, x_range=top.x_range, findings=obs.findings, flows=obs.trace.flows, t0=to,
                                 name="observed")
@@ -271,7 +280,7 @@ def build(analyses: list[tuple[str, Analysis]], show_cpu: bool = False, align_la
         parts.append(lb)
     try:
         result = compare(pred, obs, load_stage_rules(stages_file), layer_offset=layer_offset)
-        err = stage_errors(result)
+        err = stage_errors(result, first, second)
         if err is not None:
             parts.append(err)
     except Exception as exc:   # noqa: BLE001 - the timelines are still worth showing
