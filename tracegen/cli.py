@@ -156,6 +156,24 @@ def _ranks(n: int, hw: Any) -> str:
     return f"{n} GPUs ("
 
 
+def row_label(name: str, model: Any) -> str:
+    """An op row's name as printed: the attention rows say GQA for a model without MLA."""
+    return name.replace("MLA", "GQA") if model.attention != "mla" else name
+
+
+def memory_lines(max_batch: float, p: Any, what: str = "the figures above") -> list[str]:
+    """What fits in HBM, and a warning where the plan's batch does not."""
+    ctx = f"(context {p.seq_len}+{p.decode_len} tokens)"
+    if max_batch < 1:
+        return [f"max batch in HBM    {'none':>10}  {ctx}: the weights and one sequence's KV cache do not fit",
+                f"warning: batch {p.batch:g} per DP group cannot run here; {what} assume it could"]
+    out = [f"max batch in HBM    {max_batch:>10.0f}  {ctx}"]
+    if p.batch > max_batch:
+        out.append(f"warning: batch {p.batch:g} per DP group exceeds the {max_batch:.0f} that fit in HBM; "
+                   f"{what} assume it fits")
+    return out
+
+
 def render_estimate(est: Any) -> str:
     from .cost import comm_sms
     p, m, hw = est.plan, est.model, est.hardware
@@ -173,7 +191,7 @@ def render_estimate(est: Any) -> str:
     lines += [head, "-" * len(head)]
     for r in est.rows:
         terms = ", ".join(f"{k.removesuffix('_ms')} {v:.3f}" for k, v in r.terms.items())
-        lines.append(f"{r.name:<14}{r.ms:>10.3f}{r.layers:>8d}{r.total_ms:>11.3f}  {terms}")
+        lines.append(f"{row_label(r.name, m):<14}{r.ms:>10.3f}{r.layers:>8d}{r.total_ms:>11.3f}  {terms}")
     d = est.to_dict()
     lines.append("")
     if p.phase == "decode" and p.mtp:
@@ -194,7 +212,7 @@ def render_estimate(est: Any) -> str:
     if p.phase == "decode":
         lines.append(f"tokens/s per user   {d['tps_per_user_overlap']:>10.3f}       without {d['tps_per_user']:>10.3f}")
     if "max_batch" in d:
-        lines.append(f"max batch in HBM    {d['max_batch']:>10.0f}  (context {p.seq_len}+{p.decode_len} tokens)")
+        lines += memory_lines(d["max_batch"], p)
     if "power_demand_w" in d:
         lines.append(power_line(d["power_demand_w"], d["power_throttle"], hw))
     return "\n".join(lines)
@@ -235,6 +253,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if args.tbo == "off" and args.microbatches is None:
         args.microbatches = 1
     model, hw, preset, plan = resolve_args(args)
+    if plan.phase == "decode":          # the same memory check as estimate's: said, not refused (a what-if)
+        from .memory import max_batch
+        for line in memory_lines(max_batch(model, hw, plan, preset), plan, "the timeline's figures"):
+            if line.startswith("warning"):
+                print(line, file=sys.stderr)
     opts = TraceOptions(tbo=args.tbo, order_file=args.order, layers=args.layers, skip_dense=args.skip_dense,
                         ranks=args.ranks, launch_us=args.launch_us)
     sched = schedule(model, hw, plan, preset, opts)
