@@ -65,7 +65,7 @@ class Estimate:
         p = self.plan
         out = {
             "model": self.model.name, "hardware": self.hardware.name, "preset": self.preset.name,
-            "plan": {k: getattr(p, k) for k in p.__dataclass_fields__},
+            "plan": {**{k: getattr(p, k) for k in p.__dataclass_fields__}, "ep": p.ep_size},   # 0 = tp x dp, said
             "gpus": p.num_gpus, "nodes": p.nodes, "ep": p.ep_size,
             "rows": [{"op": r.name, "ms_per_layer": r.ms, "layers": r.layers, "total_ms": r.total_ms,
                       "terms_ms": r.terms} for r in self.rows],
