@@ -15,6 +15,8 @@ minimising the sqrt(time)-weighted L1 error of log time. A few rounds alternate 
 the HBM bound of one depends on the others."""
 from __future__ import annotations
 
+import re
+
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -340,7 +342,8 @@ def mark_held_out(obs: list[Obs], ms: set[float], names: set[str]) -> list[Obs]:
 def calibrated(hw: Hardware, sources: list[str]) -> Hardware:
     """The fitted hardware named and sourced as calibrated from `sources`."""
     note = f"{hw.source}; efficiencies fitted by replay calibrate from {', '.join(Path(s).name for s in sources)}"
-    name = hw.name if "calibrated" in hw.name else f"{hw.name} (calibrated)"
+    base = re.sub(r"\s*\([^()]*\)\s*$", "", hw.name) or hw.name     # 'H100 SXM (published curves)' -> 'H100 SXM'
+    name = hw.name if "calibrated" in hw.name else f"{base} (calibrated)"
     return replace(hw, name=name, source=note)
 
 
