@@ -78,7 +78,8 @@ def search(model: Model, hw: Hardware, preset: Preset, base: Deployment, w: Work
     experts = model.routed_experts + (base.plan_fields.get("redundant_experts") or 0)
     cands: list[Candidate] = []
     tables: dict = {}
-    why: list[str] = []
+    why: list[str] = []            # splits that cannot run at all (memory, shapes)
+    slow: list[str] = []           # splits that run but cannot meet the TPOT target
     for p_nodes in range(1, nodes):
         d_nodes = nodes - p_nodes
         for ep_p in _eps(p_nodes, gpn, experts):
@@ -91,12 +92,16 @@ def search(model: Model, hw: Hardware, preset: Preset, base: Deployment, w: Work
                     why.append(str(e))
                     continue
                 if any(p.role == "decode" and p.max_batch == 0 for p in pools):
-                    why.append(f"TPOT stays above {slo_tpot_ms:g} ms even at one request per DP group "
-                               f"(decode EP{ep_d})")
+                    slow.append(f"decode EP{ep_d}")
                     continue
                 rate, role = capacity(pools, w)
                 cands.append(Candidate(d, rate, role, nodes * gpn))
     if not cands:
+        if slow:         # the target, not memory, is what no plan meets: say that first
+            raise UserError(f"no plan of {nodes} nodes meets TPOT <= {slo_tpot_ms:g} ms: even one request per DP "
+                            f"group takes longer on every split that runs ({len(slow)}: {', '.join(slow[:4])}"
+                            + (", ..." if len(slow) > 4 else "") + ")" +
+                            (f"; {len(why)} other split(s) do not fit in memory" if why else ""))
         raise UserError(f"no split of {nodes} nodes can run: {why[-1] if why else 'no pool shape fits'}")
     cands.sort(key=lambda c: -c.capacity_rps)
     say(f"search: {len(cands)} plans; simulating the best {min(VERIFY, len(cands))} under Poisson load")
