@@ -168,8 +168,9 @@ def alignment_shift(pred: Analysis, obs: Analysis, layer: int | None, offset: in
     to = float(obs.events["start_us"].min())
     if pred.layers.empty or obs.layers.empty:
         return tp, to, None
-    lp = pred.layers[pred.layers["rank"] == pred.layers["rank"].min()].set_index("layer")
-    lo = obs.layers[obs.layers["rank"] == obs.layers["rank"].min()].set_index("layer")
+    # a layer's start in its first step (a trace of several steps holds each layer once per step)
+    lp = pred.layers[pred.layers["rank"] == pred.layers["rank"].min()].groupby("layer")[["start_us"]].min()
+    lo = obs.layers[obs.layers["rank"] == obs.layers["rank"].min()].groupby("layer")[["start_us"]].min()
     common = sorted(set(lp.index) & {i + offset for i in lo.index})
     if layer is not None and layer not in common:
         have = f"layers {common[0]}-{common[-1]}" if common else "no layer (check --layer-offset)"
