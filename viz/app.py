@@ -101,15 +101,18 @@ def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = 
     def say(msg: str, error: bool = False) -> None:
         status.text = f"<span style='{ERROR_STYLE if error else 'color:#333'}'>{html.escape(msg)}</span>"
 
-    def guarded(what: str, fn: Callable[[], Analysis]) -> Analysis | None:
-        """fn's result; on failure a message in the page and None, and the server keeps serving."""
+    def guarded(what: str, fn: Callable[[], Analysis], hide: tuple[str, str] | None = None) -> Analysis | None:
+        """fn's result; on failure a message in the page and None, and the server keeps serving. `hide`:
+        (server path, name the user knows): the server's own paths never reach the page."""
+        def clean(msg: str) -> str:
+            return msg.replace(hide[0], hide[1]) if hide else msg
         try:
             return fn()
         except UserError as exc:
-            say(f"cannot {what}: {exc}", error=True)
+            say(clean(f"cannot {what}: {exc}"), error=True)
         except Exception as exc:     # noqa: BLE001 - keep serving, show what broke
             traceback.print_exc(file=sys.stderr)
-            say(f"cannot {what}: {type(exc).__name__}: {exc}", error=True)
+            say(clean(f"cannot {what}: {type(exc).__name__}: {exc}"), error=True)
         return None
 
     def redraw(note: str = "ok") -> None:
@@ -118,18 +121,18 @@ def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = 
         if predicted is None:
             return
         state.predicted = predicted
-        label = f"predicted: {values['model']} {values['phase']} on {values['hardware']} (TBO {values['tbo']})"
-        if state.observed is not None:
+        label = f"{values['model']} {values['phase']} on {values['hardware']} (TBO {values['tbo']})"
+        if state.observed is not None:       # build() names the two sides itself (predicted / observed)
             layout = build([(label, state.predicted), (state.observed_name, state.observed)])
             body.children = list(layout.children)
         else:
-            fig, _ = timeline_figure(state.predicted.events, label, findings=state.predicted.findings,
+            fig, _ = timeline_figure(state.predicted.events, f"predicted: {label}", findings=state.predicted.findings,
                                      flows=state.predicted.trace.flows, name="predicted")
             body.children = [summary_table([(label, state.predicted)]), fig]
         say(note)                    # a success replaces any earlier error
 
     def load_observed(path: str, name: str) -> None:
-        observed = guarded(f"load {name}", lambda: analyze(path, taxonomy=taxonomy, use_cache=False))
+        observed = guarded(f"load {name}", lambda: analyze(path, taxonomy=taxonomy, use_cache=False), (path, name))
         if observed is None:
             return
         state.observed, state.observed_name = observed, name

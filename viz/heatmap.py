@@ -11,6 +11,7 @@ from bokeh.plotting import figure
 
 from replay.analysis import Analysis
 
+MAX_LABELLED_COLUMNS = 48     # beyond this many step:layer columns their labels overprint each other
 PANELS = (("compute_us", "compute (ms)"), ("exposed_comm_us", "exposed communication (ms)"),
           ("peer_wait_us", "idle waiting for a peer (ms)"))
 
@@ -45,15 +46,19 @@ def heatmaps(a: Analysis, height: int | None = None):
         v = c[k].to_numpy() / 1e3
         hi = float(np.nanmax(v)) if len(v) and np.nanmax(v) > 0 else 1.0
         cmap = LinearColorMapper(palette=Viridis256, low=0.0, high=hi)
+        dense = len(cols) > MAX_LABELLED_COLUMNS
         p = figure(title=title, x_range=FactorRange(*cols), y_range=FactorRange(*reversed(ranks)), height=h,
-                   tools="hover,save", x_axis_label="step:layer", y_axis_label="rank", name=f"heatmap-{k}",
-                   sizing_mode="stretch_width")
+                   tools="hover,save", x_axis_label=f"step:layer ({len(cols)} columns: hover a cell for its name)"
+                   if dense else "step:layer", y_axis_label="rank", name=f"heatmap-{k}", sizing_mode="stretch_width")
         p.rect(x="col", y="rank", width=1, height=1, source=src, fill_color={"field": k, "transform": cmap},
                line_color=None)
         p.select_one(HoverTool).tooltips = [("rank", "@rank"), ("step:layer", "@col"), ("compute", "@compute_us ms"),
                                             ("exposed comm", "@exposed_comm_us ms"), ("peer wait", "@peer_wait_us ms")]
         p.add_layout(ColorBar(color_mapper=cmap, width=8), "right")
         p.xaxis.major_label_orientation = 1.2 if len(cols) > 12 else 0
+        if dense:                  # too many to read side by side: the hover names each cell
+            p.xaxis.major_label_text_font_size = "0px"
+            p.xaxis.major_tick_line_color = None
         if len(ranks) > 64:
             p.yaxis.major_label_text_font_size = "6px"
         figs.append(p)
