@@ -136,7 +136,9 @@ def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = 
         if observed is None:
             return
         state.observed, state.observed_name = observed, name
-        redraw(f"loaded {name}")
+        hints = [x["message"] for x in observed.suspicious if x["what"] == "no_communication"]
+        redraw(f"loaded {name}" + (f"; note: {hints[0]} (viz serve --taxonomy FILE applies one to every load)"
+                                   if hints else ""))
 
     def on_path() -> None:
         p = path_in.value.strip()
