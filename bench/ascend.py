@@ -34,7 +34,7 @@ from tracegen.pipeline import TraceOptions, schedule
 from tracegen.plan import Plan, validate
 from tracegen.preset import load_preset
 
-from .validate import stage_sums
+from .stagesum import stage_sums
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference"

@@ -50,11 +50,7 @@ class Row:
         return schedule(MODEL, load_hardware(self.hardware), self.plan, DEFAULT, TraceOptions(tbo="proper"))
 
 
-# LMSYS blog 2025-05-05 ("Deploying DeepSeek with PD Disaggregation and Large-scale Expert Parallelism on
-# 96 H100 GPUs", Profile Results): prefill per node at 16,384 tokens per device and 4,096-token prompts,
-# 50,302 with SGLang's default expert placement and 59,337 with simulated perfect EPLB
-SGLANG_PREFILL_PERFECT = 59337.0
-SGLANG_EPLB_DEFAULT = 50302.0 / 59337.0
+from .stagesum import SGLANG_EPLB_DEFAULT, SGLANG_PREFILL_PERFECT, stage_sums  # noqa: E402 (shared, see there)
 
 ROWS = (
     Row("ds-prefill", "DeepSeek profile prefill, EP32, 4K prompts (InferSim-derived actual)", "h800",
@@ -107,15 +103,6 @@ DECODE_STAGES = {     # the table's stage -> the cost model's ops (one micro-bat
     "gate": ("gate", "routing"),
 }
 STAGE_TARGET_PCT = 10.0
-
-
-def stage_sums(stages: dict[str, tuple[str, ...]], plan: Plan, hw) -> dict[str, float]:
-    """A published table's stages as sums of the cost model's ops of one MoE layer (us)."""
-    us = {w.name: op_time(w, plan, hw, DEFAULT).us for w in layer_ops(MODEL, plan, DEFAULT, hw, dense=False)}
-    missing = {o for ops in stages.values() for o in ops} - set(us)
-    if missing:
-        raise RuntimeError(f"bench.validate: the layer has no op {sorted(missing)[0]!r}")
-    return {st: sum(us[o] for o in ops) for st, ops in stages.items()}
 
 
 def throughput_rows() -> list[dict]:

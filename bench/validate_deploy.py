@@ -17,7 +17,7 @@ from tracegen.serving.deployment import Deployment, PoolPlan, run
 from tracegen.serving.metrics import summary
 from tracegen.serving.workload import synthetic
 
-from .validate import SGLANG_EPLB_DEFAULT
+from .stagesum import SGLANG_EPLB_DEFAULT
 
 
 @dataclass(frozen=True)

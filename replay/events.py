@@ -532,7 +532,7 @@ def load(path: str | Path, progress: bool | None = None, strict: bool = False, j
                     results.append(str(exc))
         else:
             from . import parallel
-            results = parallel.run(files, hints, jobs, cluster, done)
+            results = parallel.run(parse_one, files, hints, jobs, cluster, done)
         bar.label = f"{len(files)}/{len(files)} ranks"
         bar(0)
     finally:
@@ -548,6 +548,15 @@ def load(path: str | Path, progress: bool | None = None, strict: bool = False, j
         events[col] = events[col].astype("category")
     meta = merge_meta([p.meta for p in parts], kept, skipped, collisions)
     return Trace(events, pd.concat([p.flows for p in parts], ignore_index=True), meta, [str(f) for f in kept])
+
+
+def parse_one(path: str, rank: int | None) -> Any:
+    """One rank file's Trace, or the one-line reason it could not be read (a string): what a worker
+    process or a cluster worker runs per file (parallel.run)."""
+    try:
+        return load_file(path, rank=rank, progress=False)
+    except UserError as exc:
+        return str(exc)
 
 
 def rank_hints(files: list[Path]) -> list[int | None]:

@@ -21,21 +21,13 @@ MAX_JOBS = 256
 CONNECT_TIMEOUT = "10s"     # how long --cluster waits for the scheduler
 
 
-def parse_one(path: str, rank: int | None) -> Any:
-    """One rank file's Trace, or the one-line reason it could not be read (a string)."""
-    from .events import load_file
-    try:
-        return load_file(path, rank=rank, progress=False)
-    except UserError as exc:
-        return str(exc)
-
-
-def run(files: list[Path], ranks: list[int | None], jobs: int = 1, cluster: str | None = None,
-        done: Callable[[int], None] | None = None) -> list[Any]:
-    """parse_one for every file, in the files' order; `done(i)` after file i finishes (progress)."""
+def run(parse: Callable[[str, int | None], Any], files: list[Path], ranks: list[int | None], jobs: int = 1,
+        cluster: str | None = None, done: Callable[[int], None] | None = None) -> list[Any]:
+    """parse(path, rank) for every file, in the files' order (a module-level function: the processes
+    and the cluster's workers import it by name); `done(i)` after file i finishes (progress)."""
     if cluster:
         files = [f.resolve() for f in files]
-    return map_calls(parse_one, [(str(f), r) for f, r in zip(files, ranks)], jobs, cluster, done)
+    return map_calls(parse, [(str(f), r) for f, r in zip(files, ranks)], jobs, cluster, done)
 
 
 def map_calls(fn: Callable[..., Any], calls: list[tuple], jobs: int = 1, cluster: str | None = None,
@@ -125,4 +117,4 @@ def _client(address: str) -> Any:
         raise UserError(f"--cluster {address}: cannot reach the Dask scheduler ({exc})") from None
 
 
-__all__ = ["run", "map_calls", "Runner", "parse_one", "cluster_address", "MAX_JOBS"]
+__all__ = ["run", "map_calls", "Runner", "cluster_address", "MAX_JOBS"]
