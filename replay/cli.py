@@ -316,7 +316,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
         print_json({"columns": list(df.columns), "rows": json.loads(df.to_json(orient="values"))}, tag("replay-sql"))
     elif not args.csv:
         shown = df.head(args.max_rows)
-        print(shown.to_string(index=False) if len(df) else "(no rows)")
+        print(shown.to_string(index=False, na_rep="-") if len(df) else "(no rows)")     # an empty sum is no number
         if len(df) > len(shown):
             print(f"... {len(df) - len(shown):,} more rows (--max-rows, or --csv FILE for all)")
     return 0

@@ -92,16 +92,16 @@ def layer_breakdown(analyses: list[tuple[str, Analysis]], layer_offsets: list[in
         if len(labels) == 1:  # one trace: the layer alone names a bar
             data["x"] = [str(lay) for lay in data["layer"]]
             factors = [str(lay) for lay in sorted(set(data["layer"]))]
-        else:
-            data["x"] = [(str(lay), lab) for lay, lab in zip(data["layer"], data["trace"])]
+        else:      # trace labels can be long: a letter per trace under each layer, the key in the title
+            short = {lab: chr(65 + i) for i, lab in enumerate(labels)}
+            title += " - " + ", ".join(f"{short[lab]}: {lab}" for lab in labels)
+            data["x"] = [(str(lay), short[lab]) for lay, lab in zip(data["layer"], data["trace"])]
             present = set(data["x"])
-            factors = [(str(lay), lab) for lay in sorted(set(data["layer"])) for lab in labels
-                       if (str(lay), lab) in present]
+            factors = [(str(lay), short[lab]) for lay in sorted(set(data["layer"])) for lab in labels
+                       if (str(lay), short[lab]) in present]
         p = figure(x_range=FactorRange(*factors), height=300, title=title, tools=tools,
                    sizing_mode="stretch_width", name="layers", x_axis_label="layer")
         width = 0.8
-        if len(labels) > 1:
-            p.xaxis.major_label_orientation = 1.0
     else:
         # many layers: a numeric layer axis with the traces dodged side by side; labels follow the zoom
         slot = {lab: i for i, lab in enumerate(labels)}
