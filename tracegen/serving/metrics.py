@@ -65,7 +65,8 @@ def summary(r: Result, slo_ttft_ms: float | None = None, slo_tpot_ms: float | No
         t0 = float(s["start"][mine].min()) if mine.any() else 0.0
         t1 = float(s["end"][mine].max()) if mine.any() else 0.0
         row = {"role": pool.role, "instances": pool.instances, "gpus_per_instance": pool.gpus, "dp": pool.dp,
-               "nodes": pool.nodes, "gpus": pool.instances * pool.gpus,
+               "nodes": int(pool.nodes) if float(pool.nodes).is_integer() else pool.nodes,   # 0.5: half a node
+               "gpus": pool.instances * pool.gpus,
                "utilisation": busy / ((t1 - t0) * pool.instances) if t1 > t0 else 0.0,
                "steps": int(mine.sum()), "max_batch_per_dp": pool.max_batch or None,
                "kv_tokens_per_dp": pool.kv_tokens if np.isfinite(pool.kv_tokens) else None}
