@@ -2,7 +2,7 @@
 convention of its source (stated in the first table), with no constant tuned to a row.
 
     python -m bench.validate             # print the tables
-    python -m bench.validate --readme    # ... and rewrite README.md's validation section with them
+    python -m bench.validate --readme    # ... and rewrite docs/validation.md's generated section with them
 
 Tables: (1) the convention of every published row; (2) step throughput per GPU, predicted as the
 scheduled timeline of one whole step (61 layers, two micro-batches, the LM head, MTP drafting,
@@ -27,7 +27,7 @@ from tracegen.schedule import Schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference"
-README = ROOT / "README.md"
+README = ROOT / "docs" / "validation.md"      # the page the tables live on (README links to it)
 BEGIN, END = "<!-- validate:begin (make validate writes this section) -->", "<!-- validate:end -->"
 DEFAULT = load_preset("default")
 MODEL = load_model("deepseek-v3")
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if "--readme" in argv:
         write_readme(text)
-        print(f"\nwrote the validation section of {README.relative_to(ROOT)}")
+        print(f"\nwrote the generated section of {README.relative_to(ROOT)}")
     return 0
 
 
