@@ -4,10 +4,11 @@ subcommand takes, and the entry point that turns UserError into one line on stde
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from typing import Any, Callable
+
+import msgspec
 
 from .errors import run_cli
 
@@ -75,7 +76,13 @@ def print_json(obj: Any, schema: str | None = None) -> None:
     floats cleaned (clean)."""
     if schema is not None:
         obj = {"schema": schema, **obj}
-    json.dump(clean(obj), sys.stdout, indent=2, default=_native, allow_nan=False)
+    # msgspec encodes a large document several times faster than the standard library (issue 30)
+    text = msgspec.json.format(msgspec.json.encode(clean(obj), enc_hook=_native), indent=2)
+    if hasattr(sys.stdout, "buffer"):
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text)
+    else:                                   # a text-only stream (a caller's StringIO)
+        sys.stdout.write(text.decode())
     sys.stdout.write("\n")
 
 
