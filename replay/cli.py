@@ -76,7 +76,7 @@ is tracegen/fit.py; its prediction for each op is tracegen's cost.op_time."""
 
 STEP_HELP = "one profiler step of the observed trace (default: the last, when it has several)"
 
-from .steps import DEFAULT_STEP  # noqa: E402  (a constant for --help; steps.py imports no heavy module)
+from .stepnames import DEFAULT_STEP  # noqa: E402  (a constant for --help; stepnames.py imports nothing heavy)
 
 
 def warn_skipped(*analyses: Any) -> None:

@@ -14,9 +14,6 @@ the step that launched it), else the step whose range holds their start. -1: no 
 from __future__ import annotations
 
 import re
-import tomllib
-from functools import lru_cache
-from importlib import resources
 
 import numpy as np
 import pandas as pd
@@ -25,14 +22,7 @@ from tracegen.base.errors import UserError
 
 from .events import text
 
-DEFAULT_STEP = r"^ProfilerStep#(\d+)$"
-
-
-@lru_cache(maxsize=1)
-def step_patterns() -> tuple[str, ...]:
-    """The step-like annotation patterns tried when a trace has no ProfilerStep ranges (data)."""
-    raw = tomllib.loads((resources.files("replay") / "data" / "annotations.toml").read_text("utf-8"))
-    return tuple(f"^(?:{p})$" for p in raw["steps"]["patterns"])
+from .stepnames import DEFAULT_STEP, step_patterns  # noqa: E402,F401 (re-exported: steps.DEFAULT_STEP)
 
 
 def step_spans(events: pd.DataFrame, regex: str = DEFAULT_STEP) -> pd.DataFrame:
