@@ -142,6 +142,15 @@ class Power:
 
 
 @dataclass(frozen=True)
+class InSitu:
+    """Communication kernels that hold SMs run slower while compute kernels run beside them (they
+    share HBM, L2 and issue slots): time x (1 + slowdown x the share of it spent beside compute).
+    Measured, not a release: bench/insitu.py."""
+    slowdown: float
+    source: str
+
+
+@dataclass(frozen=True)
 class Hardware:
     key: str
     name: str
@@ -167,6 +176,7 @@ class Hardware:
                                 # source's "per NPU" / "per chip" may mean the package
     power: Power | None = None  # the power limit's model (None: the clock never drops)
     throttle: float = 0.0       # how far the clock has dropped at this step's draw, 0 (boost) to 1
+    in_situ: InSitu | None = None   # how much slower SM-holding communication runs beside compute
 
     def clock_slowdown(self, kind: str) -> float:
         """How much longer the compute of op `kind` takes at the step's clock than at boost."""
@@ -264,7 +274,9 @@ _HW_FIELDS: dict[str, tuple[str, bool]] = {
     "gpus_per_node": ("int", True), "cpu_launch_us": ("time", True), "source": ("str", True),
     "aliases": ("list", False), "base": ("str", False), "abstract": ("bool", False),
     "efficiency": ("table", True), "comm": ("table", True), "power": ("table", False),
+    "in_situ": ("table", False),
 }
+_IN_SITU_FIELDS: dict[str, tuple[str, bool]] = {"slowdown": ("count", True), "source": ("str", True)}
 _POWER_FIELDS: dict[str, tuple[str, bool]] = {
     "limit_w": ("count", True), "compute_w": ("count", True), "memory_w": ("count", True),
     "idle_w": ("count", True), "saturate": ("fraction", True), "slowdown": ("table", True),
@@ -443,6 +455,7 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
         raise UserError(f"{where}.dies_per_package: must be at least 1")
     hw = Hardware(
         power=_build_power(e["power"], f"{where}.power") if "power" in e else None,
+        in_situ=_build_in_situ(e["in_situ"], f"{where}.in_situ") if "in_situ" in e else None,
         key=key, name=e["display"], sm_count=e["sm_count"], q8_tflops=e[f"{formats[0]}_tflops"],
         q8_format=formats[0], dies_per_package=e.get("dies_per_package", 1), vector_cores=e.get("vector_cores", 0),
         bf16_tflops=e["bf16_tflops"], hbm_gb=e["hbm_gb"], hbm_gbps=e["hbm_gbps"],
@@ -473,6 +486,13 @@ def _build_power(spec: dict, where: str) -> Power:
         raise UserError(f"{where}.saturate: must be positive")
     return Power(limit_w=p["limit_w"], compute_w=p["compute_w"], memory_w=p["memory_w"], idle_w=p["idle_w"],
                  saturate=p["saturate"], slowdown=slow, source=p["source"])
+
+
+def _build_in_situ(spec: dict, where: str) -> InSitu:
+    p = _check(spec, _IN_SITU_FIELDS, where)
+    if not 0 <= p["slowdown"] < 10:
+        raise UserError(f"{where}.slowdown: a relative slowdown in [0, 10), got {p['slowdown']}")
+    return InSitu(slowdown=p["slowdown"], source=p["source"])
 
 
 def _build_release(name: str, spec: Any, where: str) -> Release:
@@ -610,6 +630,7 @@ def hardware_to_dict(hw: Hardware) -> dict[str, Any]:
         "comm": {k: _comm_to_dict(b) for k, b in hw.comm.items()},
         **({"power": {**{f: getattr(hw.power, f) for f in _POWER_FIELDS}, "slowdown": dict(hw.power.slowdown)}}
            if hw.power else {}),
+        **({"in_situ": {"slowdown": hw.in_situ.slowdown, "source": hw.in_situ.source}} if hw.in_situ else {}),
     }}
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .base.contract import COMPUTE
+import numpy as np
+
+from .base.contract import COMM, COMPUTE
 from .base.errors import UserError
+from .base.intervals import coverage, union
 from .catalog import Hardware, Model, Power
 from .launch_order import load_order, unroll
-from .opgraph import build
+from .opgraph import OpGraph, build
 from .plan import Plan
 from .power import Draw, draw
 from .preset import Preset
@@ -48,7 +51,7 @@ def schedule(model: Model, hw: Hardware, plan: Plan, preset: Preset, opts: Trace
     if order is not None and plan.microbatches == 1:
         raise UserError("two-batch overlap needs --microbatches 2 (or --tbo off)")
     graph = build(model, hw, plan, preset, layers=opts.layers, skip_dense=opts.skip_dense)
-    sched = simulate(graph, unroll(graph, order), ranks=opts.ranks, launch_us=opts.launch_us)
+    sched = _settle(graph, order, opts)
     power = graph.hardware.power
     if not preset.power_limit or power is None:
         return sched
@@ -58,9 +61,54 @@ def schedule(model: Model, hw: Hardware, plan: Plan, preset: Preset, opts: Trace
     if d.throttle > 0:
         graph = build(model, replace(hw, throttle=d.throttle), plan, preset, layers=opts.layers,
                       skip_dense=opts.skip_dense)
-        sched = simulate(graph, unroll(graph, order), ranks=opts.ranks, launch_us=opts.launch_us)
+        sched = _settle(graph, order, opts)
     sched.power = d
     return sched
+
+
+IN_SITU_ROUNDS = 6          # the fixed point settles in 2-3 rounds on every plan of the suite
+IN_SITU_TOLERANCE = 1e-3    # relative change of the span that ends the rounds
+
+
+def _settle(graph: OpGraph, order, opts: TraceOptions) -> Schedule:
+    """Simulate; where SM-holding communication runs slower beside compute (the hardware's in_situ
+    slowdown, under a preset that models it), stretch each such stage by 1 + slowdown x the share of
+    its run spent beside compute in the previous round, until the span settles."""
+    sched = simulate(graph, unroll(graph, order), ranks=opts.ranks, launch_us=opts.launch_us)
+    hw = graph.hardware
+    if not graph.preset.comm_in_situ or hw.in_situ is None or not hw.in_situ.slowdown:
+        return sched
+    base = graph.stages
+    if not any(st.stream == COMM and st.holds_sms for st in base.values()):
+        return sched
+    for _ in range(IN_SITU_ROUNDS):
+        share = beside_compute(sched)
+        stages = {k: (replace(st, work_us=st.work_us * (1 + hw.in_situ.slowdown * share.get(k, 0.0)))
+                      if st.stream == COMM and st.holds_sms else st) for k, st in base.items()}
+        nxt = simulate(replace(graph, stages=stages), unroll(graph, order), ranks=opts.ranks,
+                       launch_us=opts.launch_us)
+        done = abs(nxt.span_us - sched.span_us) <= IN_SITU_TOLERANCE * sched.span_us
+        sched = nxt
+        if done:
+            break
+    return sched
+
+
+def beside_compute(sched: Schedule) -> dict:
+    """Per communication stage: the share of its run that compute ran beside it, mean over ranks."""
+    total: dict = {}
+    for r in range(sched.ranks):
+        comp = [(i.start, i.end) for i in sched.intervals if i.rank == r and i.track == COMPUTE]
+        comm = [i for i in sched.intervals if i.rank == r and i.track == COMM and i.key is not None and i.end > i.start]
+        if not comp or not comm:
+            continue
+        F = coverage(*union(np.array([a for a, _ in comp]), np.array([b for _, b in comp])))
+        s = np.array([i.start for i in comm])
+        e = np.array([i.end for i in comm])
+        shares = (F(e) - F(s)) / (e - s)
+        for i, f in zip(comm, shares):
+            total.setdefault(i.key, []).append(float(f))
+    return {k: sum(v) / len(v) for k, v in total.items()}
 
 
 def step_draw(sched: Schedule, power: Power) -> Draw:

@@ -62,6 +62,7 @@ class Preset:
     fanout: str
     step_terms: bool
     power_limit: bool
+    comm_in_situ: bool
     hardware: dict[str, dict[str, Any]] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, dict[str, Any]] = field(default_factory=dict)   # phase -> Plan field defaults
