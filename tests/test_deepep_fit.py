@@ -51,10 +51,22 @@ def test_the_catalog_holds_the_fit():
 
 
 def test_prefill_dispatch_and_combine_within_15_percent():
+    """In situ (the proper run, beside the other micro-batch's GEMMs): the fit alone x the in-situ term."""
     t = truth("prefill-proper")
-    rows = {(ph, op): pred for ph, op, _, pred, _ in deepep.rows()}
+    rows = {(case, op): pred for case, op, _, pred, _ in deepep.rows()}
     for op in deepep.KERNELS:
-        assert abs(rows[("prefill", op)] / t[op] - 1) * 100 <= deepep.TOLERANCE_PCT, op
+        assert abs(rows[("prefill in situ", op)] / t[op] - 1) * 100 <= deepep.TOLERANCE_PCT, op
+
+
+def test_leave_one_out_is_reported_with_its_misses():
+    """Fitted on one phase, predicting the other: reported as it comes out (make validate prints it);
+    the prefill -> decode direction misses the issue's 15 % (small payloads pay more than the
+    two-parameter line's latency), and stays visible."""
+    rows = deepep.leave_one_out()
+    assert {(a, b) for a, b, *_ in rows} == {("prefill", "decode"), ("decode", "prefill")}
+    for fit_on, target, op, obs, pred, err in rows:
+        assert err == pytest.approx(100 * (pred / obs - 1))
+    assert any(abs(e) > 15 for *_, e in rows)       # a miss left visible, not tuned away
 
 
 def test_intranode_refuses_an_ep_group_beyond_one_nvlink_domain(tmp_path, capsys):

@@ -122,7 +122,7 @@ class Release:
         return pts[lo] + f * (pts[hi] - pts[lo])
 
 
-CURVE_FALLBACK = {"grouped_gemm_masked": "grouped_gemm"}
+CURVE_FALLBACK = {"grouped_gemm_masked": "grouped_gemm", "attention_decode_gqa": "attention_decode"}
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,7 @@ def attention_ops(model: Model, plan: Plan, preset: Preset, t: Tokens, dense: bo
     # style, one query per sequence against the cache) are different kernels with different curves
     attn_kind = "attention_decode" if decode else "attention"
     if model.attention == "gqa":
+        attn_kind = "attention_decode_gqa" if decode else attn_kind     # memory-bound: its own curve
         d, g = model.head_dim, model.kv_heads
         kv_split = min(tp, g)       # KV heads are split over TP ranks, replicated beyond g
         qkv = (h + 2 * g) * d
