@@ -114,7 +114,7 @@ def write(gpu: str, hw: Hardware, obs: list[Obs], path: Path = CATALOG) -> None:
     end = text.find("\n[", start)
     end = len(text) if end < 0 else end + 1
     kinds = sorted({o.kind for o in obs}, key=KINDS.index)
-    lines = [curve_line(k, hw.efficiency[k], f"fitted, InferSim bench_data {gpu.upper()} ({LABEL[k]})") for k in kinds]
+    lines = [curve_line(k, hw.efficiency[k], f"fitted [infersim-bench-{gpu}]: InferSim bench_data {gpu.upper()} ({LABEL[k]})") for k in kinds]
     path.write_text(text[:start] + "\n".join(lines) + "\n\n" + text[end:].lstrip("\n"))
 
 
@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         for kind in KINDS:
             if kind not in hw.efficiency:
                 continue
-            print(curve_line(kind, hw.efficiency[kind], f"fitted, InferSim bench_data {gpu.upper()}"))
-        print(curve_line("hbm", hw.efficiency["hbm"], f"fitted, InferSim bench_data {gpu.upper()}"))
+            print(curve_line(kind, hw.efficiency[kind], f"fitted [infersim-bench-{gpu}]: InferSim bench_data {gpu.upper()}"))
+        print(curve_line("hbm", hw.efficiency["hbm"], f"fitted [infersim-bench-{gpu}]: InferSim bench_data {gpu.upper()}"))
         err = errors(obs, hw)
         print(err.assign(a=err["err_pct"].abs()).groupby("kind")["a"].describe()[["count", "50%", "75%", "max"]]
               .round(1).to_string())

@@ -33,7 +33,7 @@ OBSERVED = ROOT / "traces" / "observed" / "h100"
 CATALOG = ROOT / "tracegen" / "data" / "hardware.toml"
 LIMIT_W = 700.0            # H100 SXM5 board power limit (datasheet; nvidia-smi's power.limit on the lent card)
 BOOST_MHZ = 1980.0
-SOURCE = ("fitted: lent H100, mixes of compute- and memory-bound kernels (traces/observed/h100/duty.json) and "
+SOURCE = ("fitted [h100-power]: lent H100, mixes of compute- and memory-bound kernels (traces/observed/h100/duty.json) and "
           "per-kind slowdowns back to back (power.json); bench/power.py")
 
 

@@ -10,6 +10,7 @@ from .base.errors import UserError
 from .catalog import Hardware, Model, load_hardware, load_model
 from .plan import Plan, validate
 from .preset import Preset, load_preset
+from .stack import load_stack
 
 # plan fields a caller may set; unset ones take the preset's defaults for the phase
 PLAN_FIELDS = ("batch", "seq_len", "kv_hit", "tp", "dp", "ep", "gpus_per_node", "redundant_experts",
@@ -49,9 +50,11 @@ def default_backend(preset: Preset, phase: str, hw: Hardware) -> str:
 
 
 def resolve_plan(phase: str, model: Model, hw: Hardware, preset: Preset, tokens: float | None = None,
-                 balancedness: float | None = None, **fields: Any) -> Plan:
-    """A validated plan: the fields given (None: unset), else the preset's defaults for the phase.
-    `tokens` (prefill prompt tokens per GPU) sets the batch; `balancedness` sets imbalance = 1/x."""
+                 balancedness: float | None = None, stack: str = "", **fields: Any) -> Plan:
+    """A validated plan: the fields given (None: unset), else the preset's defaults for the phase, under
+    the serving stack's conventions where one is named (its release and scheduler term; a field given
+    explicitly wins). `tokens` (prefill prompt tokens per GPU) sets the batch; `balancedness` sets
+    imbalance = 1/x."""
     unknown = sorted(set(fields) - set(PLAN_FIELDS))
     if unknown:
         raise TypeError(f"unknown plan field {unknown[0]!r}")
@@ -71,7 +74,11 @@ def resolve_plan(phase: str, model: Model, hw: Hardware, preset: Preset, tokens:
         if not (math.isfinite(tokens) and tokens > 0):
             raise UserError(f"--tokens is prompt tokens per GPU per step, a positive number, got {tokens:g}")
         kw["batch"] = tokens * kw.get("tp", 1) / kw.get("seq_len", 4096)
-    return validate(Plan(phase=phase, **kw), model, hw)
+    plan = validate(Plan(phase=phase, **kw), model, hw)
+    if stack:
+        plan = validate(load_stack(stack).apply(plan, hw, frozenset(k for k, v in fields.items() if v is not None)),
+                        model, hw)
+    return plan
 
 
 def whole_experts(plan: Plan, model: Model) -> Plan:

@@ -47,6 +47,7 @@ class Deployment:
                                                 # (attention-FFN disaggregation); 0: expert parallel decode
     af_microbatches: int = 3                    # AF: micro-batches in the ping-pong pipeline
     decode_graphs: bool = True                  # decode steps replay a captured graph (no launch cost)
+    stack: str = ""                             # serving stack (data/stacks.toml): release, scheduler term
 
     def label(self) -> str:
         gpn = self.plan_fields.get("gpus_per_node") or self.gpus_per_node
@@ -64,7 +65,8 @@ class Deployment:
         return f"{self.mode}: " + " + ".join(x for x in parts if x)
 
 
-def _instance_plan(phase: str, pp: PoolPlan, model: Model, hw: Hardware, preset: Preset, fields: dict) -> Plan:
+def _instance_plan(phase: str, pp: PoolPlan, model: Model, hw: Hardware, preset: Preset, fields: dict,
+                   stack: str = "") -> Plan:
     """The plan of one instance of pool `pp` (which must split into whole instances)."""
     gpn = fields.get("gpus_per_node") or hw.gpus_per_node
     gpus = pp.instance_gpus(gpn)
@@ -78,7 +80,7 @@ def _instance_plan(phase: str, pp: PoolPlan, model: Model, hw: Hardware, preset:
     if phase == "prefill":
         kw.pop("mtp", None)
         kw.pop("mtp_accept", None)
-    return resolve_plan(phase, model, hw, preset, **{**kw, "tp": pp.tp, "dp": gpus // pp.tp, "ep": gpus})
+    return resolve_plan(phase, model, hw, preset, stack=stack, **{**kw, "tp": pp.tp, "dp": gpus // pp.tp, "ep": gpus})
 
 
 def _span(a: np.ndarray) -> tuple[float, float]:
@@ -109,7 +111,7 @@ def build_pools(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Wo
             raise UserError(f"a {'colocated' if d.mode == 'colocated' else phase} pool needs at least 1 node, "
                             f"got {pp.nodes}")
         gpus = pp.instance_gpus(gpn)
-        plan = _instance_plan(phase, pp, model, hw, preset, fields)    # depends on the instance, not the pool
+        plan = _instance_plan(phase, pp, model, hw, preset, fields, d.stack)    # depends on the instance, not the pool
         key = (phase, gpus, pp.tp, d.token_budget, d.max_batch, d.slo_tpot_ms, d.decode_graphs)
         if key not in cache:
             cache[key] = (_prefill_shape if phase == "prefill" else _decode_shape)(model, hw, preset, d, w, plan)
@@ -193,7 +195,7 @@ def _af_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Work
     experts = model.routed_experts + (kw.get("redundant_experts") or 0)
     if F > experts:
         raise UserError(f"{F} expert GPUs for {experts} experts: give the expert side at most {experts // gpn} nodes")
-    plan = resolve_plan("decode", model, hw, preset, **{**kw, "tp": pp.tp, "dp": A // pp.tp,
+    plan = resolve_plan("decode", model, hw, preset, stack=d.stack, **{**kw, "tp": pp.tp, "dp": A // pp.tp,
                                                         "ep": min(A, experts), "microbatches": 1})
     af.check_expert_memory(model, hw, preset, plan, F)
     shape_ = af.AFShape(A, F, d.af_microbatches)

@@ -1,0 +1,120 @@
+"""Held-out rows (bench/data/heldout.toml), each predicted once under the settings pinned there before
+any prediction was made; nothing here is tuned, and a miss stays in the table with its reason.
+
+    python -m bench.heldout          # the table (make validate prints it too)
+
+Throughput rows: one scheduled step of the pinned plan under its stack (tracegen/data/stacks.toml),
+`per_step` tokens per GPU over the step; decode steps replay a captured graph (no launch cost), as
+SGLang runs decode and as `tracegen deploy` does. Kernel rows (DeepEP's README): the transport rule
+written in the row's notes before computing."""
+from __future__ import annotations
+
+import statistics
+import sys
+from dataclasses import replace
+
+from tracegen.catalog import load_hardware, load_model
+from tracegen.cost import op_time
+from tracegen.ops import a2a_ops, tokens
+from tracegen.pipeline import TraceOptions, schedule
+from tracegen.plan import Plan, validate
+from tracegen.preset import load_preset
+from tracegen.stack import load_stack
+
+from .labels import claim, pinned
+
+PRESET = load_preset("default")
+BAR_MEDIAN_PCT, BAR_MAX_PCT = 10.0, 20.0     # issue 28: median |error| <= 10 %, max <= 20 %
+
+# why each miss happens, written after seeing it (the prediction is never changed to remove it)
+REASONS: dict[str, str] = {
+    "deepep-readme-intranode-h800-dispatch":
+        "the H100 kernels were bound by their 20 SMs (124-146 GB/s of a 450 GB/s link); on the H800's 200 GB/s link "
+        "the README's kernels are bound by NVLink at ~77 % of it, and the pinned rule capped at the raw link: the "
+        "H100 captures carry no information on the H800 link's achievable fraction",
+    "deepep-readme-intranode-h800-combine": "as the dispatch row",
+    "infersim-qwen3-30b-h20-decode":
+        "not diagnosed: the step is memory-bound (GQA attention at the H200-measured 0.516 of HBM, expert weights); "
+        "InferSim publishes no kernel breakdown to compare stage by stage",
+}
+
+
+def _throughput(key: str, row: dict) -> float:
+    model, hw = load_model(row["model"]), load_hardware(row["hardware"])
+    plan = validate(Plan(**row["plan"]), model, hw)
+    plan = load_stack(row["stack"]).apply(plan, hw)
+    decode = plan.phase == "decode"
+    tbo = "proper" if row["tbo"] == "proper" else "off"
+    s = schedule(model, hw, plan, PRESET, TraceOptions(tbo=tbo, launch_us=0.0 if decode else None))
+    return row["per_step"] / (s.span_us / 1e6)
+
+
+# DeepEP's tests/test_intranode.py: 4,096 tokens per rank, hidden 7,168, top-8 of 256 experts at random
+DEEPEP_TOKENS, DEEPEP_EP, DEEPEP_SMS = 4096, 8, 24
+
+
+def _deepep_gbps(row: dict) -> float:
+    """The pinned transport rule: the H100 fit's SM-bound rate x 24 / 20 SMs, capped by the H800's link;
+    the fitted latency kept; GB/s as DeepEP counts them over the predicted time."""
+    model, h100, hw = load_model(row["model"]), load_hardware("h100"), load_hardware(row["hardware"])
+    fit = h100.backend("intranode")
+    rate = min(fit.bw_eff * h100.scaleup_gbps * DEEPEP_SMS / fit.sms, hw.scaleup_gbps)
+    backend = replace(fit, bw_eff=rate / hw.scaleup_gbps, sms=DEEPEP_SMS)
+    hw = replace(hw, comm={**hw.comm, "intranode": backend})
+    plan = validate(Plan(phase="prefill", batch=1, seq_len=DEEPEP_TOKENS, tp=1, dp=DEEPEP_EP, microbatches=1,
+                         comm="intranode", routing="uniform", gpus_per_node=8), model, hw)
+    w = next(w for w in a2a_ops(model, plan, PRESET, hw, tokens(model, plan, PRESET)) if w.name == row["kernel"])
+    us = op_time(w, plan, hw, PRESET).us
+    E, k, per_rank = model.routed_experts, model.activated_experts, model.routed_experts // DEEPEP_EP
+    miss = 1.0
+    for i in range(k):                   # P(no expert of a token's top-k on a given rank)
+        miss *= (E - per_rank - i) / (E - i)
+    received = DEEPEP_EP * DEEPEP_TOKENS * (1 - miss)
+    elem = (1 + 4 / 128) if row["kernel"] == "dispatch" else 2.0
+    return received * model.hidden * elem / (us * 1e3)
+
+
+def rows() -> list[dict]:
+    out = []
+    for key, row in pinned().items():
+        got = _deepep_gbps(row) if "kernel" in row else _throughput(key, row)
+        hw = row["hardware"]
+        if "kernel" in row:
+            c = claim("deepep-readme", "held-out", hw, comm="intranode", release="", heldout_key=key, model=row["model"])
+            c = replace(c, hardware="h100")          # the prediction runs on the h100 fit, transported
+        else:
+            dataset = {"infersim": "infersim-qwen3-h20", "ant": "ant-h20-2025-09"}[key.split("-")[0]]
+            plan = Plan(**row["plan"])
+            c = claim(dataset, "held-out", hw, comm=plan.comm, release="", phase=plan.phase, stack=row["stack"],
+                      model=row["model"], heldout_key=key)
+        ok, need, why = c.check()
+        err = 100 * (got / row["published"] - 1)
+        out.append({"key": key, "published": row["published"], "unit": row["unit"], "predicted": got,
+                    "error_pct": err, "seen": row["seen"].split(":")[0], "label": c.label if ok else need,
+                    "why": why, "reason": REASONS.get(key, "")})
+    return out
+
+
+def summary(rs: list[dict]) -> dict[str, float]:
+    a = [abs(r["error_pct"]) for r in rs]
+    return {"n": len(a), "median_abs_pct": statistics.median(a), "max_abs_pct": max(a)}
+
+
+def table() -> str:
+    rs = rows()
+    s = summary(rs)
+    lines = ["Held-out rows (bench/data/heldout.toml: settings and sources pinned and committed before the one "
+             "prediction; `seen` says whether anyone had run the project on the row before it was pinned):", "",
+             "| row | label | seen | published | predicted | error | reason |", "|---|---|---|---:|---:|---:|---|"]
+    lines += [f"| {r['key']} | {r['label']} | {r['seen']} | {r['published']:,.1f} {r['unit']} | {r['predicted']:,.1f} | "
+              f"{r['error_pct']:+.1f}% | {r['reason'] or '-'} |" for r in rs]
+    med_ok = "yes" if s["median_abs_pct"] <= BAR_MEDIAN_PCT else "**no**"
+    max_ok = "yes" if s["max_abs_pct"] <= BAR_MAX_PCT else "**no**"
+    lines += ["", f"Median |error| {s['median_abs_pct']:.1f}% (bar {BAR_MEDIAN_PCT:g}%: {med_ok}), max "
+                  f"{s['max_abs_pct']:.1f}% (bar {BAR_MAX_PCT:g}%: {max_ok}), {s['n']} rows."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())
+    sys.exit(0)
