@@ -19,7 +19,7 @@ MODEL = load_model("deepseek-v3")
 H800 = load_hardware("h800")
 DEFAULT = load_preset("default")
 POWER = H800.power
-PREFILL = Plan(phase="prefill", batch=4, seq_len=4096, dp=32, comm="normal", comm_release="profile")
+PREFILL = Plan(phase="prefill", batch=4, seq_len=4096, dp=32, comm="normal", comm_release="first")
 DECODE = Plan(phase="decode", batch=128, seq_len=4096, dp=128, comm="ibgda", comm_release="first")
 
 

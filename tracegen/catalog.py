@@ -94,6 +94,7 @@ class Release:
     source: str
     ref_tokens: float = 0.0         # "us": tokens per rank in the benchmark
     sms: int | None = None          # SMs the benchmark gave the kernels (None: the backend's)
+    in_situ: bool = False           # measured beside compute already: the scheduler does not slow it again
 
     def held(self, ep: int) -> list[str]:
         """'op at EP n' for each op whose published EP sizes do not reach `ep` (at() holds the
@@ -296,7 +297,7 @@ _COMM_FIELDS: dict[str, tuple[str, bool]] = {
 _RELEASE_FIELDS: dict[str, tuple[str, bool]] = {
     "unit": ("str", True), "dispatch": ("table", True), "combine": ("table", True),
     "link_gbps": ("bandwidth", True), "source": ("str", True), "ref_tokens": ("count", False),
-    "sms": ("int", False),
+    "sms": ("int", False), "in_situ": ("bool", False),
 }
 _MODEL_FIELDS: dict[str, tuple[str, bool]] = {
     "display": ("str", True), "attention": ("str", True), "vocab_size": ("int", True),
@@ -517,7 +518,7 @@ def _build_release(name: str, spec: Any, where: str) -> Release:
         pts[op] = table
     return Release(name=name, unit=r["unit"], dispatch=pts["dispatch"], combine=pts["combine"],
                    link_gbps=r["link_gbps"], source=r["source"], ref_tokens=r.get("ref_tokens", 0.0),
-                   sms=r.get("sms"))
+                   sms=r.get("sms"), in_situ=bool(r.get("in_situ", False)))
 
 
 def _release_to_dict(r: Release) -> dict[str, Any]:
@@ -527,6 +528,8 @@ def _release_to_dict(r: Release) -> dict[str, Any]:
         out["ref_tokens"] = r.ref_tokens
     if r.sms is not None:
         out["sms"] = r.sms
+    if r.in_situ:
+        out["in_situ"] = True
     return out
 
 

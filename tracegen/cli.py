@@ -20,6 +20,7 @@ from .plan import COMM_BACKENDS, Plan
 from .preset import PRESETS, Preset, load_preset
 from .resolve import HARDWARE_WHATIFS, PLAN_FIELDS, resolve_plan, resolve_target, whole_experts
 from .routing import ROUTINGS
+from .stack import DEFAULT_STACK, load_stack, stack_names
 from .schemas import tag
 
 EPILOG_ESTIMATE = """\
@@ -65,6 +66,13 @@ def add_target_args(p: argparse.ArgumentParser, phase: bool = True) -> None:
                    help="'limit': where a step would draw more than the board's power limit, its compute-bound "
                         "kernels run at the lower clock that leaves (measured: tracegen/power.py); 'boost': "
                         "every kernel at the boost clock, as kernels timed one at a time run")
+    g.add_argument("--stack", default=DEFAULT_STACK, choices=stack_names(), metavar="NAME",
+                   help="serving stack whose conventions set what the plan leaves open: the all-to-all release, "
+                        "the scheduler's CPU time per step (tracegen/data/stacks.toml; a flag given explicitly "
+                        f"wins): {', '.join(stack_names())}")
+    g.add_argument("--in-situ", default="on", choices=("on", "off"),
+                   help="'on': communication kernels that hold SMs run slower beside compute (measured on "
+                        "DeepEP, hardware.toml in_situ); 'off': at their unit-test speed throughout")
     if phase:
         g.add_argument("--phase", default="prefill", choices=("prefill", "decode"), help="inference phase")
 
@@ -133,8 +141,11 @@ def resolve_args(args: argparse.Namespace) -> tuple[Model, Hardware, Preset, Pla
         preset = replace(preset, decode_mla_form=args.mla_form)
     if getattr(args, "clock", "limit") == "boost":
         preset = replace(preset, power_limit=False)
+    if getattr(args, "in_situ", "on") == "off":
+        preset = replace(preset, comm_in_situ=False)
     plan = whole_experts(resolve_plan(args.phase, model, hw, preset, tokens=getattr(args, "tokens", None),
                                       balancedness=getattr(args, "balancedness", None),
+                                      stack=getattr(args, "stack", "") or "",
                                       **{k: getattr(args, k, None) for k in PLAN_FIELDS}), model)
     release = hw.backend(plan.comm).pick(plan.comm_release) if preset.comm_figures == "published" else None
     held = release.held(plan.ep_size) if release is not None else []
@@ -227,6 +238,25 @@ def power_line(demand_w: float, throttle: float, hw: Any) -> str:
     return f"power               {demand_w:>10.0f} W drawn at boost against a {p.limit_w:g} W limit: {what}"
 
 
+def assumptions(args: argparse.Namespace, hw: Any, preset: Preset, plan: Plan) -> dict[str, Any]:
+    """What sets the figures beyond the plan (the stack's conventions, the in-situ term, the clock)."""
+    out = load_stack(getattr(args, "stack", DEFAULT_STACK)).assumptions(plan, hw)
+    if not preset.comm_in_situ:
+        out["in_situ_slowdown"] = 0.0
+    if not preset.power_limit:
+        out["clock"] = "boost"
+    return out
+
+
+def assumptions_line(a: dict[str, Any]) -> str:
+    eplb = f"EPLB {a['eplb']:g} (default placement / balanced; not applied to one step)" if a["eplb"] != 1 else \
+        "balanced experts"
+    return (f"assumptions         stack {a['stack']}: {a['comm']} release {a['release']}, scheduler {a['sched_ms']:g} "
+            f"ms/step, {eplb}; in-situ comm slowdown {a['in_situ_slowdown']:g}"
+            f"{'' if a.get('in_situ_applied', True) else ' (scheduled by tracegen trace, not in this overlap sum)'}; "
+            f"clock {a['clock']}")
+
+
 # ----------------------------------------------------------------------------- commands
 def cmd_estimate(args: argparse.Namespace) -> int:
     from .estimate import estimate
@@ -235,9 +265,11 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     est = estimate(model, hw, plan, preset)
     if plan.phase == "decode":
         est.extra["max_batch"] = int(max_batch(model, hw, plan, preset))     # whole sequences
+    a = {**assumptions(args, hw, preset, plan), "in_situ_applied": False}    # estimate sums stages, no scheduler
     if args.json:
-        print_json(est.to_dict(), tag("tracegen-estimate"))
+        print_json({**est.to_dict(), "assumptions": a}, tag("tracegen-estimate"))
     else:
+        print(assumptions_line(a))
         print(render_estimate(est))
     return 0
 
@@ -267,8 +299,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     summ = summary(sched)
     if args.json:
         ranks = [{**r, "layers": [{"layer": k, **v} for k, v in r["layers"].items()]} for r in summ]
-        print_json({"output": str(path), "bytes": os.path.getsize(path), "tbo": tbo, "ranks": ranks},
-                   tag("tracegen-trace"))
+        print_json({"output": str(path), "bytes": os.path.getsize(path), "tbo": tbo, "ranks": ranks,
+                    "assumptions": assumptions(args, hw, preset, plan)}, tag("tracegen-trace"))
         return 0
     r0 = summ[0]
     moe = graph.moe_layers
@@ -278,6 +310,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB): {model.name} {plan.phase} on {graph.hardware.name}, "
           f"{n_model} layers{extra} x {plan.microbatches} micro-batch{'es' if plan.microbatches > 1 else ''}, "
           f"{args.ranks} rank{'s' if args.ranks > 1 else ''}, TBO {tbo}, comm {plan.comm}")
+    print(assumptions_line(assumptions(args, hw, preset, plan)))
     print(f"span {r0['span_us'] / 1e3:.3f} ms (rank 0)   compute busy {100 * r0['compute_us'] / r0['span_us']:.1f}%   "
           f"communication hidden {r0['hidden_comm_pct']:.1f}% ({r0['exposed_comm_us'] / 1e3:.3f} ms exposed)")
     if len(moe) > 1:

@@ -78,6 +78,9 @@ def _settle(graph: OpGraph, order, opts: TraceOptions) -> Schedule:
     hw = graph.hardware
     if not graph.preset.comm_in_situ or hw.in_situ is None or not hw.in_situ.slowdown:
         return sched
+    rel = hw.backend(graph.plan.comm).pick(graph.plan.comm_release) if graph.plan.comm in hw.comm else None
+    if rel is not None and rel.in_situ:         # its figures were measured beside compute already
+        return sched
     base = graph.stages
     if not any(st.stream == COMM and st.holds_sms for st in base.values()):
         return sched
