@@ -59,6 +59,7 @@ class Estimate(_S):
     power_demand_w: float | None = None                 # hardware with a power model (tracegen/power.py):
     power_throttle: float | None = None                 # mean draw at boost, the clock drop it sets (0-1)
     power_compute_bound_share: float | None = None      # and the share of the step in compute-bound kernels
+    assumptions: dict[str, Any] | None = None           # the stack's conventions etc. (tracegen/cli.assumptions)
 
 
 IdleCauses = msgspec.defstruct("IdleCauses", [(c, float) for c in IDLE_CAUSES], bases=(_S,))   # the contract's
@@ -94,6 +95,7 @@ class Trace(_S):
     bytes: int
     tbo: str
     ranks: list[TraceRank]
+    assumptions: dict[str, Any] | None = None
 
 
 class HardwareRow(_S):

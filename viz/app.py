@@ -28,6 +28,7 @@ from tracegen.catalog import builtin_hardware, builtin_models, load_hardware
 from tracegen.pipeline import TraceOptions, schedule
 from tracegen.preset import PRESETS, load_preset
 from tracegen.resolve import default_backend, resolve_plan, resolve_target
+from tracegen.stack import DEFAULT_STACK
 from tracegen.trace import write_trace
 
 from .report import build, summary_table
@@ -52,7 +53,7 @@ def predict(values: dict[str, Any], tmp: Path) -> Analysis:
     model, hw, preset = resolve_target(values["model"], hardware=values["hardware"], preset=values["preset"])
     plan = resolve_plan(values["phase"], model, hw, preset, batch=float(values["batch"]), tp=int(values["tp"]),
                         dp=int(values["dp"]), ep=int(values["ep"]), comm=values["comm"],
-                        microbatches=1 if values["tbo"] == "off" else 2)
+                        microbatches=1 if values["tbo"] == "off" else 2, stack=DEFAULT_STACK)
     sched = schedule(model, hw, plan, preset, TraceOptions(tbo=values["tbo"], layers=int(values["layers"]),
                                                            ranks=int(values["ranks"])))
     path = tmp / "predicted.json"
