@@ -220,6 +220,10 @@ def render_estimate(est: Any) -> str:
                      "a 'GPU' above is one die)")
     lines.append(f"tokens/s per node   {_fmt(d['tokens_per_s_per_node_overlap'], 1):>10}       "
                  f"without {_fmt(d['tokens_per_s_per_node'], 1):>10}")
+    if "scheduled_step_ms" in d:
+        lines.append(f"scheduled step      {d['scheduled_step_ms']:>10.3f} ms    {_fmt(d['tokens_per_s_per_gpu_scheduled'], 1)} "
+                     "tokens/s per GPU (the timeline `tracegen trace` writes for this plan: two-batch overlap, "
+                     "in-situ communication, the CPU's launches; 'with overlap' above is the per-layer bound)")
     if p.phase == "decode":
         lines.append(f"tokens/s per user   {d['tps_per_user_overlap']:>10.3f}       without {d['tps_per_user']:>10.3f}")
     if "max_batch" in d:
@@ -265,6 +269,11 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     est = estimate(model, hw, plan, preset)
     if plan.phase == "decode":
         est.extra["max_batch"] = int(max_batch(model, hw, plan, preset))     # whole sequences
+    if preset.step_terms:        # the step as `tracegen trace` schedules it (same plan, its default options)
+        from .pipeline import TraceOptions, schedule
+        sched = schedule(model, hw, plan, preset, TraceOptions(tbo="proper" if plan.microbatches == 2 else "off"))
+        est.extra["scheduled_step_ms"] = sched.span_us / 1e3
+        est.extra["tokens_per_s_per_gpu_scheduled"] = est.tokens_per_step_per_gpu * 1e6 / sched.span_us
     a = {**assumptions(args, hw, preset, plan), "in_situ_applied": False}    # estimate sums stages, no scheduler
     if args.json:
         print_json({**est.to_dict(), "assumptions": a}, tag("tracegen-estimate"))

@@ -60,6 +60,8 @@ class Estimate(_S):
     power_throttle: float | None = None                 # mean draw at boost, the clock drop it sets (0-1)
     power_compute_bound_share: float | None = None      # and the share of the step in compute-bound kernels
     assumptions: dict[str, Any] | None = None           # the stack's conventions etc. (tracegen/cli.assumptions)
+    scheduled_step_ms: float | None = None              # the step as tracegen trace schedules it
+    tokens_per_s_per_gpu_scheduled: float | None = None
 
 
 IdleCauses = msgspec.defstruct("IdleCauses", [(c, float) for c in IDLE_CAUSES], bases=(_S,))   # the contract's
