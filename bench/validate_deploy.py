@@ -58,6 +58,19 @@ class Row:
     def phase(self) -> str:
         return "decode" if self.deployment.mode == "decode" else "prefill"
 
+    def claim(self) -> Claim:
+        plan = self.deployment.plan_fields
+        hw = load_hardware(self.hardware)
+        comm = plan.get("comm") or default_backend(load_preset("default"), self.phase, hw)
+        rel = (load_stack(self.deployment.stack).release(comm) if self.deployment.stack else "") or \
+            hw.backend(comm).release
+        return Claim(self.dataset, self.tag, self.hardware, comm, rel, self.model, self.deployment.stack,
+                     self.phase, eplb=not self.balanced, datum=self.datum or f"deploy:{self.key}")
+
+    @property
+    def phase(self) -> str:
+        return "decode" if self.deployment.mode == "decode" else "prefill"
+
     @property
     def factor(self) -> float:
         """The stack's default expert placement relative to balanced experts (data/stacks.toml)."""
@@ -156,8 +169,7 @@ def measure(row: Row) -> dict[str, Any]:
                 "error_pct": None, "target_pct": row.target_pct, "per": row.per, "note": str(exc)}
     s = summary(r)
     pool = s["pools"][0]
-    per_node = pool[f"{row.metric}_tokens_per_s_per_node_steady"]
-    per_node *= row.factor
+    per_node = pool[f"{row.metric}_tokens_per_s_per_node_steady"]      # the stack's EPLB factor applied inside
     got = per_node / (hw.gpus_per_node / hw.dies_per_package) if row.per == "NPU" else per_node
     return {"key": row.key, "label": row.label, "published": row.published, "predicted": got,
             "error_pct": 100 * (got / row.published - 1), "target_pct": row.target_pct, "per": row.per,

@@ -230,6 +230,7 @@ class Deploy(_S):
     pools: list[DeployPool]
     slo: Slo | None = None
     trace: str | None = None
+    assumptions: dict[str, Any] | None = None     # the stack's conventions, in-situ term, clock
     requests_out: str | None = None
 
 

@@ -120,7 +120,8 @@ def _deployment(args: argparse.Namespace, gpus_per_node: int) -> Deployment:
     if args.decode_expert_nodes and args.mode not in ("pd", "decode"):
         raise UserError("--decode-expert-nodes splits the decode pool: use it with --mode pd or decode")
     return Deployment(args.mode, pre, dec, args.prefill_tokens, args.decode_batch, args.slo_tpot, fields, gpus_per_node,
-                      args.decode_expert_nodes, args.af_microbatches, not args.eager_decode)
+                      args.decode_expert_nodes, args.af_microbatches, not args.eager_decode,
+                      getattr(args, "stack", "") or "")
 
 
 def _workload(args: argparse.Namespace):
@@ -145,6 +146,8 @@ def target(args: argparse.Namespace):
     model, hw, preset = resolve_target(args.model, args.model_file, args.hardware, args.hardware_file, args.preset)
     if getattr(args, "clock", "limit") == "boost":
         preset = replace(preset, power_limit=False)
+    if getattr(args, "in_situ", "on") == "off":
+        preset = replace(preset, comm_in_situ=False)
     return model, hw, preset, _deployment(args, hw.gpus_per_node), _workload(args)
 
 
@@ -157,8 +160,25 @@ def simulate_args(args: argparse.Namespace, parts=None):
     r = run(model, hw, preset, d, w)
     s = summary(r, args.slo_ttft, args.slo_tpot)
     s.update({"model": model.name, "hardware": hw.name, "preset": preset.name, "workload": w.source},
-             plan=d.label(), simulated_s=time.perf_counter() - t0)
+             plan=d.label(), simulated_s=time.perf_counter() - t0, assumptions=assumptions(hw, preset, d))
     return r, s
+
+
+def assumptions(hw, preset, d) -> dict:
+    """What sets the figures beyond the flags: the stack's conventions, the in-situ term, the clock."""
+    from ..stack import load_stack
+    st = load_stack(d.stack or "catalog")
+    return {"stack": st.key, "stack_display": st.display, "releases": st.releases, "sched_ms": st.sched_ms,
+            "eplb": st.eplb, "in_situ_slowdown": hw.in_situ.slowdown if hw.in_situ and preset.comm_in_situ else 0.0,
+            "clock": "power-limited (power.py)" if hw.power and preset.power_limit else "boost"}
+
+
+def assumptions_line(a: dict) -> str:
+    rel = ", ".join(f"{k} {v}" for k, v in a["releases"].items()) or "catalog defaults"
+    return (f"assumptions: stack {a['stack']} (releases {rel}; scheduler {a['sched_ms']['prefill']:g} / "
+            f"{a['sched_ms']['decode']:g} ms per prefill / decode step; default expert placement at "
+            f"{a['eplb']['prefill']:g} / {a['eplb']['decode']:g} of balanced); in-situ comm slowdown "
+            f"{a['in_situ_slowdown']:g}; clock {a['clock']}")
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -249,7 +269,10 @@ def _n(x: Any, nd: int = 0) -> str:
 
 def render(s: dict) -> str:
     lines = [f"{s['model']} on {s['hardware']} · {s['plan']} · preset {s['preset']}",
-             f"workload: {s['workload']}; simulated in {s['simulated_s']:.2f} s, span {s['span_s']:.1f} s", ""]
+             f"workload: {s['workload']}; simulated in {s['simulated_s']:.2f} s, span {s['span_s']:.1f} s"]
+    if s.get("assumptions"):
+        lines.append(assumptions_line(s["assumptions"]))
+    lines.append("")
     head = (f"{'pool':<10}{'instances':>12}{'nodes':>7}{'util':>7}{'in tok/s/node':>15}{'steady':>10}"
             f"{'out tok/s/node':>16}{'steady':>10}{'batch/DP':>10}")
     lines += [head, "-" * len(head)]

@@ -14,6 +14,7 @@ from ..catalog import Hardware, Model
 from ..plan import Plan
 from ..preset import Preset
 from ..resolve import resolve_plan
+from ..stack import load_stack
 from .simulate import Pool, Result, simulate
 from .steptime import custom_table, decode_table, kv_capacity_tokens, kv_transfer_s, prefill_table
 from .workload import Workload
@@ -144,15 +145,22 @@ def _prefill_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w:
         raise UserError(f"the weights of {model.name} on a prefill instance of {plan.num_gpus} GPUs leave no room "
                         f"for a step of {d.token_budget:g} tokens' KV cache: use a larger EP")
     hit = float(np.clip(w.hit_rate, 0.0, 0.99))
-    return {"plan": plan, "table": prefill_table(model, hw, plan, preset, d.token_budget,
-                                                 _span(w.input_len.astype(float)), hit)}
+    return {"plan": plan, "table": _placed(d, "prefill", prefill_table(model, hw, plan, preset, d.token_budget,
+                                                                       _span(w.input_len.astype(float)), hit))}
+
+
+def _placed(d: Deployment, phase: str, table):
+    """The step table under the stack's default expert placement: its published throughput relative
+    to balanced experts (data/stacks.toml `eplb`) stretches every step."""
+    f = load_stack(d.stack).eplb[phase] if d.stack else 1.0
+    return table if f == 1.0 else replace(table, ms=table.ms / f)
 
 
 def _decode_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload,
                   plan: Plan) -> dict[str, Any]:
     kv = kv_capacity_tokens(model, hw, plan, preset)
     contexts, top = _decode_range(d, w, kv, "a decode GPU of this plan", "use a larger EP or shorter requests")
-    table = decode_table(model, hw, plan, preset, top, contexts, d.decode_graphs)
+    table = _placed(d, "decode", decode_table(model, hw, plan, preset, top, contexts, d.decode_graphs))
     return {"table": table, "plan": plan, "kv": kv, "cap": _cap(d, table, plan.accepted_per_request, contexts, top)}
 
 
