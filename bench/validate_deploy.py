@@ -191,6 +191,30 @@ def day6_capacity() -> dict[str, float]:
     return {"prefill": measure(pre)["predicted"], "decode": measure(dec)["predicted"]}
 
 
+# DeepSeek's day-6 post: 608B input tokens (56.3 % of them cache hits) and 168B output tokens in 24 hours on
+# 226.75 nodes on average, each user served at 20-22 tokens/s
+DAY6_TOKENS = {"input": 608e9, "output": 168e9}
+DAY6_NODES, DAY6_TPS_USER = 226.75, (20.0, 22.0)
+
+
+def day6_checks() -> dict[str, float]:
+    """The day-6 figures as well-posed checks: the fleet utilisation the simulated capacities imply for the
+    day's tokens on the average node count (must not exceed 1), and tokens/s per user at DeepSeek's
+    profiled decode batch (128 requests per GPU, MTP 1 at 85 %, EP128, 4K context; against 20-22)."""
+    rows = {r.key: r for r in ROWS}
+    pre, dec = measure(rows["ds-prefill"])["predicted"], measure(rows["ds-decode"])["predicted"]
+    node_s = DAY6_TOKENS["input"] / pre + DAY6_TOKENS["output"] / dec
+    from tracegen.catalog import load_model
+    from tracegen.pipeline import TraceOptions, schedule
+    from tracegen.plan import Plan
+    hw, model = load_hardware("h800"), load_model("deepseek-v3")
+    plan = load_stack("deepseek-2025-02").apply(
+        Plan(phase="decode", batch=128, seq_len=4096, dp=128, comm="ibgda", mtp=1, mtp_accept=0.85), hw)
+    step = schedule(model, hw, plan, load_preset("default"), TraceOptions(tbo="proper", launch_us=0.0))
+    return {"utilisation": node_s / (DAY6_NODES * 86400), "prefill_per_node": pre, "decode_per_node": dec,
+            "tps_user": plan.accepted_per_request / (step.span_us / 1e6), "step_ms": step.span_us / 1e3}
+
+
 def mtp_gain() -> dict[str, float]:
     """CloudMatrix384's reported 1.8x decode throughput from MTP: the TPOT < 50 ms row with MTP off."""
     row = next(r for r in ROWS if r.key == "cm-decode-50")
@@ -249,6 +273,15 @@ def render() -> str:
               f"{cap['prefill']:,.0f} prefill tokens/s per node "
               f"({100 * (cap['prefill'] / DS_PROFILE['prefill'] - 1):+.1f} %) and {cap['decode']:,.0f} decode "
               f"({100 * (cap['decode'] / DS_PROFILE['decode'] - 1):+.1f} %)."]
+    c = day6_checks()
+    lo, hi = DAY6_TPS_USER
+    lines += ["", "DeepSeek's day-6 totals as checks (label: semi-independent, dataset `deepseek-day6`): the day's "
+              f"{DAY6_TOKENS['input'] / 1e9:,.0f}B input and {DAY6_TOKENS['output'] / 1e9:,.0f}B output tokens at the "
+              f"simulated capacities above ({c['prefill_per_node']:,.0f} and {c['decode_per_node']:,.0f} tokens/s per "
+              f"node) need {100 * c['utilisation']:.0f} % of {DAY6_NODES:g} nodes for 24 hours (must not exceed 100 %: "
+              f"{'yes' if c['utilisation'] <= 1 else '**no**'}); at DeepSeek's profiled decode batch (128 requests per "
+              f"GPU, MTP 1 at 85 %) a step takes {c['step_ms']:.1f} ms, {c['tps_user']:.1f} tokens/s per user "
+              f"(reported {lo:g}-{hi:g}: {'within' if lo <= c['tps_user'] <= hi else '**outside**'})."]
     lines += ["", f"MTP on CloudMatrix384 decode (TPOT < 50 ms): {g['with_mtp']:,.0f} tokens/s per NPU with one "
                   f"draft at 70 % acceptance vs {g['without_mtp']:,.0f} without: x{g['gain']:.2f} (reported: x1.8).",
               "", "Colocated vs PD on 6 H800 nodes, 25 requests/s of 2,000 + 200 tokens (the lecture's argument: "

@@ -58,7 +58,10 @@ def target(trace: Trace) -> Target:
     except TypeError as exc:
         raise UserError(f"{src}: otherData.plan does not match this version's plan ({exc})") from None
     loads = tuple(float(x) for x in (meta.load_factors or [1.0]))
-    return Target(model, hw, load_preset(meta.preset or "default"), plan, int(meta.ranks or 1),
+    preset = load_preset(meta.preset or "default")
+    if meta.comm_in_situ is not None:
+        preset = replace(preset, comm_in_situ=bool(meta.comm_in_situ))
+    return Target(model, hw, preset, plan, int(meta.ranks or 1),
                   float(meta.launch_us if meta.launch_us is not None else hw.cpu_launch_us), loads,
                   frozenset(int(x) for x in (meta.dense_layers or [])))
 

@@ -24,6 +24,7 @@ from tracegen.catalog import (
 )
 from tracegen.opgraph import Stage
 from tracegen.plan import Plan
+from tracegen.preset import Preset, load_preset
 
 from .analysis import Analysis
 from .compare import StageRules, label_stages, refuse_training
@@ -47,6 +48,8 @@ class StageGraph:
     plan: Plan
     assumptions: list[str] = field(default_factory=list)
     observed_ranks: list[int] = field(default_factory=list)   # the observed rank each simulated rank stands for
+    compute_as_seen: bool = False       # compute stages last what they took, SMs lent to communication included
+    preset: Preset = field(default_factory=lambda: load_preset("default"))   # as the trace was generated
 
 
 def stage_graph(a: Analysis, rules: StageRules, hardware: str | None = None) -> StageGraph:
@@ -89,7 +92,7 @@ def _generated(a: Analysis) -> StageGraph:
                        "from its args and otherData (nothing assumed)"]
                       + ([f"compute at the clock the trace's power draw set (throttle {t.hardware.throttle:.3f}); "
                           "a change that alters the draw does not re-time it (tracegen/power.py)"]
-                         if t.hardware.throttle else []), list(range(t.ranks)))
+                         if t.hardware.throttle else []), list(range(t.ranks)), preset=t.preset)
 
 
 def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGraph:
@@ -164,7 +167,15 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
         "(the new trace's otherData names DeepSeek-V3, batch 1 as placeholders)",
     ]
     plan = Plan(phase=phase, batch=1, seq_len=1, microbatches=n_mb, comm=comm)
-    return StageGraph(stages, first_launch, launch_us, [1.0], 1, load_model(None), hw, plan, assumptions, [rank])
+    sms = hw.backend(comm).sms if comm in hw.comm else 0     # its kernels hold SMs: compute beside them slows,
+    stages = {k: (replace(st, holds_sms=sms, in_situ=sms > 0) if st.stream == COMM else st)   # and they slow too
+              for k, st in stages.items()}
+    assumptions.append(f"{comm} communication holds {sms} SMs while in flight ({hw.name} catalog)"
+                       + (f" and runs {hw.in_situ.slowdown:g} x its share beside compute slower than alone "
+                          "(hardware in_situ): both are taken out of the observed times and re-applied where "
+                          "the new schedule overlaps them" if sms and hw.in_situ else ""))
+    return StageGraph(stages, first_launch, launch_us, [1.0], 1, load_model(None), hw, plan, assumptions, [rank],
+                      compute_as_seen=True)
 
 
 def _segments(s0: np.ndarray, e0: np.ndarray, most: int = 64) -> tuple[tuple[float, float], ...]:

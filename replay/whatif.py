@@ -8,11 +8,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tracegen.base.contract import COMM, STAGE_STREAM
+from tracegen.base.contract import COMM, COMPUTE, STAGE_STREAM
 from tracegen.base.errors import UserError
 from tracegen.launch_order import load_order, unroll
 from tracegen.opgraph import OpGraph, link
-from tracegen.preset import load_preset
+from tracegen.cost import vector_rate
+from tracegen.pipeline import in_situ_slowdown, settle, share_beside, unstretch
 from tracegen.schedule import Schedule, simulate, summary
 from tracegen.trace import write_trace
 
@@ -40,36 +41,73 @@ class Change:
         return {k: v for k, v in self.__dict__.items() if v not in (None, 1.0)}
 
 
+def _graph(g: StageGraph, stages: dict, plan) -> OpGraph:
+    """An op graph of the observed stages (linked as tracegen links its own)."""
+    layers = sorted({k[0] for k in stages})
+    kinds = {layer: layer_kind({k[2] for k in stages if k[0] == layer}) for layer in layers}
+    dense = {layer for layer, kind in kinds.items() if kind == "dense"}
+    n_mb = max(k[1] for k in stages) + 1
+    linked = link(stages, layers, n_mb, n_mb == 1, plan.phase, kinds)
+    return OpGraph(g.model, replace(g.hardware, cpu_launch_us=g.launch_us),
+                   replace(plan, imbalance=max(g.loads) if g.loads else 1.0), g.preset, tuple(layers),
+                   frozenset(dense), linked, n_mb == 1, kinds)
+
+
+def _observed_order(g: StageGraph, stages: dict) -> list:
+    order = sorted(stages, key=lambda k: (g.first_launch.get(k, 0.0), k[0], k[1]))
+    return _respect_deps(order, stages)
+
+
 def retime(g: StageGraph, change: Change) -> Schedule:
-    """The stage graph with the change applied, scheduled by tracegen's simulator."""
+    """The stage graph with the change applied, scheduled by tracegen's simulator. What overlap did to
+    the observed times is taken out first, against the observed arrangement: compute of a profiler trace
+    back to all SMs (it lost those SM-holding communication held beside it), SM-holding communication
+    back to its speed alone (the hardware's in-situ slowdown x its share beside compute); the new
+    schedule puts back what its own overlap costs (the simulator's SM sharing, pipeline.settle)."""
+    sim = dict(ranks=g.ranks, launch_us=g.launch_us, loads=g.loads if len(g.loads) == g.ranks else None)
+    base = as_alone(g, sim)
     plan = g.plan if change.comm is None else replace(g.plan, comm=change.comm)
     backend = g.hardware.backend(plan.comm) if change.comm else None
     new = {}
-    for k, st in g.stages.items():
+    for k, st in base.items():
         if st.stream == COMM:
             st = replace(st, work_us=st.work_us * change.comm_scale)
             if backend is not None:
-                st = replace(st, latency_us=backend.latency_us, holds_sms=backend.sms,
+                st = replace(st, latency_us=backend.latency_us, holds_sms=backend.sms, in_situ=backend.sms > 0,
                              blocking=st.name == "DISPATCH" and backend.cpu_block_us > 0,
                              post_us=backend.per_message_us * max(1, plan.ep_size - 1))
         else:
             st = replace(st, work_us=st.work_us * change.compute_scale)
         new[k] = st
-    layers = sorted({k[0] for k in new})
-    kinds = {layer: layer_kind({k[2] for k in new if k[0] == layer}) for layer in layers}
-    dense = {layer for layer, kind in kinds.items() if kind == "dense"}
-    n_mb = max(k[1] for k in new) + 1
-    new = link(new, layers, n_mb, n_mb == 1, plan.phase, kinds)
-    graph = OpGraph(g.model, replace(g.hardware, cpu_launch_us=g.launch_us),
-                    replace(plan, imbalance=max(g.loads) if g.loads else 1.0), load_preset("default"), tuple(layers),
-                    frozenset(dense), new, n_mb == 1, kinds)
+    graph = _graph(g, new, plan)
     if change.launch_order:
         order = unroll(graph, load_order(change.launch_order, plan.phase))
     else:
-        order = sorted(new, key=lambda k: (g.first_launch.get(k, 0.0), k[0], k[1]))
-        order = _respect_deps(order, new)
-    return simulate(graph, order, ranks=g.ranks, launch_us=g.launch_us,
-                    loads=g.loads if len(g.loads) == g.ranks else None)
+        order = _observed_order(g, graph.stages)
+    return settle(graph, lambda gr: simulate(gr, order, **sim), in_situ_slowdown(graph))
+
+
+def as_alone(g: StageGraph, sim: dict) -> dict:
+    """The observed stages with what overlap cost them taken out (see retime)."""
+    as_seen = {k: replace(st, holds_sms=0) for k, st in g.stages.items()} if g.compute_as_seen else g.stages
+    observed = _graph(g, as_seen, g.plan)
+    slowdown = in_situ_slowdown(observed)
+    if not slowdown and not g.compute_as_seen:
+        return g.stages
+    before = simulate(observed, _observed_order(g, observed.stages), **sim)
+    out = dict(g.stages)
+    if slowdown:
+        alone = unstretch(observed, before, slowdown).stages
+        out = {k: replace(st, work_us=alone[k].work_us) for k, st in out.items()}
+    if g.compute_as_seen:
+        held = share_beside(before, COMPUTE, COMM, lambda st: g.stages[st.key].holds_sms > 0)
+        hw = g.hardware
+        for k, st in out.items():
+            if st.stream != COMM and held.get(k):
+                sms = max(s.holds_sms for s in g.stages.values() if s.stream == COMM)
+                rate = vector_rate(hw, st.work_us, st.vector_us, sms)
+                out[k] = replace(st, work_us=st.work_us * ((1 - held[k]) + held[k] * rate))
+    return out
 
 
 def _respect_deps(order: list, stages: dict) -> list:

@@ -48,6 +48,12 @@ class Stage:
     gap_us: float = 0.0             # compute, observed: the gaps between its kernels (it lasts work + gap)
     segments: tuple[tuple[float, float], ...] = ()   # observed: where its kernels ran, as shares of its span
                                                      # (0-1): the trace draws it so, stretched to its duration
+    in_situ: bool | None = None     # comm: slowed beside compute (pipeline.settle); None: when it holds SMs
+                                    # (observed stages hold none in the simulator, their compute is as seen)
+
+    @property
+    def slows_beside_compute(self) -> bool:
+        return self.stream == "comm" and (self.holds_sms > 0 if self.in_situ is None else self.in_situ)
 
     @property
     def key(self) -> tuple[int, int, str]:

@@ -2,6 +2,7 @@
 The one entry point the CLI, the dashboard and the tests share."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -11,7 +12,7 @@ from .base.errors import UserError
 from .base.intervals import coverage, union
 from .catalog import Hardware, Model, Power
 from .launch_order import load_order, unroll
-from .opgraph import OpGraph, build
+from .opgraph import OpGraph, Stage, build
 from .plan import Plan
 from .power import Draw, draw
 from .preset import Preset
@@ -71,25 +72,35 @@ IN_SITU_TOLERANCE = 1e-3    # relative change of the span that ends the rounds
 
 
 def _settle(graph: OpGraph, order, opts: TraceOptions) -> Schedule:
-    """Simulate; where SM-holding communication runs slower beside compute (the hardware's in_situ
-    slowdown, under a preset that models it), stretch each such stage by 1 + slowdown x the share of
-    its run spent beside compute in the previous round, until the span settles."""
-    sched = simulate(graph, unroll(graph, order), ranks=opts.ranks, launch_us=opts.launch_us)
+    """Simulate, with the in-situ slowdown of SM-holding communication settled (settle())."""
+    return settle(graph, lambda g: simulate(g, unroll(g, order), ranks=opts.ranks, launch_us=opts.launch_us),
+                  in_situ_slowdown(graph))
+
+
+def in_situ_slowdown(graph: OpGraph) -> float:
+    """The slowdown SM-holding communication suffers beside compute on this graph's hardware (0: none,
+    under a preset that does not model it, or for a release whose figures were measured in situ)."""
     hw = graph.hardware
     if not graph.preset.comm_in_situ or hw.in_situ is None or not hw.in_situ.slowdown:
-        return sched
+        return 0.0
     rel = hw.backend(graph.plan.comm).pick(graph.plan.comm_release) if graph.plan.comm in hw.comm else None
-    if rel is not None and rel.in_situ:         # its figures were measured beside compute already
-        return sched
-    base = graph.stages
-    if not any(st.stream == COMM and st.holds_sms for st in base.values()):
+    return 0.0 if rel is not None and rel.in_situ else hw.in_situ.slowdown
+
+
+def _stretched(stages: dict, slowdown: float, share: dict, inverse: bool = False) -> dict:
+    f = (lambda k: 1 / (1 + slowdown * share.get(k, 0.0))) if inverse else (lambda k: 1 + slowdown * share.get(k, 0.0))
+    return {k: (replace(st, work_us=st.work_us * f(k)) if st.slows_beside_compute else st) for k, st in stages.items()}
+
+
+def settle(graph: OpGraph, run: Callable[[OpGraph], Schedule], slowdown: float) -> Schedule:
+    """Where SM-holding communication runs slower beside compute, stretch each such stage by
+    1 + slowdown x the share of its run spent beside compute in the previous round, until the span
+    settles. `run` simulates a graph (its launch order and ranks fixed by the caller)."""
+    sched = run(graph)
+    if not slowdown or not any(st.slows_beside_compute for st in graph.stages.values()):
         return sched
     for _ in range(IN_SITU_ROUNDS):
-        share = beside_compute(sched)
-        stages = {k: (replace(st, work_us=st.work_us * (1 + hw.in_situ.slowdown * share.get(k, 0.0)))
-                      if st.stream == COMM and st.holds_sms else st) for k, st in base.items()}
-        nxt = simulate(replace(graph, stages=stages), unroll(graph, order), ranks=opts.ranks,
-                       launch_us=opts.launch_us)
+        nxt = run(replace(graph, stages=_stretched(graph.stages, slowdown, beside_compute(sched))))
         done = abs(nxt.span_us - sched.span_us) <= IN_SITU_TOLERANCE * sched.span_us
         sched = nxt
         if done:
@@ -97,21 +108,42 @@ def _settle(graph: OpGraph, order, opts: TraceOptions) -> Schedule:
     return sched
 
 
+def unstretch(graph: OpGraph, observed: Schedule, slowdown: float) -> OpGraph:
+    """An observed graph's communication at its speed alone: each SM-holding stage's observed time over
+    1 + slowdown x its share beside compute in `observed` (the inverse of settle's stretch)."""
+    if not slowdown:
+        return graph
+    return replace(graph, stages=_stretched(graph.stages, slowdown, beside_compute(observed), inverse=True))
+
+
 def beside_compute(sched: Schedule) -> dict:
-    """Per communication stage: the share of its run that compute ran beside it, mean over ranks."""
-    total: dict = {}
+    """Per communication stage: the share of its run that compute ran beside it."""
+    return share_beside(sched, COMM, COMPUTE)
+
+
+def share_beside(sched: Schedule, of: str, by: str, only: Callable[[Stage], bool] | None = None) -> dict:
+    """Per stage on track `of`: the share of its run (weighted by time, over its intervals and ranks)
+    during which track `by` was busy, counting only `by`'s stages that `only` accepts."""
+    num: dict = {}
+    den: dict = {}
+    stages = sched.graph.stages
     for r in range(sched.ranks):
-        comp = [(i.start, i.end) for i in sched.intervals if i.rank == r and i.track == COMPUTE]
-        comm = [i for i in sched.intervals if i.rank == r and i.track == COMM and i.key is not None and i.end > i.start]
-        if not comp or not comm:
+        mine = [i for i in sched.intervals if i.rank == r and i.track == of and i.key is not None and i.end > i.start]
+        other = [i for i in sched.intervals if i.rank == r and i.track == by and i.key is not None and i.end > i.start
+                 and (only is None or only(stages[i.key]))]
+        if not mine:
             continue
-        F = coverage(*union(np.array([a for a, _ in comp]), np.array([b for _, b in comp])))
-        s = np.array([i.start for i in comm])
-        e = np.array([i.end for i in comm])
-        shares = (F(e) - F(s)) / (e - s)
-        for i, f in zip(comm, shares):
-            total.setdefault(i.key, []).append(float(f))
-    return {k: sum(v) / len(v) for k, v in total.items()}
+        s = np.array([i.start for i in mine])
+        e = np.array([i.end for i in mine])
+        if other:
+            F = coverage(*union(np.array([i.start for i in other]), np.array([i.end for i in other])))
+            cov = F(e) - F(s)
+        else:
+            cov = np.zeros(len(mine))
+        for i, c, d in zip(mine, cov, e - s):
+            num[i.key] = num.get(i.key, 0.0) + float(c)
+            den[i.key] = den.get(i.key, 0.0) + float(d)
+    return {k: num[k] / den[k] for k in num if den[k] > 0}
 
 
 def step_draw(sched: Schedule, power: Power) -> Draw:

@@ -150,7 +150,7 @@ def metadata(sched: Schedule, extra: dict[str, Any]) -> dict[str, Any]:
     return {"generator": f"{C.GENERATOR} {__version__}", "format_version": C.FORMAT_VERSION,
             "model": g.model.name, "model_spec": model_to_dict(g.model),
             "hardware": g.hardware.name, "hardware_key": g.hardware.key, "hardware_spec": hardware_to_dict(g.hardware),
-            "preset": g.preset.name, "plan": plan, "ranks": sched.ranks, "layers": list(g.layers),
+            "preset": g.preset.name, "comm_in_situ": bool(g.preset.comm_in_situ), "plan": plan, "ranks": sched.ranks, "layers": list(g.layers),
             "dense_layers": sorted(g.dense), "launch_us": sched.launch_us, "sm_count": g.hardware.sm_count,
             "load_factors": sched.load, "span_us": _r(sched.span_us),
             "idle_us": [{cause: _r(sched.idle_us(r, cause)) for cause in IDLE_CAUSES} for r in range(sched.ranks)],

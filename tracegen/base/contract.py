@@ -147,6 +147,9 @@ OTHER_DATA: tuple[Key, ...] = (
                                          "catalog entry, so the trace replays without the user's "
                                          "--hardware-file"),
     Key("preset", str, "always", "cost-model preset name"),
+    Key("comm_in_situ", bool, "always", "whether SM-holding communication was slowed beside compute (the "
+                                        "hardware's in_situ term; tracegen --in-situ): replay whatif takes it out "
+                                        "and puts it back as the new schedule overlaps"),
     Key("plan", dict, "always", "every field of the deployment plan (tracegen.plan.Plan)"),
     Key("ranks", int, "always", "ranks emitted"),
     Key("layers", list, "always", "model layer indices emitted", read=False),
