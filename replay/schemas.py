@@ -192,6 +192,8 @@ class WhatifRank(_S):
     observed_overlap_us: float | None
     no_change_span_us: float
     no_change_error_pct: float | None
+    observed_hidden_comm_pct: float | None = None
+    no_change_hidden_comm_pct: float | None = None
 
 
 class Whatif(_S):

@@ -145,7 +145,9 @@ def run(path: str, out: str, a: Analysis, rules: StageRules, change: Change, har
                      "hidden_comm_pct": r["hidden_comm_pct"], "exposed_comm_us": r["exposed_comm_us"],
                      "observed_span_us": obs_span, "observed_overlap_us": seen.get("overlap_us"),
                      "no_change_span_us": b["span_us"],
-                     "no_change_error_pct": 100 * (b["span_us"] - obs_span) / obs_span if obs_span else None})
+                     "no_change_error_pct": 100 * (b["span_us"] - obs_span) / obs_span if obs_span else None,
+                     "observed_hidden_comm_pct": seen.get("hidden_comm_pct"),
+                     "no_change_hidden_comm_pct": b["hidden_comm_pct"]})
     return {"output": out, "changes": change.describe(), "assumptions": g.assumptions, "ranks": rows}
 
 
