@@ -121,38 +121,64 @@ def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float 
              loads: list[float] | None = None) -> Schedule:
     """Run the op graph on `ranks` ranks in launch `order`; returns every interval. `loads` sets
     each rank's MoE load factor (default: spread evenly up to the plan's imbalance)."""
-    plan, hw = graph.plan, graph.hardware
-    launch = hw.cpu_launch_us if launch_us is None else launch_us
-    if loads is not None and len(loads) != ranks:
-        raise UserError(f"{len(loads)} load factors for {ranks} ranks")
-    sched = Schedule(graph, ranks, list(loads) if loads is not None else load_factors(ranks, plan.imbalance),
-                     launch)
-    stages = graph.stages
-    n = len(order)
-    R = [_Rank(r, n) for r in range(ranks)]
-    if plan.sched_ms:       # the CPU schedules the step before it launches anything
-        for rk in R:
-            rk.cpu_t = plan.sched_ms * 1e3
-            sched.intervals.append(Interval(rk.r, "cpu", "scheduler", 0.0, rk.cpu_t, None, "sched"))
-    ended: dict[tuple[int, Key], float] = sched.end
-    started: dict[tuple[int, Key], float] = sched.start
-    group_starts: dict[Key, list[float]] = {}
-    group_end: dict[Key, float] = {}
-    out = sched.intervals
+    return Simulation(graph, order, ranks, launch_us, loads).run()
 
-    def work(r: int, st: Stage) -> float:
-        return st.work_us * (sched.load[r] if st.name == "MLP" and st.layer not in graph.dense else 1.0)
 
-    def deps_done(rk: _Rank, st: Stage) -> float | None:
+class Simulation:
+    """The discrete-event simulation: each rank's next event (`peek`) is one of launch, unblock,
+    compute_start / compute_end, comm_start / comm_end, each a method; `run` pops them in time order."""
+
+    def __init__(self, graph: OpGraph, order: list[Key], ranks: int, launch_us: float | None,
+                 loads: list[float] | None):
+        plan, hw = graph.plan, graph.hardware
+        if loads is not None and len(loads) != ranks:
+            raise UserError(f"{len(loads)} load factors for {ranks} ranks")
+        self.graph, self.order, self.stages, self.n, self.hw, self.plan = graph, order, graph.stages, len(order), hw, plan
+        self.launch = hw.cpu_launch_us if launch_us is None else launch_us
+        self.cpu_block_us = hw.backend(plan.comm).cpu_block_us if plan.comm in hw.comm else 0.0
+        self.sched = Schedule(graph, ranks, list(loads) if loads is not None else load_factors(ranks, plan.imbalance),
+                              self.launch)
+        self.R = [_Rank(r, self.n) for r in range(ranks)]
+        if plan.sched_ms:       # the CPU schedules the step before it launches anything
+            for rk in self.R:
+                rk.cpu_t = plan.sched_ms * 1e3
+                self.sched.intervals.append(Interval(rk.r, "cpu", "scheduler", 0.0, rk.cpu_t, None, "sched"))
+        self.ended, self.started = self.sched.end, self.sched.start
+        self.group_starts: dict[Key, list[float]] = {}
+        self.group_end: dict[Key, float] = {}
+        self.out = self.sched.intervals
+        self.heap: list[tuple[float, int, int, str]] = []
+        self.version = [0] * ranks
+        self.done = 0
+
+    # ------------------------------------------------------------------ state
+    def work(self, r: int, st: Stage) -> float:
+        return st.work_us * (self.sched.load[r] if st.name == "MLP" and st.layer not in self.graph.dense else 1.0)
+
+    def deps_done(self, rk: _Rank, st: Stage) -> float | None:
         t = 0.0
         for d in st.deps:
-            e = ended.get((rk.r, d))
+            e = self.ended.get((rk.r, d))
             if e is None:
                 return None
             t = max(t, e)
         return t
 
-    def peek(rk: _Rank) -> tuple[float, str] | None:
+    def rate(self, st: Stage, held: int) -> float:
+        return vector_rate(self.hw, st.work_us, st.vector_us, held)
+
+    def change_sms(self, rk: _Rank, t: float, sms: int) -> None:
+        """Comm SMs taken or released: bank the compute progress so far at the old rate."""
+        if rk.running[COMPUTE] is not None:
+            rk.work_left -= (t - rk.t_last) * rk.rate
+            rk.t_last = t
+        rk.comm_sms = sms
+        cur = rk.running[COMPUTE]
+        rk.rate = self.rate(self.stages[cur], sms) if cur is not None else 1.0
+
+    # ------------------------------------------------------------------ the next event of a rank
+    def peek(self, rk: _Rank) -> tuple[float, str] | None:
+        stages = self.stages
         best: tuple[float, str] | None = None
 
         def consider(t: float, what: str) -> None:
@@ -160,136 +186,135 @@ def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float 
             if best is None or t < best[0]:
                 best = (t, what)
 
-        # CPU
-        if rk.blocked is not None:
-            ge = group_end.get(rk.blocked)
-            if ge is not None:
+        if rk.blocked is not None:                          # the CPU
+            if self.group_end.get(rk.blocked) is not None:
                 st = stages[rk.blocked]
-                starts = group_starts[rk.blocked]
-                consider(max(starts) + st.latency_us + hw.backend(plan.comm).cpu_block_us, "unblock")
-        elif rk.cpu_pos < n:
-            st = stages[order[rk.cpu_pos]]
-            consider(rk.cpu_t + (st.cpu_us if st.cpu_us is not None else st.kernels * launch), "launch")
-        # streams
-        for stream in (COMPUTE, COMM):
+                consider(max(self.group_starts[rk.blocked]) + st.latency_us + self.cpu_block_us, "unblock")
+        elif rk.cpu_pos < self.n:
+            st = stages[self.order[rk.cpu_pos]]
+            consider(rk.cpu_t + (st.cpu_us if st.cpu_us is not None else st.kernels * self.launch), "launch")
+        for stream in (COMPUTE, COMM):                      # the streams
             cur = rk.running[stream]
             if cur is not None:
                 if stream == COMPUTE:       # never before its last kernel was launched
                     consider(max(rk.t_last + rk.work_left / rk.rate + stages[cur].gap_us,
-                                 rk.launch_end.get(cur, 0.0)), "cend")
-                elif cur in group_end:
-                    consider(group_end[cur], "mend")
+                                 rk.launch_end.get(cur, 0.0)), "compute_end")
+                elif cur in self.group_end:
+                    consider(self.group_end[cur], "comm_end")
                 continue
             q = rk.queues[stream]
             if rk.qpos[stream] < len(q):
                 key = q[rk.qpos[stream]]
-                d = deps_done(rk, stages[key])
+                d = self.deps_done(rk, stages[key])
                 if d is not None:
-                    consider(max(rk.launched[key], d, rk.free[stream]), "cstart" if stream == COMPUTE else "mstart")
+                    consider(max(rk.launched[key], d, rk.free[stream]),
+                             "compute_start" if stream == COMPUTE else "comm_start")
         return best
 
-    def _rate(st: Stage, held: int) -> float:
-        return vector_rate(hw, st.work_us, st.vector_us, held)
-
-    def change_sms(rk: _Rank, t: float, sms: int) -> None:
-        """Comm SMs taken or released: bank the compute progress so far at the old rate."""
-        if rk.running[COMPUTE] is not None:
-            rk.work_left -= (t - rk.t_last) * rk.rate
-            rk.t_last = t
-        rk.comm_sms = sms
-        cur = rk.running[COMPUTE]
-        rk.rate = _rate(stages[cur], sms) if cur is not None else 1.0
-
-    heap: list[tuple[float, int, int, str]] = []
-    version = [0] * ranks
-
-    def push(rk: _Rank) -> None:
-        version[rk.r] += 1
-        ev = peek(rk)
+    def push(self, rk: _Rank) -> None:
+        self.version[rk.r] += 1
+        ev = self.peek(rk)
         if ev is not None:
-            heapq.heappush(heap, (ev[0], rk.r, version[rk.r], ev[1]))
+            heapq.heappush(self.heap, (ev[0], rk.r, self.version[rk.r], ev[1]))
 
-    for rk in R:
-        push(rk)
-    done_count = 0
-    total = n * ranks
-    while heap:
-        t, r, v, what = heapq.heappop(heap)
-        if v != version[r]:
-            continue
-        rk = R[r]
-        touched = [rk]
-        if what == "launch":
-            key = order[rk.cpu_pos]
-            st = stages[key]
-            out.append(Interval(r, "cpu", f"launch {st.name}", rk.cpu_t, t, key, "launch"))
-            first = rk.cpu_t + st.cpu_first_us if st.cpu_first_us is not None else t
-            rk.launched[key] = first               # the GPU may start it from its first kernel's launch
-            sched.launched[(r, key)] = first
-            rk.launch_end[key] = t
-            rk.queues[st.stream].append(key)
-            rk.cpu_t = t
-            rk.cpu_pos += 1
-            if st.blocking:
-                rk.blocked, rk.blocked_since = key, t
-        elif what == "unblock":
-            key = rk.blocked
-            out.append(Interval(r, "cpu", "wait dispatch counts", rk.blocked_since, t, key, "wait"))
-            rk.blocked_spans.append((rk.blocked_since, t))
-            rk.blocked = None
-            rk.cpu_t = t
-        elif what == "cstart":
-            key = rk.queues[COMPUTE][rk.qpos[COMPUTE]]
-            rk.running[COMPUTE] = key
-            rk.work_left = work(r, stages[key])
-            rk.t_last = t
-            rk.rate = _rate(stages[key], rk.comm_sms)
-            started[(r, key)] = t
-            sched.ready[(r, key)] = deps_done(rk, stages[key]) or 0.0
-        elif what == "cend":
-            key = rk.running[COMPUTE]
-            ended[(r, key)] = t
-            out += _drawn(r, COMPUTE, stages[key], started[(r, key)], t)
-            rk.running[COMPUTE] = None
-            rk.qpos[COMPUTE] += 1
-            rk.free[COMPUTE] = t
-            done_count += 1
-        elif what == "mstart":
-            key = rk.queues[COMM][rk.qpos[COMM]]
-            st = stages[key]
-            rk.running[COMM] = key
-            started[(r, key)] = t
-            if st.holds_sms:
-                change_sms(rk, t, st.holds_sms)
-            starts = group_starts.setdefault(key, [])
-            starts.append(t)
-            if len(starts) == ranks:
-                group_end[key] = max(max(starts) + st.latency_us + st.post_us + max(work(q, st) for q in range(ranks)),
-                                     max(R[q].launch_end.get(key, 0.0) for q in range(ranks)))
-                touched = R
-        elif what == "mend":
-            key = rk.running[COMM]
-            st = stages[key]
-            ended[(r, key)] = t
-            s0 = started[(r, key)]
-            out += _drawn(r, COMM, st, s0, t)
-            if st.post_us:
-                out.append(Interval(r, "proxy", f"post {key[2]}", s0, s0 + st.post_us, key, "post"))
-            if st.holds_sms:
-                change_sms(rk, t, 0)
-            rk.running[COMM] = None
-            rk.qpos[COMM] += 1
-            rk.free[COMM] = t
-            done_count += 1
-        for x in touched:
-            push(x)
-    if done_count != total:
-        raise UserError(f"schedule stalled after {done_count} of {total} stages: the launch order and the "
-                        "dependencies deadlock (a stream waits on work queued behind it)")
-    out.sort(key=lambda i: (i.rank, i.start, i.track))
-    sched.blocked = [rk.blocked_spans for rk in R]
-    sched.idle = [x for r in range(ranks) for x in _idle_causes(sched, r)]
-    return sched
+    # ------------------------------------------------------------------ events (each returns the ranks it touched)
+    def launch_next(self, rk: _Rank, t: float) -> list[_Rank]:
+        key = self.order[rk.cpu_pos]
+        st = self.stages[key]
+        self.out.append(Interval(rk.r, "cpu", f"launch {st.name}", rk.cpu_t, t, key, "launch"))
+        first = rk.cpu_t + st.cpu_first_us if st.cpu_first_us is not None else t
+        rk.launched[key] = first               # the GPU may start it from its first kernel's launch
+        self.sched.launched[(rk.r, key)] = first
+        rk.launch_end[key] = t
+        rk.queues[st.stream].append(key)
+        rk.cpu_t = t
+        rk.cpu_pos += 1
+        if st.blocking:
+            rk.blocked, rk.blocked_since = key, t
+        return [rk]
+
+    def unblock(self, rk: _Rank, t: float) -> list[_Rank]:
+        key = rk.blocked
+        self.out.append(Interval(rk.r, "cpu", "wait dispatch counts", rk.blocked_since, t, key, "wait"))
+        rk.blocked_spans.append((rk.blocked_since, t))
+        rk.blocked = None
+        rk.cpu_t = t
+        return [rk]
+
+    def compute_start(self, rk: _Rank, t: float) -> list[_Rank]:
+        key = rk.queues[COMPUTE][rk.qpos[COMPUTE]]
+        rk.running[COMPUTE] = key
+        rk.work_left = self.work(rk.r, self.stages[key])
+        rk.t_last = t
+        rk.rate = self.rate(self.stages[key], rk.comm_sms)
+        self.started[(rk.r, key)] = t
+        self.sched.ready[(rk.r, key)] = self.deps_done(rk, self.stages[key]) or 0.0
+        return [rk]
+
+    def compute_end(self, rk: _Rank, t: float) -> list[_Rank]:
+        key = rk.running[COMPUTE]
+        self.ended[(rk.r, key)] = t
+        self.out += _drawn(rk.r, COMPUTE, self.stages[key], self.started[(rk.r, key)], t)
+        self._finish(rk, COMPUTE, t)
+        return [rk]
+
+    def comm_start(self, rk: _Rank, t: float) -> list[_Rank]:
+        key = rk.queues[COMM][rk.qpos[COMM]]
+        st = self.stages[key]
+        rk.running[COMM] = key
+        self.started[(rk.r, key)] = t
+        if st.holds_sms:
+            self.change_sms(rk, t, st.holds_sms)
+        starts = self.group_starts.setdefault(key, [])
+        starts.append(t)
+        if len(starts) < len(self.R):
+            return [rk]
+        # the last rank joined: the all-to-all ends on every rank together
+        self.group_end[key] = max(max(starts) + st.latency_us + st.post_us
+                                  + max(self.work(q, st) for q in range(len(self.R))),
+                                  max(x.launch_end.get(key, 0.0) for x in self.R))
+        return self.R
+
+    def comm_end(self, rk: _Rank, t: float) -> list[_Rank]:
+        key = rk.running[COMM]
+        st = self.stages[key]
+        self.ended[(rk.r, key)] = t
+        s0 = self.started[(rk.r, key)]
+        self.out += _drawn(rk.r, COMM, st, s0, t)
+        if st.post_us:
+            self.out.append(Interval(rk.r, "proxy", f"post {key[2]}", s0, s0 + st.post_us, key, "post"))
+        if st.holds_sms:
+            self.change_sms(rk, t, 0)
+        self._finish(rk, COMM, t)
+        return [rk]
+
+    def _finish(self, rk: _Rank, stream: str, t: float) -> None:
+        rk.running[stream] = None
+        rk.qpos[stream] += 1
+        rk.free[stream] = t
+        self.done += 1
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> Schedule:
+        handlers = {"launch": self.launch_next, "unblock": self.unblock, "compute_start": self.compute_start,
+                    "compute_end": self.compute_end, "comm_start": self.comm_start, "comm_end": self.comm_end}
+        for rk in self.R:
+            self.push(rk)
+        while self.heap:
+            t, r, v, what = heapq.heappop(self.heap)
+            if v != self.version[r]:
+                continue
+            for x in handlers[what](self.R[r], t):
+                self.push(x)
+        total = self.n * len(self.R)
+        if self.done != total:
+            raise UserError(f"schedule stalled after {self.done} of {total} stages: the launch order and the "
+                            "dependencies deadlock (a stream waits on work queued behind it)")
+        sched = self.sched
+        self.out.sort(key=lambda i: (i.rank, i.start, i.track))
+        sched.blocked = [rk.blocked_spans for rk in self.R]
+        sched.idle = [x for r in range(len(self.R)) for x in _idle_causes(sched, r)]
+        return sched
 
 
 def _drawn(rank: int, track: str, st: Stage, start: float, end: float) -> list[Interval]:
