@@ -98,56 +98,68 @@ class _Instance:
 def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray | None = None) -> Result:
     """Run every request of `w` through `pools` (pd: [prefill, decode]; colocated: [colocated];
     prefill / decode: that one pool)."""
-    if mode not in MODES:
-        raise UserError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    n = len(w)
-    nan = lambda: np.full(n, np.nan)        # noqa: E731
-    p_start, p_end, first, d_start, finish = nan(), nan(), nan(), nan(), nan()
-    pool_of = np.array([k for k, pool in enumerate(pools) for _ in range(pool.instances)], np.int64)
-    insts = [_Instance(i, pools[k]) for i, k in enumerate(pool_of)]
-    by_role = {pool.role: [x for x in insts if x.pool is pool] for pool in pools}
-    entry = by_role.get("prefill") or by_role.get("colocated") or by_role.get("decode")
-    decoders = by_role.get("decode") or by_role.get("colocated") or []
-    new_tokens = (w.input_len - w.prefix_hit_len).astype(float)
-    out_left = (w.output_len - 1).astype(float)               # the first token comes from prefill
-    transfer = np.zeros(n) if transfer_s is None else transfer_s
-    rec: dict[str, list] = {k: [] for k in ("instance", "kind", "start", "end", "load", "tokens", "requests", "kv",
-                                                 "queue")}
-    events: list[tuple[float, int, int, int]] = []             # (time, seq, what, who)
-    seq = 0
-    STEP_END, KV_READY = 0, 1
+    return ServingSimulation(w, pools, mode, transfer_s).run()
 
-    def push(t: float, what: int, who: int) -> None:
-        nonlocal seq
-        seq += 1
-        heapq.heappush(events, (t, seq, what, who))
 
-    def slot(inst: _Instance, r: int) -> tuple[int, float]:
+STEP_END, KV_READY = 0, 1       # event kinds
+
+
+class ServingSimulation:
+    """The deployment simulation: events (on_arrivals, on_step_end, on_kv_ready), the admission policy
+    (slot, fits, hold, release), the batchers (start_prefill, start_decode) and the step clock (decode_ms)."""
+
+    def __init__(self, w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray | None = None):
+        if mode not in MODES:
+            raise UserError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.w, self.pools, self.mode = w, pools, mode
+        n = self.n = len(w)
+        nan = lambda: np.full(n, np.nan)        # noqa: E731
+        self.p_start, self.p_end, self.first, self.d_start, self.finish = nan(), nan(), nan(), nan(), nan()
+        self.pool_of = np.array([k for k, pool in enumerate(pools) for _ in range(pool.instances)], np.int64)
+        self.insts = [_Instance(i, pools[k]) for i, k in enumerate(self.pool_of)]
+        by_role = {pool.role: [x for x in self.insts if x.pool is pool] for pool in pools}
+        self.entry = by_role.get("prefill") or by_role.get("colocated") or by_role.get("decode")
+        self.decoders = by_role.get("decode") or by_role.get("colocated") or []
+        self.new_tokens = (w.input_len - w.prefix_hit_len).astype(float)
+        self.out_left = (w.output_len - 1).astype(float)               # the first token comes from prefill
+        self.transfer = np.zeros(n) if transfer_s is None else transfer_s
+        self.rec: dict[str, list] = {k: [] for k in ("instance", "kind", "start", "end", "load", "tokens", "requests",
+                                                     "kv", "queue")}
+        self.events: list[tuple[float, int, int, int]] = []             # (time, seq, what, who)
+        self.seq = 0
+
+    def push(self, t: float, what: int, who: int) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (t, self.seq, what, who))
+
+    # ------------------------------------------------------------------ admission policy
+    def slot(self, inst: _Instance, r: int) -> tuple[int, float]:
         """The DP group request r joins (the one with the least KV reserved: its KV lives there) and
         the KV tokens it reserves up front (prompt + all output tokens)."""
-        return int(np.argmin(inst.g_reserved)), float(w.input_len[r] + w.output_len[r])
+        return int(np.argmin(inst.g_reserved)), float(self.w.input_len[r] + self.w.output_len[r])
 
-    def fits(inst: _Instance, r: int) -> bool:
+    def fits(self, inst: _Instance, r: int) -> bool:
         """Room for request r's KV and a batch slot in the DP group it would join."""
         p = inst.pool
-        g, need = slot(inst, r)
+        g, need = self.slot(inst, r)
         return ((not p.max_batch or inst.g_count[g] + 1 <= p.max_batch)
                 and inst.g_reserved[g] + need <= p.kv_tokens)
 
-    def hold(inst: _Instance, r: int) -> None:
-        g, need = slot(inst, r)
+    def hold(self, inst: _Instance, r: int) -> None:
+        g, need = self.slot(inst, r)
         inst.group_of[r] = g
         inst.g_reserved[g] += need
         inst.g_count[g] += 1
 
-    def release(inst: _Instance, rs: np.ndarray) -> None:
+    def release(self, inst: _Instance, rs: np.ndarray) -> None:
         """Requests rs are done: their KV and batch slots are free."""
-        need = (w.input_len[rs] + w.output_len[rs]).astype(float)
+        need = (self.w.input_len[rs] + self.w.output_len[rs]).astype(float)
         gs = np.array([inst.group_of.pop(int(r)) for r in rs], np.int64)
         np.subtract.at(inst.g_reserved, gs, need)
         np.subtract.at(inst.g_count, gs, 1)
 
-    def start_prefill(inst: _Instance, t: float, colocated: bool) -> bool:
+    # ------------------------------------------------------------------ batchers
+    def start_prefill(self, inst: _Instance, t: float, colocated: bool) -> bool:
         """Fill the instance's DP groups from its queue, each prompt (or chunk) into the least-loaded
         group, up to the token budget per group. The step takes the busiest group's time (attention
         runs per group, and the groups meet in every all-to-all) except for the routed experts, which
@@ -163,17 +175,17 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
                 break
             item = inst.queue[0]
             r = item[0]
-            fresh = math.isnan(p_start[r])
+            fresh = math.isnan(self.p_start[r])
             if colocated and fresh:
-                if not fits(inst, r):
+                if not self.fits(inst, r):
                     break                               # no KV room for it yet: the decode batch goes on
-                hold(inst, r)                           # its KV lives here from its first chunk on
+                self.hold(inst, r)                      # its KV lives here from its first chunk on
             if fresh:
-                p_start[r] = t
+                self.p_start[r] = t
             chunk = min(item[1], room)
             item[1] -= chunk
             groups[g] += chunk
-            lens.append(float(w.input_len[r]))
+            lens.append(float(self.w.input_len[r]))
             if item[1] <= 0:
                 inst.queue.popleft()
                 done.append(r)
@@ -183,35 +195,36 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
         inst.queued_tokens -= used
         ms = p.prefill(float(groups.max()), sum(lens) / len(lens), used / p.dp)
         inst.step = (PREFILL, done)
-        _record(inst, t, t + ms / 1e3, PREFILL, used, len(lens), used)
+        self.record(inst, t, t + ms / 1e3, PREFILL, used, len(lens), used)
         return True
 
-    def start_decode(inst: _Instance, t: float) -> bool:
+    def start_decode(self, inst: _Instance, t: float) -> bool:
         p = inst.pool
         rs = []
-        while inst.pending and (p.role == "colocated" or fits(inst, inst.pending[0])):
+        while inst.pending and (p.role == "colocated" or self.fits(inst, inst.pending[0])):
             r = inst.pending.popleft()
             if p.role != "colocated":
-                hold(inst, r)                           # colocated requests hold theirs since prefill
+                self.hold(inst, r)                      # colocated requests hold theirs since prefill
             rs.append(r)
         if rs:
             a = np.asarray(rs, np.int64)
-            d_start[a] = t
+            self.d_start[a] = t
             inst.ids = np.concatenate([inst.ids, a])
             inst.produced = np.concatenate([inst.produced, np.zeros(len(a))])
-            inst.target = np.concatenate([inst.target, out_left[a]])
-            inst.ctx = np.concatenate([inst.ctx, w.input_len[a].astype(float) + 1])
+            inst.target = np.concatenate([inst.target, self.out_left[a]])
+            inst.ctx = np.concatenate([inst.ctx, self.w.input_len[a].astype(float) + 1])
             inst.grp = np.concatenate([inst.grp, np.array([inst.group_of[int(r)] for r in a], np.int64)])
         b = len(inst.ids)
         if b == 0:
             return False
-        ms = decode_ms(inst, b)
+        ms = self.decode_ms(inst, b)
         inst.step = (DECODE, None)
         # output tokens this step gives: the expected accepted tokens, none past a request's last
         made = float(np.minimum(p.tokens_per_step, inst.target - inst.produced).clip(min=0).sum())
-        _record(inst, t, t + ms / 1e3, DECODE, b, b, made)
+        self.record(inst, t, t + ms / 1e3, DECODE, b, b, made)
         return True
 
+    @staticmethod
     def decode_ms(inst: _Instance, b: int) -> float:
         """The step waits for its busiest DP group (attention and the all-to-all run per group: the
         group with the most requests or the longest contexts), except for the routed experts, which
@@ -228,58 +241,46 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
         starts = np.flatnonzero(np.concatenate(([True], c[1:] != c[:-1])))
         return p.decode.busiest(c[starts], np.maximum.reduceat(ctx, starts), b / dp)
 
-    def _record(inst: _Instance, t0: float, t1: float, kind: int, load: float, requests: int, made: float) -> None:
+    def record(self, inst: _Instance, t0: float, t1: float, kind: int, load: float, requests: int,
+               made: float) -> None:
         inst.busy = True
         for k, v in (("instance", inst.i), ("kind", kind), ("start", t0), ("end", t1), ("load", load),
                      ("tokens", made), ("requests", requests), ("kv", inst.reserved),
                      ("queue", len(inst.queue) + len(inst.pending))):
-            rec[k].append(v)
-        push(t1, STEP_END, inst.i)
+            self.rec[k].append(v)
+        self.push(t1, STEP_END, inst.i)
 
-    def wake(inst: _Instance, t: float) -> None:
+    def wake(self, inst: _Instance, t: float) -> None:
         if inst.busy:
             return
         role = inst.pool.role
         if role == "prefill":
-            start_prefill(inst, t, False)
+            self.start_prefill(inst, t, False)
         elif role == "decode":
-            start_decode(inst, t)
+            self.start_decode(inst, t)
         else:
             # a waiting prompt goes first (prefill-priority scheduling), then the decode batch
-            if not (inst.queue and start_prefill(inst, t, True)):
-                start_decode(inst, t)
+            if not (inst.queue and self.start_prefill(inst, t, True)):
+                self.start_decode(inst, t)
 
-    def to_decoder(r: int, t: float, now: bool = True) -> _Instance | None:
+    def to_decoder(self, r: int, t: float, now: bool = True) -> _Instance | None:
         """Hand request r (its KV in place) to the least-loaded decode instance; wake it unless the
         caller wakes it after handing over everything that arrives at t."""
-        if out_left[r] <= 0:
-            finish[r] = t
+        if self.out_left[r] <= 0:
+            self.finish[r] = t
             return None
-        inst = min(decoders, key=lambda x: x.holding + len(x.pending))
+        inst = min(self.decoders, key=lambda x: x.holding + len(x.pending))
         inst.pending.append(r)
         if now:
-            wake(inst, t)
+            self.wake(inst, t)
         return inst
 
-    def end_step(inst: _Instance, t: float) -> None:
+    # ------------------------------------------------------------------ events
+    def on_step_end(self, inst: _Instance, t: float) -> None:
         inst.busy = False
         kind, done = inst.step
         if kind == PREFILL:
-            role = inst.pool.role
-            for r in done:
-                p_end[r] = t
-                if role == "colocated":
-                    first[r] = t
-                    if out_left[r] <= 0:
-                        finish[r] = t
-                        release(inst, np.array([r]))
-                    else:
-                        inst.pending.append(r)
-                elif mode == "prefill":
-                    first[r] = finish[r] = t
-                else:
-                    first[r] = t + transfer[r]
-                    push(first[r], KV_READY, r)
+            self._prefilled(inst, done, t)
         else:
             p = inst.pool
             inst.produced += p.tokens_per_step
@@ -287,53 +288,85 @@ def simulate(w: Workload, pools: list[Pool], mode: str, transfer_s: np.ndarray |
             done_mask = inst.produced >= inst.target - 1e-9
             if done_mask.any():
                 gone = inst.ids[done_mask]
-                finish[gone] = t
-                release(inst, gone)
+                self.finish[gone] = t
+                self.release(inst, gone)
                 keep = ~done_mask
                 inst.ids, inst.produced, inst.target, inst.ctx, inst.grp = (
                     inst.ids[keep], inst.produced[keep], inst.target[keep], inst.ctx[keep], inst.grp[keep])
-        wake(inst, t)
+        self.wake(inst, t)
 
-    ptr = 0
-    steps = 0
-    while ptr < n or events:
-        t_evt = events[0][0] if events else math.inf
-        if ptr < n and w.arrival_s[ptr] <= t_evt:
-            t = float(w.arrival_s[ptr])
-            touched = set()
-            while ptr < n and w.arrival_s[ptr] <= t:
-                r = ptr
-                ptr += 1
-                if mode == "decode":
-                    first[r] = p_end[r] = t
-                    inst = to_decoder(r, t, now=False)
-                    if inst is not None:
-                        touched.add(inst.i)
-                    continue
-                inst = min(entry, key=lambda x: x.queued_tokens)
-                inst.queue.append([r, float(new_tokens[r])])
-                inst.queued_tokens += float(new_tokens[r])
-                touched.add(inst.i)
-            for k in sorted(touched):
-                wake(insts[k], t)
-            continue
-        t, _, what, who = heapq.heappop(events)
-        steps += 1
-        if steps > MAX_STEPS:
-            raise UserError(f"the simulation ran past {MAX_STEPS:,} events without draining the workload: "
-                            "a step of zero time or a pool that can admit nothing")
-        if what == STEP_END:
-            end_step(insts[who], t)
-        elif what == KV_READY:
-            to_decoder(who, t)
-    stuck = np.isnan(finish)
-    if stuck.any():
-        r = int(np.argmax(stuck))
-        raise UserError(f"request {r} ({w.input_len[r]} + {w.output_len[r]} tokens) never fits a decode instance's "
-                        "KV cache: the plan holds fewer tokens per DP group than one request needs")
-    steps_arr = {k: np.asarray(v, float if k in ("start", "end", "load", "tokens", "kv") else np.int64)
-                 for k, v in rec.items()}
-    return Result(w, pools, mode, p_start, first, p_end, d_start, finish, pool_of, steps_arr)
+    def _prefilled(self, inst: _Instance, done: list[int], t: float) -> None:
+        """Prompts whose last chunk ran: their first token, and on to decode (or out)."""
+        role = inst.pool.role
+        for r in done:
+            self.p_end[r] = t
+            if role == "colocated":
+                self.first[r] = t
+                if self.out_left[r] <= 0:
+                    self.finish[r] = t
+                    self.release(inst, np.array([r]))
+                else:
+                    inst.pending.append(r)
+            elif self.mode == "prefill":
+                self.first[r] = self.finish[r] = t
+            else:
+                self.first[r] = t + self.transfer[r]
+                self.push(self.first[r], KV_READY, r)
+
+    def on_kv_ready(self, r: int, t: float) -> None:
+        self.to_decoder(r, t)
+
+    def on_arrivals(self, ptr: int) -> int:
+        """Every request arriving at the time of request `ptr` joins its entry instance (the one with
+        the fewest queued tokens; in decode mode, a decoder); those instances wake. Returns the next."""
+        w = self.w
+        t = float(w.arrival_s[ptr])
+        touched = set()
+        while ptr < self.n and w.arrival_s[ptr] <= t:
+            r = ptr
+            ptr += 1
+            if self.mode == "decode":
+                self.first[r] = self.p_end[r] = t
+                inst = self.to_decoder(r, t, now=False)
+                if inst is not None:
+                    touched.add(inst.i)
+                continue
+            inst = min(self.entry, key=lambda x: x.queued_tokens)
+            inst.queue.append([r, float(self.new_tokens[r])])
+            inst.queued_tokens += float(self.new_tokens[r])
+            touched.add(inst.i)
+        for k in sorted(touched):
+            self.wake(self.insts[k], t)
+        return ptr
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> Result:
+        w, n, events = self.w, self.n, self.events
+        ptr = 0
+        steps = 0
+        while ptr < n or events:
+            t_evt = events[0][0] if events else math.inf
+            if ptr < n and w.arrival_s[ptr] <= t_evt:
+                ptr = self.on_arrivals(ptr)
+                continue
+            t, _, what, who = heapq.heappop(events)
+            steps += 1
+            if steps > MAX_STEPS:
+                raise UserError(f"the simulation ran past {MAX_STEPS:,} events without draining the workload: "
+                                "a step of zero time or a pool that can admit nothing")
+            if what == STEP_END:
+                self.on_step_end(self.insts[who], t)
+            elif what == KV_READY:
+                self.on_kv_ready(who, t)
+        stuck = np.isnan(self.finish)
+        if stuck.any():
+            r = int(np.argmax(stuck))
+            raise UserError(f"request {r} ({w.input_len[r]} + {w.output_len[r]} tokens) never fits a decode "
+                            "instance's KV cache: the plan holds fewer tokens per DP group than one request needs")
+        steps_arr = {k: np.asarray(v, float if k in ("start", "end", "load", "tokens", "kv") else np.int64)
+                     for k, v in self.rec.items()}
+        return Result(w, self.pools, self.mode, self.p_start, self.first, self.p_end, self.d_start, self.finish,
+                      self.pool_of, steps_arr)
 
 
-__all__ = ["Pool", "Result", "simulate", "MODES", "PREFILL", "DECODE"]
+__all__ = ["Pool", "Result", "ServingSimulation", "simulate", "MODES", "PREFILL", "DECODE"]
