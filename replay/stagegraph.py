@@ -155,27 +155,31 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
         first_launch[key] = t_launch
         last_launch[key] = max(launched) if launched else t_launch
     stages = _with_cpu_time(stages, first_launch, last_launch, (b0, b1))
+    plan, stages, more = _plan_of(stages, hw)
+    return StageGraph(stages, first_launch, launch_us, [1.0], 1, load_model(None), hw, plan, assumptions + more,
+                      [rank], compute_as_seen=True)
+
+
+def _plan_of(stages: dict, hw: Hardware) -> tuple[Plan, dict, list[str]]:
+    """What the observed stages say of the plan (phase, micro-batches, backend), the stages with the SMs
+    their communication holds, and the assumptions that makes."""
     phase = "decode" if any(k[2] in ("ATTN-0", "ATTN-1") for k in stages) else "prefill"
     n_mb = max((k[1] for k in stages), default=0) + 1
     blocking = any(s.blocking for s in stages.values())
     comm = "normal" if blocking else "ibgda"
-    assumptions += [
+    sms = hw.backend(comm).sms if comm in hw.comm else 0     # its kernels hold SMs: compute beside them slows,
+    stages = {k: (replace(st, holds_sms=sms, in_situ=sms > 0) if st.stream == COMM else st)   # and they slow too
+              for k, st in stages.items()}
+    return Plan(phase=phase, batch=1, seq_len=1, microbatches=n_mb, comm=comm), stages, [
         f"phase {phase} ({'ATTN-0/ATTN-1' if phase == 'decode' else 'no ATTN-0/ATTN-1'} stages seen), "
         f"{n_mb} micro-batch{'es' if n_mb > 1 else ''} (from the stage labels)",
         f"backend {comm}: {'the CPU stalled inside a dispatch' if blocking else 'no dispatch stalled the CPU'}",
         "stage durations as observed (busy time of their kernels); the model and batch are not used "
         "(the new trace's otherData names DeepSeek-V3, batch 1 as placeholders)",
-    ]
-    plan = Plan(phase=phase, batch=1, seq_len=1, microbatches=n_mb, comm=comm)
-    sms = hw.backend(comm).sms if comm in hw.comm else 0     # its kernels hold SMs: compute beside them slows,
-    stages = {k: (replace(st, holds_sms=sms, in_situ=sms > 0) if st.stream == COMM else st)   # and they slow too
-              for k, st in stages.items()}
-    assumptions.append(f"{comm} communication holds {sms} SMs while in flight ({hw.name} catalog)"
-                       + (f" and runs {hw.in_situ.slowdown:g} x its share beside compute slower than alone "
-                          "(hardware in_situ): both are taken out of the observed times and re-applied where "
-                          "the new schedule overlaps them" if sms and hw.in_situ else ""))
-    return StageGraph(stages, first_launch, launch_us, [1.0], 1, load_model(None), hw, plan, assumptions, [rank],
-                      compute_as_seen=True)
+        f"{comm} communication holds {sms} SMs while in flight ({hw.name} catalog)"
+        + (f" and runs {hw.in_situ.slowdown:g} x its share beside compute slower than alone (hardware in_situ): "
+           "both are taken out of the observed times and re-applied where the new schedule overlaps them"
+           if sms and hw.in_situ else "")]
 
 
 def _segments(s0: np.ndarray, e0: np.ndarray, most: int = 64) -> tuple[tuple[float, float], ...]:
