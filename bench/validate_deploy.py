@@ -45,15 +45,6 @@ class Row:
     datum: str = ""               # the published figure, when another table already counts it
     one_sided: bool = False       # a production average: the check is capacity >= published
 
-    def claim(self) -> Claim:
-        plan = self.deployment.plan_fields
-        hw = load_hardware(self.hardware)
-        comm = plan.get("comm") or default_backend(load_preset("default"), self.phase, hw)
-        rel = (load_stack(self.deployment.stack).release(comm) if self.deployment.stack else "") or \
-            hw.backend(comm).release
-        return Claim(self.dataset, self.tag, self.hardware, comm, rel, self.model, self.deployment.stack,
-                     self.phase, eplb=not self.balanced, datum=self.datum or f"deploy:{self.key}")
-
     @property
     def phase(self) -> str:
         return "decode" if self.deployment.mode == "decode" else "prefill"
@@ -66,15 +57,6 @@ class Row:
             hw.backend(comm).release
         return Claim(self.dataset, self.tag, self.hardware, comm, rel, self.model, self.deployment.stack,
                      self.phase, eplb=not self.balanced, datum=self.datum or f"deploy:{self.key}")
-
-    @property
-    def phase(self) -> str:
-        return "decode" if self.deployment.mode == "decode" else "prefill"
-
-    @property
-    def factor(self) -> float:
-        """The stack's default expert placement relative to balanced experts (data/stacks.toml)."""
-        return 1.0 if self.balanced or not self.deployment.stack else load_stack(self.deployment.stack).eplb[self.phase]
 
 
 SG = "h100-deepgemm"
@@ -272,7 +254,9 @@ def render() -> str:
               "nodes EP128, 128 requests per GPU at 4,096 tokens of KV, no MTP credited) give "
               f"{cap['prefill']:,.0f} prefill tokens/s per node "
               f"({100 * (cap['prefill'] / DS_PROFILE['prefill'] - 1):+.1f} %) and {cap['decode']:,.0f} decode "
-              f"({100 * (cap['decode'] / DS_PROFILE['decode'] - 1):+.1f} %)."]
+              f"({100 * (cap['decode'] / DS_PROFILE['decode'] - 1):+.1f} %): the same profile as the step-throughput "
+              f"table's DeepSeek rows ({DS_PROFILE['prefill'] / 8:,.0f} and {DS_PROFILE['decode'] / 8:,.0f} per GPU), a "
+              "consistency check, not counted again."]
     c = day6_checks()
     lo, hi = DAY6_TPS_USER
     lines += ["", "DeepSeek's day-6 totals as checks (label: semi-independent, dataset `deepseek-day6`): the day's "
