@@ -16,6 +16,8 @@ from .findings import as_dicts
 from .overlap import balancedness
 from .peers import Peers
 
+FINDINGS_PER_KIND = 20     # the --json document lists the largest this many of each kind on each rank
+
 
 @dataclass
 class Analysis:
@@ -42,12 +44,23 @@ class Analysis:
             self._findings = as_dicts(self.finding_table, self.step_regex)
         return self._findings
 
-    def top_findings(self, n: int | None) -> list[dict[str, Any]]:
-        """The findings with the most time lost first (all of them when n is None)."""
+    def top_findings(self, n: int | None, per_kind: int | None = None) -> list[dict[str, Any]]:
+        """The findings with the most time lost first: at most `per_kind` of each kind on each rank, at
+        most `n` in all (None: no cap)."""
         t = self.finding_table.sort_values("lost_us", ascending=False, kind="stable")
+        if per_kind is not None:
+            t = t.groupby(["kind", "rank"], sort=False).head(per_kind)
         return as_dicts(t if n is None else t.head(n), self.step_regex)
 
-    def to_dict(self, max_findings: int | None = None) -> dict[str, Any]:
+    def findings_by_kind(self) -> dict[str, dict[str, float]]:
+        """Every finding counted, and its time lost summed, per kind (the summary beside a capped list)."""
+        t = self.finding_table
+        if t.empty:
+            return {}
+        g = t.groupby("kind", sort=True)["lost_us"]
+        return {str(k): {"n": int(n), "lost_us": float(v)} for (k, n), v in zip(g.size().items(), g.sum())}
+
+    def to_dict(self, max_findings: int | None = None, per_kind: int | None = FINDINGS_PER_KIND) -> dict[str, Any]:
         layers = self.layers
         ranks = []
         for r in self.ranks:
@@ -66,7 +79,7 @@ class Analysis:
                                   "stages": [s for s in x["stages"].split(",") if s]}
                                  for x in lr.drop(columns=["rank"]).to_dict(orient="records")]
             ranks.append(row)
-        findings = [{**f, "start_us": f["start_us"] - self.t0_us} for f in self.top_findings(max_findings)]
+        findings = [{**f, "start_us": f["start_us"] - self.t0_us} for f in self.top_findings(max_findings, per_kind)]
         totals = {k: sum(t.get(k, 0.0) for t in self.idle_totals.values())
                   for k in (*OBSERVED_IDLE_CAUSES, UNEXPLAINED)}
         by_group = {c: {g: sum(t.get(c, {}).get(g, 0.0) for t in self.idle_groups.values()) for g in gs}
@@ -80,6 +93,8 @@ class Analysis:
             "idle_by_group_us": by_group,
             "findings": findings,
             "findings_total": len(self.finding_table),
+            "findings_included": len(findings),
+            "findings_by_kind": self.findings_by_kind(),
             "clock": self.peers.clock,
             "stragglers": self.peers.stragglers,
             "suspicious_input": self.suspicious,

@@ -88,6 +88,25 @@ def warn_skipped(*analyses: Any) -> None:
 
 
 WHOLE_TABLE_MAX_BYTES = 1 << 30    # a folder up to this size, on one process, is analysed as one table
+AUTO_JOBS_MIN_BYTES = 64 << 20      # from this size a folder's rank files are parsed one process per core
+
+
+def _auto_jobs(path: str) -> int:
+    """--jobs left unset: one process per core (at most one per rank file) for a folder of rank files
+    of AUTO_JOBS_MIN_BYTES or more, where parsing dominates; else 1 (process start-up would dominate)."""
+    import os
+    from pathlib import Path
+
+    from .events import trace_files
+    from .parallel import MAX_JOBS
+    p = Path(path)
+    if not p.is_dir():
+        return 1
+    files = trace_files(p)
+    if len(files) < 2 or sum(f.stat().st_size for f in files) < AUTO_JOBS_MIN_BYTES:
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                      len(files), MAX_JOBS))
 
 
 def _in_stages(path: str, jobs: int, cluster: str | None) -> bool:
@@ -108,9 +127,14 @@ def _in_stages(path: str, jobs: int, cluster: str | None) -> bool:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze, parse_window
     from .parallel import MAX_JOBS
+    if args.jobs is None:
+        args.jobs = 1 if args.cluster else _auto_jobs(args.trace)
     if not 1 <= args.jobs <= MAX_JOBS:
         raise UserError(f"--jobs must lie in [1, {MAX_JOBS}], got {args.jobs}")
-    from .report import render, write_layers
+    from .analysis import FINDINGS_PER_KIND
+    from .report import findings_format, render, write_findings, write_layers
+    if args.findings:
+        findings_format(args.findings)          # refused before the analysis, not after
     window = parse_window(args.window) if args.window else None
     if _in_stages(args.trace, args.jobs, args.cluster):
         # two stages, one rank file at a time (per --jobs process or cluster worker): memory bounded
@@ -131,8 +155,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         write_layers(a, args.csv, "csv")
     if args.parquet:
         write_layers(a, args.parquet, "parquet")
+    if args.findings:
+        write_findings(a, args.findings)
     if args.json:
-        print_json(a.to_dict(max_findings=args.max_findings), tag("replay-analyze"))
+        print_json(a.to_dict(max_findings=args.max_findings, per_kind=None if args.all_findings else FINDINGS_PER_KIND),
+                   tag("replay-analyze"))
     else:
         print(render(a, top=args.top))
     return 0
@@ -351,8 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "collectives); refused without it")
     a.add_argument("--top", type=int, default=10, help="findings shown in the table")
     a.add_argument("--max-findings", type=int, default=None, help="cap the findings list in --json")
-    a.add_argument("--jobs", type=int, default=1,
-                   help="parse a folder's rank files on this many processes (default 1); the result is the same")
+    a.add_argument("--all-findings", action="store_true",
+                   help="list every finding in --json (default: the largest 20 of each kind on each rank, with "
+                        "findings_by_kind counting them all)")
+    a.add_argument("--findings", metavar="FILE",
+                   help="write every finding to FILE: .parquet, .jsonl or .csv (for scripts; any size)")
+    a.add_argument("--jobs", type=int, default=None,
+                   help="parse a folder's rank files on this many processes; the result is the same (default: one "
+                        "per core for a folder of 64 MB or more of rank files, else 1)")
     a.add_argument("--cluster", metavar="ADDRESS", default=None,
                    help="parse the rank files on a Dask cluster: its scheduler address (tcp://host:8786), or 'env' "
                         "for $DASK_SCHEDULER_ADDRESS; workers must read the same paths and have moe-timeline "

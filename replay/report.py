@@ -94,6 +94,32 @@ def idle_lines(totals: dict[str, float], groups: dict[str, dict[str, float]]) ->
     return out
 
 
+FINDINGS_FORMATS = ("parquet", "jsonl", "csv")
+
+
+def findings_format(path: str | Path) -> str:
+    fmt = next((f for f in FINDINGS_FORMATS if str(path).endswith(f".{f}")), None)
+    if fmt is None:
+        raise UserError(f"--findings {path}: name it *.parquet, *.jsonl or *.csv")
+    return fmt
+
+
+def write_findings(a: Analysis, path: str | Path) -> Path:
+    """Every finding (the --json document's fields, start from t0) as a table for scripts."""
+    fmt = findings_format(path)
+    rows = [{**f, "start_us": f["start_us"] - a.t0_us} for f in a.top_findings(None)]
+    if fmt == "jsonl":
+        import msgspec
+        enc = msgspec.json.Encoder()
+        return atomic_write(path, "".join(enc.encode(r).decode() + "\n" for r in rows))
+    table = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["kind", "rank", "lost_us"])
+    if fmt == "csv":
+        buf = io.StringIO()
+        table.to_csv(buf, index=False)
+        return atomic_write(path, buf.getvalue())
+    return atomic_parquet(path, table)
+
+
 def write_layers(a: Analysis, path: str | Path, fmt: str) -> Path:
     table = a.layers
     if table.empty:

@@ -110,8 +110,10 @@ class Analyze(_S):
     streams: list[Stream]
     idle_totals_us: Idle
     idle_by_group_us: IdleByGroup
-    findings: list[Finding]
+    findings: list[Finding]         # the largest of each kind on each rank (--all-findings: every one)
     findings_total: int
+    findings_included: int
+    findings_by_kind: dict[str, dict[str, float]]   # kind -> {n, lost_us}: every finding counted
     clock: str                      # how the ranks were put on one clock
     stragglers: list[Straggler]
     suspicious_input: list[Suspicious]
@@ -276,7 +278,7 @@ class Diff(_S):
 
 
 SCHEMAS: dict[str, tuple[type, int]] = {
-    "replay-analyze": (Analyze, 3), "replay-compare": (Compare, 1), "replay-whatif": (Whatif, 1),
+    "replay-analyze": (Analyze, 4), "replay-compare": (Compare, 1), "replay-whatif": (Whatif, 1),
     "replay-calibrate": (Calibrate, 1), "replay-sql": (Sql, 1), "replay-diff": (Diff, 1),
 }
 

@@ -99,3 +99,42 @@ def test_help_teaches(capsys):
     assert main(["analyze", "--help"]) == 0
     text = capsys.readouterr().out
     assert "examples:" in text and "dpsk::ep::" in text and "--window" in text
+
+
+DEEPEP_PROPER = __import__("pathlib").Path(__file__).resolve().parents[1] / "traces/observed/deepep-h100x4/prefill-proper"
+
+
+def test_the_json_lists_the_largest_findings_of_each_kind_and_counts_them_all(capsys, tmp_path):
+    from collections import Counter
+    code, out, _ = run(capsys, "analyze", DEEPEP_PROPER, "--json", "--no-cache")
+    d = json.loads(out)
+    per = Counter((f["kind"], f["rank"]) for f in d["findings"])
+    assert max(per.values()) <= 20 and d["findings_included"] == len(d["findings"]) < d["findings_total"]
+    assert sum(k["n"] for k in d["findings_by_kind"].values()) == d["findings_total"]
+    lost = [f["lost_us"] for f in d["findings"]]
+    assert lost == sorted(lost, reverse=True)
+    # every finding, for scripts: in the document on request, or in a file of any size
+    code, out, _ = run(capsys, "analyze", DEEPEP_PROPER, "--json", "--no-cache", "--all-findings",
+                       "--findings", tmp_path / "f.parquet")
+    full = json.loads(out)
+    assert code == 0 and full["findings_included"] == full["findings_total"] == d["findings_total"]
+    table = pd.read_parquet(tmp_path / "f.parquet")
+    assert len(table) == d["findings_total"]
+    assert table["lost_us"].sum() == pytest.approx(sum(k["lost_us"] for k in d["findings_by_kind"].values()))
+    assert run(capsys, "analyze", DEEPEP_PROPER, "--findings", tmp_path / "f.jsonl")[0] == 0
+    assert len((tmp_path / "f.jsonl").read_text().splitlines()) == d["findings_total"]
+
+
+def test_a_findings_file_of_an_unknown_kind_is_refused_before_the_analysis(capsys, tmp_path):
+    code, _, err = run(capsys, "analyze", DEEPEP_PROPER, "--findings", tmp_path / "f.txt")
+    assert code == 2 and "*.parquet" in err and not (tmp_path / "f.txt").exists()
+
+
+def test_large_folders_are_parsed_one_process_per_core(monkeypatch):
+    import replay.cli as cli
+    assert cli._auto_jobs(str(DEEPEP_PROPER)) == 1            # 4 small rank files: start-up would dominate
+    monkeypatch.setattr(cli, "AUTO_JOBS_MIN_BYTES", 0)
+    import os
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert cli._auto_jobs(str(DEEPEP_PROPER)) == min(cores, 4)
+    assert cli._auto_jobs(str(DEEPEP_PROPER / "rank0.json.gz")) == 1
