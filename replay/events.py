@@ -98,11 +98,7 @@ def _num(x: Any, what: str, i: int, src: str) -> float:
         raise UserError(f"{src}: event {i}: field '{what}' is {x!r}, not a number") from None
 
 
-def _long(e: Event) -> bool:
-    """A skipped-category span to keep: long enough (KEEP_CPU_SPAN_US), or an nn.Module range."""
-    d = e.dur
-    return (isinstance(d, (int, float)) and d >= KEEP_CPU_SPAN_US) or (
-        e.cat == "python_function" and isinstance(e.name, str) and e.name.startswith(MODULE_PREFIX))
+_NUM = (int, float)
 
 
 def _int(x: Any) -> int:
@@ -190,12 +186,9 @@ class _Columns:
                            e.id if isinstance(e.id, int) else hash(e.id), e.cat or "") for e in flows)
         return ts_extra, dur_extra
 
-    def _short_ops(self, events: list[Event]) -> None:
-        """The framework ops left out as short: their times, threads and names, from which the
-        outermost ones of each thread are kept (_outermost_ops)."""
-        num = (int, float)
-        ops = [e for e in events if e.cat == FRAMEWORK_OP and e.ph == "X" and type(e.ts) in num
-               and type(e.dur) in num and not _long(e)]
+    def _short_ops(self, ops: list[Event]) -> None:
+        """The framework ops left out as short (numeric ts and dur): their times, threads and names, from
+        which the outermost ones of each thread are kept (_outermost_ops)."""
         if not ops:
             return
         o = self.ops
@@ -207,12 +200,33 @@ class _Columns:
         for k in ("pid", "tid", "name"):
             o[k].append(self._codes([getattr(e, k) for e in ops])[ok])
 
+    def _partition(self, events: list[Event]) -> tuple[list[Event], list[Event], list[Event]]:
+        """One pass: the complete slices kept (every 'X' outside the skipped categories, and skipped
+        ones of KEEP_CPU_SPAN_US or more and nn.Module ranges), the short framework ops, and the other phases."""
+        skip, flows, keep = self.skip_cats, contract.LAUNCH_FLOWS, KEEP_CPU_SPAN_US
+        short_ops = FRAMEWORK_OP in skip
+        xs: list[Event] = []
+        short: list[Event] = []
+        other: list[Event] = []
+        for e in events:
+            if e.ph == "X":
+                c = e.cat
+                if c not in skip:
+                    xs.append(e)
+                    continue
+                d = e.dur
+                if (type(d) in _NUM and d >= keep) or (c == "python_function" and isinstance(e.name, str)
+                                                        and e.name.startswith(MODULE_PREFIX)):
+                    xs.append(e)
+                elif short_ops and c == FRAMEWORK_OP and type(e.ts) in _NUM and type(d) in _NUM:
+                    short.append(e)
+            elif e.cat not in flows:
+                other.append(e)
+        return xs, short, other
+
     def add(self, events: list[Event]) -> None:
-        skip = self.skip_cats
-        xs = [e for e in events if e.ph == "X" and (e.cat not in skip or _long(e))]
-        if FRAMEWORK_OP in skip:
-            self._short_ops(events)
-        other = [e for e in events if e.ph != "X" and e.cat not in contract.LAUNCH_FLOWS]
+        xs, short, other = self._partition(events)
+        self._short_ops(short)
         ts_extra, dur_extra = self._other(other, xs) if other else ([], [])
         self.n_seen += len(events)
         if not xs:
