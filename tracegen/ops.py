@@ -99,6 +99,27 @@ def _gemm_bytes(m: float, k: float, n: float, weight_elem: float) -> float:
     return k * n * weight_elem + m * (k + n) * BF16
 
 
+def _gqa_ops(model: Model, plan: Plan, t: Tokens, tp: int, row: str, stages: tuple[str, str], kv_bytes: float,
+             wo_rate: str) -> list[Work]:
+    """Grouped-query attention: one QKV projection, the core (decode: memory-bound, its own curve), W_O."""
+    pre, post = stages
+    H, h, q, wb = model.hidden, model.heads, t.q_len, plan.gemm_bytes_per_elem
+    attn_kind = "attention_decode_gqa" if plan.phase == "decode" else "attention"
+    d, g = model.head_dim, model.kv_heads
+    kv_split = min(tp, g)       # KV heads are split over TP ranks, replicated beyond g
+    qkv = (h + 2 * g) * d
+    proj = ((q, qkv / tp, H, 1),)
+    out = ((q, H, h * d / tp, 1),)
+    return [
+        Work("attn_proj", row, pre, "gemm", gemm_flops(proj), plan.precision, q,
+             _gemm_bytes(q, H, qkv, wb) / tp, kernels=1, gemms=proj),
+        Work("attn_core", row, post, attn_kind, 2 * h * t.attn_pairs * 2 * d / tp, "bf16", q,
+             kv_bytes / kv_split, kv_bytes=kv_bytes / kv_split),
+        Work("attn_out", row, post, "gemm", gemm_flops(out), wo_rate, q,
+             _gemm_bytes(q, h * d, H, wb) / tp, gemms=out),
+    ]
+
+
 def attention_ops(model: Model, plan: Plan, preset: Preset, t: Tokens, dense: bool) -> list[Work]:
     tp = plan.tp
     if dense and preset.dense_layer_attention_tp:
@@ -118,20 +139,7 @@ def attention_ops(model: Model, plan: Plan, preset: Preset, t: Tokens, dense: bo
     # style, one query per sequence against the cache) are different kernels with different curves
     attn_kind = "attention_decode" if decode else "attention"
     if model.attention == "gqa":
-        attn_kind = "attention_decode_gqa" if decode else attn_kind     # memory-bound: its own curve
-        d, g = model.head_dim, model.kv_heads
-        kv_split = min(tp, g)       # KV heads are split over TP ranks, replicated beyond g
-        qkv = (h + 2 * g) * d
-        proj = ((q, qkv / tp, H, 1),)
-        out = ((q, H, h * d / tp, 1),)
-        return [
-            Work("attn_proj", row, pre, "gemm", gemm_flops(proj), plan.precision, q,
-                 _gemm_bytes(q, H, qkv, wb) / tp, kernels=1, gemms=proj),
-            Work("attn_core", row, post, attn_kind, 2 * h * t.attn_pairs * 2 * d / tp, "bf16", q,
-                 kv_bytes / kv_split, kv_bytes=kv_bytes / kv_split),
-            Work("attn_out", row, post, "gemm", gemm_flops(out), wo_rate, q,
-                 _gemm_bytes(q, h * d, H, wb) / tp, gemms=out),
-        ]
+        return _gqa_ops(model, plan, t, tp, row, (pre, post), kv_bytes, wo_rate)
     # MLA: the products of each form as (M, N, K, count); with TP the heads split (N of the
     # up-projections, K of W_O, the per-head products) and the down-projections split by tokens
     r_q, r_kv, nope, rope, vd = (model.q_lora_rank, model.kv_lora_rank, model.qk_nope_head_dim,
