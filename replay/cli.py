@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tracegen.base.backends import CPU_PROXY, IBGDA, NORMAL, PCIE_COPY
 from tracegen.base.cliutil import add_command, add_reading_args, entry_point, finite, new_parser, print_json
 from tracegen.base.errors import UserError
 from tracegen.schemas import tag as schema_tag
@@ -307,8 +308,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     for kind, c in hw.efficiency.items():
         print(f"  {kind:<{w}} max {c.max:.3f}  m_half {c.m_half:8.1f} (pow {c.m_pow:g})  n_half {c.n_half:8.1f}  "
               f"k_half {c.k_half:8.1f}  floor {c.floor_us:.2f} us")
-    if "pcie-copy" in hw.comm:
-        print(f"  pcie-copy link efficiency {hw.comm['pcie-copy'].bw_eff:.3f} of {hw.pcie_gbps:g} GB/s")
+    if PCIE_COPY in hw.comm:
+        print(f"  pcie-copy link efficiency {hw.comm[PCIE_COPY].bw_eff:.3f} of {hw.pcie_gbps:g} GB/s")
     print("\nprediction error per op kind (|predicted - observed| / observed):")
     w = max([len("kind")] + [len(str(k)) for k in table["kind"]]) + 2
     print(f"  {'kind':<{w}}{'set':<10}{'n':>5}{'median before':>15}{'after':>8}{'p90 before':>12}{'after':>8}")
@@ -445,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="issue the stages in this two-batch-overlap order instead of the observed one")
     w.add_argument("--comm-scale", type=finite, default=1.0, help="multiply communication transfer times")
     w.add_argument("--compute-scale", type=finite, default=1.0, help="multiply computation times")
-    w.add_argument("--comm", choices=("ibgda", "normal", "cpu-proxy"), default=None,
+    w.add_argument("--comm", choices=(IBGDA, NORMAL, CPU_PROXY), default=None,
                    help="another all-to-all backend: its SM use, CPU blocking, latency and proxy cost")
     w.add_argument("--hardware", default=None, help="hardware of a profiler trace (default: from the trace)")
     w.add_argument("--rank", type=int, default=None, help="profiler traces: the rank to re-time")

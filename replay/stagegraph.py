@@ -23,6 +23,7 @@ from tracegen.catalog import (
     load_model,
 )
 from tracegen.opgraph import Stage
+from tracegen.base.backends import IBGDA, NORMAL
 from tracegen.plan import Plan
 from tracegen.preset import Preset, load_preset
 
@@ -166,7 +167,7 @@ def _plan_of(stages: dict, hw: Hardware) -> tuple[Plan, dict, list[str]]:
     phase = "decode" if any(k[2] in ("ATTN-0", "ATTN-1") for k in stages) else "prefill"
     n_mb = max((k[1] for k in stages), default=0) + 1
     blocking = any(s.blocking for s in stages.values())
-    comm = "normal" if blocking else "ibgda"
+    comm = NORMAL if blocking else IBGDA
     sms = hw.backend(comm).sms if comm in hw.comm else 0     # its kernels hold SMs: compute beside them slows,
     stages = {k: (replace(st, holds_sms=sms, in_situ=sms > 0) if st.stream == COMM else st)   # and they slow too
               for k, st in stages.items()}

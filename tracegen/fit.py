@@ -28,7 +28,7 @@ import pandas as pd
 from .catalog import CURVE_FALLBACK, EffCurve, Hardware
 from .cost import link_rate, op_time
 from .ops import Gemm, Work
-from .plan import Plan
+from .plan import PCIE_COPY, Plan
 from .preset import Preset, load_preset
 
 FITTED = ("gemm", "grouped_gemm", "grouped_gemm_masked", "attention", "attention_decode")
@@ -74,7 +74,7 @@ def predict_us(obs: list[Obs], hw: Hardware) -> np.ndarray:
     """The default preset's time for each observation under `hw`: `cost.op_time`, and host-link
     copies at the pcie-copy backend's link rate."""
     out = np.empty(len(obs))
-    pcie = link_rate(hw, _default(), "pcie", hw.comm["pcie-copy"].bw_eff) if "pcie-copy" in hw.comm else None
+    pcie = link_rate(hw, _default(), "pcie", hw.comm[PCIE_COPY].bw_eff) if PCIE_COPY in hw.comm else None
     for i, o in enumerate(obs):
         if o.kind == "pcie" and pcie is not None:
             out[i] = o.bytes / (pcie * 1e3)
@@ -251,9 +251,9 @@ explains the times clearly better (1 % lower loss) than the hard roofline."""
     eff = dict(hw.efficiency)
     comm = dict(hw.comm)
     pcie = [o for o in train if o.kind == "pcie"]
-    if pcie and "pcie-copy" in comm:
+    if pcie and PCIE_COPY in comm:
         bw = float(np.median([o.bytes / (o.us * 1e3) for o in pcie]))       # GB/s achieved
-        comm["pcie-copy"] = replace(comm["pcie-copy"], bw_eff=min(1.0, bw / hw.pcie_gbps),
+        comm[PCIE_COPY] = replace(comm[PCIE_COPY], bw_eff=min(1.0, bw / hw.pcie_gbps),
                                     source=f"fitted from {len(pcie)} host-link copies")
     singles = [o.us for o in train if o.kind == "gemm" and o.kernels == 1 and o.profiled]
     if singles:

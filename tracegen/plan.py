@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from .base.backends import (  # noqa: F401 (re-exported: the plan's backends)
+    ASCEND_FUSED, COMM_BACKENDS, CPU_PROXY, IBGDA, INTRANODE, NORMAL, PCIE_COPY)
 from .base.errors import UserError
 from .catalog import Hardware, Model
 from .routing import ROUTINGS
@@ -14,7 +16,7 @@ PHASES = ("prefill", "decode")
 MAX_TOKENS_PER_GROUP = 1e8      # tokens one attention-DP group processes in one step; DeepSeek's prefill: 16K
 MIN_TOKENS_PER_GROUP = 1e-3     # below this, float arithmetic of the cost model underflows
 PRECISIONS = ("fp8", "int8", "bf16")    # 8-bit GEMMs run at the hardware's 8-bit peak (FP8 or INT8)
-COMM_BACKENDS = ("normal", "intranode", "ibgda", "cpu-proxy", "ascend-fused", "pcie-copy")
+
 
 
 def elem_bytes(fmt: str) -> int:
@@ -34,7 +36,7 @@ class Plan:
     gpus_per_node: int = 8
     redundant_experts: int = 0   # extra expert replicas placed by EPLB
     microbatches: int = 2        # two-batch overlap splits the batch in two
-    comm: str = "normal"         # all-to-all backend
+    comm: str = NORMAL           # all-to-all backend
     comm_sms: int | None = None  # override the backend's SM count
     precision: str = "fp8"       # GEMM precision: the hardware's 8-bit format (fp8 or int8) or bf16
     kv_dtype: str = "bf16"       # KV-cache element type: fp8, int8 or bf16

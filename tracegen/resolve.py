@@ -8,7 +8,7 @@ from typing import Any
 
 from .base.errors import UserError
 from .catalog import Hardware, Model, load_hardware, load_model
-from .plan import Plan, validate
+from .plan import ASCEND_FUSED, NORMAL, Plan, validate
 from .preset import Preset, load_preset
 from .stack import load_stack
 
@@ -43,9 +43,9 @@ def resolve_target(model: str | None = None, model_file: str | None = None, hard
 
 def default_backend(preset: Preset, phase: str, hw: Hardware) -> str:
     """The preset's backend for the phase, or the hardware's own where it has no such backend."""
-    comm = preset.plan.get(phase, {}).get("comm", "normal")
+    comm = preset.plan.get(phase, {}).get("comm", NORMAL)
     if comm not in hw.comm:
-        comm = "ascend-fused" if "ascend-fused" in hw.comm else "normal"
+        comm = ASCEND_FUSED if ASCEND_FUSED in hw.comm else NORMAL
     return comm
 
 

@@ -33,6 +33,7 @@ from tracegen.trace import write_trace
 
 from .report import build, summary_table
 from .timeline import timeline_figure
+from tracegen.base.backends import CPU_PROXY, IBGDA, NORMAL
 
 ERROR_STYLE = "color:#B00020;font-weight:bold"
 MAX_UPLOAD_MB = float(os.environ.get("VIZ_MAX_UPLOAD_MB", 256))   # larger: `replay analyze`, or --data-dir
@@ -87,7 +88,7 @@ def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = 
         "dp": Spinner(title="DP", value=32, low=1, high=1024, step=1, name="dp"),
         "ep": Spinner(title="EP (0: TP x DP)", value=0, low=0, high=1024, step=1, name="ep"),
         "tbo": Select(title="launch order", value="proper", options=["proper", "improper", "off"], name="tbo"),
-        "comm": Select(title="backend", value="normal", options=["normal", "ibgda", "cpu-proxy"], name="comm"),
+        "comm": Select(title="backend", value=NORMAL, options=[NORMAL, IBGDA, CPU_PROXY], name="comm"),
         "layers": Spinner(title="layers", value=6, low=1, high=61, step=1, name="layers"),
         "ranks": Spinner(title="ranks", value=1, low=1, high=16, step=1, name="ranks"),
     }

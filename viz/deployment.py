@@ -13,9 +13,9 @@ from bokeh.models import ColumnDataSource, Div, HoverTool, Span
 from bokeh.plotting import figure
 
 from tracegen.serving.metrics import tpot_s
-from tracegen.serving.simulate import Result
+from tracegen.serving.simulate import COLOCATED, PD, Result
 
-COLORS = {"prefill": "#4C78A8", "decode": "#F58518", "colocated": "#54A24B"}
+COLORS = {"prefill": "#4C78A8", "decode": "#F58518", COLOCATED: "#54A24B"}
 BINS = 200
 
 
@@ -136,7 +136,7 @@ __all__ = ["deployment_layout", "tradeoff_figure", "utilisation_figure", "cdf_fi
 
 
 # ----------------------------------------------------------------------------- dashboard page
-DEFAULTS = {"mode": "pd", "hardware": "h800", "prefill_nodes": 4, "decode_nodes": 18, "decode_batch": 0, "mtp": 0,
+DEFAULTS = {"mode": PD, "hardware": "h800", "prefill_nodes": 4, "decode_nodes": 18, "decode_batch": 0, "mtp": 0,
             "mtp_accept": 0.85, "rate": 0.0, "requests": 2000, "input_len": 2000, "output_len": 500,
             "slo_ttft": 2000.0, "slo_tpot": 50.0}
 
@@ -150,7 +150,7 @@ def simulate_values(v: dict[str, Any]) -> tuple[Result, dict[str, Any]]:
     model, hw, preset = resolve_target(hardware=v["hardware"])
     mode = v["mode"]
     d = Deployment(mode, PoolPlan(int(v["prefill_nodes"])) if mode != "decode" else None,
-                   PoolPlan(int(v["decode_nodes"])) if mode in ("pd", "decode") else None,
+                   PoolPlan(int(v["decode_nodes"])) if mode in (PD, "decode") else None,
                    max_batch=float(v["decode_batch"]), slo_tpot_ms=float(v["slo_tpot"]) or None,
                    plan_fields={"mtp": int(v["mtp"]), "mtp_accept": float(v["mtp_accept"])},
                    gpus_per_node=hw.gpus_per_node)
@@ -167,7 +167,7 @@ def make_deploy_doc(doc) -> None:
 
     from tracegen.base.errors import UserError
     from tracegen.catalog import builtin_hardware
-    w = {"mode": Select(title="mode", value="pd", options=["pd", "colocated", "prefill", "decode"], name="d-mode"),
+    w = {"mode": Select(title="mode", value=PD, options=[PD, COLOCATED, "prefill", "decode"], name="d-mode"),
          "hardware": Select(title="hardware", value="h800", options=sorted(builtin_hardware()), name="d-hardware")}
     for key, title, low, high, step in (("prefill_nodes", "prefill (or colocated) nodes", 1, 64, 1),
                                         ("decode_nodes", "decode nodes", 1, 64, 1),

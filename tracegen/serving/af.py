@@ -17,7 +17,7 @@ from ..catalog import Hardware, Model
 from ..cost import link_rate, op_time
 from ..memory import attention_params, expert_params
 from ..ops import layer_ops, tokens
-from ..plan import Plan, validate
+from ..plan import IBGDA, Plan, validate
 from ..preset import Preset
 from ..step import head_ops
 
@@ -58,7 +58,7 @@ def layer_terms(model: Model, hw: Hardware, preset: Preset, plan: Plan, shape: A
     # the busier end of the link: an attention GPU sends `copies`, an expert GPU receives A x copies / F
     busiest = copies * max(1.0, A / F)
     rate = link_rate(hw, preset, "scaleout") * 1e9 / 1e3      # bytes per ms
-    lat = hw.backend("ibgda").latency_us / 1e3 if "ibgda" in hw.comm else 0.01
+    lat = hw.backend(IBGDA).latency_us / 1e3 if IBGDA in hw.comm else 0.01
     H = model.hidden
     t_s = lat + busiest * H * (1 + SCALE_BYTES) / rate
     t_r = lat + busiest * H * 2 / rate

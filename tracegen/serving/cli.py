@@ -13,6 +13,7 @@ from ..base.cliutil import add_command, finite, print_json
 from ..base.errors import UserError
 from ..schemas import tag
 from .deployment import DEFAULT_TOKEN_BUDGET, Deployment, PoolPlan
+from .simulate import COLOCATED, PD
 
 EPILOG = """\
 examples:
@@ -58,7 +59,7 @@ def add_deploy_args(d: argparse.ArgumentParser, add_target_args, add_shared_plan
     """The flags that define a deployment and its workload (tracegen deploy, viz deploy)."""
     add_target_args(d, phase=False)
     g = d.add_argument_group("pools")
-    g.add_argument("--mode", default="pd", choices=("pd", "colocated", "prefill", "decode"),
+    g.add_argument("--mode", default=PD, choices=(PD, COLOCATED, "prefill", "decode"),
                    help="pd: disaggregated prefill and decode pools; colocated: one pool of --prefill-nodes does "
                         "both; prefill / decode: that pool alone")
     g.add_argument("--prefill-nodes", type=int, default=4, help="nodes of the prefill (or colocated) pool")
@@ -116,8 +117,8 @@ def _deployment(args: argparse.Namespace, gpus_per_node: int) -> Deployment:
     if not 0 < args.slo_attain <= 1:
         raise UserError(f"--slo-attain is a share of requests in (0, 1], got {args.slo_attain:g}")
     pre = PoolPlan(args.prefill_nodes, args.prefill_tp, args.prefill_ep) if args.mode != "decode" else None
-    dec = PoolPlan(args.decode_nodes, args.decode_tp, args.decode_ep) if args.mode in ("pd", "decode") else None
-    if args.decode_expert_nodes and args.mode not in ("pd", "decode"):
+    dec = PoolPlan(args.decode_nodes, args.decode_tp, args.decode_ep) if args.mode in (PD, "decode") else None
+    if args.decode_expert_nodes and args.mode not in (PD, "decode"):
         raise UserError("--decode-expert-nodes splits the decode pool: use it with --mode pd or decode")
     return Deployment(args.mode, pre, dec, args.prefill_tokens, args.decode_batch, args.slo_tpot, fields, gpus_per_node,
                       args.decode_expert_nodes, args.af_microbatches, not args.eager_decode,

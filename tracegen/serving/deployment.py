@@ -15,7 +15,7 @@ from ..plan import Plan
 from ..preset import Preset
 from ..resolve import resolve_plan
 from ..stack import load_stack
-from .simulate import Pool, Result, simulate
+from .simulate import COLOCATED, PD, Pool, Result, simulate
 from .steptime import custom_table, decode_table, kv_capacity_tokens, kv_transfer_s, prefill_table
 from .workload import Workload
 
@@ -62,7 +62,7 @@ class Deployment:
             ep = p.instance_gpus(gpn)
             n = p.nodes * gpn // ep
             return (f"{name} {p.nodes} node{'s' if p.nodes != 1 else ''} = {n} x EP{ep}" + (f" TP{p.tp}" if p.tp > 1 else ""))
-        parts = [one("prefill" if self.mode != "colocated" else "colocated", self.prefill), one("decode", self.decode)]
+        parts = [one("prefill" if self.mode != COLOCATED else COLOCATED, self.prefill), one("decode", self.decode)]
         return f"{self.mode}: " + " + ".join(x for x in parts if x)
 
 
@@ -93,11 +93,11 @@ def build_pools(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Wo
     """The simulator's pools for deployment `d` and workload `w`, and each request's KV transfer time.
     `cache` keeps step tables per instance shape across calls (a plan search builds many pools of
     few shapes; the tables depend on the workload's length ranges, which it keeps)."""
-    if d.mode not in ("pd", "colocated", "prefill", "decode"):
+    if d.mode not in (PD, COLOCATED, "prefill", "decode"):
         raise UserError(f"--mode must be pd, colocated, prefill or decode, got {d.mode!r}")
-    if d.mode in ("pd", "colocated", "prefill") and d.prefill is None:
+    if d.mode in (PD, COLOCATED, "prefill") and d.prefill is None:
         raise UserError(f"mode {d.mode} needs --prefill-nodes")
-    if d.mode in ("pd", "decode") and d.decode is None:
+    if d.mode in (PD, "decode") and d.decode is None:
         raise UserError(f"mode {d.mode} needs --decode-nodes")
     if not (math.isfinite(d.token_budget) and d.token_budget >= 1):
         raise UserError(f"--prefill-tokens must be at least 1 token per DP group, got {d.token_budget}")
@@ -109,7 +109,7 @@ def build_pools(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Wo
 
     def shape(phase: str, pp: PoolPlan) -> dict[str, Any]:
         if pp.nodes < 1:
-            raise UserError(f"a {'colocated' if d.mode == 'colocated' else phase} pool needs at least 1 node, "
+            raise UserError(f"a {COLOCATED if d.mode == COLOCATED else phase} pool needs at least 1 node, "
                             f"got {pp.nodes}")
         gpus = pp.instance_gpus(gpn)
         plan = _instance_plan(phase, pp, model, hw, preset, fields, d.stack)    # depends on the instance, not the pool
@@ -120,21 +120,21 @@ def build_pools(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Wo
 
     pools: list[Pool] = []
     transfer = np.zeros(len(w))
-    if d.mode == "colocated":
+    if d.mode == COLOCATED:
         pre, dec = shape("prefill", d.prefill), shape("decode", d.prefill)
-        pools.append(Pool("colocated", pre["instances"], pre["gpus"], pre["dp"], gpn, pre["table"], dec["table"],
+        pools.append(Pool(COLOCATED, pre["instances"], pre["gpus"], pre["dp"], gpn, pre["table"], dec["table"],
                           d.token_budget, dec["cap"], dec["kv"], dec["plan"].accepted_per_request))
         return pools, transfer
-    if d.mode in ("pd", "prefill"):
+    if d.mode in (PD, "prefill"):
         pre = shape("prefill", d.prefill)
         pools.append(Pool("prefill", pre["instances"], pre["gpus"], pre["dp"], gpn, pre["table"], None, d.token_budget))
-    if d.mode in ("pd", "decode"):
+    if d.mode in (PD, "decode"):
         # an AF decode pool is one instance (attention and expert GPUs together); af.py refuses MTP
         dec = ({"instances": 1, **_af_shape(model, hw, preset, d, w, fields, cache)} if d.expert_nodes
                else shape("decode", d.decode))
         pools.append(Pool("decode", dec["instances"], dec["gpus"], dec["dp"], gpn, None, dec["table"],
                           d.token_budget, dec["cap"], dec["kv"], dec["plan"].accepted_per_request))
-        if d.mode == "pd":
+        if d.mode == PD:
             transfer = kv_transfer_s(model, hw, dec["plan"], w.input_len.astype(float))
     return pools, transfer
 
@@ -235,7 +235,7 @@ def run(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload, 
     """Simulate workload `w` on deployment `d`."""
     pools, transfer = build_pools(model, hw, preset, d, w, cache)
     for p in pools:
-        if p.role in ("decode", "colocated") and d.slo_tpot_ms and p.max_batch == 0:
+        if p.role in ("decode", COLOCATED) and d.slo_tpot_ms and p.max_batch == 0:
             raise UserError(f"no decode batch meets TPOT < {d.slo_tpot_ms:g} ms on this plan: one request per DP group "
                             f"takes {p.decode(1.0, p.decode.context[-1]) / p.tokens_per_step:.1f} ms per token at "
                             f"the longest context")

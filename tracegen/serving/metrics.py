@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .simulate import DECODE, PREFILL, Result
+from .simulate import COLOCATED, DECODE, PREFILL, Result
 
 PCTS = (50, 90, 99)
 STEADY = (0.10, 0.90)
@@ -70,13 +70,13 @@ def summary(r: Result, slo_ttft_ms: float | None = None, slo_tpot_ms: float | No
                "utilisation": busy / ((t1 - t0) * pool.instances) if t1 > t0 else 0.0,
                "steps": int(mine.sum()), "max_batch_per_dp": pool.max_batch or None,
                "kv_tokens_per_dp": pool.kv_tokens if np.isfinite(pool.kv_tokens) else None}
-        if pool.role in ("prefill", "colocated") and r.mode != "decode":
+        if pool.role in ("prefill", COLOCATED) and r.mode != "decode":
             total, steady = _rates(r.prefill_end, w.input_len.astype(float))
             row["input_tokens"] = total
             row["input_tokens_per_s_per_node"] = total / (t1 - t0) / pool.nodes if t1 > t0 else 0.0
             row["input_tokens_per_s_per_node_steady"] = steady / pool.nodes
             row["new_tokens_per_s_per_node_steady"] = steady * (1 - w.hit_rate) / pool.nodes
-        if pool.role in ("decode", "colocated") and r.mode != "prefill":
+        if pool.role in ("decode", COLOCATED) and r.mode != "prefill":
             dec = mine & (s["kind"] == DECODE)
             total, steady = _rates(s["end"][dec], s["tokens"][dec])
             row["output_tokens"] = total

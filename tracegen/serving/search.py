@@ -17,7 +17,7 @@ from ..catalog import Hardware, Model
 from ..preset import Preset
 from .deployment import Deployment, PoolPlan, build_pools
 from .metrics import summary
-from .simulate import simulate
+from .simulate import PD, simulate
 from .workload import Workload, synthetic
 
 LOADS = (0.95, 0.85, 0.7, 0.55, 0.4, 0.25, 0.1)     # fractions of the estimated capacity tried, high to low
@@ -84,7 +84,7 @@ def search(model: Model, hw: Hardware, preset: Preset, base: Deployment, w: Work
         d_nodes = nodes - p_nodes
         for ep_p in _eps(p_nodes, gpn, experts):
             for ep_d in _eps(d_nodes, gpn, experts):
-                d = replace(base, mode="pd", prefill=PoolPlan(p_nodes, 1, ep_p), decode=PoolPlan(d_nodes, 1, ep_d),
+                d = replace(base, mode=PD, prefill=PoolPlan(p_nodes, 1, ep_p), decode=PoolPlan(d_nodes, 1, ep_d),
                             slo_tpot_ms=slo_tpot_ms)
                 try:
                     pools, _ = build_pools(model, hw, preset, d, w, tables)
@@ -109,7 +109,7 @@ def search(model: Model, hw: Hardware, preset: Preset, base: Deployment, w: Work
         for load in LOADS:
             wl = synthetic_like(w, requests, load * c.capacity_rps, seed)
             pools, transfer = build_pools(model, hw, preset, c.deployment, wl, tables)
-            m = summary(simulate(wl, pools, "pd", transfer), slo_ttft_ms, slo_tpot_ms)
+            m = summary(simulate(wl, pools, PD, transfer), slo_ttft_ms, slo_tpot_ms)
             c.metrics, c.load = m, load
             if m["slo"]["attained"] >= attain:
                 c.goodput_rps = load * c.capacity_rps

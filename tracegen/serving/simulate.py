@@ -20,7 +20,8 @@ from ..base.errors import UserError
 from .steptime import StepTable
 from .workload import Workload
 
-MODES = ("pd", "colocated", "prefill", "decode")
+PD, COLOCATED = "pd", "colocated"      # deployment modes beside the one-role "prefill" / "decode" (the phases)
+MODES = (PD, COLOCATED, "prefill", "decode")
 PREFILL, DECODE = 0, 1          # step kinds
 MAX_STEPS = 20_000_000          # a guard against a plan that never drains (e.g. a zero-time step)
 
