@@ -352,6 +352,17 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p, sub = new_parser("replay", __doc__)
+    _add_analyze(sub)
+    _add_diff(sub)
+    _add_merge(sub)
+    _add_compare(sub)
+    _add_whatif(sub)
+    _add_sql(sub)
+    _add_calibrate(sub)
+    return p
+
+
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
     a = add_command(sub, "analyze", cmd_analyze,
                     help="overlap, exposed communication and idle causes of a trace",
                     epilog=EPILOG,
@@ -392,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "for $DASK_SCHEDULER_ADDRESS; workers must read the same paths and have moe-timeline "
                         "installed (pip install 'moe-timeline[cluster]')")
 
+
+def _add_diff(sub: argparse._SubParsersAction) -> None:
     df = add_command(sub, "diff", cmd_diff, help="what changed between two observed runs, with a verdict",
                      description="Compare two observed runs (files or folders) per step: span, overlap, every idle "
                                  "cause and what held the launches back, per rank and per stage. Ranks match by "
@@ -409,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="exit 1 if AFTER's step span is more than PCT percent longer than BEFORE's")
     df.add_argument("--html", metavar="FILE", help="also write a Bokeh view of the differences")
 
+
+def _add_merge(sub: argparse._SubParsersAction) -> None:
     mg = add_command(sub, "merge", cmd_merge, help="a folder of rank traces as one clock-aligned trace for Perfetto",
                      description="Write the rank files of a folder as one Chrome JSON trace: processes renamed "
                                  "'rank R: ...', each rank's clock moved by the offset `replay analyze` finds from "
@@ -419,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_reading_args(mg, json_help="print what was merged as JSON")
     mg.add_argument("--allow-mixed", action="store_true", help="merge files that look like different runs")
 
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
     c = add_command(sub, "compare", cmd_compare,
                     help="predicted vs observed, stage by stage, with likely causes",
                     epilog=EPILOG_COMPARE,
@@ -434,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--top", type=int, default=10, help="discrepancies listed")
     c.add_argument("--step", type=int, default=None, help=STEP_HELP)
 
+
+def _add_whatif(sub: argparse._SubParsersAction) -> None:
     w = add_command(sub, "whatif", cmd_whatif,
                     help="re-time an observed trace under a change and write the new trace",
                     epilog=EPILOG_WHATIF,
@@ -453,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--step", type=int, default=None, help=STEP_HELP)
     add_reading_args(w, json_help="print the result as JSON", stages=True)
 
+
+def _add_sql(sub: argparse._SubParsersAction) -> None:
     q = add_command(sub, "sql", cmd_sql,
                     help="SQL (DuckDB) over a trace's events and replay's results",
                     epilog=EPILOG_SQL,
@@ -467,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-rows", type=int, default=50, help="rows printed in the table (default 50)")
     q.add_argument("--step-regex", metavar="REGEX", default=DEFAULT_STEP, help="as for replay analyze")
 
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     c = add_command(sub, "calibrate", cmd_calibrate,
                     help="fit the cost model's efficiency curves to an observed trace",
                     epilog=EPILOG_CALIBRATE,
@@ -484,7 +507,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave ops of these names out of the fit (e.g. shared_up,shared_down)")
     c.add_argument("--report", default=None, metavar="CSV", help="write every op's observed and predicted time")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
-    return p
 
 
 main = entry_point("replay", build_parser)
