@@ -74,36 +74,49 @@ def inside(folder: Path, path: str) -> Path | None:
 
 def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = None,
              data_dir: str | None = None) -> None:
-    state = State()
-    doc.on_session_destroyed(lambda ctx: shutil.rmtree(state.tmp, ignore_errors=True))
-    models, hws = sorted(builtin_models()), sorted(builtin_hardware())
-    w = {
-        "model": Select(title="model", value="deepseek-v3", options=models, name="model"),
-        "hardware": Select(title="hardware", value="h800", options=hws, name="hardware"),
-        "preset": Select(title="preset", value="default", options=list(PRESETS), name="preset"),
-        "phase": Select(title="phase", value="prefill", options=["prefill", "decode"], name="phase"),
-        "batch": Spinner(title="batch (sequences / DP group)", value=4, low=0.5, high=100_000, step=1,
-                         name="batch"),
-        "tp": Spinner(title="TP", value=1, low=1, high=64, step=1, name="tp"),
-        "dp": Spinner(title="DP", value=32, low=1, high=1024, step=1, name="dp"),
-        "ep": Spinner(title="EP (0: TP x DP)", value=0, low=0, high=1024, step=1, name="ep"),
-        "tbo": Select(title="launch order", value="proper", options=["proper", "improper", "off"], name="tbo"),
-        "comm": Select(title="backend", value=NORMAL, options=[NORMAL, IBGDA, CPU_PROXY], name="comm"),
-        "layers": Spinner(title="layers", value=6, low=1, high=61, step=1, name="layers"),
-        "ranks": Spinner(title="ranks", value=1, low=1, high=16, step=1, name="ranks"),
-    }
-    where = f"path under {data_dir} on the server" if data_dir else "paths: start with --data-dir; upload here"
-    path_in = TextInput(title=f"observed trace ({where})", value=observed or "", name="path",
-                        sizing_mode="stretch_width", disabled=data_dir is None)
-    load_btn = Button(label="load", button_type="primary", name="load")
-    upload = FileInput(accept=".json,.gz", name="upload")
-    status = Div(text="", name="status", sizing_mode="stretch_width")
-    body = column(Div(text="computing..."), sizing_mode="stretch_width", name="body")
+    """The dashboard on a Bokeh document (viz serve): widgets, callbacks, the first drawing."""
+    Dashboard(doc, taxonomy, data_dir).start(observed)
 
-    def say(msg: str, error: bool = False) -> None:
-        status.text = f"<span style='{ERROR_STYLE if error else 'color:#333'}'>{html.escape(msg)}</span>"
 
-    def guarded(what: str, fn: Callable[[], Analysis], hide: tuple[str, str] | None = None) -> Analysis | None:
+class Dashboard:
+    """One browser session: the plan widgets, the observed-trace inputs, and one method per callback."""
+
+    def __init__(self, doc: Document, taxonomy: str | None, data_dir: str | None):
+        self.doc, self.taxonomy, self.data_dir = doc, taxonomy, data_dir
+        self.state = State()
+        doc.on_session_destroyed(lambda ctx: shutil.rmtree(self.state.tmp, ignore_errors=True))
+        self.w = self._plan_widgets()
+        where = f"path under {data_dir} on the server" if data_dir else "paths: start with --data-dir; upload here"
+        self.path_in = TextInput(title=f"observed trace ({where})", value="", name="path",
+                                 sizing_mode="stretch_width", disabled=data_dir is None)
+        self.load_btn = Button(label="load", button_type="primary", name="load")
+        self.upload = FileInput(accept=".json,.gz", name="upload")
+        self.status = Div(text="", name="status", sizing_mode="stretch_width")
+        self.body = column(Div(text="computing..."), sizing_mode="stretch_width", name="body")
+
+    @staticmethod
+    def _plan_widgets() -> dict[str, Any]:
+        models, hws = sorted(builtin_models()), sorted(builtin_hardware())
+        return {
+            "model": Select(title="model", value="deepseek-v3", options=models, name="model"),
+            "hardware": Select(title="hardware", value="h800", options=hws, name="hardware"),
+            "preset": Select(title="preset", value="default", options=list(PRESETS), name="preset"),
+            "phase": Select(title="phase", value="prefill", options=["prefill", "decode"], name="phase"),
+            "batch": Spinner(title="batch (sequences / DP group)", value=4, low=0.5, high=100_000, step=1,
+                             name="batch"),
+            "tp": Spinner(title="TP", value=1, low=1, high=64, step=1, name="tp"),
+            "dp": Spinner(title="DP", value=32, low=1, high=1024, step=1, name="dp"),
+            "ep": Spinner(title="EP (0: TP x DP)", value=0, low=0, high=1024, step=1, name="ep"),
+            "tbo": Select(title="launch order", value="proper", options=["proper", "improper", "off"], name="tbo"),
+            "comm": Select(title="backend", value=NORMAL, options=[NORMAL, IBGDA, CPU_PROXY], name="comm"),
+            "layers": Spinner(title="layers", value=6, low=1, high=61, step=1, name="layers"),
+            "ranks": Spinner(title="ranks", value=1, low=1, high=16, step=1, name="ranks"),
+        }
+
+    def say(self, msg: str, error: bool = False) -> None:
+        self.status.text = f"<span style='{ERROR_STYLE if error else 'color:#333'}'>{html.escape(msg)}</span>"
+
+    def guarded(self, what: str, fn: Callable[[], Analysis], hide: tuple[str, str] | None = None) -> Analysis | None:
         """fn's result; on failure a message in the page and None, and the server keeps serving. `hide`:
         (server path, name the user knows): the server's own paths never reach the page."""
         def clean(msg: str) -> str:
@@ -111,107 +124,113 @@ def make_doc(doc: Document, observed: str | None = None, taxonomy: str | None = 
         try:
             return fn()
         except UserError as exc:
-            say(clean(f"cannot {what}: {exc}"), error=True)
+            self.say(clean(f"cannot {what}: {exc}"), error=True)
         except Exception as exc:     # noqa: BLE001 - keep serving, show what broke
             traceback.print_exc(file=sys.stderr)
-            say(clean(f"cannot {what}: {type(exc).__name__}: {exc}"), error=True)
+            self.say(clean(f"cannot {what}: {type(exc).__name__}: {exc}"), error=True)
         return None
 
-    def redraw(note: str = "ok") -> None:
-        values = {k: v.value for k, v in w.items()}
-        predicted = guarded("predict", lambda: predict(values, state.tmp))
+    def redraw(self, note: str = "ok") -> None:
+        state = self.state
+        values = {k: v.value for k, v in self.w.items()}
+        predicted = self.guarded("predict", lambda: predict(values, state.tmp))
         if predicted is None:
             return
         state.predicted = predicted
         label = f"{values['model']} {values['phase']} on {values['hardware']} (TBO {values['tbo']})"
         if state.observed is not None:       # build() names the two sides itself (predicted / observed)
             layout = build([(label, state.predicted), (state.observed_name, state.observed)])
-            body.children = list(layout.children)
+            self.body.children = list(layout.children)
         else:
             fig, _ = timeline_figure(state.predicted.events, f"predicted: {label}", findings=state.predicted.findings,
                                      flows=state.predicted.trace.flows, name="predicted")
-            body.children = [summary_table([(label, state.predicted)]), fig]
-        say(note)                    # a success replaces any earlier error
+            self.body.children = [summary_table([(label, state.predicted)]), fig]
+        self.say(note)                    # a success replaces any earlier error
 
-    def load_observed(path: str, name: str) -> None:
-        observed = guarded(f"load {name}", lambda: analyze(path, taxonomy=taxonomy, use_cache=False), (path, name))
+    def load_observed(self, path: str, name: str) -> None:
+        observed = self.guarded(f"load {name}", lambda: analyze(path, taxonomy=self.taxonomy, use_cache=False),
+                                (path, name))
         if observed is None:
             return
-        state.observed, state.observed_name = observed, name
+        self.state.observed, self.state.observed_name = observed, name
         hints = [x["message"] for x in observed.suspicious if x["what"] == "no_communication"]
-        redraw(f"loaded {name}" + (f"; note: {hints[0]} (viz serve --taxonomy FILE applies one to every load)"
-                                   if hints else ""))
+        self.redraw(f"loaded {name}" + (f"; note: {hints[0]} (viz serve --taxonomy FILE applies one to every load)"
+                                        if hints else ""))
 
-    def on_path() -> None:
-        p = path_in.value.strip()
+    def on_path(self) -> None:
+        p = self.path_in.value.strip()
         if not p:
-            state.observed = None
-            redraw()
+            self.state.observed = None
+            self.redraw()
             return
-        if data_dir is None:
-            say("cannot load a path: the server was started without --data-dir; upload the file instead", error=True)
+        if self.data_dir is None:
+            self.say("cannot load a path: the server was started without --data-dir; upload the file instead",
+                     error=True)
             return
-        target = inside(Path(data_dir), p)
+        target = inside(Path(self.data_dir), p)
         if target is None:
-            say(f"cannot load {p}: only files inside the data folder can be loaded", error=True)
+            self.say(f"cannot load {p}: only files inside the data folder can be loaded", error=True)
             return
         if not target.is_file():
-            say(f"cannot load {p}: no such file in the data folder", error=True)
+            self.say(f"cannot load {p}: no such file in the data folder", error=True)
             return
-        load_observed(str(target), target.name)
+        self.load_observed(str(target), target.name)
 
-    def on_upload(attr: str, old: Any, new: Any) -> None:
+    def on_upload(self, attr: str, old: Any, new: Any) -> None:
         if not new:
             return
-        name = upload.filename or "upload.json"
+        name = self.upload.filename or "upload.json"
         if len(new) * 3 / 4 > MAX_UPLOAD_MB * 1e6:
-            say(f"cannot load {name}: larger than {MAX_UPLOAD_MB} MB; analyse it with `replay analyze`, or start "
-                "viz serve with --data-dir and load it by path", error=True)
+            self.say(f"cannot load {name}: larger than {MAX_UPLOAD_MB} MB; analyse it with `replay analyze`, or "
+                     "start viz serve with --data-dir and load it by path", error=True)
             return
         try:
             raw = base64.b64decode(new, validate=True)
         except (ValueError, TypeError):
-            say(f"cannot load {name}: the upload is not valid base64 data", error=True)
+            self.say(f"cannot load {name}: the upload is not valid base64 data", error=True)
             return
-        target = state.tmp / Path(name).name
+        target = self.state.tmp / Path(name).name
         target.write_bytes(raw)
-        load_observed(str(target), name)
+        self.load_observed(str(target), name)
 
-    def on_hardware(attr: str, old: Any, new: Any) -> None:
+    def on_hardware(self, attr: str, old: Any, new: Any) -> None:
+        w = self.w
         hw = load_hardware(new)
         w["comm"].options = sorted(hw.comm)
         if w["comm"].value not in hw.comm:
             w["comm"].value = default_backend(load_preset(w["preset"].value), w["phase"].value, hw)
 
-    def guard(widget: Any) -> Callable[[str, Any, Any], None]:
+    def guard(self, widget: Any) -> Callable[[str, Any, Any], None]:
         """A number box cleared or pushed out of range goes back to its last value (with a word why)."""
         def on_change(attr: str, old: Any, new: Any) -> None:
             low, high = getattr(widget, "low", None), getattr(widget, "high", None)
             if isinstance(widget, Spinner) and (new is None or (low is not None and new < low)
                                                 or (high is not None and new > high)):
                 widget.value = old
-                say(f"{widget.title}: needs a number in [{low:g}, {high:g}]; kept {old:g}", error=True)
+                self.say(f"{widget.title}: needs a number in [{low:g}, {high:g}]; kept {old:g}", error=True)
                 return
-            redraw()
+            self.redraw()
         return on_change
 
-    for widget in w.values():
-        widget.on_change("value", guard(widget))
-    w["hardware"].on_change("value", on_hardware)
-    load_btn.on_click(on_path)
-    path_in.on_change("value", lambda attr, old, new: on_path())      # Enter in the box loads too
-    upload.on_change("value", on_upload)
-    controls = column(*w.values(), width=230)
-    obs_row = row(path_in, load_btn, upload, sizing_mode="stretch_width")
-    doc.add_root(row(controls, column(Div(text="<h2>MoE layer timeline: predicted vs observed</h2>"), obs_row,
-                                      status, body, sizing_mode="stretch_width"), sizing_mode="stretch_width",
-                     name="root"))
-    doc.title = "moe-timeline"
-    if observed:
-        load_observed(observed, Path(observed).name)
-    else:
-        redraw()
-
+    def start(self, observed: str | None) -> None:
+        """Wire the callbacks, lay the page out, and draw (the observed trace first, when given)."""
+        for widget in self.w.values():
+            widget.on_change("value", self.guard(widget))
+        self.w["hardware"].on_change("value", self.on_hardware)
+        self.load_btn.on_click(self.on_path)
+        self.path_in.value = observed or ""
+        self.path_in.on_change("value", lambda attr, old, new: self.on_path())      # Enter in the box loads too
+        self.upload.on_change("value", self.on_upload)
+        controls = column(*self.w.values(), width=230)
+        obs_row = row(self.path_in, self.load_btn, self.upload, sizing_mode="stretch_width")
+        self.doc.add_root(row(controls, column(Div(text="<h2>MoE layer timeline: predicted vs observed</h2>"),
+                                               obs_row, self.status, self.body, sizing_mode="stretch_width"),
+                              sizing_mode="stretch_width", name="root"))
+        self.doc.title = "moe-timeline"
+        if observed:
+            self.load_observed(observed, Path(observed).name)
+        else:
+            self.redraw()
 
 def serve(port: int = 5006, host: str = "localhost", observed: str | None = None, taxonomy: str | None = None,
           show: bool = False, data_dir: str | None = None) -> int:
