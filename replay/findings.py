@@ -10,7 +10,8 @@ with the reason seen (the window's edge, a copy, a kernel queued but started lat
 carries its group (`blocked_by`) and a message from the cause -> advice table (advice.py)."""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -158,6 +159,30 @@ def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0,
     return findings, totals, groups
 
 
+@dataclass(frozen=True)
+class _Cover:
+    """What covers a rank's idle time, as coverage functions over time: its communication kernels
+    (Fc), copies and fills (Fm), and its waits for late peers (Fp, from the waits p0..p1 on peer pp)."""
+    Fc: Callable[[np.ndarray], np.ndarray]
+    Fm: Callable[[np.ndarray], np.ndarray]
+    Fp: Callable[[np.ndarray], np.ndarray]
+    mem: pd.DataFrame
+    peer_iv: tuple[np.ndarray, np.ndarray]
+    p0: np.ndarray
+    p1: np.ndarray
+    pp: np.ndarray
+
+
+def _cover(rank: int, df: pd.DataFrame, comm: pd.DataFrame, peers: Peers | None) -> _Cover:
+    mem = df[df["klass"] == "memory"]
+    p0, p1, pp = peers.intervals(rank) if peers is not None else (np.zeros(0), np.zeros(0), np.zeros(0))
+    peer_iv = union(p0, p1)
+    order = np.argsort(p0)
+    return _Cover(coverage(*union(comm["start_us"].to_numpy(), (comm["start_us"] + comm["dur_us"]).to_numpy())),
+                  coverage(*union(mem["start_us"].to_numpy(), (mem["start_us"] + mem["dur_us"]).to_numpy())),
+                  coverage(*peer_iv), mem, peer_iv, p0[order], p1[order], pp[order])
+
+
 def _find_rank(rank: int, df: pd.DataFrame, events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float,
                peers: Peers | None) -> _Rank:
     comp = df[df["klass"] == "compute"].sort_values("start_us")
@@ -166,54 +191,51 @@ def _find_rank(rank: int, df: pd.DataFrame, events: pd.DataFrame, flows: pd.Data
     if mbs > 1 and pd.Series(text(df["stage"])).str.contains(TRAINING_PASS).any():
         mbs = 1          # DualPipe's forward / backward chunks: not two-batch overlap (no TBO advice)
     acc = _Rank(rank, df, min_lost_us, not comm.empty, mbs)
-    comm_iv = union(comm["start_us"].to_numpy(), (comm["start_us"] + comm["dur_us"]).to_numpy())
-    Fc = coverage(*comm_iv)
-    mem = df[df["klass"] == "memory"]
-    Fm = coverage(*union(mem["start_us"].to_numpy(), (mem["start_us"] + mem["dur_us"]).to_numpy()))
-    p0, p1, pp = peers.intervals(rank) if peers is not None else (np.zeros(0), np.zeros(0), np.zeros(0))
-    peer_iv = union(p0, p1)
-    Fp = coverage(*peer_iv)
-    order = np.argsort(p0)
-    p0, p1, pp = p0[order], p1[order], pp[order]
+    cov = _cover(rank, df, comm, peers)
     lo, hi = float(df["start_us"].min()), float((df["start_us"] + df["dur_us"]).max())
-    if comp.empty:                      # no compute at all: the whole span is idle
+    _add_edges(acc, df, comp, cov, lo, hi)
+    if not comp.empty:
+        _add_gaps(acc, df, comp, comm, events, flows, cov, lo, hi)
+    return acc
+
+
+def _add_edges(acc: _Rank, df: pd.DataFrame, comp: pd.DataFrame, cov: _Cover, lo: float, hi: float) -> None:
+    """Before the first and after the last compute (e.g. the last combine): idle while communication
+    (or a peer) is waited for, else the window's edge - so that the causes add up to span minus compute.
+    With no compute at all, the whole span."""
+    if comp.empty:
         edges = [(lo, hi, df.iloc[[0]])]
     else:
         cs, ce = comp["start_us"].to_numpy(), (comp["start_us"] + comp["dur_us"]).to_numpy()
         u0, u1 = union(cs, ce)
-        # before the first and after the last compute (e.g. the last combine): idle while communication
-        # (or a peer) is waited for, else the window's edge - so that the causes add up to span minus compute
         edges = [(lo, float(u0[0]), comp.iloc[[0]]), (float(u1[-1]), hi, comp.iloc[[int(np.argmax(ce))]])]
     for a, b, near in edges:
         if b <= a:
             continue
         A, B = np.array([a]), np.array([b])
-        c, p = Fc(B) - Fc(A), Fp(B) - Fp(A)
-        acc.add(WAITING_ON_PEER, "peer", p, A, near, "", "", _peer_of(A, B, p0, p1, pp))
+        c, p = cov.Fc(B) - cov.Fc(A), cov.Fp(B) - cov.Fp(A)
+        acc.add(WAITING_ON_PEER, "peer", p, A, near, "", "", _peer_of(A, B, cov.p0, cov.p1, cov.pp))
         acc.add(WAITING_ON_COMM, "comm", c - p, A, near, "", "", -1)
-        m = np.minimum(Fm(B) - Fm(A), (B - A) - c)
+        m = np.minimum(cov.Fm(B) - cov.Fm(A), (B - A) - c)
         acc.add(WAITING_ON_COPY, "copy", m, A, near, "", "", -1)
         acc.add(UNEXPLAINED, "edge", (B - A) - c - m, A, near, "", "", -1)
-    if comp.empty:
-        return acc
-    g0, g1 = gaps(u0, u1)
-    if not len(g0):
-        return acc
-    nxt_idx = np.clip(np.searchsorted(cs, g1, side="left"), 0, len(comp) - 1)
-    nxt = comp.iloc[nxt_idx]
-    prv = comp.iloc[np.clip(nxt_idx - 1, 0, len(comp) - 1)]
+
+
+def _launched(rank: int, events: pd.DataFrame, nxt: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rank's CPU events, and when each gap's next kernel was launched: the end of the CPU launch
+    call with its correlation id (NaN where the trace has none)."""
     cpu = events[(events["rank"] == rank) & (events["device"] == "cpu")]
-    # launch time of the next kernel: end of the CPU launch call with its correlation id
     launch = cpu[cpu["launch"] & (cpu["correlation"] >= 0)]
     lend = pd.Series((launch["start_us"] + launch["dur_us"]).to_numpy(), index=launch["correlation"].to_numpy())
     lend = lend[~lend.index.duplicated()]
-    launched_raw = lend.reindex(nxt["correlation"].to_numpy()).to_numpy()
-    known = np.isfinite(launched_raw)
-    launched = np.where(known, launched_raw, g0)            # unknown: not a launch issue
-    ready = _ready(df, comm, flows, rank, nxt, g0, g1, launched)
-    launched = np.clip(launched, ready, g1)
-    hv = host_view(cpu, df, lo, hi)
-    free = gaps(*peer_iv, lo, hi) if len(peer_iv[0]) else None   # stalls while a peer is waited for are the peer's
+    return cpu, lend.reindex(nxt["correlation"].to_numpy()).to_numpy()
+
+
+def _blocked(hv: Any, cov: _Cover, lo: float, hi: float, ready: np.ndarray, launched: np.ndarray
+             ) -> dict[str, tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]]:
+    """Per host group, how long the launching thread was held away between each next kernel's ready
+    and launch times, and the held intervals; stalls while a peer is waited for are the peer's."""
+    free = gaps(*cov.peer_iv, lo, hi) if len(cov.peer_iv[0]) else None
     blocked = {}
     for grp in HOST_GROUPS:
         iv = hv.blocked(grp)
@@ -221,6 +243,28 @@ def _find_rank(rank: int, df: pd.DataFrame, events: pd.DataFrame, flows: pd.Data
             iv = intersection(iv, free)
         F = coverage(*iv)
         blocked[grp] = (F(launched) - F(ready), iv)
+    return blocked
+
+
+def _add_gaps(acc: _Rank, df: pd.DataFrame, comp: pd.DataFrame, comm: pd.DataFrame, events: pd.DataFrame,
+              flows: pd.DataFrame, cov: _Cover, lo: float, hi: float) -> None:
+    """Each gap between compute kernels, split along the next kernel's path: ready (its inputs and
+    peers), launched (the CPU held away or slow), started (submission, copies, the GPU's switch)."""
+    cs, ce = comp["start_us"].to_numpy(), (comp["start_us"] + comp["dur_us"]).to_numpy()
+    g0, g1 = gaps(*union(cs, ce))
+    if not len(g0):
+        return
+    nxt_idx = np.clip(np.searchsorted(cs, g1, side="left"), 0, len(comp) - 1)
+    nxt = comp.iloc[nxt_idx]
+    prv = comp.iloc[np.clip(nxt_idx - 1, 0, len(comp) - 1)]
+    cpu, launched_raw = _launched(acc.rank, events, nxt)
+    known = np.isfinite(launched_raw)
+    launched = np.where(known, launched_raw, g0)            # unknown: not a launch issue
+    ready = _ready(df, comm, flows, acc.rank, nxt, g0, g1, launched)
+    launched = np.clip(launched, ready, g1)
+    hv = host_view(cpu, df, lo, hi)
+    blocked = _blocked(hv, cov, lo, hi, ready, launched)
+    Fc, Fm, Fp = cov.Fc, cov.Fm, cov.Fp
     peer_wait = Fp(ready) - Fp(g0)
     waiting = (ready - g0) - peer_wait
     peer_launch = Fp(launched) - Fp(ready)
@@ -234,7 +278,7 @@ def _find_rank(rank: int, df: pd.DataFrame, events: pd.DataFrame, flows: pd.Data
     other = other - latency
     copy = np.minimum(Fm(g1) - Fm(launched), other)       # a copy or fill ran meanwhile
     other = other - copy
-    switches = KERNEL_SWITCH_US * (1 + _inside(mem, g0, g1))
+    switches = KERNEL_SWITCH_US * (1 + _inside(cov.mem, g0, g1))
     switch = np.where(~onto_idle, np.minimum(other, switches), 0.0)   # queued right behind the last
     other = other - switch
     on_peer = peer_wait + peer_launch + peer_rest
@@ -248,7 +292,7 @@ def _find_rank(rank: int, df: pd.DataFrame, events: pd.DataFrame, flows: pd.Data
     peer = none.copy()
     sel = np.flatnonzero(on_peer >= acc.min_lost)
     if len(sel):
-        peer[sel] = _peer_of(g0[sel], g1[sel], p0, p1, pp)
+        peer[sel] = _peer_of(g0[sel], g1[sel], cov.p0, cov.p1, cov.pp)
     acc.add(WAITING_ON_PEER, "peer", on_peer, g0, nxt, names, "", peer)
     acc.add(WAITING_ON_COMM, "comm", waiting + rest_comm - peer_rest, g0, nxt, names, "", none)
     first_layer = _first_layer_of_step(df, nxt) if acc.has_step else np.zeros(len(g0), dtype=bool)
@@ -272,7 +316,6 @@ def _find_rank(rank: int, df: pd.DataFrame, events: pd.DataFrame, flows: pd.Data
     acc.add(WAITING_ON_COPY, "copy", copy, launched, nxt, names, "", none)
     acc.add(KERNEL_SWITCH, "switch", np.where(boundary, 0.0, switch), launched, nxt, names, "", none)
     acc.add(UNEXPLAINED, "queued", np.where(boundary, 0.0, other), launched, nxt, names, "", none)
-    return acc
 
 
 def _ready(df: pd.DataFrame, comm: pd.DataFrame, flows: pd.DataFrame, rank: int, nxt: pd.DataFrame,

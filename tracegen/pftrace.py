@@ -36,84 +36,77 @@ def _annotate(ev: Any, key: str, value: Any) -> None:
         a.string_value = str(value)
 
 
-def encode_pftrace(_sched: Any, chrome: dict[str, Any]) -> bytes:
-    b = TraceProtoBuilder()
-    events = chrome["traceEvents"]
-    last = max((e["ts"] + e.get("dur", 0) for e in events if "ts" in e), default=0.0)
-    if _ns(last) >= 2 ** 63:
-        raise UserError(f"the timeline lasts {last / 1e6:.3g} s: beyond what a .pftrace timestamp holds; "
-                        "write .json instead")
-    uuid = iter(range(1, 1 << 62))
-    proc: dict[Any, int] = {}
-    thread: dict[tuple[Any, Any], int] = {}
-    counters: dict[tuple[Any, str], int] = {}
-    names = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
-             if e["ph"] == "M" and e["name"] in ("process_name", "thread_name")}
+class _Tracks:
+    """Track descriptors, each written once before the first event that uses it: a process track
+    per pid, under it a track per thread and per counter."""
 
-    def proc_track(pid: Any) -> int:
-        if pid not in proc:
-            proc[pid] = next(uuid)
-            p = b.add_packet()
-            p.track_descriptor.uuid = proc[pid]
-            p.track_descriptor.process.pid = int(pid) + 1 if isinstance(pid, int) else 1
-            p.track_descriptor.process.process_name = names.get((pid, 0), str(pid))
-        return proc[pid]
+    def __init__(self, b: TraceProtoBuilder, events: list[dict[str, Any]]):
+        self.b = b
+        self.uuid = iter(range(1, 1 << 62))
+        self.proc: dict[Any, int] = {}
+        self.children: dict[tuple[Any, Any, bool], int] = {}
+        self.names = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
+                      if e["ph"] == "M" and e["name"] in ("process_name", "thread_name")}
 
-    def child_track(table: dict, pid: Any, key: Any, name: str, counter: bool = False) -> int:
+    def process(self, pid: Any) -> int:
+        if pid not in self.proc:
+            self.proc[pid] = next(self.uuid)
+            td = self.b.add_packet().track_descriptor
+            td.uuid = self.proc[pid]
+            td.process.pid = int(pid) + 1 if isinstance(pid, int) else 1
+            td.process.process_name = self.names.get((pid, 0), str(pid))
+        return self.proc[pid]
+
+    def _child(self, pid: Any, key: Any, name: str, counter: bool) -> int:
         """A named track under the process `pid` (a thread's slices, or a counter)."""
-        if (pid, key) not in table:
-            parent = proc_track(pid)
-            table[(pid, key)] = next(uuid)
-            td = b.add_packet().track_descriptor
-            td.uuid = table[(pid, key)]
+        k = (pid, key, counter)
+        if k not in self.children:
+            parent = self.process(pid)
+            self.children[k] = next(self.uuid)
+            td = self.b.add_packet().track_descriptor
+            td.uuid = self.children[k]
             td.parent_uuid = parent
             td.name = name
             if counter:
                 td.counter.SetInParent()
             else:
                 td.sibling_order_rank = int(key) if isinstance(key, int) else 0
-        return table[(pid, key)]
+        return self.children[k]
 
-    def thread_track(pid: Any, tid: Any) -> int:
-        return child_track(thread, pid, tid, names.get((pid, tid), f"thread {tid}"))
+    def thread(self, pid: Any, tid: Any) -> int:
+        return self._child(pid, tid, self.names.get((pid, tid), f"thread {tid}"), False)
 
-    def counter_track(pid: Any, name: str) -> int:
-        return child_track(counters, pid, name, name, counter=True)
+    def counter(self, pid: Any, name: str) -> int:
+        return self._child(pid, name, name, True)
 
-    slices = [e for e in events if e["ph"] == "X"]
+
+def _flows(events: list[dict[str, Any]], slices: list[dict[str, Any]]
+           ) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+    """Flow ids leaving and entering each slice (by index): a flow event binds to the slice on its
+    thread that encloses its timestamp."""
     by_track: dict[tuple[Any, Any], list[tuple[float, float, int]]] = {}
     for i, e in enumerate(slices):
         by_track.setdefault((e["pid"], e["tid"]), []).append((e["ts"], e["ts"] + e["dur"], i))
     for v in by_track.values():
         v.sort()
     starts = {k: [s for s, _, _ in v] for k, v in by_track.items()}
-
-    def enclosing(e: dict[str, Any]) -> int | None:
-        k = (e["pid"], e["tid"])
-        if k not in by_track:
-            return None
-        j = bisect.bisect_right(starts[k], e["ts"]) - 1
-        if j >= 0 and by_track[k][j][0] <= e["ts"] <= by_track[k][j][1]:
-            return by_track[k][j][2]
-        return None
-
     out_flows: dict[int, list[int]] = {}
     in_flows: dict[int, list[int]] = {}
     for e in events:
-        if e["ph"] in ("s", "f"):
-            idx = enclosing(e)
-            if idx is not None:
-                (out_flows if e["ph"] == "s" else in_flows).setdefault(idx, []).append(int(e["id"]))
-    # every track is described before any event uses it
-    for e in slices:
-        thread_track(e["pid"], e["tid"])
-    for e in events:
-        if e["ph"] == "C":
-            for name in e["args"]:
-                counter_track(e["pid"], f"{e['name']} ({name})")
-    # (time ns, order, slice, begin/end, payload): at one instant the slices that end go first, then
-    # those that begin; a zero-length slice's end follows its own begin; counters last
-    items: list[tuple[int, int, int, int, Any]] = []
+        if e["ph"] not in ("s", "f") or (e["pid"], e["tid"]) not in by_track:
+            continue
+        k = (e["pid"], e["tid"])
+        j = bisect.bisect_right(starts[k], e["ts"]) - 1
+        if j >= 0 and by_track[k][j][0] <= e["ts"] <= by_track[k][j][1]:
+            (out_flows if e["ph"] == "s" else in_flows).setdefault(by_track[k][j][2], []).append(int(e["id"]))
+    return out_flows, in_flows
+
+
+def _timeline(events: list[dict[str, Any]], slices: list[dict[str, Any]]
+              ) -> list[tuple[int, int, int, int, tuple[str, dict[str, Any]]]]:
+    """(time ns, order, slice, begin/end, payload) in write order: at one instant the slices that end
+    go first, then those that begin; a zero-length slice's end follows its own begin; counters last."""
+    items: list[tuple[int, int, int, int, tuple[str, dict[str, Any]]]] = []
     for i, e in enumerate(slices):
         t0, t1 = _ns(e["ts"]), _ns(e["ts"] + e["dur"])
         items.append((t0, 1, i, 0, ("B", e)))
@@ -122,8 +115,28 @@ def encode_pftrace(_sched: Any, chrome: dict[str, Any]) -> bytes:
         if e["ph"] == "C":
             items.append((_ns(e["ts"]), 2, i, 0, ("C", e)))
     items.sort(key=lambda x: x[:4])
+    return items
+
+
+def encode_pftrace(_sched: Any, chrome: dict[str, Any]) -> bytes:
+    b = TraceProtoBuilder()
+    events = chrome["traceEvents"]
+    last = max((e["ts"] + e.get("dur", 0) for e in events if "ts" in e), default=0.0)
+    if _ns(last) >= 2 ** 63:
+        raise UserError(f"the timeline lasts {last / 1e6:.3g} s: beyond what a .pftrace timestamp holds; "
+                        "write .json instead")
+    tracks = _Tracks(b, events)
+    slices = [e for e in events if e["ph"] == "X"]
+    out_flows, in_flows = _flows(events, slices)
+    # every track is described before any event uses it
+    for e in slices:
+        tracks.thread(e["pid"], e["tid"])
+    for e in events:
+        if e["ph"] == "C":
+            for name in e["args"]:
+                tracks.counter(e["pid"], f"{e['name']} ({name})")
     first = True
-    for ts, _, i, _, (what, e) in items:
+    for ts, _, i, _, (what, e) in _timeline(events, slices):
         p = b.add_packet()
         p.timestamp = ts
         p.trusted_packet_sequence_id = SEQ
@@ -139,10 +152,10 @@ def encode_pftrace(_sched: Any, chrome: dict[str, Any]) -> bytes:
                     p.trusted_packet_sequence_id = SEQ
                     te = p.track_event
                 te.type = pb.TrackEvent.TYPE_COUNTER
-                te.track_uuid = counter_track(e["pid"], f"{e['name']} ({name})")
+                te.track_uuid = tracks.counter(e["pid"], f"{e['name']} ({name})")
                 te.double_counter_value = float(value)
             continue
-        te.track_uuid = thread_track(e["pid"], e["tid"])
+        te.track_uuid = tracks.thread(e["pid"], e["tid"])
         if what == "E":
             te.type = pb.TrackEvent.TYPE_SLICE_END
             continue
