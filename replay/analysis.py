@@ -37,6 +37,7 @@ class Analysis:
     steps: pd.DataFrame = field(default_factory=pd.DataFrame)          # per rank and profiler step
     step_regex: str = step_analysis.DEFAULT_STEP
     idle_groups: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)   # rank -> cause -> group
+    analyses: dict[str, pd.DataFrame] = field(default_factory=dict)   # the pipeline's ANALYSES, by name
 
     @property
     def findings(self) -> list[dict[str, Any]]:
@@ -98,6 +99,7 @@ class Analysis:
             "clock": self.peers.clock,
             "stragglers": self.peers.stragglers,
             "suspicious_input": self.suspicious,
+            "analyses": {name: rows.to_dict(orient="records") for name, rows in self.analyses.items()},
         }
 
 

@@ -6,13 +6,14 @@ table) and the two-stage folder path (folder.py, one rank file at a time):
     per_rank(events, flows, peers)   metrics, layers, steps, findings and input facts of the rank(s)
     assemble(results, ...)           the Analysis the report, the JSON and the views read
 
-A new per-rank analysis is one function of the event table and one line in `per_rank` (its
-RankResult field); `assemble` concatenates it across rank files."""
+A new per-rank analysis is one function of the event table (rows with a `rank` column) and one line in
+`ANALYSES`: `per_rank` runs it, `assemble` concatenates it across rank files in rank order, and
+`replay analyze --json` lists its rows under `analyses.<name>` (tests/test_extension.py adds one)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -20,7 +21,7 @@ from tracegen.base.errors import UserError
 
 from . import peers as peer_analysis
 from . import steps as step_analysis
-from . import suspicious
+from . import kernels, suspicious
 from .analysis import Analysis
 from .events import Trace
 from .findings import find
@@ -78,6 +79,13 @@ def prepare(events: pd.DataFrame, opts: Options) -> Prepared:
     return Prepared(events, spans, how, has_gpu, ranks, sorted(int(r) for r in events["rank"].unique()))
 
 
+# the per-rank analyses beyond the built-in tables: name -> function of a rank file's (or the whole
+# table's) events -> rows, one `rank` column among them
+ANALYSES: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
+    "top_kernels": kernels.top_kernels,
+}
+
+
 @dataclass
 class RankResult:
     """One rank's (or one table's) share of the analysis, on the common clock."""
@@ -90,6 +98,7 @@ class RankResult:
     steps: pd.DataFrame
     streams: pd.DataFrame
     facts: dict[str, Any] = field(default_factory=dict)
+    analyses: dict[str, pd.DataFrame] = field(default_factory=dict)    # ANALYSES' rows, by name
 
 
 def per_rank(events: pd.DataFrame, flows: pd.DataFrame, peers: Peers, opts: Options) -> RankResult:
@@ -105,6 +114,7 @@ def per_rank(events: pd.DataFrame, flows: pd.DataFrame, peers: Peers, opts: Opti
         steps=peer_analysis.with_step_waits(step_metrics(events), peers.table),
         streams=stream_layout(events),
         facts=suspicious.facts(events),
+        analyses={name: fn(events) for name, fn in ANALYSES.items()},
     )
 
 
@@ -122,7 +132,9 @@ def assemble(trace: Trace, events: pd.DataFrame, how: str, results: list[RankRes
                     sorted((r for x in results for r in x.ranks), key=lambda r: r["rank"]),
                     table("layers"), table("streams"), table("findings"), {r: totals[r] for r in sorted(totals)},
                     opts.window, cached, t0, suspicious.entries(facts, trace.meta, warnings),
-                    peers, table("steps"), opts.step_regex, {r: groups[r] for r in sorted(groups)})
+                    peers, table("steps"), opts.step_regex, {r: groups[r] for r in sorted(groups)},
+                    {name: results[0].analyses[name] if one else _by_rank([x.analyses[name] for x in results])
+                     for name in results[0].analyses})
 
 
 def _by_rank(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -183,5 +195,5 @@ def check_rank(rank: int, known: list[int]) -> None:
 
 RESULT_FIELDS = tuple(f.name for f in fields(RankResult))
 
-__all__ = ["Options", "Prepared", "prepare", "RankResult", "per_rank", "assemble", "narrow", "in_window",
+__all__ = ["ANALYSES", "Options", "Prepared", "prepare", "RankResult", "per_rank", "assemble", "narrow", "in_window",
            "window_error", "no_gpu_error", "check_step", "check_rank", "RESULT_FIELDS"]

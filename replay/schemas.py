@@ -117,6 +117,9 @@ class Analyze(_S):
     clock: str                      # how the ranks were put on one clock
     stragglers: list[Straggler]
     suspicious_input: list[Suspicious]
+    # the per-rank analyses registered in replay/pipeline.py ANALYSES: name -> rows (each with `rank`);
+    # top_kernels: rank, name, klass, count, total_us, mean_us, share_pct (largest 10 per rank)
+    analyses: dict[str, list[dict[str, Any]]] = {}
 
 
 class StageRow(_S):
@@ -278,7 +281,7 @@ class Diff(_S):
 
 
 SCHEMAS: dict[str, tuple[type, int]] = {
-    "replay-analyze": (Analyze, 4), "replay-compare": (Compare, 1), "replay-whatif": (Whatif, 1),
+    "replay-analyze": (Analyze, 5), "replay-compare": (Compare, 1), "replay-whatif": (Whatif, 1),
     "replay-calibrate": (Calibrate, 1), "replay-sql": (Sql, 1), "replay-diff": (Diff, 1),
 }
 

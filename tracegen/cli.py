@@ -90,8 +90,10 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tp", type=int, default=None, help="attention tensor-parallel size (GPUs)")
     g.add_argument("--dp", type=int, default=None, help="attention data-parallel groups")
     g.add_argument("--ep", type=int, default=None, help="expert-parallel size in GPUs (default tp x dp)")
-    g.add_argument("--comm", default=None, choices=COMM_BACKENDS,
-                   help="all-to-all backend (default: normal for prefill, ibgda for decode)")
+    g.add_argument("--comm", default=None, metavar="BACKEND",
+                   help=f"all-to-all backend: a table under the hardware's `comm` (built in: {', '.join(COMM_BACKENDS)}; "
+                        "a --hardware-file may add its own; default: the preset's, normal for prefill, ibgda "
+                        "for decode)")
     g.add_argument("--comm-sms", type=int, default=None,
                    help="SMs the all-to-all holds while in flight (default: the backend's)")
     g.add_argument("--decode-len", type=int, default=None,
