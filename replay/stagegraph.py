@@ -26,11 +26,12 @@ from tracegen.opgraph import Stage
 from tracegen.base.backends import IBGDA, NORMAL
 from tracegen.plan import Plan
 from tracegen.preset import Preset, load_preset
+from tracegen.schedule import Interval
 
 from .analysis import Analysis
 from .compare import StageRules, label_stages, refuse_training
 from .hostview import host_view
-from .intervals import coverage, length, union
+from .intervals import coverage, intersection, length, union
 from .generated import target
 
 Key = tuple[int, int, str]
@@ -50,6 +51,8 @@ class StageGraph:
     assumptions: list[str] = field(default_factory=list)
     observed_ranks: list[int] = field(default_factory=list)   # the observed rank each simulated rank stands for
     compute_as_seen: bool = False       # compute stages last what they took, SMs lent to communication included
+    observed: list[Interval] = field(default_factory=list)   # profiler trace: where each stage's kernels ran
+                                                              # (rank 0, the first stage's start at 0)
     preset: Preset = field(default_factory=lambda: load_preset("default"))   # as the trace was generated
 
 
@@ -128,6 +131,7 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
     hv = host_view(ev[ev["device"] == "cpu"], ev[ev["device"] == "gpu"], lo, hi)     # what analyze measures
     b0, b1 = union(*(np.concatenate(x) for x in zip(hv.blocked("sync"), hv.blocked("dispatch"))))
     stages, first_launch, last_launch = {}, {}, {}
+    seen: list[Interval] = []
     for (layer, mb, st), part in g.groupby(["layer", "microbatch", "cstage"], sort=True):
         part = part.sort_values("start_us")
         s0, e0 = part["start_us"].to_numpy(), (part["start_us"] + part["dur_us"]).to_numpy()
@@ -153,12 +157,18 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
             work, extra = busy, ({"gap_us": span - busy} if span > busy else {})
         stages[key] = Stage(key[0], key[1], st, stream, work, lat, 0.0, blocked, 0, len(part),
                             segments=_segments(s0, e0), **extra)
+        # communication holds its SMs from its first kernel's start to its last's end (as the scheduler
+        # holds them: the take-out and the put-back must agree); compute runs where its kernels ran
+        u0, u1 = (np.array([s0.min()]), np.array([e0.max()])) if stream == COMM else union(s0, e0)
+        seen += [Interval(0, stream, st, float(x), float(y), key, stream) for x, y in zip(u0, u1)]
         first_launch[key] = t_launch
         last_launch[key] = max(launched) if launched else t_launch
     stages = _with_cpu_time(stages, first_launch, last_launch, (b0, b1))
     plan, stages, more = _plan_of(stages, hw)
+    t0 = min((iv.start for iv in seen), default=0.0)
+    seen = [replace(iv, start=iv.start - t0, end=iv.end - t0) for iv in seen]
     return StageGraph(stages, first_launch, launch_us, [1.0], 1, load_model(None), hw, plan, assumptions + more,
-                      [rank], compute_as_seen=True)
+                      [rank], compute_as_seen=True, observed=seen)
 
 
 def _plan_of(stages: dict, hw: Hardware) -> tuple[Plan, dict, list[str]]:
@@ -200,10 +210,18 @@ def _segments(s0: np.ndarray, e0: np.ndarray, most: int = 64) -> tuple[tuple[flo
 
 def _with_cpu_time(stages: dict, first: dict, last: dict, waits: tuple[np.ndarray, np.ndarray]) -> dict:
     """Each stage with the CPU time it took to launch, as observed: in launch order, from the previous
-    stage's last launch to its own last launch (the first stage: its own launches), less the time the
-    CPU spent in dispatch waits meanwhile (the scheduler models those: a blocking dispatch)."""
+    stage's last launch to its own last launch (the first stage: its own launches), less the waits the
+    scheduler models itself - a blocking dispatch's, between its first and last launch. Any other wait
+    (a second spin after the dispatch's last launch, a sync) stays in the CPU time: the scheduler has no
+    cause to end it, so it is kept as it lasted."""
     w0, w1 = waits
-    F = coverage(*union(w0, w1)) if len(w0) else (lambda t: np.zeros_like(np.asarray(t, dtype=float)))
+    spans = [(first[k], last[k]) for k, st in stages.items() if st.blocking and last[k] > first[k]]
+    if len(w0) and spans:
+        s0, s1 = union(np.array([a for a, _ in spans]), np.array([b for _, b in spans]))
+        w0, w1 = intersection(union(w0, w1), (s0, s1))
+    else:
+        w0, w1 = np.zeros(0), np.zeros(0)
+    F = coverage(w0, w1) if len(w0) else (lambda t: np.zeros_like(np.asarray(t, dtype=float)))
     order = sorted(stages, key=lambda k: (first[k], k))
     out, prev = {}, None
     for k in order:
@@ -213,7 +231,13 @@ def _with_cpu_time(stages: dict, first: dict, last: dict, waits: tuple[np.ndarra
         first_at = min(max(first[k], start), end)
         waited_first = float(F(np.array([first_at]))[0] - F(np.array([start]))[0])
         cpu = max(end - start - waited, 0.0)
-        out[k] = replace(stages[k], cpu_us=cpu, cpu_first_us=min(max(first_at - start - waited_first, 0.0), cpu))
+        after = 0.0
+        if stages[k].blocking and len(w0):      # its launches after the wait: the scheduler puts them there
+            hit = (w1 > start) & (w0 < end)
+            if hit.any():
+                after = min(max(end - float(w1[hit].max()), 0.0), cpu)
+        out[k] = replace(stages[k], cpu_us=cpu, cpu_first_us=min(max(first_at - start - waited_first, 0.0), cpu),
+                         cpu_after_us=after)
         prev = k
     return out
 

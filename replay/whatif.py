@@ -94,7 +94,9 @@ def as_alone(g: StageGraph, sim: dict) -> dict:
     slowdown = in_situ_slowdown(observed)
     if not slowdown and not g.compute_as_seen:
         return g.stages
-    before = simulate(observed, _observed_order(g, observed.stages), **sim)
+    # the arrangement that cost them: where the stages ran (a profiler trace), else as simulated
+    before = (Schedule(observed, 1, [1.0], g.launch_us, g.observed) if g.observed else
+              simulate(observed, _observed_order(g, observed.stages), **sim))
     out = dict(g.stages)
     if slowdown:
         alone = unstretch(observed, before, slowdown).stages

@@ -45,6 +45,8 @@ class Stage:
                                     # kernels x the hardware's launch cost
     cpu_first_us: float | None = None   # of which before its first kernel is launched: the GPU may start it
                                         # then (observed; else only once all its kernels are launched)
+    cpu_after_us: float = 0.0       # a blocking stage, observed: of cpu_us, the part after the wait ends (the
+                                    # CPU's work from the counts' arrival to the stage's last launch)
     gap_us: float = 0.0             # compute, observed: the gaps between its kernels (it lasts work + gap)
     segments: tuple[tuple[float, float], ...] = ()   # observed: where its kernels ran, as shares of its span
                                                      # (0-1): the trace draws it so, stretched to its duration

@@ -192,7 +192,8 @@ class Simulation:
                 consider(max(self.group_starts[rk.blocked]) + st.latency_us + self.cpu_block_us, "unblock")
         elif rk.cpu_pos < self.n:
             st = stages[self.order[rk.cpu_pos]]
-            consider(rk.cpu_t + (st.cpu_us if st.cpu_us is not None else st.kernels * self.launch), "launch")
+            cpu = st.cpu_us if st.cpu_us is not None else st.kernels * self.launch
+            consider(rk.cpu_t + cpu - (st.cpu_after_us if st.blocking else 0.0), "launch")
         for stream in (COMPUTE, COMM):                      # the streams
             cur = rk.running[stream]
             if cur is not None:
@@ -238,7 +239,10 @@ class Simulation:
         self.out.append(Interval(rk.r, "cpu", "wait dispatch counts", rk.blocked_since, t, key, "wait"))
         rk.blocked_spans.append((rk.blocked_since, t))
         rk.blocked = None
-        rk.cpu_t = t
+        st = self.stages[key]
+        rk.cpu_t = t + st.cpu_after_us         # the stage's own launches after the wait (observed)
+        if st.cpu_after_us:
+            self.out.append(Interval(rk.r, "cpu", f"launch {st.name}", t, rk.cpu_t, key, "launch"))
         return [rk]
 
     def compute_start(self, rk: _Rank, t: float) -> list[_Rank]:
