@@ -155,11 +155,14 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
             work, extra = max(span - lat, 0.0), {}
         else:                        # compute: its busy time, plus the gaps between its kernels
             work, extra = busy, ({"gap_us": span - busy} if span > busy else {})
+        # a communication stage is drawn (and measured) where its communication kernels ran: the small
+        # compute kernels DeepEP runs on its stream (layouts, fills) take stream time but are not transfer
+        busy = (part["klass"] == "comm").to_numpy() if stream == COMM else np.ones(len(part), dtype=bool)
+        if not busy.any():
+            busy[:] = True
         stages[key] = Stage(key[0], key[1], st, stream, work, lat, 0.0, blocked, 0, len(part),
-                            segments=_segments(s0, e0), **extra)
-        # communication holds its SMs from its first kernel's start to its last's end (as the scheduler
-        # holds them: the take-out and the put-back must agree); compute runs where its kernels ran
-        u0, u1 = (np.array([s0.min()]), np.array([e0.max()])) if stream == COMM else union(s0, e0)
+                            segments=_segments(s0[busy], e0[busy], float(s0.min()), float(e0.max())), **extra)
+        u0, u1 = union(s0[busy], e0[busy])
         seen += [Interval(0, stream, st, float(x), float(y), key, stream) for x, y in zip(u0, u1)]
         first_launch[key] = t_launch
         last_launch[key] = max(launched) if launched else t_launch
@@ -193,12 +196,15 @@ def _plan_of(stages: dict, hw: Hardware) -> tuple[Plan, dict, list[str]]:
            if sms and hw.in_situ else "")]
 
 
-def _segments(s0: np.ndarray, e0: np.ndarray, most: int = 64) -> tuple[tuple[float, float], ...]:
-    """Where a stage's kernels ran, as shares (0-1) of its span; at most `most` pieces (the shortest
-    gaps closed first), so that a re-timed trace draws the stage's busy and idle stretches as they were."""
+def _segments(s0: np.ndarray, e0: np.ndarray, lo: float | None = None, hi: float | None = None,
+              most: int = 64) -> tuple[tuple[float, float], ...]:
+    """Where a stage's kernels ran, as shares (0-1) of its span [lo, hi] (default: theirs); at most `most`
+    pieces (the shortest gaps closed first), so that a re-timed trace draws the stage's busy and idle
+    stretches as they were. Empty: busy over the whole span."""
     u0, u1 = union(s0, e0)
-    lo, span = float(u0[0]), float(u1[-1] - u0[0])
-    if span <= 0 or len(u0) < 2:
+    lo = float(u0[0]) if lo is None else lo
+    span = (float(u1[-1]) if hi is None else hi) - lo
+    if span <= 0 or (len(u0) < 2 and u0[0] <= lo and u1[-1] >= lo + span):
         return ()
     while len(u0) > most:
         g = u0[1:] - u1[:-1]

@@ -14,7 +14,7 @@ from tracegen.launch_order import load_order, unroll
 from tracegen.opgraph import OpGraph, link
 from tracegen.cost import vector_rate
 from tracegen.pipeline import in_situ_slowdown, settle, share_beside, unstretch
-from tracegen.schedule import Schedule, simulate, summary
+from tracegen.schedule import Interval, Schedule, simulate, summary
 from tracegen.trace import write_trace
 
 from .analysis import Analysis
@@ -94,7 +94,7 @@ def as_alone(g: StageGraph, sim: dict) -> dict:
     slowdown = in_situ_slowdown(observed)
     if not slowdown and not g.compute_as_seen:
         return g.stages
-    # the arrangement that cost them: where the stages ran (a profiler trace), else as simulated
+    # the arrangement that cost them: where the stages' kernels ran (a profiler trace), else as simulated
     before = (Schedule(observed, 1, [1.0], g.launch_us, g.observed) if g.observed else
               simulate(observed, _observed_order(g, observed.stages), **sim))
     out = dict(g.stages)
@@ -102,7 +102,10 @@ def as_alone(g: StageGraph, sim: dict) -> dict:
         alone = unstretch(observed, before, slowdown).stages
         out = {k: replace(st, work_us=alone[k].work_us) for k, st in out.items()}
     if g.compute_as_seen:
-        held = share_beside(before, COMPUTE, COMM, lambda st: g.stages[st.key].holds_sms > 0)
+        # communication holds its SMs from its first kernel's start to its last's end, as the scheduler
+        # holds them (the take-out and the put-back agree); its kernels' own times set its in-situ share
+        held = share_beside(_held_spans(before) if g.observed else before, COMPUTE, COMM,
+                            lambda st: g.stages[st.key].holds_sms > 0)
         hw = g.hardware
         for k, st in out.items():
             if st.stream != COMM and held.get(k):
@@ -110,6 +113,18 @@ def as_alone(g: StageGraph, sim: dict) -> dict:
                 rate = vector_rate(hw, st.work_us, st.vector_us, sms)
                 out[k] = replace(st, work_us=st.work_us * ((1 - held[k]) + held[k] * rate))
     return out
+
+
+def _held_spans(sched: Schedule) -> Schedule:
+    """The schedule with each communication stage's intervals merged into its span."""
+    spans: dict = {}
+    for iv in sched.intervals:
+        if iv.track == COMM and iv.key is not None:
+            a, b = spans.get(iv.key, (iv.start, iv.end))
+            spans[iv.key] = (min(a, iv.start), max(b, iv.end))
+    merged = [iv for iv in sched.intervals if iv.track != COMM or iv.key is None]
+    merged += [Interval(0, COMM, k[2], a, b, k, COMM) for k, (a, b) in spans.items()]
+    return replace(sched, intervals=merged)
 
 
 def _respect_deps(order: list, stages: dict) -> list:
