@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from typing import Any
 
 from .base.cliutil import add_command, entry_point, finite, new_parser, print_json
 from .catalog import (
-    Hardware,
-    Model,
     builtin_hardware,
     builtin_models,
     load_hardware,
@@ -18,7 +15,7 @@ from .catalog import (
 )
 from .plan import COMM_BACKENDS, Plan
 from .preset import PRESETS, Preset, load_preset
-from .resolve import HARDWARE_WHATIFS, PLAN_FIELDS, resolve_plan, resolve_target, whole_experts
+from .resolve import Target, resolve
 from .routing import ROUTINGS
 from .stack import DEFAULT_STACK, load_stack, stack_names
 from .schemas import tag
@@ -135,26 +132,13 @@ def add_shared_plan_args(p: argparse.ArgumentParser, title: str = "plan details"
                    help="expert load max/mean across EP ranks, >= 1 (1 / EPLB balancedness)")
 
 
-def resolve_args(args: argparse.Namespace) -> tuple[Model, Hardware, Preset, Plan]:
-    """The CLI's flags through the shared resolver (tracegen/resolve.py)."""
-    model, hw, preset = resolve_target(args.model, args.model_file, args.hardware, args.hardware_file, args.preset,
-                                       **{k: getattr(args, k, None) for k in HARDWARE_WHATIFS})
-    if getattr(args, "mla_form", None):
-        preset = replace(preset, decode_mla_form=args.mla_form)
-    if getattr(args, "clock", "limit") == "boost":
-        preset = replace(preset, power_limit=False)
-    if getattr(args, "in_situ", "on") == "off":
-        preset = replace(preset, comm_in_situ=False)
-    plan = whole_experts(resolve_plan(args.phase, model, hw, preset, tokens=getattr(args, "tokens", None),
-                                      balancedness=getattr(args, "balancedness", None),
-                                      stack=getattr(args, "stack", "") or "",
-                                      **{k: getattr(args, k, None) for k in PLAN_FIELDS}), model)
-    release = hw.backend(plan.comm).pick(plan.comm_release) if preset.comm_figures == "published" else None
-    held = release.held(plan.ep_size) if release is not None else []
-    if held:
-        print(f"note: {plan.comm} release {release.name!r} publishes no figures for EP{plan.ep_size}: "
-              f"{' and '.join(held)} held ({release.source})", file=sys.stderr)
-    return model, hw, preset, plan
+def resolve_args(args: argparse.Namespace) -> Target:
+    """The CLI's flags through the shared resolver (tracegen/resolve.py), with its note on stderr."""
+    target = resolve(vars(args))
+    note = target.held_note()
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return target
 
 
 # ----------------------------------------------------------------------------- output

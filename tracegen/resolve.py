@@ -4,7 +4,8 @@ filled in. The one resolver the CLI, the dashboard and the tests share."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Iterator
 
 from .base.errors import UserError
 from .catalog import Hardware, Model, load_hardware, load_model
@@ -91,4 +92,44 @@ def whole_experts(plan: Plan, model: Model) -> Plan:
     return plan
 
 
-__all__ = ["resolve_target", "resolve_plan", "whole_experts", "default_backend", "PLAN_FIELDS", "HARDWARE_WHATIFS"]
+@dataclass(frozen=True)
+class Target:
+    """What one estimate or trace is about: the model, the hardware as the preset sees it, the preset
+    and the validated plan - resolved once, travelling together (unpacks as model, hw, preset, plan)."""
+    model: Model
+    hardware: Hardware
+    preset: Preset
+    plan: Plan
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.hardware, self.preset, self.plan))
+
+    def held_note(self) -> str | None:
+        """Where the plan's backend release publishes no figure for its EP size: which are held, and why."""
+        hw, plan = self.hardware, self.plan
+        release = hw.backend(plan.comm).pick(plan.comm_release) if self.preset.comm_figures == "published" else None
+        held = release.held(plan.ep_size) if release is not None else []
+        return (f"{plan.comm} release {release.name!r} publishes no figures for EP{plan.ep_size}: "
+                f"{' and '.join(held)} held ({release.source})") if held and release is not None else None
+
+
+def resolve(flags: dict[str, Any]) -> Target:
+    """The command line's flags (argparse's namespace as a dict; absent or None: the defaults) as a
+    Target: catalog entries and the user's hardware what-ifs, the preset switches (--mla-form, --clock,
+    --in-situ), then the plan under the serving stack, every GPU holding whole experts."""
+    get = flags.get
+    model, hw, preset = resolve_target(get("model"), get("model_file"), get("hardware"), get("hardware_file"),
+                                       get("preset") or "default", **{k: get(k) for k in HARDWARE_WHATIFS})
+    if get("mla_form"):
+        preset = replace(preset, decode_mla_form=get("mla_form"))
+    if get("clock", "limit") == "boost":
+        preset = replace(preset, power_limit=False)
+    if get("in_situ", "on") == "off":
+        preset = replace(preset, comm_in_situ=False)
+    plan = whole_experts(resolve_plan(get("phase") or "prefill", model, hw, preset, tokens=get("tokens"),
+                                      balancedness=get("balancedness"), stack=get("stack") or "",
+                                      **{k: get(k) for k in PLAN_FIELDS}), model)
+    return Target(model, hw, preset, plan)
+
+
+__all__ = ["Target", "resolve", "resolve_target", "resolve_plan", "whole_experts", "default_backend", "PLAN_FIELDS", "HARDWARE_WHATIFS"]
