@@ -52,7 +52,8 @@ class StageGraph:
     observed_ranks: list[int] = field(default_factory=list)   # the observed rank each simulated rank stands for
     compute_as_seen: bool = False       # compute stages last what they took, SMs lent to communication included
     observed: list[Interval] = field(default_factory=list)   # profiler trace: where each stage's kernels ran
-                                                              # (rank 0, the first stage's start at 0)
+                                                              # (rank 0, the trace's clock, as first_launch)
+    first_start: dict[Key, float] = field(default_factory=dict)   # profiler trace: each stage's first kernel
     preset: Preset = field(default_factory=lambda: load_preset("default"))   # as the trace was generated
 
 
@@ -130,7 +131,7 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
     lo, hi = float(ev["start_us"].min()), float((ev["start_us"] + ev["dur_us"]).max())
     hv = host_view(ev[ev["device"] == "cpu"], ev[ev["device"] == "gpu"], lo, hi)     # what analyze measures
     b0, b1 = union(*(np.concatenate(x) for x in zip(hv.blocked("sync"), hv.blocked("dispatch"))))
-    stages, first_launch, last_launch = {}, {}, {}
+    stages, first_launch, last_launch, first_start = {}, {}, {}, {}
     seen: list[Interval] = []
     for (layer, mb, st), part in g.groupby(["layer", "microbatch", "cstage"], sort=True):
         part = part.sort_values("start_us")
@@ -162,16 +163,16 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
             busy[:] = True
         stages[key] = Stage(key[0], key[1], st, stream, work, lat, 0.0, blocked, 0, len(part),
                             segments=_segments(s0[busy], e0[busy], float(s0.min()), float(e0.max())), **extra)
-        u0, u1 = union(s0[busy], e0[busy])
+        # compute: each kernel (sm_waits needs the one a communication kernel waited behind); comm: its busy time
+        u0, u1 = union(s0[busy], e0[busy]) if stream == COMM else (s0, e0)
         seen += [Interval(0, stream, st, float(x), float(y), key, stream) for x, y in zip(u0, u1)]
         first_launch[key] = t_launch
+        first_start[key] = float(s0.min())
         last_launch[key] = max(launched) if launched else t_launch
     stages = _with_cpu_time(stages, first_launch, last_launch, (b0, b1))
     plan, stages, more = _plan_of(stages, hw)
-    t0 = min((iv.start for iv in seen), default=0.0)
-    seen = [replace(iv, start=iv.start - t0, end=iv.end - t0) for iv in seen]
     return StageGraph(stages, first_launch, launch_us, [1.0], 1, load_model(None), hw, plan, assumptions + more,
-                      [rank], compute_as_seen=True, observed=seen)
+                      [rank], compute_as_seen=True, observed=seen, first_start=first_start)
 
 
 def _plan_of(stages: dict, hw: Hardware) -> tuple[Plan, dict, list[str]]:

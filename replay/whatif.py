@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tracegen.base.contract import COMM, COMPUTE, STAGE_STREAM
 from tracegen.base.errors import UserError
 from tracegen.launch_order import load_order, unroll
@@ -19,6 +21,7 @@ from tracegen.trace import write_trace
 
 from .analysis import Analysis
 from .compare import StageRules
+from .intervals import coverage, union
 from .stagegraph import StageGraph, stage_graph
 
 
@@ -39,6 +42,10 @@ class Change:
 
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v not in (None, 1.0)}
+
+
+SM_RACE_US = 20.0   # compute starting this soon after a communication stage is ready races it for the SMs
+                    # (the next queued kernel starts within a few us: KERNEL_SWITCH_US in findings.py is 8)
 
 
 def _graph(g: StageGraph, stages: dict, plan) -> OpGraph:
@@ -66,6 +73,9 @@ def retime(g: StageGraph, change: Change) -> Schedule:
     schedule puts back what its own overlap costs (the simulator's SM sharing, pipeline.settle)."""
     sim = dict(ranks=g.ranks, launch_us=g.launch_us, loads=g.loads if len(g.loads) == g.ranks else None)
     base = as_alone(g, sim)
+    waits = sm_waits(g, _graph(g, g.stages, g.plan))
+    base = {k: (replace(st, sm_wait_us=waits[(k[2], k[1])]) if (k[2], k[1]) in waits else st)
+            for k, st in base.items()}
     plan = g.plan if change.comm is None else replace(g.plan, comm=change.comm)
     backend = g.hardware.backend(plan.comm) if change.comm else None
     new = {}
@@ -115,6 +125,37 @@ def as_alone(g: StageGraph, sim: dict) -> dict:
     return out
 
 
+def sm_waits(g: StageGraph, graph: OpGraph) -> dict[tuple[str, int], float]:
+    """How long each kind of communication stage (its name and micro-batch) waited for SMs in the
+    observed run: the median, over the stages of that kind that became ready (inputs done, already
+    launched) just as compute started or ran, of the time from ready to their first kernel's start - a
+    GEMM that took the SMs first holds them until its blocks retire. A kind with fewer than two such
+    stages waits none (a profiler trace's only: tracegen's own stages start at once)."""
+    if not g.observed or not g.first_start:
+        return {}
+    end: dict = {}
+    for iv in g.observed:
+        end[iv.key] = max(end.get(iv.key, iv.end), iv.end)
+    cp = sorted((iv for iv in g.observed if iv.track == COMPUTE), key=lambda iv: iv.start)
+    k0, k1 = np.array([iv.start for iv in cp]), np.array([iv.end for iv in cp])
+    comm_end = sorted(e for k, e in end.items() if graph.stages.get(k) is not None and graph.stages[k].stream == COMM)
+    waits: dict[tuple[str, int], list[float]] = {}
+    for k, st in graph.stages.items():
+        if st.stream != COMM or not st.deps or k not in g.first_start or any(d not in end for d in st.deps):
+            continue
+        ready, first = max(end[d] for d in st.deps), g.first_start[k]
+        if g.first_launch.get(k, np.inf) > ready or first < ready:
+            continue                    # launched late, or not waiting on its inputs: not an SM wait
+        if any(ready < e < first for e in comm_end):
+            continue                    # its stream was still busy with the communication before it
+        # the compute kernel running at, or starting within SM_RACE_US of, its readiness; it waited
+        # behind that kernel if it began before that kernel ended
+        j = int(np.searchsorted(k0, ready + SM_RACE_US, side="right")) - 1
+        if j >= 0 and k1[j] > ready and first <= k1[j] + SM_RACE_US:
+            waits.setdefault((k[2], k[1]), []).append(first - ready)
+    return {kind: float(np.median(w)) for kind, w in waits.items() if len(w) >= 2}
+
+
 def _held_spans(sched: Schedule) -> Schedule:
     """The schedule with each communication stage's intervals merged into its span."""
     spans: dict = {}
@@ -146,6 +187,11 @@ def run(path: str, out: str, a: Analysis, rules: StageRules, change: Change, har
     """Rebuild, change, re-time, write the new trace; the spans and overlaps before and after, and the
     error of re-timing the trace with no change at all (which every what-if number carries)."""
     g = stage_graph(a, rules, hardware)
+    waits = sm_waits(g, _graph(g, g.stages, g.plan))
+    if waits:
+        g = replace(g, assumptions=g.assumptions + [
+            "communication ready while a GEMM runs waits for its SMs as long as it did here (per stage, median): "
+            + ", ".join(f"{name}({mb}) {w:.0f} us" for (name, mb), w in sorted(waits.items()))])
     sched = retime(g, change)
     base = summary(retime(g, Change())) if change.describe() else None
     write_trace(sched, out, {"tbo": change.launch_order or "as observed",
@@ -168,4 +214,4 @@ def run(path: str, out: str, a: Analysis, rules: StageRules, change: Change, har
     return {"output": out, "changes": change.describe(), "assumptions": g.assumptions, "ranks": rows}
 
 
-__all__ = ["Change", "retime", "run"]
+__all__ = ["Change", "retime", "run", "sm_waits"]

@@ -164,3 +164,33 @@ def test_whatif_with_no_change_reproduces_the_observed_run(path, rank, tax):
     if tax:
         mine = next(x for x in a.ranks if x["rank"] == row["rank"])
         assert abs(row["hidden_comm_pct"] - mine["hidden_comm_pct"]) <= 2.0, (row, mine["hidden_comm_pct"])
+
+
+def _graph_of(run: str, rank: int):
+    from replay.analyze import analyze_one_step
+    from replay.stagegraph import stage_graph
+    a, _ = analyze_one_step(OBS.parent / "deepep-h100x4" / run, None, rank=rank, use_cache=False)
+    return stage_graph(a, load_stage_rules(None))
+
+
+def test_sm_waits_are_measured_where_a_gemm_held_the_sms_and_put_back_only_then(monkeypatch):
+    """DeepEP's no-sync run: a combine that becomes ready as the next GEMM takes the SMs starts when that
+    GEMM's blocks retire (~165 us on these H100s). sm_waits measures it per stage kind from this trace
+    alone, and the re-time with no change then starts those stages where they started (without it: that
+    much earlier). The improper run's dispatches become ready on an idle GPU (the CPU held): no wait."""
+    from replay import whatif
+    g = _graph_of("prefill-nosync", 1)
+    graph = whatif._graph(g, g.stages, g.plan)
+    waits = whatif.sm_waits(g, graph)
+    assert 100 < waits[("COMBINE", 1)] < 250 and 100 < waits[("DISPATCH", 0)] < 250
+    late = [k for k, st in graph.stages.items() if st.stream == "comm" and k[2] == "COMBINE" and k[1] == 1]
+
+    def error(sched) -> float:       # mean |re-timed - observed| start of those stages, each from layer start
+        t0, o0 = sched.start[(0, (3, 0, "ATTN"))], g.first_start[(3, 0, "ATTN")]
+        return sum(abs((sched.start[(0, k)] - t0) - (g.first_start[k] - o0)) for k in late) / len(late)
+    with_waits = error(whatif.retime(g, whatif.Change()))
+    monkeypatch.setattr(whatif, "sm_waits", lambda g, graph: {})
+    without = error(whatif.retime(g, whatif.Change()))
+    assert with_waits < 0.5 * without
+    improper = _graph_of("prefill-improper", 1)
+    assert ("DISPATCH", 0) not in whatif.sm_waits(improper, whatif._graph(improper, improper.stages, improper.plan))

@@ -220,12 +220,13 @@ def test_whatif_rank_messages_say_what_to_do(capsys, tmp_path):
 
 def test_whatif_with_no_change_reproduces_every_real_capture_within_5_percent():
     """Issue 27: each rank of each capture in traces/observed re-timed with no change lands within 5 % of
-    its observed span; and no worse than it reached when the stage graph learnt where a blocking
-    dispatch's CPU work and second waits lie (span within 1 %, hidden share within 3 points: the
-    issue's bar for the hidden share is 2 points, still missed on the proper-order prefill ranks)."""
+    its observed span and its hidden share of communication within 2 points. (Each re-time reads its
+    own trace's stage times, CPU work and SM waits: this checks the re-timing reproduces them, not a
+    prediction; bench/whatif_fidelity.py also prints improper -> proper against the real proper run.)
+    And no worse than it reached: span within 1 %."""
     from bench.whatif_fidelity import CAPTURES, no_change_rows
     rows = no_change_rows()
     assert {r["capture"] for r in rows} == {k for k, (p, _) in CAPTURES.items() if p.exists()}
     for r in rows:
         assert abs(r["span_error_pct"]) <= 5.0, r
-        assert abs(r["span_error_pct"]) <= 1.0 and abs(r["hidden_error_pts"]) <= 3.0, r
+        assert abs(r["span_error_pct"]) <= 1.0 and abs(r["hidden_error_pts"]) <= 2.0, r

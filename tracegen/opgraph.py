@@ -48,6 +48,8 @@ class Stage:
     cpu_after_us: float = 0.0       # a blocking stage, observed: of cpu_us, the part after the wait ends (the
                                     # CPU's work from the counts' arrival to the stage's last launch)
     gap_us: float = 0.0             # compute, observed: the gaps between its kernels (it lasts work + gap)
+    sm_wait_us: float = 0.0         # comm, observed: how long its first kernel waits for SMs when compute
+                                    # runs as it becomes ready (a running GEMM's blocks hold them); 0: none
     segments: tuple[tuple[float, float], ...] = ()   # observed: where its kernels ran, as shares of its span
                                                      # (0-1): the trace draws it so, stretched to its duration
     in_situ: bool | None = None     # comm: slowed beside compute (pipeline.settle); None: when it holds SMs

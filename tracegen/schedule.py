@@ -176,6 +176,15 @@ class Simulation:
         cur = rk.running[COMPUTE]
         rk.rate = self.rate(self.stages[cur], sms) if cur is not None else 1.0
 
+    def sms_free(self, rk: _Rank, st: Stage, t: float) -> float:
+        """When a communication stage ready at `t` gets SMs: at once, or - where a wait was observed
+        (Stage.sm_wait_us) and compute runs at `t` - that much later, at most when the compute ends."""
+        cur = rk.running[COMPUTE]
+        if not st.sm_wait_us or cur is None:
+            return t
+        end = max(rk.t_last + rk.work_left / rk.rate + self.stages[cur].gap_us, rk.launch_end.get(cur, 0.0))
+        return min(t + st.sm_wait_us, end) if t < end else t
+
     # ------------------------------------------------------------------ the next event of a rank
     def peek(self, rk: _Rank) -> tuple[float, str] | None:
         stages = self.stages
@@ -208,7 +217,8 @@ class Simulation:
                 key = q[rk.qpos[stream]]
                 d = self.deps_done(rk, stages[key])
                 if d is not None:
-                    consider(max(rk.launched[key], d, rk.free[stream]),
+                    t0 = max(rk.launched[key], d, rk.free[stream])
+                    consider(t0 if stream == COMPUTE else self.sms_free(rk, stages[key], t0),
                              "compute_start" if stream == COMPUTE else "comm_start")
         return best
 
