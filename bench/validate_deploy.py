@@ -13,7 +13,7 @@ from typing import Any
 
 from tracegen.base.errors import UserError
 from tracegen.resolve import resolve_target
-from tracegen.serving.deployment import Deployment, PoolPlan, run
+from tracegen.serving.deployment import Deployment, PoolPlan, simulate_deployment
 from tracegen.serving.metrics import summary
 from tracegen.serving.workload import synthetic
 
@@ -145,7 +145,7 @@ def measure(row: Row) -> dict[str, Any]:
     d = replace(row.deployment, gpus_per_node=hw.gpus_per_node)
     w = synthetic(*row.workload)
     try:
-        r = run(model, hw, preset, d, w)
+        r = simulate_deployment(model, hw, preset, d, w)
     except UserError as exc:          # e.g. a TPOT target the model cannot reach at any batch
         return {"key": row.key, "label": row.label, "published": row.published, "predicted": None,
                 "error_pct": None, "target_pct": row.target_pct, "per": row.per, "note": str(exc)}
@@ -211,7 +211,7 @@ def pd_vs_colocated(rate: float = 25.0) -> list[dict[str, Any]]:
     w = synthetic(1500, rate, 2000, 200, seed=2)
     out = []
     for d in (Deployment("pd", PoolPlan(2, 1, 16), PoolPlan(4, 1, 32)), Deployment("colocated", PoolPlan(6, 1, 48))):
-        s = summary(run(model, hw, preset, d, w))
+        s = summary(simulate_deployment(model, hw, preset, d, w))
         out.append({"plan": d.label(), "ttft_p50": s["ttft_ms"]["p50"], "ttft_p90": s["ttft_ms"]["p90"],
                     "tpot_p50": s["tpot_ms"]["p50"], "tpot_p90": s["tpot_ms"]["p90"], "e2e_p50": s["e2e_ms"]["p50"]})
     return out

@@ -163,7 +163,7 @@ def starting_hardware(trace: Trace, hardware: str | None, hardware_file: str | N
     return hardware_of_device(gpu)
 
 
-def run(paths: list[str], hardware: str | None, hardware_file: str | None, holdout_m: set[float],
+def calibrate_files(paths: list[str], hardware: str | None, hardware_file: str | None, holdout_m: set[float],
         holdout_names: set[str]) -> tuple[Hardware, pd.DataFrame, pd.DataFrame, list[str]]:
     """Fit the hardware to the traces: (fitted hardware, error summary, per-op errors, source lines)."""
     traces = [load(p) for p in paths]
@@ -179,4 +179,4 @@ def run(paths: list[str], hardware: str | None, hardware_file: str | None, holdo
     return new, table, pd.concat([before, after]), kinds
 
 
-__all__ = ["run", "observations", "from_annotations", "from_generated", "starting_hardware"]
+__all__ = ["calibrate_files", "observations", "from_annotations", "from_generated", "starting_hardware"]

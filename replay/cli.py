@@ -241,7 +241,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_whatif(args: argparse.Namespace) -> int:
     from .analyze import analyze_one_step
     from .compare import load_stage_rules
-    from .whatif import Change, run
+    from .whatif import Change, whatif_trace
     for name in ("comm_scale", "compute_scale"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -251,7 +251,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
                                use_cache=not args.no_cache, strict=args.strict)
     warn_skipped(a)
     change = Change(args.launch_order, args.comm_scale, args.compute_scale, args.comm)
-    res = run(args.observed, args.output, a, load_stage_rules(args.stages), change, args.hardware)
+    res = whatif_trace(args.observed, args.output, a, load_stage_rules(args.stages), change, args.hardware)
     if note:                        # after the run: a refusal stays one line
         print(f"observed: {note}", file=sys.stderr)
     if args.json:
@@ -282,7 +282,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from tracegen.base.fileio import atomic_write
     from tracegen.catalog import hardware_to_dict
 
-    from .calibrate import run
+    from .calibrate import calibrate_files
 
     def floats(text: str | None) -> set[float]:
         try:
@@ -292,7 +292,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if not args.output.endswith(".json"):
         raise UserError(f"-o {args.output}: calibrate writes a JSON hardware file (name it *.json)")
-    hw, table, detail, sources = run(args.observed, args.hardware, args.hardware_file, floats(args.holdout_m),
+    hw, table, detail, sources = calibrate_files(args.observed, args.hardware, args.hardware_file, floats(args.holdout_m),
                                      {x.strip() for x in (args.holdout_name or "").split(",") if x.strip()})
     atomic_write(args.output, json.dumps(hardware_to_dict(hw), indent=1))
     if args.report:

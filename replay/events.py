@@ -546,7 +546,7 @@ def load(path: str | Path, progress: bool | None = None, strict: bool = False, j
                     results.append(str(exc))
         else:
             from . import parallel
-            results = parallel.run(parse_one, files, hints, jobs, cluster, done)
+            results = parallel.parse_files(parse_one, files, hints, jobs, cluster, done)
         bar.label = f"{len(files)}/{len(files)} ranks"
         bar(0)
     finally:
@@ -566,7 +566,7 @@ def load(path: str | Path, progress: bool | None = None, strict: bool = False, j
 
 def parse_one(path: str, rank: int | None) -> Any:
     """One rank file's Trace, or the one-line reason it could not be read (a string): what a worker
-    process or a cluster worker runs per file (parallel.run)."""
+    process or a cluster worker runs per file (parallel.parse_files)."""
     try:
         return load_file(path, rank=rank, progress=False)
     except UserError as exc:

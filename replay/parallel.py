@@ -21,7 +21,7 @@ MAX_JOBS = 256
 CONNECT_TIMEOUT = "10s"     # how long --cluster waits for the scheduler
 
 
-def run(parse: Callable[[str, int | None], Any], files: list[Path], ranks: list[int | None], jobs: int = 1,
+def parse_files(parse: Callable[[str, int | None], Any], files: list[Path], ranks: list[int | None], jobs: int = 1,
         cluster: str | None = None, done: Callable[[int], None] | None = None) -> list[Any]:
     """parse(path, rank) for every file, in the files' order (a module-level function: the processes
     and the cluster's workers import it by name); `done(i)` after file i finishes (progress)."""
@@ -117,4 +117,4 @@ def _client(address: str) -> Any:
         raise UserError(f"--cluster {address}: cannot reach the Dask scheduler ({exc})") from None
 
 
-__all__ = ["run", "map_calls", "Runner", "cluster_address", "MAX_JOBS"]
+__all__ = ["parse_files", "map_calls", "Runner", "cluster_address", "MAX_JOBS"]

@@ -183,7 +183,7 @@ def _respect_deps(order: list, stages: dict) -> list:
     return out
 
 
-def run(path: str, out: str, a: Analysis, rules: StageRules, change: Change, hardware: str | None) -> dict[str, Any]:
+def whatif_trace(path: str, out: str, a: Analysis, rules: StageRules, change: Change, hardware: str | None) -> dict[str, Any]:
     """Rebuild, change, re-time, write the new trace; the spans and overlaps before and after, and the
     error of re-timing the trace with no change at all (which every what-if number carries)."""
     g = stage_graph(a, rules, hardware)
@@ -214,4 +214,4 @@ def run(path: str, out: str, a: Analysis, rules: StageRules, change: Change, har
     return {"output": out, "changes": change.describe(), "assumptions": g.assumptions, "ranks": rows}
 
 
-__all__ = ["Change", "retime", "run", "sm_waits"]
+__all__ = ["Change", "retime", "whatif_trace", "sm_waits"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from replay.calibrate import observations, run
+from replay.calibrate import calibrate_files, observations
 from replay.cli import main as replay
 from replay.events import load
 from tracegen.catalog import EffCurve, hardware_to_dict, load_hardware, load_model
@@ -94,7 +94,7 @@ def sweep_fit():
     if not SWEEP.exists():
         pytest.fail(f"{SWEEP} is part of the repository (the H100 capture)")
     # started from the published-figure curves (DeepGEMM, FlashAttention-3): 'before' means before
-    return run([str(SWEEP)], "h100-datasheet", None, HOLDOUT_M, HOLDOUT_NAMES)
+    return calibrate_files([str(SWEEP)], "h100-datasheet", None, HOLDOUT_M, HOLDOUT_NAMES)
 
 
 def test_committed_h100_profile_predicts_as_a_fresh_fit_of_the_sweep(sweep_fit):

@@ -154,11 +154,11 @@ def test_whatif_with_no_change_reproduces_the_observed_run(path, rank, tax):
     observed time per stage, its observed waits, the gaps between its kernels: stagegraph.py); on the
     single-GPU captures the hidden share of communication within 2 points."""
     from replay.analyze import analyze_one_step
-    from replay.whatif import Change, run
+    from replay.whatif import Change, whatif_trace
     obs = Path(__file__).resolve().parents[1] / "traces" / "observed"
     a, _ = analyze_one_step(obs / path, None, rank=rank, use_cache=False, progress=False,
                             taxonomy=str(obs / tax) if tax else None)
-    res = run(str(obs / path), str(Path("/tmp") / "whatif-nochange.json"), a, load_stage_rules(), Change(), None)
+    res = whatif_trace(str(obs / path), str(Path("/tmp") / "whatif-nochange.json"), a, load_stage_rules(), Change(), None)
     (row,) = res["ranks"]
     assert abs(row["no_change_error_pct"]) < 5.0, row
     if tax:

@@ -16,7 +16,7 @@ from tracegen.cli import main
 from tracegen.pipeline import TraceOptions, schedule
 from tracegen.plan import validate
 from tracegen.resolve import resolve_target
-from tracegen.serving.deployment import Deployment, PoolPlan, build_pools, run
+from tracegen.serving.deployment import Deployment, PoolPlan, build_pools, simulate_deployment
 from tracegen.serving.metrics import summary, tpot_s
 from tracegen.serving.simulate import DECODE
 from tracegen.serving.workload import Workload, load, synthetic
@@ -27,7 +27,7 @@ CACHE: dict = {}
 
 
 def sim(d: Deployment, w: Workload):
-    return run(*TARGET, d, w, CACHE)
+    return simulate_deployment(*TARGET, d, w, CACHE)
 
 
 def span_ms(plan, launch_us: float | None = None) -> float:
@@ -70,7 +70,7 @@ def test_eager_decode_pays_the_launches_at_small_batch(tmp_path):
     slow.write_text('[h800-slow-cpu]\nbase = "h800"\ncpu_launch_us = 40.0\n')
     target = resolve_target("deepseek-v3", hardware="h800-slow-cpu", hardware_file=str(slow))
     w = synthetic(16, None, 4096, 5)
-    tpot = [summary(run(*target, Deployment("decode", decode=PoolPlan(2, 1, 16), decode_graphs=g), w))
+    tpot = [summary(simulate_deployment(*target, Deployment("decode", decode=PoolPlan(2, 1, 16), decode_graphs=g), w))
             ["pools"][0]["step_tpot_ms"] for g in (True, False)]
     assert tpot[1] > 1.3 * tpot[0]
 

@@ -144,7 +144,7 @@ DEFAULTS = {"mode": PD, "hardware": "h800", "prefill_nodes": 4, "decode_nodes": 
 def simulate_values(v: dict[str, Any]) -> tuple[Result, dict[str, Any]]:
     """One simulation for the dashboard's widget values (rate 0: all at t = 0)."""
     from tracegen.resolve import resolve_target
-    from tracegen.serving.deployment import Deployment, PoolPlan, run
+    from tracegen.serving.deployment import Deployment, PoolPlan, simulate_deployment
     from tracegen.serving.metrics import summary
     from tracegen.serving.workload import synthetic
     model, hw, preset = resolve_target(hardware=v["hardware"])
@@ -155,7 +155,7 @@ def simulate_values(v: dict[str, Any]) -> tuple[Result, dict[str, Any]]:
                    plan_fields={"mtp": int(v["mtp"]), "mtp_accept": float(v["mtp_accept"])},
                    gpus_per_node=hw.gpus_per_node)
     w = synthetic(int(v["requests"]), float(v["rate"]) or None, int(v["input_len"]), int(v["output_len"]))
-    r = run(model, hw, preset, d, w)
+    r = simulate_deployment(model, hw, preset, d, w)
     s = summary(r, float(v["slo_ttft"]) or None, float(v["slo_tpot"]) or None)
     s.update(plan=d.label(), workload=w.source)
     return r, s

@@ -154,11 +154,11 @@ def target(args: argparse.Namespace):
 
 def simulate_args(args: argparse.Namespace, parts=None):
     """Run the deployment the flags describe: (result, summary dict)."""
-    from .deployment import run
+    from .deployment import simulate_deployment
     from .metrics import summary
     model, hw, preset, d, w = parts or target(args)
     t0 = time.perf_counter()
-    r = run(model, hw, preset, d, w)
+    r = simulate_deployment(model, hw, preset, d, w)
     s = summary(r, args.slo_ttft, args.slo_tpot)
     s.update({"model": model.name, "hardware": hw.name, "preset": preset.name, "workload": w.source},
              plan=d.label(), simulated_s=time.perf_counter() - t0, assumptions=assumptions(hw, preset, d))

@@ -231,7 +231,7 @@ def tpot_batch(table, accepted: float, slo_ms: float, context: float, top: float
     return max(1.0, math.floor(lo))
 
 
-def run(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload, cache: dict | None = None) -> Result:
+def simulate_deployment(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload, cache: dict | None = None) -> Result:
     """Simulate workload `w` on deployment `d`."""
     pools, transfer = build_pools(model, hw, preset, d, w, cache)
     for p in pools:
@@ -242,4 +242,4 @@ def run(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload, 
     return simulate(w, pools, d.mode, transfer)
 
 
-__all__ = ["PoolPlan", "Deployment", "build_pools", "run", "tpot_batch", "DEFAULT_TOKEN_BUDGET"]
+__all__ = ["PoolPlan", "Deployment", "build_pools", "simulate_deployment", "tpot_batch", "DEFAULT_TOKEN_BUDGET"]
