@@ -64,6 +64,7 @@ def render(a: Analysis, top: int = 10, max_layers: int = 12) -> str:
             out.append(f"  {step:>4} {int(r['layer']):>5}{_ms(r['span_us'])} {_ms(r['compute_us'])} {_ms(r['comm_us'])} "
                        f"{_ms(r['overlap_us'])} {_ms(r['exposed_comm_us'])}{r['hidden_comm_pct']:8.1f}%  "
                        f"{r['stages'][:60]}")
+    out += top_kernel_lines(a.analyses.get("top_kernels"))
     out.append("")
     out += idle_lines(d["idle_totals_us"], d["idle_by_group_us"])
     for s in d["suspicious_input"]:
@@ -78,6 +79,20 @@ def render(a: Analysis, top: int = 10, max_layers: int = 12) -> str:
             out.append(f"  {kind:<32} {where:<29} at {f['start_us'] / 1e3:>10.3f} ms  lost {f['lost_us']:9.1f} us  "
                        f"{f['message']}")
     return "\n".join(out)
+
+
+def top_kernel_lines(top: pd.DataFrame | None, n: int = 5) -> list[str]:
+    """The first rank's largest kernels (replay/kernels.py; --json lists 10 per rank)."""
+    if top is None or top.empty:
+        return []
+    rank = int(top["rank"].min())
+    rows = top[top["rank"] == rank].head(n)
+    out = ["", f"largest kernels, rank {rank} (share of its summed kernel time; --json: analyses.top_kernels)",
+           f"  {'count':>6}{'total ms':>11}{'mean us':>10}{'share':>8}  {'class':<8} name"]
+    for r in rows.itertuples(index=False):
+        name = r.name if len(r.name) <= 80 else r.name[:77] + "..."
+        out.append(f"  {r.count:>6}{_ms(r.total_us)}{r.mean_us:10.1f}{r.share_pct:7.1f}%  {r.klass:<8} {name}")
+    return out
 
 
 def idle_lines(totals: dict[str, float], groups: dict[str, dict[str, float]]) -> list[str]:

@@ -91,3 +91,22 @@ def test_a_new_analysis_is_one_function_and_one_line(monkeypatch, capsys):
     assert set(top["rank"]) == {0, 1, 2, 3}
     assert (top.groupby("rank")["share_pct"].sum() <= 100.0 + 1e-6).all()
     assert (top.groupby("rank")["total_us"].apply(lambda s: s.is_monotonic_decreasing)).all()
+
+
+def test_top_kernels_match_an_independent_sum_of_the_raw_trace():
+    """The largest kernel of each rank, and its count and total, as a plain sum over the rank file's
+    'X' events of category kernel gives them (read with the standard library, not the code under test)."""
+    import gzip
+    from collections import defaultdict
+    top = pd.DataFrame(analyze(CAP / "prefill-proper", use_cache=False, progress=False).to_dict()["analyses"]["top_kernels"])
+    for rank in range(4):
+        events = json.loads(gzip.open(CAP / "prefill-proper" / f"rank{rank}.json.gz").read())["traceEvents"]
+        total, count = defaultdict(float), defaultdict(int)
+        for e in events:
+            if e.get("ph") == "X" and e.get("cat") == "kernel":
+                total[e["name"]] += e["dur"]
+                count[e["name"]] += 1
+        name = max(total, key=total.get)
+        mine = top[top["rank"] == rank].iloc[0]
+        assert mine["name"] == name and mine["count"] == count[name]
+        assert mine["total_us"] == pytest.approx(total[name], rel=1e-9)
