@@ -91,3 +91,11 @@ def test_the_docs_hold_the_current_schemas():
     for name, text in schema_files().items():
         path = SCHEMA_DIR / f"{name}.schema.json"
         assert path.exists() and path.read_text() == text, f"{path} is stale: run `make docs`"
+
+
+def test_the_readme_names_the_current_analyze_schema():
+    """The README's example of the schema key is the version replay writes today (it said /2 at /4)."""
+    from pathlib import Path
+    from replay.schemas import SCHEMAS
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f'"schema": "replay-analyze/{SCHEMAS["replay-analyze"][1]}"' in readme
