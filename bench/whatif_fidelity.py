@@ -25,7 +25,7 @@ SPAN_BAR_PCT, HIDDEN_BAR_PTS = 5.0, 2.0
 
 
 def _one(path: Path, taxonomy: str | None, rank: int, change: Change = Change()) -> dict:
-    a, _ = analyze_one_step(path, None, taxonomy=taxonomy, rank=rank, use_cache=False)
+    a, _ = analyze_one_step(path, None, taxonomy=taxonomy, rank=rank, use_cache=False, findings=False)
     g = stage_graph(a, load_stage_rules(None))
     s = summary(retime(g, change))[0]
     seen = a.ranks[0]

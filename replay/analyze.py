@@ -32,15 +32,23 @@ _T = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:e[-+]?\d+)?)\s*(us|ms|s)?\s*$", re.I
 
 def analyze_one_step(path: str | Path, step: int | None = None, **kw: Any) -> tuple[Analysis, str | None]:
     """An analysis of one profiler step: `step`, or the last one when the trace has several (stage
-    times summed over steps would be several steps' worth); returns it and a note saying which."""
-    a = analyze(path, step=step, **kw)
+    times summed over steps would be several steps' worth); returns it and a note saying which. The
+    steps are read from the prepared table first, so the trace is analysed once."""
     if step is not None:
-        return a, f"step {step}"
-    have = sorted(int(x) for x in a.events.loc[a.events["step"] >= 0, "step"].unique()) if "step" in a.events else []
+        return analyze(path, step=step, **kw), f"step {step}"
+    trace = kw.pop("trace", None)
+    if trace is None:
+        trace, _ = load_cached(path, use_cache=kw.get("use_cache", True), progress=kw.get("progress"),
+                               jobs=kw.get("jobs", 1), cluster=kw.get("cluster"))
+    opts = Options(**{k: v for k, v in kw.items() if k in ("taxonomy", "annotation_regex", "microbatches",
+                                                           "step_regex")})
+    events = prepare(trace.events, opts).events
+    if kw.get("rank") is not None:
+        events = events[events["rank"] == kw["rank"]]
+    have = sorted(int(x) for x in events.loc[events["step"] >= 0, "step"].unique()) if "step" in events else []
     if len(have) <= 1:
-        return a, None
-    kw.pop("use_cache", None)
-    return (analyze(path, step=have[-1], trace=a.trace, **kw),
+        return analyze(path, trace=trace, **kw), None
+    return (analyze(path, step=have[-1], trace=trace, **kw),
             f"step {have[-1]} of steps {', '.join(map(str, have))} (--step picks another)")
 
 
@@ -65,14 +73,14 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
             annotation_regex: str = DEFAULT_ANNOTATION, microbatches: int | None = None,
             min_lost_us: float = 1.0, progress: bool | None = None, trace: Trace | None = None,
             step_regex: str = step_analysis.DEFAULT_STEP, step: int | None = None, strict: bool = False,
-            jobs: int = 1, cluster: str | None = None, allow_mixed: bool = False) -> Analysis:
+            jobs: int = 1, cluster: str | None = None, allow_mixed: bool = False, findings: bool = True) -> Analysis:
     """The analysis of a trace file or folder with every rank in one table. `strict`: a rank file of
     a folder that cannot be read is an error (else it is left out and reported as suspicious input).
     `jobs` / `cluster`: parse a folder's rank files on that many processes / on a Dask cluster
     (replay/parallel.py); the analysis is the same. `allow_mixed`: analyse files that look like
     different runs (refused otherwise)."""
     opts = Options(taxonomy, annotation_regex, microbatches, step_regex, step, min_lost_us, window, rank, use_cache,
-                   allow_mixed)
+                   allow_mixed, findings)
     cached = False
     if trace is None:
         trace, cached = load_cached(path, use_cache=use_cache, progress=progress, jobs=jobs, cluster=cluster)

@@ -248,7 +248,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     from tracegen.trace import output_format
     output_format(args.output)
     a, note = analyze_one_step(args.observed, args.step, taxonomy=args.taxonomy, rank=args.rank,
-                               use_cache=not args.no_cache, strict=args.strict)
+                               use_cache=not args.no_cache, strict=args.strict, findings=False)
     warn_skipped(a)
     change = Change(args.launch_order, args.comm_scale, args.compute_scale, args.comm)
     res = whatif_trace(args.observed, args.output, a, load_stage_rules(args.stages), change, args.hardware)

@@ -24,7 +24,7 @@ from . import steps as step_analysis
 from . import kernels, suspicious
 from .analysis import Analysis
 from .events import Trace
-from .findings import find
+from .findings import FINDING_COLUMNS, find
 from .overlap import layer_metrics, rank_metrics, step_metrics, stream_layout
 from .peers import Peers
 from .structure import DEFAULT_ANNOTATION, recover
@@ -44,6 +44,7 @@ class Options:
     rank: int | None = None
     use_cache: bool = True
     allow_mixed: bool = False        # analyse a folder whose files look like different runs
+    findings: bool = True            # why compute idles (findings.py); whatif, which re-times, needs none
 
 
 @dataclass
@@ -103,7 +104,10 @@ class RankResult:
 
 def per_rank(events: pd.DataFrame, flows: pd.DataFrame, peers: Peers, opts: Options) -> RankResult:
     """Every per-rank analysis of the events (already narrowed to --rank / --window)."""
-    findings, totals, groups = find(events, flows, opts.min_lost_us, peers, opts.step_regex)
+    if opts.findings:
+        findings, totals, groups = find(events, flows, opts.min_lost_us, peers, opts.step_regex)
+    else:
+        findings, totals, groups = pd.DataFrame(columns=list(FINDING_COLUMNS)), {}, {}
     return RankResult(
         empty=events.empty,
         ranks=rank_metrics(events),
