@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from .base.cliutil import add_command, entry_point, finite, new_parser, print_json
 from .catalog import (
@@ -13,11 +12,9 @@ from .catalog import (
     load_hardware,
     load_model,
 )
-from .plan import COMM_BACKENDS, Plan
-from .preset import PRESETS, Preset, load_preset
-from .resolve import Target, resolve
-from .routing import ROUTINGS
-from .stack import DEFAULT_STACK, load_stack, stack_names
+from .estimate_view import assumptions, assumptions_line, memory_lines, power_line, render_estimate
+from .flags import add_plan_args, add_target_args, resolve_args
+from .preset import PRESETS, load_preset
 from .schemas import tag
 
 EPILOG_ESTIMATE = """\
@@ -43,208 +40,6 @@ examples:
 Tracks per rank: "CPU launch", "compute stream", "comm stream" (and "CPU proxy" for cpu-proxy).
 Each slice is a stage (ATTN, SHARED, DISPATCH, MLP, COMBINE; decode ATTN-0/ATTN-1) with args
 layer, microbatch, stage, flops, bytes, and the cost terms behind its duration."""
-
-
-# ----------------------------------------------------------------------------- shared options
-def add_target_args(p: argparse.ArgumentParser, phase: bool = True) -> None:
-    """--model/--hardware/--preset and the user-file variants (and --phase)."""
-    g = p.add_argument_group("what to model")
-    g.add_argument("--model", "-m", default=None,
-                   help="model name from `tracegen list models` (default: deepseek-v3)")
-    g.add_argument("--model-file", default=None, metavar="FILE",
-                   help="your own model catalog (TOML or JSON, same fields as the built-in one)")
-    g.add_argument("--hardware", "--gpu", "-g", dest="hardware", default=None,
-                   help="hardware name from `tracegen list hardware` (default: h800)")
-    g.add_argument("--hardware-file", default=None, metavar="FILE",
-                   help="your own hardware file (TOML or JSON; `replay calibrate` writes one)")
-    g.add_argument("--preset", default="default", choices=PRESETS,
-                   help="cost-model conventions: 'default' (physical) or 'seed004' (the published analysis)")
-    g.add_argument("--clock", default="limit", choices=("limit", "boost"),
-                   help="'limit': where a step would draw more than the board's power limit, its compute-bound "
-                        "kernels run at the lower clock that leaves (measured: tracegen/power.py); 'boost': "
-                        "every kernel at the boost clock, as kernels timed one at a time run")
-    g.add_argument("--stack", default=DEFAULT_STACK, choices=stack_names(), metavar="NAME",
-                   help="serving stack whose conventions set what the plan leaves open: the all-to-all release, "
-                        "the scheduler's CPU time per step (tracegen/data/stacks.toml; a flag given explicitly "
-                        f"wins): {', '.join(stack_names())}")
-    g.add_argument("--in-situ", default="on", choices=("on", "off"),
-                   help="'on': communication kernels that hold SMs run slower beside compute (measured on "
-                        "DeepEP, hardware.toml in_situ); 'off': at their unit-test speed throughout")
-    if phase:
-        g.add_argument("--phase", default="prefill", choices=("prefill", "decode"), help="inference phase")
-
-
-def add_plan_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("deployment plan (unset: the preset's defaults for the phase)")
-    g.add_argument("--batch", type=finite, default=None,
-                   help="sequences per attention-DP group (decode: requests in flight per group)")
-    g.add_argument("--tokens", type=finite, default=None,
-                   help="prefill only: prompt tokens per GPU (sets --batch = tokens x tp / seq-len)")
-    g.add_argument("--seq-len", type=int, default=None,
-                   help="prefill: prompt length in tokens; decode: context (KV) length in tokens")
-    g.add_argument("--kv-hit", type=finite, default=None,
-                   help="prefill: fraction of the prompt already in the KV cache, 0 to <1")
-    g.add_argument("--tp", type=int, default=None, help="attention tensor-parallel size (GPUs)")
-    g.add_argument("--dp", type=int, default=None, help="attention data-parallel groups")
-    g.add_argument("--ep", type=int, default=None, help="expert-parallel size in GPUs (default tp x dp)")
-    g.add_argument("--comm", default=None, metavar="BACKEND",
-                   help=f"all-to-all backend: a table under the hardware's `comm` (built in: {', '.join(COMM_BACKENDS)}; "
-                        "a --hardware-file may add its own; default: the preset's, normal for prefill, ibgda "
-                        "for decode)")
-    g.add_argument("--comm-sms", type=int, default=None,
-                   help="SMs the all-to-all holds while in flight (default: the backend's)")
-    g.add_argument("--decode-len", type=int, default=None,
-                   help="decode: output tokens per request, for the memory limit (tokens)")
-    g.add_argument("--balancedness", type=finite, default=None,
-                   help="EPLB balancedness = mean/max MoE compute, in (0, 1]; sets --imbalance = 1/x")
-    add_shared_plan_args(p, "plan details (shared with tracegen deploy)")
-    h = p.add_argument_group("hardware what-ifs")
-    h.add_argument("--scaleout-gbps", type=finite, default=None, help="RDMA bandwidth per GPU, GB/s")
-    h.add_argument("--scaleup-gbps", type=finite, default=None, help="NVLink / UB bandwidth per GPU, GB/s")
-    h.add_argument("--hbm-gbps", type=finite, default=None, help="HBM bandwidth, GB/s")
-
-
-def add_shared_plan_args(p: argparse.ArgumentParser, title: str = "plan details") -> None:
-    """Plan flags that mean the same for one step (estimate, trace) and for a deployment's pools."""
-    g = p.add_argument_group(title)
-    g.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per node (default: the hardware's)")
-    g.add_argument("--redundant-experts", type=int, default=None,
-                   help="extra expert replicas placed by EPLB, summed over all EP ranks")
-    g.add_argument("--microbatches", type=int, default=None, help="micro-batches per step (2: two-batch overlap)")
-    g.add_argument("--comm-release", default=None, metavar="NAME",
-                   help="the all-to-all library release whose published figures time the dispatch and combine "
-                        "(DeepEP: 'first' = Feb 2025, 'latest' = the README's current table; default: latest)")
-    g.add_argument("--routing", default=None, choices=ROUTINGS,
-                   help="fan-out of a token's experts over ranks and nodes: 'model' (its group limits, random "
-                        "scores), 'uniform' (random top-k, no groups), 'spread' (one node per chosen group) "
-                        "(default: model)")
-    g.add_argument("--mtp", type=int, default=None,
-                   help="decode: draft tokens per request per step (multi-token prediction; each step verifies "
-                        "1 + MTP tokens per request and runs the MTP module MTP times) (default: 0)")
-    g.add_argument("--mtp-accept", type=finite, default=None,
-                   help="decode: probability a draft token is accepted (default: 0.85, DeepSeek-V3 report)")
-    g.add_argument("--sched-ms", type=finite, default=None,
-                   help="CPU time per step outside the GPU work (scheduler, batching), ms (default: 0)")
-    g.add_argument("--precision", default=None, choices=("fp8", "int8", "bf16"),
-                   help="GEMM precision (default: the hardware's 8-bit format, FP8 on NVIDIA, INT8 on Ascend)")
-    g.add_argument("--kv-dtype", default=None, choices=("fp8", "int8", "bf16"), help="KV-cache element type")
-    g.add_argument("--imbalance", type=finite, default=None,
-                   help="expert load max/mean across EP ranks, >= 1 (1 / EPLB balancedness)")
-
-
-def resolve_args(args: argparse.Namespace) -> Target:
-    """The CLI's flags through the shared resolver (tracegen/resolve.py), with its note on stderr."""
-    target = resolve(vars(args))
-    note = target.held_note()
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-    return target
-
-
-# ----------------------------------------------------------------------------- output
-def _fmt(x: float, nd: int = 3) -> str:
-    return f"{x:,.{nd}f}"
-
-
-def _ranks(n: int, hw: Any) -> str:
-    """Ranks as the hardware counts them, up to the node count: GPUs, or dies of multi-die packages."""
-    if hw.dies_per_package > 1:
-        return f"{n} dies ({n / hw.dies_per_package:g} packages, "
-    return f"{n} GPUs ("
-
-
-def row_label(name: str, model: Any) -> str:
-    """An op row's name as printed: the attention rows say GQA for a model without MLA."""
-    return name.replace("MLA", "GQA") if model.attention != "mla" else name
-
-
-def memory_lines(max_batch: float, p: Any, what: str = "the figures above") -> list[str]:
-    """What fits in HBM, and a warning where the plan's batch does not."""
-    ctx = f"(context {p.seq_len}+{p.decode_len} tokens)"
-    if max_batch < 1:
-        return [f"max batch in HBM    {'none':>10}  {ctx}: the weights and one sequence's KV cache do not fit",
-                f"warning: batch {p.batch:g} per DP group cannot run here; {what} assume it could"]
-    out = [f"max batch in HBM    {max_batch:>10.0f}  {ctx}"]
-    if p.batch > max_batch:
-        out.append(f"warning: batch {p.batch:g} per DP group exceeds the {max_batch:.0f} that fit in HBM; "
-                   f"{what} assume it fits")
-    return out
-
-
-def render_estimate(est: Any) -> str:
-    from .cost import comm_sms
-    p, m, hw = est.plan, est.model, est.hardware
-    lines = [f"{m.name} on {hw.name} · {p.phase} · preset {est.preset.name}",
-             f"plan: TP{p.tp} x DP{p.dp} = {_ranks(p.num_gpus, hw)}{p.nodes} node{'s' if p.nodes > 1 else ''}), "
-             f"EP{p.ep_size}, {p.experts_per_gpu(m):.2f} routed experts/GPU, comm {p.comm} "
-             f"({comm_sms(p, hw, est.preset)} {hw.comm_cores[1]})"]
-    if p.phase == "prefill":
-        lines.append(f"      {p.batch:g} x {p.seq_len}-token prompts per DP group "
-                     f"({p.dp * p.batch * p.seq_len / p.num_gpus:,.0f} tokens/GPU), KV hit {p.kv_hit:.1%}")
-    else:
-        lines.append(f"      batch {p.batch:g} per DP group, context {p.seq_len} tokens, KV {p.kv_dtype}")
-    lines.append("")
-    head = f"{'op':<14}{'ms/layer':>10}{'layers':>8}{'total ms':>11}  terms (ms per layer)"
-    lines += [head, "-" * len(head)]
-    for r in est.rows:
-        terms = ", ".join(f"{k.removesuffix('_ms')} {v:.3f}" for k, v in r.terms.items())
-        lines.append(f"{row_label(r.name, m):<14}{r.ms:>10.3f}{r.layers:>8d}{r.total_ms:>11.3f}  {terms}")
-    d = est.to_dict()
-    lines.append("")
-    if p.phase == "decode" and p.mtp:
-        lines.append(f"step with overlap {est.sum_overlap_ms:>10.3f} ms    without {est.sum_ms:>10.3f} ms  "
-                     f"({d['tokens_per_request_per_step']:.3f} tokens per request per step)")
-        lines.append(f"TPOT with overlap {d['tpot_overlap_ms']:>10.3f} ms    without {d['tpot_ms']:>10.3f} ms")
-    else:
-        what = "TPOT" if p.phase == "decode" else "sum"
-        lines.append(f"{what} with overlap {est.sum_overlap_ms:>10.3f} ms    without {est.sum_ms:>10.3f} ms")
-    lines.append(f"tokens/s per GPU    {_fmt(d['tokens_per_s_per_gpu_overlap'], 1):>10}       "
-                 f"without {_fmt(d['tokens_per_s_per_gpu'], 1):>10}")
-    if "tokens_per_s_per_package" in d:
-        lines.append(f"tokens/s per package{_fmt(d['tokens_per_s_per_package_overlap'], 1):>10}       "
-                     f"without {_fmt(d['tokens_per_s_per_package'], 1):>10}  ({d['dies_per_package']} dies; "
-                     "a 'GPU' above is one die)")
-    lines.append(f"tokens/s per node   {_fmt(d['tokens_per_s_per_node_overlap'], 1):>10}       "
-                 f"without {_fmt(d['tokens_per_s_per_node'], 1):>10}")
-    if "scheduled_step_ms" in d:
-        lines.append(f"scheduled step      {d['scheduled_step_ms']:>10.3f} ms    {_fmt(d['tokens_per_s_per_gpu_scheduled'], 1)} "
-                     "tokens/s per GPU (the timeline `tracegen trace` writes for this plan: two-batch overlap, "
-                     "in-situ communication, the CPU's launches; 'with overlap' above is the per-layer bound)")
-    if p.phase == "decode":
-        lines.append(f"tokens/s per user   {d['tps_per_user_overlap']:>10.3f}       without {d['tps_per_user']:>10.3f}")
-    if "max_batch" in d:
-        lines += memory_lines(d["max_batch"], p)
-    if "power_demand_w" in d:
-        lines.append(power_line(d["power_demand_w"], d["power_throttle"], hw))
-    return "\n".join(lines)
-
-
-def power_line(demand_w: float, throttle: float, hw: Any) -> str:
-    """What the power limit did to the step (tracegen/power.py)."""
-    p = hw.power
-    slow = max(p.slowdown.values(), default=1.0) - 1.0
-    what = (f"SM clock lowered: compute-bound kernels up to {100 * slow * throttle:.1f} % slower than at boost"
-            if throttle > 0 else "boost clock held")
-    return f"power               {demand_w:>10.0f} W drawn at boost against a {p.limit_w:g} W limit: {what}"
-
-
-def assumptions(args: argparse.Namespace, hw: Any, preset: Preset, plan: Plan) -> dict[str, Any]:
-    """What sets the figures beyond the plan (the stack's conventions, the in-situ term, the clock)."""
-    out = load_stack(getattr(args, "stack", DEFAULT_STACK)).assumptions(plan, hw)
-    if not preset.comm_in_situ:
-        out["in_situ_slowdown"] = 0.0
-    if not preset.power_limit:
-        out["clock"] = "boost"
-    return out
-
-
-def assumptions_line(a: dict[str, Any]) -> str:
-    eplb = f"EPLB {a['eplb']:g} (default placement / balanced; not applied to one step)" if a["eplb"] != 1 else \
-        "balanced experts"
-    return (f"assumptions         stack {a['stack']}: {a['comm']} release {a['release']}, scheduler {a['sched_ms']:g} "
-            f"ms/step, {eplb}; in-situ comm slowdown {a['in_situ_slowdown']:g}"
-            f"{'' if a.get('in_situ_applied', True) else ' (scheduled by tracegen trace, not in this overlap sum)'}; "
-            f"clock {a['clock']}")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -426,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_args(t)
 
     from .serving.cli import add_deploy_command
-    add_deploy_command(sub, add_target_args, add_shared_plan_args)
+    add_deploy_command(sub)
 
     lst = add_command(sub, "list", cmd_list, help="show the hardware, model or preset catalogs")
     lst.add_argument("what", choices=("hardware", "models", "presets"))

@@ -104,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--align-layer", type=int, default=None, help="line both timelines up at this layer's start")
     h.add_argument("--layer-offset", type=int, default=0, help="add to the observed trace's layer numbers")
     add_reading_args(h, json_help=argparse.SUPPRESS, stages=True)
-    from tracegen.cli import add_shared_plan_args, add_target_args
     from tracegen.serving.cli import add_deploy_args
     d = add_command(sub, "deploy", cmd_deploy, help="simulate a deployment and draw it (HTML)",
                     epilog=EPILOG_DEPLOY,
@@ -112,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "latency-throughput curve, the TTFT / TPOT distributions and pool utilisation "
                                 "over time as one self-contained HTML page.")
     d.add_argument("-o", "--output", required=True, help="HTML file to write")
-    add_deploy_args(d, add_target_args, add_shared_plan_args)
+    add_deploy_args(d)
     s = add_command(sub, "serve", cmd_serve,
                     help="dashboard on localhost: predicted timeline with what-if widgets",
                     epilog=EPILOG_SERVE,

@@ -12,6 +12,7 @@ from typing import Any
 from ..base.cliutil import add_command, finite, print_json
 from ..base.errors import UserError
 from ..schemas import tag
+from ..flags import add_shared_plan_args, add_target_args
 from .deployment import DEFAULT_TOKEN_BUDGET, Deployment, PoolPlan
 from .simulate import COLOCATED, PD
 
@@ -33,14 +34,14 @@ t = 0 and measures capacity. Step times are scheduled steps of the per-layer mod
 timeline), interpolated between grid points. Throughput 'steady' counts the middle 80 % of tokens."""
 
 
-def add_deploy_command(sub: argparse._SubParsersAction, add_target_args, add_shared_plan_args) -> None:
+def add_deploy_command(sub: argparse._SubParsersAction) -> None:
     d = add_command(sub, "deploy", cmd_deploy, help="simulate a serving deployment: pools, requests, SLOs",
                     epilog=EPILOG,
                     description="Simulate requests through prefill and decode pools (or one colocated pool) "
                                 "step by step, with step times from the per-layer model; report throughput "
                                 "per node, TTFT / TPOT percentiles and utilisation, search plans under SLOs, "
                                 "and write a request-level trace.")
-    add_deploy_args(d, add_target_args, add_shared_plan_args)
+    add_deploy_args(d)
     s = d.add_argument_group("search")
     s.add_argument("--search", action="store_true",
                    help="search the PD split of --nodes and the EP of each pool for the most goodput per GPU")
@@ -55,7 +56,7 @@ def add_deploy_command(sub: argparse._SubParsersAction, add_target_args, add_sha
                    help="per-request times as .csv or .parquet (arrival, prefill, first token, finish)")
 
 
-def add_deploy_args(d: argparse.ArgumentParser, add_target_args, add_shared_plan_args) -> None:
+def add_deploy_args(d: argparse.ArgumentParser) -> None:
     """The flags that define a deployment and its workload (tracegen deploy, viz deploy)."""
     add_target_args(d, phase=False)
     g = d.add_argument_group("pools")
