@@ -168,6 +168,26 @@ def _held_spans(sched: Schedule) -> Schedule:
     return replace(sched, intervals=merged)
 
 
+PEER_CAVEAT_SHARE = 0.02   # a rank that waited this share of its span for peers: say what the re-time keeps of it
+
+
+def _peer_caveat(a: Analysis, g: StageGraph) -> list[str]:
+    """A profiler trace's rank that waited for its peers: its stages keep those waits as they were, and a
+    change that moves its collectives moves its peers' arrival too, which one rank re-timed alone cannot
+    see (on the DeepEP 4 x H100 prefill captures improper -> proper overshoots the real proper run for this
+    reason; bench/whatif_fidelity.py prints by how much)."""
+    if a.trace.generated or g.ranks != 1:
+        return []
+    rank = g.observed_ranks[0]
+    wait = a.peers.wait_by_rank.get(rank, 0.0)
+    span = next((r["span_us"] for r in a.ranks if r["rank"] == rank), 0.0)
+    if not span or wait < PEER_CAVEAT_SHARE * span:
+        return []
+    return [f"rank {rank} waited {wait / 1e3:.1f} ms ({100 * wait / span:.0f} % of its span) for its peers inside its "
+            "collectives: kept as observed; a change that moves the collectives moves the peers too, which this "
+            "re-time of one rank does not model"]
+
+
 def _respect_deps(order: list, stages: dict) -> list:
     """The observed launch order, nudged so that no stage precedes one it depends on."""
     placed, out, pending = set(), [], list(order)
@@ -192,6 +212,7 @@ def whatif_trace(path: str, out: str, a: Analysis, rules: StageRules, change: Ch
         g = replace(g, assumptions=g.assumptions + [
             "communication ready while a GEMM runs waits for its SMs as long as it did here (per stage, median): "
             + ", ".join(f"{name}({mb}) {w:.0f} us" for (name, mb), w in sorted(waits.items()))])
+    g = replace(g, assumptions=g.assumptions + _peer_caveat(a, g))
     sched = retime(g, change)
     base = summary(retime(g, Change())) if change.describe() else None
     write_trace(sched, out, {"tbo": change.launch_order or "as observed",

@@ -194,3 +194,15 @@ def test_sm_waits_are_measured_where_a_gemm_held_the_sms_and_put_back_only_then(
     assert with_waits < 0.5 * without
     improper = _graph_of("prefill-improper", 1)
     assert ("DISPATCH", 0) not in whatif.sm_waits(improper, whatif._graph(improper, improper.stages, improper.plan))
+
+
+def test_whatif_says_when_the_rank_waited_for_peers(tmp_path, capsys):
+    """A DeepEP rank that waited for its peers gets a caveat among the assumptions (its waits are kept as
+    observed; moving collectives moves the peers too); a single-GPU capture with no peers gets none."""
+    assert replay(["whatif", str(OBS.parent / "deepep-h100x4" / "prefill-improper"), "--rank", "0", "--launch-order",
+                   "proper", "-o", str(tmp_path / "a.json.gz"), "--no-cache", "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)["assumptions"]
+    assert any("for its peers" in x and "rank 0 waited" in x for x in said)
+    assert replay(["whatif", str(OBS / "layers-improper.json.gz"), "--taxonomy", str(OBS / "taxonomy.toml"),
+                   "--launch-order", "proper", "-o", str(tmp_path / "b.json.gz"), "--no-cache", "--json"]) == 0
+    assert not any("for its peers" in x for x in json.loads(capsys.readouterr().out)["assumptions"])
