@@ -21,6 +21,11 @@ CAPTURES = {f"deepep-h100x4/{n}": (DEEPEP / n, None) for n in
             ("prefill-improper", "prefill-proper", "prefill-nosync", "prefill-late", "prefill-skew", "decode-proper")}
 CAPTURES.update({f"h100/{n}": (OBS / "h100" / f"{n}.json.gz", str(OBS / "h100" / "taxonomy.toml"))
                  for n in ("layers-improper", "layers-proper")})
+# held out: the same single-GPU layers captured on an H200 (bench/capture/capture_h100.py's run_layers) after
+# these rows and the reorder rows below were committed; nothing in replay was changed after seeing them
+HELD_OUT = {f"h200/{n}": (OBS / "h200" / f"{n}.json.gz", str(OBS / "h100" / "taxonomy.toml"))
+            for n in ("layers-improper", "layers-proper")}
+CAPTURES.update(HELD_OUT)
 SPAN_BAR_PCT, HIDDEN_BAR_PTS = 5.0, 2.0
 
 
@@ -48,13 +53,25 @@ def no_change_rows() -> list[dict]:
 
 def reorder_rows() -> list[dict]:
     """improper -> proper on the DeepEP prefill captures, per rank, against the observed proper run."""
+    return [_reorder(DEEPEP / "prefill-improper", DEEPEP / "prefill-proper", None, rank) for rank in range(4)]
+
+
+def single_gpu_reorder_rows() -> list[dict]:
+    """improper -> proper on the single-GPU layer captures (copies stand in for the all-to-all): the
+    H100 pair (seen while whatif was built) and the H200 pair (held out)."""
     out = []
-    for rank in range(4):
-        moved = _one(DEEPEP / "prefill-improper", None, rank, Change(launch_order="proper"))
-        proper = _one(DEEPEP / "prefill-proper", None, rank)
-        out.append({"rank": rank, "improper_ms": moved["observed_span_us"] / 1e3, "predicted_ms": moved["span_us"] / 1e3,
-                    "proper_ms": proper["observed_span_us"] / 1e3})
+    for gpu in ("h100", "h200"):
+        improper, proper = OBS / gpu / "layers-improper.json.gz", OBS / gpu / "layers-proper.json.gz"
+        if improper.exists() and proper.exists():
+            out.append({"capture": gpu, **_reorder(improper, proper, str(OBS / "h100" / "taxonomy.toml"), 0)})
     return out
+
+
+def _reorder(improper: Path, proper: Path, taxonomy: str | None, rank: int) -> dict:
+    moved = _one(improper, taxonomy, rank, Change(launch_order="proper"))
+    seen = _one(proper, taxonomy, rank)
+    return {"rank": rank, "improper_ms": moved["observed_span_us"] / 1e3, "predicted_ms": moved["span_us"] / 1e3,
+            "proper_ms": seen["observed_span_us"] / 1e3}
 
 
 def table() -> str:
@@ -66,10 +83,15 @@ def table() -> str:
     worst_h = max(abs(r["hidden_error_pts"]) for r in rows)
     lines += [f"  worst: span {worst_s:.2f} % (bar {SPAN_BAR_PCT:g} %), hidden {worst_h:.2f} pts (bar {HIDDEN_BAR_PTS:g})",
               "", "improper re-timed in the proper order (DeepEP 4 x H100 prefill), against the observed proper run:"]
-    for r in reorder_rows():
-        lines.append(f"  rank {r['rank']}: improper {r['improper_ms']:.2f} ms -> predicted {r['predicted_ms']:.2f} ms; "
-                     f"observed proper {r['proper_ms']:.2f} ms ({100 * (r['predicted_ms'] / r['proper_ms'] - 1):+.1f} %)")
+    lines += [f"  rank {r['rank']}: {_reorder_text(r)}" for r in reorder_rows()]
+    lines += ["", "the same on one GPU (copies stand in for the all-to-all; h200: held out):"]
+    lines += [f"  {r['capture']}: {_reorder_text(r)}" for r in single_gpu_reorder_rows()]
     return "\n".join(lines)
+
+
+def _reorder_text(r: dict) -> str:
+    return (f"improper {r['improper_ms']:.2f} ms -> predicted {r['predicted_ms']:.2f} ms; observed proper "
+            f"{r['proper_ms']:.2f} ms ({100 * (r['predicted_ms'] / r['proper_ms'] - 1):+.1f} %)")
 
 
 if __name__ == "__main__":
