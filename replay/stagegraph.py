@@ -158,13 +158,13 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGrap
             work, extra = busy, ({"gap_us": span - busy} if span > busy else {})
         # a communication stage is drawn (and measured) where its communication kernels ran: the small
         # compute kernels DeepEP runs on its stream (layouts, fills) take stream time but are not transfer
-        busy = (part["klass"] == "comm").to_numpy() if stream == COMM else np.ones(len(part), dtype=bool)
-        if not busy.any():
-            busy[:] = True
+        drawn = (part["klass"] == "comm").to_numpy() if stream == COMM else np.ones(len(part), dtype=bool)
+        if not drawn.any():
+            drawn[:] = True
         stages[key] = Stage(key[0], key[1], st, stream, work, lat, 0.0, blocked, 0, len(part),
-                            segments=_segments(s0[busy], e0[busy], float(s0.min()), float(e0.max())), **extra)
+                            segments=_segments(s0[drawn], e0[drawn], float(s0.min()), float(e0.max())), **extra)
         # compute: each kernel (sm_waits needs the one a communication kernel waited behind); comm: its busy time
-        u0, u1 = union(s0[busy], e0[busy]) if stream == COMM else (s0, e0)
+        u0, u1 = union(s0[drawn], e0[drawn]) if stream == COMM else (s0, e0)
         seen += [Interval(0, stream, st, float(x), float(y), key, stream) for x, y in zip(u0, u1)]
         first_launch[key] = t_launch
         first_start[key] = float(s0.min())

@@ -65,15 +65,16 @@ def _observed_order(g: StageGraph, stages: dict) -> list:
     return _respect_deps(order, stages)
 
 
-def retime(g: StageGraph, change: Change) -> Schedule:
+def retime(g: StageGraph, change: Change, waits: dict[tuple[str, int], float] | None = None) -> Schedule:
     """The stage graph with the change applied, scheduled by tracegen's simulator. What overlap did to
     the observed times is taken out first, against the observed arrangement: compute of a profiler trace
     back to all SMs (it lost those SM-holding communication held beside it), SM-holding communication
     back to its speed alone (the hardware's in-situ slowdown x its share beside compute); the new
-    schedule puts back what its own overlap costs (the simulator's SM sharing, pipeline.settle)."""
+    schedule puts back what its own overlap costs (the simulator's SM sharing, pipeline.settle).
+    `waits`: the trace's SM waits (sm_waits), measured here unless the caller already has them."""
     sim = dict(ranks=g.ranks, launch_us=g.launch_us, loads=g.loads if len(g.loads) == g.ranks else None)
     base = as_alone(g, sim)
-    waits = sm_waits(g, _graph(g, g.stages, g.plan))
+    waits = sm_waits(g, _graph(g, g.stages, g.plan)) if waits is None else waits
     base = {k: (replace(st, sm_wait_us=waits[(k[2], k[1])]) if (k[2], k[1]) in waits else st)
             for k, st in base.items()}
     plan = g.plan if change.comm is None else replace(g.plan, comm=change.comm)
@@ -161,10 +162,10 @@ def _held_spans(sched: Schedule) -> Schedule:
     spans: dict = {}
     for iv in sched.intervals:
         if iv.track == COMM and iv.key is not None:
-            a, b = spans.get(iv.key, (iv.start, iv.end))
-            spans[iv.key] = (min(a, iv.start), max(b, iv.end))
+            a, b = spans.get((iv.rank, iv.key), (iv.start, iv.end))
+            spans[(iv.rank, iv.key)] = (min(a, iv.start), max(b, iv.end))
     merged = [iv for iv in sched.intervals if iv.track != COMM or iv.key is None]
-    merged += [Interval(0, COMM, k[2], a, b, k, COMM) for k, (a, b) in spans.items()]
+    merged += [Interval(r, COMM, k[2], a, b, k, COMM) for (r, k), (a, b) in spans.items()]
     return replace(sched, intervals=merged)
 
 
@@ -213,8 +214,8 @@ def whatif_trace(path: str, out: str, a: Analysis, rules: StageRules, change: Ch
             "communication ready while a GEMM runs waits for its SMs as long as it did here (per stage, median): "
             + ", ".join(f"{name}({mb}) {w:.0f} us" for (name, mb), w in sorted(waits.items()))])
     g = replace(g, assumptions=g.assumptions + _peer_caveat(a, g))
-    sched = retime(g, change)
-    base = summary(retime(g, Change())) if change.describe() else None
+    sched = retime(g, change, waits)
+    base = summary(retime(g, Change(), waits)) if change.describe() else None
     write_trace(sched, out, {"tbo": change.launch_order or "as observed",
                              "whatif": {"source": str(Path(path).name), "changes": change.describe(),
                                         "assumptions": g.assumptions}})

@@ -182,8 +182,13 @@ class Simulation:
         cur = rk.running[COMPUTE]
         if not st.sm_wait_us or cur is None:
             return t
-        end = max(rk.t_last + rk.work_left / rk.rate + self.stages[cur].gap_us, rk.launch_end.get(cur, 0.0))
+        end = self.compute_ends(rk)
         return min(t + st.sm_wait_us, end) if t < end else t
+
+    def compute_ends(self, rk: _Rank) -> float:
+        """When the running compute stage ends at its current rate: never before its last kernel was launched."""
+        cur = rk.running[COMPUTE]
+        return max(rk.t_last + rk.work_left / rk.rate + self.stages[cur].gap_us, rk.launch_end.get(cur, 0.0))
 
     # ------------------------------------------------------------------ the next event of a rank
     def peek(self, rk: _Rank) -> tuple[float, str] | None:
@@ -206,9 +211,8 @@ class Simulation:
         for stream in (COMPUTE, COMM):                      # the streams
             cur = rk.running[stream]
             if cur is not None:
-                if stream == COMPUTE:       # never before its last kernel was launched
-                    consider(max(rk.t_last + rk.work_left / rk.rate + stages[cur].gap_us,
-                                 rk.launch_end.get(cur, 0.0)), "compute_end")
+                if stream == COMPUTE:
+                    consider(self.compute_ends(rk), "compute_end")
                 elif cur in self.group_end:
                     consider(self.group_end[cur], "comm_end")
                 continue
