@@ -11,6 +11,7 @@ Diagnosis (why compute idles):
   decode-eager      12 decode layers, batch 32, KV length 4096, eager: host overhead per op
   decode-graph      the same step captured once as a CUDA graph and replayed
   decode-compiled   the same step through torch.compile(mode="reduce-overhead")
+  decode-eager-b256 the eager stack at batch 256 (held out: captured after the diagnosis was built)
   decode-item       eager with one `.item()` per layer (a real device-to-host sync)
   prefill-pause     6 prefill layers, 1024 tokens, with ~2 ms of Python work between layers
                     (outside any op); the pause intervals are recorded on the host clock too
@@ -183,8 +184,9 @@ def stepped(dev: str, steps: int, **kw):
 
 
 # ----------------------------------------------------------------------------- diagnosis corpus
-def run_decode(out: Path, c: dict, dev: str, variant: str) -> dict:
-    """12 decode layers of a DeepSeek-V3-shaped stack; `variant`: eager | graph | compiled | item."""
+def run_decode(out: Path, c: dict, dev: str, variant: str, suffix: str = "") -> dict:
+    """12 decode layers of a DeepSeek-V3-shaped stack; `variant`: eager | graph | compiled | item;
+    `suffix` names a variant of the shapes (c) in the file name."""
     w = Weights(c, dev)
     caches = [torch.randn(c["B"], c["L"], c["KVL"] + c["ROPE"], device=dev, dtype=BF16) * 0.1
               for _ in range(c["layers"])]
@@ -232,8 +234,8 @@ def run_decode(out: Path, c: dict, dev: str, variant: str) -> dict:
             sync(dev)
             walls.append((time.perf_counter() - t0) * 1e6)
             prof.step()
-    size = export(prof, out / f"decode-{variant}.json.gz")
-    return {"file": f"decode-{variant}.json.gz", "variant": variant, "layers": c["layers"], "batch": c["B"],
+    size = export(prof, out / f"decode-{variant}{suffix}.json.gz")
+    return {"file": f"decode-{variant}{suffix}.json.gz", "variant": variant, "layers": c["layers"], "batch": c["B"],
             "kv_len": c["L"], "profiled_steps": c["steps"], "syncs_per_step": c["layers"] if variant == "item" else 0, "kv_write": variant != "compiled",
             "step_wall_us": walls[1:], "warmup_s": t_compile, "bytes": size}
 
@@ -596,7 +598,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "capture-out"))
     ap.add_argument("--quick", action="store_true", help="tiny shapes (a smoke run, e.g. on the CPU)")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--only", default="", help="comma-separated parts: decode,item,graph,compiled,pause,styles,gqa")
+    ap.add_argument("--only", default="", help="comma-separated parts: decode,item,graph,compiled,pause,styles,gqa,b256")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -611,7 +613,10 @@ def main() -> int:
              ("pause", lambda: run_prefill_pause(out, c, dev)),
              *[("styles", (lambda s=s: run_style(out, c, dev, s))) for s in ("slash", "mbn", "sglang", "module", "none")],
              ("gqa", lambda: {"file": "gqa-decode.json", "sweep": gqa_sweep(dev, args.quick)}),
-             ("compiled", lambda: run_decode(out, c, dev, "compiled"))]
+             ("compiled", lambda: run_decode(out, c, dev, "compiled")),
+             # held out (2026-12-05): the eager stack at batch 256, its kernels 8x the rows - does the
+             # diagnosis still tell host overhead from waiting when the GPU's share of the step grows?
+             ("b256", lambda: run_decode(out, {**c, "B": 256}, dev, "eager", "-b256"))]
     t_all = time.time()
     with torch.no_grad():
         for key, fn in parts:
