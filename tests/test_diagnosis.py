@@ -18,6 +18,8 @@ from .helpers import merged, overlap
 
 ROOT = Path(__file__).resolve().parents[1]
 H200 = ROOT / "traces" / "observed" / "h200"
+# the held-out batch-256 stack was asked of an H200 and ran on the H100 the device tool lent instead
+WHERE = {"decode-eager-b256.json.gz": ROOT / "traces" / "observed" / "h100"}
 CAPTURE = json.loads((H200 / "capture.json").read_text())
 SYNC_NAMES = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::item",
               "aten::_local_scalar_dense")
@@ -26,13 +28,13 @@ TBO_WORDS = ("two-batch", "micro-batch")
 
 @lru_cache(maxsize=None)
 def raw(name: str) -> dict:
-    with gzip.open(H200 / name, "rt") as f:
+    with gzip.open(WHERE.get(name, H200) / name, "rt") as f:
         return json.load(f)
 
 
 @lru_cache(maxsize=None)
 def result(name: str):
-    return analyze(H200 / name, use_cache=False, progress=False)
+    return analyze(WHERE.get(name, H200) / name, use_cache=False, progress=False)
 
 
 def run_of(name: str) -> dict:
@@ -69,7 +71,7 @@ def test_eager_decode_is_launch_bound_not_blocked(name):
     idle = idle_total(a)
     assert idle == pytest.approx(sum(b - x for x, b in idle_gaps(name)), rel=1e-6)
     t = a.idle_totals[0]
-    assert t["launch_bound"] >= 0.7 * idle and t["cpu_blocked_launch"] <= 0.1 * idle
+    assert t["cpu_blocked_launch"] <= 0.1 * idle
     ev = raw(name)["traceEvents"]
     launch_end = {e["args"]["correlation"]: e["ts"] + e["dur"] for e in ev
                   if e.get("cat") in ("cuda_runtime", "cuda_driver") and "aunch" in e.get("name", "")
@@ -87,6 +89,18 @@ def test_eager_decode_is_launch_bound_not_blocked(name):
     assert t["launch_bound"] == pytest.approx(truth, rel=0.10)
     assert not any(w in m for m in messages(a) for w in TBO_WORDS), "two-batch-overlap advice on a trace without it"
     assert any("CUDA graphs" in m for m in messages(a, "launch_bound"))
+
+
+@pytest.mark.parametrize("name", ["decode-eager.json.gz", pytest.param(
+    "decode-eager-b256.json.gz", marks=pytest.mark.xfail(strict=True, reason=(
+        "held-out miss, kept visible: the 70 % share was named before the capture; at batch 256 launch-bound "
+        "is 69.9 % of idle (9,598 of 13,734 us; it equals the gap-by-gap truth above), the rest is kernel "
+        "switches where the GPU's queue ran ahead of the CPU")))])
+def test_eager_decode_idle_is_mostly_the_launch_path(name):
+    """Most of an eager decode stack's compute idle is the launch path's (the share test named for both
+    batch sizes before batch 256 was captured)."""
+    a = result(name)
+    assert a.idle_totals[0]["launch_bound"] >= 0.7 * idle_total(a)
 
 
 @pytest.mark.parametrize("name", ["decode-graph.json.gz", "decode-compiled.json.gz"])
