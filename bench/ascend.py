@@ -33,6 +33,7 @@ from tracegen.ops import layer_ops
 from tracegen.pipeline import TraceOptions, schedule
 from tracegen.plan import Plan, validate
 from tracegen.preset import load_preset
+from tracegen.target import Target
 
 from .stagesum import stage_sums
 
@@ -131,7 +132,7 @@ def implied_cube_efficiency(reference: Path = REFERENCE) -> float:
     (no glue kernels, no small-M loss)."""
     hw = load_hardware(HW)
     plan = validate(SLIDES_PLAN, MODEL, hw)
-    flops = sum(w.flops for w in layer_ops(MODEL, plan, DEFAULT, hw, dense=False)
+    flops = sum(w.flops for w in layer_ops(Target(MODEL, hw, DEFAULT, plan), dense=False)
                 if w.name in ("shared_expert", "routed_up", "routed_down"))
     return flops / (published_breakdown(reference)["Exp."] * 1e-6) / (hw.q8_tflops * 1e12)
 
@@ -191,7 +192,7 @@ def step_row(r: StepRow, hw: Hardware | None = None) -> dict:
     plan = validate(r.plan, MODEL, hw)
     decode = plan.phase == "decode"
     tbo = "proper" if plan.microbatches == 2 else "off"
-    s = schedule(MODEL, hw, plan, DEFAULT, TraceOptions(tbo=tbo, launch_us=0.0 if decode else None))
+    s = schedule(Target(MODEL, hw, DEFAULT, plan), TraceOptions(tbo=tbo, launch_us=0.0 if decode else None))
     step_ms = s.span_us / 1e3
     tokens = plan.batch * (plan.accepted_per_request if decode else plan.seq_len)
     per_die = tokens / step_ms * 1e3

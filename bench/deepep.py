@@ -24,6 +24,7 @@ from tracegen.fit import fit_comm
 from tracegen.ops import a2a_ops, tokens
 from tracegen.plan import Plan
 from tracegen.preset import load_preset
+from tracegen.target import Target
 
 ROOT = Path(__file__).resolve().parents[1]
 CAP = ROOT / "traces" / "observed" / "deepep-h100x4"
@@ -45,7 +46,7 @@ def plan(phase: str) -> Plan:
 def works(phase: str, hw: Hardware) -> dict:
     """tracegen's dispatch and combine Work of one micro-batch."""
     mb = plan(phase).split(2)
-    return {w.name: w for w in a2a_ops(MODEL, mb, PRESET, hw, tokens(MODEL, mb, PRESET))}
+    return {w.name: w for w in a2a_ops(Target(MODEL, hw, PRESET, mb), tokens(MODEL, mb, PRESET))}
 
 
 @lru_cache(maxsize=None)

@@ -20,6 +20,7 @@ from tracegen.pipeline import TraceOptions, schedule
 from tracegen.plan import Plan, validate
 from tracegen.preset import load_preset
 from tracegen.stack import load_stack
+from tracegen.target import Target
 
 from .labels import claim, pinned
 
@@ -45,7 +46,7 @@ def _throughput(key: str, row: dict) -> float:
     plan = load_stack(row["stack"]).apply(plan, hw)
     decode = plan.phase == "decode"
     tbo = "proper" if row["tbo"] == "proper" else "off"
-    s = schedule(model, hw, plan, PRESET, TraceOptions(tbo=tbo, launch_us=0.0 if decode else None))
+    s = schedule(Target(model, hw, PRESET, plan), TraceOptions(tbo=tbo, launch_us=0.0 if decode else None))
     return row["per_step"] / (s.span_us / 1e6)
 
 
@@ -63,7 +64,7 @@ def _deepep_gbps(row: dict) -> float:
     hw = replace(hw, comm={**hw.comm, "intranode": backend})
     plan = validate(Plan(phase="prefill", batch=1, seq_len=DEEPEP_TOKENS, tp=1, dp=DEEPEP_EP, microbatches=1,
                          comm="intranode", routing="uniform", gpus_per_node=8), model, hw)
-    w = next(w for w in a2a_ops(model, plan, PRESET, hw, tokens(model, plan, PRESET)) if w.name == row["kernel"])
+    w = next(w for w in a2a_ops(Target(model, hw, PRESET, plan), tokens(model, plan, PRESET)) if w.name == row["kernel"])
     us = op_time(w, plan, hw, PRESET).us
     E, k, per_rank = model.routed_experts, model.activated_experts, model.routed_experts // DEEPEP_EP
     miss = 1.0

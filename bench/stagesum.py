@@ -8,6 +8,7 @@ from tracegen.cost import op_time
 from tracegen.ops import layer_ops
 from tracegen.plan import Plan
 from tracegen.preset import load_preset
+from tracegen.target import Target
 
 DEFAULT = load_preset("default")
 MODEL = load_model("deepseek-v3")
@@ -21,7 +22,7 @@ SGLANG_EPLB_DEFAULT = 50302.0 / 59337.0
 
 def stage_sums(stages: dict[str, tuple[str, ...]], plan: Plan, hw) -> dict[str, float]:
     """A published table's stages as sums of the cost model's ops of one MoE layer (us)."""
-    us = {w.name: op_time(w, plan, hw, DEFAULT).us for w in layer_ops(MODEL, plan, DEFAULT, hw, dense=False)}
+    us = {w.name: op_time(w, plan, hw, DEFAULT).us for w in layer_ops(Target(MODEL, hw, DEFAULT, plan), dense=False)}
     missing = {o for ops in stages.values() for o in ops} - set(us)
     if missing:
         raise RuntimeError(f"bench: the layer has no op {sorted(missing)[0]!r}")

@@ -33,6 +33,7 @@ from tracegen.plan import Plan
 from tracegen.power import Draw, draw
 from tracegen.preset import load_preset
 from tracegen.routing import fanout
+from tracegen.target import Target
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT.parent / "shared" / "traces" / "deepseek-profile-data" / "train.json"
@@ -122,7 +123,7 @@ def predicted() -> dict[str, float]:
     hw = replace(load_hardware("h800"), throttle=train_draw().throttle)
     p = plan()
     out = {}
-    for w in layer_ops(MODEL, p, PRESET, hw, dense=False):
+    for w in layer_ops(Target(MODEL, hw, PRESET, p), dense=False):
         if w.name in ("routed_up", "routed_down"):
             out[w.name] = op_time(w, p, hw, PRESET, overlapped=True).us
         elif w.name in ("dispatch", "combine"):

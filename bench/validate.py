@@ -25,6 +25,7 @@ from tracegen.plan import Plan
 from tracegen.preset import load_preset
 from tracegen.schedule import Schedule
 from tracegen.stack import load_stack
+from tracegen.target import Target
 
 from .labels import Claim, claim
 
@@ -63,7 +64,7 @@ class Row:
         return 1.0 if self.balanced else load_stack(self.stack).eplb[self.plan.phase]
 
     def step(self) -> Schedule:
-        return schedule(MODEL, load_hardware(self.hardware), self.plan_under_stack(), DEFAULT,
+        return schedule(Target(MODEL, load_hardware(self.hardware), DEFAULT, self.plan_under_stack()),
                         TraceOptions(tbo="proper"))
 
     def claim(self) -> Claim:
@@ -147,7 +148,7 @@ SCHED_RANGE_MS = {"prefill": (0.0, 30.0), "decode": (0.0, 5.0)}    # the stacks'
 
 
 def _tokens_per_s(r: Row, plan: Plan) -> float:
-    s = schedule(MODEL, load_hardware(r.hardware), plan, DEFAULT, TraceOptions(tbo="proper"))
+    s = schedule(Target(MODEL, load_hardware(r.hardware), DEFAULT, plan), TraceOptions(tbo="proper"))
     return r.tokens_per_step / (s.span_us / 1e3) * 1e3 * r.factor
 
 
@@ -191,7 +192,7 @@ def decode_table_rows(reference: Path = REFERENCE) -> list[dict]:
     mb = replace(DECODE_TABLE_PLAN.split(2), imbalance=1.0)
     got = stage_sums(DECODE_STAGES, mb, hw)
     out = [{"stage": st, "published_us": published[st], "predicted_us": got[st]} for st in DECODE_STAGES]
-    s = schedule(MODEL, hw, DECODE_TABLE_PLAN, DEFAULT, TraceOptions(tbo="proper"))
+    s = schedule(Target(MODEL, hw, DEFAULT, DECODE_TABLE_PLAN), TraceOptions(tbo="proper"))
     gpu = [i for i in s.intervals if i.key is not None]
     layers_end = max(i.end for i in gpu if i.key[0] < MODEL.layers)
     out.append({"stage": "layers_61_total", "published_us": published["layers_61_total_ms"] * 1e3,
@@ -212,7 +213,7 @@ def ascend_fused_rows() -> list[dict]:
     out = []
     for op, ep, published in ASCEND_FUSED:
         plan = Plan(phase="decode", batch=128, seq_len=4096, dp=ep, comm="ascend-fused", precision="int8")
-        w = next(w for w in layer_ops(MODEL, plan, DEFAULT, hw, dense=False) if w.name == op)
+        w = next(w for w in layer_ops(Target(MODEL, hw, DEFAULT, plan), dense=False) if w.name == op)
         us = op_time(w, plan, hw, DEFAULT).us
         out.append({"op": op, "ep": ep, "published_us": published, "predicted_us": us,
                     "error_pct": 100 * (us / published - 1)})
@@ -222,14 +223,15 @@ def ascend_fused_rows() -> list[dict]:
 def h100_capture_rows() -> list[dict]:
     """The single-H100 layer capture (traces/observed/h100) per stage: median |error| over its layers."""
     from replay.analyze import analyze, analyze_one_step
-    from replay.compare import compare, load_stage_rules
+    from replay.compare import compare
+    from replay.stagerules import load_stage_rules
     obs_dir = ROOT / "traces" / "observed" / "h100"
     plan = Plan(phase="prefill", batch=2, seq_len=4096, dp=32, comm="pcie-copy", routing="spread")
     tax = str(obs_dir / "taxonomy.toml")
     with tempfile.TemporaryDirectory() as d:
         pred = Path(d) / "pred.json.gz"
         from tracegen.trace import write_trace
-        sched = schedule(MODEL, load_hardware("h100"), plan, DEFAULT,
+        sched = schedule(Target(MODEL, load_hardware("h100"), DEFAULT, plan),
                          TraceOptions(tbo="proper", layers=4, skip_dense=True))
         write_trace(sched, pred, {"tbo": "proper"})
         res = compare(analyze(pred, use_cache=False),
@@ -266,8 +268,8 @@ def tbo_ablation_rows() -> list[dict]:
         r = rows[key]
         hw = load_hardware(r.hardware)
         plan = r.plan_under_stack()
-        on = schedule(MODEL, hw, replace(plan, batch=b_on), DEFAULT, TraceOptions(tbo="proper"))
-        off = schedule(MODEL, hw, replace(plan, batch=b_off, microbatches=1), DEFAULT, TraceOptions(tbo="off"))
+        on = schedule(Target(MODEL, hw, DEFAULT, replace(plan, batch=b_on)), TraceOptions(tbo="proper"))
+        off = schedule(Target(MODEL, hw, DEFAULT, replace(plan, batch=b_off, microbatches=1)), TraceOptions(tbo="off"))
         speedup = (b_on / on.span_us) / (b_off / off.span_us)
         lo, hi = published
         err = 0.0 if lo <= speedup <= hi else 100 * (speedup / (lo if speedup < lo else hi) - 1)

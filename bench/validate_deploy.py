@@ -21,6 +21,7 @@ from tracegen.catalog import load_hardware
 from tracegen.preset import load_preset
 from tracegen.resolve import default_backend
 from tracegen.stack import load_stack
+from tracegen.target import Target
 
 from .labels import Claim
 
@@ -192,7 +193,7 @@ def day6_checks() -> dict[str, float]:
     hw, model = load_hardware("h800"), load_model("deepseek-v3")
     plan = load_stack("deepseek-2025-02").apply(
         Plan(phase="decode", batch=128, seq_len=4096, dp=128, comm="ibgda", mtp=1, mtp_accept=0.85), hw)
-    step = schedule(model, hw, plan, load_preset("default"), TraceOptions(tbo="proper", launch_us=0.0))
+    step = schedule(Target(model, hw, load_preset("default"), plan), TraceOptions(tbo="proper", launch_us=0.0))
     return {"utilisation": node_s / (DAY6_NODES * 86400), "prefill_per_node": pre, "decode_per_node": dec,
             "tps_user": plan.accepted_per_request / (step.span_us / 1e6), "step_ms": step.span_us / 1e3}
 

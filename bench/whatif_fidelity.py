@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from replay.analyze import analyze, analyze_one_step
-from replay.compare import load_stage_rules
+from replay.stagerules import load_stage_rules
 from replay.whatif import Change, retime
 from replay.stagegraph import stage_graph
 from tracegen.schedule import summary

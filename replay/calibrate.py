@@ -26,7 +26,7 @@ from tracegen.ops import layer_ops
 from tracegen.plan import elem_bytes
 
 from .events import Trace, load, text
-from .generated import target
+from .generated import generated_run
 from .taxonomy import classify, load_taxonomy
 
 _KV = re.compile(r"(\w+)=([^\s]+)")
@@ -98,12 +98,12 @@ def _expert_halves(name: str, gemms: tuple, durs: np.ndarray, rate: str) -> list
 
 def from_generated(trace: Trace) -> list[Obs]:
     """One observation per op of each compute stage of the first rank of a tracegen trace."""
-    t = target(trace)
+    t = generated_run(trace)
     if t.preset.name != "default":
         raise UserError("calibration needs a trace generated with the default preset (seed004 has no curves)")
     mb_plan = replace(t.plan.split(t.plan.microbatches), imbalance=1.0)
     works = {(dense, w.name): w for dense in (True, False)
-             for w in layer_ops(t.model, mb_plan, t.preset, t.hardware, dense)}
+             for w in layer_ops(t.target.with_plan(mb_plan), dense)}
     boost = replace(t.hardware, throttle=0.0)
 
     def at_boost(w, us: float) -> float:
@@ -158,7 +158,7 @@ def starting_hardware(trace: Trace, hardware: str | None, hardware_file: str | N
     if hardware or hardware_file:
         return load_hardware(hardware, hardware_file)
     if trace.generated:
-        return target(trace).hardware
+        return generated_run(trace).hardware
     gpu = " ".join(d.get("name", "") for d in trace.meta.get("deviceProperties", [])[:1])
     return hardware_of_device(gpu)
 

@@ -170,7 +170,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from tracegen.base.fileio import atomic_write
 
     from .analyze import analyze, analyze_one_step
-    from .compare import compare, load_stage_rules, render, to_json
+    from .compare import compare, render, to_json
+    from .stagerules import load_stage_rules
     rank_map = {}
     for item in (args.rank_map or "").split(","):
         if item.strip():
@@ -200,7 +201,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from tracegen.base.fileio import atomic_write
 
     from .analyze import analyze
-    from .compare import load_stage_rules
+    from .stagerules import load_stage_rules
     from .diff import diff, figure, render
     if args.fail_if_slower is not None and not args.fail_if_slower >= 0:
         raise UserError(f"--fail-if-slower is a percentage >= 0, got {args.fail_if_slower}")
@@ -240,7 +241,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_whatif(args: argparse.Namespace) -> int:
     from .analyze import analyze_one_step
-    from .compare import load_stage_rules
+    from .stagerules import load_stage_rules
     from .whatif import Change, whatif_trace
     for name in ("comm_scale", "compute_scale"):
         if getattr(args, name) <= 0:

@@ -6,11 +6,6 @@ a stage is (observed - predicted) / predicted: +20 % means the real stage took 2
 from __future__ import annotations
 
 import re
-import tomllib
-from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +18,7 @@ from .analysis import Analysis
 from .events import text
 from .intervals import intersection, length, union
 from .overlap import gpu_work
-from .stagerules import StageRules, canonical_stage, load_stage_rules
+from .stagerules import StageRules, canonical_stage
 from .structure import TRAINING_PASSES
 
 

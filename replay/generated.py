@@ -16,12 +16,14 @@ from tracegen.catalog import (
 )
 from tracegen.plan import Plan
 from tracegen.preset import Preset, load_preset
+from tracegen.target import Target
 
 from .events import Trace
 
 
 @dataclass(frozen=True)
-class Target:
+class GeneratedRun:
+    """The target a tracegen trace was generated for, and how it ran (ranks, launch cost, loads)."""
     model: Model
     hardware: Hardware        # as it ran: the preset's table and the user's what-ifs applied
     preset: Preset
@@ -31,8 +33,12 @@ class Target:
     load_factors: tuple[float, ...]
     dense_layers: frozenset[int]
 
+    @property
+    def target(self) -> Target:
+        return Target(self.model, self.hardware, self.preset, self.plan)
 
-def target(trace: Trace) -> Target:
+
+def generated_run(trace: Trace) -> GeneratedRun:
     """The generated trace's target; a UserError for a profiler trace or a broken contract."""
     meta = trace.generator
     src = trace.sources[0] if trace.sources else "trace"
@@ -61,9 +67,9 @@ def target(trace: Trace) -> Target:
     preset = load_preset(meta.preset or "default")
     if meta.comm_in_situ is not None:
         preset = replace(preset, comm_in_situ=bool(meta.comm_in_situ))
-    return Target(model, hw, preset, plan, int(meta.ranks or 1),
-                  float(meta.launch_us if meta.launch_us is not None else hw.cpu_launch_us), loads,
-                  frozenset(int(x) for x in (meta.dense_layers or [])))
+    return GeneratedRun(model, hw, preset, plan, int(meta.ranks or 1),
+                        float(meta.launch_us if meta.launch_us is not None else hw.cpu_launch_us), loads,
+                        frozenset(int(x) for x in (meta.dense_layers or [])))
 
 
-__all__ = ["Target", "target"]
+__all__ = ["GeneratedRun", "generated_run"]

@@ -29,10 +29,11 @@ from tracegen.preset import Preset, load_preset
 from tracegen.schedule import Interval
 
 from .analysis import Analysis
-from .compare import StageRules, label_stages, refuse_training
+from .compare import label_stages, refuse_training
+from .stagerules import StageRules
 from .hostview import host_view
 from .intervals import coverage, intersection, length, union
-from .generated import target
+from .generated import generated_run
 
 Key = tuple[int, int, str]
 
@@ -68,7 +69,7 @@ def stage_graph(a: Analysis, rules: StageRules, hardware: str | None = None) -> 
 
 def _generated(a: Analysis) -> StageGraph:
     """Stages of rank 0 from tracegen's args (the other ranks differ only by their load factor)."""
-    t = target(a.trace)
+    t = generated_run(a.trace)
     ev = a.events
     if t.ranks > 1 and ev["rank"].nunique() < t.ranks:
         raise UserError(f"--rank: a tracegen trace is re-timed on all its {t.ranks} ranks together (they wait "

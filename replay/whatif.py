@@ -20,8 +20,7 @@ from tracegen.schedule import Interval, Schedule, simulate, summary
 from tracegen.trace import write_trace
 
 from .analysis import Analysis
-from .compare import StageRules
-from .intervals import coverage, union
+from .stagerules import StageRules
 from .stagegraph import StageGraph, stage_graph
 
 

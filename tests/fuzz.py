@@ -34,6 +34,7 @@ from hypothesis import seed as hseed
 from hypothesis import strategies as st
 
 from tracegen.base.errors import UserError
+from tracegen.target import Target
 
 # ----------------------------------------------------------------------------- trace inputs
 KERNELS = ["sm90_xmma_gemm_e4m3bf16_f32_tn_n_tilesize128x128", "deep_gemm::fp8_gemm_kernel<grouped>",
@@ -291,7 +292,7 @@ def target_tracegen(plan: dict[str, Any], tmp: Path) -> str:
         model, hw, preset = resolve_target(hardware=plan["hardware"], preset=plan["preset"],
                                            **{k: plan.get(k) for k in ("hbm_gbps", "scaleout_gbps")})
         p = resolve_plan(plan["phase"], model, hw, preset, **{k: plan.get(k) for k in PLAN_FIELDS if k in plan})
-        est = estimate(model, hw, p, preset)
+        est = estimate(Target(model, hw, preset, p))
         for row in est.rows:
             _check(math.isfinite(row.ms) and row.ms >= 0, f"op {row.name}: {row.ms} ms")
         _check(math.isfinite(est.sum_ms) and est.sum_ms > 0, "a non-finite or zero total")
@@ -303,7 +304,7 @@ def target_tracegen(plan: dict[str, Any], tmp: Path) -> str:
                                                                    "microbatches": 1})
         if launch is not None and not (isinstance(launch, (int, float)) and math.isfinite(launch)):
             raise UserError("--launch-us must be a finite number")       # what the CLI's type says
-        check_schedule(schedule(model, hw, p, preset, opts))
+        check_schedule(schedule(Target(model, hw, preset, p), opts))
     except UserError:
         return "refused"
     return "answered"

@@ -9,6 +9,7 @@ from typing import Any
 
 from tracegen.pipeline import TraceOptions, schedule
 from tracegen.resolve import resolve_plan, resolve_target
+from tracegen.target import Target
 
 
 def make_schedule(phase: str = "prefill", hardware: str = "h800", model: str = "deepseek-v3",
@@ -17,7 +18,7 @@ def make_schedule(phase: str = "prefill", hardware: str = "h800", model: str = "
     m, hw, p = resolve_target(model, hardware=hardware, preset=preset, **(hw_over or {}))
     plan_kw.setdefault("microbatches", 1 if tbo == "off" else 2)
     plan = resolve_plan(phase, m, hw, p, **plan_kw)
-    return schedule(m, hw, plan, p, TraceOptions(tbo=tbo, layers=layers, ranks=ranks, launch_us=launch_us))
+    return schedule(Target(m, hw, p, plan), TraceOptions(tbo=tbo, layers=layers, ranks=ranks, launch_us=launch_us))
 
 
 def read_trace(path: str | Path) -> dict[str, Any]:

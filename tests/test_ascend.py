@@ -10,6 +10,7 @@ import pytest
 from bench import ascend
 from tracegen.catalog import load_hardware
 from tracegen.cli import main as tracegen
+from tracegen.target import Target
 
 from .conftest import REFERENCE, reference_rows
 
@@ -120,7 +121,7 @@ def test_dispatch_payload_is_int8_on_ascend():
     from tracegen.resolve import resolve_plan, resolve_target
     m, hw, p = resolve_target("deepseek-v3", hardware="ascend-910c")
     plan = resolve_plan("decode", m, hw, p, batch=96, dp=288, redundant_experts=32)
-    ops = {w.name: w for w in layer_ops(m, plan, p, hw, dense=False)}
+    ops = {w.name: w for w in layer_ops(Target(m, hw, p, plan), dense=False)}
     copies = plan.batch * m.activated_experts * (plan.ep_size - 1) / plan.ep_size
     per_copy = {n: (ops[n].scaleup_bytes + ops[n].scaleout_bytes) / copies for n in ("dispatch", "combine")}
     assert per_copy["dispatch"] == pytest.approx(m.hidden * (1 + 4 / 128))         # 7,392 B ~ 7.5 KB

@@ -20,6 +20,7 @@ from tracegen.fit import FITTED, Obs, _Products, compute_us, fit, predict_us
 from tracegen.ops import layer_ops
 from tracegen.preset import load_preset
 from tracegen.resolve import resolve_plan
+from tracegen.target import Target
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "traces" / "observed" / "h100" / "sweep.json.gz"
@@ -151,7 +152,7 @@ def test_fit_predicts_what_op_time_predicts(phase, hardware):
     into an observation, gets cost.op_time's time; the optimiser's vectorised compute term agrees."""
     model, hw, preset = load_model("deepseek-v3"), load_hardware(hardware), load_preset("default")
     plan = resolve_plan(phase, model, hw, preset)
-    works = [w for dense in (True, False) for w in layer_ops(model, plan, preset, hw, dense) if not w.is_comm]
+    works = [w for dense in (True, False) for w in layer_ops(Target(model, hw, preset, plan), dense) if not w.is_comm]
     obs = [Obs(w.kind, w.name, w.m, w.flops, w.hbm_bytes, w.rate, 1.0, w.kernels, gemms=w.gemms, phase=phase)
            for w in works]
     want = np.array([op_time(w, plan, hw, preset).us for w in works])

@@ -9,7 +9,7 @@ import pytest
 
 from replay.analyze import analyze
 from replay.cli import main as replay
-from replay.compare import load_stage_rules
+from replay.stagerules import load_stage_rules
 from tracegen.cli import main as tracegen
 
 from .helpers import read_trace

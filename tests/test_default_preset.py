@@ -11,6 +11,7 @@ from tracegen.estimate import estimate
 from tracegen.ops import layer_ops
 from tracegen.plan import Plan
 from tracegen.preset import load_preset
+from tracegen.target import Target
 
 MODEL = load_model("deepseek-v3")
 H800 = load_hardware("h800")
@@ -19,7 +20,7 @@ SEED = load_preset("seed004")
 
 
 def ops(plan, preset=DEFAULT, dense=False, hw=H800):
-    return {w.name: w for w in layer_ops(MODEL, plan, preset, hw, dense)}
+    return {w.name: w for w in layer_ops(Target(MODEL, hw, preset, plan), dense)}
 
 
 def prefill(**kw):
@@ -56,7 +57,7 @@ def test_allreduce_moves_the_real_activation():
 def test_every_compute_op_is_max_of_compute_memory_and_kernel_floor():
     for phase in ("prefill", "decode"):
         plan = Plan(phase=phase, batch=8 if phase == "decode" else 1, seq_len=4096, tp=1, dp=32)
-        for w in layer_ops(MODEL, plan, DEFAULT, H800, dense=False):
+        for w in layer_ops(Target(MODEL, H800, DEFAULT, plan), dense=False):
             t = op_time(w, plan, H800, DEFAULT)
             if w.is_compute:
                 floor = H800.curve(w.kind).floor_us * w.kernels / 1e3
@@ -89,7 +90,7 @@ def test_overlapped_sum_never_below_either_side_and_never_above_the_plain_sum():
     for phase in ("prefill", "decode"):
         for batch in (1, 4, 64):
             plan = Plan(phase=phase, batch=batch, seq_len=4096, tp=1, dp=32)
-            est = estimate(MODEL, H800, plan, DEFAULT)
+            est = estimate(Target(MODEL, H800, DEFAULT, plan))
             comm = sum(t.ms for t in est.moe_ops if t.work.kind == "a2a")
             assert est.sum_overlap_ms <= est.sum_ms + 1e-9
             assert est.sum_overlap_ms >= MODEL.moe_layers * comm - 1e-9
@@ -107,6 +108,6 @@ def test_every_catalog_pair_estimates(model, hw, phase):
     m, h = load_model(model), load_hardware(hw)
     comm = "ascend-fused" if hw == "ascend-910c" else ("ibgda" if phase == "decode" else "normal")
     plan = Plan(phase=phase, batch=4 if phase == "prefill" else 64, seq_len=2048, tp=1, dp=16, comm=comm)
-    est = estimate(m, h, plan, DEFAULT)
+    est = estimate(Target(m, h, DEFAULT, plan))
     assert 0 < est.sum_overlap_ms <= est.sum_ms
     assert all(r.ms >= 0 for r in est.rows)

@@ -21,6 +21,7 @@ from tracegen.serving.metrics import summary, tpot_s
 from tracegen.serving.simulate import DECODE
 from tracegen.serving.workload import Workload, load, synthetic
 from tracegen.base.errors import UserError
+from tracegen.target import Target
 
 TARGET = resolve_target("deepseek-v3", hardware="h800")
 CACHE: dict = {}
@@ -32,7 +33,7 @@ def sim(d: Deployment, w: Workload):
 
 def span_ms(plan, launch_us: float | None = None) -> float:
     m, hw, p = TARGET
-    return schedule(m, hw, validate(plan, m, hw), p, TraceOptions(tbo="proper", launch_us=launch_us)).span_us / 1e3
+    return schedule(Target(m, hw, p, validate(plan, m, hw)), TraceOptions(tbo="proper", launch_us=launch_us)).span_us / 1e3
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -291,16 +292,16 @@ def test_af_cycle_is_the_pipeline_of_its_four_terms():
     plan = resolve_plan("decode", m, hw, p, tp=1, dp=96, ep=96, batch=96, seq_len=4096, microbatches=1)
     for mb in (1, 2, 3):
         shape = af.AFShape(96, 48, mb)
-        t = af.layer_terms(m, hw, p, plan, shape)
+        t = af.layer_terms(Target(m, hw, p, plan), shape)
         assert all(v > 0 for v in t.values())
         cycle = max(mb * t["attention"], mb * t["experts"], sum(t.values()))
-        fixed = af.step_ms(m, hw, p, plan, shape) - m.moe_layers * cycle
+        fixed = af.step_ms(Target(m, hw, p, plan), shape) - m.moe_layers * cycle
         assert fixed > 0                               # dense layers, LM head
         if mb == 1:
             assert cycle == pytest.approx(sum(t.values()))       # one micro-batch: nothing overlaps
     # more expert GPUs: fewer tokens each, so the expert side's time falls
-    t48 = af.layer_terms(m, hw, p, plan, af.AFShape(96, 48, 3))["experts"]
-    t96 = af.layer_terms(m, hw, p, plan, af.AFShape(96, 96, 3))["experts"]
+    t48 = af.layer_terms(Target(m, hw, p, plan), af.AFShape(96, 48, 3))["experts"]
+    t96 = af.layer_terms(Target(m, hw, p, plan), af.AFShape(96, 96, 3))["experts"]
     assert t96 < t48
 
 

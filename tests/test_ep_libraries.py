@@ -6,7 +6,6 @@ dispatch wait."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

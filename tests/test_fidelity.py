@@ -21,6 +21,7 @@ from tracegen.preset import load_preset
 from tracegen.routing import fanout
 from tracegen.schedule import summary
 from tracegen.trace import write_trace
+from tracegen.target import Target
 
 from .conftest import REFERENCE, TRAIN_JSON
 from .helpers import make_schedule, read_trace
@@ -62,7 +63,7 @@ def test_normal_dispatch_counts_bytes_as_deepep_publishes_them():
     pipeline, and DeepEP's published GB/s count it) / the release's GB/s at that EP, + latency."""
     for release, gbps in (("first", 44.0), ("latest", 58.0)):
         plan = Plan(phase="prefill", batch=1, seq_len=4096, dp=32, comm="normal", comm_release=release)
-        d, _ = a2a_ops(MODEL, plan, DEFAULT, H800, tokens(MODEL, plan, DEFAULT))
+        d, _ = a2a_ops(Target(MODEL, H800, DEFAULT, plan), tokens(MODEL, plan, DEFAULT))
         t = op_time(d, plan, H800, DEFAULT)
         want = d.scaleout_bytes * 4 / 3 / (gbps * 1e6)
         assert t.terms["scaleout_ms"] == pytest.approx(want, rel=1e-9)
@@ -72,13 +73,13 @@ def test_normal_dispatch_counts_bytes_as_deepep_publishes_them():
 def test_low_latency_kernels_take_the_published_time_at_the_published_payload():
     for release, disp, comb in (("first", 192, 369), ("latest", 192, 369)):
         plan = Plan(phase="decode", batch=128, seq_len=4096, dp=128, comm="ibgda", comm_release=release)
-        ops = {w.name: w for w in layer_ops(MODEL, plan, DEFAULT, H800, dense=False)}
+        ops = {w.name: w for w in layer_ops(Target(MODEL, H800, DEFAULT, plan), dense=False)}
         assert op_time(ops["dispatch"], plan, H800, DEFAULT).us == pytest.approx(disp)   # 128 tokens per rank
         assert op_time(ops["combine"], plan, H800, DEFAULT).us == pytest.approx(comb)
     # at EP8 the current release uses NVLink inside the node: much faster than the first
     first = Plan(phase="decode", batch=128, seq_len=4096, dp=8, comm="ibgda", comm_release="first")
     latest = Plan(phase="decode", batch=128, seq_len=4096, dp=8, comm="ibgda", comm_release="latest")
-    d = lambda p: op_time(next(w for w in layer_ops(MODEL, p, DEFAULT, H800, False) if w.name == "dispatch"),  # noqa
+    d = lambda p: op_time(next(w for w in layer_ops(Target(MODEL, H800, DEFAULT, p), False) if w.name == "dispatch"),  # noqa
                           p, H800, DEFAULT).us
     assert d(first) == pytest.approx(163) and d(latest) == pytest.approx(77)
 
@@ -103,8 +104,8 @@ def test_bad_step_options_are_refused(capsys, argv, needle):
 
 def test_estimate_names_the_per_step_terms_and_credits_mtp():
     base = Plan(phase="decode", batch=128, seq_len=4096, dp=128, comm="ibgda")
-    plain = estimate(MODEL, H800, base, DEFAULT)
-    mtp = estimate(MODEL, H800, Plan(**{**base.__dict__, "mtp": 1, "mtp_accept": 0.8, "sched_ms": 5.0}), DEFAULT)
+    plain = estimate(Target(MODEL, H800, DEFAULT, base))
+    mtp = estimate(Target(MODEL, H800, DEFAULT, Plan(**{**base.__dict__, "mtp": 1, "mtp_accept": 0.8, "sched_ms": 5.0})))
     rows = {r.name: r for r in mtp.rows}
     assert {"Head", "MTP", "Scheduler"} <= set(rows) and "MTP" not in {r.name for r in plain.rows}
     assert rows["Scheduler"].total_ms == 5.0 and rows["MTP"].layers == 1
@@ -228,7 +229,7 @@ def test_ascend_fused_kernels_follow_the_papers_points_and_the_unified_bus():
 
     def dispatch(ep: int, hw_) -> float:
         plan = Plan(phase="decode", batch=128, seq_len=4096, dp=ep, comm="ascend-fused", precision="int8")
-        return op_time(next(w for w in layer_ops(MODEL, plan, DEFAULT, hw_, False) if w.name == "dispatch"),
+        return op_time(next(w for w in layer_ops(Target(MODEL, hw_, DEFAULT, plan), False) if w.name == "dispatch"),
                        plan, hw_, DEFAULT).us
     assert 116 < dispatch(64, hw) < 152 and dispatch(64, hw) == pytest.approx(116 + (152 - 116) * 3 / 5, rel=1e-9)
     from dataclasses import replace

@@ -13,6 +13,7 @@ from tracegen.catalog import load_hardware, load_model
 from tracegen.pipeline import TraceOptions, schedule
 from tracegen.plan import Plan
 from tracegen.preset import load_preset
+from tracegen.target import Target
 
 OBS = Path(__file__).resolve().parents[1] / "traces" / "observed" / "h100"
 TAXONOMY = OBS / "taxonomy.toml"
@@ -53,7 +54,7 @@ def test_tracegen_predicts_the_observed_span_within_15_percent(capture, observed
     run = next(r for r in capture["layer_runs"] if r["order"] == order)
     # the stand-in copied one payload per node of each chosen group (routing "spread", as captured)
     plan = Plan(**{"routing": "spread", **capture["layer_plan"]}, gpus_per_node=8)
-    sched = schedule(load_model("deepseek-v3"), load_hardware("h100"), plan, load_preset("default"),
+    sched = schedule(Target(load_model("deepseek-v3"), load_hardware("h100"), load_preset("default"), plan),
                      TraceOptions(tbo=order, layers=len(run["layers"]), skip_dense=True))
     predicted = sched.span_us
     seen = observed[order].ranks[0]["span_us"]

@@ -13,6 +13,7 @@ from tracegen.catalog import load_hardware, load_model
 from tracegen.pipeline import TraceOptions, beside_compute, schedule
 from tracegen.plan import Plan
 from tracegen.preset import load_preset
+from tracegen.target import Target
 
 MODEL = load_model("deepseek-v3")
 DEFAULT = load_preset("default")
@@ -36,7 +37,7 @@ def test_leave_one_out_within_5_percent():
 
 def _prefill(preset=DEFAULT, tbo="proper", mb=2):
     plan = Plan(phase="prefill", batch=2, seq_len=4096, dp=32, comm="normal", comm_release="first", microbatches=mb)
-    return schedule(MODEL, load_hardware("h800"), plan, preset, TraceOptions(tbo=tbo, layers=4, skip_dense=True))
+    return schedule(Target(MODEL, load_hardware("h800"), preset, plan), TraceOptions(tbo=tbo, layers=4, skip_dense=True))
 
 
 def test_overlapped_prefill_communication_runs_slower_by_the_term():
@@ -64,7 +65,7 @@ def test_serial_prefill_communication_runs_alone():
 def test_low_latency_kernels_hold_no_sms_and_are_not_stretched():
     plan = Plan(phase="decode", batch=128, seq_len=4096, dp=128, comm="ibgda", comm_release="first")
     hw = load_hardware("h800")
-    a = schedule(MODEL, hw, plan, DEFAULT, TraceOptions(tbo="proper", layers=4, skip_dense=True))
-    b = schedule(MODEL, hw, plan, replace(DEFAULT, comm_in_situ=False), TraceOptions(tbo="proper", layers=4,
+    a = schedule(Target(MODEL, hw, DEFAULT, plan), TraceOptions(tbo="proper", layers=4, skip_dense=True))
+    b = schedule(Target(MODEL, hw, replace(DEFAULT, comm_in_situ=False), plan), TraceOptions(tbo="proper", layers=4,
                                                                                         skip_dense=True))
     assert a.span_us == pytest.approx(b.span_us, rel=1e-12)

@@ -267,7 +267,8 @@ def test_whatif_reads_the_dispatch_stall_from_the_cpu_timeline(tmp_path, capsys)
 
 def test_compare_and_whatif_take_one_step_of_a_multi_step_trace():
     from replay.analyze import analyze_one_step
-    from replay.compare import load_stage_rules, stage_table
+    from replay.compare import stage_table
+    from replay.stagerules import load_stage_rules
     rules = load_stage_rules(None)
     one, note = analyze_one_step(CAP / "prefill-proper", use_cache=False, progress=False)
     assert "step 3 of steps 1, 2, 3" in note and set(one.events["step"]) == {3}

@@ -14,6 +14,7 @@ from tracegen.pipeline import TraceOptions, schedule
 from tracegen.plan import Plan
 from tracegen.power import draw
 from tracegen.preset import load_preset
+from tracegen.target import Target
 
 MODEL = load_model("deepseek-v3")
 H800 = load_hardware("h800")
@@ -64,8 +65,8 @@ def _stage_us(sched, name: str) -> dict[str, float]:
 
 def test_a_prefill_step_lowers_the_clock_and_slows_only_compute_bound_kernels():
     opts = TraceOptions(tbo="proper", layers=8)
-    hot = schedule(MODEL, H800, PREFILL, DEFAULT, opts)
-    boost = schedule(MODEL, H800, PREFILL, replace(DEFAULT, power_limit=False), opts)
+    hot = schedule(Target(MODEL, H800, DEFAULT, PREFILL), opts)
+    boost = schedule(Target(MODEL, H800, replace(DEFAULT, power_limit=False), PREFILL), opts)
     assert hot.power is not None and hot.power.throttle > 0 and boost.power is None
     assert boost.span_us < hot.span_us
     s = max(POWER.slowdown.values())
@@ -82,7 +83,7 @@ def test_a_prefill_step_lowers_the_clock_and_slows_only_compute_bound_kernels():
 
 
 def test_a_decode_step_keeps_the_boost_clock():
-    sched = schedule(MODEL, H800, DECODE, DEFAULT, TraceOptions(tbo="proper", layers=8))
+    sched = schedule(Target(MODEL, H800, DEFAULT, DECODE), TraceOptions(tbo="proper", layers=8))
     assert sched.power is not None and sched.power.throttle == 0.0
     assert sched.power.demand_w < POWER.limit_w
 
@@ -91,10 +92,10 @@ def test_estimate_and_trace_agree_on_the_draw_and_say_it(tmp_path, capsys):
     """The default prefill throttles in both (the estimate's span is its overlap formula, so the
     figures differ a little); the default decode in neither; seed004 has no power model."""
     plan = Plan(phase="prefill", batch=4, seq_len=4096, dp=32)
-    est = estimate(MODEL, H800, plan, DEFAULT).to_dict()
+    est = estimate(Target(MODEL, H800, DEFAULT, plan)).to_dict()
     assert est["power_throttle"] > 0 and est["power_demand_w"] > POWER.limit_w
-    assert estimate(MODEL, H800, DECODE, DEFAULT).to_dict()["power_throttle"] == 0.0
-    seed = estimate(MODEL, H800, plan, load_preset("seed004")).to_dict()
+    assert estimate(Target(MODEL, H800, DEFAULT, DECODE)).to_dict()["power_throttle"] == 0.0
+    seed = estimate(Target(MODEL, H800, load_preset("seed004"), plan)).to_dict()
     assert "power_demand_w" not in seed
     from tracegen.cli import main
     assert main(["estimate"]) == 0

@@ -9,6 +9,7 @@ from tracegen.estimate import estimate
 from tracegen.plan import Plan
 from tracegen.preset import load_preset
 from tracegen.schedule import summary
+from tracegen.target import Target
 
 from .helpers import make_schedule
 
@@ -63,7 +64,7 @@ def _fixed_clock(tbo: str):
     from tracegen.resolve import resolve_plan, resolve_target
     m, hw, p = resolve_target("deepseek-v3", hardware="h800")
     plan = resolve_plan("prefill", m, hw, p, microbatches=2)
-    return schedule(m, hw, plan, replace(p, power_limit=False), TraceOptions(tbo=tbo, layers=8))
+    return schedule(Target(m, hw, replace(p, power_limit=False), plan), TraceOptions(tbo=tbo, layers=8))
 
 
 def test_proper_order_never_starves_compute_on_a_blocked_cpu():
@@ -110,7 +111,7 @@ def test_seed004_overlap_off_matches_estimate_per_layer(phase, hardware, tp, dp,
                           batch=batch, launch_us=0.0)
     plan = Plan(phase=phase, batch=batch, seq_len=4383, kv_hit=0.563 if phase == "prefill" else 0.0, tp=tp, dp=dp,
                 comm=sched.graph.plan.comm, kv_dtype="fp8")
-    est = estimate(load_model("deepseek-v3"), load_hardware(hardware), plan, seed)
+    est = estimate(Target(load_model("deepseek-v3"), load_hardware(hardware), seed, plan))
     moe_ms = sum(t.ms for t in est.moe_ops)
     dense_ms = sum(t.ms for t in est.dense_ops)
     times = sched.layer_time_us(0)

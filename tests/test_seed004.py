@@ -14,6 +14,7 @@ from tracegen.memory import max_batch
 from tracegen.ops import allreduce_op, attention_ops, tokens
 from tracegen.plan import Plan
 from tracegen.preset import load_preset
+from tracegen.target import Target
 
 from .conftest import reference_rows
 
@@ -33,13 +34,13 @@ def printed(value: float, decimals: int) -> float:
 def prefill(gpu: str, tp: int, dp: int, **hw_over: float):
     hw, preset = SEED.resolve(load_hardware(GPU[gpu]), **hw_over)
     plan = Plan(phase="prefill", batch=1, seq_len=4383, kv_hit=0.563, tp=tp, dp=dp, kv_dtype="fp8")
-    return estimate(MODEL, hw, plan, preset)
+    return estimate(Target(MODEL, hw, preset, plan))
 
 
 def decode(gpu: str, tp: int, batch: int, **hw_over: float):
     hw, preset = SEED.resolve(load_hardware(GPU[gpu]), **hw_over)
     plan = Plan(phase="decode", batch=batch, seq_len=4383, tp=tp, dp=1, comm="ibgda", kv_dtype="fp8")
-    return estimate(MODEL, hw, plan, preset)
+    return estimate(Target(MODEL, hw, preset, plan))
 
 
 def test_hardware_table_matches_preset_view():
@@ -165,6 +166,6 @@ def test_decode_max_batch_every_row():
         ep = int(r["ep"][2:])
         plan = Plan(phase="decode", batch=1, seq_len=4383, decode_len=1210, tp=int(r["mla_tp"]), dp=ep, ep=ep,
                     redundant_experts=layouts[r["ep"]], kv_dtype=kv_dtype)
-        got = max_batch(MODEL, load_hardware(GPU[gpu]), plan, SEED,
+        got = max_batch(Target(MODEL, load_hardware(GPU[gpu]), SEED, plan),
                         mla_form="absorbed_merged" if absorbed else "standard")
         assert printed(got, 0) == float(r["max_batch_per_gpu"]), (r, got)

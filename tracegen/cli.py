@@ -46,13 +46,14 @@ layer, microbatch, stage, flops, bytes, and the cost terms behind its duration."
 def cmd_estimate(args: argparse.Namespace) -> int:
     from .estimate import estimate
     from .memory import max_batch
-    model, hw, preset, plan = resolve_args(args)
-    est = estimate(model, hw, plan, preset)
+    target = resolve_args(args)
+    _, hw, preset, plan = target
+    est = estimate(target)
     if plan.phase == "decode":
-        est.extra["max_batch"] = int(max_batch(model, hw, plan, preset))     # whole sequences
+        est.extra["max_batch"] = int(max_batch(target))     # whole sequences
     if preset.step_terms:        # the step as `tracegen trace` schedules it (same plan, its default options)
         from .pipeline import TraceOptions, schedule
-        sched = schedule(model, hw, plan, preset, TraceOptions(tbo="proper" if plan.microbatches == 2 else "off"))
+        sched = schedule(target, TraceOptions(tbo="proper" if plan.microbatches == 2 else "off"))
         est.extra["scheduled_step_ms"] = sched.span_us / 1e3
         est.extra["tokens_per_s_per_gpu_scheduled"] = est.tokens_per_step_per_gpu * 1e6 / sched.span_us
     a = {**assumptions(args, hw, preset, plan), "in_situ_applied": False}    # estimate sums stages, no scheduler
@@ -74,15 +75,16 @@ def cmd_trace(args: argparse.Namespace) -> int:
     output_format(args.output)
     if args.tbo == "off" and args.microbatches is None:
         args.microbatches = 1
-    model, hw, preset, plan = resolve_args(args)
+    target = resolve_args(args)
+    model, hw, preset, plan = target
     if plan.phase == "decode":          # the same memory check as estimate's: said, not refused (a what-if)
         from .memory import max_batch
-        for line in memory_lines(max_batch(model, hw, plan, preset), plan, "the timeline's figures"):
+        for line in memory_lines(max_batch(target), plan, "the timeline's figures"):
             if line.startswith("warning"):
                 print(line, file=sys.stderr)
     opts = TraceOptions(tbo=args.tbo, order_file=args.order, layers=args.layers, skip_dense=args.skip_dense,
                         ranks=args.ranks, launch_us=args.launch_us)
-    sched = schedule(model, hw, plan, preset, opts)
+    sched = schedule(target, opts)
     graph = sched.graph
     tbo = opts.tbo_label
     path = write_trace(sched, args.output, {"tbo": tbo})

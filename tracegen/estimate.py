@@ -11,6 +11,7 @@ from .step import HEAD, MTP_ROW, head_ops, mtp_plan, mtp_proj_ops
 from .plan import Plan
 from .power import compute_bound, draw
 from .preset import Preset
+from .target import Target
 
 ROW_ORDER = ("DenseMLA", "DenseMLP", "MLA", "Gate", "SharedExpert", "RoutedExpert", "Dispatch", "Combine", HEAD,
              MTP_ROW, "Scheduler")
@@ -116,10 +117,11 @@ def overlapped_layer_ms(ops: list[Timed], plan: Plan, hw: Hardware, preset: Pres
     return comm + (compute - comm * share)
 
 
-def estimate(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> Estimate:
+def estimate(target: Target) -> Estimate:
     """The table and totals at the boost clock, then, where the step would draw more than the board's
     limit (power.py), again at the clock that draw leaves."""
-    est, parts = _estimate(model, hw, plan, preset)
+    preset = target.preset
+    est, parts = _estimate(target)
     power = est.hardware.power
     if not preset.power_limit or power is None:
         return est
@@ -127,16 +129,18 @@ def estimate(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> Estimate
     busy = sum(n * t.ms for ts, n in parts for t in ts if t.work.kind != "a2a")
     d = draw(hot, busy, est.sum_overlap_ms, power)
     if d.throttle > 0:
-        est, _ = _estimate(model, replace(hw, throttle=d.throttle), plan, preset)
+        est, _ = _estimate(target.with_hardware(replace(target.hardware, throttle=d.throttle)))
     est.extra.update({f"power_{k}": v for k, v in d.to_dict().items()})
     return est
 
 
-def _estimate(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> tuple[Estimate, list[tuple[list[Timed], int]]]:
-    """The estimate at `hw`'s clock, and its ops with how often each list runs per step."""
+def _estimate(target: Target) -> tuple[Estimate, list[tuple[list[Timed], int]]]:
+    """The estimate at the target hardware's clock, and its ops with how often each list runs per step."""
+    model, hw, preset, plan = target
     hw = preset.apply(hw)
-    dense_ops = [op_time(w, plan, hw, preset) for w in layer_ops(model, plan, preset, hw, dense=True)]
-    moe_ops = [op_time(w, plan, hw, preset) for w in layer_ops(model, plan, preset, hw, dense=False)]
+    target = target.with_hardware(hw)
+    dense_ops = [op_time(w, plan, hw, preset) for w in layer_ops(target, dense=True)]
+    moe_ops = [op_time(w, plan, hw, preset) for w in layer_ops(target, dense=False)]
     parts = [(dense_ops, model.dense_layers), (moe_ops, model.moe_layers)]
     rows = _rows(dense_ops, model.dense_layers) if model.dense_layers else {}
     rows.update(_rows(moe_ops, model.moe_layers))
@@ -154,7 +158,7 @@ def _estimate(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> tuple[E
         if plan.mtp:
             mp = mtp_plan(plan)
             layer = [op_time(w, mp, hw, preset) for w in mtp_proj_ops(model, plan, preset)
-                     + layer_ops(model, mp, preset, hw, dense=False)]
+                     + layer_ops(target.with_plan(mp), dense=False)]
             mhead = [op_time(w, mp, hw, preset) for w in head_ops(model, mp, tokens(model, mp, preset), MTP_ROW, "mtp_")]
             draft = [t if t.work.row == MTP_ROW else replace(t, work=replace(t.work, row=MTP_ROW)) for t in layer + mhead]
             rows.update(_rows(draft, plan.mtp))

@@ -1,9 +1,9 @@
 """Weights and KV cache per GPU, and the largest decode batch that fits in HBM."""
 from __future__ import annotations
 
-from .catalog import Hardware, Model
+from .catalog import Model
 from .plan import Plan
-from .preset import Preset
+from .target import Target
 
 
 def attention_params(model: Model, mla_form: str = "standard") -> float:
@@ -46,8 +46,9 @@ def kv_bytes_per_seq(model: Model, plan: Plan, context: int) -> float:
     return context * per_token
 
 
-def max_batch(model: Model, hw: Hardware, plan: Plan, preset: Preset, mla_form: str | None = None) -> float:
+def max_batch(target: Target, mla_form: str | None = None) -> float:
     """Largest number of sequences of `seq_len + decode_len` tokens one DP group's GPU can hold."""
+    model, hw, preset, plan = target
     hw = preset.apply(hw)
     form = mla_form or preset.decode_mla_form
     mem = preset.memory

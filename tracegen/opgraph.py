@@ -14,6 +14,7 @@ from .ops import layer_ops, tokens
 from .plan import Plan
 from .power import compute_bound
 from .preset import Preset
+from .target import Target
 from .step import MTP_ROW, head_ops, mtp_plan, mtp_proj_ops
 
 # Kernels one op launches (norms, casts, rope, top-k ... included): sets the CPU launch cost.
@@ -179,19 +180,20 @@ def _by_stage(timed: list[Timed], fused_gate: bool) -> dict[str, list[Timed]]:
     return by_stage
 
 
-def build(model: Model, hw: Hardware, plan: Plan, preset: Preset, layers: int | None = None,
-          skip_dense: bool = False) -> OpGraph:
+def build(target: Target, layers: int | None = None, skip_dense: bool = False) -> OpGraph:
     """Stages for every emitted layer and micro-batch (identical micro-batches: the batch split evenly).
     With every layer emitted, the step's tail follows the model's layers as layers of their own: the
     LM head (kind "head"), then per MTP draft token the MTP module (kind "mtp": an MoE layer on one
     token per request) and its head."""
+    model, hw, preset, plan = target
     hw = preset.apply(hw)
+    target = target.with_hardware(hw)
     n_mb = plan.microbatches
     mb_plan = replace(plan.split(n_mb), imbalance=1.0)
     fused = hw.backend(plan.comm).fused
     timed = lambda works, p: [op_time(w, p, hw, preset) for w in works]  # noqa: E731
     per_kind: dict[str, dict[str, list[Timed]]] = {
-        kind: _by_stage(timed(layer_ops(model, mb_plan, preset, hw, kind == "dense"), mb_plan), fused and kind == "moe")
+        kind: _by_stage(timed(layer_ops(target.with_plan(mb_plan), kind == "dense"), mb_plan), fused and kind == "moe")
         for kind in ("dense", "moe")}
     all_layers = [i for i in range(model.layers) if not (skip_dense and i < model.dense_layers)]
     chosen = list(all_layers[:layers] if layers else all_layers)
@@ -204,7 +206,7 @@ def build(model: Model, hw: Hardware, plan: Plan, preset: Preset, layers: int | 
         if plan.mtp:
             mp = mtp_plan(mb_plan)
             per_kind["mtp"] = _by_stage(timed(mtp_proj_ops(model, mb_plan, preset)
-                                              + layer_ops(model, mp, preset, hw, False), mp), fused)
+                                              + layer_ops(target.with_plan(mp), False), mp), fused)
             mw = mtp_plan(whole)
             per_kind["mtp_head"] = _by_stage(timed(head_ops(model, mw, tokens(model, mw, preset), MTP_ROW, "mtp_"),
                                                    mw), False)

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base.errors import UserError
-from .catalog import Hardware, Model
+from .catalog import Model
 from .plan import Plan, elem_bytes
 from .preset import Preset
+from .target import Target
 from .routing import fanout
 
 BF16 = 2        # bytes per BF16 element
@@ -265,7 +266,8 @@ def gate_op(model: Model, plan: Plan, t: Tokens) -> list[Work]:
 ROUTING_KERNELS = {False: 2, True: 3}
 
 
-def expert_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, t: Tokens) -> list[Work]:
+def expert_ops(target: Target, t: Tokens) -> list[Work]:
+    model, hw, _, plan = target
     out = []
     if model.shared_experts:
         out.append(_ffn("shared_expert", "SharedExpert", "SHARED", "gemm", t.moe_tokens * model.shared_experts,
@@ -280,9 +282,10 @@ def expert_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, t: Tokens
 
 
 # ----------------------------------------------------------------------------- all-to-all
-def a2a_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, t: Tokens) -> list[Work]:
+def a2a_ops(target: Target, t: Tokens) -> list[Work]:
     """Dispatch (FP8 payload) and combine (BF16 payload) bytes leaving one GPU; how many copies of
     a token leave follows from the routing fan-out (routing.py) and the backend's deduplication."""
+    model, hw, preset, plan = target
     H, k = model.hidden, model.activated_experts
     scale = (4 / SCALE_GROUP) if preset.quant_scale_bytes and plan.precision != "bf16" else 0.0
     elem = {"dispatch": plan.gemm_bytes_per_elem + scale, "combine": float(BF16)}
@@ -358,8 +361,9 @@ def glue_ops(model: Model, plan: Plan, t: Tokens, dense: bool) -> list[Work]:
     return ops
 
 
-def layer_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, dense: bool) -> list[Work]:
+def layer_ops(target: Target, dense: bool) -> list[Work]:
     """All ops of one layer (dense or MoE) on one GPU, in execution order."""
+    model, _, preset, plan = target
     t = tokens(model, plan, preset)
     glue = {w.name: w for w in glue_ops(model, plan, t, dense)} if preset.glue else {}
     g = lambda *names: [glue[n] for n in names if n in glue]  # noqa: E731
@@ -370,8 +374,8 @@ def layer_ops(model: Model, plan: Plan, preset: Preset, hw: Hardware, dense: boo
         return ops + [dense_mlp_op(model, plan, preset, t)] + g("dense_glue")
     if preset.gate:
         ops += gate_op(model, plan, t)[:None if preset.glue else 1]     # the routing kernels are glue
-    experts = expert_ops(model, plan, preset, hw, t)
-    dispatch, combine = a2a_ops(model, plan, preset, hw, t)
+    experts = expert_ops(target, t)
+    dispatch, combine = a2a_ops(target, t)
     shared = [w for w in experts if w.name == "shared_expert"] + g("shared_glue")
     routed = [w for w in experts if w.name.startswith("routed_")] + g("routed_glue")
     return ops + shared + [dispatch] + routed + [combine]

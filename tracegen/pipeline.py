@@ -10,12 +10,11 @@ import numpy as np
 from .base.contract import COMM, COMPUTE
 from .base.errors import UserError
 from .base.intervals import coverage, union
-from .catalog import Hardware, Model, Power
+from .catalog import Power
 from .launch_order import load_order, unroll
 from .opgraph import OpGraph, Stage, build
-from .plan import Plan
 from .power import Draw, draw
-from .preset import Preset
+from .target import Target
 from .schedule import Schedule, simulate
 
 MAX_RANKS = 1024        # ranks one trace simulates (time and trace size grow linearly)
@@ -36,7 +35,8 @@ class TraceOptions:
         return self.order_file or self.tbo
 
 
-def schedule(model: Model, hw: Hardware, plan: Plan, preset: Preset, opts: TraceOptions) -> Schedule:
+def schedule(target: Target, opts: TraceOptions) -> Schedule:
+    model, hw, preset, plan = target
     if not 1 <= opts.ranks <= MAX_RANKS:
         raise UserError(f"--ranks must lie in [1, {MAX_RANKS}], got {opts.ranks} (the scheduler simulates every "
                         "rank: 64 ranks of 61 decode layers take ~6 s and 0.25 GB; time and memory grow with the "
@@ -51,7 +51,7 @@ def schedule(model: Model, hw: Hardware, plan: Plan, preset: Preset, opts: Trace
     order = load_order(opts.tbo, plan.phase, opts.order_file)
     if order is not None and plan.microbatches == 1:
         raise UserError("two-batch overlap needs --microbatches 2 (or --tbo off)")
-    graph = build(model, hw, plan, preset, layers=opts.layers, skip_dense=opts.skip_dense)
+    graph = build(target, layers=opts.layers, skip_dense=opts.skip_dense)
     sched = _settle(graph, order, opts)
     power = graph.hardware.power
     if not preset.power_limit or power is None:
@@ -60,7 +60,7 @@ def schedule(model: Model, hw: Hardware, plan: Plan, preset: Preset, opts: Trace
     # schedule it again at the clock that draw leaves
     d = step_draw(sched, power)
     if d.throttle > 0:
-        graph = build(model, replace(hw, throttle=d.throttle), plan, preset, layers=opts.layers,
+        graph = build(target.with_hardware(replace(hw, throttle=d.throttle)), layers=opts.layers,
                       skip_dense=opts.skip_dense)
         sched = _settle(graph, order, opts)
     sched.power = d

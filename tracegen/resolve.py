@@ -4,14 +4,15 @@ filled in. The one resolver the CLI, the dashboard and the tests share."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Any, Iterator
+from dataclasses import replace
+from typing import Any
 
 from .base.errors import UserError
 from .catalog import Hardware, Model, load_hardware, load_model
 from .plan import ASCEND_FUSED, NORMAL, Plan, validate
 from .preset import Preset, load_preset
 from .stack import load_stack
+from .target import Target
 
 # plan fields a caller may set; unset ones take the preset's defaults for the phase
 PLAN_FIELDS = ("batch", "seq_len", "kv_hit", "tp", "dp", "ep", "gpus_per_node", "redundant_experts",
@@ -90,27 +91,6 @@ def whole_experts(plan: Plan, model: Model) -> Plan:
                         f"{plan.redundant_experts} redundant) into {experts / plan.ep_size:.2f} per GPU: choose an "
                         f"EP size that divides them (or --redundant-experts to make it so)")
     return plan
-
-
-@dataclass(frozen=True)
-class Target:
-    """What one estimate or trace is about: the model, the hardware as the preset sees it, the preset
-    and the validated plan - resolved once, travelling together (unpacks as model, hw, preset, plan)."""
-    model: Model
-    hardware: Hardware
-    preset: Preset
-    plan: Plan
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.model, self.hardware, self.preset, self.plan))
-
-    def held_note(self) -> str | None:
-        """Where the plan's backend release publishes no figure for its EP size: which are held, and why."""
-        hw, plan = self.hardware, self.plan
-        release = hw.backend(plan.comm).pick(plan.comm_release) if self.preset.comm_figures == "published" else None
-        held = release.held(plan.ep_size) if release is not None else []
-        return (f"{plan.comm} release {release.name!r} publishes no figures for EP{plan.ep_size}: "
-                f"{' and '.join(held)} held ({release.source})") if held and release is not None else None
 
 
 def resolve(flags: dict[str, Any]) -> Target:

@@ -34,6 +34,7 @@ from tracegen.trace import write_trace
 from .report import build, summary_table
 from .timeline import timeline_figure
 from tracegen.base.backends import CPU_PROXY, IBGDA, NORMAL
+from tracegen.target import Target
 
 ERROR_STYLE = "color:#B00020;font-weight:bold"
 MAX_UPLOAD_MB = float(os.environ.get("VIZ_MAX_UPLOAD_MB", 256))   # larger: `replay analyze`, or --data-dir
@@ -55,8 +56,8 @@ def predict(values: dict[str, Any], tmp: Path) -> Analysis:
     plan = resolve_plan(values["phase"], model, hw, preset, batch=float(values["batch"]), tp=int(values["tp"]),
                         dp=int(values["dp"]), ep=int(values["ep"]), comm=values["comm"],
                         microbatches=1 if values["tbo"] == "off" else 2, stack=DEFAULT_STACK)
-    sched = schedule(model, hw, plan, preset, TraceOptions(tbo=values["tbo"], layers=int(values["layers"]),
-                                                           ranks=int(values["ranks"])))
+    sched = schedule(Target(model, hw, preset, plan),
+                     TraceOptions(tbo=values["tbo"], layers=int(values["layers"]), ranks=int(values["ranks"])))
     path = tmp / "predicted.json"
     write_trace(sched, path, {"tbo": values["tbo"]})
     return analyze(path, use_cache=False, trace=load_trace(path, progress=False))

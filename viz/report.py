@@ -16,7 +16,8 @@ from bokeh.plotting import figure
 from bokeh.resources import INLINE
 
 from replay.analysis import Analysis
-from replay.compare import compare, load_stage_rules
+from replay.compare import compare
+from replay.stagerules import load_stage_rules
 from tracegen.base.contract import OBSERVED_IDLE_CAUSES, UNEXPLAINED
 from tracegen.base.errors import UserError
 

@@ -137,6 +137,7 @@ def worker(rank: int, out: str, runs: list[str], port: int) -> None:
     from tracegen.opgraph import build
     from tracegen.plan import Plan
     from tracegen.preset import load_preset
+    from tracegen.target import Target
 
     group = dist.new_group(list(range(WORLD)))
     buffer = deep_ep.Buffer(group, int(1e9), 0)
@@ -154,7 +155,7 @@ def worker(rank: int, out: str, runs: list[str], port: int) -> None:
             hw, preset = load_hardware("h100"), load_preset("default")
             plan = Plan(phase=phase, batch=(2 if phase == "prefill" else 2 * toks), seq_len=(toks if phase == "prefill" else 2048),
                         tp=1, dp=WORLD, microbatches=2, gpus_per_node=hw.gpus_per_node)
-            graph = build(MODEL, hw, plan, preset, layers=n_layers, skip_dense=True)
+            graph = build(Target(MODEL, hw, preset, plan), layers=n_layers, skip_dense=True)
             seq = unroll(graph, load_order(cfg["order"], phase))
             mbs = {mb: MoELayer(phase, toks, max_rows) for mb in range(2)}
             x_fp8, topk, weights = {}, {}, {}

@@ -45,6 +45,7 @@ from tracegen.opgraph import build  # noqa: E402
 from tracegen.ops import a2a_ops, tokens  # noqa: E402
 from tracegen.plan import Plan  # noqa: E402
 from tracegen.preset import load_preset  # noqa: E402
+from tracegen.target import Target  # noqa: E402
 
 DEV = "cuda"
 FP8 = torch.float8_e4m3fn
@@ -275,11 +276,11 @@ class Layer:
 def run_layers(out: Path, layers: int, order_name: str) -> dict:
     hw, preset = load_hardware("h100"), load_preset("default")
     plan = Plan(**LAYER_PLAN, gpus_per_node=hw.gpus_per_node)
-    graph = build(MODEL, hw, plan, preset, layers=layers, skip_dense=True)
+    graph = build(Target(MODEL, hw, preset, plan), layers=layers, skip_dense=True)
     seq = unroll(graph, load_order(order_name, "prefill"))
     mb_plan = plan.split(plan.microbatches)
     t = tokens(MODEL, mb_plan, preset)
-    disp, comb = a2a_ops(MODEL, mb_plan, preset, hw, t)
+    disp, comb = a2a_ops(Target(MODEL, hw, preset, mb_plan), t)
     local = round(plan.experts_per_gpu(MODEL))
     toks = int(t.moe_tokens)
     per_expert = int(round(t.routed_tokens / local))

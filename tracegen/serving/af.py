@@ -13,12 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..base.errors import UserError
-from ..catalog import Hardware, Model
+from ..catalog import Hardware
 from ..cost import link_rate, op_time
 from ..memory import attention_params, expert_params
 from ..ops import layer_ops, tokens
 from ..plan import IBGDA, Plan, validate
 from ..preset import Preset
+from ..target import Target
 from ..step import head_ops
 
 ATTENTION_ROWS = ("MLA", "Gate", "SharedExpert")     # rows of an MoE layer that stay with the KV cache
@@ -42,17 +43,18 @@ def distinct_ranks(k: int, ranks: int) -> float:
     return ranks * (1 - (1 - 1 / ranks) ** k)
 
 
-def layer_terms(model: Model, hw: Hardware, preset: Preset, plan: Plan, shape: AFShape) -> dict[str, float]:
+def layer_terms(target: Target, shape: AFShape) -> dict[str, float]:
     """t_a, t_s, t_f, t_r (ms) of one MoE layer for one micro-batch of `plan.batch / m` requests per
-    attention GPU; `plan` is the attention side's decode plan (dp = attention GPUs)."""
+    attention GPU; the target's plan is the attention side's decode plan (dp = attention GPUs)."""
+    model, hw, preset, plan = target
     m, A, F = shape.microbatches, shape.attention_gpus, shape.expert_gpus
     hw = preset.apply(hw)
     mb = validate(replace(plan, batch=plan.batch / m, microbatches=1), model, hw)
-    t_a = _ms([w for w in layer_ops(model, mb, preset, hw, dense=False) if w.row in ATTENTION_ROWS], mb, hw, preset)
+    t_a = _ms([w for w in layer_ops(Target(model, hw, preset, mb), dense=False) if w.row in ATTENTION_ROWS], mb, hw, preset)
     # the expert side as its own EP group of F GPUs, fed by all A attention GPUs' tokens
     per_expert_gpu = A * mb.batch / F
     fp = validate(replace(mb, tp=1, dp=F, ep=F, batch=per_expert_gpu), model, hw)
-    t_f = _ms([w for w in layer_ops(model, fp, preset, hw, dense=False) if w.row in EXPERT_ROWS], fp, hw, preset)
+    t_f = _ms([w for w in layer_ops(Target(model, hw, preset, fp), dense=False) if w.row in EXPERT_ROWS], fp, hw, preset)
     q = tokens(model, mb, preset).q_len                       # tokens per attention GPU per micro-batch
     copies = q * distinct_ranks(model.activated_experts, F)   # token copies one attention GPU sends
     # the busier end of the link: an attention GPU sends `copies`, an expert GPU receives A x copies / F
@@ -65,26 +67,28 @@ def layer_terms(model: Model, hw: Hardware, preset: Preset, plan: Plan, shape: A
     return {"attention": t_a, "send": t_s, "experts": t_f, "return": t_r}
 
 
-def step_ms(model: Model, hw: Hardware, preset: Preset, plan: Plan, shape: AFShape) -> float:
+def step_ms(target: Target, shape: AFShape) -> float:
     """One decode step of an AF instance: the MoE layers' pipelined cycles, dense layers and the LM
     head on the attention GPUs, and the scheduler's CPU time."""
+    model, hw, preset, plan = target
     if plan.mtp:
         raise UserError("AF decode does not model MTP drafting yet: use --mtp 0 with --decode-expert-nodes")
     m = shape.microbatches
-    t = layer_terms(model, hw, preset, plan, shape)
+    t = layer_terms(target, shape)
     cycle = max(m * t["attention"], m * t["experts"], sum(t.values()))
     hwp = preset.apply(hw)
     dense = 0.0
     if model.dense_layers:
         mb = validate(replace(plan, batch=plan.batch / m, microbatches=1), model, hw)
-        dense = m * _ms(layer_ops(model, mb, preset, hwp, dense=True), mb, hwp, preset)
+        dense = m * _ms(layer_ops(Target(model, hwp, preset, mb), dense=True), mb, hwp, preset)
     head = _ms(head_ops(model, plan, tokens(model, plan, preset)), plan, hwp, preset) if preset.step_terms else 0.0
     return model.moe_layers * cycle + model.dense_layers * dense + head + plan.sched_ms
 
 
-def attention_kv_tokens(model: Model, hw: Hardware, preset: Preset, plan: Plan) -> float:
+def attention_kv_tokens(target: Target) -> float:
     """KV tokens one attention GPU holds: HBM x the usable share less attention, dense-layer and
     shared-expert weights and the embeddings (its routed experts live on the expert GPUs)."""
+    model, hw, preset, plan = target
     hw = preset.apply(hw)
     wb = plan.gemm_bytes_per_elem
     weights = (model.layers * attention_params(model, preset.decode_mla_form) * wb / plan.tp
@@ -95,7 +99,9 @@ def attention_kv_tokens(model: Model, hw: Hardware, preset: Preset, plan: Plan) 
     return max(0.0, (hw.hbm_gb * 1e9 * preset.memory["util"] - weights) / per_token)
 
 
-def check_expert_memory(model: Model, hw: Hardware, preset: Preset, plan: Plan, expert_gpus: int) -> None:
+def check_expert_memory(target: Target, expert_gpus: int) -> None:
+    """The routed experts' weights fit the expert GPUs' usable memory (else a clear error)."""
+    model, hw, preset, plan = target
     hw = preset.apply(hw)
     need = (model.routed_experts + plan.redundant_experts) / expert_gpus * expert_params(model) \
         * plan.gemm_bytes_per_elem * model.moe_layers

@@ -15,6 +15,7 @@ from ..plan import Plan
 from ..preset import Preset
 from ..resolve import resolve_plan
 from ..stack import load_stack
+from ..target import Target
 from .simulate import COLOCATED, PD, Pool, Result, simulate
 from .steptime import custom_table, decode_table, kv_capacity_tokens, kv_transfer_s, prefill_table
 from .workload import Workload
@@ -115,7 +116,7 @@ def build_pools(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Wo
         plan = _instance_plan(phase, pp, model, hw, preset, fields, d.stack)    # depends on the instance, not the pool
         key = (phase, gpus, pp.tp, d.token_budget, d.max_batch, d.slo_tpot_ms, d.decode_graphs)
         if key not in cache:
-            cache[key] = (_prefill_shape if phase == "prefill" else _decode_shape)(model, hw, preset, d, w, plan)
+            cache[key] = (_prefill_shape if phase == "prefill" else _decode_shape)(Target(model, hw, preset, plan), d, w)
         return {**cache[key], "gpus": gpus, "instances": pp.nodes * gpn // gpus, "dp": gpus // pp.tp}
 
     pools: list[Pool] = []
@@ -139,14 +140,13 @@ def build_pools(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Wo
     return pools, transfer
 
 
-def _prefill_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload,
-                   plan: Plan) -> dict[str, Any]:
-    if kv_capacity_tokens(model, hw, plan, preset) < d.token_budget:
+def _prefill_shape(target: Target, d: Deployment, w: Workload) -> dict[str, Any]:
+    model, plan = target.model, target.plan
+    if kv_capacity_tokens(target) < d.token_budget:
         raise UserError(f"the weights of {model.name} on a prefill instance of {plan.num_gpus} GPUs leave no room "
                         f"for a step of {d.token_budget:g} tokens' KV cache: use a larger EP")
     hit = float(np.clip(w.hit_rate, 0.0, 0.99))
-    return {"plan": plan, "table": _placed(d, "prefill", prefill_table(model, hw, plan, preset, d.token_budget,
-                                                                       _span(w.input_len.astype(float)), hit))}
+    return {"plan": plan, "table": _placed(d, "prefill", prefill_table(target, d.token_budget, _span(w.input_len.astype(float)), hit))}
 
 
 def _placed(d: Deployment, phase: str, table):
@@ -156,11 +156,11 @@ def _placed(d: Deployment, phase: str, table):
     return table if f == 1.0 else replace(table, ms=table.ms / f)
 
 
-def _decode_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload,
-                  plan: Plan) -> dict[str, Any]:
-    kv = kv_capacity_tokens(model, hw, plan, preset)
+def _decode_shape(target: Target, d: Deployment, w: Workload) -> dict[str, Any]:
+    plan = target.plan
+    kv = kv_capacity_tokens(target)
     contexts, top = _decode_range(d, w, kv, "a decode GPU of this plan", "use a larger EP or shorter requests")
-    table = _placed(d, "decode", decode_table(model, hw, plan, preset, top, contexts, d.decode_graphs))
+    table = _placed(d, "decode", decode_table(target, top, contexts, d.decode_graphs))
     return {"table": table, "plan": plan, "kv": kv, "cap": _cap(d, table, plan.accepted_per_request, contexts, top)}
 
 
@@ -205,13 +205,14 @@ def _af_shape(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Work
         raise UserError(f"{F} expert GPUs for {experts} experts: give the expert side at most {experts // gpn} nodes")
     plan = resolve_plan("decode", model, hw, preset, stack=d.stack, **{**kw, "tp": pp.tp, "dp": A // pp.tp,
                                                         "ep": min(A, experts), "microbatches": 1})
-    af.check_expert_memory(model, hw, preset, plan, F)
+    target = Target(model, hw, preset, plan)
+    af.check_expert_memory(target, F)
     shape_ = af.AFShape(A, F, d.af_microbatches)
-    kv = af.attention_kv_tokens(model, hw, preset, plan)
+    kv = af.attention_kv_tokens(target)
     contexts, top = _decode_range(d, w, kv, "an attention GPU", "give the attention side more nodes or shorten the "
                                                                 "requests")
-    table = custom_table(plan, top, contexts, lambda b, c: af.step_ms(model, hw, preset,
-                                                                      replace(plan, batch=b, seq_len=c), shape_))
+    table = custom_table(plan, top, contexts,
+                         lambda b, c: af.step_ms(target.with_plan(replace(plan, batch=b, seq_len=c)), shape_))
     cache[key] = {"table": table, "plan": plan, "kv": kv, "cap": _cap(d, table, 1.0, contexts, top), "gpus": A + F,
                   "dp": A // pp.tp}
     return cache[key]

@@ -17,7 +17,7 @@ from ..estimate import estimate
 from ..memory import kv_bytes_per_seq, weight_bytes_per_gpu
 from ..pipeline import TraceOptions, schedule
 from ..plan import Plan, validate
-from ..preset import Preset
+from ..target import Target
 
 GRID_POINTS = 9          # load points per context point (geometric from 1 to the pool's limit)
 CONTEXT_POINTS = 3       # context (prompt / KV length) points across the workload's range
@@ -87,22 +87,21 @@ class StepTable:
         return self.__dict__[key]
 
 
-def _step_ms(model: Model, hw: Hardware, plan: Plan, preset: Preset, launch_us: float | None = None) -> float:
-    s = schedule(model, hw, plan, preset, TraceOptions(tbo="proper" if plan.microbatches == 2 else "off",
-                                                       launch_us=launch_us))
+def _step_ms(target: Target, launch_us: float | None = None) -> float:
+    s = schedule(target, TraceOptions(tbo="proper" if target.plan.microbatches == 2 else "off", launch_us=launch_us))
     return s.span_us / 1e3
 
 
-def _expert_share(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> float:
+def _expert_share(target: Target) -> float:
     """Share of a step's serial op time in the routed experts (estimate.py's rows)."""
-    e = estimate(model, hw, plan, preset)
+    e = estimate(target)
     return sum(r.total_ms for r in e.rows if r.name == "RoutedExpert") / e.sum_ms
 
 
-def prefill_table(model: Model, hw: Hardware, plan: Plan, preset: Preset, max_tokens: float,
-                  prompt_lens: tuple[float, float], hit: float) -> StepTable:
+def prefill_table(target: Target, max_tokens: float, prompt_lens: tuple[float, float], hit: float) -> StepTable:
     """Step time of a prefill instance for `n` new prompt tokens per DP group of prompts of length
     L, with a share `hit` of each prompt already cached (its tokens are attended, not computed)."""
+    model, hw, _, plan = target
     loads = _geom(1.0, max_tokens, GRID_POINTS)
     ctx = _geom(*prompt_lens, CONTEXT_POINTS)
     ms = np.empty((len(ctx), len(loads)))
@@ -111,21 +110,21 @@ def prefill_table(model: Model, hw: Hardware, plan: Plan, preset: Preset, max_to
         L = max(1, int(round(L)))
         for j, n in enumerate(loads):
             p = validate(replace(plan, seq_len=L, kv_hit=hit, batch=n / (L * (1 - hit))), model, hw)
-            ms[i, j] = _step_ms(model, hw, p, preset)
-            spread[i, j] = _expert_share(model, hw, p, preset)
+            ms[i, j] = _step_ms(target.with_plan(p))
+            spread[i, j] = _expert_share(target.with_plan(p))
     return StepTable(plan, loads, ctx, ms, spread)
 
 
-def decode_table(model: Model, hw: Hardware, plan: Plan, preset: Preset, max_batch: float,
-                 contexts: tuple[float, float], graphs: bool = True) -> StepTable:
+def decode_table(target: Target, max_batch: float, contexts: tuple[float, float], graphs: bool = True) -> StepTable:
     """Step time of a decode instance with `b` requests per DP group at KV length `c`. With `graphs`
     the step replays a captured graph (CUDA / ACL graphs, as SGLang's and DeepSeek's decode do): no
     per-kernel CPU launch cost, which otherwise bounds small batches."""
-    def at(b: float, c: int) -> Plan:
-        return validate(replace(plan, seq_len=c, batch=b), model, hw)
-    return custom_table(plan, max_batch, contexts,
-                        lambda b, c: _step_ms(model, hw, at(b, c), preset, 0.0 if graphs else None),
-                        lambda b, c: _expert_share(model, hw, at(b, c), preset))
+    model, hw, _, plan = target
+
+    def at(b: float, c: int) -> Target:
+        return target.with_plan(validate(replace(plan, seq_len=c, batch=b), model, hw))
+    return custom_table(plan, max_batch, contexts, lambda b, c: _step_ms(at(b, c), 0.0 if graphs else None),
+                        lambda b, c: _expert_share(at(b, c)))
 
 
 def custom_table(plan: Plan, max_batch: float, contexts: tuple[float, float], step, share=None) -> StepTable:
@@ -140,9 +139,10 @@ def custom_table(plan: Plan, max_batch: float, contexts: tuple[float, float], st
     return StepTable(plan, loads, ctx, ms, spread)
 
 
-def kv_capacity_tokens(model: Model, hw: Hardware, plan: Plan, preset: Preset) -> float:
+def kv_capacity_tokens(target: Target) -> float:
     """KV-cache tokens one DP group holds: HBM x the preset's usable share, less the weights
     (memory.py's accounting, the same one `tracegen estimate` reports as max batch)."""
+    model, hw, preset, plan = target
     hw = preset.apply(hw)
     free = hw.hbm_gb * 1e9 * preset.memory["util"] - weight_bytes_per_gpu(model, plan, preset.decode_mla_form)
     return max(0.0, free / kv_bytes_per_seq(model, plan, 1))      # per GPU = per group (MLA: replicated)
