@@ -63,9 +63,9 @@ def stage_table(a: Analysis, rules: StageRules) -> pd.DataFrame:
         s0 = part["start_us"].to_numpy()
         u = union(s0, s0 + part["dur_us"].to_numpy())
         rows.append({"rank": int(rank), "layer": int(layer), "microbatch": int(mb), "stage": st,
-                     "kind": STAGE_STREAM[st], "busy_us": length(*u), "start_us": float(s0.min()),
+                     "stream": STAGE_STREAM[st], "busy_us": length(*u), "start_us": float(s0.min()),
                      "end_us": float((s0 + part["dur_us"].to_numpy()).max()), "kernels": len(part)})
-    return pd.DataFrame(rows, columns=["rank", "layer", "microbatch", "stage", "kind", "busy_us", "start_us",
+    return pd.DataFrame(rows, columns=["rank", "layer", "microbatch", "stage", "stream", "busy_us", "start_us",
                                        "end_us", "kernels"])
 
 
@@ -86,7 +86,7 @@ def _cause(row: pd.Series, obs: Analysis, labelled: pd.DataFrame, layer_offset: 
     if pd.isna(row["obs_us"]):
         return "stage missing in the observed trace"
     faster = row["obs_us"] < row["pred_us"]
-    if row["kind"] == COMM:
+    if row["stream"] == COMM:
         return ("communication faster than modelled (link efficiency or bytes overestimated)" if faster else
                 "communication slower than modelled: bandwidth, latency, or waiting for the slowest rank")
     if faster:
@@ -122,10 +122,10 @@ def compare(pred: Analysis, obs: Analysis, rules: StageRules, rank_map: dict[int
                         "use --rank-map OBS:PRED")
     p, o = p[p["rank"].isin(common_ranks)], o[o["rank"].isin(common_ranks)]
     key = ["rank", "layer", "microbatch", "stage"]
-    m = p[key + ["kind", "busy_us"]].merge(o[key + ["kind", "busy_us"]], on=key, how="outer",
+    m = p[key + ["stream", "busy_us"]].merge(o[key + ["stream", "busy_us"]], on=key, how="outer",
                                            suffixes=("_pred", "_obs"))
-    m["kind"] = m["kind_pred"].fillna(m["kind_obs"])
-    m = m.drop(columns=["kind_pred", "kind_obs"]).rename(columns={"busy_us_pred": "pred_us", "busy_us_obs": "obs_us"})
+    m["stream"] = m["stream_pred"].fillna(m["stream_obs"])
+    m = m.drop(columns=["stream_pred", "stream_obs"]).rename(columns={"busy_us_pred": "pred_us", "busy_us_obs": "obs_us"})
     m["diff_us"] = m["obs_us"] - m["pred_us"]
     m["error_pct"] = 100 * m["diff_us"] / m["pred_us"]
     layers_p = {int(r): v for r, v in pred.layers.groupby("rank")} if not pred.layers.empty else {}
@@ -144,13 +144,13 @@ def compare(pred: Analysis, obs: Analysis, rules: StageRules, rank_map: dict[int
     summary = []
     for stage, g in both.groupby("stage"):
         e = g["error_pct"].abs()
-        summary.append({"stage": stage, "kind": STAGE_STREAM[stage], "n": len(g), "median_abs_error_pct": float(e.median()),
+        summary.append({"stage": stage, "stream": STAGE_STREAM[stage], "n": len(g), "median_abs_error_pct": float(e.median()),
                         "p90_abs_error_pct": float(e.quantile(0.9)), "mean_error_pct": float(g["error_pct"].mean())})
     order = m.assign(size=m["diff_us"].abs().fillna(m["pred_us"].fillna(0) + m["obs_us"].fillna(0)))
     worst = order.sort_values("size", ascending=False).head(top)
     labelled = label_stages(obs, rules)
     discrepancies = [{**{k: (None if pd.isna(v) else (int(v) if k in ("rank", "layer", "microbatch") else v))
-                         for k, v in row[key + ["kind", "pred_us", "obs_us", "diff_us", "error_pct"]].items()},
+                         for k, v in row[key + ["stream", "pred_us", "obs_us", "diff_us", "error_pct"]].items()},
                       "cause": _cause(row, obs, labelled, layer_offset, rules)} for _, row in worst.iterrows() if row["size"] > 0]
     pred_span = {x["rank"]: x["span_us"] for x in pred.ranks}
     obs_span = {(rank_map or {}).get(x["rank"], x["rank"]): x["span_us"] for x in obs.ranks}
@@ -171,10 +171,10 @@ def render(result: dict[str, Any], pred_name: str, obs_name: str, max_rows: int 
         out.append(f"whole span, rank {s['rank']}: predicted {s['pred_us'] / 1e3:.3f} ms, observed "
                    f"{s['obs_us'] / 1e3:.3f} ms ({s['error_pct']:+.1f} %)")
     out.append("")
-    out.append("error per stage kind ((observed - predicted) / predicted)")
-    out.append(f"  {'stage':<10}{'kind':<9}{'n':>5}{'median |err|':>14}{'p90 |err|':>11}{'mean err':>10}")
+    out.append("error per stage ((observed - predicted) / predicted)")
+    out.append(f"  {'stage':<10}{'stream':<9}{'n':>5}{'median |err|':>14}{'p90 |err|':>11}{'mean err':>10}")
     for _, s in result["summary"].iterrows():
-        out.append(f"  {s['stage']:<10}{s['kind']:<9}{int(s['n']):>5}{s['median_abs_error_pct']:>13.1f}%"
+        out.append(f"  {s['stage']:<10}{s['stream']:<9}{int(s['n']):>5}{s['median_abs_error_pct']:>13.1f}%"
                    f"{s['p90_abs_error_pct']:>10.1f}%{s['mean_error_pct']:>9.1f}%")
     pl = result["per_layer"]
     if not pl.empty:

@@ -127,7 +127,7 @@ class StageRow(_S):
     layer: int
     microbatch: int
     stage: str
-    kind: str
+    stream: str                     # the stream the stage runs on: compute or comm
     pred_us: float | None
     obs_us: float | None
     diff_us: float | None
@@ -149,7 +149,7 @@ class LayerPair(_S):
 
 class StageSummary(_S):
     stage: str
-    kind: str
+    stream: str
     n: int
     median_abs_error_pct: float
     p90_abs_error_pct: float
@@ -281,7 +281,7 @@ class Diff(_S):
 
 
 SCHEMAS: dict[str, tuple[type, int]] = {
-    "replay-analyze": (Analyze, 5), "replay-compare": (Compare, 1), "replay-whatif": (Whatif, 1),
+    "replay-analyze": (Analyze, 5), "replay-compare": (Compare, 2), "replay-whatif": (Whatif, 1),
     "replay-calibrate": (Calibrate, 1), "replay-sql": (Sql, 1), "replay-diff": (Diff, 1),
 }
 

@@ -30,3 +30,32 @@ def test_no_function_over_80_lines():
 def test_the_check_sees_long_functions():
     """The rule bites: at a lower limit it names real functions (so a parse that found none would fail)."""
     assert any("_add_gaps" in s for s in long_functions(limit=40))
+
+
+QUARTET = {"Model", "Hardware", "Preset", "Plan"}
+
+
+def loose_quartets() -> list[str]:
+    """Functions whose parameters are typed as all four of model, hardware, preset and plan: they
+    should take one tracegen.target.Target instead (the four used to travel in four orders)."""
+    out = []
+    for pkg in PACKAGES:
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    args = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+                    types = {ast.unparse(a.annotation) for a in args if a.annotation is not None}
+                    if QUARTET <= types:
+                        out.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.name}")
+    return out
+
+
+def test_the_quartet_travels_as_a_target():
+    assert not loose_quartets(), "take a Target instead of the four: " + "; ".join(loose_quartets())
+
+
+def test_the_quartet_check_sees_annotations():
+    """The rule reads real annotations: the Target's own users name it (so a parse that saw none would fail)."""
+    uses = [n for f in (ROOT / "tracegen").rglob("*.py") for n in ast.walk(ast.parse(f.read_text()))
+            if isinstance(n, ast.arg) and n.annotation is not None and ast.unparse(n.annotation) == "Target"]
+    assert len(uses) >= 10

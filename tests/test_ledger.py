@@ -1,4 +1,4 @@
-"""The fit ledger (tracegen/ledger.py): every catalog constant names its kind and datasets, and every
+"""The fit ledger (tracegen/ledger.py): every catalog constant names its basis and datasets, and every
 validation row claims a label no weaker than the constants it runs on force (issue 28)."""
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ import pytest
 
 from bench.labels import Claim, pinned
 from tracegen.base.errors import UserError
-from tracegen.ledger import KINDS, datasets, entries, parse_source, required_label
+from tracegen.ledger import BASES, datasets, entries, parse_source, required_label
 
 
-def test_every_catalog_source_names_its_kind_and_known_datasets():
+def test_every_catalog_source_names_its_basis_and_known_datasets():
     es = entries()
     assert len(es) >= 60
-    assert {e.kind for e in es} <= set(KINDS)
+    assert {e.basis for e in es} <= set(BASES)
     for e in es:
-        if e.kind in ("fitted", "measured", "published"):
+        if e.basis in ("fitted", "measured", "published"):
             assert e.datasets, e.path                        # a fit names what it was fitted on
-    fitted = {e.path: e.datasets for e in es if e.kind == "fitted"}
+    fitted = {e.path: e.datasets for e in es if e.basis == "fitted"}
     assert fitted["hopper.in_situ"] == ("deepep-h100x4",)
     assert fitted["h100.comm.intranode"] == ("deepep-h100x4",)
     assert fitted["ascend-910c.efficiency.attention_decode"] == ("jiusi-slides",)
@@ -31,7 +31,7 @@ def test_the_registry_is_closed():
 
 @pytest.mark.parametrize("text", ["DeepEP README, H800", "fitted, H100 sweep", "fitted [no-such-set]: x",
                                   "assumed []: no range given"])
-def test_a_source_without_kind_datasets_or_range_is_refused(text):
+def test_a_source_without_basis_datasets_or_range_is_refused(text):
     with pytest.raises(UserError):
         parse_source("h100.efficiency.gemm", text)
 

@@ -25,7 +25,7 @@ def comm(sched, rank=0):
 
 
 def waits(sched, rank=0):
-    return [i for i in sched.intervals if i.rank == rank and i.kind == "wait"]
+    return [i for i in sched.intervals if i.rank == rank and i.activity == "wait"]
 
 
 def overlap(a, b):
@@ -121,7 +121,7 @@ def test_seed004_overlap_off_matches_estimate_per_layer(phase, hardware, tp, dp,
 
 def test_ibgda_takes_no_sms_and_never_blocks_the_cpu():
     sched = make_schedule(phase="decode", comm="ibgda", layers=6, ranks=2)
-    assert not [i for i in sched.intervals if i.kind == "wait"]
+    assert not [i for i in sched.intervals if i.activity == "wait"]
     assert all(s.holds_sms == 0 for s in sched.graph.stages.values())
     for c in compute(sched):        # compute never slowed: its duration is its full-SM work
         assert c.dur == pytest.approx(sched.graph.stages[c.key].work_us, rel=1e-9)

@@ -96,8 +96,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         return 0
     r0 = summ[0]
     moe = graph.moe_layers
-    n_model = sum(1 for layer in graph.layers if graph.kind(layer) in ("dense", "moe"))
-    tail = {k: sum(1 for layer in graph.layers if graph.kind(layer) == k) for k in ("head", "mtp")}
+    n_model = sum(1 for layer in graph.layers if graph.layer_kind(layer) in ("dense", "moe"))
+    tail = {k: sum(1 for layer in graph.layers if graph.layer_kind(layer) == k) for k in ("head", "mtp")}
     extra = (" + LM head" if tail["head"] else "") + (f" + MTP module x {tail['mtp']}" if tail["mtp"] else "")
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB): {model.name} {plan.phase} on {graph.hardware.name}, "
           f"{n_model} layers{extra} x {plan.microbatches} micro-batch{'es' if plan.microbatches > 1 else ''}, "
@@ -106,7 +106,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     print(f"span {r0['span_us'] / 1e3:.3f} ms (rank 0)   compute busy {100 * r0['compute_us'] / r0['span_us']:.1f}%   "
           f"communication hidden {r0['hidden_comm_pct']:.1f}% ({r0['exposed_comm_us'] / 1e3:.3f} ms exposed)")
     if len(moe) > 1:
-        times = [t for layer, t in zip(graph.layers, sched.layer_time_us(0)) if graph.kind(layer) == "moe"]
+        times = [t for layer, t in zip(graph.layers, sched.layer_time_us(0)) if graph.layer_kind(layer) == "moe"]
         print(f"per MoE layer {sum(times) / len(times) / 1e3:.3f} ms (mean of {len(times)})")
     if plan.sched_ms:
         print(f"the step starts with {plan.sched_ms:g} ms of CPU scheduling (the 'scheduler' slice, --sched-ms): "

@@ -74,10 +74,10 @@ def unroll(graph: OpGraph, order: Order | None) -> list[tuple[int, int, str]]:
 
     # the step's tail (LM head, MTP module) runs after the model's layers, each layer's stages in
     # program order; dense layers (and every layer with TBO off) in place
-    last = max(layer for layer in graph.layers if graph.kind(layer) in ("dense", "moe"))
+    last = max(layer for layer in graph.layers if graph.layer_kind(layer) in ("dense", "moe"))
     tail = [layer for layer in graph.layers if layer > last]
     for layer in graph.layers:
-        if layer not in tail and (graph.kind(layer) == "dense" or order is None):
+        if layer not in tail and (graph.layer_kind(layer) == "dense" or order is None):
             seq += in_program_order(layer)
     if order is not None and moe:
         if plan.microbatches != 2:

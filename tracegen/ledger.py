@@ -15,33 +15,33 @@ from functools import lru_cache
 from .base.errors import UserError
 from .catalog import DATA
 
-KINDS = ("datasheet", "published", "measured", "fitted", "assumed")
+BASES = ("datasheet", "published", "measured", "fitted", "assumed")
 LABELS = ("held-out", "semi-independent", "in-sample", "consistency")   # strictness: 0, 1, 2, 2
 _STRICT = {"held-out": 0, "semi-independent": 1, "in-sample": 2, "consistency": 2}
-_SOURCE = re.compile(r"^(?P<kind>[a-z]+)(?P<range> \(range [^)]*\))? \[(?P<ids>[^\]]*)\]:?")
+_SOURCE = re.compile(r"^(?P<basis>[a-z]+)(?P<range> \(range [^)]*\))? \[(?P<ids>[^\]]*)\]:?")
 
 
 @dataclass(frozen=True)
 class Entry:
     """One sourced constant (or table of constants) of a catalog."""
     path: str                    # e.g. "h100.comm.intranode", "hopper.efficiency.gemm"
-    kind: str                    # one of KINDS
+    basis: str                   # one of BASES: what the figure rests on
     datasets: tuple[str, ...]
     text: str
 
 
 def parse_source(path: str, text: str) -> Entry:
     m = _SOURCE.match(text)
-    if m is None or m["kind"] not in KINDS:
-        raise UserError(f"{path}: source {text[:60]!r} does not start with '<kind> [<datasets>]:' "
-                        f"(kind: {', '.join(KINDS)})")
-    if m["kind"] == "assumed" and not m["range"]:
+    if m is None or m["basis"] not in BASES:
+        raise UserError(f"{path}: source {text[:60]!r} does not start with '<basis> [<datasets>]:' "
+                        f"(basis: {', '.join(BASES)})")
+    if m["basis"] == "assumed" and not m["range"]:
         raise UserError(f"{path}: an assumed constant gives the range considered: 'assumed (range ...) [...]'")
     ids = tuple(i.strip() for i in m["ids"].split(",") if i.strip())
     unknown = [i for i in ids if i not in datasets()]
     if unknown:
         raise UserError(f"{path}: unknown dataset {unknown[0]!r} (data/datasets.toml)")
-    return Entry(path, m["kind"], ids, text)
+    return Entry(path, m["basis"], ids, text)
 
 
 @lru_cache(maxsize=1)
@@ -124,8 +124,8 @@ def required_label(dataset: str, deps: list[Entry], pinned: bool = False) -> tup
     related = set(datasets()[dataset].get("related", ()))
     worst, why = ("held-out" if pinned else "semi-independent"), ("" if pinned else "not pinned before predicting")
     for e in deps:
-        if dataset in e.datasets and e.kind in ("fitted", "measured"):
-            return "in-sample", f"{e.path} is {e.kind} on {dataset}"
+        if dataset in e.datasets and e.basis in ("fitted", "measured"):
+            return "in-sample", f"{e.path} is {e.basis} on {dataset}"
         if (dataset in e.datasets or related & set(e.datasets)) and worst == "held-out":
             worst, why = "semi-independent", f"{e.path} comes from {', '.join(e.datasets)}"
     return worst, why
@@ -138,5 +138,5 @@ def label_ok(declared: str, required: str) -> bool:
     return _STRICT[declared] >= _STRICT[required]
 
 
-__all__ = ["Entry", "KINDS", "LABELS", "entries", "datasets", "dependencies", "required_label", "label_ok",
+__all__ = ["Entry", "BASES", "LABELS", "entries", "datasets", "dependencies", "required_label", "label_ok",
            "parse_source"]

@@ -77,16 +77,16 @@ class OpGraph:
     serial: bool                    # TBO off: every stage waits for the one before it
     kinds: dict[int, str] = field(default_factory=dict)   # layer -> dense, moe, head, mtp, mtp_head
 
-    def kind(self, layer: int) -> str:
+    def layer_kind(self, layer: int) -> str:
         return self.kinds.get(layer) or ("dense" if layer in self.dense else "moe")
 
     def layer_stages(self, layer: int) -> tuple[str, ...]:
-        return PROGRAM[(self.plan.phase, layer_type(self.kind(layer)))]
+        return PROGRAM[(self.plan.phase, layer_type(self.layer_kind(layer)))]
 
     @property
     def moe_layers(self) -> list[int]:
         """The model's MoE layers (not the MTP module's)."""
-        return [layer for layer in self.layers if self.kind(layer) == "moe"]
+        return [layer for layer in self.layers if self.layer_kind(layer) == "moe"]
 
 
 def _stage_from_ops(layer: int, mb: int, name: str, timed: list[Timed], plan: Plan, hw: Hardware,

@@ -41,7 +41,7 @@ class Interval:
     start: float        # us
     end: float
     key: Key | None = None     # (layer, mb, stage) of the stage it belongs to
-    kind: str = ""      # launch, wait, compute, comm, post
+    activity: str = ""  # launch, wait, sched, compute, comm, post
 
     @property
     def dur(self) -> float:

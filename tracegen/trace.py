@@ -39,9 +39,9 @@ def _static_args(sched: Schedule, iv: Interval, load: float) -> dict[str, Any]:
                         backend=sched.graph.plan.comm, blocking=st.blocking)
         if load != 1.0:
             args["load_factor"] = round(load, 6)
-    elif iv.kind == "launch":
+    elif iv.activity == "launch":
         args["kernels"] = st.kernels
-    elif iv.kind == "wait":
+    elif iv.activity == "wait":
         args["blocking"] = True
     return args
 
@@ -97,14 +97,14 @@ def build_events(sched: Schedule, meta: dict[str, Any]) -> dict[str, Any]:
     for iv in sched.intervals:
         by_rank.setdefault(iv.rank, []).append(iv)
         if iv.key is None:      # the step's scheduling on the CPU (no stage)
-            ev.append({"ph": "X", "name": iv.name, "cat": _CATEGORY[iv.kind], "pid": iv.rank,
+            ev.append({"ph": "X", "name": iv.name, "cat": _CATEGORY[iv.activity], "pid": iv.rank,
                        "tid": TRACKS[iv.track][0], "ts": _r(iv.start), "dur": _r(_r(iv.end) - _r(iv.start)),
                        "args": {"rank": iv.rank, "sched_ms": sched.graph.plan.sched_ms}})
             continue
         c = corr.setdefault((iv.rank, iv.key), len(corr) + 1)
-        cat = _CATEGORY[iv.kind]
+        cat = _CATEGORY[iv.activity]
         load = sched.load[iv.rank] if iv.key[2] == "MLP" and iv.key[0] not in sched.graph.dense else 1.0
-        ck = (iv.key, iv.track, iv.kind, load)
+        ck = (iv.key, iv.track, iv.activity, load)
         static = cache.get(ck)
         if static is None:
             static = cache[ck] = _static_args(sched, iv, load)
@@ -113,7 +113,7 @@ def build_events(sched: Schedule, meta: dict[str, Any]) -> dict[str, Any]:
                    "args": {**static, "rank": iv.rank, "correlation": c}})
         if iv.track in (COMPUTE, COMM):
             gpu_iv[(iv.rank, iv.key)] = iv
-        elif iv.kind == "launch":
+        elif iv.activity == "launch":
             launch_iv[(iv.rank, iv.key)] = iv
     flow_id = 0
 
