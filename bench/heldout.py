@@ -64,7 +64,8 @@ def _deepep_gbps(row: dict) -> float:
     hw = replace(hw, comm={**hw.comm, "intranode": backend})
     plan = validate(Plan(phase="prefill", batch=1, seq_len=DEEPEP_TOKENS, tp=1, dp=DEEPEP_EP, microbatches=1,
                          comm="intranode", routing="uniform", gpus_per_node=8), model, hw)
-    w = next(w for w in a2a_ops(Target(model, hw, PRESET, plan), tokens(model, plan, PRESET)) if w.name == row["kernel"])
+    works = a2a_ops(Target(model, hw, PRESET, plan), tokens(model, plan, PRESET))
+    w = next(w for w in works if w.name == row["kernel"])
     us = op_time(w, plan, hw, PRESET).us
     E, k, per_rank = model.routed_experts, model.activated_experts, model.routed_experts // DEEPEP_EP
     miss = 1.0

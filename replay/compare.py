@@ -125,7 +125,8 @@ def compare(pred: Analysis, obs: Analysis, rules: StageRules, rank_map: dict[int
     m = p[key + ["stream", "busy_us"]].merge(o[key + ["stream", "busy_us"]], on=key, how="outer",
                                            suffixes=("_pred", "_obs"))
     m["stream"] = m["stream_pred"].fillna(m["stream_obs"])
-    m = m.drop(columns=["stream_pred", "stream_obs"]).rename(columns={"busy_us_pred": "pred_us", "busy_us_obs": "obs_us"})
+    m = m.drop(columns=["stream_pred", "stream_obs"]).rename(columns={"busy_us_pred": "pred_us",
+                                                                       "busy_us_obs": "obs_us"})
     m["diff_us"] = m["obs_us"] - m["pred_us"]
     m["error_pct"] = 100 * m["diff_us"] / m["pred_us"]
     layers_p = {int(r): v for r, v in pred.layers.groupby("rank")} if not pred.layers.empty else {}
@@ -144,7 +145,8 @@ def compare(pred: Analysis, obs: Analysis, rules: StageRules, rank_map: dict[int
     summary = []
     for stage, g in both.groupby("stage"):
         e = g["error_pct"].abs()
-        summary.append({"stage": stage, "stream": STAGE_STREAM[stage], "n": len(g), "median_abs_error_pct": float(e.median()),
+        summary.append({"stage": stage, "stream": STAGE_STREAM[stage], "n": len(g),
+                        "median_abs_error_pct": float(e.median()),
                         "p90_abs_error_pct": float(e.quantile(0.9)), "mean_error_pct": float(g["error_pct"].mean())})
     order = m.assign(size=m["diff_us"].abs().fillna(m["pred_us"].fillna(0) + m["obs_us"].fillna(0)))
     worst = order.sort_values("size", ascending=False).head(top)

@@ -33,7 +33,8 @@ def sim(d: Deployment, w: Workload):
 
 def span_ms(plan, launch_us: float | None = None) -> float:
     m, hw, p = TARGET
-    return schedule(Target(m, hw, p, validate(plan, m, hw)), TraceOptions(tbo="proper", launch_us=launch_us)).span_us / 1e3
+    opts = TraceOptions(tbo="proper", launch_us=launch_us)
+    return schedule(Target(m, hw, p, validate(plan, m, hw)), opts).span_us / 1e3
 
 
 # ----------------------------------------------------------------------------- round trips

@@ -105,7 +105,8 @@ def test_bad_step_options_are_refused(capsys, argv, needle):
 def test_estimate_names_the_per_step_terms_and_credits_mtp():
     base = Plan(phase="decode", batch=128, seq_len=4096, dp=128, comm="ibgda")
     plain = estimate(Target(MODEL, H800, DEFAULT, base))
-    mtp = estimate(Target(MODEL, H800, DEFAULT, Plan(**{**base.__dict__, "mtp": 1, "mtp_accept": 0.8, "sched_ms": 5.0})))
+    mtp = estimate(Target(MODEL, H800, DEFAULT,
+                          Plan(**{**base.__dict__, "mtp": 1, "mtp_accept": 0.8, "sched_ms": 5.0})))
     rows = {r.name: r for r in mtp.rows}
     assert {"Head", "MTP", "Scheduler"} <= set(rows) and "MTP" not in {r.name for r in plain.rows}
     assert rows["Scheduler"].total_ms == 5.0 and rows["MTP"].layers == 1

@@ -37,7 +37,8 @@ def test_leave_one_out_within_5_percent():
 
 def _prefill(preset=DEFAULT, tbo="proper", mb=2):
     plan = Plan(phase="prefill", batch=2, seq_len=4096, dp=32, comm="normal", comm_release="first", microbatches=mb)
-    return schedule(Target(MODEL, load_hardware("h800"), preset, plan), TraceOptions(tbo=tbo, layers=4, skip_dense=True))
+    return schedule(Target(MODEL, load_hardware("h800"), preset, plan),
+                    TraceOptions(tbo=tbo, layers=4, skip_dense=True))
 
 
 def test_overlapped_prefill_communication_runs_slower_by_the_term():

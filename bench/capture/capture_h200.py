@@ -598,7 +598,8 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "capture-out"))
     ap.add_argument("--quick", action="store_true", help="tiny shapes (a smoke run, e.g. on the CPU)")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--only", default="", help="comma-separated parts: decode,item,graph,compiled,pause,styles,gqa,b256")
+    ap.add_argument("--only", default="",
+                    help="comma-separated parts: decode,item,graph,compiled,pause,styles,gqa,b256")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

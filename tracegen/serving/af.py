@@ -38,6 +38,12 @@ def _ms(ops, plan: Plan, hw: Hardware, preset: Preset) -> float:
     return sum(op_time(w, plan, hw, preset).ms for w in ops)
 
 
+def _layer_ms(at: Target, dense: bool, rows: tuple[str, ...] | None = None) -> float:
+    """Serial time (ms) of one layer's ops on `at` (its hardware as the preset sees it), or of those in `rows`."""
+    _, hw, preset, plan = at
+    return _ms([w for w in layer_ops(at, dense) if rows is None or w.row in rows], plan, hw, preset)
+
+
 def distinct_ranks(k: int, ranks: int) -> float:
     """Expected distinct expert GPUs among a token's k experts, spread uniformly over `ranks`."""
     return ranks * (1 - (1 - 1 / ranks) ** k)
@@ -49,12 +55,13 @@ def layer_terms(target: Target, shape: AFShape) -> dict[str, float]:
     model, hw, preset, plan = target
     m, A, F = shape.microbatches, shape.attention_gpus, shape.expert_gpus
     hw = preset.apply(hw)
+    on = target.with_hardware(hw)
     mb = validate(replace(plan, batch=plan.batch / m, microbatches=1), model, hw)
-    t_a = _ms([w for w in layer_ops(Target(model, hw, preset, mb), dense=False) if w.row in ATTENTION_ROWS], mb, hw, preset)
+    t_a = _layer_ms(on.with_plan(mb), False, ATTENTION_ROWS)
     # the expert side as its own EP group of F GPUs, fed by all A attention GPUs' tokens
     per_expert_gpu = A * mb.batch / F
     fp = validate(replace(mb, tp=1, dp=F, ep=F, batch=per_expert_gpu), model, hw)
-    t_f = _ms([w for w in layer_ops(Target(model, hw, preset, fp), dense=False) if w.row in EXPERT_ROWS], fp, hw, preset)
+    t_f = _layer_ms(on.with_plan(fp), False, EXPERT_ROWS)
     q = tokens(model, mb, preset).q_len                       # tokens per attention GPU per micro-batch
     copies = q * distinct_ranks(model.activated_experts, F)   # token copies one attention GPU sends
     # the busier end of the link: an attention GPU sends `copies`, an expert GPU receives A x copies / F
@@ -80,7 +87,7 @@ def step_ms(target: Target, shape: AFShape) -> float:
     dense = 0.0
     if model.dense_layers:
         mb = validate(replace(plan, batch=plan.batch / m, microbatches=1), model, hw)
-        dense = m * _ms(layer_ops(Target(model, hwp, preset, mb), dense=True), mb, hwp, preset)
+        dense = m * _layer_ms(Target(model, hwp, preset, mb), True)
     head = _ms(head_ops(model, plan, tokens(model, plan, preset)), plan, hwp, preset) if preset.step_terms else 0.0
     return model.moe_layers * cycle + model.dense_layers * dense + head + plan.sched_ms
 

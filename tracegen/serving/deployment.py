@@ -116,7 +116,8 @@ def build_pools(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Wo
         plan = _instance_plan(phase, pp, model, hw, preset, fields, d.stack)    # depends on the instance, not the pool
         key = (phase, gpus, pp.tp, d.token_budget, d.max_batch, d.slo_tpot_ms, d.decode_graphs)
         if key not in cache:
-            cache[key] = (_prefill_shape if phase == "prefill" else _decode_shape)(Target(model, hw, preset, plan), d, w)
+            of_phase = _prefill_shape if phase == "prefill" else _decode_shape
+            cache[key] = of_phase(Target(model, hw, preset, plan), d, w)
         return {**cache[key], "gpus": gpus, "instances": pp.nodes * gpn // gpus, "dp": gpus // pp.tp}
 
     pools: list[Pool] = []
@@ -146,7 +147,8 @@ def _prefill_shape(target: Target, d: Deployment, w: Workload) -> dict[str, Any]
         raise UserError(f"the weights of {model.name} on a prefill instance of {plan.num_gpus} GPUs leave no room "
                         f"for a step of {d.token_budget:g} tokens' KV cache: use a larger EP")
     hit = float(np.clip(w.hit_rate, 0.0, 0.99))
-    return {"plan": plan, "table": _placed(d, "prefill", prefill_table(target, d.token_budget, _span(w.input_len.astype(float)), hit))}
+    table = prefill_table(target, d.token_budget, _span(w.input_len.astype(float)), hit)
+    return {"plan": plan, "table": _placed(d, "prefill", table)}
 
 
 def _placed(d: Deployment, phase: str, table):
