@@ -219,7 +219,8 @@ def pd_vs_colocated(rate: float = 25.0) -> list[dict[str, Any]]:
 
 
 def render() -> str:
-    lines = ["Deployments (`tracegen deploy`; throughput in the steady middle of the run, 10-90 % of tokens). "
+    lines = ["Deployments (`tracegen deploy`; throughput in the steady state: every request at t = 0, while work "
+             "waited for the pool, i.e. it ran full; tracegen/serving/metrics.py). "
              "Settings per row:", ""]
     lines += [f"- {r.label}: {r.published:,.0f} tokens/s per {r.per}. {r.convention}." for r in ROWS]
     lines += ["", "The label says how independent each row is of the constants it runs on (tracegen/ledger.py); a "

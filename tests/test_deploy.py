@@ -351,3 +351,76 @@ def test_kv_lives_in_one_dp_group():
     r = sim(d, w)
     assert 17 * int(room * 0.55) < 16 * room
     assert int(r.steps["requests"].max()) == 16 and np.all(np.isfinite(r.finish))
+
+
+# ----------------------------------------------------------------------------- what the metrics mean
+def test_capacity_steady_is_the_full_step_rate_exactly():
+    """Every prompt at t = 0 on a prefill pool: the steady window is the steps that began with prompts
+    still queued, and its rate is a full step's tokens over its time - not a share of completions,
+    which undercounts the prompts still in flight when the window closes."""
+    d = Deployment("prefill", prefill=PoolPlan(2, 1, 16))
+    r = sim(d, synthetic(400, None, 2000, 1))
+    s, pool = r.steps, r.pools[0]
+    full = s["queue"] > 0
+    assert full.sum() >= 2 and not full[-1]
+    p = summary(r)["pools"][0]
+    assert p["steady_basis"] == "saturated"
+    ms = float(s["end"][0] - s["start"][0])
+    assert p["new_tokens_per_s_per_node_steady"] == pytest.approx(pool.token_budget * pool.dp / ms / pool.nodes)
+    assert p["capacity_used"] > 0.95
+
+
+def test_a_pool_at_a_trickle_is_busy_but_uses_little_of_its_capacity():
+    """Prompts one at a time keep a prefill pool stepping most of the time at a fraction of its token
+    budget: 'busy' and 'capacity used' tell the two apart (one 'utilisation 100 %' did not)."""
+    d = Deployment("prefill", prefill=PoolPlan(2, 1, 16))
+    r = sim(d, synthetic(300, 40.0, 2000, 1, seed=1))
+    p = summary(r)["pools"][0]
+    s = r.steps
+    assert p["capacity_used"] == pytest.approx(
+        float(((s["load"] / (r.pools[0].token_budget * r.pools[0].dp)) * (s["end"] - s["start"])).sum()
+              / (s["end"] - s["start"]).sum()))
+    assert p["capacity_used"] < 0.1 and p["utilisation"] > 2 * p["capacity_used"]
+    span = float(np.nanmax(r.finish) - r.workload.arrival_s.min())
+    assert p["utilisation"] == pytest.approx(float((s["end"] - s["start"]).sum()) / span)
+
+
+def test_no_steady_state_is_reported_as_none_not_as_the_drain():
+    """Arrivals that stop before any request finishes: the run never reached a steady state, and the
+    burst of the drain afterwards is not printed as one."""
+    r = sim(Deployment("colocated", prefill=PoolPlan(2, 1, 16)), synthetic(400, 50.0, 2000, 400, seed=4))
+    assert np.nanmin(r.finish) > r.workload.arrival_s.max()
+    p = summary(r)["pools"][0]
+    assert p["steady_window_s"] is None and p["output_tokens_per_s_per_node_steady"] is None
+    assert p["input_tokens_per_s_per_node_steady"] is None and p["output_tokens_per_s_per_node"] > 0
+
+
+def test_open_loop_steady_window_runs_from_first_finish_to_last_entry(loaded):
+    r = loaded
+    for k, p in enumerate(summary(r)["pools"]):
+        assert p["steady_basis"] == "arrivals"
+        entry = r.first_token if p["role"] == "decode" else r.workload.arrival_s
+        assert p["steady_window_s"] == pytest.approx([float(np.nanmin(r.finish)), float(entry.max())])
+
+
+def test_default_capacity_run_fills_the_decode_pool(capsys):
+    """`tracegen deploy --mode decode` with no --requests: sized to two full batches, so the pool runs
+    full (steady basis 'saturated', every steady step at the batch limit)."""
+    assert main(["deploy", "--mode", "decode", "--decode-nodes", "2", "--decode-batch", "64", "--output-len", "20",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    p = out["pools"][0]
+    assert p["max_batch_per_dp"] == 64                  # the KV cache holds more: the flag's cap binds
+    assert out["requests"] == 2 * 16 * 64           # two full batches of the 16 DP groups
+    assert p["steady_basis"] == "saturated" and p["mean_batch_per_dp"] == pytest.approx(64.0)
+    assert p["capacity_used"] == pytest.approx(1.0)
+
+
+def test_batch_limit_is_the_lower_of_the_cap_and_what_the_kv_cache_holds():
+    pools, _ = build_pools(*TARGET, Deployment("decode", decode=PoolPlan(2, 1, 16), max_batch=100),
+                           synthetic(10, None, 2000, 20), CACHE)
+    p = pools[0]
+    held = math.floor(p.kv_tokens / 2020)
+    assert held < 100 and p.batch_limit(2020) == held
+    assert replace(p, max_batch=10).batch_limit(2020) == 10
+    assert p.decode_slots(2020) == p.instances * p.dp * held

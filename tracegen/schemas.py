@@ -186,7 +186,10 @@ class DeployPool(_S):
     dp: int
     nodes: float
     gpus: int
-    utilisation: float
+    utilisation: float              # busy share of the run (first arrival to last finish), per instance
+    capacity_used: float | None     # step-time-weighted share of the token budget / batch limit its steps used
+    steady_window_s: list[float] | None   # [start, end] of the steady state, or None where there is none
+    steady_basis: str | None        # "arrivals" (first finish to last arrival) | "saturated" (work waiting)
     steps: int
     max_batch_per_dp: float | None
     kv_tokens_per_dp: float | None
@@ -265,7 +268,7 @@ class DeploySearch(_S):
 SCHEMAS: dict[str, tuple[type, int]] = {      # name -> (struct, version)
     "tracegen-estimate": (Estimate, 2), "tracegen-trace": (Trace, 1), "tracegen-list-hardware": (ListHardware, 2),
     "tracegen-list-models": (ListModels, 1), "tracegen-list-presets": (ListPresets, 1),
-    "tracegen-roofline": (Roofline, 2), "tracegen-deploy": (Deploy, 1), "tracegen-deploy-search": (DeploySearch, 1),
+    "tracegen-roofline": (Roofline, 2), "tracegen-deploy": (Deploy, 2), "tracegen-deploy-search": (DeploySearch, 1),
 }
 
 

@@ -108,6 +108,7 @@ def summary_div(s: dict[str, Any]) -> Div:
     rows = "".join(
         f"<tr><td>{html.escape(p['role'])}</td><td>{p['instances']} x {p['gpus_per_instance']}</td>"
         f"<td>{p['nodes']:g}</td><td>{p['utilisation']:.0%}</td>"
+        f"<td>{'-' if p.get('capacity_used') is None else format(p['capacity_used'], '.0%')}</td>"
         f"<td>{_n(p.get('input_tokens_per_s_per_node_steady'))}</td>"
         f"<td>{_n(p.get('output_tokens_per_s_per_node_steady'))}</td></tr>" for p in s["pools"])
     lat = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{_n(s[key].get(f'p{q}'), 1)}</td>" for q in (50, 90, 99))
@@ -116,7 +117,7 @@ def summary_div(s: dict[str, Any]) -> Div:
     slo_line = f"<p>SLO met by {slo['attained']:.1%} of requests</p>" if slo else ""
     return Div(text=f"<h3>{html.escape(s.get('plan', ''))}</h3><p>{html.escape(s.get('workload', ''))}</p>"
                     "<table border=1 cellpadding=4 style='border-collapse:collapse'><tr><th>pool</th><th>instances</th>"
-                    "<th>nodes</th><th>util</th><th>input tok/s/node (steady)</th><th>output tok/s/node (steady)</th></tr>"
+                    "<th>nodes</th><th>busy</th><th>capacity used</th><th>input tok/s/node (steady)</th><th>output tok/s/node (steady)</th></tr>"
                     f"{rows}</table><br><table border=1 cellpadding=4 style='border-collapse:collapse'>"
                     f"<tr><th></th><th>p50</th><th>p90</th><th>p99</th></tr>{lat}</table>{slo_line}",
                sizing_mode="stretch_width", name="deploy-summary")

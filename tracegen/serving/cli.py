@@ -13,7 +13,7 @@ from ..base.cliutil import add_command, finite, print_json
 from ..base.errors import UserError
 from ..schemas import tag
 from ..flags import add_shared_plan_args, add_target_args
-from .deployment import DEFAULT_TOKEN_BUDGET, Deployment, PoolPlan
+from .deployment import CAPACITY_MIN_REQUESTS, DEFAULT_TOKEN_BUDGET, Deployment, PoolPlan
 from .simulate import COLOCATED, PD
 
 EPILOG = """\
@@ -31,7 +31,10 @@ both; waiting prompts take the next step, so decoding requests stall), prefill /
 its own, as per-role benchmarks measure it). A pool of N nodes is cut into instances of --*-ep GPUs
 (one expert-parallel group each, attention DP ep/tp); --rate max (default) sends every request at
 t = 0 and measures capacity. Step times are scheduled steps of the per-layer model (tracegen trace's
-timeline), interpolated between grid points. Throughput 'steady' counts the middle 80 % of tokens."""
+timeline), interpolated between grid points. Throughput 'steady' leaves out ramp-up and drain: from
+the first request finished to the last one entering the pool (arrival, or KV ready at decode); where
+all enter at once, while work waited for the pool; '-' where the run has no steady state. --requests defaults to enough for a
+capacity run to fill every pool (two full decode batches, eight full prefill steps; at least 2,000)."""
 
 
 def add_deploy_command(sub: argparse._SubParsersAction) -> None:
@@ -86,7 +89,9 @@ def add_deploy_args(d: argparse.ArgumentParser) -> None:
     wl = d.add_argument_group("workload")
     wl.add_argument("--workload", default=None, metavar="FILE",
                     help="CSV (header) or JSONL with arrival_s, input_len, output_len[, prefix_hit_len] per request")
-    wl.add_argument("--requests", type=int, default=2000, help="synthetic: number of requests")
+    wl.add_argument("--requests", type=int, default=None,
+                    help="synthetic: number of requests (default: with --rate max, enough to fill every pool - two "
+                         "full decode batches, eight full prefill steps, at least 2,000; with a rate, 2,000)")
     wl.add_argument("--rate", default="max",
                     help="synthetic: Poisson arrivals per second, or 'max' (all at t = 0: the capacity)")
     wl.add_argument("--input-len", type=int, default=2000, help="synthetic: prompt tokens per request")
@@ -126,7 +131,10 @@ def _deployment(args: argparse.Namespace, gpus_per_node: int) -> Deployment:
                       getattr(args, "stack", "") or "")
 
 
-def _workload(args: argparse.Namespace):
+def _workload(args: argparse.Namespace, model=None, hw=None, preset=None, d: Deployment | None = None,
+              cache: dict | None = None):
+    """The workload the flags describe; a capacity run without --requests is sized to fill every pool
+    of `d` (deployment.capacity_requests)."""
     from .workload import load, synthetic
     if args.workload:
         return load(args.workload)
@@ -139,27 +147,37 @@ def _workload(args: argparse.Namespace):
             raise UserError(f"--rate must be requests per second or 'max', got {args.rate!r}") from None
         if not math.isfinite(rate) or rate <= 0:
             raise UserError(f"--rate must be a positive number of requests per second (or 'max'), got {args.rate}")
-    return synthetic(args.requests, rate, args.input_len, args.output_len, args.prefix_hit, args.seed)
+    n = args.requests
+    if n is None:
+        n = CAPACITY_MIN_REQUESTS
+        if rate is None and d is not None and not getattr(args, "search", False) and args.input_len >= 1 and args.output_len >= 1 \
+                and 0 <= args.prefix_hit < 1:
+            from .deployment import capacity_requests
+            n = capacity_requests(model, hw, preset, d, args.input_len, args.output_len, args.prefix_hit, cache)
+    return synthetic(n, rate, args.input_len, args.output_len, args.prefix_hit, args.seed)
 
 
-def target(args: argparse.Namespace):
-    """(model, hardware, preset, deployment, workload) from the deploy flags."""
+def target(args: argparse.Namespace, cache: dict | None = None):
+    """(model, hardware, preset, deployment, workload) from the deploy flags; `cache` keeps the step
+    tables built while sizing a capacity run for the simulation."""
     from ..resolve import resolve_target
     model, hw, preset = resolve_target(args.model, args.model_file, args.hardware, args.hardware_file, args.preset)
     if getattr(args, "clock", "limit") == "boost":
         preset = replace(preset, power_limit=False)
     if getattr(args, "in_situ", "on") == "off":
         preset = replace(preset, comm_in_situ=False)
-    return model, hw, preset, _deployment(args, hw.gpus_per_node), _workload(args)
+    d = _deployment(args, hw.gpus_per_node)
+    return model, hw, preset, d, _workload(args, model, hw, preset, d, cache)
 
 
-def simulate_args(args: argparse.Namespace, parts=None):
+def simulate_args(args: argparse.Namespace, parts=None, cache: dict | None = None):
     """Run the deployment the flags describe: (result, summary dict)."""
     from .deployment import simulate_deployment
     from .metrics import summary
-    model, hw, preset, d, w = parts or target(args)
+    cache = {} if cache is None else cache
+    model, hw, preset, d, w = parts or target(args, cache)
     t0 = time.perf_counter()
-    r = simulate_deployment(model, hw, preset, d, w)
+    r = simulate_deployment(model, hw, preset, d, w, cache)
     s = summary(r, args.slo_ttft, args.slo_tpot)
     s.update({"model": model.name, "hardware": hw.name, "preset": preset.name, "workload": w.source},
              plan=d.label(), simulated_s=time.perf_counter() - t0, assumptions=assumptions(hw, preset, d))
@@ -191,11 +209,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         raise UserError(f"--trace-requests is a number of requests to draw, 0 or more, got {args.trace_requests}")
     if args.requests_out is not None:
         _requests_format(args.requests_out)
-    model, hw, preset, d, w = parts = target(args)
+    cache: dict = {}
+    model, hw, preset, d, w = target(args, cache)
+    parts = (model, hw, preset, d, w)
     head = {"model": model.name, "hardware": hw.name, "preset": preset.name, "workload": w.source}
     if args.search:
         return _search(args, model, hw, preset, d, w, head)
-    r, s = simulate_args(args, parts)
+    r, s = simulate_args(args, parts, cache)
     if args.output:
         from .deploytrace import write
         write(r, args.output, {**head, "plan": d.label(), "summary": s}, args.trace_requests)
@@ -243,7 +263,7 @@ def _search(args, model, hw, preset, d: Deployment, w, head: dict) -> int:
         raise UserError("--search needs --slo-ttft and --slo-tpot (ms): the plan is the one with the most goodput "
                         "under them")
     best, cands = search(model, hw, preset, d, w, args.nodes, args.slo_ttft, args.slo_tpot, args.slo_attain,
-                         min(args.requests, len(w)) if args.workload else args.requests, args.seed)
+                         min(len(w), args.requests or len(w)) if args.workload else len(w), args.seed)
     out = {**head, "nodes": args.nodes, "slo": {"ttft_ms": args.slo_ttft, "tpot_ms": args.slo_tpot,
                                                  "attain": args.slo_attain},
            "best": best.row() | {"metrics": best.metrics} if best else None,
@@ -275,15 +295,20 @@ def render(s: dict) -> str:
     if s.get("assumptions"):
         lines.append(assumptions_line(s["assumptions"]))
     lines.append("")
-    head = (f"{'pool':<10}{'instances':>12}{'nodes':>7}{'util':>7}{'in tok/s/node':>15}{'steady':>10}"
+    head = (f"{'pool':<10}{'instances':>12}{'nodes':>7}{'busy':>7}{'cap used':>10}{'in tok/s/node':>15}{'steady':>10}"
             f"{'out tok/s/node':>16}{'steady':>10}{'batch/DP':>10}")
     lines += [head, "-" * len(head)]
+    notes = []
     for p in s["pools"]:
         inst = f"{p['instances']} x {p['gpus_per_instance']}"
-        lines.append(f"{p['role']:<10}{inst:>12}{p['nodes']:>7g}{p['utilisation']:>7.0%}"
+        cap = "-" if p.get("capacity_used") is None else f"{p['capacity_used']:.0%}"
+        lines.append(f"{p['role']:<10}{inst:>12}{p['nodes']:>7g}{p['utilisation']:>7.0%}{cap:>10}"
                      f"{_n(p.get('input_tokens_per_s_per_node')):>15}{_n(p.get('input_tokens_per_s_per_node_steady')):>10}"
                      f"{_n(p.get('output_tokens_per_s_per_node')):>16}{_n(p.get('output_tokens_per_s_per_node_steady')):>10}"
                      f"{_n(p.get('mean_batch_per_dp'), 1):>10}")
+        notes.append(f"{p['role']}: " + _steady_note(p))
+    lines += ["", "busy: share of the run its instances ran a step; cap used: share of the token budget (prefill) "
+                  "or batch limit (decode) those steps filled; steady: " + "; ".join(notes)]
     lines += ["", f"{'latency':<22}{'p50':>10}{'p90':>10}{'p99':>10}"]
     for key, label, div in (("ttft_ms", "TTFT ms", 1), ("tpot_ms", "TPOT ms", 1), ("e2e_ms", "end to end s", 1e3),
                             ("queue_ms", "queue before prefill ms", 1),
@@ -301,6 +326,15 @@ def render(s: dict) -> str:
     if "trace" in s:
         lines += ["", f"wrote {s['trace']}: open it in https://ui.perfetto.dev"]
     return "\n".join(lines)
+
+
+def _steady_note(p: dict) -> str:
+    w = p.get("steady_window_s")
+    if not w:
+        return "none (no request finished before the last entered the pool, and it never ran with work waiting)"
+    why = ("from the first request finished to the last one entering the pool" if p["steady_basis"] == "arrivals"
+           else "while work waited for the pool (it ran full)")
+    return f"{w[0]:.1f}-{w[1]:.1f} s, {why}"
 
 
 def render_search(out: dict) -> str:

@@ -234,6 +234,26 @@ def tpot_batch(table, accepted: float, slo_ms: float, context: float, top: float
     return max(1.0, math.floor(lo))
 
 
+# a capacity run (every request at t = 0) sized to fill every pool: two full decode batches (the second
+# waits while the first decodes, so the decode pool runs full), eight full prefill steps, at least 2,000
+CAPACITY_DECODE_BATCHES, CAPACITY_PREFILL_STEPS, CAPACITY_MIN_REQUESTS = 2, 8, 2000
+
+
+def capacity_requests(model: Model, hw: Hardware, preset: Preset, d: Deployment, input_len: int, output_len: int,
+                      prefix_hit: float = 0.0, cache: dict | None = None) -> int:
+    """How many requests of these lengths a capacity run of deployment `d` needs to fill every pool."""
+    from .workload import synthetic
+    pools, _ = build_pools(model, hw, preset, d, synthetic(1, None, input_len, output_len, prefix_hit), cache)
+    new = max(1, input_len - min(input_len - 1, int(round(prefix_hit * input_len))))
+    need = CAPACITY_MIN_REQUESTS
+    for p in pools:
+        if p.role in ("prefill", COLOCATED):
+            need = max(need, math.ceil(CAPACITY_PREFILL_STEPS * p.instances * max(1, p.dp) * p.token_budget / new))
+        if p.role in ("decode", COLOCATED):
+            need = max(need, math.ceil(CAPACITY_DECODE_BATCHES * p.decode_slots(input_len + output_len)))
+    return need
+
+
 def simulate_deployment(model: Model, hw: Hardware, preset: Preset, d: Deployment, w: Workload, cache: dict | None = None) -> Result:
     """Simulate workload `w` on deployment `d`."""
     pools, transfer = build_pools(model, hw, preset, d, w, cache)
@@ -245,4 +265,5 @@ def simulate_deployment(model: Model, hw: Hardware, preset: Preset, d: Deploymen
     return simulate(w, pools, d.mode, transfer)
 
 
-__all__ = ["PoolPlan", "Deployment", "build_pools", "simulate_deployment", "tpot_batch", "DEFAULT_TOKEN_BUDGET"]
+__all__ = ["PoolPlan", "Deployment", "build_pools", "simulate_deployment", "capacity_requests", "tpot_batch",
+           "DEFAULT_TOKEN_BUDGET"]

@@ -1,14 +1,20 @@
 """What a simulated deployment delivered: latency percentiles (TTFT, TPOT, end to end, queueing),
-throughput per node of each pool (over the whole run and in the steady middle, 10 % to 90 % of
-the tokens done, where ramp-up and drain are left out), utilisation per pool, SLO attainment."""
+throughput per node of each pool (over the whole run, and in its steady state: ramp-up and drain left
+out, or none where the run has none), how busy each pool was and how much of its token capacity its
+steps used, SLO attainment.
+
+The steady window of a pool: from the first request finished (every pool has seen work) to the last
+request entering the pool (its arrival; at a decode pool, its KV cache ready), after which the pool
+drains; where every request entered at once (a capacity run of one pool), from the first to the last
+step the pool began with work still waiting for it (its queue or a decode slot: it ran full). A pool
+with neither has no steady state, and none is printed."""
 from __future__ import annotations
 
 import numpy as np
 
-from .simulate import COLOCATED, DECODE, PREFILL, Result
+from .simulate import COLOCATED, DECODE, PREFILL, Pool, Result
 
 PCTS = (50, 90, 99)
-STEADY = (0.10, 0.90)
 
 
 def _pcts(x: np.ndarray) -> dict[str, float]:
@@ -22,17 +28,48 @@ def _pcts_ms(seconds: np.ndarray) -> dict[str, float]:
     return {k: 1e3 * v for k, v in _pcts(seconds).items()}
 
 
-def _rates(t: np.ndarray, tokens: np.ndarray) -> tuple[float, float]:
-    """(all the tokens, tokens per second between 10 % and 90 % of them done) for tokens completed
-    at times t; the rate is NaN when that middle takes no time (everything at one instant)."""
-    if not len(t) or tokens.sum() <= 0:
-        return 0.0, 0.0
-    order = np.argsort(t, kind="stable")
-    t, cum = t[order], np.cumsum(tokens[order])
-    total = cum[-1]
-    i10, i90 = np.searchsorted(cum, STEADY[0] * total), np.searchsorted(cum, STEADY[1] * total)
-    t10, t90 = t[i10], t[i90]
-    return float(total), float((cum[i90] - cum[i10]) / (t90 - t10)) if t90 > t10 else float("nan")
+def steady_window(r: Result, pool: Pool, mine: np.ndarray) -> tuple[float, float, str] | None:
+    """(start, end, basis) of the steady state of `pool`, whose steps are `mine`; None where the run
+    has none (see the module's docstring)."""
+    w, s = r.workload, r.steps
+    entry = r.first_token if pool.role == "decode" and r.mode == "pd" else w.arrival_s
+    a0, a1 = float(np.nanmin(entry)), float(np.nanmax(entry))
+    first_done = float(np.nanmin(r.finish))
+    if a1 > a0:
+        return (first_done, a1, "arrivals") if a1 > first_done else None
+    full = mine & (s["queue"] > 0)
+    if not full.any():
+        return None
+    t0, t1 = float(s["start"][full].min()), float(s["end"][full].max())
+    return (t0, t1, "saturated") if t1 > t0 else None
+
+
+def _in(t: np.ndarray, win: tuple[float, float, str] | None) -> np.ndarray:
+    return np.zeros(len(t), bool) if win is None else (t > win[0]) & (t <= win[1])
+
+
+def _finite(x: float) -> float | None:
+    return x if np.isfinite(x) else None
+
+
+def _rate(tokens: float, win, nodes: float) -> float | None:
+    """Tokens per second per node over the window (None without one)."""
+    return None if win is None else tokens / (win[1] - win[0]) / nodes
+
+
+def capacity_used(r: Result, pool: Pool, mine: np.ndarray) -> float | None:
+    """Share of the pool's token capacity its steps used, weighted by step time: a prefill step's new
+    tokens over the token budget of every DP group, a decode step's requests over the batch limit of
+    every DP group (--decode-batch, the TPOT cap, or what the KV cache holds at the mean request)."""
+    s, w = r.steps, r.workload
+    if not mine.any():
+        return None
+    dur = s["end"][mine] - s["start"][mine]
+    dp = max(1, pool.dp)
+    limit = np.where(s["kind"][mine] == PREFILL, pool.token_budget * dp,
+                     dp * pool.batch_limit(float((w.input_len + w.output_len).mean())))
+    used = np.minimum(s["load"][mine] / limit, 1.0)
+    return float((used * dur).sum() / dur.sum()) if dur.sum() > 0 else None
 
 
 def tpot_s(r: Result) -> np.ndarray:
@@ -59,29 +96,41 @@ def summary(r: Result, slo_ttft_ms: float | None = None, slo_tpot_ms: float | No
         # (tokens/s per user: p50 is 1 / TPOT p50; p90 is 1 / TPOT p90, i.e. the slow tail)
         "pools": [],
     }
+    span = float(np.nanmax(r.finish) - w.arrival_s.min())
     for k, pool in enumerate(r.pools):
         mine = r.instance_pool[s["instance"]] == k
         busy = float((s["end"][mine] - s["start"][mine]).sum())
         t0 = float(s["start"][mine].min()) if mine.any() else 0.0
         t1 = float(s["end"][mine].max()) if mine.any() else 0.0
+        win = steady_window(r, pool, mine)
         row = {"role": pool.role, "instances": pool.instances, "gpus_per_instance": pool.gpus, "dp": pool.dp,
                "nodes": int(pool.nodes) if float(pool.nodes).is_integer() else pool.nodes,   # 0.5: half a node
                "gpus": pool.instances * pool.gpus,
-               "utilisation": busy / ((t1 - t0) * pool.instances) if t1 > t0 else 0.0,
-               "steps": int(mine.sum()), "max_batch_per_dp": pool.max_batch or None,
+               # busy: the share of the run (first arrival to last finish) its instances ran a step
+               "utilisation": busy / (span * pool.instances) if span > 0 else 0.0,
+               "capacity_used": capacity_used(r, pool, mine),
+               "steady_window_s": [win[0], win[1]] if win else None, "steady_basis": win[2] if win else None,
+               "steps": int(mine.sum()),
+               "max_batch_per_dp": _finite(pool.batch_limit(float((w.input_len + w.output_len).mean())))
+                                   if pool.role != "prefill" else None,
                "kv_tokens_per_dp": pool.kv_tokens if np.isfinite(pool.kv_tokens) else None}
         if pool.role in ("prefill", COLOCATED) and r.mode != "decode":
-            total, steady = _rates(r.prefill_end, w.input_len.astype(float))
+            # new prompt tokens the pool's prefill steps computed in the window; input tokens count the
+            # cached prefix too, at the workload's ratio of all prompt tokens to computed ones
+            pre = mine & (s["kind"] == PREFILL) & _in(s["end"], win)
+            total, new = float(w.input_len.sum()), float((w.input_len - w.prefix_hit_len).sum())
             row["input_tokens"] = total
             row["input_tokens_per_s_per_node"] = total / (t1 - t0) / pool.nodes if t1 > t0 else 0.0
-            row["input_tokens_per_s_per_node_steady"] = steady / pool.nodes
-            row["new_tokens_per_s_per_node_steady"] = steady * (1 - w.hit_rate) / pool.nodes
+            row["new_tokens_per_s_per_node_steady"] = _rate(float(s["load"][pre].sum()), win, pool.nodes)
+            row["input_tokens_per_s_per_node_steady"] = _rate(float(s["load"][pre].sum()) * total / new, win,
+                                                              pool.nodes)
         if pool.role in ("decode", COLOCATED) and r.mode != "prefill":
             dec = mine & (s["kind"] == DECODE)
-            total, steady = _rates(s["end"][dec], s["tokens"][dec])
+            total = float(s["tokens"][dec].sum())
             row["output_tokens"] = total
             row["output_tokens_per_s_per_node"] = total / (t1 - t0) / pool.nodes if t1 > t0 else 0.0
-            row["output_tokens_per_s_per_node_steady"] = steady / pool.nodes
+            row["output_tokens_per_s_per_node_steady"] = _rate(float(s["tokens"][dec & _in(s["end"], win)].sum()),
+                                                               win, pool.nodes)
             row["mean_batch_per_dp"] = float((s["requests"][dec] / pool.dp).mean()) if dec.any() else 0.0
             # the decode steps' own time per output token (TPOT less any wait for a slot or a prompt)
             row["step_tpot_ms"] = (float(1e3 * (s["end"][dec] - s["start"][dec]).mean() / pool.tokens_per_step)
@@ -109,4 +158,4 @@ def _no_nan(x):
     return x
 
 
-__all__ = ["summary", "tpot_s", "PCTS"]
+__all__ = ["summary", "tpot_s", "steady_window", "capacity_used", "PCTS"]

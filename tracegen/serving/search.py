@@ -60,7 +60,7 @@ def capacity(pools, w: Workload) -> tuple[float, str]:
             ms = p.prefill(p.token_budget, L)
             rates["prefill"] = p.instances * p.token_budget * p.dp / (ms / 1e3) / new
         elif p.role == "decode":
-            b = p.max_batch or p.kv_tokens / float((w.input_len + w.output_len).mean())
+            b = p.batch_limit(float((w.input_len + w.output_len).mean()))
             ms = p.decode(max(1.0, b), ctx)
             rates["decode"] = p.instances * b * p.dp * p.tokens_per_step / (ms / 1e3) / max(out, 1e-9)
     role = min(rates, key=rates.get)

@@ -45,6 +45,17 @@ class Pool:
     def nodes(self) -> float:
         return self.instances * self.gpus / self.gpus_per_node
 
+    def batch_limit(self, request_tokens: float) -> float:
+        """Decode: requests one DP group holds at once - what its KV cache holds of requests of
+        `request_tokens` (prompt + output) each, or --decode-batch (or the TPOT target's cap) if lower."""
+        kv = self.kv_tokens / max(1.0, request_tokens)
+        kv = max(1.0, float(math.floor(kv))) if math.isfinite(kv) else kv             # whole requests
+        return float(min(self.max_batch, kv) if self.max_batch else kv)
+
+    def decode_slots(self, request_tokens: float) -> float:
+        """Decode: requests the whole pool holds at once."""
+        return self.instances * max(1, self.dp) * self.batch_limit(request_tokens)
+
 
 @dataclass
 class Result:
