@@ -125,7 +125,16 @@ def _in_stages(path: str, jobs: int, cluster: str | None) -> bool:
     return len(files) > 1 and (jobs > 1 or bool(cluster) or sum(f.stat().st_size for f in files) > WHOLE_TABLE_MAX_BYTES)
 
 
+def _check_traces(*paths: str) -> None:
+    """A trace path that is not there (or an empty folder) is refused before the analysis modules
+    (pandas among them) load: the one-line error comes at once."""
+    from .kineto import trace_files
+    for path in paths:
+        trace_files(Path(path))
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
+    _check_traces(args.trace)
     from .analyze import analyze, parse_window
     from .parallel import MAX_JOBS
     if args.jobs is None:
@@ -198,6 +207,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    _check_traces(args.before, args.after)
     from tracegen.base.fileio import atomic_write
 
     from .analyze import analyze

@@ -138,3 +138,16 @@ def test_large_folders_are_parsed_one_process_per_core(monkeypatch):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert cli._auto_jobs(str(DEEPEP_PROPER)) == min(cores, 4)
     assert cli._auto_jobs(str(DEEPEP_PROPER / "rank0.json.gz")) == 1
+
+
+@pytest.mark.parametrize("argv", [["analyze", "no-such-trace.json"], ["diff", "no-such-a.json", "no-such-b.json"]])
+def test_a_missing_trace_is_refused_before_the_analysis_loads(argv):
+    """The one-line error for a path that is not there comes before pandas and the analysis load
+    (issue 30: start-up only for what is used)."""
+    import subprocess
+    import sys
+    code = ("import sys; from replay.cli import main; rc = main(%r); "
+            "print(rc, 'pandas' in sys.modules, 'replay.analyze' in sys.modules)" % (argv,))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.split() == ["2", "False", "False"], r.stdout + r.stderr
+    assert r.stderr.strip().splitlines() == [f"replay: error: {argv[1]}: no such file or folder"]
