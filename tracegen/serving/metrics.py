@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .simulate import COLOCATED, DECODE, PREFILL, Pool, Result
+from .simulate import COLOCATED, DECODE, PD, PREFILL, Pool, Result
 
 PCTS = (50, 90, 99)
 
@@ -32,7 +32,7 @@ def steady_window(r: Result, pool: Pool, mine: np.ndarray) -> tuple[float, float
     """(start, end, basis) of the steady state of `pool`, whose steps are `mine`; None where the run
     has none (see the module's docstring)."""
     w, s = r.workload, r.steps
-    entry = r.first_token if pool.role == "decode" and r.mode == "pd" else w.arrival_s
+    entry = r.first_token if pool.role == "decode" and r.mode == PD else w.arrival_s
     a0, a1 = float(np.nanmin(entry)), float(np.nanmax(entry))
     first_done = float(np.nanmin(r.finish))
     if a1 > a0:
