@@ -122,6 +122,14 @@ def _stage_from_ops(layer: int, mb: int, name: str, timed: list[Timed], plan: Pl
                  terms_us=terms, vector_us=vector, hot_us=hot)
 
 
+def _placed(stage: Stage, layer: int, mb: int, deps: tuple[tuple[int, int, str], ...]) -> Stage:
+    """replace(stage, layer=, mb=, deps=) without re-running __init__: a step of 61 layers links tens of
+    thousands of stages per deployment table, and build() hands link() one shared template per kind."""
+    new = object.__new__(Stage)
+    new.__dict__.update(stage.__dict__, layer=layer, mb=mb, deps=deps)
+    return new
+
+
 def link(stages: dict[tuple[int, int, str], Stage], layers: tuple[int, ...] | list[int], n_mb: int, serial: bool,
          phase: str, types: dict[int, str]) -> dict[tuple[int, int, str], Stage]:
     """The stages with their data dependencies: inside a layer by program order (SHARED and
@@ -154,7 +162,7 @@ def link(stages: dict[tuple[int, int, str], Stage], layers: tuple[int, ...] | li
                     deps = (done["DISPATCH"],) if "DISPATCH" in done else ((attn,) if attn else prev[mb])
                 else:   # COMBINE
                     deps = (done["MLP"],) if "MLP" in done else prev[mb]
-                out[key] = replace(stages[key], deps=tuple(deps))
+                out[key] = _placed(stages[key], layer, mb, tuple(deps))
                 done[name] = key
                 last = (key,)
             # the next layer needs this layer's output: the combine (+ shared) or the dense MLP
@@ -216,14 +224,18 @@ def build(target: Target, layers: int | None = None, skip_dense: bool = False) -
             chosen.append(model.layers + i)
     dense = frozenset(i for i in chosen if kinds[i] == "dense")
     serial = n_mb == 1
+    # a stage's costs depend on its layer's kind and its name only: one template each, which link()
+    # copies with the stage's layer, micro-batch and dependencies
+    template = {(kind, name): _stage_from_ops(-1, -1, name, ops, mb_plan, hw, preset)
+                for kind in set(kinds.values()) for name, ops in per_kind[kind].items()
+                if name in PROGRAM[(plan.phase, layer_type(kind))]}
     stages: dict[tuple[int, int, str], Stage] = {}
     for layer in chosen:
         kind = kinds[layer]
         for mb in range(1 if layer_type(kind) == "head" else n_mb):
             for name in PROGRAM[(plan.phase, layer_type(kind))]:
                 if name in per_kind[kind]:
-                    stages[(layer, mb, name)] = _stage_from_ops(layer, mb, name, per_kind[kind][name], mb_plan, hw,
-                                                                preset)
+                    stages[(layer, mb, name)] = template[(kind, name)]
     types = {i: layer_type(k) for i, k in kinds.items()}
     stages = link(stages, tuple(chosen), n_mb, serial, plan.phase, types)
     return OpGraph(model, hw, plan, preset, tuple(chosen), dense, stages, serial, kinds)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 
@@ -87,15 +88,34 @@ class StepTable:
         return self.__dict__[key]
 
 
+MEMO_SIZE = 4096         # grid points remembered per process (a deployment table has a few dozen)
+_MEMO: dict[tuple, float] = {}
+
+
+def _memo(kind: str, target: Target, extra: object, fn: Callable[[], float]) -> float:
+    """fn() remembered by value: the target's repr holds every field of the model, hardware, preset and
+    plan (floats exactly), so two equal targets share one scheduled step - deployments, searches and
+    validation rows that price the same instance shape schedule it once per process."""
+    key = (kind, repr(target), extra)
+    hit = _MEMO.get(key)
+    if hit is None:
+        if len(_MEMO) >= MEMO_SIZE:
+            _MEMO.pop(next(iter(_MEMO)))
+        hit = _MEMO[key] = fn()
+    return hit
+
+
 def _step_ms(target: Target, launch_us: float | None = None) -> float:
-    s = schedule(target, TraceOptions(tbo="proper" if target.plan.microbatches == 2 else "off", launch_us=launch_us))
-    return s.span_us / 1e3
+    opts = TraceOptions(tbo="proper" if target.plan.microbatches == 2 else "off", launch_us=launch_us)
+    return _memo("step", target, launch_us, lambda: schedule(target, opts).span_us / 1e3)
 
 
 def _expert_share(target: Target) -> float:
     """Share of a step's serial op time in the routed experts (estimate.py's rows)."""
-    e = estimate(target)
-    return sum(r.total_ms for r in e.rows if r.name == "RoutedExpert") / e.sum_ms
+    def share() -> float:
+        e = estimate(target)
+        return sum(r.total_ms for r in e.rows if r.name == "RoutedExpert") / e.sum_ms
+    return _memo("share", target, None, share)
 
 
 def prefill_table(target: Target, max_tokens: float, prompt_lens: tuple[float, float], hit: float) -> StepTable:
