@@ -59,8 +59,27 @@ class StageGraph:
 
 
 def stage_graph(a: Analysis, rules: StageRules, hardware: str | None = None) -> StageGraph:
-    """The stage graph of an analysed trace (one rank for a profiler trace: pick it with --rank)."""
-    g = _generated(a) if a.trace.generated else _observed(a, rules, hardware)
+    """The stage graph of an analysed trace (one rank for a profiler trace: pick it with --rank, or take
+    every rank's with rank_graphs)."""
+    ranks = _gpu_ranks(a)
+    if not a.trace.generated and len(ranks) != 1:
+        raise UserError(f"what-if of a profiler trace takes one rank: pick one of ranks "
+                        f"{', '.join(map(str, ranks))} with --rank")
+    g = _generated(a) if a.trace.generated else _observed(a, rules, hardware, ranks[0])
+    return _checked(g)
+
+
+def rank_graphs(a: Analysis, rules: StageRules, hardware: str | None = None) -> list[StageGraph]:
+    """Each rank's stage graph of a profiler trace's folder (or file) of several ranks, on the common clock
+    the analysis put them on (replay whatif re-times them together: whatif.retime_ranks)."""
+    return [_checked(_observed(a, rules, hardware, r)) for r in _gpu_ranks(a)]
+
+
+def _gpu_ranks(a: Analysis) -> list[int]:
+    return [int(r) for r in sorted(a.events.loc[a.events["device"] == "gpu", "rank"].unique())]
+
+
+def _checked(g: StageGraph) -> StageGraph:
     if not g.stages:
         raise UserError("no stages with known layer, micro-batch and stage in the trace: a what-if needs "
                         "tracegen's args or stage annotations (see replay/data/stages.toml)")
@@ -101,14 +120,11 @@ def _generated(a: Analysis) -> StageGraph:
                          if t.hardware.throttle else []), list(range(t.ranks)), preset=t.preset)
 
 
-def _observed(a: Analysis, rules: StageRules, hardware: str | None) -> StageGraph:
-    """Stages of a profiler trace's one rank: busy time, first launch, kernels, blocking."""
-    ranks_seen = sorted(a.events.loc[a.events["device"] == "gpu", "rank"].unique())
-    if len(ranks_seen) != 1:
-        raise UserError(f"what-if of a profiler trace takes one rank: pick one of ranks "
-                        f"{', '.join(map(str, ranks_seen))} with --rank")
-    rank = int(ranks_seen[0])
-    assumptions = [f"rank {rank} only, re-timed alone (other ranks' waits are not modelled)"]
+def _observed(a: Analysis, rules: StageRules, hardware: str | None, rank: int) -> StageGraph:
+    """Stages of one rank of a profiler trace: busy time, first launch, kernels, blocking."""
+    alone = len(_gpu_ranks(a)) == 1
+    assumptions = [f"rank {rank} only, re-timed alone (other ranks' waits are not modelled)" if alone else
+                   f"rank {rank}"]
     if hardware:
         hw = load_hardware(hardware)
         assumptions.append(f"hardware {hw.name} (--hardware)")
@@ -250,4 +266,4 @@ def _with_cpu_time(stages: dict, first: dict, last: dict, waits: tuple[np.ndarra
     return out
 
 
-__all__ = ["StageGraph", "stage_graph"]
+__all__ = ["rank_graphs", "StageGraph", "stage_graph"]

@@ -21,7 +21,7 @@ from tracegen.trace import write_trace
 
 from .analysis import Analysis
 from .stagerules import StageRules
-from .stagegraph import StageGraph, stage_graph
+from .stagegraph import StageGraph, rank_graphs, stage_graph
 
 
 def layer_kind(stages: set[str]) -> str:
@@ -95,6 +95,83 @@ def retime(g: StageGraph, change: Change, waits: dict[tuple[str, int], float] | 
     else:
         order = _observed_order(g, graph.stages)
     return settle(graph, lambda gr: simulate(gr, order, **sim), in_situ_slowdown(graph))
+
+
+PEER_ROUNDS = 96            # rounds of the ranks' re-times the peer waits get to settle (each round settles one
+                            # more collective in time order at the least: a step has a few dozen)
+PEER_TOLERANCE_US = 2.0     # the largest change of any peer wait that ends the rounds
+PEER_DAMP_AFTER = 24        # rounds after which each round moves the waits halfway to their new values
+
+
+def collectives(gs: list[StageGraph]) -> list:
+    """The communication stages every rank ran (each an all-to-all its peers join)."""
+    keys = [{k for k, st in g.stages.items() if st.stream == COMM} for g in gs]
+    return sorted(set.intersection(*keys)) if keys else []
+
+
+def peer_waits(gs: list[StageGraph], keys: list) -> list[dict]:
+    """Per rank, how long each collective waited for its last peer to join, as observed: the last rank's
+    first kernel start less this rank's (the ranks are on the analysis's common clock)."""
+    return [{k: max(0.0, max(h.first_start[k] for h in gs) - g.first_start[k]) for k in keys} for g in gs]
+
+
+def without_peer_waits(g: StageGraph, waits: dict) -> StageGraph:
+    """The rank's collectives as they would run with every peer there: the observed wait taken out of the
+    time until the data flows (a blocking dispatch's latency: the CPU waited for counts that needed every
+    peer), then out of the transfer (at most nine tenths: the kernels' own time stays)."""
+    stages = dict(g.stages)
+    for k, w in waits.items():
+        st = stages[k]
+        cut = min(w, st.latency_us) if st.blocking else 0.0
+        rest = min(w - cut, 0.9 * st.work_us)
+        stages[k] = replace(st, latency_us=st.latency_us - cut, work_us=st.work_us - rest)
+    return replace(g, stages=stages)
+
+
+def retime_ranks(gs: list[StageGraph], change: Change, waits: list[dict] | None = None
+                 ) -> tuple[list[Schedule], list[float], int]:
+    """Every rank re-timed with its peers: each collective starts moving data when its last rank joins.
+    The observed peer waits are taken out (without_peer_waits), then each rank is re-timed (retime) with
+    a wait before each collective of (the last rank's arrival - its own), arrivals on the common clock
+    (each rank's first launch kept where it was), until no wait moves by PEER_TOLERANCE_US. Returns the
+    schedules (each on its rank's own clock), the ranks' offsets (us) and the rounds it took; refuses
+    what does not settle."""
+    keys = collectives(gs)
+    bare = [without_peer_waits(g, w) for g, w in zip(gs, peer_waits(gs, keys))]
+    starts = [min(g.first_launch.values()) for g in gs]
+    offsets = [t - min(starts) for t in starts]
+    waits = waits or [sm_waits(g, _graph(g, g.stages, g.plan)) for g in gs]
+    add = [dict.fromkeys(keys, 0.0) for _ in gs]
+    for rounds in range(1, PEER_ROUNDS + 1):
+        scheds = [retime(replace(g, stages={k: replace(st, latency_us=st.latency_us + ad[k]) if k in ad else st
+                                            for k, st in g.stages.items()}), change, w)
+                  for g, ad, w in zip(bare, add, waits)]
+        arrive = [{k: off + s.start[(0, k)] for k in keys} for s, off in zip(scheds, offsets)]
+        new = [{k: max(a[k] for a in arrive) - mine[k] for k in keys} for mine in arrive]
+        moved = max((abs(n[k] - o[k]) for n, o in zip(new, add) for k in keys), default=0.0)
+        if rounds > PEER_DAMP_AFTER:    # a wait that feeds back on itself flips between two values: meet halfway
+            new = [{k: (n[k] + o[k]) / 2 for k in keys} for n, o in zip(new, add)]
+        add = new
+        if moved <= PEER_TOLERANCE_US:
+            return scheds, offsets, rounds
+    raise UserError(f"the ranks' peer waits did not settle in {PEER_ROUNDS} rounds (still moving by {moved:.0f} us): "
+                    "re-time one rank with --rank")
+
+
+def merged(scheds: list[Schedule], offsets: list[float]) -> Schedule:
+    """The ranks' schedules as one, on the common clock (the trace writer's input). The stage args are
+    rank 0's, with each rank's expert load as its MLP work against rank 0's."""
+    g0 = scheds[0].graph
+    mlp = [sum(st.work_us for k, st in s.graph.stages.items() if k[2] == "MLP") for s in scheds]
+    out = Schedule(g0, len(scheds), [m / mlp[0] if mlp[0] else 1.0 for m in mlp], scheds[0].launch_us)
+    for r, (s, off) in enumerate(zip(scheds, offsets)):
+        out.intervals += [replace(iv, rank=r, start=iv.start + off, end=iv.end + off) for iv in s.intervals]
+        out.idle += [replace(i, rank=r, start=i.start + off, end=i.end + off) for i in s.idle]
+        out.blocked += [[(a + off, b + off) for a, b in spans] for spans in s.blocked]
+        for name in ("start", "end", "launched", "ready"):
+            getattr(out, name).update({(r, k): t + off for (_, k), t in getattr(s, name).items()})
+    out.intervals.sort(key=lambda i: (i.rank, i.start, i.track))
+    return out
 
 
 def as_alone(g: StageGraph, sim: dict) -> dict:
@@ -205,34 +282,55 @@ def _respect_deps(order: list, stages: dict) -> list:
 
 def whatif_trace(path: str, out: str, a: Analysis, rules: StageRules, change: Change, hardware: str | None) -> dict[str, Any]:
     """Rebuild, change, re-time, write the new trace; the spans and overlaps before and after, and the
-    error of re-timing the trace with no change at all (which every what-if number carries)."""
-    g = stage_graph(a, rules, hardware)
-    waits = sm_waits(g, _graph(g, g.stages, g.plan))
-    if waits:
-        g = replace(g, assumptions=g.assumptions + [
-            "communication ready while a GEMM runs waits for its SMs as long as it did here (per stage, median): "
-            + ", ".join(f"{name}({mb}) {w:.0f} us" for (name, mb), w in sorted(waits.items()))])
-    g = replace(g, assumptions=g.assumptions + _peer_caveat(a, g))
-    sched = retime(g, change, waits)
-    base = summary(retime(g, Change(), waits)) if change.describe() else None
+    error of re-timing the trace with no change at all (which every what-if number carries). A profiler
+    trace of several ranks (a folder without --rank) is re-timed with every rank together
+    (retime_ranks): its collectives wait for their last peer in the new schedule too."""
+    together = not a.trace.generated and len(a.ranks) > 1
+    gs = rank_graphs(a, rules, hardware) if together else [stage_graph(a, rules, hardware)]
+    waits = [sm_waits(g, _graph(g, g.stages, g.plan)) for g in gs]
+    notes = _sm_wait_note(waits)
+    if together:
+        sched, offsets, rounds = retime_ranks(gs, change, waits)
+        base = summary(merged(*retime_ranks(gs, Change(), waits)[:2])) if change.describe() else None
+        sched = merged(sched, offsets)
+        notes += [f"ranks {', '.join(str(g.observed_ranks[0]) for g in gs)} re-timed together: each collective moves "
+                  "data once its last rank joins, the observed waits for peers taken out first "
+                  f"(settled in {rounds} rounds); written with rank 0's stage args, each rank's expert load as its "
+                  "MLP time against rank 0's"]
+        observed_ranks = [g.observed_ranks[0] for g in gs]
+    else:
+        g = gs[0]
+        notes += _peer_caveat(a, g)
+        sched = retime(g, change, waits[0])
+        base = summary(retime(g, Change(), waits[0])) if change.describe() else None
+        observed_ranks = g.observed_ranks
+    assumptions = (gs[0].assumptions[1:] if together else gs[0].assumptions) + notes    # [0]: "rank N"
     write_trace(sched, out, {"tbo": change.launch_order or "as observed",
                              "whatif": {"source": str(Path(path).name), "changes": change.describe(),
-                                        "assumptions": g.assumptions}})
+                                        "assumptions": assumptions}})
     s = summary(sched)
     base = base or s
     before = {r["rank"]: r for r in a.ranks}
     rows = []
     for r, b in zip(s, base):
-        seen = before.get(g.observed_ranks[r["rank"]], {})
+        seen = before.get(observed_ranks[r["rank"]], {})
         obs_span = seen.get("span_us")
-        rows.append({"rank": g.observed_ranks[r["rank"]], "span_us": r["span_us"], "overlap_us": r["overlap_us"],
+        rows.append({"rank": observed_ranks[r["rank"]], "span_us": r["span_us"], "overlap_us": r["overlap_us"],
                      "hidden_comm_pct": r["hidden_comm_pct"], "exposed_comm_us": r["exposed_comm_us"],
                      "observed_span_us": obs_span, "observed_overlap_us": seen.get("overlap_us"),
                      "no_change_span_us": b["span_us"],
                      "no_change_error_pct": 100 * (b["span_us"] - obs_span) / obs_span if obs_span else None,
                      "observed_hidden_comm_pct": seen.get("hidden_comm_pct"),
                      "no_change_hidden_comm_pct": b["hidden_comm_pct"]})
-    return {"output": out, "changes": change.describe(), "assumptions": g.assumptions, "ranks": rows}
+    return {"output": out, "changes": change.describe(), "assumptions": assumptions, "ranks": rows}
 
 
-__all__ = ["Change", "retime", "whatif_trace", "sm_waits"]
+def _sm_wait_note(waits: list[dict]) -> list[str]:
+    """The SM waits measured (one rank's, or the first rank's of several: each rank keeps its own)."""
+    w = waits[0] if waits else {}
+    return (["communication ready while a GEMM runs waits for its SMs as long as it did here (per stage, median"
+             + ("; each rank keeps its own, the first rank's shown" if len(waits) > 1 else "") + "): "
+             + ", ".join(f"{name}({mb}) {x:.0f} us" for (name, mb), x in sorted(w.items()))] if w else [])
+
+
+__all__ = ["Change", "retime", "retime_ranks", "merged", "whatif_trace", "sm_waits"]

@@ -214,8 +214,25 @@ def test_whatif_prints_the_no_change_replay_error(capsys, tmp_path):
 def test_whatif_rank_messages_say_what_to_do(capsys, tmp_path):
     one_line_error(capsys, replay(["whatif", str(GOLDEN / "h800-prefill-improper.json.gz"), "--rank", "1", "-o",
                                    str(tmp_path / "w.json"), "--no-cache"]), "leave --rank out")
-    one_line_error(capsys, replay(["whatif", str(ROOT / "traces/observed/h200x2-nccl"), "-o",
-                                   str(tmp_path / "w.json"), "--no-cache"]), "ranks 0, 1 with --rank")
+
+
+
+def test_whatif_of_a_folder_retimes_its_ranks_together(capsys, tmp_path):
+    """A profiler folder without --rank: every rank re-timed at once, each collective waiting for its last
+    peer in the new schedule (the observed peer waits taken out first); with no change each rank's span
+    and hidden share come back as observed."""
+    assert replay(["whatif", str(ROOT / "traces/observed/deepep-h100x4/prefill-improper"), "-o",
+                   str(tmp_path / "w.json.gz"), "--json", "--no-cache"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [r["rank"] for r in res["ranks"]] == [0, 1, 2, 3]
+    assert any("re-timed together" in a for a in res["assumptions"])
+    assert not any("re-timed alone" in a for a in res["assumptions"])
+    for r in res["ranks"]:
+        assert abs(r["span_us"] / r["observed_span_us"] - 1) < 0.01, r
+        assert abs(r["hidden_comm_pct"] - r["observed_hidden_comm_pct"]) < 1.0, r
+    # the written trace holds every rank on the common clock
+    assert replay(["analyze", str(tmp_path / "w.json.gz"), "--json", "--no-cache"]) == 0
+    assert [r["rank"] for r in json.loads(capsys.readouterr().out)["ranks"]] == [0, 1, 2, 3]
 
 
 def test_whatif_with_no_change_reproduces_every_real_capture_within_5_percent():
