@@ -78,7 +78,7 @@ def together(path: Path, change: Change = Change()) -> list[dict]:
     """Every rank of a folder re-timed together (replay whatif DIR, no --rank): per rank, the re-timed and
     the observed span and hidden share, and the rounds the peer waits took to settle."""
     a, _ = analyze_one_step(path, None, use_cache=False, findings=False)
-    scheds, offsets, rounds = retime_ranks(rank_graphs(a, load_stage_rules(None)), change)
+    scheds, offsets, rounds, _ = retime_ranks(rank_graphs(a, load_stage_rules(None)), change)
     return [{"rank": seen["rank"], "span_us": s["span_us"], "hidden_pct": s["hidden_comm_pct"], "rounds": rounds,
              "observed_span_us": seen["span_us"], "observed_hidden_pct": seen["hidden_comm_pct"]}
             for s, seen in zip(summary(merged(scheds, offsets)), a.ranks)]
