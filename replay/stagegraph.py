@@ -139,6 +139,7 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None, rank: int) -
         raise UserError(f"no stage of rank {rank} could be labelled (structure: {a.structure}): a what-if needs "
                         "stage annotations such as L3:ATTN(0) or tracegen's args (see replay/data/stages.toml)")
     ev = a.events[a.events["rank"] == rank]
+    _refuse_unstaged_comm(ev, g, rank)
     launch = ev[ev["launch"] & (ev["correlation"] >= 0)]
     lend = dict(zip(launch["correlation"], launch["start_us"] + launch["dur_us"]))
     launch_us = float(np.median(launch["dur_us"])) if len(launch) else 5.0
@@ -190,6 +191,22 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None, rank: int) -
     plan, stages, more = _plan_of(stages, hw)
     return StageGraph(stages, first_launch, launch_us, [1.0], 1, load_model(None), hw, plan, assumptions + more,
                       [rank], compute_as_seen=True, observed=seen, first_start=first_start)
+
+
+UNSTAGED_COMM_SHARE = 0.1     # communication in no stage past this share of the rank's: the re-time would drop it
+
+
+def _refuse_unstaged_comm(ev, labelled, rank: int) -> None:
+    """A what-if re-times stages; communication kernels that belong to none (an all-reduce beside GEMMs
+    with no stage ranges, say) would vanish from the new schedule and its overlap with them: refused."""
+    comm = ev[(ev["device"] == "gpu") & (ev["klass"] == "comm")]
+    total = float(comm["dur_us"].sum())
+    staged = float(labelled.loc[labelled["klass"] == "comm", "dur_us"].sum())
+    if total > 0 and total - staged > UNSTAGED_COMM_SHARE * total:
+        names = ", ".join(sorted(comm["subclass"].astype(str).unique())[:3])
+        raise UserError(f"rank {rank}: {(total - staged) / 1e3:.3f} ms of its {total / 1e3:.3f} ms of communication "
+                        f"({names}) belongs to no stage, so a re-time would drop it: whatif re-times the stages of "
+                        "two-batch overlap (name them: replay/data/stages.toml); `replay analyze` measures its overlap")
 
 
 def _plan_of(stages: dict, hw: Hardware) -> tuple[Plan, dict, list[str]]:

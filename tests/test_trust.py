@@ -214,6 +214,10 @@ def test_whatif_prints_the_no_change_replay_error(capsys, tmp_path):
 def test_whatif_rank_messages_say_what_to_do(capsys, tmp_path):
     one_line_error(capsys, replay(["whatif", str(GOLDEN / "h800-prefill-improper.json.gz"), "--rank", "1", "-o",
                                    str(tmp_path / "w.json"), "--no-cache"]), "leave --rank out")
+    # an all-reduce beside GEMMs with no stage ranges: re-timing the stages would drop it (and its overlap)
+    one_line_error(capsys, replay(["whatif", str(ROOT / "traces/observed/h200x2-nccl"), "--rank", "1", "-o",
+                                   str(tmp_path / "w.json"), "--no-cache"]), "belongs to no stage")
+    assert not (tmp_path / "w.json").exists()
 
 
 
