@@ -101,11 +101,17 @@ def _peer_of(a: np.ndarray, b: np.ndarray, p0: np.ndarray, p1: np.ndarray, pp: n
     """The peer waited for longest within each [a, b), from the rank's peer waits [p0, p1) -> pp
     (sorted, one stream's kernels: disjoint); -1 where none."""
     out = np.full(len(a), -1, dtype=np.int64)
-    for i in range(len(a)):
-        lo_i, hi_i = np.searchsorted(p1, a[i], side="right"), np.searchsorted(p0, b[i], side="left")
-        if hi_i > lo_i:
-            ov = np.minimum(p1[lo_i:hi_i], b[i]) - np.maximum(p0[lo_i:hi_i], a[i])
-            out[i] = int(pp[lo_i + int(np.argmax(ov))])
+    lo, hi = np.searchsorted(p1, a, side="right"), np.searchsorted(p0, b, side="left")
+    n = np.clip(hi - lo, 0, None)
+    if not n.sum():
+        return out
+    # every (window, peer wait) pair that can overlap, windows in order and each one's waits in order
+    owner = np.repeat(np.arange(len(a)), n)
+    j = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n) + np.repeat(lo, n)
+    ov = np.minimum(p1[j], b[owner]) - np.maximum(p0[j], a[owner])
+    best = np.lexsort((-ov, owner))                 # per window: the largest overlap first (the first on ties)
+    first = best[np.r_[True, owner[best][1:] != owner[best][:-1]]]
+    out[owner[first]] = pp[j[first]]
     return out
 
 

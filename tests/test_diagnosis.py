@@ -278,3 +278,28 @@ def test_headline_blocked_orders_the_launch_orders():
     assert blocked["prefill-improper"] > 2 * blocked["prefill-proper"] > 0 or blocked["prefill-proper"] == 0
     assert blocked["prefill-improper"] > blocked["prefill-proper"] >= blocked["prefill-nosync"]
     assert blocked["prefill-nosync"] < 0.05 * blocked["prefill-improper"]
+
+
+def test_peer_of_picks_the_longest_overlapping_wait_as_a_loop_would():
+    """findings._peer_of, vectorised, against the plain loop it replaced: for each window the peer of the
+    wait overlapping it longest (the first on ties), -1 where none."""
+    import numpy as np
+    from replay.findings import _peer_of
+
+    def loop(a, b, p0, p1, pp):
+        out = np.full(len(a), -1, dtype=np.int64)
+        for i in range(len(a)):
+            lo, hi = np.searchsorted(p1, a[i], side="right"), np.searchsorted(p0, b[i], side="left")
+            if hi > lo:
+                ov = np.minimum(p1[lo:hi], b[i]) - np.maximum(p0[lo:hi], a[i])
+                out[i] = int(pp[lo + int(np.argmax(ov))])
+        return out
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        k = int(rng.integers(0, 25))
+        edges = np.sort(rng.choice(np.arange(0, 1000, 0.5), size=2 * k, replace=False))
+        p0, p1, pp = edges[0::2], edges[1::2], rng.integers(0, 8, size=k)
+        m = int(rng.integers(0, 30))
+        a = rng.uniform(0, 1000, m)
+        b = a + rng.choice([0.0, 5.0, 60.0, 300.0], size=m)
+        assert (loop(a, b, p0, p1, pp) == _peer_of(a, b, p0, p1, pp)).all()
