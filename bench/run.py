@@ -271,6 +271,21 @@ def realistic_folder(results: dict, rows: list) -> None:
                      if "wall_s" in hta else f"failed: {hta.get('error', '')[-80:]}"))
 
 
+def startup(results: dict, rows: list) -> None:
+    """`replay --help` in a fresh process against the bare interpreter (`python -c pass`), same run
+    (issue 30: start-up <= 0.15 s)."""
+    walls: dict[str, list[float]] = {"help": [], "bare": []}
+    for _ in range(5):
+        for key, argv in (("help", [PY, "-m", "replay.cli", "--help"]), ("bare", [PY, "-c", "pass"])):
+            t0 = time.perf_counter()
+            subprocess.run(argv, cwd=ROOT, capture_output=True)
+            walls[key].append(time.perf_counter() - t0)
+    help_s, bare_s = statistics.median(walls["help"]), statistics.median(walls["bare"])
+    results["startup"] = {"replay_help_s": help_s, "python_bare_s": bare_s}
+    rows.append(("replay --help (start-up)", help_s,
+                 f"bare interpreter {bare_s:.2f} s; imports {help_s - bare_s:.2f} s"))
+
+
 def big_folders(results: dict, rows: list) -> None:
     """Issue 12's bounded memory: BENCH_BIG_RANKS (64) rank files of BENCH_BIG_MB (100) MB, analysed
     by `replay analyze DIR --jobs 2` (two stages; table output), against one rank file's time x ranks / cores
@@ -395,6 +410,7 @@ def main() -> int:
     results: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
     rows = []
     if "--deploy-only" not in sys.argv and "--big-only" not in sys.argv:
+        startup(results, rows)
         rank_folders(results, rows)
         realistic_folder(results, rows)
         folder_scaling(results, rows)

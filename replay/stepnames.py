@@ -3,9 +3,7 @@ step-like ranges of data/annotations.toml [steps]. Its own light module (no nump
 command line shows the default in --help without importing the analysis."""
 from __future__ import annotations
 
-import tomllib
 from functools import lru_cache
-from importlib import resources
 
 DEFAULT_STEP = r"^ProfilerStep#(\d+)$"
 
@@ -13,6 +11,9 @@ DEFAULT_STEP = r"^ProfilerStep#(\d+)$"
 @lru_cache(maxsize=1)
 def step_patterns() -> tuple[str, ...]:
     """The step-like annotation patterns tried when a trace has no ProfilerStep ranges (data)."""
+    import tomllib
+    from importlib import resources
+
     raw = tomllib.loads((resources.files("replay") / "data" / "annotations.toml").read_text("utf-8"))
     return tuple(f"^(?:{p})$" for p in raw["steps"]["patterns"])
 

@@ -151,3 +151,17 @@ def test_a_missing_trace_is_refused_before_the_analysis_loads(argv):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.split() == ["2", "False", "False"], r.stdout + r.stderr
     assert r.stderr.strip().splitlines() == [f"replay: error: {argv[1]}: no such file or folder"]
+
+
+def test_help_imports_no_analysis_library():
+    """`replay --help` loads argparse and the command's own modules only: no msgspec, numpy, pandas,
+    pyarrow or bokeh (issue 30: start-up <= 0.15 s; `make bench` times it against a bare interpreter)."""
+    import subprocess
+    import sys
+    heavy = ("msgspec", "numpy", "pandas", "pyarrow", "bokeh", "tomllib")
+    code = ("import sys, contextlib, io\nfrom replay.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+            f"print(len(out.getvalue()) > 500, [m for m in {heavy!r} if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "True []", r.stdout + r.stderr

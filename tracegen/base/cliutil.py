@@ -8,8 +8,6 @@ import math
 import sys
 from typing import Any, Callable
 
-import msgspec
-
 from .errors import run_cli
 
 
@@ -76,7 +74,10 @@ def print_json(obj: Any, schema: str | None = None) -> None:
     floats cleaned (clean)."""
     if schema is not None:
         obj = {"schema": schema, **obj}
-    # msgspec encodes a large document several times faster than the standard library (issue 30)
+    # msgspec encodes a large document several times faster than the standard library (issue 30);
+    # imported here so that --help does not pay for it (start-up, issue 30)
+    import msgspec
+
     text = msgspec.json.format(msgspec.json.encode(clean(obj), enc_hook=_native), indent=2)
     if hasattr(sys.stdout, "buffer"):
         sys.stdout.flush()
