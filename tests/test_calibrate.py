@@ -166,6 +166,13 @@ def test_fit_predicts_what_op_time_predicts(phase, hardware):
             c = hw.curve(kind)
             vec = _Products(sel, hw).compute_us(c.max, c.m_half, c.n_half, c.k_half, c.m_pow)
             assert vec == pytest.approx(compute_us(sel, hw), rel=1e-9), kind
+            # the grid searches' batch of trials: each row bit-for-bit the one-trial term (the fit
+            # accepts trials in order over the batch, so its choices are the one-at-a-time loop's)
+            trials = np.array([[c.max, c.m_half, c.n_half, c.k_half, c.m_pow], [0.5, 0.0, 0.0, 0.0, 1.0],
+                               [0.9, 120.0, 0.0, 0.0, 1.0], [0.9, 120.0, 0.0, 0.0, 2.0], [0.7, 120.0, 3e3, 5e2, 1.5]])
+            many = _Products(sel, hw).compute_us_many(trials)
+            for row, got in zip(trials, many):
+                assert np.array_equal(got, _Products(sel, hw).compute_us(*row)), (kind, row)
 
 
 def test_sweep_expert_ranges_split_into_up_and_down_gemms():

@@ -128,6 +128,27 @@ class _Products:
         eff = mx * g * fn * fk
         return np.bincount(self.idx, self.t_at_peak / eff, minlength=self.n_obs)
 
+    def compute_us_many(self, params: np.ndarray) -> np.ndarray:
+        """compute_us for each row (mx, mh, nh, kh, mp) of `params`, one row of op times per row:
+        the same arithmetic element by element (the grid searches' trials at once; a trial moves
+        one or two parameters, so each factor is computed once per distinct value of its own)."""
+        m, n, k = self.m[None, :], self.n[None, :], self.k[None, :]
+
+        def factor(cols: np.ndarray, f: Callable[..., np.ndarray]) -> np.ndarray:
+            uniq, inv = np.unique(cols, axis=0, return_inverse=True)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return f(*(uniq[:, j:j + 1] for j in range(uniq.shape[1])))[inv.reshape(-1)]
+
+        g = factor(params[:, [1, 4]], lambda mh, mp: np.where(
+            mh > 0, np.where(m > 0, 1.0 / (1.0 + (mh / np.maximum(m, 1e-30)) ** mp), 1.0), 1.0))
+        fn = factor(params[:, [2]], lambda nh: np.where(nh > 0, np.where(n > 0, n / (n + nh), 1.0), 1.0))
+        fk = factor(params[:, [3]], lambda kh: np.where(kh > 0, np.where(k > 0, k / (k + kh), 1.0), 1.0))
+        eff = params[:, 0:1] * g * fn * fk
+        rows = len(params)
+        flat = (np.arange(rows)[:, None] * self.n_obs + self.idx[None, :]).ravel()
+        return np.bincount(flat, (self.t_at_peak[None, :] / eff).ravel(), minlength=rows * self.n_obs
+                           ).reshape(rows, self.n_obs)
+
 
 Combine = Callable[[np.ndarray], np.ndarray]     # compute times -> op times (memory and floor folded in)
 
@@ -161,6 +182,17 @@ def _fit_curve(obs: list[Obs], hw: Hardware, combine: Combine, start: EffCurve,
         pred = combine(prods.compute_us(*params))
         return float(np.sum(weight * np.abs(np.log(pred / t))))
 
+    def first_better(trials: list[list[float]], best: float, eps: float) -> tuple[float, list[float] | None]:
+        """The trials' losses at once, then accepted in order as a loop over them would (each
+        better than the best so far by eps): the last accepted trial, or None."""
+        pred = combine(prods.compute_us_many(np.array(trials, dtype=float)))
+        vals = np.sum(weight * np.abs(np.log(pred / t)), axis=1)
+        found = None
+        for i, val in enumerate(vals.tolist()):
+            if val < best - eps:
+                best, found = val, trials[i]
+        return best, found
+
     def descend(p: list[float]) -> tuple[float, list[float]]:
         best = loss(p)
         for _ in range(8):
@@ -168,12 +200,11 @@ def _fit_curve(obs: list[Obs], hw: Hardware, combine: Combine, start: EffCurve,
             for j, grid in enumerate((_MAXES, _HALVES, _HALVES, _HALVES)):
                 if j >= 2 and not shape_aware:
                     continue
-                for v in grid:
-                    trial = p.copy()
-                    trial[j] = float(v)
-                    val = loss(trial)
-                    if val < best - 1e-12:
-                        best, p, improved = val, trial, True
+                # the trials differ from p at j only, and p moves at j only: all at once
+                trials = [p[:j] + [float(v)] + p[j + 1:] for v in grid]
+                best, found = first_better(trials, best, 1e-12)
+                if found is not None:
+                    p, improved = found, True
             if not improved:
                 break
         return best, p
@@ -184,15 +215,14 @@ def _fit_curve(obs: list[Obs], hw: Hardware, combine: Combine, start: EffCurve,
         span = 0.1
         for _ in range(10):
             for _ in range(25):          # walk at this span while the best point is on the grid's edge
-                centre, moved = p, False
-                for a in centre[0] * (1 + span * np.linspace(-1, 1, 11)):
-                    for b in (centre[1] * (1 + span * np.linspace(-1, 1, 11)) if centre[1] > 0 else (0.0,)):
-                        trial = [float(min(a, 1.0)), float(b)] + centre[2:]
-                        val = loss(trial)
-                        if val < best - 1e-15:
-                            best, p, moved = val, trial, True
-                if not moved:
+                centre = p
+                trials = [[float(min(a, 1.0)), float(b)] + centre[2:]
+                          for a in centre[0] * (1 + span * np.linspace(-1, 1, 11))
+                          for b in (centre[1] * (1 + span * np.linspace(-1, 1, 11)) if centre[1] > 0 else (0.0,))]
+                best, found = first_better(trials, best, 1e-15)
+                if found is None:
                     break
+                p = found
             span /= 2
         return best, p
 
@@ -202,12 +232,10 @@ def _fit_curve(obs: list[Obs], hw: Hardware, combine: Combine, start: EffCurve,
         if shape_aware:
             for j in (2, 3):
                 if q[j] > 0:
-                    for v in q[j] * np.linspace(0.8, 1.2, 41):
-                        trial = q.copy()
-                        trial[j] = float(v)
-                        val = loss(trial)
-                        if val < best - 1e-15:
-                            best, q = val, trial
+                    trials = [q[:j] + [float(v)] + q[j + 1:] for v in q[j] * np.linspace(0.8, 1.2, 41)]
+                    best, found = first_better(trials, best, 1e-15)
+                    if found is not None:
+                        q = found
             best, q = refine_pair(q, best)
         return best, q
 
