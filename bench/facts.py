@@ -18,9 +18,15 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-MARKER = re.compile(r"<!-- fact:(?P<name>[\w.-]+) -->(?P<value>.*?)<!-- /fact -->")
 OBS = ROOT / "traces" / "observed"
+# prose (README, docs) and the capture records (traces/observed/*/README.md: what was measured at capture
+# time stays as written; what the project computes from a capture - replay's readings, predictions,
+# re-times, fits - sits in markers like the prose's)
+PROSE = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FILES = PROSE + sorted(OBS.glob("*/README.md"))
+MARKER = re.compile(r"<!-- fact:(?P<name>[\w.-]+) -->(?P<value>.*?)<!-- /fact -->")
+# a table: `<!-- fact-block:NAME -->` on a line of its own, the rows, `<!-- /fact-block -->`
+BLOCK = re.compile(r"<!-- fact-block:(?P<name>[\w.-]+) -->\n(?P<value>.*?)\n?<!-- /fact-block -->", re.S)
 DEEPEP = OBS / "deepep-h100x4"
 TRAIN = ROOT.parent / "shared" / "traces" / "deepseek-profile-data" / "train.json"
 
@@ -70,7 +76,12 @@ def deepep(run: str) -> dict:
     ev = a.events
     mlp = ev[(ev["klass"] == "compute") & ev["stage"].astype(str).str.startswith("MLP")].groupby("rank")["dur_us"].sum()
     return {"groups": groups, "totals": totals, "peer_wait": dict(a.peers.wait_by_rank),
-            "mlp_over_median": (mlp / mlp.median()).to_dict()}
+            "mlp_over_median": (mlp / mlp.median()).to_dict(), "stragglers": list(a.peers.stragglers)}
+
+
+def _straggler(run: str) -> dict:
+    """The rank that caused the most peer waiting in a DeepEP capture (peers.stragglers' first)."""
+    return deepep(run)["stragglers"][0]
 
 
 def _cpu_blocked(run: str) -> float:
@@ -104,11 +115,31 @@ def h100_layers() -> dict:
             with tempfile.TemporaryDirectory() as d:
                 p = Path(d) / "p.json.gz"
                 write_trace(sched, p, {"tbo": order})
-                pred = analyze(p, use_cache=False, progress=False).ranks[0]["span_us"]
+                row = analyze(p, use_cache=False, progress=False).ranks[0]
+            pred = row["span_us"]
             out[(order, clock)] = 100 * (pred - seen) / seen
+            out[(order, "row", clock)] = row
             if clock == "power" and sched.power is not None:
                 out[(order, "draw_w")] = sched.power.demand_w
+        out[(order, "row", "observed")] = obs.ranks[0]
     return out
+
+
+def h100_layers_table() -> str:
+    """The single-H100 layers observed and predicted (at the clock the draw sets, and at boost), as the
+    capture README's table."""
+    t = h100_layers()
+    lines = ["| order | | span ms | compute ms | comm ms | overlap ms | hidden |", "|---|---|---:|---:|---:|---:|---:|"]
+    for order in ("proper", "improper"):
+        seen = t[(order, "row", "observed")]["span_us"]
+        for which, label in (("observed", "observed"), ("power", "predicted (power-limited clock)"),
+                             ("boost", "predicted (boost clock)")):
+            r = t[(order, "row", which)]
+            span = f"{r['span_us'] / 1e3:.2f}" + ("" if which == "observed" else
+                                                  f" ({100 * (r['span_us'] - seen) / seen:+.1f} %)")
+            lines.append(f"| {order} | {label} | {span} | {r['compute_us'] / 1e3:.2f} | {r['comm_us'] / 1e3:.2f} | "
+                         f"{r['overlap_us'] / 1e3:.2f} | {r['hidden_comm_pct']:.1f} % |")
+    return "\n".join(lines)
 
 
 HOLDOUT_M = {3, 24, 96, 384, 1536, 6144, 48, 768}          # the Makefile's `make calibrate` hold-outs
@@ -130,6 +161,64 @@ def calibration() -> dict:
     held = table[table["set"] == "held out"]
     return {("published" if r.model == "before" else "fit", r.kind, stat): float(getattr(r, f"{stat}_abs_err_pct"))
             for r in held.itertuples() for stat in ("median", "p90")}
+
+
+@lru_cache(maxsize=None)
+def h200_idle(name: str) -> dict:
+    """A single-H200 diagnosis capture's idle time by cause (ms) and cpu_blocked_launch by group (ms)."""
+    from replay.analyze import analyze
+    a = analyze(OBS / "h200" / f"{name}.json.gz", use_cache=False, progress=False)
+    (causes,), (groups,) = a.idle_totals.values(), a.idle_groups.values()
+    out = {c: us / 1e3 for c, us in causes.items()}
+    out.update({f"blocked/{g}": us / 1e3 for g, us in groups.get("cpu_blocked_launch", {}).items()})
+    out["idle"] = sum(causes.values()) / 1e3
+    return out
+
+
+def _idle_fact(name: str, key: str, fmt: str) -> Callable[[], str]:
+    return _f(fmt, lambda: h200_idle(name)[key])
+
+
+def _power():
+    """The H100's power model (hardware.toml [h100.power], fitted by bench/power.py; tests/test_power.py re-fits)."""
+    from tracegen.catalog import load_hardware
+    return load_hardware("h100").power
+
+
+def _fitted_h100():
+    """The h100 entry as make calibrate fits it (tests/test_calibrate.py checks the catalog equals it)."""
+    return sweep_fit()[0]
+
+
+def calibration_table() -> str:
+    """`make calibrate`'s error table per op kind and set, before (published-figure curves) and after the fit."""
+    table = sweep_fit()[1]
+    lines = ["| kind | set | n | median before | median after | p90 before | p90 after |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for (kind, st), g in table.groupby(["kind", "set"], sort=True):
+        b, a = g[g["model"] == "before"].iloc[0], g[g["model"] != "before"].iloc[0]
+        bold = "**" if st == "held out" else ""
+        lines.append(f"| {kind} | {st} | {int(a['n'])} | {b['median_abs_err_pct']:.1f} % | "
+                     f"{bold}{a['median_abs_err_pct']:.1f} %{bold} | {b['p90_abs_err_pct']:.1f} % | "
+                     f"{a['p90_abs_err_pct']:.1f} % |")
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=None)
+def reorder(gpu: str) -> dict:
+    """The single-GPU improper layers re-timed in the proper order, against the real proper run."""
+    from .whatif_fidelity import _reorder
+    return _reorder(OBS / gpu / "layers-improper.json.gz", OBS / gpu / "layers-proper.json.gz",
+                    str(OBS / "h100" / "taxonomy.toml"), 0)
+
+
+@lru_cache(maxsize=None)
+def nochange(gpu: str, order: str) -> dict:
+    """`replay whatif` with no change of a single-GPU layer capture: span error (%) and hidden-share error (pts)."""
+    from .whatif_fidelity import _one
+    x = _one(OBS / gpu / f"layers-{order}.json.gz", str(OBS / "h100" / "taxonomy.toml"), 0)
+    return {"span_pct": 100 * (x["span_us"] / x["observed_span_us"] - 1),
+            "hidden_pts": x["hidden_pct"] - x["observed_hidden_pct"]}
 
 
 @lru_cache(maxsize=None)
@@ -180,12 +269,70 @@ FACTS: dict[str, Callable[[], str]] = {
     "calib.gemm_fit": _f(".1f", lambda: calibration()[("fit", "gemm", "median")]),
     "calib.gemm_p90_published": _f(".1f", lambda: calibration()[("published", "gemm", "p90")]),
     "calib.gemm_p90_fit": _f(".1f", lambda: calibration()[("fit", "gemm", "p90")]),
+    # the capture records' computed figures (traces/observed/*/README.md)
+    "h200.eager.idle": _idle_fact("decode-eager", "idle", ".1f"),
+    "h200.eager.launch_bound": _idle_fact("decode-eager", "launch_bound", ".1f"),
+    "h200.eager.step_boundary": _idle_fact("decode-eager", "step_boundary", ".1f"),
+    "h200.eager.kernel_switch": _idle_fact("decode-eager", "kernel_switch", ".2f"),
+    "h200.eager.cpu_blocked_launch": _idle_fact("decode-eager", "cpu_blocked_launch", ".0f"),
+    "h200.eager.unexplained": _idle_fact("decode-eager", "unexplained", ".0f"),
+    "h200.graph.idle": _idle_fact("decode-graph", "idle", ".1f"),
+    "h200.graph.launch_bound": _idle_fact("decode-graph", "launch_bound", ".2f"),
+    "h200.graph.kernel_switch": _idle_fact("decode-graph", "kernel_switch", ".2f"),
+    "h200.graph.step_boundary": _idle_fact("decode-graph", "step_boundary", ".2f"),
+    "h200.compiled.idle": _idle_fact("decode-compiled", "idle", ".1f"),
+    "h200.compiled.launch_bound": _idle_fact("decode-compiled", "launch_bound", ".2f"),
+    "h200.compiled.step_boundary": _idle_fact("decode-compiled", "step_boundary", ".2f"),
+    "h200.compiled.kernel_switch": _idle_fact("decode-compiled", "kernel_switch", ".2f"),
+    "h200.item.blocked_sync": _idle_fact("decode-item", "blocked/sync", ".3f"),
+    "h200.pause.blocked_host": _idle_fact("prefill-pause", "blocked/host", ".2f"),
+    "h200.eager.launch_share_pct": _f(".0f", lambda: 100 * h200_idle("decode-eager")["launch_bound"] / h200_idle("decode-eager")["idle"]),
+    "power.compute_w": _f(".0f", lambda: _power().compute_w),
+    "power.memory_w": _f(".0f", lambda: _power().memory_w),
+    "power.idle_w": _f(".0f", lambda: _power().idle_w),
+    "power.limit_w": _f(".0f", lambda: _power().limit_w),
+    "power.saturate": _f(".2f", lambda: _power().saturate),
+    # the compute-bound share at which the mean draw reaches the limit, mixed with copies / with waiting
+    "power.knee_copy": _f(".2f", lambda: (_power().limit_w - _power().memory_w) / (_power().compute_w - _power().memory_w)),
+    "power.knee_wait": _f(".2f", lambda: (_power().limit_w - _power().idle_w) / (_power().compute_w - _power().idle_w)),
+    "calib.grouped_k_half": _f(".0f", lambda: _fitted_h100().efficiency["grouped_gemm"].k_half),
+    "deepep.late_caused_ms": _f(".0f", lambda: _straggler("prefill-late")["caused_us"] / 1e3),
+    "deepep.late_straggler": lambda: str(_straggler("prefill-late")["rank"]),
+    "deepep.late_launch_bound_ms": _f(".1f", lambda: deepep("prefill-late")["totals"].get("launch_bound", 0.0) / 1e3),
+    "deepep.skew_caused_ms": _f(".0f", lambda: _straggler("prefill-skew")["caused_us"] / 1e3),
+    "deepep.skew_straggler": lambda: str(_straggler("prefill-skew")["rank"]),
+    "whatif.h100_reorder_ms": _f(".2f", lambda: reorder("h100")["predicted_ms"]),
+    "whatif.h100_proper_ms": _f(".2f", lambda: reorder("h100")["proper_ms"]),
+    "whatif.h100_reorder_pct": _f("+.1f", lambda: 100 * (reorder("h100")["predicted_ms"] / reorder("h100")["proper_ms"]
+                                                         - 1)),
+    "whatif.h200_reorder_ms": _f(".2f", lambda: reorder("h200")["predicted_ms"]),
+    "whatif.h200_proper_ms": _f(".2f", lambda: reorder("h200")["proper_ms"]),
+    "whatif.h200_reorder_pct": _f("+.1f", lambda: 100 * (reorder("h200")["predicted_ms"] / reorder("h200")["proper_ms"]
+                                                         - 1)),
+    "whatif.h200_improper_span_pct": _f("+.2f", lambda: nochange("h200", "improper")["span_pct"]),
+    "whatif.h200_proper_span_pct": _f("+.2f", lambda: nochange("h200", "proper")["span_pct"]),
+    "whatif.h200_improper_hidden_pts": _f("+.2f", lambda: nochange("h200", "improper")["hidden_pts"]),
+    "whatif.h200_proper_hidden_pts": _f("+.2f", lambda: nochange("h200", "proper")["hidden_pts"]),
+}
+
+# tables (fact-block markers)
+BLOCKS: dict[str, Callable[[], str]] = {
+    "h100.layers_table": h100_layers_table,
+    "calib.table": calibration_table,
 }
 
 
 def values() -> dict[str, str]:
-    """Every fact's current value."""
-    return {name: fn() for name, fn in FACTS.items()}
+    """Every fact's current value (tables included)."""
+    return {name: fn() for name, fn in {**FACTS, **BLOCKS}.items()}
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
+def _markers(text: str) -> list[tuple[str, str]]:
+    return [(m.group("name"), m.group("value")) for m in (*MARKER.finditer(text), *BLOCK.finditer(text))]
 
 
 def stale(files: list[Path] = FILES, current: dict[str, str] | None = None) -> list[str]:
@@ -194,12 +341,11 @@ def stale(files: list[Path] = FILES, current: dict[str, str] | None = None) -> l
     current = values() if current is None else current
     out = []
     for path in files:
-        for m in MARKER.finditer(path.read_text("utf-8")):
-            name, have = m.group("name"), m.group("value")
+        for name, have in _markers(path.read_text("utf-8")):
             if name not in current:
-                out.append(f"{path.name}: fact {name} is not in bench/facts.py FACTS")
+                out.append(f"{_shown(path)}: fact {name} is not in bench/facts.py FACTS")
             elif have != current[name]:
-                out.append(f"{path.name}: fact {name} says {have!r}, now {current[name]!r}")
+                out.append(f"{_shown(path)}: fact {name} says {have!r}, now {current[name]!r}")
     return out
 
 
@@ -210,6 +356,8 @@ def write(files: list[Path] = FILES, current: dict[str, str] | None = None) -> N
         text = path.read_text("utf-8")
         new = MARKER.sub(lambda m: (f"<!-- fact:{m.group('name')} -->{current[m.group('name')]}<!-- /fact -->"
                                     if m.group("name") in current else m.group(0)), text)
+        new = BLOCK.sub(lambda m: (f"<!-- fact-block:{m.group('name')} -->\n{current[m.group('name')]}\n"
+                                   "<!-- /fact-block -->" if m.group("name") in current else m.group(0)), new)
         if new != text:
             path.write_text(new, "utf-8")
 

@@ -15,7 +15,7 @@ from bench import facts
 ROOT = Path(__file__).resolve().parents[1]
 FIGURE = re.compile(r"(?<![\w.\-/])[-+]?\d[\d,]*(?:\.\d+)?\s?(?:%|ms\b|s\b|us\b|W\b|MHz\b|GB\b|MB\b|tokens/s\b|pts\b)"
                     r"|(?<![\w.])\d+(?:\.\d+)?x\b|(?<![\w.])x\d+(?:\.\d+)?\b")
-GENERATED = [("<!-- validate:begin", "<!-- validate:end -->")]
+GENERATED = [("<!-- validate:begin", "<!-- validate:end -->"), ("<!-- fact-block:", "<!-- /fact-block -->")]
 MEASUREMENT_LOGS = ("## Benchmarks", "## Fuzzing")      # dated runs of make bench / make fuzz
 # figures that are settings, limits or quoted inputs, not results (file, the text around them)
 SETTINGS = {
@@ -57,7 +57,7 @@ def prose_figures(path: Path) -> list[tuple[int, str, str]]:
 
 
 def test_no_figure_in_prose_that_make_validate_does_not_write():
-    found = [f"{p.relative_to(ROOT)}:{i}: {fig!r} in: {text[:100]}" for p in facts.FILES
+    found = [f"{p.relative_to(ROOT)}:{i}: {fig!r} in: {text[:100]}" for p in facts.PROSE
              for i, fig, text in prose_figures(p)]
     assert not found, ("put these in a fact marker (bench/facts.py), a generated section or a code example, "
                        "or say why they are settings:\n" + "\n".join(found))
@@ -75,8 +75,9 @@ def test_readme_and_docs_hold_the_current_facts():
         pytest.skip(f"{facts.TRAIN} is absent: the train.json facts need ../shared")
     current = facts.values()
     assert not facts.stale(current=current), "run `make validate`:\n" + "\n".join(facts.stale(current=current))
-    used = {m.group("name") for p in facts.FILES for m in facts.MARKER.finditer(p.read_text("utf-8"))}
-    assert used == set(facts.FACTS), f"facts nobody quotes: {sorted(set(facts.FACTS) - used)}"
+    used = {name for p in facts.FILES for name, _ in facts._markers(p.read_text("utf-8"))}
+    every = set(facts.FACTS) | set(facts.BLOCKS)
+    assert used == every, f"facts nobody quotes: {sorted(every - used)}"
 
 
 def test_a_stale_or_unknown_fact_is_reported(tmp_path):
@@ -87,3 +88,16 @@ def test_a_stale_or_unknown_fact_is_reported(tmp_path):
                    "doc.md: fact no.such is not in bench/facts.py FACTS"]
     facts.write([p], current={"seed004.overlap_ms": "167.802"})
     assert "<!-- fact:seed004.overlap_ms -->167.802<!-- /fact -->" in p.read_text()
+
+
+def test_a_table_fact_is_rewritten_whole_and_its_figures_are_not_prose(tmp_path):
+    """A fact-block (a table make validate writes) is replaced row for row, reported when stale, and
+    the prose scan skips it."""
+    p = tmp_path / "README.md"
+    p.write_text("before\n<!-- fact-block:t -->\n| a | 1.0 % |\n<!-- /fact-block -->\nafter\n")
+    assert prose_figures(p) == []
+    assert facts.stale([p], current={"t": "| a | 2.0 % |\n| b | 3.0 % |"}) == [
+        "README.md: fact t says '| a | 1.0 % |', now '| a | 2.0 % |\\n| b | 3.0 % |'"]
+    facts.write([p], current={"t": "| a | 2.0 % |\n| b | 3.0 % |"})
+    assert p.read_text() == "before\n<!-- fact-block:t -->\n| a | 2.0 % |\n| b | 3.0 % |\n<!-- /fact-block -->\nafter\n"
+    assert facts.stale([p], current={"t": "| a | 2.0 % |\n| b | 3.0 % |"}) == []
