@@ -172,7 +172,14 @@ def test_profile_release_reproduces_from_train_json():
     assert rel.combine[64] == pytest.approx(got["combine"], abs=0.01)
 
 
-def test_validate_reports_each_row_against_its_bar_and_label():
+@pytest.fixture(scope="module")
+def validation_text() -> str:
+    """make validate's tables, rendered once for the tests below (the render takes tens of seconds)."""
+    from bench import validate
+    return validate.render()
+
+
+def test_validate_reports_each_row_against_its_bar_and_label(validation_text):
     """DeepSeek's decode kernel table within 10 % per stage (and the 61 layers, the step); the rows whose
     stack reproduces them (DeepSeek decode within 5 %, SGLang decode within 10 %) as such; every row's
     yes / no in the rendered table is its error against its bar, beside its label, so a miss (the prefill
@@ -188,7 +195,7 @@ def test_validate_reports_each_row_against_its_bar_and_label():
     # the stack sets the release and the EPLB factor, no row does
     assert rows["sglang-prefill"]["factor"] == pytest.approx(50302 / 59337, abs=1e-4) and rows["sglang-prefill"]["release"] == "latest"
     assert rows["ds-prefill"]["release"] == "first" and rows["ds-prefill"]["sched_ms"] == 30.0
-    text = validate.render()
+    text = validation_text
     table = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
     for t in rows.values():
         line = table[t["label"]]
@@ -202,13 +209,13 @@ def test_validate_reports_each_row_against_its_bar_and_label():
                 assert abs(got / observed - 1) <= 0.10, op
 
 
-def test_the_validation_page_holds_the_current_tables():
+def test_the_validation_page_holds_the_current_tables(request):
     if not (REFERENCE / "deepseek_decode_profile_kernels.csv").exists() or not TRAIN_JSON.exists():
         pytest.skip("the validation tables need ../shared (reference figures and train.json)")
     from bench import validate
     body = validate.README.read_text()
     section = body.split(validate.BEGIN, 1)[1].split(validate.END, 1)[0].strip()
-    assert section == validate.render().strip(), "docs/validation.md's tables are stale: run `make validate`"
+    assert section == request.getfixturevalue("validation_text").strip(), "docs/validation.md's tables are stale: run `make validate`"
 
 
 def test_release_figures_name_their_source():
