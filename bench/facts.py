@@ -213,19 +213,21 @@ def reorder(gpu: str) -> dict:
 
 
 @lru_cache(maxsize=None)
-def nochange(gpu: str, order: str) -> dict:
-    """`replay whatif` with no change of a single-GPU layer capture: span error (%) and hidden-share error (pts)."""
+def retimed(gpu: str, order: str) -> dict:
+    """`replay whatif` with no change of a single-GPU layer capture: its span and hidden share, and the observed ones."""
     from .whatif_fidelity import _one
-    x = _one(OBS / gpu / f"layers-{order}.json.gz", str(OBS / "h100" / "taxonomy.toml"), 0)
-    return {"span_pct": 100 * (x["span_us"] / x["observed_span_us"] - 1),
-            "hidden_pts": x["hidden_pct"] - x["observed_hidden_pct"]}
+    return _one(OBS / gpu / f"layers-{order}.json.gz", str(OBS / "h100" / "taxonomy.toml"), 0)
 
 
-@lru_cache(maxsize=None)
+def nochange(gpu: str, order: str) -> dict:
+    """That re-time against the observed run (whatif_fidelity.errors): span error (%), hidden-share error (pts)."""
+    from .whatif_fidelity import errors
+    return errors(retimed(gpu, order))
+
+
 def whatif_h100() -> dict:
     """`replay whatif` of the single-H100 improper capture with no change: its span and the observed one."""
-    from .whatif_fidelity import _one
-    return _one(OBS / "h100" / "layers-improper.json.gz", str(OBS / "h100" / "taxonomy.toml"), 0)
+    return retimed("h100", "improper")
 
 
 def _f(fmt: str, fn: Callable[[], float]) -> Callable[[], str]:
@@ -309,10 +311,10 @@ FACTS: dict[str, Callable[[], str]] = {
     "whatif.h200_proper_ms": _f(".2f", lambda: reorder("h200")["proper_ms"]),
     "whatif.h200_reorder_pct": _f("+.1f", lambda: 100 * (reorder("h200")["predicted_ms"] / reorder("h200")["proper_ms"]
                                                          - 1)),
-    "whatif.h200_improper_span_pct": _f("+.2f", lambda: nochange("h200", "improper")["span_pct"]),
-    "whatif.h200_proper_span_pct": _f("+.2f", lambda: nochange("h200", "proper")["span_pct"]),
-    "whatif.h200_improper_hidden_pts": _f("+.2f", lambda: nochange("h200", "improper")["hidden_pts"]),
-    "whatif.h200_proper_hidden_pts": _f("+.2f", lambda: nochange("h200", "proper")["hidden_pts"]),
+    "whatif.h200_improper_span_pct": _f("+.2f", lambda: nochange("h200", "improper")["span_error_pct"]),
+    "whatif.h200_proper_span_pct": _f("+.2f", lambda: nochange("h200", "proper")["span_error_pct"]),
+    "whatif.h200_improper_hidden_pts": _f("+.2f", lambda: nochange("h200", "improper")["hidden_error_pts"]),
+    "whatif.h200_proper_hidden_pts": _f("+.2f", lambda: nochange("h200", "proper")["hidden_error_pts"]),
 }
 
 # tables (fact-block markers)

@@ -38,16 +38,19 @@ def _one(path: Path, taxonomy: str | None, rank: int, change: Change = Change())
             "observed_hidden_pct": seen["hidden_comm_pct"]}
 
 
+def errors(x: dict) -> dict:
+    """A re-time against the observed run: span error (%) and hidden-share error (points)."""
+    return {"span_error_pct": 100 * (x["span_us"] / x["observed_span_us"] - 1),
+            "hidden_error_pts": x["hidden_pct"] - x["observed_hidden_pct"]}
+
+
 def no_change_rows() -> list[dict]:
     out = []
     for name, (path, tax) in CAPTURES.items():
         if not path.exists():
             continue
         for r in analyze(path, use_cache=False, taxonomy=tax).ranks:
-            x = _one(path, tax, r["rank"])
-            out.append({"capture": name, "rank": r["rank"],
-                        "span_error_pct": 100 * (x["span_us"] / x["observed_span_us"] - 1),
-                        "hidden_error_pts": x["hidden_pct"] - x["observed_hidden_pct"]})
+            out.append({"capture": name, "rank": r["rank"], **errors(_one(path, tax, r["rank"]))})
     return out
 
 
@@ -89,9 +92,7 @@ def together_rows() -> list[dict]:
     out = []
     for name, (path, _) in CAPTURES.items():
         if path.is_dir() and path.exists():
-            out += [{"capture": name, "rank": r["rank"], "rounds": r["rounds"],
-                     "span_error_pct": 100 * (r["span_us"] / r["observed_span_us"] - 1),
-                     "hidden_error_pts": r["hidden_pct"] - r["observed_hidden_pct"]} for r in together(path)]
+            out += [{"capture": name, "rank": r["rank"], "rounds": r["rounds"], **errors(r)} for r in together(path)]
     return out
 
 

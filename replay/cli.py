@@ -12,6 +12,7 @@ from tracegen.base.backends import CPU_PROXY, IBGDA, NORMAL, PCIE_COPY
 from tracegen.base.cliutil import add_command, add_reading_args, entry_point, finite, new_parser, print_json
 from tracegen.base.errors import UserError
 
+
 def tag(name: str) -> str:
     """The schema tag of an output document (schemas imported on use: --help stays light)."""
     from tracegen.schemas import tag as schema_tag

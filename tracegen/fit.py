@@ -178,23 +178,21 @@ def _fit_curve(obs: list[Obs], hw: Hardware, combine: Combine, start: EffCurve,
     p = [start.max, start.m_half, start.n_half if shape_aware else 0.0, start.k_half if shape_aware else 0.0,
          start.m_pow]
 
-    def loss(params: list[float]) -> float:
-        pred = combine(prods.compute_us(*params))
-        return float(np.sum(weight * np.abs(np.log(pred / t))))
+    def losses(trials: list[list[float]]) -> list[float]:
+        pred = combine(prods.compute_us_many(np.array(trials, dtype=float)))
+        return np.sum(weight * np.abs(np.log(pred / t)), axis=1).tolist()
 
     def first_better(trials: list[list[float]], best: float, eps: float) -> tuple[float, list[float] | None]:
         """The trials' losses at once, then accepted in order as a loop over them would (each
         better than the best so far by eps): the last accepted trial, or None."""
-        pred = combine(prods.compute_us_many(np.array(trials, dtype=float)))
-        vals = np.sum(weight * np.abs(np.log(pred / t)), axis=1)
         found = None
-        for i, val in enumerate(vals.tolist()):
+        for i, val in enumerate(losses(trials)):
             if val < best - eps:
                 best, found = val, trials[i]
         return best, found
 
     def descend(p: list[float]) -> tuple[float, list[float]]:
-        best = loss(p)
+        best = losses([p])[0]
         for _ in range(8):
             improved = False
             for j, grid in enumerate((_MAXES, _HALVES, _HALVES, _HALVES)):
@@ -215,10 +213,9 @@ def _fit_curve(obs: list[Obs], hw: Hardware, combine: Combine, start: EffCurve,
         span = 0.1
         for _ in range(10):
             for _ in range(25):          # walk at this span while the best point is on the grid's edge
-                centre = p
-                trials = [[float(min(a, 1.0)), float(b)] + centre[2:]
-                          for a in centre[0] * (1 + span * np.linspace(-1, 1, 11))
-                          for b in (centre[1] * (1 + span * np.linspace(-1, 1, 11)) if centre[1] > 0 else (0.0,))]
+                trials = [[float(min(a, 1.0)), float(b)] + p[2:]
+                          for a in p[0] * (1 + span * np.linspace(-1, 1, 11))
+                          for b in (p[1] * (1 + span * np.linspace(-1, 1, 11)) if p[1] > 0 else (0.0,))]
                 best, found = first_better(trials, best, 1e-15)
                 if found is None:
                     break
