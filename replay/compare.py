@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracegen.base.contract import COMM, LAUNCH_BOUND, STAGE_STREAM
+from tracegen.base.contract import COMM, COMPUTE, LAUNCH_BOUND, STAGE_STREAM
 from tracegen.base.errors import UserError
 
 from .analysis import Analysis
@@ -28,7 +28,7 @@ def label_stages(a: Analysis, rules: StageRules) -> pd.DataFrame:
     g = g[g["layer"] >= 0]
     labels = pd.Series(text(g["stage"]), index=g.index)
     mapping = {lab: canonical_stage(lab, rules) for lab in labels.unique()}
-    stage = labels.map(mapping)
+    stage = _off_comm_streams(g, labels.map(mapping))
     unlabeled = stage.isna()
     if unlabeled.any():        # kernels without a usable stage label: by kernel class
         sub = pd.Series(text(g.loc[unlabeled, "subclass"]), index=g.index[unlabeled])
@@ -37,9 +37,46 @@ def label_stages(a: Analysis, rules: StageRules) -> pd.DataFrame:
             hit = by_kernel.isna() & sub.str.fullmatch(rx.pattern, case=False)
             by_kernel[hit] = st
         compute = text(g.loc[unlabeled, "klass"]) == "compute"
+        around = _annotated_around(g, stage)[unlabeled]
+        by_kernel[by_kernel.isna() & compute] = around
         by_kernel[by_kernel.isna() & compute] = "ATTN"
         stage[unlabeled] = by_kernel
     return g.assign(cstage=stage.to_numpy()).dropna(subset=["cstage"])
+
+
+def _off_comm_streams(g: pd.DataFrame, stage: pd.Series) -> pd.Series:
+    """The stage labels with compute kernels taken out of communication stages where they ran on none of
+    the communication's streams (SGLang's `output` add under combine_b runs on the compute stream): a
+    communication stage lasts what its stream did, not until a compute kernel launched under its range
+    ran (they then get the compute stage around them). Its own kernels on its stream (DeepEP's layout and
+    fill kernels) stay. The communication's streams: where its communication kernels ran, else (stand-ins
+    such as host copies) where its non-compute kernels ran."""
+    on_comm = stage.map(lambda s: STAGE_STREAM.get(s) == COMM if isinstance(s, str) else False).to_numpy(dtype=bool)
+    if not on_comm.any():
+        return stage
+    klass = text(g["klass"])
+    anchor = on_comm & (klass == "comm")
+    if not anchor.any():
+        anchor = on_comm & (klass != "compute")
+    if not anchor.any():
+        return stage
+    where = pd.MultiIndex.from_arrays([g["rank"].to_numpy(), g["stream"].to_numpy()])
+    stray = on_comm & (klass == "compute") & ~where.isin(where[anchor])
+    return stage.mask(stray) if stray.any() else stage
+
+
+def _annotated_around(g: pd.DataFrame, stage: pd.Series) -> pd.Series:
+    """For each kernel, the compute stage annotated before it in its (rank, layer, micro-batch), in
+    time order, else the one after it (None where the group has none): a norm or residual add outside
+    any stage range belongs to the stage it runs beside, not to the default ATTN, which would stretch
+    ATTN's span over the stages between (a layer's closing add would make ATTN span the whole layer)."""
+    computed = stage.where(stage.map(lambda s: STAGE_STREAM.get(s) == COMPUTE if isinstance(s, str) else False))
+    keys = ["rank", "layer", "microbatch"]
+    order = g.sort_values(keys + ["start_us"], kind="stable").index
+    seq = computed.loc[order]
+    groups = [g.loc[order, k].to_numpy() for k in keys]
+    filled = seq.groupby(groups).ffill().fillna(seq.groupby(groups).bfill())
+    return filled.reindex(g.index)
 
 
 TRAINING_PASS = re.compile(rf"\((?:{'|'.join(TRAINING_PASSES)})\)$")     # attn(B), mlp(W): see structure.py

@@ -138,6 +138,7 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None, rank: int) -
     if g.empty:
         raise UserError(f"no stage of rank {rank} could be labelled (structure: {a.structure}): a what-if needs "
                         "stage annotations such as L3:ATTN(0) or tracegen's args (see replay/data/stages.toml)")
+    g = _one_microbatch_or_refuse(g, rank, a.structure)
     ev = a.events[a.events["rank"] == rank]
     _refuse_unstaged_comm(ev, g, rank)
     launch = ev[ev["launch"] & (ev["correlation"] >= 0)]
@@ -150,6 +151,7 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None, rank: int) -
     hv = host_view(ev[ev["device"] == "cpu"], ev[ev["device"] == "gpu"], lo, hi)     # what analyze measures
     b0, b1 = union(*(np.concatenate(x) for x in zip(hv.blocked("sync"), hv.blocked("dispatch"))))
     stages, first_launch, last_launch, first_start = {}, {}, {}, {}
+    stand_ins: set[str] = set()      # kernels of communication stages that the taxonomy does not call communication
     seen: list[Interval] = []
     for (layer, mb, st), part in g.groupby(["layer", "microbatch", "cstage"], sort=True):
         part = part.sort_values("start_us")
@@ -178,7 +180,9 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None, rank: int) -
         # compute kernels DeepEP runs on its stream (layouts, fills) take stream time but are not transfer
         drawn = (part["klass"] == "comm").to_numpy() if stream == COMM else np.ones(len(part), dtype=bool)
         if not drawn.any():
-            drawn[:] = True
+            drawn = np.ones(len(part), dtype=bool)      # (the comparison's array may be read-only)
+            if stream == COMM:
+                stand_ins.update(str(x) for x in part["name"].unique()[:2])
         stages[key] = Stage(key[0], key[1], st, stream, work, lat, 0.0, blocked, 0, len(part),
                             segments=_segments(s0[drawn], e0[drawn], float(s0.min()), float(e0.max())), **extra)
         # compute: each kernel (sm_waits needs the one a communication kernel waited behind); comm: its busy time
@@ -188,9 +192,29 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None, rank: int) -
         first_start[key] = float(s0.min())
         last_launch[key] = max(launched) if launched else t_launch
     stages = _with_cpu_time(stages, first_launch, last_launch, (b0, b1))
+    if stand_ins:
+        assumptions.append(f"communication stages without a communication kernel ({', '.join(sorted(stand_ins)[:3])}) "
+                           "re-timed as communication; the observed hidden share counts communication kernels only "
+                           "(class them with --taxonomy to compare the two)")
     plan, stages, more = _plan_of(stages, hw)
     return StageGraph(stages, first_launch, launch_us, [1.0], 1, load_model(None), hw, plan, assumptions + more,
                       [rank], compute_as_seen=True, observed=seen, first_start=first_start)
+
+
+def _one_microbatch_or_refuse(labelled, rank: int, structure: str):
+    """Stages need a micro-batch: none known anywhere is one micro-batch (0); known for some kernels
+    and not others (the communication sequence gave its kernels theirs, the compute between has none)
+    cannot be split into micro-batches, so it is refused rather than re-timed as something else."""
+    unknown = (labelled["microbatch"] < 0).to_numpy()
+    if not unknown.any():
+        return labelled
+    if unknown.all():
+        return labelled.assign(microbatch=0)
+    stages = sorted(set(labelled.loc[unknown, "cstage"].astype(str)))
+    raise UserError(f"rank {rank}: {int(unknown.sum())} kernels of known layers ({', '.join(stages)}) have no "
+                    f"micro-batch while others have one (structure: {structure}), so their stages cannot be "
+                    "re-timed per micro-batch: a what-if needs micro-batch annotations such as L3:ATTN(0) "
+                    "(see replay/data/stages.toml)")
 
 
 UNSTAGED_COMM_SHARE = 0.1     # communication in no stage past this share of the rank's: the re-time would drop it

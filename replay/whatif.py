@@ -20,8 +20,9 @@ from tracegen.schedule import Interval, Schedule, simulate, summary
 from tracegen.trace import write_trace
 
 from .analysis import Analysis
+from .findings import LAUNCH_LATENCY_US
 from .stagerules import StageRules
-from .stagegraph import StageGraph, rank_graphs, stage_graph
+from .stagegraph import Key, StageGraph, rank_graphs, stage_graph
 
 
 def layer_kind(stages: set[str]) -> str:
@@ -54,6 +55,8 @@ def _graph(g: StageGraph, stages: dict, plan) -> OpGraph:
     dense = {layer for layer, kind in kinds.items() if kind == "dense"}
     n_mb = max(k[1] for k in stages) + 1
     linked = link(stages, layers, n_mb, n_mb == 1, plan.phase, kinds)
+    for k, extra in observed_waits(g, linked).items():
+        linked[k] = replace(linked[k], deps=tuple(sorted(set(linked[k].deps) | extra)))
     return OpGraph(g.model, replace(g.hardware, cpu_launch_us=g.launch_us),
                    replace(plan, imbalance=max(g.loads) if g.loads else 1.0), g.preset, tuple(layers),
                    frozenset(dense), linked, n_mb == 1, kinds)
@@ -204,6 +207,37 @@ def as_alone(g: StageGraph, sim: dict) -> dict:
                 sms = max(s.holds_sms for s in g.stages.values() if s.stream == COMM)
                 rate = vector_rate(hw, st.work_us, st.vector_us, sms)
                 out[k] = replace(st, work_us=st.work_us * ((1 - held[k]) + held[k] * rate))
+    return out
+
+
+def observed_waits(g: StageGraph, stages: dict) -> dict[Key, set[Key]]:
+    """Cross-stream waits the trace shows and the stage links lack: a compute stage whose first kernel
+    started more than a launch's latency after everything the links know it waits for (its launch, the
+    compute stream's previous kernel, its linked inputs) waited for something else; where a communication
+    stage ended in that window, it waited for that one (a wait_event / wait_stream on it: the program's,
+    which a re-time must keep). Communication waiting for compute is an SM wait (sm_waits), not this."""
+    if not g.observed or not g.first_start:
+        return {}
+    end: dict = {}
+    for iv in g.observed:
+        end[iv.key] = max(end.get(iv.key, iv.end), iv.end)
+    cp = sorted((iv for iv in g.observed if iv.track == COMPUTE), key=lambda iv: iv.end)
+    c_end, c_key = np.array([iv.end for iv in cp]), [iv.key for iv in cp]
+    comm = sorted((e, k) for k, e in end.items() if k in stages and stages[k].stream == COMM)
+    out: dict[Key, set[Key]] = {}
+    for k, st in stages.items():
+        start = g.first_start.get(k)
+        if st.stream != COMPUTE or start is None or any(d not in end for d in st.deps):
+            continue
+        j = int(np.searchsorted(c_end, start, side="right")) - 1
+        while j >= 0 and c_key[j] == k:
+            j -= 1
+        bound = max([g.first_launch.get(k, 0.0), c_end[j] if j >= 0 else 0.0] + [end[d] for d in st.deps])
+        if start - bound <= LAUNCH_LATENCY_US:
+            continue
+        waited = [ck for e, ck in comm if bound < e <= start and ck not in st.deps]
+        if waited:
+            out[k] = {waited[-1]}
     return out
 
 

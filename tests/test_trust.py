@@ -256,3 +256,32 @@ def test_whatif_with_no_change_reproduces_every_real_capture_within_5_percent():
             assert abs(r["hidden_error_pts"]) <= 2.5, r       # held out: 2.26 (improper), 0.60 (proper)
         else:
             assert abs(r["hidden_error_pts"]) <= 2.0, r
+
+
+def test_whatif_with_no_change_reproduces_the_rest_of_the_corpus():
+    """Issue 27, the rest of traces/observed (bench/whatif_fidelity.CORPUS: decode and prefill stacks with no
+    communication, DeepEP's graph-replayed decode, the annotation-style corpus): within the issue's bars,
+    5 % span and 2 points of hidden share. Not held out - three of them were wrong until this session
+    (style-module +56 %, style-sglang +38 %, style-mbn/slash +37 points hidden; CORPUS_NOTES says why)."""
+    from bench.whatif_fidelity import CORPUS, HIDDEN_BAR_PTS, SPAN_BAR_PCT, no_change_rows
+    rows = no_change_rows(CORPUS)
+    assert {r["capture"] for r in rows} == {k for k, (p, _) in CORPUS.items() if p.exists()}
+    for r in rows:
+        assert abs(r["span_error_pct"]) <= SPAN_BAR_PCT and abs(r["hidden_error_pts"]) <= HIDDEN_BAR_PTS, r
+
+
+def test_every_capture_is_reproduced_or_refused_in_one_line(capsys, tmp_path):
+    """Every capture in traces/observed is in the whatif fidelity table or refused with its reason: one line,
+    exit 2, no output file (the style captures raised a traceback, a read-only array, before)."""
+    from bench.whatif_fidelity import CAPTURES, CORPUS, OBS as ALL, REFUSED
+    covered = {p.resolve() for p, _ in list(CAPTURES.values()) + list(CORPUS.values())}
+    refused = {p.resolve() for p, _, _ in REFUSED.values()}
+    captures = {p.resolve() for p in ALL.glob("*/*.json.gz") if not p.name.startswith("rank")} | {
+        d.resolve() for d in ALL.glob("*/*") if d.is_dir() and any(d.glob("rank*.json*"))} | {
+        d.resolve() for d in ALL.glob("*") if d.is_dir() and any(d.glob("rank*.json*"))}
+    assert captures and captures <= covered | refused, sorted(str(p) for p in captures - covered - refused)
+    for name, (path, tax, needle) in REFUSED.items():
+        out = tmp_path / "w.json"
+        code = replay(["whatif", str(path), "-o", str(out), "--no-cache"] + (["--taxonomy", tax] if tax else []))
+        one_line_error(capsys, code, needle)
+        assert not out.exists(), name
