@@ -251,11 +251,10 @@ def realistic_folder(results: dict, rows: list) -> None:
     and HTA's load + overlap when installed, in this run."""
     folder = big_folder(4, 32)
     files = sorted(str(f) for f in folder.glob("rank*.json"))
-    jl = timed(f"import json\nfor f in {files!r}: json.load(open(f))", repeat=3)
     run = ("import contextlib, os\nfrom replay.cli import main\nwith contextlib.redirect_stdout(open(os.devnull, 'w')):"
            f"\n    main(['analyze', {str(folder)!r}, '--no-cache'")
-    text = timed(run + "])", repeat=3)
-    js = timed(run + ", '--json'])", repeat=3)
+    jl, text, js = interleaved([f"import json\nfor f in {files!r}: json.load(open(f))", run + "])",
+                                run + ", '--json'])"], repeat=5)
     results["realistic_folder"] = {"json_load": jl, "text": text, "json": js}
     for name, r in (("text", text), ("--json", js)):
         rows.append((f"replay analyze 4 x 32 MB folder ({name})", r.get("wall_s"),
@@ -349,6 +348,22 @@ def timed(code: str, repeat: int = 1, timeout: float | None = None) -> dict:
             if line.startswith("{"):
                 res.update(json.loads(line))
     return {"wall_s": statistics.median(walls), **res}
+
+
+def interleaved(codes: list[str], repeat: int) -> list[dict]:
+    """timed() of each code, the codes taking turns `repeat` times (a shared machine's load then
+    falls on all of them alike); each one's median wall time and largest peak."""
+    runs: list[list[dict]] = [[] for _ in codes]
+    for _ in range(repeat):
+        for i, code in enumerate(codes):
+            runs[i].append(timed(code))
+    out = []
+    for rs in runs:
+        bad = next((r for r in rs if "wall_s" not in r), None)
+        out.append(bad or {"wall_s": statistics.median(r["wall_s"] for r in rs),
+                           "walls_s": [round(r["wall_s"], 3) for r in rs],
+                           "peak_mb": max(r.get("peak_mb", 0) for r in rs)})
+    return out
 
 
 def synthetic(copies: int) -> Path:

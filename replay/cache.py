@@ -7,9 +7,6 @@ import json
 import os
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from tracegen.base.fileio import atomic_parquet, atomic_write
 
 from .events import Trace, load, trace_files
@@ -68,6 +65,8 @@ def load_file_cached(path: str | Path, hint: int | None, use_cache: bool = True,
 def _through_cache(key: str, where: Path, sources: list[str], build) -> tuple[Trace, bool]:
     """The cached Trace under `key`, or build() written there (a cache that cannot be read is rebuilt;
     one that cannot be written does not fail the analysis)."""
+    import pyarrow as pa              # here: a run without the cache does not pay for Parquet's import
+    import pyarrow.parquet as pq
     ev_p, fl_p, meta_p = _paths(key, where)
     if ev_p.exists() and fl_p.exists() and meta_p.exists():
         try:

@@ -2,7 +2,8 @@
 by the folder. Stage one, per rank file: load, classify, recover the structure and the steps,
 reduce the file to the compact tables the cross-rank analysis needs (peers.kernel_table: its
 collective kernels with their launch ends and compute coverage; its first kernel per step; its
-step spans), and park the classified table as Parquet. Between the stages, on the compact tables
+step spans), and park the classified table as an Arrow IPC file (uncompressed: written and read
+at memory speed, a fifth of Parquet's time; the folder lives only as long as the command). Between the stages, on the compact tables
 only: rank moves for files that claim one rank, the peer matching, clock offsets, waits and
 stragglers (peers.cross), the time origin. Stage two, per rank file again: read the parked
 table, put it on the common clock, and compute the rank's metrics, layers, steps, findings (with
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.parquet as pq
+import pyarrow as pa
 
 from tracegen.base.errors import UserError
 
@@ -45,7 +46,7 @@ from .pipeline import (
 
 
 def stage_one(path: str, hint: int | None, opts: Options, park: str, index: int) -> dict[str, Any] | str:
-    """One rank file reduced to what the cross-rank stage needs, its table parked as Parquet; or
+    """One rank file reduced to what the cross-rank stage needs, its table parked (Arrow IPC); or
     the one-line reason it could not be read."""
     try:
         trace, cached = load_file_cached(path, hint, opts.use_cache)
@@ -53,9 +54,9 @@ def stage_one(path: str, hint: int | None, opts: Options, park: str, index: int)
         return str(exc)
     p = prepare(trace.events, opts)
     events = p.events
-    ev_p, fl_p = Path(park) / f"{index}.events.parquet", Path(park) / f"{index}.flows.parquet"
-    events.to_parquet(ev_p, index=False)
-    trace.flows.to_parquet(fl_p, index=False)
+    ev_p, fl_p = Path(park) / f"{index}.events.arrow", Path(park) / f"{index}.flows.arrow"
+    _park(events, ev_p)
+    _park(trace.flows, fl_p)
     return {"ranks": p.ranks, "ranks_in_step": p.ranks_in_step, "how": p.how,
             "has_gpu": p.has_gpu, "spans": p.spans, "kernels": peer_analysis.kernel_table(events),
             "first": peer_analysis.first_kernels(events),
@@ -66,8 +67,7 @@ def stage_one(path: str, hint: int | None, opts: Options, park: str, index: int)
 def stage_two(events_path: str, flows_path: str, shift: int, offsets: dict[int, float], peer_rows: pd.DataFrame,
               clock: str, opts: Options, t0: float) -> RankResult:
     """One rank file's share of the analysis, on the common clock."""
-    events = pq.read_table(events_path).to_pandas()
-    flows = pq.read_table(flows_path).to_pandas()
+    events, flows = _unpark(events_path), _unpark(flows_path)
     if shift:
         events["rank"] = events["rank"] + shift
         flows["rank"] = flows["rank"] + shift
@@ -115,6 +115,19 @@ def analyze_folder(path: str | Path, opts: Options, strict: bool = False, jobs: 
         raise window_error(opts.window)
     return assemble(trace, pd.DataFrame(), parts[0]["how"], second, peers, warnings, opts,
                     all(p["cached"] for p in parts), t0)
+
+
+def _park(frame: pd.DataFrame, path: Path) -> None:
+    """A rank's table written for stage two (Arrow IPC, the pandas dtypes kept in its metadata)."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def _unpark(path: str) -> pd.DataFrame:
+    """A table _park wrote, read whole into memory (the park folder is removed after stage two)."""
+    with pa.OSFile(path, "rb") as source:
+        return pa.ipc.open_file(source).read_all().to_pandas()
 
 
 def _across(path: str | Path, parts: list[dict[str, Any]], meta: dict[str, Any], opts: Options
