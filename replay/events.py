@@ -127,14 +127,12 @@ class _Columns:
     negative_example: str = ""
 
     def _codes(self, values: list[Any]) -> np.ndarray:
-        """Global string codes for a batch (factorised in C, then mapped through the interner)."""
+        """Global string codes for a batch: each distinct value through the interner once, then every
+        value looked up in C (a batch holds few distinct pids, threads, categories and names)."""
         if not values:
             return np.zeros(0, dtype=np.int32)
-        arr = np.empty(len(values), dtype=object)
-        arr[:] = values
-        codes, uniques = pd.factorize(arr, use_na_sentinel=True)
-        table = np.array([self.strings.code(None if u is None else str(u)) for u in uniques] + [0], dtype=np.int32)
-        return table[codes]      # the NA sentinel (-1) picks the trailing 0: the empty string
+        lut = {u: self.strings.code(None if u is None else str(u)) for u in set(values)}
+        return np.fromiter(map(lut.__getitem__, values), dtype=np.int32, count=len(values))
 
     def _plausible(self, ts: np.ndarray, dur: np.ndarray, xs: list[Event]) -> None:
         """Times must be finite microseconds of a plausible size (Kineto counts from the epoch,

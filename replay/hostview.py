@@ -100,9 +100,14 @@ class HostView:
         return self.ops.holder(mid, outermost=True)
 
 
+_HOST_COLUMNS = ("tid", "cat", "name", "start_us", "dur_us", "launch", "blocking", "wait_group", "quiet_wait",
+                 "correlation")
+
+
 def host_view(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float) -> HostView:
     """The waits and outside-op work of the rank's main launching thread within [lo, hi).
     `cpu`: the rank's CPU rows; `gpu`: its GPU rows (for the kernels after whose launch the host waits)."""
+    cpu = cpu[[c for c in _HOST_COLUMNS if c in cpu]]     # the columns read here: row filters copy only them
     launch = cpu[cpu["launch"]]
     if not len(launch):
         return HostView()

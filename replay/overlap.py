@@ -31,7 +31,10 @@ def _stats(comp: tuple, comm: tuple, span: float) -> dict[str, float]:
 
 
 def gpu_work(events: pd.DataFrame) -> pd.DataFrame:
-    return events[(events["device"] == "gpu") & events["klass"].isin(GPU_WORK)]
+    """The GPU work rows (kernels, copies, fills); a table of GPU work only is returned as it is, uncopied
+    (per_rank hands the metrics its GPU rows once)."""
+    keep = ((events["device"] == "gpu") & events["klass"].isin(GPU_WORK)).to_numpy()
+    return events if keep.all() else events[keep]
 
 
 def stream_layout(events: pd.DataFrame) -> pd.DataFrame:

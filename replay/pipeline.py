@@ -25,7 +25,7 @@ from . import kernels, suspicious
 from .analysis import Analysis
 from .events import Trace
 from .findings import FINDING_COLUMNS, find
-from .overlap import layer_metrics, rank_metrics, step_metrics, stream_layout
+from .overlap import gpu_work, layer_metrics, rank_metrics, step_metrics, stream_layout
 from .peers import Peers
 from .structure import DEFAULT_ANNOTATION, recover
 from .taxonomy import classify, load_taxonomy
@@ -108,15 +108,16 @@ def per_rank(events: pd.DataFrame, flows: pd.DataFrame, peers: Peers, opts: Opti
         findings, totals, groups = find(events, flows, opts.min_lost_us, peers, opts.step_regex)
     else:
         findings, totals, groups = pd.DataFrame(columns=list(FINDING_COLUMNS)), {}, {}
+    gpu = gpu_work(events)          # the metrics read only the GPU work: filtered once, not once each
     return RankResult(
         empty=events.empty,
-        ranks=rank_metrics(events),
-        layers=layer_metrics(events),
+        ranks=rank_metrics(gpu),
+        layers=layer_metrics(gpu),
         findings=findings,
         totals=totals,
         groups=groups,
-        steps=peer_analysis.with_step_waits(step_metrics(events), peers.table),
-        streams=stream_layout(events),
+        steps=peer_analysis.with_step_waits(step_metrics(gpu), peers.table),
+        streams=stream_layout(gpu),
         facts=suspicious.facts(events),
         analyses={name: fn(events) for name, fn in ANALYSES.items()},
     )
