@@ -210,6 +210,14 @@ def as_alone(g: StageGraph, sim: dict) -> dict:
     return out
 
 
+def _observed_ends(g: StageGraph) -> dict[Key, float]:
+    """When each stage's last kernel ended in the observed run."""
+    end: dict[Key, float] = {}
+    for iv in g.observed:
+        end[iv.key] = max(end.get(iv.key, iv.end), iv.end)
+    return end
+
+
 def observed_waits(g: StageGraph, stages: dict) -> dict[Key, set[Key]]:
     """Cross-stream waits the trace shows and the stage links lack: a compute stage whose first kernel
     started more than a launch's latency after everything the links know it waits for (its launch, the
@@ -218,9 +226,7 @@ def observed_waits(g: StageGraph, stages: dict) -> dict[Key, set[Key]]:
     which a re-time must keep). Communication waiting for compute is an SM wait (sm_waits), not this."""
     if not g.observed or not g.first_start:
         return {}
-    end: dict = {}
-    for iv in g.observed:
-        end[iv.key] = max(end.get(iv.key, iv.end), iv.end)
+    end = _observed_ends(g)
     cp = sorted((iv for iv in g.observed if iv.track == COMPUTE), key=lambda iv: iv.end)
     c_end, c_key = np.array([iv.end for iv in cp]), [iv.key for iv in cp]
     comm = sorted((e, k) for k, e in end.items() if k in stages and stages[k].stream == COMM)
@@ -249,9 +255,7 @@ def sm_waits(g: StageGraph, graph: OpGraph) -> dict[tuple[str, int], float]:
     stages waits none (a profiler trace's only: tracegen's own stages start at once)."""
     if not g.observed or not g.first_start:
         return {}
-    end: dict = {}
-    for iv in g.observed:
-        end[iv.key] = max(end.get(iv.key, iv.end), iv.end)
+    end = _observed_ends(g)
     cp = sorted((iv for iv in g.observed if iv.track == COMPUTE), key=lambda iv: iv.start)
     k0, k1 = np.array([iv.start for iv in cp]), np.array([iv.end for iv in cp])
     comm_end = sorted(e for k, e in end.items() if graph.stages.get(k) is not None and graph.stages[k].stream == COMM)
