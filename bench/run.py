@@ -38,6 +38,9 @@ OUT = ROOT / "bench" / "out"
 TRAIN = Path(os.environ.get("MOE_SHARED", ROOT.parent / "shared")) / "traces" / "deepseek-profile-data" / "train.json"
 NCCL = ROOT / "traces" / "observed" / "h200x2-nccl"
 PY = sys.executable
+# HTA in an environment of its own (it pins pandas and plotly; the project does not depend on it):
+# BENCH_HTA_PYTHON=/path/to/venv/bin/python; by default HTA is looked for beside the project
+HTA_PY = os.environ.get("BENCH_HTA_PYTHON", PY)
 DEEPEP = ROOT / "traces" / "observed" / "deepep-h100x4" / "prefill-proper"
 
 
@@ -126,7 +129,8 @@ def folder_scaling(results: dict, rows: list) -> None:
     folder16 = replicated(16, JITTER_US)
     if hta_available():
         hta = timed("from hta.trace_analysis import TraceAnalysis; "
-                    f"ta = TraceAnalysis(trace_dir={str(folder16)!r}); ta.get_comm_comp_overlap(visualize=False)")
+                    f"ta = TraceAnalysis(trace_dir={str(folder16)!r}); ta.get_comm_comp_overlap(visualize=False)",
+                    python=HTA_PY)
         ours = results["folder_scaling"]["folders"][0]["jobs1"]
         results["folder_scaling"]["hta16"] = hta
         rows.append(("HTA TraceAnalysis: 16 jittered ranks", hta.get("wall_s"),
@@ -262,7 +266,7 @@ def realistic_folder(results: dict, rows: list) -> None:
                      f"files ({jl.get('wall_s', float('nan')):.2f} s); peak {r.get('peak_mb', 0):.0f} MB"))
     if hta_available():
         hta = timed("from hta.trace_analysis import TraceAnalysis; "
-                    f"TraceAnalysis(trace_dir={str(folder)!r}).get_comm_comp_overlap()", timeout=1800)
+                    f"TraceAnalysis(trace_dir={str(folder)!r}).get_comm_comp_overlap()", timeout=1800, python=HTA_PY)
         results["realistic_folder"]["hta"] = hta
         rows.append(("HTA TraceAnalysis: the same 4 x 32 MB folder", hta.get("wall_s"),
                      f"ours {text.get('wall_s', float('nan')):.2f} s: "
@@ -323,7 +327,7 @@ def big_folders(results: dict, rows: list) -> None:
     if hta_available():
         hta = timed("from hta.trace_analysis import TraceAnalysis; "
                     f"ta = TraceAnalysis(trace_dir={str(sub)!r}); ta.get_comm_comp_overlap(visualize=False)",
-                    timeout=3600)
+                    timeout=3600, python=HTA_PY)
         results["big_folder"]["hta_sub"] = hta
         rows.append((f"HTA TraceAnalysis: {n} ranks x {size / ranks:.0f} MB", hta.get("wall_s"),
                      f"peak {hta.get('peak_mb', 0):.0f} MB; ours (--jobs 2) {ours.get('wall_s', float('nan')):.1f} s, "
@@ -331,14 +335,14 @@ def big_folders(results: dict, rows: list) -> None:
                      if "wall_s" in hta else f"failed: {hta.get('error', '')[-80:]}"))
 
 
-def timed(code: str, repeat: int = 1, timeout: float | None = None) -> dict:
-    """Run `code` in a fresh interpreter; wall seconds (median), and the peak RSS of the process
-    or of any worker it started (MB), as the process itself reads it at exit."""
+def timed(code: str, repeat: int = 1, timeout: float | None = None, python: str = PY) -> dict:
+    """Run `code` in a fresh interpreter (`python`: HTA_PY for HTA); wall seconds (median), and the peak
+    RSS of the process or of any worker it started (MB), as the process itself reads it at exit."""
     walls, res = [], {}
     for _ in range(repeat):
         t0 = time.perf_counter()
         try:
-            r = subprocess.run([PY, "-c", code + _PEAK], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+            r = subprocess.run([python, "-c", code + _PEAK], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout:g} s"}
         walls.append(time.perf_counter() - t0)
@@ -417,7 +421,7 @@ def deploy_speed(results: dict, rows: list) -> None:
 
 
 def hta_available() -> bool:
-    return subprocess.run([PY, "-c", "import hta"], capture_output=True).returncode == 0
+    return subprocess.run([HTA_PY, "-c", "import hta"], capture_output=True).returncode == 0
 
 
 def main() -> int:
@@ -480,7 +484,8 @@ def main() -> int:
             if not link.exists():
                 link.symlink_to(f.resolve())
             entry["hta"] = timed("from hta.trace_analysis import TraceAnalysis; "
-                                 f"ta = TraceAnalysis(trace_dir={str(d)!r}); ta.get_comm_comp_overlap(visualize=False)")
+                                 f"ta = TraceAnalysis(trace_dir={str(d)!r}); ta.get_comm_comp_overlap(visualize=False)",
+                                 python=HTA_PY)
         results["replay"].append(entry)
         r_s = ours.get("wall_s", float("nan"))
         note = (f"{mb / r_s:.0f} MB/s, peak {ours.get('peak_mb', 0):.0f} MB; json.load {jl.get('wall_s', float('nan')):.2f} s "
@@ -518,7 +523,7 @@ def main() -> int:
         if has_hta:
             hta = timed("import json; from hta.trace_analysis import TraceAnalysis; "
                         f"ta = TraceAnalysis(trace_dir={str(NCCL)!r}); o = ta.get_comm_comp_overlap(visualize=False); "
-                        "print(json.dumps({'pct': dict(zip(map(str, o['rank']), o['comp_comm_overlap_pctg']))}))")
+                        "print(json.dumps({'pct': dict(zip(map(str, o['rank']), o['comp_comm_overlap_pctg']))}))", python=HTA_PY)
             results["nccl_hidden_pct"]["hta"] = hta.get("pct")
             for r, v in (ours.get("pct") or {}).items():
                 h = (hta.get("pct") or {}).get(str(r))
