@@ -83,7 +83,7 @@ def rank_folders(results: dict, rows: list) -> None:
     results["rank_folders"] = []
     for ranks, folder in ((4, DEEPEP), (64, replicated(64))):
         code = ("import contextlib, io; from replay.cli import main\nwith contextlib.redirect_stdout(io.StringIO()): "
-                f"main(['analyze', {str(folder)!r}, '--no-cache'])")
+                f"rc = main(['analyze', {str(folder)!r}, '--no-cache'])" + _REFUSED)
         now = timed(code, repeat=3)
         entry = {"ranks": ranks, "now": now}
         note = f"peak {now.get('peak_mb', 0):.0f} MB"
@@ -116,7 +116,8 @@ def folder_scaling(results: dict, rows: list) -> None:
         for jobs in (1, 2):
             entry[f"jobs{jobs}"] = timed(_TREE + "import contextlib, io; from replay.cli import main\n"
                                          "with contextlib.redirect_stdout(io.StringIO()): "
-                                         f"main(['analyze', {str(folder)!r}, '--no-cache', '--jobs', '{jobs}'])")
+                                         f"rc = main(['analyze', {str(folder)!r}, '--no-cache', '--jobs', '{jobs}'])"
+                                         + _REFUSED)
         ideal = one.get("wall_s", float("nan")) * ranks / cores
         entry["ideal_s"] = ideal
         results["folder_scaling"]["folders"].append(entry)
@@ -204,6 +205,8 @@ _t.Thread(target=_sample, daemon=True).start()
 _ax.register(lambda: print(_jj.dumps({"peak_tree_mb": _peak[0]})))
 """
 
+# a timed `replay analyze` that refused its input is an error, not a time (a refusal is fast and says nothing)
+_REFUSED = "\nif rc:\n    raise SystemExit('replay analyze exited %d' % rc)"
 _PEAK = ("\nimport resource as _r, json as _j\n"
          "print(_j.dumps({'peak_mb': max(_r.getrusage(_r.RUSAGE_SELF).ru_maxrss,"
          " _r.getrusage(_r.RUSAGE_CHILDREN).ru_maxrss) / 1024}))")
@@ -217,14 +220,15 @@ def big_folder(ranks: int, mb: float) -> Path:
     if d.exists() and len(list(d.glob("rank*.json"))) == ranks:
         return d
     d.mkdir(parents=True, exist_ok=True)
-    bodies = []
+    bodies, copies = [], 0
     for r in range(4):
         src = json.loads(gzip.open(DEEPEP / f"rank{r}.json.gz", "rt").read())
         ev = src["traceEvents"]
         xs = [e["ts"] for e in ev if isinstance(e.get("ts"), (int, float))]
         span = max(xs) - min(xs) + 1000.0
         steps = sum(1 for e in ev if str(e.get("name", "")).startswith("ProfilerStep#"))
-        copies = max(1, round(mb * 1e6 / len(",\n".join(json.dumps(e) for e in ev))))
+        # as many copies as rank 0 gets, on every rank: one run, every rank the same steps and collectives
+        copies = copies if r else max(1, round(mb * 1e6 / len(",\n".join(json.dumps(e) for e in ev))))
         parts = []
         for k in range(copies):
             for e in ev:
@@ -256,9 +260,9 @@ def realistic_folder(results: dict, rows: list) -> None:
     folder = big_folder(4, 32)
     files = sorted(str(f) for f in folder.glob("rank*.json"))
     run = ("import contextlib, os\nfrom replay.cli import main\nwith contextlib.redirect_stdout(open(os.devnull, 'w')):"
-           f"\n    main(['analyze', {str(folder)!r}, '--no-cache'")
-    jl, text, js = interleaved([f"import json\nfor f in {files!r}: json.load(open(f))", run + "])",
-                                run + ", '--json'])"], repeat=5)
+           f"\n    rc = main(['analyze', {str(folder)!r}, '--no-cache'")
+    jl, text, js = interleaved([f"import json\nfor f in {files!r}: json.load(open(f))", run + "])" + _REFUSED,
+                                run + ", '--json'])" + _REFUSED], repeat=5)
     results["realistic_folder"] = {"json_load": jl, "text": text, "json": js}
     for name, r in (("text", text), ("--json", js)):
         rows.append((f"replay analyze 4 x 32 MB folder ({name})", r.get("wall_s"),
@@ -303,7 +307,7 @@ def big_folders(results: dict, rows: list) -> None:
     one = timed(f"from replay.analyze import analyze; analyze({str(folder / 'rank0.json')!r}, use_cache=False, "
                 "progress=False)")
     cli = ("import sys, contextlib, io; from replay.cli import main\nwith contextlib.redirect_stdout(io.StringIO()): "
-           "main(['analyze', {!r}, '--no-cache', '--jobs', '2'])")
+           "rc = main(['analyze', {!r}, '--no-cache', '--jobs', '2'])" + _REFUSED)
     staged = timed(_TREE + cli.format(str(folder)))
     whole = timed(_TREE + f"from replay.analyze import analyze; analyze({str(folder)!r}, use_cache=False, "
                   "progress=False, jobs=2)")
