@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from .stagerules import StageRules
 from .hostview import host_view
 from .intervals import coverage, intersection, length, union
 from .generated import generated_run
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Key = tuple[int, int, str]
 
@@ -201,7 +205,7 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None, rank: int) -
                       [rank], compute_as_seen=True, observed=seen, first_start=first_start)
 
 
-def _one_microbatch_or_refuse(labelled, rank: int, structure: str):
+def _one_microbatch_or_refuse(labelled: pd.DataFrame, rank: int, structure: str) -> pd.DataFrame:
     """Stages need a micro-batch: none known anywhere is one micro-batch (0); known for some kernels
     and not others (the communication sequence gave its kernels theirs, the compute between has none)
     cannot be split into micro-batches, so it is refused rather than re-timed as something else."""
