@@ -241,10 +241,23 @@ def observed_waits(g: StageGraph, stages: dict) -> dict[Key, set[Key]]:
         bound = max([g.first_launch.get(k, 0.0), c_end[j] if j >= 0 else 0.0] + [end[d] for d in st.deps])
         if start - bound <= LAUNCH_LATENCY_US:
             continue
-        waited = [ck for e, ck in comm if bound < e <= start and ck not in st.deps]
+        waited = [ck for e, ck in comm if bound < e <= start and ck not in st.deps and not _needs(stages, ck, k)]
         if waited:
             out[k] = {waited[-1]}
     return out
+
+
+def _needs(stages: dict, a: Key, b: Key) -> bool:
+    """Stage a waits for b through the links (a wait of b on a would close a cycle)."""
+    seen, todo = set(), [a]
+    while todo:
+        k = todo.pop()
+        if k == b:
+            return True
+        if k not in seen and k in stages:
+            seen.add(k)
+            todo.extend(stages[k].deps)
+    return False
 
 
 def sm_waits(g: StageGraph, graph: OpGraph) -> dict[tuple[str, int], float]:
