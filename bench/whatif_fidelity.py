@@ -17,20 +17,21 @@ from tracegen.schedule import summary
 ROOT = Path(__file__).resolve().parents[1]
 OBS = ROOT / "traces" / "observed"
 DEEPEP = OBS / "deepep-h100x4"
+# host copies stand in for the all-to-all in the single-GPU captures: this taxonomy calls them communication
+_COPIES = str(OBS / "h100" / "taxonomy.toml")
 CAPTURES = {f"deepep-h100x4/{n}": (DEEPEP / n, None) for n in
             ("prefill-improper", "prefill-proper", "prefill-nosync", "prefill-late", "prefill-skew", "decode-proper")}
-CAPTURES.update({f"h100/{n}": (OBS / "h100" / f"{n}.json.gz", str(OBS / "h100" / "taxonomy.toml"))
+CAPTURES.update({f"h100/{n}": (OBS / "h100" / f"{n}.json.gz", _COPIES)
                  for n in ("layers-improper", "layers-proper")})
 # held out: the same single-GPU layers captured on an H200 (bench/capture/capture_h100.py's run_layers) after
 # these rows and the reorder rows below were committed; nothing in replay was changed after seeing them
-HELD_OUT = {f"h200/{n}": (OBS / "h200" / f"{n}.json.gz", str(OBS / "h100" / "taxonomy.toml"))
+HELD_OUT = {f"h200/{n}": (OBS / "h200" / f"{n}.json.gz", _COPIES)
             for n in ("layers-improper", "layers-proper")}
 CAPTURES.update(HELD_OUT)
 # the rest of traces/observed (issue 27: "every real capture"), added 2026-12-06 with the fixes they prompted
 # (not held out: each was re-timed, missed, and the cause fixed - see CORPUS_NOTES): single-GPU stacks with no
 # communication, DeepEP's graph-replayed decode, and the annotation-style corpus, whose host copies stand in for
 # the all-to-all as in the layer captures (so the same taxonomy calls them communication)
-_COPIES = str(OBS / "h100" / "taxonomy.toml")
 CORPUS = {"deepep-h100x4/graph": (DEEPEP / "graph", None),
           "h100/decode-eager-b256": (OBS / "h100" / "decode-eager-b256.json.gz", None)}
 CORPUS.update({f"h200/{n}": (OBS / "h200" / f"{n}.json.gz", None)
@@ -93,7 +94,7 @@ def single_gpu_reorder_rows() -> list[dict]:
     for gpu in ("h100", "h200"):
         improper, proper = OBS / gpu / "layers-improper.json.gz", OBS / gpu / "layers-proper.json.gz"
         if improper.exists() and proper.exists():
-            out.append({"capture": gpu, **_reorder(improper, proper, str(OBS / "h100" / "taxonomy.toml"), 0)})
+            out.append({"capture": gpu, **_reorder(improper, proper, _COPIES, 0)})
     return out
 
 

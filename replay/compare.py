@@ -44,6 +44,11 @@ def label_stages(a: Analysis, rules: StageRules) -> pd.DataFrame:
     return g.assign(cstage=stage.to_numpy()).dropna(subset=["cstage"])
 
 
+def _on_stream(stage: pd.Series, stream: str) -> np.ndarray:
+    """Which labels name a stage of that stream (None: none)."""
+    return stage.map(lambda s: isinstance(s, str) and STAGE_STREAM.get(s) == stream).to_numpy(dtype=bool)
+
+
 def _off_comm_streams(g: pd.DataFrame, stage: pd.Series) -> pd.Series:
     """The stage labels with compute kernels taken out of communication stages where they ran on none of
     the communication's streams (SGLang's `output` add under combine_b runs on the compute stream): a
@@ -51,7 +56,7 @@ def _off_comm_streams(g: pd.DataFrame, stage: pd.Series) -> pd.Series:
     ran (they then get the compute stage around them). Its own kernels on its stream (DeepEP's layout and
     fill kernels) stay. The communication's streams: where its communication kernels ran, else (stand-ins
     such as host copies) where its non-compute kernels ran."""
-    on_comm = stage.map(lambda s: STAGE_STREAM.get(s) == COMM if isinstance(s, str) else False).to_numpy(dtype=bool)
+    on_comm = _on_stream(stage, COMM)
     if not on_comm.any():
         return stage
     klass = text(g["klass"])
@@ -70,7 +75,7 @@ def _annotated_around(g: pd.DataFrame, stage: pd.Series) -> pd.Series:
     time order, else the one after it (None where the group has none): a norm or residual add outside
     any stage range belongs to the stage it runs beside, not to the default ATTN, which would stretch
     ATTN's span over the stages between (a layer's closing add would make ATTN span the whole layer)."""
-    computed = stage.where(stage.map(lambda s: STAGE_STREAM.get(s) == COMPUTE if isinstance(s, str) else False))
+    computed = stage.where(_on_stream(stage, COMPUTE))
     keys = ["rank", "layer", "microbatch"]
     order = g.sort_values(keys + ["start_us"], kind="stable").index
     seq = computed.loc[order]

@@ -3,9 +3,9 @@ by the folder. Stage one, per rank file: load, classify, recover the structure a
 reduce the file to the compact tables the cross-rank analysis needs (peers.kernel_table: its
 collective kernels with their launch ends and compute coverage; its first kernel per step; its
 step spans), and park the classified table as an Arrow IPC file (uncompressed: written and read
-at memory speed, a fifth of Parquet's time; the folder lives only as long as the command). Between the stages, on the compact tables
-only: rank moves for files that claim one rank, the peer matching, clock offsets, waits and
-stragglers (peers.cross), the time origin. Stage two, per rank file again: read the parked
+at memory speed, a fifth of Parquet's time; the folder lives only as long as the command).
+Between the stages, on the compact tables only: rank moves for files that claim one rank, the
+peer matching, clock offsets, waits and stragglers (peers.cross), the time origin. Stage two, per rank file again: read the parked
 table, put it on the common clock, and compute the rank's metrics, layers, steps, findings (with
 its own rows of the peer table) and input checks. The results are assembled into the same
 Analysis `analyze()` builds from the whole table, without its event table: `replay analyze DIR`
