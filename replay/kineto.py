@@ -40,10 +40,10 @@ _KINETO_ARGS = [("correlation", int | str | None, None),     # Kineto's launch <
 # some tool reads); everything else in an event's args is skipped by the decoder.
 Args = msgspec.defstruct("Args", _KINETO_ARGS + [
     (k.name, _JSON_TYPE[k.type] | None, None) for k in contract.read_keys(contract.SLICE_ARGS)
-    if k.name not in {n for n, _, _ in _KINETO_ARGS}])
+    if k.name not in {n for n, _, _ in _KINETO_ARGS}], gc=False)
 NO_ARGS = Args()
 
-class Event(msgspec.Struct):
+class Event(msgspec.Struct, gc=False):
     ph: str = ""
     name: str | int | float | None = None
     cat: str | None = None
