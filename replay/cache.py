@@ -6,10 +6,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tracegen.base.fileio import atomic_parquet, atomic_write
 
-from .events import Trace, load, trace_files
+from .kineto import trace_files
+
+if TYPE_CHECKING:                       # the table's module (pandas) loads only where a trace is built
+    from .events import Trace
 
 FORMAT = "6"      # bump when the event table's columns change
 
@@ -41,6 +45,8 @@ def load_cached(path: str | Path, use_cache: bool = True, where: Path | None = N
                 progress: bool | None = None, jobs: int = 1, cluster: str | None = None) -> tuple[Trace, bool]:
     """The trace, from the cache when its content was seen before; returns (trace, hit). `jobs` /
     `cluster`: where a folder's rank files are parsed on a miss (replay/parallel.py)."""
+    from .events import load
+
     def build() -> Trace:
         return load(path, progress=progress, jobs=jobs, cluster=cluster)
     if not use_cache:
@@ -67,6 +73,8 @@ def _through_cache(key: str, where: Path, sources: list[str], build) -> tuple[Tr
     one that cannot be written does not fail the analysis)."""
     import pyarrow as pa              # here: a run without the cache does not pay for Parquet's import
     import pyarrow.parquet as pq
+
+    from .events import Trace
     ev_p, fl_p, meta_p = _paths(key, where)
     if ev_p.exists() and fl_p.exists() and meta_p.exists():
         try:

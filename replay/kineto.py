@@ -318,6 +318,11 @@ def rank_from_name(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def rank_hints(files: list[Path]) -> list[int | None]:
+    """Per file of a folder, the rank it gets if it names none: its place, unless its name gives one."""
+    return [i if rank_from_name(f) is None else None for i, f in enumerate(files)]
+
+
 def trace_files(path: Path) -> list[Path]:
     """The trace files a path names: itself, or a folder's .json / .json.gz files."""
     if path.is_dir():

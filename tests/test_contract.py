@@ -13,7 +13,8 @@ import pytest
 
 from replay.analyze import analyze
 from replay.cli import main as replay
-from replay.events import _COLUMN_ARGS, EXTRA_ARGS, GeneratedMeta
+from replay.columns import _COLUMN_ARGS, EXTRA_ARGS
+from replay.events import GeneratedMeta
 from replay.kineto import _KINETO_ARGS, Args
 from tracegen.base import contract as C
 from tracegen.catalog import hardware_to_dict, load_hardware, load_model, model_to_dict
