@@ -95,6 +95,8 @@ class _Columns:
         if not values:
             return np.zeros(0, dtype=np.int32)
         lut = {u: self.strings.code(None if u is None else str(u)) for u in set(values)}
+        if len(lut) == 1:          # one process or thread in the batch: no lookup per value
+            return np.full(len(values), next(iter(lut.values())), dtype=np.int32)
         return np.fromiter(map(lut.__getitem__, values), dtype=np.int32, count=len(values))
 
     def _plausible(self, ts: np.ndarray, dur: np.ndarray, xs: list[Event]) -> None:

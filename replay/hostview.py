@@ -111,8 +111,8 @@ def host_view(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float) -> Hos
     launch = cpu[cpu["launch"]]
     if not len(launch):
         return HostView()
-    tid = launch["tid"].astype(str).value_counts().index[0]          # the main launching thread
-    th = cpu[cpu["tid"].astype(str) == tid].sort_values("start_us", kind="stable")
+    tid = pd.Series(text(launch["tid"])).value_counts().index[0]     # the main launching thread
+    th = cpu[text(cpu["tid"]) == tid].sort_values("start_us", kind="stable")
     is_rt = (th["cat"].isin(RUNTIME_CATS) | th["launch"] | th["blocking"]).to_numpy()
     r0, r1 = _iv(th[is_rt])
     q0, q1 = gaps(r0, r1, lo, hi) if len(r0) else (np.array([lo]), np.array([hi]))
