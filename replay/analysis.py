@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tracegen.base.contract import IDLE_GROUPS, OBSERVED_IDLE_CAUSES, UNEXPLAINED
@@ -48,10 +49,15 @@ class Analysis:
     def top_findings(self, n: int | None, per_kind: int | None = None) -> list[dict[str, Any]]:
         """The findings with the most time lost first: at most `per_kind` of each kind on each rank, at
         most `n` in all (None: no cap)."""
-        t = self.finding_table.sort_values("lost_us", ascending=False, kind="stable")
+        t = self.finding_table
+        # positions in the order sort_values("lost_us", ascending=False, kind="stable") gives (ties in
+        # table order, NaN last), the rows taken only once chosen: a large folder's table is not copied
+        order = np.argsort(-t["lost_us"].to_numpy(dtype=float), kind="stable")
         if per_kind is not None:
-            t = t.groupby(["kind", "rank"], sort=False).head(per_kind)
-        return as_dicts(t if n is None else t.head(n), self.step_regex)
+            kind = pd.factorize(t["kind"])[0][order]         # codes: no string object per row
+            keys = pd.DataFrame({"kind": np.where(kind >= 0, kind, np.nan), "rank": t["rank"].to_numpy()[order]})
+            order = order[(keys.groupby(["kind", "rank"], sort=False).cumcount() < per_kind).to_numpy()]
+        return as_dicts(t.iloc[order if n is None else order[:n]], self.step_regex)
 
     def findings_by_kind(self) -> dict[str, dict[str, float]]:
         """Every finding counted, and its time lost summed, per kind (the summary beside a capped list)."""
@@ -61,8 +67,11 @@ class Analysis:
         g = t.groupby("kind", sort=True)["lost_us"]
         return {str(k): {"n": int(n), "lost_us": float(v)} for (k, n), v in zip(g.size().items(), g.sum())}
 
-    def to_dict(self, max_findings: int | None = None, per_kind: int | None = FINDINGS_PER_KIND) -> dict[str, Any]:
-        layers = self.layers
+    def to_dict(self, max_findings: int | None = None, per_kind: int | None = FINDINGS_PER_KIND,
+                detail: bool = True) -> dict[str, Any]:
+        """The --json document; `detail` False leaves out each rank's steps and layers (the text report
+        reads neither, and on a large folder they are most of the document's memory)."""
+        layers = self.layers if detail else pd.DataFrame()
         ranks = []
         for r in self.ranks:
             row = {k: v for k, v in r.items() if k != "streams"}
@@ -70,7 +79,7 @@ class Analysis:
             row["idle_us"] = self.idle_totals.get(r["rank"], {})
             row["idle_by_group_us"] = self.idle_groups.get(r["rank"], {})
             row["peer_wait_us"] = self.peers.wait_by_rank.get(r["rank"], 0.0)
-            if not self.steps.empty:
+            if detail and not self.steps.empty:
                 sr = self.steps[self.steps["rank"] == r["rank"]]
                 row["steps"] = [{**x, "start_us": x["start_us"] - self.t0_us}
                                 for x in sr.drop(columns=["rank"]).to_dict(orient="records")]

@@ -147,6 +147,14 @@ def _by_rank(frames: list[pd.DataFrame]) -> pd.DataFrame:
     full = [f for f in frames if len(f)]
     if not full:
         return frames[0] if frames else pd.DataFrame()      # empty, with the columns its function gives
+    if "rank" in full[0]:
+        ranks = [f["rank"].to_numpy() for f in full]
+        order = sorted(range(len(full)), key=lambda i: ranks[i][0])
+        if (all(bool((r[1:] >= r[:-1]).all()) for r in ranks)
+                and all(ranks[i][-1] < ranks[j][0] for i, j in zip(order, order[1:]))):
+            # each file's rows already in rank order, the files' ranks apart (the usual folder: one rank
+            # a file): the files in rank order are the sorted table, without a second copy of it
+            return pd.concat([full[i] for i in order], ignore_index=True)
     out = pd.concat(full, ignore_index=True)
     return out.sort_values("rank", kind="stable").reset_index(drop=True) if "rank" in out else out
 

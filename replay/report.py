@@ -18,7 +18,7 @@ def _ms(us: float) -> str:
 
 
 def render(a: Analysis, top: int = 10, max_layers: int = 12) -> str:
-    d = a.to_dict(max_findings=top)
+    d = a.to_dict(max_findings=top, detail=False)
     out: list[str] = []
     src = ", ".join(Path(s).name for s in a.trace.sources[:3]) + (" ..." if len(a.trace.sources) > 3 else "")
     kind = "tracegen prediction" if a.trace.generated else "profiler trace"
