@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from tracegen.base.fileio import atomic_parquet, atomic_write
 
@@ -55,13 +55,14 @@ def load_cached(path: str | Path, use_cache: bool = True, where: Path | None = N
 
 
 def load_file_cached(path: str | Path, hint: int | None, use_cache: bool = True,
-                     where: Path | None = None) -> tuple[Trace, bool]:
+                     where: Path | None = None, parsed: Callable[[], Any] | None = None) -> tuple[Trace, bool]:
     """One rank file of a folder (`hint`: the rank it gets if it names none), from the cache when its
-    content was seen before with the same hint; returns (trace, hit)."""
+    content was seen before with the same hint; returns (trace, hit). `parsed`: on a miss, the file's
+    parse made elsewhere if there is one (headstart.take), else None."""
     from .events import load_file
 
     def build() -> Trace:
-        return load_file(path, rank=hint, progress=False)
+        return load_file(path, rank=hint, progress=False, parsed=parsed() if parsed else None)
     if not use_cache:
         return build(), False
     key = f"{content_key(path)}-r{hint if hint is not None else 'own'}"

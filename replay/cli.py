@@ -96,10 +96,9 @@ AUTO_JOBS_MIN_BYTES = 64 << 20      # from this size a folder's rank files are p
 def _auto_jobs(path: str) -> int:
     """--jobs left unset: one process per core (at most one per rank file) for a folder of rank files
     of AUTO_JOBS_MIN_BYTES or more, where parsing dominates; else 1 (process start-up would dominate)."""
-    import os
     from pathlib import Path
 
-    from .events import trace_files
+    from .kineto import trace_files
     from .parallel import MAX_JOBS
     p = Path(path)
     if not p.is_dir():
@@ -107,8 +106,12 @@ def _auto_jobs(path: str) -> int:
     files = trace_files(p)
     if len(files) < 2 or sum(f.stat().st_size for f in files) < AUTO_JOBS_MIN_BYTES:
         return 1
-    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-                      len(files), MAX_JOBS))
+    return max(1, min(_cores(), len(files), MAX_JOBS))
+
+
+def _cores() -> int:
+    import os
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _in_stages(path: str, jobs: int, cluster: str | None) -> bool:
@@ -118,7 +121,7 @@ def _in_stages(path: str, jobs: int, cluster: str | None) -> bool:
     ranks; both give the same JSON (tests/test_folder_stages.py)."""
     from pathlib import Path
 
-    from .events import trace_files
+    from .kineto import trace_files
     p = Path(path)
     if not p.is_dir():
         return False
@@ -134,33 +137,49 @@ def _check_traces(*paths: str) -> None:
         trace_files(Path(path))
 
 
+def _analyze(args: argparse.Namespace, staged: bool, early: Any) -> Any:
+    """The Analysis `replay analyze` prints: a folder in two stages, or one table."""
+    from .analyze import analyze, parse_window
+    from .report import findings_format
+    if args.findings:
+        findings_format(args.findings)          # refused before the analysis, not after
+    window = parse_window(args.window) if args.window else None
+    if staged:
+        # two stages, one rank file at a time (per --jobs process or cluster worker): memory bounded
+        # by the ranks in flight, the same JSON as the whole-table analysis (replay/folder.py)
+        from .folder import Options, analyze_folder
+        return analyze_folder(args.trace, Options(args.taxonomy, microbatches=args.microbatches,
+                                                  step_regex=args.step_regex, step=args.step,
+                                                  min_lost_us=args.min_lost_us, window=window, rank=args.rank,
+                                                  use_cache=not args.no_cache, allow_mixed=args.allow_mixed),
+                              strict=args.strict, jobs=args.jobs, cluster=args.cluster, early=early)
+    return analyze(args.trace, taxonomy=args.taxonomy, rank=args.rank, window=window, use_cache=not args.no_cache,
+                   microbatches=args.microbatches, min_lost_us=args.min_lost_us, step_regex=args.step_regex,
+                   step=args.step, strict=args.strict, jobs=args.jobs, cluster=args.cluster,
+                   allow_mixed=args.allow_mixed)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     _check_traces(args.trace)
-    from .analyze import analyze, parse_window
     from .parallel import MAX_JOBS
     if args.jobs is None:
         args.jobs = 1 if args.cluster else _auto_jobs(args.trace)
     if not 1 <= args.jobs <= MAX_JOBS:
         raise UserError(f"--jobs must lie in [1, {MAX_JOBS}], got {args.jobs}")
+    staged = _in_stages(args.trace, args.jobs, args.cluster)
+    early = None
+    if staged and args.jobs > 1 and not args.cluster:
+        # the folder's last files parsed on an idle core while the analysis modules import (headstart.py)
+        from . import headstart
+        from .kineto import trace_files
+        early = headstart.start([str(f) for f in trace_files(Path(args.trace))], _cores())
+    try:
+        a = _analyze(args, staged, early)
+    finally:
+        if early is not None:
+            early.end()
     from .analysis import FINDINGS_PER_KIND
-    from .report import findings_format, render, write_findings, write_layers
-    if args.findings:
-        findings_format(args.findings)          # refused before the analysis, not after
-    window = parse_window(args.window) if args.window else None
-    if _in_stages(args.trace, args.jobs, args.cluster):
-        # two stages, one rank file at a time (per --jobs process or cluster worker): memory bounded
-        # by the ranks in flight, the same JSON as the whole-table analysis (replay/folder.py)
-        from .folder import Options, analyze_folder
-        a = analyze_folder(args.trace, Options(args.taxonomy, microbatches=args.microbatches,
-                                               step_regex=args.step_regex, step=args.step,
-                                               min_lost_us=args.min_lost_us, window=window, rank=args.rank,
-                                               use_cache=not args.no_cache, allow_mixed=args.allow_mixed),
-                           strict=args.strict, jobs=args.jobs, cluster=args.cluster)
-    else:
-        a = analyze(args.trace, taxonomy=args.taxonomy, rank=args.rank, window=window, use_cache=not args.no_cache,
-                    microbatches=args.microbatches, min_lost_us=args.min_lost_us, step_regex=args.step_regex,
-                    step=args.step, strict=args.strict, jobs=args.jobs, cluster=args.cluster,
-                    allow_mixed=args.allow_mixed)
+    from .report import render, write_findings, write_layers
     warn_skipped(a)
     if args.csv:
         write_layers(a, args.csv, "csv")

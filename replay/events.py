@@ -222,9 +222,11 @@ def _flows_frame(cols: _Columns, rank_of_pid: dict[str, int]) -> pd.DataFrame:
 
 
 def load_file(path: str | Path, rank: int | None = None, progress: bool | None = None,
-              keep_cpu_ops: bool = False, bar: Progress | None = None) -> Trace:
+              keep_cpu_ops: bool = False, bar: Progress | None = None,
+              parsed: tuple[list[dict[str, Any]], dict[str, Any]] | None = None) -> Trace:
     """One trace file as a Trace (`rank`: the rank to give a profiler file that names none; `bar`:
-    a progress bar shared with other files, left open)."""
+    a progress bar shared with other files, left open; `parsed`: what kineto.read_events returned
+    for this file elsewhere, headstart.py)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -234,7 +236,7 @@ def load_file(path: str | Path, rank: int | None = None, progress: bool | None =
     own = bar is None
     bar = Progress(size, path.name, progress) if own else bar
     try:
-        parts, meta = read_events(path, partial(_Columns, str(path), skip_cats=skip), bar)
+        parts, meta = parsed or read_events(path, partial(_Columns, str(path), skip_cats=skip), bar)
     finally:
         if own:
             bar.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pyarrow as pa
 
 from tracegen.base.errors import UserError
 
-from . import parallel
+from . import headstart, parallel
 from . import peers as peer_analysis
 from . import steps as step_analysis
 from .analysis import Analysis
@@ -45,11 +46,14 @@ from .pipeline import (
 )
 
 
-def stage_one(path: str, hint: int | None, opts: Options, park: str, index: int) -> dict[str, Any] | str:
+def stage_one(path: str, hint: int | None, opts: Options, park: str, index: int,
+              early: str | None = None) -> dict[str, Any] | str:
     """One rank file reduced to what the cross-rank stage needs, its table parked (Arrow IPC); or
-    the one-line reason it could not be read."""
+    the one-line reason it could not be read. `early`: the folder of a head start's parses
+    (headstart.py), where this file may already be parsed."""
     try:
-        trace, cached = load_file_cached(path, hint, opts.use_cache)
+        trace, cached = load_file_cached(path, hint, opts.use_cache,
+                                         parsed=partial(headstart.take, early, index) if early else None)
     except UserError as exc:
         return str(exc)
     p = prepare(trace.events, opts)
@@ -82,8 +86,9 @@ def stage_two(events_path: str, flows_path: str, shift: int, offsets: dict[int, 
 
 
 def analyze_folder(path: str | Path, opts: Options, strict: bool = False, jobs: int = 1, cluster: str | None = None,
-                   progress: bool | None = None) -> Analysis:
-    """The Analysis of a folder of rank files, as analyze() gives it, without the event table."""
+                   progress: bool | None = None, early: headstart.HeadStart | None = None) -> Analysis:
+    """The Analysis of a folder of rank files, as analyze() gives it, without the event table
+    (`early`: a head start parsing the folder's last files since before the imports)."""
     files = trace_files(Path(path))
     hints = rank_hints(files)
     root = cache_dir() if cluster else Path(tempfile.gettempdir())
@@ -92,8 +97,11 @@ def analyze_folder(path: str | Path, opts: Options, strict: bool = False, jobs: 
     try:
         with parallel.Runner(jobs, cluster, len(files)) as runner:
             bar, done = folder_progress(files, progress)
+            if early is not None:
+                early.stop()
             try:
-                first = runner.map(stage_one, [(str(f.resolve()) if cluster else str(f), hints[i], opts, str(park), i)
+                first = runner.map(stage_one, [(str(f.resolve()) if cluster else str(f), hints[i], opts, str(park), i,
+                                                early.folder if early is not None and not cluster else None)
                                                for i, f in enumerate(files)], done)
             finally:
                 bar.close()
