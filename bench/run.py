@@ -205,11 +205,14 @@ _t.Thread(target=_sample, daemon=True).start()
 _ax.register(lambda: print(_jj.dumps({"peak_tree_mb": _peak[0]})))
 """
 
-# a timed `replay analyze` that refused its input is an error, not a time (a refusal is fast and says nothing)
-_REFUSED = "\nif rc:\n    raise SystemExit('replay analyze exited %d' % rc)"
 _PEAK = ("\nimport resource as _r, json as _j\n"
          "print(_j.dumps({'peak_mb': max(_r.getrusage(_r.RUSAGE_SELF).ru_maxrss,"
          " _r.getrusage(_r.RUSAGE_CHILDREN).ru_maxrss) / 1024}))")
+# a timed `replay analyze` that refused its input is an error, not a time (a refusal is fast and says
+# nothing); one that succeeded ends as the `replay` command ends (replay.cli.console: exit_now)
+_REFUSED = ("\nif rc:\n    raise SystemExit('replay analyze exited %d' % rc)" + _PEAK
+            + "\ntry:\n    from tracegen.base.errors import exit_now as _x\nexcept ImportError:  # a checkout from before it\n"
+            "    _x = None\nif _x:\n    _x(rc)")
 
 
 def big_folder(ranks: int, mb: float) -> Path:
@@ -346,7 +349,7 @@ def timed(code: str, repeat: int = 1, timeout: float | None = None, python: str 
     for _ in range(repeat):
         t0 = time.perf_counter()
         try:
-            r = subprocess.run([python, "-c", code + _PEAK], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+            r = subprocess.run([python, "-c", code if _PEAK in code else code + _PEAK], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout:g} s"}
         walls.append(time.perf_counter() - t0)

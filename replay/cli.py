@@ -10,7 +10,7 @@ from typing import Any
 
 from tracegen.base.backends import CPU_PROXY, IBGDA, NORMAL, PCIE_COPY
 from tracegen.base.cliutil import add_command, add_reading_args, entry_point, finite, new_parser, print_json
-from tracegen.base.errors import UserError
+from tracegen.base.errors import UserError, exit_now
 
 
 def tag(name: str) -> str:
@@ -543,5 +543,11 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
 main = entry_point("replay", build_parser)
 
 
+def console() -> None:
+    """The `replay` command: main(), then the process ends without tearing the interpreter down
+    (tracegen.base.errors.exit_now)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -165,3 +165,27 @@ def test_help_imports_no_analysis_library():
             f"print(len(out.getvalue()) > 500, [m for m in {heavy!r} if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "True []", r.stdout + r.stderr
+
+
+def test_the_command_ends_with_its_output_whole_and_its_status(tmp_path):
+    """The `replay` command (replay.cli.console) ends without the interpreter's teardown: its JSON is
+    complete and equal to main()'s, a refusal still exits 2 with one line, exit handlers still run."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "replay.cli", "analyze", str(DEEPEP_PROPER), "--json", "--no-cache"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(["analyze", str(DEEPEP_PROPER), "--json", "--no-cache"]) == 0
+    e = json.loads(out.getvalue())
+    assert {k: v for k, v in d.items() if k != "elapsed_s"} == {k: v for k, v in e.items() if k != "elapsed_s"}
+    r = subprocess.run([sys.executable, "-m", "replay.cli", "analyze", str(tmp_path / "none.json")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"replay: error: {tmp_path / 'none.json'}: no such file or folder"]
+    code = ("import atexit, sys\natexit.register(lambda: print('handler ran'))\n"
+            "from tracegen.base.errors import exit_now\nprint('unflushed', end='')\nexit_now(3)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 3 and r.stdout == "unflushedhandler ran\n", r.stdout
