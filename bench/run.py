@@ -309,9 +309,10 @@ def big_folders(results: dict, rows: list) -> None:
     cores = os.cpu_count() or 1
     one = timed(f"from replay.analyze import analyze; analyze({str(folder / 'rank0.json')!r}, use_cache=False, "
                 "progress=False)")
-    cli = ("import sys, contextlib, io; from replay.cli import main\nwith contextlib.redirect_stdout(io.StringIO()): "
-           "rc = main(['analyze', {!r}, '--no-cache', '--jobs', '2'])" + _REFUSED)
-    staged = timed(_TREE + cli.format(str(folder)))
+    def cli(path: Path) -> str:
+        return ("import sys, contextlib, io; from replay.cli import main\nwith contextlib.redirect_stdout(io.StringIO()): "
+                f"rc = main(['analyze', {str(path)!r}, '--no-cache', '--jobs', '2'])" + _REFUSED)
+    staged = timed(_TREE + cli(folder))
     whole = timed(_TREE + f"from replay.analyze import analyze; analyze({str(folder)!r}, use_cache=False, "
                   "progress=False, jobs=2)")
     ideal = one.get("wall_s", float("nan")) * ranks / cores
@@ -329,7 +330,7 @@ def big_folders(results: dict, rows: list) -> None:
         link = sub / f"rank{r}.json"
         if not link.exists():
             link.symlink_to(folder / f"rank{r}.json")
-    ours = timed(cli.format(str(sub)))
+    ours = timed(cli(sub))
     results["big_folder"]["ours_sub"] = ours
     if hta_available():
         hta = timed("from hta.trace_analysis import TraceAnalysis; "

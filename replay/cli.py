@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from tracegen.base.backends import CPU_PROXY, IBGDA, NORMAL, PCIE_COPY
-from tracegen.base.cliutil import add_command, add_reading_args, entry_point, finite, new_parser, print_json
-from tracegen.base.errors import UserError, exit_now
+from tracegen.base.cliutil import add_command, command, add_reading_args, entry_point, finite, new_parser, print_json
+from tracegen.base.errors import UserError
 
 
 def tag(name: str) -> str:
@@ -543,10 +543,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
 main = entry_point("replay", build_parser)
 
 
-def console() -> None:
-    """The `replay` command: main(), then the process ends without tearing the interpreter down
-    (tracegen.base.errors.exit_now)."""
-    exit_now(main())
+console = command(main)          # the `replay` command (pyproject's console script)
 
 
 if __name__ == "__main__":

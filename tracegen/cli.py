@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .base.cliutil import add_command, entry_point, finite, new_parser, print_json
+from .base.cliutil import add_command, command, entry_point, finite, new_parser, print_json
 from .catalog import (
     builtin_hardware,
     builtin_models,
@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 main = entry_point("tracegen", build_parser)
+console = command(main)          # the `tracegen` command (pyproject's console script)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -3,10 +3,9 @@ dashboard served on localhost with what-if controls."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from tracegen.base.cliutil import add_command, add_reading_args, entry_point, new_parser
+from tracegen.base.cliutil import add_command, command, add_reading_args, entry_point, new_parser
 from tracegen.base.errors import UserError
 
 EPILOG_HTML = """\
@@ -135,7 +134,8 @@ def _check(args: argparse.Namespace) -> None:
 
 
 main = entry_point("viz", build_parser, _check)
+console = command(main)          # the `viz` command (pyproject's console script)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

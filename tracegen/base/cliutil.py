@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
-from .errors import run_cli
+from .errors import exit_now, run_cli
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -117,6 +117,14 @@ def entry_point(prog: str, build_parser: Callable[[], argparse.ArgumentParser],
     def main(argv: list[str] | None = None) -> int:
         return run_cli(prog, _main, argv)
     return main
+
+
+def command(main: Callable[[], int]) -> Callable[[], NoReturn]:
+    """A CLI's console script: main(), then the process ends without the interpreter's teardown
+    (errors.exit_now); main() itself stays callable from Python (tests, scripts)."""
+    def console() -> NoReturn:
+        exit_now(main())
+    return console
 
 
 def add_command(sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int],
