@@ -11,6 +11,7 @@ is set, `--cluster env`."""
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable
@@ -72,7 +73,7 @@ class Runner:
             index = {f.key: i for i, f in enumerate(futures)}
             pending = dask_completed(futures)
         elif self.pool is not None:
-            futures = [self.pool.submit(fn, *args) for args in calls]
+            futures = [self.pool.submit(_released, fn, *args) for args in calls]
             index = {f: i for i, f in enumerate(futures)}
             pending = as_completed(futures)
         else:
@@ -97,6 +98,34 @@ def cluster_address(value: str) -> str:
             raise UserError("--cluster env needs DASK_SCHEDULER_ADDRESS (e.g. tcp://10.0.0.5:8786)")
         return env
     return value
+
+
+def _released(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) in a pool worker, then the memory its tables freed given back to the system: a
+    worker holds on to a rank file's worth of freed heap and Arrow pool pages otherwise (290 -> 136 MB
+    after a 103 MB rank file), and a folder's peak is the main process plus every idle worker."""
+    out = fn(*args)
+    release_memory()
+    return out
+
+
+def release_memory() -> None:
+    """Free heap pages back to the OS (glibc's malloc_trim) and Arrow's pool's unused memory."""
+    arrow = sys.modules.get("pyarrow")
+    if arrow is not None:
+        getattr(arrow.default_memory_pool(), "release_unused", lambda: None)()
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+        try:
+            _TRIM = getattr(ctypes.CDLL(None), "malloc_trim", False)
+        except OSError:
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None       # glibc's malloc_trim, False where the C library has none
 
 
 def _one_parser() -> None:
