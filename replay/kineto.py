@@ -143,10 +143,15 @@ def _open(path: Path, progress: Callable[[int], None]) -> tuple[Any, Any]:
         if size == 0:
             src.close()
             raise UserError(f"{path}: empty file")
-        buf = mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ)
+        # a private copy-on-write map: _consume writes the brackets of each chunk into the bytes between
+        # two events (the file itself is never written; only the two pages touched are copied)
+        buf = mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_COPY)
 
     def close() -> None:
-        buf.close()
+        try:
+            buf.close()
+        except BufferError:      # an event's raw args still view the map (an error's traceback): freed with it
+            pass
         src.close()
     return buf, close
 
@@ -184,12 +189,16 @@ def _header(buf: Any, path: Path) -> tuple[str, int, dict[str, Any]]:
     raise UserError(f"{path}: JSON without 'traceEvents' (not a Chrome/Kineto trace)")
 
 
-def _bracketed(buf: Any, start: int, end: int) -> bytearray:
-    """'[' + buf[start:end] + ']' in one copy (a slice of the map, then two concatenations, made three)."""
-    out = bytearray(end - start + 2)
-    out[0], out[-1] = 0x5B, 0x5D
-    out[1:-1] = memoryview(buf)[start:end]
-    return out
+def _decode_between(buf: Any, start: int, end: int) -> list[Event]:
+    """The events of buf[start:end] (whole events, start > 0), decoded in place: '[' and ']' are
+    written over the bytes just outside them - a separator (',' or white space) or the array's own
+    '[' - and put back after, so no copy of the chunk is made. The events' raw args view the map."""
+    before, after = buf[start - 1], buf[end]
+    buf[start - 1], buf[end] = 0x5B, 0x5D
+    try:
+        return _decode_events(memoryview(buf)[start - 1:end + 1])
+    finally:
+        buf[start - 1], buf[end] = before, after
 
 
 def _cut(buf: Any, pos: int, before: int | None = None) -> int | None:
@@ -214,7 +223,7 @@ def _consume(buf: Any, pos: int, end: int, sink: Sink) -> int:
         cut = _cut(buf, pos, before=pos + CHUNK)
         while cut is not None:
             try:
-                events = _decode_events(_bracketed(buf, pos, cut + 1))
+                events = _decode_between(buf, pos, cut + 1)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 cut = _cut(buf, pos, before=cut)
                 continue
