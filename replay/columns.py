@@ -160,8 +160,9 @@ class _Columns:
         ok = np.isfinite(ts) & np.isfinite(dur) & (dur >= 0) & (np.abs(ts) <= MAX_TS_US)
         o["start_us"].append(ts[ok])
         o["dur_us"].append(dur[ok])
-        for k in ("pid", "tid", "name"):
-            o[k].append(self._codes([getattr(e, k) for e in ops])[ok])
+        o["pid"].append(self._codes([e.pid for e in ops])[ok])     # attribute loads: getattr(e, k) costs 2x
+        o["tid"].append(self._codes([e.tid for e in ops])[ok])
+        o["name"].append(self._codes([e.name for e in ops])[ok])
 
     def _partition(self, events: list[Event]) -> tuple[list[Event], list[Event], list[Event]]:
         """One pass: the complete slices kept (every 'X' outside the skipped categories, and skipped
