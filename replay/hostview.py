@@ -37,23 +37,41 @@ def _minus(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], l
 
 
 class _Spans:
-    """Host spans as arrays (start-sorted): which hold a time, and their names."""
+    """Host spans as arrays (start-sorted): which hold a time, and their names. Each question is a
+    binary search, not a scan of every span (a rank's findings ask it hundreds of times)."""
 
     def __init__(self, df: pd.DataFrame):
         self.st = df["start_us"].to_numpy(dtype=float)
         self.en = self.st + df["dur_us"].to_numpy(dtype=float)
         self.names = text(df["name"]) if len(df) else np.zeros(0, dtype=object)
+        self._exact = bool(np.isnan(self.en).any()) or bool(np.any(np.diff(self.st) < 0))   # scan instead
+        self._reach = np.maximum.accumulate(self.en) if len(self.en) and not self._exact else self.en
+        self._order = np.argsort(self.en, kind="stable")          # by end; equal ends in start order
+        self._by_end = self.en[self._order]
 
     def holder(self, t: float, outermost: bool) -> str:
-        hold = np.flatnonzero((self.st <= t) & (self.en >= t))
-        if not len(hold):
-            return ""
-        return str(self.names[hold[0] if outermost else hold[-1]])    # sorted by start: first = outermost
+        """The outermost (earliest-starting) or innermost (latest-starting) span with st <= t <= en."""
+        if self._exact:
+            hold = np.flatnonzero((self.st <= t) & (self.en >= t))
+            return str(self.names[hold[0] if outermost else hold[-1]]) if len(hold) else ""
+        k = int(np.searchsorted(self.st, t, side="right"))        # the spans starting at or before t: [0, k)
+        if outermost:
+            i = int(np.searchsorted(self._reach, t, side="left"))  # the first whose end reaches t
+            return str(self.names[i]) if i < k else ""
+        lo = max(0, k - 64)                                      # the innermost is most often a recent span
+        hold = np.flatnonzero(self.en[lo:k] >= t)
+        if len(hold):
+            return str(self.names[lo + hold[-1]])
+        hold = np.flatnonzero(self.en[:lo] >= t)
+        return str(self.names[hold[-1]]) if len(hold) else ""
 
     def before(self, t: float) -> str:
-        """The name of the span that ended last at or before t."""
-        idx = np.flatnonzero(self.en <= t + 1e-6)
-        return str(self.names[idx[np.argmax(self.en[idx])]]) if len(idx) else ""
+        """The name of the span that ended last at or before t (of equal ends, the first to start)."""
+        j = int(np.searchsorted(self._by_end, t + 1e-6, side="right")) - 1
+        if j < 0:
+            return ""
+        first = int(np.searchsorted(self._by_end, self._by_end[j], side="left"))
+        return str(self.names[self._order[first]])
 
     def after(self, t: float) -> str:
         """The name of the first span starting at or after t."""
