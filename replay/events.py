@@ -66,6 +66,15 @@ def text(col: pd.Series) -> np.ndarray:
     return col.astype(str).to_numpy(dtype=object)
 
 
+def text_is(col: pd.Series, value: str) -> np.ndarray:
+    """`text(col) == value` as a bool array; for a categorical column, each category is compared
+    once and picked by code (no text of every row)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        hit = np.asarray([str(c) == value for c in col.cat.categories] + ["nan" == value], dtype=bool)
+        return hit[col.cat.codes.to_numpy()]
+    return np.asarray(text(col) == value, dtype=bool)
+
+
 @dataclass
 class Trace:
     """One or more ranks' events: `events` is the table every analysis reads."""

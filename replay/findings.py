@@ -33,7 +33,7 @@ from tracegen.base.contract import (
 from . import advice
 from .events import text
 from .hostview import GROUPS as HOST_GROUPS
-from .hostview import host_view
+from .hostview import HOST_COLUMNS, host_view
 from .intervals import coverage, gaps, intersection, union
 from .overlap import gpu_work
 from .peers import Peers
@@ -230,7 +230,8 @@ def _add_edges(acc: _Rank, df: pd.DataFrame, comp: pd.DataFrame, cov: _Cover, lo
 def _launched(rank: int, events: pd.DataFrame, nxt: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     """The rank's CPU events, and when each gap's next kernel was launched: the end of the CPU launch
     call with its correlation id (NaN where the trace has none)."""
-    cpu = events[(events["rank"] == rank) & (events["device"] == "cpu")]
+    cpu = events.loc[(events["rank"] == rank) & (events["device"] == "cpu"),
+                     [c for c in HOST_COLUMNS if c in events]]      # only what host_view and this read
     launch = cpu[cpu["launch"] & (cpu["correlation"] >= 0)]
     lend = pd.Series((launch["start_us"] + launch["dur_us"]).to_numpy(), index=launch["correlation"].to_numpy())
     lend = lend[~lend.index.duplicated()]

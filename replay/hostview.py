@@ -15,17 +15,12 @@ import pandas as pd
 
 from tracegen.base.contract import RUNTIME_CATS
 
-from .events import FRAMEWORK_OP, text
+from .events import FRAMEWORK_OP, text, text_is
 from .intervals import gaps, intersection, union
 
 QUIET_US = 100.0   # the launching thread making no runtime call (or sitting in no op) this long is not launching
 GROUPS = ("sync", "dispatch", "host")   # in priority order: a stretch in two is booked to the first
 NO_RUNTIME = "host work with no runtime call (the trace has no framework ops to say where)"
-
-
-def _iv(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    s = df["start_us"].to_numpy(dtype=float)
-    return union(s, s + df["dur_us"].to_numpy(dtype=float))
 
 
 def _minus(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], lo: float, hi: float
@@ -40,10 +35,14 @@ class _Spans:
     """Host spans as arrays (start-sorted): which hold a time, and their names. Each question is a
     binary search, not a scan of every span (a rank's findings ask it hundreds of times)."""
 
-    def __init__(self, df: pd.DataFrame):
-        self.st = df["start_us"].to_numpy(dtype=float)
-        self.en = self.st + df["dur_us"].to_numpy(dtype=float)
-        self.names = text(df["name"]) if len(df) else np.zeros(0, dtype=object)
+    def __init__(self, df: pd.DataFrame | None = None, st: np.ndarray | None = None, dur: np.ndarray | None = None,
+                 names: np.ndarray | None = None):
+        if df is not None:
+            st, dur = df["start_us"].to_numpy(dtype=float), df["dur_us"].to_numpy(dtype=float)
+            names = text(df["name"]) if len(df) else np.zeros(0, dtype=object)
+        self.st = st
+        self.en = self.st + dur
+        self.names = names
         self._exact = bool(np.isnan(self.en).any()) or bool(np.any(np.diff(self.st) < 0))   # scan instead
         self._reach = np.maximum.accumulate(self.en) if len(self.en) and not self._exact else self.en
         self._order = np.argsort(self.en, kind="stable")          # by end; equal ends in start order
@@ -118,36 +117,41 @@ class HostView:
         return self.ops.holder(mid, outermost=True)
 
 
-_HOST_COLUMNS = ("tid", "cat", "name", "start_us", "dur_us", "launch", "blocking", "wait_group", "quiet_wait",
+HOST_COLUMNS = ("tid", "cat", "name", "start_us", "dur_us", "launch", "blocking", "wait_group", "quiet_wait",
                  "correlation")
 
 
 def host_view(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float) -> HostView:
     """The waits and outside-op work of the rank's main launching thread within [lo, hi).
     `cpu`: the rank's CPU rows; `gpu`: its GPU rows (for the kernels after whose launch the host waits)."""
-    cpu = cpu[[c for c in _HOST_COLUMNS if c in cpu]]     # the columns read here: row filters copy only them
-    launch = cpu[cpu["launch"]]
-    if not len(launch):
+    cpu = cpu[[c for c in HOST_COLUMNS if c in cpu]]     # the columns read here: row filters copy only them
+    is_launch = cpu["launch"].to_numpy()
+    if not is_launch.any():
         return HostView()
-    tid = pd.Series(text(launch["tid"])).value_counts().index[0]     # the main launching thread
-    th = cpu[text(cpu["tid"]) == tid].sort_values("start_us", kind="stable")
-    is_rt = (th["cat"].isin(RUNTIME_CATS) | th["launch"] | th["blocking"]).to_numpy()
-    r0, r1 = _iv(th[is_rt])
+    tid = pd.Series(text(cpu["tid"][is_launch])).value_counts().index[0]     # the main launching thread
+    th = cpu[text_is(cpu["tid"], tid)].sort_values("start_us", kind="stable")
+    st, du = th["start_us"].to_numpy(dtype=float), th["dur_us"].to_numpy(dtype=float)
+
+    def iv(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return union(st[m], st[m] + du[m])
+    launch = th["launch"].to_numpy()
+    blocking, quiet_wait = th["blocking"].to_numpy(), th["quiet_wait"].to_numpy()
+    is_rt = th["cat"].isin(RUNTIME_CATS).to_numpy() | launch | blocking
+    r0, r1 = iv(is_rt)
     q0, q1 = gaps(r0, r1, lo, hi) if len(r0) else (np.array([lo]), np.array([hi]))
     keep = (q1 - q0) >= QUIET_US
     quiet = (q0[keep], q1[keep])
-    group = text(th["wait_group"])
-    blocking, quiet_wait = th["blocking"].to_numpy(), th["quiet_wait"].to_numpy()
-    sync = _iv(th[blocking & (group != "dispatch")])
-    disp_span = _iv(th[blocking & (group == "dispatch")])
-    disp_quiet = intersection(quiet, _iv(th[quiet_wait & (group == "dispatch")]))
-    after_iv, after = _waits_after_launch(th, gpu, quiet)
+    in_dispatch = text_is(th["wait_group"], "dispatch")
+    sync = iv(blocking & ~in_dispatch)
+    disp_span = iv(blocking & in_dispatch)
+    disp_quiet = intersection(quiet, iv(quiet_wait & in_dispatch))
+    after_iv, after = _waits_after_launch(st + du, launch, th["correlation"].to_numpy(), gpu, quiet)
     dispatch = union(np.concatenate([disp_span[0], disp_quiet[0], after_iv[0]]),
                      np.concatenate([disp_span[1], disp_quiet[1], after_iv[1]]))
-    is_op = (th["cat"] == FRAMEWORK_OP).to_numpy()
+    is_op = text_is(th["cat"], FRAMEWORK_OP)
     ops_known = bool(is_op.any())
     if ops_known:
-        c0, c1 = _iv(th[is_rt | is_op])
+        c0, c1 = iv(is_rt | is_op)
         o0, o1 = gaps(c0, c1, lo, hi) if len(c0) else (np.array([lo]), np.array([hi]))
         keep = (o1 - o0) >= QUIET_US
         outside = (o0[keep], o1[keep])
@@ -155,30 +159,34 @@ def host_view(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float) -> Hos
         outside = quiet
     dispatch = _minus(dispatch, sync, lo, hi)
     host = _minus(_minus(outside, sync, lo, hi), dispatch, lo, hi)
-    spans = th[~is_rt | blocking]
-    sp_group, sp_block, sp_quiet = text(spans["wait_group"]), spans["blocking"].to_numpy(), spans["quiet_wait"].to_numpy()
-    sp_op = (spans["cat"] == FRAMEWORK_OP).to_numpy()
-    return HostView(tid, {"sync": sync, "dispatch": dispatch, "host": host}, _Spans(spans[sp_block]),
-                    _Spans(spans[(sp_block | sp_quiet) & (sp_group == "dispatch")]), _Spans(spans[~sp_op]),
-                    _Spans(th[is_op]), after, ops_known)
+    names = text(th["name"]) if len(th) else np.zeros(0, dtype=object)
+
+    def spans(m: np.ndarray) -> _Spans:
+        return _Spans(st=st[m], dur=du[m], names=names[m])
+    span = ~is_rt | blocking
+    return HostView(tid, {"sync": sync, "dispatch": dispatch, "host": host}, spans(span & blocking),
+                    spans(span & (blocking | quiet_wait) & in_dispatch), spans(span & ~is_op), spans(is_op),
+                    after, ops_known)
 
 
-def _waits_after_launch(th: pd.DataFrame, gpu: pd.DataFrame, quiet: tuple[np.ndarray, np.ndarray]
+def _waits_after_launch(ends: np.ndarray, launch: np.ndarray, correlation: np.ndarray, gpu: pd.DataFrame,
+                        quiet: tuple[np.ndarray, np.ndarray]
                         ) -> tuple[tuple[np.ndarray, np.ndarray], list[tuple[float, float, str]]]:
     """The quiet stretches that follow the launch of a kernel after which the host waits (taxonomy
-    host_wait: DeepEP's notify_dispatch, whose counts the CPU then spins for), with that kernel's name."""
+    host_wait: DeepEP's notify_dispatch, whose counts the CPU then spins for), with that kernel's name.
+    `ends`, `launch`, `correlation`: the launching thread's spans (their ends, which are launches, their ids)."""
     if "host_wait" not in gpu or not len(quiet[0]):
         return (np.zeros(0), np.zeros(0)), []
-    hw = gpu[(text(gpu["host_wait"]) != "") & (gpu["correlation"] >= 0)]
-    if hw.empty:
+    hw = ~text_is(gpu["host_wait"], "") & (gpu["correlation"].to_numpy() >= 0)
+    if not hw.any():
         return (np.zeros(0), np.zeros(0)), []
-    launch = th[th["launch"] & (th["correlation"] >= 0)]
-    if launch.empty:
+    ok_launch = launch & (correlation >= 0)
+    if not ok_launch.any():
         return (np.zeros(0), np.zeros(0)), []
-    lend = (launch["start_us"] + launch["dur_us"]).to_numpy()
+    lend = ends[ok_launch]
     order = np.argsort(lend, kind="stable")
-    lend, corr = lend[order], launch["correlation"].to_numpy()[order]
-    names = dict(zip(hw["correlation"].to_numpy(), text(hw["name"])))
+    lend, corr = lend[order], correlation[ok_launch][order]
+    names = dict(zip(gpu["correlation"].to_numpy()[hw], text(gpu["name"][hw])))
     j = np.searchsorted(lend, quiet[0] + 1e-6, side="right") - 1         # the last launch before each stretch
     ok = j >= 0
     hit = np.zeros(len(quiet[0]), dtype=bool)
@@ -187,4 +195,4 @@ def _waits_after_launch(th: pd.DataFrame, gpu: pd.DataFrame, quiet: tuple[np.nda
     return (quiet[0][hit], quiet[1][hit]), after
 
 
-__all__ = ["HostView", "host_view", "QUIET_US", "GROUPS"]
+__all__ = ["HostView", "host_view", "QUIET_US", "GROUPS", "HOST_COLUMNS"]
