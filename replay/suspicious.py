@@ -42,19 +42,22 @@ def facts(events: pd.DataFrame) -> dict[str, Any]:
             overlapping += k
             oranks.add(int(rank))
     jumps, jranks = 0, set()
-    for rank, df in events.groupby("rank", sort=True):
-        s = np.sort(df["start_us"].to_numpy())
-        k = int(np.sum(np.diff(s) > CLOCK_JUMP_US))
+    ranks, starts = events["rank"].to_numpy(), events["start_us"].to_numpy()     # arrays: no copy of each rank's rows
+    for rank in np.unique(ranks):
+        k = int(np.sum(np.diff(np.sort(starts[ranks == rank])) > CLOCK_JUMP_US))
         if k:
             jumps += k
             jranks.add(int(rank))
     sig: dict[int, str] = {}
-    for rank, df in g.groupby("rank", sort=True):
-        d = df.sort_values("start_us", kind="stable")
+    g_rank, g_start, g_dur, g_name = (g["rank"].to_numpy(), g["start_us"].to_numpy(dtype=float),
+                                      g["dur_us"].to_numpy(dtype=float), text(g["name"]))
+    for rank in np.unique(g_rank):
+        sel = np.flatnonzero(g_rank == rank)
+        sel = sel[np.argsort(g_start[sel], kind="stable")]          # by start, ties in table order
         h = hashlib.blake2b(digest_size=16)
-        h.update("\x00".join(map(str, text(d["name"]))).encode())
-        h.update(np.round(d["dur_us"].to_numpy(dtype=float), 3).tobytes())
-        h.update(np.round(d["start_us"].to_numpy(dtype=float) - d["start_us"].min(), 3).tobytes())
+        h.update("\x00".join(map(str, g_name[sel])).encode())
+        h.update(np.round(g_dur[sel], 3).tobytes())
+        h.update(np.round(g_start[sel] - g_start[sel].min(), 3).tobytes())
         sig[int(rank)] = h.hexdigest()
     return {"ranks": sorted(int(r) for r in events["rank"].unique()), "comm": bool((g["klass"] == "comm").any()),
             "zero": len(zero), "zero_example": text(zero["name"])[0] if len(zero) else None,
