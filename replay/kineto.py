@@ -202,18 +202,18 @@ def _decode_between(buf: Any, start: int, end: int) -> list[Event]:
 
 
 def _cut(buf: Any, pos: int, before: int | None = None) -> int | None:
-    """Position of the last '}' that ends an event (followed by ', {') in buf[pos:before]."""
+    """Position of the last '}' that ends an event (followed by ', {') in buf[pos:before]: the last
+    '}' found backwards whose separator matches within the window (most often the first one tried)."""
     end = len(buf) if before is None else before
-    lo = end
-    while lo > pos:
-        lo = max(pos, lo - (1 << 20))      # look back 1 MB at a time: events are far smaller
-        last = None
-        for m in _BOUNDARY.finditer(buf, lo, end):
-            last = m.start()
-        if last is not None:
-            return last
+    hi = end
+    while hi > pos:
+        i = buf.rfind(b"}", pos, hi)
+        if i < 0:
+            return None
+        if _BOUNDARY.match(buf, i, end):
+            return i
+        hi = i
     return None
-
 
 
 def _consume(buf: Any, pos: int, end: int, sink: Sink) -> int:

@@ -70,3 +70,23 @@ def test_a_cut_inside_nested_args_is_retried(tmp_path, monkeypatch):
     assert names == [e["name"] for e in events]
     assert np.array_equal(np.concatenate(cols.cols["correlation"]), np.arange(len(events)))
     assert _digest(path) == before
+
+
+def test_the_cut_is_the_last_event_boundary_in_the_window():
+    """kineto._cut searches backwards for '}' and checks the separator after it; it must find what a
+    forward scan for the last '}\\s*,\\s*{' inside the window finds, on random byte soups."""
+    import random
+    import re
+    boundary = re.compile(rb"\}\s*,\s*\{")
+
+    def scan(buf: bytes, pos: int, before: int | None) -> int | None:
+        end = len(buf) if before is None else before
+        found = [m.start() for m in boundary.finditer(buf, pos, end)]
+        return found[-1] if found else None
+    rnd = random.Random(3)
+    pieces = [b"}", b"{", b",", b" ", b"\n", b"a", b"}}", b"}, {", b"},\n{", b"} ,{", b"]", b'"x":{"y":1}']
+    for _ in range(20000):
+        buf = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 40)))
+        pos = rnd.randint(0, len(buf))
+        before = rnd.choice([None, rnd.randint(pos, len(buf))])
+        assert kineto._cut(buf, pos, before) == scan(buf, pos, before), (buf, pos, before)
