@@ -39,21 +39,24 @@ from tracegen.base import contract
 from tracegen.base.errors import UserError
 
 from .columns import (
-    _INTERNED,
     CPU_OP_CATS,
     EXTRA_ARGS,
     FRAMEWORK_OP,
     STRING_COLUMNS,
     _Columns,
-    _Interner,
     _merge,
 )
 from .kineto import Progress, rank_from_name, rank_hints, read_events, trace_files
 
 # ----------------------------------------------------------------------------- table
-def _categorical(strings: _Interner, codes: np.ndarray) -> pd.Categorical:
-    """Codes of one interner as a categorical column (its every string a category)."""
-    return pd.Categorical.from_codes(codes, categories=list(strings.index))
+def _categorical(strings: np.ndarray, codes: np.ndarray) -> pd.Categorical:
+    """Codes into the interner's strings (`strings`, by code) as a categorical column of only the
+    strings used, in interner order: what from_codes(...).remove_unused_categories() gives, in one
+    pass over the codes instead of a sort."""
+    used = np.zeros(len(strings), dtype=bool)
+    used[codes] = True
+    remap = (np.cumsum(used) - 1).astype(np.int32)
+    return pd.Categorical.from_codes(remap[codes], categories=strings[used], validate=False)
 
 
 def text(col: pd.Series) -> np.ndarray:
@@ -193,31 +196,29 @@ def _to_frame(cols: _Columns, meta: dict[str, Any], path: Path, default_rank: in
     tid_num = pd.to_numeric(pd.Series(cats_arr), errors="coerce").to_numpy()[tid_codes]
     stream = np.where(is_gpu & (stream < 0), np.nan_to_num(tid_num, nan=-1), stream).astype(np.int64)
     extra = np.empty(n, dtype=object)
-    if any(x is not None for x in cols.extra):
+    if cols.extra.count(None) < len(cols.extra):      # tracegen's args (a C count: no Python loop per event)
         extra[:] = [x.decode() if x is not None else None for x in cols.extra]
     df = pd.DataFrame({
         "rank": rank,
-        "pid": _categorical(strings, pid_codes),
-        "tid": _categorical(strings, tid_codes),
+        "pid": _categorical(cats_arr, pid_codes),
+        "tid": _categorical(cats_arr, tid_codes),
         "thread": thread,
         "device": pd.Categorical.from_codes(is_gpu.astype(np.int8), categories=["cpu", "gpu"]),
-        "cat": _categorical(strings, cat_codes),
-        "name": _categorical(strings, c["name"].astype(np.int32)),
+        "cat": _categorical(cats_arr, cat_codes),
+        "name": _categorical(cats_arr, c["name"].astype(np.int32)),
         "start_us": c["start_us"].astype(np.float64),
         "dur_us": c["dur_us"].astype(np.float64),
         "correlation": c["correlation"].astype(np.int64),
         "stream": stream,
         "layer": c["layer"].astype(np.int32),
         "microbatch": c["microbatch"].astype(np.int32),
-        "stage": _categorical(strings, c["stage"].astype(np.int32)),
-        "stage_stream": _categorical(strings, c["stage_stream"].astype(np.int32)),
+        "stage": _categorical(cats_arr, c["stage"].astype(np.int32)),
+        "stage_stream": _categorical(cats_arr, c["stage_stream"].astype(np.int32)),
         "flops": c["flops"].astype(np.float64),
         "bytes": c["bytes"].astype(np.float64),
         "work_us": c["work_us"].astype(np.float64),
         "extra": extra,
     })
-    for col in _INTERNED:
-        df[col] = df[col].cat.remove_unused_categories()
     return df
 
 
