@@ -164,10 +164,28 @@ def _assign(events: pd.DataFrame, key: pd.DataFrame) -> pd.DataFrame:
     idx = merged.index[found]
     out.loc[idx, "layer"] = merged.loc[found, "layer"].astype(np.int32).to_numpy()
     out.loc[idx, "microbatch"] = merged.loc[found, "microbatch"].astype(np.int32).to_numpy()
-    stage = text(out["stage"])
-    stage[out.index.get_indexer(idx)] = text(merged.loc[found, "stage"])
-    out["stage"] = pd.Categorical(stage)
+    out["stage"] = _replaced(out["stage"], out.index.get_indexer(idx), text(merged.loc[found, "stage"]))
     return out
+
+
+def _replaced(col: pd.Series, pos: np.ndarray, labels: np.ndarray) -> pd.Categorical:
+    """A categorical column as text with the rows at `pos` given `labels`, as pd.Categorical of that
+    text would build it (the strings used, sorted; a missing value reads "nan" as text() has it),
+    worked out on the few categories and labels instead of factorizing every row's string."""
+    cats = np.asarray([str(c) for c in col.cat.categories] + ["nan"], dtype=object)
+    codes = col.cat.codes.to_numpy().astype(np.int64)
+    codes[codes < 0] = len(cats) - 1
+    keep = np.ones(len(codes), dtype=bool)
+    keep[pos] = False
+    used = np.zeros(len(cats), dtype=bool)
+    used[codes[keep]] = True
+    lab_codes, lab_uniq = pd.factorize(np.asarray(labels, dtype=object))    # a few distinct labels
+    lab_uniq = [str(x) for x in lab_uniq]
+    final = sorted(set(cats[used].tolist()) | set(lab_uniq))
+    where = {t: i for i, t in enumerate(final)}
+    out = np.fromiter((where.get(t, -1) for t in cats), dtype=np.int64, count=len(cats))[codes]
+    out[pos] = np.asarray([where[t] for t in lab_uniq], dtype=np.int64)[lab_codes]
+    return pd.Categorical.from_codes(out, categories=final, validate=False)
 
 
 def _from_style(events: pd.DataFrame, style: Style) -> tuple[pd.DataFrame, bool]:
