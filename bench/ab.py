@@ -66,9 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("base", type=Path, help="the other checkout (a git worktree)")
     ap.add_argument("trace", help="the folder or file both analyse")
     ap.add_argument("--runs", type=int, default=11, help="rounds (each runs both sides once)")
-    ap.add_argument("extra", nargs="*", help="more `replay analyze` flags, after --")
-    a = ap.parse_args(argv)
-    args = [str(Path(a.trace).resolve()), "--no-cache", *a.extra]
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []      # more `replay analyze` flags, after --
+    a = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args = [str(Path(a.trace).resolve()), "--no-cache", *extra]
     base, here = [], []
     for i in range(a.runs):
         if i % 2:
