@@ -35,11 +35,7 @@ class _Spans:
     """Host spans as arrays (start-sorted): which hold a time, and their names. Each question is a
     binary search, not a scan of every span (a rank's findings ask it hundreds of times)."""
 
-    def __init__(self, df: pd.DataFrame | None = None, st: np.ndarray | None = None, dur: np.ndarray | None = None,
-                 names: np.ndarray | None = None):
-        if df is not None:
-            st, dur = df["start_us"].to_numpy(dtype=float), df["dur_us"].to_numpy(dtype=float)
-            names = text(df["name"]) if len(df) else np.zeros(0, dtype=object)
+    def __init__(self, st: np.ndarray, dur: np.ndarray, names: np.ndarray):
         self.st = st
         self.en = self.st + dur
         self.names = names
@@ -78,7 +74,8 @@ class _Spans:
         return str(self.names[j]) if j < len(self.st) else ""
 
 
-_EMPTY = pd.DataFrame({"start_us": [], "dur_us": [], "name": []})
+def _no_spans() -> _Spans:
+    return _Spans(np.zeros(0), np.zeros(0), np.zeros(0, dtype=object))
 
 
 @dataclass
@@ -86,10 +83,10 @@ class HostView:
     """The launching thread's waits and outside-op work on one rank (empty: no launching thread)."""
     thread: str = ""
     groups: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    sync: _Spans = field(default_factory=lambda: _Spans(_EMPTY))        # spans that wait, all of them
-    dispatch: _Spans = field(default_factory=lambda: _Spans(_EMPTY))    # dispatch waits (span or quiet)
-    ranges: _Spans = field(default_factory=lambda: _Spans(_EMPTY))      # host spans other than framework ops
-    ops: _Spans = field(default_factory=lambda: _Spans(_EMPTY))         # the outermost framework ops
+    sync: _Spans = field(default_factory=_no_spans)        # spans that wait, all of them
+    dispatch: _Spans = field(default_factory=_no_spans)    # dispatch waits (span or quiet)
+    ranges: _Spans = field(default_factory=_no_spans)      # host spans other than framework ops
+    ops: _Spans = field(default_factory=_no_spans)         # the outermost framework ops
     after: list[tuple[float, float, str]] = field(default_factory=list)   # host-wait stretches, kernel waited on
     ops_known: bool = False
 
@@ -159,10 +156,10 @@ def host_view(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float) -> Hos
         outside = quiet
     dispatch = _minus(dispatch, sync, lo, hi)
     host = _minus(_minus(outside, sync, lo, hi), dispatch, lo, hi)
-    names = text(th["name"]) if len(th) else np.zeros(0, dtype=object)
+    names = text(th["name"])
 
     def spans(m: np.ndarray) -> _Spans:
-        return _Spans(st=st[m], dur=du[m], names=names[m])
+        return _Spans(st[m], du[m], names[m])
     span = ~is_rt | blocking
     return HostView(tid, {"sync": sync, "dispatch": dispatch, "host": host}, spans(span & blocking),
                     spans(span & (blocking | quiet_wait) & in_dispatch), spans(span & ~is_op), spans(is_op),

@@ -43,26 +43,31 @@ def facts(events: pd.DataFrame) -> dict[str, Any]:
             oranks.add(int(rank))
     jumps, jranks = 0, set()
     ranks, starts = events["rank"].to_numpy(), events["start_us"].to_numpy()     # arrays: no copy of each rank's rows
-    for rank in np.unique(ranks):
-        k = int(np.sum(np.diff(np.sort(starts[ranks == rank])) > CLOCK_JUMP_US))
+    for rank, sel in _by_rank(ranks, np.argsort(ranks, kind="stable")):
+        k = int(np.sum(np.diff(np.sort(starts[sel])) > CLOCK_JUMP_US))
         if k:
             jumps += k
-            jranks.add(int(rank))
+            jranks.add(rank)
     sig: dict[int, str] = {}
     g_rank, g_start, g_dur, g_name = (g["rank"].to_numpy(), g["start_us"].to_numpy(dtype=float),
                                       g["dur_us"].to_numpy(dtype=float), text(g["name"]))
-    for rank in np.unique(g_rank):
-        sel = np.flatnonzero(g_rank == rank)
-        sel = sel[np.argsort(g_start[sel], kind="stable")]          # by start, ties in table order
+    for rank, sel in _by_rank(g_rank, np.lexsort((g_start, g_rank))):    # by start within a rank, ties in table order
         h = hashlib.blake2b(digest_size=16)
         h.update("\x00".join(map(str, g_name[sel])).encode())
         h.update(np.round(g_dur[sel], 3).tobytes())
         h.update(np.round(g_start[sel] - g_start[sel].min(), 3).tobytes())
-        sig[int(rank)] = h.hexdigest()
+        sig[rank] = h.hexdigest()
     return {"ranks": sorted(int(r) for r in events["rank"].unique()), "comm": bool((g["klass"] == "comm").any()),
             "zero": len(zero), "zero_example": text(zero["name"])[0] if len(zero) else None,
             "zero_ranks": sorted(int(r) for r in zero["rank"].unique()), "overlapping": overlapping,
             "overlapping_ranks": sorted(oranks), "jumps": jumps, "jump_ranks": sorted(jranks), "signatures": sig}
+
+
+def _by_rank(ranks: np.ndarray, order: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(rank, its row positions in `order`) for each rank, in rank order; `order` sorts by rank first."""
+    r = ranks[order]
+    cuts = np.flatnonzero(r[1:] != r[:-1]) + 1
+    return [(int(r[a]), order[a:b]) for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(r)])] if len(r) else []
 
 
 def merge_facts(parts: list[dict[str, Any]]) -> dict[str, Any]:
