@@ -78,6 +78,18 @@ def text_is(col: pd.Series, value: str) -> np.ndarray:
     return np.asarray(text(col) == value, dtype=bool)
 
 
+def text_sorted(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """`text(col)` as (codes, words): words the distinct texts in sorted order, codes their positions,
+    so `words[codes] == text(col)` and sorting by codes sorts by text (a categorical column's
+    categories are turned to text and sorted once, not one string per row)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = np.asarray([str(c) for c in col.cat.categories] + ["nan"], dtype=object)
+        words, inverse = np.unique(cats, return_inverse=True)
+        return inverse.reshape(-1)[col.cat.codes.to_numpy()], words
+    words, inverse = np.unique(text(col), return_inverse=True)
+    return inverse.reshape(-1), words
+
+
 @dataclass
 class Trace:
     """One or more ranks' events: `events` is the table every analysis reads."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .events import text
+from .events import text_sorted
 from .overlap import gpu_work
 
 TOP_KERNELS = 10           # per rank, in the --json document
@@ -18,12 +18,16 @@ def top_kernels(events: pd.DataFrame, n: int = TOP_KERNELS) -> pd.DataFrame:
     g = gpu_work(events)
     if g.empty:
         return pd.DataFrame(columns=list(COLUMNS))
-    df = pd.DataFrame({"rank": g["rank"].to_numpy(), "name": text(g["name"]), "klass": text(g["klass"]),
+    name, names = text_sorted(g["name"])
+    klass, klasses = text_sorted(g["klass"])
+    # summed in one order whatever the events' order (a rank file alone or the whole table: same bits):
+    # by rank, name, class and duration, the names and classes as codes in text order (no string sort)
+    df = pd.DataFrame({"rank": g["rank"].to_numpy(), "name": name, "klass": klass,
                        "dur": g["dur_us"].to_numpy(dtype=float)})
-    # summed in one order whatever the events' order (a rank file alone or the whole table: same bits)
     df = df.sort_values(["rank", "name", "klass", "dur"], kind="stable")
     agg = df.groupby(["rank", "name", "klass"], sort=False)["dur"].agg(["size", "sum"]).reset_index()
     busy = df.groupby("rank")["dur"].sum()
+    agg["name"], agg["klass"] = names[agg["name"].to_numpy()], klasses[agg["klass"].to_numpy()]
     agg = agg.rename(columns={"size": "count", "sum": "total_us"})
     agg["mean_us"] = agg["total_us"] / agg["count"]
     agg["share_pct"] = 100.0 * agg["total_us"] / agg["rank"].map(busy).where(lambda b: b > 0)
