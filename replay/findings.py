@@ -77,6 +77,11 @@ LAUNCH_LATENCY_US = 20.0   # a kernel launched onto an idle GPU starts within th
 # stays under any host launch path (an eager op's host work is >= 15 us there). Each copy or fill inside
 # the gap adds one more switch. A longer wait before a queued kernel is `unexplained` (queued).
 KERNEL_SWITCH_US = 8.0
+# One framework op's own host work that held the launch path this long, covering at least half of it,
+# is not per-op overhead (a PyTorch op's dispatch costs ~5-50 us) but work of that op: first-call
+# autotuning, lazy module loading, compilation, a host-side algorithm. Assumed (20x the dispatch cost
+# of a slow op), not fitted; no capture of ours has a launch-path piece of 1 ms (max 0.82 ms).
+LONG_OP_US = 1000.0
 _NONE = (np.zeros(0), np.zeros(0))
 
 
@@ -227,15 +232,58 @@ def _add_edges(acc: _Rank, df: pd.DataFrame, comp: pd.DataFrame, cov: _Cover, lo
         acc.add(UNEXPLAINED, "edge", (B - A) - c - m, A, near, "", "", -1)
 
 
-def _launched(rank: int, events: pd.DataFrame, nxt: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """The rank's CPU events, and when each gap's next kernel was launched: the end of the CPU launch
-    call with its correlation id (NaN where the trace has none)."""
+def _launched(rank: int, events: pd.DataFrame, nxt: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The rank's CPU events; when each gap's next kernel was launched: the end of the CPU launch call
+    with its correlation id (NaN where the trace has none); and the thread that launched it ("": none)."""
     cpu = events.loc[(events["rank"] == rank) & (events["device"] == "cpu"),
                      [c for c in HOST_COLUMNS if c in events]]      # only what host_view and this read
     launch = cpu[cpu["launch"] & (cpu["correlation"] >= 0)]
-    lend = pd.Series((launch["start_us"] + launch["dur_us"]).to_numpy(), index=launch["correlation"].to_numpy())
-    lend = lend[~lend.index.duplicated()]
-    return cpu, lend.reindex(nxt["correlation"].to_numpy()).to_numpy()
+    corr = launch["correlation"].to_numpy()
+    first = ~pd.Index(corr).duplicated()
+    at = pd.Index(corr[first]).get_indexer(nxt["correlation"].to_numpy())
+    lend = np.append((launch["start_us"] + launch["dur_us"]).to_numpy()[first], np.nan)[at]
+    tid = np.append(text(launch["tid"])[first], "")[at]
+    return cpu, lend, tid
+
+
+def _host_views(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float, tid: np.ndarray
+                ) -> tuple[dict[str, Any], np.ndarray]:
+    """The host view of each thread that launched a gap's next kernel, and each gap's view: its
+    kernel's launching thread (training traces launch the backward pass from the autograd engine's
+    thread, the forward from the main one), the main launching thread where the launch is unknown."""
+    main = host_view(cpu, gpu, lo, hi)
+    which = np.where(tid == "", main.thread, tid).astype(object)
+    views = {main.thread: main}
+    for t in dict.fromkeys(which.tolist()):
+        if t not in views:
+            views[t] = host_view(cpu, gpu, lo, hi, thread=t)
+    return views, which
+
+
+def _blocked_by_view(views: dict[str, Any], which: np.ndarray, cov: _Cover, lo: float, hi: float,
+                     ready: np.ndarray, launched: np.ndarray
+                     ) -> tuple[dict[str, np.ndarray], dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]]:
+    """_blocked on each gap's view: per host group the time held away, and per (thread, group) the
+    held intervals (which _call_names names)."""
+    blocked = {grp: np.zeros(len(which)) for grp in HOST_GROUPS}
+    held_iv = {}
+    for t, hv in views.items():
+        sel = np.flatnonzero(which == t)
+        for grp, (lost, iv) in _blocked(hv, cov, lo, hi, ready[sel], launched[sel]).items():
+            blocked[grp][sel] = lost
+            held_iv[(t, grp)] = iv
+    return blocked, held_iv
+
+
+def _by_view(views: dict[str, Any], which: np.ndarray, fn: Callable[[str, Any, np.ndarray], Any],
+             fill: Any = "", dtype: Any = object) -> np.ndarray:
+    """fn(thread, view, gaps) for each view's gaps, as one array over all gaps."""
+    out = np.full(len(which), fill, dtype=dtype)
+    for t, hv in views.items():
+        sel = np.flatnonzero(which == t)
+        if len(sel):
+            out[sel] = fn(t, hv, sel)
+    return out
 
 
 def _blocked(hv: Any, cov: _Cover, lo: float, hi: float, ready: np.ndarray, launched: np.ndarray
@@ -264,18 +312,18 @@ def _add_gaps(acc: _Rank, df: pd.DataFrame, comp: pd.DataFrame, comm: pd.DataFra
     nxt_idx = np.clip(np.searchsorted(cs, g1, side="left"), 0, len(comp) - 1)
     nxt = comp.iloc[nxt_idx]
     prv = comp.iloc[np.clip(nxt_idx - 1, 0, len(comp) - 1)]
-    cpu, launched_raw = _launched(acc.rank, events, nxt)
+    cpu, launched_raw, launch_tid = _launched(acc.rank, events, nxt)
     known = np.isfinite(launched_raw)
     launched = np.where(known, launched_raw, g0)            # unknown: not a launch issue
     ready = _ready(df, comm, flows, acc.rank, nxt, g0, g1, launched)
     launched = np.clip(launched, ready, g1)
-    hv = host_view(cpu, df, lo, hi)
-    blocked = _blocked(hv, cov, lo, hi, ready, launched)
+    views, which = _host_views(cpu, df, lo, hi, launch_tid)
+    blocked, held_iv = _blocked_by_view(views, which, cov, lo, hi, ready, launched)
     Fc, Fm, Fp = cov.Fc, cov.Fm, cov.Fp
     peer_wait = Fp(ready) - Fp(g0)
     waiting = (ready - g0) - peer_wait
     peer_launch = Fp(launched) - Fp(ready)
-    held = sum(v[0] for v in blocked.values())
+    held = sum(blocked.values())
     bound = np.clip((launched - ready) - peer_launch - held, 0.0, None)
     rest_comm = Fc(g1) - Fc(launched)
     peer_rest = Fp(g1) - Fp(launched)
@@ -305,8 +353,9 @@ def _add_gaps(acc: _Rank, df: pd.DataFrame, comp: pd.DataFrame, comm: pd.DataFra
     first_layer = _first_layer_of_step(df, nxt) if acc.has_step else np.zeros(len(g0), dtype=bool)
     start = ready.copy()
     for grp in HOST_GROUPS:
-        lost, iv = blocked[grp]
-        call = _call_names(hv, grp, iv, ready, launched, lost, acc.min_lost)
+        lost = blocked[grp]
+        call = _by_view(views, which, lambda t, hv, i: _call_names(hv, grp, held_iv[(t, grp)], ready[i], launched[i],
+                                                                   lost[i], acc.min_lost))
         normal = np.where(boundary, 0.0, lost)
         if grp == "dispatch":
             acc.add(CPU_BLOCKED_LAUNCH, "pipeline_fill", np.where(first_layer, normal, 0.0), start, nxt, names,
@@ -314,15 +363,32 @@ def _add_gaps(acc: _Rank, df: pd.DataFrame, comp: pd.DataFrame, comm: pd.DataFra
             normal = np.where(first_layer, 0.0, normal)
         acc.add(CPU_BLOCKED_LAUNCH, grp, normal, start, nxt, names, call, none)
         start = start + lost
-    in_op = _call_names(hv, "launch", (ready, launched), ready, launched, bound, acc.min_lost)
-    acc.add(LAUNCH_BOUND, "host_overhead", np.where(boundary, 0.0, bound), start, nxt, names, in_op, none)
+    in_op = _by_view(views, which, lambda t, hv, i: _call_names(hv, "launch", (ready[i], launched[i]), ready[i],
+                                                                launched[i], bound[i], acc.min_lost))
+    long_op = _by_view(views, which, lambda t, hv, i: _long_op(hv, ready[i], launched[i], bound[i]),
+                       False, bool) & ~boundary
+    acc.add(LAUNCH_BOUND, "host_overhead", np.where(boundary | long_op, 0.0, bound), start, nxt, names, in_op, none)
+    acc.add(LAUNCH_BOUND, "long_op", np.where(long_op, bound, 0.0), start, nxt, names, in_op, none)
     acc.add(LAUNCH_BOUND, "submission", np.where(boundary, 0.0, latency), launched, nxt, names, "", none)
-    step_call = _call_names(hv, "host", hv.blocked("host"), g0, g1, np.where(boundary, g1 - g0, 0.0), acc.min_lost)
+    on_step = np.where(boundary, g1 - g0, 0.0)
+    step_call = _by_view(views, which, lambda t, hv, i: _call_names(hv, "host", hv.blocked("host"), g0[i], g1[i],
+                                                                    on_step[i], acc.min_lost))
     acc.add(STEP_BOUNDARY, "step", np.where(boundary, held + bound + latency + other + switch, 0.0), g0, nxt,
             names, step_call, none)
     acc.add(WAITING_ON_COPY, "copy", copy, launched, nxt, names, "", none)
     acc.add(KERNEL_SWITCH, "switch", np.where(boundary, 0.0, switch), launched, nxt, names, "", none)
     acc.add(UNEXPLAINED, "queued", np.where(boundary, 0.0, other), launched, nxt, names, "", none)
+
+
+def _long_op(hv: Any, ready: np.ndarray, launched: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Whether each gap's launch-path time was one op's own host work: LONG_OP_US or more of it, with
+    one outermost framework op covering at least half of [ready, launched]."""
+    out = np.zeros(len(bound), dtype=bool)
+    if not hv.ops_known:
+        return out
+    for i in np.flatnonzero(bound >= LONG_OP_US):
+        out[i] = hv.ops.covered(float(ready[i]), float(launched[i])) >= 0.5 * (launched[i] - ready[i])
+    return out
 
 
 def _ready(df: pd.DataFrame, comm: pd.DataFrame, flows: pd.DataFrame, rank: int, nxt: pd.DataFrame,

@@ -46,19 +46,29 @@ class _Spans:
 
     def holder(self, t: float, outermost: bool) -> str:
         """The outermost (earliest-starting) or innermost (latest-starting) span with st <= t <= en."""
+        i = self._holding(t, outermost)
+        return str(self.names[i]) if i >= 0 else ""
+
+    def covered(self, t0: float, t1: float) -> float:
+        """How much of [t0, t1] the outermost span holding its middle covers (0: none holds it)."""
+        i = self._holding((t0 + t1) / 2, True)
+        return max(0.0, float(min(self.en[i], t1) - max(self.st[i], t0))) if i >= 0 else 0.0
+
+    def _holding(self, t: float, outermost: bool) -> int:
+        """The position of the span holder() names, -1 for none."""
         if self._exact:
             hold = np.flatnonzero((self.st <= t) & (self.en >= t))
-            return str(self.names[hold[0] if outermost else hold[-1]]) if len(hold) else ""
+            return int(hold[0] if outermost else hold[-1]) if len(hold) else -1
         k = int(np.searchsorted(self.st, t, side="right"))        # the spans starting at or before t: [0, k)
         if outermost:
             i = int(np.searchsorted(self._reach, t, side="left"))  # the first whose end reaches t
-            return str(self.names[i]) if i < k else ""
+            return i if i < k else -1
         lo = max(0, k - 64)                                      # the innermost is most often a recent span
         hold = np.flatnonzero(self.en[lo:k] >= t)
         if len(hold):
-            return str(self.names[lo + hold[-1]])
+            return lo + int(hold[-1])
         hold = np.flatnonzero(self.en[:lo] >= t)
-        return str(self.names[hold[-1]]) if len(hold) else ""
+        return int(hold[-1]) if len(hold) else -1
 
     def before(self, t: float) -> str:
         """The name of the span that ended last at or before t (of equal ends, the first to start)."""
@@ -118,14 +128,15 @@ HOST_COLUMNS = ("tid", "cat", "name", "start_us", "dur_us", "launch", "blocking"
                  "correlation")
 
 
-def host_view(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float) -> HostView:
-    """The waits and outside-op work of the rank's main launching thread within [lo, hi).
-    `cpu`: the rank's CPU rows; `gpu`: its GPU rows (for the kernels after whose launch the host waits)."""
+def host_view(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float, thread: str | None = None) -> HostView:
+    """The waits and outside-op work of a launching thread within [lo, hi): `thread`, else the rank's
+    main one (the most launches). `cpu`: the rank's CPU rows; `gpu`: its GPU rows (for the kernels
+    after whose launch the host waits)."""
     cpu = cpu[[c for c in HOST_COLUMNS if c in cpu]]     # the columns read here: row filters copy only them
     is_launch = cpu["launch"].to_numpy()
     if not is_launch.any():
         return HostView()
-    tid = pd.Series(text(cpu["tid"][is_launch])).value_counts().index[0]     # the main launching thread
+    tid = thread or pd.Series(text(cpu["tid"][is_launch])).value_counts().index[0]    # the main launching thread
     th = cpu[text_is(cpu["tid"], tid)].sort_values("start_us", kind="stable")
     st, du = th["start_us"].to_numpy(dtype=float), th["dur_us"].to_numpy(dtype=float)
 

@@ -29,6 +29,8 @@ TRAINING_PASSES = ("B", "W")        # DualPipe's backward chunks (input and weig
 PASS_MICROBATCH = {"F": 0, **{p: 1 for p in TRAINING_PASSES}}     # forward chunk 0, backward chunk 1
 PERIOD_MATCH = 0.9        # kernel names repeating with a period this often (share of positions) make layers
 MIN_PERIOD_LAYERS = 2     # a period must repeat at least this often in a step to be layers
+MIN_PERIOD_UNSTEPPED = 3  # ... and this often where the trace has no steps: a whole model run twice (two
+                          # iterations of a benchmark) repeats twice too, so two repeats are not layers
 EMPTY_LAYER_SHARE = 0.1   # more than this share of recovered layers with no compute: not confident
 
 
@@ -78,7 +80,7 @@ def recover(events: pd.DataFrame, annotation_regex: str = DEFAULT_ANNOTATION,
 
 def _checked(before: pd.DataFrame, out: pd.DataFrame, how: str) -> tuple[pd.DataFrame, str]:
     """The recovered table if its layers are consistent, else the table without them and why."""
-    why = _not_confident(out)
+    why = _not_confident(out) or (_twice_unstepped(out) if how == "kernel-period" else "")
     if not why:
         return out, how
     return before, f"none ({how} found layers, not kept: {why})"
@@ -103,6 +105,21 @@ def _not_confident(events: pd.DataFrame) -> str:
     if empty > EMPTY_LAYER_SHARE:
         return f"{empty:.0%} of the layers have no compute kernel"
     return ""
+
+
+def _twice_unstepped(events: pd.DataFrame) -> str:
+    """Why layers found from the kernel sequence alone are not layers: on a rank without steps, the
+    sequence repeats fewer than MIN_PERIOD_UNSTEPPED times (two layers or two whole steps?)."""
+    g = events[(events["device"] == "gpu") & (events["layer"] >= 0)]
+    step = g["step"].to_numpy() if "step" in g else np.full(len(g), -1)
+    g = g[step < 0]
+    if g.empty:
+        return ""
+    n = g.groupby("rank")["layer"].nunique()
+    if n.min() >= MIN_PERIOD_UNSTEPPED:
+        return ""
+    return (f"rank {int(n.idxmin())}'s kernel sequence repeats only {int(n.min())} times and the trace has "
+            "no steps: two layers or two steps cannot be told apart")
 
 
 def _from_annotations(events: pd.DataFrame, regex: str) -> tuple[pd.DataFrame, bool]:

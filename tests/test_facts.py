@@ -29,6 +29,7 @@ SETTINGS = {
     ("new-user-checklist.md", "(past 2 % it adds"),     # the whatif report's threshold for that line
     ("diagnosis.md", "for at least 100 us"),            # the host rule's threshold
     ("diagnosis.md", "8 us of it"),                      # findings.KERNEL_SWITCH_US
+    ("diagnosis.md", "path for 1 ms or more"),           # findings.LONG_OP_US
     ("diagnosis.md", "5.7 us at most"),                  # the CUDA-graph capture's measured switch, quoted by the rule
 }
 

@@ -85,6 +85,7 @@ IDLE_GROUPS: dict[str, tuple[str, ...]] = {
                          "pipeline_fill",  # the same, in the first layer of a step: nothing to overlap yet
                          "host"),          # host work outside any framework op (Python, a sleep, a scheduler)
     LAUNCH_BOUND: ("host_overhead",        # the CPU on the launch path: ops' host work, Python glue, launches
+                   "long_op",              # one op's own host work held it (first-call autotuning, loading, compiling)
                    "submission"),          # a launched kernel's start latency on an idle GPU
     WAITING_ON_COMM: ("comm",),
     WAITING_ON_COPY: ("copy",),

@@ -1,0 +1,166 @@
+"""Rules found on traces made outside this project (Holistic Trace Analysis' test data: an AlexNet
+benchmark, a simple-add benchmark, both two iterations with no step ranges and a multi-second first
+call), checked here on small synthetic traces of the same shape:
+- a kernel sequence that repeats only twice on a rank with no steps is not taken for two layers (two
+  iterations of a whole model repeat twice too);
+- one op whose own host work held the launch path for LONG_OP_US or more is `launch_bound/long_op`
+  (first-call work), not per-op `host_overhead` with CUDA-graph advice; many short ops stay overhead."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from replay.analyze import analyze
+from replay.findings import LONG_OP_US
+from replay.structure import MIN_PERIOD_UNSTEPPED
+
+KERNELS = ["gemm_a", "relu_b", "gemm_c", "softmax_d", "add_e"]
+
+
+def _trace(path: Path, repeats: int, first_op_us: float = 10.0, steps: bool = False,
+           small_ops: int = 0) -> Path:
+    """One rank: `repeats` runs of KERNELS, each kernel launched from an aten op (cpu_op around a
+    cudaLaunchKernel, correlation ids); the second run's first op spends `first_op_us` on the host before its
+    launch, and `small_ops` 20 us ops with no kernel run before every later launch. With `steps`,
+    each run is a ProfilerStep#N."""
+    ev: list[dict] = []
+    cpu, gpu, corr = 0.0, 0.0, 0
+    for r in range(repeats):
+        t_step = cpu
+        for k, name in enumerate(KERNELS):
+            first = r == 1 and k == 0
+            for _ in range(0 if first else small_ops):
+                ev.append({"ph": "X", "cat": "cpu_op", "name": "aten::view", "pid": 1, "tid": 1, "ts": cpu,
+                           "dur": 20.0, "args": {}})
+                cpu += 21.0
+            host = first_op_us if first else 10.0
+            corr += 1
+            ev.append({"ph": "X", "cat": "cpu_op", "name": "aten::conv2d" if first else f"aten::{name}",
+                       "pid": 1, "tid": 1, "ts": cpu, "dur": host + 6.0, "args": {}})
+            ev.append({"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1,
+                       "ts": cpu + host, "dur": 5.0, "args": {"correlation": corr}})
+            cpu += host + 7.0
+            start = max(gpu, cpu)
+            ev.append({"ph": "X", "cat": "kernel", "name": name, "pid": 0, "tid": 7, "ts": start, "dur": 50.0,
+                       "args": {"correlation": corr, "stream": 7}})
+            gpu = start + 50.0
+        if steps:
+            ev.append({"ph": "X", "cat": "user_annotation", "name": f"ProfilerStep#{r}", "pid": 1, "tid": 1,
+                       "ts": t_step, "dur": max(cpu, gpu) - t_step, "args": {}})
+            cpu = max(cpu, gpu) + 1.0
+    path.write_text(json.dumps({"traceEvents": ev, "distributedInfo": {"rank": 0, "world_size": 1}}))
+    return path
+
+
+def test_a_sequence_run_twice_without_steps_is_not_two_layers(tmp_path):
+    a = analyze(_trace(tmp_path / "twice.json", 2), use_cache=False)
+    assert a.layers.empty
+    assert a.structure.startswith("none (kernel-period found layers, not kept")
+    assert "repeats only 2 times" in a.structure
+
+
+@pytest.mark.parametrize("repeats", [MIN_PERIOD_UNSTEPPED, MIN_PERIOD_UNSTEPPED + 2])
+def test_a_sequence_repeated_more_often_is_layers(tmp_path, repeats):
+    a = analyze(_trace(tmp_path / "more.json", repeats), use_cache=False)
+    assert a.structure == "kernel-period"
+    assert a.layers["layer"].nunique() == repeats
+
+
+def test_twice_within_steps_is_still_layers(tmp_path):
+    """With step ranges the same two repeats per step are layers (the steps tell them apart)."""
+    path = tmp_path / "stepped.json"
+    ev = json.loads(_trace(tmp_path / "x.json", 4).read_text())["traceEvents"]
+    kernels = sorted((e for e in ev if e["cat"] == "kernel"), key=lambda e: e["ts"])
+    ops = sorted((e for e in ev if e["cat"] != "kernel"), key=lambda e: e["ts"])
+    n = len(KERNELS) * 2
+    for s in range(2):      # two steps of two repeats each, from the launching thread's spans
+        part = ops[s * 2 * n: (s + 1) * 2 * n]
+        end = max(k["ts"] + k["dur"] for k in kernels[s * n:(s + 1) * n])
+        ev.append({"ph": "X", "cat": "user_annotation", "name": f"ProfilerStep#{s}", "pid": 1, "tid": 1,
+                   "ts": part[0]["ts"], "dur": end - part[0]["ts"], "args": {}})
+    path.write_text(json.dumps({"traceEvents": ev, "distributedInfo": {"rank": 0, "world_size": 1}}))
+    a = analyze(path, use_cache=False)
+    assert a.structure == "kernel-period"
+    assert a.layers.groupby("step")["layer"].nunique().to_dict() == {0: 2, 1: 2}
+
+
+def _launch_bound(a) -> dict[str, float]:
+    return {g: sum(r["launch_bound"][g] for r in a.idle_groups.values()) for g in ("host_overhead", "long_op")}
+
+
+def test_one_long_first_call_is_long_op_not_overhead(tmp_path):
+    path = _trace(tmp_path / "first.json", 4, first_op_us=3 * LONG_OP_US)
+    a = analyze(path, use_cache=False)
+    g = _launch_bound(a)
+    # the GPU idled from the previous kernel's end until the long op's launch call ended
+    ev = json.loads(path.read_text())["traceEvents"]
+    kernels = sorted((e for e in ev if e["cat"] == "kernel"), key=lambda e: e["ts"])
+    k = kernels[len(KERNELS)]
+    launch = next(e for e in ev if e["cat"] == "cuda_runtime" and e["args"]["correlation"] == k["args"]["correlation"])
+    prev_end = kernels[len(KERNELS) - 1]["ts"] + kernels[len(KERNELS) - 1]["dur"]
+    assert g["long_op"] == pytest.approx(launch["ts"] + launch["dur"] - prev_end)
+    assert g["long_op"] > 2 * LONG_OP_US
+    f = a.finding_table
+    top = f[f["group"] == "long_op"]
+    assert len(top) == 1 and top["call"].iloc[0] == "aten::conv2d"
+    msg = next(x["message"] for x in a.findings if x["blocked_by"] == "long_op")
+    assert "first-call" in msg and "CUDA graphs" not in msg
+
+
+def test_many_short_ops_stay_host_overhead(tmp_path):
+    """The same launch-path time spent in many 20 us ops with no kernel: per-op overhead, not long_op."""
+    a = analyze(_trace(tmp_path / "many.json", 4, small_ops=60), use_cache=False)
+    g = _launch_bound(a)
+    assert g["long_op"] == 0.0
+    assert g["host_overhead"] > LONG_OP_US
+    f = a.finding_table
+    assert (f.loc[f["group"] == "host_overhead", "lost_us"] >= LONG_OP_US).any()   # a long piece, many ops
+
+
+def test_a_short_op_below_the_bar_is_overhead(tmp_path):
+    a = analyze(_trace(tmp_path / "short.json", 4, first_op_us=0.5 * LONG_OP_US), use_cache=False)
+    assert _launch_bound(a)["long_op"] == 0.0
+
+
+def _two_threads(path: Path, backward_host_us: float = 200.0) -> Path:
+    """A training step's shape: the main thread (tid 1) launches six forward kernels, then sits in
+    loss.backward() with no runtime call while the autograd engine's thread (tid 2) launches five
+    backward kernels, each after `backward_host_us` of its op's own host work."""
+    ev: list[dict] = []
+    cpu, gpu, corr = 0.0, 0.0, 0
+
+    def launch(tid: int, op: str, host: float) -> None:
+        nonlocal cpu, gpu, corr
+        corr += 1
+        ev.append({"ph": "X", "cat": "cpu_op", "name": op, "pid": 1, "tid": tid, "ts": cpu, "dur": host + 6.0,
+                   "args": {}})
+        ev.append({"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": tid,
+                   "ts": cpu + host, "dur": 5.0, "args": {"correlation": corr}})
+        cpu += host + 7.0
+        start = max(gpu, cpu)
+        ev.append({"ph": "X", "cat": "kernel", "name": f"k_{op}", "pid": 0, "tid": 7, "ts": start, "dur": 30.0,
+                   "args": {"correlation": corr, "stream": 7}})
+        gpu = start + 30.0
+
+    for i in range(6):
+        launch(1, f"aten::fwd{i}", 10.0)
+    t_bwd = cpu
+    ev.append({"ph": "X", "cat": "python_function", "name": "torch/_tensor.py(...): backward", "pid": 1, "tid": 1,
+               "ts": t_bwd, "dur": 5 * (backward_host_us + 7.0) + 50.0, "args": {}})
+    for i in range(5):
+        launch(2, f"autograd::engine::evaluate_function: Bwd{i}", backward_host_us)
+    path.write_text(json.dumps({"traceEvents": ev, "distributedInfo": {"rank": 0, "world_size": 1}}))
+    return path
+
+
+def test_backward_gaps_are_judged_on_the_thread_that_launched_them(tmp_path):
+    """The gaps before backward kernels are the autograd thread's launch path (launch_bound), not the
+    main thread's wait inside backward() taken for host work (cpu_blocked_launch/host)."""
+    a = analyze(_two_threads(tmp_path / "train.json"), use_cache=False)
+    g = a.idle_groups[0]
+    assert g["cpu_blocked_launch"]["host"] == 0.0
+    assert g["launch_bound"]["host_overhead"] > 4 * 150.0       # four backward gaps of ~200 us each
+    calls = set(a.finding_table.loc[a.finding_table["group"] == "host_overhead", "call"])
+    assert any(c.startswith("autograd::engine::evaluate_function") for c in calls)
