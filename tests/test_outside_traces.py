@@ -164,3 +164,27 @@ def test_backward_gaps_are_judged_on_the_thread_that_launched_them(tmp_path):
     assert g["launch_bound"]["host_overhead"] > 4 * 150.0       # four backward gaps of ~200 us each
     calls = set(a.finding_table.loc[a.finding_table["group"] == "host_overhead", "call"])
     assert any(c.startswith("autograd::engine::evaluate_function") for c in calls)
+
+
+OUTSIDE = Path(__file__).resolve().parents[1] / "traces" / "outside" / "hta"
+
+
+def test_real_alexnet_benchmark_has_no_made_up_layers_and_a_first_call_long_op():
+    a = analyze(OUTSIDE / "alexnet_benchmark.json.gz", use_cache=False)
+    assert a.layers.empty and "not kept" in a.structure
+    top = max(a.findings, key=lambda f: f["lost_us"])
+    assert top["kind"] == "launch_bound" and top["blocked_by"] == "long_op" and "aten::conv2d" in top["message"]
+    g = a.idle_groups[0]["launch_bound"]
+    assert g["long_op"] > 0.9 * (g["long_op"] + g["host_overhead"])
+
+
+def test_real_rocm_trace_launches_are_recognised():
+    """HIP's launch calls are launches: the idle time is explained (launch path, host work), not queued."""
+    a = analyze(OUTSIDE / "mi250_minitoy_train_ROCm6_2_kineto.json.gz", use_cache=False)
+    idle = sum(a.idle_totals[0].values())
+    assert a.idle_totals[0]["unexplained"] < 0.05 * idle
+    e = a.events
+    launches = e[(e["device"] == "cpu") & e["launch"]]
+    assert set(launches["name"].astype(str)) >= {"hipLaunchKernel", "hipExtModuleLaunchKernel"}
+    assert launches["tid"].nunique() == 2            # the main thread and the autograd engine's
+    assert a.idle_groups[0]["launch_bound"]["long_op"] > 0      # step 1's first AccumulateGrad on the backward thread
