@@ -334,7 +334,7 @@ def _add_gaps(acc: _Rank, df: pd.DataFrame, comp: pd.DataFrame, comm: pd.DataFra
     copy = np.minimum(Fm(g1) - Fm(launched), other)       # a copy or fill ran meanwhile
     other = other - copy
     switches = KERNEL_SWITCH_US * (1 + _inside(cov.mem, g0, g1))
-    switch = np.where(~onto_idle, np.minimum(other, switches), 0.0)   # queued right behind the last
+    switch = np.where(~onto_idle & known, np.minimum(other, switches), 0.0)   # queued right behind the last
     other = other - switch
     on_peer = peer_wait + peer_launch + peer_rest
     # a gap from one step's last compute to the next step's first: its CPU-side parts are the boundary's
@@ -377,7 +377,9 @@ def _add_gaps(acc: _Rank, df: pd.DataFrame, comp: pd.DataFrame, comm: pd.DataFra
             names, step_call, none)
     acc.add(WAITING_ON_COPY, "copy", copy, launched, nxt, names, "", none)
     acc.add(KERNEL_SWITCH, "switch", np.where(boundary, 0.0, switch), launched, nxt, names, "", none)
-    acc.add(UNEXPLAINED, "queued", np.where(boundary, 0.0, other), launched, nxt, names, "", none)
+    # without its launch call in the trace, a kernel's wait cannot be told queued from launched late
+    acc.add(UNEXPLAINED, "queued", np.where(boundary | ~known, 0.0, other), launched, nxt, names, "", none)
+    acc.add(UNEXPLAINED, "no_launch", np.where(boundary | known, 0.0, other), launched, nxt, names, "", none)
 
 
 def _long_op(hv: Any, ready: np.ndarray, launched: np.ndarray, bound: np.ndarray) -> np.ndarray:

@@ -3,7 +3,9 @@
 stream runs its kernels one at a time), clock jumps inside a rank, and ranks with identical
 content (the same file twice), files of a folder that claim the same rank, a rank missing from a
 folder, a rank file that could not be read (left out), ranks that disagree on their steps or
-collectives, and traces in which no communication kernel was recognised. Each is one `suspicious_input` entry in the report."""
+collectives, traces in which no communication kernel was recognised, compute kernels whose launch
+call the trace lacks (the CPU not profiled), and one rank's file holding several GPUs' work. Each is
+one `suspicious_input` entry in the report."""
 from __future__ import annotations
 
 import hashlib
@@ -16,6 +18,8 @@ from .events import text
 from .overlap import gpu_work
 
 OVERLAP_TOLERANCE_US = 1.0     # profiler timestamps of back-to-back kernels may overlap by rounding
+NO_LAUNCH_SHARE = 0.1          # a rank with this share of its compute kernels lacking a launch call is said so
+                               # (assumed: a few launched before the profiled window are normal; 0 in our captures)
 CLOCK_JUMP_US = 60e6           # a minute with nothing on a rank's timeline: clocks, not work
 
 
@@ -57,10 +61,32 @@ def facts(events: pd.DataFrame) -> dict[str, Any]:
         h.update(np.round(g_dur[sel], 3).tobytes())
         h.update(np.round(g_start[sel] - g_start[sel].min(), 3).tobytes())
         sig[rank] = h.hexdigest()
+    no_launch, no_launch_ranks = _without_launch(events, g)
+    gpus = g.groupby("rank", observed=True)["pid"].unique() if len(g) else pd.Series(dtype=object)
+    several = {int(r): sorted(str(p) for p in v) for r, v in gpus.items() if len(v) > 1}
     return {"ranks": sorted(int(r) for r in events["rank"].unique()), "comm": bool((g["klass"] == "comm").any()),
+            "no_launch": no_launch, "no_launch_ranks": no_launch_ranks, "several_gpus": several,
             "zero": len(zero), "zero_example": text(zero["name"])[0] if len(zero) else None,
             "zero_ranks": sorted(int(r) for r in zero["rank"].unique()), "overlapping": overlapping,
             "overlapping_ranks": sorted(oranks), "jumps": jumps, "jump_ranks": sorted(jranks), "signatures": sig}
+
+
+def _without_launch(events: pd.DataFrame, g: pd.DataFrame) -> tuple[int, list[int]]:
+    """Compute kernels whose launch call the trace lacks, on the ranks where they are NO_LAUNCH_SHARE
+    or more of the rank's compute kernels (and those ranks)."""
+    comp = g[(g["klass"] == "compute").to_numpy()]
+    if comp.empty or "launch" not in events:
+        return 0, []
+    cpu = events[((events["device"] == "cpu") & events["launch"] & (events["correlation"] >= 0)).to_numpy()]
+    c_rank, c_corr = comp["rank"].to_numpy(), comp["correlation"].to_numpy()
+    l_rank, l_corr = cpu["rank"].to_numpy(), cpu["correlation"].to_numpy()
+    n, ranks = 0, []
+    for rank, sel in _by_rank(c_rank, np.argsort(c_rank, kind="stable")):
+        miss = int((~np.isin(c_corr[sel], l_corr[l_rank == rank])).sum())
+        if miss and miss >= NO_LAUNCH_SHARE * len(sel):
+            n += miss
+            ranks.append(rank)
+    return n, ranks
 
 
 def _by_rank(ranks: np.ndarray, order: np.ndarray) -> list[tuple[int, np.ndarray]]:
@@ -79,6 +105,9 @@ def merge_facts(parts: list[dict[str, Any]]) -> dict[str, Any]:
             "overlapping": sum(p["overlapping"] for p in parts),
             "overlapping_ranks": sorted({r for p in parts for r in p["overlapping_ranks"]}),
             "jumps": sum(p["jumps"] for p in parts), "jump_ranks": sorted({r for p in parts for r in p["jump_ranks"]}),
+            "no_launch": sum(p["no_launch"] for p in parts),
+            "several_gpus": {r: v for p in parts for r, v in p["several_gpus"].items()},
+            "no_launch_ranks": sorted({r for p in parts for r in p["no_launch_ranks"]}),
             "signatures": {r: v for p in parts for r, v in p["signatures"].items()}}
 
 
@@ -121,6 +150,18 @@ def entries(f: dict[str, Any], meta: dict[str, Any], warnings: list[tuple[str, s
         out.append(_entry("overlapping_kernels", n, f"{n} kernels start before the previous "
                           "kernel on their stream ended: a stream runs one kernel at a time, so the timestamps "
                           "(or the stream ids) are wrong", f["overlapping_ranks"]))
+    if f["several_gpus"]:
+        r, pids = next(iter(sorted(f["several_gpus"].items())))
+        out.append(_entry("several_gpus", len(f["several_gpus"]), f"rank {r}'s file holds the GPU work of "
+                          f"{len(pids)} devices (GPU pids {', '.join(pids)}): replay reads one GPU timeline per rank, "
+                          "so their work is joined as one rank's (busy time their union, streams of the same id "
+                          "merged); profile one process per GPU or split the file per device",
+                          sorted(f["several_gpus"])))
+    if f["no_launch"]:
+        out.append(_entry("launches_missing", f["no_launch"], f"{f['no_launch']} compute kernels have no launch call "
+                          "in the trace (the CPU was not profiled, or its events were filtered out): idle time "
+                          "before them is unexplained/no_launch, its CPU-side causes cannot be told; profile with "
+                          "ProfilerActivity.CPU and ProfilerActivity.CUDA", f["no_launch_ranks"]))
     if f["jumps"]:
         out.append(_entry("clock_jump", f["jumps"], f"{f['jumps']} gaps of over {CLOCK_JUMP_US / 1e6:.0f} s with no "
                           "event on a rank: a clock jump or traces of different runs joined; spans count the gap",

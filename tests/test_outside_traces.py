@@ -188,3 +188,38 @@ def test_real_rocm_trace_launches_are_recognised():
     assert set(launches["name"].astype(str)) >= {"hipLaunchKernel", "hipExtModuleLaunchKernel"}
     assert launches["tid"].nunique() == 2            # the main thread and the autograd engine's
     assert a.idle_groups[0]["launch_bound"]["long_op"] > 0      # step 1's first AccumulateGrad on the backward thread
+
+
+def test_a_trace_without_cpu_activity_says_it_cannot_tell(tmp_path):
+    """The same launch-bound trace profiled without the CPU: its idle time is unexplained/no_launch
+    (not 'queued' with cross-stream advice, not the GPU's kernel switch), and suspicious_input says why."""
+    full = _trace(tmp_path / "full.json", 4, small_ops=3)
+    d = json.loads(full.read_text())
+    d["traceEvents"] = [e for e in d["traceEvents"] if e["cat"] == "kernel"]
+    gpu_only = tmp_path / "gpu-only.json"
+    gpu_only.write_text(json.dumps(d))
+    a, b = analyze(full, use_cache=False), analyze(gpu_only, use_cache=False)
+    assert a.idle_totals[0]["launch_bound"] > 0.5 * sum(a.idle_totals[0].values())     # the truth
+    g = b.idle_groups[0]
+    idle = sum(b.idle_totals[0].values())
+    assert g["unexplained"]["no_launch"] == pytest.approx(idle - g["unexplained"]["edge"])
+    assert g["unexplained"]["queued"] == 0.0 and g["kernel_switch"]["switch"] == 0.0
+    assert sum(a.idle_totals[0].values()) == pytest.approx(idle)
+    missing = [s for s in b.suspicious if s["what"] == "launches_missing"]
+    assert len(missing) == 1 and missing[0]["count"] == 4 * len(KERNELS) and missing[0]["ranks"] == [0]
+    assert not [s for s in a.suspicious if s["what"] == "launches_missing"]
+
+
+def test_one_file_with_two_gpus_says_so(tmp_path):
+    """A single process driving two GPUs (e.g. a model split across devices): one rank's file with
+    kernels on GPU pids 0 and 1 is named under suspicious_input; a one-GPU file is not."""
+    one = _trace(tmp_path / "one.json", 4)
+    d = json.loads(one.read_text())
+    for e in d["traceEvents"][len(d["traceEvents"]) // 2:]:
+        if e["cat"] == "kernel":
+            e["pid"] = 1
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps(d))
+    got = [s for s in analyze(two, use_cache=False).suspicious if s["what"] == "several_gpus"]
+    assert len(got) == 1 and got[0]["ranks"] == [0] and "GPU pids 0, 1" in got[0]["message"]
+    assert not [s for s in analyze(one, use_cache=False).suspicious if s["what"] == "several_gpus"]

@@ -92,7 +92,8 @@ IDLE_GROUPS: dict[str, tuple[str, ...]] = {
     KERNEL_SWITCH: ("switch",),
     STEP_BOUNDARY: ("step",),
     UNEXPLAINED: ("edge",                  # before the rank's first compute kernel or after its last
-                  "queued"),               # launched before the gap, started late (a cross-stream wait)
+                  "queued",                # launched before the gap, started late (a cross-stream wait)
+                  "no_launch"),            # the trace has no launch call for the next kernel: cannot be told
 }
 RUNTIME_CATS = ("cuda_runtime", "cuda_driver", CAT_LAUNCH, CAT_WAIT)   # CPU calls into the GPU runtime
 
