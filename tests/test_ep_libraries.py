@@ -93,3 +93,26 @@ def test_family_is_communication_and_gives_layers(tmp_path, family):
         assert tax.classify_name(notify)[2] == "dispatch"
         assert a.idle_groups[0]["cpu_blocked_launch"]["dispatch"] + \
             a.idle_groups[0]["cpu_blocked_launch"]["pipeline_fill"] > 0
+
+
+# kernel names as the engines' sources and public profiles spell them (taxonomy.toml gives the source)
+OTHER_NAMES = {
+    "void vllm::cross_device_reduce_1stage<__nv_bfloat16, 8>(vllm::RankData*, vllm::RankSignals, vllm::Signal*, "
+    "__nv_bfloat16*, int, int)": ("comm", "custom_allreduce"),
+    "void sglang::cross_device_reduce_2stage<__half, 8>(sglang::RankData*, sglang::RankSignals, sglang::Signal*, "
+    "__half*, int, int)": ("comm", "custom_allreduce"),
+    "void flashinfer::trtllm_allreduce_fusion::allreduce_fusion_kernel_oneshot_lamport<(flashinfer::trtllm_"
+    "allreduce_fusion::AllReduceFusionPattern)1, __nv_bfloat16, 8, false, false>(flashinfer::trtllm_allreduce_"
+    "fusion::AllReduceFusionParams<__nv_bfloat16>)": ("comm", "custom_allreduce"),
+    "void marlin_moe_wna16::Marlin<1125899906909960l, 562949953487106l>(int4 const*, int4 const*)":
+        ("compute", "grouped_gemm"),
+    "void vllm::moe::moe_align_block_size_kernel<int>(int const*, int*, int*, int*, int, int, int, int, "
+    "unsigned long, int*)": ("compute", "routing"),
+    "void finalizeMoeRoutingKernel<__nv_bfloat16, __nv_bfloat16, false>(__nv_bfloat16 const*)": ("compute", "routing"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_NAMES))
+def test_tensor_parallel_all_reduce_and_moe_kernels_are_classified(name):
+    from replay.taxonomy import load_taxonomy
+    assert load_taxonomy().classify_name(name)[:2] == OTHER_NAMES[name]
