@@ -62,13 +62,26 @@ def facts(events: pd.DataFrame) -> dict[str, Any]:
         h.update(np.round(g_start[sel] - g_start[sel].min(), 3).tobytes())
         sig[rank] = h.hexdigest()
     no_launch, no_launch_ranks = _without_launch(events, g)
-    gpus = g.groupby("rank", observed=True)["pid"].unique() if len(g) else pd.Series(dtype=object)
-    several = {int(r): sorted(str(p) for p in v) for r, v in gpus.items() if len(v) > 1}
+    several = _several_gpus(g)
     return {"ranks": sorted(int(r) for r in events["rank"].unique()), "comm": bool((g["klass"] == "comm").any()),
             "no_launch": no_launch, "no_launch_ranks": no_launch_ranks, "several_gpus": several,
             "zero": len(zero), "zero_example": text(zero["name"])[0] if len(zero) else None,
             "zero_ranks": sorted(int(r) for r in zero["rank"].unique()), "overlapping": overlapping,
             "overlapping_ranks": sorted(oranks), "jumps": jumps, "jump_ranks": sorted(jranks), "signatures": sig}
+
+
+def _several_gpus(g: pd.DataFrame) -> dict[int, list[str]]:
+    """The ranks whose GPU work carries more than one GPU pid (device), with those pids."""
+    if g.empty:
+        return {}
+    pid = g["pid"].cat.codes.to_numpy() if isinstance(g["pid"].dtype, pd.CategoricalDtype) else pd.factorize(g["pid"])[0]
+    m = int(pid.max()) + 2
+    pairs = np.unique(g["rank"].to_numpy().astype(np.int64) * m + (pid.astype(np.int64) + 1))    # (rank, pid)
+    ranks, n = np.unique(pairs // m, return_counts=True)
+    if (n < 2).all():
+        return {}
+    names = text(g["pid"])
+    return {int(r): sorted({str(x) for x in names[g["rank"].to_numpy() == r]}) for r in ranks[n > 1]}
 
 
 def _without_launch(events: pd.DataFrame, g: pd.DataFrame) -> tuple[int, list[int]]:
@@ -77,9 +90,10 @@ def _without_launch(events: pd.DataFrame, g: pd.DataFrame) -> tuple[int, list[in
     comp = g[(g["klass"] == "compute").to_numpy()]
     if comp.empty or "launch" not in events:
         return 0, []
-    cpu = events[((events["device"] == "cpu") & events["launch"] & (events["correlation"] >= 0)).to_numpy()]
+    corr = events["correlation"].to_numpy()
+    is_launch = ((events["device"] == "cpu").to_numpy() & events["launch"].to_numpy(dtype=bool) & (corr >= 0))
     c_rank, c_corr = comp["rank"].to_numpy(), comp["correlation"].to_numpy()
-    l_rank, l_corr = cpu["rank"].to_numpy(), cpu["correlation"].to_numpy()
+    l_rank, l_corr = events["rank"].to_numpy()[is_launch], corr[is_launch]     # arrays: no copy of the rows
     n, ranks = 0, []
     for rank, sel in _by_rank(c_rank, np.argsort(c_rank, kind="stable")):
         miss = int((~np.isin(c_corr[sel], l_corr[l_rank == rank])).sum())
