@@ -1,7 +1,8 @@
 """`replay diff BEFORE AFTER`: what changed between two observed runs (files or folders) - per step,
 per idle cause and group, per rank and per stage - and a verdict.
 
-How runs are matched: ranks by rank number (ranks only one side has are listed, not compared);
+How runs are matched: ranks by rank number (ranks only one side has are listed, not compared; two
+runs of one rank each are paired whatever their rank numbers);
 figures are per step - each side's totals divided by its number of profiler steps (a trace without
 steps counts as one) - so runs of different lengths compare; stages by tracegen's stage names
 (stagerules: ATTN, DISPATCH, MLP, ...) summed over layers and micro-batches. The verdict reads the
@@ -52,6 +53,13 @@ def summary(a: Analysis, rules: StageRules) -> dict[str, Any]:
 def diff(before: Analysis, after: Analysis, rules: StageRules, fail_if_slower: float | None = None) -> dict[str, Any]:
     b, a = summary(before, rules), summary(after, rules)
     both = sorted(set(b["ranks"]) & set(a["ranks"]))
+    paired = ""
+    if not both and len(b["ranks"]) == 1 and len(a["ranks"]) == 1:
+        # one rank a side (two single-GPU runs, or one rank file of each): they are the runs to compare,
+        # whatever rank number each file gives itself
+        (rb, row_b), (ra, row_a) = next(iter(b["ranks"].items())), next(iter(a["ranks"].items()))
+        a = {**a, "ranks": {rb: row_a}}
+        both, paired = [rb], f"; the one rank of each side paired (before rank {rb}, after rank {ra})"
     if not both:
         from tracegen.base.errors import UserError
         raise UserError(f"the runs share no rank (before: {sorted(b['ranks'])}, after: {sorted(a['ranks'])})")
@@ -87,7 +95,7 @@ def diff(before: Analysis, after: Analysis, rules: StageRules, fail_if_slower: f
                         "only_after": sorted(set(a["ranks"]) - set(both)),
                         "steps_before": b["steps"], "steps_after": a["steps"],
                         "how": "ranks by number; figures per profiler step (totals / steps); stages by tracegen's "
-                               "stage names summed over layers and micro-batches"},
+                               "stage names summed over layers and micro-batches" + paired},
             "overall": overall, "causes": causes, "groups": groups, "ranks": ranks, "stages": stages,
             "largest_changes": changes[:8], "verdict": verdict, "slower_pct": slower,
             "fail_if_slower_pct": fail_if_slower, "failed": failed,

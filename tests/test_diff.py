@@ -47,3 +47,20 @@ def test_html_view_and_one_line_errors(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.json" in err[0]
     assert replay(["diff", str(CAP / "prefill-improper"), str(CAP / "prefill-proper"), "--fail-if-slower", "-1"]) == 2
+
+
+def test_two_single_rank_files_with_different_rank_numbers_are_paired(capsys, tmp_path):
+    """Two one-GPU runs whose files name different ranks (HTA's trace_diff pair: rank 3 vs rank 1)
+    are compared, and the pairing is said; the same files as themselves give no change."""
+    import gzip
+    src = json.loads(gzip.open(CAP / "prefill-proper" / "rank0.json.gz").read())
+    paths = []
+    for rank in (3, 1):
+        d = {**src, "distributedInfo": {**src.get("distributedInfo", {}), "rank": rank}}
+        p = tmp_path / f"run{rank}.json"
+        p.write_text(json.dumps(d))
+        paths.append(p)
+    rc, d = _run(capsys, *paths)
+    assert rc == 0 and d["matched"]["ranks"] == [3]
+    assert "paired (before rank 3, after rank 1)" in d["matched"]["how"]
+    assert all(x["delta_us"] == 0 for x in d["overall"])
