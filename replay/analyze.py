@@ -31,7 +31,7 @@ _T = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:e[-+]?\d+)?)\s*(us|ms|s)?\s*$", re.I
 
 
 def analyze_one_step(path: str | Path, step: int | None = None, **kw: Any) -> tuple[Analysis, str | None]:
-    """An analysis of one profiler step: `step`, or the last one when the trace has several (stage
+    """An analysis of one profiler step: `step`, or the last one with GPU work when the trace has several (stage
     times summed over steps would be several steps' worth); returns it and a note saying which. The
     steps are read from the prepared table first, so the trace is analysed once."""
     if step is not None:
@@ -45,7 +45,10 @@ def analyze_one_step(path: str | Path, step: int | None = None, **kw: Any) -> tu
     events = prepare(trace.events, opts).events
     if kw.get("rank") is not None:
         events = events[events["rank"] == kw["rank"]]
-    have = sorted(int(x) for x in events.loc[events["step"] >= 0, "step"].unique()) if "step" in events else []
+    # the steps with GPU work (a profiler's last step is often an empty or cut-off ProfilerStep range)
+    gpu = (events["device"] == "gpu").to_numpy()
+    have = (sorted(int(x) for x in events.loc[gpu & (events["step"] >= 0).to_numpy(), "step"].unique())
+            if "step" in events else [])
     if len(have) <= 1:
         return analyze(path, trace=trace, **kw), None
     return (analyze(path, step=have[-1], trace=trace, **kw),

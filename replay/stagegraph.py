@@ -66,6 +66,8 @@ def stage_graph(a: Analysis, rules: StageRules, hardware: str | None = None) -> 
     """The stage graph of an analysed trace (one rank for a profiler trace: pick it with --rank, or take
     every rank's with rank_graphs)."""
     ranks = _gpu_ranks(a)
+    if not ranks:
+        raise UserError("no GPU work to re-time in the analysed part of the trace (--rank, --step, --window)")
     if not a.trace.generated and len(ranks) != 1:
         raise UserError(f"what-if of a profiler trace takes one rank: pick one of ranks "
                         f"{', '.join(map(str, ranks))} with --rank")

@@ -223,3 +223,18 @@ def test_one_file_with_two_gpus_says_so(tmp_path):
     got = [s for s in analyze(two, use_cache=False).suspicious if s["what"] == "several_gpus"]
     assert len(got) == 1 and got[0]["ranks"] == [0] and "GPU pids 0, 1" in got[0]["message"]
     assert not [s for s in analyze(one, use_cache=False).suspicious if s["what"] == "several_gpus"]
+
+
+def test_one_step_skips_a_last_profiler_step_without_gpu_work(tmp_path):
+    """HTA's ROCm trace ends with a ProfilerStep range that holds no GPU work: the step a what-if or
+    compare takes is the last one with GPU work, not that empty one."""
+    from replay.analyze import analyze_one_step
+    path = _trace(tmp_path / "steps.json", 3, steps=True)
+    d = json.loads(path.read_text())
+    end = max(e["ts"] + e.get("dur", 0) for e in d["traceEvents"])
+    d["traceEvents"].append({"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#3", "pid": 1, "tid": 1,
+                             "ts": end + 10.0, "dur": 5.0, "args": {}})
+    path.write_text(json.dumps(d))
+    a, note = analyze_one_step(path, use_cache=False)
+    assert note.startswith("step 2 of steps 0, 1, 2")
+    assert (a.events["device"] == "gpu").any()
