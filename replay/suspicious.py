@@ -173,9 +173,9 @@ def entries(f: dict[str, Any], meta: dict[str, Any], warnings: list[tuple[str, s
                           sorted(f["several_gpus"])))
     if f["no_launch"]:
         out.append(_entry("launches_missing", f["no_launch"], f"{f['no_launch']} compute kernels have no launch call "
-                          "in the trace (the CPU was not profiled, or its events were filtered out): idle time "
-                          "before them is unexplained/no_launch, its CPU-side causes cannot be told; profile with "
-                          "ProfilerActivity.CPU and ProfilerActivity.CUDA", f["no_launch_ranks"]))
+                          "in the trace (its runtime events were filtered out or not recorded): idle time "
+                          "before them is unexplained/no_launch, its CPU-side causes cannot be told; keep the "
+                          "runtime events (cuda_runtime / cuda_driver) in the trace", f["no_launch_ranks"]))
     if f["jumps"]:
         out.append(_entry("clock_jump", f["jumps"], f"{f['jumps']} gaps of over {CLOCK_JUMP_US / 1e6:.0f} s with no "
                           "event on a rank: a clock jump or traces of different runs joined; spans count the gap",
