@@ -249,10 +249,15 @@ def mixed_runs(kernels: pd.DataFrame, matched: pd.DataFrame) -> str:
 def _median(values: Any) -> float:
     """np.median of a collective's few ranks' values, without numpy's per-call overhead (thousands of
     collectives: it was half the cross-rank step); the same float, NaN included."""
-    s = sorted(float(v) for v in values)
+    if isinstance(values, np.ndarray):
+        if not len(values) or np.isnan(values).any():
+            return float("nan")
+        s = sorted(values.tolist())
+    else:
+        s = sorted(float(v) for v in values)
+        if not s or any(v != v for v in s):
+            return float("nan")
     n = len(s)
-    if not n or any(v != v for v in s):
-        return float("nan")
     m = n // 2
     return s[m] if n % 2 else (s[m - 1] + s[m]) / 2
 
@@ -273,10 +278,11 @@ def _stragglers(first_kernel: pd.Series, k: pd.DataFrame) -> list[dict[str, Any]
     k["first_in_step"] = first_in_step
     # one collective = a run of rows sorted by (step, name, n, rank): plain arrays, no per-row pandas
     k = k.sort_values(["step", "name", "n", "rank"], kind="stable")
-    keys = list(zip(k["step"].to_numpy(), k["name"].to_numpy(), k["n"].to_numpy()))
-    where: dict[tuple, list[int]] = {}
-    for i, key in enumerate(keys):
-        where.setdefault(key, []).append(i)
+    step_v, n_v, name_v = k["step"].to_numpy(), k["n"].to_numpy(), k["name"].to_numpy()
+    name_c = pd.factorize(name_v)[0]
+    cut = np.flatnonzero((step_v[1:] != step_v[:-1]) | (name_c[1:] != name_c[:-1]) | (n_v[1:] != n_v[:-1])) + 1
+    firsts, lasts = np.r_[0, cut], np.r_[cut, len(k)]
+    where = {(step_v[a], name_v[a], n_v[a]): (a, b) for a, b in zip(firsts.tolist(), lasts.tolist())} if len(k) else {}
     rank_a = k["rank"].to_numpy()
     start_a = k["start_us"].to_numpy(dtype=float)
     first_a = k["first_in_step"].to_numpy(dtype=bool)
@@ -288,7 +294,7 @@ def _stragglers(first_kernel: pd.Series, k: pd.DataFrame) -> list[dict[str, Any]
     count: dict[int, int] = {}
     for row in caused.itertuples(index=False):
         L = int(row.rank)
-        rows = np.asarray(where[(row.step, row.name, row.n)])
+        rows = np.arange(*where[(row.step, row.name, row.n)])
         mine_i = rows[rank_a[rows] == L][0]
         others = rows[rank_a[rows] != L]
         late = float(row.start - _median(start_a[others]))
