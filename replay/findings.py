@@ -152,15 +152,15 @@ class _Rank:
 
 
 def find(events: pd.DataFrame, flows: pd.DataFrame, min_lost_us: float = 0.0,
-         peers: Peers | None = None, step_regex: str = DEFAULT_STEP
+         peers: Peers | None = None, step_regex: str = DEFAULT_STEP, gpu: pd.DataFrame | None = None
          ) -> tuple[pd.DataFrame, dict[int, dict[str, float]], dict[int, dict[str, dict[str, float]]]]:
     """Findings (one row per idle piece, cause and group of at least `min_lost_us`), totals per rank
     and cause, and per rank, cause and group. With `peers`, idle while this rank's communication
-    waited for a late peer is waiting_on_peer."""
+    waited for a late peer is waiting_on_peer. `gpu`: gpu_work(events), where the caller has it."""
     pieces: list[pd.DataFrame] = []
     totals: dict[int, dict[str, float]] = {}
     groups: dict[int, dict[str, dict[str, float]]] = {}
-    g = gpu_work(events)
+    g = gpu_work(events) if gpu is None else gpu
     for rank, df in g.groupby("rank", sort=True):
         acc = _find_rank(int(rank), df, events, flows, min_lost_us, peers)
         pieces += acc.pieces

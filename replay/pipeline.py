@@ -104,11 +104,11 @@ class RankResult:
 
 def per_rank(events: pd.DataFrame, flows: pd.DataFrame, peers: Peers, opts: Options) -> RankResult:
     """Every per-rank analysis of the events (already narrowed to --rank / --window)."""
+    gpu = gpu_work(events)          # the metrics read only the GPU work: filtered once, not once each
     if opts.findings:
-        findings, totals, groups = find(events, flows, opts.min_lost_us, peers, opts.step_regex)
+        findings, totals, groups = find(events, flows, opts.min_lost_us, peers, opts.step_regex, gpu)
     else:
         findings, totals, groups = pd.DataFrame(columns=list(FINDING_COLUMNS)), {}, {}
-    gpu = gpu_work(events)          # the metrics read only the GPU work: filtered once, not once each
     return RankResult(
         empty=events.empty,
         ranks=rank_metrics(gpu),
@@ -118,7 +118,7 @@ def per_rank(events: pd.DataFrame, flows: pd.DataFrame, peers: Peers, opts: Opti
         groups=groups,
         steps=peer_analysis.with_step_waits(step_metrics(gpu), peers.table),
         streams=stream_layout(gpu),
-        facts=suspicious.facts(events),
+        facts=suspicious.facts(events, gpu),
         analyses={name: fn(events) for name, fn in ANALYSES.items()},
     )
 

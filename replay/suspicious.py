@@ -28,10 +28,11 @@ def _entry(what: str, count: int, message: str, ranks: list[int] | None = None) 
             "message": message}
 
 
-def facts(events: pd.DataFrame) -> dict[str, Any]:
+def facts(events: pd.DataFrame, gpu: pd.DataFrame | None = None) -> dict[str, Any]:
     """What check() reports, counted over one table (a rank file, or the whole folder): a function
-    of the rank(s) it holds, so a folder's facts are the merge of its files' (merge_facts)."""
-    g = gpu_work(events)
+    of the rank(s) it holds, so a folder's facts are the merge of its files' (merge_facts). `gpu`:
+    gpu_work(events), where the caller has it."""
+    g = gpu_work(events) if gpu is None else gpu
     zero = g[g["dur_us"] <= 0]
     overlapping, oranks = 0, set()
     for (rank, _), df in g.groupby(["rank", "stream"], sort=False, observed=True):

@@ -9,8 +9,10 @@ def union(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """Merge possibly overlapping intervals into sorted disjoint ones."""
     if len(starts) == 0:
         return np.zeros(0), np.zeros(0)
-    order = np.argsort(starts, kind="stable")
-    s, e = np.asarray(starts, dtype=np.float64)[order], np.asarray(ends, dtype=np.float64)[order]
+    s, e = np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64)
+    if len(s) > 1 and not (s[1:] >= s[:-1]).all():      # most callers pass start-sorted intervals: no sort
+        order = np.argsort(s, kind="stable")
+        s, e = s[order], e[order]
     reach = np.maximum.accumulate(e)
     new = np.empty(len(s), dtype=bool)
     new[0] = True
