@@ -57,7 +57,7 @@ def diff(before: Analysis, after: Analysis, rules: StageRules, fail_if_slower: f
     if not both and len(b["ranks"]) == 1 and len(a["ranks"]) == 1:
         # one rank a side (two single-GPU runs, or one rank file of each): they are the runs to compare,
         # whatever rank number each file gives itself
-        (rb, row_b), (ra, row_a) = next(iter(b["ranks"].items())), next(iter(a["ranks"].items()))
+        rb, (ra, row_a) = next(iter(b["ranks"])), next(iter(a["ranks"].items()))
         a = {**a, "ranks": {rb: row_a}}
         both, paired = [rb], f"; the one rank of each side paired (before rank {rb}, after rank {ra})"
     if not both:
