@@ -38,7 +38,6 @@ CORPUS.update({f"h200/{n}": (OBS / "h200" / f"{n}.json.gz", None)
                for n in ("decode-eager", "decode-graph", "decode-item", "prefill-pause", "style-none")})
 CORPUS.update({f"h200/{n}": (OBS / "h200" / f"{n}.json.gz", _COPIES)
                for n in ("style-slash", "style-mbn", "style-sglang", "style-module")})
-CORPUS["rules-h100/gpu-only"] = (OBS / "rules-h100" / "gpu-only.json.gz", None)   # bench/capture/capture_rules.py
 CORPUS_NOTES = {
     "h200/style-module": "+56.3 % before: a layer's closing residual add, in no stage range, defaulted to ATTN and "
                          "stretched ATTN over the whole layer (now: the compute stage annotated around it)",
@@ -58,7 +57,9 @@ REFUSED = {"h100/sweep": (OBS / "h100" / "sweep.json.gz", None, "no stage of ran
            "rules-h100/train-threads": (OBS / "rules-h100" / "train-threads.json.gz", None,
                                         "no stage of rank 0 could be labelled"),
            "rules-h100/first-call": (OBS / "rules-h100" / "first-call.json.gz", None,
-                                     "no stage of rank 0 could be labelled")}
+                                     "no stage of rank 0 could be labelled"),
+           "rules-h100/gpu-only": (OBS / "rules-h100" / "gpu-only.json.gz", None,
+                                   "no stage of rank 0 could be labelled")}
 SPAN_BAR_PCT, HIDDEN_BAR_PTS = 5.0, 2.0
 
 

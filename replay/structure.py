@@ -80,7 +80,7 @@ def recover(events: pd.DataFrame, annotation_regex: str = DEFAULT_ANNOTATION,
 
 def _checked(before: pd.DataFrame, out: pd.DataFrame, how: str) -> tuple[pd.DataFrame, str]:
     """The recovered table if its layers are consistent, else the table without them and why."""
-    why = _not_confident(out) or (_twice_unstepped(out) if how == "kernel-period" else "")
+    why = _not_confident(out) or (_twice_unstepped(out) or _two_threads(out) if how == "kernel-period" else "")
     if not why:
         return out, how
     return before, f"none ({how} found layers, not kept: {why})"
@@ -120,6 +120,33 @@ def _twice_unstepped(events: pd.DataFrame) -> str:
         return ""
     return (f"rank {int(n.idxmin())}'s kernel sequence repeats only {int(n.min())} times and the trace has "
             "no steps: two layers or two steps cannot be told apart")
+
+
+def _two_threads(events: pd.DataFrame) -> str:
+    """Why layers found from the kernel sequence alone are not layers: every repeat holds compute
+    kernels launched by two or more threads. A model's layer is launched by one thread; a repeat that
+    spans two is a training step's forward and backward (the autograd engine launches from its own)."""
+    if "launch" not in events:
+        return ""
+    g = events[(events["device"] == "gpu").to_numpy() & (events["layer"] >= 0).to_numpy()
+               & (events["klass"] == "compute").to_numpy() & (events["correlation"] >= 0).to_numpy()]
+    cpu = events[(events["device"] == "cpu").to_numpy() & events["launch"].to_numpy(dtype=bool)
+                 & (events["correlation"] >= 0).to_numpy()]
+    if g.empty or cpu.empty:
+        return ""
+    tid = pd.DataFrame({"rank": cpu["rank"].to_numpy(), "correlation": cpu["correlation"].to_numpy(),
+                        "tid": cpu["tid"].cat.codes.to_numpy() if hasattr(cpu["tid"], "cat") else
+                        pd.factorize(cpu["tid"])[0]}).drop_duplicates(["rank", "correlation"])
+    k = pd.DataFrame({"rank": g["rank"].to_numpy(), "step": g["step"].to_numpy() if "step" in g else -1,
+                      "layer": g["layer"].to_numpy(), "correlation": g["correlation"].to_numpy()})
+    k = k.merge(tid, on=["rank", "correlation"], how="inner")
+    if k.empty:
+        return ""
+    threads = k.groupby(["rank", "step", "layer"])["tid"].nunique()
+    if threads.min() < 2:
+        return ""
+    return (f"each repeat of the kernel sequence holds compute kernels launched by {int(threads.min())} or more "
+            "threads (a training step's forward and backward?): steps, not layers")
 
 
 def _from_annotations(events: pd.DataFrame, regex: str) -> tuple[pd.DataFrame, bool]:

@@ -278,3 +278,37 @@ def test_cuda_activity_alone_still_records_the_launches():
     a = analyze(RULES / truth["file"], use_cache=False)
     assert not [s for s in a.suspicious if s["what"] == "launches_missing"]
     assert a.idle_groups[0]["unexplained"]["no_launch"] == 0.0
+
+
+def _steps_from_two_threads(path: Path, repeats: int, threads: tuple[int, int]) -> Path:
+    """`repeats` training steps with no step ranges: each launches three 'forward' kernels from
+    threads[0] and three 'backward' kernels from threads[1] (the same thread twice: one launcher)."""
+    ev: list[dict] = []
+    cpu, gpu, corr = 0.0, 0.0, 0
+    for _ in range(repeats):
+        for tid, names in ((threads[0], ("fwd_a", "fwd_b", "fwd_c")), (threads[1], ("bwd_a", "bwd_b", "bwd_c"))):
+            for name in names:
+                corr += 1
+                ev.append({"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": tid,
+                           "ts": cpu, "dur": 5.0, "args": {"correlation": corr}})
+                cpu += 20.0
+                start = max(gpu, cpu)
+                ev.append({"ph": "X", "cat": "kernel", "name": name, "pid": 0, "tid": 7, "ts": start, "dur": 40.0,
+                           "args": {"correlation": corr, "stream": 7}})
+                gpu = start + 40.0
+    path.write_text(json.dumps({"traceEvents": ev, "distributedInfo": {"rank": 0, "world_size": 1}}))
+    return path
+
+
+def test_repeats_launched_by_two_threads_are_steps_not_layers(tmp_path):
+    a = analyze(_steps_from_two_threads(tmp_path / "two.json", 4, (1, 2)), use_cache=False)
+    assert a.layers.empty and "launched by 2 or more threads" in a.structure
+    one = analyze(_steps_from_two_threads(tmp_path / "one.json", 4, (1, 1)), use_cache=False)
+    assert one.structure == "kernel-period" and one.layers["layer"].nunique() == 4
+
+
+def test_real_cuda_only_training_steps_are_not_layers():
+    """The real capture that showed it: three training steps, no ProfilerStep (CUDA-only profiling),
+    were three 'layers'; their kernels come from the main and the autograd threads."""
+    a = analyze(RULES / RULES_TRUTH["gpu-only"]["file"], use_cache=False)
+    assert a.layers.empty and "threads" in a.structure
