@@ -137,26 +137,29 @@ def host_view(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float, thread
     if not is_launch.any():
         return HostView()
     tid = thread or pd.Series(text(cpu["tid"][is_launch])).value_counts().index[0]    # the main launching thread
-    th = cpu[text_is(cpu["tid"], tid)].sort_values("start_us", kind="stable")
-    st, du = th["start_us"].to_numpy(dtype=float), th["dur_us"].to_numpy(dtype=float)
+    # the thread's rows by start (ties in table order), as arrays: no copy of the rows as a table
+    mine = np.flatnonzero(text_is(cpu["tid"], tid))
+    start = cpu["start_us"].to_numpy(dtype=float)
+    order = mine[np.argsort(start[mine], kind="stable")]
+    st, du = start[order], cpu["dur_us"].to_numpy(dtype=float)[order]
 
     def iv(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return union(st[m], st[m] + du[m])
-    launch = th["launch"].to_numpy()
-    blocking, quiet_wait = th["blocking"].to_numpy(), th["quiet_wait"].to_numpy()
-    is_rt = th["cat"].isin(RUNTIME_CATS).to_numpy() | launch | blocking
+    launch = is_launch[order]
+    blocking, quiet_wait = cpu["blocking"].to_numpy()[order], cpu["quiet_wait"].to_numpy()[order]
+    is_rt = cpu["cat"].isin(RUNTIME_CATS).to_numpy()[order] | launch | blocking
     r0, r1 = iv(is_rt)
     q0, q1 = gaps(r0, r1, lo, hi) if len(r0) else (np.array([lo]), np.array([hi]))
     keep = (q1 - q0) >= QUIET_US
     quiet = (q0[keep], q1[keep])
-    in_dispatch = text_is(th["wait_group"], "dispatch")
+    in_dispatch = text_is(cpu["wait_group"], "dispatch")[order]
     sync = iv(blocking & ~in_dispatch)
     disp_span = iv(blocking & in_dispatch)
     disp_quiet = intersection(quiet, iv(quiet_wait & in_dispatch))
-    after_iv, after = _waits_after_launch(st + du, launch, th["correlation"].to_numpy(), gpu, quiet)
+    after_iv, after = _waits_after_launch(st + du, launch, cpu["correlation"].to_numpy()[order], gpu, quiet)
     dispatch = union(np.concatenate([disp_span[0], disp_quiet[0], after_iv[0]]),
                      np.concatenate([disp_span[1], disp_quiet[1], after_iv[1]]))
-    is_op = text_is(th["cat"], FRAMEWORK_OP)
+    is_op = text_is(cpu["cat"], FRAMEWORK_OP)[order]
     ops_known = bool(is_op.any())
     if ops_known:
         c0, c1 = iv(is_rt | is_op)
@@ -167,7 +170,7 @@ def host_view(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float, thread
         outside = quiet
     dispatch = _minus(dispatch, sync, lo, hi)
     host = _minus(_minus(outside, sync, lo, hi), dispatch, lo, hi)
-    names = text(th["name"])
+    names = _text_at(cpu["name"], order)
 
     def spans(m: np.ndarray) -> _Spans:
         return _Spans(st[m], du[m], names[m])
@@ -175,6 +178,15 @@ def host_view(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float, thread
     return HostView(tid, {"sync": sync, "dispatch": dispatch, "host": host}, spans(span & blocking),
                     spans(span & (blocking | quiet_wait) & in_dispatch), spans(span & ~is_op), spans(is_op),
                     after, ops_known)
+
+
+def _text_at(col: pd.Series, rows: np.ndarray) -> np.ndarray:
+    """text(col)[rows], building a string only for the rows asked for (a categorical column's
+    categories turned to text once)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = np.asarray([str(c) for c in col.cat.categories] + ["nan"], dtype=object)
+        return cats[col.cat.codes.to_numpy()[rows]]
+    return text(col.iloc[rows])
 
 
 def _waits_after_launch(ends: np.ndarray, launch: np.ndarray, correlation: np.ndarray, gpu: pd.DataFrame,
