@@ -154,8 +154,7 @@ def _from_annotations(events: pd.DataFrame, regex: str) -> tuple[pd.DataFrame, b
     ann = events[(events["cat"] == "user_annotation") & (events["device"] == "cpu")]
     if ann.empty:
         return events, False
-    names = ann["name"].astype(str)
-    m = names.str.extract(rx)
+    m = _extract(ann["name"], rx)
     if "stage" not in m or m["stage"].isna().all():
         return events, False
     ann = ann.assign(a_stage=m["stage"], a_pass=m.get("pass"), a_layer_given=m.get("layer"))
@@ -177,7 +176,7 @@ def _from_annotations(events: pd.DataFrame, regex: str) -> tuple[pd.DataFrame, b
     order = {p: (int(p) if p.isdigit() else PASS_MICROBATCH.get(p, i)) for i, p in enumerate(dict.fromkeys(passes))}
     ann = ann.assign(a_layer=layers, a_mb=[order[p] for p in passes], a_label=labels)
     # each launch call takes the innermost annotation around it on its rank
-    launches = events[events["launch"] & (events["correlation"] >= 0)]
+    launches = events.loc[events["launch"] & (events["correlation"] >= 0), ["rank", "start_us", "correlation"]]
     hits = []
     for r, a in ann.groupby("rank", sort=False):
         lr = launches[launches["rank"] == r]
@@ -196,6 +195,20 @@ def _from_annotations(events: pd.DataFrame, regex: str) -> tuple[pd.DataFrame, b
     key = pd.concat(hits).drop_duplicates(["rank", "correlation"])
     out = _assign(events, key)
     return out, bool((out.loc[out["device"] == "gpu", "layer"] >= 0).any())
+
+
+def _extract(col: pd.Series, rx: re.Pattern[str]) -> pd.DataFrame:
+    """col.astype(str).str.extract(rx), the regex run once per distinct name of a categorical column
+    (a trace repeats a few hundred annotation names thousands of times)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        codes = col.cat.codes.to_numpy()
+        if not (codes < 0).any():
+            used = np.unique(codes)
+            per_name = pd.Series(np.asarray([str(c) for c in col.cat.categories[used]], dtype=object)).str.extract(rx)
+            at = np.zeros(len(col.cat.categories), dtype=np.int64)
+            at[used] = np.arange(len(used))
+            return per_name.iloc[at[codes]].set_axis(col.index)
+    return col.astype(str).str.extract(rx)
 
 
 def _assign(events: pd.DataFrame, key: pd.DataFrame) -> pd.DataFrame:

@@ -75,3 +75,22 @@ def test_expert_compute_and_balancedness_on_real_folders(run):
     assert all(v > 0 for v in moe.values()) and a.to_dict()["balancedness"] is not None
     if run == "prefill-skew":
         assert max(moe, key=moe.get) == 2 and a.to_dict()["balancedness"] < 0.6
+
+
+def test_annotation_names_matched_once_per_name_equal_the_per_row_match():
+    """structure._extract runs the annotation regex once per distinct name of a categorical column: the
+    same frame (values, dtypes, index) as astype(str).str.extract, with missing names and unused categories."""
+    import re
+
+    import numpy as np
+    import pandas as pd
+
+    from replay.structure import DEFAULT_ANNOTATION, _extract
+    rx = re.compile(DEFAULT_ANNOTATION)
+    rng = np.random.default_rng(0)
+    pool = ["L3:ATTN(0)", "L12/MLP(1)", "DISPATCH(0)", "ProfilerStep#1", "x", "L0:COMBINE(B)", "nan"]
+    for _ in range(100):
+        vals = rng.choice(pool + [None], size=int(rng.integers(1, 60)))
+        col = pd.Series(pd.Categorical(vals, categories=sorted(set(pool) | {"unused(1)"})),
+                        index=rng.permutation(len(vals)) + 5)
+        pd.testing.assert_frame_equal(_extract(col, rx), col.astype(str).str.extract(rx))
