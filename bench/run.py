@@ -432,7 +432,17 @@ def hta_available() -> bool:
     return subprocess.run([HTA_PY, "-c", "import hta"], capture_output=True).returncode == 0
 
 
+_FLAGS = ("--deploy-only", "--big-only", "--ranks-only")
+
+
 def main() -> int:
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print("usage: python -m bench.run [--deploy-only | --big-only | --ranks-only]\n\n" + (__doc__ or ""))
+        return 0
+    unknown = [a for a in sys.argv[1:] if a not in _FLAGS]
+    if unknown:
+        print(f"bench.run: unknown argument {unknown[0]!r} (known: {', '.join(_FLAGS)}; --help)", file=sys.stderr)
+        return 2
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
     rows = []
