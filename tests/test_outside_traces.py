@@ -336,3 +336,19 @@ def test_hidden_share_matches_hta_on_the_kernels_hta_keeps():
     assert 100 * length(*intersection(iv(comm), iv(comp))) / length(*iv(comm)) == pytest.approx(HTA_SAMPLED_PCT,
                                                                                                 abs=0.005)
     assert a.ranks[0]["hidden_comm_pct"] > HTA_SAMPLED_PCT + 1
+
+
+@pytest.mark.parametrize("name", ["cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
+                                  "cudaGraphLaunch", "cuGraphLaunch", "cudaLaunchCooperativeKernel",
+                                  "cuLaunchCooperativeKernel", "hipLaunchKernel", "hipExtLaunchKernel",
+                                  "hipModuleLaunchKernel", "hipExtModuleLaunchKernel", "hipGraphLaunch"])
+def test_runtime_and_driver_launch_calls_are_launches(name):
+    from replay.taxonomy import load_taxonomy
+    assert load_taxonomy().launch.search(name)
+
+
+@pytest.mark.parametrize("name", ["cudaStreamSynchronize", "cudaGetDevice", "hipGetDevicePropertiesR0600",
+                                  "cudaEventRecord", "hipMemcpyWithStream"])
+def test_other_runtime_calls_are_not_launches(name):
+    from replay.taxonomy import load_taxonomy
+    assert not load_taxonomy().launch.search(name)
