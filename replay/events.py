@@ -59,22 +59,27 @@ def _categorical(strings: np.ndarray, codes: np.ndarray) -> pd.Categorical:
     return pd.Categorical.from_codes(remap[codes], categories=strings[used], validate=False)
 
 
-def text(col: pd.Series) -> np.ndarray:
-    """A column as an object array of str, the way `col.astype(str)` reads it; for the table's
-    categorical columns the categories are turned to text once and picked by code (the whole
-    column through astype(str) would build a string per row)."""
+def category_text(col: pd.Series) -> np.ndarray:
+    """A categorical column's categories as text, by code, with a trailing "nan" that code -1 (a
+    missing value) picks: what astype(str) reads for each code."""
+    return np.asarray([str(c) for c in col.cat.categories] + ["nan"], dtype=object)
+
+
+def text(col: pd.Series, rows: np.ndarray | None = None) -> np.ndarray:
+    """A column as an object array of str, the way `col.astype(str)` reads it (`rows`: only those
+    positions); for the table's categorical columns the categories are turned to text once and
+    picked by code (the whole column through astype(str) would build a string per row)."""
     if isinstance(col.dtype, pd.CategoricalDtype):
-        cats = np.asarray([str(c) for c in col.cat.categories] + ["nan"], dtype=object)
-        return cats[col.cat.codes.to_numpy()]            # code -1 (missing) picks the trailing "nan"
-    return col.astype(str).to_numpy(dtype=object)
+        codes = col.cat.codes.to_numpy()
+        return category_text(col)[codes if rows is None else codes[rows]]
+    return (col if rows is None else col.iloc[rows]).astype(str).to_numpy(dtype=object)
 
 
 def text_is(col: pd.Series, value: str) -> np.ndarray:
     """`text(col) == value` as a bool array; for a categorical column, each category is compared
     once and picked by code (no text of every row)."""
     if isinstance(col.dtype, pd.CategoricalDtype):
-        hit = np.asarray([str(c) == value for c in col.cat.categories] + ["nan" == value], dtype=bool)
-        return hit[col.cat.codes.to_numpy()]
+        return np.asarray(category_text(col) == value, dtype=bool)[col.cat.codes.to_numpy()]
     return np.asarray(text(col) == value, dtype=bool)
 
 
@@ -83,8 +88,7 @@ def text_sorted(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     so `words[codes] == text(col)` and sorting by codes sorts by text (a categorical column's
     categories are turned to text and sorted once, not one string per row)."""
     if isinstance(col.dtype, pd.CategoricalDtype):
-        cats = np.asarray([str(c) for c in col.cat.categories] + ["nan"], dtype=object)
-        words, inverse = np.unique(cats, return_inverse=True)
+        words, inverse = np.unique(category_text(col), return_inverse=True)
         return inverse.reshape(-1)[col.cat.codes.to_numpy()], words
     words, inverse = np.unique(text(col), return_inverse=True)
     return inverse.reshape(-1), words
@@ -397,4 +401,4 @@ def merge_meta(metas: list[dict[str, Any]], files: list[Path], skipped: list, co
     return meta
 
 
-__all__ = ["Trace", "load", "load_file", "folder_progress", "rank_hints", "split_results", "rank_shifts", "merge_meta", "text", "generated_meta", "EXTRA_ARGS", "STRING_COLUMNS"]
+__all__ = ["Trace", "load", "load_file", "folder_progress", "rank_hints", "split_results", "rank_shifts", "merge_meta", "text", "text_is", "text_sorted", "category_text", "generated_meta", "EXTRA_ARGS", "STRING_COLUMNS"]

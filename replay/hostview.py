@@ -170,7 +170,7 @@ def host_view(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float, thread
         outside = quiet
     dispatch = _minus(dispatch, sync, lo, hi)
     host = _minus(_minus(outside, sync, lo, hi), dispatch, lo, hi)
-    names = _text_at(cpu["name"], order)
+    names = text(cpu["name"], order)
 
     def spans(m: np.ndarray) -> _Spans:
         return _Spans(st[m], du[m], names[m])
@@ -178,15 +178,6 @@ def host_view(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float, thread
     return HostView(tid, {"sync": sync, "dispatch": dispatch, "host": host}, spans(span & blocking),
                     spans(span & (blocking | quiet_wait) & in_dispatch), spans(span & ~is_op), spans(is_op),
                     after, ops_known)
-
-
-def _text_at(col: pd.Series, rows: np.ndarray) -> np.ndarray:
-    """text(col)[rows], building a string only for the rows asked for (a categorical column's
-    categories turned to text once)."""
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        cats = np.asarray([str(c) for c in col.cat.categories] + ["nan"], dtype=object)
-        return cats[col.cat.codes.to_numpy()[rows]]
-    return text(col.iloc[rows])
 
 
 def _waits_after_launch(ends: np.ndarray, launch: np.ndarray, correlation: np.ndarray, gpu: pd.DataFrame,

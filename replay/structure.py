@@ -21,7 +21,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from .events import text
+from .events import category_text, text
 from .stagerules import stage_of
 
 DEFAULT_ANNOTATION = r"^(?:L(?P<layer>\d+)[:/])?(?P<stage>[A-Za-z][\w\-]*)\((?P<pass>[A-Za-z0-9]+)\)$"
@@ -229,7 +229,7 @@ def _replaced(col: pd.Series, pos: np.ndarray, labels: np.ndarray) -> pd.Categor
     """A categorical column as text with the rows at `pos` given `labels`, as pd.Categorical of that
     text would build it (the strings used, sorted; a missing value reads "nan" as text() has it),
     worked out on the few categories and labels instead of factorizing every row's string."""
-    cats = np.asarray([str(c) for c in col.cat.categories] + ["nan"], dtype=object)
+    cats = category_text(col)
     codes = col.cat.codes.to_numpy().astype(np.int64)
     codes[codes < 0] = len(cats) - 1
     keep = np.ones(len(codes), dtype=bool)
