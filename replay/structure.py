@@ -204,7 +204,7 @@ def _extract(col: pd.Series, rx: re.Pattern[str]) -> pd.DataFrame:
         codes = col.cat.codes.to_numpy()
         if not (codes < 0).any():
             used = np.unique(codes)
-            per_name = pd.Series(np.asarray([str(c) for c in col.cat.categories[used]], dtype=object)).str.extract(rx)
+            per_name = pd.Series(category_text(col)[used]).str.extract(rx)
             at = np.zeros(len(col.cat.categories), dtype=np.int64)
             at[used] = np.arange(len(used))
             return per_name.iloc[at[codes]].set_axis(col.index)
