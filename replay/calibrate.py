@@ -159,8 +159,7 @@ def starting_hardware(trace: Trace, hardware: str | None, hardware_file: str | N
         return load_hardware(hardware, hardware_file)
     if trace.generated:
         return generated_run(trace).hardware
-    gpu = " ".join(d.get("name", "") for d in trace.meta.get("deviceProperties", [])[:1])
-    return hardware_of_device(gpu)
+    return hardware_of_device(trace.device_name)
 
 
 def calibrate_files(paths: list[str], hardware: str | None, hardware_file: str | None, holdout_m: set[float],

@@ -20,6 +20,7 @@ from .intervals import intersection, length, union
 from .overlap import gpu_work
 from .stagerules import StageRules, canonical_stage
 from .structure import TRAINING_PASSES
+from .suspicious import OVERLAP_REFUSE_SHARE, overlapping_kernels
 
 
 def label_stages(a: Analysis, rules: StageRules) -> pd.DataFrame:
@@ -95,6 +96,18 @@ def refuse_training(a: Analysis, what: str = "the trace") -> None:
         raise UserError(f"{what} is a training trace (forward/backward chunks such as attn(F) / attn(B), e.g. "
                         "DualPipe): the stages of an inference step cannot be rebuilt from it; `replay analyze` "
                         "measures its overlap")
+
+
+def refuse_overlapping(a: Analysis, rank: int) -> None:
+    """A re-time rebuilds stages from their kernels' busy time on one stream at a time; a rank whose
+    kernels overlap on their streams (more than suspicious.OVERLAP_REFUSE_SHARE of them) has timestamps
+    or stream ids that cannot carry it."""
+    g = gpu_work(a.events[a.events["rank"] == rank])
+    n = overlapping_kernels(g).get(rank, 0)
+    if n > OVERLAP_REFUSE_SHARE * len(g):
+        raise UserError(f"rank {rank}: {n} of its {len(g)} kernels start before the previous kernel on their "
+                        "stream ended, so its timestamps (or stream ids) are wrong and its stages cannot be "
+                        "re-timed; `replay analyze` lists it under suspicious input")
 
 
 def stage_table(a: Analysis, rules: StageRules) -> pd.DataFrame:

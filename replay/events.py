@@ -115,6 +115,14 @@ class Trace:
             return None
         return generated_meta(self.meta.get("otherData") or {}, self.sources[0] if self.sources else "trace")
 
+    @property
+    def device_name(self) -> str:
+        """The first GPU the profiler's deviceProperties name ('' when it names none as text)."""
+        props = self.meta.get("deviceProperties")
+        first = props[0] if isinstance(props, list) and props else None
+        name = first.get("name") if isinstance(first, dict) else None
+        return name if isinstance(name, str) else ""
+
 
 _JSON_TYPE = {int: int, float: float, str: str, bool: bool, dict: dict, list: list}
 GeneratedMeta = msgspec.defstruct("GeneratedMeta", [(k.name, _JSON_TYPE[k.type] | None, None)

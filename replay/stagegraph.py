@@ -30,7 +30,7 @@ from tracegen.preset import Preset, load_preset
 from tracegen.schedule import Interval
 
 from .analysis import Analysis
-from .compare import label_stages, refuse_training
+from .compare import label_stages, refuse_overlapping, refuse_training
 from .stagerules import StageRules
 from .hostview import host_view
 from .intervals import coverage, intersection, length, union
@@ -135,10 +135,11 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None, rank: int) -
         hw = load_hardware(hardware)
         assumptions.append(f"hardware {hw.name} (--hardware)")
     else:
-        device = " ".join(d.get("name", "") for d in a.trace.meta.get("deviceProperties", [])[:1])
+        device = a.trace.device_name
         hw = hardware_of_device(device)
         assumptions.append(f"hardware {hw.name}, from the trace's device name {device!r} (set --hardware)")
     refuse_training(a)
+    refuse_overlapping(a, rank)
     g = label_stages(a, rules)
     g = g[g["rank"] == rank]
     if g.empty:

@@ -18,6 +18,10 @@ from .events import text
 from .overlap import gpu_work
 
 OVERLAP_TOLERANCE_US = 1.0     # profiler timestamps of back-to-back kernels may overlap by rounding
+# A rank with more than this share of its kernels overlapping on their stream has timestamps (or stream
+# ids) a re-time cannot stand on: whatif / stagegraph refuse it. Assumed: every capture of ours has 0 or
+# 1 such kernel in thousands (deepep-h100x4/decode-proper: 1); a broken clock gives most of them.
+OVERLAP_REFUSE_SHARE = 0.01
 NO_LAUNCH_SHARE = 0.1          # a rank with this share of its compute kernels lacking a launch call is said so
                                # (assumed: a few launched before the profiled window are normal; 0 in our captures)
 CLOCK_JUMP_US = 60e6           # a minute with nothing on a rank's timeline: clocks, not work
@@ -34,18 +38,8 @@ def facts(events: pd.DataFrame, gpu: pd.DataFrame | None = None) -> dict[str, An
     gpu_work(events), where the caller has it."""
     g = gpu_work(events) if gpu is None else gpu
     zero = g[g["dur_us"] <= 0]
-    overlapping, oranks = 0, set()
-    for (rank, _), df in g.groupby(["rank", "stream"], sort=False, observed=True):
-        if len(df) < 2:
-            continue
-        s = df["start_us"].to_numpy()
-        order = np.argsort(s, kind="stable")
-        s, e = s[order], (df["start_us"] + df["dur_us"]).to_numpy()[order]
-        prev_end = np.maximum.accumulate(e)[:-1]
-        k = int(np.sum(s[1:] < prev_end - OVERLAP_TOLERANCE_US))
-        if k:
-            overlapping += k
-            oranks.add(int(rank))
+    per_rank = overlapping_kernels(g)
+    overlapping, oranks = sum(per_rank.values()), set(per_rank)
     jumps, jranks = 0, set()
     ranks, starts = events["rank"].to_numpy(), events["start_us"].to_numpy()     # arrays: no copy of each rank's rows
     for rank, sel in _by_rank(ranks, np.argsort(ranks, kind="stable")):
@@ -69,6 +63,23 @@ def facts(events: pd.DataFrame, gpu: pd.DataFrame | None = None) -> dict[str, An
             "zero": len(zero), "zero_example": text(zero["name"])[0] if len(zero) else None,
             "zero_ranks": sorted(int(r) for r in zero["rank"].unique()), "overlapping": overlapping,
             "overlapping_ranks": sorted(oranks), "jumps": jumps, "jump_ranks": sorted(jranks), "signatures": sig}
+
+
+def overlapping_kernels(g: pd.DataFrame) -> dict[int, int]:
+    """Per rank: the kernels that start before the previous kernel on their stream ended (more than
+    the profiler's rounding); ranks with none are left out. `g`: GPU work rows."""
+    out: dict[int, int] = {}
+    for (rank, _), df in g.groupby(["rank", "stream"], sort=False, observed=True):
+        if len(df) < 2:
+            continue
+        s = df["start_us"].to_numpy()
+        order = np.argsort(s, kind="stable")
+        s, e = s[order], (df["start_us"] + df["dur_us"]).to_numpy()[order]
+        prev_end = np.maximum.accumulate(e)[:-1]
+        k = int(np.sum(s[1:] < prev_end - OVERLAP_TOLERANCE_US))
+        if k:
+            out[int(rank)] = out.get(int(rank), 0) + k
+    return out
 
 
 def _several_gpus(g: pd.DataFrame) -> dict[int, list[str]]:

@@ -27,10 +27,11 @@ from .stagegraph import Key, StageGraph, rank_graphs, stage_graph
 
 def layer_kind(stages: set[str]) -> str:
     """A layer's PROGRAM type from the stages it holds: the step's head, an MoE layer (it has
-    communication) or a dense one."""
+    communication, or a shared expert: an MoE layer whose experts are all local has no all-to-all)
+    or a dense one."""
     if stages == {"HEAD"}:
         return "head"
-    return "moe" if any(STAGE_STREAM[s] == COMM for s in stages) else "dense"
+    return "moe" if "SHARED" in stages or any(STAGE_STREAM[s] == COMM for s in stages) else "dense"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,12 @@ def _graph(g: StageGraph, stages: dict, plan) -> OpGraph:
     dense = {layer for layer, kind in kinds.items() if kind == "dense"}
     n_mb = max(k[1] for k in stages) + 1
     linked = link(stages, layers, n_mb, n_mb == 1, plan.phase, kinds)
+    left = sorted(set(stages) - set(linked))
+    if left:        # a stage no layer program runs would drop its work from the re-time: say so instead
+        layer, mb, name = left[0]
+        raise UserError(f"layer {layer} micro-batch {mb}: stage {name} is not one a {kinds[layer]} layer runs "
+                        f"({', '.join(sorted({k[2] for k in stages if k[0] == layer}))} labelled): its stages "
+                        "cannot be re-timed; check the stage labels (--stages) or the communication taxonomy")
     for k, extra in observed_waits(g, linked).items():
         linked[k] = replace(linked[k], deps=tuple(sorted(set(linked[k].deps) | extra)))
     return OpGraph(g.model, replace(g.hardware, cpu_launch_us=g.launch_us),

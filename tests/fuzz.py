@@ -8,12 +8,16 @@ traceback, a broken invariant - is a failure.
   fields, reordered events, duplicate ids, unicode, gzip, garbage) -> replay.events.load_file
 - analyze: the same traces when they load -> replay.analyze; invariants: busy <= span, overlap <=
   min(compute, comm), exposed >= 0, idle causes sum to the compute idle time, hidden in [0, 100]
+- commands: real committed traces (traces/), mutated whole (fields of the wrong type, one clock for
+  every event, device names that are not text, a category of events dropped) -> replay whatif, diff,
+  stagegraph, merge and compare through the CLI: an answer, or one error line, exit 2 and no output file
 - tracegen: random plans (flags as a user might type them, extremes included) -> resolve, estimate
   (every op time finite and >= 0), a small schedule (invariants as above, slices nest on every
   track, every flow pairs) and its .pftrace (balanced per track)
 
 The suite runs each with a small fixed budget (tests/test_fuzz.py); `make fuzz` runs the campaign:
-python -m tests.fuzz [--loader N] [--analyze N] [--tracegen N] (default 35,000 / 10,000 / 60,000)."""
+python -m tests.fuzz [--loader N] [--analyze N] [--commands N] [--tracegen N] (default 35,000 / 10,000 /
+2,000 / 60,000)."""
 from __future__ import annotations
 
 import argparse
@@ -221,6 +225,87 @@ def target_analyze(raw: bytes, tmp: Path) -> str:
     return "answered"
 
 
+# ----------------------------------------------------------------------------- commands on real traces
+REAL = Path(__file__).resolve().parents[1] / "traces"
+REAL_SOURCES = ["golden/h800-prefill-improper.json.gz", "observed/h200/layers-improper.json.gz",
+                "observed/h200/style-slash.json.gz", "observed/rules-h100/gpu-only.json.gz",
+                "outside/hta/alexnet_benchmark.json.gz", "outside/hta/mi250_minitoy_train_ROCm6_2_kineto.json.gz"]
+_ODD = [None, "x", "", "12", -1, 0, 1e300, -1e18, [], {}, True, 2**70, {"a": 1}]
+_FIELDS = ["ts", "dur", "pid", "tid", "ph", "name", "cat", "args", "id"]
+_SOURCES: dict[str, dict[str, Any]] = {}
+
+
+def _source(name: str) -> dict[str, Any]:
+    if name not in _SOURCES:
+        _SOURCES[name] = json.loads(gzip.open(REAL / name).read())
+    return json.loads(json.dumps(_SOURCES[name]))          # a copy to mutate
+
+
+@st.composite
+def real_mutated(draw: Any) -> tuple[str, dict[str, Any], list[str]]:
+    """A real committed trace with a few whole-trace mutations (the kinds that broke commands past the
+    loader: device names of the wrong type, one clock for every event, fields of the wrong type,
+    events dropped by category), and the command to run on it."""
+    name = draw(st.sampled_from(REAL_SOURCES))
+    d = _source(name)
+    ev = d["traceEvents"]
+    rnd = random.Random(draw(st.integers(0, 2**32)))
+    for _ in range(draw(st.integers(1, 2))):
+        kind = draw(st.sampled_from(["field", "drop", "same_ts", "device", "category", "shift", "rank"]))
+        if kind == "field":
+            f, v = draw(st.sampled_from(_FIELDS)), draw(st.sampled_from(_ODD))
+            for e in rnd.sample(ev, min(draw(st.integers(1, 8)), len(ev))):
+                e[f] = v
+        elif kind == "drop":
+            f = draw(st.sampled_from(_FIELDS))
+            for e in rnd.sample(ev, min(draw(st.integers(1, 20)), len(ev))):
+                e.pop(f, None)
+        elif kind == "same_ts":
+            for e in ev:
+                if "ts" in e:
+                    e["ts"] = 1000.0
+        elif kind == "device":
+            d["deviceProperties"] = draw(st.sampled_from([None, "x", [1], [{"name": 5}], [{"name": None}], {}]))
+        elif kind == "category":
+            cat = draw(st.sampled_from(["kernel", "cuda_runtime", "cpu_op", "user_annotation", "ac2g"]))
+            d["traceEvents"] = ev = [e for e in ev if e.get("cat") != cat]
+        elif kind == "shift":
+            off = draw(st.sampled_from([1e15, -1e6, 1e9]))
+            for e in rnd.sample(ev, min(50, len(ev))):
+                if isinstance(e.get("ts"), (int, float)):
+                    e["ts"] += off
+        else:
+            d["distributedInfo"] = draw(st.sampled_from([None, "x", {"rank": "a"}, {"rank": -3}, {"rank": 1.5}]))
+    cmd = draw(st.sampled_from([["whatif", "{f}", "--launch-order", "proper", "-o", "{o}"], ["whatif", "{f}", "-o", "{o}"],
+                                ["diff", "{f}", "{g}"], ["stagegraph", "{f}"], ["merge", "{f}", "-o", "{o}"],
+                                ["compare", "{g}", "{f}"]]))
+    return name, d, cmd
+
+
+def target_commands(x: tuple[str, dict[str, Any], list[str]], tmp: Path) -> str:
+    """A command on a mutated real trace: it answers, or refuses in one line with exit 2 and writes no
+    output file; a traceback, another exit status or a half-written output is a failure."""
+    import contextlib
+    import io
+
+    from replay.cli import main as replay_main
+    name, d, cmd = x
+    f, o = tmp / "real.json", tmp / "out.json.gz"
+    f.write_text(json.dumps(d))
+    o.unlink(missing_ok=True)
+    argv = [a.format(f=f, g=REAL / name, o=o) for a in cmd] + (["--no-cache"] if cmd[0] != "merge" else [])
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = replay_main(argv)
+    lines = [ln for ln in err.getvalue().splitlines() if "error:" in ln]
+    _check(rc in (0, 1, 2), f"exit status {rc}")
+    if rc == 2:
+        _check(len(lines) == 1, f"refused in {len(lines)} error lines")
+        _check(not o.exists(), "an output file written by a refused command")
+        return "refused"
+    return "answered"
+
+
 # ----------------------------------------------------------------------------- plans
 HARDWARE = ["h800", "h20", "h100", "h200", "b200", "ascend-910c"]
 num = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 5000),
@@ -318,7 +403,7 @@ def run(name: str, budget: int, seed: int | None = None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-"))
     target: Callable[[Any, Path], str]
     strategy, target = {"loader": (mutated(), target_loader), "analyze": (mutated(), target_analyze),
-                        "tracegen": (plans, target_tracegen)}[name]
+                        "commands": (real_mutated(), target_commands), "tracegen": (plans, target_tracegen)}[name]
 
     @settings(max_examples=budget, deadline=None, database=None, derandomize=seed is None,
               suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
@@ -343,11 +428,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__.split("\n\n")[0])
     p.add_argument("--loader", type=int, default=35_000)
     p.add_argument("--analyze", type=int, default=10_000)
+    p.add_argument("--commands", type=int, default=2_000)
     p.add_argument("--tracegen", type=int, default=60_000)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (each runs a share)")
     args = p.parse_args(argv)
     from concurrent.futures import ProcessPoolExecutor
-    jobs = [(name, max(1, n // args.jobs), k) for name, n in (("loader", args.loader), ("analyze", args.analyze),
+    jobs = [(name, max(1, n // args.jobs), k) for name, n in (("loader", args.loader), ("analyze", args.analyze), ("commands", args.commands),
                                                              ("tracegen", args.tracegen)) if n
             for k in range(args.jobs)]
     t0 = time.perf_counter()

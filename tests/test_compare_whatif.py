@@ -206,3 +206,65 @@ def test_whatif_says_when_the_rank_waited_for_peers(tmp_path, capsys):
     assert replay(["whatif", str(OBS / "layers-improper.json.gz"), "--taxonomy", str(OBS / "taxonomy.toml"),
                    "--launch-order", "proper", "-o", str(tmp_path / "b.json.gz"), "--no-cache", "--json"]) == 0
     assert not any("for its peers" in x for x in json.loads(capsys.readouterr().out)["assumptions"])
+
+
+# what the commands' fuzz campaign (tests/fuzz.py, target "commands") found on mutated real traces
+def _mutated(tmp_path, change) -> Path:
+    d = json.loads(gzip.open(OBS / "layers-improper.json.gz").read())
+    change(d)
+    out = tmp_path / "mutated.json"
+    out.write_text(json.dumps(d))
+    return out
+
+
+def _refused(capsys, *argv) -> str:
+    capsys.readouterr()
+    assert replay(list(map(str, argv))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    return err[0]
+
+
+def test_whatif_refuses_a_rank_whose_kernels_overlap_on_their_stream(tmp_path, capsys):
+    """Every event at one time (a broken clock): the stages' busy times mean nothing, so no re-time."""
+    def same_clock(d):
+        for e in d["traceEvents"]:
+            if "ts" in e:
+                e["ts"] = 1000.0
+    out = tmp_path / "w.json.gz"
+    err = _refused(capsys, "whatif", _mutated(tmp_path, same_clock), "--taxonomy", OBS / "taxonomy.toml",
+                   "--launch-order", "proper", "-o", out, "--no-cache")
+    assert "start before the previous kernel on their stream ended" in err and not out.exists()
+    # one kernel that overlaps its predecessor, as in a real capture (deepep-h100x4/decode-proper), is no reason
+    def one_overlap(d):
+        k = [e for e in d["traceEvents"] if e.get("cat") == "kernel"]
+        k[5]["ts"] = k[4]["ts"] + k[4]["dur"] / 2
+    assert replay(["whatif", str(_mutated(tmp_path, one_overlap)), "--taxonomy", str(OBS / "taxonomy.toml"),
+                   "--launch-order", "proper", "-o", str(out), "--no-cache"]) == 0
+
+
+@pytest.mark.parametrize("props", [[{"name": 5}], [{"name": None}], "x", [1]])
+def test_a_device_name_that_is_not_text_names_no_hardware(tmp_path, capsys, props):
+    def device(d):
+        d["deviceProperties"] = props
+    path = _mutated(tmp_path, device)
+    err = _refused(capsys, "whatif", path, "--taxonomy", OBS / "taxonomy.toml", "-o", tmp_path / "w.json.gz", "--no-cache")
+    assert "cannot tell the hardware" in err
+    assert replay(["whatif", str(path), "--taxonomy", str(OBS / "taxonomy.toml"), "--hardware", "h100",
+                   "-o", str(tmp_path / "w.json.gz"), "--no-cache"]) == 0
+
+
+def test_a_moe_layer_without_all_to_all_is_re_timed_whole(tmp_path, capsys):
+    """A layer with a shared expert but no communication (experts all local, or the all-to-all not
+    recognised) runs the MoE program: its SHARED stage is re-timed, not dropped."""
+    from replay.whatif import layer_kind
+    assert layer_kind({"ATTN", "SHARED", "MLP"}) == "moe" and layer_kind({"ATTN", "MLP"}) == "dense"
+    assert layer_kind({"ATTN", "DISPATCH", "MLP", "COMBINE"}) == "moe"
+    # the runtime calls left out (a filtered trace): the copies that stand in for the all-to-all get no stage
+    def no_runtime(d):
+        d["traceEvents"] = [e for e in d["traceEvents"] if e.get("cat") != "cuda_runtime"]
+    res = whatif_json(capsys, _mutated(tmp_path, no_runtime), "-o", tmp_path / "w.json.gz")
+    assert res["ranks"][0]["span_us"] > 0
+    stages = {e["args"].get("stage") for e in read_trace(tmp_path / "w.json.gz")["traceEvents"]
+              if isinstance(e.get("args"), dict)}
+    assert "SHARED" in stages
