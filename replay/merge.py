@@ -38,11 +38,18 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _rank(doc: dict[str, Any], path: Path, hint: int | None) -> int:
-    r = (doc.get("distributedInfo") or {}).get("rank")
+    info = doc.get("distributedInfo")
+    r = info.get("rank") if isinstance(info, dict) else None
     if isinstance(r, int) and not isinstance(r, bool) and r >= 0:
         return r
     named = rank_from_name(path)
     return named if named is not None else int(hint or 0)
+
+
+def _pid(e: dict[str, Any]) -> Any:
+    """An event's process id as a key (a pid of the wrong type, a list or an object, as its text)."""
+    pid = e.get("pid")
+    return pid if pid is None or isinstance(pid, (int, float, str)) else repr(pid)
 
 
 def merge(folder: str | Path, out: str | Path, offsets_us: dict[int, float],
@@ -62,12 +69,13 @@ def merge(folder: str | Path, out: str | Path, offsets_us: dict[int, float],
         pids: dict[Any, int] = {}
         names: dict[Any, str] = {}
         for e in doc["traceEvents"]:
-            if e.get("ph") == "M" and e.get("name") == "process_name":
-                names[e.get("pid")] = str((e.get("args") or {}).get("name", ""))
+            if isinstance(e, dict) and e.get("ph") == "M" and e.get("name") == "process_name":
+                args = e.get("args")
+                names[_pid(e)] = str(args.get("name", "")) if isinstance(args, dict) else ""
         for e in doc["traceEvents"]:
             if not isinstance(e, dict):
                 continue
-            pid = e.get("pid")
+            pid = _pid(e)
             if pid not in pids:
                 pids[pid] = next_pid
                 next_pid += 1

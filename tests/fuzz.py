@@ -26,6 +26,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -229,7 +230,8 @@ def target_analyze(raw: bytes, tmp: Path) -> str:
 REAL = Path(__file__).resolve().parents[1] / "traces"
 REAL_SOURCES = ["golden/h800-prefill-improper.json.gz", "observed/h200/layers-improper.json.gz",
                 "observed/h200/style-slash.json.gz", "observed/rules-h100/gpu-only.json.gz",
-                "outside/hta/alexnet_benchmark.json.gz", "outside/hta/mi250_minitoy_train_ROCm6_2_kineto.json.gz"]
+                "outside/hta/alexnet_benchmark.json.gz", "outside/hta/mi250_minitoy_train_ROCm6_2_kineto.json.gz",
+                "observed/h200x2-nccl"]       # a folder: its rank 0 mutated, rank 1 as captured
 _ODD = [None, "x", "", "12", -1, 0, 1e300, -1e18, [], {}, True, 2**70, {"a": 1}]
 _FIELDS = ["ts", "dur", "pid", "tid", "ph", "name", "cat", "args", "id"]
 _SOURCES: dict[str, dict[str, Any]] = {}
@@ -237,7 +239,8 @@ _SOURCES: dict[str, dict[str, Any]] = {}
 
 def _source(name: str) -> dict[str, Any]:
     if name not in _SOURCES:
-        _SOURCES[name] = json.loads(gzip.open(REAL / name).read())
+        path = REAL / name
+        _SOURCES[name] = json.loads(gzip.open(path / "rank0.json.gz" if path.is_dir() else path).read())
     return json.loads(json.dumps(_SOURCES[name]))          # a copy to mutate
 
 
@@ -291,8 +294,16 @@ def target_commands(x: tuple[str, dict[str, Any], list[str]], tmp: Path) -> str:
     from replay.cli import main as replay_main
     name, d, cmd = x
     f, o = tmp / "real.json", tmp / "out.json.gz"
-    f.write_text(json.dumps(d))
     o.unlink(missing_ok=True)
+    if (REAL / name).is_dir():       # the folder, its first rank mutated
+        f = tmp / "ranks"
+        shutil.rmtree(f, ignore_errors=True)
+        f.mkdir()
+        for rank in sorted((REAL / name).glob("rank*.json.gz"))[1:]:
+            shutil.copy(rank, f / rank.name)
+        (f / "rank0.json").write_text(json.dumps(d))
+    else:
+        f.write_text(json.dumps(d))
     argv = [a.format(f=f, g=REAL / name, o=o) for a in cmd] + (["--no-cache"] if cmd[0] != "merge" else [])
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):

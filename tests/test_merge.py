@@ -49,3 +49,26 @@ def test_merge_needs_a_folder(tmp_path, capsys):
     shutil.copy(CAP / "prefill-proper" / "rank0.json.gz", one / "rank0.json.gz")
     assert replay(["merge", str(one), "-o", str(tmp_path / "m.json"), "--no-cache"]) == 2
     assert not (tmp_path / "m.json").exists()
+
+
+def test_merge_keeps_going_past_fields_of_the_wrong_type(tmp_path, capsys):
+    """distributedInfo that is not an object, metadata args that are not an object, pids that are lists
+    (found by the commands' fuzz campaign): the rank comes from the file name, the pid is kept as text."""
+    src = CAP.parent / "h200x2-nccl"
+    d = tmp_path / "ranks"
+    d.mkdir()
+    data = json.loads(gzip.decompress((src / "rank0.json.gz").read_bytes()))
+    data["distributedInfo"] = -1e18
+    for e in data["traceEvents"]:
+        if e.get("ph") == "M":
+            e["args"] = [1]
+    for e in data["traceEvents"][:10]:
+        e["pid"] = [1, 2]
+    (d / "rank0.json").write_text(json.dumps(data))
+    shutil.copy(src / "rank1.json.gz", d / "rank1.json.gz")
+    out = tmp_path / "merged.json.gz"
+    assert replay(["merge", str(d), "-o", str(out), "--no-cache", "--json"]) == 0
+    assert sorted(r["rank"] for r in json.loads(capsys.readouterr().out)["ranks"]) == [0, 1]
+    merged = json.loads(gzip.decompress(out.read_bytes()))["traceEvents"]
+    names = {e["args"]["name"] for e in merged if e.get("name") == "process_name"}
+    assert any(n.startswith("rank 0: [1, 2]") for n in names) and any(n.startswith("rank 1:") for n in names)
