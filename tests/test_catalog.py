@@ -157,6 +157,7 @@ def test_user_hardware_toml(tmp_path):
     (("hbm_gb = 64\n", ""), r"missing field 'hbm_gb'"),
     (('fp8_tflops = "1000 TFLOPS"', 'fp8_tflops = "1000 GB/s"'), r"fp8_tflops: unit 'GB/s' is not a flops unit"),
     (("sm_count = 100", "sm_count = -3"), r"sm_count: expected a whole number"),
+    (("sm_count = 100", "sm_count = 1180591620717411303424"), r"sm_count: expected a whole number from 0 to 1,000,000"),
     (('link = "scaleout"', 'link = "smoke"'), r"link: expected one of"),
     (("sms = 20", "sms = 200"), r"sms: 200 exceed the 100 SMs on the chip"),
     (("bw_eff = 0.8", "bw_eff = 1.8"), r"bw_eff: a fraction must lie in \[0, 1\]"),
@@ -206,3 +207,23 @@ display = "Tiny MoE"
     bad = _write(tmp_path, p.read_text().replace("kv_heads = 2\n", ""), "bad.toml")
     with pytest.raises(UserError, match="missing field 'kv_heads'"):
         load_model(path=bad)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("routed_experts", 2**70, "routed_experts: expected a whole number from 0 to 1,000,000"),
+    ("expert_groups", 1_000_000, "limited_groups <= expert_groups <= routed_experts"),
+    ("limited_groups", 16, "limited_groups <= expert_groups <= routed_experts"),
+])
+def test_model_counts_past_any_model_are_refused(tmp_path, field, value, message):
+    """Found by fuzzing model files: counts that overflowed the routing arithmetic (or would allocate
+    terabytes) are refused in one line; a million experts still loads and routes."""
+    from tracegen.catalog import model_to_dict
+    from tracegen.routing import fanout
+    d = model_to_dict(load_model("deepseek-v3"))
+    d[next(iter(d))][field] = value
+    with pytest.raises(UserError, match=message):
+        load_model(path=_write(tmp_path, json.dumps(d), "m.json"))
+    d = model_to_dict(load_model("deepseek-v3"))
+    d[next(iter(d))]["routed_experts"] = 1_000_000
+    f = fanout(load_model(path=_write(tmp_path, json.dumps(d), "m.json")), 32, 8)
+    assert 1 <= f.ranks <= 8 and 1 <= f.nodes <= 4

@@ -320,6 +320,11 @@ def normalise(name: str) -> str:
     return re.sub(r"[\s_.\-]+", "", name.strip().lower())
 
 
+# The largest count a catalog entry may hold (layers, experts, hidden size, vocabulary, SMs): far past any
+# model or GPU, and small enough that the arrays sized by it fit in memory.
+MAX_WHOLE = 1_000_000
+
+
 def _coerce(value: Any, kind: str, where: str) -> Any:
     if kind == "str":
         if not isinstance(value, str):
@@ -330,8 +335,8 @@ def _coerce(value: Any, kind: str, where: str) -> Any:
             raise UserError(f"{where}: expected true or false, got {value!r}")
         return value
     if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UserError(f"{where}: expected a whole number >= 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WHOLE:
+            raise UserError(f"{where}: expected a whole number from 0 to {MAX_WHOLE:,}, got {value!r}")
         return value
     if kind == "list":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -553,6 +558,9 @@ def _build_model(key: str, e: dict, src: str) -> Model:
         raise UserError(f"{where}: dense_layers ({e['dense_layers']}) exceeds layers ({e['layers']})")
     if e["activated_experts"] > e["routed_experts"]:
         raise UserError(f"{where}: activated_experts exceeds routed_experts")
+    if e.get("expert_groups", 1) > max(1, e["routed_experts"]) or e.get("limited_groups", 1) > e.get("expert_groups", 1):
+        raise UserError(f"{where}: expected limited_groups <= expert_groups <= routed_experts, got "
+                        f"{e.get('limited_groups', 1)} / {e.get('expert_groups', 1)} / {e['routed_experts']}")
     kw = {k: v for k, v in e.items() if k not in ("display", "base", "abstract")}
     return Model(key=key, name=e["display"], **kw)
 

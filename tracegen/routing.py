@@ -82,13 +82,11 @@ def _fanout(experts: int, k: int, groups: int, limited: int, ep: int, per_node: 
         sets = np.array([rng.choice(groups, limited, replace=False) for _ in range(MAX_GROUP_SETS)])
     else:
         sets = np.array(list(itertools.combinations(range(groups), limited)))
-    chosen = np.zeros((len(sets), groups))
-    np.put_along_axis(chosen, sets, 1.0, axis=1)
     eligible = int(round(experts * limited / groups))  # U: experts of the chosen groups
     miss = _miss_table(eligible, k)
 
     def expected(by_unit: np.ndarray) -> float:
-        c = (chosen @ by_unit).astype(int)              # [sets x units] eligible experts per unit
+        c = by_unit[sets].sum(axis=1).astype(int)       # [sets x units] eligible experts per unit
         return float(np.mean(np.sum(1.0 - miss[c], axis=1)))
 
     return expected(by_rank), expected(by_node)
