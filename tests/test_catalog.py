@@ -161,6 +161,8 @@ def test_user_hardware_toml(tmp_path):
     (('link = "scaleout"', 'link = "smoke"'), r"link: expected one of"),
     (("sms = 20", "sms = 200"), r"sms: 200 exceed the 100 SMs on the chip"),
     (("bw_eff = 0.8", "bw_eff = 1.8"), r"bw_eff: a fraction must lie in \[0, 1\]"),
+    (("bw_eff = 0.8", "bw_eff = 0"), r"bw_eff: must be above 0"),
+    (("grouped_gemm = 0.6", "grouped_gemm = 0"), r"efficiency.grouped_gemm.max: must be above 0"),
 ])
 def test_bad_hardware_files_give_one_clear_error(tmp_path, edit, message):
     text = MINIMAL.replace(*edit)

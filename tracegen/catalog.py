@@ -431,6 +431,8 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
         eff[kind] = EffCurve(max=c["max"], m_half=c.get("m_half", 0.0), floor_us=c.get("floor_us", 0.0),
                              n_half=c.get("n_half", 0.0), k_half=c.get("k_half", 0.0), m_pow=c.get("m_pow", 1.0),
                              hbm=c.get("hbm", 0.0), blend=c.get("blend", 0.0))
+        if eff[kind].max <= 0:
+            raise UserError(f"{where}.efficiency.{kind}.max: must be above 0 (a share of the peak the op reaches)")
         if 0 < eff[kind].blend < 1:
             raise UserError(f"{where}.efficiency.{kind}.blend: 0 (the larger of compute and memory) or a p-norm "
                             f"p >= 1, got {eff[kind].blend:g}")
@@ -450,6 +452,8 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
         if c["releases"] and c.get("release", "") not in c["releases"]:
             raise UserError(f"{where}.comm.{name}.release: name one of its releases "
                             f"({', '.join(sorted(c['releases']))}), got {c.get('release')!r}")
+        if c["bw_eff"] <= 0:
+            raise UserError(f"{where}.comm.{name}.bw_eff: must be above 0 (the share of the link's bandwidth reached)")
         comm[name] = CommBackend(name=name, **c)
     if e["sm_count"] <= 0:
         raise UserError(f"{where}.sm_count: must be positive")

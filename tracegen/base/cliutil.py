@@ -40,6 +40,17 @@ def finite(text: str) -> float:
     return value
 
 
+def seed(text: str) -> int:
+    """argparse type: a random seed (a whole number >= 0, as numpy's generators take)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a seed is a whole number >= 0")
+    return value
+
+
 def new_parser(prog: str, description: str | None) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     p = Parser(prog=prog, formatter_class=Formatter, description=description)
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)

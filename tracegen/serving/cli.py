@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from ..base.cliutil import add_command, finite, print_json
+from ..base.cliutil import add_command, finite, print_json, seed
 from ..base.errors import UserError
 from ..schemas import tag
 from ..flags import add_shared_plan_args, add_target_args
@@ -98,7 +98,7 @@ def add_deploy_args(d: argparse.ArgumentParser) -> None:
     wl.add_argument("--output-len", type=int, default=1000, help="synthetic: output tokens per request")
     wl.add_argument("--prefix-hit", type=finite, default=0.0,
                     help="synthetic: share of each prompt already in the KV cache (DeepSeek reports 0.563)")
-    wl.add_argument("--seed", type=int, default=0, help="random seed of the arrivals")
+    wl.add_argument("--seed", type=seed, default=0, help="random seed of the arrivals")
     s = d.add_argument_group("targets")
     s.add_argument("--slo-ttft", type=finite, default=None, help="time-to-first-token target, ms")
     s.add_argument("--slo-tpot", type=finite, default=None,
