@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from itertools import islice
 from dataclasses import dataclass, field
 
 from .base.contract import (
@@ -358,6 +359,8 @@ def _idle_causes(sched: Schedule, rank: int) -> list[Idle]:
         end = max(i.end for i in busy)
         if last > end:
             out.append(Idle(rank, end, last, WAITING_ON_COMM, busy[-1].key))
+    spans = sched.blocked[rank]                  # in time order, one at a time (the rank's CPU)
+    ends = [b1 for _, b1 in spans]
     for prev, nxt in zip(busy, busy[1:]):
         g0, g1 = prev.end, nxt.start
         if g1 <= g0:
@@ -366,7 +369,9 @@ def _idle_causes(sched: Schedule, rank: int) -> list[Idle]:
         if ready > g0:
             out.append(Idle(rank, g0, ready, WAITING_ON_COMM, nxt.key))
         cursor = ready
-        for b0, b1 in sched.blocked[rank]:
+        for b0, b1 in islice(spans, bisect.bisect_right(ends, cursor), None):   # from the first ending after it
+            if b0 >= g1:
+                break
             lo, hi = max(b0, cursor), min(b1, g1)
             if hi <= lo:
                 continue
