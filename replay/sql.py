@@ -47,7 +47,9 @@ def query(a: Analysis, sql: str) -> pd.DataFrame:
         import duckdb
     except ImportError:
         raise UserError("replay sql needs DuckDB: pip install 'moe-timeline[sql]' (or pip install duckdb)") from None
-    con = duckdb.connect()
+    # nothing downloads at run time: DuckDB would fetch a missing extension (httpfs for an https:// path,
+    # spatial, ...) from its server on first use
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     for name, df in tables(a).items():
         # a table with no columns (no profiler steps, no findings) still exists, empty
         con.register(name, df if len(df.columns) else pd.DataFrame({"rank": pd.Series(dtype="int64")}))

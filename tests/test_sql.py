@@ -85,3 +85,14 @@ def test_without_duckdb_it_says_how_to_install(capsys, monkeypatch):
     assert replay(["sql", str(CAP / "graph"), "SELECT 1"]) == 2
     assert "moe-timeline[sql]" in capsys.readouterr().err
 
+
+
+def test_queries_never_download_an_extension(capsys):
+    """Nothing downloads at run time: DuckDB's autoinstall / autoload of known extensions is off, so an
+    https:// path is refused in one line instead of fetching httpfs from DuckDB's server."""
+    out = _json(capsys, str(CAP.parent / "h200x2-nccl"),
+                "SELECT current_setting('autoinstall_known_extensions'), current_setting('autoload_known_extensions')")
+    assert out["rows"] == [[False, False]]
+    assert replay(["sql", str(CAP.parent / "h200x2-nccl"), "SELECT * FROM read_parquet('https://example.com/x.parquet')"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "httpfs" in err[0]
