@@ -211,25 +211,28 @@ def _find_rank(rank: int, df: pd.DataFrame, events: pd.DataFrame, flows: pd.Data
 
 
 def _add_edges(acc: _Rank, df: pd.DataFrame, comp: pd.DataFrame, cov: _Cover, lo: float, hi: float) -> None:
-    """Before the first and after the last compute (e.g. the last combine): idle while communication
-    (or a peer) is waited for, else the window's edge - so that the causes add up to span minus compute.
-    With no compute at all, the whole span."""
+    """After the last compute kernel (e.g. the last combine): idle while a peer, communication or a copy
+    is waited for. Idle in that tail with no GPU work running is the wait for the communication still to
+    come, where some runs in the tail (the step ends with it), else the window's edge - so that the
+    causes add up to span minus compute. With no compute at all, the whole span. (Before the first
+    compute kernel is a gap like any other, judged in _add_gaps: GPU work before it means the window
+    holds what kept it waiting, e.g. first-call host work after an input copy.)"""
     if comp.empty:
-        edges = [(lo, hi, df.iloc[[0]])]
+        a, b, near = lo, hi, df.iloc[[0]]
     else:
-        cs, ce = comp["start_us"].to_numpy(), (comp["start_us"] + comp["dur_us"]).to_numpy()
-        u0, u1 = union(cs, ce)
-        edges = [(lo, float(u0[0]), comp.iloc[[0]]), (float(u1[-1]), hi, comp.iloc[[int(np.argmax(ce))]])]
-    for a, b, near in edges:
-        if b <= a:
-            continue
-        A, B = np.array([a]), np.array([b])
-        c, p = cov.Fc(B) - cov.Fc(A), cov.Fp(B) - cov.Fp(A)
-        acc.add(WAITING_ON_PEER, "peer", p, A, near, "", "", _peer_of(A, B, cov.p0, cov.p1, cov.pp))
-        acc.add(WAITING_ON_COMM, "comm", c - p, A, near, "", "", -1)
-        m = np.minimum(cov.Fm(B) - cov.Fm(A), (B - A) - c)
-        acc.add(WAITING_ON_COPY, "copy", m, A, near, "", "", -1)
-        acc.add(UNEXPLAINED, "edge", (B - A) - c - m, A, near, "", "", -1)
+        ce = (comp["start_us"] + comp["dur_us"]).to_numpy()
+        a, b, near = float(ce.max()), hi, comp.iloc[[int(np.argmax(ce))]]
+    if b <= a:
+        return
+    A, B = np.array([a]), np.array([b])
+    c, p = cov.Fc(B) - cov.Fc(A), cov.Fp(B) - cov.Fp(A)
+    m = np.minimum(cov.Fm(B) - cov.Fm(A), (B - A) - c)
+    rest = (B - A) - c - m
+    to_come = (c > 0) & ~comp.empty
+    acc.add(WAITING_ON_PEER, "peer", p, A, near, "", "", _peer_of(A, B, cov.p0, cov.p1, cov.pp))
+    acc.add(WAITING_ON_COMM, "comm", c - p + np.where(to_come, rest, 0.0), A, near, "", "", -1)
+    acc.add(WAITING_ON_COPY, "copy", m, A, near, "", "", -1)
+    acc.add(UNEXPLAINED, "edge", np.where(to_come, 0.0, rest), A, near, "", "", -1)
 
 
 def _launched(rank: int, events: pd.DataFrame, nxt: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -306,7 +309,8 @@ def _add_gaps(acc: _Rank, df: pd.DataFrame, comp: pd.DataFrame, comm: pd.DataFra
     """Each gap between compute kernels, split along the next kernel's path: ready (its inputs and
     peers), launched (the CPU held away or slow), started (submission, copies, the GPU's switch)."""
     cs, ce = comp["start_us"].to_numpy(), (comp["start_us"] + comp["dur_us"]).to_numpy()
-    g0, g1 = gaps(*union(cs, ce))
+    u0, u1 = union(cs, ce)
+    g0, g1 = gaps(u0, u1, lo=lo, hi=float(u1[-1]))          # from the rank's first GPU work: the head is a gap too
     if not len(g0):
         return
     nxt_idx = np.clip(np.searchsorted(cs, g1, side="left"), 0, len(comp) - 1)

@@ -11,13 +11,15 @@ traceback, a broken invariant - is a failure.
 - commands: real committed traces (traces/), mutated whole (fields of the wrong type, one clock for
   every event, device names that are not text, a category of events dropped) -> replay whatif, diff,
   stagegraph, merge and compare through the CLI: an answer, or one error line, exit 2 and no output file
+- roundtrip: random valid plans -> tracegen's schedule -> its trace -> replay.analyze: the analysis gives back
+  the schedule (span, busy, overlap, each idle cause, per layer) within 1 us
 - tracegen: random plans (flags as a user might type them, extremes included) -> resolve, estimate
   (every op time finite and >= 0), a small schedule (invariants as above, slices nest on every
   track, every flow pairs) and its .pftrace (balanced per track)
 
 The suite runs each with a small fixed budget (tests/test_fuzz.py); `make fuzz` runs the campaign:
-python -m tests.fuzz [--loader N] [--analyze N] [--commands N] [--tracegen N] (default 35,000 / 10,000 /
-2,000 / 60,000)."""
+python -m tests.fuzz [--loader N] [--analyze N] [--commands N] [--tracegen N] [--roundtrip N] (default
+35,000 / 10,000 / 2,000 / 60,000 / 2,000)."""
 from __future__ import annotations
 
 import argparse
@@ -406,6 +408,57 @@ def target_tracegen(plan: dict[str, Any], tmp: Path) -> str:
     return "answered"
 
 
+# ----------------------------------------------------------------------------- round trips
+roundtrip_plans = st.fixed_dictionaries({
+    "phase": st.sampled_from(["prefill", "decode"]), "hardware": st.sampled_from(HARDWARE),
+    "model": st.sampled_from(["deepseek-v3", "kimi-k2", "qwen3-30b-a3b", "qwen3-235b-a22b"]),
+    "preset": st.sampled_from(["default", "seed004"]), "tbo": st.sampled_from(["proper", "improper", "off"]),
+    "ranks": st.integers(1, 4), "layers": st.sampled_from([1, 2, 3, 5]),
+}, optional={
+    "comm": st.sampled_from(["normal", "ibgda", "cpu-proxy", "ascend-fused", "pcie-copy"]),
+    "imbalance": st.sampled_from([1.0, 1.1, 1.5, 3.0]), "batch": st.sampled_from([1, 8, 64, 256]),
+    "mtp": st.sampled_from([0, 1, 2]), "launch_us": st.sampled_from([1.0, 5.0, 20.0]),
+})
+
+
+def target_roundtrip(plan: dict[str, Any], tmp: Path) -> str:
+    """A valid plan's trace, analysed by replay, gives back what tracegen scheduled: per rank the span,
+    busy and overlap, each idle cause, nothing unexplained, and per layer compute, communication and
+    overlap, within 1 us (tests/test_roundtrip.py on fixed plans; here on random ones)."""
+    from replay.analyze import analyze
+    from tracegen.base.contract import IDLE_CAUSES
+    from tracegen.pipeline import TraceOptions, schedule
+    from tracegen.resolve import resolve_plan, resolve_target
+    from tracegen.schedule import summary
+    from tracegen.trace import write_trace
+    try:
+        model, hw, preset = resolve_target(plan["model"], hardware=plan["hardware"], preset=plan["preset"])
+        kw = {k: plan[k] for k in ("comm", "imbalance", "batch", "mtp") if k in plan}
+        p = resolve_plan(plan["phase"], model, hw, preset, microbatches=1 if plan["tbo"] == "off" else 2, **kw)
+        sched = schedule(Target(model, hw, preset, p), TraceOptions(tbo=plan["tbo"], layers=plan["layers"],
+                                                                    ranks=plan["ranks"], launch_us=plan.get("launch_us")))
+    except UserError:
+        return "refused"
+    a = analyze(write_trace(sched, tmp / "roundtrip.json"), use_cache=False, progress=False)
+    got = {r["rank"]: r for r in a.ranks}
+    for w in summary(sched):
+        g = got.get(w["rank"])
+        _check(g is not None, f"rank {w['rank']} not found")
+        for k in ("span_us", "compute_us", "comm_us", "overlap_us", "exposed_comm_us", "compute_idle_us"):
+            _check(abs(g[k] - w[k]) <= 1.0, f"rank {w['rank']} {k}: {g[k]:.1f} analysed, {w[k]:.1f} scheduled")
+        idle = a.idle_totals[w["rank"]]
+        for cause in IDLE_CAUSES:
+            _check(abs(idle[cause] - w["idle_us"][cause]) <= 1.0,
+                   f"rank {w['rank']} {cause}: {idle[cause]:.1f} analysed, {w['idle_us'][cause]:.1f} scheduled")
+        _check(abs(idle["unexplained"]) <= 1.0, f"rank {w['rank']}: {idle['unexplained']:.1f} us unexplained")
+        layers = a.layers[a.layers["rank"] == w["rank"]].set_index("layer")
+        for layer, lw in w["layers"].items():
+            _check(layer in layers.index, f"layer {layer} not found")
+            for k in ("compute_us", "comm_us", "overlap_us"):
+                _check(abs(layers.loc[layer, k] - lw[k]) <= 1.0, f"layer {layer} {k}: {layers.loc[layer, k]:.1f} vs {lw[k]:.1f}")
+    return "answered"
+
+
 # ----------------------------------------------------------------------------- running
 def run(name: str, budget: int, seed: int | None = None) -> dict[str, Any]:
     """Drive one target with `budget` hypothesis examples; count outcomes and failures."""
@@ -414,7 +467,8 @@ def run(name: str, budget: int, seed: int | None = None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-"))
     target: Callable[[Any, Path], str]
     strategy, target = {"loader": (mutated(), target_loader), "analyze": (mutated(), target_analyze),
-                        "commands": (real_mutated(), target_commands), "tracegen": (plans, target_tracegen)}[name]
+                        "commands": (real_mutated(), target_commands), "tracegen": (plans, target_tracegen),
+                        "roundtrip": (roundtrip_plans, target_roundtrip)}[name]
 
     @settings(max_examples=budget, deadline=None, database=None, derandomize=seed is None,
               suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
@@ -441,11 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--analyze", type=int, default=10_000)
     p.add_argument("--commands", type=int, default=2_000)
     p.add_argument("--tracegen", type=int, default=60_000)
+    p.add_argument("--roundtrip", type=int, default=2_000)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (each runs a share)")
     args = p.parse_args(argv)
     from concurrent.futures import ProcessPoolExecutor
     jobs = [(name, max(1, n // args.jobs), k) for name, n in (("loader", args.loader), ("analyze", args.analyze), ("commands", args.commands),
-                                                             ("tracegen", args.tracegen)) if n
+                                                             ("tracegen", args.tracegen), ("roundtrip", args.roundtrip)) if n
             for k in range(args.jobs)]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as ex:

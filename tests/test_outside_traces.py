@@ -272,6 +272,19 @@ def test_real_cudnn_autotuning_is_a_long_op_not_per_op_overhead():
     assert a.layers.empty                        # two iterations, no steps: no layers made up
 
 
+def test_idle_before_the_first_compute_kernel_is_judged_like_any_gap():
+    """The capture's first GPU work is the input's copy; the first compute kernel runs 0.95 s later,
+    after the first call's autotuning on the CPU. That stretch is the CPU's long op, not 'the profiled
+    window's edge: profile whole steps' (949 ms of it, before); the largest finding says so."""
+    truth = RULES_TRUTH["first-call"]
+    a = analyze(RULES / truth["file"], use_cache=False)
+    d = a.to_dict()["ranks"][0]
+    assert d["idle_by_group_us"]["unexplained"]["edge"] < 1.0
+    assert d["idle_us"]["unexplained"] < 0.001 * d["compute_idle_us"]
+    top = max(a.findings, key=lambda x: x["lost_us"])
+    assert (top["kind"], top["blocked_by"]) == ("launch_bound", "long_op") and top["lost_us"] > 900_000
+
+
 def test_cuda_activity_alone_still_records_the_launches():
     truth = RULES_TRUTH["gpu-only"]
     assert not truth["cpu_profiled"]

@@ -19,6 +19,10 @@ CASES = {
     "decode-ibgda-imbalanced": dict(phase="decode", comm="ibgda", ranks=3, imbalance=1.25),
     "decode-cpu-proxy": dict(phase="decode", comm="cpu-proxy", ranks=2),
     "ascend-unfused": dict(phase="decode", hardware="ascend-910c", comm="normal", ranks=2),
+    # found by the roundtrip fuzz target: the step's last combine launched after the last compute kernel
+    # ended - the GPU idle before it starts is the wait for that communication, not the window's edge
+    "decode-last-combine-launched-late": dict(phase="decode", model="qwen3-30b-a3b", preset="seed004", tbo="off",
+                                              comm="ibgda", ranks=2, launch_us=20.0, mtp=1, microbatches=1),
 }
 
 
