@@ -27,6 +27,7 @@ from .stagerules import stage_of
 DEFAULT_ANNOTATION = r"^(?:L(?P<layer>\d+)[:/])?(?P<stage>[A-Za-z][\w\-]*)\((?P<pass>[A-Za-z0-9]+)\)$"
 TRAINING_PASSES = ("B", "W")        # DualPipe's backward chunks (input and weight gradients): a training trace
 PASS_MICROBATCH = {"F": 0, **{p: 1 for p in TRAINING_PASSES}}     # forward chunk 0, backward chunk 1
+GEMM_SUBCLASSES = ["gemm", "grouped_gemm"]    # taxonomy.toml's GEMM kernels (one symbol in _gemms_as_one)
 PERIOD_MATCH = 0.9        # kernel names repeating with a period this often (share of positions) make layers
 MIN_PERIOD_LAYERS = 2     # a period must repeat at least this often in a step to be layers
 MIN_PERIOD_UNSTEPPED = 3  # ... and this often where the trace has no steps: a whole model run twice (two
@@ -75,7 +76,8 @@ def recover(events: pd.DataFrame, annotation_regex: str = DEFAULT_ANNOTATION,
     out, ok = _from_period(events)
     if ok:
         return _checked(events, out, "kernel-period")
-    return events, "none"
+    return events, ("none (no annotation style names layers and no compute kernel sequence repeats: "
+                    "rank-level figures only)")
 
 
 def _checked(before: pd.DataFrame, out: pd.DataFrame, how: str) -> tuple[pd.DataFrame, str]:
@@ -400,6 +402,8 @@ def _from_period(events: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
         part = part.sort_values("start_us", kind="stable")
         names = part["name"].cat.codes.to_numpy() if hasattr(part["name"], "cat") else pd.factorize(part["name"])[0]
         lay = _period_layers(names)
+        if lay is None and "subclass" in part:
+            lay = _period_layers(_gemms_as_one(part, names))
         if lay is None:
             continue
         found = True
@@ -409,6 +413,15 @@ def _from_period(events: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     out["layer"] = layer.astype(np.int32)
     out["microbatch"] = np.where(layer >= 0, 0, out["microbatch"].to_numpy()).astype(np.int32)
     return out, True
+
+
+def _gemms_as_one(part: pd.DataFrame, names: np.ndarray) -> np.ndarray:
+    """The name codes with every GEMM kernel as one symbol: a GEMM library picks its kernel (tile, cluster,
+    layout) from the shape, so the same op of two layers gets different kernel names where its rows
+    differ - an MoE's per-expert GEMMs, whose rows are the tokens routed to each expert. Used only where
+    the names themselves repeat with no period."""
+    gemm = np.isin(text(part["subclass"]), GEMM_SUBCLASSES)
+    return np.where(gemm, -2, names)
 
 
 def _period_layers(names: np.ndarray) -> np.ndarray | None:

@@ -94,3 +94,30 @@ def test_annotation_names_matched_once_per_name_equal_the_per_row_match():
         col = pd.Series(pd.Categorical(vals, categories=sorted(set(pool) | {"unused(1)"})),
                         index=rng.permutation(len(vals)) + 5)
         pd.testing.assert_frame_equal(_extract(col, rx), col.astype(str).str.extract(rx))
+
+
+HF = ROOT / "traces" / "observed" / "hf-moe-h100"
+HF_CAPTURE = json.loads((HF / "hf-moe-capture.json").read_text())
+
+
+@pytest.mark.parametrize("variant", sorted(HF_CAPTURE["runs"]))
+def test_hugging_face_style_moe_layers_per_step(variant):
+    """A Qwen2-MoE-style eager forward (bench/capture/capture_hf_moe.py, H100), captured before replay ran on
+    it: with nn.Module ranges, and with none - where the per-expert GEMMs' kernel names change from layer
+    to layer with the tokens each expert got, so the sequence repeats only with GEMMs taken as one op."""
+    run = HF_CAPTURE["runs"][variant]
+    a = analyze(HF / f"hf-moe-{variant}.json.gz", use_cache=False, progress=False)
+    per = a.layers.groupby("step")["layer"].nunique().to_dict()
+    assert len(per) == run["steps"] and set(per.values()) == {run["layers_per_step"]}, (a.structure, per)
+    assert a.structure == ("annotations (nn.Module)" if variant == "module" else "kernel-period")
+    # every layer computes the same work: its compute within 3 % of the median layer's
+    c = a.layers["compute_us"]
+    assert ((c - c.median()).abs() < 0.03 * c.median()).all()
+    # one torch.where per expert waits for the GPU: the CPU blocked in syncs, 16 per layer
+    sync = [f for f in a.findings if f["kind"] == "cpu_blocked_launch" and f["blocked_by"] == "sync"]
+    assert len(sync) >= run["host_syncs_per_layer"] * run["layers_per_step"] * run["steps"] * 0.9
+
+
+def test_a_sequence_that_repeats_nowhere_says_so():
+    a = analyze(ROOT / "traces" / "observed" / "rules-h100" / "train-threads.json.gz", use_cache=False, progress=False)
+    assert a.structure.startswith("none (") and "rank-level figures only" in a.structure and a.layers.empty

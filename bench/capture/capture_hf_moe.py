@@ -112,7 +112,7 @@ def main() -> None:
         torch.cuda.synchronize()
         for variant in ("module", "plain"):
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=variant == "module",
-                         schedule=schedule(wait=0, warmup=1, active=STEPS)) as prof:
+                         schedule=schedule(wait=0, warmup=1, active=STEPS, repeat=1)) as prof:
                 for _ in range(STEPS + 1):
                     model(x)
                     torch.cuda.synchronize()
