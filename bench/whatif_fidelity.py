@@ -38,7 +38,14 @@ CORPUS.update({f"h200/{n}": (OBS / "h200" / f"{n}.json.gz", None)
                for n in ("decode-eager", "decode-graph", "decode-item", "prefill-pause", "style-none")})
 CORPUS.update({f"h200/{n}": (OBS / "h200" / f"{n}.json.gz", _COPIES)
                for n in ("style-slash", "style-mbn", "style-sglang", "style-module")})
+# a Hugging Face-style eager MoE on one H100 (traces/observed/hf-moe-h100), added 2026-12-07: the module one
+# missed (+74.9 %) until the nn.Module style stopped reading "Moe" inside Qwen2MoeModel / Qwen2MoeDecoderLayer
+# as an MoE stage (a layer's first norm fell in MLP, so MLP was launched before ATTN)
+CORPUS.update({f"hf-moe-h100/{n}": (OBS / "hf-moe-h100" / f"hf-moe-{n}.json.gz", None) for n in ("module", "plain")})
 CORPUS_NOTES = {
+    "hf-moe-h100/module": "+74.9 % before: the class names' 'Moe' (Qwen2MoeModel, Qwen2MoeDecoderLayer) read as an MoE "
+                          "stage put each layer's first norm in MLP, launched before ATTN (now: a class's role is the "
+                          "end of its name, replay/data/annotations.toml)",
     "h200/style-module": "+56.3 % before: a layer's closing residual add, in no stage range, defaulted to ATTN and "
                          "stretched ATTN over the whole layer (now: the compute stage annotated around it)",
     "h200/style-sglang": "+37.6 % before: the `output` add under combine_b (compute stream) made COMBINE last until "

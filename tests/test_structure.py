@@ -121,3 +121,27 @@ def test_hugging_face_style_moe_layers_per_step(variant):
 def test_a_sequence_that_repeats_nowhere_says_so():
     a = analyze(ROOT / "traces" / "observed" / "rules-h100" / "train-threads.json.gz", use_cache=False, progress=False)
     assert a.structure.startswith("none (") and "rank-level figures only" in a.structure and a.layers.empty
+
+
+@pytest.mark.parametrize("name,layer,stage", [
+    ("nn.Module: Qwen3MoeDecoderLayer_3", "3", None),        # "Moe" is the family's name, not a stage
+    ("nn.Module: Qwen3MoeModel_0", None, None),
+    ("nn.Module: Qwen3MoeAttention_3", None, "Qwen3MoeAttention"),
+    ("nn.Module: Qwen3MoeSparseMoeBlock_3", None, "Qwen3MoeSparseMoeBlock"),   # an MoE block: a stage, not a layer
+    ("nn.Module: MixtralSparseMoeBlock_2", None, "MixtralSparseMoeBlock"),
+    ("nn.Module: DeepseekV2MoE_7", None, "DeepseekV2MoE"),
+    ("nn.Module: LlamaFlashAttention2_1", None, "LlamaFlashAttention2"),
+    ("nn.Module: GPT2Block_5", "5", None),
+    ("nn.Module: LlamaDecoderLayer_11", "11", None),
+])
+def test_module_class_names_give_a_layer_or_a_stage_by_their_ending(name, layer, stage):
+    """The nn.Module style (replay/data/annotations.toml) reads a class's role from the end of its name."""
+    import re
+    from replay.structure import styles
+    style = next(s for s in styles() if s.name == "nn.Module")
+    got = {}
+    for rx in style.ranges:
+        m = rx.fullmatch(name)
+        if m:
+            got.update({k: v for k, v in m.groupdict().items() if v is not None})
+    assert got.get("layer") == layer and got.get("stage") == stage, got
