@@ -91,7 +91,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     summ = summary(sched)
     if args.json:
         ranks = [{**r, "layers": [{"layer": k, **v} for k, v in r["layers"].items()]} for r in summ]
-        print_json({"output": str(path), "bytes": os.path.getsize(path), "tbo": tbo, "ranks": ranks,
+        print_json({"output": str(path), "bytes": os.path.getsize(path), "tbo": tbo, "step_ms": sched.span_us / 1e3,
+                    "ranks": ranks,
                     "assumptions": assumptions(args, hw, preset, plan)}, tag("tracegen-trace"))
         return 0
     r0 = summ[0]

@@ -96,6 +96,8 @@ class Trace(_S):
     output: str
     bytes: int
     tbo: str
+    step_ms: float                      # the step from its start (the CPU's scheduling, --sched-ms, included) to its
+                                        # last kernel: what `tracegen estimate` reports as scheduled_step_ms
     ranks: list[TraceRank]
     assumptions: dict[str, Any] | None = None
 
