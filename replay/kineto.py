@@ -172,6 +172,9 @@ def _header(buf: Any, path: Path) -> tuple[str, int, dict[str, Any]]:
     if start[:1] == b"[":
         return "array", buf.find(b"[") + 1, {}
     if start[:1] != b"{":
+        if path.suffix in (".pftrace", ".perfetto-trace", ".pb", ".proto"):
+            raise UserError(f"{path}: a Perfetto protobuf trace, not Chrome / Kineto JSON: replay reads JSON "
+                            "(tracegen writes it with -o NAME.json.gz; torch.profiler with export_chrome_trace)")
         raise UserError(f"{path}: not a JSON trace (starts with {start[:20]!r})")
     k = buf.find(_KEY, 0, head_len)
     while k >= 0:

@@ -152,3 +152,14 @@ def test_parallel_ranges_give_the_same_table(tmp_path, monkeypatch):
     b = many.sort_values(key).reset_index(drop=True)
     for col in key + ["name", "cat", "thread", "device", "rank"]:
         assert list(a[col].astype(str)) == list(b[col].astype(str)), col
+
+
+def test_a_perfetto_protobuf_trace_says_what_to_give_instead(tmp_path, capsys):
+    """tracegen writes .pftrace too; replay reads JSON: the error names the format and the way out."""
+    from tracegen.cli import main as tracegen
+    out = tmp_path / "t.pftrace"
+    assert tracegen(["trace", "--layers", "2", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["analyze", str(out), "--no-cache"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Perfetto protobuf" in err[0] and ".json.gz" in err[0]
