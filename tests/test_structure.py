@@ -133,6 +133,12 @@ def test_a_sequence_that_repeats_nowhere_says_so():
     ("nn.Module: LlamaFlashAttention2_1", None, "LlamaFlashAttention2"),
     ("nn.Module: GPT2Block_5", "5", None),
     ("nn.Module: LlamaDecoderLayer_11", "11", None),
+    ("nn.Module: TransformerLayer_4", "4", None),             # Megatron-core
+    ("nn.Module: MoELayer_1", None, "MoELayer"),              # Megatron-core's MoE block: counts MoE layers only
+    ("nn.Module: MOELayer_1", None, "MOELayer"),              # DeepSpeed-MoE
+    ("nn.Module: MixtralBlockSparseTop2MLP_5", None, "MixtralBlockSparseTop2MLP"),
+    ("nn.Module: Llama4TextMoe_2", None, "Llama4TextMoe"),
+    ("nn.Module: MoEGate_0", None, None),
 ])
 def test_module_class_names_give_a_layer_or_a_stage_by_their_ending(name, layer, stage):
     """The nn.Module style (replay/data/annotations.toml) reads a class's role from the end of its name."""
