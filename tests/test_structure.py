@@ -151,3 +151,26 @@ def test_module_class_names_give_a_layer_or_a_stage_by_their_ending(name, layer,
         if m:
             got.update({k: v for k, v in m.groupdict().items() if v is not None})
     assert got.get("layer") == layer and got.get("stage") == stage, got
+
+
+@pytest.mark.parametrize("name,style,layer,stage", [
+    ("model.layers.3.mlp.experts", "layer/stage", "3", "mlp"),          # a module's path: the part after the index
+    ("decoder.layers.12.self_attention", "layer/stage", "12", "self_attention"),
+    ("layers.3/attn", "layer/stage", "3", "attn"),
+    ("layer3:MoE", "layer/stage", "3", "MoE"),
+    ("decoder.layers.7", "layer", "7", None),
+    ("model.layers.3", "layer", "3", None),
+    ("aten::layer_norm", "layer", None, None),
+    ("LayerNorm_3", "layer", None, None),
+])
+def test_range_names_by_module_path(name, style, layer, stage):
+    from replay.structure import styles
+    st = next(s for s in styles() if s.name == style)
+    m = next((rx.fullmatch(name) for rx in st.ranges if rx.fullmatch(name)), None)
+    got = {k: v for k, v in (m.groupdict() if m else {}).items() if v is not None}
+    assert got.get("layer") == layer and got.get("stage") == stage, got
+
+
+def test_feed_forward_modules_are_the_mlp_stage():
+    from replay.stagerules import stage_of
+    assert stage_of("LlamaFeedForward") == stage_of("feed_forward") == stage_of("ffn") == "MLP"
