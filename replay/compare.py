@@ -72,12 +72,12 @@ def _off_comm_streams(g: pd.DataFrame, stage: pd.Series) -> pd.Series:
 
 
 def _annotated_around(g: pd.DataFrame, stage: pd.Series) -> pd.Series:
-    """For each kernel, the compute stage annotated before it in its (rank, layer, micro-batch), in
+    """For each kernel, the compute stage annotated before it in its (rank, step, layer, micro-batch), in
     time order, else the one after it (None where the group has none): a norm or residual add outside
     any stage range belongs to the stage it runs beside, not to the default ATTN, which would stretch
     ATTN's span over the stages between (a layer's closing add would make ATTN span the whole layer)."""
     computed = stage.where(_on_stream(stage, COMPUTE))
-    keys = ["rank", "layer", "microbatch"]
+    keys = ["rank", "step", "layer", "microbatch"] if "step" in g else ["rank", "layer", "microbatch"]   # never across steps
     order = g.sort_values(keys + ["start_us"], kind="stable").index
     seq = computed.loc[order]
     groups = [g.loc[order, k].to_numpy() for k in keys]
