@@ -28,6 +28,7 @@ DEFAULT_ANNOTATION = r"^(?:L(?P<layer>\d+)[:/])?(?P<stage>[A-Za-z][\w\-]*)\((?P<
 TRAINING_PASSES = ("B", "W")        # DualPipe's backward chunks (input and weight gradients): a training trace
 PASS_MICROBATCH = {"F": 0, **{p: 1 for p in TRAINING_PASSES}}     # forward chunk 0, backward chunk 1
 GEMM_SUBCLASSES = ["gemm", "grouped_gemm"]    # taxonomy.toml's GEMM kernels (one symbol in _gemms_as_one)
+PERIOD_SAMPLE, PERIOD_SAMPLE_SLACK = 4096, 0.05   # the period search's first look (see _period_layers)
 PERIOD_MATCH = 0.9        # kernel names repeating with a period this often (share of positions) make layers
 MIN_PERIOD_LAYERS = 2     # a period must repeat at least this often in a step to be layers
 MIN_PERIOD_UNSTEPPED = 3  # ... and this often where the trace has no steps: a whole model run twice (two
@@ -429,12 +430,24 @@ def _period_layers(names: np.ndarray) -> np.ndarray | None:
     start where a block of P names first repeats exactly; kernels before it or after the last full
     block get none (a model's head and tail)."""
     n = len(names)
+    # a long sequence with no short period would cost n operations per candidate period: each is first
+    # judged on a fixed sample of positions, and only one within PERIOD_SAMPLE_SLACK of PERIOD_MATCH is
+    # judged on all of them (the sample's error is < 0.01 at 4,096 positions: the same periods are found)
+    sample = np.sort(np.random.default_rng(0).choice(n, PERIOD_SAMPLE, replace=False)) if n > 2 * PERIOD_SAMPLE else None
     for p in range(2, n // MIN_PERIOD_LAYERS + 1):
-        if np.mean(names[p:] == names[:-p]) < PERIOD_MATCH:
+        if sample is not None:
+            j = sample[:np.searchsorted(sample, n - p)]
+            if np.mean(names[j + p] == names[j]) < PERIOD_MATCH - PERIOD_SAMPLE_SLACK:
+                continue
+        eq = names[p:] == names[:-p]              # eq[i]: the name p kernels on repeats the one at i
+        if np.mean(eq) < PERIOD_MATCH:
             continue
-        o = next((i for i in range(0, n - 2 * p + 1) if np.array_equal(names[i:i + p], names[i + p:i + 2 * p])), None)
-        if o is None:
+        # the first block of p names repeated right after it: p consecutive repeats starting at i <= n - 2p
+        run = np.concatenate([[0], np.cumsum(eq)])
+        whole = np.flatnonzero(run[p:n - p + 1] - run[:n - 2 * p + 1] == p)
+        if not len(whole):
             continue
+        o = int(whole[0])
         full = (n - o) // p
         if full < MIN_PERIOD_LAYERS:
             continue

@@ -211,3 +211,36 @@ def test_module_ranges_as_other_frameworks_name_them(tmp_path, framework):
     g = label_stages(a, load_stage_rules()).sort_values("start_us")
     first = g.groupby(["step", "layer"])["cstage"].first()
     assert set(first) == {"ATTN"} and {"ATTN", "MLP"} <= set(g["cstage"]), first.value_counts().to_dict()
+
+
+def test_the_period_search_is_the_exact_one_and_stays_fast_on_long_sequences():
+    """_period_layers judges each candidate period on a fixed sample of positions first (a long sequence
+    with no short period cost n operations per candidate: 1M kernels without steps took minutes). The
+    answer is the exhaustive search's: checked here against a plain reference on sequences with and
+    without periods, noisy ones included (its speed: the note of the commit that added it)."""
+    import numpy as np
+
+    from replay.structure import MIN_PERIOD_LAYERS, PERIOD_MATCH, _period_layers
+
+    def reference(names):
+        n = len(names)
+        for p in range(2, n // MIN_PERIOD_LAYERS + 1):
+            if np.mean(names[p:] == names[:-p]) < PERIOD_MATCH:
+                continue
+            o = next((i for i in range(n - 2 * p + 1) if np.array_equal(names[i:i + p], names[i + p:i + 2 * p])), None)
+            if o is None or (n - o) // p < MIN_PERIOD_LAYERS:
+                continue
+            idx = np.arange(n)
+            return np.where((idx >= o) & ((idx - o) // p < (n - o) // p), (idx - o) // p, -1)
+        return None
+    rng = np.random.default_rng(3)
+    for n in (7, 60, 900, 9000, 12000):
+        block = rng.integers(0, 30, max(2, n // 9))
+        noisy = np.tile(block, 10)[:n].copy()
+        flip = rng.random(n) < 0.04
+        noisy[flip] = rng.integers(0, 30, int(flip.sum()))
+        framed = np.concatenate([rng.integers(100, 200, 11), np.tile(block, 6), rng.integers(100, 200, 3)])
+        for names in (rng.integers(0, 6, n), noisy, framed):
+            want, got = reference(names), _period_layers(names)
+            assert (want is None) == (got is None) and (want is None or np.array_equal(want, got)), n
+    assert _period_layers(rng.integers(0, 50, 20_000)) is None     # past the sample's size: the sampled path
