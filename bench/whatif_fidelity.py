@@ -58,7 +58,7 @@ CORPUS_NOTES = {
 REFUSED = {"h100/sweep": (OBS / "h100" / "sweep.json.gz", None, "no stage of rank 0 could be labelled"),
            "h200/decode-compiled": (OBS / "h200" / "decode-compiled.json.gz", None,
                                     "no stage of rank 0 could be labelled"),
-           "h200x2-nccl": (OBS / "h200x2-nccl", None, "belongs to no stage"),
+           "h200x2-nccl": (OBS / "h200x2-nccl", None, "no stage of rank 0 could be labelled"),
            "h200/style-none (copies as communication)": (OBS / "h200" / "style-none.json.gz", _COPIES,
                                                          "have no micro-batch"),
            "rules-h100/train-threads": (OBS / "rules-h100" / "train-threads.json.gz", None,

@@ -397,18 +397,23 @@ def _from_period(events: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
         return events, False
     out = events.copy()
     layer = out["layer"].to_numpy().copy()
+    ranks = g["rank"].to_numpy()
     steps = g["step"].to_numpy() if "step" in g else np.full(len(g), -1)
+    order = np.lexsort((g["start_us"].to_numpy(), steps, ranks))     # per rank and step, in start order (stable)
+    names = (g["name"].cat.codes.to_numpy() if hasattr(g["name"], "cat") else pd.factorize(g["name"])[0])[order]
+    gemm = np.isin(text(g["subclass"]), GEMM_SUBCLASSES)[order] if "subclass" in g else None
+    pos = out.index.get_indexer(g.index)[order]
+    r_, s_ = ranks[order], steps[order]
+    cut = np.flatnonzero((r_[1:] != r_[:-1]) | (s_[1:] != s_[:-1])) + 1
     found = False
-    for (r, s_), part in g.assign(_step=steps).groupby(["rank", "_step"], sort=False):
-        part = part.sort_values("start_us", kind="stable")
-        names = part["name"].cat.codes.to_numpy() if hasattr(part["name"], "cat") else pd.factorize(part["name"])[0]
-        lay = _period_layers(names)
-        if lay is None and "subclass" in part:
-            lay = _period_layers(_gemms_as_one(part, names))
+    for a, b in zip(np.concatenate([[0], cut]), np.concatenate([cut, [len(order)]])):
+        lay = _period_layers(names[a:b])
+        if lay is None and gemm is not None:
+            lay = _period_layers(_gemms_as_one(gemm[a:b], names[a:b]))
         if lay is None:
             continue
         found = True
-        layer[out.index.get_indexer(part.index)] = lay
+        layer[pos[a:b]] = lay
     if not found:
         return events, False
     out["layer"] = layer.astype(np.int32)
@@ -416,12 +421,11 @@ def _from_period(events: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     return out, True
 
 
-def _gemms_as_one(part: pd.DataFrame, names: np.ndarray) -> np.ndarray:
+def _gemms_as_one(gemm: np.ndarray, names: np.ndarray) -> np.ndarray:
     """The name codes with every GEMM kernel as one symbol: a GEMM library picks its kernel (tile, cluster,
     layout) from the shape, so the same op of two layers gets different kernel names where its rows
     differ - an MoE's per-expert GEMMs, whose rows are the tokens routed to each expert. Used only where
     the names themselves repeat with no period."""
-    gemm = np.isin(text(part["subclass"]), GEMM_SUBCLASSES)
     return np.where(gemm, -2, names)
 
 
@@ -448,6 +452,8 @@ def _period_layers(names: np.ndarray) -> np.ndarray | None:
         if not len(whole):
             continue
         o = int(whole[0])
+        if len(np.unique(names[o:o + p])) < 2:
+            continue            # one kernel (or, GEMMs as one, one GEMM) repeated is no evidence of layers
         full = (n - o) // p
         if full < MIN_PERIOD_LAYERS:
             continue

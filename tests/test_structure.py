@@ -244,3 +244,10 @@ def test_the_period_search_is_the_exact_one_and_stays_fast_on_long_sequences():
             want, got = reference(names), _period_layers(names)
             assert (want is None) == (got is None) and (want is None or np.array_equal(want, got)), n
     assert _period_layers(rng.integers(0, 50, 20_000)) is None     # past the sample's size: the sampled path
+
+
+def test_one_kernel_repeated_is_no_evidence_of_layers():
+    """h200x2-nccl's compute is one GEMM kernel, 14 times a step (all-reduces on a side stream): a period of
+    two identical kernels made 7 'layers' a step before. A layer's block must hold two kinds of kernel."""
+    a = analyze(ROOT / "traces" / "observed" / "h200x2-nccl", use_cache=False, progress=False)
+    assert a.structure.startswith("none (") and a.layers.empty

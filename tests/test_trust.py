@@ -214,9 +214,10 @@ def test_whatif_prints_the_no_change_replay_error(capsys, tmp_path):
 def test_whatif_rank_messages_say_what_to_do(capsys, tmp_path):
     one_line_error(capsys, replay(["whatif", str(GOLDEN / "h800-prefill-improper.json.gz"), "--rank", "1", "-o",
                                    str(tmp_path / "w.json"), "--no-cache"]), "leave --rank out")
-    # an all-reduce beside GEMMs with no stage ranges: re-timing the stages would drop it (and its overlap)
+    # an all-reduce beside GEMMs with no stage ranges and no layers (its compute is one GEMM repeated, no
+    # evidence of layers): nothing to re-time
     one_line_error(capsys, replay(["whatif", str(ROOT / "traces/observed/h200x2-nccl"), "--rank", "1", "-o",
-                                   str(tmp_path / "w.json"), "--no-cache"]), "belongs to no stage")
+                                   str(tmp_path / "w.json"), "--no-cache"]), "no stage of rank 1 could be labelled")
     assert not (tmp_path / "w.json").exists()
 
 
