@@ -20,13 +20,16 @@ _COLUMN_ARGS = ("correlation", "rank", "layer", "microbatch", "stage", "kind", "
 EXTRA_ARGS = tuple(k.name for k in contract.read_keys(contract.SLICE_ARGS) if k.name not in _COLUMN_ARGS)
 STRING_COLUMNS = ("pid", "tid", "thread", "cat", "name", "stage", "stage_stream")
 _INTERNED = tuple(c for c in STRING_COLUMNS if c != "thread")   # coded through the interner while parsing
-CPU_OP_CATS = frozenset(contract.KINETO_CPU_OPS)   # short ones skipped unless keep_cpu_ops
+# short ones skipped unless keep_cpu_ops (PyTorch 1.8-1.10's "Operator" too)
+CPU_OP_CATS = frozenset(contract.KINETO_CPU_OPS) | {k for k, v in contract.KINETO_LEGACY_CATS.items() if v == "cpu_op"}
+_LEGACY = contract.KINETO_LEGACY_CATS
 # framework CPU spans at least this long are kept even so: only they can hold a CPU stall long enough
 # to starve the GPU, which findings.py names (`blocking_call`); of the millions of short ones only the
 # outermost framework ops of each thread (an op inside no other op) are kept, so that findings.py can
 # tell host work inside an op (overhead on the launch path) from host work outside any op
 KEEP_CPU_SPAN_US = 100.0
 FRAMEWORK_OP = "cpu_op"            # the category of framework ops (aten::mm, ...) in Kineto traces
+_FRAMEWORK_OPS = frozenset({FRAMEWORK_OP} | {k for k, v in contract.KINETO_LEGACY_CATS.items() if v == FRAMEWORK_OP})
 MODULE_PREFIX = "nn.Module:"       # Python-tracer ranges of nn.Modules (with_stack=True): always kept
 _PAIRED_OR_META = frozenset({"B", "E", "M"})
 MAX_TS_US = 1e17          # ~3,000 years: a timestamp beyond this is corrupt
@@ -182,7 +185,7 @@ class _Columns:
                 if (type(d) in _NUM and d >= keep) or (c == "python_function" and isinstance(e.name, str)
                                                         and e.name.startswith(MODULE_PREFIX)):
                     xs.append(e)
-                elif short_ops and c == FRAMEWORK_OP and type(e.ts) in _NUM and type(d) in _NUM:
+                elif short_ops and c in _FRAMEWORK_OPS and type(e.ts) in _NUM and type(d) in _NUM:
                     short.append(e)
             elif e.cat not in flows:
                 other.append(e)
@@ -221,7 +224,7 @@ class _Columns:
         c["dur_us"].append(dur)
         c["pid"].append(self._codes(pids))
         c["tid"].append(self._codes(tids))
-        c["cat"].append(self._codes([e.cat for e in xs]))
+        c["cat"].append(self._codes([e.cat if e.cat not in _LEGACY else _legacy_cat(e) for e in xs]))
         c["name"].append(self._codes([e.name for e in xs]))
         none = NO_ARGS
         args = [a or none for a in decode_args(xs, self.src)]
@@ -258,6 +261,15 @@ class _Columns:
                 "strings": list(self.strings.index), "names": self.names, "flows": self.flows,
                 "extra": self.extra, "n_seen": self.n_seen,
                 "negative": self.negative, "negative_example": self.negative_example}
+
+
+def _legacy_cat(e: Event) -> str:
+    """Today's category of an event in PyTorch 1.8-1.10's naming; their ProfilerStep#N ranges were
+    'Operator' too, but they are steps, not framework ops (today's user_annotation)."""
+    cat = _LEGACY[e.cat]  # type: ignore[index]
+    if cat == FRAMEWORK_OP and isinstance(e.name, str) and e.name.startswith("ProfilerStep#"):
+        return contract.KINETO_ANNOTATION
+    return cat
 
 
 def _ints(values: list[Any]) -> np.ndarray:

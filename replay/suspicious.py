@@ -61,7 +61,9 @@ def facts(events: pd.DataFrame, gpu: pd.DataFrame | None = None) -> dict[str, An
     return {"ranks": sorted(int(r) for r in events["rank"].unique()), "comm": bool((g["klass"] == "comm").any()),
             "no_launch": no_launch, "no_launch_ranks": no_launch_ranks, "several_gpus": several,
             "zero": len(zero), "zero_example": text(zero["name"])[0] if len(zero) else None,
-            "zero_ranks": sorted(int(r) for r in zero["rank"].unique()), "overlapping": overlapping,
+            "zero_ranks": sorted(int(r) for r in zero["rank"].unique()),
+            "whole_us": bool(len(g)) and bool(np.all(np.mod(g["dur_us"].to_numpy(), 1.0) == 0.0)),
+            "overlapping": overlapping,
             "overlapping_ranks": sorted(oranks), "jumps": jumps, "jump_ranks": sorted(jranks), "signatures": sig}
 
 
@@ -128,6 +130,7 @@ def merge_facts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {"ranks": sorted({r for p in parts for r in p["ranks"]}), "comm": any(p["comm"] for p in parts),
             "zero": sum(p["zero"] for p in parts), "zero_example": ex,
             "zero_ranks": sorted({r for p in parts for r in p["zero_ranks"]}),
+            "whole_us": all(p.get("whole_us", False) for p in parts),
             "overlapping": sum(p["overlapping"] for p in parts),
             "overlapping_ranks": sorted({r for p in parts for r in p["overlapping_ranks"]}),
             "jumps": sum(p["jumps"] for p in parts), "jump_ranks": sorted({r for p in parts for r in p["jump_ranks"]}),
@@ -169,8 +172,11 @@ def entries(f: dict[str, Any], meta: dict[str, Any], warnings: list[tuple[str, s
                           "if the trace has an all-to-all, name its kernels with --taxonomy FILE (see "
                           "replay/data/taxonomy.toml)"))
     if f["zero"]:
+        why = ("the trace records whole microseconds (as older PyTorch profilers and some exporters write), so "
+               "kernels under 1 us read 0 and their time is missing from the busy times" if f.get("whole_us") else
+               "dropped profiler records or a clock problem")
         out.append(_entry("zero_duration", f["zero"], f"{f['zero']} GPU kernels last 0 us (e.g. "
-                          f"{f['zero_example']!r}): dropped profiler records or a clock problem", f["zero_ranks"]))
+                          f"{f['zero_example']!r}): {why}", f["zero_ranks"]))
     if f["overlapping"]:
         n = f["overlapping"]
         out.append(_entry("overlapping_kernels", n, f"{n} kernels start before the previous "

@@ -365,3 +365,24 @@ def test_runtime_and_driver_launch_calls_are_launches(name):
 def test_other_runtime_calls_are_not_launches(name):
     from replay.taxonomy import load_taxonomy
     assert not load_taxonomy().launch.search(name)
+
+
+def test_pytorch_1_9_kineto_categories_are_read_as_todays():
+    """Kineto's 2021 names (Kernel, Runtime, Operator, Memcpy, Memset) were 'no GPU events'. The compute
+    busy time equals a plain sweep of the raw file's Kernel events; the 6 ProfilerSteps are steps, never a
+    framework op that 'held the launch path'; the zero-length kernels are named as whole-microsecond rounding."""
+    import gzip
+    path = Path(__file__).resolve().parents[1] / "traces" / "outside" / "kineto" / "worker0.1623212756351.pt.trace.json.gz"
+    raw = json.loads(gzip.open(path).read())["traceEvents"]
+    iv = sorted((e["ts"], e["ts"] + e["dur"]) for e in raw if e.get("cat") == "Kernel")
+    busy, end = 0.0, -1.0
+    for s, e in iv:
+        if e > end:
+            busy += e - max(s, end)
+            end = e
+    a = analyze(path, use_cache=False)
+    r = a.ranks[0]
+    assert r["compute_us"] == pytest.approx(busy, abs=1.0) and sorted(set(a.steps["step"])) == list(range(5, 11))
+    assert not any("ProfilerStep" in (f.get("message") or "") and f["kind"] == "launch_bound" for f in a.findings)
+    zero = next(x for x in a.suspicious if x["what"] == "zero_duration")
+    assert "whole microseconds" in zero["message"]

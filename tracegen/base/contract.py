@@ -36,6 +36,10 @@ KINETO_GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset", "gpu_user_annotation")
 KINETO_ANNOTATION = "user_annotation"        # CPU ranges from record_function
 KINETO_GPU_ANNOTATION = "gpu_user_annotation"
 KINETO_CPU_OPS = ("cpu_op", "python_function")   # framework ops: no analysis reads them
+# PyTorch 1.8-1.10's Kineto named its categories otherwise (the TensorBoard plugin's samples, 2021); replay
+# reads them as today's
+KINETO_LEGACY_CATS = {"Kernel": "kernel", "Memcpy": "gpu_memcpy", "Memset": "gpu_memset", "Runtime": "cuda_runtime",
+                      "Operator": "cpu_op"}
 GPU_CATS = frozenset((*KINETO_GPU_CATS, COMPUTE, COMM))   # categories of work that ran on a GPU
 
 # ----------------------------------------------------------------------------- flows and counters
@@ -228,7 +232,7 @@ def is_generated(other_data: dict[str, Any] | None) -> bool:
     return str((other_data or {}).get("generator", "")).startswith(GENERATOR)
 
 
-__all__ = ["FORMAT_VERSION", "GENERATOR", "DEPLOY_FORMAT", "is_deployment", "COMPUTE", "COMM", "CPU", "PROXY", "TRACKS", "CAT_LAUNCH", "CAT_WAIT",
+__all__ = ["KINETO_LEGACY_CATS", "FORMAT_VERSION", "GENERATOR", "DEPLOY_FORMAT", "is_deployment", "COMPUTE", "COMM", "CPU", "PROXY", "TRACKS", "CAT_LAUNCH", "CAT_WAIT",
            "CAT_PROXY", "GPU_CATS", "FLOW_DEPENDENCY", "FLOW_LAUNCH", "LAUNCH_FLOWS", "STAGE_STREAM", "PROGRAM",
            "IDLE_CAUSES", "WAITING_ON_PEER", "STEP_BOUNDARY", "WAITING_ON_COPY", "KERNEL_SWITCH", "OBSERVED_IDLE_CAUSES", "UNEXPLAINED", "IDLE_GROUPS", "RUNTIME_CATS", "Key", "SLICE_ARGS", "OTHER_DATA", "read_keys", "is_generated", "markdown"]
 
