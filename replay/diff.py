@@ -15,6 +15,7 @@ from tracegen.base.contract import IDLE_GROUPS, OBSERVED_IDLE_CAUSES, UNEXPLAINE
 
 from .analysis import Analysis
 from .compare import stage_table
+from .events import text
 from .stagerules import StageRules
 
 FIGURES = ("span_us", "compute_us", "comm_us", "overlap_us", "exposed_comm_us", "compute_idle_us")
@@ -43,11 +44,13 @@ def summary(a: Analysis, rules: StageRules) -> dict[str, Any]:
         row["groups"] = {c: {g: v / n for g, v in gs.items()} for c, gs in a.idle_groups.get(rank, {}).items()}
         ranks[rank] = row
     stages: dict[str, float] = {}
-    if not a.events.empty and (a.events["layer"] >= 0).any():
+    layered = a.events[(a.events["layer"] >= 0) & (a.events["device"] == "gpu")] if not a.events.empty else a.events
+    labelled = bool(len(layered)) and bool((text(layered["stage"]) != "").any())
+    if labelled:
         t = stage_table(a, rules)
         for st, v in t.groupby("stage")["busy_us"].sum().items():
             stages[str(st)] = float(v) / n / max(1, len(ranks))
-    return {"steps": n, "ranks": ranks, "stages": stages, "structure": a.structure}
+    return {"steps": n, "ranks": ranks, "stages": stages, "structure": a.structure, "labelled": labelled}
 
 
 def diff(before: Analysis, after: Analysis, rules: StageRules, fail_if_slower: float | None = None) -> dict[str, Any]:
@@ -81,8 +84,13 @@ def diff(before: Analysis, after: Analysis, rules: StageRules, fail_if_slower: f
                             if k != "what"},
               "peer_wait_before_us": b["ranks"][r]["peer_wait_us"], "peer_wait_after_us": a["ranks"][r]["peer_wait_us"]}
              for r in both]
+    # stages only where both runs name them: a run whose layers came from the kernel sequence has no stage
+    # labels, and its kernels would all fall in the default stage (ATTN +800 %, MLP -100 %, meaning nothing)
     stages = [_row(s, b["stages"].get(s, 0.0), a["stages"].get(s, 0.0))
-              for s in sorted(set(b["stages"]) | set(a["stages"]))]
+              for s in sorted(set(b["stages"]) | set(a["stages"]))] if b["labelled"] and a["labelled"] else []
+    unstaged = [side for side, x in (("before", b), ("after", a)) if not x["labelled"]]
+    if unstaged and (b["labelled"] or a["labelled"]):
+        paired += f"; stages not compared: {' and '.join(unstaged)} has no stage labels"
     span = overall[0]
     slower = span["change_pct"] if span["change_pct"] is not None else 0.0
     changes = sorted([x for x in groups + [c for c in causes if len(IDLE_GROUPS.get(c["what"], ())) < 2]

@@ -64,3 +64,16 @@ def test_two_single_rank_files_with_different_rank_numbers_are_paired(capsys, tm
     assert rc == 0 and d["matched"]["ranks"] == [3]
     assert "paired (before rank 3, after rank 1)" in d["matched"]["how"]
     assert all(x["delta_us"] == 0 for x in d["overall"])
+
+
+def test_stages_are_compared_only_where_both_runs_name_them(capsys):
+    """The HF-style capture with nn.Module ranges against the same program without ranges (layers from the
+    kernel sequence, no stage labels): its kernels would all fall in the default stage (ATTN +797 %, MLP
+    -100 %), so stages are left out and the match says why; the step figures are still compared."""
+    hf = CAP.parent / "hf-moe-h100"
+    rc, d = _run(capsys, hf / "hf-moe-module.json.gz", hf / "hf-moe-plain.json.gz")
+    assert rc == 0
+    assert d["stages"] == [] and "stages not compared: after has no stage labels" in d["matched"]["how"]
+    assert d["overall"][0]["before_us"] > 0 and d["overall"][0]["after_us"] > 0
+    _, both = _run(capsys, CAP / "prefill-improper", CAP / "prefill-proper")
+    assert {x["what"] for x in both["stages"]} >= {"ATTN", "MLP", "DISPATCH", "COMBINE"}
