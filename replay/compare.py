@@ -159,10 +159,26 @@ def _cause(row: pd.Series, obs: Analysis, labelled: pd.DataFrame, layer_offset: 
     return "kernels slower than the cost model's efficiency for these shapes"
 
 
+def has_stage_labels(a: Analysis) -> bool:
+    """Whether some GPU work of a known layer carries a stage label (args, annotations, the dispatch
+    sequence): layers found from the kernel sequence alone name none, and label_stages would put all their
+    kernels in its default stage."""
+    ev = a.events
+    if ev.empty:
+        return False
+    g = ev[(ev["layer"] >= 0) & (ev["device"] == "gpu")]
+    return bool(len(g)) and bool((text(g["stage"]) != "").any())
+
+
 def compare(pred: Analysis, obs: Analysis, rules: StageRules, rank_map: dict[int, int] | None = None,
             layer_offset: int = 0, top: int = 10) -> dict[str, Any]:
     refuse_training(pred, "the predicted trace")
     refuse_training(obs, "the observed trace")
+    for side, a in (("predicted", pred), ("observed", obs)):
+        if (a.events["layer"] >= 0).any() and not has_stage_labels(a):
+            raise UserError(f"the {side} trace's layers name no stages (structure: {a.structure}): a per-stage "
+                            "comparison needs stage ranges (e.g. attention / MoE module ranges, L3:ATTN(0)) or "
+                            "tracegen's args; `replay diff` compares two runs step by step")
     p, o = stage_table(pred, rules), stage_table(obs, rules)
     if p.empty or o.empty:
         side = "predicted" if p.empty else "observed"

@@ -14,8 +14,7 @@ from typing import Any
 from tracegen.base.contract import IDLE_GROUPS, OBSERVED_IDLE_CAUSES, UNEXPLAINED
 
 from .analysis import Analysis
-from .compare import stage_table
-from .events import text
+from .compare import has_stage_labels, stage_table
 from .stagerules import StageRules
 
 FIGURES = ("span_us", "compute_us", "comm_us", "overlap_us", "exposed_comm_us", "compute_idle_us")
@@ -44,8 +43,7 @@ def summary(a: Analysis, rules: StageRules) -> dict[str, Any]:
         row["groups"] = {c: {g: v / n for g, v in gs.items()} for c, gs in a.idle_groups.get(rank, {}).items()}
         ranks[rank] = row
     stages: dict[str, float] = {}
-    layered = a.events[(a.events["layer"] >= 0) & (a.events["device"] == "gpu")] if not a.events.empty else a.events
-    labelled = bool(len(layered)) and bool((text(layered["stage"]) != "").any())
+    labelled = has_stage_labels(a)
     if labelled:
         t = stage_table(a, rules)
         for st, v in t.groupby("stage")["busy_us"].sum().items():

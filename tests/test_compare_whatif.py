@@ -268,3 +268,12 @@ def test_a_moe_layer_without_all_to_all_is_re_timed_whole(tmp_path, capsys):
     stages = {e["args"].get("stage") for e in read_trace(tmp_path / "w.json.gz")["traceEvents"]
               if isinstance(e.get("args"), dict)}
     assert "SHARED" in stages
+
+
+def test_compare_refuses_layers_that_name_no_stages(tmp_path, capsys):
+    """An observed trace whose layers came from the kernel sequence names no stages: every kernel fell in
+    the default ATTN and compare printed an 'ATTN -74 %' error. It now says why it cannot compare stages."""
+    pred = gen(tmp_path, "p.json.gz")
+    out = tmp_path / "c.csv"
+    err = _refused(capsys, "compare", pred, OBS.parent / "hf-moe-h100" / "hf-moe-plain.json.gz", "--csv", out, "--no-cache")
+    assert "layers name no stages (structure: kernel-period)" in err and not out.exists()
