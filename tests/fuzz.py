@@ -13,13 +13,15 @@ traceback, a broken invariant - is a failure.
   stagegraph, merge and compare through the CLI: an answer, or one error line, exit 2 and no output file
 - roundtrip: random valid plans -> tracegen's schedule -> its trace -> replay.analyze: the analysis gives back
   the schedule (span, busy, overlap, each idle cause, per layer) within 1 us
+- agree: random plans as flags -> `tracegen estimate` and `tracegen trace`: both refuse or both answer, with
+  the same step (within 0.5 %) and assumptions
 - tracegen: random plans (flags as a user might type them, extremes included) -> resolve, estimate
   (every op time finite and >= 0), a small schedule (invariants as above, slices nest on every
   track, every flow pairs) and its .pftrace (balanced per track)
 
 The suite runs each with a small fixed budget (tests/test_fuzz.py); `make fuzz` runs the campaign:
-python -m tests.fuzz [--loader N] [--analyze N] [--commands N] [--tracegen N] [--roundtrip N] (default
-35,000 / 10,000 / 2,000 / 60,000 / 2,000)."""
+python -m tests.fuzz [--loader N] [--analyze N] [--commands N] [--tracegen N] [--roundtrip N] [--agree N]
+(default 35,000 / 10,000 / 2,000 / 60,000 / 2,000 / 500)."""
 from __future__ import annotations
 
 import argparse
@@ -459,6 +461,47 @@ def target_roundtrip(plan: dict[str, Any], tmp: Path) -> str:
     return "answered"
 
 
+# ----------------------------------------------------------------------------- estimate vs trace
+agree_plans = st.fixed_dictionaries({}, optional={
+    "--phase": st.sampled_from(["prefill", "decode"]), "--hardware": st.sampled_from(["h100", "h800", "h20", "ascend-910c", "b200", "h200"]),
+    "--model": st.sampled_from(["deepseek-v3", "kimi-k2", "qwen3-30b-a3b", "qwen3-235b-a22b"]),
+    "--stack": st.sampled_from(["sglang-2025-05", "deepseek-2025-02", "cloudmatrix"]),
+    "--comm": st.sampled_from(["normal", "ibgda", "cpu-proxy"]), "--batch": st.sampled_from(["1", "8", "64", "256"]),
+    "--ep": st.sampled_from(["8", "16", "32", "64"]), "--mtp": st.sampled_from(["0", "1"]),
+    "--imbalance": st.sampled_from(["1.0", "1.2"]), "--clock": st.sampled_from(["limit", "boost"]),
+    "--in-situ": st.sampled_from(["on", "off"]), "--precision": st.sampled_from(["fp8", "bf16"]),
+    "--seq-len": st.sampled_from(["1024", "4096"]), "--sched-ms": st.sampled_from(["0", "5"]),
+})
+
+
+def target_agree(flags: dict[str, str], tmp: Path) -> str:
+    """`tracegen estimate` and `tracegen trace` on the same plan: both answer or both refuse; the step
+    (from its start, the CPU's scheduling included) within 0.5 %, and the same assumptions (issue 28)."""
+    import contextlib
+    import io
+
+    from tracegen.cli import main as tracegen_main
+    argv = [x for kv in flags.items() for x in kv]
+
+    def run(*cmd: str) -> tuple[int, str]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            rc = tracegen_main(list(cmd))
+        return rc, out.getvalue()
+    rc_e, est = run("estimate", *argv, "--json")
+    rc_t, tr = run("trace", *argv, "--json", "-o", str(tmp / "agree.json.gz"))
+    _check(rc_e == rc_t, f"estimate exits {rc_e}, trace {rc_t}")
+    if rc_e:
+        return "refused"
+    e, t = json.loads(est), json.loads(tr)
+    _check(abs(e["scheduled_step_ms"] - t["step_ms"]) <= 0.005 * t["step_ms"],
+           f"step: estimate {e['scheduled_step_ms']:.3f} ms, trace {t['step_ms']:.3f} ms")
+    strip = {"in_situ_applied"}
+    _check({k: v for k, v in e["assumptions"].items() if k not in strip} ==
+           {k: v for k, v in t["assumptions"].items() if k not in strip}, "different assumptions")
+    return "answered"
+
+
 # ----------------------------------------------------------------------------- running
 def run(name: str, budget: int, seed: int | None = None) -> dict[str, Any]:
     """Drive one target with `budget` hypothesis examples; count outcomes and failures."""
@@ -468,7 +511,7 @@ def run(name: str, budget: int, seed: int | None = None) -> dict[str, Any]:
     target: Callable[[Any, Path], str]
     strategy, target = {"loader": (mutated(), target_loader), "analyze": (mutated(), target_analyze),
                         "commands": (real_mutated(), target_commands), "tracegen": (plans, target_tracegen),
-                        "roundtrip": (roundtrip_plans, target_roundtrip)}[name]
+                        "roundtrip": (roundtrip_plans, target_roundtrip), "agree": (agree_plans, target_agree)}[name]
 
     @settings(max_examples=budget, deadline=None, database=None, derandomize=seed is None,
               suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
@@ -496,11 +539,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commands", type=int, default=2_000)
     p.add_argument("--tracegen", type=int, default=60_000)
     p.add_argument("--roundtrip", type=int, default=2_000)
+    p.add_argument("--agree", type=int, default=500)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (each runs a share)")
     args = p.parse_args(argv)
     from concurrent.futures import ProcessPoolExecutor
     jobs = [(name, max(1, n // args.jobs), k) for name, n in (("loader", args.loader), ("analyze", args.analyze), ("commands", args.commands),
-                                                             ("tracegen", args.tracegen), ("roundtrip", args.roundtrip)) if n
+                                                             ("tracegen", args.tracegen), ("roundtrip", args.roundtrip),
+                                                             ("agree", args.agree)) if n
             for k in range(args.jobs)]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as ex:

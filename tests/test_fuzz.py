@@ -8,7 +8,7 @@ import pytest
 from .fuzz import run
 
 
-@pytest.mark.parametrize("target,budget", [("loader", 300), ("analyze", 80), ("commands", 40), ("tracegen", 400), ("roundtrip", 15)])
+@pytest.mark.parametrize("target,budget", [("loader", 300), ("analyze", 80), ("commands", 40), ("tracegen", 400), ("roundtrip", 15), ("agree", 8)])
 def test_fuzz_budget_finds_nothing(target, budget):
     r = run(target, budget, seed=20261126)
     assert r["inputs"] == budget
