@@ -142,7 +142,6 @@ def test_a_sequence_that_repeats_nowhere_says_so():
 ])
 def test_module_class_names_give_a_layer_or_a_stage_by_their_ending(name, layer, stage):
     """The nn.Module style (replay/data/annotations.toml) reads a class's role from the end of its name."""
-    import re
     from replay.structure import styles
     style = next(s for s in styles() if s.name == "nn.Module")
     got = {}
