@@ -20,16 +20,15 @@ _COLUMN_ARGS = ("correlation", "rank", "layer", "microbatch", "stage", "kind", "
 EXTRA_ARGS = tuple(k.name for k in contract.read_keys(contract.SLICE_ARGS) if k.name not in _COLUMN_ARGS)
 STRING_COLUMNS = ("pid", "tid", "thread", "cat", "name", "stage", "stage_stream")
 _INTERNED = tuple(c for c in STRING_COLUMNS if c != "thread")   # coded through the interner while parsing
-# short ones skipped unless keep_cpu_ops (PyTorch 1.8-1.10's "Operator" too)
-CPU_OP_CATS = frozenset(contract.KINETO_CPU_OPS) | {k for k, v in contract.KINETO_LEGACY_CATS.items() if v == "cpu_op"}
+FRAMEWORK_OP = "cpu_op"            # the category of framework ops (aten::mm, ...) in Kineto traces
 _LEGACY = contract.KINETO_LEGACY_CATS
+_FRAMEWORK_OPS = frozenset({FRAMEWORK_OP} | {k for k, v in _LEGACY.items() if v == FRAMEWORK_OP})   # "Operator" too
+CPU_OP_CATS = frozenset(contract.KINETO_CPU_OPS) | _FRAMEWORK_OPS   # short ones skipped unless keep_cpu_ops
 # framework CPU spans at least this long are kept even so: only they can hold a CPU stall long enough
 # to starve the GPU, which findings.py names (`blocking_call`); of the millions of short ones only the
 # outermost framework ops of each thread (an op inside no other op) are kept, so that findings.py can
 # tell host work inside an op (overhead on the launch path) from host work outside any op
 KEEP_CPU_SPAN_US = 100.0
-FRAMEWORK_OP = "cpu_op"            # the category of framework ops (aten::mm, ...) in Kineto traces
-_FRAMEWORK_OPS = frozenset({FRAMEWORK_OP} | {k for k, v in contract.KINETO_LEGACY_CATS.items() if v == FRAMEWORK_OP})
 MODULE_PREFIX = "nn.Module:"       # Python-tracer ranges of nn.Modules (with_stack=True): always kept
 _PAIRED_OR_META = frozenset({"B", "E", "M"})
 MAX_TS_US = 1e17          # ~3,000 years: a timestamp beyond this is corrupt

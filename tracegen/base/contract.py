@@ -95,7 +95,7 @@ IDLE_GROUPS: dict[str, tuple[str, ...]] = {
     WAITING_ON_COPY: ("copy",),
     KERNEL_SWITCH: ("switch",),
     STEP_BOUNDARY: ("step",),
-    UNEXPLAINED: ("edge",                  # before the rank's first compute kernel or after its last
+    UNEXPLAINED: ("edge",                  # after the rank's last compute kernel, no communication left to wait for
                   "queued",                # launched before the gap, started late (a cross-stream wait)
                   "no_launch"),            # the trace has no launch call for the next kernel: cannot be told
 }
