@@ -14,6 +14,8 @@ Variants (OUT_DIR/hf-decode-<variant>.json.gz), 16 sequences, 4 layers, 2 profil
             matrix that is zero off the top-4 (more GPU work, no wait), a static KV cache read under
             a mask; nn.Module ranges. Its idle is the host's launch path
   graph     the nosync step captured once as a CUDA graph and replayed: no ranges
+  compiled  the nosync model through torch.compile's default mode (Inductor's Triton kernels launched
+            by its wrapper, no CUDA graphs): no ranges
 
 Outside the profiler, the nosync step is timed eagerly and as a graph replay (median of 20 steps,
 synchronised, host clock): the GPU's share of idle that the host's launch path alone causes,
@@ -231,6 +233,30 @@ def main() -> None:
                          "steps": STEPS, "microbatches": 1, "syncs_per_step": 0, "ranges": "none (ProfilerStep only)",
                          "graph_step_us": graph_us}
         runs["nosync"]["host_idle_share_unprofiled"] = 1.0 - graph_us / eager_us
+        (out / "hf-decode-capture.json").write_text(json.dumps({"runs": runs}, indent=1))   # kept if compile fails
+
+        # --- compiled: torch.compile's default mode (no CUDA graphs), last: it may fail on a new stack
+        try:
+            cmodel = torch.compile(model)
+            cstep = lambda: decode_step(cmodel, ids, cache, False)      # noqa: E731
+            t1 = time.time()
+            for _ in range(3):
+                cstep()
+            torch.cuda.synchronize()
+            compile_s = time.time() - t1
+            compiled_us = timed(cstep)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                         schedule=schedule(wait=0, warmup=1, active=STEPS, repeat=1)) as prof:
+                for _ in range(STEPS + 1):
+                    cstep()
+                    torch.cuda.synchronize()
+                    prof.step()
+            runs["compiled"] = {"file": "hf-decode-compiled.json.gz", "bytes": save(prof, out, "hf-decode-compiled"),
+                                "steps": STEPS, "microbatches": 1, "syncs_per_step": 0,
+                                "ranges": "none (ProfilerStep only)", "compiled_step_us": compiled_us,
+                                "compile_s": compile_s}
+        except Exception as exc:       # noqa: BLE001 - the other captures stand without it
+            runs["compiled_error"] = f"{type(exc).__name__}: {exc}"[:500]
     env = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(0),
            "shape": {"batch": B, "hidden": H, "heads": HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM,
                      "prompt": PROMPT, "max_len": MAXLEN, "layers": LAYERS, "experts": EXPERTS, "top_k": TOPK,
