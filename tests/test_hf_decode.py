@@ -152,7 +152,8 @@ def test_transformers_loop_blocks_in_its_syncs_and_names_them():
     nonzero = [e for e in ev if e.get("ph") == "X" and e.get("name") == "aten::nonzero"]
     assert len(nonzero) == 16 * run["layers_per_step"] * run["steps"]      # the capture did what it says
     sync_spans = merged((e["ts"], e["ts"] + e["dur"]) for e in ev
-                        if e.get("ph") == "X" and e.get("name") in ("aten::nonzero", "aten::is_nonzero"))
+                        if e.get("ph") == "X" and e.get("name") in ("aten::nonzero", "aten::is_nonzero", "aten::item",
+                                                                     "aten::_local_scalar_dense"))
     a = result("hf")
     truth = overlap(merged(idle_gaps("hf")), sync_spans)
     assert a.idle_groups[0]["cpu_blocked_launch"]["sync"] == pytest.approx(truth, rel=0.10)
