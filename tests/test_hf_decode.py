@@ -1,5 +1,5 @@
 """Held-out diagnosis checks on a Hugging Face-style eager MoE decode (bench/capture/capture_hf_decode.py,
-one H100), written and committed before the capture was made and before replay ran on it: a GQA model
+one lent GPU), written and committed before the capture was made and before replay ran on it: a GQA model
 of another family and shape than the corpus the rules were built on (traces/observed/h200), in three
 variants - transformers' expert loop (a sync per expert and per step), the same model with no sync (host
 overhead only) and that step as a CUDA graph. Every truth is computed here from the raw JSON with plain
@@ -19,7 +19,7 @@ from tracegen.base.contract import OBSERVED_IDLE_CAUSES, UNEXPLAINED
 from .helpers import merged, overlap
 
 ROOT = Path(__file__).resolve().parents[1]
-HERE = ROOT / "traces" / "observed" / "hf-decode-h100"
+HERE = ROOT / "traces" / "observed" / "hf-decode"      # the card it ran on: the truth file's env
 TRUTH = HERE / "hf-decode-capture.json"
 pytestmark = pytest.mark.skipif(not TRUTH.exists(), reason=f"no capture in {HERE} (bench/capture/capture_hf_decode.py)")
 RUNS = json.loads(TRUTH.read_text())["runs"] if TRUTH.exists() else {}
