@@ -42,6 +42,14 @@ CORPUS.update({f"h200/{n}": (OBS / "h200" / f"{n}.json.gz", _COPIES)
 # missed (+74.9 %) until the nn.Module style stopped reading "Moe" inside Qwen2MoeModel / Qwen2MoeDecoderLayer
 # as an MoE stage (a layer's first norm fell in MLP, so MLP was launched before ATTN)
 CORPUS.update({f"hf-moe-h100/{n}": (OBS / "hf-moe-h100" / f"hf-moe-{n}.json.gz", None) for n in ("module", "plain")})
+# held out: a Hugging Face-style eager MoE decode (traces/observed/hf-decode, bench/capture/capture_hf_decode.py),
+# these rows pinned 2026-12-07 before the capture (tests/test_hf_decode.py): the variants with nn.Module ranges (hf,
+# nosync) re-timed with no change within the bars; the ones without ranges (graph, compiled) within them where
+# replay finds layers in the kernel sequence, else refused in one line (HF_DECODE_REFUSAL)
+HF_DECODE = {f"hf-decode/{n}": (OBS / "hf-decode" / f"hf-decode-{n}.json.gz", None)
+             for n in ("hf", "nosync", "graph", "compiled")}
+HF_DECODE_MAY_REFUSE = ("hf-decode/graph", "hf-decode/compiled")
+HF_DECODE_REFUSAL = "no stage of rank 0 could be labelled"
 CORPUS_NOTES = {
     "hf-moe-h100/module": "+74.9 % before: the class names' 'Moe' (Qwen2MoeModel, Qwen2MoeDecoderLayer) read as an MoE "
                           "stage put each layer's first norm in MLP, launched before ATTN (now: a class's role is the "
@@ -92,6 +100,20 @@ def no_change_rows(captures: dict | None = None) -> list[dict]:
             continue
         for r in analyze(path, use_cache=False, taxonomy=tax).ranks:
             out.append({"capture": name, "rank": r["rank"], **errors(_one(path, tax, r["rank"]))})
+    return out
+
+
+def hf_decode_rows() -> list[dict]:
+    """The held-out decode captures: a no-change row per rank, or the one-line refusal."""
+    from tracegen.base.errors import UserError
+    out = []
+    for name, (path, tax) in HF_DECODE.items():
+        if not path.exists():
+            continue
+        try:
+            out += no_change_rows({name: (path, tax)})
+        except UserError as exc:
+            out.append({"capture": name, "rank": 0, "refused": str(exc)})
     return out
 
 
@@ -157,6 +179,9 @@ def table() -> str:
     lines += [f"  {r['capture']:<32} rank {r['rank']}: span {r['span_error_pct']:+6.2f}%  hidden "
               f"{r['hidden_error_pts']:+6.2f} pts" for r in no_change_rows(CORPUS)]
     lines += [f"  {name:<32} refused: {needle}" for name, (_, _, needle) in REFUSED.items()]
+    lines += ["", "held out: a Hugging Face-style eager MoE decode (rows pinned before the capture):", ""]
+    lines += [f"  {r['capture']:<32} rank {r['rank']}: " + (f"refused: {r['refused']}" if "refused" in r else
+              f"span {r['span_error_pct']:+6.2f}%  hidden {r['hidden_error_pts']:+6.2f} pts") for r in hf_decode_rows()]
     lines += ["", "improper re-timed in the proper order (DeepEP 4 x H100 prefill), against the observed proper run:"]
     lines += [f"  rank {r['rank']}: {_reorder_text(r)}" for r in reorder_rows()]
     lines += ["", "every rank re-timed together (replay whatif DIR: collectives wait for their last peer in the new "

@@ -162,3 +162,16 @@ def test_transformers_loop_blocks_in_its_syncs_and_names_them():
     t = a.idle_totals[0]
     assert t["launch_bound"] + t["cpu_blocked_launch"] == pytest.approx(launch_path_truth("hf"), rel=0.10)
     assert not any(w in f["message"] for f in a.findings for w in TBO_WORDS)
+
+
+def test_whatif_with_no_change_reproduces_the_decode_or_refuses():
+    """Issue 27's bar on captures it never saw: with no change, span within 5 % and hidden share within
+    2 points; the variants without ranges may instead be refused in one line (no stage to re-time)."""
+    from bench.whatif_fidelity import HF_DECODE_MAY_REFUSE, HF_DECODE_REFUSAL, HIDDEN_BAR_PTS, SPAN_BAR_PCT, hf_decode_rows
+    rows = hf_decode_rows()
+    assert {r["capture"] for r in rows} >= {"hf-decode/hf", "hf-decode/nosync"}
+    for r in rows:
+        if "refused" in r:
+            assert r["capture"] in HF_DECODE_MAY_REFUSE and HF_DECODE_REFUSAL in r["refused"], r
+        else:
+            assert abs(r["span_error_pct"]) <= SPAN_BAR_PCT and abs(r["hidden_error_pts"]) <= HIDDEN_BAR_PTS, r
