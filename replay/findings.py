@@ -89,7 +89,8 @@ def as_dicts(table: pd.DataFrame, step_regex: str = DEFAULT_STEP) -> list[dict[s
     """Findings as the JSON report lists them: rank, step, layer, micro-batch, stage, start, time lost,
     what blocked (its group and the call the CPU sat in) or the peer waited for, and the message."""
     out = []
-    for r in table.itertuples(index=False):
+    steps = _steps_with_call(table)
+    for r, n_steps in zip(table.itertuples(index=False), steps):
         peer = int(r.peer) if r.peer >= 0 else None
         out.append({"kind": r.kind, "blocked_by": r.group or None, "rank": int(r.rank),
                     "step": int(r.step) if r.step >= 0 else None,
@@ -98,8 +99,19 @@ def as_dicts(table: pd.DataFrame, step_regex: str = DEFAULT_STEP) -> list[dict[s
                     "start_us": float(r.start_us), "lost_us": float(r.lost_us),
                     "blocking_call": (r.call or None) if r.kind == CPU_BLOCKED_LAUNCH else None, "peer": peer,
                     "message": advice.message(r.kind, r.group, float(r.lost_us), r.next, r.call, peer,
-                                              bool(r.comm), int(r.microbatches))})
+                                              bool(r.comm), int(r.microbatches), int(n_steps))})
     return out
+
+
+def _steps_with_call(table: pd.DataFrame) -> np.ndarray:
+    """Per finding, in how many profiled steps of its rank a finding of its kind and group names the
+    same call (0 where the trace has no steps): a long op in every step is not first-call work."""
+    if table.empty or "step" not in table:
+        return np.zeros(len(table), dtype=np.int64)
+    key = table[["rank", "kind", "group", "call"]].astype(str).agg("\x1f".join, axis=1)
+    stepped = table["step"].to_numpy() >= 0
+    n = pd.Series(table["step"].to_numpy()[stepped]).groupby(key.to_numpy()[stepped]).nunique()
+    return np.where(stepped, key.map(n).fillna(0).to_numpy(), 0).astype(np.int64)
 
 
 def _peer_of(a: np.ndarray, b: np.ndarray, p0: np.ndarray, p1: np.ndarray, pp: np.ndarray) -> np.ndarray:

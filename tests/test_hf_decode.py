@@ -143,25 +143,50 @@ def test_graph_replay_is_not_launch_bound():
     assert a.idle_totals[0]["cpu_blocked_launch"] <= 0.1 * max(idle_total(a), 1.0)
 
 
-def test_transformers_loop_blocks_in_its_syncs_and_names_them():
-    """A sync per expert (torch.where) and per step (the stopping check): the idle while the CPU sat in
-    those ops is cpu_blocked_launch / sync, named by the op (or the runtime call inside it), never by the
-    module or step range around it; with the launch path, it makes up the host's idle."""
+def _sync_spans(names: tuple[str, ...]) -> list[list[float]]:
+    return merged((e["ts"], e["ts"] + e["dur"]) for e in raw("hf") if e.get("ph") == "X" and e.get("name") in names)
+
+
+SYNC_OPS = ("aten::nonzero", "aten::is_nonzero", "aten::item", "aten::_local_scalar_dense")
+
+
+def test_transformers_loop_names_its_syncs_and_accounts_for_the_host():
+    """A sync per expert (torch.where) and per step (the stopping check): the waits are named by the op (or
+    the runtime call inside it), never by the module or step range around it; with the launch path, the
+    blocked idle makes up the host's idle (the gap-by-gap truth)."""
     run = RUNS["hf"]
-    ev = raw("hf")
-    nonzero = [e for e in ev if e.get("ph") == "X" and e.get("name") == "aten::nonzero"]
+    nonzero = [e for e in raw("hf") if e.get("ph") == "X" and e.get("name") == "aten::nonzero"]
     assert len(nonzero) == 16 * run["layers_per_step"] * run["steps"]      # the capture did what it says
-    sync_spans = merged((e["ts"], e["ts"] + e["dur"]) for e in ev
-                        if e.get("ph") == "X" and e.get("name") in ("aten::nonzero", "aten::is_nonzero", "aten::item",
-                                                                     "aten::_local_scalar_dense"))
     a = result("hf")
-    truth = overlap(merged(idle_gaps("hf")), sync_spans)
-    assert a.idle_groups[0]["cpu_blocked_launch"]["sync"] == pytest.approx(truth, rel=0.10)
     calls = {f["blocking_call"] for f in a.findings if f["blocked_by"] == "sync"}
     assert calls and calls <= SYNC_CALLS, calls
     t = a.idle_totals[0]
     assert t["launch_bound"] + t["cpu_blocked_launch"] == pytest.approx(launch_path_truth("hf"), rel=0.10)
     assert not any(w in f["message"] for f in a.findings for w in TBO_WORDS)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "held-out miss, kept visible: the truth pinned before the capture counted all idle inside the sync ops "
+    "(10,599 us); replay's blocked/sync is 2,860 us. Seen after: all 128 aten::nonzero calls start on an "
+    "already idle GPU (the CPU is the bottleneck: 126 ms of 136 ms idle is the launch path's), each spends "
+    "~86 us in host work and ~6 us waiting in cudaStreamSynchronize; the idle before the wait (5.3 ms) is the "
+    "op's own host work, which the GPU would sit through with or without the sync. The pinned definition was "
+    "the wrong truth for a host-bound step; the bounds test below is written after seeing this"))
+def test_transformers_loop_blocked_idle_is_the_idle_inside_its_sync_ops():
+    """As pinned before the capture: the idle while the CPU sat in a sync op is cpu_blocked_launch / sync."""
+    a = result("hf")
+    truth = overlap(merged(idle_gaps("hf")), _sync_spans(SYNC_OPS))
+    assert a.idle_groups[0]["cpu_blocked_launch"]["sync"] == pytest.approx(truth, rel=0.10)
+
+
+def test_transformers_loop_blocked_idle_lies_between_the_waits_and_the_sync_ops():
+    """Written after the miss above (not held out): blocked/sync holds at least the idle while the CPU sat in
+    the waiting runtime call itself, and at most the idle inside the ops that wait."""
+    a = result("hf")
+    gaps = merged(idle_gaps("hf"))
+    waits = overlap(gaps, _sync_spans(("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")))
+    got = a.idle_groups[0]["cpu_blocked_launch"]["sync"]
+    assert waits > 0 and waits <= got <= overlap(gaps, _sync_spans(SYNC_OPS)), (waits, got)
 
 
 def test_whatif_with_no_change_reproduces_the_decode_or_refuses():
@@ -175,3 +200,19 @@ def test_whatif_with_no_change_reproduces_the_decode_or_refuses():
             assert r["capture"] in HF_DECODE_MAY_REFUSE and HF_DECODE_REFUSAL in r["refused"], r
         else:
             assert abs(r["span_error_pct"]) <= SPAN_BAR_PCT and abs(r["hidden_error_pts"]) <= HIDDEN_BAR_PTS, r
+
+
+def test_a_long_op_in_every_step_is_not_called_first_call_work():
+    """Written after seeing this capture (not held out): transformers' loop grows the KV cache by
+    concatenation, so SDPA's cuDNN backend plans again for each new length - ~38 ms of host work in layer
+    0's attention in each profiled step. A long op that recurs in 2 or more steps is named as such, with
+    advice on shapes, not first-call warm-up; a long op in no step (rules-h100/first-call) keeps the
+    first-call advice."""
+    a = result("hf")
+    longs = [f for f in a.findings if f["blocked_by"] == "long_op"]
+    assert {f["step"] for f in longs} == {1, 2} and {f["stage"] for f in longs} == {"ATTN"}
+    for f in longs:
+        assert "each of 2 profiled steps" in f["message"] and "first-call work (" not in f["message"], f["message"]
+    once = analyze(ROOT / "traces" / "observed" / "rules-h100" / "first-call.json.gz", use_cache=False, progress=False)
+    msg = next(f["message"] for f in once.findings if f["blocked_by"] == "long_op")
+    assert "first-call work (" in msg and "profiled steps" not in msg
