@@ -140,7 +140,8 @@ def render(d: dict[str, Any], before: str, after: str) -> str:
 
 def _line(x: dict[str, Any]) -> str:
     pct = f"{x['change_pct']:+.1f}%" if x["change_pct"] is not None else "new"
-    return f"  {x['what']:<34}{x['before_us'] / 1e3:11.3f}{x['after_us'] / 1e3:11.3f}{pct:>11}"
+    what = x["what"].removesuffix("_us")          # the table is in ms: the JSON keeps the field names
+    return f"  {what:<34}{x['before_us'] / 1e3:11.3f}{x['after_us'] / 1e3:11.3f}{pct:>11}"
 
 
 def figure(d: dict[str, Any], before: str, after: str):
