@@ -11,7 +11,8 @@ from importlib import resources
 
 from tracegen.base.contract import IDLE_GROUPS
 
-WHEN = ("always", "tbo", "no_tbo", "recurring")   # recurring: the finding's call does it in 2 or more profiled steps
+# recurring: the finding's call does it in 2 or more profiled steps; syncs: the rank's steps wait in host syncs
+WHEN = ("always", "tbo", "no_tbo", "recurring", "syncs")
 
 
 @dataclass(frozen=True)
@@ -34,21 +35,24 @@ def load() -> tuple[Advice, ...]:
     return rows
 
 
-def pick(cause: str, group: str, comm: bool, microbatches: int, steps: int = 0) -> Advice | None:
-    """The first row for (cause, group) whose condition the rank (and the finding: `steps`, the profiled
-    steps in which its call held the launch path the same way) meets."""
+def pick(cause: str, group: str, comm: bool, microbatches: int, steps: int = 0, sync_call: str = ""
+         ) -> Advice | None:
+    """The first row for (cause, group) whose condition the rank (`sync_call`: the call its largest
+    sync wait sat in, "" for none) and the finding (`steps`: the profiled steps in which its call held
+    the launch path the same way) meet."""
     ctx = {"always": True, "tbo": comm and microbatches >= 2, "no_tbo": comm and microbatches < 2,
-           "recurring": steps >= 2}
+           "recurring": steps >= 2, "syncs": bool(sync_call)}
     return next((r for r in load() if r.cause == cause and r.group == group and ctx[r.when]), None)
 
 
 def message(cause: str, group: str, lost_us: float, next_name: str, call: str, peer: int | None,
-            comm: bool, microbatches: int, steps: int = 0) -> str:
-    a = pick(cause, group, comm, microbatches, steps)
+            comm: bool, microbatches: int, steps: int = 0, sync_call: str = "") -> str:
+    a = pick(cause, group, comm, microbatches, steps, sync_call)
     nxt = _short(next_name) or "the next kernel"
     if a is None:
         return f"compute idle {lost_us:.1f} us ({cause}, {group})"
-    fill = {"next": nxt, "call": _short(call) or "its step", "peer": peer if peer is not None else "?", "steps": steps}
+    fill = {"next": nxt, "call": _short(call) or "its step", "peer": peer if peer is not None else "?", "steps": steps,
+            "sync_call": _short(sync_call)}
     return f"compute idle {lost_us:.1f} us: {a.what.format(**fill)}; {a.advice.format(**fill)}"
 
 

@@ -90,6 +90,7 @@ def as_dicts(table: pd.DataFrame, step_regex: str = DEFAULT_STEP) -> list[dict[s
     what blocked (its group and the call the CPU sat in) or the peer waited for, and the message."""
     out = []
     steps = _steps_with_call(table)
+    sync_call = _largest_sync(table)
     for r, n_steps in zip(table.itertuples(index=False), steps):
         peer = int(r.peer) if r.peer >= 0 else None
         out.append({"kind": r.kind, "blocked_by": r.group or None, "rank": int(r.rank),
@@ -99,8 +100,20 @@ def as_dicts(table: pd.DataFrame, step_regex: str = DEFAULT_STEP) -> list[dict[s
                     "start_us": float(r.start_us), "lost_us": float(r.lost_us),
                     "blocking_call": (r.call or None) if r.kind == CPU_BLOCKED_LAUNCH else None, "peer": peer,
                     "message": advice.message(r.kind, r.group, float(r.lost_us), r.next, r.call, peer,
-                                              bool(r.comm), int(r.microbatches), int(n_steps))})
+                                              bool(r.comm), int(r.microbatches), int(n_steps),
+                                              sync_call.get(r.rank, ""))})
     return out
+
+
+def _largest_sync(table: pd.DataFrame) -> dict[Any, str]:
+    """Per rank, the call in which its host syncs cost the most compute idle (ranks with none: absent)."""
+    if table.empty:
+        return {}
+    s = table[(table["kind"] == CPU_BLOCKED_LAUNCH).to_numpy() & (table["group"] == "sync").to_numpy()]
+    if s.empty:
+        return {}
+    by = s.groupby(["rank", "call"])["lost_us"].sum().reset_index().sort_values("lost_us", ascending=False)
+    return {r: str(c) for r, c in by.drop_duplicates("rank")[["rank", "call"]].itertuples(index=False)}
 
 
 def _steps_with_call(table: pd.DataFrame) -> np.ndarray:

@@ -216,3 +216,16 @@ def test_a_long_op_in_every_step_is_not_called_first_call_work():
     once = analyze(ROOT / "traces" / "observed" / "rules-h100" / "first-call.json.gz", use_cache=False, progress=False)
     msg = next(f["message"] for f in once.findings if f["blocked_by"] == "long_op")
     assert "first-call work (" in msg and "profiled steps" not in msg
+
+
+def test_graph_advice_on_a_step_with_syncs_says_remove_them_first():
+    """Written after seeing this capture (not held out): its host overhead drew "CUDA graphs" advice, but
+    a step that waits in torch.where cannot be captured as a graph. Where a rank's steps block in host
+    syncs, the launch-path advice names the costliest one and says to remove the syncs first; where they
+    block in none (the nosync variant), the advice is as before."""
+    a = result("hf")
+    msgs = [f["message"] for f in a.findings if f["blocked_by"] == "host_overhead"]
+    assert msgs and all("first remove the host syncs" in m and "aten::nonzero" in m for m in msgs)
+    b = result("nosync")
+    assert not any("host syncs" in f["message"] for f in b.findings)
+    assert any("CUDA graphs" in f["message"] for f in b.findings if f["blocked_by"] == "host_overhead")
