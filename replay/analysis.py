@@ -13,7 +13,7 @@ from tracegen.base.contract import IDLE_GROUPS, OBSERVED_IDLE_CAUSES, UNEXPLAINE
 from . import peers as peer_analysis
 from . import steps as step_analysis
 from .events import Trace
-from .findings import as_dicts
+from .findings import as_dicts, message_context
 from .overlap import balancedness
 from .peers import Peers
 
@@ -57,7 +57,9 @@ class Analysis:
             kind = pd.factorize(t["kind"])[0][order]         # codes: no string object per row
             keys = pd.DataFrame({"kind": np.where(kind >= 0, kind, np.nan), "rank": t["rank"].to_numpy()[order]})
             order = order[(keys.groupby(["kind", "rank"], sort=False).cumcount() < per_kind).to_numpy()]
-        return as_dicts(t.iloc[order if n is None else order[:n]], self.step_regex)
+        rows = order if n is None else order[:n]
+        steps, sync_call = message_context(t)          # of the whole table: a listed finding says what it says there
+        return as_dicts(t.iloc[rows], self.step_regex, (steps[rows], sync_call))
 
     def findings_by_kind(self) -> dict[str, dict[str, float]]:
         """Every finding counted, and its time lost summed, per kind (the summary beside a capped list)."""

@@ -85,12 +85,20 @@ LONG_OP_US = 1000.0
 _NONE = (np.zeros(0), np.zeros(0))
 
 
-def as_dicts(table: pd.DataFrame, step_regex: str = DEFAULT_STEP) -> list[dict[str, Any]]:
+def message_context(table: pd.DataFrame) -> tuple[np.ndarray, dict[Any, str]]:
+    """What a finding's advice depends on beyond its own row, from the whole finding table (a listed
+    subset must say what the whole says): per row, the profiled steps in which a finding of its kind and
+    group names the same call; per rank, the call its host syncs cost most in."""
+    return _steps_with_call(table), _largest_sync(table)
+
+
+def as_dicts(table: pd.DataFrame, step_regex: str = DEFAULT_STEP,
+             context: tuple[np.ndarray, dict[Any, str]] | None = None) -> list[dict[str, Any]]:
     """Findings as the JSON report lists them: rank, step, layer, micro-batch, stage, start, time lost,
-    what blocked (its group and the call the CPU sat in) or the peer waited for, and the message."""
+    what blocked (its group and the call the CPU sat in) or the peer waited for, and the message.
+    `context`: message_context() of the whole table, its rows taken as `table`'s (default: `table`'s own)."""
     out = []
-    steps = _steps_with_call(table)
-    sync_call = _largest_sync(table)
+    steps, sync_call = context if context is not None else message_context(table)
     for r, n_steps in zip(table.itertuples(index=False), steps):
         peer = int(r.peer) if r.peer >= 0 else None
         out.append({"kind": r.kind, "blocked_by": r.group or None, "rank": int(r.rank),
@@ -116,15 +124,21 @@ def _largest_sync(table: pd.DataFrame) -> dict[Any, str]:
     return {r: str(c) for r, c in by.drop_duplicates("rank")[["rank", "call"]].itertuples(index=False)}
 
 
+RECURRING_GROUPS = ("long_op",)     # the groups whose advice tells a call held in every step from a first call
+
+
 def _steps_with_call(table: pd.DataFrame) -> np.ndarray:
-    """Per finding, in how many profiled steps of its rank a finding of its kind and group names the
-    same call (0 where the trace has no steps): a long op in every step is not first-call work."""
+    """Per finding of RECURRING_GROUPS, in how many profiled steps of its rank a finding of its group
+    names the same call (0 elsewhere, and where the trace has no steps): a long op in every step is not
+    first-call work."""
+    out = np.zeros(len(table), dtype=np.int64)
     if table.empty or "step" not in table:
-        return np.zeros(len(table), dtype=np.int64)
-    key = table[["rank", "kind", "group", "call"]].astype(str).agg("\x1f".join, axis=1)
-    stepped = table["step"].to_numpy() >= 0
-    n = pd.Series(table["step"].to_numpy()[stepped]).groupby(key.to_numpy()[stepped]).nunique()
-    return np.where(stepped, key.map(n).fillna(0).to_numpy(), 0).astype(np.int64)
+        return out
+    rows = np.flatnonzero(table["group"].isin(RECURRING_GROUPS).to_numpy() & (table["step"].to_numpy() >= 0))
+    if len(rows):
+        t = table.iloc[rows]
+        out[rows] = t.groupby(["rank", "group", "call"], sort=False, dropna=False)["step"].transform("nunique").to_numpy()
+    return out
 
 
 def _peer_of(a: np.ndarray, b: np.ndarray, p0: np.ndarray, p1: np.ndarray, pp: np.ndarray) -> np.ndarray:

@@ -213,6 +213,8 @@ def test_a_long_op_in_every_step_is_not_called_first_call_work():
     assert {f["step"] for f in longs} == {1, 2} and {f["stage"] for f in longs} == {"ATTN"}
     for f in longs:
         assert "each of 2 profiled steps" in f["message"] and "first-call work (" not in f["message"], f["message"]
+    top = a.top_findings(1)            # a listed subset says what the whole table says
+    assert top[0]["blocked_by"] == "long_op" and "each of 2 profiled steps" in top[0]["message"]
     once = analyze(ROOT / "traces" / "observed" / "rules-h100" / "first-call.json.gz", use_cache=False, progress=False)
     msg = next(f["message"] for f in once.findings if f["blocked_by"] == "long_op")
     assert "first-call work (" in msg and "profiled steps" not in msg
@@ -226,6 +228,8 @@ def test_graph_advice_on_a_step_with_syncs_says_remove_them_first():
     a = result("hf")
     msgs = [f["message"] for f in a.findings if f["blocked_by"] == "host_overhead"]
     assert msgs and all("first remove the host syncs" in m and "aten::nonzero" in m for m in msgs)
+    listed = [f for f in a.top_findings(4) if f["blocked_by"] == "host_overhead"]    # no sync finding among them
+    assert listed and all("first remove the host syncs" in f["message"] for f in listed)
     b = result("nosync")
     assert not any("host syncs" in f["message"] for f in b.findings)
     assert any("CUDA graphs" in f["message"] for f in b.findings if f["blocked_by"] == "host_overhead")
