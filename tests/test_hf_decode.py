@@ -233,3 +233,19 @@ def test_graph_advice_on_a_step_with_syncs_says_remove_them_first():
     b = result("nosync")
     assert not any("host syncs" in f["message"] for f in b.findings)
     assert any("CUDA graphs" in f["message"] for f in b.findings if f["blocked_by"] == "host_overhead")
+
+
+def test_every_recording_option_changes_nothing_the_diagnosis_reads():
+    """Pinned before its capture: the nosync step profiled with record_shapes, profile_memory (memory
+    instant events), with_flops, with_stack and with_modules - the options users turn on - reads as the
+    plain one does: 2 steps x 4 layers, no suspicious input but the missing communication, the launch
+    path by the gap-by-gap rule, no blocked idle."""
+    if "full" not in RUNS:
+        pytest.skip("no hf-decode-full capture")
+    a = result("full")
+    per = a.layers.groupby("step")["layer"].nunique().to_dict()
+    assert len(per) == RUNS["full"]["steps"] and set(per.values()) == {RUNS["full"]["layers_per_step"]}, per
+    assert {s["what"] for s in a.suspicious} <= {"no_communication"}, a.suspicious
+    t = a.idle_totals[0]
+    assert t["cpu_blocked_launch"] <= 0.1 * idle_total(a)
+    assert t["launch_bound"] == pytest.approx(launch_path_truth("full"), rel=0.10)

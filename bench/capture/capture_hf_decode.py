@@ -16,6 +16,8 @@ Variants (OUT_DIR/hf-decode-<variant>.json.gz), 16 sequences, 4 layers, 2 profil
   graph     the nosync step captured once as a CUDA graph and replayed: no ranges
   compiled  the nosync model through torch.compile's default mode (Inductor's Triton kernels launched
             by its wrapper, no CUDA graphs): no ranges
+  full      (--only full) the nosync step profiled with every recording option users turn on:
+            record_shapes, profile_memory (memory instant events), with_flops, with_stack, with_modules
 
 Outside the profiler, the nosync step is timed eagerly and as a graph replay (median of 20 steps,
 synchronised, host clock): the GPU's share of idle that the host's launch path alone causes,
@@ -168,7 +170,10 @@ def save(prof, out: Path, name: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT", "capture-out"))
+    ap.add_argument("--only", choices=["full"], help="capture this variant alone (its truth: hf-decode-capture-full.json)")
     args = ap.parse_args()
+    if args.only == "full":
+        return capture_full(Path(args.out))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = "cuda"
@@ -264,6 +269,32 @@ def main() -> None:
            "seconds": time.time() - t0}
     (out / "hf-decode-capture.json").write_text(json.dumps({"env": env, "runs": runs}, indent=1))
     print(json.dumps({"env": env, "runs": runs}, indent=1))
+
+
+def capture_full(out: Path) -> None:
+    """The nosync step profiled with every recording option (see the module's docstring)."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = Qwen2MoeForCausalLM().to("cuda").to(torch.bfloat16).eval()
+    ids = torch.randint(1, 32000, (B,), device="cuda")
+    with torch.no_grad():
+        cache = new_cache(True, "cuda")
+        for _ in range(3):
+            decode_step(model, ids, cache, False)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True,
+                     profile_memory=True, with_flops=True, with_stack=True, with_modules=True,
+                     schedule=schedule(wait=0, warmup=1, active=STEPS, repeat=1)) as prof:
+            for _ in range(STEPS + 1):
+                decode_step(model, ids, cache, False)
+                torch.cuda.synchronize()
+                prof.step()
+    run = {"file": "hf-decode-full.json.gz", "bytes": save(prof, out, "hf-decode-full"), "steps": STEPS,
+           "layers_per_step": LAYERS, "microbatches": 1, "syncs_per_step": 0,
+           "ranges": "nn.Module (with_stack, with_modules)",
+           "options": "record_shapes, profile_memory, with_flops, with_stack, with_modules"}
+    (out / "hf-decode-capture-full.json").write_text(json.dumps({"runs": {"full": run}}, indent=1))
+    print(json.dumps(run, indent=1))
 
 
 if __name__ == "__main__":
