@@ -136,8 +136,8 @@ def _steps_with_call(table: pd.DataFrame) -> np.ndarray:
         return out
     rows = np.flatnonzero(table["group"].isin(RECURRING_GROUPS).to_numpy() & (table["step"].to_numpy() >= 0))
     if len(rows):
-        t = table.iloc[rows]
-        out[rows] = t.groupby(["rank", "group", "call"], sort=False, dropna=False)["step"].transform("nunique").to_numpy()
+        by = table.iloc[rows].groupby(["rank", "group", "call"], sort=False, dropna=False)
+        out[rows] = by["step"].transform("nunique").to_numpy()
     return out
 
 
