@@ -100,6 +100,10 @@ def retime(g: StageGraph, change: Change, waits: dict[tuple[str, int], float] | 
             st = replace(st, work_us=st.work_us * change.compute_scale)
         new[k] = st
     graph = _graph(g, new, plan)
+    if change.launch_order and not graph.moe_layers:      # unroll would keep program order: say so instead
+        raise UserError("--launch-order reorders the two micro-batches of MoE layers around their communication; "
+                        "no layer of this trace has a communication stage (or a shared expert) labelled, so there "
+                        "is nothing to reorder and a re-time would only repeat the observed order")
     if change.launch_order:
         order = unroll(graph, load_order(change.launch_order, plan.phase))
     else:

@@ -249,3 +249,15 @@ def test_every_recording_option_changes_nothing_the_diagnosis_reads():
     t = a.idle_totals[0]
     assert t["cpu_blocked_launch"] <= 0.1 * idle_total(a)
     assert t["launch_bound"] == pytest.approx(launch_path_truth("full"), rel=0.10)
+
+
+def test_a_launch_order_on_layers_with_nothing_to_reorder_is_refused(tmp_path, capsys):
+    """Written after seeing it (not held out): `replay whatif --launch-order proper` on these layers, which
+    label no communication stage, printed a re-time "with launch_order=proper" equal to the observed order
+    (exit 0), as if the order changed nothing. It is refused in one line, with no output file."""
+    from replay.cli import main
+    out = tmp_path / "w.json.gz"
+    code = main(["whatif", str(HERE / RUNS["nosync"]["file"]), "-o", str(out), "--launch-order", "proper", "--no-cache"])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing to reorder" in err[0], err
