@@ -250,12 +250,16 @@ def _plan_of(stages: dict, hw: Hardware) -> tuple[Plan, dict, list[str]]:
     sms = hw.backend(comm).sms if comm in hw.comm else 0     # its kernels hold SMs: compute beside them slows,
     stages = {k: (replace(st, holds_sms=sms, in_situ=sms > 0) if st.stream == COMM else st)   # and they slow too
               for k, st in stages.items()}
-    return Plan(phase=phase, batch=1, seq_len=1, microbatches=n_mb, comm=comm), stages, [
-        f"phase {phase} ({'ATTN-0/ATTN-1' if phase == 'decode' else 'no ATTN-0/ATTN-1'} stages seen), "
-        f"{n_mb} micro-batch{'es' if n_mb > 1 else ''} (from the stage labels)",
+    plan = Plan(phase=phase, batch=1, seq_len=1, microbatches=n_mb, comm=comm)
+    said = [f"{n_mb} micro-batch{'es' if n_mb > 1 else ''} (from the stage labels)",
+            "stage durations as observed (busy time of their kernels); the model and batch are not used "
+            "(the new trace's otherData names DeepSeek-V3, batch 1 as placeholders)"]
+    if not any(st.stream == COMM for st in stages.values()):       # no backend, phase or SM share to assume
+        return plan, stages, said + ["no communication stage: no all-to-all backend assumed"]
+    return plan, stages, [
+        f"phase {phase} ({'ATTN-0/ATTN-1' if phase == 'decode' else 'no ATTN-0/ATTN-1'} stages seen), " + said[0],
         f"backend {comm}: {'the CPU stalled inside a dispatch' if blocking else 'no dispatch stalled the CPU'}",
-        "stage durations as observed (busy time of their kernels); the model and batch are not used "
-        "(the new trace's otherData names DeepSeek-V3, batch 1 as placeholders)",
+        said[1],
         f"{comm} communication holds {sms} SMs while in flight ({hw.name} catalog)"
         + (f" and runs {hw.in_situ.slowdown:g} x its share beside compute slower than alone (hardware in_situ): "
            "both are taken out of the observed times and re-applied where the new schedule overlaps them"

@@ -99,6 +99,9 @@ def retime(g: StageGraph, change: Change, waits: dict[tuple[str, int], float] | 
         else:
             st = replace(st, work_us=st.work_us * change.compute_scale)
         new[k] = st
+    if (change.comm or change.comm_scale != 1.0) and not any(st.stream == COMM for st in base.values()):
+        raise UserError("--comm and --comm-scale change the communication stages; this trace labels none (no "
+                        "all-to-all recognised in its layers), so a re-time would only repeat the observed run")
     graph = _graph(g, new, plan)
     if change.launch_order and not graph.moe_layers:      # unroll would keep program order: say so instead
         raise UserError("--launch-order reorders the two micro-batches of MoE layers around their communication; "

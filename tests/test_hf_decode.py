@@ -251,13 +251,20 @@ def test_every_recording_option_changes_nothing_the_diagnosis_reads():
     assert t["launch_bound"] == pytest.approx(launch_path_truth("full"), rel=0.10)
 
 
-def test_a_launch_order_on_layers_with_nothing_to_reorder_is_refused(tmp_path, capsys):
+def test_a_change_with_nothing_to_change_is_refused(tmp_path, capsys):
     """Written after seeing it (not held out): `replay whatif --launch-order proper` on these layers, which
     label no communication stage, printed a re-time "with launch_order=proper" equal to the observed order
-    (exit 0), as if the order changed nothing. It is refused in one line, with no output file."""
+    (exit 0), as if the order changed nothing; --comm / --comm-scale the same. Each is refused in one line,
+    with no output file; and a re-time assumes no all-to-all backend where there is none."""
     from replay.cli import main
     out = tmp_path / "w.json.gz"
-    code = main(["whatif", str(HERE / RUNS["nosync"]["file"]), "-o", str(out), "--launch-order", "proper", "--no-cache"])
-    assert code == 2 and not out.exists()
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "nothing to reorder" in err[0], err
+    for flags, needle in ((["--launch-order", "proper"], "nothing to reorder"), (["--comm-scale", "0.5"], "labels none"),
+                          (["--comm", "normal"], "labels none")):
+        code = main(["whatif", str(HERE / RUNS["nosync"]["file"]), "-o", str(out), "--no-cache", *flags])
+        assert code == 2 and not out.exists()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    # what it assumes says no backend, not an all-to-all it never saw
+    assert main(["whatif", str(HERE / RUNS["nosync"]["file"]), "-o", str(out), "--no-cache"]) == 0
+    said = capsys.readouterr().out
+    assert "no all-to-all backend assumed" in said and "ibgda" not in said
