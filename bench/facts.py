@@ -164,15 +164,34 @@ def calibration() -> dict:
 
 
 @lru_cache(maxsize=None)
-def h200_idle(name: str) -> dict:
-    """A single-H200 diagnosis capture's idle time by cause (ms) and cpu_blocked_launch by group (ms)."""
+def capture_idle(folder: str, name: str) -> dict:
+    """A single-GPU capture's idle time by cause (ms), cpu_blocked_launch and launch_bound by group (ms),
+    its span (ms) and its structure's layers."""
     from replay.analyze import analyze
-    a = analyze(OBS / "h200" / f"{name}.json.gz", use_cache=False, progress=False)
+    a = analyze(OBS / folder / f"{name}.json.gz", use_cache=False, progress=False)
     (causes,), (groups,) = a.idle_totals.values(), a.idle_groups.values()
     out = {c: us / 1e3 for c, us in causes.items()}
     out.update({f"blocked/{g}": us / 1e3 for g, us in groups.get("cpu_blocked_launch", {}).items()})
+    out.update({f"launch/{g}": us / 1e3 for g, us in groups.get("launch_bound", {}).items()})
     out["idle"] = sum(causes.values()) / 1e3
+    out["span"] = a.ranks[0]["span_us"] / 1e3
     return out
+
+
+def h200_idle(name: str) -> dict:
+    """A single-H200 diagnosis capture's idle time by cause (ms) and cpu_blocked_launch by group (ms)."""
+    return capture_idle("h200", name)
+
+
+def _hf(name: str, key: str, fmt: str) -> Callable[[], str]:
+    return _f(fmt, lambda: capture_idle("hf-decode", f"hf-decode-{name}")[key])
+
+
+@lru_cache(maxsize=None)
+def hf_whatif() -> dict:
+    """`replay whatif` with no change of each HF decode capture: span error (%), or None where refused."""
+    from bench.whatif_fidelity import hf_decode_rows
+    return {r["capture"].split("/")[1]: r.get("span_error_pct") for r in hf_decode_rows()}
 
 
 def _idle_fact(name: str, key: str, fmt: str) -> Callable[[], str]:
@@ -272,6 +291,31 @@ FACTS: dict[str, Callable[[], str]] = {
     "calib.gemm_p90_published": _f(".1f", lambda: calibration()[("published", "gemm", "p90")]),
     "calib.gemm_p90_fit": _f(".1f", lambda: calibration()[("fit", "gemm", "p90")]),
     # the capture records' computed figures (traces/observed/*/README.md)
+    "hf.hf.span": _hf("hf", "span", ".1f"),
+    "hf.hf.idle": _hf("hf", "idle", ".1f"),
+    "hf.hf.launch_bound": _hf("hf", "launch_bound", ".1f"),
+    "hf.hf.long_op": _hf("hf", "launch/long_op", ".1f"),
+    "hf.hf.host_overhead": _hf("hf", "launch/host_overhead", ".1f"),
+    "hf.hf.submission": _hf("hf", "launch/submission", ".1f"),
+    "hf.hf.blocked_sync": _hf("hf", "blocked/sync", ".1f"),
+    "hf.hf.blocked_sync_us": _f(",.0f", lambda: 1e3 * capture_idle("hf-decode", "hf-decode-hf")["blocked/sync"]),
+    "hf.nosync.span": _hf("nosync", "span", ".1f"),
+    "hf.nosync.idle": _hf("nosync", "idle", ".1f"),
+    "hf.nosync.launch_bound": _hf("nosync", "launch_bound", ".1f"),
+    "hf.nosync.idle_share_pct": _f(".1f", lambda: 100 * capture_idle("hf-decode", "hf-decode-nosync")["idle"]
+                                   / capture_idle("hf-decode", "hf-decode-nosync")["span"]),
+    "hf.nosync.launch_share_pct": _f(".1f", lambda: 100 * capture_idle("hf-decode", "hf-decode-nosync")["launch_bound"]
+                                     / capture_idle("hf-decode", "hf-decode-nosync")["idle"]),
+    "hf.graph.idle": _hf("graph", "idle", ".1f"),
+    "hf.graph.kernel_switch": _hf("graph", "kernel_switch", ".2f"),
+    "hf.graph.step_boundary": _hf("graph", "step_boundary", ".2f"),
+    "hf.graph.launch_bound": _hf("graph", "launch_bound", ".0f"),
+    "hf.compiled.idle": _hf("compiled", "idle", ".1f"),
+    "hf.compiled.launch_bound": _hf("compiled", "launch_bound", ".1f"),
+    "hf.full.span": _hf("full", "span", ".1f"),
+    "hf.full.idle": _hf("full", "idle", ".1f"),
+    "hf.full.launch_bound": _hf("full", "launch_bound", ".1f"),
+    **{f"hf.whatif.{v}_pct": _f("+.2f", lambda v=v: hf_whatif()[v]) for v in ("hf", "nosync", "graph", "full")},
     "h200.eager.idle": _idle_fact("decode-eager", "idle", ".1f"),
     "h200.eager.launch_bound": _idle_fact("decode-eager", "launch_bound", ".1f"),
     "h200.eager.step_boundary": _idle_fact("decode-eager", "step_boundary", ".1f"),

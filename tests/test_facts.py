@@ -15,7 +15,8 @@ from bench import facts
 ROOT = Path(__file__).resolve().parents[1]
 FIGURE = re.compile(r"(?<![\w.\-/])[-+]?\d[\d,]*(?:\.\d+)?\s?(?:%|ms\b|s\b|us\b|W\b|MHz\b|GB\b|MB\b|tokens/s\b|pts\b)"
                     r"|(?<![\w.])\d+(?:\.\d+)?x\b|(?<![\w.])x\d+(?:\.\d+)?\b")
-GENERATED = [("<!-- validate:begin", "<!-- validate:end -->"), ("<!-- fact-block:", "<!-- /fact-block -->")]
+GENERATED = [("<!-- validate:begin", "<!-- validate:end -->"), ("<!-- fact-block:", "<!-- /fact-block -->"),
+             ("<!-- docs:begin", "<!-- docs:end -->")]       # a table make docs writes from data (tests check it)
 MEASUREMENT_LOGS = ("## Benchmarks", "## Fuzzing")      # dated runs of make bench / make fuzz
 # figures that are settings, limits or quoted inputs, not results (file, the text around them)
 SETTINGS = {
