@@ -58,3 +58,22 @@ def overlap(a, b) -> float:
 
 
 __all__ = ["make_schedule", "read_trace", "slices", "replace", "merged", "overlap"]
+
+
+def launch_path_idle(ev: list[dict[str, Any]]) -> float:
+    """Compute idle of a single-GPU capture in gaps, within a profiler step, whose next kernel was launched
+    only after the GPU went idle (its launch call ended inside the gap): the host's, by plain loops."""
+    launch_end = {e["args"]["correlation"]: e["ts"] + e["dur"] for e in ev
+                  if e.get("cat") in ("cuda_runtime", "cuda_driver") and "aunch" in e.get("name", "")
+                  and "correlation" in e.get("args", {})}
+    ks = sorted((e for e in ev if e.get("ph") == "X" and e.get("cat") == "kernel"), key=lambda e: e["ts"])
+    steps = merged((e["ts"], e["ts"] + e["dur"]) for e in ev if str(e.get("name", "")).startswith("ProfilerStep#"))
+    step_of = lambda t: next((i for i, (s, x) in enumerate(steps) if s <= t < x), -1)  # noqa: E731
+    truth, end = 0.0, ks[0]["ts"] + ks[0]["dur"]
+    for k in ks[1:]:
+        g0, g1 = end, k["ts"]
+        le = launch_end.get(k["args"].get("correlation"))
+        if g1 > g0 and le is not None and le > g0 and step_of(g0) == step_of(g1):
+            truth += g1 - g0
+        end = max(end, k["ts"] + k["dur"])
+    return truth

@@ -14,7 +14,7 @@ import pytest
 from replay.analyze import analyze
 from tracegen.base.contract import OBSERVED_IDLE_CAUSES, UNEXPLAINED
 
-from .helpers import merged, overlap
+from .helpers import launch_path_idle, merged, overlap
 
 ROOT = Path(__file__).resolve().parents[1]
 H200 = ROOT / "traces" / "observed" / "h200"
@@ -72,21 +72,7 @@ def test_eager_decode_is_launch_bound_not_blocked(name):
     assert idle == pytest.approx(sum(b - x for x, b in idle_gaps(name)), rel=1e-6)
     t = a.idle_totals[0]
     assert t["cpu_blocked_launch"] <= 0.1 * idle
-    ev = raw(name)["traceEvents"]
-    launch_end = {e["args"]["correlation"]: e["ts"] + e["dur"] for e in ev
-                  if e.get("cat") in ("cuda_runtime", "cuda_driver") and "aunch" in e.get("name", "")
-                  and "correlation" in e.get("args", {})}
-    ks = sorted((e for e in ev if e.get("ph") == "X" and e.get("cat") == "kernel"), key=lambda e: e["ts"])
-    steps = merged((e["ts"], e["ts"] + e["dur"]) for e in ev if str(e.get("name", "")).startswith("ProfilerStep#"))
-    step_of = lambda t: next((i for i, (s, x) in enumerate(steps) if s <= t < x), -1)  # noqa: E731
-    truth, end = 0.0, ks[0]["ts"] + ks[0]["dur"]
-    for k in ks[1:]:
-        g0, g1 = end, k["ts"]
-        le = launch_end.get(k["args"].get("correlation"))
-        if g1 > g0 and le is not None and le > g0 and step_of(g0) == step_of(g1):
-            truth += g1 - g0
-        end = max(end, k["ts"] + k["dur"])
-    assert t["launch_bound"] == pytest.approx(truth, rel=0.10)
+    assert t["launch_bound"] == pytest.approx(launch_path_idle(raw(name)["traceEvents"]), rel=0.10)
     assert not any(w in m for m in messages(a) for w in TBO_WORDS), "two-batch-overlap advice on a trace without it"
     assert any("CUDA graphs" in m for m in messages(a, "launch_bound"))
 

@@ -16,7 +16,7 @@ import pytest
 from replay.analyze import analyze
 from tracegen.base.contract import OBSERVED_IDLE_CAUSES, UNEXPLAINED
 
-from .helpers import merged, overlap
+from .helpers import launch_path_idle, merged, overlap
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "traces" / "observed" / "hf-decode"      # the card it ran on: the truth file's env
@@ -55,23 +55,9 @@ def idle_total(a) -> float:
 
 
 def launch_path_truth(variant: str) -> float:
-    """Idle in gaps, within a step, whose next kernel was launched only after the GPU went idle (its
-    launch call ended inside the gap): the host's, whether it was launching or waiting in a sync."""
-    ev = raw(variant)
-    launch_end = {e["args"]["correlation"]: e["ts"] + e["dur"] for e in ev
-                  if e.get("cat") in ("cuda_runtime", "cuda_driver") and "aunch" in e.get("name", "")
-                  and "correlation" in e.get("args", {})}
-    steps = merged((e["ts"], e["ts"] + e["dur"]) for e in ev if str(e.get("name", "")).startswith("ProfilerStep#"))
-    step_of = lambda t: next((i for i, (s, x) in enumerate(steps) if s <= t < x), -1)  # noqa: E731
-    ks = kernels(variant)
-    truth, end = 0.0, ks[0]["ts"] + ks[0]["dur"]
-    for k in ks[1:]:
-        g0, g1 = end, k["ts"]
-        le = launch_end.get(k["args"].get("correlation"))
-        if g1 > g0 and le is not None and le > g0 and step_of(g0) == step_of(g1):
-            truth += g1 - g0
-        end = max(end, k["ts"] + k["dur"])
-    return truth
+    """Idle in gaps, within a step, whose next kernel was launched only after the GPU went idle: the
+    host's, whether it was launching or waiting in a sync (helpers.launch_path_idle)."""
+    return launch_path_idle(raw(variant))
 
 
 def span(variant: str) -> float:
