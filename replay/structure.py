@@ -77,8 +77,8 @@ def recover(events: pd.DataFrame, annotation_regex: str = DEFAULT_ANNOTATION,
     out, ok = _from_period(events)
     if ok:
         return _checked(events, out, "kernel-period")
-    return events, ("none (no annotation style names layers and no compute kernel sequence repeats: "
-                    "rank-level figures only)")
+    return events, ("none (no annotation style names layers and no block of compute kernels repeats name for "
+                    "name: rank-level figures only)")
 
 
 def _checked(before: pd.DataFrame, out: pd.DataFrame, how: str) -> tuple[pd.DataFrame, str]:
