@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from tracegen.catalog import load_hardware, load_model
 from tracegen.cost import op_time
@@ -24,6 +25,7 @@ from tracegen.target import Target
 
 from .labels import claim, pinned
 
+ROOT = Path(__file__).resolve().parents[1]
 PRESET = load_preset("default")
 BAR_MEDIAN_PCT, BAR_MAX_PCT = 10.0, 20.0     # issue 28: median |error| <= 10 %, max <= 20 %
 
@@ -41,7 +43,8 @@ REASONS: dict[str, str] = {
 
 
 def _throughput(key: str, row: dict) -> float:
-    model, hw = load_model(row["model"]), load_hardware(row["hardware"])
+    model_file = ROOT / row["model_file"] if "model_file" in row else None
+    model, hw = load_model(row["model"], model_file), load_hardware(row["hardware"])
     plan = validate(Plan(**row["plan"]), model, hw)
     plan = load_stack(row["stack"]).apply(plan, hw)
     decode = plan.phase == "decode"
@@ -85,7 +88,7 @@ def rows() -> list[dict]:
             c = claim("deepep-readme", "held-out", hw, comm="intranode", release="", heldout_key=key, model=row["model"])
             c = replace(c, hardware="h100")          # the prediction runs on the h100 fit, transported
         else:
-            dataset = {"infersim": "infersim-qwen3-h20", "ant": "ant-h20-2025-09"}[key.split("-")[0]]
+            dataset = {"infersim": "infersim-qwen3-h20", "ant": "ant-h20-2025-09", "hf": "hf-decode-h100"}[key.split("-")[0]]
             plan = Plan(**row["plan"])
             c = claim(dataset, "held-out", hw, comm=plan.comm, release="", phase=plan.phase, stack=row["stack"],
                       model=row["model"], heldout_key=key)
