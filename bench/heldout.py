@@ -36,6 +36,14 @@ REASONS: dict[str, str] = {
         "the README's kernels are bound by NVLink at ~77 % of it, and the pinned rule capped at the raw link: the "
         "H100 captures carry no information on the H800 link's achievable fraction",
     "deepep-readme-intranode-h800-combine": "as the dispatch row",
+    "hf-decode-h100-graph":
+        "predicted once as pinned (at 808457c): 13,576.5 tokens/s, +106.5 %. That run found tracegen charging an "
+        "all-to-all at EP1 (the backend's 20 us latency per dispatch and combine, its SMs held) where none runs; "
+        "fixed after (cost.local_experts), which moves the row away from the truth, to the figure here. The miss: "
+        "the captured step is 605 small kernels, 2.05 ms busy - 192 expert GEMMs each reading 5.8 MB of weights in "
+        "~5.5 us (~1.05 TB/s, 31 % of HBM peak: 1.05 ms where the model's memory term gives 0.44) and 368 "
+        "elementwise kernels (0.64 ms) - while the model costs a memory-bound GEMM at 0.85 of peak with no "
+        "per-kernel ramp, and fewer glue kernels than eager PyTorch launches",
     "infersim-qwen3-30b-h20-decode":
         "not diagnosed: the step is memory-bound (GQA attention at the H200-measured 0.516 of HBM, expert weights); "
         "InferSim publishes no kernel breakdown to compare stage by stage",

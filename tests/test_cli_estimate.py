@@ -77,3 +77,35 @@ def test_console_entry_point_runs_as_a_program():
     r = subprocess.run([sys.executable, "-m", "tracegen.cli", "estimate", "--hardware", "nope"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("tracegen: error: unknown hardware 'nope'")
+
+
+@pytest.mark.parametrize("comm", ["ibgda", "intranode", "normal"])
+def test_one_gpu_of_all_the_experts_runs_no_all_to_all(capsys, tmp_path, comm):
+    """EP1 (one GPU holds every expert): no dispatch or combine runs, whatever the backend - they cost
+    nothing, no release's EP8 figure is held for them, and the trace draws none. Found on the held-out
+    HF decode row (bench/data/heldout.toml), where ibgda charged 0.77 ms a step of EP8 figures and
+    intranode 2 x 20 us a layer. The seed's decode convention (every token over one NIC) keeps its own."""
+    flags = ["--model", "qwen3-30b-a3b", "--hardware", "h100", "--phase", "decode", "--tp", "1", "--dp", "1",
+             "--batch", "16", "--comm", comm]
+    code, out, err = run(capsys, "estimate", *flags, "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert {r["op"]: r["ms_per_layer"] for r in d["rows"] if r["op"] in ("Dispatch", "Combine")} == {
+        "Dispatch": 0.0, "Combine": 0.0}
+    assert d["sum_ms"] == pytest.approx(d["sum_overlap_ms"])          # nothing left to hide
+    assert [r["label"] for r in d["rows"]][0] == "GQA"                  # a model without MLA, as printed
+    code, text, err = run(capsys, "estimate", *flags)
+    assert "publishes no figures" not in text + err
+    trace = tmp_path / "ep1.json.gz"
+    assert main(["trace", *flags, "-o", str(trace)]) == 0
+    capsys.readouterr()
+    from tests.helpers import read_trace
+    names = {e.get("name") for e in read_trace(trace)["traceEvents"] if e.get("ph") == "X"}
+    assert not names & {"DISPATCH", "COMBINE"}, names & {"DISPATCH", "COMBINE"}
+
+
+def test_the_seed_decode_convention_keeps_its_all_to_all(capsys):
+    code, out, _ = run(capsys, "estimate", "--preset", "seed004", "--phase", "decode", "--tp", "1", "--dp", "1")
+    assert code == 0
+    rows = {line.split()[0]: float(line.split()[1]) for line in out.splitlines() if line.startswith(("Dispatch", "Combine"))}
+    assert rows and all(v > 0 for v in rows.values()), rows

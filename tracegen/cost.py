@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from .catalog import Hardware, Release
 from .ops import Work
 from .plan import Plan
-from .preset import Preset
+from .preset import Preset, local_experts
 
 _MB = 1e6                  # bytes per MB: bytes / MB / (GB/s) = ms
 _SEED_NET_MB = 2 ** 20     # the seed divides bytes by 2^20 and reads MB / (GB/s) as ms
@@ -129,6 +129,8 @@ def _comm_time(w: Work, plan: Plan, hw: Hardware, preset: Preset) -> Timed:
     if w.kind == "allreduce":
         terms["scaleup_ms"] = w.scaleup_bytes / mb / link_rate(hw, preset, "scaleup")
         return Timed(w, terms["scaleup_ms"], terms)
+    if w.kind == "a2a" and local_experts(plan, preset):
+        return Timed(w, 0.0, {"local_ms": 0.0})
     backend = hw.backend(plan.comm)
     release = backend.pick(plan.comm_release) if preset.comm_figures == "published" else None
     lat_ms = backend.latency_us / 1e3 if preset.comm_latency else 0.0

@@ -13,6 +13,11 @@ from .power import compute_bound, draw
 from .preset import Preset
 from .target import Target
 
+def row_label(name: str, model: Model) -> str:
+    """An op row's name as printed: the attention rows say GQA for a model without MLA."""
+    return name.replace("MLA", "GQA") if model.attention != "mla" else name
+
+
 ROW_ORDER = ("DenseMLA", "DenseMLP", "MLA", "Gate", "SharedExpert", "RoutedExpert", "Dispatch", "Combine", HEAD,
              MTP_ROW, "Scheduler")
 
@@ -68,8 +73,8 @@ class Estimate:
             "model": self.model.name, "hardware": self.hardware.name, "preset": self.preset.name,
             "plan": {**{k: getattr(p, k) for k in p.__dataclass_fields__}, "ep": p.ep_size},   # 0 = tp x dp, said
             "gpus": p.num_gpus, "nodes": p.nodes, "ep": p.ep_size,
-            "rows": [{"op": r.name, "ms_per_layer": r.ms, "layers": r.layers, "total_ms": r.total_ms,
-                      "terms_ms": r.terms} for r in self.rows],
+            "rows": [{"op": r.name, "label": row_label(r.name, self.model), "ms_per_layer": r.ms, "layers": r.layers,
+                      "total_ms": r.total_ms, "terms_ms": r.terms} for r in self.rows],
             "sum_overlap_ms": self.sum_overlap_ms, "sum_ms": self.sum_ms,
             "tokens_per_s_per_gpu_overlap": self.tokens_per_s_per_gpu_overlap,
             "tokens_per_s_per_gpu": self.tokens_per_s_per_gpu,

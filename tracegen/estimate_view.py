@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .estimate import row_label
 from .plan import Plan
 from .preset import Preset
 from .stack import DEFAULT_STACK, load_stack
@@ -19,11 +20,6 @@ def _ranks(n: int, hw: Any) -> str:
     if hw.dies_per_package > 1:
         return f"{n} dies ({n / hw.dies_per_package:g} packages, "
     return f"{n} GPUs ("
-
-
-def row_label(name: str, model: Any) -> str:
-    """An op row's name as printed: the attention rows say GQA for a model without MLA."""
-    return name.replace("MLA", "GQA") if model.attention != "mla" else name
 
 
 def memory_lines(max_batch: float, p: Any, what: str = "the figures above") -> list[str]:

@@ -13,7 +13,7 @@ from .cost import Timed, comm_sms, op_time
 from .ops import layer_ops, tokens
 from .plan import Plan
 from .power import compute_bound
-from .preset import Preset
+from .preset import Preset, local_experts
 from .target import Target
 from .step import MTP_ROW, head_ops, mtp_plan, mtp_proj_ops
 
@@ -102,6 +102,10 @@ def _stage_from_ops(layer: int, mb: int, name: str, timed: list[Timed], plan: Pl
     # kernels it is costed for; without them (the seed's preset) KERNELS folds the glue into each op
     kernels = sum(t.work.kernels if preset.glue else KERNELS.get(t.work.name, 1) for t in timed)
     flops = sum(t.work.flops for t in timed)
+    if comm and local_experts(plan, preset):
+        # EP1: every expert is local, no all-to-all runs: an empty stage - no kernel, no launch, no CPU
+        # wait - kept so the layer's program and launch orders stay whole
+        return Stage(layer, mb, name, COMM, 0.0, 0.0, 0.0, False, 0, 0, flops, 0.0, ops_us, terms)
     if comm:
         (c,) = comm
         backend = hw.backend(plan.comm)

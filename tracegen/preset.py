@@ -104,3 +104,10 @@ def load_preset(name: str = "default") -> Preset:
     if missing:
         raise UserError(f"preset {match}: missing key {missing[0]!r}")
     return Preset(name=match, **raw)
+
+
+def local_experts(plan: Any, preset: Preset) -> bool:
+    """EP1: every expert is on this GPU, so no all-to-all runs (a serving stack calls its fused MoE
+    directly); a backend's fixed latency or its published EP8 figures would be time nobody spends. The
+    seed's decode convention (every token sent over one NIC, whatever the EP) keeps its all-to-all."""
+    return plan.ep_size == 1 and not (plan.phase == "decode" and preset.decode_dispatch == "all_remote_one_nic")

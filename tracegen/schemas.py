@@ -18,7 +18,8 @@ _S = Strict
 
 
 class EstimateRow(_S):
-    op: str
+    op: str                 # the row's id (the attention rows are MLA / DenseMLA for every model)
+    label: str              # as printed: GQA / DenseGQA for a model without MLA
     ms_per_layer: float
     layers: int
     total_ms: float

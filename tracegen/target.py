@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 from .catalog import Hardware, Model
 from .plan import Plan
-from .preset import Preset
+from .preset import Preset, local_experts
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class Target:
     def held_note(self) -> str | None:
         """Where the plan's backend release publishes no figure for its EP size: which are held, and why."""
         hw, plan = self.hardware, self.plan
+        if local_experts(plan, self.preset):      # no all-to-all runs: no figure is used
+            return None
         release = hw.backend(plan.comm).pick(plan.comm_release) if self.preset.comm_figures == "published" else None
         held = release.held(plan.ep_size) if release is not None else []
         return (f"{plan.comm} release {release.name!r} publishes no figures for EP{plan.ep_size}: "

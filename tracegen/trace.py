@@ -101,6 +101,8 @@ def build_events(sched: Schedule, meta: dict[str, Any]) -> dict[str, Any]:
                        "tid": TRACKS[iv.track][0], "ts": _r(iv.start), "dur": _r(_r(iv.end) - _r(iv.start)),
                        "args": {"rank": iv.rank, "sched_ms": sched.graph.plan.sched_ms}})
             continue
+        if not sched.graph.stages[iv.key].kernels and iv.end <= iv.start:
+            continue            # an empty stage (EP1's all-to-all): nothing ran, nothing is drawn
         c = corr.setdefault((iv.rank, iv.key), len(corr) + 1)
         cat = _CATEGORY[iv.activity]
         load = sched.load[iv.rank] if iv.key[2] == "MLP" and iv.key[0] not in sched.graph.dense else 1.0
