@@ -44,11 +44,11 @@ CORPUS.update({f"h200/{n}": (OBS / "h200" / f"{n}.json.gz", _COPIES)
 CORPUS.update({f"hf-moe-h100/{n}": (OBS / "hf-moe-h100" / f"hf-moe-{n}.json.gz", None) for n in ("module", "plain")})
 # held out: a Hugging Face-style eager MoE decode (traces/observed/hf-decode, bench/capture/capture_hf_decode.py),
 # these rows pinned 2026-12-07 before the capture (tests/test_hf_decode.py): the variants with nn.Module ranges (hf,
-# nosync; full, nosync with every recording option, pinned before its own capture) re-timed with no change within
-# the bars; the ones without ranges (graph, compiled) within them where replay finds layers in the kernel sequence,
-# else refused in one line (HF_DECODE_REFUSAL)
+# nosync; full and altstream, nosync profiled with every option and with a side stream, each pinned before its own
+# capture) re-timed with no change within the bars; the ones without ranges (graph, compiled) within them where
+# replay finds layers in the kernel sequence, else refused in one line (HF_DECODE_REFUSAL)
 HF_DECODE = {f"hf-decode/{n}": (OBS / "hf-decode" / f"hf-decode-{n}.json.gz", None)
-             for n in ("hf", "nosync", "graph", "compiled", "full")}
+             for n in ("hf", "nosync", "graph", "compiled", "full", "altstream")}
 HF_DECODE_MAY_REFUSE = ("hf-decode/graph", "hf-decode/compiled")
 HF_DECODE_REFUSAL = "no stage of rank 0 could be labelled"
 CORPUS_NOTES = {

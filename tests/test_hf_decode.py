@@ -254,3 +254,23 @@ def test_a_change_with_nothing_to_change_is_refused(tmp_path, capsys):
     assert main(["whatif", str(HERE / RUNS["nosync"]["file"]), "-o", str(out), "--no-cache"]) == 0
     said = capsys.readouterr().out
     assert "no all-to-all backend assumed" in said and "ibgda" not in said
+
+
+def test_a_side_stream_of_compute_is_compute():
+    """Pinned before its capture: the shared expert on a side stream beside the routed experts (SGLang's
+    alt_stream). Both streams compute (no communication role); compute busy is the union of every kernel;
+    idle the gaps of that union, told by the same launch-path rule; 2 steps x 4 layers."""
+    if "altstream" not in RUNS:
+        pytest.skip("no hf-decode-altstream capture")
+    a = result("altstream")
+    per = a.layers.groupby("step")["layer"].nunique().to_dict()
+    assert len(per) == RUNS["altstream"]["steps"] and set(per.values()) == {RUNS["altstream"]["layers_per_step"]}, per
+    roles = a.streams.groupby("role")["stream"].nunique().to_dict()
+    assert roles.get("compute", 0) >= 2 and not roles.get("comm"), roles
+    ks = merged((e["ts"], e["ts"] + e["dur"]) for e in kernels("altstream"))
+    assert a.ranks[0]["compute_us"] == pytest.approx(sum(b - x for x, b in ks), rel=1e-3)
+    assert idle_total(a) == pytest.approx(sum(b - x for x, b in idle_gaps("altstream")), rel=1e-6)
+    t = a.idle_totals[0]
+    assert t["cpu_blocked_launch"] <= 0.1 * idle_total(a)
+    assert t["launch_bound"] == pytest.approx(launch_path_truth("altstream"), rel=0.10)
+    assert {s["what"] for s in a.suspicious} <= {"no_communication"}, a.suspicious

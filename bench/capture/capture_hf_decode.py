@@ -18,6 +18,8 @@ Variants (OUT_DIR/hf-decode-<variant>.json.gz), 16 sequences, 4 layers, 2 profil
             by its wrapper, no CUDA graphs): no ranges
   full      (--only full) the nosync step profiled with every recording option users turn on:
             record_shapes, profile_memory (memory instant events), with_flops, with_stack, with_modules
+  altstream (--only altstream) the nosync step with each layer's shared expert on a side stream beside
+            the routed experts (SGLang's alt_stream); nn.Module ranges
 
 Outside the profiler, the nosync step is timed eagerly and as a graph replay (median of 20 steps,
 synchronised, host clock): the GPU's share of idle that the host's launch path alone causes,
@@ -81,7 +83,13 @@ class Qwen2MoeSparseMoeBlock(nn.Module):
         self.shared_expert = Qwen2MoeMLP(SHARED_FF)
         self.shared_expert_gate = nn.Linear(H, 1, bias=False)
 
+    alt_stream = None       # (altstream) the shared expert on this side stream, as SGLang runs it
+
     def forward(self, x: torch.Tensor, sync: bool) -> torch.Tensor:
+        if self.alt_stream is not None:
+            self.alt_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.alt_stream):
+                shared = torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         weights = torch.softmax(self.gate(x).float(), dim=-1)
         weights, chosen = torch.topk(weights, TOPK, dim=-1)
         weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
@@ -95,6 +103,9 @@ class Qwen2MoeSparseMoeBlock(nn.Module):
             route = torch.zeros(B, EXPERTS, device=x.device, dtype=x.dtype).scatter_(1, chosen, weights)
             for e, expert in enumerate(self.experts):
                 out = out + expert(x) * route[:, e, None]
+        if self.alt_stream is not None:
+            torch.cuda.current_stream().wait_stream(self.alt_stream)
+            return out + shared
         return out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
 
 
@@ -170,10 +181,11 @@ def save(prof, out: Path, name: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT", "capture-out"))
-    ap.add_argument("--only", choices=["full"], help="capture this variant alone (its truth: hf-decode-capture-full.json)")
+    ap.add_argument("--only", choices=["full", "altstream"],
+                    help="capture this variant alone (its truth: hf-decode-capture-<variant>.json)")
     args = ap.parse_args()
-    if args.only == "full":
-        return capture_full(Path(args.out))
+    if args.only:
+        return capture_one(Path(args.out), args.only)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = "cuda"
@@ -271,29 +283,39 @@ def main() -> None:
     print(json.dumps({"env": env, "runs": runs}, indent=1))
 
 
-def capture_full(out: Path) -> None:
-    """The nosync step profiled with every recording option (see the module's docstring)."""
+ONE = {"full": ("record_shapes, profile_memory, with_flops, with_stack, with_modules",
+                 "nn.Module (with_stack, with_modules)"),
+       "altstream": ("with_stack; each layer's shared expert on a side stream", "nn.Module (with_stack)")}
+
+
+def capture_one(out: Path, variant: str) -> None:
+    """One variant of the nosync step alone (see the module's docstring)."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = Qwen2MoeForCausalLM().to("cuda").to(torch.bfloat16).eval()
+    if variant == "altstream":
+        side = torch.cuda.Stream()
+        for layer in model.layers:
+            layer.mlp.alt_stream = side
     ids = torch.randint(1, 32000, (B,), device="cuda")
+    full = variant == "full"
     with torch.no_grad():
         cache = new_cache(True, "cuda")
         for _ in range(3):
             decode_step(model, ids, cache, False)
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True,
-                     profile_memory=True, with_flops=True, with_stack=True, with_modules=True,
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=full,
+                     profile_memory=full, with_flops=full, with_stack=True, with_modules=full,
                      schedule=schedule(wait=0, warmup=1, active=STEPS, repeat=1)) as prof:
             for _ in range(STEPS + 1):
                 decode_step(model, ids, cache, False)
                 torch.cuda.synchronize()
                 prof.step()
-    run = {"file": "hf-decode-full.json.gz", "bytes": save(prof, out, "hf-decode-full"), "steps": STEPS,
-           "layers_per_step": LAYERS, "microbatches": 1, "syncs_per_step": 0,
-           "ranges": "nn.Module (with_stack, with_modules)",
-           "options": "record_shapes, profile_memory, with_flops, with_stack, with_modules"}
-    (out / "hf-decode-capture-full.json").write_text(json.dumps({"runs": {"full": run}}, indent=1))
+    name = f"hf-decode-{variant}"
+    run = {"file": f"{name}.json.gz", "bytes": save(prof, out, name), "steps": STEPS,
+           "layers_per_step": LAYERS, "microbatches": 1, "syncs_per_step": 0, "ranges": ONE[variant][1],
+           "options": ONE[variant][0]}
+    (out / f"hf-decode-capture-{variant}.json").write_text(json.dumps({"runs": {variant: run}}, indent=1))
     print(json.dumps(run, indent=1))
 
 
