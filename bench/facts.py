@@ -188,6 +188,13 @@ def _hf(name: str, key: str, fmt: str) -> Callable[[], str]:
 
 
 @lru_cache(maxsize=None)
+def hf_heldout() -> dict:
+    """The held-out row of the HF decode graph step (bench/heldout.py): tracegen's tokens/s and its error."""
+    from bench.heldout import rows
+    return next(r for r in rows() if r["key"] == "hf-decode-h100-graph")
+
+
+@lru_cache(maxsize=None)
 def hf_whatif() -> dict:
     """`replay whatif` with no change of each HF decode capture: span error (%), or None where refused."""
     from bench.whatif_fidelity import hf_decode_rows
@@ -316,6 +323,8 @@ FACTS: dict[str, Callable[[], str]] = {
     "hf.full.idle": _hf("full", "idle", ".1f"),
     "hf.full.launch_bound": _hf("full", "launch_bound", ".1f"),
     **{f"hf.whatif.{v}_pct": _f("+.2f", lambda v=v: hf_whatif()[v]) for v in ("hf", "nosync", "graph", "full")},
+    "hf.heldout.predicted": _f(",.1f", lambda: hf_heldout()["predicted"]),
+    "hf.heldout.error_pct": _f("+.1f", lambda: hf_heldout()["error_pct"]),
     "h200.eager.idle": _idle_fact("decode-eager", "idle", ".1f"),
     "h200.eager.launch_bound": _idle_fact("decode-eager", "launch_bound", ".1f"),
     "h200.eager.step_boundary": _idle_fact("decode-eager", "step_boundary", ".1f"),
