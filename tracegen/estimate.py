@@ -13,6 +13,7 @@ from .power import compute_bound, draw
 from .preset import Preset
 from .target import Target
 
+
 def row_label(name: str, model: Model) -> str:
     """An op row's name as printed: the attention rows say GQA for a model without MLA."""
     return name.replace("MLA", "GQA") if model.attention != "mla" else name
