@@ -43,8 +43,14 @@ class Analysis:
     @property
     def findings(self) -> list[dict[str, Any]]:
         if not hasattr(self, "_findings"):
-            self._findings = as_dicts(self.finding_table, self.step_regex)
+            self._findings = as_dicts(self.finding_table, self.step_regex, self._message_context())
         return self._findings
+
+    def _message_context(self) -> tuple[np.ndarray, dict[Any, str]]:
+        """findings.message_context of the whole finding table, computed once (every listing reads it)."""
+        if not hasattr(self, "_context"):
+            self._context = message_context(self.finding_table)
+        return self._context
 
     def top_findings(self, n: int | None, per_kind: int | None = None) -> list[dict[str, Any]]:
         """The findings with the most time lost first: at most `per_kind` of each kind on each rank, at
@@ -58,7 +64,7 @@ class Analysis:
             keys = pd.DataFrame({"kind": np.where(kind >= 0, kind, np.nan), "rank": t["rank"].to_numpy()[order]})
             order = order[(keys.groupby(["kind", "rank"], sort=False).cumcount() < per_kind).to_numpy()]
         rows = order if n is None else order[:n]
-        steps, sync_call = message_context(t)          # of the whole table: a listed finding says what it says there
+        steps, sync_call = self._message_context()     # of the whole table: a listed finding says what it says there
         return as_dicts(t.iloc[rows], self.step_regex, (steps[rows], sync_call))
 
     def findings_by_kind(self) -> dict[str, dict[str, float]]:

@@ -87,7 +87,7 @@ _NONE = (np.zeros(0), np.zeros(0))
 
 def message_context(table: pd.DataFrame) -> tuple[np.ndarray, dict[Any, str]]:
     """What a finding's advice depends on beyond its own row, from the whole finding table (a listed
-    subset must say what the whole says): per row, the profiled steps in which a finding of its kind and
+    subset must say what the whole says): per row, the profiled steps in which a finding of its rank and
     group names the same call; per rank, the call its host syncs cost most in."""
     return _steps_with_call(table), _largest_sync(table)
 
@@ -267,7 +267,7 @@ def _add_edges(acc: _Rank, df: pd.DataFrame, comp: pd.DataFrame, cov: _Cover, lo
     c, p = cov.Fc(B) - cov.Fc(A), cov.Fp(B) - cov.Fp(A)
     m = np.minimum(cov.Fm(B) - cov.Fm(A), (B - A) - c)
     rest = (B - A) - c - m
-    to_come = (c > 0) & ~comp.empty
+    to_come = (c > 0) & (not comp.empty)        # communication still to come after the last compute kernel
     acc.add(WAITING_ON_PEER, "peer", p, A, near, "", "", _peer_of(A, B, cov.p0, cov.p1, cov.pp))
     acc.add(WAITING_ON_COMM, "comm", c - p + np.where(to_come, rest, 0.0), A, near, "", "", -1)
     acc.add(WAITING_ON_COPY, "copy", m, A, near, "", "", -1)
