@@ -90,6 +90,21 @@ def test_value_types_and_stages_follow_the_contract(written):
     assert programs == set(C.STAGE_STREAM)
 
 
+def test_a_stage_that_runs_nothing_is_not_drawn(tmp_path):
+    """The contract's EP1 rule: one GPU of every expert runs no all-to-all, so its trace has no
+    DISPATCH / COMBINE slice and no launch of one; at EP2 both are drawn."""
+    from tracegen.trace import write_trace
+
+    from .helpers import make_schedule
+    drawn = {}
+    for dp in (1, 2):
+        out = write_trace(make_schedule("decode", "h100", "qwen3-30b-a3b", tbo="off", layers=2, tp=1, dp=dp),
+                          tmp_path / f"dp{dp}.json")
+        drawn[dp] = {e["args"].get("stage") for e in read_trace(out)["traceEvents"] if e["ph"] == "X"
+                     and isinstance(e.get("args"), dict)}
+    assert not drawn[1] & {"DISPATCH", "COMBINE"} and {"DISPATCH", "COMBINE"} <= drawn[2], drawn
+
+
 def test_readers_decode_exactly_the_declared_keys():
     read_args = {k.name for k in C.read_keys(C.SLICE_ARGS)}
     kineto_own = {name for name, _, _ in _KINETO_ARGS}

@@ -211,6 +211,10 @@ def markdown() -> str:
     lines += [f"| {st} | {stream} |" for st, stream in STAGE_STREAM.items()]
     lines += ["", "| phase, layer | stage order of one micro-batch |", "|---|---|"]
     lines += [f"| {ph}, {kind} | {' -> '.join(stages)} |" for (ph, kind), stages in PROGRAM.items()]
+    lines += ["", "A stage that runs nothing is not drawn: with EP1 (one GPU holds every expert) no all-to-all "
+              "runs, so an MoE layer's DISPATCH and COMBINE have no slice, no launch and no flow "
+              "(tracegen/preset.py `local_experts`; the seed's decode convention, every token over one NIC, "
+              "keeps them)."]
     lines += ["", "### Idle causes", "", "Scheduled by tracegen (and measured by replay): " +
               ", ".join(f"`{c}`" for c in IDLE_CAUSES) + ". Measured by replay only: " +
               ", ".join(f"`{c}`" for c in OBSERVED_IDLE_CAUSES if c not in IDLE_CAUSES) +
