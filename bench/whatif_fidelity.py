@@ -128,14 +128,8 @@ def reorder_by_step_rows() -> list[dict]:
     run. Added 2026-12-07, after the last-step rows above were seen to miss: the observed steps differ by up to
     3 ms within a run (proper: 49.1-50.0 ms in steps 1-2, 51.8-52.5 in step 3), more than the last step's
     observed change; these rows show the prediction on every step, the last-step rows stay the headline."""
-    out = []
-    for step in (1, 2, 3):
-        for rank in range(4):
-            moved = _one(DEEPEP / "prefill-improper", None, rank, Change(launch_order="proper"), step)
-            seen = _one(DEEPEP / "prefill-proper", None, rank, step=step)
-            out.append({"step": step, "rank": rank, "improper_ms": moved["observed_span_us"] / 1e3,
-                        "predicted_ms": moved["span_us"] / 1e3, "proper_ms": seen["observed_span_us"] / 1e3})
-    return out
+    return [{"step": step, **_reorder(DEEPEP / "prefill-improper", DEEPEP / "prefill-proper", None, rank, step)}
+            for step in (1, 2, 3) for rank in range(4)]
 
 
 def single_gpu_reorder_rows() -> list[dict]:
@@ -149,9 +143,11 @@ def single_gpu_reorder_rows() -> list[dict]:
     return out
 
 
-def _reorder(improper: Path, proper: Path, taxonomy: str | None, rank: int) -> dict:
-    moved = _one(improper, taxonomy, rank, Change(launch_order="proper"))
-    seen = _one(proper, taxonomy, rank)
+def _reorder(improper: Path, proper: Path, taxonomy: str | None, rank: int, step: int | None = None) -> dict:
+    """One rank's improper run re-timed in the proper order against the observed proper run (`step`: that
+    profiled step of both, else each one's last)."""
+    moved = _one(improper, taxonomy, rank, Change(launch_order="proper"), step)
+    seen = _one(proper, taxonomy, rank, step=step)
     return {"rank": rank, "improper_ms": moved["observed_span_us"] / 1e3, "predicted_ms": moved["span_us"] / 1e3,
             "proper_ms": seen["observed_span_us"] / 1e3}
 

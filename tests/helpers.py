@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tracegen.base.contract import OBSERVED_IDLE_CAUSES, UNEXPLAINED
 from tracegen.pipeline import TraceOptions, schedule
 from tracegen.resolve import resolve_plan, resolve_target
 from tracegen.target import Target
@@ -58,6 +59,17 @@ def overlap(a, b) -> float:
 
 
 __all__ = ["make_schedule", "read_trace", "slices", "replace", "merged", "overlap"]
+
+
+def kernel_gaps(ev: list[dict[str, Any]]) -> list[list[float]]:
+    """Compute idle of a single-GPU capture, by plain loops: the gaps between its merged kernels."""
+    ks = merged((e["ts"], e["ts"] + e["dur"]) for e in ev if e.get("ph") == "X" and e.get("cat") == "kernel")
+    return [[ks[i][1], ks[i + 1][0]] for i in range(len(ks) - 1)]
+
+
+def idle_total(a) -> float:
+    """A one-rank analysis' compute idle, over every cause."""
+    return sum(a.idle_totals[0][c] for c in (*OBSERVED_IDLE_CAUSES, UNEXPLAINED))
 
 
 def launch_path_idle(ev: list[dict[str, Any]]) -> float:

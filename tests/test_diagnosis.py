@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from replay.analyze import analyze
-from tracegen.base.contract import OBSERVED_IDLE_CAUSES, UNEXPLAINED
+from tracegen.base.contract import UNEXPLAINED
 
-from .helpers import launch_path_idle, merged, overlap
+from .helpers import idle_total, kernel_gaps, launch_path_idle, merged, overlap
 
 ROOT = Path(__file__).resolve().parents[1]
 H200 = ROOT / "traces" / "observed" / "h200"
@@ -43,18 +43,12 @@ def run_of(name: str) -> dict:
 
 def idle_gaps(name: str) -> list[list[float]]:
     """Compute idle of a single-GPU capture: the gaps between its (merged) kernels."""
-    ks = merged((e["ts"], e["ts"] + e["dur"]) for e in raw(name)["traceEvents"]
-                if e.get("ph") == "X" and e.get("cat") == "kernel")
-    return [[ks[i][1], ks[i + 1][0]] for i in range(len(ks) - 1)]
+    return kernel_gaps(raw(name)["traceEvents"])
 
 
 def spans(name: str, names: tuple[str, ...]) -> list[list[float]]:
     return merged((e["ts"], e["ts"] + e["dur"]) for e in raw(name)["traceEvents"]
                   if e.get("ph") == "X" and e.get("name") in names)
-
-
-def idle_total(a) -> float:
-    return sum(a.idle_totals[0][c] for c in (*OBSERVED_IDLE_CAUSES, UNEXPLAINED))
 
 
 def messages(a, kind: str | None = None) -> list[str]:

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from replay.analyze import analyze
-from tracegen.base.contract import OBSERVED_IDLE_CAUSES, UNEXPLAINED
 
-from .helpers import launch_path_idle, merged, overlap
+from .helpers import idle_total, kernel_gaps, launch_path_idle, merged, overlap
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "traces" / "observed" / "hf-decode"      # the card it ran on: the truth file's env
@@ -46,12 +45,7 @@ def kernels(variant: str) -> list[dict]:
 
 
 def idle_gaps(variant: str) -> list[list[float]]:
-    ks = merged((e["ts"], e["ts"] + e["dur"]) for e in kernels(variant))
-    return [[ks[i][1], ks[i + 1][0]] for i in range(len(ks) - 1)]
-
-
-def idle_total(a) -> float:
-    return sum(a.idle_totals[0][c] for c in (*OBSERVED_IDLE_CAUSES, UNEXPLAINED))
+    return kernel_gaps(raw(variant))
 
 
 def launch_path_truth(variant: str) -> float:

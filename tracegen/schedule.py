@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 
 from .base.contract import (
     COMM,
