@@ -20,6 +20,15 @@ from .peers import Peers
 FINDINGS_PER_KIND = 20     # the --json document lists the largest this many of each kind on each rank
 
 
+def _context(a: Any) -> tuple[np.ndarray, dict[Any, str]]:
+    """findings.message_context of an analysis' whole finding table, computed once (every listing of its
+    findings reads it); `a` is an Analysis or anything with its finding_table."""
+    ctx = getattr(a, "_message_context", None)
+    if ctx is None:
+        ctx = a._message_context = message_context(a.finding_table)
+    return ctx
+
+
 @dataclass
 class Analysis:
     trace: Trace
@@ -43,14 +52,8 @@ class Analysis:
     @property
     def findings(self) -> list[dict[str, Any]]:
         if not hasattr(self, "_findings"):
-            self._findings = as_dicts(self.finding_table, self.step_regex, self._message_context())
+            self._findings = as_dicts(self.finding_table, self.step_regex, _context(self))
         return self._findings
-
-    def _message_context(self) -> tuple[np.ndarray, dict[Any, str]]:
-        """findings.message_context of the whole finding table, computed once (every listing reads it)."""
-        if not hasattr(self, "_context"):
-            self._context = message_context(self.finding_table)
-        return self._context
 
     def top_findings(self, n: int | None, per_kind: int | None = None) -> list[dict[str, Any]]:
         """The findings with the most time lost first: at most `per_kind` of each kind on each rank, at
@@ -64,7 +67,7 @@ class Analysis:
             keys = pd.DataFrame({"kind": np.where(kind >= 0, kind, np.nan), "rank": t["rank"].to_numpy()[order]})
             order = order[(keys.groupby(["kind", "rank"], sort=False).cumcount() < per_kind).to_numpy()]
         rows = order if n is None else order[:n]
-        steps, sync_call = self._message_context()     # of the whole table: a listed finding says what it says there
+        steps, sync_call = _context(self)              # of the whole table: a listed finding says what it says there
         return as_dicts(t.iloc[rows], self.step_regex, (steps[rows], sync_call))
 
     def findings_by_kind(self) -> dict[str, dict[str, float]]:
