@@ -1,4 +1,5 @@
-"""A columnar cache of loaded traces: Parquet files keyed by a hash of the trace's bytes, so a
+"""A columnar cache of loaded traces: Parquet files keyed by a hash of the trace's bytes (and of the
+loader's own code, so another version never reads a table this one did not build), so a
 second `replay analyze` of the same file skips parsing. Safe to delete at any time."""
 from __future__ import annotations
 
@@ -17,6 +18,24 @@ if TYPE_CHECKING:                       # the table's module (pandas) loads only
 
 FORMAT = "6"      # bump when the event table's columns change
 
+# The modules whose code decides what a cached table holds (decoding, columns, ranks and their moves, the
+# contract's categories): their bytes are part of every key, so a table cached by another version of
+# them (an upgrade, a local change) is never read back as this version's.
+_BUILDERS = ("kineto.py", "columns.py", "events.py", "cache.py", "parallel.py", "headstart.py",
+             "../tracegen/base/contract.py")
+_code: list[bytes] = []
+
+
+def code_key() -> bytes:
+    """A digest of the table builders' source (read once per process)."""
+    if not _code:
+        h = hashlib.blake2b(digest_size=16)
+        here = Path(__file__).parent
+        for name in _BUILDERS:
+            h.update((here / name).read_bytes())
+        _code.append(h.digest())
+    return _code[0]
+
 
 def cache_dir() -> Path:
     env = os.environ.get("MOE_TIMELINE_CACHE")
@@ -29,6 +48,7 @@ def cache_dir() -> Path:
 def content_key(path: str | Path) -> str:
     h = hashlib.blake2b(digest_size=20)
     h.update(FORMAT.encode())
+    h.update(code_key())
     for f in trace_files(Path(path)):
         h.update(f.name.encode())
         with open(f, "rb") as fh:

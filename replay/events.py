@@ -375,17 +375,19 @@ def split_results(path: str | Path, files: list[Path], results: list[Any], stric
 
 
 def rank_shifts(files: list[Path], ranks: list[set[int]]) -> tuple[list[int], list[dict[str, Any]]]:
-    """Per file, what to add to its ranks so that no two files share one (the later file moves up),
-    and a note of each move."""
-    taken: set[int] = set()
+    """Per file, what to add to its ranks so that no two files share one (a file that claims a rank an
+    earlier file claimed moves above every rank claimed or given; a file whose claim is its own keeps
+    it), and a note of each move."""
+    claimed: set[int] = set()
+    taken = set().union(*ranks) if ranks else set()
     shifts, collisions = [], []
     for f, mine in zip(files, ranks):
         shift = 0
-        if mine & taken:
+        if mine & claimed:
             shift = max(taken) + 1 - min(mine)
             collisions.append({"file": f.name, "claimed": sorted(mine), "now": sorted(r + shift for r in mine)})
-            mine = {r + shift for r in mine}
-        taken |= mine
+            taken |= {r + shift for r in mine}
+        claimed |= mine
         shifts.append(shift)
     return shifts, collisions
 

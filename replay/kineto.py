@@ -325,8 +325,11 @@ def read_events(path: Path, make_sink: Callable[[], Sink],
 
 
 def rank_from_name(path: Path) -> int | None:
-    """The rank a per-rank file's name gives (rank3.json, trace_3.json), if any."""
-    m = re.search(r"rank[_\-]?(\d+)", path.name, re.I) or re.search(r"[_\-.](\d+)\.json", path.name)
+    """The rank a per-rank file's name gives (rank3.json, trace_3.json, vLLM's ...-rank-3.<ns>.pt.trace.json,
+    SGLang's <id>-TP-3[-DP-0][-EP-3][-DECODE].trace.json.gz: its TP rank, the rank within the model's
+    group), if any."""
+    m = (re.search(r"rank[_\-]?(\d+)", path.name, re.I) or re.search(r"(?:^|[_\-.])TP-(\d+)(?=[-.])", path.name)
+         or re.search(r"[_\-.](\d+)\.json", path.name))
     return int(m.group(1)) if m else None
 
 

@@ -201,7 +201,8 @@ def cross(kernels: pd.DataFrame, first: pd.Series, meta: dict[str, Any] | None, 
     mixed = mixed_runs(kernels, k)
     if mixed:
         if not allow_mixed:
-            raise UserError(f"{mixed}; analyse one run's files together (--allow-mixed analyses them anyway)")
+            raise UserError(f"{mixed}{_claimed_twice(meta)}; analyse one run's files together (--allow-mixed "
+                            "analyses them anyway)")
         warnings.append(mixed + ": analysed anyway (--allow-mixed); peer waits pair unrelated kernels")
     offsets, clock = _clock(k)
     if offsets:
@@ -228,6 +229,16 @@ def cross(kernels: pd.DataFrame, first: pd.Series, meta: dict[str, Any] | None, 
     stragglers = _stragglers(first, k)
     table = k.drop(columns=["launch_end_us", "cov_start", "cov_end"]).reset_index(drop=True)
     return Peers(table, wait_by_rank, stragglers, clock, offsets, warnings)
+
+
+def _claimed_twice(meta: dict[str, Any] | None) -> str:
+    """Where files claimed the same rank (the usual cause of a mixed folder: two runs, or SGLang's
+    per-stage files `...-TP-0-EXTEND` and `...-TP-0-DECODE`, in one folder), which files did."""
+    moved = (meta or {}).get("rank_collisions") or []
+    if not moved:
+        return ""
+    names = ", ".join(c["file"] for c in moved[:3]) + (f" and {len(moved) - 3} more" if len(moved) > 3 else "")
+    return f" ({len(moved)} file(s) claim a rank an earlier file holds: {names})"
 
 
 def mixed_runs(kernels: pd.DataFrame, matched: pd.DataFrame) -> str:

@@ -217,6 +217,46 @@ def test_two_files_claiming_one_rank_are_said(tmp_path):
     assert any(s["what"] == "duplicate_rank" for s in a.suspicious)
 
 
+def test_sglang_per_stage_files_in_one_folder_are_refused_naming_the_twins(tmp_path):
+    """SGLang's --profile-by-stage writes <id>-TP-<r>-EXTEND and <id>-TP-<r>-DECODE files side by side:
+    one folder of both is two runs. It is refused, and the refusal names the files that claim a rank an
+    earlier file holds - each stage's second file only (a move is not a claim: the files after keep
+    their own ranks)."""
+    files = {f"1733.5-TP-{r}-{stage}.trace.json.gz": CAP / run / f"rank{r}.json.gz"
+             for r in range(4) for stage, run in (("EXTEND", "prefill-proper"), ("DECODE", "decode-proper"))}
+    d = _folder(tmp_path, files)
+    with pytest.raises(UserError) as exc:
+        analyze(d, use_cache=False, progress=False)
+    msg = str(exc.value)
+    assert "look like different runs" in msg and "4 file(s) claim a rank an earlier file holds" in msg
+    assert "TP-0-EXTEND" in msg and "DECODE" not in msg.split("holds:")[1].split(";")[0]
+    for f in d.glob("*DECODE*"):
+        f.unlink()
+    a = analyze(d, use_cache=False, progress=False)        # one stage's files: one run, ranks as named
+    assert [r["rank"] for r in a.ranks] == [0, 1, 2, 3]
+    assert not any(s["what"] == "duplicate_rank" for s in a.suspicious)
+
+
+def test_a_file_that_claims_a_taken_rank_moves_alone():
+    """Rank moves do not cascade: only a file whose claim an earlier file made moves (above every
+    claim); the files after it keep the ranks they name."""
+    from replay.events import rank_shifts
+    files = [Path(f"f{i}") for i in range(6)]
+    shifts, moved = rank_shifts(files, [{0}, {0}, {1}, {1}, {2}, {3}])
+    assert shifts == [0, 4, 0, 4, 0, 0]
+    assert [m["now"] for m in moved] == [[4], [5]]
+
+
+def test_rank_from_the_names_serving_engines_write():
+    """The rank a file's name gives, for the names profilers and serving engines write."""
+    from replay.kineto import rank_from_name
+    names = {"rank3.json": 3, "trace_3.json": 3, "1733000000.12-TP-12.trace.json.gz": 12,    # SGLang
+             "1733000000.12-TP-5-DP-1-EP-5-DECODE.trace.json.gz": 5,
+             "inst-rank-7.1733000000123456.pt.trace.json.gz": 7,                                 # vLLM
+             "host_12345.1733000000123.pt.trace.json.gz": None}               # a pid is not a rank
+    assert {n: rank_from_name(Path(n)) for n in names} == names
+
+
 def test_nccl_kernels_of_unknown_subgroups_are_not_matched():
     from replay.peers import kernel_table, match
     a = analyze(Path(__file__).resolve().parents[1] / "traces" / "observed" / "h200x2-nccl", use_cache=False,

@@ -74,6 +74,18 @@ def test_second_run_uses_the_cache(gen, capsys, tmp_path, monkeypatch):
     assert not json.loads(third)["cached"]
 
 
+def test_a_table_cached_by_other_code_is_not_read_back(gen, tmp_path, monkeypatch):
+    """The cache key holds the table builders' source: a table cached by another version of the
+    loader (an upgrade, a local change) is a miss, not a stale answer."""
+    from replay import cache
+    monkeypatch.setenv("MOE_TIMELINE_CACHE", str(tmp_path / "cache"))
+    key = cache.content_key(gen)
+    assert cache.load_cached(gen)[1] is False and cache.load_cached(gen)[1] is True
+    monkeypatch.setattr(cache, "_code", [b"another loader"])
+    assert cache.content_key(gen) != key
+    assert cache.load_cached(gen)[1] is False
+
+
 def test_user_taxonomy_reclassifies(tmp_path, capsys):
     trace = {"traceEvents": [
         {"ph": "X", "cat": "kernel", "name": "my_fancy_a2a_kernel", "pid": 0, "tid": 1, "ts": 0, "dur": 10,
