@@ -87,8 +87,9 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
     cached = False
     if trace is None:
         trace, cached = load_cached(path, use_cache=use_cache, progress=progress, jobs=jobs, cluster=cluster)
-    if strict and trace.meta.get("skipped_files"):
-        bad = trace.meta["skipped_files"][0]
+    unreadable = [b for b in trace.meta.get("skipped_files", []) if not b.get("cpu_only")]
+    if strict and unreadable:
+        bad = unreadable[0]
         raise UserError(f"{Path(path) / bad['file']}: {bad['error']}")
     p = prepare(trace.events, opts)
     if not p.has_gpu:

@@ -82,11 +82,11 @@ from .stepnames import DEFAULT_STEP  # noqa: E402  (a constant for --help; stepn
 
 
 def warn_skipped(*analyses: Any) -> None:
-    """One stderr line per rank file a folder's analysis left out (unreadable)."""
+    """One stderr line per rank file a folder's analysis left out (unreadable, or no GPU work)."""
     for a in analyses:
         for bad in a.trace.meta.get("skipped_files", []):
-            print(f"warning: {bad['file']}: {bad['error']}: left out, the other ranks analysed "
-                  f"(--strict makes this an error)", file=sys.stderr)
+            print(f"warning: {bad['file']}: {bad['error']}: left out, the other ranks analysed"
+                  + ("" if bad.get("cpu_only") else " (--strict makes this an error)"), file=sys.stderr)
 
 
 WHOLE_TABLE_MAX_BYTES = 1 << 30    # a folder up to this size, on one process, is analysed as one table

@@ -358,7 +358,8 @@ def folder_progress(files: list[Path], progress: bool | None) -> tuple[Progress,
 
 def split_results(path: str | Path, files: list[Path], results: list[Any], strict: bool) -> tuple[list, list, list]:
     """(the results that are tables, their files, the files that could not be read with why): one bad
-    rank file must not cost the others (unless strict); none readable is an error."""
+    rank file must not cost the others (unless strict); none readable is an error. A file with no GPU
+    work in a folder whose other files have some is left out too (cpu_only), strict or not."""
     parts, kept, skipped = [], [], []
     for f, res in zip(files, results):
         if isinstance(res, str):
@@ -371,7 +372,15 @@ def split_results(path: str | Path, files: list[Path], results: list[Any], stric
     if not parts:
         raise UserError(f"{path}: none of its {len(files)} trace files could be read (first: {files[0].name}: "
                         f"{skipped[0]['error']})")
+    gpu = [bool(p["has_gpu"]) if isinstance(p, dict) else bool((p.events["device"] == "gpu").any()) for p in parts]
+    if any(gpu) and not all(gpu):           # a CPU-side file beside ranks' timelines is not a rank
+        skipped += [{"file": f.name, "error": CPU_ONLY, "cpu_only": True} for f, g in zip(kept, gpu) if not g]
+        parts, kept = [p for p, g in zip(parts, gpu) if g], [f for f, g in zip(kept, gpu) if g]
     return parts, kept, skipped
+
+
+CPU_ONLY = ("holds no GPU work (no kernel, copy or GPU annotation): a CPU-side trace beside the ranks' "
+            "timelines (such as SGLang's scheduler -perfetto.json.gz), not a rank")
 
 
 def rank_shifts(files: list[Path], ranks: list[set[int]]) -> tuple[list[int], list[dict[str, Any]]]:

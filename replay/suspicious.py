@@ -150,6 +150,9 @@ def entries(f: dict[str, Any], meta: dict[str, Any], warnings: list[tuple[str, s
     """check()'s entries from the facts of the table(s)."""
     out = [_entry(what, 1, msg) for what, msg in warnings]
     for bad in meta.get("skipped_files", []):
+        if bad.get("cpu_only"):
+            out.append(_entry("cpu_only_file", 1, f"{bad['file']}: {bad['error']}: left out, the other files analysed"))
+            continue
         out.append(_entry("unreadable_file", 1, f"{bad['file']}: {bad['error']}: left out, the other files analysed "
                           f"(--strict makes this an error)"))
     neg = meta.get("negative_durations")

@@ -116,3 +116,22 @@ def test_bad_options_stay_one_line(capsys):
     assert replay(["analyze", str(CAP / "prefill-late"), "--step", "99", "--no-cache"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "--rank 9" in err[0] and "--window" in err[1] and "--step 99" in err[2]
+
+
+def test_a_cpu_only_file_beside_the_ranks_is_left_out(tmp_path):
+    """SGLang writes its scheduler's own trace (<id>-TP-0-perfetto.json.gz: CPU slices, no kernels) beside
+    the ranks' profiler files. It is not a rank: both analyses leave it out and say so, strict or not,
+    and the ranks read exactly as without it."""
+    d = tmp_path / "run"
+    shutil.copytree(CAP / "prefill-proper", d)
+    ev = [{"ph": "X", "name": "scheduler.forward", "pid": 1, "tid": 1, "ts": 1000 + 100 * i, "dur": 50,
+           "cat": "sglang"} for i in range(20)]
+    with gzip.open(d / "1733.5-TP-0-perfetto.json.gz", "wt") as f:
+        json.dump({"traceEvents": ev}, f)
+    out = same(d)
+    base = analyze(CAP / "prefill-proper", use_cache=False, progress=False).to_dict()
+    assert out["ranks"] == base["ranks"]
+    said = [s for s in out["suspicious_input"] if s["what"] == "cpu_only_file"]
+    assert len(said) == 1 and "perfetto" in said[0]["message"]
+    assert not any(s["what"] in ("duplicate_rank", "unreadable_file") for s in out["suspicious_input"])
+    assert analyze(d, use_cache=False, progress=False, strict=True).to_dict()["ranks"] == base["ranks"]
