@@ -322,7 +322,12 @@ FACTS: dict[str, Callable[[], str]] = {
     "hf.full.span": _hf("full", "span", ".1f"),
     "hf.full.idle": _hf("full", "idle", ".1f"),
     "hf.full.launch_bound": _hf("full", "launch_bound", ".1f"),
-    **{f"hf.whatif.{v}_pct": _f("+.2f", lambda v=v: hf_whatif()[v]) for v in ("hf", "nosync", "graph", "full")},
+    "hf.altstream.span": _hf("altstream", "span", ".1f"),
+    "hf.altstream.idle": _hf("altstream", "idle", ".1f"),
+    "hf.altstream.launch_bound": _hf("altstream", "launch_bound", ".1f"),
+    "hf.altstream.blocked": _hf("altstream", "cpu_blocked_launch", ".1f"),
+    **{f"hf.whatif.{v}_pct": _f("+.2f", lambda v=v: hf_whatif()[v])
+       for v in ("hf", "nosync", "graph", "full", "altstream")},
     "hf.heldout.predicted": _f(",.1f", lambda: hf_heldout()["predicted"]),
     "hf.heldout.error_pct": _f("+.1f", lambda: hf_heldout()["error_pct"]),
     "h200.eager.idle": _idle_fact("decode-eager", "idle", ".1f"),
