@@ -114,9 +114,12 @@ def rows() -> list[dict]:
                       model=row["model"], heldout_key=key)
         ok, need, why = c.check()
         err = 100 * (got / target - 1) if target else None
+        at_pin = row.get("predicted_at_pin")
+        pin_err = 100 * (at_pin / target - 1) if target and at_pin else None
         out.append({"key": key, "published": target, "unit": row["unit"], "predicted": got,
                     "error_pct": err, "seen": row["seen"].split(":")[0], "label": c.label if ok else need,
-                    "why": why, "reason": REASONS.get(key, "")})
+                    "why": why, "reason": REASONS.get(key, ""), "predicted_at_pin": at_pin,
+                    "error_at_pin_pct": pin_err})
     return out
 
 
@@ -126,6 +129,14 @@ def summary(rs: list[dict]) -> dict[str, float]:
     return {"n": len(a), "median_abs_pct": statistics.median(a), "max_abs_pct": max(a)}
 
 
+def _reason(r: dict) -> str:
+    """The row's reason, led by its prediction at the pin where the model has moved since."""
+    pin = r["predicted_at_pin"]
+    moved = pin is not None and abs(r["predicted"] / pin - 1) > 1e-4
+    head = f"predicted at the pin (before the capture): {pin:,.1f}, {r['error_at_pin_pct']:+.1f} %. " if moved else ""
+    return (head + r["reason"]) or "-"
+
+
 def table() -> str:
     rs = rows()
     s = summary(rs)
@@ -133,7 +144,7 @@ def table() -> str:
              "prediction; `seen` says whether anyone had run the project on the row before it was pinned):", "",
              "| row | label | seen | published | predicted | error | reason |", "|---|---|---|---:|---:|---:|---|"]
     lines += [f"| {r['key']} | {r['label']} | {r['seen']} | {r['published']:,.1f} {r['unit']} | {r['predicted']:,.1f} | "
-              f"{r['error_pct']:+.1f}% | {r['reason'] or '-'} |" if r["published"] is not None else
+              f"{r['error_pct']:+.1f}% | {_reason(r)} |" if r["published"] is not None else
               f"| {r['key']} | {r['label']} | {r['seen']} | not captured yet ({r['unit']}) | {r['predicted']:,.1f} | - | "
               f"pinned before its capture: the prediction stands, its target comes with the capture |" for r in rs]
     med_ok = "yes" if s["median_abs_pct"] <= BAR_MEDIAN_PCT else "**no**"
