@@ -18,10 +18,8 @@ into OUT_DIR/qwen3-prefill.json.gz."""
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -31,6 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile, schedule
+
+from capture_hf_decode import save         # the trace written gzipped, its size returned
 
 H, HEADS, KV_HEADS, HEAD_DIM = 2048, 32, 4, 128
 EXPERTS, TOPK, FF, VOCAB, LAYERS = 128, 8, 768, 151936, 4
@@ -134,15 +134,6 @@ def timed(fn, n: int = 20) -> list[float]:
         torch.cuda.synchronize()
         walls.append((time.perf_counter() - t) * 1e6)
     return walls
-
-
-def save(prof, out: Path, name: str) -> int:
-    raw = out / f"{name}.json"
-    prof.export_chrome_trace(str(raw))
-    with open(raw, "rb") as f, gzip.open(str(raw) + ".gz", "wb", compresslevel=9) as g:
-        shutil.copyfileobj(f, g)
-    raw.unlink()
-    return os.path.getsize(str(raw) + ".gz")
 
 
 def check_experts(block: Qwen3MoeSparseMoeBlock, x: torch.Tensor) -> float:
