@@ -143,7 +143,7 @@ def _across(path: str | Path, parts: list[dict[str, Any]], meta: dict[str, Any],
     """The cross-rank step on the files' compact tables: the folder-wide checks, who waited for
     whom (peers.cross), the warnings, and the time origin on the common clock."""
     if not any(p["has_gpu"] for p in parts):
-        raise no_gpu_error(path)
+        raise no_gpu_error(path, meta)
     spans = pd.concat([p["spans"] for p in parts], ignore_index=True)
     if opts.step is not None:
         check_step(opts.step, spans)

@@ -386,3 +386,21 @@ def test_pytorch_1_9_kineto_categories_are_read_as_todays():
     assert not any("ProfilerStep" in (f.get("message") or "") and f["kind"] == "launch_bound" for f in a.findings)
     zero = next(x for x in a.suspicious if x["what"] == "zero_duration")
     assert "whole microseconds" in zero["message"]
+
+
+def test_an_ascend_trace_is_named_not_blamed_on_cuda(tmp_path, capsys):
+    """torch_npu's trace_view.json puts NPU tasks under a process named 'Ascend Hardware', with no kernel
+    category: replay reads no GPU timeline there and says it is an Ascend trace (exit 2, one line),
+    not that ProfilerActivity.CUDA was forgotten."""
+    from replay.cli import main
+    ev = [{"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "Ascend Hardware"}},
+          {"ph": "M", "name": "thread_name", "pid": 2, "tid": 2, "args": {"name": "Stream 2"}}]
+    ev += [{"ph": "X", "name": "MatMulV2", "pid": 2, "tid": 2, "ts": str(1000 + 10.5 * i), "dur": 8.0,
+            "args": {"Task Type": "AI_CORE", "Stream Id": 2}} for i in range(20)]
+    ev += [{"ph": "X", "name": "aten::mm", "pid": 100, "tid": 100, "ts": str(990 + 10.5 * i), "dur": 3.0,
+            "cat": "cpu_op"} for i in range(20)]
+    p = tmp_path / "trace_view.json"
+    p.write_text(json.dumps(ev))
+    assert main(["analyze", str(p), "--no-cache"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Ascend (torch_npu) trace" in err[0] and "CUDA" not in err[0].split("(kernels")[0]
