@@ -385,6 +385,10 @@ def _read_table_file(path: Path | Any, what: str) -> dict[str, dict]:
     except (ValueError, UnicodeDecodeError) as exc:
         kind = "JSON" if name.endswith(".json") else "TOML"
         raise UserError(f"{what} file {path}: not valid {kind} ({exc})") from None
+    if what == "model" and name.endswith(".json"):
+        from .hfconfig import is_hf_config, model_entry      # a Hugging Face config.json, as users have it
+        if is_hf_config(data):
+            return model_entry(data, path if isinstance(path, Path) else Path(name))
     if not isinstance(data, dict) or not data or not all(isinstance(v, dict) for v in data.values()):
         raise UserError(f"{what} file {path}: expected one table per entry, e.g. [my-gpu] ...")
     return data

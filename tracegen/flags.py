@@ -20,7 +20,8 @@ def add_target_args(p: argparse.ArgumentParser, phase: bool = True) -> None:
     g.add_argument("--model", "-m", default=None,
                    help="model name from `tracegen list models` (default: deepseek-v3)")
     g.add_argument("--model-file", default=None, metavar="FILE",
-                   help="your own model catalog (TOML or JSON, same fields as the built-in one)")
+                   help="your own model catalog (TOML or JSON, same fields as the built-in one), or a "
+                        "model's Hugging Face config.json as it is")
     g.add_argument("--hardware", "--gpu", "-g", dest="hardware", default=None,
                    help="hardware name from `tracegen list hardware` (default: h800)")
     g.add_argument("--hardware-file", default=None, metavar="FILE",

@@ -1,0 +1,100 @@
+"""A Hugging Face config.json given to --model-file as users have it (tracegen/hfconfig.py): the published
+configs of the catalog's models give the catalog's shapes and the same estimate; what the cost model does
+not represent is said in the entry's source; a dense model or a broken config is one error line."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from tracegen.base.errors import UserError
+from tracegen.catalog import load_model
+from tracegen.cli import main
+
+# the published config.json values of each model (the keys each family's config uses)
+DEEPSEEK_V3 = {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": 129280,
+               "hidden_size": 7168, "intermediate_size": 18432, "moe_intermediate_size": 2048,
+               "num_hidden_layers": 61, "num_attention_heads": 128, "num_key_value_heads": 128, "q_lora_rank": 1536,
+               "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+               "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 8, "n_group": 8,
+               "topk_group": 4, "first_k_dense_replace": 3, "scoring_func": "sigmoid", "norm_topk_prob": True}
+KIMI_K2 = {**DEEPSEEK_V3, "vocab_size": 163840, "num_attention_heads": 64, "num_key_value_heads": 64,
+           "n_routed_experts": 384, "n_group": 1, "topk_group": 1, "first_k_dense_replace": 1}
+QWEN3_30B = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 151936,
+             "hidden_size": 2048, "intermediate_size": 6144, "moe_intermediate_size": 768, "num_hidden_layers": 48,
+             "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128,
+             "num_experts_per_tok": 8, "decoder_sparse_step": 1, "mlp_only_layers": [], "sliding_window": None,
+             "use_sliding_window": False}
+SHAPE = [f.name for f in dataclasses.fields(load_model("deepseek-v3")) if f.name not in ("key", "name", "source", "aliases")]
+
+
+def write(tmp_path: Path, name: str, cfg: dict) -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d / "config.json"
+
+
+@pytest.mark.parametrize("name,cfg,builtin", [("DeepSeek-V3", DEEPSEEK_V3, "deepseek-v3"),
+                                              ("Kimi-K2-Instruct", KIMI_K2, "kimi-k2"),
+                                              ("Qwen3-30B-A3B", QWEN3_30B, "qwen3-30b-a3b")])
+def test_a_published_config_gives_the_catalog_shape(tmp_path, name, cfg, builtin):
+    m, ref = load_model(None, write(tmp_path, name, cfg)), load_model(builtin)
+    assert {f: getattr(m, f) for f in SHAPE} == {f: getattr(ref, f) for f in SHAPE}
+    assert m.key == name and name in m.name and "not modelled" not in m.source
+
+
+def test_the_estimate_from_a_config_is_the_catalog_models(tmp_path, capsys):
+    path = write(tmp_path, "DeepSeek-V3", DEEPSEEK_V3)
+    flags = ["--hardware", "h100", "--phase", "decode", "--batch", "64", "--dp", "16", "--json"]
+    assert main(["estimate", "--model", "deepseek-v3", *flags]) == 0
+    ref = json.loads(capsys.readouterr().out)
+    assert main(["estimate", "--model-file", str(path), *flags]) == 0
+    got = json.loads(capsys.readouterr().out)
+    step = [k for k in ref if "step" in k and isinstance(ref[k], (int, float))]
+    assert step and all(got[k] == ref[k] for k in step)
+
+
+def test_mixtral_and_qwen2_moe_read_their_own_keys(tmp_path):
+    mixtral = {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "vocab_size": 32000,
+               "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+               "num_key_value_heads": 8, "num_local_experts": 8, "num_experts_per_tok": 2, "sliding_window": None}
+    m = load_model(None, write(tmp_path, "Mixtral-8x7B", mixtral))
+    assert (m.moe_intermediate, m.routed_experts, m.activated_experts, m.shared_experts) == (14336, 8, 2, 0)
+    assert (m.attention, m.kv_heads, m.head_dim, m.dense_layers) == ("gqa", 8, 128, 0)
+    qwen2 = {"architectures": ["Qwen2MoeForCausalLM"], "vocab_size": 151936, "hidden_size": 2048,
+             "intermediate_size": 5632, "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632,
+             "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16, "num_experts": 60,
+             "num_experts_per_tok": 4, "decoder_sparse_step": 1, "mlp_only_layers": []}
+    m = load_model(None, write(tmp_path, "Qwen1.5-MoE-A2.7B", qwen2))
+    assert (m.shared_experts, m.routed_experts, m.head_dim) == (4, 60, 128)     # one 5,632-wide = 4 of 1,408
+
+
+def test_what_the_model_does_not_represent_is_said(tmp_path):
+    maverick = {"architectures": ["Llama4ForConditionalGeneration"], "text_config": {
+        "vocab_size": 202048, "hidden_size": 5120, "intermediate_size": 8192, "intermediate_size_mlp": 16384,
+        "num_hidden_layers": 48, "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128,
+        "num_local_experts": 128, "num_experts_per_tok": 1, "interleave_moe_layer_step": 2}}
+    m = load_model(None, write(tmp_path, "Llama-4-Maverick", maverick))
+    assert m.layers == 48 and m.dense_layers == 24 and "interleaved" in m.source
+    oss = {"architectures": ["GptOssForCausalLM"], "vocab_size": 201088, "hidden_size": 2880,
+           "intermediate_size": 2880, "num_hidden_layers": 24, "num_attention_heads": 64, "num_key_value_heads": 8,
+           "head_dim": 64, "num_local_experts": 32, "experts_per_token": 4, "sliding_window": 128,
+           "layer_types": ["sliding_attention", "full_attention"] * 12}
+    m = load_model(None, write(tmp_path, "gpt-oss-20b", oss))
+    assert (m.routed_experts, m.activated_experts, m.head_dim) == (32, 4, 64)
+    assert "sliding-window attention (128 tokens) costed as full attention" in m.source
+
+
+def test_a_dense_or_broken_config_is_one_error_line(tmp_path, capsys):
+    dense = {"architectures": ["LlamaForCausalLM"], "vocab_size": 128256, "hidden_size": 4096,
+             "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32}
+    assert main(["estimate", "--model-file", str(write(tmp_path, "Llama", dense))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a dense model" in err[0]
+    with pytest.raises(UserError, match="must be a whole number"):
+        load_model(None, write(tmp_path, "bad", {**QWEN3_30B, "num_hidden_layers": "48"}))
+    with pytest.raises(UserError, match="MLA attention"):
+        load_model(None, write(tmp_path, "mla", {**DEEPSEEK_V3, "v_head_dim": None}))

@@ -1,0 +1,120 @@
+"""A Hugging Face config.json read as a model entry: the file users already have for any MoE model
+(DeepSeek-V3/R1, Kimi-K2, Qwen2/3-MoE, Mixtral, GLM-4.5, gpt-oss), given to --model-file as it is.
+
+Each catalog field comes from the config key the model families use for it (KEYS, first match wins);
+what the cost model does not represent (sliding-window attention, interleaved dense layers placed
+elsewhere than first) is written into the entry's source, so the shape it runs on is never silent."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tracegen.base.errors import UserError
+
+# catalog field -> the config keys that hold it, in the order tried
+KEYS: dict[str, tuple[str, ...]] = {
+    "hidden": ("hidden_size", "d_model", "dim"),
+    "layers": ("num_hidden_layers", "num_layers", "n_layers"),
+    "heads": ("num_attention_heads", "n_heads", "n_head"),
+    "vocab_size": ("vocab_size",),
+    "routed_experts": ("n_routed_experts", "num_experts", "num_local_experts", "moe_num_experts", "n_experts"),
+    "activated_experts": ("num_experts_per_tok", "experts_per_token", "moe_topk", "top_k", "num_selected_experts"),
+    "moe_intermediate": ("moe_intermediate_size", "expert_intermediate_size", "moe_ffn_hidden_size"),
+    "intermediate": ("intermediate_size", "ffn_hidden_size"),
+    "kv_heads": ("num_key_value_heads", "num_kv_heads", "n_kv_heads"),
+    "head_dim": ("head_dim",),
+    "expert_groups": ("n_group", "num_expert_group"),
+    "limited_groups": ("topk_group",),
+}
+MLA_KEYS = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+
+
+def is_hf_config(data: Any) -> bool:
+    """A parsed JSON document that is a transformers config (not a catalog of entries)."""
+    if not isinstance(data, dict) or not ("model_type" in data or "architectures" in data):
+        return False
+    text = data.get("text_config") if isinstance(data.get("text_config"), dict) else {}
+    return any(k in data or k in text for k in KEYS["hidden"])
+
+
+def _first(cfg: dict, field: str) -> Any:
+    for k in KEYS[field]:
+        if cfg.get(k) is not None:
+            return cfg[k]
+    return None
+
+
+def _whole(value: Any, name: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"{where}: {name} must be a whole number, got {value!r}")
+    return value
+
+
+def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
+    """{key: catalog entry} for the config at `path` (its folder's name is the key, as a model repo's)."""
+    where = f"model file {path} (a Hugging Face config.json)"
+    cfg = {**cfg, **(cfg.get("text_config") or {})}          # multimodal wrappers keep the LM in text_config
+    get = {f: _first(cfg, f) for f in KEYS}
+    for need in ("hidden", "layers", "heads", "vocab_size"):
+        if get[need] is None:
+            raise UserError(f"{where}: no {' / '.join(KEYS[need])}: not a decoder language model's config")
+    if not get["routed_experts"]:
+        raise UserError(f"{where}: no {' / '.join(KEYS['routed_experts'])}: a dense model; moe-timeline models "
+                        "Mixture-of-Experts layers")
+    if not get["activated_experts"]:
+        raise UserError(f"{where}: no {' / '.join(KEYS['activated_experts'])}: how many experts a token uses")
+    layers = _whole(get["layers"], "num_hidden_layers", where)
+    hidden, heads = _whole(get["hidden"], "hidden_size", where), _whole(get["heads"], "num_attention_heads", where)
+    moe_ff = get["moe_intermediate"] or get["intermediate"]       # Mixtral, gpt-oss: intermediate_size is the expert's
+    if not moe_ff:
+        raise UserError(f"{where}: no expert width ({' / '.join(KEYS['moe_intermediate'] + KEYS['intermediate'])})")
+    notes: list[str] = []
+    dense = _dense_layers(cfg, layers, notes)
+    shared = cfg.get("n_shared_experts") or cfg.get("num_shared_experts") or 0
+    if not shared and cfg.get("shared_expert_intermediate_size"):      # Qwen2-MoE: one wide shared expert
+        shared = max(1, round(cfg["shared_expert_intermediate_size"] / moe_ff))
+    key = path.parent.name if path.name == "config.json" and path.parent.name else path.stem
+    arch = (cfg.get("architectures") or [cfg.get("model_type") or "model"])[0]
+    entry: dict[str, Any] = {
+        "display": f"{key} ({arch})" if key != arch else arch,
+        "source": f"config.json [{path}]",
+        "vocab_size": get["vocab_size"], "hidden": hidden, "intermediate": get["intermediate"] or moe_ff,
+        "moe_intermediate": moe_ff, "layers": layers, "dense_layers": dense, "heads": heads,
+        "routed_experts": get["routed_experts"], "shared_experts": shared,
+        "activated_experts": get["activated_experts"],
+        "expert_groups": get["expert_groups"] or 1, "limited_groups": get["limited_groups"] or 1,
+    }
+    if cfg.get("kv_lora_rank"):
+        missing = [k for k in MLA_KEYS if not cfg.get(k)]
+        if missing and missing != ["q_lora_rank"]:
+            raise UserError(f"{where}: MLA attention (kv_lora_rank) without {', '.join(missing)}")
+        entry.update({"attention": "mla", **{k: cfg.get(k) or 0 for k in MLA_KEYS}})
+    else:
+        entry.update({"attention": "gqa", "kv_heads": get["kv_heads"] or heads,
+                      "head_dim": get["head_dim"] or hidden // max(heads, 1)})
+    if cfg.get("sliding_window") and (cfg.get("use_sliding_window", True) or cfg.get("layer_types")):
+        notes.append(f"sliding-window attention ({cfg['sliding_window']} tokens) costed as full attention")
+    if notes:
+        entry["source"] += "; not modelled: " + "; ".join(notes)
+    return {key or "model": entry}
+
+
+def _dense_layers(cfg: dict, layers: int, notes: list[str]) -> int:
+    """How many layers have a dense MLP: DeepSeek's first_k_dense_replace, Qwen's mlp_only_layers and
+    decoder_sparse_step, Llama-4's interleave step. tracegen puts them first; elsewhere, say so."""
+    if cfg.get("first_k_dense_replace") is not None:
+        return min(int(cfg["first_k_dense_replace"]), layers)
+    sparse = [True] * layers
+    step = cfg.get("decoder_sparse_step") or cfg.get("interleave_moe_layer_step") or 1
+    if step > 1:
+        sparse = [(i + 1) % step == 0 for i in range(layers)]
+    for i in cfg.get("mlp_only_layers") or []:
+        if 0 <= i < layers:
+            sparse[i] = False
+    dense = sparse.count(False)
+    if dense and any(sparse[:dense]):
+        notes.append(f"its {dense} dense-MLP layers are interleaved; modelled as the first {dense}")
+    return dense
+
+
+__all__ = ["is_hf_config", "model_entry", "KEYS"]
