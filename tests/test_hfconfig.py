@@ -98,3 +98,17 @@ def test_a_dense_or_broken_config_is_one_error_line(tmp_path, capsys):
         load_model(None, write(tmp_path, "bad", {**QWEN3_30B, "num_hidden_layers": "48"}))
     with pytest.raises(UserError, match="MLA attention"):
         load_model(None, write(tmp_path, "mla", {**DEEPSEEK_V3, "v_head_dim": None}))
+
+
+def test_the_estimate_says_what_of_the_config_it_does_not_model(tmp_path, capsys):
+    oss = {"architectures": ["GptOssForCausalLM"], "vocab_size": 201088, "hidden_size": 2880,
+           "intermediate_size": 2880, "num_hidden_layers": 24, "num_attention_heads": 64, "num_key_value_heads": 8,
+           "head_dim": 64, "num_local_experts": 32, "experts_per_token": 4, "sliding_window": 128,
+           "layer_types": ["sliding_attention", "full_attention"] * 12}
+    path = write(tmp_path, "gpt-oss-20b", oss)
+    assert main(["estimate", "--model-file", str(path), "--hardware", "h100", "--phase", "prefill"]) == 0
+    assert "model: not modelled: sliding-window attention" in capsys.readouterr().out.splitlines()[0]
+    assert main(["estimate", "--model-file", str(path), "--hardware", "h100", "--phase", "prefill", "--json"]) == 0
+    assert "sliding-window" in json.loads(capsys.readouterr().out)["assumptions"]["model_not_modelled"]
+    assert main(["estimate", "--model", "deepseek-v3", "--json"]) == 0
+    assert "model_not_modelled" not in json.loads(capsys.readouterr().out)["assumptions"]

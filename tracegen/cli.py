@@ -56,7 +56,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         sched = schedule(target, TraceOptions(tbo="proper" if plan.microbatches == 2 else "off"))
         est.extra["scheduled_step_ms"] = sched.span_us / 1e3
         est.extra["tokens_per_s_per_gpu_scheduled"] = est.tokens_per_step_per_gpu * 1e6 / sched.span_us
-    a = {**assumptions(args, hw, preset, plan), "in_situ_applied": False}    # estimate sums stages, no scheduler
+    a = {**assumptions(args, hw, preset, plan, target.model), "in_situ_applied": False}    # estimate sums stages, no scheduler
     if args.json:
         print_json({**est.to_dict(), "assumptions": a}, tag("tracegen-estimate"))
     else:
@@ -93,7 +93,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         ranks = [{**r, "layers": [{"layer": k, **v} for k, v in r["layers"].items()]} for r in summ]
         print_json({"output": str(path), "bytes": os.path.getsize(path), "tbo": tbo, "step_ms": sched.span_us / 1e3,
                     "ranks": ranks,
-                    "assumptions": assumptions(args, hw, preset, plan)}, tag("tracegen-trace"))
+                    "assumptions": assumptions(args, hw, preset, plan, model)}, tag("tracegen-trace"))
         return 0
     r0 = summ[0]
     moe = graph.moe_layers
@@ -103,7 +103,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB): {model.name} {plan.phase} on {graph.hardware.name}, "
           f"{n_model} layers{extra} x {plan.microbatches} micro-batch{'es' if plan.microbatches > 1 else ''}, "
           f"{args.ranks} rank{'s' if args.ranks > 1 else ''}, TBO {tbo}, comm {plan.comm}")
-    print(assumptions_line(assumptions(args, hw, preset, plan)))
+    print(assumptions_line(assumptions(args, hw, preset, plan, model)))
     print(f"span {r0['span_us'] / 1e3:.3f} ms (rank 0)   compute busy {100 * r0['compute_us'] / r0['span_us']:.1f}%   "
           f"communication hidden {r0['hidden_comm_pct']:.1f}% ({r0['exposed_comm_us'] / 1e3:.3f} ms exposed)")
     if len(moe) > 1:
