@@ -86,6 +86,8 @@ def test_what_the_model_does_not_represent_is_said(tmp_path):
     m = load_model(None, write(tmp_path, "gpt-oss-20b", oss))
     assert (m.routed_experts, m.activated_experts, m.head_dim) == (32, 4, 64)
     assert "sliding-window attention (128 tokens) costed as full attention" in m.source
+    m = load_model(None, write(tmp_path, "DeepSeek-V3.2-Exp", {**DEEPSEEK_V3, "index_topk": 2048}))
+    assert "sparse attention (DSA, 2048 keys per query) costed as dense attention" in m.source
 
 
 def test_a_dense_or_broken_config_is_one_error_line(tmp_path, capsys):

@@ -94,6 +94,8 @@ def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
                       "head_dim": get["head_dim"] or hidden // max(heads, 1)})
     if cfg.get("sliding_window") and (cfg.get("use_sliding_window", True) or cfg.get("layer_types")):
         notes.append(f"sliding-window attention ({cfg['sliding_window']} tokens) costed as full attention")
+    if cfg.get("index_topk"):               # DeepSeek-V3.2's sparse attention (DSA): each query reads index_topk keys
+        notes.append(f"sparse attention (DSA, {cfg['index_topk']} keys per query) costed as dense attention")
     if notes:
         entry["source"] += "; not modelled: " + "; ".join(notes)
     return {key or "model": entry}
