@@ -114,3 +114,13 @@ def test_the_estimate_says_what_of_the_config_it_does_not_model(tmp_path, capsys
     assert "sliding-window" in json.loads(capsys.readouterr().out)["assumptions"]["model_not_modelled"]
     assert main(["estimate", "--model", "deepseek-v3", "--json"]) == 0
     assert "model_not_modelled" not in json.loads(capsys.readouterr().out)["assumptions"]
+
+
+def test_deploy_says_it_too(tmp_path, capsys):
+    """tracegen deploy on a config.json carries the same note in its assumptions line."""
+    cfg = {**QWEN3_30B, "sliding_window": 4096, "use_sliding_window": True}
+    path = write(tmp_path, "Qwen3-sw", cfg)
+    assert main(["deploy", "--model-file", str(path), "--hardware", "h100", "--mode", "prefill",
+                 "--prefill-nodes", "1", "--requests", "50"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("assumptions"))
+    assert line.endswith("model: not modelled: sliding-window attention (4096 tokens) costed as full attention")

@@ -180,17 +180,21 @@ def simulate_args(args: argparse.Namespace, parts=None, cache: dict | None = Non
     r = simulate_deployment(model, hw, preset, d, w, cache)
     s = summary(r, args.slo_ttft, args.slo_tpot)
     s.update({"model": model.name, "hardware": hw.name, "preset": preset.name, "workload": w.source},
-             plan=d.label(), simulated_s=time.perf_counter() - t0, assumptions=assumptions(hw, preset, d))
+             plan=d.label(), simulated_s=time.perf_counter() - t0, assumptions=assumptions(hw, preset, d, model))
     return r, s
 
 
-def assumptions(hw, preset, d) -> dict:
-    """What sets the figures beyond the flags: the stack's conventions, the in-situ term, the clock."""
+def assumptions(hw, preset, d, model=None) -> dict:
+    """What sets the figures beyond the flags: the stack's conventions, the in-situ term, the clock, and
+    what of the model's own config the cost model does not represent (hfconfig.py)."""
     from ..stack import load_stack
     st = load_stack(d.stack or "catalog")
-    return {"stack": st.key, "stack_display": st.display, "releases": st.releases, "sched_ms": st.sched_ms,
-            "eplb": st.eplb, "in_situ_slowdown": hw.in_situ.slowdown if hw.in_situ and preset.comm_in_situ else 0.0,
-            "clock": "power-limited (power.py)" if hw.power and preset.power_limit else "boost"}
+    out = {"stack": st.key, "stack_display": st.display, "releases": st.releases, "sched_ms": st.sched_ms,
+           "eplb": st.eplb, "in_situ_slowdown": hw.in_situ.slowdown if hw.in_situ and preset.comm_in_situ else 0.0,
+           "clock": "power-limited (power.py)" if hw.power and preset.power_limit else "boost"}
+    if model is not None and "not modelled: " in model.source:
+        out["model_not_modelled"] = model.source.split("not modelled: ", 1)[1]
+    return out
 
 
 def assumptions_line(a: dict) -> str:
@@ -198,7 +202,8 @@ def assumptions_line(a: dict) -> str:
     return (f"assumptions: stack {a['stack']} (releases {rel}; scheduler {a['sched_ms']['prefill']:g} / "
             f"{a['sched_ms']['decode']:g} ms per prefill / decode step; default expert placement at "
             f"{a['eplb']['prefill']:g} / {a['eplb']['decode']:g} of balanced); in-situ comm slowdown "
-            f"{a['in_situ_slowdown']:g}; clock {a['clock']}")
+            f"{a['in_situ_slowdown']:g}; clock {a['clock']}"
+            + (f"; model: not modelled: {a['model_not_modelled']}" if a.get("model_not_modelled") else ""))
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
