@@ -44,16 +44,17 @@ def _first(cfg: dict, field: str) -> Any:
     return None
 
 
-def _whole(value: Any, name: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UserError(f"{where}: {name} must be a whole number, got {value!r}")
+def _whole(value: Any, name: str, where: str, least: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise UserError(f"{where}: {name} must be a whole number{' >= 1' if least else ''}, got {value!r}")
     return value
 
 
 def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
     """{key: catalog entry} for the config at `path` (its folder's name is the key, as a model repo's)."""
     where = f"model file {path} (a Hugging Face config.json)"
-    cfg = {**cfg, **(cfg.get("text_config") or {})}          # multimodal wrappers keep the LM in text_config
+    if isinstance(cfg.get("text_config"), dict):               # multimodal wrappers keep the LM in text_config
+        cfg = {**cfg, **cfg["text_config"]}
     get = {f: _first(cfg, f) for f in KEYS}
     for need in ("hidden", "layers", "heads", "vocab_size"):
         if get[need] is None:
@@ -63,37 +64,46 @@ def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
                         "Mixture-of-Experts layers")
     if not get["activated_experts"]:
         raise UserError(f"{where}: no {' / '.join(KEYS['activated_experts'])}: how many experts a token uses")
-    layers = _whole(get["layers"], "num_hidden_layers", where)
-    hidden, heads = _whole(get["hidden"], "hidden_size", where), _whole(get["heads"], "num_attention_heads", where)
-    moe_ff = get["moe_intermediate"] or get["intermediate"]       # Mixtral, gpt-oss: intermediate_size is the expert's
+    n = {f: _whole(get[f], " / ".join(KEYS[f][:2]), where, least=1) for f in
+         ("hidden", "layers", "heads", "vocab_size", "routed_experts", "activated_experts")}
+    n.update({f: _whole(get[f], " / ".join(KEYS[f][:2]), where) for f in
+              ("moe_intermediate", "intermediate", "kv_heads", "head_dim", "expert_groups", "limited_groups")
+              if get[f] is not None})
+    moe_ff = n.get("moe_intermediate") or n.get("intermediate")   # Mixtral, gpt-oss: intermediate_size is the expert's
     if not moe_ff:
         raise UserError(f"{where}: no expert width ({' / '.join(KEYS['moe_intermediate'] + KEYS['intermediate'])})")
     notes: list[str] = []
-    dense = _dense_layers(cfg, layers, notes)
-    shared = cfg.get("n_shared_experts") or cfg.get("num_shared_experts") or 0
-    if not shared and cfg.get("shared_expert_intermediate_size"):      # Qwen2-MoE: one wide shared expert
-        shared = max(1, round(cfg["shared_expert_intermediate_size"] / moe_ff))
+    layers, hidden, heads = n["layers"], n["hidden"], n["heads"]
+    dense = _dense_layers(cfg, layers, notes, where)
+    shared = _whole(cfg.get("n_shared_experts") or cfg.get("num_shared_experts") or 0, "n_shared_experts", where)
+    wide = cfg.get("shared_expert_intermediate_size")
+    if not shared and wide:                                     # Qwen2-MoE: one wide shared expert
+        shared = max(1, round(_whole(wide, "shared_expert_intermediate_size", where) / moe_ff))
     key = path.parent.name if path.name == "config.json" and path.parent.name else path.stem
-    arch = (cfg.get("architectures") or [cfg.get("model_type") or "model"])[0]
+    archs = cfg.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else \
+        (cfg["model_type"] if isinstance(cfg.get("model_type"), str) else "model")
     entry: dict[str, Any] = {
         "display": f"{key} ({arch})" if key != arch else arch,
         "source": f"config.json [{path}]",
-        "vocab_size": get["vocab_size"], "hidden": hidden, "intermediate": get["intermediate"] or moe_ff,
+        "vocab_size": n["vocab_size"], "hidden": hidden, "intermediate": n.get("intermediate") or moe_ff,
         "moe_intermediate": moe_ff, "layers": layers, "dense_layers": dense, "heads": heads,
-        "routed_experts": get["routed_experts"], "shared_experts": shared,
-        "activated_experts": get["activated_experts"],
-        "expert_groups": get["expert_groups"] or 1, "limited_groups": get["limited_groups"] or 1,
+        "routed_experts": n["routed_experts"], "shared_experts": shared,
+        "activated_experts": n["activated_experts"],
+        "expert_groups": n.get("expert_groups") or 1, "limited_groups": n.get("limited_groups") or 1,
     }
     if cfg.get("kv_lora_rank"):
         missing = [k for k in MLA_KEYS if not cfg.get(k)]
         if missing and missing != ["q_lora_rank"]:
             raise UserError(f"{where}: MLA attention (kv_lora_rank) without {', '.join(missing)}")
-        entry.update({"attention": "mla", **{k: cfg.get(k) or 0 for k in MLA_KEYS}})
+        entry.update({"attention": "mla", **{k: _whole(cfg.get(k) or 0, k, where) for k in MLA_KEYS}})
     else:
-        entry.update({"attention": "gqa", "kv_heads": get["kv_heads"] or heads,
-                      "head_dim": get["head_dim"] or hidden // max(heads, 1)})
-    if cfg.get("sliding_window") and (cfg.get("use_sliding_window", True) or cfg.get("layer_types")):
-        notes.append(f"sliding-window attention ({cfg['sliding_window']} tokens) costed as full attention")
+        entry.update({"attention": "gqa", "kv_heads": n.get("kv_heads") or heads,
+                      "head_dim": n.get("head_dim") or max(1, hidden // heads)})
+    window = cfg.get("sliding_window")
+    if window and (cfg.get("use_sliding_window", True) or cfg.get("layer_types")):
+        notes.append(f"sliding-window attention ({_whole(window, 'sliding_window', where)} tokens) costed as "
+                     "full attention")
     if cfg.get("index_topk"):               # DeepSeek-V3.2's sparse attention (DSA): each query reads index_topk keys
         notes.append(f"sparse attention (DSA, {cfg['index_topk']} keys per query) costed as dense attention")
     if notes:
@@ -101,17 +111,21 @@ def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
     return {key or "model": entry}
 
 
-def _dense_layers(cfg: dict, layers: int, notes: list[str]) -> int:
+def _dense_layers(cfg: dict, layers: int, notes: list[str], where: str) -> int:
     """How many layers have a dense MLP: DeepSeek's first_k_dense_replace, Qwen's mlp_only_layers and
     decoder_sparse_step, Llama-4's interleave step. tracegen puts them first; elsewhere, say so."""
     if cfg.get("first_k_dense_replace") is not None:
-        return min(int(cfg["first_k_dense_replace"]), layers)
+        return min(_whole(cfg["first_k_dense_replace"], "first_k_dense_replace", where), layers)
     sparse = [True] * layers
-    step = cfg.get("decoder_sparse_step") or cfg.get("interleave_moe_layer_step") or 1
+    step = _whole(cfg.get("decoder_sparse_step") or cfg.get("interleave_moe_layer_step") or 1,
+                  "decoder_sparse_step / interleave_moe_layer_step", where, least=1)
     if step > 1:
         sparse = [(i + 1) % step == 0 for i in range(layers)]
-    for i in cfg.get("mlp_only_layers") or []:
-        if 0 <= i < layers:
+    only = cfg.get("mlp_only_layers") or []
+    if not isinstance(only, list):
+        raise UserError(f"{where}: mlp_only_layers must be a list of layer numbers, got {only!r}")
+    for i in only:
+        if 0 <= _whole(i, "mlp_only_layers[]", where) < layers:
             sparse[i] = False
     dense = sparse.count(False)
     if dense and any(sparse[:dense]):
