@@ -243,7 +243,31 @@ def _to_frame(cols: _Columns, meta: dict[str, Any], path: Path, default_rank: in
         "work_us": c["work_us"].astype(np.float64),
         "extra": extra,
     })
+    if not generated:
+        df, pids = split_devices(df, is_gpu, int(file_rank or 0))
+        if pids:
+            meta["devices_split"] = [{"file": path.name, "pids": pids,
+                                      "ranks": [int(file_rank or 0) + k for k in range(len(pids))]}]
     return df
+
+
+def split_devices(df: pd.DataFrame, is_gpu: np.ndarray, first_rank: int) -> tuple[pd.DataFrame, list[str]]:
+    """A profiler file whose GPU work ran on several devices (one process driving several GPUs, e.g. a model
+    split across them) as one rank per device: each device's GPU rows, with every host row of the process
+    (the host launches for all of them), ranked first_rank + its place in device order. The table as it
+    is, and no pids, where the work ran on one device."""
+    codes = df["pid"].cat.codes.to_numpy()
+    uniq = np.unique(codes[is_gpu])
+    if len(uniq) < 2:
+        return df, []
+    names = [str(df["pid"].cat.categories[c]) for c in uniq]
+    order = sorted(range(len(uniq)), key=lambda i: (not names[i].isdigit(), int(names[i]) if names[i].isdigit() else 0,
+                                                    names[i]))
+    host = ~is_gpu
+    idx = [np.flatnonzero(host | (is_gpu & (codes == uniq[i]))) for i in order]
+    out = df.iloc[np.concatenate(idx)].reset_index(drop=True)
+    out["rank"] = np.repeat(np.arange(len(idx), dtype=np.int32) + first_rank, [len(x) for x in idx])
+    return out, [names[i] for i in order]
 
 
 def _flows_frame(cols: _Columns, rank_of_pid: dict[str, int]) -> pd.DataFrame:
@@ -413,6 +437,12 @@ def merge_meta(metas: list[dict[str, Any]], files: list[Path], skipped: list, co
     worlds = {int(w) for m in metas if isinstance(w := (m.get("distributedInfo") or {}).get("world_size"), int)}
     if worlds:
         meta["world_size"] = max(worlds)
+    moved = {c["file"]: c["now"][0] - c["claimed"][0] for c in collisions}
+    split = [{**x, "ranks": [r + moved.get(x["file"], 0) for r in x["ranks"]]}
+             for m in metas for x in m.get("devices_split", [])]
+    meta.pop("devices_split", None)
+    if split:
+        meta["devices_split"] = split
     negative = [m["negative_durations"] for m in metas if "negative_durations" in m]
     meta.pop("negative_durations", None)
     if negative:

@@ -159,6 +159,12 @@ def entries(f: dict[str, Any], meta: dict[str, Any], warnings: list[tuple[str, s
     if neg:
         out.append(_entry("negative_duration", neg["count"], f"{neg['count']} slices with a negative duration "
                           f"(e.g. {neg['example']!r}) were left out: the trace's timestamps are damaged"))
+    for x in meta.get("devices_split", []):
+        out.append(_entry("one_process_several_gpus", len(x["pids"]), f"{x['file']} holds the GPU work of "
+                          f"{len(x['pids'])} devices driven by one process (GPU pids {', '.join(x['pids'])}): analysed "
+                          f"as rank(s) {', '.join(map(str, x['ranks']))}, one per GPU, each with the process's host "
+                          "events; where the model is split across them, a GPU waiting for its turn behind another "
+                          "shows as its own idle, under the cause its launches give", x["ranks"]))
     for c in meta.get("rank_collisions", []):
         out.append(_entry("duplicate_rank", len(c["claimed"]), f"{c['file']} says it holds rank(s) "
                           f"{', '.join(map(str, c['claimed']))}, which an earlier file also holds: analysed as "
@@ -205,7 +211,8 @@ def entries(f: dict[str, Any], meta: dict[str, Any], warnings: list[tuple[str, s
         sig: dict[str, list[int]] = {}
         for rank in sorted(f["signatures"]):
             sig.setdefault(f["signatures"][rank], []).append(rank)
-        for same in (v for v in sig.values() if len(v) > 1):
+        one_file = [set(x["ranks"]) for x in meta.get("devices_split", [])]    # one process's GPUs: not a copy
+        for same in (v for v in sig.values() if len(v) > 1 and not any(set(v) <= g for g in one_file)):
             out.append(_entry("identical_ranks", len(same), f"ranks {', '.join(map(str, same))} hold identical GPU "
                               "timelines: the same file given twice?", same))
     return out

@@ -210,19 +210,52 @@ def test_a_trace_without_cpu_activity_says_it_cannot_tell(tmp_path):
     assert not [s for s in a.suspicious if s["what"] == "launches_missing"]
 
 
-def test_one_file_with_two_gpus_says_so(tmp_path):
-    """A single process driving two GPUs (e.g. a model split across devices): one rank's file with
-    kernels on GPU pids 0 and 1 is named under suspicious_input; a one-GPU file is not."""
+def test_one_file_with_two_gpus_is_a_rank_per_gpu(tmp_path):
+    """A single process driving two GPUs (e.g. a model split across devices): one file with kernels on GPU
+    pids 0 and 1 is analysed as two ranks, one per GPU, each with the process's host events, and said so;
+    each GPU's figures are its own kernels' (here the first half of the kernels on GPU 0, the second on 1).
+    A one-GPU file is one rank, and nothing is said."""
     one = _trace(tmp_path / "one.json", 4)
     d = json.loads(one.read_text())
-    for e in d["traceEvents"][len(d["traceEvents"]) // 2:]:
-        if e["cat"] == "kernel":
-            e["pid"] = 1
+    kernels = [e for e in d["traceEvents"] if e["cat"] == "kernel"]
+    for e in kernels[len(kernels) // 2:]:
+        e["pid"] = 1
     two = tmp_path / "two.json"
     two.write_text(json.dumps(d))
-    got = [s for s in analyze(two, use_cache=False).suspicious if s["what"] == "several_gpus"]
-    assert len(got) == 1 and got[0]["ranks"] == [0] and "GPU pids 0, 1" in got[0]["message"]
-    assert not [s for s in analyze(one, use_cache=False).suspicious if s["what"] == "several_gpus"]
+    a = analyze(two, use_cache=False)
+    assert [r["rank"] for r in a.ranks] == [0, 1]
+    for r, part in zip(a.ranks, (kernels[:len(kernels) // 2], kernels[len(kernels) // 2:])):
+        assert r["compute_us"] == pytest.approx(sum(e["dur"] for e in part))
+        assert r["span_us"] == pytest.approx(part[-1]["ts"] + part[-1]["dur"] - part[0]["ts"])
+    got = [s for s in a.suspicious if s["what"] == "one_process_several_gpus"]
+    assert len(got) == 1 and got[0]["ranks"] == [0, 1] and "GPU pids 0, 1" in got[0]["message"]
+    assert not {s["what"] for s in a.suspicious} & {"several_gpus", "identical_ranks"}
+    b = analyze(one, use_cache=False)
+    assert [r["rank"] for r in b.ranks] == [0]
+    assert not [s for s in b.suspicious if s["what"] in ("one_process_several_gpus", "several_gpus")]
+
+
+def test_a_second_gpu_of_one_process_gives_its_figures_alone(tmp_path):
+    """A real one-GPU capture with its kernels copied onto a second device (3 us later, their own ids):
+    rank 0 reads exactly as the original file, and rank 1's busy time is the same."""
+    import gzip
+    src = Path(__file__).resolve().parents[1] / "traces" / "observed" / "hf-decode" / "hf-decode-nosync.json.gz"
+    d = json.load(gzip.open(src, "rt"))
+    copies = []
+    for e in d["traceEvents"]:
+        if e.get("cat") == "kernel":
+            c = json.loads(json.dumps(e))
+            c.update(pid=1, ts=e["ts"] + 3.0)
+            c["args"].update(device=1, correlation=e["args"]["correlation"] + 10 ** 7)
+            copies.append(c)
+    d["traceEvents"] += copies
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps(d))
+    a, ref = analyze(two, use_cache=False), analyze(src, use_cache=False)
+    same = [k for k in ref.ranks[0] if k != "peer_wait_us"]          # a one-rank file has no peers to wait for
+    assert {k: a.ranks[0][k] for k in same} == {k: ref.ranks[0][k] for k in same}
+    assert a.idle_totals[0] == ref.idle_totals[0]
+    assert a.ranks[1]["compute_us"] == pytest.approx(ref.ranks[0]["compute_us"])
 
 
 def test_one_step_skips_a_last_profiler_step_without_gpu_work(tmp_path):
