@@ -11,7 +11,7 @@ per-head RMSNorm on q and k, RoPE (theta 1e6), 128 experts top-8 (probabilities 
 8), expert FFN 768, no shared expert, vocabulary 151,936; 4 of its 48 layers; random BF16 weights.
 Batch: 2 prompts of 4,096 tokens (8,192 tokens), no prefix cache.
 
-Truth (OUT_DIR/qwen3-prefill-capture.json): the whole step (embedding, 4 layers, final norm, logits
+Truth (OUT_DIR/qwen3-prefill-capture.json; -h200 before .json on an H200, and so the trace): the whole step (embedding, 4 layers, final norm, logits
 of the 2 last positions, greedy pick) timed outside the profiler, median of 20 synchronised steps on
 the host clock; also the tokens each expert got. Then 2 steps profiled (with_stack: nn.Module ranges)
 into OUT_DIR/qwen3-prefill.json.gz."""
@@ -177,7 +177,8 @@ def main() -> None:
                 step()
                 torch.cuda.synchronize()
                 prof.step()
-        nbytes = save(prof, out, "qwen3-prefill")
+        card = "-h200" if "H200" in torch.cuda.get_device_name(0) else ""     # the held-out row of the card it ran on
+        nbytes = save(prof, out, f"qwen3-prefill{card}")
     truth = {
         "env": {"torch": torch.__version__, "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(0),
                 "seconds": time.time() - t0},
@@ -188,10 +189,10 @@ def main() -> None:
         "tokens_per_s": PROMPTS * PROMPT_LEN / (statistics.median(walls) * 1e-6),
         "grouped_vs_loop_rel_err": rel_err,
         "layer0_tokens_per_expert": {"min": min(counts), "max": max(counts), "mean": sum(counts) / len(counts)},
-        "trace": {"file": "qwen3-prefill.json.gz", "bytes": nbytes, "steps": STEPS, "layers_per_step": LAYERS,
+        "trace": {"file": f"qwen3-prefill{card}.json.gz", "bytes": nbytes, "steps": STEPS, "layers_per_step": LAYERS,
                   "microbatches": 1, "ranges": "nn.Module (with_stack)"},
     }
-    (out / "qwen3-prefill-capture.json").write_text(json.dumps(truth, indent=1))
+    (out / f"qwen3-prefill-capture{card}.json").write_text(json.dumps(truth, indent=1))
     print(json.dumps({k: v for k, v in truth.items() if k != "step_us_all"}, indent=1))
 
 
