@@ -186,6 +186,8 @@ def _repetition(events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         step[idx] = np.where(pos >= 0, n[np.clip(pos, 0, None)], 0)
         for k in range(int(n.max()) + 1):
             sel = idx[step[idx] == k]
+            if not len(sel):      # a step no event fell in (events at one timestamp): no span to give
+                continue
             rows.append({"rank": int(r), "step": k, "start_us": float(start[sel].min()), "end_us": float(end[sel].max())})
     spans = pd.DataFrame(rows, columns=["rank", "step", "start_us", "end_us"])
     if spans.groupby("rank").size().max() <= 1 if len(spans) else True:   # one step: nothing was told apart
