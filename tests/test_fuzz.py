@@ -18,8 +18,8 @@ def test_fuzz_budget_finds_nothing(target, budget):
 
 def test_a_trace_at_one_timestamp_is_answered_or_refused(tmp_path):
     """Found by the commands campaign (seed 91): a real annotated capture with every event at one
-    timestamp made step recovery from the layer sequence take the min of an empty step (a traceback in
-    `replay diff`). Now it answers or refuses in one line."""
+    timestamp (and 50 CPU ops moved 1e9 us on) made step recovery from the layer sequence take the min of
+    an empty step (a traceback in `replay diff`). Now it answers or refuses in one line."""
     import gzip
     import json
     from pathlib import Path
@@ -27,9 +27,12 @@ def test_a_trace_at_one_timestamp_is_answered_or_refused(tmp_path):
     from replay.cli import main
     src = Path(__file__).resolve().parents[1] / "traces" / "observed" / "h200" / "style-slash.json.gz"
     d = json.load(gzip.open(src, "rt"))
-    for e in d["traceEvents"]:
+    moved = {91, 100, 126, 750, 960, 996, 1031, 1585, 1772, 1797, 2397, 2499, 2505, 2531, 2564, 2673, 2678, 2886,
+             2898, 2986, 3027, 3037, 3234, 3281, 3720, 3731, 4211, 4484, 4763, 4953, 5180, 5213, 5293, 5931, 6445,
+             6504, 6624, 6729, 6744, 7705, 7729, 7747, 8043, 8136, 8356, 8501, 8715, 8922, 9000, 9075}
+    for i, e in enumerate(d["traceEvents"]):     # the campaign's two mutations: one clock, then 50 events shifted
         if "ts" in e:
-            e["ts"] = 1000.0
+            e["ts"] = 1000.0 + (1e9 if i in moved else 0.0)
     f = tmp_path / "one-ts.json"
     f.write_text(json.dumps(d))
     assert main(["diff", str(f), str(src), "--no-cache"]) in (0, 1, 2)
