@@ -237,6 +237,22 @@ def test_sglang_per_stage_files_in_one_folder_are_refused_naming_the_twins(tmp_p
     assert not any(s["what"] == "duplicate_rank" for s in a.suspicious)
 
 
+def test_without_distributed_info_the_sglang_name_gives_the_rank(tmp_path):
+    """Files named as SGLang names them, with no distributedInfo, listed in an order that is not their
+    ranks' (a-TP-3 ... d-TP-0): each rank is its name's TP rank, not its place in the folder, and each
+    rank's figures are its own file's."""
+    d = tmp_path / "ranks"
+    d.mkdir()
+    for r, prefix in zip(range(4), "dcba"):
+        with gzip.open(CAP / "prefill-proper" / f"rank{r}.json.gz", "rt") as f:
+            doc = json.load(f)
+        doc.pop("distributedInfo", None)
+        (d / f"{prefix}-TP-{r}.trace.json").write_text(json.dumps(doc))
+    got = {r["rank"]: r["compute_us"] for r in analyze(d, use_cache=False, progress=False).ranks}
+    ref = {r["rank"]: r["compute_us"] for r in analyze(CAP / "prefill-proper", use_cache=False, progress=False).ranks}
+    assert got == pytest.approx(ref)
+
+
 def test_a_file_that_claims_a_taken_rank_moves_alone():
     """Rank moves do not cascade: only a file whose claim an earlier file made moves (above every
     claim); the files after it keep the ranks they name."""
