@@ -46,6 +46,14 @@ def test_a_published_config_gives_the_catalog_shape(tmp_path, name, cfg, builtin
     assert m.key == name and name in m.name and "not modelled" not in m.source
 
 
+def test_a_model_folder_reads_its_config(tmp_path):
+    """--model-file may name the model's folder (a downloaded repo): its config.json is read."""
+    path = write(tmp_path, "Qwen3-30B-A3B", QWEN3_30B)
+    assert load_model(None, path.parent) == load_model(None, path)
+    with pytest.raises(UserError, match="cannot read"):
+        load_model(None, tmp_path)                      # a folder with no config.json
+
+
 def test_the_estimate_from_a_config_is_the_catalog_models(tmp_path, capsys):
     path = write(tmp_path, "DeepSeek-V3", DEEPSEEK_V3)
     flags = ["--hardware", "h100", "--phase", "decode", "--batch", "64", "--dp", "16", "--json"]

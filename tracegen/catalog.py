@@ -623,6 +623,8 @@ def load_hardware(name: str | None = None, path: str | Path | None = None) -> Ha
 
 def load_model(name: str | None = None, path: str | Path | None = None) -> Model:
     if path is not None:
+        if Path(path).is_dir() and (Path(path) / "config.json").is_file():     # a model repo's folder
+            path = Path(path) / "config.json"
         table = _load(Path(path), "model", _build_model, DATA / "models.toml")
         if name is None:
             if len(table) != 1:
