@@ -145,3 +145,24 @@ def test_a_malformed_value_is_a_user_error(tmp_path, change):
         load_model(None, write(tmp_path, "m", {**QWEN3_30B, "use_sliding_window": True, **change}))
     except UserError:
         pass
+
+
+def test_list_models_shows_a_configs_reading_and_its_parameter_count(tmp_path, capsys):
+    """`tracegen list models --model-file` shows what tracegen read from a config, and the parameter count
+    it implies matches the model cards' totals (an independent check of the reading): Mixtral-8x7B 46.7B,
+    Qwen3-30B-A3B 30.5B, gpt-oss-20b 20.9B (its card: 21B)."""
+    mixtral = {"architectures": ["MixtralForCausalLM"], "vocab_size": 32000, "hidden_size": 4096,
+               "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+               "num_key_value_heads": 8, "num_local_experts": 8, "num_experts_per_tok": 2}
+    oss = {"architectures": ["GptOssForCausalLM"], "vocab_size": 201088, "hidden_size": 2880,
+           "intermediate_size": 2880, "num_hidden_layers": 24, "num_attention_heads": 64, "num_key_value_heads": 8,
+           "head_dim": 64, "num_local_experts": 32, "experts_per_token": 4}
+    for name, cfg, card_b in (("Mixtral-8x7B", mixtral, 46.7), ("Qwen3-30B-A3B", QWEN3_30B, 30.5),
+                              ("gpt-oss-20b", oss, 20.9)):
+        path = write(tmp_path, name, cfg)
+        assert main(["list", "models", "--model-file", str(path.parent), "--json"]) == 0
+        (row,) = json.loads(capsys.readouterr().out)["models"]
+        assert row["name"] == name and row["params_b"] == pytest.approx(card_b, rel=0.01), row
+    assert main(["list", "models", "--model-file", str(tmp_path / "gpt-oss-20b")]) == 0
+    out = capsys.readouterr().out
+    assert "gpt-oss-20b" in out and f"config.json [{tmp_path / 'gpt-oss-20b' / 'config.json'}]" in out

@@ -142,11 +142,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     if args.what == "models":
         from .memory import total_params
+        models = builtin_models()
+        if args.model_file:
+            one = load_model(None, args.model_file)
+            models = {one.key: one}
         rows = [{"name": k, "display": m.name, "aliases": list(m.aliases), "attention": m.attention,
                  "layers": m.layers, "dense_layers": m.dense_layers, "hidden": m.hidden, "heads": m.heads,
                  "routed_experts": m.routed_experts, "shared_experts": m.shared_experts,
-                 "top_k": m.activated_experts, "params_b": total_params(m) / 1e9}
-                for k, m in builtin_models().items()]
+                 "top_k": m.activated_experts, "params_b": total_params(m) / 1e9, "source": m.source}
+                for k, m in models.items()]
         if args.json:
             print_json({"models": rows}, tag("tracegen-list-models"))
             return 0
@@ -155,6 +159,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             ex = f"{r['routed_experts']}+{r['shared_experts']}"
             print(f"{r['name']:<18}{r['attention']:>5}{r['layers']:>7}{r['dense_layers']:>6}{r['hidden']:>7}"
                   f"{r['heads']:>6}{ex:>9}{r['top_k']:>6}{r['params_b']:>8.1f}B")
+        if args.model_file:             # a user's file: where each shape came from, and what is not modelled
+            print("\n" + "\n".join(f"{r['name']}: {r['source']}" for r in rows))
+            return 0
         print("\nnames are case-insensitive; aliases: " + "; ".join(
             f"{r['name']}: {', '.join(r['aliases'])}" for r in rows if r["aliases"]))
         return 0
@@ -229,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     lst = add_command(sub, "list", cmd_list, help="show the hardware, model or preset catalogs")
     lst.add_argument("what", choices=("hardware", "models", "presets"))
     lst.add_argument("--hardware-file", default=None, metavar="FILE", help="list this file's entry instead")
+    lst.add_argument("--model-file", default=None, metavar="FILE",
+                     help="list this model file's entry instead (a catalog file, or a Hugging Face config.json or "
+                          "its folder: check what tracegen reads from it, parameter count included)")
     lst.add_argument("--json", action="store_true", help="print JSON")
 
     r = add_command(sub, "roofline", cmd_roofline, help="MoE roofline: tokens per expert and minimum EP for decode")

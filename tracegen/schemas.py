@@ -133,6 +133,7 @@ class ModelRow(_S):
     shared_experts: int
     top_k: int
     params_b: float
+    source: str             # where the shapes came from (a config.json says what it does not model)
 
 
 class PresetRow(_S):
@@ -270,7 +271,7 @@ class DeploySearch(_S):
 
 SCHEMAS: dict[str, tuple[type, int]] = {      # name -> (struct, version)
     "tracegen-estimate": (Estimate, 2), "tracegen-trace": (Trace, 1), "tracegen-list-hardware": (ListHardware, 2),
-    "tracegen-list-models": (ListModels, 1), "tracegen-list-presets": (ListPresets, 1),
+    "tracegen-list-models": (ListModels, 2), "tracegen-list-presets": (ListPresets, 1),
     "tracegen-roofline": (Roofline, 2), "tracegen-deploy": (Deploy, 2), "tracegen-deploy-search": (DeploySearch, 1),
 }
 
