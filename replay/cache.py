@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -23,18 +24,16 @@ FORMAT = "6"      # bump when the event table's columns change
 # them (an upgrade, a local change) is never read back as this version's.
 _BUILDERS = ("kineto.py", "columns.py", "events.py", "cache.py", "parallel.py", "headstart.py",
              "../tracegen/base/contract.py")
-_code: list[bytes] = []
 
 
+@lru_cache(maxsize=1)
 def code_key() -> bytes:
     """A digest of the table builders' source (read once per process)."""
-    if not _code:
-        h = hashlib.blake2b(digest_size=16)
-        here = Path(__file__).parent
-        for name in _BUILDERS:
-            h.update((here / name).read_bytes())
-        _code.append(h.digest())
-    return _code[0]
+    h = hashlib.blake2b(digest_size=16)
+    here = Path(__file__).parent
+    for name in _BUILDERS:
+        h.update((here / name).read_bytes())
+    return h.digest()
 
 
 def cache_dir() -> Path:

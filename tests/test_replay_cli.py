@@ -81,7 +81,7 @@ def test_a_table_cached_by_other_code_is_not_read_back(gen, tmp_path, monkeypatc
     monkeypatch.setenv("MOE_TIMELINE_CACHE", str(tmp_path / "cache"))
     key = cache.content_key(gen)
     assert cache.load_cached(gen)[1] is False and cache.load_cached(gen)[1] is True
-    monkeypatch.setattr(cache, "_code", [b"another loader"])
+    monkeypatch.setattr(cache, "code_key", lambda: b"another loader")
     assert cache.content_key(gen) != key
     assert cache.load_cached(gen)[1] is False
 

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from .estimate import row_label
+from .hfconfig import line_note, not_modelled
 from .plan import Plan
 from .preset import Preset
 from .stack import DEFAULT_STACK, load_stack
@@ -96,8 +97,8 @@ def assumptions(args: argparse.Namespace, hw: Any, preset: Preset, plan: Plan, m
     """What sets the figures beyond the plan (the stack's conventions, the in-situ term, the clock, and
     what of the model's own config the cost model does not represent: hfconfig.py)."""
     out = load_stack(getattr(args, "stack", DEFAULT_STACK)).assumptions(plan, hw)
-    if model is not None and "not modelled: " in model.source:
-        out["model_not_modelled"] = model.source.split("not modelled: ", 1)[1]
+    if model is not None and not_modelled(model):
+        out["model_not_modelled"] = not_modelled(model)
     if not preset.comm_in_situ:
         out["in_situ_slowdown"] = 0.0
     if not preset.power_limit:
@@ -111,8 +112,7 @@ def assumptions_line(a: dict[str, Any]) -> str:
     return (f"assumptions         stack {a['stack']}: {a['comm']} release {a['release']}, scheduler {a['sched_ms']:g} "
             f"ms/step, {eplb}; in-situ comm slowdown {a['in_situ_slowdown']:g}"
             f"{'' if a.get('in_situ_applied', True) else ' (scheduled by tracegen trace, not in this overlap sum)'}; "
-            f"clock {a['clock']}" + (f"; model: not modelled: {a['model_not_modelled']}" if a.get("model_not_modelled")
-                                     else ""))
+            f"clock {a['clock']}" + line_note(a))
 
 
 __all__ = ["render_estimate", "memory_lines", "power_line", "assumptions", "assumptions_line", "row_label"]

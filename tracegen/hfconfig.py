@@ -29,12 +29,30 @@ KEYS: dict[str, tuple[str, ...]] = {
 MLA_KEYS = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 
 
+NOT_MODELLED = "; not modelled: "        # in a model's source: what of its config the cost model leaves out
+
+
+def not_modelled(model: Any) -> str:
+    """What of a model's config the cost model does not represent ("" for a catalog entry)."""
+    return model.source.split(NOT_MODELLED, 1)[1] if NOT_MODELLED in model.source else ""
+
+
+def line_note(assumptions: dict) -> str:
+    """The end of an assumptions line: what of the model is not modelled, where something is."""
+    x = assumptions.get("model_not_modelled")
+    return f"; model: not modelled: {x}" if x else ""
+
+
+def _language_model(cfg: dict) -> dict:
+    """The config's decoder: multimodal wrappers keep it in text_config."""
+    return {**cfg, **cfg["text_config"]} if isinstance(cfg.get("text_config"), dict) else cfg
+
+
 def is_hf_config(data: Any) -> bool:
     """A parsed JSON document that is a transformers config (not a catalog of entries)."""
     if not isinstance(data, dict) or not ("model_type" in data or "architectures" in data):
         return False
-    text = data.get("text_config") if isinstance(data.get("text_config"), dict) else {}
-    return any(k in data or k in text for k in KEYS["hidden"])
+    return any(k in _language_model(data) for k in KEYS["hidden"])
 
 
 def _first(cfg: dict, field: str) -> Any:
@@ -53,8 +71,7 @@ def _whole(value: Any, name: str, where: str, least: int = 0) -> int:
 def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
     """{key: catalog entry} for the config at `path` (its folder's name is the key, as a model repo's)."""
     where = f"model file {path} (a Hugging Face config.json)"
-    if isinstance(cfg.get("text_config"), dict):               # multimodal wrappers keep the LM in text_config
-        cfg = {**cfg, **cfg["text_config"]}
+    cfg = _language_model(cfg)
     get = {f: _first(cfg, f) for f in KEYS}
     for need in ("hidden", "layers", "heads", "vocab_size"):
         if get[need] is None:
@@ -107,7 +124,7 @@ def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
     if cfg.get("index_topk"):               # DeepSeek-V3.2's sparse attention (DSA): each query reads index_topk keys
         notes.append(f"sparse attention (DSA, {cfg['index_topk']} keys per query) costed as dense attention")
     if notes:
-        entry["source"] += "; not modelled: " + "; ".join(notes)
+        entry["source"] += NOT_MODELLED + "; ".join(notes)
     return {key or "model": entry}
 
 
@@ -133,4 +150,4 @@ def _dense_layers(cfg: dict, layers: int, notes: list[str], where: str) -> int:
     return dense
 
 
-__all__ = ["is_hf_config", "model_entry", "KEYS"]
+__all__ = ["is_hf_config", "model_entry", "not_modelled", "line_note", "KEYS", "NOT_MODELLED"]

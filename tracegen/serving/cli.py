@@ -13,6 +13,7 @@ from ..base.cliutil import add_command, finite, print_json, seed
 from ..base.errors import UserError
 from ..schemas import tag
 from ..flags import add_shared_plan_args, add_target_args
+from ..hfconfig import line_note, not_modelled
 from .deployment import CAPACITY_MIN_REQUESTS, DEFAULT_TOKEN_BUDGET, Deployment, PoolPlan
 from .simulate import COLOCATED, PD
 
@@ -192,8 +193,8 @@ def assumptions(hw, preset, d, model=None) -> dict:
     out = {"stack": st.key, "stack_display": st.display, "releases": st.releases, "sched_ms": st.sched_ms,
            "eplb": st.eplb, "in_situ_slowdown": hw.in_situ.slowdown if hw.in_situ and preset.comm_in_situ else 0.0,
            "clock": "power-limited (power.py)" if hw.power and preset.power_limit else "boost"}
-    if model is not None and "not modelled: " in model.source:
-        out["model_not_modelled"] = model.source.split("not modelled: ", 1)[1]
+    if model is not None and not_modelled(model):
+        out["model_not_modelled"] = not_modelled(model)
     return out
 
 
@@ -202,8 +203,7 @@ def assumptions_line(a: dict) -> str:
     return (f"assumptions: stack {a['stack']} (releases {rel}; scheduler {a['sched_ms']['prefill']:g} / "
             f"{a['sched_ms']['decode']:g} ms per prefill / decode step; default expert placement at "
             f"{a['eplb']['prefill']:g} / {a['eplb']['decode']:g} of balanced); in-situ comm slowdown "
-            f"{a['in_situ_slowdown']:g}; clock {a['clock']}"
-            + (f"; model: not modelled: {a['model_not_modelled']}" if a.get("model_not_modelled") else ""))
+            f"{a['in_situ_slowdown']:g}; clock {a['clock']}" + line_note(a))
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
