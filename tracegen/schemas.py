@@ -61,6 +61,7 @@ class Estimate(_S):
     power_throttle: float | None = None                 # mean draw at boost, the clock drop it sets (0-1)
     power_compute_bound_share: float | None = None      # and the share of the step in compute-bound kernels
     assumptions: dict[str, Any] | None = None           # the stack's conventions etc. (tracegen/cli.assumptions)
+    accuracy: dict[str, Any] | None = None              # the validation rows of the phase (tracegen/accuracy.py)
     scheduled_step_ms: float | None = None              # the step as tracegen trace schedules it
     tokens_per_s_per_gpu_scheduled: float | None = None
 
@@ -101,6 +102,7 @@ class Trace(_S):
                                         # last kernel: what `tracegen estimate` reports as scheduled_step_ms
     ranks: list[TraceRank]
     assumptions: dict[str, Any] | None = None
+    accuracy: dict[str, Any] | None = None        # the validation rows of the phase (tracegen/accuracy.py)
 
 
 class HardwareRow(_S):
@@ -238,6 +240,7 @@ class Deploy(_S):
     slo: Slo | None = None
     trace: str | None = None
     assumptions: dict[str, Any] | None = None     # the stack's conventions, in-situ term, clock
+    accuracy: dict[str, Any] | None = None        # the validation rows of the pools' phases (tracegen/accuracy.py)
     requests_out: str | None = None
 
 
@@ -270,9 +273,9 @@ class DeploySearch(_S):
 
 
 SCHEMAS: dict[str, tuple[type, int]] = {      # name -> (struct, version)
-    "tracegen-estimate": (Estimate, 2), "tracegen-trace": (Trace, 1), "tracegen-list-hardware": (ListHardware, 2),
+    "tracegen-estimate": (Estimate, 3), "tracegen-trace": (Trace, 2), "tracegen-list-hardware": (ListHardware, 2),
     "tracegen-list-models": (ListModels, 2), "tracegen-list-presets": (ListPresets, 1),
-    "tracegen-roofline": (Roofline, 2), "tracegen-deploy": (Deploy, 2), "tracegen-deploy-search": (DeploySearch, 1),
+    "tracegen-roofline": (Roofline, 2), "tracegen-deploy": (Deploy, 3), "tracegen-deploy-search": (DeploySearch, 1),
 }
 
 

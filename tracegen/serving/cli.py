@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from ..accuracy import accuracy, accuracy_line
 from ..base.cliutil import add_command, finite, print_json, seed
 from ..base.errors import UserError
 from ..schemas import tag
@@ -181,7 +182,8 @@ def simulate_args(args: argparse.Namespace, parts=None, cache: dict | None = Non
     r = simulate_deployment(model, hw, preset, d, w, cache)
     s = summary(r, args.slo_ttft, args.slo_tpot)
     s.update({"model": model.name, "hardware": hw.name, "preset": preset.name, "workload": w.source},
-             plan=d.label(), simulated_s=time.perf_counter() - t0, assumptions=assumptions(hw, preset, d, model))
+             plan=d.label(), simulated_s=time.perf_counter() - t0, assumptions=assumptions(hw, preset, d, model),
+             accuracy=accuracy((d.mode,) if d.mode in ("prefill", "decode") else ("prefill", "decode"), ("deploy",)))
     return r, s
 
 
@@ -299,6 +301,8 @@ def render(s: dict) -> str:
              f"workload: {s['workload']}; simulated in {s['simulated_s']:.2f} s, span {s['span_s']:.1f} s"]
     if s.get("assumptions"):
         lines.append(assumptions_line(s["assumptions"]))
+    if s.get("accuracy"):
+        lines.append(accuracy_line(s["accuracy"], lead="accuracy: "))
     lines.append("")
     head = (f"{'pool':<10}{'instances':>12}{'nodes':>7}{'busy':>7}{'cap used':>10}{'in tok/s/node':>15}{'steady':>10}"
             f"{'out tok/s/node':>16}{'steady':>10}{'batch/DP':>10}")
