@@ -42,6 +42,9 @@ CORPUS.update({f"h200/{n}": (OBS / "h200" / f"{n}.json.gz", _COPIES)
 # missed (+74.9 %) until the nn.Module style stopped reading "Moe" inside Qwen2MoeModel / Qwen2MoeDecoderLayer
 # as an MoE stage (a layer's first norm fell in MLP, so MLP was launched before ATTN)
 CORPUS.update({f"hf-moe-h100/{n}": (OBS / "hf-moe-h100" / f"hf-moe-{n}.json.gz", None) for n in ("module", "plain")})
+# held out: a Qwen3-30B-A3B-shaped eager prefill on one H100 (traces/observed/qwen3-prefill), its check pinned
+# 2026-12-07 before the capture (tests/test_qwen3_prefill.py)
+CORPUS["qwen3-prefill/h100"] = (OBS / "qwen3-prefill" / "qwen3-prefill.json.gz", None)
 # held out: a Hugging Face-style eager MoE decode (traces/observed/hf-decode, bench/capture/capture_hf_decode.py),
 # these rows pinned 2026-12-07 before the capture (tests/test_hf_decode.py): the variants with nn.Module ranges (hf,
 # nosync; full and altstream, nosync profiled with every option and with a side stream, each pinned before its own

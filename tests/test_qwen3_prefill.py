@@ -67,10 +67,14 @@ def _layers_and_steps_from_module_ranges(name):
 
 def _grouped_gemm_experts_are_expert_compute(name):
     """PyTorch's grouped GEMM (CUTLASS, launched by aten::_grouped_mm) is routed-expert compute: the rank's
-    MoE compute is exactly the union of those kernels (2 per layer per step), and more than zero."""
+    MoE compute is exactly the union of those kernels, and more than zero. Each aten::_grouped_mm call (2 per
+    layer per step) launches a setup kernel (prepare_grouped_gemm_data) and the CUTLASS GEMM: as pinned, this
+    check counted 2 kernels per layer per step, one per call; the capture showed the setup kernel, and the
+    count was corrected after (the union, replay's figure, was checked as pinned and matched)."""
     ks = grouped_mm_kernels(name)
     t = truth(name)["trace"]
-    assert len(ks) == 2 * t["layers_per_step"] * t["steps"], len(ks)
+    calls = 2 * t["layers_per_step"] * t["steps"]
+    assert sum("prepare_grouped_gemm_data" in e["name"] for e in ks) == calls and len(ks) == 2 * calls, len(ks)
     union = sum(b - x for x, b in merged((e["ts"], e["ts"] + e["dur"]) for e in ks))
     assert union > 0
     assert result(name).ranks[0]["moe_compute_us"] == pytest.approx(union, rel=1e-3)
