@@ -44,7 +44,7 @@ CORPUS.update({f"h200/{n}": (OBS / "h200" / f"{n}.json.gz", _COPIES)
 CORPUS.update({f"hf-moe-h100/{n}": (OBS / "hf-moe-h100" / f"hf-moe-{n}.json.gz", None) for n in ("module", "plain")})
 # held out: a Qwen3-30B-A3B-shaped eager prefill on one H100 (traces/observed/qwen3-prefill), its check pinned
 # 2026-12-07 before the capture (tests/test_qwen3_prefill.py)
-CORPUS["qwen3-prefill/h100"] = (OBS / "qwen3-prefill" / "qwen3-prefill.json.gz", None)
+QWEN3_PREFILL = {"qwen3-prefill/h100": (OBS / "qwen3-prefill" / "qwen3-prefill.json.gz", None)}
 # held out: a Hugging Face-style eager MoE decode (traces/observed/hf-decode, bench/capture/capture_hf_decode.py),
 # these rows pinned 2026-12-07 before the capture (tests/test_hf_decode.py): the variants with nn.Module ranges (hf,
 # nosync; full and altstream, nosync profiled with every option and with a side stream, each pinned before its own
@@ -197,6 +197,9 @@ def table() -> str:
     lines += ["", "held out: a Hugging Face-style eager MoE decode (rows pinned before the capture):", ""]
     lines += [f"  {r['capture']:<32} rank {r['rank']}: " + (f"refused: {r['refused']}" if "refused" in r else
               f"span {r['span_error_pct']:+6.2f}%  hidden {r['hidden_error_pts']:+6.2f} pts") for r in hf_decode_rows()]
+    lines += ["", "held out: a Qwen3-30B-A3B-shaped eager prefill (its check pinned before the capture):", ""]
+    lines += [f"  {r['capture']:<32} rank {r['rank']}: span {r['span_error_pct']:+6.2f}%  hidden "
+              f"{r['hidden_error_pts']:+6.2f} pts" for r in no_change_rows(QWEN3_PREFILL)]
     lines += ["", "improper re-timed in the proper order (DeepEP 4 x H100 prefill), against the observed proper run:"]
     lines += [f"  rank {r['rank']}: {_reorder_text(r)}" for r in reorder_rows()]
     by_step = reorder_by_step_rows()
