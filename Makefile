@@ -47,6 +47,7 @@ bench: setup
 
 validate: setup
 	$(BIN)/python -m bench.validate --readme
+	$(BIN)/python -m bench.accuracy --write
 
 calibrate: setup
 	@mkdir -p $(OUT)

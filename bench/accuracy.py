@@ -3,7 +3,8 @@
 figures: a plan a user brings is in none of our tables, and the errors on the rows of its phase - with
 their labels, misses included - are the honest answer to "how far can I trust this?".
 
-    python -m bench.accuracy          # print the summary (make validate writes it)
+    python -m bench.accuracy            # print the summary
+    python -m bench.accuracy --write    # write it (make validate does)
 
 Rows: the published step rows (bench/validate.py), the deployment rows (bench/validate_deploy.py; the
 one-sided day-6 capacity checks are checks, not errors, and stay out) and the held-out rows whose target
@@ -54,6 +55,11 @@ def write(path: Path = PATH) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Print the summary; with --write, write it where tracegen reads it (make validate does)."""
+    if "--write" in (argv or []):
+        write()
+        print(f"wrote {PATH}: the rows' errors tracegen prints beside its figures")
+        return 0
     print(render(summary()), end="")
     return 0
 

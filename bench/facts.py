@@ -194,6 +194,12 @@ def hf_heldout() -> dict:
     return next(r for r in rows() if r["key"] == "hf-decode-h100-graph")
 
 
+def heldout_error(key: str) -> float:
+    """A held-out row's error (%) as bench/heldout.py measures it."""
+    from bench.heldout import rows
+    return next(r for r in rows() if r["key"] == key)["error_pct"]
+
+
 @lru_cache(maxsize=None)
 def hf_whatif() -> dict:
     """`replay whatif` with no change of each HF decode capture: span error (%), or None where refused."""
@@ -298,6 +304,7 @@ FACTS: dict[str, Callable[[], str]] = {
     "calib.gemm_p90_published": _f(".1f", lambda: calibration()[("published", "gemm", "p90")]),
     "calib.gemm_p90_fit": _f(".1f", lambda: calibration()[("fit", "gemm", "p90")]),
     # the capture records' computed figures (traces/observed/*/README.md)
+    "qwen3.prefill_error_pct": _f("+.0f", lambda: heldout_error("qwen3-30b-4l-h100-prefill")),
     "hf.hf.span": _hf("hf", "span", ".1f"),
     "hf.hf.idle": _hf("hf", "idle", ".1f"),
     "hf.hf.launch_bound": _hf("hf", "launch_bound", ".1f"),

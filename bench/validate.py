@@ -387,11 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     if "--readme" in argv:
         write_readme(text)
         print(f"\nwrote the generated section of {README.relative_to(ROOT)}")
-        from . import accuracy, facts
+        from . import facts
         facts.write()
         print("wrote the figures README.md and docs/ quote in their prose (bench/facts.py)")
-        accuracy.write()
-        print(f"wrote {accuracy.PATH.relative_to(ROOT)}: the rows' errors tracegen prints beside its figures")
     return 0
 
 
