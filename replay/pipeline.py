@@ -187,16 +187,23 @@ def window_error(window: tuple[float, float]) -> UserError:
     return UserError(f"--window {window[0]:g}:{window[1]:g} us holds no events")
 
 
-def no_gpu_error(path: str | Path, meta: dict | None = None) -> UserError:
+def no_gpu_error(path: str | Path, meta: dict | None = None, cats: pd.Series | None = None) -> UserError:
     """The trace has no GPU work; an Ascend (torch_npu) trace, whose NPU tasks sit under a process named
-    'Ascend Hardware' with no kernel category, is told apart: replay does not read NPU timelines."""
+    'Ascend Hardware' with no kernel category, is told apart: replay does not read NPU timelines. `cats`
+    (the events' categories) are named, so a trace of another device (MTIA's mtia_ccp_events, a CUPTI
+    profiler range) says what it holds instead."""
     names = " ".join(str(n) for n in ((meta or {}).get("process_names") or {}).values())
     if "Ascend" in names or "NPU" in names:
         return UserError(f"{path}: an Ascend (torch_npu) trace: its NPU tasks ('Ascend Hardware') are not a GPU "
                          "timeline replay reads (kernels of a Kineto CUDA or ROCm trace); model Ascend layers with "
                          "`tracegen --hardware ascend-910c`")
-    return UserError(f"{path}: no GPU events (kernels, memcpy) in the trace; was it captured with "
-                     "ProfilerActivity.CUDA?")
+    held = ""
+    if cats is not None and len(cats):
+        top = cats.value_counts()
+        held = " (its events: " + ", ".join(f"{c} x{n:,}" for c, n in top.head(6).items()) + \
+            (", ..." if len(top) > 6 else "") + ")"
+    return UserError(f"{path}: no GPU events (kernels, memcpy) in the trace{held}; replay reads CUDA or ROCm "
+                     "kernels: was it captured with ProfilerActivity.CUDA?")
 
 
 def check_step(step: int, spans: pd.DataFrame) -> None:

@@ -437,3 +437,22 @@ def test_an_ascend_trace_is_named_not_blamed_on_cuda(tmp_path, capsys):
     assert main(["analyze", str(p), "--no-cache"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Ascend (torch_npu) trace" in err[0] and "CUDA" not in err[0].split("(kernels")[0]
+
+
+def test_a_trace_of_another_device_names_what_it_holds(tmp_path, capsys):
+    """HTA's MTIA traces (Meta's accelerator) hold device work as `mtia_ccp_events` beside `cpu_op`s, no CUDA
+    kernel: replay has no GPU timeline to read there, and its one line names the categories it found, largest
+    first, so the user sees it is another device's trace, not an empty capture."""
+    from replay.cli import main
+    ev = [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 1, "tid": 1, "ts": 10.0 * i, "dur": 3.0}
+          for i in range(30)]
+    ev += [{"ph": "X", "cat": "mtia_ccp_events", "name": "mm_kernel", "pid": 2, "tid": 7, "ts": 10.0 * i + 4,
+            "dur": 5.0} for i in range(20)]
+    p = tmp_path / "mtia.json"
+    p.write_text(json.dumps({"traceEvents": ev}))
+    before = p.read_bytes()
+    assert main(["analyze", str(p), "--no-cache"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no GPU events" in err[0], err
+    assert "cpu_op x30, mtia_ccp_events x20" in err[0], err
+    assert p.read_bytes() == before
