@@ -72,3 +72,17 @@ def test_an_install_without_the_record_says_nothing(monkeypatch, tmp_path, capsy
         assert "accuracy" not in capsys.readouterr().out
     finally:
         accuracy._load.cache_clear()
+
+
+def test_a_search_states_what_its_plans_rest_on(capsys, fresh):
+    """deploy --search recommends plans from the same model: its output carries the stack's assumptions and
+    the deployment rows of both phases, as a plain deploy of either pool does."""
+    argv = ["deploy", "--search", "--nodes", "6", "--slo-ttft", "3000", "--slo-tpot", "100", "--requests", "200"]
+    s = _json(capsys, [*argv, "--json"])
+    assert s["accuracy"]["rows"] == [r for r in fresh["rows"] if r["what"] == "deploy"]
+    plain = _json(capsys, ["deploy", "--json", "--requests", "200"])
+    assert s["assumptions"] == plain["assumptions"]
+    tracegen(argv)
+    text = capsys.readouterr().out.splitlines()
+    assert text[1].startswith("assumptions: stack ") and text[2].startswith("accuracy: ")
+    assert all(f"{r['key']} {r['error_pct']:+.1f} %" in text[2] for r in s["accuracy"]["rows"])

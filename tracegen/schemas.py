@@ -270,12 +270,14 @@ class DeploySearch(_S):
     slo: Slo
     best: SearchRow | None
     candidates: list[SearchRow]
+    assumptions: dict[str, Any] | None = None     # the stack's conventions every candidate runs on
+    accuracy: dict[str, Any] | None = None        # the deployment rows of prefill and decode (tracegen/accuracy.py)
 
 
 SCHEMAS: dict[str, tuple[type, int]] = {      # name -> (struct, version)
     "tracegen-estimate": (Estimate, 3), "tracegen-trace": (Trace, 2), "tracegen-list-hardware": (ListHardware, 2),
     "tracegen-list-models": (ListModels, 2), "tracegen-list-presets": (ListPresets, 1),
-    "tracegen-roofline": (Roofline, 2), "tracegen-deploy": (Deploy, 3), "tracegen-deploy-search": (DeploySearch, 1),
+    "tracegen-roofline": (Roofline, 2), "tracegen-deploy": (Deploy, 3), "tracegen-deploy-search": (DeploySearch, 2),
 }
 
 

@@ -273,6 +273,7 @@ def _search(args, model, hw, preset, d: Deployment, w, head: dict) -> int:
                          min(len(w), args.requests or len(w)) if args.workload else len(w), args.seed)
     out = {**head, "nodes": args.nodes, "slo": {"ttft_ms": args.slo_ttft, "tpot_ms": args.slo_tpot,
                                                  "attain": args.slo_attain},
+           "assumptions": assumptions(hw, preset, d, model), "accuracy": accuracy(("prefill", "decode"), ("deploy",)),
            "best": best.row() | {"metrics": best.metrics} if best else None,
            "candidates": [c.row() for c in cands]}
     if args.json:
@@ -348,7 +349,12 @@ def _steady_note(p: dict) -> str:
 
 def render_search(out: dict) -> str:
     lines = [f"{out['model']} on {out['hardware']} · {out['nodes']} nodes · TTFT < {out['slo']['ttft_ms']:g} ms, "
-             f"TPOT < {out['slo']['tpot_ms']:g} ms for {out['slo']['attain']:.0%} of requests", ""]
+             f"TPOT < {out['slo']['tpot_ms']:g} ms for {out['slo']['attain']:.0%} of requests"]
+    if out.get("assumptions"):
+        lines.append(assumptions_line(out["assumptions"]))
+    if out.get("accuracy"):
+        lines.append(accuracy_line(out["accuracy"], lead="accuracy: "))
+    lines.append("")
     head = f"{'plan':<62}{'capacity req/s':>15}{'bound':>9}{'goodput req/s':>15}{'per GPU':>9}"
     lines += [head, "-" * len(head)]
     for c in out["candidates"][:10]:
