@@ -52,6 +52,9 @@ QWEN3_PREFILL = {"qwen3-prefill/h100": (OBS / "qwen3-prefill" / "qwen3-prefill.j
 # replay finds layers in the kernel sequence, else refused in one line (HF_DECODE_REFUSAL)
 HF_DECODE = {f"hf-decode/{n}": (OBS / "hf-decode" / f"hf-decode-{n}.json.gz", None)
              for n in ("hf", "nosync", "graph", "compiled", "full", "altstream")}
+# held out: a two-GPU MoE on NCCL's all-to-all (traces/observed/nccl-a2a, bench/capture/capture_nccl_a2a.py), these
+# rows pinned 2026-12-07 before the capture (tests/test_nccl_a2a.py): every rank re-timed with no change within the bars
+NCCL_A2A = {f"nccl-a2a/{n}": (OBS / "nccl-a2a" / f"nccl-a2a-{n}", None) for n in ("sync", "overlap")}
 HF_DECODE_MAY_REFUSE = ("hf-decode/graph", "hf-decode/compiled")
 HF_DECODE_REFUSAL = "no stage of rank 0 could be labelled"
 CORPUS_NOTES = {
@@ -200,6 +203,9 @@ def table() -> str:
     lines += ["", "held out: a Qwen3-30B-A3B-shaped eager prefill (its check pinned before the capture):", ""]
     lines += [f"  {r['capture']:<32} rank {r['rank']}: span {r['span_error_pct']:+6.2f}%  hidden "
               f"{r['hidden_error_pts']:+6.2f} pts" for r in no_change_rows(QWEN3_PREFILL)]
+    lines += ["", "held out: a two-GPU MoE on NCCL's all-to-all (rows pinned before the capture):", ""]
+    lines += [f"  {r['capture']:<32} rank {r['rank']}: span {r['span_error_pct']:+6.2f}%  hidden "
+              f"{r['hidden_error_pts']:+6.2f} pts" for r in no_change_rows(NCCL_A2A)]
     lines += ["", "improper re-timed in the proper order (DeepEP 4 x H100 prefill), against the observed proper run:"]
     lines += [f"  rank {r['rank']}: {_reorder_text(r)}" for r in reorder_rows()]
     by_step = reorder_by_step_rows()
