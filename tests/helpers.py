@@ -58,7 +58,21 @@ def overlap(a, b) -> float:
     return total
 
 
-__all__ = ["make_schedule", "read_trace", "slices", "replace", "merged", "overlap"]
+def launched_inside(ev: list[dict[str, Any]], is_range) -> list[dict[str, Any]]:
+    """The kernels launched inside the CPU ranges `is_range(event)` picks, by plain loops: a launch call within a
+    range on its thread, its kernel by correlation id."""
+    ranges = [e for e in ev if e.get("ph") == "X" and is_range(e)]
+    launches = [e for e in ev if e.get("cat") in ("cuda_runtime", "cuda_driver") and "aunch" in e.get("name", "")
+                and "correlation" in e.get("args", {})]
+    inside = set()
+    for r in ranges:
+        for ln in launches:
+            if ln["tid"] == r["tid"] and r["ts"] <= ln["ts"] and ln["ts"] + ln["dur"] <= r["ts"] + r["dur"]:
+                inside.add(ln["args"]["correlation"])
+    return [e for e in ev if e.get("cat") == "kernel" and e.get("args", {}).get("correlation") in inside]
+
+
+__all__ = ["make_schedule", "read_trace", "slices", "replace", "merged", "overlap", "launched_inside"]
 
 
 def kernel_gaps(ev: list[dict[str, Any]]) -> list[list[float]]:

@@ -17,7 +17,7 @@ import pytest
 
 from replay.analyze import analyze
 
-from .helpers import merged, overlap
+from .helpers import launched_inside, merged, overlap
 
 HERE = Path(__file__).resolve().parents[1] / "traces" / "observed" / "nccl-a2a"
 TRUTH = HERE / "nccl-a2a-capture.json"
@@ -53,18 +53,9 @@ def _length(iv: list[list[float]]) -> float:
 
 
 def _launched_inside(variant: str, rank: int, prefix: str) -> list[dict]:
-    """The non-NCCL kernels launched inside the CPU ranges whose name starts with `prefix` (a launch call
-    within the range on its thread; its kernel by correlation id)."""
-    ev = raw(variant, rank)
-    ranges = [e for e in ev if e.get("ph") == "X" and str(e.get("name", "")).startswith(prefix)]
-    launches = [e for e in ev if e.get("cat") in ("cuda_runtime", "cuda_driver") and "aunch" in e.get("name", "")
-                and "correlation" in e.get("args", {})]
-    inside = set()
-    for r in ranges:
-        for ln in launches:
-            if ln["tid"] == r["tid"] and r["ts"] <= ln["ts"] and ln["ts"] + ln["dur"] <= r["ts"] + r["dur"]:
-                inside.add(ln["args"]["correlation"])
-    return [e for e in _kernels(variant, rank, nccl=False) if e.get("args", {}).get("correlation") in inside]
+    """The non-NCCL kernels launched inside the CPU ranges whose name starts with `prefix`."""
+    ks = launched_inside(raw(variant, rank), lambda e: str(e.get("name", "")).startswith(prefix))
+    return [e for e in ks if "nccl" not in e.get("name", "").lower()]
 
 
 def _layers_and_steps_from_module_ranges(variant):

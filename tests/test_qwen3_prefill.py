@@ -16,7 +16,7 @@ import pytest
 
 from replay.analyze import analyze
 
-from .helpers import idle_total, kernel_gaps, merged
+from .helpers import idle_total, kernel_gaps, launched_inside, merged
 
 HERE = Path(__file__).resolve().parents[1] / "traces" / "observed" / "qwen3-prefill"
 # the lent GPU may be an H100 or an H200: each capture taken has its truth file (its trace named in it)
@@ -42,16 +42,7 @@ def result(name: str):
 def grouped_mm_kernels(name: str) -> list[dict]:
     """The kernels launched inside aten::_grouped_mm: the routed experts' GEMMs, by plain loops (a launch
     call inside an op's CPU span on its thread; its kernel by correlation id)."""
-    ev = raw(name)
-    ops = [e for e in ev if e.get("ph") == "X" and e.get("name") == "aten::_grouped_mm"]
-    launches = [e for e in ev if e.get("cat") in ("cuda_runtime", "cuda_driver") and "aunch" in e.get("name", "")
-                and "correlation" in e.get("args", {})]
-    inside = set()
-    for op in ops:
-        for ln in launches:
-            if ln["tid"] == op["tid"] and op["ts"] <= ln["ts"] and ln["ts"] + ln["dur"] <= op["ts"] + op["dur"]:
-                inside.add(ln["args"]["correlation"])
-    return [e for e in ev if e.get("cat") == "kernel" and e.get("args", {}).get("correlation") in inside]
+    return launched_inside(raw(name), lambda e: e.get("name") == "aten::_grouped_mm")
 
 
 def _layers_and_steps_from_module_ranges(name):

@@ -25,10 +25,8 @@ outside the profiler, rank 0's host clock), steps and layers profiled, the host 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -39,6 +37,8 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, schedule
+
+from capture_hf_decode import save  # the trace written gzipped
 
 H, HEADS, HEAD_DIM, EXPERTS, TOPK, FF, LAYERS = 2048, 16, 128, 16, 2, 1408, 4
 SEQS, SEQ, STEPS, WORLD = 2, 2048, 2, 2
@@ -181,13 +181,10 @@ def worker(rank: int, out: str, port: str) -> None:
                     prof.step()
         d = Path(out) / f"nccl-a2a-{variant}"
         d.mkdir(parents=True, exist_ok=True)
-        raw = d / f"rank{rank}.json"
-        prof.export_chrome_trace(str(raw))
-        with open(raw, "rb") as f, gzip.open(str(raw) + ".gz", "wb", compresslevel=9) as g:
-            shutil.copyfileobj(f, g)
-        raw.unlink()
+        save(prof, d, f"rank{rank}")
         truth[variant] = {"folder": d.name, "ranks": WORLD, "steps": STEPS, "layers_per_step": LAYERS,
-                          "microbatches": 2 if variant == "overlap" else 1, "syncs_per_layer": 2,
+                          "microbatches": 2 if variant == "overlap" else 1,
+                          "syncs_per_layer": 4 if variant == "overlap" else 2,
                           "all_to_alls_per_layer": 3 if variant == "sync" else 6,
                           "step_us": statistics.median(times)}
         del model

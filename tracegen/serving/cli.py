@@ -297,14 +297,18 @@ def _n(x: Any, nd: int = 0) -> str:
     return f"{x:,.{nd}f}"
 
 
+def _rests_on(s: dict) -> list[str]:
+    """The lines under a deploy output's title: the assumptions its figures rest on and the rows' errors."""
+    lines = [assumptions_line(s["assumptions"])] if s.get("assumptions") else []
+    if s.get("accuracy"):
+        lines.append(accuracy_line(s["accuracy"], lead="accuracy: "))
+    return lines + [""]
+
+
 def render(s: dict) -> str:
     lines = [f"{s['model']} on {s['hardware']} · {s['plan']} · preset {s['preset']}",
              f"workload: {s['workload']}; simulated in {s['simulated_s']:.2f} s, span {s['span_s']:.1f} s"]
-    if s.get("assumptions"):
-        lines.append(assumptions_line(s["assumptions"]))
-    if s.get("accuracy"):
-        lines.append(accuracy_line(s["accuracy"], lead="accuracy: "))
-    lines.append("")
+    lines += _rests_on(s)
     head = (f"{'pool':<10}{'instances':>12}{'nodes':>7}{'busy':>7}{'cap used':>10}{'in tok/s/node':>15}{'steady':>10}"
             f"{'out tok/s/node':>16}{'steady':>10}{'batch/DP':>10}")
     lines += [head, "-" * len(head)]
@@ -350,11 +354,7 @@ def _steady_note(p: dict) -> str:
 def render_search(out: dict) -> str:
     lines = [f"{out['model']} on {out['hardware']} · {out['nodes']} nodes · TTFT < {out['slo']['ttft_ms']:g} ms, "
              f"TPOT < {out['slo']['tpot_ms']:g} ms for {out['slo']['attain']:.0%} of requests"]
-    if out.get("assumptions"):
-        lines.append(assumptions_line(out["assumptions"]))
-    if out.get("accuracy"):
-        lines.append(accuracy_line(out["accuracy"], lead="accuracy: "))
-    lines.append("")
+    lines += _rests_on(out)
     head = f"{'plan':<62}{'capacity req/s':>15}{'bound':>9}{'goodput req/s':>15}{'per GPU':>9}"
     lines += [head, "-" * len(head)]
     for c in out["candidates"][:10]:
