@@ -60,7 +60,7 @@ def diff(before: Analysis, after: Analysis, rules: StageRules, fail_if_slower: f
         # whatever rank number each file gives itself
         rb, (ra, row_a) = next(iter(b["ranks"])), next(iter(a["ranks"].items()))
         a = {**a, "ranks": {rb: row_a}}
-        both, paired = [rb], f"; the one rank of each side paired (before rank {rb}, after rank {ra})"
+        both, paired = [rb], f"the one rank of each side paired (before rank {rb}, after rank {ra})"
     if not both:
         from tracegen.base.errors import UserError
         raise UserError(f"the runs share no rank (before: {sorted(b['ranks'])}, after: {sorted(a['ranks'])})")
@@ -87,8 +87,9 @@ def diff(before: Analysis, after: Analysis, rules: StageRules, fail_if_slower: f
     stages = [_row(s, b["stages"].get(s, 0.0), a["stages"].get(s, 0.0))
               for s in sorted(set(b["stages"]) | set(a["stages"]))] if b["labelled"] and a["labelled"] else []
     unstaged = [side for side, x in (("before", b), ("after", a)) if not x["labelled"]]
-    if unstaged and (b["labelled"] or a["labelled"]):
-        paired += f"; stages not compared: {' and '.join(unstaged)} has no stage labels"
+    stage_how = ("stages by tracegen's stage names summed over layers and micro-batches" if not unstaged else
+                 f"stages not compared: {' and '.join(unstaged)} {'has' if len(unstaged) == 1 else 'have'} no stage "
+                 "labels")
     span = overall[0]
     slower = span["change_pct"] if span["change_pct"] is not None else 0.0
     changes = sorted([x for x in groups + [c for c in causes if len(IDLE_GROUPS.get(c["what"], ())) < 2]
@@ -100,8 +101,7 @@ def diff(before: Analysis, after: Analysis, rules: StageRules, fail_if_slower: f
     return {"matched": {"ranks": both, "only_before": sorted(set(b["ranks"]) - set(both)),
                         "only_after": sorted(set(a["ranks"]) - set(both)),
                         "steps_before": b["steps"], "steps_after": a["steps"],
-                        "how": "ranks by number; figures per profiler step (totals / steps); stages by tracegen's "
-                               "stage names summed over layers and micro-batches" + paired},
+                        "how": f"{paired or 'ranks by number'}; figures per profiler step (totals / steps); {stage_how}"},
             "overall": overall, "causes": causes, "groups": groups, "ranks": ranks, "stages": stages,
             "largest_changes": changes[:8], "verdict": verdict, "slower_pct": slower,
             "fail_if_slower_pct": fail_if_slower, "failed": failed,
@@ -117,6 +117,7 @@ def render(d: dict[str, Any], before: str, after: str) -> str:
     m = d["matched"]
     out = [f"before: {before} ({m['steps_before']} step(s), structure {d['structure_before']})",
            f"after:  {after} ({m['steps_after']} step(s), structure {d['structure_after']})",
+           f"matched: {m['how']}" if m["how"].startswith("the one rank") else
            f"matched: ranks {', '.join(map(str, m['ranks']))}; {m['how']}"]
     if m["only_before"] or m["only_after"]:
         out.append(f"  not compared: only before {m['only_before']}, only after {m['only_after']}")

@@ -64,6 +64,11 @@ def test_two_single_rank_files_with_different_rank_numbers_are_paired(capsys, tm
     assert rc == 0 and d["matched"]["ranks"] == [3]
     assert "paired (before rank 3, after rank 1)" in d["matched"]["how"]
     assert all(x["delta_us"] == 0 for x in d["overall"])
+    # the text says the pairing, not a match by rank number the two files do not share
+    assert replay(["diff", *map(str, paths), "--no-cache"]) == 0
+    said = capsys.readouterr().out
+    assert "matched: the one rank of each side paired (before rank 3, after rank 1)" in said
+    assert "ranks by number" not in said
 
 
 def test_stages_are_compared_only_where_both_runs_name_them(capsys):
