@@ -109,3 +109,26 @@ def test_the_seed_decode_convention_keeps_its_all_to_all(capsys):
     assert code == 0
     rows = {line.split()[0]: float(line.split()[1]) for line in out.splitlines() if line.startswith(("Dispatch", "Combine"))}
     assert rows and all(v > 0 for v in rows.values()), rows
+
+
+def test_hardware_not_measured_on_the_chip_says_so(capsys, tmp_path):
+    """A catalog entry whose curves were not measured on the chip itself (B200: Hopper's carried over) says so
+    in the assumptions of estimate, trace and deploy (text and JSON), and a hardware file built on it inherits
+    the caveat; a chip measured here (H100) carries none."""
+    from tracegen.catalog import builtin_hardware, hardware_to_dict, load_hardware
+    b200 = builtin_hardware()["b200"]
+    assert "B200" in b200.caveat and "Hopper" in b200.caveat
+    for argv in (["estimate"], ["trace", "--layers", "2", "-o", str(tmp_path / "t.json.gz")]):
+        rc, out, _ = run(capsys, *argv, "--hardware", "b200", "--json")
+        assert rc == 0 and json.loads(out)["assumptions"]["hardware_caveat"] == b200.caveat
+    rc, out, _ = run(capsys, "estimate", "--hardware", "b200")
+    assert rc == 0 and out.splitlines()[0].endswith(f"hardware: {b200.caveat}")
+    rc, out, _ = run(capsys, "deploy", "--hardware", "b200", "--mode", "prefill", "--prefill-nodes", "1",
+                  "--requests", "50", "--json")
+    assert rc == 0 and json.loads(out)["assumptions"]["hardware_caveat"] == b200.caveat
+    rc, out, _ = run(capsys, "estimate", "--hardware", "h100", "--json")
+    assert rc == 0 and "hardware_caveat" not in json.loads(out)["assumptions"]
+    # a user's file from the catalog entry keeps it (hardware_to_dict round trip)
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(hardware_to_dict(b200)))
+    assert load_hardware(path=path).caveat == b200.caveat

@@ -178,6 +178,7 @@ class Hardware:
     power: Power | None = None  # the power limit's model (None: the clock never drops)
     throttle: float = 0.0       # how far the clock has dropped at this step's draw, 0 (boost) to 1
     in_situ: InSitu | None = None   # how much slower SM-holding communication runs beside compute
+    caveat: str = ""            # what of this entry was not measured on the chip itself, said beside its figures
 
     def clock_slowdown(self, kind: str) -> float:
         """How much longer the compute of op `kind` takes at the step's clock than at boost."""
@@ -275,7 +276,7 @@ _HW_FIELDS: dict[str, tuple[str, bool]] = {
     "gpus_per_node": ("int", True), "cpu_launch_us": ("time", True), "source": ("str", True),
     "aliases": ("list", False), "base": ("str", False), "abstract": ("bool", False),
     "efficiency": ("table", True), "comm": ("table", True), "power": ("table", False),
-    "in_situ": ("table", False),
+    "in_situ": ("table", False), "caveat": ("str", False),
 }
 _IN_SITU_FIELDS: dict[str, tuple[str, bool]] = {"slowdown": ("count", True), "source": ("str", True)}
 _POWER_FIELDS: dict[str, tuple[str, bool]] = {
@@ -476,7 +477,7 @@ def _build_hardware(key: str, e: dict, src: str) -> Hardware:
         scaleup_gbps=e["scaleup_gbps"], scaleup_domain=e["scaleup_domain"],
         scaleout_gbps=e["scaleout_gbps"], pcie_gbps=e["pcie_gbps"], gpus_per_node=e["gpus_per_node"],
         cpu_launch_us=e["cpu_launch_us"], efficiency=eff, comm=comm, source=e["source"],
-        aliases=e.get("aliases", ()),
+        aliases=e.get("aliases", ()), caveat=e.get("caveat", ""),
     )
     unknown = sorted(set(hw.power.slowdown) - set(eff) - set(CURVE_FALLBACK)) if hw.power else []
     if unknown:
@@ -652,6 +653,7 @@ def hardware_to_dict(hw: Hardware) -> dict[str, Any]:
         **({"power": {**{f: getattr(hw.power, f) for f in _POWER_FIELDS}, "slowdown": dict(hw.power.slowdown)}}
            if hw.power else {}),
         **({"in_situ": {"slowdown": hw.in_situ.slowdown, "source": hw.in_situ.source}} if hw.in_situ else {}),
+        **({"caveat": hw.caveat} if hw.caveat else {}),
     }}
 
 

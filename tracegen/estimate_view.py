@@ -99,6 +99,8 @@ def assumptions(args: argparse.Namespace, hw: Any, preset: Preset, plan: Plan, m
     out = load_stack(getattr(args, "stack", DEFAULT_STACK)).assumptions(plan, hw)
     if model is not None and not_modelled(model):
         out["model_not_modelled"] = not_modelled(model)
+    if hw.caveat:
+        out["hardware_caveat"] = hw.caveat
     if not preset.comm_in_situ:
         out["in_situ_slowdown"] = 0.0
     if not preset.power_limit:

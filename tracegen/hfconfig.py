@@ -38,9 +38,10 @@ def not_modelled(model: Any) -> str:
 
 
 def line_note(assumptions: dict) -> str:
-    """The end of an assumptions line: what of the model is not modelled, where something is."""
-    x = assumptions.get("model_not_modelled")
-    return f"; model: not modelled: {x}" if x else ""
+    """The end of an assumptions line: what of the model is not modelled and what of the hardware was not
+    measured on it, where something is."""
+    x, hw = assumptions.get("model_not_modelled"), assumptions.get("hardware_caveat")
+    return (f"; model: not modelled: {x}" if x else "") + (f"; hardware: {hw}" if hw else "")
 
 
 def _language_model(cfg: dict) -> dict:

@@ -197,6 +197,8 @@ def assumptions(hw, preset, d, model=None) -> dict:
            "clock": "power-limited (power.py)" if hw.power and preset.power_limit else "boost"}
     if model is not None and not_modelled(model):
         out["model_not_modelled"] = not_modelled(model)
+    if hw.caveat:
+        out["hardware_caveat"] = hw.caveat
     return out
 
 
