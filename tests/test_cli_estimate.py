@@ -128,6 +128,12 @@ def test_hardware_not_measured_on_the_chip_says_so(capsys, tmp_path):
     assert rc == 0 and json.loads(out)["assumptions"]["hardware_caveat"] == b200.caveat
     rc, out, _ = run(capsys, "estimate", "--hardware", "h100", "--json")
     assert rc == 0 and "hardware_caveat" not in json.loads(out)["assumptions"]
+    # list hardware names each entry's caveat, and none for a chip measured here
+    rc, out, _ = run(capsys, "list", "hardware", "--json")
+    rows = {r["name"]: r for r in json.loads(out)["hardware"]}
+    assert rc == 0 and rows["b200"]["caveat"] == b200.caveat and rows["h100"]["caveat"] is None
+    rc, out, _ = run(capsys, "list", "hardware")
+    assert f"  b200: {b200.caveat}" in out.splitlines() and not any(x.startswith("  h100:") for x in out.splitlines())
     # a user's file from the catalog entry keeps it (hardware_to_dict round trip)
     path = tmp_path / "mine.json"
     path.write_text(json.dumps(hardware_to_dict(b200)))

@@ -136,7 +136,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                  "q8_tflops": h.q8_tflops, "q8_format": h.q8_format, "bf16_tflops": h.bf16_tflops,
                  "dies_per_package": h.dies_per_package, "hbm_gb": h.hbm_gb,
                  "hbm_gbps": h.hbm_gbps, "scaleup_gbps": h.scaleup_gbps, "scaleup_domain": h.scaleup_domain,
-                 "scaleout_gbps": h.scaleout_gbps, "comm": sorted(h.comm)} for k, h in table.items()]
+                 "scaleout_gbps": h.scaleout_gbps, "comm": sorted(h.comm), "caveat": h.caveat or None}
+                for k, h in table.items()]
         if args.json:
             print_json({"hardware": rows}, tag("tracegen-list-hardware"))
             return 0
@@ -148,6 +149,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                   f"{r['scaleout_gbps']:>10.1f}  {', '.join(r['comm'])}")
         print("\nnames are case-insensitive; aliases: " + "; ".join(
             f"{r['name']}: {', '.join(r['aliases'])}" for r in rows if r["aliases"]))
+        caveats = [f"  {r['name']}: {r['caveat']}" for r in rows if r["caveat"]]
+        if caveats:
+            print("\nnot measured on the chip itself (estimate, trace and deploy print it in their assumptions):")
+            print("\n".join(caveats))
         return 0
     if args.what == "models":
         from .memory import total_params

@@ -120,6 +120,7 @@ class HardwareRow(_S):
     scaleup_domain: int
     scaleout_gbps: float
     comm: list[str]
+    caveat: str | None = None      # what of the entry was not measured on the chip itself
 
 
 class ModelRow(_S):
@@ -275,7 +276,7 @@ class DeploySearch(_S):
 
 
 SCHEMAS: dict[str, tuple[type, int]] = {      # name -> (struct, version)
-    "tracegen-estimate": (Estimate, 3), "tracegen-trace": (Trace, 2), "tracegen-list-hardware": (ListHardware, 2),
+    "tracegen-estimate": (Estimate, 3), "tracegen-trace": (Trace, 2), "tracegen-list-hardware": (ListHardware, 3),
     "tracegen-list-models": (ListModels, 2), "tracegen-list-presets": (ListPresets, 1),
     "tracegen-roofline": (Roofline, 2), "tracegen-deploy": (Deploy, 3), "tracegen-deploy-search": (DeploySearch, 2),
 }
