@@ -156,7 +156,38 @@ def _cause(row: pd.Series, obs: Analysis, labelled: pd.DataFrame, layer_offset: 
     in_obs["layer"] = layer                      # the observed trace's own layer index
     if _comm_overlap_share(labelled, in_obs) > 0.3:
         return "compute slowed while communication ran: SM or memory-bandwidth contention"
-    return "kernels slower than the cost model's efficiency for these shapes"
+    slow = "kernels slower than the cost model's efficiency for these shapes"
+    priced, glue, top = _priced_split(labelled, in_obs)
+    if not priced:                 # no kernel of the stage recognised as a GEMM or attention: nothing to split
+        return slow
+    if priced <= row["pred_us"] * (1 + PRICED_SLACK) and glue >= GLUE_SHARE * (row["obs_us"] - row["pred_us"]):
+        names = ", ".join(f"{k} {v:,.0f} us" for k, v in top)
+        return (f"kernels the cost model has no op for: {glue:,.0f} us outside the stage's GEMMs and attention "
+                f"({names}), while those take {priced:,.0f} us: unfused glue (an engine's fused kernels run "
+                "little of it)")
+    return f"{slow} (the stage's GEMMs and attention alone take {priced:,.0f} us)"
+
+
+# The kernel classes (taxonomy subclasses) the cost model prices as a stage's ops, and those it holds no op
+# for; a kernel of neither (other_kernel: unrecognised, perhaps a GEMM) counts on neither side
+PRICED = ("gemm", "grouped_gemm", "attention")
+GLUE = ("norm", "rope", "quant_cast", "routing", "reduction", "elementwise")
+PRICED_SLACK = 0.10     # a stage's priced kernels within 10 % of its whole prediction are not what is slow
+GLUE_SHARE = 0.5        # ... and its glue kernels make up at least half of the excess
+
+
+def _priced_split(labelled: pd.DataFrame, row: pd.Series) -> tuple[float, float, list[tuple[str, float]]]:
+    """An observed compute stage's busy time in the kernel classes the cost model prices (PRICED) and in
+    those it has no op for (GLUE), each as one union, with the glue's three largest classes."""
+    ev = labelled[(labelled["rank"] == row["rank"]) & (labelled["layer"] == row["layer"])
+                  & (labelled["microbatch"] == row["microbatch"]) & (labelled["cstage"] == row["stage"])
+                  & (labelled["klass"] == "compute")]
+    sub = text(ev["subclass"])
+    start, end = ev["start_us"].to_numpy(), (ev["start_us"] + ev["dur_us"]).to_numpy()
+    priced, glue = np.isin(sub, PRICED), np.isin(sub, GLUE)
+    busy = {k: length(*union(start[sub == k], end[sub == k])) for k in set(sub[glue])}
+    top = sorted(busy.items(), key=lambda kv: -kv[1])[:3]
+    return length(*union(start[priced], end[priced])), length(*union(start[glue], end[glue])), top
 
 
 def has_stage_labels(a: Analysis) -> bool:
