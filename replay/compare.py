@@ -110,9 +110,9 @@ def refuse_overlapping(a: Analysis, rank: int) -> None:
                         "re-timed; `replay analyze` lists it under suspicious input")
 
 
-def stage_table(a: Analysis, rules: StageRules) -> pd.DataFrame:
-    """Busy time per (rank, layer, micro-batch, stage) of a trace's GPU work."""
-    g = label_stages(a, rules)
+def stage_table(a: Analysis | pd.DataFrame, rules: StageRules) -> pd.DataFrame:
+    """Busy time per (rank, layer, micro-batch, stage) of a trace's GPU work (or of label_stages' table)."""
+    g = a if isinstance(a, pd.DataFrame) else label_stages(a, rules)
     rows = []
     for (rank, layer, mb, st), part in g.groupby(["rank", "layer", "microbatch", "cstage"], sort=True):
         s0 = part["start_us"].to_numpy()
@@ -122,6 +122,19 @@ def stage_table(a: Analysis, rules: StageRules) -> pd.DataFrame:
                      "end_us": float((s0 + part["dur_us"].to_numpy()).max()), "kernels": len(part)})
     return pd.DataFrame(rows, columns=["rank", "layer", "microbatch", "stage", "stream", "busy_us", "start_us",
                                        "end_us", "kernels"])
+
+
+def common_stages(pred: pd.DataFrame, obs: pd.DataFrame, rules: StageRules
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The two sides' labelled work at the stages both name: a stage only one side has is counted in its
+    parent (stages.toml [parents]) where the other side has the parent; with what was moved, said."""
+    have = {side: set(g["cstage"].dropna()) for side, g in (("predicted", pred), ("observed", obs))}
+    out, said = [], []
+    for side, g, other in (("predicted", pred, "observed"), ("observed", obs, "predicted")):
+        move = {c: up for c, up in rules.parent if c in have[side] and c not in have[other] and up in have[other]}
+        out.append(g.assign(cstage=g["cstage"].map(lambda x: move.get(x, x))) if move else g)
+        said += [f"{side} {c} counted in {up} (the {other} trace names no {c})" for c, up in sorted(move.items())]
+    return out[0], out[1], said
 
 
 def _comm_overlap_share(labelled: pd.DataFrame, row: pd.Series) -> float:
@@ -210,7 +223,8 @@ def compare(pred: Analysis, obs: Analysis, rules: StageRules, rank_map: dict[int
             raise UserError(f"the {side} trace's layers name no stages (structure: {a.structure}): a per-stage "
                             "comparison needs stage ranges (e.g. attention / MoE module ranges, L3:ATTN(0)) or "
                             "tracegen's args; `replay diff` compares two runs step by step")
-    p, o = stage_table(pred, rules), stage_table(obs, rules)
+    lp, labelled, merged = common_stages(label_stages(pred, rules), label_stages(obs, rules), rules)
+    p, o = stage_table(lp, rules), stage_table(labelled, rules)
     if p.empty or o.empty:
         side = "predicted" if p.empty else "observed"
         raise UserError(f"the {side} trace has no stages with known layers to compare "
@@ -252,7 +266,6 @@ def compare(pred: Analysis, obs: Analysis, rules: StageRules, rank_map: dict[int
                         "p90_abs_error_pct": float(e.quantile(0.9)), "mean_error_pct": float(g["error_pct"].mean())})
     order = m.assign(size=m["diff_us"].abs().fillna(m["pred_us"].fillna(0) + m["obs_us"].fillna(0)))
     worst = order.sort_values("size", ascending=False).head(top)
-    labelled = label_stages(obs, rules)
     discrepancies = [{**{k: (None if pd.isna(v) else (int(v) if k in ("rank", "layer", "microbatch") else v))
                          for k, v in row[key + ["stream", "pred_us", "obs_us", "diff_us", "error_pct"]].items()},
                       "cause": _cause(row, obs, labelled, layer_offset, rules)} for _, row in worst.iterrows() if row["size"] > 0]
@@ -264,13 +277,15 @@ def compare(pred: Analysis, obs: Analysis, rules: StageRules, rank_map: dict[int
     return {"spans": spans, "stages": m.sort_values(key).reset_index(drop=True), "per_layer": per_layer_df,
             "summary": pd.DataFrame(summary), "discrepancies": discrepancies,
             "matched": int(len(both)), "missing_predicted": int(m["pred_us"].isna().sum()),
-            "missing_observed": int(m["obs_us"].isna().sum()), "ranks": common_ranks}
+            "missing_observed": int(m["obs_us"].isna().sum()), "ranks": common_ranks, "merged": merged}
 
 
 def render(result: dict[str, Any], pred_name: str, obs_name: str, max_rows: int = 24) -> str:
     out = [f"predicted {pred_name}  vs  observed {obs_name}: {result['matched']} stages matched, "
            f"{result['missing_predicted']} only observed, {result['missing_observed']} only predicted "
            f"(ranks {', '.join(map(str, result['ranks']))})"]
+    if result.get("merged"):
+        out.append("stages compared where both traces name them: " + "; ".join(result["merged"]))
     for s in result["spans"]:
         out.append(f"whole span, rank {s['rank']}: predicted {s['pred_us'] / 1e3:.3f} ms, observed "
                    f"{s['obs_us'] / 1e3:.3f} ms ({s['error_pct']:+.1f} %)")
@@ -308,4 +323,4 @@ def to_json(result: dict[str, Any], predicted: str, observed: str) -> dict[str, 
             "per_layer": result["per_layer"].to_dict(orient="records") if not result["per_layer"].empty else [],
             "summary": result["summary"].to_dict(orient="records"), "discrepancies": result["discrepancies"],
             "matched": result["matched"], "missing_predicted": result["missing_predicted"],
-            "missing_observed": result["missing_observed"], "ranks": result["ranks"]}
+            "missing_observed": result["missing_observed"], "ranks": result["ranks"], "merged": result["merged"]}

@@ -185,6 +185,7 @@ class Compare(_S):
     missing_predicted: int
     missing_observed: int
     ranks: list[int]
+    merged: list[str] | None = None     # stages one side names counted in their parent (stages.toml [parents])
 
 
 class WhatifRank(_S):
@@ -281,7 +282,7 @@ class Diff(_S):
 
 
 SCHEMAS: dict[str, tuple[type, int]] = {
-    "replay-analyze": (Analyze, 5), "replay-compare": (Compare, 2), "replay-whatif": (Whatif, 1),
+    "replay-analyze": (Analyze, 5), "replay-compare": (Compare, 3), "replay-whatif": (Whatif, 1),
     "replay-calibrate": (Calibrate, 1), "replay-sql": (Sql, 1), "replay-diff": (Diff, 1),
 }
 

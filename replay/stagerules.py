@@ -19,6 +19,7 @@ from tracegen.base.errors import UserError
 class StageRules:
     annotation: tuple[tuple[re.Pattern[str], str], ...]
     kernel: tuple[tuple[re.Pattern[str], str], ...]
+    parent: tuple[tuple[str, str], ...] = ()     # a finer stage -> the stage it is part of (stages.toml [parents])
 
 
 @lru_cache(maxsize=8)
@@ -29,19 +30,26 @@ def load_stage_rules(user_file: str | None = None) -> StageRules:
             texts.insert(0, Path(user_file).read_text("utf-8"))
         except OSError as exc:
             raise UserError(f"stage rules {user_file}: cannot read ({exc.strerror or exc})") from None
-    ann, ker = [], []
-    for body in texts:
+    ann, ker, parent = [], [], {}
+    for body in reversed(texts):                 # the built-in parents first, a user's file may replace them
         try:
             raw = tomllib.loads(body)
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"stage rules: not valid TOML ({exc})") from None
+        for child, up in raw.get("parents", {}).items():
+            if child not in STAGE_STREAM or up not in STAGE_STREAM:
+                raise UserError(f"stage rules: parents maps a stage to a stage, each one of {', '.join(STAGE_STREAM)}; "
+                                f"got {child!r} = {up!r}")
+            parent[child] = up
+    for body in texts:
+        raw = tomllib.loads(body)
         for r in raw.get("annotation", []):
             if r.get("stage") not in STAGE_STREAM:
                 raise UserError(f"stage rules: stage must be one of {', '.join(STAGE_STREAM)}, got {r.get('stage')!r}")
             ann.append((re.compile(f"(?:{r['regex']})", re.I), r["stage"]))
         for r in raw.get("kernel", []):
             ker.append((re.compile(f"(?:{r['subclass']})", re.I), r["stage"]))
-    return StageRules(tuple(ann), tuple(ker))
+    return StageRules(tuple(ann), tuple(ker), tuple(parent.items()))
 
 
 def canonical_stage(label: str, rules: StageRules) -> str | None:

@@ -302,3 +302,35 @@ def test_compare_names_unfused_glue_where_the_gemms_are_not_slow(tmp_path, capsy
         assert d["cause"].startswith("kernels the cost model has no op for"), d
         priced = float(d["cause"].split("while those take ")[1].split(" us")[0].replace(",", ""))
         assert priced < d["pred_us"]                      # the GEMMs are not what is slow
+
+
+def test_compare_counts_finer_stages_in_the_stage_the_other_side_names(tmp_path, capsys):
+    """tracegen's decode splits attention into ATTN-0 / ATTN-1 and runs the shared expert as SHARED; an eager
+    Hugging Face decode (traces/observed/hf-decode, nn.Module ranges) names ATTN and an MoE block (MLP) that runs
+    its shared expert inside. Before, no attention stage matched ("4 only observed, 13 only predicted") and MLP
+    was compared without the shared expert; now each is counted in its parent (stages.toml [parents]) and the
+    output says so. Two traces that both split keep their stages."""
+    obs = Path(__file__).resolve().parents[1] / "traces" / "observed" / "hf-decode" / "hf-decode-nosync.json.gz"
+    pred = tmp_path / "pred.json.gz"
+    assert tracegen(["trace", "--model-file", str(obs.parents[3] / "bench" / "data" / "hf-decode-model.toml"),
+                     "--hardware", "h100", "--phase", "decode", "--batch", "16", "--seq-len", "1024", "--tp", "1",
+                     "--dp", "1", "--microbatches", "1", "--tbo", "off", "--precision", "bf16", "--kv-dtype", "bf16",
+                     "--comm", "intranode", "--stack", "catalog", "-o", str(pred)]) == 0
+    capsys.readouterr()
+    assert replay(["compare", str(pred), str(obs), "--json", "--no-cache"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {s["stage"] for s in res["summary"]} == {"ATTN", "MLP"} and res["matched"] == 8
+    assert res["missing_predicted"] == 0 and res["missing_observed"] == 1              # the LM head: no range
+    assert sorted(m.split(" counted")[0] for m in res["merged"]) == [
+        "predicted ATTN-0", "predicted ATTN-1", "predicted SHARED"]
+    # the predicted ATTN is its two halves, back to back on one stream: their sum
+    raw = [e for e in read_trace(pred)["traceEvents"] if e.get("ph") == "X" and e.get("args", {}).get("layer") == 0
+           and e.get("args", {}).get("kind") == "compute"]
+    halves = sum(e["dur"] for e in raw if e["name"] in ("ATTN-0", "ATTN-1"))
+    row = next(s for s in res["stages"] if s["layer"] == 0 and s["stage"] == "ATTN")
+    assert row["pred_us"] == pytest.approx(halves, rel=1e-6)
+    # both sides split: nothing merged
+    golden = Path(__file__).resolve().parents[1] / "traces" / "golden" / "h800-decode-ibgda.json.gz"
+    assert replay(["compare", str(golden), str(golden), "--json", "--no-cache"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert not same["merged"] and "ATTN-1" in {s["stage"] for s in same["summary"]}
