@@ -5,7 +5,8 @@ processor lets them. DuckDB is an optional dependency (`pip install 'moe-timelin
 Views (times in us; `start_us` counts from the trace's first event, as every replay output does):
   events    every slice the loader kept (CPU and GPU): rank, device, cat, name, start_us, dur_us,
             stream, layer, microbatch, stage, stage_stream, klass (kernel class), step, ...
-  kernels   the GPU work only (kernels, memcpys, memsets, tracegen's stage slices)
+  kernels   the GPU work only (kernels, memcpys, memsets, tracegen's stage slices; not the profiler's GPU-side
+            copies of CPU ranges, gpu_user_annotation, which span the work they mark)
   layers    one row per rank, step and layer: span, compute, comm, overlap, exposed communication
   findings  one row per idle piece: kind (cause), rank, layer, stage, start_us, lost_us, peer, ...
   ranks     one row per rank: span, busy, overlap, exposed, idle by cause, peer wait
@@ -16,10 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from tracegen.base.contract import GPU_CATS
 from tracegen.base.errors import UserError
 
 from .analysis import Analysis
+from .overlap import gpu_work
 
 VIEWS = ("events", "kernels", "layers", "findings", "ranks", "steps")
 
@@ -27,7 +28,7 @@ VIEWS = ("events", "kernels", "layers", "findings", "ranks", "steps")
 def tables(a: Analysis) -> dict[str, pd.DataFrame]:
     """The analysis as plain tables, one per view."""
     ev = a.events.drop(columns=["extra"], errors="ignore").assign(start_us=a.events["start_us"] - a.t0_us)
-    gpu = ev[(ev["device"] == "gpu") & ev["cat"].isin(list(GPU_CATS))]
+    gpu = gpu_work(ev)                # the rows every busy-time figure counts, so a sum here agrees with them
     ranks = []
     for r in a.ranks:
         row: dict[str, Any] = {k: v for k, v in r.items() if not isinstance(v, (dict, list))}

@@ -96,3 +96,19 @@ def test_queries_never_download_an_extension(capsys):
     assert replay(["sql", str(CAP.parent / "h200x2-nccl"), "SELECT * FROM read_parquet('https://example.com/x.parquet')"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "httpfs" in err[0]
+
+
+def test_kernels_view_holds_the_work_the_figures_count(capsys):
+    """A torch.profiler trace copies each ProfilerStep range onto the GPU timeline (gpu_user_annotation, as long
+    as the step): the kernels view held them as 'other_kernel' rows, so a user's sum of kernel time per rank
+    counted each step's whole span once more. The view now holds the rows the busy-time figures count: the sum
+    of its compute rows equals the raw file's kernel time."""
+    import gzip
+    path = Path(__file__).resolve().parents[1] / "traces" / "observed" / "hf-decode" / "hf-decode-nosync.json.gz"
+    raw = json.loads(gzip.open(path).read())["traceEvents"]
+    assert any(e.get("cat") == "gpu_user_annotation" for e in raw)              # the capture has them
+    kernel_us = sum(e["dur"] for e in raw if e.get("cat") == "kernel")
+    out = _json(capsys, str(path), "SELECT cat, count(*), sum(dur_us) FROM kernels GROUP BY cat")
+    got = {row[0]: row for row in out["rows"]}
+    assert "gpu_user_annotation" not in got
+    assert got["kernel"][2] == pytest.approx(kernel_us, rel=1e-6)
