@@ -109,6 +109,10 @@ OTHER_NAMES = {
     "void vllm::moe::moe_align_block_size_kernel<int>(int const*, int*, int*, int*, int, int, int, int, "
     "unsigned long, int*)": ("compute", "routing"),
     "void finalizeMoeRoutingKernel<__nv_bfloat16, __nv_bfloat16, false>(__nv_bfloat16 const*)": ("compute", "routing"),
+    # ROCm's Tensile GEMM (HTA's MI250 trace) and torch.compile's Triton GEMM template
+    "Cijk_Ailk_Bjlk_SB_Bias_AS_SAV_UserArgs_MT64x16x16_MI16x16x1_SN_LDSB0_AFC1_AFEM1_AFEM1_ASEM1_CLR1_CADS0_EPS0_"
+    "GRVWA1_GRVWB1_GSUAMB_ISA90a_IU1_K1_LBSPPA0": ("compute", "gemm"),
+    "triton_tem_fused_addmm_3": ("compute", "gemm"),
     # PyTorch's eager elementwise kernels (the Qwen3 capture's): 'nocast' is no cast, LoadWithCast converts
     "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::BinaryFunctor<"
     "c10::BFloat16, c10::BFloat16, c10::BFloat16, at::native::binary_internal::MulFunctor<float> > >(at::"
