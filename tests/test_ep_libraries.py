@@ -109,6 +109,10 @@ OTHER_NAMES = {
     "void vllm::moe::moe_align_block_size_kernel<int>(int const*, int*, int*, int*, int, int, int, int, "
     "unsigned long, int*)": ("compute", "routing"),
     "void finalizeMoeRoutingKernel<__nv_bfloat16, __nv_bfloat16, false>(__nv_bfloat16 const*)": ("compute", "routing"),
+    # decode attention: TensorRT-LLM's XQA, SGLang's Triton kernels (stage 1 grouped, stage 2)
+    "kernel_mha": ("compute", "attention"),
+    "_fwd_grouped_kernel_stage1": ("compute", "attention"),
+    "_fwd_kernel_stage2": ("compute", "attention"),
     # ROCm's Tensile GEMM (HTA's MI250 trace) and torch.compile's Triton GEMM template
     "Cijk_Ailk_Bjlk_SB_Bias_AS_SAV_UserArgs_MT64x16x16_MI16x16x1_SN_LDSB0_AFC1_AFEM1_AFEM1_ASEM1_CLR1_CADS0_EPS0_"
     "GRVWA1_GRVWB1_GSUAMB_ISA90a_IU1_K1_LBSPPA0": ("compute", "gemm"),
