@@ -31,6 +31,7 @@ from tracegen.schedule import Interval
 
 from .analysis import Analysis
 from .compare import label_stages, refuse_overlapping, refuse_training
+from .events import text
 from .stagerules import StageRules
 from .hostview import host_view
 from .intervals import coverage, intersection, length, union
@@ -148,6 +149,13 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None, rank: int) -
     g = _one_microbatch_or_refuse(g, rank, a.structure)
     ev = a.events[a.events["rank"] == rank]
     _refuse_unstaged_comm(ev, g, rank)
+    folded = g[(g["klass"] == "comm") & g["cstage"].map(lambda st: STAGE_STREAM.get(st) == COMPUTE)]
+    if len(folded):               # e.g. NCCL's all-to-all launched inside an nn.Module MoE block (stage MLP)
+        assumptions.append(f"{len(folded)} communication kernels ({folded['dur_us'].sum() / 1e3:.3f} ms: "
+                           f"{', '.join(sorted(set(text(folded['subclass']))))}) ran inside compute stages "
+                           f"({', '.join(sorted(set(folded['cstage'])))}): re-timed as part of those stages, so "
+                           "their overlap with compute is not modelled (name them as DISPATCH / COMBINE stages to "
+                           "re-time it)")
     launch = ev[ev["launch"] & (ev["correlation"] >= 0)]
     lend = dict(zip(launch["correlation"], launch["start_us"] + launch["dur_us"]))
     launch_us = float(np.median(launch["dur_us"])) if len(launch) else 5.0

@@ -334,3 +334,31 @@ def test_compare_counts_finer_stages_in_the_stage_the_other_side_names(tmp_path,
     assert replay(["compare", str(golden), str(golden), "--json", "--no-cache"]) == 0
     same = json.loads(capsys.readouterr().out)
     assert not same["merged"] and "ATTN-1" in {s["stage"] for s in same["summary"]}
+
+
+def test_whatif_says_when_communication_ran_inside_a_compute_stage(tmp_path, capsys):
+    """NCCL's all-to-all launched inside an nn.Module MoE block (Megatron's / vLLM's naive dispatch) is labelled
+    with the block's stage, MLP: a re-time counts it as that stage's work and drops its overlap. It said only
+    "no communication stage" before; it now names the kernels and what is not modelled. The trace: the eager
+    HF decode capture with two NCCL SendRecv kernels (30 us each, stream 20) launched inside every MoE block."""
+    import re
+    src = Path(__file__).resolve().parents[1] / "traces" / "observed" / "hf-decode" / "hf-decode-nosync.json.gz"
+    d = json.loads(gzip.open(src).read())
+    ev = d["traceEvents"]
+    blocks = [e for e in ev if e.get("ph") == "X" and re.match(r"nn\.Module: Qwen2MoeSparseMoeBlock_\d+", str(e.get("name")))]
+    k0 = next(e for e in ev if e.get("cat") == "kernel")
+    corr = 10**7
+    for b in blocks:
+        for frac in (0.1, 0.8):
+            corr += 1
+            t = b["ts"] + frac * b["dur"]
+            ev.append({"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": b["pid"], "tid": b["tid"],
+                       "ts": t, "dur": 3.0, "args": {"correlation": corr}})
+            ev.append({"ph": "X", "cat": "kernel", "name": "ncclDevKernel_SendRecv(ncclDevKernelArgsStorage<4096ul>)",
+                       "pid": k0["pid"], "tid": 20, "ts": t + 5, "dur": 30.0, "args": {"correlation": corr, "stream": 20}})
+    path = tmp_path / "nccl-in-moe.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(d).encode()))
+    out = whatif_json(capsys, path, "-o", tmp_path / "w.json.gz")
+    said = [a for a in out["assumptions"] if "inside compute stages" in a]
+    assert len(said) == 1 and said[0].startswith("8 communication kernels (0.240 ms: nccl_sendrecv)"), said
+    assert "(MLP)" in said[0] and "overlap with compute is not modelled" in said[0]
