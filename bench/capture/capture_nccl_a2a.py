@@ -41,7 +41,8 @@ from torch.profiler import ProfilerActivity, profile, schedule
 from capture_hf_decode import save  # the trace written gzipped
 
 H, HEADS, HEAD_DIM, EXPERTS, TOPK, FF, LAYERS = 2048, 16, 128, 16, 2, 1408, 4
-SEQS, SEQ, STEPS, WORLD = 2, 2048, 2, 2
+SEQS, SEQ, STEPS = 2, 2048, 2
+WORLD = int(os.environ.get("NCCL_A2A_WORLD", "2"))   # 1: a smoke run of the script on one GPU (not the capture)
 LOCAL = EXPERTS // WORLD
 VARIANTS = ("sync", "overlap")
 
@@ -174,7 +175,7 @@ def worker(rank: int, out: str, port: str) -> None:
                 times.append((time.perf_counter() - t0) * 1e6)
             dist.barrier()
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True,
-                         schedule=schedule(wait=0, warmup=1, active=STEPS)) as prof:
+                         schedule=schedule(wait=0, warmup=1, active=STEPS, repeat=1)) as prof:
                 for _ in range(1 + STEPS):
                     model(x)
                     torch.cuda.synchronize()
@@ -204,7 +205,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT", "capture-out"))
     ap.add_argument("--port", default="29517")
+    ap.add_argument("--smoke", action="store_true", help="run every code path on one GPU (EP1, NCCL to itself) "
+                    "to check the script; its output is not the capture")
     args = ap.parse_args()
+    if args.smoke:
+        os.environ["NCCL_A2A_WORLD"] = "1"          # the spawned workers import the module again and read it
+        global WORLD, LOCAL
+        WORLD, LOCAL = 1, EXPERTS
     if torch.cuda.device_count() < WORLD:
         raise SystemExit(f"needs {WORLD} GPUs, found {torch.cuda.device_count()}")
     mp.spawn(worker, args=(args.out, args.port), nprocs=WORLD, join=True)
