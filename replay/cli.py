@@ -216,7 +216,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     warn_skipped(pred, obs)
     if note:
         print(f"observed: {note}", file=sys.stderr)
-    result = compare(pred, obs, rules, rank_map, args.layer_offset, args.top)
+    result = compare(pred, obs, rules, rank_map, args.layer_offset, args.top, args.taxonomy)
     if args.csv:
         atomic_write(args.csv, result["stages"].to_csv(index=False))
     if args.json:

@@ -21,6 +21,7 @@ from .overlap import gpu_work
 from .stagerules import StageRules, canonical_stage
 from .structure import TRAINING_PASSES
 from .suspicious import OVERLAP_REFUSE_SHARE, overlapping_kernels
+from .taxonomy import Taxonomy, load_taxonomy
 
 
 def label_stages(a: Analysis, rules: StageRules) -> pd.DataFrame:
@@ -148,7 +149,8 @@ def _comm_overlap_share(labelled: pd.DataFrame, row: pd.Series) -> float:
     return length(*intersection(su, cu)) / busy if busy else 0.0
 
 
-def _cause(row: pd.Series, obs: Analysis, labelled: pd.DataFrame, layer_offset: int, rules: StageRules) -> str:
+def _cause(row: pd.Series, obs: Analysis, labelled: pd.DataFrame, layer_offset: int, rules: StageRules,
+           tax: Taxonomy) -> str:
     if pd.isna(row["pred_us"]):
         return "stage missing in the prediction"
     if pd.isna(row["obs_us"]):
@@ -170,7 +172,7 @@ def _cause(row: pd.Series, obs: Analysis, labelled: pd.DataFrame, layer_offset: 
     if _comm_overlap_share(labelled, in_obs) > 0.3:
         return "compute slowed while communication ran: SM or memory-bandwidth contention"
     slow = "kernels slower than the cost model's efficiency for these shapes"
-    priced, glue, top = _priced_split(labelled, in_obs)
+    priced, glue, top = _priced_split(labelled, in_obs, tax)
     if not priced:                 # no kernel of the stage recognised as a GEMM or attention: nothing to split
         return slow
     if priced <= row["pred_us"] * (1 + PRICED_SLACK) and glue >= GLUE_SHARE * (row["obs_us"] - row["pred_us"]):
@@ -181,23 +183,22 @@ def _cause(row: pd.Series, obs: Analysis, labelled: pd.DataFrame, layer_offset: 
     return f"{slow} (the stage's GEMMs and attention alone take {priced:,.0f} us)"
 
 
-# The kernel classes (taxonomy subclasses) the cost model prices as a stage's ops, and those it holds no op
-# for; a kernel of neither (other_kernel: unrecognised, perhaps a GEMM) counts on neither side
-PRICED = ("gemm", "grouped_gemm", "attention")
-GLUE = ("norm", "rope", "quant_cast", "routing", "reduction", "elementwise")
 PRICED_SLACK = 0.10     # a stage's priced kernels within 10 % of its whole prediction are not what is slow
 GLUE_SHARE = 0.5        # ... and its glue kernels make up at least half of the excess
 
 
-def _priced_split(labelled: pd.DataFrame, row: pd.Series) -> tuple[float, float, list[tuple[str, float]]]:
-    """An observed compute stage's busy time in the kernel classes the cost model prices (PRICED) and in
-    those it has no op for (GLUE), each as one union, with the glue's three largest classes."""
+def _priced_split(labelled: pd.DataFrame, row: pd.Series, tax: Taxonomy) -> tuple[float, float, list[tuple[str, float]]]:
+    """An observed compute stage's busy time in the kernel classes the cost model prices (the taxonomy's
+    `costed = true` subclasses) and in those it has no op for (`costed = false`), each as one union, with
+    the glue's three largest classes; a subclass marked neither way (unrecognised, perhaps a GEMM) counts on
+    neither side."""
     ev = labelled[(labelled["rank"] == row["rank"]) & (labelled["layer"] == row["layer"])
                   & (labelled["microbatch"] == row["microbatch"]) & (labelled["cstage"] == row["stage"])
                   & (labelled["klass"] == "compute")]
     sub = text(ev["subclass"])
     start, end = ev["start_us"].to_numpy(), (ev["start_us"] + ev["dur_us"]).to_numpy()
-    priced, glue = np.isin(sub, PRICED), np.isin(sub, GLUE)
+    priced = np.isin(sub, list(tax.costed_subclasses(True)))
+    glue = np.isin(sub, list(tax.costed_subclasses(False)))
     busy = {k: length(*union(start[sub == k], end[sub == k])) for k in set(sub[glue])}
     top = sorted(busy.items(), key=lambda kv: -kv[1])[:3]
     return length(*union(start[priced], end[priced])), length(*union(start[glue], end[glue])), top
@@ -215,7 +216,9 @@ def has_stage_labels(a: Analysis) -> bool:
 
 
 def compare(pred: Analysis, obs: Analysis, rules: StageRules, rank_map: dict[int, int] | None = None,
-            layer_offset: int = 0, top: int = 10) -> dict[str, Any]:
+            layer_offset: int = 0, top: int = 10, taxonomy: str | None = None) -> dict[str, Any]:
+    """The two traces stage by stage; `taxonomy`: the user's extra kernel rules (which subclasses are costed)."""
+    tax = load_taxonomy(taxonomy)
     refuse_training(pred, "the predicted trace")
     refuse_training(obs, "the observed trace")
     for side, a in (("predicted", pred), ("observed", obs)):
@@ -268,7 +271,8 @@ def compare(pred: Analysis, obs: Analysis, rules: StageRules, rank_map: dict[int
     worst = order.sort_values("size", ascending=False).head(top)
     discrepancies = [{**{k: (None if pd.isna(v) else (int(v) if k in ("rank", "layer", "microbatch") else v))
                          for k, v in row[key + ["stream", "pred_us", "obs_us", "diff_us", "error_pct"]].items()},
-                      "cause": _cause(row, obs, labelled, layer_offset, rules)} for _, row in worst.iterrows() if row["size"] > 0]
+                      "cause": _cause(row, obs, labelled, layer_offset, rules, tax)}
+                     for _, row in worst.iterrows() if row["size"] > 0]
     pred_span = {x["rank"]: x["span_us"] for x in pred.ranks}
     obs_span = {(rank_map or {}).get(x["rank"], x["rank"]): x["span_us"] for x in obs.ranks}
     spans = [{"rank": int(r), "pred_us": pred_span[r], "obs_us": obs_span[r],

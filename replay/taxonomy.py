@@ -34,6 +34,11 @@ class Taxonomy:
     rules: tuple[tuple[str, str, re.Pattern[str], str], ...]     # class, subclass, regex, host_wait group
     waits: tuple[Wait, ...]
     launch: re.Pattern[str]
+    costed: tuple[tuple[str, bool], ...] = ()    # subclass -> whether tracegen's op graph prices it (rule `costed`)
+
+    def costed_subclasses(self, value: bool) -> frozenset[str]:
+        """The compute subclasses the cost model prices as ops (True) or holds no op for (False)."""
+        return frozenset(sub for sub, v in self.costed if v is value)
 
     def classify_name(self, name: str) -> tuple[str, str, str]:
         """(class, subclass, host wait group after its launch or "")."""
@@ -63,7 +68,7 @@ def _compile_exact(rx: str, where: str) -> re.Pattern[str]:
         raise UserError(f"{where}: bad regex {rx!r} ({exc})") from None
 
 
-def _read(text: str, src: str) -> tuple[list, list[Wait], list[str]]:
+def _read(text: str, src: str) -> tuple[list, list[Wait], list[str], dict[str, bool]]:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -74,16 +79,20 @@ def _read(text: str, src: str) -> tuple[list, list[Wait], list[str]]:
                         "[launch])")
     if not any(raw.get(k) for k in ("rule", "wait", "blocking", "launch")):
         raise UserError(f"taxonomy {src}: holds no [[rule]], [[wait]], [blocking] or [launch] entry")
-    rules = []
+    rules, costed = [], {}
     for i, r in enumerate(raw.get("rule", [])):
         where = f"taxonomy {src}: rule {i + 1}"
-        if (not isinstance(r, dict) or set(r) - {"class", "subclass", "regex", "host_wait"} or "regex" not in r
-                or "class" not in r):
-            raise UserError(f"{where}: needs 'class', 'regex' and optionally 'subclass', 'host_wait'")
+        if (not isinstance(r, dict) or set(r) - {"class", "subclass", "regex", "host_wait", "costed"}
+                or "regex" not in r or "class" not in r):
+            raise UserError(f"{where}: needs 'class', 'regex' and optionally 'subclass', 'host_wait', 'costed'")
         if r["class"] not in CLASSES:
             raise UserError(f"{where}: class must be one of {', '.join(CLASSES)}, got {r['class']!r}")
+        if "costed" in r and not isinstance(r["costed"], bool):
+            raise UserError(f"{where}: costed must be true or false, got {r['costed']!r}")
         rules.append((r["class"], r.get("subclass", r["class"]), _compile(r["regex"], where),
                       str(r.get("host_wait", ""))))
+        if "costed" in r:
+            costed.setdefault(r.get("subclass", r["class"]), r["costed"])
     waits = []
     for i, w in enumerate(raw.get("wait", [])):
         where = f"taxonomy {src}: wait {i + 1}"
@@ -97,25 +106,26 @@ def _read(text: str, src: str) -> tuple[list, list[Wait], list[str]]:
     waits += [Wait(_compile(".*(?:" + rx + ")", f"taxonomy {src}: [blocking]"), "sync", "span", "[blocking] entry")
               for rx in raw.get("blocking", {}).get("regex", [])]
     launch = raw.get("launch", {}).get("regex", [])
-    return rules, waits, launch
+    return rules, waits, launch, costed
 
 
 @lru_cache(maxsize=8)
 def load_taxonomy(user_file: str | None = None) -> Taxonomy:
-    rules, waits, launch = _read((resources.files("replay") / "data" / "taxonomy.toml").read_text("utf-8"),
-                                 "built-in")
+    rules, waits, launch, costed = _read((resources.files("replay") / "data" / "taxonomy.toml").read_text("utf-8"),
+                                         "built-in")
     if user_file:
         p = Path(user_file)
         try:
             text = p.read_text("utf-8")
         except OSError as exc:
             raise UserError(f"taxonomy {p}: cannot read ({exc.strerror or exc})") from None
-        u_rules, u_waits, u_launch = _read(text, str(p))
+        u_rules, u_waits, u_launch, u_costed = _read(text, str(p))
         rules = u_rules + rules
         waits = u_waits + waits
         launch = u_launch + launch
+        costed = {**costed, **u_costed}                   # the user's say on a subclass wins
     either = lambda pats, src: _compile("|".join(f"(?:{p})" for p in pats) or "$^", src)  # noqa: E731
-    return Taxonomy(tuple(rules), tuple(waits), either(launch, "taxonomy [launch]"))
+    return Taxonomy(tuple(rules), tuple(waits), either(launch, "taxonomy [launch]"), tuple(costed.items()))
 
 
 def classify(events: pd.DataFrame, tax: Taxonomy) -> pd.DataFrame:

@@ -302,6 +302,14 @@ def test_compare_names_unfused_glue_where_the_gemms_are_not_slow(tmp_path, capsy
         assert d["cause"].startswith("kernels the cost model has no op for"), d
         priced = float(d["cause"].split("while those take ")[1].split(" us")[0].replace(",", ""))
         assert priced < d["pred_us"]                      # the GEMMs are not what is slow
+    # which kernels are costed is taxonomy data: a user's rule that marks the routing kernels costed moves
+    # the un-permute scatter to the priced side, and the MLP's priced kernels are then what is slow
+    tax = tmp_path / "tax.toml"
+    tax.write_text('[[rule]]\nclass = "compute"\nsubclass = "routing"\nregex = "indexFuncLargeIndex"\ncosted = true\n')
+    assert replay(["compare", str(pred), str(obs), "--json", "--no-cache", "--top", "20", "--taxonomy", str(tax)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert all(d["cause"].startswith("kernels slower than the cost model's efficiency") for d in res["discrepancies"]
+               if d["stage"] == "MLP")
 
 
 def test_compare_counts_finer_stages_in_the_stage_the_other_side_names(tmp_path, capsys):
