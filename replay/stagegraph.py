@@ -149,13 +149,7 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None, rank: int) -
     g = _one_microbatch_or_refuse(g, rank, a.structure)
     ev = a.events[a.events["rank"] == rank]
     _refuse_unstaged_comm(ev, g, rank)
-    folded = g[(g["klass"] == "comm") & g["cstage"].map(lambda st: STAGE_STREAM.get(st) == COMPUTE)]
-    if len(folded):               # e.g. NCCL's all-to-all launched inside an nn.Module MoE block (stage MLP)
-        assumptions.append(f"{len(folded)} communication kernels ({folded['dur_us'].sum() / 1e3:.3f} ms: "
-                           f"{', '.join(sorted(set(text(folded['subclass']))))}) ran inside compute stages "
-                           f"({', '.join(sorted(set(folded['cstage'])))}): re-timed as part of those stages, so "
-                           "their overlap with compute is not modelled (name them as DISPATCH / COMBINE stages to "
-                           "re-time it)")
+    assumptions += _comm_in_compute_stages(g)
     launch = ev[ev["launch"] & (ev["correlation"] >= 0)]
     lend = dict(zip(launch["correlation"], launch["start_us"] + launch["dur_us"]))
     launch_us = float(np.median(launch["dur_us"])) if len(launch) else 5.0
@@ -246,6 +240,18 @@ def _refuse_unstaged_comm(ev, labelled, rank: int) -> None:
         raise UserError(f"rank {rank}: {(total - staged) / 1e3:.3f} ms of its {total / 1e3:.3f} ms of communication "
                         f"({names}) belongs to no stage, so a re-time would drop it: whatif re-times the stages of "
                         "two-batch overlap (name them: replay/data/stages.toml); `replay analyze` measures its overlap")
+
+
+def _comm_in_compute_stages(g) -> list[str]:
+    """What a re-time assumes of communication kernels labelled with a compute stage (NCCL's all-to-all
+    launched inside an nn.Module MoE block: stage MLP): they are re-timed as that stage's work."""
+    folded = g[(g["klass"] == "comm") & g["cstage"].map(lambda st: STAGE_STREAM.get(st) == COMPUTE)]
+    if not len(folded):
+        return []
+    return [f"{len(folded)} communication kernels ({folded['dur_us'].sum() / 1e3:.3f} ms: "
+            f"{', '.join(sorted(set(text(folded['subclass']))))}) ran inside compute stages "
+            f"({', '.join(sorted(set(folded['cstage'])))}): re-timed as part of those stages, so their overlap with "
+            "compute is not modelled (name them as DISPATCH / COMBINE stages to re-time it)"]
 
 
 def _plan_of(stages: dict, hw: Hardware) -> tuple[Plan, dict, list[str]]:
