@@ -132,13 +132,8 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None, rank: int) -
     alone = len(_gpu_ranks(a)) == 1
     assumptions = [f"rank {rank} only, re-timed alone (other ranks' waits are not modelled)" if alone else
                    f"rank {rank}"]
-    if hardware:
-        hw = load_hardware(hardware)
-        assumptions.append(f"hardware {hw.name} (--hardware)")
-    else:
-        device = a.trace.device_name
-        hw = hardware_of_device(device)
-        assumptions.append(f"hardware {hw.name}, from the trace's device name {device!r} (set --hardware)")
+    hw, said = _hardware(a, hardware)
+    assumptions.append(said)
     refuse_training(a)
     refuse_overlapping(a, rank)
     g = label_stages(a, rules)
@@ -240,6 +235,16 @@ def _refuse_unstaged_comm(ev, labelled, rank: int) -> None:
         raise UserError(f"rank {rank}: {(total - staged) / 1e3:.3f} ms of its {total / 1e3:.3f} ms of communication "
                         f"({names}) belongs to no stage, so a re-time would drop it: whatif re-times the stages of "
                         "two-batch overlap (name them: replay/data/stages.toml); `replay analyze` measures its overlap")
+
+
+def _hardware(a: Analysis, hardware: str | None) -> tuple[Hardware, str]:
+    """The hardware a re-time runs on (--hardware, else the trace's device name) and how it was chosen."""
+    if hardware:
+        hw = load_hardware(hardware)
+        return hw, f"hardware {hw.name} (--hardware)"
+    device = a.trace.device_name
+    hw = hardware_of_device(device)
+    return hw, f"hardware {hw.name}, from the trace's device name {device!r} (set --hardware)"
 
 
 def _comm_in_compute_stages(g) -> list[str]:
