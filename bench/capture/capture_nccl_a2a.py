@@ -185,7 +185,7 @@ def worker(rank: int, out: str, port: str) -> None:
         save(prof, d, f"rank{rank}")
         truth[variant] = {"folder": d.name, "ranks": WORLD, "steps": STEPS, "layers_per_step": LAYERS,
                           "microbatches": 2 if variant == "overlap" else 1,
-                          "syncs_per_layer": 4 if variant == "overlap" else 2,
+                          "syncs_per_layer": 6 if variant == "overlap" else 3,   # 2 .tolist() + bincount per route
                           "all_to_alls_per_layer": 3 if variant == "sync" else 6,
                           "step_us": statistics.median(times)}
         del model
