@@ -187,7 +187,8 @@ PRICED_SLACK = 0.10     # a stage's priced kernels within 10 % of its whole pred
 GLUE_SHARE = 0.5        # ... and its glue kernels make up at least half of the excess
 
 
-def _priced_split(labelled: pd.DataFrame, row: pd.Series, tax: Taxonomy) -> tuple[float, float, list[tuple[str, float]]]:
+def _priced_split(labelled: pd.DataFrame, row: pd.Series, tax: Taxonomy
+                  ) -> tuple[float, float, list[tuple[str, float]]]:
     """An observed compute stage's busy time in the kernel classes the cost model prices (the taxonomy's
     `costed = true` subclasses) and in those it has no op for (`costed = false`), each as one union, with
     the glue's three largest classes; a subclass marked neither way (unrecognised, perhaps a GEMM) counts on
