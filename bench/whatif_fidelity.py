@@ -42,6 +42,10 @@ CORPUS.update({f"h200/{n}": (OBS / "h200" / f"{n}.json.gz", _COPIES)
 # missed (+74.9 %) until the nn.Module style stopped reading "Moe" inside Qwen2MoeModel / Qwen2MoeDecoderLayer
 # as an MoE stage (a layer's first norm fell in MLP, so MLP was launched before ATTN)
 CORPUS.update({f"hf-moe-h100/{n}": (OBS / "hf-moe-h100" / f"hf-moe-{n}.json.gz", None) for n in ("module", "plain")})
+# the NCCL all-to-all capture script's one-GPU smoke run (EP1, NCCL to itself; not the pinned 2-GPU capture), added
+# 2026-12-07 after it was seen: host-bound eager MoE layers whose all-to-alls run on the compute stream (sync) or
+# partly on NCCL's own (overlap)
+CORPUS.update({f"nccl-a2a/smoke-ep1-{n}": (OBS / "nccl-a2a" / "smoke-ep1" / n, None) for n in ("sync", "overlap")})
 # held out: a Qwen3-30B-A3B-shaped eager prefill on one H100 (traces/observed/qwen3-prefill), its check pinned
 # 2026-12-07 before the capture (tests/test_qwen3_prefill.py)
 QWEN3_PREFILL = {"qwen3-prefill/h100": (OBS / "qwen3-prefill" / "qwen3-prefill.json.gz", None)}

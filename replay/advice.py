@@ -4,6 +4,7 @@ rank communicates with two micro-batches). findings.py builds its messages here;
 is `table()`."""
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -11,8 +12,9 @@ from importlib import resources
 
 from tracegen.base.contract import IDLE_GROUPS
 
-# recurring: the finding's call does it in 2 or more profiled steps; syncs: the rank's steps wait in host syncs
-WHEN = ("always", "tbo", "no_tbo", "recurring", "syncs")
+# recurring: the finding's call does it in 2 or more profiled steps; syncs: the rank's steps wait in host syncs;
+# collective: the call is a collective's host path (advice.toml [conditions] collective)
+WHEN = ("always", "tbo", "no_tbo", "recurring", "syncs", "collective")
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,19 @@ class Advice:
 
 
 @lru_cache(maxsize=1)
+def _raw() -> dict:
+    return tomllib.loads((resources.files("replay") / "data" / "advice.toml").read_text("utf-8"))
+
+
+@lru_cache(maxsize=1)
+def collective() -> re.Pattern[str]:
+    """The names of a collective's host path (c10d's ops, the profiler's record_param_comms and nccl: ranges)."""
+    return re.compile(_raw()["conditions"]["collective"])
+
+
+@lru_cache(maxsize=1)
 def load() -> tuple[Advice, ...]:
-    raw = tomllib.loads((resources.files("replay") / "data" / "advice.toml").read_text("utf-8"))
+    raw = _raw()
     rows = tuple(Advice(r["cause"], r["group"], r.get("when", "always"), r["what"], r["advice"])
                  for r in raw["advice"])
     for r in rows:
@@ -35,19 +48,19 @@ def load() -> tuple[Advice, ...]:
     return rows
 
 
-def pick(cause: str, group: str, comm: bool, microbatches: int, steps: int = 0, sync_call: str = ""
-         ) -> Advice | None:
+def pick(cause: str, group: str, comm: bool, microbatches: int, steps: int = 0, sync_call: str = "",
+         call: str = "") -> Advice | None:
     """The first row for (cause, group) whose condition the rank (`sync_call`: the call its largest
     sync wait sat in, "" for none) and the finding (`steps`: the profiled steps in which its call held
-    the launch path the same way) meet."""
+    the launch path the same way; `call`: the span the CPU sat in) meet."""
     ctx = {"always": True, "tbo": comm and microbatches >= 2, "no_tbo": comm and microbatches < 2,
-           "recurring": steps >= 2, "syncs": bool(sync_call)}
+           "recurring": steps >= 2, "syncs": bool(sync_call), "collective": bool(collective().search(call or ""))}
     return next((r for r in load() if r.cause == cause and r.group == group and ctx[r.when]), None)
 
 
 def message(cause: str, group: str, lost_us: float, next_name: str, call: str, peer: int | None,
             comm: bool, microbatches: int, steps: int = 0, sync_call: str = "") -> str:
-    a = pick(cause, group, comm, microbatches, steps, sync_call)
+    a = pick(cause, group, comm, microbatches, steps, sync_call, call)
     nxt = _short(next_name) or "the next kernel"
     if a is None:
         return f"compute idle {lost_us:.1f} us ({cause}, {group})"
