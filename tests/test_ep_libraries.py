@@ -139,3 +139,16 @@ OTHER_NAMES = {
 def test_tensor_parallel_all_reduce_and_moe_kernels_are_classified(name):
     from replay.taxonomy import load_taxonomy
     assert load_taxonomy().classify_name(name)[:2] == OTHER_NAMES[name]
+
+
+def test_every_compute_class_says_whether_the_cost_model_prices_it():
+    """replay compare splits a slower stage between the kernels the cost model prices and those it has no op
+    for (a rule's `costed`): a built-in compute class that says neither counts on neither side, so a new one must
+    say. Left unmarked on purpose: other_kernel (unrecognised: perhaps a GEMM) and DeepEP's layout kernel (part
+    of the dispatch's cost, not a stage's compute)."""
+    from replay.taxonomy import load_taxonomy
+    tax = load_taxonomy()
+    compute = {sub for klass, sub, _, _ in tax.rules if klass == "compute"}
+    marked = tax.costed_subclasses(True) | tax.costed_subclasses(False)
+    assert compute - marked == {"other_kernel", "deepep_layout"}, compute - marked
+    assert {"gemm", "grouped_gemm", "attention"} <= tax.costed_subclasses(True)
