@@ -111,9 +111,8 @@ def refuse_overlapping(a: Analysis, rank: int) -> None:
                         "re-timed; `replay analyze` lists it under suspicious input")
 
 
-def stage_table(a: Analysis | pd.DataFrame, rules: StageRules) -> pd.DataFrame:
-    """Busy time per (rank, layer, micro-batch, stage) of a trace's GPU work (or of label_stages' table)."""
-    g = a if isinstance(a, pd.DataFrame) else label_stages(a, rules)
+def stage_table(g: pd.DataFrame) -> pd.DataFrame:
+    """Busy time per (rank, layer, micro-batch, stage) of a trace's labelled GPU work (label_stages)."""
     rows = []
     for (rank, layer, mb, st), part in g.groupby(["rank", "layer", "microbatch", "cstage"], sort=True):
         s0 = part["start_us"].to_numpy()
@@ -138,12 +137,17 @@ def common_stages(pred: pd.DataFrame, obs: pd.DataFrame, rules: StageRules
     return out[0], out[1], said
 
 
+def _stage_rows(labelled: pd.DataFrame, row: pd.Series) -> pd.DataFrame:
+    """The labelled work of one (rank, layer, micro-batch, stage) row of the comparison."""
+    return labelled[(labelled["rank"] == row["rank"]) & (labelled["layer"] == row["layer"])
+                    & (labelled["microbatch"] == row["microbatch"]) & (labelled["cstage"] == row["stage"])]
+
+
 def _comm_overlap_share(labelled: pd.DataFrame, row: pd.Series) -> float:
     """Share of an observed compute stage's busy time spent while communication ran."""
-    ev = labelled[labelled["rank"] == row["rank"]]
-    comm = ev[ev["klass"] == "comm"]
+    comm = labelled[(labelled["rank"] == row["rank"]) & (labelled["klass"] == "comm")]
     cu = union(comm["start_us"].to_numpy(), (comm["start_us"] + comm["dur_us"]).to_numpy())
-    st = ev[(ev["layer"] == row["layer"]) & (ev["microbatch"] == row["microbatch"]) & (ev["cstage"] == row["stage"])]
+    st = _stage_rows(labelled, row)
     su = union(st["start_us"].to_numpy(), (st["start_us"] + st["dur_us"]).to_numpy())
     busy = length(*su)
     return length(*intersection(su, cu)) / busy if busy else 0.0
@@ -193,9 +197,8 @@ def _priced_split(labelled: pd.DataFrame, row: pd.Series, tax: Taxonomy
     `costed = true` subclasses) and in those it has no op for (`costed = false`), each as one union, with
     the glue's three largest classes; a subclass marked neither way (unrecognised, perhaps a GEMM) counts on
     neither side."""
-    ev = labelled[(labelled["rank"] == row["rank"]) & (labelled["layer"] == row["layer"])
-                  & (labelled["microbatch"] == row["microbatch"]) & (labelled["cstage"] == row["stage"])
-                  & (labelled["klass"] == "compute")]
+    ev = _stage_rows(labelled, row)
+    ev = ev[ev["klass"] == "compute"]
     sub = text(ev["subclass"])
     start, end = ev["start_us"].to_numpy(), (ev["start_us"] + ev["dur_us"]).to_numpy()
     priced = np.isin(sub, list(tax.costed_subclasses(True)))
@@ -228,7 +231,7 @@ def compare(pred: Analysis, obs: Analysis, rules: StageRules, rank_map: dict[int
                             "comparison needs stage ranges (e.g. attention / MoE module ranges, L3:ATTN(0)) or "
                             "tracegen's args; `replay diff` compares two runs step by step")
     lp, labelled, merged = common_stages(label_stages(pred, rules), label_stages(obs, rules), rules)
-    p, o = stage_table(lp, rules), stage_table(labelled, rules)
+    p, o = stage_table(lp), stage_table(labelled)
     if p.empty or o.empty:
         side = "predicted" if p.empty else "observed"
         raise UserError(f"the {side} trace has no stages with known layers to compare "

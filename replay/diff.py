@@ -14,7 +14,7 @@ from typing import Any
 from tracegen.base.contract import IDLE_GROUPS, OBSERVED_IDLE_CAUSES, UNEXPLAINED
 
 from .analysis import Analysis
-from .compare import has_stage_labels, stage_table
+from .compare import has_stage_labels, label_stages, stage_table
 from .stagerules import StageRules
 
 FIGURES = ("span_us", "compute_us", "comm_us", "overlap_us", "exposed_comm_us", "compute_idle_us")
@@ -45,7 +45,7 @@ def summary(a: Analysis, rules: StageRules) -> dict[str, Any]:
     stages: dict[str, float] = {}
     labelled = has_stage_labels(a)
     if labelled:
-        t = stage_table(a, rules)
+        t = stage_table(label_stages(a, rules))
         for st, v in t.groupby("stage")["busy_us"].sum().items():
             stages[str(st)] = float(v) / n / max(1, len(ranks))
     return {"steps": n, "ranks": ranks, "stages": stages, "structure": a.structure, "labelled": labelled}

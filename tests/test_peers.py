@@ -323,13 +323,13 @@ def test_whatif_reads_the_dispatch_stall_from_the_cpu_timeline(tmp_path, capsys)
 
 def test_compare_and_whatif_take_one_step_of_a_multi_step_trace():
     from replay.analyze import analyze_one_step
-    from replay.compare import stage_table
+    from replay.compare import label_stages, stage_table
     from replay.stagerules import load_stage_rules
     rules = load_stage_rules(None)
     one, note = analyze_one_step(CAP / "prefill-proper", use_cache=False, progress=False)
     assert "step 3 of steps 1, 2, 3" in note and set(one.events["step"]) == {3}
     every = result("prefill-proper")
-    t1, ta = stage_table(one, rules), stage_table(every, rules)
+    t1, ta = stage_table(label_stages(one, rules)), stage_table(label_stages(every, rules))
     key = ["rank", "layer", "microbatch", "stage"]
     assert not t1.duplicated(key).any() and len(t1) == len(ta)
     # one step's busy time, not three steps' summed: the truth from the raw JSON, rank 0's kernels in step 3
