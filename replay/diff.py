@@ -101,7 +101,8 @@ def diff(before: Analysis, after: Analysis, rules: StageRules, fail_if_slower: f
     return {"matched": {"ranks": both, "only_before": sorted(set(b["ranks"]) - set(both)),
                         "only_after": sorted(set(a["ranks"]) - set(both)),
                         "steps_before": b["steps"], "steps_after": a["steps"],
-                        "how": f"{paired or 'ranks by number'}; figures per profiler step (totals / steps); {stage_how}"},
+                        "how": f"{paired or 'ranks ' + ', '.join(map(str, both)) + ' by number'}; figures per "
+                               f"profiler step (totals / steps); {stage_how}"},
             "overall": overall, "causes": causes, "groups": groups, "ranks": ranks, "stages": stages,
             "largest_changes": changes[:8], "verdict": verdict, "slower_pct": slower,
             "fail_if_slower_pct": fail_if_slower, "failed": failed,
@@ -117,8 +118,7 @@ def render(d: dict[str, Any], before: str, after: str) -> str:
     m = d["matched"]
     out = [f"before: {before} ({m['steps_before']} step(s), structure {d['structure_before']})",
            f"after:  {after} ({m['steps_after']} step(s), structure {d['structure_after']})",
-           f"matched: {m['how']}" if m["how"].startswith("the one rank") else
-           f"matched: ranks {', '.join(map(str, m['ranks']))}; {m['how']}"]
+           f"matched: {m['how']}"]
     if m["only_before"] or m["only_after"]:
         out.append(f"  not compared: only before {m['only_before']}, only after {m['only_after']}")
     out += ["", f"  {'per step, mean of ranks (ms)':<34}{'before':>11}{'after':>11}{'change':>11}"]
