@@ -188,16 +188,15 @@ def _hf(name: str, key: str, fmt: str) -> Callable[[], str]:
 
 
 @lru_cache(maxsize=None)
+def heldout() -> dict[str, dict]:
+    """The held-out rows by key (bench/heldout.py predicts them all: computed once for every fact that quotes one)."""
+    from bench.heldout import rows
+    return {r["key"]: r for r in rows()}
+
+
 def hf_heldout() -> dict:
     """The held-out row of the HF decode graph step (bench/heldout.py): tracegen's tokens/s and its error."""
-    from bench.heldout import rows
-    return next(r for r in rows() if r["key"] == "hf-decode-h100-graph")
-
-
-def heldout_error(key: str) -> float:
-    """A held-out row's error (%) as bench/heldout.py measures it."""
-    from bench.heldout import rows
-    return next(r for r in rows() if r["key"] == key)["error_pct"]
+    return heldout()["hf-decode-h100-graph"]
 
 
 @lru_cache(maxsize=None)
@@ -304,7 +303,7 @@ FACTS: dict[str, Callable[[], str]] = {
     "calib.gemm_p90_published": _f(".1f", lambda: calibration()[("published", "gemm", "p90")]),
     "calib.gemm_p90_fit": _f(".1f", lambda: calibration()[("fit", "gemm", "p90")]),
     # the capture records' computed figures (traces/observed/*/README.md)
-    "qwen3.prefill_error_pct": _f("+.0f", lambda: heldout_error("qwen3-30b-4l-h100-prefill")),
+    "qwen3.prefill_error_pct": _f("+.0f", lambda: heldout()["qwen3-30b-4l-h100-prefill"]["error_pct"]),
     "hf.hf.span": _hf("hf", "span", ".1f"),
     "hf.hf.idle": _hf("hf", "idle", ".1f"),
     "hf.hf.launch_bound": _hf("hf", "launch_bound", ".1f"),

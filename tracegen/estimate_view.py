@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from .estimate import row_label
-from .hfconfig import line_note, not_modelled
+from .hfconfig import line_note, notes
 from .plan import Plan
 from .preset import Preset
 from .stack import DEFAULT_STACK, load_stack
@@ -97,10 +97,7 @@ def assumptions(args: argparse.Namespace, hw: Any, preset: Preset, plan: Plan, m
     """What sets the figures beyond the plan (the stack's conventions, the in-situ term, the clock, and
     what of the model's own config the cost model does not represent: hfconfig.py)."""
     out = load_stack(getattr(args, "stack", DEFAULT_STACK)).assumptions(plan, hw)
-    if model is not None and not_modelled(model):
-        out["model_not_modelled"] = not_modelled(model)
-    if hw.caveat:
-        out["hardware_caveat"] = hw.caveat
+    out.update(notes(model, hw))
     if not preset.comm_in_situ:
         out["in_situ_slowdown"] = 0.0
     if not preset.power_limit:

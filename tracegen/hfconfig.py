@@ -37,6 +37,13 @@ def not_modelled(model: Any) -> str:
     return model.source.split(NOT_MODELLED, 1)[1] if NOT_MODELLED in model.source else ""
 
 
+def notes(model: Any, hw: Any) -> dict[str, str]:
+    """The assumptions' notes the figures carry beside the stack's: what of the model's config is not modelled
+    and what of the hardware was not measured on it (line_note prints them)."""
+    out = {"model_not_modelled": not_modelled(model) if model is not None else "", "hardware_caveat": hw.caveat}
+    return {k: v for k, v in out.items() if v}
+
+
 def line_note(assumptions: dict) -> str:
     """The end of an assumptions line: what of the model is not modelled and what of the hardware was not
     measured on it, where something is."""
@@ -151,4 +158,4 @@ def _dense_layers(cfg: dict, layers: int, notes: list[str], where: str) -> int:
     return dense
 
 
-__all__ = ["is_hf_config", "model_entry", "not_modelled", "line_note", "KEYS", "NOT_MODELLED"]
+__all__ = ["is_hf_config", "model_entry", "not_modelled", "notes", "line_note", "KEYS", "NOT_MODELLED"]

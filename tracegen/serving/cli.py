@@ -14,7 +14,7 @@ from ..base.cliutil import add_command, finite, print_json, seed
 from ..base.errors import UserError
 from ..schemas import tag
 from ..flags import add_shared_plan_args, add_target_args
-from ..hfconfig import line_note, not_modelled
+from ..hfconfig import line_note, notes
 from .deployment import CAPACITY_MIN_REQUESTS, DEFAULT_TOKEN_BUDGET, Deployment, PoolPlan
 from .simulate import COLOCATED, PD
 
@@ -195,10 +195,7 @@ def assumptions(hw, preset, d, model=None) -> dict:
     out = {"stack": st.key, "stack_display": st.display, "releases": st.releases, "sched_ms": st.sched_ms,
            "eplb": st.eplb, "in_situ_slowdown": hw.in_situ.slowdown if hw.in_situ and preset.comm_in_situ else 0.0,
            "clock": "power-limited (power.py)" if hw.power and preset.power_limit else "boost"}
-    if model is not None and not_modelled(model):
-        out["model_not_modelled"] = not_modelled(model)
-    if hw.caveat:
-        out["hardware_caveat"] = hw.caveat
+    out.update(notes(model, hw))
     return out
 
 
