@@ -192,24 +192,19 @@ def together_reorder_rows() -> list[dict]:
 def table() -> str:
     rows = no_change_rows()
     lines = ["replay whatif with no change against each capture (per rank): span error, hidden-share error", ""]
-    lines += [f"  {r['capture']:<32} rank {r['rank']}: span {r['span_error_pct']:+6.2f}%  hidden "
-              f"{r['hidden_error_pts']:+6.2f} pts" for r in rows]
+    lines += [_no_change_text(r) for r in rows]
     worst_s = max(abs(r["span_error_pct"]) for r in rows)
     worst_h = max(abs(r["hidden_error_pts"]) for r in rows)
     lines += [f"  worst: span {worst_s:.2f} % (bar {SPAN_BAR_PCT:g} %), hidden {worst_h:.2f} pts (bar {HIDDEN_BAR_PTS:g})",
               "", "the rest of traces/observed (not held out: fixed after these were seen, CORPUS_NOTES):", ""]
-    lines += [f"  {r['capture']:<32} rank {r['rank']}: span {r['span_error_pct']:+6.2f}%  hidden "
-              f"{r['hidden_error_pts']:+6.2f} pts" for r in no_change_rows(CORPUS)]
+    lines += [_no_change_text(r) for r in no_change_rows(CORPUS)]
     lines += [f"  {name:<32} refused: {needle}" for name, (_, _, needle) in REFUSED.items()]
     lines += ["", "held out: a Hugging Face-style eager MoE decode (rows pinned before the capture):", ""]
-    lines += [f"  {r['capture']:<32} rank {r['rank']}: " + (f"refused: {r['refused']}" if "refused" in r else
-              f"span {r['span_error_pct']:+6.2f}%  hidden {r['hidden_error_pts']:+6.2f} pts") for r in hf_decode_rows()]
+    lines += [_no_change_text(r) for r in hf_decode_rows()]
     lines += ["", "held out: a Qwen3-30B-A3B-shaped eager prefill (its check pinned before the capture):", ""]
-    lines += [f"  {r['capture']:<32} rank {r['rank']}: span {r['span_error_pct']:+6.2f}%  hidden "
-              f"{r['hidden_error_pts']:+6.2f} pts" for r in no_change_rows(QWEN3_PREFILL)]
+    lines += [_no_change_text(r) for r in no_change_rows(QWEN3_PREFILL)]
     lines += ["", "held out: a two-GPU MoE on NCCL's all-to-all (rows pinned before the capture):", ""]
-    lines += [f"  {r['capture']:<32} rank {r['rank']}: span {r['span_error_pct']:+6.2f}%  hidden "
-              f"{r['hidden_error_pts']:+6.2f} pts" for r in no_change_rows(NCCL_A2A)]
+    lines += [_no_change_text(r) for r in no_change_rows(NCCL_A2A)]
     lines += ["", "improper re-timed in the proper order (DeepEP 4 x H100 prefill), against the observed proper run:"]
     lines += [f"  rank {r['rank']}: {_reorder_text(r)}" for r in reorder_rows()]
     by_step = reorder_by_step_rows()
@@ -220,13 +215,19 @@ def table() -> str:
     lines += [f"  closer to the observed proper step than the improper step was: {toward} of {len(by_step)}"]
     lines += ["", "every rank re-timed together (replay whatif DIR: collectives wait for their last peer in the new "
               "schedule), no change:"]
-    lines += [f"  {r['capture']:<32} rank {r['rank']}: span {r['span_error_pct']:+6.2f}%  hidden "
-              f"{r['hidden_error_pts']:+6.2f} pts  ({r['rounds']} rounds)" for r in together_rows()]
+    lines += [f"{_no_change_text(r)}  ({r['rounds']} rounds)" for r in together_rows()]
     lines += ["", "improper re-timed in the proper order, ranks together, against the observed proper run:"]
     lines += [f"  rank {r['rank']}: {_reorder_text(r)}" for r in together_reorder_rows()]
     lines += ["", "the same on one GPU (copies stand in for the all-to-all; h200: held out):"]
     lines += [f"  {r['capture']}: {_reorder_text(r)}" for r in single_gpu_reorder_rows()]
     return "\n".join(lines)
+
+
+def _no_change_text(r: dict) -> str:
+    """One no-change row: the capture and rank, its span and hidden-share errors, or why it was refused."""
+    return f"  {r['capture']:<32} rank {r['rank']}: " + (f"refused: {r['refused']}" if "refused" in r else
+                                                         f"span {r['span_error_pct']:+6.2f}%  hidden "
+                                                         f"{r['hidden_error_pts']:+6.2f} pts")
 
 
 def _reorder_text(r: dict) -> str:
