@@ -93,7 +93,7 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
         raise UserError(f"{Path(path) / bad['file']}: {bad['error']}")
     p = prepare(trace.events, opts)
     if not p.has_gpu:
-        raise no_gpu_error(path, trace.meta, p.events["cat"])
+        raise no_gpu_error(path, trace.meta, p.events["cat"].value_counts())
     if step is not None:
         check_step(step, p.spans)
     events = p.events

@@ -62,7 +62,7 @@ def stage_one(path: str, hint: int | None, opts: Options, park: str, index: int,
     _park(events, ev_p)
     _park(trace.flows, fl_p)
     return {"ranks": p.ranks, "ranks_in_step": p.ranks_in_step, "how": p.how,
-            "has_gpu": p.has_gpu, "spans": p.spans, "kernels": peer_analysis.kernel_table(events),
+            "has_gpu": p.has_gpu, "cats": None if p.has_gpu else events["cat"].value_counts(), "spans": p.spans, "kernels": peer_analysis.kernel_table(events),
             "first": peer_analysis.first_kernels(events),
             "start_min": {int(r): float(v) for r, v in events.groupby("rank")["start_us"].min().items()},
             "meta": trace.meta, "cached": cached, "events": str(ev_p), "flows": str(fl_p)}
@@ -143,7 +143,7 @@ def _across(path: str | Path, parts: list[dict[str, Any]], meta: dict[str, Any],
     """The cross-rank step on the files' compact tables: the folder-wide checks, who waited for
     whom (peers.cross), the warnings, and the time origin on the common clock."""
     if not any(p["has_gpu"] for p in parts):
-        raise no_gpu_error(path, meta)
+        raise no_gpu_error(path, meta, pd.concat([p["cats"] for p in parts]).groupby(level=0).sum())
     spans = pd.concat([p["spans"] for p in parts], ignore_index=True)
     if opts.step is not None:
         check_step(opts.step, spans)

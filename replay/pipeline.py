@@ -190,7 +190,7 @@ def window_error(window: tuple[float, float]) -> UserError:
 def no_gpu_error(path: str | Path, meta: dict | None = None, cats: pd.Series | None = None) -> UserError:
     """The trace has no GPU work; an Ascend (torch_npu) trace, whose NPU tasks sit under a process named
     'Ascend Hardware' with no kernel category, is told apart: replay does not read NPU timelines. `cats`
-    (the events' categories) are named, so a trace of another device (MTIA's mtia_ccp_events, a CUPTI
+    (the events' count per category) are named, so a trace of another device (MTIA's mtia_ccp_events, a CUPTI
     profiler range) says what it holds instead."""
     names = " ".join(str(n) for n in ((meta or {}).get("process_names") or {}).values())
     if "Ascend" in names or "NPU" in names:
@@ -199,7 +199,7 @@ def no_gpu_error(path: str | Path, meta: dict | None = None, cats: pd.Series | N
                          "`tracegen --hardware ascend-910c`")
     held = ""
     if cats is not None and len(cats):
-        top = cats.value_counts()
+        top = cats[cats > 0].sort_values(ascending=False, kind="stable")
         held = " (its events: " + ", ".join(f"{c} x{n:,}" for c, n in top.head(6).items()) + \
             (", ..." if len(top) > 6 else "") + ")"
     return UserError(f"{path}: no GPU events (kernels, memcpy) in the trace{held}; replay reads CUDA or ROCm "

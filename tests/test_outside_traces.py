@@ -456,3 +456,11 @@ def test_a_trace_of_another_device_names_what_it_holds(tmp_path, capsys):
     assert len(err) == 1 and "no GPU events" in err[0], err
     assert "cpu_op x30, mtia_ccp_events x20" in err[0], err
     assert p.read_bytes() == before
+    # a folder of such ranks says the same, its ranks' counts summed
+    d = tmp_path / "ranks"
+    d.mkdir()
+    for r in (0, 1):
+        (d / f"rank{r}.json").write_text(json.dumps({"traceEvents": ev}))
+    assert main(["analyze", str(d), "--no-cache"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cpu_op x60, mtia_ccp_events x40" in err[0], err
