@@ -247,7 +247,7 @@ def _hardware(a: Analysis, hardware: str | None) -> tuple[Hardware, str]:
     return hw, f"hardware {hw.name}, from the trace's device name {device!r} (set --hardware)"
 
 
-def _comm_in_compute_stages(g) -> list[str]:
+def _comm_in_compute_stages(g: pd.DataFrame) -> list[str]:
     """What a re-time assumes of communication kernels labelled with a compute stage (NCCL's all-to-all
     launched inside an nn.Module MoE block: stage MLP): they are re-timed as that stage's work."""
     folded = g[(g["klass"] == "comm") & g["cstage"].map(lambda st: STAGE_STREAM.get(st) == COMPUTE)]
