@@ -62,7 +62,7 @@ REASONS: dict[str, str] = {
 }
 
 
-def _throughput(key: str, row: dict) -> float:
+def _throughput(row: dict) -> float:
     model_file = ROOT / row["model_file"] if "model_file" in row else None
     model, hw = load_model(row["model"], model_file), load_hardware(row["hardware"])
     plan = validate(Plan(**row["plan"]), model, hw)
@@ -99,6 +99,32 @@ def _deepep_gbps(row: dict) -> float:
     return received * model.hidden * elem / (us * 1e3)
 
 
+def _ascend_kernel(row: dict) -> float:
+    """The pinned rule for DeepEP-Ascend's README tables (the row's notes): the catalog's ascend-fused
+    backend, as it stands, timing one dispatch or combine of the benchmark's payload (`tokens` per rank,
+    uniform top-8 of 256) at the row's EP; `us` rows are that time, `GB/s` rows DeepEP-Ascend's own byte
+    count over it: the (token, expert) pairs a rank receives x hidden x 1 (INT8 dispatch) or 2 (BF16
+    combine), as its tests/python/deepep/test_intranode.py counts them."""
+    model, hw = load_model(row["model"]), load_hardware(row["hardware"])
+    ep, tok, phase = int(row["ep"]), int(row["tokens"]), row["phase"]
+    plan = validate(Plan(phase=phase, batch=tok if phase == "decode" else 1, seq_len=4096 if phase == "decode" else tok,
+                         tp=1, dp=ep, microbatches=1, precision="int8", comm="ascend-fused", routing="uniform",
+                         gpus_per_node=hw.gpus_per_node), model, hw)
+    works = a2a_ops(Target(model, hw, PRESET, plan), tokens(model, plan, PRESET))
+    us = op_time(next(w for w in works if w.name == row["kernel"]), plan, hw, PRESET).us
+    if row["unit"] == "us":
+        return us
+    counted = tok * model.activated_experts * model.hidden * (1.0 if row["kernel"] == "dispatch" else 2.0)
+    return counted / (us * 1e3)
+
+
+def _predict(row: dict) -> float:
+    """A row's one prediction, by the rule its pin names."""
+    if row.get("rule") == "ascend-fused":
+        return _ascend_kernel(row)
+    return _deepep_gbps(row) if "kernel" in row else _throughput(row)
+
+
 def published(row: dict) -> float | None:
     """The row's target: its published figure, or for a row pinned before its own capture the figure its
     truth file holds (None while that capture has not been taken)."""
@@ -111,7 +137,7 @@ def published(row: dict) -> float | None:
 def rows() -> list[dict]:
     out = []
     for key, row in pinned().items():
-        got = _deepep_gbps(row) if "kernel" in row else _throughput(key, row)
+        got = _predict(row)
         target = published(row)
         hw = row["hardware"]
         if "kernel" in row:
