@@ -114,22 +114,37 @@ def _deepep_gbps(row: dict) -> float:
     return received * model.hidden * elem / (us * 1e3)
 
 
+# what a kernel-table rule fixes for its rows: the backend, the GEMM/dispatch precision and the routing
+KERNEL_RULES = {"ascend-fused": {"comm": "ascend-fused", "precision": "int8", "routing": "uniform"},
+                "catalog-backend": {}}
+
+
+def _kernel_us(row: dict) -> float:
+    """One dispatch or combine of a kernel table's payload (`tokens` per rank) at the row's EP, timed by the
+    catalog's backend as it stands (the rule's, or the row's `comm`), with `redundant` extra experts where
+    the benchmark's expert count is not the model's."""
+    fixed = {"precision": "fp8", "routing": "uniform", **KERNEL_RULES[row["rule"]]}
+    comm, precision, routing = (row.get(k, fixed.get(k)) for k in ("comm", "precision", "routing"))
+    model, hw = load_model(row["model"]), load_hardware(row["hardware"])
+    ep, tok, phase = int(row["ep"]), int(row["tokens"]), row["phase"]
+    plan = validate(Plan(phase=phase, batch=tok if phase == "decode" else 1, seq_len=4096 if phase == "decode" else tok,
+                         tp=1, dp=ep, microbatches=1, precision=precision, comm=comm, routing=routing,
+                         redundant_experts=int(row.get("redundant", 0)), gpus_per_node=hw.gpus_per_node), model, hw)
+    works = a2a_ops(Target(model, hw, PRESET, plan), tokens(model, plan, PRESET))
+    return op_time(next(w for w in works if w.name == row["kernel"]), plan, hw, PRESET).us
+
+
 def _ascend_kernel(row: dict) -> float:
     """The pinned rule for DeepEP-Ascend's README tables (the row's notes): the catalog's ascend-fused
     backend, as it stands, timing one dispatch or combine of the benchmark's payload (`tokens` per rank,
     uniform top-8 of 256) at the row's EP; `us` rows are that time, `GB/s` rows DeepEP-Ascend's own byte
     count over it: the (token, expert) pairs a rank receives x hidden x 1 (INT8 dispatch) or 2 (BF16
     combine), as its tests/python/deepep/test_intranode.py counts them."""
-    model, hw = load_model(row["model"]), load_hardware(row["hardware"])
-    ep, tok, phase = int(row["ep"]), int(row["tokens"]), row["phase"]
-    plan = validate(Plan(phase=phase, batch=tok if phase == "decode" else 1, seq_len=4096 if phase == "decode" else tok,
-                         tp=1, dp=ep, microbatches=1, precision="int8", comm="ascend-fused", routing="uniform",
-                         gpus_per_node=hw.gpus_per_node), model, hw)
-    works = a2a_ops(Target(model, hw, PRESET, plan), tokens(model, plan, PRESET))
-    us = op_time(next(w for w in works if w.name == row["kernel"]), plan, hw, PRESET).us
+    us = _kernel_us({**row, "rule": "ascend-fused"})
     if row["unit"] == "us":
         return us
-    counted = tok * model.activated_experts * model.hidden * (1.0 if row["kernel"] == "dispatch" else 2.0)
+    model = load_model(row["model"])
+    counted = int(row["tokens"]) * model.activated_experts * model.hidden * (1.0 if row["kernel"] == "dispatch" else 2.0)
     return counted / (us * 1e3)
 
 
@@ -137,6 +152,8 @@ def _predict(row: dict) -> float:
     """A row's one prediction, by the rule its pin names."""
     if row.get("rule") == "ascend-fused":
         return _ascend_kernel(row)
+    if row.get("rule") == "catalog-backend":
+        return _kernel_us(row)
     return _deepep_gbps(row) if "kernel" in row else _throughput(row)
 
 
