@@ -69,6 +69,20 @@ REASONS: dict[str, str] = {
         "reaches 146 GB/s at EP8 where the scaled low-latency rate gives 80, and combine falls with EP (125 to 81 "
         "GB/s) faster than the EP8-EP256 interpolation (157 to 119). A prefill on ascend-910c over ascend-fused "
         "therefore uses figures outside their payload (the hardware's caveat says so)",
+    "uccl-ep-p5en-ll-":
+        "the cpu-proxy backend charges 30 us plus an assumed 1.5 us per peer (its range considered 1-10 us) and the "
+        "bytes at 0.7 of the NIC; UCCL-EP's proxies on EFA grow from 226 to 465 us (dispatch) between EP16 and EP32, "
+        "~15 us per added peer from the published figures alone: the per-message cost of this transport lies "
+        "above the range the catalog assumed, and EFA's rate below InfiniBand's line-rate fraction",
+    "uccl-ep-p5en-normal-dispatch-ep8":
+        "the intranode backend is the fit to this project's 4 x H100 captures, whose kernels were bound by their 20 "
+        "SMs (146 GB/s of 450); DeepEP's intranode kernels on 24 SMs of an H200 reach 320 GB/s (this table): the "
+        "captures' rate is not the kernels' ceiling, as the DeepEP README H800 rows also found",
+    "uccl-ep-p5en-normal-combine-ep8": "as uccl-ep-p5en-normal-dispatch-ep8",
+    "uccl-ep-p5en-normal-":
+        "the normal backend's figures are DeepEP's on CX7 InfiniBand, scaled to the NIC's line rate; over EFA "
+        "UCCL-EP's dispatch keeps near them (50-54 GB/s) but its combine runs at 18-43 GB/s, 4.9-6.4 ms: the "
+        "transport, not the line rate, sets it, and the catalog has no term for EFA",
 }
 
 
@@ -172,8 +186,10 @@ def rows() -> list[dict]:
         got = _predict(row)
         target = published(row)
         hw = row["hardware"]
-        if row.get("rule") == "ascend-fused":
-            c = claim(row["dataset"], "held-out", hw, comm="ascend-fused", release="paper", heldout_key=key,
+        if row.get("rule") in KERNEL_RULES:
+            comm = row.get("comm") or KERNEL_RULES[row["rule"]]["comm"]
+            release = load_hardware(hw).backend(comm).release or ""
+            c = claim(row["dataset"], "held-out", hw, comm=comm, release=release, heldout_key=key,
                       model=row["model"], phase=row["phase"])
         elif "kernel" in row:
             c = claim("deepep-readme", "held-out", hw, comm="intranode", release="", heldout_key=key, model=row["model"])

@@ -1,14 +1,15 @@
-"""DeepEP-Ascend's README tables as held-out rows (bench/data/heldout.toml deepep-ascend-*): pinned whole,
-predicted by the rule the pin names, and the rule's arithmetic checked where its answer is known."""
+"""Published kernel tables as held-out rows (bench/data/heldout.toml deepep-ascend-*, uccl-ep-*): pinned
+whole, predicted by the rule the pin names, and the rule's arithmetic checked where its answer is known."""
 from __future__ import annotations
 
 import pytest
 
-from bench.heldout import _ascend_kernel, reason, rows
+from bench.heldout import _ascend_kernel, _kernel_us, reason, rows
 from bench.labels import pinned
 from tracegen.catalog import load_hardware
 
 ROWS = {k: r for k, r in pinned().items() if k.startswith("deepep-ascend-")}
+UCCL = {k: r for k, r in pinned().items() if k.startswith("uccl-ep-")}
 
 
 def test_both_tables_are_pinned_whole():
@@ -40,10 +41,30 @@ def test_bandwidth_rows_count_bytes_as_deepep_ascend_does():
         assert gbps == pytest.approx(4096 * 8 * 7168 * elem / (us * 1e3))
 
 
+def test_uccl_p5en_tables_are_pinned_whole_with_the_backend_of_each_kernel_kind():
+    """Low-latency EP 16/24/32 over cpu-proxy; normal EP8 intranode (256 experts, as the intranode test),
+    EP 16/24/32 normal (288 = 256 + 32 redundant, as the internode test); latencies in us."""
+    got = {(k.split("-")[3], r["kernel"], r["ep"], r["comm"], r["redundant"]) for k, r in UCCL.items()}
+    want = {("ll", k, ep, "cpu-proxy", 32) for k in ("dispatch", "combine") for ep in (16, 24, 32)}
+    want |= {("normal", k, 8, "intranode", 0) for k in ("dispatch", "combine")}
+    want |= {("normal", k, ep, "normal", 32) for k in ("dispatch", "combine") for ep in (16, 24, 32)}
+    assert got == want and all(r["unit"] == "us" and r["hardware"] == "h200" for r in UCCL.values())
+
+
+def test_the_proxy_rule_charges_each_peer():
+    """cpu-proxy low-latency times grow with EP by the backend's per-peer posting cost at least: the
+    rule runs the catalog's backend, not a figure of its own."""
+    from tracegen.catalog import load_hardware
+    per_peer = load_hardware("h200").backend("cpu-proxy").per_message_us
+    row = dict(rule="catalog-backend", model="deepseek-v3", hardware="h200", tokens=128, phase="decode",
+               kernel="dispatch", comm="cpu-proxy", redundant=32)
+    assert _kernel_us({**row, "ep": 32}) - _kernel_us({**row, "ep": 16}) >= per_peer * 16 - 1e-9
+
+
 def test_each_row_has_a_target_an_error_and_a_reason():
-    got = {r["key"]: r for r in rows() if r["key"] in ROWS}
-    assert set(got) == set(ROWS)
+    got = {r["key"]: r for r in rows() if r["key"] in ROWS or r["key"] in UCCL}
+    assert set(got) == set(ROWS) | set(UCCL)
     for key, r in got.items():
-        assert r["published"] == ROWS[key]["published"] and r["label"] == "held-out"
+        assert r["published"] == {**ROWS, **UCCL}[key]["published"] and r["label"] == "held-out"
         assert r["error_pct"] == pytest.approx(100 * (r["predicted"] / r["published"] - 1))
         assert reason(key), key           # a figure set's reason reaches each of its rows
