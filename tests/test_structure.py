@@ -250,3 +250,30 @@ def test_one_kernel_repeated_is_no_evidence_of_layers():
     two identical kernels made 7 'layers' a step before. A layer's block must hold two kinds of kernel."""
     a = analyze(ROOT / "traces" / "observed" / "h200x2-nccl", use_cache=False, progress=False)
     assert a.structure.startswith("none (") and a.layers.empty
+
+
+def test_steps_from_vllm_v1_iteration_ranges(tmp_path):
+    """vLLM V1 names each engine iteration `execute_context_<reqs>(<tokens>)_generation_<reqs>(<tokens>)`
+    (GPUWorker.annotate_profile) and writes no ProfilerStep: those ranges are the steps. style-slash's two
+    `forward_step` ranges renamed so give the same two steps."""
+    import gzip
+    import json
+    doc = json.loads(gzip.open(H200 / "style-slash.json.gz", "rt").read())
+    names = iter(["execute_context_1(4096)_generation_0(0)", "execute_context_0(0)_generation_16(16)"] * 4)
+    renamed = {}
+    for e in doc["traceEvents"]:
+        if e.get("name") == "forward_step":
+            start = round(float(e["ts"]))
+            e["name"] = renamed.setdefault(start, next(names)) if e.get("cat") != "gpu_user_annotation" else e["name"]
+    assert len(renamed) == 2
+    for e in doc["traceEvents"]:         # the GPU-side copies keep the CPU range's new name
+        if e.get("name") == "forward_step":
+            e["name"] = min(renamed.items(), key=lambda kv: abs(kv[0] - float(e["ts"])))[1]
+    path = tmp_path / "vllm-style.json"
+    path.write_text(json.dumps(doc))
+    a = analyze(path, use_cache=False, progress=False)
+    assert sorted(set(a.steps["step"])) == [0, 1]
+    assert not any(e.get("name") == "forward_step" for e in doc["traceEvents"])
+    from replay.steps import find_spans
+    spans, rx = find_spans(a.events)         # the steps come from those ranges, not from the repetition
+    assert "execute_context_" in rx and len(spans) == 2
