@@ -113,6 +113,17 @@ OTHER_NAMES = {
     "kernel_mha": ("compute", "attention"),
     "_fwd_grouped_kernel_stage1": ("compute", "attention"),
     "_fwd_kernel_stage2": ("compute", "attention"),
+    # vLLM: weight-only quantised dense GEMM (gptq_marlin), the top-k sum of a MoE block, KV-cache writes
+    "void marlin::Marlin<(vllm::ScalarType::Id)5, 256, 1, 8, 8, 4, false, 4, 8, true>(int4 const*, int4 const*, "
+    "int4*, int4*, int4 const*, int4 const*, int const*, int const*, int, int, int, int, int, int, bool, int, bool, "
+    "bool)": ("compute", "gemm"),
+    "void vllm::moe::moe_sum_kernel<c10::BFloat16, 8>(c10::BFloat16*, c10::BFloat16 const*, int)": ("compute", "reduction"),
+    "void vllm::reshape_and_cache_flash_kernel<__nv_bfloat16, __nv_bfloat16, (vllm::Fp8KVCacheDataType)0>("
+    "__nv_bfloat16 const*, __nv_bfloat16 const*, __nv_bfloat16*, __nv_bfloat16*, long const*, long, long, long, "
+    "long, long, int, int, int, float const*, float const*)": ("compute", "elementwise"),
+    "void vllm::concat_and_cache_mla_kernel<__nv_bfloat16, unsigned char, (vllm::Fp8KVCacheDataType)1>(__nv_bfloat16 "
+    "const*, __nv_bfloat16 const*, unsigned char*, long const*, int, int, int, int, int, int, float const*)":
+        ("compute", "elementwise"),
     # ROCm's Tensile GEMM (HTA's MI250 trace) and torch.compile's Triton GEMM template
     "Cijk_Ailk_Bjlk_SB_Bias_AS_SAV_UserArgs_MT64x16x16_MI16x16x1_SN_LDSB0_AFC1_AFEM1_AFEM1_ASEM1_CLR1_CADS0_EPS0_"
     "GRVWA1_GRVWB1_GSUAMB_ISA90a_IU1_K1_LBSPPA0": ("compute", "gemm"),
