@@ -194,6 +194,12 @@ def heldout() -> dict[str, dict]:
     return {r["key"]: r for r in rows()}
 
 
+def heldout_set(dataset: str) -> dict[str, float]:
+    """Median and max |error| of one held-out figure set (bench/heldout.py summary over its rows)."""
+    from bench.heldout import summary
+    return summary([r for r in heldout().values() if r["dataset"] == dataset and r["error_pct"] is not None])
+
+
 def hf_heldout() -> dict:
     """The held-out row of the HF decode graph step (bench/heldout.py): tracegen's tokens/s and its error."""
     return heldout()["hf-decode-h100-graph"]
@@ -304,6 +310,10 @@ FACTS: dict[str, Callable[[], str]] = {
     "calib.gemm_p90_fit": _f(".1f", lambda: calibration()[("fit", "gemm", "p90")]),
     # the capture records' computed figures (traces/observed/*/README.md)
     "qwen3.prefill_error_pct": _f("+.0f", lambda: heldout()["qwen3-30b-4l-h100-prefill"]["error_pct"]),
+    "heldout.ascend.median": _f(".0f", lambda: heldout_set("deepep-ascend-readme")["median_abs_pct"]),
+    "heldout.ascend.max": _f(".0f", lambda: heldout_set("deepep-ascend-readme")["max_abs_pct"]),
+    "heldout.uccl.median": _f(".0f", lambda: heldout_set("uccl-ep-readme")["median_abs_pct"]),
+    "heldout.uccl.max": _f(".0f", lambda: heldout_set("uccl-ep-readme")["max_abs_pct"]),
     "hf.hf.span": _hf("hf", "span", ".1f"),
     "hf.hf.idle": _hf("hf", "idle", ".1f"),
     "hf.hf.launch_bound": _hf("hf", "launch_bound", ".1f"),
