@@ -11,6 +11,9 @@ per-head RMSNorm on q and k, RoPE (theta 1e6), 128 experts top-8 (probabilities 
 8), expert FFN 768, no shared expert, vocabulary 151,936; 4 of its 48 layers; random BF16 weights.
 Batch: 2 prompts of 4,096 tokens (8,192 tokens), no prefix cache.
 
+`--compile`: each decoder layer through torch.compile (Inductor), the same model and inputs; names gain
+-compiled (bench/data/heldout.toml `qwen3-30b-4l-*-prefill-compiled`, pinned before it ran).
+
 Truth (OUT_DIR/qwen3-prefill-capture.json; -h200 before .json on an H200, and so the trace): the whole step (embedding, 4 layers, final norm, logits
 of the 2 last positions, greedy pick) timed outside the profiler, median of 20 synchronised steps on
 the host clock; also the tokens each expert got. Then 2 steps profiled (with_stack: nn.Module ranges)
@@ -142,6 +145,9 @@ def check_experts(block: Qwen3MoeSparseMoeBlock, x: torch.Tensor) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT", "capture-out"))
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile each decoder layer (Inductor fuses the elementwise glue; graph breaks "
+                         "run eager); files get -compiled in their names")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,18 +159,27 @@ def main() -> None:
     with torch.no_grad():
         x = torch.randn(PROMPTS * PROMPT_LEN, H, device="cuda", dtype=torch.bfloat16)
         rel_err = check_experts(model.layers[0].mlp, x)
+        compile_s = 0.0
+        if args.compile:
+            for i, layer in enumerate(model.layers):
+                model.layers[i] = torch.compile(layer)
+            t1 = time.time()
+            model(ids)                   # compiles (the 4 layers share one graph)
+            torch.cuda.synchronize()
+            compile_s = time.time() - t1
         step = lambda: model(ids)        # noqa: E731
         for _ in range(5):
             step()
         step_us = timed(step)
-        counts = [int(c) for c in model.layers[0].mlp.counts.tolist()]
+        first = getattr(model.layers[0], "_orig_mod", model.layers[0])
+        counts = [int(c) for c in first.mlp.counts.tolist()]
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True,
                      schedule=schedule(wait=0, warmup=1, active=STEPS, repeat=1)) as prof:
             for _ in range(STEPS + 1):
                 step()
                 torch.cuda.synchronize()
                 prof.step()
-        card = "-h200" if "H200" in torch.cuda.get_device_name(0) else ""     # the held-out row of the card it ran on
+        card = ("-compiled" if args.compile else "") + ("-h200" if "H200" in torch.cuda.get_device_name(0) else "")
         nbytes = save(prof, out, f"qwen3-prefill{card}")
     truth = {
         "env": {"torch": torch.__version__, "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(0),
@@ -172,6 +187,8 @@ def main() -> None:
         "shape": {"hidden": H, "heads": HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "experts": EXPERTS,
                   "top_k": TOPK, "moe_ffn": FF, "vocab": VOCAB, "layers": LAYERS, "prompts": PROMPTS,
                   "prompt_len": PROMPT_LEN, "dtype": "bf16"},
+        "compiled": bool(args.compile), "compile_s": compile_s,
+        "graph_breaks": int(sum(torch._dynamo.utils.counters["graph_break"].values())) if args.compile else 0,
         "step_us": step_us, "tokens_per_s": PROMPTS * PROMPT_LEN / (step_us * 1e-6),
         "grouped_vs_loop_rel_err": rel_err,
         "layer0_tokens_per_expert": {"min": min(counts), "max": max(counts), "mean": sum(counts) / len(counts)},
