@@ -39,7 +39,11 @@ def summary() -> dict[str, Any]:
     held = [h for h in heldout.rows() if h["error_pct"] is not None]
     for h in held:
         plan = pins[h["key"]].get("plan")
-        rows.append(_row(h["key"], "held-out", plan["phase"] if plan else "kernel", h["label"], h["error_pct"]))
+        row = _row(h["key"], "held-out", plan["phase"] if plan else "kernel", h["label"], h["error_pct"])
+        if not plan:                     # a kernel table's row: the backend and hardware it checked
+            row.update(comm=heldout.kernel_comm(pins[h["key"]]), hardware=pins[h["key"]]["hardware"],
+                       dataset=h["dataset"])
+        rows.append(row)
     s = heldout.summary(held)
     return {"written_by": "make validate (bench/accuracy.py)", "page": PAGE, "rows": rows,
             "heldout": {"n": s["n"], "median_abs_pct": round(s["median_abs_pct"], 1),

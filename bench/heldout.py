@@ -162,6 +162,11 @@ def _ascend_kernel(row: dict) -> float:
     return counted / (us * 1e3)
 
 
+def kernel_comm(row: dict) -> str:
+    """The all-to-all backend a kernel row's rule times (DeepEP's README rows: the intranode fit)."""
+    return row.get("comm") or KERNEL_RULES.get(row.get("rule", ""), {}).get("comm") or "intranode"
+
+
 def _predict(row: dict) -> float:
     """A row's one prediction, by the rule its pin names."""
     if row.get("rule") == "ascend-fused":

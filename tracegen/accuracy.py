@@ -23,13 +23,27 @@ def _load() -> dict[str, Any] | None:
         return None
 
 
-def accuracy(phases: tuple[str, ...], kinds: tuple[str, ...]) -> dict[str, Any] | None:
-    """The rows of these phases and kinds (step / deploy / held-out), and the held-out summary over all."""
+def accuracy(phases: tuple[str, ...], kinds: tuple[str, ...], comm: str = "") -> dict[str, Any] | None:
+    """The rows of these phases and kinds (step / deploy / held-out), the held-out kernel-table rows of the
+    plan's all-to-all backend `comm` (published kernel times the catalog's backend was checked on), and the
+    held-out summary over all."""
     doc = _load()
     if doc is None:
         return None
     rows = [r for r in doc["rows"] if r["phase"] in phases and r["what"] in kinds]
-    return {"phases": list(phases), "rows": rows, "heldout": doc["heldout"], "page": doc["page"]}
+    kernels = [r for r in doc["rows"] if comm and r["phase"] == "kernel" and r.get("comm") == comm]
+    return {"phases": list(phases), "rows": rows, "kernels": kernels, "heldout": doc["heldout"], "page": doc["page"]}
+
+
+def _kernel_part(rows: list[dict[str, Any]]) -> str:
+    """The backend's held-out kernel rows, per published table: how many, on which hardware, their error range."""
+    parts = []
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == ds]
+        errs = [r["error_pct"] for r in mine]
+        hw = "/".join(dict.fromkeys(r["hardware"] for r in mine))
+        parts.append(f"{ds} on {hw} {len(mine)} row{'s' if len(mine) > 1 else ''} {min(errs):+.1f}..{max(errs):+.1f} %")
+    return f"held-out {rows[0]['comm']} kernels " + ", ".join(parts)
 
 
 def accuracy_line(a: dict[str, Any] | None, lead: str = "accuracy            ") -> str:
@@ -41,6 +55,8 @@ def accuracy_line(a: dict[str, Any] | None, lead: str = "accuracy            ") 
         rs = [r for r in a["rows"] if r["what"] == what]
         if rs:
             parts.append(f"{name} " + ", ".join(f"{r['key']} {r['error_pct']:+.1f} %" for r in rs))
+    if a.get("kernels"):
+        parts.append(_kernel_part(a["kernels"]))
     h = a["heldout"]
     phase = " / ".join(a["phases"])
     return (f"{lead}{phase} rows where the model was checked ({a['page']}): " + "; ".join(parts or ["none"])
