@@ -6,7 +6,8 @@ any prediction was made; nothing here is tuned, and a miss stays in the table wi
 Throughput rows: one scheduled step of the pinned plan under its stack (tracegen/data/stacks.toml),
 `per_step` tokens per GPU over the step; decode steps replay a captured graph (no launch cost), as
 SGLang runs decode and as `tracegen deploy` does. Kernel rows (DeepEP's README): the transport rule
-written in the row's notes before computing."""
+written in the row's notes before computing. Kernel-table rows (DeepEP-Ascend, UCCL-EP): the rule their
+pin names (KERNEL_RULES), one dispatch or combine timed by the catalog's backend as it stands."""
 from __future__ import annotations
 
 import json
@@ -192,7 +193,7 @@ def rows() -> list[dict]:
         target = published(row)
         hw = row["hardware"]
         if row.get("rule") in KERNEL_RULES:
-            comm = row.get("comm") or KERNEL_RULES[row["rule"]]["comm"]
+            comm = kernel_comm(row)
             release = load_hardware(hw).backend(comm).release or ""
             c = claim(row["dataset"], "held-out", hw, comm=comm, release=release, heldout_key=key,
                       model=row["model"], phase=row["phase"])
