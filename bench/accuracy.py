@@ -44,10 +44,15 @@ def summary() -> dict[str, Any]:
             row.update(comm=heldout.kernel_comm(pins[h["key"]]), hardware=pins[h["key"]]["hardware"],
                        dataset=h["dataset"])
         rows.append(row)
-    s = heldout.summary(held)
+    kinds = {"step": [h for h in held if pins[h["key"]].get("plan")],
+             "kernel": [h for h in held if not pins[h["key"]].get("plan")]}
     return {"written_by": "make validate (bench/accuracy.py)", "page": PAGE, "rows": rows,
-            "heldout": {"n": s["n"], "median_abs_pct": round(s["median_abs_pct"], 1),
-                        "max_abs_pct": round(s["max_abs_pct"], 1)}}
+            "heldout": _summary(held), "heldout_by_kind": {k: _summary(v) for k, v in kinds.items() if v}}
+
+
+def _summary(held: list[dict[str, Any]]) -> dict[str, Any]:
+    s = heldout.summary(held)
+    return {"n": s["n"], "median_abs_pct": round(s["median_abs_pct"], 1), "max_abs_pct": round(s["max_abs_pct"], 1)}
 
 
 def render(doc: dict[str, Any]) -> str:

@@ -102,3 +102,14 @@ def test_a_plan_shows_the_held_out_kernel_rows_of_its_backend(capsys, fresh):
     assert f"held-out cpu-proxy kernels uccl-ep-readme on h200 {len(want)} rows {min(errs):+.1f}..{max(errs):+.1f} %" in line
     out = _json(capsys, ["estimate", "--phase", "decode", "--hardware", "h100", "--comm", "pcie-copy", "--json"])
     assert out["accuracy"]["kernels"] == []
+
+
+def test_held_out_summary_is_split_into_step_and_kernel_rows(fresh):
+    """Step rows (a plan's throughput) and kernel rows (one dispatch / combine of a published table) are
+    summarised apart too: their counts add up to the whole, each max is that kind's largest |error|."""
+    by = fresh["heldout_by_kind"]
+    assert set(by) == {"step", "kernel"} and by["step"]["n"] + by["kernel"]["n"] == fresh["heldout"]["n"]
+    for kind, phase_is_kernel in (("step", False), ("kernel", True)):
+        errs = [abs(r["error_pct"]) for r in fresh["rows"]
+                if r["what"] == "held-out" and (r["phase"] == "kernel") == phase_is_kernel]
+        assert len(errs) == by[kind]["n"] and by[kind]["max_abs_pct"] == pytest.approx(max(errs), abs=0.051)

@@ -32,7 +32,8 @@ def accuracy(phases: tuple[str, ...], kinds: tuple[str, ...], comm: str = "") ->
         return None
     rows = [r for r in doc["rows"] if r["phase"] in phases and r["what"] in kinds]
     kernels = [r for r in doc["rows"] if comm and r["phase"] == "kernel" and r.get("comm") == comm]
-    return {"phases": list(phases), "rows": rows, "kernels": kernels, "heldout": doc["heldout"], "page": doc["page"]}
+    return {"phases": list(phases), "rows": rows, "kernels": kernels, "heldout": doc["heldout"],
+            "heldout_by_kind": doc.get("heldout_by_kind", {}), "page": doc["page"]}
 
 
 def _kernel_part(rows: list[dict[str, Any]]) -> str:
@@ -59,9 +60,12 @@ def accuracy_line(a: dict[str, Any] | None, lead: str = "accuracy            ") 
         parts.append(_kernel_part(a["kernels"]))
     h = a["heldout"]
     phase = " / ".join(a["phases"])
+    kinds = a.get("heldout_by_kind") or {}
+    split = ("; " + ", ".join(f"{k} rows {v['n']}: median {v['median_abs_pct']:.1f} %, max {v['max_abs_pct']:.1f} %"
+                              for k, v in kinds.items())) if len(kinds) > 1 else ""
     return (f"{lead}{phase} rows where the model was checked ({a['page']}): " + "; ".join(parts or ["none"])
             + f". All {h['n']} held-out rows: median |error| {h['median_abs_pct']:.1f} %, max {h['max_abs_pct']:.1f} %"
-            " (other configurations: not an error bar for this plan)")
+            + split + " (other configurations: not an error bar for this plan)")
 
 
 __all__ = ["accuracy", "accuracy_line", "PATH", "PAGE"]
