@@ -46,6 +46,9 @@ CORPUS.update({f"hf-moe-h100/{n}": (OBS / "hf-moe-h100" / f"hf-moe-{n}.json.gz",
 # 2026-12-07 after it was seen: host-bound eager MoE layers whose all-to-alls run on the compute stream (sync) or
 # partly on NCCL's own (overlap)
 CORPUS.update({f"nccl-a2a/smoke-ep1-{n}": (OBS / "nccl-a2a" / "smoke-ep1" / n, None) for n in ("sync", "overlap")})
+# the Qwen3 prefill with each layer compiled (traces/observed/qwen3-prefill, --compile), added 2026-12-07 after it was
+# seen: its tracegen row was pinned before the capture, no whatif check was
+CORPUS.update({"qwen3-prefill/h100-compiled": (OBS / "qwen3-prefill" / "qwen3-prefill-compiled.json.gz", None)})
 # held out: a Qwen3-30B-A3B-shaped eager prefill on one H100 (traces/observed/qwen3-prefill), its check pinned
 # 2026-12-07 before the capture (tests/test_qwen3_prefill.py)
 QWEN3_PREFILL = {"qwen3-prefill/h100": (OBS / "qwen3-prefill" / "qwen3-prefill.json.gz", None)}

@@ -94,3 +94,34 @@ if CAPTURES:
     test_idle_is_the_gaps_between_kernels_and_nothing_is_suspicious = \
         each(_idle_is_the_gaps_between_kernels_and_nothing_is_suspicious)
     test_whatif_with_no_change_reproduces_the_prefill = each(_whatif_with_no_change_reproduces_the_prefill)
+
+
+# The compiled capture (--compile): pinned as a held-out tracegen row before it ran (bench/data/heldout.toml
+# qwen3-30b-4l-*-prefill-compiled) with one expectation; replay's checks below were written after it was seen.
+COMPILED = [n for n in ("qwen3-prefill-capture-compiled.json", "qwen3-prefill-capture-compiled-h200.json")
+            if (HERE / n).exists()]
+
+
+def _compiled_step_lies_between_eager_and_prediction(name):
+    """The expectation pinned with the compiled row (163ffbf): the step lands between the eager capture's and
+    tracegen's prediction, since compiling fuses the elementwise glue but not the scatter, sort or GEMMs."""
+    from bench.labels import pinned
+    card = "h200" if name.endswith("-h200.json") else "h100"
+    eager = HERE / ("qwen3-prefill-capture-h200.json" if card == "h200" else "qwen3-prefill-capture.json")
+    if not eager.exists():
+        pytest.skip(f"no eager capture on {card} to compare with")
+    predicted_us = 8192 / pinned()[f"qwen3-30b-4l-{card}-prefill-compiled"]["predicted_at_pin"] * 1e6
+    got = truth(name)
+    assert got["compiled"] and predicted_us < got["step_us"] < json.loads(eager.read_text())["step_us"]
+
+
+def _compiled_structure_and_idle(name):
+    """The compiled layers keep their module ranges (2 steps x 4 layers) and idle is the kernels' gaps."""
+    _layers_and_steps_from_module_ranges(name)
+    _idle_is_the_gaps_between_kernels_and_nothing_is_suspicious(name)
+
+
+if COMPILED:
+    each_compiled = pytest.mark.parametrize("name", COMPILED)
+    test_compiled_step_lies_between_eager_and_prediction = each_compiled(_compiled_step_lies_between_eager_and_prediction)
+    test_compiled_structure_and_idle = each_compiled(_compiled_structure_and_idle)
