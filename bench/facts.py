@@ -310,6 +310,7 @@ FACTS: dict[str, Callable[[], str]] = {
     "calib.gemm_p90_fit": _f(".1f", lambda: calibration()[("fit", "gemm", "p90")]),
     # the capture records' computed figures (traces/observed/*/README.md)
     "qwen3.prefill_error_pct": _f("+.0f", lambda: heldout()["qwen3-30b-4l-h100-prefill"]["error_pct"]),
+    "qwen3.compiled_error_pct": _f("+.0f", lambda: heldout()["qwen3-30b-4l-h100-prefill-compiled"]["error_pct"]),
     "heldout.ascend.median": _f(".0f", lambda: heldout_set("deepep-ascend-readme")["median_abs_pct"]),
     "heldout.ascend.max": _f(".0f", lambda: heldout_set("deepep-ascend-readme")["max_abs_pct"]),
     "heldout.uccl.median": _f(".0f", lambda: heldout_set("uccl-ep-readme")["median_abs_pct"]),
