@@ -37,6 +37,7 @@ def summary() -> dict[str, Any]:
             rows.append(_row(r.key, "deploy", r.phase, r.tag, m["error_pct"]))
     pins = heldout.pinned()
     held = [h for h in heldout.rows() if h["error_pct"] is not None]
+    kinds: dict[str, list[dict[str, Any]]] = {"step": [], "kernel": []}
     for h in held:
         plan = pins[h["key"]].get("plan")
         row = _row(h["key"], "held-out", plan["phase"] if plan else "kernel", h["label"], h["error_pct"])
@@ -44,8 +45,7 @@ def summary() -> dict[str, Any]:
             row.update(comm=heldout.kernel_comm(pins[h["key"]]), hardware=pins[h["key"]]["hardware"],
                        dataset=h["dataset"])
         rows.append(row)
-    kinds = {"step": [h for h in held if pins[h["key"]].get("plan")],
-             "kernel": [h for h in held if not pins[h["key"]].get("plan")]}
+        kinds["step" if plan else "kernel"].append(h)
     return {"written_by": "make validate (bench/accuracy.py)", "page": PAGE, "rows": rows,
             "heldout": _summary(held), "heldout_by_kind": {k: _summary(v) for k, v in kinds.items() if v}}
 

@@ -195,9 +195,9 @@ def heldout() -> dict[str, dict]:
 
 
 def heldout_set(dataset: str) -> dict[str, float]:
-    """Median and max |error| of one held-out figure set (bench/heldout.py summary over its rows)."""
-    from bench.heldout import summary
-    return summary([r for r in heldout().values() if r["dataset"] == dataset and r["error_pct"] is not None])
+    """Median and max |error| of one held-out figure set (bench/heldout.py set_summary)."""
+    from bench.heldout import set_summary
+    return set_summary(list(heldout().values()), dataset)
 
 
 def hf_heldout() -> dict:

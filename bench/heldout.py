@@ -224,16 +224,17 @@ def rows() -> list[dict]:
     return out
 
 
+def set_summary(rs: list[dict], dataset: str) -> dict[str, float]:
+    """summary() over one figure set's rows (a row awaiting its capture counts in none)."""
+    return summary([r for r in rs if r["dataset"] == dataset and r["error_pct"] is not None])
+
+
 def by_set(rs: list[dict]) -> list[str]:
     """One line per figure set (dataset) with more than one row: its median and max |error|, so a set of
     many rows (a kernel table) is read beside the others, not only through the overall median."""
-    out = []
-    for ds in dict.fromkeys(r["dataset"] for r in rs):
-        mine = [r for r in rs if r["dataset"] == ds and r["error_pct"] is not None]
-        if len(mine) > 1:
-            s = summary(mine)
-            out.append(f"- {ds}: {s['n']} rows, median |error| {s['median_abs_pct']:.1f}%, max {s['max_abs_pct']:.1f}%")
-    return out
+    sets = [(ds, set_summary(rs, ds)) for ds in dict.fromkeys(r["dataset"] for r in rs)]
+    return [f"- {ds}: {s['n']} rows, median |error| {s['median_abs_pct']:.1f}%, max {s['max_abs_pct']:.1f}%"
+            for ds, s in sets if s["n"] > 1]
 
 
 def summary(rs: list[dict]) -> dict[str, float]:

@@ -259,16 +259,12 @@ def test_steps_from_vllm_v1_iteration_ranges(tmp_path):
     import gzip
     import json
     doc = json.loads(gzip.open(H200 / "style-slash.json.gz", "rt").read())
-    names = iter(["execute_context_1(4096)_generation_0(0)", "execute_context_0(0)_generation_16(16)"] * 4)
-    renamed = {}
-    for e in doc["traceEvents"]:
-        if e.get("name") == "forward_step":
-            start = round(float(e["ts"]))
-            e["name"] = renamed.setdefault(start, next(names)) if e.get("cat") != "gpu_user_annotation" else e["name"]
-    assert len(renamed) == 2
-    for e in doc["traceEvents"]:         # the GPU-side copies keep the CPU range's new name
-        if e.get("name") == "forward_step":
-            e["name"] = min(renamed.items(), key=lambda kv: abs(kv[0] - float(e["ts"])))[1]
+    ranges = [e for e in doc["traceEvents"] if e.get("name") == "forward_step"]
+    starts = sorted({float(e["ts"]) for e in ranges if e.get("cat") != "gpu_user_annotation"})
+    assert len(starts) == 2
+    names = dict(zip(starts, ["execute_context_1(4096)_generation_0(0)", "execute_context_0(0)_generation_16(16)"]))
+    for e in ranges:                     # a GPU-side copy takes the name of the CPU range it copies
+        e["name"] = names[min(starts, key=lambda t: abs(t - float(e["ts"])))]
     path = tmp_path / "vllm-style.json"
     path.write_text(json.dumps(doc))
     a = analyze(path, use_cache=False, progress=False)

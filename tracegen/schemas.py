@@ -61,7 +61,8 @@ class Estimate(_S):
     power_throttle: float | None = None                 # mean draw at boost, the clock drop it sets (0-1)
     power_compute_bound_share: float | None = None      # and the share of the step in compute-bound kernels
     assumptions: dict[str, Any] | None = None           # the stack's conventions etc. (tracegen/cli.assumptions)
-    accuracy: dict[str, Any] | None = None              # the validation rows of the phase (tracegen/accuracy.py)
+    accuracy: dict[str, Any] | None = None              # the validation rows of the phase, the held-out kernel rows of
+                                                        # the plan's backend (tracegen/accuracy.py)
     scheduled_step_ms: float | None = None              # the step as tracegen trace schedules it
     tokens_per_s_per_gpu_scheduled: float | None = None
 
@@ -102,7 +103,8 @@ class Trace(_S):
                                         # last kernel: what `tracegen estimate` reports as scheduled_step_ms
     ranks: list[TraceRank]
     assumptions: dict[str, Any] | None = None
-    accuracy: dict[str, Any] | None = None        # the validation rows of the phase (tracegen/accuracy.py)
+    accuracy: dict[str, Any] | None = None        # the validation rows of the phase, the held-out kernel rows of
+                                                  # the plan's backend (tracegen/accuracy.py)
 
 
 class HardwareRow(_S):

@@ -179,8 +179,8 @@ def main() -> None:
                 step()
                 torch.cuda.synchronize()
                 prof.step()
-        card = ("-compiled" if args.compile else "") + ("-h200" if "H200" in torch.cuda.get_device_name(0) else "")
-        nbytes = save(prof, out, f"qwen3-prefill{card}")
+        suffix = ("-compiled" if args.compile else "") + ("-h200" if "H200" in torch.cuda.get_device_name(0) else "")
+        nbytes = save(prof, out, f"qwen3-prefill{suffix}")
     truth = {
         "env": {"torch": torch.__version__, "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(0),
                 "seconds": time.time() - t0},
@@ -192,10 +192,10 @@ def main() -> None:
         "step_us": step_us, "tokens_per_s": PROMPTS * PROMPT_LEN / (step_us * 1e-6),
         "grouped_vs_loop_rel_err": rel_err,
         "layer0_tokens_per_expert": {"min": min(counts), "max": max(counts), "mean": sum(counts) / len(counts)},
-        "trace": {"file": f"qwen3-prefill{card}.json.gz", "bytes": nbytes, "steps": STEPS, "layers_per_step": LAYERS,
+        "trace": {"file": f"qwen3-prefill{suffix}.json.gz", "bytes": nbytes, "steps": STEPS, "layers_per_step": LAYERS,
                   "microbatches": 1, "ranges": "nn.Module (with_stack)"},
     }
-    (out / f"qwen3-prefill-capture{card}.json").write_text(json.dumps(truth, indent=1))
+    (out / f"qwen3-prefill-capture{suffix}.json").write_text(json.dumps(truth, indent=1))
     print(json.dumps(truth, indent=1))
 
 
