@@ -19,6 +19,7 @@ from .events import text
 from .intervals import intersection, length, union
 from .overlap import gpu_work
 from .stagerules import StageRules, canonical_stage
+from .stepnames import backward_ops
 from .structure import TRAINING_PASSES
 from .suspicious import OVERLAP_REFUSE_SHARE, overlapping_kernels
 from .taxonomy import Taxonomy, load_taxonomy
@@ -97,6 +98,22 @@ def refuse_training(a: Analysis, what: str = "the trace") -> None:
         raise UserError(f"{what} is a training trace (forward/backward chunks such as attn(F) / attn(B), e.g. "
                         "DualPipe): the stages of an inference step cannot be rebuilt from it; `replay analyze` "
                         "measures its overlap")
+    n = backward_op_count(a.events)
+    if n:
+        raise UserError(f"{what} is a training step: autograd ran {n} backward ops (autograd::engine::"
+                        "evaluate_function), whose kernels belong to no stage of an inference step, so it cannot "
+                        "be re-timed or compared as one; `replay analyze` measures it")
+
+
+def backward_op_count(events: pd.DataFrame) -> int:
+    """CPU ops of a backward pass (data/annotations.toml [training]), counted by name."""
+    cpu = events[(events["device"] == "cpu").to_numpy()]
+    if cpu.empty:
+        return 0
+    counts = cpu["name"].astype(str).value_counts() if not hasattr(cpu["name"], "cat") else \
+        cpu["name"].value_counts()
+    rx = re.compile(backward_ops())
+    return int(sum(c for name, c in counts.items() if c and rx.search(str(name))))
 
 
 def refuse_overlapping(a: Analysis, rank: int) -> None:

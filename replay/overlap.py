@@ -70,20 +70,35 @@ def rank_metrics(events: pd.DataFrame) -> list[dict[str, Any]]:
 def _is_moe(df: pd.DataFrame) -> pd.Series:
     """Routed-expert compute: tracegen's MLP stage in MoE layers; in a profiler trace, grouped GEMMs
     (DeepGEMM, CUTLASS grouped, Triton fused MoE: taxonomy subclass grouped_gemm) and the compute of a
-    stage labelled MLP / experts (stagerules) in a layer with an all-to-all."""
+    stage labelled MLP / experts (stagerules) in a layer with an all-to-all - or, in a layer with
+    neither (one GPU running its experts as a loop of dense GEMMs, as Hugging Face's eager MoE blocks
+    do), in a layer whose MLP stage runs the router's top-k (stages.toml [moe])."""
     stage = text(df["stage"])
     gen = text(df["stage_stream"]) == "compute"
     mlp_label = {lab: canonical_stage(lab, load_stage_rules()) == "MLP" for lab in set(stage)}
     mlp = pd.Series([mlp_label[x] for x in stage], index=df.index, dtype=bool)
     compute = df["klass"] == "compute"
-    return (gen & (stage == "MLP") & df["flops"].notna() & _moe_layer(df)) | \
-        (~gen & ((text(df["subclass"]) == "grouped_gemm") | (mlp & compute & _moe_layer(df))))
+    grouped = text(df["subclass"]) == "grouped_gemm"
+    a2a = _layers_with(df, (df["klass"] == "comm").to_numpy())
+    looped = _router_layers(df, mlp.to_numpy()) - _layers_with(df, grouped) - a2a
+    return (gen & (stage == "MLP") & df["flops"].notna() & df["layer"].isin(a2a)) | \
+        (~gen & (grouped | (mlp & compute & df["layer"].isin(a2a | looped))))
 
 
-def _moe_layer(df: pd.DataFrame) -> pd.Series:
-    """MoE layers are those with an all-to-all (a known layer: -1 is no layer)."""
-    comm_layers = set(df.loc[(df["klass"] == "comm") & (df["layer"] >= 0), "layer"].unique())
-    return df["layer"].isin(comm_layers)
+def _layers_with(df: pd.DataFrame, rows: np.ndarray) -> set[int]:
+    """The known layers (-1 is no layer) in which any of these rows runs."""
+    return set(df.loc[rows & (df["layer"] >= 0).to_numpy(), "layer"].unique())
+
+
+def _router_layers(df: pd.DataFrame, mlp: np.ndarray) -> set[int]:
+    """The layers whose MLP stage runs a kernel named as the router's expert choice (stages.toml [moe])."""
+    router = load_stage_rules().router
+    rows = mlp & (df["layer"] >= 0).to_numpy()
+    if router is None or not rows.any():
+        return set()
+    names = df.loc[rows, "name"].astype(str)
+    hit = {n: bool(router.search(n)) for n in names.unique()}
+    return set(df.loc[rows, "layer"][names.map(hit).to_numpy(dtype=bool)].unique())
 
 
 def layer_metrics(events: pd.DataFrame, by_microbatch: bool = False) -> pd.DataFrame:

@@ -17,6 +17,22 @@ def _ms(us: float) -> str:
     return f"{us / 1e3:10.3f}"
 
 
+OUTSIDE_LAYERS_SHARE = 0.1    # compute outside every layer past this share of the rank's: said under the table
+
+
+def outside_layers_line(layers: pd.DataFrame, ranks: list[dict]) -> list[str]:
+    """How much of the rank's compute ran in no layer, where it is a large share: the per-layer table
+    alone would read as the whole step (a training step's backward and optimizer, the logits, sampling)."""
+    rank = int(layers["rank"].iloc[0])
+    total = next((r["compute_us"] for r in ranks if r["rank"] == rank), 0.0)
+    inside = min(float(layers["compute_us"].sum()), total)
+    if total <= 0 or total - inside <= OUTSIDE_LAYERS_SHARE * total:
+        return []
+    return [f"  the layers hold {inside / 1e3:.3f} of rank {rank}'s {total / 1e3:.3f} ms of compute "
+            f"({100 * inside / total:.0f} %); the rest ran outside every layer (before the first, after the last, "
+            "or in work no layer range covers, such as a backward pass)"]
+
+
 def render(a: Analysis, top: int = 10, max_layers: int = 12) -> str:
     d = a.to_dict(max_findings=top, detail=False)
     out: list[str] = []
@@ -64,6 +80,7 @@ def render(a: Analysis, top: int = 10, max_layers: int = 12) -> str:
             out.append(f"  {step:>4} {int(r['layer']):>5}{_ms(r['span_us'])} {_ms(r['compute_us'])} {_ms(r['comm_us'])} "
                        f"{_ms(r['overlap_us'])} {_ms(r['exposed_comm_us'])}{r['hidden_comm_pct']:8.1f}%  "
                        f"{r['stages'][:60]}")
+        out += outside_layers_line(first, d["ranks"])
     out += top_kernel_lines(a.analyses.get("top_kernels"))
     out.append("")
     out += idle_lines(d["idle_totals_us"], d["idle_by_group_us"])

@@ -20,6 +20,7 @@ class StageRules:
     annotation: tuple[tuple[re.Pattern[str], str], ...]
     kernel: tuple[tuple[re.Pattern[str], str], ...]
     parent: tuple[tuple[str, str], ...] = ()     # a finer stage -> the stage it is part of (stages.toml [parents])
+    router: re.Pattern[str] | None = None        # an MoE layer's router kernel, where no all-to-all marks it ([moe])
 
 
 @lru_cache(maxsize=8)
@@ -30,7 +31,7 @@ def load_stage_rules(user_file: str | None = None) -> StageRules:
             texts.insert(0, Path(user_file).read_text("utf-8"))
         except OSError as exc:
             raise UserError(f"stage rules {user_file}: cannot read ({exc.strerror or exc})") from None
-    ann, ker, parent = [], [], {}
+    ann, ker, parent, router = [], [], {}, None
     for body in reversed(texts):                 # the built-in parents first, a user's file may replace them
         try:
             raw = tomllib.loads(body)
@@ -43,13 +44,22 @@ def load_stage_rules(user_file: str | None = None) -> StageRules:
             parent[child] = up
     for body in texts:
         raw = tomllib.loads(body)
+        if router is None and raw.get("moe", {}).get("router"):       # a user's file first: theirs wins
+            router = _regex(raw["moe"]["router"], "[moe] router")
         for r in raw.get("annotation", []):
             if r.get("stage") not in STAGE_STREAM:
                 raise UserError(f"stage rules: stage must be one of {', '.join(STAGE_STREAM)}, got {r.get('stage')!r}")
             ann.append((re.compile(f"(?:{r['regex']})", re.I), r["stage"]))
         for r in raw.get("kernel", []):
             ker.append((re.compile(f"(?:{r['subclass']})", re.I), r["stage"]))
-    return StageRules(tuple(ann), tuple(ker), tuple(parent.items()))
+    return StageRules(tuple(ann), tuple(ker), tuple(parent.items()), router)
+
+
+def _regex(pattern: str, where: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern, re.I)
+    except (re.error, TypeError) as exc:
+        raise UserError(f"stage rules: {where} is not a regular expression ({exc})") from None
 
 
 def canonical_stage(label: str, rules: StageRules) -> str | None:

@@ -9,13 +9,21 @@ DEFAULT_STEP = r"^ProfilerStep#(\d+)$"
 
 
 @lru_cache(maxsize=1)
-def step_patterns() -> tuple[str, ...]:
-    """The step-like annotation patterns tried when a trace has no ProfilerStep ranges (data)."""
+def _annotations() -> dict:
     import tomllib
     from importlib import resources
 
-    raw = tomllib.loads((resources.files("replay") / "data" / "annotations.toml").read_text("utf-8"))
-    return tuple(f"^(?:{p})$" for p in raw["steps"]["patterns"])
+    return tomllib.loads((resources.files("replay") / "data" / "annotations.toml").read_text("utf-8"))
 
 
-__all__ = ["DEFAULT_STEP", "step_patterns"]
+def step_patterns() -> tuple[str, ...]:
+    """The step-like annotation patterns tried when a trace has no ProfilerStep ranges (data)."""
+    return tuple(f"^(?:{p})$" for p in _annotations()["steps"]["patterns"])
+
+
+def backward_ops() -> str:
+    """The CPU op names of a backward pass (data/annotations.toml [training]): a training step."""
+    return _annotations()["training"]["backward_ops"]
+
+
+__all__ = ["DEFAULT_STEP", "backward_ops", "step_patterns"]

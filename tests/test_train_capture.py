@@ -61,3 +61,44 @@ def test_memory_events_change_nothing_but_the_run():
     assert len(m.layers) == len(mem.layers)
     c0, c1 = m.ranks[0]["compute_us"], mem.ranks[0]["compute_us"]
     assert abs(c1 - c0) <= 0.05 * c0, (c0, c1)
+
+
+@pytest.mark.parametrize("variant", sorted(CAPTURE["runs"]))
+def test_whatif_and_compare_refuse_a_training_step_in_one_line(capsys, tmp_path, variant):
+    """With module ranges the forward's stages re-timed with the backward's kernels (in no stage) dropped:
+    -69 % of the span with no change, exit 0. A backward pass now refuses the what-if, and the comparison
+    against a prediction, in one line (exit 2, no output file)."""
+    from replay.cli import main
+    path = DIR / f"hf-moe-train-{variant}.json.gz"
+    out = tmp_path / "w.json"
+    assert main(["whatif", str(path), "-o", str(out), "--no-cache"]) == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a training step: autograd ran" in err[0], err
+    pred = tmp_path / "p.json.gz"
+    from tracegen.cli import main as tracegen
+    assert tracegen(["trace", "-o", str(pred)]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(pred), str(path), "--no-cache"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()      # (after the line naming the step it compares)
+    errors = [e for e in err if e.startswith("replay: error")]
+    assert errors == err[-1:] and "the observed trace is a training step" in err[-1], err
+
+
+def test_an_inference_trace_runs_no_backward_op():
+    """The rule's other side, on the inference captures of the same model and of a decode: no backward op."""
+    from replay.compare import backward_op_count
+    root = DIR.parent
+    for f in (root / "hf-moe-h100" / "hf-moe-module.json.gz", root / "hf-decode" / "hf-decode-hf.json.gz"):
+        assert backward_op_count(analyze(f, use_cache=False, progress=False).events) == 0, f
+
+
+def test_the_report_says_how_much_compute_ran_outside_the_layers():
+    """The per-layer table of a training step holds its forward only: the report says the layers hold
+    22 % of the compute; on the same model's inference capture (every kernel in a layer) it says nothing."""
+    from replay.report import render
+    text = render(_analysis("module"))
+    line = next(x for x in text.splitlines() if "the layers hold" in x)
+    held = float(line.split("the layers hold ")[1].split(" of ")[0])
+    assert held == pytest.approx(_analysis("module").layers["compute_us"].sum() / 1e3, abs=1e-3) and "(22 %)" in line
+    inference = analyze(DIR.parent / "hf-moe-h100" / "hf-moe-module.json.gz", use_cache=False, progress=False)
+    assert "the layers hold" not in render(inference)

@@ -96,13 +96,18 @@ class Qwen2MoeModel(nn.Module):
         return x
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def out_dir(doc: str | None) -> Path:
+    """--out (default $OUT): made if missing; the seed set, as every capture of this model sets it."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT", "capture-out"))
-    args = ap.parse_args()
-    out = Path(args.out)
+    out = Path(ap.parse_args().out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
+    return out
+
+
+def main() -> None:
+    out = out_dir(__doc__)
     model = Qwen2MoeModel().cuda().to(torch.bfloat16).eval()
     x = torch.randn(T, H, device="cuda", dtype=torch.bfloat16)
     runs = {}

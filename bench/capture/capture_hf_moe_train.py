@@ -15,29 +15,20 @@ forward layers per step, backward layers per step, host syncs per forward layer,
   plain    no ranges at all: torch.profiler steps (ProfilerStep#) only"""
 from __future__ import annotations
 
-import argparse
-import gzip
 import json
-import os
-import shutil
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
 import capture_hf_moe as hf
+from capture_hf_decode import save      # the trace written gzipped (level 9), the raw JSON removed
 
 EXPERTS, STEPS = 8, 2
 hf.EXPERTS = EXPERTS          # the block reads the module's constant when built and in its forward
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.environ.get("OUT", "capture-out"))
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
+    out = hf.out_dir(__doc__)
     model = hf.Qwen2MoeModel().cuda().to(torch.bfloat16).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     x = torch.randn(hf.T, hf.H, device="cuda", dtype=torch.bfloat16)
@@ -58,11 +49,7 @@ def main() -> None:
             for _ in range(STEPS + 1):
                 step()
                 prof.step()
-        raw = out / f"hf-moe-train-{variant}.json"
-        prof.export_chrome_trace(str(raw))
-        with open(raw, "rb") as f, gzip.open(str(raw) + ".gz", "wb", compresslevel=9) as g:
-            shutil.copyfileobj(f, g)
-        raw.unlink()
+        save(prof, out, f"hf-moe-train-{variant}")
         runs[variant] = {"steps": STEPS, "forward_layers_per_step": hf.LAYERS, "backward_layers_per_step": hf.LAYERS,
                          "microbatches": 1, "host_syncs_per_forward_layer": EXPERTS, "optimizer": "AdamW (foreach)",
                          "ranges": {"module": "nn.Module (with_stack), forward only",
