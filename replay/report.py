@@ -33,6 +33,25 @@ def outside_layers_line(layers: pd.DataFrame, ranks: list[dict]) -> list[str]:
             "or in work no layer range covers, such as a backward pass)"]
 
 
+def phase_lines(steps: pd.DataFrame) -> list[str]:
+    """The steps of the first rank by what they ran, where their ranges say it (vLLM's iteration ranges,
+    replay/data/annotations.toml [phases]): a prefill step and a decode step are different work, so
+    their medians are given apart."""
+    if steps.empty or "phase" not in steps:
+        return []
+    s = steps[(steps["rank"] == steps["rank"].min()) & steps["phase"].notna()]
+    if s.empty:
+        return []
+    out = ["", f"steps by phase, rank {int(s['rank'].iloc[0])} (medians per step; phase and tokens from the "
+           "iteration ranges)",
+           f"  {'phase':<8}{'steps':>6}{'span ms':>10}{'compute ms':>11}{'prefill tok':>14}{'decode tok':>12}"]
+    for phase, g in s.groupby("phase", sort=True):
+        tok = {k: pd.to_numeric(g[k], errors="coerce").median() for k in ("prefill_tokens", "decode_tokens")}
+        out.append(f"  {phase:<8}{len(g):>6}{_ms(g['span_us'].median())} {_ms(g['compute_us'].median())}  "
+                   + "".join(f"{'-' if pd.isna(v) else f'{v:,.0f}':>12}" for v in tok.values()))
+    return out
+
+
 def render(a: Analysis, top: int = 10, max_layers: int = 12) -> str:
     d = a.to_dict(max_findings=top, detail=False)
     out: list[str] = []
@@ -81,6 +100,7 @@ def render(a: Analysis, top: int = 10, max_layers: int = 12) -> str:
                        f"{_ms(r['overlap_us'])} {_ms(r['exposed_comm_us'])}{r['hidden_comm_pct']:8.1f}%  "
                        f"{r['stages'][:60]}")
         out += outside_layers_line(first, d["ranks"])
+    out += phase_lines(a.steps)
     out += top_kernel_lines(a.analyses.get("top_kernels"))
     out.append("")
     out += idle_lines(d["idle_totals_us"], d["idle_by_group_us"])

@@ -39,6 +39,13 @@ class Layer(_Window):
 
 class Step(_Window):
     peer_wait_us: float
+    # where the step's range says what the iteration ran (replay/data/annotations.toml [phases], e.g. vLLM V1's
+    # execute_context_<reqs>(<tokens>)_generation_<reqs>(<tokens>)): prefill, decode, mixed or idle, and its counts
+    phase: str | None = None
+    prefill_requests: int | None = None
+    prefill_tokens: int | None = None
+    decode_requests: int | None = None
+    decode_tokens: int | None = None
 
 
 class Straggler(_S):
@@ -282,7 +289,7 @@ class Diff(_S):
 
 
 SCHEMAS: dict[str, tuple[type, int]] = {
-    "replay-analyze": (Analyze, 5), "replay-compare": (Compare, 3), "replay-whatif": (Whatif, 1),
+    "replay-analyze": (Analyze, 6), "replay-compare": (Compare, 3), "replay-whatif": (Whatif, 1),
     "replay-calibrate": (Calibrate, 1), "replay-sql": (Sql, 1), "replay-diff": (Diff, 1),
 }
 

@@ -21,9 +21,14 @@ def step_patterns() -> tuple[str, ...]:
     return tuple(f"^(?:{p})$" for p in _annotations()["steps"]["patterns"])
 
 
+def phase_patterns() -> tuple[str, ...]:
+    """The step ranges that say what an iteration ran: prefill / decode requests and tokens (data)."""
+    return tuple(_annotations()["phases"]["patterns"])
+
+
 def backward_ops() -> str:
     """The CPU op names of a backward pass (data/annotations.toml [training]): a training step."""
     return _annotations()["training"]["backward_ops"]
 
 
-__all__ = ["DEFAULT_STEP", "backward_ops", "step_patterns"]
+__all__ = ["DEFAULT_STEP", "backward_ops", "phase_patterns", "step_patterns"]

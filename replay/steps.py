@@ -22,7 +22,7 @@ from tracegen.base.errors import UserError
 
 from .events import text
 
-from .stepnames import DEFAULT_STEP, step_patterns  # noqa: E402,F401 (re-exported: steps.DEFAULT_STEP)
+from .stepnames import DEFAULT_STEP, phase_patterns, step_patterns  # noqa: E402,F401 (re-exported: steps.DEFAULT_STEP)
 
 
 def step_spans(events: pd.DataFrame, regex: str = DEFAULT_STEP) -> pd.DataFrame:
@@ -245,4 +245,54 @@ def disagreements(spans: pd.DataFrame, ranks: list[int]) -> list[str]:
     if len(set(per.values())) > 1:
         desc = "; ".join(f"rank {r}: {len(v)} step(s) {v[0]}..{v[-1]}" for r, v in sorted(per.items()))
         out.append(f"ranks disagree on their profiler steps ({desc})")
+    return out
+
+
+PHASE_COUNTS = ("prefill_requests", "prefill_tokens", "decode_requests", "decode_tokens")
+
+
+def step_phases(events: pd.DataFrame) -> pd.DataFrame:
+    """Per (rank, step) whose CPU ranges say what the iteration ran (data/annotations.toml [phases]):
+    the request and token counts, and the phase - prefill, decode, mixed (both) or idle (neither)."""
+    cols = ["rank", "step", "phase", *PHASE_COUNTS]
+    if "step" not in events:
+        return pd.DataFrame(columns=cols)
+    cpu = events[(events["device"] == "cpu").to_numpy() & (events["step"] >= 0).to_numpy()]
+    rxs = [re.compile(p) for p in phase_patterns()]
+    counts: dict[str, dict[str, int | None]] = {}
+    for name in _used_names(cpu["name"]):
+        m = next((m for m in (rx.fullmatch(name) for rx in rxs) if m), None)
+        if m:
+            counts[name] = {k: int(v) if v else None for k, v in m.groupdict().items() if k in PHASE_COUNTS}
+    if not counts:
+        return pd.DataFrame(columns=cols)
+    hit = cpu[cpu["name"].isin(set(counts))].sort_values(["rank", "step", "start_us"], kind="stable")
+    hit = hit.drop_duplicates(["rank", "step"])          # a step's first such range says what it ran
+    rows = []
+    for rank, step, name in zip(hit["rank"], hit["step"], hit["name"].astype(str)):
+        c = {k: counts[name].get(k) for k in PHASE_COUNTS}
+        pre, dec = (c["prefill_requests"] or 0) > 0, (c["decode_requests"] or 0) > 0
+        phase = "mixed" if pre and dec else "prefill" if pre else "decode" if dec else "idle"
+        rows.append({"rank": int(rank), "step": int(step), "phase": phase, **c})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _used_names(col: pd.Series) -> list[str]:
+    """The distinct names in a column, read off a categorical's used categories (not one string per row)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        codes = np.unique(col.cat.codes.to_numpy())
+        return [str(x) for x in np.asarray(col.cat.categories, dtype=object)[codes[codes >= 0]]]
+    return [str(x) for x in col.unique()]
+
+
+def with_phases(steps: pd.DataFrame, phases: pd.DataFrame) -> pd.DataFrame:
+    """The steps table with each step's phase and counts where its ranges gave them (None elsewhere);
+    unchanged when no step's did."""
+    if phases.empty or steps.empty:
+        return steps
+    got = {(r, s): x for r, s, x in zip(phases["rank"], phases["step"], phases.to_dict(orient="records"))}
+    out = steps.copy()
+    for col in ("phase", *PHASE_COUNTS):
+        out[col] = pd.Series([got.get((r, s), {}).get(col) for r, s in zip(out["rank"], out["step"])],
+                             index=out.index, dtype=object)
     return out

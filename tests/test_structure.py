@@ -273,3 +273,17 @@ def test_steps_from_vllm_v1_iteration_ranges(tmp_path):
     from replay.steps import find_spans
     spans, rx = find_spans(a.events)         # the steps come from those ranges, not from the repetition
     assert "execute_context_" in rx and len(spans) == 2
+    # and they say what each iteration ran (annotations.toml [phases]): the steps table, --json, the report
+    got = a.steps.sort_values("step")[["phase", "prefill_requests", "prefill_tokens", "decode_requests",
+                                       "decode_tokens"]].to_numpy().tolist()
+    assert got == [["prefill", 1, 4096, 0, 0], ["decode", 0, 0, 16, 16]]
+    import msgspec
+    from replay.report import render
+    from replay.schemas import SCHEMAS
+    struct, version = SCHEMAS["replay-analyze"]
+    doc = {**json.loads(json.dumps(a.to_dict(), default=float)), "schema": f"replay-analyze/{version}"}
+    msgspec.convert(doc, struct, strict=True)
+    assert [s_["phase"] for s_ in doc["ranks"][0]["steps"]] == ["prefill", "decode"]
+    text = render(a).splitlines()
+    rows = text[text.index(next(x for x in text if x.startswith("steps by phase"))) + 2:][:2]
+    assert rows[0].split()[:2] == ["decode", "1"] and rows[1].split()[-2:] == ["4,096", "0"], rows
