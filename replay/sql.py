@@ -10,7 +10,8 @@ Views (times in us; `start_us` counts from the trace's first event, as every rep
   layers    one row per rank, step and layer: span, compute, comm, overlap, exposed communication
   findings  one row per idle piece: kind (cause), rank, layer, stage, start_us, lost_us, peer, ...
   ranks     one row per rank: span, busy, overlap, exposed, idle by cause, peer wait
-  steps     one row per rank and profiler step"""
+  steps     one row per rank and profiler step; phase (prefill / decode / mixed) and its requests and tokens
+            where the step's range says them (vLLM's iteration ranges), else NULL"""
 from __future__ import annotations
 
 from typing import Any
@@ -21,6 +22,7 @@ from tracegen.base.errors import UserError
 
 from .analysis import Analysis
 from .overlap import gpu_work
+from .steps import PHASE_COUNTS
 
 VIEWS = ("events", "kernels", "layers", "findings", "ranks", "steps")
 
@@ -39,7 +41,17 @@ def tables(a: Analysis) -> dict[str, pd.DataFrame]:
     findings = a.finding_table.assign(start_us=a.finding_table["start_us"] - a.t0_us) \
         if "start_us" in a.finding_table else a.finding_table
     return {"events": ev.reset_index(drop=True), "kernels": gpu.reset_index(drop=True), "layers": a.layers,
-            "findings": findings, "ranks": rank_df, "steps": a.steps}
+            "findings": findings, "ranks": rank_df, "steps": _with_phase_columns(a.steps)}
+
+
+def _with_phase_columns(steps: pd.DataFrame) -> pd.DataFrame:
+    """The steps view with its phase columns on every trace (NULL where no range said what a step ran), so
+    one query runs on any trace."""
+    if steps.empty or "phase" in steps:
+        return steps
+    n = len(steps)
+    return steps.assign(phase=pd.Series([None] * n, dtype="string", index=steps.index),
+                        **{k: pd.Series([None] * n, dtype="Int64", index=steps.index) for k in PHASE_COUNTS})
 
 
 def query(a: Analysis, sql: str) -> pd.DataFrame:

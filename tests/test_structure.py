@@ -287,3 +287,8 @@ def test_steps_from_vllm_v1_iteration_ranges(tmp_path):
     text = render(a).splitlines()
     rows = text[text.index(next(x for x in text if x.startswith("steps by phase"))) + 2:][:2]
     assert rows[0].split()[:2] == ["decode", "1"] and rows[1].split()[-2:] == ["4,096", "0"], rows
+    from replay.sql import query           # SQL: the same columns, and on a trace without phases, NULL
+    assert query(a, "SELECT phase, decode_tokens FROM steps ORDER BY step").values.tolist() == [["prefill", 0],
+                                                                                              ["decode", 16]]
+    plain = analyze(H200 / "style-slash.json.gz", use_cache=False, progress=False)
+    assert query(plain, "SELECT count(*) FROM steps WHERE phase IS NULL AND decode_tokens IS NULL").iloc[0, 0] == 2
