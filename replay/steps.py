@@ -257,16 +257,18 @@ def step_phases(events: pd.DataFrame) -> pd.DataFrame:
     cols = ["rank", "step", "phase", *PHASE_COUNTS]
     if "step" not in events:
         return pd.DataFrame(columns=cols)
-    cpu = events[(events["device"] == "cpu").to_numpy() & (events["step"] >= 0).to_numpy()]
+    mask = (events["device"] == "cpu").to_numpy() & (events["step"] >= 0).to_numpy()
+    names = events["name"][mask]            # one column: a large trace's CPU rows are not copied
     rxs = [re.compile(p) for p in phase_patterns()]
     counts: dict[str, dict[str, int | None]] = {}
-    for name in _used_names(cpu["name"]):
+    for name in _used_names(names):
         m = next((m for m in (rx.fullmatch(name) for rx in rxs) if m), None)
         if m:
             counts[name] = {k: int(v) if v else None for k, v in m.groupdict().items() if k in PHASE_COUNTS}
     if not counts:
         return pd.DataFrame(columns=cols)
-    hit = cpu[cpu["name"].isin(set(counts))].sort_values(["rank", "step", "start_us"], kind="stable")
+    hit = events.loc[mask & events["name"].isin(set(counts)).to_numpy(), ["rank", "step", "start_us", "name"]]
+    hit = hit.sort_values(["rank", "step", "start_us"], kind="stable")
     hit = hit.drop_duplicates(["rank", "step"])          # a step's first such range says what it ran
     rows = []
     for rank, step, name in zip(hit["rank"], hit["step"], hit["name"].astype(str)):
