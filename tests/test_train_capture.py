@@ -7,6 +7,7 @@ layers in a step than the model has, never numbered across steps, none without c
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ CAPTURE = json.loads((DIR / "hf-moe-train-capture.json").read_text()) if (DIR / 
 pytestmark = pytest.mark.skipif(not CAPTURE["runs"], reason="the training capture is not committed yet")
 
 
+@lru_cache(maxsize=None)
 def _analysis(variant: str):
+    """One analysis per capture for the whole module (the tests only read it)."""
     return analyze(DIR / f"hf-moe-train-{variant}.json.gz", use_cache=False, progress=False)
 
 
