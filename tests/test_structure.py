@@ -292,3 +292,26 @@ def test_steps_from_vllm_v1_iteration_ranges(tmp_path):
                                                                                               ["decode", 16]]
     plain = analyze(H200 / "style-slash.json.gz", use_cache=False, progress=False)
     assert query(plain, "SELECT count(*) FROM steps WHERE phase IS NULL AND decode_tokens IS NULL").iloc[0, 0] == 2
+
+
+@pytest.mark.parametrize("function", ["python/sglang/srt/managers/scheduler.py(1925): run_batch",
+                                      "/opt/vllm/vllm/v1/worker/gpu_model_runner.py(1412): execute_model"])
+def test_steps_from_an_engines_iteration_method_as_the_python_tracer_names_it(tmp_path, function):
+    """SGLang's /start_profile records Python stacks and calls no prof.step(): its iterations are the
+    Python tracer's `<file>(<line>): run_batch` ranges (vLLM's `...gpu_model_runner.py(<line>): execute_model`).
+    Three iterations of two kernels each; the line number in the name is not a step number."""
+    ev, corr = [], 0
+    for i in range(3):
+        t = 10_000.0 * i
+        ev.append({"ph": "X", "cat": "python_function", "name": function, "pid": 1, "tid": 1, "ts": t, "dur": 5_000.0})
+        for k in range(2):
+            corr += 1
+            ev.append({"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1,
+                       "ts": t + 100 + 50 * k, "dur": 5.0, "args": {"correlation": corr}})
+            ev.append({"ph": "X", "cat": "kernel", "name": "nvjet_sm90_tst_128x88_64x7_1x2_h_bz_TNT", "pid": 0,
+                       "tid": 7, "ts": t + 200 + 300 * k, "dur": 250.0, "args": {"correlation": corr, "stream": 7}})
+    path = tmp_path / "engine.json"
+    path.write_text(json.dumps({"traceEvents": ev}))
+    a = analyze(path, use_cache=False, progress=False)
+    assert sorted(a.steps["step"]) == [0, 1, 2]
+    assert (a.steps["compute_us"] == 500.0).all(), a.steps
