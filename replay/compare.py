@@ -107,11 +107,7 @@ def refuse_training(a: Analysis, what: str = "the trace") -> None:
 
 def backward_op_count(events: pd.DataFrame) -> int:
     """CPU ops of a backward pass (data/annotations.toml [training]), counted by name."""
-    cpu = events[(events["device"] == "cpu").to_numpy()]
-    if cpu.empty:
-        return 0
-    counts = cpu["name"].astype(str).value_counts() if not hasattr(cpu["name"], "cat") else \
-        cpu["name"].value_counts()
+    counts = events["name"][(events["device"] == "cpu").to_numpy()].value_counts()
     rx = re.compile(backward_ops())
     return int(sum(c for name, c in counts.items() if c and rx.search(str(name))))
 
