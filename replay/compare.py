@@ -19,9 +19,8 @@ from .events import text
 from .intervals import intersection, length, union
 from .overlap import gpu_work
 from .stagerules import StageRules, canonical_stage
-from .stepnames import backward_ops
 from .structure import TRAINING_PASSES
-from .suspicious import OVERLAP_REFUSE_SHARE, overlapping_kernels
+from .suspicious import OVERLAP_REFUSE_SHARE, backward_op_count, overlapping_kernels
 from .taxonomy import Taxonomy, load_taxonomy
 
 
@@ -104,12 +103,6 @@ def refuse_training(a: Analysis, what: str = "the trace") -> None:
                         "evaluate_function), whose kernels belong to no stage of an inference step, so it cannot "
                         "be re-timed or compared as one; `replay analyze` measures it")
 
-
-def backward_op_count(events: pd.DataFrame) -> int:
-    """CPU ops of a backward pass (data/annotations.toml [training]), counted by name."""
-    counts = events["name"][(events["device"] == "cpu").to_numpy()].value_counts()
-    rx = re.compile(backward_ops())
-    return int(sum(c for name, c in counts.items() if c and rx.search(str(name))))
 
 
 def refuse_overlapping(a: Analysis, rank: int) -> None:

@@ -4,11 +4,12 @@ stream runs its kernels one at a time), clock jumps inside a rank, and ranks wit
 content (the same file twice), files of a folder that claim the same rank, a rank missing from a
 folder, a rank file that could not be read (left out), ranks that disagree on their steps or
 collectives, traces in which no communication kernel was recognised, compute kernels whose launch
-call the trace lacks (the CPU not profiled), and one rank's file holding several GPUs' work. Each is
-one `suspicious_input` entry in the report."""
+call the trace lacks (the CPU not profiled), one rank's file holding several GPUs' work, and a training
+step (its backward has no layers). Each is one `suspicious_input` entry in the report."""
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import pandas as pd
 
 from .events import text
 from .overlap import gpu_work
+from .stepnames import backward_ops
 
 OVERLAP_TOLERANCE_US = 1.0     # profiler timestamps of back-to-back kernels may overlap by rounding
 # A rank with more than this share of its kernels overlapping on their stream has timestamps (or stream
@@ -59,12 +61,20 @@ def facts(events: pd.DataFrame, gpu: pd.DataFrame | None = None) -> dict[str, An
     no_launch, no_launch_ranks = _without_launch(events, g)
     several = _several_gpus(g)
     return {"ranks": sorted(int(r) for r in events["rank"].unique()), "comm": bool((g["klass"] == "comm").any()),
+            "backward_ops": backward_op_count(events),
             "no_launch": no_launch, "no_launch_ranks": no_launch_ranks, "several_gpus": several,
             "zero": len(zero), "zero_example": text(zero["name"])[0] if len(zero) else None,
             "zero_ranks": sorted(int(r) for r in zero["rank"].unique()),
             "whole_us": bool(len(g)) and bool(np.all(np.mod(g["dur_us"].to_numpy(), 1.0) == 0.0)),
             "overlapping": overlapping,
             "overlapping_ranks": sorted(oranks), "jumps": jumps, "jump_ranks": sorted(jranks), "signatures": sig}
+
+
+def backward_op_count(events: pd.DataFrame) -> int:
+    """CPU ops of a backward pass (data/annotations.toml [training]), counted by name: a training step."""
+    counts = events["name"][(events["device"] == "cpu").to_numpy()].value_counts()
+    rx = re.compile(backward_ops())
+    return int(sum(c for name, c in counts.items() if c and rx.search(str(name))))
 
 
 def overlapping_kernels(g: pd.DataFrame) -> dict[int, int]:
@@ -128,6 +138,7 @@ def merge_facts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The facts of several tables (in the folder's file order) as one."""
     ex = next((p["zero_example"] for p in parts if p["zero_example"] is not None), None)
     return {"ranks": sorted({r for p in parts for r in p["ranks"]}), "comm": any(p["comm"] for p in parts),
+            "backward_ops": sum(p.get("backward_ops", 0) for p in parts),
             "zero": sum(p["zero"] for p in parts), "zero_example": ex,
             "zero_ranks": sorted({r for p in parts for r in p["zero_ranks"]}),
             "whole_us": all(p.get("whole_us", False) for p in parts),
@@ -155,6 +166,11 @@ def entries(f: dict[str, Any], meta: dict[str, Any], warnings: list[tuple[str, s
             continue
         out.append(_entry("unreadable_file", 1, f"{bad['file']}: {bad['error']}: left out, the other files analysed "
                           f"(--strict makes this an error)"))
+    if f.get("backward_ops"):
+        out.append(_entry("training_step", f["backward_ops"], f"autograd ran {f['backward_ops']} backward ops "
+                          "(autograd::engine::evaluate_function): a training step, forward and backward; a layer's "
+                          "figures hold its backward only where the trace's ranges label it (PyTorch's nn.Module "
+                          "ranges mark the forward alone), and `replay whatif` and `compare` refuse it"))
     neg = meta.get("negative_durations")
     if neg:
         out.append(_entry("negative_duration", neg["count"], f"{neg['count']} slices with a negative duration "

@@ -89,7 +89,7 @@ def test_whatif_and_compare_refuse_a_training_step_in_one_line(capsys, tmp_path,
 
 def test_an_inference_trace_runs_no_backward_op():
     """The rule's other side, on the inference captures of the same model and of a decode: no backward op."""
-    from replay.compare import backward_op_count
+    from replay.suspicious import backward_op_count
     root = DIR.parent
     for f in (root / "hf-moe-h100" / "hf-moe-module.json.gz", root / "hf-decode" / "hf-decode-hf.json.gz"):
         assert backward_op_count(analyze(f, use_cache=False, progress=False).events) == 0, f
@@ -105,3 +105,11 @@ def test_the_report_says_how_much_compute_ran_outside_the_layers():
     assert held == pytest.approx(_analysis("module").layers["compute_us"].sum() / 1e3, abs=1e-3) and "(22 %)" in line
     inference = analyze(DIR.parent / "hf-moe-h100" / "hf-moe-module.json.gz", use_cache=False, progress=False)
     assert "the layers hold" not in render(inference)
+
+
+@pytest.mark.parametrize("variant", sorted(CAPTURE["runs"]))
+def test_the_report_says_it_is_a_training_step(variant):
+    """One suspicious-input entry says what kind of trace it is (the layers are the forward's)."""
+    a = _analysis(variant)
+    got = [s for s in a.suspicious if s["what"] == "training_step"]
+    assert len(got) == 1 and got[0]["count"] == 1390 and "forward and backward" in got[0]["message"], got
