@@ -99,8 +99,8 @@ def refuse_training(a: Analysis, what: str = "the trace") -> None:
                         "measures its overlap")
     n = backward_op_count(a.events)
     if n:
-        raise UserError(f"{what} is a training step: autograd ran {n} backward ops (autograd::engine::"
-                        "evaluate_function), whose kernels belong to no stage of an inference step, so it cannot "
+        raise UserError(f"{what} is a training step: autograd ran {n} backward ops (such as "
+                        "MmBackward0), whose kernels belong to no stage of an inference step, so it cannot "
                         "be re-timed or compared as one; `replay analyze` measures it")
 
 

@@ -26,9 +26,9 @@ def phase_patterns() -> tuple[str, ...]:
     return tuple(_annotations()["phases"]["patterns"])
 
 
-def backward_ops() -> str:
-    """The CPU op names of a backward pass (data/annotations.toml [training]): a training step."""
-    return _annotations()["training"]["backward_ops"]
+def backward_ops() -> tuple[str, ...]:
+    """The CPU op names of a backward pass (data/annotations.toml [training]), tried in order: a training step."""
+    return tuple(_annotations()["training"]["backward_ops"])
 
 
 __all__ = ["DEFAULT_STEP", "backward_ops", "phase_patterns", "step_patterns"]

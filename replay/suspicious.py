@@ -71,10 +71,15 @@ def facts(events: pd.DataFrame, gpu: pd.DataFrame | None = None) -> dict[str, An
 
 
 def backward_op_count(events: pd.DataFrame) -> int:
-    """CPU ops of a backward pass (data/annotations.toml [training]), counted by name: a training step."""
+    """CPU ops of a backward pass (data/annotations.toml [training]: the first pattern that names any),
+    counted by name: a training step."""
     counts = events["name"][(events["device"] == "cpu").to_numpy()].value_counts()
-    rx = re.compile(backward_ops())
-    return int(sum(c for name, c in counts.items() if c and rx.search(str(name))))
+    for pattern in backward_ops():
+        rx = re.compile(pattern)
+        n = int(sum(c for name, c in counts.items() if c and rx.search(str(name))))
+        if n:
+            return n
+    return 0
 
 
 def overlapping_kernels(g: pd.DataFrame) -> dict[int, int]:
@@ -168,7 +173,7 @@ def entries(f: dict[str, Any], meta: dict[str, Any], warnings: list[tuple[str, s
                           f"(--strict makes this an error)"))
     if f.get("backward_ops"):
         out.append(_entry("training_step", f["backward_ops"], f"autograd ran {f['backward_ops']} backward ops "
-                          "(autograd::engine::evaluate_function): a training step, forward and backward; a layer's "
+                          "(such as MmBackward0): a training step, forward and backward; a layer's "
                           "figures hold its backward only where the trace's ranges label it (PyTorch's nn.Module "
                           "ranges mark the forward alone), and `replay whatif` and `compare` refuse it"))
     neg = meta.get("negative_durations")

@@ -113,3 +113,12 @@ def test_the_report_says_it_is_a_training_step(variant):
     a = _analysis(variant)
     got = [s for s in a.suspicious if s["what"] == "training_step"]
     assert len(got) == 1 and got[0]["count"] == 1390 and "forward and backward" in got[0]["message"], got
+
+
+def test_pytorch_1_8_backward_ops_are_named_by_their_node():
+    """PyTorch 1.8-1.10 recorded each autograd node by its name alone (CudnnConvolutionBackward, ReluBackward1):
+    Kineto's own ResNet-50 training sample (traces/outside/kineto) is a training step too."""
+    a = analyze(DIR.parents[1] / "outside" / "kineto" / "worker0.1623212756351.pt.trace.json.gz",
+                use_cache=False, progress=False)
+    got = [s for s in a.suspicious if s["what"] == "training_step"]
+    assert len(got) == 1 and got[0]["count"] > 1000, got
