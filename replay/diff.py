@@ -5,8 +5,9 @@ How runs are matched: ranks by rank number (ranks only one side has are listed, 
 runs of one rank each are paired whatever their rank numbers);
 figures are per step - each side's totals divided by its number of profiler steps (a trace without
 steps counts as one) - so runs of different lengths compare; stages by tracegen's stage names
-(stagerules: ATTN, DISPATCH, MLP, ...) summed over layers and micro-batches. The verdict reads the
-mean step span of the ranks both sides have: AFTER is slower by (after - before) / before."""
+(stagerules: ATTN, DISPATCH, MLP, ...) summed over layers and micro-batches; where both runs' step ranges
+say what each iteration ran (vLLM's), steps by phase too. The verdict reads the mean step span of the
+ranks both sides have: AFTER is slower by (after - before) / before."""
 from __future__ import annotations
 
 from typing import Any
@@ -48,7 +49,20 @@ def summary(a: Analysis, rules: StageRules) -> dict[str, Any]:
         t = stage_table(label_stages(a, rules))
         for st, v in t.groupby("stage")["busy_us"].sum().items():
             stages[str(st)] = float(v) / n / max(1, len(ranks))
-    return {"steps": n, "ranks": ranks, "stages": stages, "structure": a.structure, "labelled": labelled}
+    return {"steps": n, "ranks": ranks, "stages": stages, "structure": a.structure, "labelled": labelled,
+            "phases": _phases(a)}
+
+
+def _phases(a: Analysis) -> dict[str, dict[str, float]]:
+    """Per phase (where the steps' ranges name it: vLLM's iteration ranges), its steps and their mean span
+    over every rank's steps of that phase; empty where no step has a phase."""
+    st = a.steps
+    if st is None or st.empty or "phase" not in st or not st["phase"].notna().any():
+        return {}
+    st = st[st["phase"].notna()]
+    per = st.groupby("rank")["phase"].value_counts().groupby("phase").max()      # steps a rank ran of each
+    return {str(ph): {"steps": int(per[ph]), "span_us": float(g["span_us"].mean())}
+            for ph, g in st.groupby("phase")}
 
 
 def diff(before: Analysis, after: Analysis, rules: StageRules, fail_if_slower: float | None = None) -> dict[str, Any]:
@@ -98,15 +112,33 @@ def diff(before: Analysis, after: Analysis, rules: StageRules, fail_if_slower: f
                f"({span['before_us'] / 1e3:.3f} -> {span['after_us'] / 1e3:.3f} ms)" if span["before_us"] else
                "no step span to compare")
     failed = fail_if_slower is not None and slower > fail_if_slower
+    phases, mix = _phase_rows(b["phases"], a["phases"])
     return {"matched": {"ranks": both, "only_before": sorted(set(b["ranks"]) - set(both)),
                         "only_after": sorted(set(a["ranks"]) - set(both)),
                         "steps_before": b["steps"], "steps_after": a["steps"],
                         "how": f"{paired or 'ranks ' + ', '.join(map(str, both)) + ' by number'}; figures per "
-                               f"profiler step (totals / steps); {stage_how}"},
+                               f"profiler step (totals / steps); {stage_how}{mix}"},
             "overall": overall, "causes": causes, "groups": groups, "ranks": ranks, "stages": stages,
+            "phases": phases,
             "largest_changes": changes[:8], "verdict": verdict, "slower_pct": slower,
             "fail_if_slower_pct": fail_if_slower, "failed": failed,
             "structure_before": b["structure"], "structure_after": a["structure"]}
+
+
+def _phase_rows(b: dict[str, dict[str, float]], a: dict[str, dict[str, float]]) -> tuple[list[dict[str, Any]], str]:
+    """The mean step span per phase both runs name, and how the runs' step mixes compare (a run with more
+    prefill steps is slower per step for that alone: its per-phase rows are the like-for-like comparison)."""
+    if not b or not a:
+        return [], ""
+    rows = [_row(f"{ph} step span", b[ph]["span_us"], a[ph]["span_us"]) for ph in sorted(set(b) & set(a))]
+
+    def mix(x: dict[str, dict[str, float]]) -> str:
+        return ", ".join(f"{ph} {int(v['steps'])}" for ph, v in sorted(x.items()))
+    total_b, total_a = sum(v["steps"] for v in b.values()), sum(v["steps"] for v in a.values())
+    same = set(b) == set(a) and all(abs(b[p]["steps"] / total_b - a[p]["steps"] / total_a) < 0.05 for p in b)
+    return rows, (f"; steps by phase from the iteration ranges (before: {mix(b)}; after: {mix(a)})"
+                  + ("" if same else ": the mixes differ, so the per-step figures compare different work; the "
+                     "per-phase rows compare like with like"))
 
 
 def _row(what: str, before: float, after: float) -> dict[str, Any]:
@@ -131,6 +163,8 @@ def render(d: dict[str, Any], before: str, after: str) -> str:
                     if g["what"].startswith(x["what"] + "/") and (g["before_us"] or g["after_us"])]
     if d["stages"]:
         out += ["", "  stages (busy per step, mean of ranks)"] + [_line(x) for x in d["stages"]]
+    if d.get("phases"):
+        out += ["", "  by phase (mean step span of its steps)"] + [_line(x) for x in d["phases"]]
     if d["largest_changes"]:
         out += ["", "largest changes in idle time (per step):"] + [
             f"  {x['what']:<34}{x['delta_us'] / 1e3:+11.3f} ms" for x in d["largest_changes"]]

@@ -279,6 +279,7 @@ class Diff(_S):
     groups: list[DiffRow]
     ranks: list[DiffRank]
     stages: list[DiffRow]
+    phases: list[DiffRow]           # mean step span per phase both runs' iteration ranges name ([] elsewhere)
     largest_changes: list[DiffRow]
     verdict: str
     slower_pct: float               # after's step span over before's, in percent (negative: faster)
@@ -290,7 +291,7 @@ class Diff(_S):
 
 SCHEMAS: dict[str, tuple[type, int]] = {
     "replay-analyze": (Analyze, 6), "replay-compare": (Compare, 3), "replay-whatif": (Whatif, 1),
-    "replay-calibrate": (Calibrate, 1), "replay-sql": (Sql, 1), "replay-diff": (Diff, 1),
+    "replay-calibrate": (Calibrate, 1), "replay-sql": (Sql, 1), "replay-diff": (Diff, 2),
 }
 
 __all__ = ["SCHEMAS"]

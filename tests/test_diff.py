@@ -82,3 +82,35 @@ def test_stages_are_compared_only_where_both_runs_name_them(capsys):
     assert d["overall"][0]["before_us"] > 0 and d["overall"][0]["after_us"] > 0
     _, both = _run(capsys, CAP / "prefill-improper", CAP / "prefill-proper")
     assert {x["what"] for x in both["stages"]} >= {"ATTN", "MLP", "DISPATCH", "COMBINE"}
+
+
+def _vllm_named(tmp_path, name: str, phases: list[str]) -> Path:
+    """style-slash's two steps renamed as vLLM V1 names its iterations, one phase each."""
+    import gzip
+    label = {"prefill": "execute_context_1(4096)_generation_0(0)", "decode": "execute_context_0(0)_generation_16(16)"}
+    doc = json.loads(gzip.open(CAP.parent / "h200" / "style-slash.json.gz", "rt").read())
+    ranges = [e for e in doc["traceEvents"] if e.get("name") == "forward_step"]
+    starts = sorted({float(e["ts"]) for e in ranges if e.get("cat") != "gpu_user_annotation"})
+    names = dict(zip(starts, [label[p] for p in phases]))
+    for e in ranges:
+        e["name"] = names[min(starts, key=lambda t: abs(t - float(e["ts"])))]
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_steps_by_phase_where_both_runs_name_them(capsys, tmp_path):
+    """Two runs of the same steps, one labelled prefill + decode and one decode + decode: the mixes differ,
+    which the match line says, and the decode rows compare like with like (the same work: within 10 %)."""
+    before = _vllm_named(tmp_path, "before", ["prefill", "decode"])
+    after = _vllm_named(tmp_path, "after", ["decode", "decode"])
+    rc, d = _run(capsys, before, after)
+    assert rc == 0
+    assert [x["what"] for x in d["phases"]] == ["decode step span"]
+    dec = d["phases"][0]
+    assert abs(dec["change_pct"]) < 10, dec
+    assert "before: decode 1, prefill 1; after: decode 2" in d["matched"]["how"] and "the mixes differ" in d["matched"]["how"]
+    rc, same = _run(capsys, before, before)
+    assert "mixes differ" not in same["matched"]["how"] and {x["change_pct"] for x in same["phases"]} == {0.0}
+    rc, plain = _run(capsys, CAP / "prefill-improper", CAP / "prefill-proper")
+    assert plain["phases"] == [] and "phase" not in plain["matched"]["how"]
