@@ -20,7 +20,7 @@ from .intervals import intersection, length, union
 from .overlap import gpu_work
 from .stagerules import StageRules, canonical_stage
 from .structure import TRAINING_PASSES
-from .suspicious import OVERLAP_REFUSE_SHARE, backward_op_count, overlapping_kernels
+from .suspicious import OVERLAP_REFUSE_SHARE, overlapping_kernels
 from .taxonomy import Taxonomy, load_taxonomy
 
 
@@ -97,12 +97,13 @@ def refuse_training(a: Analysis, what: str = "the trace") -> None:
         raise UserError(f"{what} is a training trace (forward/backward chunks such as attn(F) / attn(B), e.g. "
                         "DualPipe): the stages of an inference step cannot be rebuilt from it; `replay analyze` "
                         "measures its overlap")
-    n = backward_op_count(a.events)
+    # the analysis counted the backward ops already (suspicious.facts, on every path: a folder's staged
+    # analysis keeps no event table to count them again)
+    n = sum(s["count"] for s in a.suspicious if s["what"] == "training_step")
     if n:
         raise UserError(f"{what} is a training step: autograd ran {n} backward ops (such as "
                         "MmBackward0), whose kernels belong to no stage of an inference step, so it cannot "
                         "be re-timed or compared as one; `replay analyze` measures it")
-
 
 
 def refuse_overlapping(a: Analysis, rank: int) -> None:

@@ -96,9 +96,9 @@ def _router_layers(df: pd.DataFrame, mlp: np.ndarray) -> set[int]:
     rows = mlp & (df["layer"] >= 0).to_numpy()
     if router is None or not rows.any():
         return set()
-    names = df.loc[rows, "name"].astype(str)
-    hit = {n: bool(router.search(n)) for n in names.unique()}
-    return set(df.loc[rows, "layer"][names.map(hit).to_numpy(dtype=bool)].unique())
+    names = text(df["name"], np.flatnonzero(rows))      # categories turned to text once, not a string per row
+    hit = {n: bool(router.search(n)) for n in set(names)}
+    return set(df["layer"].to_numpy()[rows][np.fromiter((hit[n] for n in names), bool, len(names))])
 
 
 def layer_metrics(events: pd.DataFrame, by_microbatch: bool = False) -> pd.DataFrame:
