@@ -19,6 +19,7 @@ from .compare import has_stage_labels, label_stages, stage_table
 from .stagerules import StageRules
 
 FIGURES = ("span_us", "compute_us", "comm_us", "overlap_us", "exposed_comm_us", "compute_idle_us")
+MIX_SAME_SHARE = 0.05    # two runs' step mixes are the same where each phase's share of steps differs by less
 
 
 def steps_of(a: Analysis) -> int:
@@ -135,7 +136,8 @@ def _phase_rows(b: dict[str, dict[str, float]], a: dict[str, dict[str, float]]) 
     def mix(x: dict[str, dict[str, float]]) -> str:
         return ", ".join(f"{ph} {int(v['steps'])}" for ph, v in sorted(x.items()))
     total_b, total_a = sum(v["steps"] for v in b.values()), sum(v["steps"] for v in a.values())
-    same = set(b) == set(a) and all(abs(b[p]["steps"] / total_b - a[p]["steps"] / total_a) < 0.05 for p in b)
+    same = set(b) == set(a) and all(abs(b[p]["steps"] / total_b - a[p]["steps"] / total_a) < MIX_SAME_SHARE
+                                   for p in b)
     return rows, (f"; steps by phase from the iteration ranges (before: {mix(b)}; after: {mix(a)})"
                   + ("" if same else ": the mixes differ, so the per-step figures compare different work; the "
                      "per-phase rows compare like with like"))
