@@ -315,6 +315,8 @@ FACTS: dict[str, Callable[[], str]] = {
     "heldout.ascend.max": _f(".0f", lambda: heldout_set("deepep-ascend-readme")["max_abs_pct"]),
     "heldout.uccl.median": _f(".0f", lambda: heldout_set("uccl-ep-readme")["median_abs_pct"]),
     "heldout.uccl.max": _f(".0f", lambda: heldout_set("uccl-ep-readme")["max_abs_pct"]),
+    "heldout.pplx.median": _f(".0f", lambda: heldout_set("pplx-kernels-readme")["median_abs_pct"]),
+    "heldout.pplx.max": _f(".0f", lambda: heldout_set("pplx-kernels-readme")["max_abs_pct"]),
     "hf.hf.span": _hf("hf", "span", ".1f"),
     "hf.hf.idle": _hf("hf", "idle", ".1f"),
     "hf.hf.launch_bound": _hf("hf", "launch_bound", ".1f"),

@@ -90,7 +90,7 @@ def test_a_search_states_what_its_plans_rest_on(capsys, fresh):
 
 def test_a_plan_shows_the_held_out_kernel_rows_of_its_backend(capsys, fresh):
     """The published kernel tables checked against the plan's all-to-all backend come with the estimate:
-    cpu-proxy gets UCCL-EP's low-latency rows, and a backend no table checked gets none."""
+    cpu-proxy gets UCCL-EP's and pplx-kernels' IBRC rows, table by table, and a backend no table checked gets none."""
     kernel = [r for r in fresh["rows"] if r["phase"] == "kernel"]
     assert kernel and all({"comm", "hardware", "dataset"} <= set(r) for r in kernel)
     out = _json(capsys, ["estimate", "--phase", "decode", "--hardware", "h200", "--comm", "cpu-proxy", "--json"])
@@ -98,8 +98,11 @@ def test_a_plan_shows_the_held_out_kernel_rows_of_its_backend(capsys, fresh):
     assert out["accuracy"]["kernels"] == want and want
     assert tracegen(["estimate", "--phase", "decode", "--hardware", "h200", "--comm", "cpu-proxy"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("accuracy"))
-    errs = [r["error_pct"] for r in want]
-    assert f"held-out cpu-proxy kernels uccl-ep-readme on h200 {len(want)} rows {min(errs):+.1f}..{max(errs):+.1f} %" in line
+    for table, hw in (("uccl-ep-readme", "h200"), ("pplx-kernels-readme", "h100")):    # one entry per table
+        errs = [r["error_pct"] for r in want if r["dataset"] == table]
+        assert errs and all(r["hardware"] == hw for r in want if r["dataset"] == table)
+        assert f"{table} on {hw} {len(errs)} rows {min(errs):+.1f}..{max(errs):+.1f} %" in line
+    assert "held-out cpu-proxy kernels uccl-ep-readme on h200 " in line
     out = _json(capsys, ["estimate", "--phase", "decode", "--hardware", "h100", "--comm", "pcie-copy", "--json"])
     assert out["accuracy"]["kernels"] == []
 

@@ -1,4 +1,4 @@
-"""Published kernel tables as held-out rows (bench/data/heldout.toml deepep-ascend-*, uccl-ep-*): pinned
+"""Published kernel tables as held-out rows (bench/data/heldout.toml deepep-ascend-*, uccl-ep-*, pplx-*): pinned
 whole, predicted by the rule the pin names, and the rule's arithmetic checked where its answer is known."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from tracegen.catalog import load_hardware
 
 ROWS = {k: r for k, r in pinned().items() if k.startswith("deepep-ascend-")}
 UCCL = {k: r for k, r in pinned().items() if k.startswith("uccl-ep-")}
+PPLX = {k: r for k, r in pinned().items() if k.startswith("pplx-")}
 
 
 def test_both_tables_are_pinned_whole():
@@ -61,10 +62,35 @@ def test_the_proxy_rule_charges_each_peer():
     assert _kernel_us({**row, "ep": 32}) - _kernel_us({**row, "ep": 16}) >= per_peer * 16 - 1e-9
 
 
+def test_pplx_tables_are_pinned_whole_with_the_backend_of_each_transport():
+    """Both token counts, dispatch and combine: NVLink at EP8 and IBGDA at EP16-128 on the low-latency
+    backend (ibgda), IBRC at EP16-128 on cpu-proxy; the tables' DeepEP rows are not pinned (the catalog
+    holds them: in-sample), nor the dense all-to-all rows."""
+    got = {(k.split("-")[1], r["kernel"], r["tokens"], r["ep"], r["comm"]) for k, r in PPLX.items()}
+    want = {("nvlink", k, t, 8, "ibgda") for k in ("dispatch", "combine") for t in (1, 128)}
+    want |= {(tr, k, t, ep, comm) for tr, comm in (("ibgda", "ibgda"), ("ibrc", "cpu-proxy"))
+             for k in ("dispatch", "combine") for t in (1, 128) for ep in (16, 32, 64, 128)}
+    assert got == want and len(PPLX) == 36
+    assert all(r["hardware"] == "h100" and r["dataset"] == "pplx-kernels-readme" and r["stack"] == "catalog"
+               for r in PPLX.values())
+    first = load_hardware("h100").backend("ibgda").pick("first")
+    assert first.at("dispatch", 128) == 192 and first.at("combine", 8) == 318     # the tables' DeepEP rows
+
+
+def test_one_token_rows_are_the_backends_fixed_latency_and_little_more():
+    """At one token per GPU the rule's time is the backend's latency plus 1/128 of the rest of its
+    128-token figure: the catalog holds no figure at that payload (why those rows miss)."""
+    hw = load_hardware("h100")
+    lat = hw.backend("ibgda").latency_us
+    for key in ("pplx-ibgda-dispatch-1tok-ep128", "pplx-nvlink-combine-1tok-ep8"):
+        us = _kernel_us(PPLX[key])
+        assert lat <= us <= lat + 400 / 128, (key, us)
+
+
 def test_each_row_has_a_target_an_error_and_a_reason():
-    got = {r["key"]: r for r in rows() if r["key"] in ROWS or r["key"] in UCCL}
-    assert set(got) == set(ROWS) | set(UCCL)
+    got = {r["key"]: r for r in rows() if r["key"] in ROWS or r["key"] in UCCL or r["key"] in PPLX}
+    assert set(got) == set(ROWS) | set(UCCL) | set(PPLX)
     for key, r in got.items():
-        assert r["published"] == {**ROWS, **UCCL}[key]["published"] and r["label"] == "held-out"
+        assert r["published"] == {**ROWS, **UCCL, **PPLX}[key]["published"] and r["label"] == "held-out"
         assert r["error_pct"] == pytest.approx(100 * (r["predicted"] / r["published"] - 1))
         assert reason(key), key           # a figure set's reason reaches each of its rows
