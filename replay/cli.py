@@ -131,10 +131,13 @@ def _in_stages(path: str, jobs: int, cluster: str | None) -> bool:
 
 def _check_traces(*paths: str) -> None:
     """A trace path that is not there (or an empty folder) is refused before the analysis modules
-    (pandas among them) load: the one-line error comes at once."""
-    from .kineto import trace_files
+    (pandas among them) load: the one-line error comes at once; a file a folder's listing leaves
+    out is named on stderr."""
+    from .kineto import folder_files, trace_files
     for path in paths:
         trace_files(Path(path))
+        for note in folder_files(Path(path))[1] if Path(path).is_dir() else []:
+            print(f"warning: {note}", file=sys.stderr)
 
 
 def _analyze(args: argparse.Namespace, staged: bool, early: Any) -> Any:

@@ -339,16 +339,41 @@ def rank_hints(files: list[Path]) -> list[int | None]:
 
 
 def trace_files(path: Path) -> list[Path]:
-    """The trace files a path names: itself, or a folder's .json / .json.gz files."""
+    """The trace files a path names: itself, or a folder's .json / .json.gz files, one per rank (an
+    engine's merge of the rank files beside it left out: folder_files)."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.name.endswith((".json", ".json.gz", ".pt.trace.json"))
-                       and p.is_file())
-        if not files:
-            raise UserError(f"{path}: folder holds no .json or .json.gz traces")
-        return files
+        return folder_files(path)[0]
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
     return [path]
+
+
+def folder_files(path: Path) -> tuple[list[Path], list[str]]:
+    """A folder's rank files, and a line for each file left out. File names that are not one rank each
+    (data/annotations.toml [files]): an engine's merge of the rank files beside it is left out (the same
+    events twice would make up ranks); rank files of several forward modes (SGLang's profile_by_stage:
+    a rank's prefill and its decode profiled apart, two runs) are refused, one stage per analysis."""
+    from .stepnames import file_patterns
+    files = sorted(p for p in path.iterdir() if p.name.endswith((".json", ".json.gz", ".pt.trace.json")) and p.is_file())
+    if not files:
+        raise UserError(f"{path}: folder holds no .json or .json.gz traces")
+    rules = {k: re.compile(v) for k, v in file_patterns().items()}
+    notes: list[str] = []
+    for f in list(files):
+        m = rules["merged"].fullmatch(f.name)
+        sources = [g for g in files if m and g != f and g.name.startswith(m.group("id") + "-")]
+        if sources:
+            files.remove(f)
+            notes.append(f"{f.name}: left out, the merge of the {len(sources)} rank files beside it (analysed instead)")
+    stages: dict[str, list[str]] = {}
+    for f in files:
+        if m := rules["stage"].fullmatch(f.name):
+            stages.setdefault(m.group("stage"), []).append(f.name)
+    if len(stages) > 1:
+        names = ", ".join(f"{k} ({len(v)} files, e.g. {v[0]})" for k, v in sorted(stages.items()))
+        raise UserError(f"{path}: rank files of {len(stages)} profiled stages ({names}): each stage was profiled "
+                        f"apart, a run of its own; analyse one stage's files at a time (a folder each)")
+    return files, notes
 
 
 class Progress:

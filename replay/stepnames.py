@@ -31,4 +31,10 @@ def backward_ops() -> tuple[str, ...]:
     return tuple(_annotations()["training"]["backward_ops"])
 
 
-__all__ = ["DEFAULT_STEP", "backward_ops", "phase_patterns", "step_patterns"]
+def file_patterns() -> dict[str, str]:
+    """A folder's file names that are not one rank each (data/annotations.toml [files]): an engine's merge of
+    its rank files (`merged`), a rank's file of one forward mode (`stage`)."""
+    return dict(_annotations()["files"])
+
+
+__all__ = ["DEFAULT_STEP", "backward_ops", "file_patterns", "phase_patterns", "step_patterns"]

@@ -1,0 +1,81 @@
+"""A folder as an engine writes it (replay/data/annotations.toml [files]): SGLang's /start_profile names
+its rank files `<id>-TP-<r>[-<STAGE>].trace.json.gz` and may merge them into `merged-<id>.trace.json.gz`
+beside them (scheduler_profiler_mixin.py, utils/profile_merger.py). Neither may make up ranks: the merge
+is left out beside its sources, and files of two profiled stages (a rank's prefill and its decode,
+profiled apart) are refused in one line."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+from replay.cli import main as replay
+
+CAP = Path(__file__).resolve().parents[1] / "traces" / "observed" / "h200x2-nccl"
+
+
+def _sglang_folder(tmp_path: Path, stages: tuple[str, ...]) -> Path:
+    """The two H200 ranks under SGLang's names, one copy per stage ('' for no stage suffix)."""
+    d = tmp_path / "sglang"
+    d.mkdir()
+    for stage in stages:
+        for r in (0, 1):
+            suffix = f"-{stage}" if stage else ""
+            (d / f"1733-TP-{r}{suffix}.trace.json.gz").write_bytes((CAP / f"rank{r}.json.gz").read_bytes())
+    return d
+
+
+def _merged(into: Path) -> Path:
+    """SGLang's merge of the two ranks: every event's pid prefixed by the rank's label, as profile_merger
+    writes it (`[TP00] <pid>`), the other keys from the first file."""
+    out: dict = {"traceEvents": []}
+    for r in (0, 1):
+        doc = json.loads(gzip.decompress((CAP / f"rank{r}.json.gz").read_bytes()))
+        for e in doc["traceEvents"]:
+            e["pid"] = f"[TP{r:02d}] {e.get('pid')}"
+        out["traceEvents"] += doc.pop("traceEvents")
+        for k, v in doc.items():
+            out.setdefault(k, v)
+    path = into / "merged-1733.trace.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(out).encode()))
+    return path
+
+
+def _ranks(capsys, path: Path) -> tuple[list[dict], str]:
+    assert replay(["analyze", str(path), "--json", "--no-cache"]) == 0
+    out, err = capsys.readouterr()
+    return json.loads(out)["ranks"], err
+
+
+def test_the_merge_beside_its_rank_files_is_left_out_with_one_line(tmp_path, capsys):
+    d = _sglang_folder(tmp_path, ("",))
+    want, err = _ranks(capsys, d)
+    assert len(want) == 2 and not err
+    _merged(d)
+    got, err = _ranks(capsys, d)
+    assert [r["rank"] for r in got] == [0, 1]            # not four ranks: the same events twice
+    assert [r["span_us"] for r in got] == [r["span_us"] for r in want]
+    assert err.strip().startswith("warning: merged-1733.trace.json.gz: left out") and len(err.strip().splitlines()) == 1
+
+
+def test_the_merge_alone_is_read_as_its_ranks(tmp_path, capsys):
+    """A merged file on its own is a trace of every rank: the same figures as the rank files."""
+    want, _ = _ranks(capsys, _sglang_folder(tmp_path, ("",)))
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    got, _ = _ranks(capsys, _merged(alone))
+    assert [(r["rank"], r["span_us"], r["compute_us"]) for r in got] == [(r["rank"], r["span_us"], r["compute_us"])
+                                                                          for r in want]
+
+
+def test_rank_files_of_two_profiled_stages_are_refused_in_one_line(tmp_path, capsys):
+    d = _sglang_folder(tmp_path, ("EXTEND", "DECODE"))
+    assert replay(["analyze", str(d)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "2 profiled stages" in err and "DECODE" in err and "EXTEND" in err
+    assert "Traceback" not in err
+
+
+def test_one_stage_s_files_are_its_ranks(tmp_path, capsys):
+    got, err = _ranks(capsys, _sglang_folder(tmp_path, ("DECODE",)))
+    assert [r["rank"] for r in got] == [0, 1] and not err
