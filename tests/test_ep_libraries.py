@@ -143,6 +143,27 @@ OTHER_NAMES = {
     "cuda(at::TensorIteratorBase&)::{lambda()#3}::operator()() const::{lambda()#10}::operator()() const::{lambda("
     "c10::BFloat16)#1}, std::array<char*, 2ul>, TrivialOffsetCalculator<1, unsigned int>, TrivialOffsetCalculator"
     "<1, unsigned int>, at::native::memory::LoadWithCast<1>, at::native::memory::StoreWithCast<1>)": ("compute", "quant_cast"),
+    # norms and routing in namespaces named after attention: FlashInfer's norm.cuh, TensorRT-LLM's / FlashInfer's
+    # fused-MoE routing (trtllm_fused_moe_routing_deepseek.cu), SGLang's fused gate (sgl-kernel moe_fused_gate.cu)
+    "void flashinfer::norm::FusedAddRMSNormKernel<8u, __nv_bfloat16>(__nv_bfloat16*, __nv_bfloat16*, __nv_bfloat16*, "
+    "unsigned int, unsigned int, unsigned int, float, float)": ("compute", "norm"),
+    "void flashinfer::norm::RMSNormKernel<8u, __nv_bfloat16>(__nv_bfloat16*, __nv_bfloat16*, __nv_bfloat16*, "
+    "unsigned int, unsigned int, unsigned int, float, float)": ("compute", "norm"),
+    "void moe::dev::routing::routingDeepSeek::routingMainKernel<moe::dev::routing::routingDeepSeek::KernelParams<"
+    "__nv_bfloat16, __nv_bfloat16, 256, true> >(moe::dev::routing::routingDeepSeek::KernelParams<__nv_bfloat16, "
+    "__nv_bfloat16, 256, true>)": ("compute", "routing"),
+    "void moe_fused_gate_kernel<float, 8, 256, 32, 1, 1, 4>(void*, void*, float*, int*, long, long, long, long, "
+    "double)": ("compute", "routing"),
+    # Inductor's glue kernels named after the attention / GEMM whose inputs they prepare (the compiled Qwen3
+    # capture's): the glue, not the priced op; one with a norm among its ops is that norm
+    "triton_poi_fused__scaled_dot_product_cudnn_attention_arange_le_scalar_tensor_view_where_2": ("compute", "elementwise"),
+    "triton_poi_fused__grouped_mm__to_copy_index_transpose_1": ("compute", "elementwise"),
+    "triton_per_fused__fused_rms_norm__scaled_dot_product_cudnn_attention_add_cat_mul_neg_split_transpose_view_1":
+        ("compute", "norm"),
+    # CUTLASS 3's grouped GEMM (GroupProblemShape), demangled
+    "void cutlass::device_kernel<cutlass::gemm::kernel::GemmUniversal<cutlass::gemm::GroupProblemShape<cute::tuple<"
+    "int, int, int> >, cutlass::gemm::collective::CollectiveMma<> > >(cutlass::gemm::kernel::GemmUniversal<>::Params)":
+        ("compute", "grouped_gemm"),
 }
 
 
