@@ -13,6 +13,7 @@ from . import steps as step_analysis
 from .analysis import Analysis
 from .cache import load_cached
 from .events import Trace
+from .kineto import file_phase
 from .pipeline import (
     Options,
     assemble,
@@ -83,7 +84,7 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
     (replay/parallel.py); the analysis is the same. `allow_mixed`: analyse files that look like
     different runs (refused otherwise)."""
     opts = Options(taxonomy, annotation_regex, microbatches, step_regex, step, min_lost_us, window, rank, use_cache,
-                   allow_mixed, findings)
+                   allow_mixed, findings, file_phase(Path(path)) if Path(path).exists() else None)
     cached = False
     if trace is None:
         trace, cached = load_cached(path, use_cache=use_cache, progress=progress, jobs=jobs, cluster=cluster)

@@ -138,7 +138,7 @@ def _phase_rows(b: dict[str, dict[str, float]], a: dict[str, dict[str, float]]) 
     total_b, total_a = sum(v["steps"] for v in b.values()), sum(v["steps"] for v in a.values())
     same = set(b) == set(a) and all(abs(b[p]["steps"] / total_b - a[p]["steps"] / total_a) < MIX_SAME_SHARE
                                    for p in b)
-    return rows, (f"; steps by phase from the iteration ranges (before: {mix(b)}; after: {mix(a)})"
+    return rows, (f"; steps by phase from the iteration ranges or the files' profiled stage (before: {mix(b)}; after: {mix(a)})"
                   + ("" if same else ": the mixes differ, so the per-step figures compare different work; the "
                      "per-phase rows compare like with like"))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from . import steps as step_analysis
 from .analysis import Analysis
 from .cache import cache_dir, load_file_cached
 from .events import Trace, folder_progress, merge_meta, rank_hints, rank_shifts, split_results, trace_files
+from .kineto import file_phase
 from .peers import Peers
 from .pipeline import (
     Options,
@@ -90,6 +92,7 @@ def analyze_folder(path: str | Path, opts: Options, strict: bool = False, jobs: 
     """The Analysis of a folder of rank files, as analyze() gives it, without the event table
     (`early`: a head start parsing the folder's last files since before the imports)."""
     files = trace_files(Path(path))
+    opts = replace(opts, file_phase=file_phase(Path(path)))
     hints = rank_hints(files)
     root = cache_dir() if cluster else Path(tempfile.gettempdir())
     root.mkdir(parents=True, exist_ok=True)

@@ -376,6 +376,15 @@ def folder_files(path: Path) -> tuple[list[Path], list[str]]:
     return files, notes
 
 
+def file_phase(path: Path) -> str | None:
+    """The phase every step of a trace has by its files' names: all of them one profiled stage with a phase
+    (data/annotations.toml [files]: SGLang's `...-TP-0-DECODE.trace.json.gz` is decode), else None."""
+    from .stepnames import file_patterns, stage_phases
+    rx = re.compile(file_patterns()["stage"])
+    stages = {m.group("stage") if (m := rx.fullmatch(f.name)) else None for f in trace_files(path)}
+    return stage_phases().get(stages.pop()) if len(stages) == 1 and None not in stages else None
+
+
 class Progress:
     """A progress bar on stderr for long loads, only when stderr is a terminal."""
 

@@ -45,6 +45,7 @@ class Options:
     use_cache: bool = True
     allow_mixed: bool = False        # analyse a folder whose files look like different runs
     findings: bool = True            # why compute idles (findings.py); whatif, which re-times, needs none
+    file_phase: str | None = None    # every step's phase by the files' names (kineto.file_phase), where no range says
 
 
 @dataclass
@@ -117,7 +118,7 @@ def per_rank(events: pd.DataFrame, flows: pd.DataFrame, peers: Peers, opts: Opti
         totals=totals,
         groups=groups,
         steps=step_analysis.with_phases(peer_analysis.with_step_waits(step_metrics(gpu), peers.table),
-                                        step_analysis.step_phases(events)),
+                                        step_analysis.step_phases(events, opts.file_phase)),
         streams=stream_layout(gpu),
         facts=suspicious.facts(events, gpu),
         analyses={name: fn(events) for name, fn in ANALYSES.items()},

@@ -43,7 +43,7 @@ def phase_lines(steps: pd.DataFrame) -> list[str]:
     if s.empty:
         return []
     out = ["", f"steps by phase, rank {int(s['rank'].iloc[0])} (medians per step; phase and tokens from the "
-           "iteration ranges)",
+           "iteration ranges, or the phase from the files' profiled stage)",
            f"  {'phase':<8}{'steps':>6}{'span ms':>10}{'compute ms':>11}{'prefill tok':>14}{'decode tok':>12}"]
     for phase, g in s.groupby("phase", sort=True):
         tok = {k: pd.to_numeric(g[k], errors="coerce").median() for k in ("prefill_tokens", "decode_tokens")}

@@ -34,7 +34,12 @@ def backward_ops() -> tuple[str, ...]:
 def file_patterns() -> dict[str, str]:
     """A folder's file names that are not one rank each (data/annotations.toml [files]): an engine's merge of
     its rank files (`merged`), a rank's file of one forward mode (`stage`)."""
-    return dict(_annotations()["files"])
+    return {k: v for k, v in _annotations()["files"].items() if isinstance(v, str)}
 
 
-__all__ = ["DEFAULT_STEP", "backward_ops", "file_patterns", "phase_patterns", "step_patterns"]
+def stage_phases() -> dict[str, str]:
+    """A profiled stage's name (a file name's `stage`) -> the phase of its steps (data/annotations.toml [files])."""
+    return dict(_annotations()["files"].get("stage_phase", {}))
+
+
+__all__ = ["DEFAULT_STEP", "backward_ops", "file_patterns", "phase_patterns", "stage_phases", "step_patterns"]

@@ -251,12 +251,23 @@ def disagreements(spans: pd.DataFrame, ranks: list[int]) -> list[str]:
 PHASE_COUNTS = ("prefill_requests", "prefill_tokens", "decode_requests", "decode_tokens")
 
 
-def step_phases(events: pd.DataFrame) -> pd.DataFrame:
+def step_phases(events: pd.DataFrame, file_phase: str | None = None) -> pd.DataFrame:
     """Per (rank, step) whose CPU ranges say what the iteration ran (data/annotations.toml [phases]):
-    the request and token counts, and the phase - prefill, decode, mixed (both) or idle (neither)."""
+    the request and token counts, and the phase - prefill, decode, mixed (both) or idle (neither).
+    Where no range says it, `file_phase` (the files' profiled stage) is every step's phase, counts unknown."""
     cols = ["rank", "step", "phase", *PHASE_COUNTS]
     if "step" not in events:
         return pd.DataFrame(columns=cols)
+    ranged = _ranged_phases(events, cols)
+    if not ranged.empty or file_phase is None:
+        return ranged
+    keys = events.loc[(events["step"] >= 0).to_numpy(), ["rank", "step"]].drop_duplicates()
+    return pd.DataFrame([{"rank": int(r), "step": int(s), "phase": file_phase, **dict.fromkeys(PHASE_COUNTS)}
+                         for r, s in zip(keys["rank"], keys["step"])], columns=cols)
+
+
+def _ranged_phases(events: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """step_phases from the step ranges' names alone."""
     mask = (events["device"] == "cpu").to_numpy() & (events["step"] >= 0).to_numpy()
     names = events["name"][mask]            # one column: a large trace's CPU rows are not copied
     rxs = [re.compile(p) for p in phase_patterns()]

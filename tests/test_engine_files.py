@@ -79,3 +79,32 @@ def test_rank_files_of_two_profiled_stages_are_refused_in_one_line(tmp_path, cap
 def test_one_stage_s_files_are_its_ranks(tmp_path, capsys):
     got, err = _ranks(capsys, _sglang_folder(tmp_path, ("DECODE",)))
     assert [r["rank"] for r in got] == [0, 1] and not err
+
+
+DEEPEP = Path(__file__).resolve().parents[1] / "traces" / "observed" / "deepep-h100x4" / "decode-proper"
+
+
+def _steps(capsys, path: Path, *extra: str) -> list[dict]:
+    assert replay(["analyze", str(path), "--json", "--no-cache", *extra]) == 0
+    return [s for r in json.loads(capsys.readouterr().out)["ranks"] for s in r["steps"]]
+
+
+def test_a_profiled_stage_is_the_phase_of_every_step(tmp_path, capsys):
+    """SGLang's DECODE files: every step of every rank a decode step (counts unknown), in the one-table and
+    the two-stage analysis alike; the same files under plain names say no phase."""
+    plain = _steps(capsys, DEEPEP)
+    assert plain and all("phase" not in s for s in plain)
+    d = tmp_path / "decode"
+    d.mkdir()
+    for r in range(4):
+        (d / f"1733-TP-{r}-EP-{r}-DECODE.trace.json.gz").write_bytes((DEEPEP / f"rank{r}.json.gz").read_bytes())
+    for extra in ((), ("--jobs", "2")):
+        got = _steps(capsys, d, *extra)
+        assert len(got) == len(plain) and {s["phase"] for s in got} == {"decode"}
+        assert all(s["decode_tokens"] is None for s in got)
+        assert [s["span_us"] for s in got] == [s["span_us"] for s in plain]
+    one = _steps(capsys, d / "1733-TP-1-EP-1-DECODE.trace.json.gz")       # one file of the stage
+    assert one and {s["phase"] for s in one} == {"decode"}
+    (d / "1733-TP-0-EP-0-DECODE.trace.json.gz").rename(d / "1733-TP-0-EP-0-TARGET_VERIFY.trace.json.gz")
+    assert replay(["analyze", str(d)]) == 2            # two stages in one folder: refused
+    assert "TARGET_VERIFY" in capsys.readouterr().err
