@@ -43,7 +43,7 @@ def summary() -> dict[str, Any]:
         row = _row(h["key"], "held-out", plan["phase"] if plan else "kernel", h["label"], h["error_pct"])
         if not plan:                     # a kernel table's row: the backend and hardware it checked
             row.update(comm=heldout.kernel_comm(pins[h["key"]]), hardware=pins[h["key"]]["hardware"],
-                       dataset=h["dataset"])
+                       dataset=h["dataset"], tokens=int(pins[h["key"]].get("tokens", heldout.DEEPEP_TOKENS)))
         rows.append(row)
         kinds["step" if plan else "kernel"].append(h)
     return {"written_by": "make validate (bench/accuracy.py)", "page": PAGE, "rows": rows,

@@ -116,3 +116,20 @@ def test_held_out_summary_is_split_into_step_and_kernel_rows(fresh):
         errs = [abs(r["error_pct"]) for r in fresh["rows"]
                 if r["what"] == "held-out" and (r["phase"] == "kernel") == phase_is_kernel]
         assert len(errs) == by[kind]["n"] and by[kind]["max_abs_pct"] == pytest.approx(max(errs), abs=0.051)
+
+
+def test_a_plan_is_shown_its_backend_s_rows_nearest_its_payload(capsys, fresh):
+    """A table of several payloads says little at one payload from its rows at another (a kernel's fixed cost
+    at one token, its bandwidth at 128): the line names the rows nearest the plan's tokens per rank per
+    dispatch, and --json gives that payload."""
+    ibgda = [r for r in fresh["rows"] if r.get("comm") == "ibgda" and r["dataset"] == "pplx-kernels-readme"]
+    assert {r["tokens"] for r in ibgda} == {1, 128}
+    assert [r["tokens"] for r in accuracy.nearest_payload(ibgda, 3)] == [1] * 10
+    assert {r["tokens"] for r in accuracy.nearest_payload(ibgda, 40)} == {128}
+    out = _json(capsys, ["estimate", "--phase", "decode", "--hardware", "h100", "--batch", "4", "--json"])
+    assert out["accuracy"]["a2a_tokens"] == pytest.approx(2.0)      # 4 requests a GPU in 2 micro-batches (TBO)
+    assert tracegen(["estimate", "--phase", "decode", "--hardware", "h100", "--batch", "4"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("accuracy"))
+    one = [r["error_pct"] for r in ibgda if r["tokens"] == 1]
+    assert (f"(at 1 token per rank, nearest this plan's 2: {len(one)} rows {min(one):+.1f}..{max(one):+.1f} %)"
+            in line)

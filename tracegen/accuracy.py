@@ -5,6 +5,7 @@ than with nothing. It is the record of other configurations, not an error bar fo
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 from typing import Any
 
@@ -23,27 +24,50 @@ def _load() -> dict[str, Any] | None:
         return None
 
 
-def accuracy(phases: tuple[str, ...], kinds: tuple[str, ...], comm: str = "") -> dict[str, Any] | None:
+def accuracy(phases: tuple[str, ...], kinds: tuple[str, ...], comm: str = "",
+             a2a_tokens: float | None = None) -> dict[str, Any] | None:
     """The rows of these phases and kinds (step / deploy / held-out), the held-out kernel-table rows of the
-    plan's all-to-all backend `comm` (published kernel times the catalog's backend was checked on), and the
-    held-out summary over all."""
+    plan's all-to-all backend `comm` (published kernel times the catalog's backend was checked on; with the
+    plan's tokens per rank per dispatch `a2a_tokens`, the rows of each table nearest that payload are named
+    too), and the held-out summary over all."""
     doc = _load()
     if doc is None:
         return None
     rows = [r for r in doc["rows"] if r["phase"] in phases and r["what"] in kinds]
     kernels = [r for r in doc["rows"] if comm and r["phase"] == "kernel" and r.get("comm") == comm]
-    return {"phases": list(phases), "rows": rows, "kernels": kernels, "heldout": doc["heldout"],
+    return {"phases": list(phases), "rows": rows, "kernels": kernels, "a2a_tokens": a2a_tokens, "heldout": doc["heldout"],
             "heldout_by_kind": doc.get("heldout_by_kind", {}), "page": doc["page"]}
 
 
-def _kernel_part(rows: list[dict[str, Any]]) -> str:
-    """The backend's held-out kernel rows, per published table: how many, on which hardware, their error range."""
+def _span(rows: list[dict[str, Any]]) -> str:
+    errs = [r["error_pct"] for r in rows]
+    return f"{len(rows)} row{'s' if len(rows) > 1 else ''} {min(errs):+.1f}..{max(errs):+.1f} %"
+
+
+def nearest_payload(rows: list[dict[str, Any]], tokens: float) -> list[dict[str, Any]]:
+    """A table's rows at the payload (tokens per rank) nearest `tokens`, by ratio: a kernel's fixed cost dominates
+    a small payload and its bandwidth a large one, so a table's error at one payload says little of another's."""
+    sized = [r for r in rows if r.get("tokens")]
+    if not sized or tokens <= 0:
+        return []
+    best = min({r["tokens"] for r in sized}, key=lambda t: abs(math.log(t / tokens)))
+    return [r for r in sized if r["tokens"] == best]
+
+
+def _kernel_part(rows: list[dict[str, Any]], tokens: float | None) -> str:
+    """The backend's held-out kernel rows, per published table: how many, on which hardware, their error range,
+    and, where the table has several payloads, its rows nearest the plan's."""
     parts = []
     for ds in dict.fromkeys(r["dataset"] for r in rows):
         mine = [r for r in rows if r["dataset"] == ds]
-        errs = [r["error_pct"] for r in mine]
         hw = "/".join(dict.fromkeys(r["hardware"] for r in mine))
-        parts.append(f"{ds} on {hw} {len(mine)} row{'s' if len(mine) > 1 else ''} {min(errs):+.1f}..{max(errs):+.1f} %")
+        part = f"{ds} on {hw} {_span(mine)}"
+        near = nearest_payload(mine, tokens) if tokens else []
+        if near and len(near) < len(mine):
+            n = near[0]["tokens"]
+            part += (f" (at {n:,} token{'s' if n != 1 else ''} per rank, nearest this plan's {tokens:,.4g}: "
+                     f"{_span(near)})")
+        parts.append(part)
     return f"held-out {rows[0]['comm']} kernels " + ", ".join(parts)
 
 
@@ -57,7 +81,7 @@ def accuracy_line(a: dict[str, Any] | None, lead: str = "accuracy            ") 
         if rs:
             parts.append(f"{name} " + ", ".join(f"{r['key']} {r['error_pct']:+.1f} %" for r in rs))
     if a.get("kernels"):
-        parts.append(_kernel_part(a["kernels"]))
+        parts.append(_kernel_part(a["kernels"], a.get("a2a_tokens")))
     h = a["heldout"]
     phase = " / ".join(a["phases"])
     kinds = a.get("heldout_by_kind") or {}
@@ -68,4 +92,4 @@ def accuracy_line(a: dict[str, Any] | None, lead: str = "accuracy            ") 
             + split + " (other configurations: not an error bar for this plan)")
 
 
-__all__ = ["accuracy", "accuracy_line", "PATH", "PAGE"]
+__all__ = ["accuracy", "accuracy_line", "nearest_payload", "PATH", "PAGE"]

@@ -17,6 +17,7 @@ from .estimate_view import assumptions, assumptions_line, memory_lines, power_li
 from .flags import add_plan_args, add_target_args, resolve_args
 from .preset import PRESETS, load_preset
 from .schemas import tag
+from .target import Target
 
 EPILOG_ESTIMATE = """\
 examples:
@@ -47,6 +48,15 @@ layer, microbatch, stage, flops, bytes, and the cost terms behind its duration."
 STEP_ROWS = ("step", "held-out")     # the validation rows an estimate or a trace is compared with (accuracy.py)
 
 
+def plan_accuracy(target: Target) -> dict | None:
+    """The validation rows beside a plan's figures: its phase's, and its all-to-all backend's held-out kernel
+    rows with those nearest its payload (tokens per rank per dispatch: the MoE block's per micro-batch)."""
+    from .ops import tokens
+    model, _, preset, plan = target
+    per_dispatch = tokens(model, plan, preset).moe_tokens / max(plan.microbatches, 1)
+    return accuracy((plan.phase,), STEP_ROWS, plan.comm, per_dispatch)
+
+
 def cmd_estimate(args: argparse.Namespace) -> int:
     from .estimate import estimate
     from .memory import max_batch
@@ -61,7 +71,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         est.extra["scheduled_step_ms"] = sched.span_us / 1e3
         est.extra["tokens_per_s_per_gpu_scheduled"] = est.tokens_per_step_per_gpu * 1e6 / sched.span_us
     a = {**assumptions(args, hw, preset, plan, target.model), "in_situ_applied": False}    # estimate sums stages, no scheduler
-    acc = accuracy((plan.phase,), STEP_ROWS, plan.comm)
+    acc = plan_accuracy(target)
     if args.json:
         print_json({**est.to_dict(), "assumptions": a, "accuracy": acc}, tag("tracegen-estimate"))
     else:
@@ -100,7 +110,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         ranks = [{**r, "layers": [{"layer": k, **v} for k, v in r["layers"].items()]} for r in summ]
         print_json({"output": str(path), "bytes": os.path.getsize(path), "tbo": tbo, "step_ms": sched.span_us / 1e3,
                     "ranks": ranks, "assumptions": assumptions(args, hw, preset, plan, model),
-                    "accuracy": accuracy((plan.phase,), STEP_ROWS, plan.comm)}, tag("tracegen-trace"))
+                    "accuracy": plan_accuracy(target)}, tag("tracegen-trace"))
         return 0
     r0 = summ[0]
     moe = graph.moe_layers
@@ -111,7 +121,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
           f"{n_model} layers{extra} x {plan.microbatches} micro-batch{'es' if plan.microbatches > 1 else ''}, "
           f"{args.ranks} rank{'s' if args.ranks > 1 else ''}, TBO {tbo}, comm {plan.comm}")
     print(assumptions_line(assumptions(args, hw, preset, plan, model)))
-    if acc := accuracy((plan.phase,), STEP_ROWS, plan.comm):
+    if acc := plan_accuracy(target):
         print(accuracy_line(acc))
     print(f"span {r0['span_us'] / 1e3:.3f} ms (rank 0)   compute busy {100 * r0['compute_us'] / r0['span_us']:.1f}%   "
           f"communication hidden {r0['hidden_comm_pct']:.1f}% ({r0['exposed_comm_us'] / 1e3:.3f} ms exposed)")
