@@ -263,7 +263,7 @@ def step_phases(events: pd.DataFrame, file_phase: str | None = None) -> pd.DataF
         return ranged
     keys = events.loc[(events["step"] >= 0).to_numpy(), ["rank", "step"]].drop_duplicates()
     return pd.DataFrame([{"rank": int(r), "step": int(s), "phase": file_phase, **dict.fromkeys(PHASE_COUNTS)}
-                         for r, s in zip(keys["rank"], keys["step"])], columns=cols)
+                         for r, s in zip(keys["rank"], keys["step"])], columns=cols, dtype=object)
 
 
 def _ranged_phases(events: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
@@ -287,7 +287,7 @@ def _ranged_phases(events: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
         pre, dec = (c["prefill_requests"] or 0) > 0, (c["decode_requests"] or 0) > 0
         phase = "mixed" if pre and dec else "prefill" if pre else "decode" if dec else "idle"
         rows.append({"rank": int(rank), "step": int(step), "phase": phase, **c})
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=cols, dtype=object)     # counts stay ints or None (not NaN floats)
 
 
 def _used_names(col: pd.Series) -> list[str]:

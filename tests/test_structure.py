@@ -294,6 +294,33 @@ def test_steps_from_vllm_v1_iteration_ranges(tmp_path):
     assert query(plain, "SELECT count(*) FROM steps WHERE phase IS NULL AND decode_tokens IS NULL").iloc[0, 0] == 2
 
 
+def test_steps_and_phases_from_sglang_step_spans(tmp_path):
+    """SGLang names each forward `step[<ForwardMode> bs=<requests>...]` (utils/profile_utils.py
+    build_step_span_name; EXTEND adds toks=<tokens>) and its /start_profile calls no prof.step(): those ranges
+    are the steps, and they say each one's phase. style-slash's two `forward_step` ranges renamed so."""
+    import gzip
+    doc = json.loads(gzip.open(H200 / "style-slash.json.gz", "rt").read())
+    ranges = [e for e in doc["traceEvents"] if e.get("name") == "forward_step"]
+    starts = sorted({float(e["ts"]) for e in ranges if e.get("cat") != "gpu_user_annotation"})
+    names = dict(zip(starts, ["step[EXTEND bs=2 toks=8192]", "step[DECODE bs=16]"]))
+    for e in ranges:                     # a GPU-side copy takes the name of the CPU range it copies
+        e["name"] = names[min(starts, key=lambda t: abs(t - float(e["ts"])))]
+    path = tmp_path / "sglang-steps.json"
+    path.write_text(json.dumps(doc))
+    a = analyze(path, use_cache=False, progress=False)
+    from replay.steps import find_spans
+    spans, rx = find_spans(a.events)
+    assert "step\\[" in rx and len(spans) == 2 and sorted(set(a.steps["step"])) == [0, 1]
+    got = a.steps.sort_values("step")[["phase", "prefill_requests", "prefill_tokens", "decode_requests"]]
+    assert got.to_numpy().tolist() == [["prefill", 2, 8192, None], ["decode", None, None, 16]]
+    import msgspec                       # the counts a step does not give are null, the others ints (the schema)
+    from replay.schemas import SCHEMAS
+    struct, version = SCHEMAS["replay-analyze"]
+    out = {**json.loads(json.dumps(a.to_dict(), default=float)), "schema": f"replay-analyze/{version}"}
+    msgspec.convert(out, struct, strict=True)
+    assert [(x["phase"], x["prefill_tokens"]) for x in out["ranks"][0]["steps"]] == [("prefill", 8192), ("decode", None)]
+
+
 @pytest.mark.parametrize("function", ["python/sglang/srt/managers/scheduler.py(1925): run_batch",
                                       "/opt/vllm/vllm/v1/worker/gpu_model_runner.py(1412): execute_model"])
 def test_steps_from_an_engines_iteration_method_as_the_python_tracer_names_it(tmp_path, function):
