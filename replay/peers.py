@@ -232,8 +232,8 @@ def cross(kernels: pd.DataFrame, first: pd.Series, meta: dict[str, Any] | None, 
 
 
 def _claimed_twice(meta: dict[str, Any] | None) -> str:
-    """Where files claimed the same rank (the usual cause of a mixed folder: two runs, or SGLang's
-    per-stage files `...-TP-0-EXTEND` and `...-TP-0-DECODE`, in one folder), which files did."""
+    """Where files claimed the same rank (the usual cause of a mixed folder: two runs in one folder; SGLang's
+    per-stage files are refused by name before, kineto.folder_files), which files did."""
     moved = (meta or {}).get("rank_collisions") or []
     if not moved:
         return ""

@@ -261,9 +261,10 @@ def step_phases(events: pd.DataFrame, file_phase: str | None = None) -> pd.DataF
     ranged = _ranged_phases(events, cols)
     if not ranged.empty or file_phase is None:
         return ranged
-    keys = events.loc[(events["step"] >= 0).to_numpy(), ["rank", "step"]].drop_duplicates()
+    step = events["step"].to_numpy()
+    keys = np.unique(np.stack([events["rank"].to_numpy()[step >= 0], step[step >= 0]], axis=1), axis=0)
     return pd.DataFrame([{"rank": int(r), "step": int(s), "phase": file_phase, **dict.fromkeys(PHASE_COUNTS)}
-                         for r, s in zip(keys["rank"], keys["step"])], columns=cols, dtype=object)
+                         for r, s in keys], columns=cols, dtype=object)
 
 
 def _ranged_phases(events: pd.DataFrame, cols: list[str]) -> pd.DataFrame:

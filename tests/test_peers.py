@@ -217,22 +217,23 @@ def test_two_files_claiming_one_rank_are_said(tmp_path):
     assert any(s["what"] == "duplicate_rank" for s in a.suspicious)
 
 
-def test_sglang_per_stage_files_in_one_folder_are_refused_naming_the_twins(tmp_path):
-    """SGLang's --profile-by-stage writes <id>-TP-<r>-EXTEND and <id>-TP-<r>-DECODE files side by side:
+def test_two_runs_in_one_folder_are_refused_naming_the_twins(tmp_path):
+    """Two runs' rank files side by side (a prefill run's `prefill-rank<r>` and a decode run's `decode-rank<r>`):
     one folder of both is two runs. It is refused, and the refusal names the files that claim a rank an
-    earlier file holds - each stage's second file only (a move is not a claim: the files after keep
-    their own ranks)."""
-    files = {f"1733.5-TP-{r}-{stage}.trace.json.gz": CAP / run / f"rank{r}.json.gz"
-             for r in range(4) for stage, run in (("EXTEND", "prefill-proper"), ("DECODE", "decode-proper"))}
+    earlier file holds - the second run's files only (a move is not a claim: the files after keep their own
+    ranks). SGLang's per-stage files (`-TP-<r>-EXTEND` / `-DECODE`) are refused by name before any file is
+    read (tests/test_engine_files.py)."""
+    files = {f"{stage}-rank{r}.json.gz": CAP / run / f"rank{r}.json.gz"
+             for r in range(4) for stage, run in (("a-prefill", "prefill-proper"), ("b-decode", "decode-proper"))}
     d = _folder(tmp_path, files)
     with pytest.raises(UserError) as exc:
         analyze(d, use_cache=False, progress=False)
     msg = str(exc.value)
     assert "look like different runs" in msg and "4 file(s) claim a rank an earlier file holds" in msg
-    assert "TP-0-EXTEND" in msg and "DECODE" not in msg.split("holds:")[1].split(";")[0]
-    for f in d.glob("*DECODE*"):
+    assert "b-decode-rank0" in msg and "a-prefill" not in msg.split("holds:")[1].split(";")[0]
+    for f in d.glob("b-decode*"):
         f.unlink()
-    a = analyze(d, use_cache=False, progress=False)        # one stage's files: one run, ranks as named
+    a = analyze(d, use_cache=False, progress=False)        # one run's files: ranks as named
     assert [r["rank"] for r in a.ranks] == [0, 1, 2, 3]
     assert not any(s["what"] == "duplicate_rank" for s in a.suspicious)
 
