@@ -108,3 +108,19 @@ def test_a_profiled_stage_is_the_phase_of_every_step(tmp_path, capsys):
     (d / "1733-TP-0-EP-0-DECODE.trace.json.gz").rename(d / "1733-TP-0-EP-0-TARGET_VERIFY.trace.json.gz")
     assert replay(["analyze", str(d)]) == 2            # two stages in one folder: refused
     assert "TARGET_VERIFY" in capsys.readouterr().err
+
+
+def test_older_sglang_stage_suffixes(tmp_path, capsys):
+    """Older SGLang wrote str(stage): `-ForwardMode.DECODE` (Python 3.10) is DECODE, a phase; the IntEnum's
+    number (Python 3.11+) tells the stages apart, two of them refused, one of them no phase."""
+    d = tmp_path / "old"
+    d.mkdir()
+    for r in (0, 1):
+        (d / f"1733-TP-{r}-ForwardMode.DECODE.trace.json.gz").write_bytes((DEEPEP / f"rank{r}.json.gz").read_bytes())
+    assert {s["phase"] for s in _steps(capsys, d)} == {"decode"}
+    for f in d.iterdir():
+        f.rename(d / f.name.replace("ForwardMode.DECODE", "2"))
+    assert all("phase" not in s for s in _steps(capsys, d))
+    (d / "1733-TP-0-1.trace.json.gz").write_bytes((DEEPEP / "rank0.json.gz").read_bytes())
+    assert replay(["analyze", str(d)]) == 2
+    assert "2 profiled stages" in capsys.readouterr().err
