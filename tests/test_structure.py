@@ -252,21 +252,27 @@ def test_one_kernel_repeated_is_no_evidence_of_layers():
     assert a.structure.startswith("none (") and a.layers.empty
 
 
-def test_steps_from_vllm_v1_iteration_ranges(tmp_path):
-    """vLLM V1 names each engine iteration `execute_context_<reqs>(<tokens>)_generation_<reqs>(<tokens>)`
-    (GPUWorker.annotate_profile) and writes no ProfilerStep: those ranges are the steps. style-slash's two
-    `forward_step` ranges renamed so give the same two steps."""
+def _steps_renamed(path: Path, names: list[str]) -> tuple[dict, Path]:
+    """style-slash's two `forward_step` ranges renamed as an engine names its iterations, written to `path`."""
     import gzip
     import json
     doc = json.loads(gzip.open(H200 / "style-slash.json.gz", "rt").read())
     ranges = [e for e in doc["traceEvents"] if e.get("name") == "forward_step"]
     starts = sorted({float(e["ts"]) for e in ranges if e.get("cat") != "gpu_user_annotation"})
-    assert len(starts) == 2
-    names = dict(zip(starts, ["execute_context_1(4096)_generation_0(0)", "execute_context_0(0)_generation_16(16)"]))
+    assert len(starts) == len(names) == 2
+    by_start = dict(zip(starts, names))
     for e in ranges:                     # a GPU-side copy takes the name of the CPU range it copies
-        e["name"] = names[min(starts, key=lambda t: abs(t - float(e["ts"])))]
-    path = tmp_path / "vllm-style.json"
+        e["name"] = by_start[min(starts, key=lambda t: abs(t - float(e["ts"])))]
     path.write_text(json.dumps(doc))
+    return doc, path
+
+
+def test_steps_from_vllm_v1_iteration_ranges(tmp_path):
+    """vLLM V1 names each engine iteration `execute_context_<reqs>(<tokens>)_generation_<reqs>(<tokens>)`
+    (GPUWorker.annotate_profile) and writes no ProfilerStep: those ranges are the steps. style-slash's two
+    `forward_step` ranges renamed so give the same two steps."""
+    doc, path = _steps_renamed(tmp_path / "vllm-style.json", ["execute_context_1(4096)_generation_0(0)",
+                                                              "execute_context_0(0)_generation_16(16)"])
     a = analyze(path, use_cache=False, progress=False)
     assert sorted(set(a.steps["step"])) == [0, 1]
     assert not any(e.get("name") == "forward_step" for e in doc["traceEvents"])
@@ -298,15 +304,7 @@ def test_steps_and_phases_from_sglang_step_spans(tmp_path):
     """SGLang names each forward `step[<ForwardMode> bs=<requests>...]` (utils/profile_utils.py
     build_step_span_name; EXTEND adds toks=<tokens>) and its /start_profile calls no prof.step(): those ranges
     are the steps, and they say each one's phase. style-slash's two `forward_step` ranges renamed so."""
-    import gzip
-    doc = json.loads(gzip.open(H200 / "style-slash.json.gz", "rt").read())
-    ranges = [e for e in doc["traceEvents"] if e.get("name") == "forward_step"]
-    starts = sorted({float(e["ts"]) for e in ranges if e.get("cat") != "gpu_user_annotation"})
-    names = dict(zip(starts, ["step[EXTEND bs=2 toks=8192]", "step[DECODE bs=16]"]))
-    for e in ranges:                     # a GPU-side copy takes the name of the CPU range it copies
-        e["name"] = names[min(starts, key=lambda t: abs(t - float(e["ts"])))]
-    path = tmp_path / "sglang-steps.json"
-    path.write_text(json.dumps(doc))
+    _, path = _steps_renamed(tmp_path / "sglang-steps.json", ["step[EXTEND bs=2 toks=8192]", "step[DECODE bs=16]"])
     a = analyze(path, use_cache=False, progress=False)
     from replay.steps import find_spans
     spans, rx = find_spans(a.events)
