@@ -26,6 +26,7 @@ Classification (taxonomy.py) adds klass, subclass, blocking and launch; structur
 (structure.py) fills layer, microbatch and stage of profiler traces."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -204,6 +205,9 @@ def _to_frame(cols: _Columns, meta: dict[str, Any], path: Path, default_rank: in
         rank = np.where(arank >= 0, arank, pid_num).astype(np.int32)
     else:
         rank = np.full(n, int(file_rank or 0), dtype=np.int32)
+    labelled = None if generated else pid_ranks(cats_arr, pid_codes)
+    if labelled is not None:
+        rank = labelled
     gpu_codes = [strings.index[x] for x in contract.GPU_CATS if x in strings.index]
     is_gpu = np.isin(cat_codes, gpu_codes)
     stream = c["stream"].astype(np.int64)
@@ -243,12 +247,26 @@ def _to_frame(cols: _Columns, meta: dict[str, Any], path: Path, default_rank: in
         "work_us": c["work_us"].astype(np.float64),
         "extra": extra,
     })
-    if not generated:
+    if not generated and labelled is None:
         df, pids = split_devices(df, is_gpu, int(file_rank or 0))
         if pids:
             meta["devices_split"] = [{"file": path.name, "pids": pids,
                                       "ranks": [int(file_rank or 0) + k for k in range(len(pids))]}]
     return df
+
+
+def pid_ranks(pids: np.ndarray, codes: np.ndarray) -> np.ndarray | None:
+    """Each event's rank from its pid's rank label, where every pid of the file has one (an engine's merge of
+    its rank files: data/annotations.toml [files] pid_rank); else None."""
+    from .stepnames import file_patterns
+    used = np.unique(codes)
+    rx = re.compile(file_patterns()["pid_rank"])
+    found = [rx.fullmatch(str(pids[u])) for u in used]
+    if not len(used) or not all(found):
+        return None
+    lut = np.zeros(len(pids), dtype=np.int32)
+    lut[used] = [int(m.group("rank")) for m in found]
+    return lut[codes]
 
 
 def split_devices(df: pd.DataFrame, is_gpu: np.ndarray, first_rank: int) -> tuple[pd.DataFrame, list[str]]:

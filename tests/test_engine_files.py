@@ -25,14 +25,17 @@ def _sglang_folder(tmp_path: Path, stages: tuple[str, ...]) -> Path:
     return d
 
 
-def _merged(into: Path) -> Path:
+def _merged(into: Path, same_device: bool = False) -> Path:
     """SGLang's merge of the two ranks: every event's pid prefixed by the rank's label, as profile_merger
-    writes it (`[TP00] <pid>`), the other keys from the first file."""
+    writes it (`[TP00] <pid>`), the other keys from the first file. `same_device`: both ranks' GPU on device
+    0, as two nodes' ranks would be."""
     out: dict = {"traceEvents": []}
     for r in (0, 1):
         doc = json.loads(gzip.decompress((CAP / f"rank{r}.json.gz").read_bytes()))
+        gpu = {e.get("pid") for e in doc["traceEvents"] if e.get("cat") == "kernel"}
         for e in doc["traceEvents"]:
-            e["pid"] = f"[TP{r:02d}] {e.get('pid')}"
+            pid = 0 if same_device and e.get("pid") in gpu else e.get("pid")
+            e["pid"] = f"[TP{r:02d}] {pid}"
         out["traceEvents"] += doc.pop("traceEvents")
         for k, v in doc.items():
             out.setdefault(k, v)
@@ -59,13 +62,16 @@ def test_the_merge_beside_its_rank_files_is_left_out_with_one_line(tmp_path, cap
 
 
 def test_the_merge_alone_is_read_as_its_ranks(tmp_path, capsys):
-    """A merged file on its own is a trace of every rank: the same figures as the rank files."""
+    """A merged file on its own is a trace of every rank, each event's rank from its pid's label: the same
+    figures as the rank files, host-side causes included (before, a rank per GPU device, each with every
+    rank's host rows), and on ranks whose GPUs have the same device number (two nodes' merge)."""
+    keys = ("rank", "span_us", "compute_us", "idle_by_group_us", "peer_wait_us")
     want, _ = _ranks(capsys, _sglang_folder(tmp_path, ("",)))
-    alone = tmp_path / "alone"
-    alone.mkdir()
-    got, _ = _ranks(capsys, _merged(alone))
-    assert [(r["rank"], r["span_us"], r["compute_us"]) for r in got] == [(r["rank"], r["span_us"], r["compute_us"])
-                                                                          for r in want]
+    for same_device in (False, True):
+        alone = tmp_path / f"alone-{same_device}"
+        alone.mkdir()
+        got, _ = _ranks(capsys, _merged(alone, same_device))
+        assert [[r[k] for k in keys] for r in got] == [[r[k] for k in keys] for r in want]
 
 
 def test_rank_files_of_two_profiled_stages_are_refused_in_one_line(tmp_path, capsys):
