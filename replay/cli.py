@@ -134,9 +134,11 @@ def _check_traces(*paths: str) -> None:
     (pandas among them) load: the one-line error comes at once; a file a folder's listing leaves
     out is named on stderr."""
     from .kineto import folder_files, trace_files
-    for path in paths:
-        trace_files(Path(path))
-        for note in folder_files(Path(path))[1] if Path(path).is_dir() else []:
+    for path in map(Path, paths):
+        if not path.is_dir():
+            trace_files(path)               # a file that is not there is refused here
+            continue
+        for note in folder_files(path)[1]:  # the folder listed once: its rank files, and what it leaves out
             print(f"warning: {note}", file=sys.stderr)
 
 

@@ -53,7 +53,7 @@ def plan_accuracy(target: Target) -> dict | None:
     rows with those nearest its payload (tokens per rank per dispatch: the MoE block's per micro-batch)."""
     from .ops import tokens
     model, _, preset, plan = target
-    per_dispatch = tokens(model, plan, preset).moe_tokens / max(plan.microbatches, 1)
+    per_dispatch = tokens(model, plan.split(plan.microbatches), preset).moe_tokens    # one micro-batch, as opgraph.build
     return accuracy((plan.phase,), STEP_ROWS, plan.comm, per_dispatch)
 
 

@@ -62,7 +62,8 @@ class Estimate(_S):
     power_compute_bound_share: float | None = None      # and the share of the step in compute-bound kernels
     assumptions: dict[str, Any] | None = None           # the stack's conventions etc. (tracegen/cli.assumptions)
     accuracy: dict[str, Any] | None = None              # the validation rows of the phase, the held-out kernel rows of
-                                                        # the plan's backend (tracegen/accuracy.py)
+                                                        # the plan's backend and its tokens per rank per dispatch,
+                                                        # a2a_tokens (tracegen/accuracy.py)
     scheduled_step_ms: float | None = None              # the step as tracegen trace schedules it
     tokens_per_s_per_gpu_scheduled: float | None = None
 
@@ -104,7 +105,8 @@ class Trace(_S):
     ranks: list[TraceRank]
     assumptions: dict[str, Any] | None = None
     accuracy: dict[str, Any] | None = None        # the validation rows of the phase, the held-out kernel rows of
-                                                  # the plan's backend (tracegen/accuracy.py)
+                                                  # the plan's backend and its tokens per rank per dispatch,
+                                                  # a2a_tokens (tracegen/accuracy.py)
 
 
 class HardwareRow(_S):
