@@ -187,3 +187,48 @@ def test_ascend_fused_has_fewer_kernels_and_no_cpu_wait():
     assert "gate" not in attn1(fused).ops_us and "gate" in attn1(unfused).ops_us
     assert "gate" in fused.graph.stages[(4, 0, "DISPATCH")].ops_us
     assert fused.span_us < unfused.span_us
+
+
+def test_compute_progress_follows_the_sms_held_while_it_ran_even_when_its_start_is_back_dated():
+    """A stage starts from its first kernel's launch (cpu_first_us), which can precede communication events the
+    simulation already handled (the rest of its launches end later). Its work must still be done at the rate the
+    SMs left it at each moment: work = integral of (SMs - held(t)) / SMs over its run, held(t) from the
+    SM-holding communication running then. Before the fix the rate was read at the (later) handling time, so a
+    stage beside a dispatch that had already ended in handling order ran at full speed."""
+    from dataclasses import replace
+
+    from tracegen.schedule import simulate
+    from tracegen.cost import vector_rate
+
+    base = make_schedule(tbo="improper", layers=4, hardware="h100")
+    g = base.graph
+    # launches that take long, with the first kernel out early: starts are dated before their launch events end
+    stages = {k: (replace(st, cpu_us=4000.0, cpu_first_us=20.0) if st.stream == "compute" else st)
+              for k, st in g.stages.items()}
+    g = replace(g, stages=stages)
+    order = sorted(g.stages, key=lambda k: base.start[(0, k)])
+    sched = simulate(g, order)
+    held = [(i.start, i.end, g.stages[i.key].holds_sms) for i in sched.intervals
+            if i.track == "comm" and i.key is not None and g.stages[i.key].holds_sms]
+    launched = {}
+    for i in sched.intervals:
+        if i.track == "cpu" and i.activity == "launch":
+            launched[i.key] = max(launched.get(i.key, 0.0), i.end)
+    checked = back_dated = 0
+    for key, st in g.stages.items():
+        if st.stream != "compute":
+            continue
+        s, e = sched.start[(0, key)], sched.end[(0, key)] - st.gap_us
+        if e <= launched[key] + EPS:        # it waited for its last launch, not for its work
+            continue
+        cuts = sorted({s, e, *[t for a, b, _ in held for t in (a, b) if s < t < e]})
+        done = 0.0
+        for a, b in zip(cuts, cuts[1:]):
+            mid = (a + b) / 2
+            sms = sum(n for x, y, n in held if x <= mid < y)
+            done += (b - a) * vector_rate(g.hardware, st.work_us, st.vector_us, sms)
+        if any(s < x < e or s < y < e for x, y, _ in held):
+            back_dated += 1
+        assert done == pytest.approx(st.work_us, rel=1e-6), key
+        checked += 1
+    assert checked > 0 and back_dated > 0

@@ -246,17 +246,15 @@ def test_whatif_with_no_change_reproduces_every_real_capture_within_5_percent():
     own trace's stage times, CPU work and SM waits: this checks the re-timing reproduces them, not a
     prediction; bench/whatif_fidelity.py also prints improper -> proper against the real proper run.)
     And no worse than it reached: span within 1 %. The held-out H200 pair (its rows fixed before it was
-    captured) met the span bar and missed the hidden-share bar on its improper run (-2.26 pts): that miss
-    is kept visible here, held to what it showed rather than hidden by a wider bar for every capture."""
-    from bench.whatif_fidelity import CAPTURES, HELD_OUT, no_change_rows
+    captured) met the span bar and missed the hidden-share bar on its improper run (-2.26 pts) until the
+    scheduler's fault behind it was found (bench/whatif_fidelity HELD_OUT_NOTES): every capture now meets the
+    same 2 points, that one no longer held out."""
+    from bench.whatif_fidelity import CAPTURES, HIDDEN_BAR_PTS, no_change_rows
     rows = no_change_rows()
     assert {r["capture"] for r in rows} == {k for k, (p, _) in CAPTURES.items() if p.exists()}
     for r in rows:
         assert abs(r["span_error_pct"]) <= 1.0, r
-        if r["capture"] in HELD_OUT:
-            assert abs(r["hidden_error_pts"]) <= 2.5, r       # held out: 2.26 (improper), 0.60 (proper)
-        else:
-            assert abs(r["hidden_error_pts"]) <= 2.0, r
+        assert abs(r["hidden_error_pts"]) <= HIDDEN_BAR_PTS, r
 
 
 def test_whatif_with_no_change_reproduces_the_rest_of_the_corpus():

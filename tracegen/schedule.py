@@ -114,6 +114,7 @@ class _Rank:
         self.rate = 1.0
         self.t_last = 0.0
         self.comm_sms = 0
+        self.sm_history: list[tuple[float, int]] = [(0.0, 0)]   # (time, SMs communication held from then), in time order
         self.blocked_spans: list[tuple[float, float]] = []
         self.launch_end: dict[Key, float] = {}   # when the CPU finished launching a stage's kernels
 
@@ -169,13 +170,28 @@ class Simulation:
         return vector_rate(self.hw, st.work_us, st.vector_us, held)
 
     def change_sms(self, rk: _Rank, t: float, sms: int) -> None:
-        """Comm SMs taken or released: bank the compute progress so far at the old rate."""
+        """Comm SMs taken or released at `t`: kept in the rank's history, and the running compute's progress
+        re-banked through it (an event can be dated before one already handled: a stage starts from its first
+        kernel's launch, which may precede the end of its own launches)."""
+        bisect.insort(rk.sm_history, (t, sms), key=lambda h: h[0])
+        rk.comm_sms = rk.sm_history[-1][1]
         if rk.running[COMPUTE] is not None:
-            rk.work_left -= (t - rk.t_last) * rk.rate
-            rk.t_last = t
-        rk.comm_sms = sms
-        cur = rk.running[COMPUTE]
-        rk.rate = self.rate(self.stages[cur], sms) if cur is not None else 1.0
+            self.progress(rk)
+
+    def progress(self, rk: _Rank) -> None:
+        """The running compute's work left, as of the rank's last SM change, at the rates the SM history
+        gives since it started."""
+        st = self.stages[rk.running[COMPUTE]]
+        t = self.started[(rk.r, rk.running[COMPUTE])]
+        hist = rk.sm_history
+        i = max(1, bisect.bisect_right(hist, t, key=lambda h: h[0]))
+        left, rate = self.work(rk.r, st), self.rate(st, hist[i - 1][1])
+        for tc, sms in hist[i:]:
+            if left <= (tc - t) * rate:         # done before this change: later ones do not touch it
+                break
+            left -= (tc - t) * rate
+            t, rate = tc, self.rate(st, sms)
+        rk.work_left, rk.t_last, rk.rate = left, t, rate
 
     def sms_free(self, rk: _Rank, st: Stage, t: float) -> float:
         """When a communication stage ready at `t` gets SMs: at once, or - where a wait was observed
@@ -263,10 +279,8 @@ class Simulation:
     def compute_start(self, rk: _Rank, t: float) -> list[_Rank]:
         key = rk.queues[COMPUTE][rk.qpos[COMPUTE]]
         rk.running[COMPUTE] = key
-        rk.work_left = self.work(rk.r, self.stages[key])
-        rk.t_last = t
-        rk.rate = self.rate(self.stages[key], rk.comm_sms)
         self.started[(rk.r, key)] = t
+        self.progress(rk)
         self.sched.ready[(rk.r, key)] = self.deps_done(rk, self.stages[key]) or 0.0
         return [rk]
 
