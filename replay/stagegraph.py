@@ -23,6 +23,7 @@ from tracegen.catalog import (
     load_hardware,
     load_model,
 )
+from tracegen.cost import vector_rate
 from tracegen.opgraph import Stage
 from tracegen.base.backends import IBGDA, NORMAL
 from tracegen.plan import Plan
@@ -30,6 +31,7 @@ from tracegen.preset import Preset, load_preset
 from tracegen.schedule import Interval
 
 from .analysis import Analysis
+from .beside import beside_shares, kernel_rates, stage_rate
 from .compare import label_stages, refuse_overlapping, refuse_training
 from .events import text
 from .stagerules import StageRules
@@ -201,8 +203,39 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None, rank: int) -
                            "re-timed as communication; the observed hidden share counts communication kernels only "
                            "(class them with --taxonomy to compare the two)")
     plan, stages, more = _plan_of(stages, hw)
-    return StageGraph(stages, first_launch, launch_us, [1.0], 1, load_model(None), hw, plan, assumptions + more,
+    stages, measured = _beside_rates(g, stages, hw)
+    return StageGraph(stages, first_launch, launch_us, [1.0], 1, load_model(None), hw, plan, assumptions + more + measured,
                       [rank], compute_as_seen=True, observed=seen, first_start=first_start)
+
+
+def _beside_rates(labelled: pd.DataFrame, stages: dict, hw: Hardware) -> tuple[dict, list[str]]:
+    """Each compute stage's loss per SM held beside SM-holding communication, as its kernels show it in the
+    trace (replay/beside.py), and the assumption it makes."""
+    held = max((st.holds_sms for st in stages.values() if st.stream == COMM), default=0)
+    if not held:
+        return stages, []
+    stream = labelled["cstage"].astype(str).map(STAGE_STREAM)
+    comm = labelled[(stream == COMM).to_numpy() & (labelled["klass"] == "comm").to_numpy()]
+    comp = labelled[(stream == COMPUTE).to_numpy()]
+    s, d = comp["start_us"].to_numpy(float), comp["dur_us"].to_numpy(float)
+    # a kernel's rate is read where communication kernels ran (what holds the SMs); the re-time's take-out and
+    # put-back hold them over each stage's span (whatif._held_spans), as the scheduler does
+    c0 = comm["start_us"].to_numpy(float)
+    share = beside_shares(s, s + d, c0, c0 + comm["dur_us"].to_numpy(float))
+    names = comp["name"].astype(str).to_numpy()
+    rates = kernel_rates(names, d, share)
+    if not rates:
+        return stages, []
+    linear = vector_rate(hw, 1.0, 0.0, held)
+    out = dict(stages)
+    for (layer, mb, st), idx in comp.groupby(["layer", "microbatch", "cstage"], sort=False, observed=True).indices.items():
+        key = (int(layer), int(mb), str(st))
+        if key in out:
+            out[key] = replace(out[key], sm_loss=(1.0 - stage_rate(names[idx], d[idx], rates, linear)) / held)
+    slowest = min(rates, key=rates.get)
+    return out, [f"compute beside communication at the rates its own kernels ran at there: {len(rates)} kernels seen "
+                 f"alone and beside (slowest {slowest[:40]}: x{rates[slowest]:.2f}), the rest at the SM share "
+                 f"x{linear:.3f} (replay/beside.py)"]
 
 
 def _one_microbatch_or_refuse(labelled: pd.DataFrame, rank: int, structure: str) -> pd.DataFrame:

@@ -14,9 +14,8 @@ from tracegen.base.contract import COMM, COMPUTE, STAGE_STREAM
 from tracegen.base.errors import UserError
 from tracegen.launch_order import load_order, unroll
 from tracegen.opgraph import OpGraph, link
-from tracegen.cost import vector_rate
 from tracegen.pipeline import in_situ_slowdown, settle, share_beside, unstretch
-from tracegen.schedule import Interval, Schedule, simulate, summary
+from tracegen.schedule import Interval, Schedule, simulate, stage_rate, summary
 from tracegen.trace import write_trace
 
 from .analysis import Analysis
@@ -213,13 +212,13 @@ def as_alone(g: StageGraph, sim: dict) -> dict:
     if g.compute_as_seen:
         # communication holds its SMs from its first kernel's start to its last's end, as the scheduler
         # holds them (the take-out and the put-back agree); its kernels' own times set its in-situ share
-        held = share_beside(_held_spans(before) if g.observed else before, COMPUTE, COMM,
+        held = share_beside(_held_spans(before, g.first_start) if g.observed else before, COMPUTE, COMM,
                             lambda st: g.stages[st.key].holds_sms > 0)
         hw = g.hardware
         for k, st in out.items():
             if st.stream != COMM and held.get(k):
                 sms = max(s.holds_sms for s in g.stages.values() if s.stream == COMM)
-                rate = vector_rate(hw, st.work_us, st.vector_us, sms)
+                rate = stage_rate(hw, st, sms)
                 out[k] = replace(st, work_us=st.work_us * ((1 - held[k]) + held[k] * rate))
     return out
 
@@ -303,12 +302,14 @@ def sm_waits(g: StageGraph, graph: OpGraph) -> dict[tuple[str, int], float]:
     return {kind: float(np.median(w)) for kind, w in waits.items() if len(w) >= 2}
 
 
-def _held_spans(sched: Schedule) -> Schedule:
-    """The schedule with each communication stage's intervals merged into its span."""
+def _held_spans(sched: Schedule, first_start: dict | None = None) -> Schedule:
+    """The schedule with each communication stage's intervals merged into its span: from `first_start` where
+    given (an observed stage's first kernel, its preamble's included: the scheduler holds the SMs from the
+    stage's start), else from its first interval."""
     spans: dict = {}
     for iv in sched.intervals:
         if iv.track == COMM and iv.key is not None:
-            a, b = spans.get((iv.rank, iv.key), (iv.start, iv.end))
+            a, b = spans.get((iv.rank, iv.key), (min(iv.start, (first_start or {}).get(iv.key, iv.start)), iv.end))
             spans[(iv.rank, iv.key)] = (min(a, iv.start), max(b, iv.end))
     merged = [iv for iv in sched.intervals if iv.track != COMM or iv.key is None]
     merged += [Interval(r, COMM, k[2], a, b, k, COMM) for (r, k), (a, b) in spans.items()]

@@ -53,6 +53,8 @@ class Stage:
                                     # runs as it becomes ready (a running GEMM's blocks hold them); 0: none
     segments: tuple[tuple[float, float], ...] = ()   # observed: where its kernels ran, as shares of its span
                                                      # (0-1): the trace draws it so, stretched to its duration
+    sm_loss: float | None = None    # compute, observed: the rate lost per SM communication holds (its kernels' own,
+                                    # measured beside and alone: replay/beside.py); None: the SM share (vector_rate)
     in_situ: bool | None = None     # comm: slowed beside compute (pipeline.settle); None: when it holds SMs
                                     # (observed stages hold none in the simulator, their compute is as seen)
 

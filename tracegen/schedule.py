@@ -119,6 +119,18 @@ class _Rank:
         self.launch_end: dict[Key, float] = {}   # when the CPU finished launching a stage's kernels
 
 
+RATE_FLOOR = 0.05    # the slowest a compute stage may run beside communication (a stage's measured loss per SM
+                     # scaled to more SMs than it was measured at could otherwise stop it)
+
+
+def stage_rate(hw, st: Stage, held: int) -> float:
+    """Progress rate of a compute stage while communication holds `held` SMs: its measured loss per SM where an
+    observed trace gave one (Stage.sm_loss), else the SM share (cost.vector_rate)."""
+    if held and st.sm_loss is not None:
+        return max(RATE_FLOOR, 1.0 - st.sm_loss * held)
+    return vector_rate(hw, st.work_us, st.vector_us, held)
+
+
 def simulate(graph: OpGraph, order: list[Key], ranks: int = 1, launch_us: float | None = None,
              loads: list[float] | None = None) -> Schedule:
     """Run the op graph on `ranks` ranks in launch `order`; returns every interval. `loads` sets
@@ -167,7 +179,7 @@ class Simulation:
         return t
 
     def rate(self, st: Stage, held: int) -> float:
-        return vector_rate(self.hw, st.work_us, st.vector_us, held)
+        return stage_rate(self.hw, st, held)
 
     def change_sms(self, rk: _Rank, t: float, sms: int) -> None:
         """Comm SMs taken or released at `t`: kept in the rank's history, and the running compute's progress

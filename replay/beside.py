@@ -1,0 +1,54 @@
+"""How fast a profiler trace's compute stages run beside communication that holds SMs, as the trace shows it.
+
+Communication kernels that hold SMs (DeepEP's) leave compute fewer, but what that costs a kernel is not the SM
+share: a persistent GEMM of one block per SM launched while 20 of 132 SMs are held runs its last 20 blocks as a
+second wave (up to twice as long), while a kernel already resident when the communication starts keeps its SMs
+(the communication waits for them: whatif.sm_waits). A trace of two-batch overlap runs the same kernels both
+ways, so it measures this itself: per kernel name, each instance that ran mostly beside communication gives the
+rate it ran at there (against the median instance alone), the median of those is the kernel's rate, and a
+stage's rate is its kernels' combined over their time. A kernel not seen often enough both ways keeps the SM
+share (tracegen's rule, cost.vector_rate); so does a trace with no SM-holding communication."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .intervals import coverage, union
+
+ALONE_SHARE = 0.05      # an instance with less of its run beside communication than this ran alone
+BESIDE_SHARE = 0.5      # one with more than this ran beside it (in between: left out of the estimate)
+MIN_SEEN = 3            # instances a kernel needs each way before its own rate replaces the SM share
+RATE_FLOOR = 0.2        # the slowest rate an instance may give (a kernel waiting behind others looks slower still)
+
+
+def beside_shares(s: np.ndarray, e: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
+    """Per kernel [s, e): the share of its run during which any communication interval [c0, c1) ran."""
+    if not len(c0):
+        return np.zeros(len(s))
+    F = coverage(*union(c0, c1))
+    d = e - s
+    return np.where(d > 0, (F(e) - F(s)) / np.where(d > 0, d, 1.0), 0.0)
+
+
+def kernel_rates(names: np.ndarray, dur: np.ndarray, share: np.ndarray) -> dict[str, float]:
+    """Per kernel name seen at least MIN_SEEN times alone and beside: the median over its instances beside of
+    the rate that explains their time (alone time = run alone + rate x run beside)."""
+    out: dict[str, float] = {}
+    frame = pd.DataFrame({"name": names, "dur": dur, "share": share})
+    for name, k in frame.groupby("name", sort=False):
+        alone = k.loc[k["share"] < ALONE_SHARE, "dur"].to_numpy()
+        beside = k[k["share"] > BESIDE_SHARE]
+        if len(alone) < MIN_SEEN or len(beside) < MIN_SEEN:
+            continue
+        d, f = beside["dur"].to_numpy(), beside["share"].to_numpy()
+        r = (float(np.median(alone)) - (1 - f) * d) / (f * d)
+        out[str(name)] = float(np.median(np.clip(r, RATE_FLOOR, 1.0)))
+    return out
+
+
+def stage_rate(names: np.ndarray, dur: np.ndarray, rates: dict[str, float], share_rate: float) -> float:
+    """A stage's rate beside communication: its kernels' own rates (the SM share where a kernel has none),
+    combined over their time (the stage takes sum(t / rate) for work sum(t))."""
+    r = np.array([rates.get(str(n), share_rate) for n in names])
+    total = float(dur.sum())
+    return total / float((dur / r).sum()) if total > 0 else share_rate
