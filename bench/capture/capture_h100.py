@@ -273,7 +273,9 @@ class Layer:
         self.routed(self.expert_in)
 
 
-def run_layers(out: Path, layers: int, order_name: str) -> dict:
+def run_layers(out: Path, layers: int, order_name: str, sm_copy=None, name: str = "layers") -> dict:
+    """The layers in one launch order. `sm_copy(src, dst)`: the all-to-all's stand-in copies the payload
+    device to device with a kernel that holds SMs (capture_sm_standin.py) instead of across the host link."""
     hw, preset = load_hardware("h100"), load_preset("default")
     plan = Plan(**LAYER_PLAN, gpus_per_node=hw.gpus_per_node)
     graph = build(Target(MODEL, hw, preset, plan), layers=layers, skip_dense=True)
@@ -286,6 +288,9 @@ def run_layers(out: Path, layers: int, order_name: str) -> dict:
     per_expert = int(round(t.routed_tokens / local))
     state = {mb: Layer(toks, local, per_expert, int(disp.scaleout_bytes), int(comb.scaleout_bytes))
              for mb in range(plan.microbatches)}
+    if sm_copy is not None:             # device-side peers of the payloads (a GPU's own memory stands in)
+        for L in state.values():
+            L.disp_peer, L.comb_peer = torch.empty_like(L.disp_dev), torch.randint_like(L.comb_dev, 0, 255)
     compute, comm = torch.cuda.current_stream(), torch.cuda.Stream()
     done: dict[tuple, torch.cuda.Event] = {}
 
@@ -311,9 +316,11 @@ def run_layers(out: Path, layers: int, order_name: str) -> dict:
                         ev = torch.cuda.Event()
                         ev.record(comm)
                         ev.synchronize()                                     # CPU waits for the counts
-                        L.disp_host.copy_(L.disp_dev, non_blocking=True)
+                        (L.disp_host.copy_(L.disp_dev, non_blocking=True) if sm_copy is None else
+                         sm_copy(L.disp_dev, L.disp_peer))
                     else:
-                        L.comb_dev.copy_(L.comb_host, non_blocking=True)
+                        (L.comb_dev.copy_(L.comb_host, non_blocking=True) if sm_copy is None else
+                         sm_copy(L.comb_peer, L.comb_dev))
                     record(key, comm)
             else:
                 after(compute, st.deps)
@@ -332,7 +339,7 @@ def run_layers(out: Path, layers: int, order_name: str) -> dict:
             run(key)
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t0) * 1e6
-    export(prof, out / f"layers-{order_name}.json.gz")
+    export(prof, out / f"{name}-{order_name}.json.gz")
     return {"order": order_name, "wall_us": wall, "layers": list(graph.layers), "tokens_per_microbatch": toks,
             "local_experts": local, "tokens_per_expert": per_expert, "dispatch_bytes": int(disp.scaleout_bytes),
             "combine_bytes": int(comb.scaleout_bytes)}
