@@ -64,6 +64,12 @@ HF_DECODE = {f"hf-decode/{n}": (OBS / "hf-decode" / f"hf-decode-{n}.json.gz", No
 # held out: a two-GPU MoE on NCCL's all-to-all (traces/observed/nccl-a2a, bench/capture/capture_nccl_a2a.py), these
 # rows pinned 2026-12-07 before the capture (tests/test_nccl_a2a.py): every rank re-timed with no change within the bars
 NCCL_A2A = {f"nccl-a2a/{n}": (OBS / "nccl-a2a" / f"nccl-a2a-{n}", None) for n in ("sync", "overlap")}
+# held out: the single-GPU layers with an all-to-all stand-in that holds 24 SMs (traces/observed/sm-standin,
+# bench/capture/capture_sm_standin.py), pinned 2026-12-07 before the capture (tests/test_sm_standin.py): the first
+# capture replay/beside.py did not see
+SM_STANDIN_TAX = str(OBS / "sm-standin" / "taxonomy.toml")
+SM_STANDIN = {f"sm-standin/{n}": (OBS / "sm-standin" / f"sm-standin-{n}.json.gz", SM_STANDIN_TAX)
+              for n in ("improper", "proper")}
 HF_DECODE_MAY_REFUSE = ("hf-decode/graph", "hf-decode/compiled")
 HF_DECODE_REFUSAL = "no stage of rank 0 could be labelled"
 CORPUS_NOTES = {
@@ -158,6 +164,12 @@ def reorder_by_step_rows() -> list[dict]:
             for step in (1, 2, 3) for rank in range(4)]
 
 
+def sm_standin_reorder_row() -> dict | None:
+    """The SM-holding stand-in's improper run re-timed in the proper order, against its observed proper run."""
+    (imp, tax), (prop, _) = SM_STANDIN["sm-standin/improper"], SM_STANDIN["sm-standin/proper"]
+    return {"capture": "sm-standin", **_reorder(imp, prop, tax, 0)} if imp.exists() and prop.exists() else None
+
+
 def single_gpu_reorder_rows() -> list[dict]:
     """improper -> proper on the single-GPU layer captures (copies stand in for the all-to-all): the
     H100 pair (seen while whatif was built) and the H200 pair (held out)."""
@@ -222,6 +234,10 @@ def table() -> str:
     lines += [_no_change_text(r) for r in no_change_rows(QWEN3_PREFILL)]
     lines += ["", "held out: a two-GPU MoE on NCCL's all-to-all (rows pinned before the capture):", ""]
     lines += [_no_change_text(r) for r in no_change_rows(NCCL_A2A)]
+    lines += ["", "held out: the single-GPU layers with a stand-in that holds 24 SMs (pinned before the capture):", ""]
+    lines += [_no_change_text(r) for r in no_change_rows(SM_STANDIN)]
+    row = sm_standin_reorder_row()
+    lines += [f"  improper re-timed in the proper order: {_reorder_text(row)}"] if row else []
     lines += ["", "improper re-timed in the proper order (DeepEP 4 x H100 prefill), against the observed proper run:"]
     lines += [f"  rank {r['rank']}: {_reorder_text(r)}" for r in reorder_rows()]
     by_step = reorder_by_step_rows()

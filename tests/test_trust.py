@@ -272,9 +272,10 @@ def test_whatif_with_no_change_reproduces_the_rest_of_the_corpus():
 def test_every_capture_is_reproduced_or_refused_in_one_line(capsys, tmp_path):
     """Every capture in traces/observed is in the whatif fidelity table or refused with its reason: one line,
     exit 2, no output file (the style captures raised a traceback, a read-only array, before)."""
-    from bench.whatif_fidelity import CAPTURES, CORPUS, HF_DECODE, NCCL_A2A, OBS as ALL, QWEN3_PREFILL, REFUSED
+    from bench.whatif_fidelity import (CAPTURES, CORPUS, HF_DECODE, NCCL_A2A, OBS as ALL, QWEN3_PREFILL, REFUSED,
+                                       SM_STANDIN)
     covered = {p.resolve() for p, _ in [*CAPTURES.values(), *CORPUS.values(), *HF_DECODE.values(), *QWEN3_PREFILL.values(),
-                                        *NCCL_A2A.values()]}
+                                        *NCCL_A2A.values(), *SM_STANDIN.values()]}
     refused = {p.resolve() for p, _, _ in REFUSED.values()}
     captures = {p.resolve() for p in ALL.glob("*/*.json.gz") if not p.name.startswith("rank")} | {
         d.resolve() for d in ALL.glob("*/*") if d.is_dir() and any(d.glob("rank*.json*"))} | {
