@@ -1,13 +1,15 @@
 """How fast a profiler trace's compute stages run beside communication that holds SMs, as the trace shows it.
 
-Communication kernels that hold SMs (DeepEP's) leave compute fewer, but what that costs a kernel is not the SM
-share: a persistent GEMM of one block per SM launched while 20 of 132 SMs are held runs its last 20 blocks as a
-second wave (up to twice as long), while a kernel already resident when the communication starts keeps its SMs
-(the communication waits for them: whatif.sm_waits). A trace of two-batch overlap runs the same kernels both
-ways, so it measures this itself: per kernel name, each instance that ran mostly beside communication gives the
-rate it ran at there (against the median instance alone), the median of those is the kernel's rate, and a
-stage's rate is its kernels' combined over their time. A kernel not seen often enough both ways keeps the SM
-share (tracegen's rule, cost.vector_rate); so does a trace with no SM-holding communication."""
+Communication kernels that hold SMs (DeepEP's) leave compute fewer, and what that costs differs by op: a short
+GEMM whose tiles fill the SMs once may need a second wave (on the DeepEP capture a 30 us projection GEMM takes
+59 us beside a dispatch), a long one loses about the SM share, and a kernel already resident when the
+communication starts keeps its SMs (the communication waits for them: whatif.sm_waits). A trace of two-batch
+overlap runs the same ops both ways, so it measures this itself. An op is a kernel name at one place of its
+stage (the n-th kernel of every ATTN, say): one library kernel runs many shapes, and pooling them by name mixes
+short instances alone with long ones beside. Per op, each instance that ran mostly beside communication gives
+the rate it ran at there (against the op's median alone), the median of those is the op's rate, and a stage's
+rate is its ops' combined over their time. An op not seen often enough both ways keeps the SM share (tracegen's
+rule, cost.vector_rate); so does a trace with no SM-holding communication."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,6 +30,16 @@ def beside_shares(s: np.ndarray, e: np.ndarray, c0: np.ndarray, c1: np.ndarray) 
     F = coverage(*union(c0, c1))
     d = e - s
     return np.where(d > 0, (F(e) - F(s)) / np.where(d > 0, d, 1.0), 0.0)
+
+
+def kernel_keys(kernels: pd.DataFrame) -> np.ndarray:
+    """Which kernels are the same op: the same name at the same place in the same stage (`cstage`, its
+    `layer` and `microbatch`), so that one kernel name run on several shapes (a GEMM library's, for the
+    projections and the experts alike) is not one op."""
+    k = kernels.sort_values("start_us")
+    nth = k.groupby(["layer", "microbatch", "cstage"], sort=False, observed=True).cumcount()
+    keys = k["cstage"].astype(str) + "#" + nth.astype(str) + " " + k["name"].astype(str)
+    return keys.reindex(kernels.index).to_numpy()
 
 
 def kernel_rates(names: np.ndarray, dur: np.ndarray, share: np.ndarray) -> dict[str, float]:

@@ -31,7 +31,7 @@ from tracegen.preset import Preset, load_preset
 from tracegen.schedule import Interval
 
 from .analysis import Analysis
-from .beside import beside_shares, kernel_rates, stage_rate
+from .beside import beside_shares, kernel_keys, kernel_rates, stage_rate
 from .compare import label_stages, refuse_overlapping, refuse_training
 from .events import text
 from .stagerules import StageRules
@@ -222,7 +222,7 @@ def _beside_rates(labelled: pd.DataFrame, stages: dict, hw: Hardware) -> tuple[d
     # put-back hold them over each stage's span (whatif._held_spans), as the scheduler does
     c0 = comm["start_us"].to_numpy(float)
     share = beside_shares(s, s + d, c0, c0 + comm["dur_us"].to_numpy(float))
-    names = comp["name"].astype(str).to_numpy()
+    names = kernel_keys(comp)
     rates = kernel_rates(names, d, share)
     if not rates:
         return stages, []
@@ -233,8 +233,8 @@ def _beside_rates(labelled: pd.DataFrame, stages: dict, hw: Hardware) -> tuple[d
         if key in out:
             out[key] = replace(out[key], sm_loss=(1.0 - stage_rate(names[idx], d[idx], rates, linear)) / held)
     slowest = min(rates, key=rates.get)
-    return out, [f"compute beside communication at the rates its own kernels ran at there: {len(rates)} kernels seen "
-                 f"alone and beside (slowest {slowest[:40]}: x{rates[slowest]:.2f}), the rest at the SM share "
+    return out, [f"compute beside communication at the rates its own ops ran at there: {len(rates)} ops seen "
+                 f"alone and beside (slowest {slowest[:48]}: x{rates[slowest]:.2f}), the rest at the SM share "
                  f"x{linear:.3f} (replay/beside.py)"]
 
 

@@ -42,11 +42,28 @@ def test_rates_are_bounded_and_a_stage_combines_its_kernels_over_their_time():
     assert got == pytest.approx(200 / (100 / 0.5 + 100 / 0.8))
 
 
+def test_an_op_is_a_kernel_name_at_one_place_of_its_stage():
+    """One library kernel runs many shapes: the same name at another place of the stage is another op, and the
+    same place in another layer or micro-batch is the same op."""
+    import pandas as pd
+
+    from replay.beside import kernel_keys
+    k = pd.DataFrame({"start_us": [0, 10, 20, 100, 110, 120, 200, 210],
+                      "layer": [3, 3, 3, 4, 4, 4, 3, 3], "microbatch": [0, 0, 0, 0, 0, 0, 1, 1],
+                      "cstage": ["MLP"] * 6 + ["ATTN"] * 2,
+                      "name": ["gemm", "act", "gemm", "gemm", "act", "gemm", "gemm", "gemm"]}).sample(frac=1, random_state=0)
+    keys = dict(zip(k.index, kernel_keys(k)))
+    assert keys[0] == keys[3] == "MLP#0 gemm" and keys[2] == keys[5] == "MLP#2 gemm" and keys[0] != keys[2]
+    assert keys[6] == "ATTN#0 gemm" and keys[7] == "ATTN#1 gemm"
+
+
 @pytest.mark.skipif(not DEEPEP.exists(), reason="traces/observed/deepep-h100x4 is absent")
-def test_deepep_gemms_run_slower_beside_dispatch_than_the_sm_share_says():
-    """On the 4 x H100 DeepEP capture the persistent FP8 GEMMs (132 blocks, one per SM) run about 1.7x as long
-    beside DeepEP's 20-block kernels: a second wave, not the 20/132 share. The whatif stage graph carries it."""
+def test_deepep_ops_beside_dispatch_are_measured_one_by_one():
+    """On the 4 x H100 DeepEP capture some ops run far slower beside DeepEP's kernels than the SM share says (a
+    short projection GEMM, 30 us alone, about twice that beside: a second wave) and the long expert GEMMs about
+    as it says; the stage graph carries each stage's own rate, between the bound and full speed."""
     from replay.analyze import analyze_one_step
+    from replay.beside import RATE_FLOOR
     from replay.stagegraph import stage_graph
     from replay.stagerules import load_stage_rules
 
@@ -54,6 +71,9 @@ def test_deepep_gemms_run_slower_beside_dispatch_than_the_sm_share_says():
     g = stage_graph(a, load_stage_rules(None))
     held = max(st.holds_sms for st in g.stages.values())
     share = (g.hardware.sm_count - held) / g.hardware.sm_count
-    mlp = [1 - st.sm_loss * held for k, st in g.stages.items() if k[2] == "MLP" and st.sm_loss is not None]
-    assert mlp and np.median(mlp) < share - 0.1, (np.median(mlp), share)
-    assert any("rates its own kernels ran at" in x for x in g.assumptions)
+    rates = {k: 1 - st.sm_loss * held for k, st in g.stages.items() if st.sm_loss is not None}
+    assert len(rates) >= 10 and all(RATE_FLOOR <= r <= 1.0 for r in rates.values()), rates
+    attn = [r for k, r in rates.items() if k[2] == "ATTN"]
+    assert min(attn) < share, (attn, share)
+    note = next(x for x in g.assumptions if "rates its own ops ran at" in x)
+    assert int(note.split(": ")[1].split(" ops")[0]) >= 10, note

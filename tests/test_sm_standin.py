@@ -57,7 +57,7 @@ def _err(r: dict) -> float:
 
 
 @pytest.mark.xfail(strict=True, reason="missed as pinned (2026-12-07): the observed proper run is 26 % SLOWER than the "
-                   "improper one (93.2 against 73.7 ms) and the re-time predicts 71.9 ms (-22.9 %; -23.5 % at the SM "
+                   "improper one (93.2 against 73.7 ms) and the re-time predicts 71.4 ms (-23.5 %, the same at the SM "
                    "share). The stand-in's 24 blocks, launched while a persistent GEMM or attention kernel holds every "
                    "SM, take 2-3x their time alone (a combine: 9.0 ms against 3.1) and keep that pace after the "
                    "compute ends (likely blocks placed two to an SM, which do not move); more of them launch into running compute in "
