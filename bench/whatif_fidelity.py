@@ -251,7 +251,8 @@ def table() -> str:
     lines += [f"{_no_change_text(r)}  ({r['rounds']} rounds)" for r in together_rows()]
     lines += ["", "improper re-timed in the proper order, ranks together, against the observed proper run:"]
     lines += [f"  rank {r['rank']}: {_reorder_text(r)}" for r in together_reorder_rows()]
-    lines += ["", "the same on one GPU (copies stand in for the all-to-all; h200: held out, seen at +4.0 % before replay/beside.py, a rule built on the DeepEP captures):"]
+    lines += ["", "the same on one GPU (copies stand in for the all-to-all; h200: held out, seen at +4.0 % before "
+              "replay/beside.py, a rule built on the DeepEP captures):"]
     lines += [f"  {r['capture']}: {_reorder_text(r)}" for r in single_gpu_reorder_rows()]
     return "\n".join(lines)
 
