@@ -19,7 +19,7 @@ from .intervals import coverage, union
 
 ALONE_SHARE = 0.05      # an instance with less of its run beside communication than this ran alone
 BESIDE_SHARE = 0.5      # one with more than this ran beside it (in between: left out of the estimate)
-MIN_SEEN = 3            # instances a kernel needs each way before its own rate replaces the SM share
+MIN_SEEN = 3            # instances an op needs each way before its own rate replaces the SM share
 RATE_FLOOR = 0.2        # the slowest rate an instance may give (a kernel waiting behind others looks slower still)
 
 
@@ -42,12 +42,12 @@ def kernel_keys(kernels: pd.DataFrame) -> np.ndarray:
     return keys.reindex(kernels.index).to_numpy()
 
 
-def kernel_rates(names: np.ndarray, dur: np.ndarray, share: np.ndarray) -> dict[str, float]:
-    """Per kernel name seen at least MIN_SEEN times alone and beside: the median over its instances beside of
-    the rate that explains their time (alone time = run alone + rate x run beside)."""
+def kernel_rates(ops: np.ndarray, dur: np.ndarray, share: np.ndarray) -> dict[str, float]:
+    """Per op (kernel_keys) seen at least MIN_SEEN times alone and beside: the median over its instances beside
+    of the rate that explains their time (alone time = run alone + rate x run beside)."""
     out: dict[str, float] = {}
-    frame = pd.DataFrame({"name": names, "dur": dur, "share": share})
-    for name, k in frame.groupby("name", sort=False):
+    frame = pd.DataFrame({"op": ops, "dur": dur, "share": share})
+    for name, k in frame.groupby("op", sort=False):
         alone = k.loc[k["share"] < ALONE_SHARE, "dur"].to_numpy()
         beside = k[k["share"] > BESIDE_SHARE]
         if len(alone) < MIN_SEEN or len(beside) < MIN_SEEN:
@@ -58,9 +58,9 @@ def kernel_rates(names: np.ndarray, dur: np.ndarray, share: np.ndarray) -> dict[
     return out
 
 
-def stage_rate(names: np.ndarray, dur: np.ndarray, rates: dict[str, float], share_rate: float) -> float:
-    """A stage's rate beside communication: its kernels' own rates (the SM share where a kernel has none),
-    combined over their time (the stage takes sum(t / rate) for work sum(t))."""
-    r = np.array([rates.get(str(n), share_rate) for n in names])
+def combined_rate(ops: np.ndarray, dur: np.ndarray, rates: dict[str, float], share_rate: float) -> float:
+    """A stage's rate beside communication: its ops' own rates (the SM share where an op has none), combined
+    over their time (the stage takes sum(t / rate) for work sum(t))."""
+    r = np.array([rates.get(str(n), share_rate) for n in ops])
     total = float(dur.sum())
     return total / float((dur / r).sum()) if total > 0 else share_rate

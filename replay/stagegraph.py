@@ -31,7 +31,7 @@ from tracegen.preset import Preset, load_preset
 from tracegen.schedule import Interval
 
 from .analysis import Analysis
-from .beside import beside_shares, kernel_keys, kernel_rates, stage_rate
+from .beside import beside_shares, combined_rate, kernel_keys, kernel_rates
 from .compare import label_stages, refuse_overlapping, refuse_training
 from .events import text
 from .stagerules import StageRules
@@ -209,8 +209,8 @@ def _observed(a: Analysis, rules: StageRules, hardware: str | None, rank: int) -
 
 
 def _beside_rates(labelled: pd.DataFrame, stages: dict, hw: Hardware) -> tuple[dict, list[str]]:
-    """Each compute stage's loss per SM held beside SM-holding communication, as its kernels show it in the
-    trace (replay/beside.py), and the assumption it makes."""
+    """Each compute stage's loss per SM held beside SM-holding communication, as its ops show it in the trace
+    (replay/beside.py), and the assumption it makes."""
     held = max((st.holds_sms for st in stages.values() if st.stream == COMM), default=0)
     if not held:
         return stages, []
@@ -218,12 +218,12 @@ def _beside_rates(labelled: pd.DataFrame, stages: dict, hw: Hardware) -> tuple[d
     comm = labelled[(stream == COMM).to_numpy() & (labelled["klass"] == "comm").to_numpy()]
     comp = labelled[(stream == COMPUTE).to_numpy()]
     s, d = comp["start_us"].to_numpy(float), comp["dur_us"].to_numpy(float)
-    # a kernel's rate is read where communication kernels ran (what holds the SMs); the re-time's take-out and
+    # an op's rate is read where communication kernels ran (what holds the SMs); the re-time's take-out and
     # put-back hold them over each stage's span (whatif._held_spans), as the scheduler does
     c0 = comm["start_us"].to_numpy(float)
     share = beside_shares(s, s + d, c0, c0 + comm["dur_us"].to_numpy(float))
-    names = kernel_keys(comp)
-    rates = kernel_rates(names, d, share)
+    ops = kernel_keys(comp)
+    rates = kernel_rates(ops, d, share)
     if not rates:
         return stages, []
     linear = vector_rate(hw, 1.0, 0.0, held)
@@ -231,7 +231,7 @@ def _beside_rates(labelled: pd.DataFrame, stages: dict, hw: Hardware) -> tuple[d
     for (layer, mb, st), idx in comp.groupby(["layer", "microbatch", "cstage"], sort=False, observed=True).indices.items():
         key = (int(layer), int(mb), str(st))
         if key in out:
-            out[key] = replace(out[key], sm_loss=(1.0 - stage_rate(names[idx], d[idx], rates, linear)) / held)
+            out[key] = replace(out[key], sm_loss=(1.0 - combined_rate(ops[idx], d[idx], rates, linear)) / held)
     slowest = min(rates, key=rates.get)
     return out, [f"compute beside communication at the rates its own ops ran at there: {len(rates)} ops seen "
                  f"alone and beside (slowest {slowest[:48]}: x{rates[slowest]:.2f}), the rest at the SM share "

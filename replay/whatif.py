@@ -214,11 +214,10 @@ def as_alone(g: StageGraph, sim: dict) -> dict:
         # holds them (the take-out and the put-back agree); its kernels' own times set its in-situ share
         held = share_beside(_held_spans(before, g.first_start) if g.observed else before, COMPUTE, COMM,
                             lambda st: g.stages[st.key].holds_sms > 0)
-        hw = g.hardware
+        sms = max((s.holds_sms for s in g.stages.values() if s.stream == COMM), default=0)
         for k, st in out.items():
             if st.stream != COMM and held.get(k):
-                sms = max(s.holds_sms for s in g.stages.values() if s.stream == COMM)
-                rate = stage_rate(hw, st, sms)
+                rate = stage_rate(g.hardware, st, sms)
                 out[k] = replace(st, work_us=st.work_us * ((1 - held[k]) + held[k] * rate))
     return out
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from replay.beside import MIN_SEEN, RATE_FLOOR, beside_shares, kernel_rates, stage_rate
+from replay.beside import MIN_SEEN, RATE_FLOOR, beside_shares, combined_rate, kernel_rates
 
 DEEPEP = Path(__file__).resolve().parents[1] / "traces" / "observed" / "deepep-h100x4"
 
@@ -38,7 +38,7 @@ def test_rates_are_bounded_and_a_stage_combines_its_kernels_over_their_time():
     share = np.array([0, 0, 0, 1, 1, 1], dtype=float)
     assert kernel_rates(names, dur, share)["k"] == pytest.approx(RATE_FLOOR)
     # 100 us of a kernel at x0.5 and 100 us of one with no rate (SM share 0.8): 200 us of work in 325 us
-    got = stage_rate(np.array(["a", "b"]), np.array([100.0, 100.0]), {"a": 0.5}, 0.8)
+    got = combined_rate(np.array(["a", "b"]), np.array([100.0, 100.0]), {"a": 0.5}, 0.8)
     assert got == pytest.approx(200 / (100 / 0.5 + 100 / 0.8))
 
 

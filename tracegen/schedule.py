@@ -113,7 +113,6 @@ class _Rank:
         self.work_left = 0.0
         self.rate = 1.0
         self.t_last = 0.0
-        self.comm_sms = 0
         self.sm_history: list[tuple[float, int]] = [(0.0, 0)]   # (time, SMs communication held from then), in time order
         self.blocked_spans: list[tuple[float, float]] = []
         self.launch_end: dict[Key, float] = {}   # when the CPU finished launching a stage's kernels
@@ -186,7 +185,6 @@ class Simulation:
         re-banked through it (an event can be dated before one already handled: a stage starts from its first
         kernel's launch, which may precede the end of its own launches)."""
         bisect.insort(rk.sm_history, (t, sms), key=lambda h: h[0])
-        rk.comm_sms = rk.sm_history[-1][1]
         if rk.running[COMPUTE] is not None:
             self.progress(rk)
 
