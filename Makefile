@@ -27,8 +27,11 @@ browser:
 	    >/dev/null) || echo "note: could not install chromium: the browser tests will be skipped"; \
 	else echo "note: no chromium (install Debian's chromium and chromium-driver): browser tests skipped"; fi
 
+# The suite on up to TEST_WORKERS processes (pytest-xdist; 2 on CI's 2 cores); TEST_WORKERS=0 runs it in this
+# process (one test: `.venv/bin/pytest tests/test_x.py::name`, serial by default).
+TEST_WORKERS ?= auto
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --maxprocesses 4
 
 demo: setup
 	@mkdir -p $(OUT)
