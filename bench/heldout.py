@@ -15,6 +15,7 @@ import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from tracegen.catalog import load_hardware, load_model
 from tracegen.cost import op_time
@@ -223,9 +224,12 @@ def published(row: dict) -> float | None:
     return float(json.loads(path.read_text())[row["truth_key"]]) if path.exists() else None
 
 
-def rows() -> list[dict]:
+def rows(match: Callable[[str], bool] | None = None) -> list[dict]:
+    """Each pinned row (those whose key `match` accepts) with its one prediction and its error."""
     out = []
     for key, row in pinned().items():
+        if match is not None and not match(key):
+            continue
         got = _predict(row)
         target = published(row)
         hw = row["hardware"]

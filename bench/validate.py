@@ -275,7 +275,42 @@ def tbo_ablation_rows() -> list[dict]:
         err = 0.0 if lo <= speedup <= hi else 100 * (speedup / (lo if speedup < lo else hi) - 1)
         out.append({"label": label, "published": published, "predicted": speedup, "error_pct": err,
                     "on_ms": on.span_us / 1e3, "off_ms": off.span_us / 1e3, "stack": r.stack,
-                    "release": plan.comm_release})
+                    "release": plan.comm_release, "phase": plan.phase, "backend": plan.comm,
+                    "latency_us": hw.backend(plan.comm).latency_us,
+                    "a2a_on_us": _a2a_us(on), "a2a_off_us": _a2a_us(off)})
+    return out
+
+
+def _a2a_us(s: Schedule) -> float:
+    """Rank 0's dispatch + combine time for one micro-batch of a middle layer (the schedule's own stage times)."""
+    layer = s.graph.layers[len(s.graph.layers) // 2]
+    return sum(s.end[(0, k)] - s.start[(0, k)] for k in ((layer, 0, "DISPATCH"), (layer, 0, "COMBINE"))
+               if (0, k) in s.start)
+
+
+TBO_BAR_PCT = 10.0        # issue 28: each ablation row within 10 % of its published figure
+
+
+def _tbo_miss_notes(rows: list[dict]) -> list[str]:
+    """A line per decode row outside its published figure: what the split costs in the all-to-all. Seen after
+    the row missed, so it names a likely cause and changes nothing."""
+    from .heldout import rows as heldout_rows
+    floor = heldout_rows(lambda k: k.startswith("pplx-") and "-1tok-" in k and "-ibrc-" not in k)
+    out = []
+    for t in rows:
+        if t["phase"] != "decode" or abs(t["error_pct"]) <= TBO_BAR_PCT:
+            continue
+        out.append(f"- {t['label']}: {t['error_pct']:+.1f}% (bar {TBO_BAR_PCT:g} %), not re-tuned. Each "
+                   f"micro-batch's dispatch + combine takes {t['a2a_on_us']:.1f} us per layer, "
+                   f"{2 * t['latency_us']:g} us of it the {t['backend']} backend's fixed part ({t['latency_us']:g} us "
+                   f"a kernel, assumed in hardware.toml), twice a layer, against {t['a2a_off_us']:.1f} us once for "
+                   "the whole batch: the split pays the fixed part twice. The "
+                   "held-out pplx-kernels rows at one token per GPU over NVLink and IBGDA (`python -m bench.heldout`) "
+                   f"take {min(r['published'] for r in floor):.1f}-{max(r['published'] for r in floor):.1f} us where "
+                   f"that fixed part predicts {min(r['predicted'] for r in floor):.1f}-"
+                   f"{max(r['predicted'] for r in floor):.1f}, so the fixed part is likely short, which would make "
+                   "TBO at small batches look cheaper than measured. A likely cause, seen after the miss: no "
+                   "constant was changed for it.")
     return out
 
 
@@ -363,6 +398,7 @@ def render() -> str:
         pub = f"x{lo:.3f}" if lo == hi else f"x{lo:.2f}-{hi:.2f}"
         lines.append(f"| {t['label']} | {pub} | x{t['predicted']:.3f} | {t['error_pct']:+.1f}% | "
                      f"{t['on_ms']:,.1f} / {t['off_ms']:,.1f} |")
+    lines += ["", *_tbo_miss_notes(tbo_ablation_rows())]
     lines += ["", "Single H100 layer capture (traces/observed/h100, 4 MoE layers, copies standing in for the network), "
               "median |error| per stage. " + tag("h100-capture"), "", "| stage | n | median abs error |", "|---|---:|---:|"]
     lines += [f"| {r['stage']} | {r['n']} | {r['median_abs_error_pct']:.1f}% |" for r in h100_capture_rows()]

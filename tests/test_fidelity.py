@@ -277,3 +277,18 @@ def test_two_batch_overlap_gains_what_the_lmsys_ablation_measured():
     assert abs(pre16k["predicted"] / 1.405 - 1) <= 0.10
     assert abs(dec256["predicted"] / 1.255 - 1) <= 0.10
     assert dec32["predicted"] < 1.0
+
+
+def test_a_tbo_row_outside_its_bar_says_what_the_split_pays_and_changes_nothing():
+    """A decode ablation row beyond the bar gets a note with the per-micro-batch all-to-all against the whole
+    batch's, the backend's fixed part, and the held-out one-token rows it contrasts with; a row inside gets none."""
+    from bench.validate import TBO_BAR_PCT, _tbo_miss_notes, tbo_ablation_rows
+    rows = tbo_ablation_rows()
+    notes = _tbo_miss_notes(rows)
+    missed = [r for r in rows if r["phase"] == "decode" and abs(r["error_pct"]) > TBO_BAR_PCT]
+    assert len(notes) == len(missed)
+    for r, note in zip(missed, notes):
+        assert note.startswith(f"- {r['label']}:") and "not re-tuned" in note
+        assert f"{r['a2a_on_us']:.1f} us" in note and f"{r['a2a_off_us']:.1f} us" in note
+        assert 2 * r["latency_us"] < r["a2a_on_us"] < r["a2a_off_us"]      # the split halves the bytes, not the fixed part
+    assert not _tbo_miss_notes([{**r, "error_pct": 0.0} for r in rows])
