@@ -27,11 +27,12 @@ browser:
 	    >/dev/null) || echo "note: could not install chromium: the browser tests will be skipped"; \
 	else echo "note: no chromium (install Debian's chromium and chromium-driver): browser tests skipped"; fi
 
-# The suite on up to TEST_WORKERS processes (pytest-xdist; 2 on CI's 2 cores); TEST_WORKERS=0 runs it in this
-# process (one test: `.venv/bin/pytest tests/test_x.py::name`, serial by default).
+# The suite on up to TEST_WORKERS processes (pytest-xdist; 2 on CI's 2 cores), a test file's tests on one process in
+# their order (--dist loadfile: README examples build on the files earlier ones wrote); TEST_WORKERS=0 runs it in
+# this process (one test: `.venv/bin/pytest tests/test_x.py::name`, serial by default).
 TEST_WORKERS ?= auto
 test: setup
-	$(BIN)/pytest -n $(TEST_WORKERS) --maxprocesses 4
+	$(BIN)/pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile
 
 demo: setup
 	@mkdir -p $(OUT)

@@ -352,7 +352,8 @@ def folder_files(path: Path) -> tuple[list[Path], list[str]]:
     """A folder's rank files, and a line for each file left out. File names that are not one rank each
     (data/annotations.toml [files]): an engine's merge of the rank files beside it is left out (the same
     events twice would make up ranks); rank files of several forward modes (SGLang's profile_by_stage:
-    a rank's prefill and its decode profiled apart, two runs) are refused, one stage per analysis."""
+    a rank's prefill and its decode profiled apart, two runs) are refused, one stage per analysis; a process's
+    earlier profiling cycles (torch.profiler's tensorboard_trace_handler files) are left out, its latest analysed."""
     from .stepnames import file_patterns
     files = sorted(p for p in path.iterdir() if p.name.endswith((".json", ".json.gz", ".pt.trace.json")) and p.is_file())
     if not files:
@@ -365,6 +366,8 @@ def folder_files(path: Path) -> tuple[list[Path], list[str]]:
         if sources:
             files.remove(f)
             notes.append(f"{f.name}: left out, the merge of the {len(sources)} rank files beside it (analysed instead)")
+    files, note = _latest_cycles(files, rules["cycle"])
+    notes += [note] if note else []
     stages: dict[str, list[str]] = {}
     for f in files:
         if m := rules["stage"].fullmatch(f.name):
@@ -374,6 +377,25 @@ def folder_files(path: Path) -> tuple[list[Path], list[str]]:
         raise UserError(f"{path}: rank files of {len(stages)} profiled stages ({names}): each stage was profiled "
                         f"apart, a run of its own; analyse one stage's files at a time (a folder each)")
     return files, notes
+
+
+def _latest_cycles(files: list[Path], rule: re.Pattern[str]) -> tuple[list[Path], str]:
+    """The files less the earlier profiling cycles of any process that wrote several (torch.profiler's
+    tensorboard_trace_handler names, data/annotations.toml [files] cycle), and a line naming what was left out."""
+    cycles: dict[str, list[tuple[int, Path]]] = {}
+    for f in files:
+        if m := rule.fullmatch(f.name):
+            cycles.setdefault(m.group("worker"), []).append((int(m.group("ns")), f))
+    earlier = [f for v in cycles.values() if len(v) > 1 for _, f in sorted(v)[:-1]]
+    if not earlier:
+        return files, ""
+    workers = [w for w, v in cycles.items() if len(v) > 1]
+    kept = [max(cycles[w])[1].name for w in workers]
+    return [f for f in files if f not in earlier], (
+        f"{len(earlier)} file(s) left out: earlier profiling cycles of the same process (torch.profiler's "
+        f"tensorboard_trace_handler writes one file per cycle, <worker>.<time>.pt.trace.json; worker(s) "
+        f"{', '.join(workers)}), not ranks: each process's latest cycle analysed ({', '.join(kept)}); name a "
+        f"file to analyse another, e.g. {earlier[0].name}")
 
 
 def file_phase(path: Path) -> str | None:

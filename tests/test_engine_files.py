@@ -2,7 +2,8 @@
 its rank files `<id>-TP-<r>[-<STAGE>].trace.json.gz` and may merge them into `merged-<id>.trace.json.gz`
 beside them (scheduler_profiler_mixin.py, utils/profile_merger.py). Neither may make up ranks: the merge
 is left out beside its sources, and files of two profiled stages (a rank's prefill and its decode,
-profiled apart) are refused in one line."""
+profiled apart) are refused in one line. torch.profiler's tensorboard_trace_handler writes one file per profiling
+cycle, `<worker>.<time_ns>.pt.trace.json` (torch/profiler/profiler.py): a process's cycles are not ranks either."""
 from __future__ import annotations
 
 import gzip
@@ -130,3 +131,51 @@ def test_older_sglang_stage_suffixes(tmp_path, capsys):
     (d / "1733-TP-0-1.trace.json.gz").write_bytes((DEEPEP / "rank0.json.gz").read_bytes())
     assert replay(["analyze", str(d)]) == 2
     assert "2 profiled stages" in capsys.readouterr().err
+
+
+def _cycles(d: Path, workers: dict[str, Path], cycles: int) -> list[Path]:
+    """tensorboard_trace_handler's files: each worker's capture once per cycle, named as the handler names them
+    (the later cycles' events moved 8 s on each, as a later cycle's are); returns each worker's latest file."""
+    d.mkdir()
+    latest = []
+    for worker, src in workers.items():
+        doc = json.loads(gzip.decompress(src.read_bytes()))
+        for k in range(cycles):
+            events = [{**e, "ts": e["ts"] + k * 8e6} if isinstance(e.get("ts"), (int, float)) else e
+                      for e in doc["traceEvents"]]
+            path = d / f"{worker}.{1733600000000000000 + k * 8_000_000_000}.pt.trace.json"
+            path.write_text(json.dumps({**doc, "traceEvents": events}))
+        latest.append(path)
+    return latest
+
+
+def _analysis(capsys, path: Path) -> tuple[dict, str]:
+    assert replay(["analyze", str(path), "--json", "--no-cache"]) == 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    return {"ranks": doc["ranks"], "layers": doc.get("layers")}, err
+
+
+def test_profiling_cycles_of_one_process_are_not_ranks(tmp_path, capsys):
+    """The profiler tutorial's recipe (schedule(..., repeat=2), on_trace_ready=tensorboard_trace_handler(DIR)) on one
+    process: two files, one rank - its latest cycle, exactly as that file alone - and one line naming the earlier."""
+    latest = _cycles(tmp_path / "one", {"myhost_4242": CAP / "rank0.json.gz"}, cycles=2)
+    got, err = _analysis(capsys, tmp_path / "one")
+    want, _ = _analysis(capsys, latest[0])
+    assert len(got["ranks"]) == 1 and got == want
+    assert len(err.strip().splitlines()) == 1 and "profiling cycles" in err
+    assert "myhost_4242.1733600000000000000.pt.trace.json" in err        # the earlier cycle, named
+
+
+def test_each_process_keeps_its_latest_cycle(tmp_path, capsys):
+    """Two processes (the two H200 ranks), three cycles each: two ranks, the same as a folder of the latest files;
+    one cycle per process: no line, as before."""
+    latest = _cycles(tmp_path / "two", {"node_1": CAP / "rank0.json.gz", "node_2": CAP / "rank1.json.gz"}, cycles=3)
+    got, err = _analysis(capsys, tmp_path / "two")
+    only = tmp_path / "latest"
+    only.mkdir()
+    for f in latest:
+        (only / f.name).write_bytes(f.read_bytes())
+    want, quiet = _analysis(capsys, only)
+    assert len(got["ranks"]) == 2 and got == want and not quiet.strip()
+    assert "4 file(s) left out" in err and "node_1, node_2" in err
