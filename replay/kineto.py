@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import zlib
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Protocol
 
@@ -353,7 +354,8 @@ def folder_files(path: Path) -> tuple[list[Path], list[str]]:
     (data/annotations.toml [files]): an engine's merge of the rank files beside it is left out (the same
     events twice would make up ranks); rank files of several forward modes (SGLang's profile_by_stage:
     a rank's prefill and its decode profiled apart, two runs) are refused, one stage per analysis; a process's
-    earlier profiling cycles (torch.profiler's tensorboard_trace_handler files) are left out, its latest analysed."""
+    earlier profiling cycles (torch.profiler's tensorboard_trace_handler files) are left out, its latest analysed; a
+    gzip copy beside its file (X.json.gz beside X.json) is left out."""
     from .stepnames import file_patterns
     files = sorted(p for p in path.iterdir() if p.name.endswith((".json", ".json.gz", ".pt.trace.json")) and p.is_file())
     if not files:
@@ -366,8 +368,9 @@ def folder_files(path: Path) -> tuple[list[Path], list[str]]:
         if sources:
             files.remove(f)
             notes.append(f"{f.name}: left out, the merge of the {len(sources)} rank files beside it (analysed instead)")
-    files, note = _latest_cycles(files, rules["cycle"])
-    notes += [note] if note else []
+    for rule in (_gzip_twins, partial(_latest_cycles, rule=rules["cycle"])):
+        files, note = rule(files)
+        notes += [note] if note else []
     stages: dict[str, list[str]] = {}
     for f in files:
         if m := rules["stage"].fullmatch(f.name):
@@ -377,6 +380,18 @@ def folder_files(path: Path) -> tuple[list[Path], list[str]]:
         raise UserError(f"{path}: rank files of {len(stages)} profiled stages ({names}): each stage was profiled "
                         f"apart, a run of its own; analyse one stage's files at a time (a folder each)")
     return files, notes
+
+
+def _gzip_twins(files: list[Path]) -> tuple[list[Path], str]:
+    """The files less any gzip copy beside its file (X.json.gz beside X.json: one trace twice, never two ranks),
+    and a line naming what was left out."""
+    plain = {f.name for f in files}
+    twins = [f for f in files if f.name.endswith(".gz") and f.name[:-3] in plain]
+    if not twins:
+        return files, ""
+    named = ", ".join(f.name for f in twins[:3]) + (", ..." if len(twins) > 3 else "")
+    return [f for f in files if f not in twins], (f"{len(twins)} file(s) left out: gzip copies of the files beside "
+                                                  f"them ({named}); the uncompressed files analysed")
 
 
 def _latest_cycles(files: list[Path], rule: re.Pattern[str]) -> tuple[list[Path], str]:

@@ -179,3 +179,17 @@ def test_each_process_keeps_its_latest_cycle(tmp_path, capsys):
     want, quiet = _analysis(capsys, only)
     assert len(got["ranks"]) == 2 and got == want and not quiet.strip()
     assert "4 file(s) left out" in err and "node_1, node_2" in err
+
+
+def test_a_gzip_copy_beside_its_file_is_not_another_rank(tmp_path, capsys):
+    """rank0.json kept beside rank0.json.gz (a copy gzipped to share): two ranks, as without the copy, and one
+    line naming it; before, the copy was a third rank doubling the straggler's cost."""
+    d = tmp_path / "twins"
+    d.mkdir()
+    for r in (0, 1):
+        (d / f"rank{r}.json.gz").write_bytes((CAP / f"rank{r}.json.gz").read_bytes())
+    want, quiet = _analysis(capsys, d)
+    (d / "rank0.json").write_bytes(gzip.decompress((CAP / "rank0.json.gz").read_bytes()))
+    got, err = _analysis(capsys, d)
+    assert len(got["ranks"]) == 2 and got == want and not quiet.strip()
+    assert len(err.strip().splitlines()) == 1 and "rank0.json.gz" in err and "gzip copies" in err
