@@ -51,6 +51,10 @@ CORPUS.update({f"nccl-a2a/smoke-ep1-{n}": (OBS / "nccl-a2a" / "smoke-ep1" / n, N
 # the Qwen3 prefill with each layer compiled (traces/observed/qwen3-prefill, --compile), added 2026-12-07 after it was
 # seen: its tracegen row was pinned before the capture, no whatif check was
 CORPUS.update({"qwen3-prefill/h100-compiled": (OBS / "qwen3-prefill" / "qwen3-prefill-compiled.json.gz", None)})
+# torch.profiler's tensorboard_trace_handler, two profiling cycles of one process (traces/observed/profiler-cycles,
+# bench/capture/capture_cycles.py), added 2026-12-08 after it was seen: each cycle's file re-timed alone
+CORPUS.update({f"profiler-cycles/{n}": (f, None) for n, f in zip(
+    ("cycle-1", "cycle-2"), sorted((OBS / "profiler-cycles").glob("*.pt.trace.json.gz")))})
 # held out: a Qwen3-30B-A3B-shaped eager prefill on one H100 (traces/observed/qwen3-prefill), its check pinned
 # 2026-12-07 before the capture (tests/test_qwen3_prefill.py)
 QWEN3_PREFILL = {"qwen3-prefill/h100": (OBS / "qwen3-prefill" / "qwen3-prefill.json.gz", None)}

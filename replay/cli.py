@@ -215,6 +215,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 raise UserError(f"--rank-map takes OBS:PRED pairs like 0:0,1:1, got {item!r}") from None
             rank_map[o] = p
     rules = load_stage_rules(args.stages)
+    _check_traces(args.predicted, args.observed)
     pred = analyze(args.predicted, taxonomy=args.taxonomy, use_cache=not args.no_cache, strict=args.strict)
     obs, note = analyze_one_step(args.observed, args.step, taxonomy=args.taxonomy, use_cache=not args.no_cache,
                                  strict=args.strict)
@@ -259,6 +260,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .analyze import analyze
     from .merge import merge
+    _check_traces(args.folder)
     a = analyze(args.folder, taxonomy=args.taxonomy, use_cache=not args.no_cache, strict=args.strict,
                 allow_mixed=args.allow_mixed)
     res = merge(args.folder, args.output, a.peers.offsets_us)
@@ -283,6 +285,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     from tracegen.trace import output_format
     output_format(args.output)
+    _check_traces(args.observed)
     a, note = analyze_one_step(args.observed, args.step, taxonomy=args.taxonomy, rank=args.rank,
                                use_cache=not args.no_cache, strict=args.strict, findings=False)
     warn_skipped(a)
@@ -365,6 +368,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     from .analyze import analyze
     from .sql import describe, query
+    _check_traces(args.trace)
     a = analyze(args.trace, taxonomy=args.taxonomy, use_cache=not args.no_cache, step_regex=args.step_regex,
                 strict=args.strict)
     warn_skipped(a)

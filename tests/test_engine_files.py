@@ -193,3 +193,25 @@ def test_a_gzip_copy_beside_its_file_is_not_another_rank(tmp_path, capsys):
     got, err = _analysis(capsys, d)
     assert len(got["ranks"]) == 2 and got == want and not quiet.strip()
     assert len(err.strip().splitlines()) == 1 and "rank0.json.gz" in err and "gzip copies" in err
+
+
+CYCLES = CAP.parent / "profiler-cycles"
+
+
+def test_a_real_tensorboard_trace_handler_folder_is_one_rank(tmp_path, capsys):
+    """The handler's own files (traces/observed/profiler-cycles: the tutorial's repeat=2 on one H100): the folder is
+    the latest cycle alone, one rank, and the warning names the earlier file; each file alone holds its cycle's
+    profiled steps (the capture's truth)."""
+    truth = json.loads((CYCLES / "cycles-capture.json").read_text())
+    files = [CYCLES / n for n in truth["files"]]
+    d = tmp_path / "log"
+    d.mkdir()
+    for f in files:
+        (d / f.name).write_bytes(f.read_bytes())
+    got, err = _analysis(capsys, d)
+    want, _ = _analysis(capsys, files[-1])
+    assert len(got["ranks"]) == 1 and got == want
+    assert files[0].name in err and "profiling cycles" in err
+    for f in files:
+        steps = _steps(capsys, f)
+        assert len(steps) == truth["profiled_steps_per_cycle"]
