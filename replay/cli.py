@@ -129,7 +129,7 @@ def _in_stages(path: str, jobs: int, cluster: str | None) -> bool:
     return len(files) > 1 and (jobs > 1 or bool(cluster) or sum(f.stat().st_size for f in files) > WHOLE_TABLE_MAX_BYTES)
 
 
-def _check_traces(*paths: str) -> None:
+def check_traces(*paths: str) -> None:
     """A trace path that is not there (or an empty folder) is refused before the analysis modules
     (pandas among them) load: the one-line error comes at once; a file a folder's listing leaves
     out is named on stderr."""
@@ -165,7 +165,7 @@ def _analyze(args: argparse.Namespace, staged: bool, early: Any) -> Any:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    _check_traces(args.trace)
+    check_traces(args.trace)
     from .parallel import MAX_JOBS
     if args.jobs is None:
         args.jobs = 1 if args.cluster else _auto_jobs(args.trace)
@@ -215,7 +215,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 raise UserError(f"--rank-map takes OBS:PRED pairs like 0:0,1:1, got {item!r}") from None
             rank_map[o] = p
     rules = load_stage_rules(args.stages)
-    _check_traces(args.predicted, args.observed)
+    check_traces(args.predicted, args.observed)
     pred = analyze(args.predicted, taxonomy=args.taxonomy, use_cache=not args.no_cache, strict=args.strict)
     obs, note = analyze_one_step(args.observed, args.step, taxonomy=args.taxonomy, use_cache=not args.no_cache,
                                  strict=args.strict)
@@ -233,7 +233,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    _check_traces(args.before, args.after)
+    check_traces(args.before, args.after)
     from tracegen.base.fileio import atomic_write
 
     from .analyze import analyze
@@ -260,7 +260,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .analyze import analyze
     from .merge import merge
-    _check_traces(args.folder)
+    check_traces(args.folder)
     a = analyze(args.folder, taxonomy=args.taxonomy, use_cache=not args.no_cache, strict=args.strict,
                 allow_mixed=args.allow_mixed)
     res = merge(args.folder, args.output, a.peers.offsets_us)
@@ -285,7 +285,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     from tracegen.trace import output_format
     output_format(args.output)
-    _check_traces(args.observed)
+    check_traces(args.observed)
     a, note = analyze_one_step(args.observed, args.step, taxonomy=args.taxonomy, rank=args.rank,
                                use_cache=not args.no_cache, strict=args.strict, findings=False)
     warn_skipped(a)
@@ -368,7 +368,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     from .analyze import analyze
     from .sql import describe, query
-    _check_traces(args.trace)
+    check_traces(args.trace)
     a = analyze(args.trace, taxonomy=args.taxonomy, use_cache=not args.no_cache, step_regex=args.step_regex,
                 strict=args.strict)
     warn_skipped(a)

@@ -215,3 +215,14 @@ def test_a_real_tensorboard_trace_handler_folder_is_one_rank(tmp_path, capsys):
     for f in files:
         steps = _steps(capsys, f)
         assert len(steps) == truth["profiled_steps_per_cycle"]
+
+
+def test_every_command_that_reads_the_folder_names_what_it_left_out(tmp_path, capsys):
+    """whatif and viz html read the folder as analyze does, and say so: the earlier cycle named on stderr."""
+    from viz.cli import main as viz
+    latest = _cycles(tmp_path / "log", {"myhost_4242": CAP / "rank0.json.gz"}, cycles=2)
+    assert replay(["whatif", str(tmp_path / "log"), "-o", str(tmp_path / "w.json"), "--no-cache"]) == 2
+    err = capsys.readouterr().err       # refused (no stage to re-time), after the line on the folder
+    assert "profiling cycles" in err and latest[0].name in err and "no stage of rank 0" in err
+    assert viz(["html", str(tmp_path / "log"), "-o", str(tmp_path / "r.html"), "--no-cache"]) == 0
+    assert "profiling cycles" in capsys.readouterr().err

@@ -35,16 +35,19 @@ examples:
 
 def cmd_html(args: argparse.Namespace) -> int:
     from replay.analyze import analyze
+    from replay.cli import check_traces, warn_skipped
 
     from .report import build, write_html
     if not args.output.endswith((".html", ".htm")):
         raise UserError(f"-o {args.output}: name the report *.html")
     if args.align_layer is not None and len(args.traces) == 1:
         raise UserError("--align-layer lines up two traces; give PREDICTED OBSERVED")
+    check_traces(*args.traces)          # a folder's left-out files named on stderr, as replay does
     analyses = []
     for path, label in zip(args.traces, labels(args.traces)):
         a = analyze(path, taxonomy=args.taxonomy, rank=args.rank, use_cache=not args.no_cache,
                     strict=args.strict)
+        warn_skipped(a)
         analyses.append((label, a))
     layout = build(analyses, show_cpu=args.cpu, align_layer=args.align_layer, layer_offset=args.layer_offset,
                    stages_file=args.stages, ranks_spec=args.timeline_ranks)
