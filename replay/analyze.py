@@ -13,7 +13,7 @@ from . import steps as step_analysis
 from .analysis import Analysis
 from .cache import load_cached
 from .events import Trace
-from .kineto import file_phase
+from .kineto import file_phase, left_out
 from .pipeline import (
     Options,
     assemble,
@@ -100,6 +100,7 @@ def analyze(path: str | Path, taxonomy: str | None = None, rank: int | None = No
     events = p.events
     peers, events = peer_analysis.analyze(events, trace.meta, allow_mixed)   # all ranks, before --rank: one clock
     warnings = [("ranks_disagree", w) for w in step_analysis.disagreements(p.spans, p.ranks) + peers.warnings]
+    warnings += [("left_out_file", note) for note in left_out(Path(path))]
     t0 = float(events["start_us"].min())
     events = narrow(events, rank, window, t0)
     return assemble(trace, events, p.how, [per_rank(events, trace.flows, peers, opts)], peers, warnings, opts,

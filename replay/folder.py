@@ -32,7 +32,7 @@ from . import steps as step_analysis
 from .analysis import Analysis
 from .cache import cache_dir, load_file_cached
 from .events import Trace, folder_progress, merge_meta, rank_hints, rank_shifts, split_results, trace_files
-from .kineto import file_phase
+from .kineto import file_phase, left_out
 from .peers import Peers
 from .pipeline import (
     Options,
@@ -157,6 +157,7 @@ def _across(path: str | Path, parts: list[dict[str, Any]], meta: dict[str, Any],
                                 opts.allow_mixed)
     all_ranks = sorted({r for p in parts for r in p["ranks"]})
     warnings = [("ranks_disagree", w) for w in step_analysis.disagreements(spans, all_ranks) + peers.warnings]
+    warnings += [("left_out_file", note) for note in left_out(Path(path))]
     if opts.rank is not None:
         check_rank(opts.rank, in_step)
     off = peers.offsets_us

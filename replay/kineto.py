@@ -382,6 +382,11 @@ def folder_files(path: Path) -> tuple[list[Path], list[str]]:
     return files, notes
 
 
+def left_out(path: Path) -> list[str]:
+    """The lines naming what a folder's listing leaves out (folder_files); none for a file."""
+    return folder_files(path)[1] if path.is_dir() else []
+
+
 def _gzip_twins(files: list[Path]) -> tuple[list[Path], str]:
     """The files less any gzip copy beside its file (X.json.gz beside X.json: one trace twice, never two ranks),
     and a line naming what was left out."""

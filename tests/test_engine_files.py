@@ -226,3 +226,14 @@ def test_every_command_that_reads_the_folder_names_what_it_left_out(tmp_path, ca
     assert "profiling cycles" in err and latest[0].name in err and "no stage of rank 0" in err
     assert viz(["html", str(tmp_path / "log"), "-o", str(tmp_path / "r.html"), "--no-cache"]) == 0
     assert "profiling cycles" in capsys.readouterr().err
+
+
+def test_the_json_says_what_the_folder_left_out(tmp_path, capsys):
+    """For scripts: each left-out file is a suspicious_input entry (left_out_file), in the one-table and the
+    two-stage analysis alike."""
+    _cycles(tmp_path / "log", {"node_1": CAP / "rank0.json.gz", "node_2": CAP / "rank1.json.gz"}, cycles=2)
+    for extra in ((), ("--jobs", "2")):
+        assert replay(["analyze", str(tmp_path / "log"), "--json", "--no-cache", *extra]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        left = [s for s in doc["suspicious_input"] if s["what"] == "left_out_file"]
+        assert len(doc["ranks"]) == 2 and len(left) == 1 and "2 file(s) left out" in left[0]["message"]
