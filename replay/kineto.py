@@ -415,7 +415,7 @@ def _latest_cycles(files: list[Path], rule: re.Pattern[str]) -> tuple[list[Path]
         f"{len(earlier)} file(s) left out: earlier profiling cycles of the same process (torch.profiler's "
         f"tensorboard_trace_handler writes one file per cycle, <worker>.<time>.pt.trace.json; worker(s) "
         f"{', '.join(workers)}), not ranks: each process's latest cycle analysed ({', '.join(kept)}); name a "
-        f"file to analyse another, e.g. {earlier[0].name}")
+        f"file to analyse another, e.g. {earlier[0].name}, or compare two with `replay diff EARLIER LATER`")
 
 
 def file_phase(path: Path) -> str | None:
