@@ -334,9 +334,33 @@ def rank_from_name(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
+SNIFF_BYTES = 1 << 20       # the head of a file read to tell a trace from other JSON beside it (config, metadata)
+
+
+def looks_like_trace(path: Path) -> bool:
+    """Whether a file's head (gzip decompressed) reads as a Chrome / Kineto trace: a JSON array, or an object
+    whose first MB names traceEvents. A file that does not is left out of the places rank_hints counts."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+        if head[:2] == b"\x1f\x8b":
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, SNIFF_BYTES)
+    except (OSError, zlib.error):
+        return True             # unreadable here: the parse says why, in its place
+    body = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    return body[:1] == b"[" or _KEY in head
+
+
 def rank_hints(files: list[Path]) -> list[int | None]:
-    """Per file of a folder, the rank it gets if it names none: its place, unless its name gives one."""
-    return [i if rank_from_name(f) is None else None for i, f in enumerate(files)]
+    """Per file of a folder, the rank it gets if it names none: its place among the folder's traces (a JSON
+    file beside them that is not one, such as a capture's metadata, takes no place), unless its name gives one."""
+    out: list[int | None] = []
+    place = 0
+    for f in files:
+        named = rank_from_name(f) is not None
+        out.append(None if named else place)
+        place += named or looks_like_trace(f)
+    return out
 
 
 def trace_files(path: Path) -> list[Path]:

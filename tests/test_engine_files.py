@@ -237,3 +237,19 @@ def test_the_json_says_what_the_folder_left_out(tmp_path, capsys):
         doc = json.loads(capsys.readouterr().out)
         left = [s for s in doc["suspicious_input"] if s["what"] == "left_out_file"]
         assert len(doc["ranks"]) == 2 and len(left) == 1 and "2 file(s) left out" in left[0]["message"]
+
+
+def test_a_json_file_that_is_no_trace_takes_no_rank_place(tmp_path, capsys):
+    """Files that name no rank take their place among the folder's traces: a metadata JSON sorted before them
+    (a capture's notes, a config) is left out with its line and moves no rank (before: ranks 1 and 2)."""
+    d = tmp_path / "unnamed"
+    d.mkdir()
+    (d / "0-notes.json").write_text(json.dumps({"what": "the run's settings", "batch": 8}))
+    truth = json.loads((CYCLES / "cycles-capture.json").read_text())
+    for name, src in zip(("a.json.gz", "b.json.gz"), truth["files"]):
+        (d / name).write_bytes((CYCLES / src).read_bytes())
+    for extra in ((), ("--jobs", "2")):
+        assert replay(["analyze", str(d), "--json", "--no-cache", *extra]) == 0
+        out, err = capsys.readouterr()
+        assert [r["rank"] for r in json.loads(out)["ranks"]] == [0, 1]
+        assert "0-notes.json" in err
