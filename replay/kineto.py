@@ -430,11 +430,11 @@ def _latest_cycles(files: list[Path], rule: re.Pattern[str]) -> tuple[list[Path]
     for f in files:
         if m := rule.fullmatch(f.name):
             cycles.setdefault(m.group("worker"), []).append((int(m.group("ns")), f))
-    earlier = [f for v in cycles.values() if len(v) > 1 for _, f in sorted(v)[:-1]]
-    if not earlier:
+    several = {w: [f for _, f in sorted(v)] for w, v in cycles.items() if len(v) > 1}     # oldest first
+    if not several:
         return files, ""
-    workers = [w for w, v in cycles.items() if len(v) > 1]
-    kept = [max(cycles[w])[1].name for w in workers]
+    earlier = [f for v in several.values() for f in v[:-1]]
+    workers, kept = list(several), [v[-1].name for v in several.values()]
     return [f for f in files if f not in earlier], (
         f"{len(earlier)} file(s) left out: earlier profiling cycles of the same process (torch.profiler's "
         f"tensorboard_trace_handler writes one file per cycle, <worker>.<time>.pt.trace.json; worker(s) "
