@@ -193,16 +193,21 @@ def no_gpu_error(path: str | Path, meta: dict | None = None, cats: pd.Series | N
     """The trace has no GPU work; an Ascend (torch_npu) trace, whose NPU tasks sit under a process named
     'Ascend Hardware' with no kernel category, is told apart: replay does not read NPU timelines. `cats`
     (the events' count per category) are named, so a trace of another device (MTIA's mtia_ccp_events, a CUPTI
-    profiler range) says what it holds instead."""
+    profiler range) says what it holds instead; so does one of XLA's profiler (JAX, TensorFlow: processes named
+    /device:GPU:0 and /host:CPU, no categories)."""
     names = " ".join(str(n) for n in ((meta or {}).get("process_names") or {}).values())
     if "Ascend" in names or "NPU" in names:
         return UserError(f"{path}: an Ascend (torch_npu) trace: its NPU tasks ('Ascend Hardware') are not a GPU "
                          "timeline replay reads (kernels of a Kineto CUDA or ROCm trace); model Ascend layers with "
                          "`tracegen --hardware ascend-910c`")
+    if any(n.startswith(("/device:", "/host:")) for n in names.split()):
+        return UserError(f"{path}: an XLA profiler trace (JAX / TensorFlow: processes named /device:GPU:0, /host:CPU): "
+                         "its device ops carry no Kineto categories or launch correlations; replay reads PyTorch-"
+                         "profiler (Kineto) traces")
     held = ""
     if cats is not None and len(cats):
         top = cats[cats > 0].sort_values(ascending=False, kind="stable")
-        held = " (its events: " + ", ".join(f"{c} x{n:,}" for c, n in top.head(6).items()) + \
+        held = " (its events: " + ", ".join(f"{c or 'no category'} x{n:,}" for c, n in top.head(6).items()) + \
             (", ..." if len(top) > 6 else "") + ")"
     return UserError(f"{path}: no GPU events (kernels, memcpy) in the trace{held}; replay reads CUDA or ROCm "
                      "kernels: was it captured with ProfilerActivity.CUDA?")

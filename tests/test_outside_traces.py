@@ -464,3 +464,26 @@ def test_a_trace_of_another_device_names_what_it_holds(tmp_path, capsys):
     assert main(["analyze", str(d), "--no-cache"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cpu_op x60, mtia_ccp_events x40" in err[0], err
+
+
+def test_an_xla_trace_is_named_and_uncategorised_events_are_counted(tmp_path, capsys):
+    """XLA's profiler (JAX, TensorFlow) names its processes /device:GPU:0 and /host:CPU and gives its events
+    no category: replay has no Kineto kernels to read there and says whose trace it is, in one line (exit 2);
+    a trace whose events carry no category at all, under other names, counts them as 'no category' (the line
+    once read 'its events:  x200')."""
+    from replay.cli import main
+    ev = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+          {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}}]
+    ev += [{"ph": "X", "pid": 1, "tid": 7, "ts": 25.0 * i, "dur": 20.0, "name": f"fusion.{i % 7}"} for i in range(100)]
+    ev += [{"ph": "X", "pid": 2, "tid": 1, "ts": 25.0 * i, "dur": 3.0, "name": "ThunkExecutor::Execute"}
+           for i in range(100)]
+    p = tmp_path / "jax.json"
+    p.write_text(json.dumps({"displayTimeUnit": "ns", "traceEvents": ev}))
+    assert main(["analyze", str(p), "--no-cache"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "an XLA profiler trace" in err[0], err
+    q = tmp_path / "plain.json"
+    q.write_text(json.dumps({"traceEvents": ev[2:]}))
+    assert main(["analyze", str(q), "--no-cache"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no category x200" in err[0] and "XLA" not in err[0], err
