@@ -35,6 +35,7 @@ from typing import Any, Callable
 import msgspec
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
 from tracegen.base import contract
 from tracegen.base.errors import UserError
@@ -368,11 +369,23 @@ def load(path: str | Path, progress: bool | None = None, strict: bool = False, j
         if shift:
             p.events["rank"] = p.events["rank"] + shift
             p.flows["rank"] = p.flows["rank"] + shift
-    events = pd.concat([p.events for p in parts], ignore_index=True)
-    for col in STRING_COLUMNS:
-        events[col] = events[col].astype("category")
+    events = _concat_ranks([p.events for p in parts])
     meta = merge_meta([p.meta for p in parts], kept, skipped, collisions)
     return Trace(events, pd.concat([p.flows for p in parts], ignore_index=True), meta, [str(f) for f in kept])
+
+
+def _concat_ranks(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The ranks' tables as one, the string columns kept categorical by uniting their categories (pandas'
+    concat turns categoricals whose categories differ into strings, which cost more than the rest of the
+    join on large folders)."""
+    coded = [c for c in frames[0].columns if isinstance(frames[0][c].dtype, pd.CategoricalDtype)]
+    events = pd.concat([f.drop(columns=coded) for f in frames], ignore_index=True)
+    for col in coded:
+        events[col] = union_categoricals([f[col] for f in frames], sort_categories=True)
+    for col in STRING_COLUMNS:
+        if col not in coded:
+            events[col] = events[col].astype("category")
+    return events[list(frames[0].columns)]
 
 
 def parse_one(path: str, rank: int | None) -> Any:

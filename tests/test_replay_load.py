@@ -64,6 +64,28 @@ def test_folder_of_ranks(tmp_path):
     assert sorted(t.events["rank"].unique()) == [0, 1]
 
 
+def test_a_folders_ranks_join_with_their_strings_intact(tmp_path):
+    """The ranks' tables are joined with their string columns kept categorical (categories united, sorted as
+    astype('category') sorts them): every value is the one its file gave, in file order, and a name only one
+    rank has stays."""
+    from replay.columns import STRING_COLUMNS
+    from replay.events import load_file
+    d = tmp_path / "ranks"
+    d.mkdir()
+    for r in (0, 1):
+        obj = _kineto(rank=r)
+        obj["traceEvents"][-1]["name"] = f"only_on_rank{r}"
+        (d / f"rank{r}.json").write_text(json.dumps(obj))
+    t = load(d).events
+    alone = [load_file(d / f"rank{r}.json").events for r in (0, 1)]
+    for col in STRING_COLUMNS + ("device",):
+        assert str(t[col].dtype) == "category", col
+        assert list(t[col].cat.categories) == sorted(t[col].cat.categories), col
+        assert list(t[col].astype(str)) == [v for a in alone for v in a[col].astype(str)], col
+    assert {"only_on_rank0", "only_on_rank1"} <= set(t["name"].astype(str))
+    assert (t["start_us"].to_numpy() == [v for a in alone for v in a["start_us"]]).all()
+
+
 def test_begin_end_events_become_slices(tmp_path):
     ev = [{"ph": "B", "name": "k", "cat": "kernel", "pid": 0, "tid": 1, "ts": 10},
           {"ph": "E", "pid": 0, "tid": 1, "ts": 25}]
