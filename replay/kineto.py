@@ -329,9 +329,13 @@ def rank_from_name(path: Path) -> int | None:
     """The rank a per-rank file's name gives (rank3.json, trace_3.json, vLLM's ...-rank-3.<ns>.pt.trace.json,
     SGLang's <id>-TP-3[-DP-0][-EP-3][-DECODE].trace.json.gz: its TP rank, the rank within the model's
     group), if any."""
-    m = (re.search(r"rank[_\-]?(\d+)", path.name, re.I) or re.search(r"(?:^|[_\-.])TP-(\d+)(?=[-.])", path.name)
-         or re.search(r"[_\-.](\d+)\.json", path.name))
+    m = _keyword_rank(path.name) or re.search(r"[_\-.](\d+)\.json", path.name)
     return int(m.group(1)) if m else None
+
+
+def _keyword_rank(name: str) -> re.Match[str] | None:
+    """A rank a name states with a word (rank3, TP-3), not by a bare number's place."""
+    return re.search(r"rank[_\-]?(\d+)", name, re.I) or re.search(r"(?:^|[_\-.])TP-(\d+)(?=[-.])", name)
 
 
 SNIFF_BYTES = 1 << 20       # the head of a file read to tell a trace from other JSON beside it (config, metadata)
@@ -352,8 +356,12 @@ def looks_like_trace(path: Path) -> bool:
 
 
 def rank_hints(files: list[Path]) -> list[int | None]:
-    """Per file of a folder, the rank it gets if it names none: its place among the folder's traces (a JSON
-    file beside them that is not one, such as a capture's metadata, takes no place), unless its name gives one."""
+    """Per file of a folder, the rank it gets if it names none: the one number that tells the folder's names apart
+    (varying_number), else its place among the folder's traces (a JSON file beside them that is not one, such as a
+    capture's metadata, takes no place), unless its name gives one (None: rank_from_name's)."""
+    varying = varying_number(files)
+    if varying is not None:
+        return list(varying)
     out: list[int | None] = []
     place = 0
     for f in files:
@@ -361,6 +369,29 @@ def rank_hints(files: list[Path]) -> list[int | None]:
         out.append(None if named else place)
         place += named or looks_like_trace(f)
     return out
+
+
+_SUFFIX = re.compile(r"(?:\.pt)?(?:\.trace)?\.json(?:\.gz)?$")
+
+
+def varying_number(files: list[Path]) -> list[int] | None:
+    """Where a folder's file names share one pattern with several numbers and exactly one number differs from
+    file to file, each file's value of it (`trace_<rank>_<step>.json`: trace_0_17, trace_1_17 are ranks 0 and 1,
+    where rank_from_name alone would read the last number, 17, for both); else None (one number a name, several
+    that differ, or names of different patterns, or names that state their rank with a word: rank0_step5.json)."""
+    if len(files) < 2 or any(_keyword_rank(f.name) for f in files):
+        return None
+    stems = [_SUFFIX.sub("", f.name) for f in files]
+    if len({re.sub(r"\d+", "#", s) for s in stems}) != 1:
+        return None
+    numbers = [re.findall(r"\d+", s) for s in stems]
+    if len(numbers[0]) < 2:
+        return None
+    differ = [i for i in range(len(numbers[0])) if len({int(n[i]) for n in numbers}) > 1]
+    if len(differ) != 1:
+        return None
+    values = [int(n[differ[0]]) for n in numbers]
+    return values if len(set(values)) == len(values) else None
 
 
 def trace_files(path: Path) -> list[Path]:

@@ -42,8 +42,10 @@ def _rank(doc: dict[str, Any], path: Path, hint: int | None) -> int:
     r = info.get("rank") if isinstance(info, dict) else None
     if isinstance(r, int) and not isinstance(r, bool) and r >= 0:
         return r
+    if hint is not None:            # the folder's names (rank_hints), or the file's place among them
+        return hint
     named = rank_from_name(path)
-    return named if named is not None else int(hint or 0)
+    return named if named is not None else 0
 
 
 def _pid(e: dict[str, Any]) -> Any:

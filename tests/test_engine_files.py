@@ -253,3 +253,28 @@ def test_a_json_file_that_is_no_trace_takes_no_rank_place(tmp_path, capsys):
         out, err = capsys.readouterr()
         assert [r["rank"] for r in json.loads(out)["ranks"]] == [0, 1]
         assert "0-notes.json" in err
+
+
+def test_the_number_that_tells_a_folders_names_apart_is_the_rank(tmp_path, capsys):
+    """Files named trace_<rank>_<step>.json with no distributedInfo: the one number that differs between the
+    folder's names is the rank (before: the last number, the step, was every file's rank: both files rank 17).
+    A name that states its rank with a word keeps it (rank0_step5 / rank0_step6 are not ranks 5 and 6)."""
+    from replay.kineto import varying_number
+    d = tmp_path / "steps"
+    d.mkdir()
+    for r in (0, 1):
+        doc = json.loads(gzip.decompress((CAP / f"rank{r}.json.gz").read_bytes()))
+        doc.pop("distributedInfo", None)
+        (d / f"trace_{r}_17.json.gz").write_bytes(gzip.compress(json.dumps(doc).encode()))
+    for extra in ((), ("--jobs", "2")):
+        assert replay(["analyze", str(d), "--json", "--no-cache", *extra]) == 0
+        out, err = capsys.readouterr()
+        assert [r["rank"] for r in json.loads(out)["ranks"]] == [0, 1], err
+    assert replay(["merge", str(d), "-o", str(tmp_path / "m.json.gz"), "--json", "--no-cache"]) == 0
+    assert [r["rank"] for r in json.loads(capsys.readouterr().out)["ranks"]] == [0, 1]
+    names = lambda *n: [Path(x) for x in n]  # noqa: E731
+    assert varying_number(names("gpu0_iter7.json", "gpu1_iter7.json")) == [0, 1]
+    assert varying_number(names("rank0_step5.json", "rank0_step6.json")) is None
+    assert varying_number(names("a-TP-0-DP-0-EP-0.trace.json.gz", "a-TP-1-DP-0-EP-1.trace.json.gz")) is None
+    assert varying_number(names("trace_3.json", "trace_4.json")) is None          # one number: rank_from_name's
+    assert varying_number(names("x_0_1.json", "x_1_2.json")) is None              # two numbers differ
