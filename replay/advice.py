@@ -13,8 +13,8 @@ from importlib import resources
 from tracegen.base.contract import IDLE_GROUPS
 
 # recurring: the finding's call does it in 2 or more profiled steps; syncs: the rank's steps wait in host syncs;
-# collective: the call is a collective's host path (advice.toml [conditions] collective)
-WHEN = ("always", "tbo", "no_tbo", "recurring", "syncs", "collective")
+# the names of advice.toml's [conditions] (collective, device_free): the call the CPU sat in matches that regex
+WHEN = ("always", "tbo", "no_tbo", "recurring", "syncs")
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,9 @@ def _raw() -> dict:
 
 
 @lru_cache(maxsize=1)
-def collective() -> re.Pattern[str]:
-    """The names of a collective's host path (c10d's ops, the profiler's record_param_comms and nccl: ranges)."""
-    return re.compile(_raw()["conditions"]["collective"])
+def conditions() -> dict[str, re.Pattern[str]]:
+    """advice.toml's conditions on the call the CPU sat in (a collective's host path, a device free), by name."""
+    return {name: re.compile(rx) for name, rx in _raw()["conditions"].items()}
 
 
 @lru_cache(maxsize=1)
@@ -43,7 +43,7 @@ def load() -> tuple[Advice, ...]:
     rows = tuple(Advice(r["cause"], r["group"], r.get("when", "always"), r["what"], r["advice"])
                  for r in raw["advice"])
     for r in rows:
-        if r.group not in IDLE_GROUPS.get(r.cause, ()) or r.when not in WHEN:
+        if r.group not in IDLE_GROUPS.get(r.cause, ()) or (r.when not in WHEN and r.when not in conditions()):
             raise ValueError(f"advice.toml: unknown cause/group/when {r.cause}/{r.group}/{r.when}")
     return rows
 
@@ -54,7 +54,8 @@ def pick(cause: str, group: str, comm: bool, microbatches: int, steps: int = 0, 
     sync wait sat in, "" for none) and the finding (`steps`: the profiled steps in which its call held
     the launch path the same way; `call`: the span the CPU sat in) meet."""
     ctx = {"always": True, "tbo": comm and microbatches >= 2, "no_tbo": comm and microbatches < 2,
-           "recurring": steps >= 2, "syncs": bool(sync_call), "collective": bool(collective().search(call or ""))}
+           "recurring": steps >= 2, "syncs": bool(sync_call)}
+    ctx.update({name: bool(rx.search(call or "")) for name, rx in conditions().items()})
     return next((r for r in load() if r.cause == cause and r.group == group and ctx[r.when]), None)
 
 
@@ -81,4 +82,4 @@ def _short(name: str, n: int = 90) -> str:
     return name if len(name) <= n else name[: n - 3] + "..."
 
 
-__all__ = ["Advice", "load", "pick", "message", "table"]
+__all__ = ["Advice", "conditions", "load", "pick", "message", "table"]

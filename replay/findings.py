@@ -343,6 +343,15 @@ def _blocked(hv: Any, cov: _Cover, lo: float, hi: float, ready: np.ndarray, laun
     return blocked
 
 
+def _crosses_step(has_step: bool, prv: pd.DataFrame, nxt: pd.DataFrame) -> np.ndarray:
+    """Per gap, whether it runs from one step's last compute to the next step's first: its CPU-side parts are
+    the step boundary's."""
+    if not has_step:
+        return np.zeros(len(nxt), dtype=bool)
+    ps, ns = prv["step"].to_numpy(), nxt["step"].to_numpy()
+    return (ps != ns) & (ps >= 0) & (ns >= 0)
+
+
 def _add_gaps(acc: _Rank, df: pd.DataFrame, comp: pd.DataFrame, comm: pd.DataFrame, events: pd.DataFrame,
               flows: pd.DataFrame, cov: _Cover, lo: float, hi: float) -> None:
     """Each gap between compute kernels, split along the next kernel's path: ready (its inputs and
@@ -380,11 +389,7 @@ def _add_gaps(acc: _Rank, df: pd.DataFrame, comp: pd.DataFrame, comm: pd.DataFra
     switch = np.where(~onto_idle & known, np.minimum(other, switches), 0.0)   # queued right behind the last
     other = other - switch
     on_peer = peer_wait + peer_launch + peer_rest
-    # a gap from one step's last compute to the next step's first: its CPU-side parts are the boundary's
-    boundary = np.zeros(len(g0), dtype=bool)
-    if acc.has_step:
-        ps, ns = prv["step"].to_numpy(), nxt["step"].to_numpy()
-        boundary = (ps != ns) & (ps >= 0) & (ns >= 0)
+    boundary = _crosses_step(acc.has_step, prv, nxt)
     names = text(nxt["name"])
     none = np.full(len(g0), -1)
     peer = none.copy()
@@ -406,11 +411,12 @@ def _add_gaps(acc: _Rank, df: pd.DataFrame, comp: pd.DataFrame, comm: pd.DataFra
             normal = np.where(first_layer, 0.0, normal)
         acc.add(CPU_BLOCKED_LAUNCH, grp, normal, start, nxt, names, call, none)
         start = start + lost
-    in_op = _by_view(views, which, lambda t, hv, i: _call_names(hv, "launch", (ready[i], launched[i]), ready[i],
-                                                                launched[i], bound[i], acc.min_lost))
+    in_op, in_call = (_by_view(views, which, lambda t, hv, i, g=g: _call_names(hv, g, (ready[i], launched[i]), ready[i],
+                                                                           launched[i], bound[i], acc.min_lost))
+                      for g in ("launch", "launch_call"))     # the op (a long op's), or the runtime call inside it
     long_op = _by_view(views, which, lambda t, hv, i: _long_op(hv, ready[i], launched[i], bound[i]),
                        False, bool) & ~boundary
-    acc.add(LAUNCH_BOUND, "host_overhead", np.where(boundary | long_op, 0.0, bound), start, nxt, names, in_op, none)
+    acc.add(LAUNCH_BOUND, "host_overhead", np.where(boundary | long_op, 0.0, bound), start, nxt, names, in_call, none)
     acc.add(LAUNCH_BOUND, "long_op", np.where(long_op, bound, 0.0), start, nxt, names, in_op, none)
     acc.add(LAUNCH_BOUND, "submission", np.where(boundary, 0.0, latency), launched, nxt, names, "", none)
     on_step = np.where(boundary, g1 - g0, 0.0)
@@ -487,8 +493,8 @@ def _call_names(hv, group: str, iv: tuple[np.ndarray, np.ndarray], a: np.ndarray
         return out
     s0, s1 = iv
     for i in sel:
-        if group == "launch":
-            out[i] = hv.name("launch", a[i], b[i]) or "launch calls and Python between ops"
+        if group in ("launch", "launch_call"):
+            out[i] = hv.name(group, a[i], b[i]) or "launch calls and Python between ops"
             continue
         lo_i, hi_i = np.searchsorted(s1, a[i], side="right"), np.searchsorted(s0, b[i], side="left")
         if hi_i <= lo_i:

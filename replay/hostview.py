@@ -19,6 +19,7 @@ from .events import FRAMEWORK_OP, text, text_is
 from .intervals import gaps, intersection, union
 
 QUIET_US = 100.0   # the launching thread making no runtime call (or sitting in no op) this long is not launching
+CALL_SHARE = 0.5   # a runtime call (cudaFree, cudaMalloc) that held this share of a launch-path stretch is named in it
 GROUPS = ("sync", "dispatch", "host")   # in priority order: a stretch in two is booked to the first
 NO_RUNTIME = "host work with no runtime call (the trace has no framework ops to say where)"
 
@@ -70,6 +71,18 @@ class _Spans:
         hold = np.flatnonzero(self.en[:lo] >= t)
         return int(hold[-1]) if len(hold) else -1
 
+    def widest(self, t0: float, t1: float) -> tuple[str, float]:
+        """The span that covers most of [t0, t1), and how much of it (("", 0.0): none)."""
+        if not len(self.st) or t1 <= t0:
+            return "", 0.0
+        k = int(np.searchsorted(self.st, t1, side="left"))              # the spans starting before t1
+        i = 0 if self._exact else int(np.searchsorted(self._reach, t0, side="right"))   # the first reaching past t0
+        if k <= i:
+            return "", 0.0
+        cover = np.minimum(self.en[i:k], t1) - np.maximum(self.st[i:k], t0)
+        j = int(np.argmax(cover))
+        return (str(self.names[i + j]), float(cover[j])) if cover[j] > 0 else ("", 0.0)
+
     def before(self, t: float) -> str:
         """The name of the span that ended last at or before t (of equal ends, the first to start)."""
         j = int(np.searchsorted(self._by_end, t + 1e-6, side="right")) - 1
@@ -99,12 +112,14 @@ class HostView:
     ops: _Spans = field(default_factory=_no_spans)         # the outermost framework ops
     after: list[tuple[float, float, str]] = field(default_factory=list)   # host-wait stretches, kernel waited on
     ops_known: bool = False
+    runtime: _Spans = field(default_factory=_no_spans)     # runtime calls that neither launch nor wait (cudaFree, ...)
 
     def blocked(self, group: str) -> tuple[np.ndarray, np.ndarray]:
         return self.groups.get(group, (np.zeros(0), np.zeros(0)))
 
     def name(self, group: str, t0: float, t1: float) -> str:
-        """What the thread sat in during [t0, t1) (a stretch of `group`)."""
+        """What the thread sat in during [t0, t1) (a stretch of `group`; "launch_call": of the launch path, naming the
+        runtime call that held CALL_SHARE of it, if one did, after the op around it: "aten::empty (in cudaFree)")."""
         mid = (t0 + t1) / 2
         if group == "sync":
             return self.sync.holder(mid, outermost=True) or "a sync"
@@ -121,7 +136,12 @@ class HostView:
             where = self.ranges.holder(mid, outermost=False)
             return ("host work outside ops" + (f" after {before}" if before else "") +
                     (f", before {after}" if after else "") + (f", inside {where}" if where else ""))
-        return self.ops.holder(mid, outermost=True)
+        op = self.ops.holder(mid, outermost=True)
+        if group == "launch_call":      # a runtime call the thread sat in (cudaFree, cudaMalloc), named after its op
+            call, held = self.runtime.widest(t0, t1)
+            if call and held >= CALL_SHARE * (t1 - t0):
+                return f"{op} (in {call})" if op else call
+        return op
 
 
 HOST_COLUMNS = ("tid", "cat", "name", "start_us", "dur_us", "launch", "blocking", "wait_group", "quiet_wait",
@@ -177,7 +197,7 @@ def host_view(cpu: pd.DataFrame, gpu: pd.DataFrame, lo: float, hi: float, thread
     span = ~is_rt | blocking
     return HostView(tid, {"sync": sync, "dispatch": dispatch, "host": host}, spans(span & blocking),
                     spans(span & (blocking | quiet_wait) & in_dispatch), spans(span & ~is_op), spans(is_op),
-                    after, ops_known)
+                    after, ops_known, spans(is_rt & ~launch & ~blocking))
 
 
 def _waits_after_launch(ends: np.ndarray, launch: np.ndarray, correlation: np.ndarray, gpu: pd.DataFrame,
