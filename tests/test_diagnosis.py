@@ -344,7 +344,8 @@ def _freeing(path: Path, call: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("call,allocator", [("cudaFree", True), ("hipFree", True), ("cudaGetDeviceProperties", False)])
+@pytest.mark.parametrize("call,allocator", [("cudaFree", True), ("hipFree", True), ("cudaMalloc", True),
+                                            ("cudaGetDeviceProperties", False)])
 def test_a_runtime_call_that_held_the_launch_path_is_named(tmp_path, call, allocator):
     """Host overhead spent mostly in one runtime call is named after its op, `aten::empty (in cudaFree)`; a device
     free gets the allocator's advice (a free lets the GPU drain, then runs while it idles), not CUDA graphs. Before,
@@ -374,3 +375,5 @@ def test_the_sweeps_frees_are_named_with_the_allocators_advice():
     assert set(named["group"]) == {"host_overhead"} and named["lost_us"].sum() > 0.4 * held
     msgs = [f["message"] for f in a.findings if f["blocked_by"] == "host_overhead" and "sat in cudaFree" in f["message"]]
     assert msgs and all("caching allocator" in m for m in msgs)
+    grown = [f["message"] for f in a.findings if f["blocked_by"] == "host_overhead" and "(in cudaMalloc)" in f["message"]]
+    assert grown and all("new memory" in m and "CUDA graphs" not in m for m in grown)
