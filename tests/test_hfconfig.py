@@ -96,6 +96,23 @@ def test_what_the_model_does_not_represent_is_said(tmp_path):
     assert "sliding-window attention (128 tokens) costed as full attention" in m.source
     m = load_model(None, write(tmp_path, "DeepSeek-V3.2-Exp", {**DEEPSEEK_V3, "index_topk": 2048}))
     assert "sparse attention (DSA, 2048 keys per query) costed as dense attention" in m.source
+    assert "linear attention" not in m.source and "linear attention" not in load_model(
+        None, write(tmp_path, "gpt-oss-sliding", oss)).source      # sliding layers are attention layers
+
+
+@pytest.mark.parametrize("extra,linear", [
+    ({"full_attention_interval": 4}, 36),                                                     # Qwen3-Next
+    ({"layer_types": (["linear_attention"] * 3 + ["full_attention"]) * 12}, 36),              # its layer_types
+    ({"attn_type_list": [0] * 7 + [1] + [0] * 7 + [1] + [0] * 32}, 46),                       # MiniMax (0: lightning)
+    ({"linear_attn_config": {"kda_layers": list(range(1, 37)), "full_attn_layers": [0]}}, 36),  # Kimi Linear
+    ({"hybrid_override_pattern": "M-M*" * 12}, 24),                                          # Nemotron-H (M: Mamba)
+    ({"attn_layer_period": 8, "attn_layer_offset": 4}, 42),                                  # Jamba
+])
+def test_a_hybrid_models_linear_layers_are_said_not_modelled(tmp_path, extra, linear):
+    """A hybrid model's layers that mix tokens without softmax attention (linear attention, Gated DeltaNet, Mamba)
+    are costed as full attention: the entry says how many, from the key its family uses (before: nothing said)."""
+    m = load_model(None, write(tmp_path, "hybrid", {**QWEN3_30B, **extra}))
+    assert f"{linear} of its 48 layers mix tokens with linear attention or a state-space layer" in m.source
 
 
 def test_a_dense_or_broken_config_is_one_error_line(tmp_path, capsys):

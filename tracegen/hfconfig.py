@@ -2,8 +2,9 @@
 (DeepSeek-V3/R1, Kimi-K2, Qwen2/3-MoE, Mixtral, GLM-4.5, gpt-oss), given to --model-file as it is.
 
 Each catalog field comes from the config key the model families use for it (KEYS, first match wins);
-what the cost model does not represent (sliding-window attention, interleaved dense layers placed
-elsewhere than first) is written into the entry's source, so the shape it runs on is never silent."""
+what the cost model does not represent (sliding-window attention, a hybrid's linear-attention or state-space
+layers, interleaved dense layers placed elsewhere than first) is written into the entry's source, so the shape
+it runs on is never silent."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -129,11 +130,42 @@ def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
     if window and (cfg.get("use_sliding_window", True) or cfg.get("layer_types")):
         notes.append(f"sliding-window attention ({_whole(window, 'sliding_window', where)} tokens) costed as "
                      "full attention")
+    linear = _linear_layers(cfg, layers)
+    if linear:
+        notes.append(f"{linear} of its {layers} layers mix tokens with linear attention or a state-space layer "
+                     "(a hybrid model) and are costed as full attention")
     if cfg.get("index_topk"):               # DeepSeek-V3.2's sparse attention (DSA): each query reads index_topk keys
         notes.append(f"sparse attention (DSA, {cfg['index_topk']} keys per query) costed as dense attention")
     if notes:
         entry["source"] += NOT_MODELLED + "; ".join(notes)
     return {key or "model": entry}
+
+
+def _linear_layers(cfg: dict, layers: int) -> int:
+    """How many layers of a hybrid model are not softmax attention, as its config says: `layer_types` entries
+    other than full or sliding attention (Qwen3-Next: linear_attention), else Qwen3-Next's full_attention_interval,
+    MiniMax's attn_type_list (0: lightning attention), Kimi Linear's linear_attn_config.kda_layers, Nemotron-H's
+    hybrid_override_pattern (M: Mamba), Jamba's attn_layer_period (one attention layer a period)."""
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and types:
+        return sum(1 for t in types if str(t) not in ("full_attention", "sliding_attention", "attention"))
+    every = cfg.get("full_attention_interval")
+    if isinstance(every, int) and every > 1:
+        return layers - layers // every
+    kinds = cfg.get("attn_type_list")
+    if isinstance(kinds, list):
+        return sum(1 for k in kinds if k == 0)
+    kda = (cfg.get("linear_attn_config") or {}).get("kda_layers") if isinstance(cfg.get("linear_attn_config"), dict) \
+        else None
+    if isinstance(kda, list):
+        return len(kda)
+    pattern = cfg.get("hybrid_override_pattern")
+    if isinstance(pattern, str):
+        return pattern.count("M")
+    period = cfg.get("attn_layer_period")
+    if isinstance(period, int) and period > 1:
+        return layers - layers // period
+    return 0
 
 
 def _dense_layers(cfg: dict, layers: int, notes: list[str], where: str) -> int:
