@@ -183,3 +183,21 @@ def test_list_models_shows_a_configs_reading_and_its_parameter_count(tmp_path, c
     assert main(["list", "models", "--model-file", str(tmp_path / "gpt-oss-20b")]) == 0
     out = capsys.readouterr().out
     assert "gpt-oss-20b" in out and f"config.json [{tmp_path / 'gpt-oss-20b' / 'config.json'}]" in out
+
+
+def test_ernie_and_dbrx_configs_read_as_their_families_write_them(tmp_path):
+    """ERNIE 4.5 names its top-k moe_k, its shared experts moe_num_shared_experts and its MoE layers by
+    moe_layer_start_index / end_index / interval; DBRX keeps its experts in ffn_config and its KV heads in
+    attn_config. Before, ERNIE was refused (no top-k key) and DBRX called 'a dense model'."""
+    ernie = {"architectures": ["Ernie4_5_MoeForCausalLM"], "model_type": "ernie4_5_moe", "hidden_size": 2560,
+             "intermediate_size": 12288, "num_hidden_layers": 28, "num_attention_heads": 20, "num_key_value_heads": 4,
+             "vocab_size": 103424, "head_dim": 128, "moe_num_experts": 64, "moe_k": 6, "moe_intermediate_size": 1536,
+             "moe_num_shared_experts": 2, "moe_layer_start_index": 1, "moe_layer_end_index": 27, "moe_layer_interval": 1}
+    m = load_model(None, write(tmp_path, "ERNIE-4.5-21B-A3B", ernie))
+    assert (m.routed_experts, m.activated_experts, m.shared_experts, m.dense_layers, m.layers) == (64, 6, 2, 1, 28)
+    assert "interleaved" not in m.source
+    dbrx = {"architectures": ["DbrxForCausalLM"], "model_type": "dbrx", "d_model": 6144, "n_heads": 48, "n_layers": 40,
+            "vocab_size": 100352, "attn_config": {"kv_n_heads": 8},
+            "ffn_config": {"ffn_hidden_size": 10752, "moe_num_experts": 16, "moe_top_k": 4}}
+    m = load_model(None, write(tmp_path, "dbrx-instruct", dbrx))
+    assert (m.routed_experts, m.activated_experts, m.kv_heads, m.moe_intermediate, m.hidden) == (16, 4, 8, 10752, 6144)

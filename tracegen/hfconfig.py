@@ -19,10 +19,11 @@ KEYS: dict[str, tuple[str, ...]] = {
     "heads": ("num_attention_heads", "n_heads", "n_head"),
     "vocab_size": ("vocab_size",),
     "routed_experts": ("n_routed_experts", "num_experts", "num_local_experts", "moe_num_experts", "n_experts"),
-    "activated_experts": ("num_experts_per_tok", "experts_per_token", "moe_topk", "top_k", "num_selected_experts"),
+    "activated_experts": ("num_experts_per_tok", "experts_per_token", "moe_topk", "top_k", "num_selected_experts",
+                          "moe_k", "moe_top_k"),
     "moe_intermediate": ("moe_intermediate_size", "expert_intermediate_size", "moe_ffn_hidden_size"),
     "intermediate": ("intermediate_size", "ffn_hidden_size"),
-    "kv_heads": ("num_key_value_heads", "num_kv_heads", "n_kv_heads"),
+    "kv_heads": ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_n_heads"),
     "head_dim": ("head_dim",),
     "expert_groups": ("n_group", "num_expert_group"),
     "limited_groups": ("topk_group",),
@@ -52,9 +53,17 @@ def line_note(assumptions: dict) -> str:
     return (f"; model: not modelled: {x}" if x else "") + (f"; hardware: {hw}" if hw else "")
 
 
+NESTED = ("text_config", "ffn_config", "attn_config", "moe_config")   # sub-configs read as the config's own keys
+
+
 def _language_model(cfg: dict) -> dict:
-    """The config's decoder: multimodal wrappers keep it in text_config."""
-    return {**cfg, **cfg["text_config"]} if isinstance(cfg.get("text_config"), dict) else cfg
+    """The config's decoder: multimodal wrappers keep it in text_config; DBRX its experts in ffn_config and its
+    KV heads in attn_config."""
+    out = dict(cfg)
+    for k in NESTED:
+        if isinstance(cfg.get(k), dict):
+            out.update(cfg[k])
+    return out
 
 
 def is_hf_config(data: Any) -> bool:
@@ -86,8 +95,9 @@ def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
         if get[need] is None:
             raise UserError(f"{where}: no {' / '.join(KEYS[need])}: not a decoder language model's config")
     if not get["routed_experts"]:
-        raise UserError(f"{where}: no {' / '.join(KEYS['routed_experts'])}: a dense model; moe-timeline models "
-                        "Mixture-of-Experts layers")
+        raise UserError(f"{where}: no {' / '.join(KEYS['routed_experts'])}: a dense model (or one that names its "
+                        "expert count otherwise: write a catalog entry, tracegen/data/models.toml's format); "
+                        "moe-timeline models Mixture-of-Experts layers")
     if not get["activated_experts"]:
         raise UserError(f"{where}: no {' / '.join(KEYS['activated_experts'])}: how many experts a token uses")
     n = {f: _whole(get[f], " / ".join(KEYS[f][:2]), where, least=1) for f in
@@ -101,7 +111,8 @@ def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
     notes: list[str] = []
     layers, hidden, heads = n["layers"], n["hidden"], n["heads"]
     dense = _dense_layers(cfg, layers, notes, where)
-    shared = _whole(cfg.get("n_shared_experts") or cfg.get("num_shared_experts") or 0, "n_shared_experts", where)
+    shared = _whole(cfg.get("n_shared_experts") or cfg.get("num_shared_experts") or cfg.get("moe_num_shared_experts")
+                    or 0, "n_shared_experts", where)
     wide = cfg.get("shared_expert_intermediate_size")
     if not shared and wide:                                     # Qwen2-MoE: one wide shared expert
         shared = max(1, round(_whole(wide, "shared_expert_intermediate_size", where) / moe_ff))
@@ -170,14 +181,21 @@ def _linear_layers(cfg: dict, layers: int) -> int:
 
 def _dense_layers(cfg: dict, layers: int, notes: list[str], where: str) -> int:
     """How many layers have a dense MLP: DeepSeek's first_k_dense_replace, Qwen's mlp_only_layers and
-    decoder_sparse_step, Llama-4's interleave step. tracegen puts them first; elsewhere, say so."""
+    decoder_sparse_step, Llama-4's interleave step, ERNIE 4.5's moe_layer_start_index / end_index / interval.
+    tracegen puts them first; elsewhere, say so."""
     if cfg.get("first_k_dense_replace") is not None:
         return min(_whole(cfg["first_k_dense_replace"], "first_k_dense_replace", where), layers)
     sparse = [True] * layers
-    step = _whole(cfg.get("decoder_sparse_step") or cfg.get("interleave_moe_layer_step") or 1,
-                  "decoder_sparse_step / interleave_moe_layer_step", where, least=1)
+    step = _whole(cfg.get("decoder_sparse_step") or cfg.get("interleave_moe_layer_step") or cfg.get("moe_layer_interval")
+                  or 1, "decoder_sparse_step / interleave_moe_layer_step", where, least=1)
     if step > 1:
         sparse = [(i + 1) % step == 0 for i in range(layers)]
+    first = cfg.get("moe_layer_start_index")        # ERNIE 4.5: MoE layers from this index to moe_layer_end_index
+    if first is not None:
+        last = cfg.get("moe_layer_end_index")
+        last = layers - 1 if last is None or last == -1 else _whole(last, "moe_layer_end_index", where)
+        first = _whole(first, "moe_layer_start_index", where)
+        sparse = [s and first <= i <= last for i, s in enumerate(sparse)]
     only = cfg.get("mlp_only_layers") or []
     if not isinstance(only, list):
         raise UserError(f"{where}: mlp_only_layers must be a list of layer numbers, got {only!r}")
