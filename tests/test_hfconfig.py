@@ -201,3 +201,19 @@ def test_ernie_and_dbrx_configs_read_as_their_families_write_them(tmp_path):
             "ffn_config": {"ffn_hidden_size": 10752, "moe_num_experts": 16, "moe_top_k": 4}}
     m = load_model(None, write(tmp_path, "dbrx-instruct", dbrx))
     assert (m.routed_experts, m.activated_experts, m.kv_heads, m.moe_intermediate, m.hidden) == (16, 4, 8, 10752, 6144)
+
+
+def test_values_given_per_layer_read_when_every_layer_has_the_same(tmp_path, capsys):
+    """Hunyuan-A13B gives moe_topk, num_shared_expert and moe_intermediate_size as one value per layer: a list whose
+    values are all one is that value; one that varies is refused in one line (tracegen models one MoE layer shape).
+    Before, every such config was refused ('must be a whole number')."""
+    hunyuan = {"architectures": ["HunYuanMoEV1ForCausalLM"], "model_type": "hunyuan_v1_moe", "hidden_size": 4096,
+               "intermediate_size": 3072, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+               "head_dim": 128, "vocab_size": 128167, "num_experts": 64, "moe_topk": [8] * 32,
+               "num_shared_expert": [1] * 32, "moe_intermediate_size": [3072] * 32}
+    m = load_model(None, write(tmp_path, "Hunyuan-A13B", hunyuan))
+    assert (m.routed_experts, m.activated_experts, m.shared_experts, m.moe_intermediate) == (64, 8, 1, 3072)
+    path = write(tmp_path, "Hunyuan-varied", {**hunyuan, "moe_topk": [8] * 16 + [4] * 16})
+    assert main(["estimate", "--model-file", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "moe_topk differs by layer" in err[0]

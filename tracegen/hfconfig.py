@@ -73,11 +73,22 @@ def is_hf_config(data: Any) -> bool:
     return any(k in _language_model(data) for k in KEYS["hidden"])
 
 
-def _first(cfg: dict, field: str) -> Any:
+def _first(cfg: dict, field: str, where: str) -> Any:
     for k in KEYS[field]:
         if cfg.get(k) is not None:
-            return cfg[k]
+            return _per_layer(cfg[k], k, where)
     return None
+
+
+def _per_layer(value: Any, key: str, where: str) -> Any:
+    """A value some families give per layer (Hunyuan's moe_topk, num_shared_expert: a list): the value, where every
+    layer has the same one; a list that varies is refused, as one line (the model has one shape per layer kind)."""
+    if not isinstance(value, list) or not value:
+        return value
+    if len(set(map(repr, value))) > 1:
+        raise UserError(f"{where}: {key} differs by layer ({value[:4]}...): tracegen models one "
+                        "MoE layer shape; write a catalog entry (tracegen/data/models.toml's format) with the one to use")
+    return value[0]
 
 
 def _whole(value: Any, name: str, where: str, least: int = 0) -> int:
@@ -90,7 +101,7 @@ def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
     """{key: catalog entry} for the config at `path` (its folder's name is the key, as a model repo's)."""
     where = f"model file {path} (a Hugging Face config.json)"
     cfg = _language_model(cfg)
-    get = {f: _first(cfg, f) for f in KEYS}
+    get = {f: _first(cfg, f, where) for f in KEYS}
     for need in ("hidden", "layers", "heads", "vocab_size"):
         if get[need] is None:
             raise UserError(f"{where}: no {' / '.join(KEYS[need])}: not a decoder language model's config")
@@ -111,8 +122,10 @@ def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
     notes: list[str] = []
     layers, hidden, heads = n["layers"], n["hidden"], n["heads"]
     dense = _dense_layers(cfg, layers, notes, where)
-    shared = _whole(cfg.get("n_shared_experts") or cfg.get("num_shared_experts") or cfg.get("moe_num_shared_experts")
-                    or 0, "n_shared_experts", where)
+    shared = _whole(_per_layer(cfg.get("n_shared_experts") or cfg.get("num_shared_experts") or
+                               cfg.get("moe_num_shared_experts") or cfg.get("num_shared_expert") or 0, "n_shared_experts",
+                               where),
+                    "n_shared_experts", where)
     wide = cfg.get("shared_expert_intermediate_size")
     if not shared and wide:                                     # Qwen2-MoE: one wide shared expert
         shared = max(1, round(_whole(wide, "shared_expert_intermediate_size", where) / moe_ff))
