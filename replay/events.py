@@ -378,14 +378,16 @@ def _concat_ranks(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """The ranks' tables as one, the string columns kept categorical by uniting their categories (pandas'
     concat turns categoricals whose categories differ into strings, which cost more than the rest of the
     join on large folders)."""
-    coded = [c for c in frames[0].columns if isinstance(frames[0][c].dtype, pd.CategoricalDtype)]
+    coded = [c for c in frames[0].columns
+             if all(c in f and isinstance(f[c].dtype, pd.CategoricalDtype) for f in frames)]
+    order = list(dict.fromkeys(c for f in frames for c in f.columns))
     events = pd.concat([f.drop(columns=coded) for f in frames], ignore_index=True)
     for col in coded:
         events[col] = union_categoricals([f[col] for f in frames], sort_categories=True)
     for col in STRING_COLUMNS:
-        if col not in coded:
+        if col not in coded and col in events:
             events[col] = events[col].astype("category")
-    return events[list(frames[0].columns)]
+    return events[order]
 
 
 def parse_one(path: str, rank: int | None) -> Any:
