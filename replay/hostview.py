@@ -75,11 +75,14 @@ class _Spans:
         """The span that covers most of [t0, t1), and how much of it (("", 0.0): none)."""
         if not len(self.st) or t1 <= t0:
             return "", 0.0
-        k = int(np.searchsorted(self.st, t1, side="left"))              # the spans starting before t1
-        i = 0 if self._exact else int(np.searchsorted(self._reach, t0, side="right"))   # the first reaching past t0
+        if self._exact:                                                  # unsorted or open spans: every one
+            i, k = 0, len(self.st)
+        else:
+            k = int(np.searchsorted(self.st, t1, side="left"))          # the spans starting before t1
+            i = int(np.searchsorted(self._reach, t0, side="right"))     # the first reaching past t0
         if k <= i:
             return "", 0.0
-        cover = np.minimum(self.en[i:k], t1) - np.maximum(self.st[i:k], t0)
+        cover = np.nan_to_num(np.minimum(self.en[i:k], t1) - np.maximum(self.st[i:k], t0), nan=0.0)
         j = int(np.argmax(cover))
         return (str(self.names[i + j]), float(cover[j])) if cover[j] > 0 else ("", 0.0)
 

@@ -36,3 +36,14 @@ def test_unsorted_or_nan_spans_fall_back_to_the_scan():
         for outer in (True, False):
             assert sp.holder(t, outer) == _scan_holder(sp, t, outer)
         assert sp.before(t) == _scan_before(sp, t)
+
+
+def test_widest_names_the_span_that_covers_most_of_a_stretch():
+    """_Spans.widest: the span covering most of [t0, t1) and by how much, by binary search over start-sorted spans
+    and by a scan where they are not sorted; none overlapping gives ("", 0)."""
+    names = np.array(["a", "b", "c"], dtype=object)
+    s = _Spans(np.array([0.0, 10.0, 20.0]), np.array([5.0, 30.0, 2.0]), names)
+    assert s.widest(12.0, 25.0) == ("b", 13.0) and s.widest(0.0, 4.0) == ("a", 4.0)
+    assert s.widest(100.0, 200.0) == ("", 0.0)
+    u = _Spans(np.array([10.0, 0.0]), np.array([30.0, 5.0]), np.array(["late", "early"], dtype=object))
+    assert u._exact and u.widest(12.0, 25.0) == ("late", 13.0) and u.widest(0.0, 4.0) == ("early", 4.0)
