@@ -217,3 +217,17 @@ def test_values_given_per_layer_read_when_every_layer_has_the_same(tmp_path, cap
     assert main(["estimate", "--model-file", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "moe_topk differs by layer" in err[0]
+
+
+def test_longcat_flash_reads_its_expert_width_and_says_what_it_leaves_out(tmp_path):
+    """LongCat-Flash names its expert width expert_ffn_hidden_size (its ffn_hidden_size is the dense blocks'), puts
+    zero-computation experts in the same top-k (zero_expert_num) and runs two attention / dense-FFN blocks beside one
+    shortcut-connected MoE per layer: the width is read, and the other two are said on the assumptions line."""
+    longcat = {"architectures": ["LongcatFlashForCausalLM"], "model_type": "longcat_flash", "hidden_size": 6144,
+               "ffn_hidden_size": 12288, "expert_ffn_hidden_size": 2048, "num_layers": 28, "num_attention_heads": 64,
+               "vocab_size": 131072, "n_routed_experts": 512, "zero_expert_num": 256, "moe_topk": 12,
+               "kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
+               "v_head_dim": 128}
+    m = load_model(None, write(tmp_path, "LongCat-Flash-Chat", longcat))
+    assert (m.routed_experts, m.activated_experts, m.moe_intermediate, m.layers) == (512, 12, 2048, 28)
+    assert "256 zero-computation experts share the top-k" in m.source and "ScMoE" in m.source

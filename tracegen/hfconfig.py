@@ -21,7 +21,8 @@ KEYS: dict[str, tuple[str, ...]] = {
     "routed_experts": ("n_routed_experts", "num_experts", "num_local_experts", "moe_num_experts", "n_experts"),
     "activated_experts": ("num_experts_per_tok", "experts_per_token", "moe_topk", "top_k", "num_selected_experts",
                           "moe_k", "moe_top_k"),
-    "moe_intermediate": ("moe_intermediate_size", "expert_intermediate_size", "moe_ffn_hidden_size"),
+    "moe_intermediate": ("moe_intermediate_size", "expert_intermediate_size", "moe_ffn_hidden_size",
+                         "expert_ffn_hidden_size"),
     "intermediate": ("intermediate_size", "ffn_hidden_size"),
     "kv_heads": ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_n_heads"),
     "head_dim": ("head_dim",),
@@ -158,6 +159,13 @@ def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
     if linear:
         notes.append(f"{linear} of its {layers} layers mix tokens with linear attention or a state-space layer "
                      "(a hybrid model) and are costed as full attention")
+    zero = cfg.get("zero_expert_num")      # LongCat-Flash: identity experts beside the routed ones, in the same top-k
+    if isinstance(zero, int) and zero > 0:
+        notes.append(f"{zero} zero-computation experts share the top-k with the routed ones (a token's picks of them "
+                     "cost nothing); every pick costed as a routed expert")
+    if cfg.get("model_type") == "longcat_flash":
+        notes.append("each layer's two attention and dense-FFN blocks beside one shortcut-connected MoE (ScMoE) "
+                     "modelled as one attention block and the MoE")
     if cfg.get("index_topk"):               # DeepSeek-V3.2's sparse attention (DSA): each query reads index_topk keys
         notes.append(f"sparse attention (DSA, {cfg['index_topk']} keys per query) costed as dense attention")
     if notes:
