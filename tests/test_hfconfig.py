@@ -231,3 +231,22 @@ def test_longcat_flash_reads_its_expert_width_and_says_what_it_leaves_out(tmp_pa
     m = load_model(None, write(tmp_path, "LongCat-Flash-Chat", longcat))
     assert (m.routed_experts, m.activated_experts, m.moe_intermediate, m.layers) == (512, 12, 2048, 28)
     assert "256 zero-computation experts share the top-k" in m.source and "ScMoE" in m.source
+
+
+def test_arctic_and_jamba_say_which_layers_are_moe(tmp_path):
+    """Arctic's moe_layer_frequency and Jamba's expert_layer_period / offset place the MoE layers (the others are
+    dense, and interleaved: said so); Arctic's dense residual MLP beside each MoE is said as not modelled."""
+    arctic = {"architectures": ["ArcticForCausalLM"], "model_type": "arctic", "hidden_size": 7168,
+              "intermediate_size": 4864, "num_hidden_layers": 35, "num_attention_heads": 56, "num_key_value_heads": 8,
+              "vocab_size": 32000, "num_local_experts": 128, "num_experts_per_tok": 2, "moe_layer_frequency": 1,
+              "parallel_attn_mlp_res": True}
+    m = load_model(None, write(tmp_path, "snowflake-arctic-instruct", arctic))
+    assert m.dense_layers == 0 and "dense residual MLP beside each MoE layer" in m.source
+    m = load_model(None, write(tmp_path, "arctic-2", {**arctic, "moe_layer_frequency": 2}))
+    assert m.dense_layers == 18 and "interleaved" in m.source
+    jamba = {"architectures": ["JambaForCausalLM"], "model_type": "jamba", "hidden_size": 4096, "intermediate_size": 14336,
+             "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 65536,
+             "num_experts": 16, "num_experts_per_tok": 2, "expert_layer_period": 2, "expert_layer_offset": 1,
+             "attn_layer_period": 8, "attn_layer_offset": 4}
+    m = load_model(None, write(tmp_path, "Jamba-v0.1", jamba))
+    assert m.dense_layers == 16 and "interleaved" in m.source and "28 of its 32 layers mix tokens" in m.source

@@ -159,6 +159,8 @@ def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
     if linear:
         notes.append(f"{linear} of its {layers} layers mix tokens with linear attention or a state-space layer "
                      "(a hybrid model) and are costed as full attention")
+    if cfg.get("parallel_attn_mlp_res"):       # Snowflake Arctic: a dense MLP beside each MoE, on its own residual
+        notes.append("the dense residual MLP beside each MoE layer (parallel_attn_mlp_res)")
     zero = cfg.get("zero_expert_num")      # LongCat-Flash: identity experts beside the routed ones, in the same top-k
     if isinstance(zero, int) and zero > 0:
         notes.append(f"{zero} zero-computation experts share the top-k with the routed ones (a token's picks of them "
@@ -202,15 +204,21 @@ def _linear_layers(cfg: dict, layers: int) -> int:
 
 def _dense_layers(cfg: dict, layers: int, notes: list[str], where: str) -> int:
     """How many layers have a dense MLP: DeepSeek's first_k_dense_replace, Qwen's mlp_only_layers and
-    decoder_sparse_step, Llama-4's interleave step, ERNIE 4.5's moe_layer_start_index / end_index / interval.
+    decoder_sparse_step, Llama-4's interleave step, ERNIE 4.5's moe_layer_start_index / end_index / interval,
+    Arctic's moe_layer_frequency, Jamba's expert_layer_period / offset.
     tracegen puts them first; elsewhere, say so."""
     if cfg.get("first_k_dense_replace") is not None:
         return min(_whole(cfg["first_k_dense_replace"], "first_k_dense_replace", where), layers)
     sparse = [True] * layers
     step = _whole(cfg.get("decoder_sparse_step") or cfg.get("interleave_moe_layer_step") or cfg.get("moe_layer_interval")
-                  or 1, "decoder_sparse_step / interleave_moe_layer_step", where, least=1)
+                  or cfg.get("moe_layer_frequency") or 1, "decoder_sparse_step / interleave_moe_layer_step", where, least=1)
     if step > 1:
         sparse = [(i + 1) % step == 0 for i in range(layers)]
+    period = cfg.get("expert_layer_period")         # Jamba: an MoE layer every period layers from the offset
+    if period is not None:
+        period = _whole(period, "expert_layer_period", where, least=1)
+        offset = _whole(cfg.get("expert_layer_offset") or 0, "expert_layer_offset", where)
+        sparse = [i >= offset and (i - offset) % period == 0 for i in range(layers)]
     first = cfg.get("moe_layer_start_index")        # ERNIE 4.5: MoE layers from this index to moe_layer_end_index
     if first is not None:
         last = cfg.get("moe_layer_end_index")
