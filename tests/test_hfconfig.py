@@ -250,3 +250,24 @@ def test_arctic_and_jamba_say_which_layers_are_moe(tmp_path):
              "attn_layer_period": 8, "attn_layer_offset": 4}
     m = load_model(None, write(tmp_path, "Jamba-v0.1", jamba))
     assert m.dense_layers == 16 and "interleaved" in m.source and "28 of its 32 layers mix tokens" in m.source
+
+
+@pytest.mark.parametrize("extra,dense", [
+    ({"moe_layers_enum": ",".join(str(i) for i in range(3, 48))}, 3),        # StepFun: the MoE layers listed
+    ({"moe_layers_enum": list(range(4, 48))}, 4),
+    ({"mlp_layer_types": ["dense"] * 2 + ["sparse"] * 46}, 2),               # per layer, by name
+    ({"n_dense_first_layers": 1}, 1),                                        # Motif
+])
+def test_which_layers_are_moe_from_the_keys_families_use(tmp_path, extra, dense):
+    m = load_model(None, write(tmp_path, "listed", {**QWEN3_30B, **extra}))
+    assert m.dense_layers == dense and "interleaved" not in m.source
+
+
+def test_sparse_attention_layer_types_are_attention_not_linear(tmp_path):
+    """layer_types naming deepseek_sparse_attention, sliding or chunked attention are attention layers: only entries
+    naming linear attention or a state-space layer count as the hybrid's (Granite 4's mamba among them)."""
+    kinds = ["deepseek_sparse_attention", "sliding_attention", "chunked_attention", "full_attention"] * 12
+    assert "mix tokens" not in load_model(None, write(tmp_path, "dsa", {**QWEN3_30B, "layer_types": kinds})).source
+    granite = ["mamba"] * 36 + ["attention"] * 12
+    assert "36 of its 48 layers mix tokens" in load_model(
+        None, write(tmp_path, "granite", {**QWEN3_30B, "layer_types": granite})).source

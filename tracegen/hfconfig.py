@@ -7,6 +7,7 @@ layers, interleaved dense layers placed elsewhere than first) is written into th
 it runs on is never silent."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -176,13 +177,14 @@ def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
 
 
 def _linear_layers(cfg: dict, layers: int) -> int:
-    """How many layers of a hybrid model are not softmax attention, as its config says: `layer_types` entries
-    other than full or sliding attention (Qwen3-Next: linear_attention), else Qwen3-Next's full_attention_interval,
+    """How many layers of a hybrid model are not softmax attention, as its config says: `layer_types` entries that
+    name linear attention or a state-space layer (Qwen3-Next: linear_attention; Granite 4: mamba), else Qwen3-Next's full_attention_interval,
     MiniMax's attn_type_list (0: lightning attention), Kimi Linear's linear_attn_config.kda_layers, Nemotron-H's
     hybrid_override_pattern (M: Mamba), Jamba's attn_layer_period (one attention layer a period)."""
     types = cfg.get("layer_types")
-    if isinstance(types, list) and types:
-        return sum(1 for t in types if str(t) not in ("full_attention", "sliding_attention", "attention"))
+    if isinstance(types, list) and types:   # attention kinds (full, sliding, chunked, deepseek_sparse) are not counted
+        return sum(1 for t in types if re.search(r"linear|mamba|ssm|delta|lightning|recurrent|rwkv|retention|kda",
+                                                 str(t), re.I))
     every = cfg.get("full_attention_interval")
     if isinstance(every, int) and every > 1:
         return layers - layers // every
@@ -205,7 +207,8 @@ def _linear_layers(cfg: dict, layers: int) -> int:
 def _dense_layers(cfg: dict, layers: int, notes: list[str], where: str) -> int:
     """How many layers have a dense MLP: DeepSeek's first_k_dense_replace, Qwen's mlp_only_layers and
     decoder_sparse_step, Llama-4's interleave step, ERNIE 4.5's moe_layer_start_index / end_index / interval,
-    Arctic's moe_layer_frequency, Jamba's expert_layer_period / offset.
+    Arctic's moe_layer_frequency, Jamba's expert_layer_period / offset, Motif's n_dense_first_layers, StepFun's
+    moe_layers_enum, mlp_layer_types ("dense" / "sparse" per layer).
     tracegen puts them first; elsewhere, say so."""
     if cfg.get("first_k_dense_replace") is not None:
         return min(_whole(cfg["first_k_dense_replace"], "first_k_dense_replace", where), layers)
@@ -214,6 +217,17 @@ def _dense_layers(cfg: dict, layers: int, notes: list[str], where: str) -> int:
                   or cfg.get("moe_layer_frequency") or 1, "decoder_sparse_step / interleave_moe_layer_step", where, least=1)
     if step > 1:
         sparse = [(i + 1) % step == 0 for i in range(layers)]
+    if cfg.get("n_dense_first_layers") is not None:  # Motif: the first N layers dense
+        first_dense = _whole(cfg["n_dense_first_layers"], "n_dense_first_layers", where)
+        sparse = [s and i >= first_dense for i, s in enumerate(sparse)]
+    enum = cfg.get("moe_layers_enum")                 # StepFun: the MoE layers' indices, "3,4,5,..." or a list
+    if isinstance(enum, str):
+        enum = [int(x) for x in enum.split(",") if x.strip().isdigit()]
+    if isinstance(enum, list) and enum:
+        sparse = [i in set(enum) for i in range(layers)]
+    kinds = cfg.get("mlp_layer_types")                # a layer's MLP by name: "dense" / "sparse"
+    if isinstance(kinds, list) and len(kinds) == layers:
+        sparse = [str(k).lower() in ("sparse", "moe") for k in kinds]
     period = cfg.get("expert_layer_period")         # Jamba: an MoE layer every period layers from the offset
     if period is not None:
         period = _whole(period, "expert_layer_period", where, least=1)
