@@ -271,3 +271,13 @@ def test_sparse_attention_layer_types_are_attention_not_linear(tmp_path):
     granite = ["mamba"] * 36 + ["attention"] * 12
     assert "36 of its 48 layers mix tokens" in load_model(
         None, write(tmp_path, "granite", {**QWEN3_30B, "layer_types": granite})).source
+
+
+def test_stepfuns_shared_expert_width_reads_as_one_shared_expert(tmp_path):
+    """StepFun names its shared expert's width share_expert_dim (Qwen2-MoE: shared_expert_intermediate_size): one
+    shared expert of that width, counted in moe_intermediate widths."""
+    step = {**QWEN3_30B, "moe_num_experts": 48, "moe_top_k": 3, "moe_intermediate_size": 5120, "share_expert_dim": 5120}
+    step.pop("num_experts")
+    step.pop("num_experts_per_tok")
+    m = load_model(None, write(tmp_path, "step3", step))
+    assert (m.routed_experts, m.activated_experts, m.shared_experts) == (48, 3, 1)

@@ -128,7 +128,7 @@ def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
                                cfg.get("moe_num_shared_experts") or cfg.get("num_shared_expert") or 0, "n_shared_experts",
                                where),
                     "n_shared_experts", where)
-    wide = cfg.get("shared_expert_intermediate_size")
+    wide = cfg.get("shared_expert_intermediate_size") or cfg.get("share_expert_dim")    # Qwen2-MoE; StepFun
     if not shared and wide:                                     # Qwen2-MoE: one wide shared expert
         shared = max(1, round(_whole(wide, "shared_expert_intermediate_size", where) / moe_ff))
     key = path.parent.name if path.name == "config.json" and path.parent.name else path.stem
