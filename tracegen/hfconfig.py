@@ -1,5 +1,6 @@
 """A Hugging Face config.json read as a model entry: the file users already have for any MoE model
-(DeepSeek-V3/R1, Kimi-K2, Qwen2/3-MoE, Mixtral, GLM-4.5, gpt-oss), given to --model-file as it is.
+(DeepSeek-V3/R1, Kimi-K2, Qwen2/3-MoE, Mixtral, GLM-4.5, gpt-oss, ERNIE 4.5, DBRX, Hunyuan, LongCat-Flash,
+Arctic, Jamba, StepFun and the hybrids), given to --model-file as it is.
 
 Each catalog field comes from the config key the model families use for it (KEYS, first match wins);
 what the cost model does not represent (sliding-window attention, a hybrid's linear-attention or state-space
@@ -178,9 +179,10 @@ def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
 
 def _linear_layers(cfg: dict, layers: int) -> int:
     """How many layers of a hybrid model are not softmax attention, as its config says: `layer_types` entries that
-    name linear attention or a state-space layer (Qwen3-Next: linear_attention; Granite 4: mamba), else Qwen3-Next's full_attention_interval,
-    MiniMax's attn_type_list (0: lightning attention), Kimi Linear's linear_attn_config.kda_layers, Nemotron-H's
-    hybrid_override_pattern (M: Mamba), Jamba's attn_layer_period (one attention layer a period)."""
+    name linear attention or a state-space layer (Qwen3-Next: linear_attention; Granite 4: mamba), else
+    Qwen3-Next's full_attention_interval, MiniMax's attn_type_list (0: lightning attention), Kimi Linear's
+    linear_attn_config.kda_layers, Nemotron-H's hybrid_override_pattern (M: Mamba), Jamba's attn_layer_period
+    (one attention layer a period)."""
     types = cfg.get("layer_types")
     if isinstance(types, list) and types:   # attention kinds (full, sliding, chunked, deepseek_sparse) are not counted
         return sum(1 for t in types if re.search(r"linear|mamba|ssm|delta|lightning|recurrent|rwkv|retention|kda",
