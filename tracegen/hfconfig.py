@@ -89,8 +89,8 @@ def _per_layer(value: Any, key: str, where: str) -> Any:
     if not isinstance(value, list) or not value:
         return value
     if len(set(map(repr, value))) > 1:
-        raise UserError(f"{where}: {key} differs by layer ({value[:4]}...): tracegen models one "
-                        "MoE layer shape; write a catalog entry (tracegen/data/models.toml's format) with the one to use")
+        raise UserError(f"{where}: {key} differs by layer ({value[:4]}...): tracegen models one MoE layer "
+                        "shape; write a catalog entry (tracegen/data/models.toml's format) with the one to use")
     return value[0]
 
 
@@ -125,10 +125,9 @@ def model_entry(cfg: dict, path: Path) -> dict[str, dict]:
     notes: list[str] = []
     layers, hidden, heads = n["layers"], n["hidden"], n["heads"]
     dense = _dense_layers(cfg, layers, notes, where)
-    shared = _whole(_per_layer(cfg.get("n_shared_experts") or cfg.get("num_shared_experts") or
-                               cfg.get("moe_num_shared_experts") or cfg.get("num_shared_expert") or 0, "n_shared_experts",
-                               where),
-                    "n_shared_experts", where)
+    named = (cfg.get("n_shared_experts") or cfg.get("num_shared_experts") or cfg.get("moe_num_shared_experts")
+             or cfg.get("num_shared_expert") or 0)
+    shared = _whole(_per_layer(named, "n_shared_experts", where), "n_shared_experts", where)
     wide = cfg.get("shared_expert_intermediate_size") or cfg.get("share_expert_dim")    # Qwen2-MoE; StepFun
     if not shared and wide:                                     # Qwen2-MoE: one wide shared expert
         shared = max(1, round(_whole(wide, "shared_expert_intermediate_size", where) / moe_ff))
@@ -215,8 +214,9 @@ def _dense_layers(cfg: dict, layers: int, notes: list[str], where: str) -> int:
     if cfg.get("first_k_dense_replace") is not None:
         return min(_whole(cfg["first_k_dense_replace"], "first_k_dense_replace", where), layers)
     sparse = [True] * layers
-    step = _whole(cfg.get("decoder_sparse_step") or cfg.get("interleave_moe_layer_step") or cfg.get("moe_layer_interval")
-                  or cfg.get("moe_layer_frequency") or 1, "decoder_sparse_step / interleave_moe_layer_step", where, least=1)
+    step = _whole(cfg.get("decoder_sparse_step") or cfg.get("interleave_moe_layer_step")
+                  or cfg.get("moe_layer_interval") or cfg.get("moe_layer_frequency") or 1,
+                  "decoder_sparse_step / interleave_moe_layer_step", where, least=1)
     if step > 1:
         sparse = [(i + 1) % step == 0 for i in range(layers)]
     if cfg.get("n_dense_first_layers") is not None:  # Motif: the first N layers dense
