@@ -411,13 +411,15 @@ def _add_gaps(acc: _Rank, df: pd.DataFrame, comp: pd.DataFrame, comm: pd.DataFra
             normal = np.where(first_layer, 0.0, normal)
         acc.add(CPU_BLOCKED_LAUNCH, grp, normal, start, nxt, names, call, none)
         start = start + lost
-    in_op, in_call = (_by_view(views, which, lambda t, hv, i, g=g: _call_names(hv, g, (ready[i], launched[i]), ready[i],
-                                                                           launched[i], bound[i], acc.min_lost))
-                      for g in ("launch", "launch_call"))     # the op (a long op's), or the runtime call inside it
     long_op = _by_view(views, which, lambda t, hv, i: _long_op(hv, ready[i], launched[i], bound[i]),
                        False, bool) & ~boundary
-    acc.add(LAUNCH_BOUND, "host_overhead", np.where(boundary | long_op, 0.0, bound), start, nxt, names, in_call, none)
-    acc.add(LAUNCH_BOUND, "long_op", np.where(long_op, bound, 0.0), start, nxt, names, in_op, none)
+    overhead, one_op = np.where(boundary | long_op, 0.0, bound), np.where(long_op, bound, 0.0)
+    # each piece named once: a long op by its op, host overhead by the runtime call inside its op where one held it
+    in_op, in_call = (_by_view(views, which, lambda t, hv, i, g=g, lost=lost: _call_names(
+        hv, g, (ready[i], launched[i]), ready[i], launched[i], lost[i], acc.min_lost))
+        for g, lost in (("launch", one_op), ("launch_call", overhead)))
+    acc.add(LAUNCH_BOUND, "host_overhead", overhead, start, nxt, names, in_call, none)
+    acc.add(LAUNCH_BOUND, "long_op", one_op, start, nxt, names, in_op, none)
     acc.add(LAUNCH_BOUND, "submission", np.where(boundary, 0.0, latency), launched, nxt, names, "", none)
     on_step = np.where(boundary, g1 - g0, 0.0)
     step_call = _by_view(views, which, lambda t, hv, i: _call_names(hv, "host", hv.blocked("host"), g0[i], g1[i],
