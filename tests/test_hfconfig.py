@@ -281,3 +281,16 @@ def test_stepfuns_shared_expert_width_reads_as_one_shared_expert(tmp_path):
     step.pop("num_experts_per_tok")
     m = load_model(None, write(tmp_path, "step3", step))
     assert (m.routed_experts, m.activated_experts, m.shared_experts) == (48, 3, 1)
+
+
+@pytest.mark.parametrize("extra,says", [
+    ({"moe_layers_enum": "3,4,x"}, "moe_layers_enum must list layer numbers"),
+    ({"moe_layers_enum": [3, 48]}, "moe_layers_enum must list layer numbers below 48"),
+    ({"mlp_layer_types": ["dense"] * 47}, "mlp_layer_types must name each of the 48 layers"),
+    ({"mlp_layer_types": ["dense"] + ["moe"] * 47}, "mlp_layer_types must name each of the 48 layers"),
+])
+def test_a_layer_list_that_does_not_fit_the_model_is_refused(tmp_path, extra, says):
+    """A list of MoE layers with a bad entry or an index past the last layer, or per-layer MLP kinds that are not
+    one known name per layer, is refused in one line, not read as some other count of dense layers."""
+    with pytest.raises(UserError, match=says):
+        load_model(None, write(tmp_path, "bad-list", {**QWEN3_30B, **extra}))

@@ -223,13 +223,17 @@ def _dense_layers(cfg: dict, layers: int, notes: list[str], where: str) -> int:
         first_dense = _whole(cfg["n_dense_first_layers"], "n_dense_first_layers", where)
         sparse = [s and i >= first_dense for i, s in enumerate(sparse)]
     enum = cfg.get("moe_layers_enum")                 # StepFun: the MoE layers' indices, "3,4,5,..." or a list
-    if isinstance(enum, str):
-        enum = [int(x) for x in enum.split(",") if x.strip().isdigit()]
-    if isinstance(enum, list) and enum:
-        sparse = [i in set(enum) for i in range(layers)]
+    if enum is not None:
+        listed = enum.split(",") if isinstance(enum, str) else enum
+        if not isinstance(listed, list) or not all(str(x).strip().isdigit() and int(x) < layers for x in listed):
+            raise UserError(f"{where}: moe_layers_enum must list layer numbers below {layers}, got {enum!r}")
+        moe = {int(x) for x in listed}
+        sparse = [i in moe for i in range(layers)]
     kinds = cfg.get("mlp_layer_types")                # a layer's MLP by name: "dense" / "sparse"
-    if isinstance(kinds, list) and len(kinds) == layers:
-        sparse = [str(k).lower() in ("sparse", "moe") for k in kinds]
+    if kinds is not None:
+        if not isinstance(kinds, list) or len(kinds) != layers or not set(map(str, kinds)) <= {"dense", "sparse"}:
+            raise UserError(f"{where}: mlp_layer_types must name each of the {layers} layers 'dense' or 'sparse'")
+        sparse = [k == "sparse" for k in kinds]
     period = cfg.get("expert_layer_period")         # Jamba: an MoE layer every period layers from the offset
     if period is not None:
         period = _whole(period, "expert_layer_period", where, least=1)
